@@ -1,0 +1,71 @@
+// alloy/merge_method.h: the interface every merge method implements, and the method registry.
+//
+// A method is one small unit registered by name (lib/method_<name>.cpp) with its declared
+// parameters and defaults, as in mergekit. The executor resolves every parameter for one output
+// tensor (alloy/recipe.h), loads each source tensor into float32 buffers holding values already
+// representable in the compute dtype D (the recipe's `dtype`, else the stored dtype), crops them
+// as the method's crop policy says, and calls merge(). The method writes float32 values that are
+// representable in D (it applies rnd(), alloy::round_to, after each operation as mergekit's torch
+// code does; see docs/methods.md); the executor then converts them to the output dtype.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "alloy/dtype.h"
+
+namespace alloy {
+
+struct MethodParameter {
+  std::string name;
+  bool per_model = false;               // true: set per source model (weight, density, ...)
+  std::optional<double> default_value;  // nullopt + required=false: optional, may stay unset
+  bool required = false;
+};
+
+// How sources with differing shapes (embeddings, lm_head) are reconciled before merging.
+enum class CropPolicy {
+  kCommonPrefix,  // linear, slerp, nuslerp, model_stock: the common top-left sub-tensor of all
+  kToBase,        // task-arithmetic family: each source cropped to the base shape; for tensors
+                  // other than embeddings/lm_head a mismatching source is skipped
+  kNone,          // passthrough: one source, no reconciliation
+};
+
+struct MergeSource {
+  const float* values = nullptr;            // numel(shape) float32 values, representable in D
+  std::map<std::string, double> params;     // resolved per-model parameters; absent = unset
+  bool is_base = false;
+  std::string model;                        // model path, for messages
+};
+
+struct MergeContext {
+  std::string tensor_name;                  // output tensor name, for messages and seeding
+  DType compute_dtype = DType::F32;         // D
+  std::vector<uint64_t> shape;              // shape of every source (after cropping) and output
+  std::vector<MergeSource> sources;         // in mergekit's source order
+  int base_index = -1;                      // index into sources, -1 without a base model
+  std::map<std::string, double> params;     // resolved method-level parameters (t, normalize, ...)
+  uint64_t seed = 0;                        // for random methods: from --random-seed and the name
+  uint64_t numel() const;
+};
+
+class MergeMethod {
+ public:
+  virtual ~MergeMethod() = default;
+  virtual std::string_view name() const = 0;
+  virtual std::vector<MethodParameter> parameters() const = 0;
+  virtual bool requires_base_model() const { return false; }
+  virtual CropPolicy crop_policy() const { return CropPolicy::kCommonPrefix; }
+  // Writes numel() values to out. Throws Error naming ctx.tensor_name on bad parameters.
+  virtual void merge(const MergeContext& ctx, float* out) const = 0;
+};
+
+// The registry. find_merge_method returns nullptr for an unknown name.
+const MergeMethod* find_merge_method(std::string_view name);
+std::vector<std::string> merge_method_names();  // sorted
+
+}  // namespace alloy
