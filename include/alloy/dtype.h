@@ -4,9 +4,10 @@
 // that must branch on a dtype does it through this table or through the conversion functions here.
 //
 // Conversions follow PyTorch exactly:
-//  - float32 -> bfloat16 / float16 round to nearest, ties to even. NaN stays NaN (bf16: quiet NaN
-//    0x7FC0 with the input's sign, as torch's c10::BFloat16 does; f16: 0x7E00 | sign, as
+//  - float32 -> bfloat16 / float16 round to nearest, ties to even. NaN stays NaN (bf16: the quiet NaN
+//    0x7FC0, sign dropped, as torch's c10::BFloat16 does; f16: 0x7E00 | sign, as
 //    torch/_cvtss_sh do), overflow goes to +-Inf, f16 subnormals are produced correctly.
+//    (bf16 NaN is exactly 0x7FC0, sign dropped: c10::BFloat16 round_to_nearest_even.)
 //  - bfloat16 / float16 -> float32 are exact.
 //  - F8_E4M3 (e4m3fn: no infinities, S.1111.111 is NaN), F8_E5M2 (IEEE-like), F8_E8M0 (exponent
 //    only, 0xFF is NaN), F8_E4M3FNUZ / F8_E5M2FNUZ (0x80 is the only NaN, bias 8 / 16) -> float32

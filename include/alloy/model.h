@@ -9,6 +9,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -18,6 +19,19 @@
 #include "alloy/safetensors.h"
 
 namespace alloy {
+
+// The validated content of model.safetensors.index.json.
+struct ShardIndex {
+  std::map<std::string, std::string> weight_map;   // tensor name -> shard file name
+  nlohmann::json metadata = nlohmann::json::object();
+  std::vector<std::string> shard_names() const;    // distinct, sorted
+};
+
+// Parses and validates an index's text without touching the filesystem: a JSON object whose
+// "weight_map" is an object of tensor name -> shard file name (each name listed once, each shard
+// name relative, without "..", backslashes or NUL) and whose optional "metadata" is an object.
+// `label` names the file in errors (kIndexNotJson, kIndexBadShardName).
+ShardIndex parse_shard_index(std::string_view json_text, const std::string& label);
 
 // One tensor of a model: which shard holds it and its header entry.
 struct ModelTensor {
