@@ -1,0 +1,31 @@
+// alloy-inspect PATH [--json]: validate a model directory or safetensors file and list its tensors.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "alloy/error.h"
+#include "alloy/inspect.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Validate a Hugging Face model directory or safetensors file and list its tensors."};
+  std::string path;
+  bool json = false;
+  app.add_option("PATH", path, "model directory or .safetensors file")->required();
+  app.add_flag("--json", json, "print the listing as JSON");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    const auto inspection = alloy::inspect_model(alloy::Model::open(path));
+    if (json) {
+      std::cout << inspection.dump(2) << "\n";
+    } else {
+      std::cout << alloy::format_inspection(inspection);
+    }
+  } catch (const alloy::Error& e) {
+    std::fprintf(stderr, "alloy-inspect: error: %s [%s]\n", e.what(), alloy::error_code_name(e.code()));
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "alloy-inspect: error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
