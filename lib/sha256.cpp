@@ -1,5 +1,6 @@
 #include "alloy/sha256.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <atomic>
@@ -105,7 +106,13 @@ __attribute__((target("sha,sse4.1"))) void compress_shani(uint32_t state[8], con
 }
 
 bool cpu_has_sha_ni() {
-  static const bool has = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+  // cpuid directly: not every compiler's __builtin_cpu_supports knows "sha".
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 19))) return false;  // SSE4.1
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    return (ebx & (1u << 29)) != 0;                                                   // SHA
+  }();
   return has;
 }
 #endif
