@@ -1,0 +1,208 @@
+// The merge executor: streams a MergePlan through the methods into a staged output directory.
+#include <algorithm>
+#include <cstring>
+
+#include "alloy/error.h"
+#include "alloy/file_util.h"
+#include "alloy/kernels.h"
+#include "alloy/merge.h"
+#include "alloy/model_card.h"
+#include "alloy/parallel.h"
+#include "alloy/sha256.h"
+#include "alloy/writer.h"
+
+namespace alloy {
+namespace fs = std::filesystem;
+namespace {
+
+// Float buffers reused across tensors; each grows to the largest tensor it has held.
+class BufferPool {
+ public:
+  float* get(size_t slot, size_t count) {
+    if (buffers_.size() <= slot) buffers_.resize(slot + 1);
+    if (buffers_[slot].size() < count) buffers_[slot].resize(count);
+    return buffers_[slot].data();
+  }
+  uint8_t* bytes(size_t count) {
+    if (bytes_.size() < count) bytes_.resize(count);
+    return bytes_.data();
+  }
+
+ private:
+  std::vector<std::vector<float>> buffers_;
+  std::vector<uint8_t> bytes_;
+};
+
+uint64_t numel(const std::vector<uint64_t>& shape) {
+  uint64_t n = 1;
+  for (uint64_t d : shape) n *= d;
+  return n;
+}
+
+// Copies the top-left `shape` block of a row-major tensor of shape `full` (same rank).
+void crop(const float* in, const std::vector<uint64_t>& full, float* out, const std::vector<uint64_t>& shape) {
+  if (full == shape) {
+    std::memcpy(out, in, numel(shape) * sizeof(float));
+    return;
+  }
+  const size_t rank = shape.size();
+  const uint64_t inner = shape.back(), inner_full = full.back();
+  const uint64_t rows = numel(shape) / std::max<uint64_t>(inner, 1);
+  for (uint64_t r = 0; r < rows; ++r) {
+    // Row r of the cropped tensor: map its multi-index to the full tensor.
+    uint64_t rem = r, offset = 0, stride = inner_full;
+    for (size_t d = rank - 1; d-- > 0;) {
+      const uint64_t idx = rem % shape[d];
+      rem /= shape[d];
+      offset += idx * stride;
+      stride *= full[d];
+    }
+    std::memcpy(out + r * inner, in + offset, inner * sizeof(float));
+  }
+}
+
+void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random_seed, BufferPool& pool,
+                  ShardedWriter& writer) {
+  const uint64_t n = numel(t.shape);
+  MergeContext ctx;
+  ctx.tensor_name = t.name;
+  ctx.compute_dtype = t.compute_dtype;
+  ctx.shape = t.shape;
+  ctx.base_index = t.base_index;
+  ctx.params = t.method_params;
+  ctx.seed = tensor_seed(random_seed, t.name);
+  for (size_t k = 0; k < t.sources.size(); ++k) {
+    const PlannedSource& s = t.sources[k];
+    const ModelTensor* input = plan.models[s.model]->find(s.tensor);
+    const TensorInfo& info = *input->info;
+    float* values = pool.get(k, n);
+    if (info.shape == t.shape) {
+      load_as_f32(info.dtype, input->data(), n, values);
+    } else {
+      float* full = pool.get(t.sources.size() + 1, info.numel());
+      load_as_f32(info.dtype, input->data(), info.numel(), full);
+      crop(full, info.shape, values, t.shape);
+    }
+    input->shard->release(info);
+    // "Each input tensor is cast to dtype when loaded."
+    if (info.dtype != t.compute_dtype) round_to(t.compute_dtype, values, n);
+    ctx.sources.push_back({values, s.params, s.is_base, plan.model_names[s.model]});
+  }
+  float* out = pool.get(t.sources.size(), n);
+  plan.method->merge(ctx, out);
+  const size_t bad = count_non_finite(n, out);
+  if (bad > 0) {
+    throw Error(ErrorCode::kNonFinite, "tensor '" + t.name + "': the merge produced " + std::to_string(bad) +
+                                           " NaN or infinite values; refusing to write a broken model");
+  }
+  const uint64_t nbytes = n * dtype_bits(t.out_dtype) / 8;
+  uint8_t* bytes = pool.bytes(nbytes);
+  store_from_f32(out, n, t.out_dtype, bytes);
+  writer.write(t.name, bytes, nbytes);
+}
+
+std::vector<fs::path> input_files(const Model& model) {
+  std::vector<fs::path> files;
+  for (const auto& shard : model.shards()) files.emplace_back(shard->path());
+  if (model.is_directory()) {
+    for (const char* extra : {"config.json", "model.safetensors.index.json"}) {
+      if (fs::exists(model.path() / extra)) files.push_back(model.path() / extra);
+    }
+    for (const auto& aux : model.auxiliary_files()) files.push_back(model.path() / aux);
+  }
+  return files;
+}
+
+nlohmann::json output_config(const MergePlan& plan) {
+  nlohmann::json config = plan.models[plan.config_donor]->config();
+  if (!config.is_object()) config = nlohmann::json::object();
+  config["num_hidden_layers"] = plan.output_layers;
+  if (!plan.tensors.empty()) config["torch_dtype"] = dtype_torch_name(plan.tensors.front().out_dtype);
+  return config;
+}
+
+}  // namespace
+
+uint64_t tensor_seed(uint64_t random_seed, const std::string& tensor_name) {
+  uint64_t h = 0xCBF29CE484222325ull ^ (random_seed * 0x9E3779B97F4A7C15ull);
+  for (unsigned char c : tensor_name) {
+    h ^= c;
+    h *= 0x100000001B3ull;
+  }
+  return h;
+}
+
+MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
+  StagingDirectory staging(options.out_dir, options.overwrite);
+  std::vector<TensorSpec> specs;
+  for (const auto& t : plan.tensors) specs.push_back({t.name, t.out_dtype, t.shape});
+  MergeResult result;
+  {
+    ShardedWriter writer(staging.path(), specs, options.shard_bytes,
+                         {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}});
+    BufferPool pool;
+    for (size_t i = 0; i < plan.tensors.size(); ++i) {
+      merge_tensor(plan, plan.tensors[i], options.random_seed, pool, writer);
+      if (options.progress) options.progress(i + 1, plan.tensors.size());
+    }
+    result.files = writer.finish();
+  }
+  result.tensors = plan.tensors.size();
+  result.output_bytes = plan.output_bytes();
+
+  const fs::path out = staging.path();
+  write_file_atomic(out / "config.json", output_config(plan).dump(2) + "\n");
+  result.files.push_back("config.json");
+  if (options.copy_tokenizer) {
+    const Model& donor = *plan.models[plan.tokenizer_donor];
+    for (const auto& file : donor.auxiliary_files()) {
+      fs::copy_file(donor.path() / file, out / file, fs::copy_options::overwrite_existing);
+      result.files.push_back(file);
+    }
+  }
+  if (plan.recipe.chat_template) {
+    write_file_atomic(out / "chat_template.jinja", *plan.recipe.chat_template);
+    result.files.push_back("chat_template.jinja");
+  }
+  write_file_atomic(out / "mergekit_config.yml", plan.recipe.text);
+  result.files.push_back("mergekit_config.yml");
+  if (options.write_model_card) {
+    ModelCardInfo card;
+    card.name = plan.recipe.name.value_or(options.out_dir.filename().string());
+    card.merge_method = plan.recipe.merge_method;
+    card.base_model = plan.base_model >= 0 ? plan.model_names[plan.base_model] : "";
+    card.models = plan.model_names;
+    card.recipe_yaml = plan.recipe.text;
+    card.tool_version = ALLOY_VERSION;
+    write_file_atomic(out / "README.md", render_model_card(card));
+    result.files.push_back("README.md");
+  }
+
+  nlohmann::json provenance;
+  provenance["tool"] = "alloy";
+  provenance["version"] = ALLOY_VERSION;
+  provenance["merge_method"] = plan.recipe.merge_method;
+  provenance["random_seed"] = options.random_seed;
+  provenance["recipe"] = plan.recipe.text;
+  provenance["recipe_sha256"] = sha256_hex(plan.recipe.text.data(), plan.recipe.text.size());
+  nlohmann::json inputs = nlohmann::json::array();
+  for (size_t m = 0; m < plan.models.size(); ++m) {
+    nlohmann::json files = nlohmann::json::object();
+    for (const auto& file : input_files(*plan.models[m])) {
+      files[file.filename().string()] = options.hash_inputs ? sha256_file(file) : "not hashed";
+    }
+    inputs.push_back({{"model", plan.model_names[m]}, {"path", plan.model_paths[m].string()}, {"files", files}});
+  }
+  provenance["inputs"] = inputs;
+  provenance["plan"] = plan_to_json(plan)["tensors"];
+  nlohmann::json outputs = nlohmann::json::object();
+  std::sort(result.files.begin(), result.files.end());
+  for (const auto& file : result.files) outputs[file] = sha256_file(out / file);
+  provenance["outputs"] = outputs;
+  write_file_atomic(out / "alloy_provenance.json", provenance.dump(2) + "\n");
+  result.files.push_back("alloy_provenance.json");
+  staging.publish();
+  return result;
+}
+
+}  // namespace alloy

@@ -1,0 +1,95 @@
+// alloy-merge CONFIG.yml OUT_DIR: run a mergekit-style recipe (command line mirrors mergekit-yaml).
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "alloy/error.h"
+#include "alloy/merge.h"
+#include "alloy/parallel.h"
+#include "alloy/writer.h"
+
+namespace {
+
+// mergekit-yaml flags that have no meaning for alloy; accepted so existing command lines work.
+const char* kIgnoredFlags[] = {"--cuda", "--no-cuda", "--lazy-unpickle", "--no-lazy-unpickle", "--low-cpu-memory",
+                               "--no-low-cpu-memory", "--safe-serialization", "--no-safe-serialization",
+                               "--trust-remote-code", "--no-trust-remote-code", "--clone-tensors",
+                               "--no-clone-tensors", "--read-to-gpu", "--no-read-to-gpu", "--multi-gpu",
+                               "--no-multi-gpu", "--async-write", "--no-async-write", "--verbose", "-v",
+                               "--lora-merge-cache", "--transformers-cache", "--gpu-rich"};
+
+void show_progress(size_t done, size_t total, std::chrono::steady_clock::time_point start) {
+  const int width = 40;
+  const int filled = static_cast<int>(width * done / std::max<size_t>(total, 1));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "\r[%.*s%*s] %zu/%zu tensors %.1fs", filled, "########################################",
+               width - filled, "", done, total, seconds);
+  if (done == total) std::fputc('\n', stderr);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Merge models with a mergekit-style YAML recipe and write an attributed model directory."};
+  std::string config_path, out_dir, shard_size = "5B";
+  bool copy_tokenizer = true, model_card = true, allow_crimes = false, dry_run = false, overwrite = false,
+       quiet = false;
+  uint64_t seed = 0;
+  int threads = 0;
+  app.add_option("CONFIG", config_path, "the recipe (YAML)")->required();
+  app.add_option("OUT_DIR", out_dir, "output directory")->required();
+  app.add_option("--out-shard-size", shard_size, "shard byte budget, decimal (5B, 500M)")->capture_default_str();
+  app.add_flag("--copy-tokenizer,!--no-copy-tokenizer", copy_tokenizer, "copy the tokenizer files (default on)");
+  app.add_flag("--write-model-card,!--no-write-model-card", model_card, "write README.md (default on)");
+  app.add_flag("--allow-crimes", allow_crimes, "allow merging different architectures");
+  app.add_option("--random-seed", seed, "seed for random methods (dare, della)")->capture_default_str();
+  app.add_option("-j,--threads", threads, "threads (default: all cores)");
+  app.add_flag("--dry-run", dry_run, "validate everything and print the plan as JSON; write nothing");
+  app.add_flag("--overwrite", overwrite, "replace OUT_DIR if it exists and is not empty");
+  app.add_flag("-q,--quiet", quiet, "no progress bar");
+  std::vector<std::string> ignored;
+  for (const char* flag : kIgnoredFlags) {
+    app.add_flag(flag, [flag, &ignored](int64_t) { ignored.push_back(flag); })->group("");
+  }
+  CLI11_PARSE(app, argc, argv);
+  for (const auto& flag : ignored) {
+    std::fprintf(stderr, "alloy-merge: note: %s has no effect in alloy (accepted for mergekit compatibility)\n",
+                 flag.c_str());
+  }
+  try {
+    if (threads > 0) alloy::set_thread_count(threads);
+    alloy::PlanOptions plan_options;
+    plan_options.allow_crimes = allow_crimes;
+    const alloy::MergePlan plan = alloy::plan_merge(alloy::load_recipe(config_path), plan_options);
+    if (dry_run) {
+      std::cout << alloy::plan_to_json(plan).dump(2) << "\n";
+      return 0;
+    }
+    alloy::MergeOptions options;
+    options.out_dir = out_dir;
+    options.shard_bytes = alloy::parse_byte_size(shard_size);
+    options.copy_tokenizer = copy_tokenizer;
+    options.write_model_card = model_card;
+    options.overwrite = overwrite;
+    options.random_seed = seed;
+    const auto start = std::chrono::steady_clock::now();
+    if (!quiet && ::isatty(STDERR_FILENO)) {
+      options.progress = [start](size_t done, size_t total) { show_progress(done, total, start); };
+    }
+    const auto result = alloy::run_merge(plan, options);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr, "alloy-merge: wrote %zu tensors (%.3f GB) with %s to %s in %.2fs\n", result.tensors,
+                 static_cast<double>(result.output_bytes) / 1e9, plan.recipe.merge_method.c_str(), out_dir.c_str(),
+                 seconds);
+  } catch (const alloy::Error& e) {
+    std::fprintf(stderr, "alloy-merge: error: %s [%s]\n", e.what(), alloy::error_code_name(e.code()));
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "alloy-merge: error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
