@@ -314,7 +314,11 @@ Recipe parse_recipe(const std::string& text, const std::string& label) {
   if (const auto node = find("name")) recipe.name = p.scalar_string(*node, "name");
 
   const auto models_found = find("models"), slices_found = find("slices");
-  if (models_found && slices_found) p.fail(*slices_found, "use either models or slices, not both");
+  if (models_found && slices_found) {
+    for (const auto& [key, value] : top) {
+      if (key.as<std::string>() == "slices") p.fail(key, "use either models or slices, not both");
+    }
+  }
   if (!models_found && !slices_found) p.fail_at({1, 1}, "the recipe lists no models: add models: or slices:");
   if (models_found) {
     const YAML::Node models = *models_found;

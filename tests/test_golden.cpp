@@ -86,7 +86,9 @@ void compare_stat(const fs::path& expected_dir, const alloy::Model& actual, cons
     const double n = static_cast<double>(av.size()), fraction = diff_count / n;
     const double fm = info["changed_mean"], fsd = info["changed_sd"], lm = info["l1_mean"], lsd = info["l1_sd"];
     EXPECT_NEAR(fraction, fm, std::max(0.02, 6 * fsd)) << name << " changed fraction";
-    if (lm > 0) EXPECT_NEAR(l1_tensor / lm, 1.0, std::max(0.02, 6 * lsd / lm)) << name << " L1(out - base)";
+    if (lm > 0) {
+      EXPECT_NEAR(l1_tensor / lm, 1.0, std::max(0.02, 6 * lsd / lm)) << name << " L1(out - base)";
+    }
     total_n += n;
     changed += fraction * n;
     changed_mean += fm * n;
@@ -98,6 +100,8 @@ void compare_stat(const fs::path& expected_dir, const alloy::Model& actual, cons
   EXPECT_NEAR(changed / total_n, changed_mean / total_n, std::max(0.005, 6 * std::sqrt(changed_var) / total_n));
   EXPECT_NEAR(l1 / l1_mean, 1.0, std::max(0.01, 6 * std::sqrt(l1_var) / l1_mean));
 }
+
+void PrintTo(const GoldenCase& c, std::ostream* os) { *os << c.name; }
 
 class Golden : public ::testing::TestWithParam<GoldenCase> {};
 

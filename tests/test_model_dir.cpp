@@ -163,6 +163,8 @@ std::vector<IndexCase> index_cases() {
   };
 }
 
+void PrintTo(const IndexCase& c, std::ostream* os) { *os << c.name; }
+
 class ModelDirCorrupt : public ::testing::TestWithParam<IndexCase> {};
 
 TEST_P(ModelDirCorrupt, IsRefused) {

@@ -141,6 +141,8 @@ std::vector<CorruptCase> corrupt_cases() {
   };
 }
 
+void PrintTo(const CorruptCase& c, std::ostream* os) { *os << c.name; }
+
 class SafetensorsCorrupt : public ::testing::TestWithParam<CorruptCase> {};
 
 TEST_P(SafetensorsCorrupt, IsRefusedWithItsOwnCode) {
