@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Merge benchmark: times alloy-merge (linear, slerp, ties) against a plain copy of the same bytes
+# measured in the same run (copy_baseline reads the method's inputs and writes an output of the
+# output's size), and reports each merge's time as a ratio to its copy, peak RSS and minor faults.
+#
+# Usage: bench/merge_bench.sh [SIZE_GB (default 2)] [WORK_DIR (default: a temp dir, removed after)]
+# Targets (issue 3): linear <= 1.5x copy, slerp <= 2x, ties <= 3x, peak RSS < 1 GiB.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+size=${1:-2}
+work=${2:-$(mktemp -d /tmp/alloy-bench.XXXXXX)}
+keep_work=${2:+1}
+"$root/scripts/install-deps.sh"
+"$root/scripts/build.sh" "$root/build" >/dev/null
+bin="$root/build/bin"
+cleanup() { [[ -n "${keep_work:-}" ]] || rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "alloy merge benchmark: models of ${size} GB (bf16), $(nproc) cores" >&2
+if [[ ! -d "$work/models/ft_2" ]]; then
+  "$bin/alloy-synth" family "$work/models" --overwrite --size-gb "$size" --fine-tunes 2 --unrelated 0 >&2
+fi
+out_bytes=$(du -b "$work/models/ft_1/model.safetensors" | cut -f1)
+
+# measure NAME COMMAND...: runs the command under /usr/bin/time; prints "seconds peak_kb minor_faults".
+measure() {
+  local log="$work/time.log"
+  /usr/bin/time -f "%e %M %R" -o "$log" "$@" >/dev/null 2>"$work/stderr.log" || { cat "$work/stderr.log" >&2; return 1; }
+  cat "$log"
+}
+
+cat > "$work/models/linear.yml" <<YAML
+merge_method: linear
+models:
+  - model: ft_1
+    parameters: {weight: 0.571}
+  - model: ft_2
+    parameters: {weight: 0.429}
+dtype: bfloat16
+YAML
+cat > "$work/models/slerp.yml" <<YAML
+merge_method: slerp
+base_model: base
+models: [base, ft_1]
+parameters: {t: 0.4}
+dtype: bfloat16
+YAML
+cat > "$work/models/ties.yml" <<YAML
+merge_method: ties
+base_model: base
+models:
+  - model: ft_1
+    parameters: {weight: 0.5, density: 0.5}
+  - model: ft_2
+    parameters: {weight: 0.5, density: 0.5}
+dtype: bfloat16
+YAML
+
+printf "%-8s %10s %10s %8s %12s %12s\n" method copy_s merge_s ratio peak_rss_MB minor_faults
+for method in linear slerp ties; do
+  case $method in
+    linear) inputs=(ft_1 ft_2) ;;
+    slerp) inputs=(base ft_1) ;;
+    ties) inputs=(base ft_1 ft_2) ;;
+  esac
+  cd "$work/models"
+  # Warm the page cache once so both runs read from memory, then time the copy and the merge.
+  "$bin/copy_baseline" "${inputs[@]}" >/dev/null
+  read -r copy_s _ _ < <(measure "$bin/copy_baseline" --out "$work/copy.bin" --out-bytes "$out_bytes" "${inputs[@]}")
+  rm -f "$work/copy.bin"
+  read -r merge_s peak_kb faults < <(measure "$bin/alloy-merge" -q --overwrite "$method.yml" "$work/out-$method")
+  rm -rf "$work/out-$method"
+  ratio=$(awk -v m="$merge_s" -v c="$copy_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
+  printf "%-8s %10s %10s %8s %12d %12d\n" "$method" "$copy_s" "$merge_s" "${ratio}x" $((peak_kb / 1024)) "$faults"
+done
