@@ -1,9 +1,9 @@
 // libFuzzer target: parse_shard_index over arbitrary text must accept only safe shard names or
 // throw alloy::Error; never crash.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <algorithm>
 #include <string>
 #include <string_view>
 
@@ -12,10 +12,12 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    const auto index =
-        alloy::parse_shard_index(std::string_view(reinterpret_cast<const char*>(data), size), "fuzz");
+    const auto index = alloy::parse_shard_index(
+        std::string_view(reinterpret_cast<const char*>(data), size), "fuzz");
     for (const auto& [tensor, shard] : index.weight_map) {
-      if (shard.empty() || shard[0] == '/' || shard.find('\\') != std::string::npos) std::abort();
+      if (tensor.empty() || shard.empty() || shard[0] == '/') std::abort();
+      if (shard.find('\\') != std::string::npos || shard.find('\0') != std::string::npos)
+        std::abort();
       // No ".." path component may survive validation.
       size_t start = 0;
       while (start <= shard.size()) {

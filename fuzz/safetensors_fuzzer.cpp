@@ -1,5 +1,6 @@
 // libFuzzer target: parse_safetensors over arbitrary bytes must either accept (and then every
-// tensor must lie inside the buffer) or throw alloy::Error; never crash, hang or read out of bounds.
+// tensor must lie inside the buffer) or throw alloy::Error; never crash, hang or read out of
+// bounds.
 //
 // Each input is tried twice: as a whole file, and as header text followed by a data buffer (split
 // after the last '}'), with a correct length prefix, so the fuzzer reaches the JSON and offset

@@ -1,3 +1,4 @@
+// parse_byte_size: the --out-shard-size syntax (decimal suffixes, as mergekit).
 #include <cctype>
 #include <limits>
 

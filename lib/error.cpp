@@ -42,6 +42,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kIndexTensorUnlisted: return "index-tensor-unlisted";
     case ErrorCode::kIndexTensorInTwoShards: return "index-tensor-in-two-shards";
     case ErrorCode::kBadConfig: return "bad-config";
+    case ErrorCode::kSymlinkEscape: return "symlink-escape";
     case ErrorCode::kRecipe: return "recipe";
     case ErrorCode::kShapeMismatch: return "shape-mismatch";
     case ErrorCode::kMissingTensor: return "missing-tensor";

@@ -13,7 +13,11 @@ namespace {
 constexpr size_t kReduceGrain = 1 << 16;
 constexpr int kLanes = 8;
 
-// Sums term(i) over [begin, end) with kLanes interleaved accumulators.
+// Sums term(i) over [begin, end) with kLanes interleaved accumulators: lane k takes the elements
+// i with (i - begin) % kLanes == k, and the lanes are added in order at the end. The lane loop is
+// SLP-vectorised (cvtps2pd / mulpd / addpd) without changing any rounding. The term lambdas capture
+// their pointers by value: captured by reference, GCC reaches them through the parallel_for context
+// and leaves the loop scalar (checked with -fopt-info-vec and objdump).
 template <class Term>
 double lane_sum(size_t begin, size_t end, Term term) {
   double lanes[kLanes] = {};
@@ -72,21 +76,21 @@ void scale(size_t n, float s, float* x) {
 }
 
 double dot(size_t n, const float* a, const float* b) {
-  return deterministic_sum(n, [&](size_t i) { return double(a[i]) * double(b[i]); });
+  return deterministic_sum(n, [=](size_t i) { return double(a[i]) * double(b[i]); });
 }
 
 double sum_squares(size_t n, const float* a) {
-  return deterministic_sum(n, [&](size_t i) { return double(a[i]) * double(a[i]); });
+  return deterministic_sum(n, [=](size_t i) { return double(a[i]) * double(a[i]); });
 }
 
 double norm2(size_t n, const float* a) { return std::sqrt(sum_squares(n, a)); }
 
 double sum(size_t n, const float* a) {
-  return deterministic_sum(n, [&](size_t i) { return double(a[i]); });
+  return deterministic_sum(n, [=](size_t i) { return double(a[i]); });
 }
 
 double dot_centered(size_t n, const float* a, const float* b, const float* c) {
-  return deterministic_sum(n, [&](size_t i) {
+  return deterministic_sum(n, [=](size_t i) {
     return (double(a[i]) - double(c[i])) * (double(b[i]) - double(c[i]));
   });
 }

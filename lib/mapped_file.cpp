@@ -1,8 +1,10 @@
+// MappedFile: a read-only mmap of a whole file, with page-granular release/prefetch hints.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -12,22 +14,23 @@
 namespace alloy {
 namespace {
 
-// The page-aligned sub-range of [offset, offset + length) that lies inside a mapping of `size`.
-bool inner_pages(uint64_t offset, uint64_t length, size_t size, uint64_t* begin, uint64_t* end) {
+uint64_t page_size() {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  if (offset >= size) return false;
-  const uint64_t stop = std::min<uint64_t>(size, offset + length);
-  *begin = (offset + page - 1) / page * page;
-  *end = stop == size ? stop : stop / page * page;
-  return *begin < *end;
+  return page;
+}
+
+// End of [offset, offset + length) clamped to the mapping (length may be anything a caller passes).
+uint64_t clamped_end(uint64_t offset, uint64_t length, size_t size) {
+  return length > size - offset ? size : offset + length;
 }
 
 }  // namespace
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO planted where a shard should be must fail, not wait for a writer.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(ErrorCode::kIo, path + ": cannot open: " + std::strerror(errno));
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
@@ -38,6 +41,8 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     throw Error(ErrorCode::kIo, path + ": not a regular file");
   }
   size_ = static_cast<size_t>(st.st_size);
+  // mmap refuses length 0; an empty file keeps data_ == nullptr and the parser reports it as too
+  // small to hold a header.
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
@@ -54,17 +59,23 @@ MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
+// Only whole pages inside the range are dropped: a page shared with a neighbouring tensor may still
+// be in use. The file's last partial page counts as whole (nothing else lives in it).
 void MappedFile::release(uint64_t offset, uint64_t length) const {
-  uint64_t begin = 0, end = 0;
-  if (data_ == nullptr || !inner_pages(offset, length, size_, &begin, &end)) return;
+  if (data_ == nullptr || offset >= size_) return;
+  const uint64_t page = page_size();
+  const uint64_t stop = clamped_end(offset, length, size_);
+  const uint64_t begin = (offset + page - 1) / page * page;
+  const uint64_t end = stop == size_ ? stop : stop / page * page;
+  if (begin >= end) return;
   ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
 }
 
+// Read-ahead may cover more than asked, so the range is widened to page boundaries.
 void MappedFile::prefetch(uint64_t offset, uint64_t length) const {
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   if (data_ == nullptr || offset >= size_) return;
-  const uint64_t begin = offset / page * page;
-  const uint64_t end = std::min<uint64_t>(size_, offset + length);
+  const uint64_t begin = offset / page_size() * page_size();
+  const uint64_t end = clamped_end(offset, length, size_);
   ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_WILLNEED);
 }
 

@@ -1,15 +1,19 @@
 // Validating safetensors header parser and the mmap-backed file (rules: alloy/safetensors.h and
 // docs/format.md). Every check names the file and, where there is one, the tensor.
 #include <algorithm>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 
 #include "alloy/error.h"
 #include "alloy/safetensors.h"
+#include "reader_text.h"
 
 namespace alloy {
 namespace {
 
+using detail::quote_name;
 using nlohmann::json;
 
 // Valid headers nest at most 3 levels ({name: {shape: [..]}}); anything deeper is refused early.
@@ -19,20 +23,33 @@ constexpr int kMaxDepth = 3;
   throw Error(code, label + ": " + message);
 }
 
-std::string tensor_label(const std::string& name) { return "tensor '" + name + "': "; }
+std::string tensor_label(const std::string& name) {
+  return "tensor " + quote_name(name) + ": ";
+}
 
 // Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
 bool is_valid_utf8(const uint8_t* s, size_t n) {
   size_t i = 0;
   while (i < n) {
     const uint8_t c = s[i];
-    if (c < 0x80) { ++i; continue; }
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
     size_t len;
     uint32_t cp;
-    if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
-    else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
-    else return false;
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;  // a continuation byte, C0/C1 (always overlong) or F5..FF (beyond U+10FFFF)
+    }
     if (n - i < len) return false;
     for (size_t k = 1; k < len; ++k) {
       if ((s[i + k] & 0xC0) != 0x80) return false;
@@ -52,48 +69,68 @@ struct ParseAbort {
   std::string message;
 };
 
-// Parses the header JSON, refusing duplicate keys (nlohmann would silently keep the last one) and
-// nesting deeper than any valid header needs.
+// Parses the header JSON with nlohmann's callback parser, which is iterative (no recursion on deep
+// input). The callback refuses, while parsing: nesting deeper than any valid header needs, and
+// duplicate keys (nlohmann would silently keep the last one, so two readers could disagree on
+// what the same file holds). Depth here is the number of enclosing containers: tensor names and
+// "__metadata__" are keys at depth 1, the keys of their entries at depth 2.
 json parse_header_json(const char* begin, const char* end) {
   std::vector<std::set<std::string>> keys_at_depth(kMaxDepth + 2);
+  std::string top_key;  // the depth-1 key whose value is being parsed
   auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
     if (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) {
-      if (depth >= kMaxDepth) throw ParseAbort{ErrorCode::kHeaderNotJson, "header nests too deeply"};
+      if (depth >= kMaxDepth)
+        throw ParseAbort{ErrorCode::kHeaderNotJson, "header nests too deeply"};
       if (event == json::parse_event_t::object_start) keys_at_depth[depth + 1].clear();
     } else if (event == json::parse_event_t::key) {
-      const std::string key = parsed.get<std::string>();
-      if (!keys_at_depth[depth].insert(key).second) {
-        if (depth == 1) throw ParseAbort{ErrorCode::kDuplicateTensor, "tensor '" + key + "' appears twice"};
-        throw ParseAbort{ErrorCode::kUnknownKey, "key '" + key + "' appears twice in one entry"};
+      const std::string& key = parsed.get_ref<const std::string&>();
+      if (depth == 1) top_key = key;
+      if (keys_at_depth[depth].insert(key).second) return true;
+      if (depth == 1 && key == "__metadata__") {
+        throw ParseAbort{ErrorCode::kBadMetadata, "__metadata__ appears twice"};
       }
+      if (depth == 1)
+        throw ParseAbort{ErrorCode::kDuplicateTensor,
+                         "tensor " + quote_name(key) + " appears twice"};
+      if (top_key == "__metadata__") {
+        throw ParseAbort{ErrorCode::kBadMetadata,
+                         "__metadata__ key " + quote_name(key) + " appears twice"};
+      }
+      throw ParseAbort{ErrorCode::kUnknownKey,
+                       tensor_label(top_key) + "key " + quote_name(key) + " appears twice"};
     }
     return true;
   };
   try {
     return json::parse(begin, end, callback, /*allow_exceptions=*/true);
   } catch (const json::exception& e) {
-    throw ParseAbort{ErrorCode::kHeaderNotJson, std::string("header is not valid JSON: ") + e.what()};
+    throw ParseAbort{ErrorCode::kHeaderNotJson,
+                     std::string("header is not valid JSON: ") + e.what()};
   }
 }
 
+// A JSON integer literal that fits in 64 bits and is not negative. nlohmann stores such literals
+// as number_unsigned; negative ones (and "-0") are number_integer, anything with a fraction or an
+// exponent ("1.0", "1e2") or beyond 2^64 - 1 is number_float, and true/false are booleans: all
+// refused.
 bool get_unsigned(const json& value, uint64_t* out) {
-  if (!value.is_number_unsigned()) {
-    // nlohmann stores non-negative literals as unsigned; a signed integer here is negative.
-    return false;
-  }
+  if (!value.is_number_unsigned()) return false;
   *out = value.get<uint64_t>();
   return true;
 }
 
+// "__metadata__" is metadata when it is an object of strings. One that is not, but carries a tensor
+// entry's keys, is a tensor someone named "__metadata__": that gets its own code.
 void parse_metadata(const json& value, const std::string& label, SafetensorsHeader* header) {
   if (!value.is_object()) fail(ErrorCode::kBadMetadata, label, "__metadata__ is not an object");
-  bool looks_like_tensor = value.contains("dtype") || value.contains("data_offsets");
+  const bool looks_like_tensor = value.contains("dtype") || value.contains("data_offsets");
   for (const auto& [key, item] : value.items()) {
     if (!item.is_string()) {
       if (looks_like_tensor) {
         fail(ErrorCode::kReservedName, label, "a tensor may not be named __metadata__");
       }
-      fail(ErrorCode::kBadMetadata, label, "__metadata__ value for '" + key + "' is not a string");
+      fail(ErrorCode::kBadMetadata, label,
+           "__metadata__ value for " + quote_name(key) + " is not a string");
     }
     header->metadata[key] = item.get<std::string>();
   }
@@ -102,11 +139,12 @@ void parse_metadata(const json& value, const std::string& label, SafetensorsHead
 TensorInfo parse_tensor(const std::string& name, const json& entry, const std::string& label) {
   const std::string where = tensor_label(name);
   if (name.empty()) fail(ErrorCode::kEmptyName, label, "a tensor has an empty name");
-  if (!entry.is_object()) fail(ErrorCode::kTensorNotObject, label, where + "entry is not an object");
+  if (!entry.is_object())
+    fail(ErrorCode::kTensorNotObject, label, where + "entry is not an object");
   for (const auto& [key, unused] : entry.items()) {
     (void)unused;
     if (key != "dtype" && key != "shape" && key != "data_offsets") {
-      fail(ErrorCode::kUnknownKey, label, where + "unexpected key '" + key + "'");
+      fail(ErrorCode::kUnknownKey, label, where + "unexpected key " + quote_name(key));
     }
   }
   for (const char* key : {"dtype", "shape", "data_offsets"}) {
@@ -118,7 +156,8 @@ TensorInfo parse_tensor(const std::string& name, const json& entry, const std::s
   if (!dtype.is_string()) fail(ErrorCode::kBadDtypeType, label, where + "dtype is not a string");
   const auto parsed_dtype = dtype_from_name(dtype.get<std::string>());
   if (!parsed_dtype) {
-    fail(ErrorCode::kUnknownDtype, label, where + "unknown dtype '" + dtype.get<std::string>() + "'");
+    fail(ErrorCode::kUnknownDtype, label,
+         where + "unknown dtype " + quote_name(dtype.get<std::string>()));
   }
   info.dtype = *parsed_dtype;
 
@@ -127,7 +166,8 @@ TensorInfo parse_tensor(const std::string& name, const json& entry, const std::s
   for (const json& dim : shape) {
     uint64_t d = 0;
     if (!get_unsigned(dim, &d)) {
-      fail(ErrorCode::kBadShape, label, where + "shape has a value that is not a non-negative integer");
+      fail(ErrorCode::kBadShape, label,
+           where + "shape has a value that is not a non-negative integer");
     }
     info.shape.push_back(d);
   }
@@ -180,7 +220,8 @@ long SafetensorsHeader::find(std::string_view name) const {
 }
 
 SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std::string& label) {
-  if (size < 8) fail(ErrorCode::kFileTooSmall, label, "file is smaller than the 8-byte header length");
+  if (size < 8)
+    fail(ErrorCode::kFileTooSmall, label, "file is smaller than the 8-byte header length");
   uint64_t header_bytes = 0;
   for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | bytes[i];
   if (header_bytes < 2) fail(ErrorCode::kHeaderTooSmall, label, "header length below 2 bytes");
@@ -193,7 +234,16 @@ SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std
          "header length " + std::to_string(header_bytes) + " runs past the end of the file");
   }
   const uint8_t* text = bytes + 8;
-  if (!is_valid_utf8(text, header_bytes)) fail(ErrorCode::kHeaderNotUtf8, label, "header is not valid UTF-8");
+  if (!is_valid_utf8(text, header_bytes))
+    fail(ErrorCode::kHeaderNotUtf8, label, "header is not valid UTF-8");
+  // nlohmann's lexer takes a NUL byte for the end of input, so "{...}\0<anything>" would parse as
+  // "{...}" while the reference (serde_json) refuses the trailing bytes. Valid JSON never holds a
+  // raw NUL (inside strings it must be escaped as \u0000), so one anywhere is refused.
+  if (detail::contains_nul(std::string_view(reinterpret_cast<const char*>(text), header_bytes))) {
+    fail(ErrorCode::kHeaderNotJson, label, "header contains a NUL byte");
+  }
+  // The reference's InvalidHeaderStart: no leading whitespace, and nothing but an object.
+  if (text[0] != '{') fail(ErrorCode::kHeaderNotObject, label, "header does not start with '{'");
 
   json root;
   try {
@@ -214,13 +264,17 @@ SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std
     }
   }
 
-  std::sort(header.tensors.begin(), header.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
-    return a.data_begin != b.data_begin ? a.data_begin < b.data_begin : a.data_end < b.data_end;
-  });
+  // File order; zero-size tensors can share an offset, so the name breaks ties deterministically.
+  std::sort(header.tensors.begin(), header.tensors.end(),
+            [](const TensorInfo& a, const TensorInfo& b) {
+              return std::tie(a.data_begin, a.data_end, a.name) <
+                     std::tie(b.data_begin, b.data_end, b.name);
+            });
   uint64_t expected = 0;
   for (const auto& tensor : header.tensors) {
     if (tensor.data_begin < expected) {
-      fail(ErrorCode::kOffsetOverlap, label, tensor_label(tensor.name) + "data overlaps the previous tensor");
+      fail(ErrorCode::kOffsetOverlap, label,
+           tensor_label(tensor.name) + "data overlaps the previous tensor");
     }
     if (tensor.data_begin > expected) {
       fail(ErrorCode::kOffsetGap, label,

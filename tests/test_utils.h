@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -53,9 +54,24 @@ inline std::string safetensors_bytes(const std::string& header, const std::strin
   return out + header + data;
 }
 
+// One header entry, `"name":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}`, for building
+// headers by hand (the name and dtype are written as given, unescaped).
+inline std::string tensor_entry(const std::string& name, const std::string& dtype,
+                                const std::vector<uint64_t>& shape, uint64_t begin, uint64_t end) {
+  std::string out = "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "],\"data_offsets\":[" + std::to_string(begin) + "," + std::to_string(end) + "]}";
+}
+
 inline void write_bytes(const std::filesystem::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Writes a safetensors file from header text and data (see safetensors_bytes).
+inline void write_safetensors(const std::filesystem::path& path, const std::string& header,
+                              const std::string& data) {
+  write_bytes(path, safetensors_bytes(header, data));
 }
 
 inline std::string read_bytes(const std::filesystem::path& path) {
@@ -79,7 +95,11 @@ inline std::string run_command(const std::string& command, int* status) {
   return output;
 }
 
-inline std::string bin(const std::string& tool) { return std::string(ALLOY_BIN_DIR) + "/" + tool; }
-inline std::string data_dir() { return ALLOY_TEST_DATA_DIR; }
+inline std::string bin(const std::string& tool) {
+  return std::string(ALLOY_BIN_DIR) + "/" + tool;
+}
+inline std::string data_dir() {
+  return ALLOY_TEST_DATA_DIR;
+}
 
 }  // namespace alloy::test

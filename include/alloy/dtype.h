@@ -3,19 +3,29 @@
 // The table (dtype_info) is the single source of truth for names, bit widths and kinds. Everything
 // that must branch on a dtype does it through this table or through the conversion functions here.
 //
-// Conversions follow PyTorch exactly:
-//  - float32 -> bfloat16 / float16 round to nearest, ties to even. NaN stays NaN (bf16: the quiet NaN
-//    0x7FC0, sign dropped, as torch's c10::BFloat16 does; f16: 0x7E00 | sign, as
-//    torch/_cvtss_sh do), overflow goes to +-Inf, f16 subnormals are produced correctly.
-//    (bf16 NaN is exactly 0x7FC0, sign dropped: c10::BFloat16 round_to_nearest_even.)
-//  - bfloat16 / float16 -> float32 are exact.
-//  - F8_E4M3 (e4m3fn: no infinities, S.1111.111 is NaN), F8_E5M2 (IEEE-like), F8_E8M0 (exponent
-//    only, 0xFF is NaN), F8_E4M3FNUZ / F8_E5M2FNUZ (0x80 is the only NaN, bias 8 / 16) -> float32
-//    are exact.
+// Conversions follow PyTorch (c10/util/BFloat16.h, c10/util/Half.h) bit for bit:
+//  - float32 -> bfloat16 (f32_to_bf16): round to nearest, ties to even, by the integer trick
+//    (u + 0x7FFF + ((u >> 16) & 1)) >> 16 of c10::detail::round_to_nearest_even. Any NaN, whatever
+//    its sign or payload, becomes exactly 0x7FC0 (sign dropped, as c10). Values past the largest
+//    finite bf16 round to +-Inf (the carry runs into the exponent); -0 stays 0x8000; subnormals
+//    round like normals.
+//  - float32 -> float16 (f32_to_f16): IEEE round to nearest, ties to even, as
+//    c10::detail::fp16_ieee_from_fp32_value. Any NaN becomes 0x7E00 | sign (sign kept, payload
+//    dropped). |x| >= 65520 (the midpoint above 65504, whose tie goes up) -> +-Inf; results below
+//    2^-14 are correctly rounded f16 subnormals; |x| <= 2^-25 -> +-0 (sign kept).
+//  - bfloat16 -> float32 is exact (bits << 16, NaN payload and sign kept).
+//  - float16 -> float32 is exact for every non-NaN; a NaN keeps its sign and payload and gets the
+//    quiet bit set (0x7C01 -> 0x7FC02000), as c10::detail::fp16_ieee_to_fp32_value and F16C do.
+//  - F8_E4M3 (e4m3fn: bias 7, no infinities, S.1111.111 is NaN, max 448), F8_E5M2 (IEEE-like,
+//    bias 15, = the top byte of an f16), F8_E8M0 (2^(b-127), 0xFF is NaN), F8_E4M3FNUZ /
+//    F8_E5M2FNUZ (bias 8 / 16, no infinities, no -0: 0x80 is the only NaN) -> float32 are exact.
+//    F8_E5M2 NaNs decode as the f16 NaN with that top byte (sign and payload kept, quiet); the
+//    NaNs of the other F8 types decode as 0x7FC00000. Storing into F8 types is not supported.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string_view>
 
@@ -54,11 +64,61 @@ const char* dtype_torch_name(DType dtype);
 bool can_load_as_f32(DType dtype);
 bool can_store_from_f32(DType dtype);
 
-// Scalar conversions (exact semantics in the header comment).
-float bf16_to_f32(uint16_t bits);
-uint16_t f32_to_bf16(float value);
-float f16_to_f32(uint16_t bits);
-uint16_t f32_to_f16(float value);
+// Scalar conversions (exact semantics in the header comment). The half-precision ones are inline
+// so that the element loops of conversion and merging vectorise.
+inline uint32_t float_to_bits(float value) {
+  uint32_t u;
+  std::memcpy(&u, &value, 4);
+  return u;
+}
+inline float bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline float bf16_to_f32(uint16_t bits) { return bits_to_float(uint32_t(bits) << 16); }
+inline uint16_t f32_to_bf16(float value) {
+  const uint32_t u = float_to_bits(value);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;  // NaN, as c10::BFloat16
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+// The f16 conversions are written without branches (every case computed, then selected with a
+// bit mask) so that the bulk loops vectorise; both are checked against the compiler's _Float16.
+inline uint32_t select_bits(bool condition, uint32_t if_true, uint32_t if_false) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(condition);
+  return (if_true & mask) | (if_false & ~mask);
+}
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t magnitude = h & 0x7FFFu;
+  const uint32_t shifted = magnitude << 13;
+  // Normal: rebias the exponent 15 -> 127.
+  const uint32_t normal = shifted + 0x38000000u;
+  // Inf / NaN: exponent 0xFF, payload kept, NaN made quiet.
+  const uint32_t inf_nan = (shifted + 0x70000000u) | select_bits(magnitude > 0x7C00u, 0x400000u, 0u);
+  // Zero / subnormal: m * 2^-24 = (1 + m/1024) * 2^-14 - 2^-14, exact in float32.
+  const uint32_t subnormal = float_to_bits(bits_to_float(shifted + 0x38800000u) - 0x1p-14f);
+  const uint32_t exponent = magnitude & 0x7C00u;
+  const uint32_t result =
+      select_bits(exponent == 0, subnormal, select_bits(exponent == 0x7C00u, inf_nan, normal));
+  return bits_to_float(sign | result);
+}
+inline uint16_t f32_to_f16(float value) {
+  const uint32_t u = float_to_bits(value);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t magnitude = u & 0x7FFFFFFFu;
+  // Normal results (2^-14 <= |x| < 65520): rebias 127 -> 15, then round the 13 dropped bits to
+  // nearest even with the integer trick; a carry runs into the exponent, as it should.
+  const uint32_t rebased = magnitude - 0x38000000u;
+  const uint32_t normal = (rebased + 0xFFFu + ((rebased >> 13) & 1u)) >> 13;
+  // Subnormal results (|x| < 2^-14): adding 0.5f puts the f16 subnormal ulp 2^-24 at the last
+  // mantissa bit of the sum, so the float addition itself rounds to nearest even; the low bits of
+  // the sum are the f16 result (0x400 when it rounds up to the smallest normal).
+  const uint32_t subnormal = float_to_bits(bits_to_float(magnitude) + 0.5f) - 0x3F000000u;
+  const uint32_t finite = select_bits(magnitude < 0x38800000u, subnormal, normal);
+  const uint32_t special = select_bits(magnitude > 0x7F800000u, 0x7E00u, 0x7C00u);  // NaN, or Inf
+  return static_cast<uint16_t>(sign | select_bits(magnitude >= 0x477FF000u, special, finite));
+}
 float f8_e4m3_to_f32(uint8_t bits);
 float f8_e5m2_to_f32(uint8_t bits);
 float f8_e8m0_to_f32(uint8_t bits);
@@ -67,7 +127,11 @@ float f8_e5m2fnuz_to_f32(uint8_t bits);
 
 // Rounds a float32 value to the nearest value representable in `dtype` (F32: identity; BF16/F16:
 // round-to-nearest-even, as a store and reload would). This is the rnd() of docs/methods.md.
-float round_to(DType dtype, float value);
+inline float round_to(DType dtype, float value) {
+  if (dtype == DType::BF16) return bf16_to_f32(f32_to_bf16(value));
+  if (dtype == DType::F16) return f16_to_f32(f32_to_f16(value));
+  return value;
+}
 // In-place round_to over a buffer, parallel; a no-op for F32.
 void round_to(DType dtype, float* values, size_t count);
 

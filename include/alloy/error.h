@@ -54,6 +54,8 @@ enum class ErrorCode {
   kIndexTensorUnlisted,   // a shard holds a tensor the index does not list
   kIndexTensorInTwoShards,// one tensor stored in two shards
   kBadConfig,             // config.json unparseable or not an object
+  kSymlinkEscape,         // a non-shard model file (weights, index, config, tokenizer...) is a symlink
+                          // that leaves the model directory
 
   // --- recipes and merging (alloy-merge) ---
   kRecipe,                // recipe error; message has "FILE:LINE:COLUMN: ..."

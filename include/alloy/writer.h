@@ -9,7 +9,12 @@
 //  - one shard is written as model.safetensors with no index; several are written as
 //    model-00001-of-0000N.safetensors plus model.safetensors.index.json with metadata.total_size
 //    and a sorted weight_map.
-// Every file is written under a temporary name and renamed into place only when complete.
+// Every file is written under a temporary name in the same directory (".NAME.tmp-PID-N") and
+// renamed into place only when complete, the index last; on any failure, or when a ShardedWriter is
+// destroyed without finish(), the temporaries and any file already renamed are removed. Errors are
+// alloy::Error: kIo (naming the file, with the errno text) for create/size/write/close/rename
+// failures; kEmptyName, kReservedName, kDuplicateTensor, kShapeOverflow, kSubByteMisaligned for bad
+// specs; kInvalidArgument (naming the tensor) for misuse of write() and finish().
 #pragma once
 
 #include <cstdint>
@@ -53,9 +58,12 @@ class ShardedWriter {
   ShardedWriter(const ShardedWriter&) = delete;
   ShardedWriter& operator=(const ShardedWriter&) = delete;
 
+  // Throws Error naming the tensor when it was not declared, nbytes differs from its declared size,
+  // it was already written, or the write failed (then it counts as not written).
   void write(const std::string& name, const void* data, uint64_t nbytes);
-  // Writes headers/index and renames into place. Throws if any declared tensor was not written.
-  // Returns the final file names (shards then index), relative to the directory.
+  // Closes the files (checking close()), renames them into place, then writes the index. Throws if
+  // any declared tensor was not written, or on an I/O error, leaving nothing behind. Returns the
+  // final file names (shards then index), relative to the directory. Call at most once.
   std::vector<std::string> finish();
   size_t shard_count() const;
 

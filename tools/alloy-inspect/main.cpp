@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
       std::cout << alloy::format_inspection(inspection);
     }
   } catch (const alloy::Error& e) {
-    std::fprintf(stderr, "alloy-inspect: error: %s [%s]\n", e.what(), alloy::error_code_name(e.code()));
+    std::fprintf(stderr, "alloy-inspect: error: %s [%s]\n", e.what(),
+                 alloy::error_code_name(e.code()));
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "alloy-inspect: error: %s\n", e.what());
