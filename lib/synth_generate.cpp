@@ -1,9 +1,24 @@
 // Writing synthetic base models, fine-tunes and families (see alloy/synth.h).
+//
+// Memory stays bounded by a few tensors: all TensorSpecs are declared to a ShardedWriter first,
+// then each tensor is generated into buffers sized once for the largest tensor and reused (fresh
+// allocations per tensor would page-fault on every tensor), and handed to a background thread that
+// writes it while the next tensor is generated (two byte buffers alternate). The work inside a
+// tensor is parallel over fixed chunks, so the bytes do not depend on the thread count.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")  // see synth_rng.cpp: no FMA, identical bytes everywhere
+#endif
+
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <future>
+#include <optional>
 
 #include "alloy/error.h"
 #include "alloy/file_util.h"
-#include "alloy/kernels.h"
 #include "alloy/model.h"
 #include "alloy/parallel.h"
 #include "alloy/synth.h"
@@ -13,185 +28,331 @@ namespace alloy {
 namespace fs = std::filesystem;
 namespace {
 
-// Buffers reused across tensors: allocating fresh memory per tensor costs page faults.
-struct Scratch {
-  std::vector<float> values, delta, low_rank, factors;
-  std::vector<uint8_t> bytes;
-  static void fit(std::vector<float>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
+constexpr const char* kRngName = "alloy-synth-v1: splitmix64 (two rounds) + Box-Muller, float32";
+
+// A buffer that grows but never shrinks, without zero-filling (the caller overwrites it).
+template <class T>
+class Buffer {
+ public:
+  T* get(size_t n) {
+    if (n > capacity_) {
+      data_.reset(new T[n]);
+      capacity_ = n;
+    }
+    return data_.get();
   }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  size_t capacity_ = 0;
 };
 
-uint64_t element_count(const std::vector<uint64_t>& shape) {
-  uint64_t n = 1;
-  for (uint64_t d : shape) n *= d;
-  return n;
-}
-
-// Initial values with the statistics of a freshly initialised transformer.
-void base_values(const SynthTensor& t, uint64_t seed, float* out) {
-  const uint64_t n = element_count(t.shape);
-  synth_normal(seed, synth_stream_id(t.name), 0, n, out);
-  float std_dev;
-  float offset = 0.0f;
-  if (t.component == Component::kNorm) {
-    std_dev = 0.05f;
-    offset = 1.0f;
-  } else if (t.component == Component::kEmbedding || t.component == Component::kLmHead) {
-    std_dev = 0.02f;
-  } else {
-    std_dev = 1.0f / std::sqrt(static_cast<float>(t.shape.back()));
+// Hands each finished tensor to a background thread that writes it while the caller generates the
+// next one into the other byte buffer.
+class WritePipeline {
+ public:
+  explicit WritePipeline(ShardedWriter& writer) : writer_(writer) {}
+  ~WritePipeline() {
+    if (pending_.valid()) pending_.wait();  // an exception is already on its way out
   }
-  parallel_for(n, kDefaultGrain, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) out[i] = offset + std_dev * out[i];
-  });
+  // A buffer of at least n bytes that no write is reading.
+  uint8_t* buffer(size_t n) { return buffers_[current_].get(n); }
+  // Writes the current buffer's first nbytes as tensor `name` in the background.
+  void submit(const std::string& name, uint64_t nbytes) {
+    drain();
+    const uint8_t* data = buffers_[current_].get(nbytes);
+    pending_ = std::async(std::launch::async, [this, name, data, nbytes] { writer_.write(name, data, nbytes); });
+    current_ ^= 1;
+  }
+  // Waits for the write in flight; rethrows its error.
+  void drain() {
+    if (pending_.valid()) pending_.get();
+  }
+
+ private:
+  ShardedWriter& writer_;
+  std::array<Buffer<uint8_t>, 2> buffers_;
+  int current_ = 0;
+  std::future<void> pending_;
+};
+
+uint64_t byte_size(uint64_t elements, DType dtype) { return elements * dtype_bits(dtype) / 8; }
+
+void check_storable(DType dtype, const std::string& what) {
+  if (dtype != DType::BF16 && dtype != DType::F16 && dtype != DType::F32) {
+    throw Error(ErrorCode::kInvalidArgument,
+                what + " has dtype " + dtype_name(dtype) + "; alloy-synth writes BF16, F16 or F32");
+  }
 }
 
 void write_json(const fs::path& path, const nlohmann::json& value) { write_file_atomic(path, value.dump(2) + "\n"); }
 
 // A small but valid tokenizers JSON (WordLevel over the vocabulary) and its companions.
 void write_tokenizer_files(const fs::path& dir, int vocab) {
-  nlohmann::json vocab_map = nlohmann::json::object();
   const char* specials[] = {"<unk>", "<s>", "</s>"};
+  nlohmann::json vocab_map = nlohmann::json::object();
   for (int i = 0; i < vocab; ++i) vocab_map[i < 3 ? specials[i] : "tok" + std::to_string(i)] = i;
   nlohmann::json added = nlohmann::json::array();
   for (int i = 0; i < std::min(vocab, 3); ++i) {
     added.push_back({{"id", i}, {"content", specials[i]}, {"single_word", false}, {"lstrip", false},
                      {"rstrip", false}, {"normalized", false}, {"special", true}});
   }
-  write_json(dir / "tokenizer.json", {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr},
-                                      {"added_tokens", added}, {"normalizer", nullptr},
-                                      {"pre_tokenizer", {{"type", "Whitespace"}}}, {"post_processor", nullptr},
-                                      {"decoder", nullptr},
-                                      {"model", {{"type", "WordLevel"}, {"vocab", vocab_map}, {"unk_token", "<unk>"}}}});
-  write_json(dir / "tokenizer_config.json", {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"bos_token", "<s>"},
-                                             {"eos_token", "</s>"}, {"unk_token", "<unk>"},
-                                             {"model_max_length", 2048}});
-  write_json(dir / "generation_config.json", {{"bos_token_id", 1}, {"eos_token_id", 2}});
+  write_json(dir / "tokenizer.json",
+             {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+              {"normalizer", nullptr}, {"pre_tokenizer", {{"type", "Whitespace"}}}, {"post_processor", nullptr},
+              {"decoder", nullptr},
+              {"model", {{"type", "WordLevel"}, {"vocab", vocab_map}, {"unk_token", "<unk>"}}}});
+  nlohmann::json config = {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", 2048},
+                           {"clean_up_tokenization_spaces", false}};
+  const char* roles[] = {"unk_token", "bos_token", "eos_token"};
+  for (int i = 0; i < std::min(vocab, 3); ++i) config[roles[i]] = specials[i];
+  write_json(dir / "tokenizer_config.json", config);
+  nlohmann::json generation = {{"_from_model_config", true}, {"do_sample", false}};
+  if (vocab > 2) generation.update({{"bos_token_id", 1}, {"eos_token_id", 2}});
+  write_json(dir / "generation_config.json", generation);
 }
 
-nlohmann::json architecture_json(const Architecture& a) {
-  return {{"family", a.family == ModelFamily::kMoe ? "moe" : "llama"}, {"layers", a.layers}, {"hidden", a.hidden},
-          {"intermediate", a.intermediate}, {"heads", a.heads}, {"kv_heads", a.kv_heads}, {"vocab", a.vocab},
-          {"experts", a.experts}, {"experts_per_token", a.experts_per_token},
-          {"moe_intermediate", a.moe_intermediate}, {"shared_expert", a.shared_expert},
-          {"tie_embeddings", a.tie_embeddings}};
+nlohmann::json generator_record(const char* kind) {
+  return {{"generator", "alloy-synth"}, {"version", ALLOY_VERSION}, {"rng", kRngName}, {"kind", kind}};
 }
 
-void store_tensor(ShardedWriter& writer, const std::string& name, const float* values, uint64_t n, DType dtype,
-                  Scratch& scratch) {
-  const uint64_t nbytes = n * dtype_bits(dtype) / 8;
-  if (scratch.bytes.size() < nbytes) scratch.bytes.resize(nbytes);
-  store_from_f32(values, n, dtype, scratch.bytes.data());
-  writer.write(name, scratch.bytes.data(), nbytes);
+// A per-thread float buffer of one chunk (kDefaultGrain elements), reused for every chunk.
+float* chunk_scratch() {
+  static thread_local Buffer<float> scratch;
+  return scratch.get(kDefaultGrain);
 }
 
-// delta <- a rank-`rank` matrix U V^T / sqrt(rank) with U, V pseudo-normal (rows x cols).
-void low_rank_matrix(uint64_t seed, uint64_t stream, uint64_t rows, uint64_t cols, int rank, Scratch& scratch,
-                     float* out) {
-  const uint64_t r = static_cast<uint64_t>(rank);
-  Scratch::fit(scratch.factors, (rows + cols) * r);
-  float* u = scratch.factors.data();
-  float* v = u + rows * r;
-  synth_normal(seed, stream ^ 0x55AA55AA55AA55AAull, 0, rows * r, u);
-  synth_normal(seed, stream ^ 0xAA55AA55AA55AA55ull, 0, cols * r, v);
-  const float inv = 1.0f / std::sqrt(static_cast<float>(rank));
-  parallel_for(rows, 64, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) {
-      const float* ui = u + i * r;
-      float* row = out + i * cols;
-      for (uint64_t j = 0; j < cols; ++j) {
-        const float* vj = v + j * r;
-        float acc = 0.0f;
-        for (uint64_t k = 0; k < r; ++k) acc += ui[k] * vj[k];
-        row[j] = acc * inv;
+// The low-rank part L = U Vt of a fine-tune delta, U [rows, rank] and Vt [rank, cols] drawn from
+// the fine-tune's streams; elements are computed on demand, in a fixed order (k = 0..rank-1).
+class LowRankPart {
+ public:
+  LowRankPart(uint64_t seed, const std::string& name, uint64_t rows, uint64_t cols, uint64_t rank,
+              Buffer<float>& factors)
+      : rows_(rows), cols_(cols), rank_(rank) {
+    u_ = factors.get((rows + cols) * rank);
+    vt_ = u_ + rows * rank;
+    synth_normal(seed, synth_stream_id("finetune.u:" + name), 0, rows * rank, u_);
+    synth_normal(seed, synth_stream_id("finetune.v:" + name), 0, cols * rank, vt_);
+  }
+
+  // out[i - begin] = L[i / cols, i % cols] for flat indices i in [begin, end).
+  void fill(uint64_t begin, uint64_t end, float* out) const {
+    for (uint64_t i = begin; i < end;) {
+      const uint64_t row = i / cols_, col = i % cols_;
+      const uint64_t stop = std::min(end, (row + 1) * cols_);
+      const uint64_t width = stop - i;
+      const float* u = u_ + row * rank_;
+      float* dst = out + (i - begin);
+      const float* v0 = vt_ + col;
+      for (uint64_t j = 0; j < width; ++j) dst[j] = u[0] * v0[j];
+      for (uint64_t k = 1; k < rank_; ++k) {
+        const float uk = u[k];
+        const float* vk = vt_ + k * cols_ + col;
+        for (uint64_t j = 0; j < width; ++j) dst[j] = dst[j] + uk * vk[j];
       }
+      i = stop;
     }
-  });
+  }
+
+  // ||U Vt||_F^2 = sum_kl (U^T U)_kl (Vt Vt^T)_kl, without forming L (double, fixed order).
+  double squared_norm() const {
+    const auto gram = [&](const float* m, uint64_t count, bool rows_are_rank) {
+      std::vector<double> g(rank_ * rank_, 0.0);
+      for (uint64_t k = 0; k < rank_; ++k) {
+        for (uint64_t l = 0; l < rank_; ++l) {
+          double acc = 0;
+          for (uint64_t i = 0; i < count; ++i) {
+            const double a = rows_are_rank ? m[k * count + i] : m[i * rank_ + k];
+            const double b = rows_are_rank ? m[l * count + i] : m[i * rank_ + l];
+            acc += a * b;
+          }
+          g[k * rank_ + l] = acc;
+        }
+      }
+      return g;
+    };
+    const auto gu = gram(u_, rows_, false), gv = gram(vt_, cols_, true);
+    double total = 0;
+    for (uint64_t i = 0; i < rank_ * rank_; ++i) total += gu[i] * gv[i];
+    return total;
+  }
+
+ private:
+  uint64_t rows_, cols_, rank_;
+  float* u_ = nullptr;
+  float* vt_ = nullptr;
+};
+
+void validate(const FineTuneOptions& o) {
+  if (!(std::isfinite(o.relative_delta) && o.relative_delta >= 0)) {
+    throw Error(ErrorCode::kInvalidArgument, "fine-tune: --delta must be a finite number >= 0");
+  }
+  if (!(o.low_rank_fraction >= 0 && o.low_rank_fraction <= 1)) {
+    throw Error(ErrorCode::kInvalidArgument, "fine-tune: --low-rank-fraction must be in [0, 1]");
+  }
+  if (o.rank < 1) throw Error(ErrorCode::kInvalidArgument, "fine-tune: --rank must be at least 1");
+}
+
+// Writes the weights of a fine-tune of `base` into `dir`. Per tensor, three passes over fixed
+// chunks: (1) D and the sums ||base||^2, ||D||^2; (2) delta0 = a0 D + b0 L in place, and
+// ||delta0||^2; (3) base + (target / ||delta0||) delta0, stored in the base's dtype. Memory: one
+// float buffer and two output buffers of the largest tensor, plus U and V.
+void write_fine_tune_weights(const Model& base, const fs::path& dir, const FineTuneOptions& options) {
+  std::vector<TensorSpec> specs;
+  uint64_t largest = 0, largest_bytes = 0;
+  for (const auto& t : base.tensors()) {
+    check_storable(t.info->dtype, base.path().string() + ": tensor '" + t.name() + "'");
+    specs.push_back({t.name(), t.info->dtype, t.info->shape});
+    largest = std::max(largest, t.info->numel());
+    largest_bytes = std::max(largest_bytes, t.info->nbytes());
+  }
+  ShardedWriter writer(dir, specs, options.output.shard_bytes, {{"generator", "alloy-synth"}});
+  WritePipeline pipeline(writer);
+  Buffer<float> delta_buffer, factors;
+  const double f = options.low_rank_fraction;
+  struct Sums {
+    double base = 0, other = 0;
+  };
+  const auto add = [](Sums a, const Sums& b) { return Sums{a.base + b.base, a.other + b.other}; };
+  for (const auto& t : base.tensors()) {
+    const uint64_t n = t.info->numel();
+    const DType dtype = t.info->dtype;
+    const unsigned width = dtype_bits(dtype) / 8;
+    const uint8_t* stored = t.data();
+    const auto& shape = t.info->shape;
+    std::optional<LowRankPart> low_rank;
+    if (shape.size() == 2 && n > 0 && f > 0) {
+      const uint64_t rank = std::min<uint64_t>({uint64_t(options.rank), shape[0], shape[1]});
+      low_rank.emplace(options.seed, t.name(), shape[0], shape[1], rank, factors);
+    }
+    const bool dense = !low_rank || f < 1;
+    const uint64_t dense_stream = synth_stream_id("finetune.dense:" + t.name());
+    float* delta = delta_buffer.get(largest);
+
+    // Pass 1: ||base||^2, and D with ||D||^2.
+    const Sums first = parallel_reduce(n, kDefaultGrain, Sums{}, [&](size_t b, size_t e) {
+      Sums s;
+      float* x = chunk_scratch();
+      load_as_f32(dtype, stored + b * width, e - b, x);
+      for (size_t i = 0; i < e - b; ++i) s.base += double(x[i]) * x[i];
+      if (dense) {
+        synth_normal(options.seed, dense_stream, b, e - b, delta + b);
+        for (size_t i = b; i < e; ++i) s.other += double(delta[i]) * delta[i];
+      }
+      return s;
+    }, add);
+    // ||a0 D||^2 : ||b0 L||^2 = (1 - f) : f (all of it to whichever part exists alone).
+    const double low_norm2 = low_rank ? low_rank->squared_norm() : 0.0;
+    const float a0 = dense && first.other > 0 ? float((low_rank ? std::sqrt(1 - f) : 1.0) / std::sqrt(first.other)) : 0.0f;
+    const float b0 = low_rank && low_norm2 > 0 ? float((dense ? std::sqrt(f) : 1.0) / std::sqrt(low_norm2)) : 0.0f;
+
+    // Pass 2: delta0 = a0 D + b0 L in place, and ||delta0||^2.
+    const Sums second = parallel_reduce(n, kDefaultGrain, Sums{}, [&](size_t b, size_t e) {
+      Sums s;
+      float* l = chunk_scratch();
+      if (low_rank) low_rank->fill(b, e, l);
+      for (size_t i = b; i < e; ++i) {
+        float v = dense ? a0 * delta[i] : 0.0f;
+        if (low_rank) v = v + b0 * l[i - b];
+        delta[i] = v;
+        s.other += double(v) * v;
+      }
+      return s;
+    }, add);
+    const float scale = second.other > 0
+                            ? float(options.relative_delta * std::sqrt(first.base) / std::sqrt(second.other))
+                            : 0.0f;
+
+    // Pass 3: base + scale * delta0, stored in the base's dtype.
+    uint8_t* out = pipeline.buffer(largest_bytes);
+    parallel_for(n, kDefaultGrain, [&](size_t b, size_t e) {
+      float* x = chunk_scratch();
+      load_as_f32(dtype, stored + b * width, e - b, x);
+      for (size_t i = 0; i < e - b; ++i) x[i] = x[i] + scale * delta[b + i];
+      store_from_f32(x, e - b, dtype, out + b * width);
+    });
+    t.shard->release(*t.info);
+    pipeline.submit(t.name(), byte_size(n, dtype));
+  }
+  pipeline.drain();
+  writer.finish();
 }
 
 }  // namespace
 
-void synth_base_model(const fs::path& out, const BaseModelOptions& options) {
-  const auto tensors = architecture_tensors(options.arch);
-  if (!can_store_from_f32(options.dtype) || options.dtype == DType::F64) {
-    throw Error(ErrorCode::kInvalidArgument, std::string("alloy-synth writes bf16, f16 or f32, not ") +
-                                                 dtype_name(options.dtype));
+InitStats base_init(const SynthTensor& t) {
+  if (t.component == Component::kNorm) return {1.0f, 0.05f};
+  if (t.component == Component::kEmbedding || t.component == Component::kLmHead || t.shape.size() < 2) {
+    return {0.0f, 0.02f};  // embeddings, lm_head, biases
   }
+  return {0.0f, 1.0f / std::sqrt(static_cast<float>(std::max<uint64_t>(t.shape.back(), 1)))};
+}
+
+void base_tensor_values(const SynthTensor& t, uint64_t seed, uint64_t first, size_t count, float* out) {
+  const InitStats init = base_init(t);
+  synth_normal(seed, synth_stream_id(t.name), first, count, out, init.std_dev, init.mean);
+}
+
+void synth_base_model(const fs::path& out, const BaseModelOptions& options) {
+  check_storable(options.dtype, "the requested model");
+  const auto tensors = architecture_tensors(options.arch);
   StagingDirectory staging(out, options.output.overwrite);
   std::vector<TensorSpec> specs;
-  for (const auto& t : tensors) specs.push_back({t.name, options.dtype, t.shape});
-  ShardedWriter writer(staging.path(), specs, options.output.shard_bytes, {{"generator", "alloy-synth"}});
-  Scratch scratch;
+  uint64_t largest = 0;
   for (const auto& t : tensors) {
-    const uint64_t n = element_count(t.shape);
-    Scratch::fit(scratch.values, n);
-    base_values(t, options.seed, scratch.values.data());
-    store_tensor(writer, t.name, scratch.values.data(), n, options.dtype, scratch);
+    specs.push_back({t.name, options.dtype, t.shape});
+    largest = std::max(largest, t.numel());
   }
-  writer.finish();
+  {
+    ShardedWriter writer(staging.path(), specs, options.output.shard_bytes, {{"generator", "alloy-synth"}});
+    WritePipeline pipeline(writer);
+    const unsigned width = dtype_bits(options.dtype) / 8;
+    for (const auto& t : tensors) {
+      const uint64_t n = t.numel();
+      uint8_t* bytes = pipeline.buffer(byte_size(largest, options.dtype));
+      // Each chunk is generated into a per-thread buffer and converted while it is in cache.
+      parallel_for(n, kDefaultGrain, [&](size_t b, size_t e) {
+        float* v = chunk_scratch();
+        base_tensor_values(t, options.seed, b, e - b, v);
+        store_from_f32(v, e - b, options.dtype, bytes + b * width);
+      });
+      pipeline.submit(t.name, byte_size(n, options.dtype));
+    }
+    pipeline.drain();
+    writer.finish();
+  }
   write_json(staging.path() / "config.json", architecture_config(options.arch, options.dtype));
   write_tokenizer_files(staging.path(), options.arch.vocab);
-  write_json(staging.path() / "alloy_synth.json",
-             {{"kind", "base"}, {"seed", options.seed}, {"dtype", dtype_name(options.dtype)},
-              {"architecture", architecture_json(options.arch)}});
+  nlohmann::json record = generator_record("base");
+  record.update({{"seed", options.seed}, {"dtype", dtype_name(options.dtype)},
+                 {"architecture", architecture_json(options.arch)}});
+  write_json(staging.path() / "alloy_synth.json", record);
   staging.publish();
 }
 
 void synth_fine_tune(const fs::path& base_dir, const fs::path& out, const FineTuneOptions& options) {
-  if (!(options.relative_delta >= 0) || !(options.low_rank_fraction >= 0 && options.low_rank_fraction <= 1) ||
-      options.rank < 1) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "fine-tune: need delta >= 0, low-rank fraction in [0, 1] and rank >= 1");
-  }
+  validate(options);
   const Model base = Model::open(base_dir);
   StagingDirectory staging(out, options.output.overwrite);
-  std::vector<TensorSpec> specs;
-  for (const auto& t : base.tensors()) {
-    if (!can_store_from_f32(t.info->dtype)) {
-      throw Error(ErrorCode::kInvalidArgument, base_dir.string() + ": tensor '" + t.name() + "' has dtype " +
-                                                   dtype_name(t.info->dtype) + ", which alloy-synth cannot write");
-    }
-    specs.push_back({t.name(), t.info->dtype, t.info->shape});
-  }
-  ShardedWriter writer(staging.path(), specs, options.output.shard_bytes, {{"generator", "alloy-synth"}});
-  Scratch scratch;
-  const double low_share = std::sqrt(options.low_rank_fraction);
-  const double dense_share = std::sqrt(1.0 - options.low_rank_fraction);
-  for (const auto& t : base.tensors()) {
-    const uint64_t n = t.info->numel();
-    Scratch::fit(scratch.values, n);
-    Scratch::fit(scratch.delta, n);
-    float* values = scratch.values.data();
-    float* delta = scratch.delta.data();
-    load_as_f32(t.info->dtype, t.data(), n, values);
-    t.shard->release(*t.info);
-    const uint64_t stream = synth_stream_id(t.name());
-    synth_normal(options.seed, stream, 0, n, delta);
-    const double target = options.relative_delta * norm2(n, values);
-    double dense_norm = norm2(n, delta);
-    if (dense_norm > 0) scale(n, static_cast<float>(dense_share / dense_norm), delta);
-    if (t.info->shape.size() == 2 && options.low_rank_fraction > 0 && n > 0) {
-      Scratch::fit(scratch.low_rank, n);
-      low_rank_matrix(options.seed, stream, t.info->shape[0], t.info->shape[1], options.rank, scratch,
-                      scratch.low_rank.data());
-      const double low_norm = norm2(n, scratch.low_rank.data());
-      if (low_norm > 0) axpy(n, static_cast<float>(low_share / low_norm), scratch.low_rank.data(), delta);
-    } else if (dense_norm > 0) {
-      scale(n, static_cast<float>(1.0 / dense_share), delta);  // 1-D: the whole delta is dense
-    }
-    const double delta_norm = norm2(n, delta);
-    if (delta_norm > 0) axpy(n, static_cast<float>(target / delta_norm), delta, values);
-    store_tensor(writer, t.name(), values, n, t.info->dtype, scratch);
-  }
-  writer.finish();
+  write_fine_tune_weights(base, staging.path(), options);
   if (base.has_config()) write_json(staging.path() / "config.json", base.config());
-  for (const auto& file : base.auxiliary_files()) fs::copy_file(base_dir / file, staging.path() / file);
-  nlohmann::json record = {{"kind", "fine-tune"}, {"base", base_dir.filename().string()},
-                            {"seed", options.seed}, {"relative_delta", options.relative_delta},
-                            {"low_rank_fraction", options.low_rank_fraction}, {"rank", options.rank}};
+  for (const auto& file : base.auxiliary_files()) {
+    if (file == "alloy_synth.json") continue;
+    fs::create_directories((staging.path() / file).parent_path());
+    fs::copy_file(base_dir / file, staging.path() / file);
+  }
+  nlohmann::json record = generator_record("fine-tune");
+  record.update({{"base", fs::absolute(base_dir).lexically_normal().filename().string()},
+                 {"seed", options.seed},
+                 {"relative_delta", options.relative_delta},
+                 {"low_rank_fraction", options.low_rank_fraction},
+                 {"rank", options.rank}});
   if (fs::exists(base_dir / "alloy_synth.json")) {
-    record["base_generator"] = nlohmann::json::parse(read_text_file(base_dir / "alloy_synth.json"));
+    try {
+      record["base_generator"] = nlohmann::json::parse(read_text_file(base_dir / "alloy_synth.json"));
+    } catch (const nlohmann::json::exception&) {
+      // Not ours after all: the record simply lacks the base's parameters.
+    }
   }
   write_json(staging.path() / "alloy_synth.json", record);
   staging.publish();
@@ -199,21 +360,38 @@ void synth_fine_tune(const fs::path& base_dir, const fs::path& out, const FineTu
 
 void synth_family(const fs::path& out, const BaseModelOptions& base, int fine_tunes, int unrelated,
                   const FineTuneOptions& fine_tune) {
+  if (fine_tunes < 0 || unrelated < 0) {
+    throw Error(ErrorCode::kInvalidArgument, "family: --fine-tunes and --unrelated must be >= 0");
+  }
+  validate(fine_tune);
+  base.arch.validate();
   StagingDirectory staging(out, base.output.overwrite);
   BaseModelOptions inner = base;
   inner.output.overwrite = false;
   synth_base_model(staging.path() / "base", inner);
+  nlohmann::json record = generator_record("family");
+  record["base"] = {{"dir", "base"}, {"seed", base.seed}};
+  record["fine_tunes"] = nlohmann::json::array();
+  record["unrelated"] = nlohmann::json::array();
   for (int i = 1; i <= fine_tunes; ++i) {
     FineTuneOptions ft = fine_tune;
     ft.seed = base.seed + 1000 + static_cast<uint64_t>(i);
     ft.output = inner.output;
-    synth_fine_tune(staging.path() / "base", staging.path() / ("ft_" + std::to_string(i)), ft);
+    const std::string dir = "ft_" + std::to_string(i);
+    synth_fine_tune(staging.path() / "base", staging.path() / dir, ft);
+    record["fine_tunes"].push_back({{"dir", dir}, {"parent", "base"}, {"seed", ft.seed}});
   }
   for (int i = 1; i <= unrelated; ++i) {
     BaseModelOptions other = inner;
     other.seed = base.seed + 2000 + static_cast<uint64_t>(i);
-    synth_base_model(staging.path() / ("unrelated_" + std::to_string(i)), other);
+    const std::string dir = "unrelated_" + std::to_string(i);
+    synth_base_model(staging.path() / dir, other);
+    record["unrelated"].push_back({{"dir", dir}, {"seed", other.seed}});
   }
+  record["fine_tune"] = {{"relative_delta", fine_tune.relative_delta},
+                         {"low_rank_fraction", fine_tune.low_rank_fraction},
+                         {"rank", fine_tune.rank}};
+  write_json(staging.path() / "alloy_synth.json", record);
   staging.publish();
 }
 

@@ -1,55 +1,79 @@
 // alloy-synth: deterministic synthetic models (base, fine-tunes, unrelated) for tests and demos.
+// Only flag parsing lives here; alloy/synth.h does the work.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "alloy/error.h"
+#include "alloy/parallel.h"
 #include "alloy/synth.h"
 #include "alloy/writer.h"
 
 namespace {
 
-struct BaseFlags {
-  std::string family = "llama", dtype = "bf16", shard_size = "5B";
-  double size_gb = 0;
-  alloy::BaseModelOptions options;
+struct OutputFlags {
+  std::string shard_size = "5B";
+  bool overwrite = false;
 };
 
-void add_output_flags(CLI::App* cmd, std::string* shard_size, bool* overwrite) {
-  cmd->add_option("--shard-size", *shard_size, "shard byte budget, decimal (5B, 500M)")->capture_default_str();
-  cmd->add_flag("--overwrite", *overwrite, "replace OUT if it exists");
+struct BaseFlags {
+  std::string family = "llama", dtype = "bf16";
+  double size_gb = 0;
+  alloy::BaseModelOptions options;
+  OutputFlags output;
+};
+
+void add_output_flags(CLI::App* cmd, OutputFlags* f) {
+  cmd->add_option("--shard-size", f->shard_size, "bytes per safetensors shard, decimal (5B, 500M, 1000000)")
+      ->capture_default_str();
+  cmd->add_flag("--overwrite", f->overwrite, "replace OUT if it exists and is not empty");
 }
+
+uint64_t shard_bytes(const OutputFlags& f) { return alloy::parse_byte_size(f.shard_size); }
 
 void add_base_flags(CLI::App* cmd, BaseFlags* f) {
   auto& a = f->options.arch;
-  cmd->add_option("--family", f->family, "llama (dense) or moe (Qwen2-MoE-like)")
-      ->check(CLI::IsMember({"llama", "moe"}))->capture_default_str();
-  cmd->add_option("--layers", a.layers)->capture_default_str();
-  cmd->add_option("--hidden", a.hidden)->capture_default_str();
-  cmd->add_option("--intermediate", a.intermediate, "dense MLP width (moe: shared-expert width)")->capture_default_str();
-  cmd->add_option("--heads", a.heads)->capture_default_str();
-  cmd->add_option("--kv-heads", a.kv_heads)->capture_default_str();
-  cmd->add_option("--vocab", a.vocab)->capture_default_str();
-  cmd->add_option("--experts", a.experts)->capture_default_str();
-  cmd->add_option("--experts-per-token", a.experts_per_token)->capture_default_str();
-  cmd->add_option("--moe-intermediate", a.moe_intermediate)->capture_default_str();
-  cmd->add_flag("--shared-expert,!--no-shared-expert", a.shared_expert, "moe: add a shared expert");
-  cmd->add_flag("--tie-embeddings", a.tie_embeddings, "no lm_head.weight");
-  cmd->add_option("--dtype", f->dtype, "bf16, f16 or f32")->check(CLI::IsMember({"bf16", "f16", "f32"}))
+  cmd->add_option("--family", f->family, "llama (dense, LlamaForCausalLM) or moe (Qwen2MoeForCausalLM)")
+      ->check(CLI::IsMember({"llama", "moe"}))
       ->capture_default_str();
-  cmd->add_option("--seed", f->options.seed)->capture_default_str();
-  cmd->add_option("--size-gb", f->size_gb, "pick dimensions to reach about this many GB (overrides sizes)");
-  add_output_flags(cmd, &f->shard_size, &f->options.output.overwrite);
+  std::vector<CLI::Option*> sizes = {
+      cmd->add_option("--layers", a.layers, "decoder layers")->capture_default_str(),
+      cmd->add_option("--hidden", a.hidden, "hidden size")->capture_default_str(),
+      cmd->add_option("--intermediate", a.intermediate, "dense MLP width (moe: shared-expert width)")
+          ->capture_default_str(),
+      cmd->add_option("--heads", a.heads, "attention heads")->capture_default_str(),
+      cmd->add_option("--kv-heads", a.kv_heads, "key/value heads (grouped-query attention)")->capture_default_str(),
+      cmd->add_option("--vocab", a.vocab, "vocabulary size")->capture_default_str(),
+      cmd->add_option("--moe-intermediate", a.moe_intermediate, "moe: width of each routed expert")
+          ->capture_default_str(),
+  };
+  cmd->add_option("--experts", a.experts, "moe: routed experts per layer")->capture_default_str();
+  cmd->add_option("--experts-per-token", a.experts_per_token, "moe: experts routed to per token")
+      ->capture_default_str();
+  cmd->add_flag("--shared-expert,!--no-shared-expert", a.shared_expert, "moe: a shared expert per layer (default on)");
+  cmd->add_flag("--tie-embeddings", a.tie_embeddings, "tie lm_head to the embeddings (no lm_head.weight)");
+  cmd->add_flag("--attention-bias", a.attention_bias, "q/k/v projection biases (as real Qwen2-MoE)");
+  cmd->add_option("--dtype", f->dtype, "bf16, f16 or f32")
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}))
+      ->capture_default_str();
+  cmd->add_option("--seed", f->options.seed, "generator seed")->capture_default_str();
+  auto* size = cmd->add_option("--size-gb", f->size_gb,
+                               "pick hidden, intermediate, heads, vocab and layers to reach about this many GB");
+  for (auto* option : sizes) size->excludes(option);
+  add_output_flags(cmd, &f->output);
 }
 
 void resolve(BaseFlags* f) {
   f->options.dtype = *alloy::dtype_from_torch_name(f->dtype);
-  f->options.arch.family = f->family == "moe" ? alloy::ModelFamily::kMoe : alloy::ModelFamily::kLlama;
-  if (f->size_gb > 0) f->options.arch = alloy::architecture_for_size(f->options.arch.family, f->size_gb, f->options.dtype);
-  f->options.output.shard_bytes = alloy::parse_byte_size(f->shard_size);
+  f->options.arch.family = *alloy::family_from_name(f->family);
+  if (f->size_gb != 0) {
+    f->options.arch = alloy::architecture_for_size(f->options.arch, f->size_gb, f->options.dtype);
+  }
+  f->options.output.shard_bytes = shard_bytes(f->output);
+  f->options.output.overwrite = f->output.overwrite;
 }
 
 void add_fine_tune_flags(CLI::App* cmd, alloy::FineTuneOptions* o) {
-  cmd->add_option("--delta", o->relative_delta, "delta norm relative to each tensor's norm")->capture_default_str();
+  cmd->add_option("--delta", o->relative_delta, "||delta|| / ||base|| per tensor")->capture_default_str();
   cmd->add_option("--low-rank-fraction", o->low_rank_fraction, "share of the delta's energy that is low-rank")
       ->capture_default_str();
   cmd->add_option("--rank", o->rank, "rank of the low-rank part")->capture_default_str();
@@ -58,41 +82,64 @@ void add_fine_tune_flags(CLI::App* cmd, alloy::FineTuneOptions* o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Generate deterministic synthetic models in the Hugging Face layout."};
-  app.require_subcommand(1);
+  CLI::App app{"Generates deterministic synthetic models in the Hugging Face layout (same flags and seed: "
+               "same bytes)."};
+  app.require_subcommand(1, 1);
+  int threads = 0;
+  app.add_option("--threads", threads, "worker threads (default: all cores); the output does not depend on it");
 
   std::string out;
   BaseFlags base;
-  auto* base_cmd = app.add_subcommand("base", "a base model (or, with another seed, an unrelated one)");
+  auto* base_cmd = app.add_subcommand("base", "a base model (an unrelated model is a base with another seed)");
   base_cmd->add_option("OUT", out, "output directory")->required();
   add_base_flags(base_cmd, &base);
 
-  std::string base_dir, ft_shard = "5B";
+  std::string base_dir;
   alloy::FineTuneOptions ft;
-  auto* ft_cmd = app.add_subcommand("finetune", "base + a low-rank and dense delta");
+  OutputFlags ft_output;
+  auto* ft_cmd = app.add_subcommand("finetune", "BASE + a low-rank and dense delta, in BASE's dtype");
   ft_cmd->add_option("BASE", base_dir, "the base model directory")->required();
   ft_cmd->add_option("OUT", out, "output directory")->required();
   add_fine_tune_flags(ft_cmd, &ft);
-  ft_cmd->add_option("--seed", ft.seed)->capture_default_str();
-  add_output_flags(ft_cmd, &ft_shard, &ft.output.overwrite);
+  ft_cmd->add_option("--seed", ft.seed, "generator seed of the delta")->capture_default_str();
+  add_output_flags(ft_cmd, &ft_output);
 
   int fine_tunes = 3, unrelated = 1;
   alloy::FineTuneOptions family_ft;
   BaseFlags family;
-  auto* family_cmd = app.add_subcommand("family", "OUT/base, OUT/ft_1.., OUT/unrelated_1..");
+  auto* family_cmd = app.add_subcommand(
+      "family", "OUT/base, fine-tunes OUT/ft_1.. (seeds seed+1000+i), unrelated OUT/unrelated_1.. (seed+2000+i)");
   family_cmd->add_option("OUT", out, "output directory")->required();
-  family_cmd->add_option("--fine-tunes", fine_tunes)->capture_default_str();
-  family_cmd->add_option("--unrelated", unrelated)->capture_default_str();
+  family_cmd->add_option("--fine-tunes", fine_tunes, "number of fine-tunes of the base")->capture_default_str();
+  family_cmd->add_option("--unrelated", unrelated, "number of unrelated models of the same shape")
+      ->capture_default_str();
   add_base_flags(family_cmd, &family);
   add_fine_tune_flags(family_cmd, &family_ft);
 
+  // CLI11 reports an unknown command only as "A subcommand is required": name it instead.
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--threads") {
+      ++i;
+      continue;
+    }
+    if (arg.empty() || arg[0] == '-') continue;
+    if (arg != "base" && arg != "finetune" && arg != "family") {
+      std::fprintf(stderr, "alloy-synth: error: unknown command '%s' (expected base, finetune or family)\n",
+                   arg.c_str());
+      return 2;
+    }
+    break;
+  }
   CLI11_PARSE(app, argc, argv);
   try {
+    alloy::set_thread_count(threads);
     if (base_cmd->parsed()) {
       resolve(&base);
       alloy::synth_base_model(out, base.options);
     } else if (ft_cmd->parsed()) {
-      ft.output.shard_bytes = alloy::parse_byte_size(ft_shard);
+      ft.output.shard_bytes = shard_bytes(ft_output);
+      ft.output.overwrite = ft_output.overwrite;
       alloy::synth_fine_tune(base_dir, out, ft);
     } else {
       resolve(&family);
