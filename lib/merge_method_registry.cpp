@@ -1,8 +1,9 @@
 // The registry of merge methods: one explicit list (no static-initialisation tricks, which a
-// static library would silently drop), looked up by name.
+// static library would silently drop), looked up by name; and the helpers of method_util.h.
 #include <algorithm>
+#include <cstring>
 
-#include "alloy/kernels.h"
+#include "alloy/parallel.h"
 #include "method_util.h"
 
 namespace alloy {
@@ -17,9 +18,9 @@ namespace {
 
 const std::vector<const MergeMethod*>& all_methods() {
   static const std::vector<const MergeMethod*> methods = [] {
-    std::vector<const MergeMethod*> list = {&detail::linear_method(), &detail::slerp_method(),
-                                            &detail::nuslerp_method(), &detail::passthrough_method(),
-                                            &detail::model_stock_method()};
+    std::vector<const MergeMethod*> list = {
+        &detail::linear_method(), &detail::slerp_method(), &detail::nuslerp_method(),
+        &detail::passthrough_method(), &detail::model_stock_method()};
     for (const MergeMethod* m : detail::task_arithmetic_family()) list.push_back(m);
     return list;
   }();
@@ -44,7 +45,8 @@ std::vector<std::string> merge_method_names() {
 
 namespace detail {
 
-double require_source_param(const MergeContext& ctx, const MergeSource& source, const std::string& name) {
+double require_source_param(const MergeContext& ctx, const MergeSource& source,
+                            const std::string& name) {
   const auto it = source.params.find(name);
   if (it == source.params.end()) {
     throw Error(ErrorCode::kRecipe, "tensor '" + ctx.tensor_name + "': model " + source.model +
@@ -53,20 +55,37 @@ double require_source_param(const MergeContext& ctx, const MergeSource& source, 
   return it->second;
 }
 
-void check_finite(const MergeContext& ctx, const float* out, const char* method) {
-  const size_t bad = count_non_finite(ctx.numel(), out);
-  if (bad > 0) {
-    throw Error(ErrorCode::kNonFinite, "tensor '" + ctx.tensor_name + "': " + method + " would write " +
-                                           std::to_string(bad) +
-                                           " NaN or infinite values (check the weights: do they sum to zero?)");
-  }
+void fail_recipe(const MergeContext& ctx, const char* method, const std::string& what) {
+  throw Error(ErrorCode::kRecipe, "tensor '" + ctx.tensor_name + "': " + method + " " + what);
+}
+
+void fail_non_finite(const MergeContext& ctx, const char* method, size_t count,
+                     const std::string& why) {
+  const std::string amount = count > 0 ? std::to_string(count) + " " : "";
+  throw Error(ErrorCode::kNonFinite, "tensor '" + ctx.tensor_name + "': " + method +
+                                         " would write " + amount + "NaN or infinite values (" +
+                                         why + ")");
 }
 
 size_t require_base(const MergeContext& ctx, const char* method) {
   if (ctx.base_index < 0 || static_cast<size_t>(ctx.base_index) >= ctx.sources.size()) {
-    throw Error(ErrorCode::kRecipe, std::string(method) + " needs a base_model (tensor '" + ctx.tensor_name + "')");
+    fail_recipe(ctx, method, "needs a base_model");
   }
   return static_cast<size_t>(ctx.base_index);
+}
+
+std::vector<size_t> non_base_sources(const MergeContext& ctx) {
+  std::vector<size_t> others;
+  for (size_t k = 0; k < ctx.sources.size(); ++k) {
+    if (static_cast<int>(k) != ctx.base_index) others.push_back(k);
+  }
+  return others;
+}
+
+void copy_source(const MergeContext& ctx, size_t index, float* out) {
+  const float* in = ctx.sources[index].values;
+  parallel_for(ctx.numel(), kDefaultGrain,
+               [&](size_t b, size_t e) { std::memcpy(out + b, in + b, (e - b) * sizeof(float)); });
 }
 
 }  // namespace detail

@@ -1,10 +1,15 @@
-// model_stock: interpolates between the average of the fine-tunes and the base, with a ratio from
-// the angle between their task vectors (Jang et al. 2024, arXiv:2403.19522;
-// mergekit/merge_methods/model_stock.py):
-//   cos = mean over pairs of cos(o_i, o_j), o_i = x_i - base
-//   t   = N cos / (1 + (N - 1) cos)
-//   out = t * mean(x_i) + (1 - t) * base
-// per tensor, or per row with filter_wise. Every torch operation is rounded to D.
+// model_stock: moves the average of the fine-tunes towards the base by a ratio taken from the angle
+// between their task vectors (Jang et al. 2024, "Model Stock", arXiv:2403.19522;
+// mergekit/merge_methods/model_stock.py). With N fine-tunes x_i, o_i = rnd(x_i - base), per vector
+// (the flattened tensor, or with filter_wise each fiber along the last dim), every torch
+// operation rounded to D:
+//   c_ij = clamp(rnd(rnd(sum rnd(o_i o_j)) / max(rnd(n_i n_j), wD(1e-6))), -1, 1),
+//          n_i = rnd(sqrt(sum o_i^2))                                   for the pairs i < j
+//   cos  = rnd(rnd(sum_pairs c_ij) / #pairs)
+//   t    = rnd(rnd(N cos) / rnd(1 + rnd((N - 1) cos)))
+//   avg  = rnd(rnd(rnd(rnd(0 + x_1) + x_2) + ...) / N)                  (Python's sum())
+//   out  = rnd(rnd(t avg) + rnd(rnd(1 - t) base))
+// The sums over elements accumulate in double (torch: float32, pairwise): within 1 ulp.
 #include <algorithm>
 #include <cmath>
 
@@ -17,60 +22,133 @@ namespace {
 class ModelStockMethod final : public MergeMethod {
  public:
   std::string_view name() const override { return "model_stock"; }
-  std::vector<MethodParameter> parameters() const override { return {{"filter_wise", false, 0.0, false}}; }
+  std::vector<MethodParameter> parameters() const override {
+    return {{"filter_wise", false, 0.0, false}};
+  }
   bool requires_base_model() const override { return true; }
   void merge(const MergeContext& ctx, float* out) const override {
-    const Rounder rnd{ctx.compute_dtype};
     const size_t base_index = require_base(ctx, "model_stock");
-    std::vector<const float*> models;
-    for (size_t k = 0; k < ctx.sources.size(); ++k) {
-      if (k != base_index) models.push_back(ctx.sources[k].values);
+    if (ctx.sources.size() == 1) {  // only the base: mergekit returns it
+      copy_source(ctx, base_index, out);
+      return;
     }
-    if (models.size() < 2) {
-      throw Error(ErrorCode::kRecipe, "model_stock needs at least two models besides the base (tensor '" +
-                                          ctx.tensor_name + "')");
+    const std::vector<size_t> others = non_base_sources(ctx);
+    if (others.size() < 2) {
+      fail_recipe(
+          ctx, "model_stock",
+          "needs at least two models besides the base; got " + std::to_string(others.size()));
     }
-    const float* base = ctx.sources[base_index].values;
-    const size_t n = ctx.numel();
-    const bool filter_wise = method_param(ctx, "filter_wise", 0.0) != 0.0 && ctx.shape.size() >= 2;
-    const size_t count = filter_wise ? ctx.shape[0] : 1;
-    const size_t length = n / std::max<size_t>(count, 1);
-    const size_t models_n = models.size();
-    const float nf = static_cast<float>(models_n);
+    with_rounding(ctx.compute_dtype, [&](auto rnd) { run(ctx, rnd, base_index, others, out); });
+  }
 
-    parallel_for(count, 1, [&](size_t vb, size_t ve) {
-      for (size_t v = vb; v < ve; ++v) {
-        const size_t off = v * length;
-        auto delta = [&](size_t m, size_t j) { return rnd(models[m][off + j] - base[off + j]); };
-        std::vector<float> norms(models_n);
-        for (size_t m = 0; m < models_n; ++m) {
-          double sq = 0;
-          for (size_t j = 0; j < length; ++j) sq += double(delta(m, j)) * delta(m, j);
-          norms[m] = rnd(static_cast<float>(std::sqrt(sq)));
+ private:
+  template <class R>
+  static void run(const MergeContext& ctx, R rnd, size_t base_index,
+                  const std::vector<size_t>& others, float* out) {
+    const float* base = ctx.sources[base_index].values;
+    std::vector<const float*> models;
+    for (size_t k : others) models.push_back(ctx.sources[k].values);
+    const size_t count = models.size();
+    const size_t pairs = count * (count - 1) / 2;
+    const size_t n = ctx.numel();
+    const bool filter_wise = method_flag(ctx, "filter_wise", false);
+    const size_t length = filter_wise && !ctx.shape.empty() ? ctx.shape.back() : n;
+    if (n == 0 || length == 0) return;
+    const size_t vectors = n / length;
+    const float n_d = rnd.param(static_cast<double>(count)),
+                n_minus_1 = rnd.param(static_cast<double>(count - 1));
+    const float pairs_d = rnd.param(static_cast<double>(pairs)), min_product = rnd.param(1e-6);
+
+    // Accumulates, over [lo, hi), sums[m] = sum o_m^2 (m < count) and then, pair by pair (a < b),
+    // sums[count + p] = sum rnd(o_a o_b). Blocks of elements, models outer: the loops vectorise.
+    constexpr size_t kBlock = 256;
+    auto accumulate = [&](size_t lo, size_t hi, std::vector<double>& sums) {
+      std::vector<float> o(count * kBlock);
+      for (size_t b0 = lo; b0 < hi; b0 += kBlock) {
+        const size_t len = std::min(kBlock, hi - b0);
+        for (size_t m = 0; m < count; ++m) {
+          float* om = o.data() + m * kBlock;
+          for (size_t j = 0; j < len; ++j) om[j] = rnd(models[m][b0 + j] - base[b0 + j]);
+          sums[m] += lane_sum(len, [&](size_t j) { return double(om[j]) * om[j]; });
         }
-        float cos_sum = 0.0f;
-        size_t pairs = 0;
-        for (size_t i = 0; i < models_n; ++i) {
-          for (size_t j = i + 1; j < models_n; ++j) {
-            float d = 0.0f;
-            for (size_t e = 0; e < length; ++e) d += rnd(delta(i, e) * delta(j, e));
-            const float denominator = std::max(rnd(norms[i] * norms[j]), 1e-6f);
-            cos_sum += std::clamp(rnd(rnd(d) / denominator), -1.0f, 1.0f);
-            ++pairs;
+        size_t p = count;
+        for (size_t a = 0; a < count; ++a) {
+          for (size_t b = a + 1; b < count; ++b) {
+            const float* oa = o.data() + a * kBlock;
+            const float* ob = o.data() + b * kBlock;
+            sums[p++] += lane_sum(len, [&](size_t j) { return double(rnd(oa[j] * ob[j])); });
           }
         }
-        const float cos = rnd(rnd(cos_sum) / static_cast<float>(pairs));
-        const float t = rnd(rnd(nf * cos) / rnd(1.0f + rnd((nf - 1.0f) * cos)));
-        const float one_minus_t = rnd(1.0f - t);
-        for (size_t j = 0; j < length; ++j) {
-          float sum = models[0][off + j];
-          for (size_t m = 1; m < models_n; ++m) sum = rnd(sum + models[m][off + j]);
-          const float avg = rnd(sum / nf);
-          out[off + j] = rnd(rnd(t * avg) + rnd(one_minus_t * base[off + j]));
+      }
+    };
+    // The interpolation ratio t of one vector from its sums.
+    auto ratio = [&](const std::vector<double>& sums) {
+      std::vector<float> norms(count);
+      for (size_t m = 0; m < count; ++m) norms[m] = rnd(static_cast<float>(std::sqrt(sums[m])));
+      float cos_sum = 0.0f;
+      size_t p = count;
+      for (size_t a = 0; a < count; ++a) {
+        for (size_t b = a + 1; b < count; ++b) {
+          const float dot = rnd(static_cast<float>(sums[p++]));
+          const float denominator = std::max(rnd(norms[a] * norms[b]), min_product);
+          cos_sum += std::clamp(rnd(dot / denominator), -1.0f, 1.0f);
         }
       }
-    });
-    check_finite(ctx, out, "model_stock");
+      const float cos = rnd(rnd(cos_sum) / pairs_d);
+      return rnd(rnd(n_d * cos) / rnd(1.0f + rnd(n_minus_1 * cos)));
+    };
+    // Writes out[lo, hi) for ratio t; returns the number of non-finite values written.
+    auto interpolate = [&](float t, size_t lo, size_t hi) {
+      const float one_minus_t = rnd(1.0f - t);
+      float sum[kBlock];
+      size_t bad = 0;
+      for (size_t b0 = lo; b0 < hi; b0 += kBlock) {
+        const size_t len = std::min(kBlock, hi - b0);
+        for (size_t j = 0; j < len; ++j)
+          sum[j] = 0.0f + models[0][b0 + j];  // Python's sum() starts from 0
+        for (size_t m = 1; m < count; ++m) {
+          for (size_t j = 0; j < len; ++j) sum[j] = rnd(sum[j] + models[m][b0 + j]);
+        }
+        float* o = out + b0;
+        for (size_t j = 0; j < len; ++j)
+          o[j] = rnd(rnd(t * rnd(sum[j] / n_d)) + rnd(one_minus_t * base[b0 + j]));
+        for (size_t j = 0; j < len; ++j) bad += is_non_finite(o[j]);
+      }
+      return bad;
+    };
+    const size_t slots = count + pairs;
+
+    if (vectors == 1) {
+      const std::vector<double> sums = parallel_reduce(
+          n, kDefaultGrain, std::vector<double>(slots, 0.0),
+          [&](size_t lo, size_t hi) {
+            std::vector<double> s(slots, 0.0);
+            accumulate(lo, hi, s);
+            return s;
+          },
+          [](std::vector<double> acc, const std::vector<double>& part) {
+            for (size_t k = 0; k < acc.size(); ++k) acc[k] += part[k];
+            return acc;
+          });
+      const float t = ratio(sums);
+      parallel_for_checked(ctx, "model_stock", n,
+                           [&](size_t lo, size_t hi) { return interpolate(t, lo, hi); });
+      return;
+    }
+
+    parallel_for_checked(
+        ctx, "model_stock", vectors,
+        [&](size_t vb, size_t ve) {
+          size_t bad = 0;
+          std::vector<double> sums(slots);
+          for (size_t v = vb; v < ve; ++v) {
+            std::fill(sums.begin(), sums.end(), 0.0);
+            accumulate(v * length, (v + 1) * length, sums);
+            bad += interpolate(ratio(sums), v * length, (v + 1) * length);
+          }
+          return bad;
+        },
+        std::max<size_t>(1, kDefaultGrain / length));
   }
 };
 

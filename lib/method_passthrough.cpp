@@ -1,5 +1,6 @@
-// passthrough: copies its single source, optionally scaled (mergekit/merge_methods/passthrough.py).
-// With slices it stacks layers from different models ("frankenmerges").
+// passthrough: copies its single source, optionally scaled (mergekit/merge_methods/passthrough.py):
+//   out = x,  or  out = rnd(x * wD(scale))  when the model has a `scale`.
+// With slices it stacks layers of different models ("frankenmerges"); the planner does that.
 #include <cstring>
 
 #include "alloy/parallel.h"
@@ -11,25 +12,33 @@ namespace {
 class PassthroughMethod final : public MergeMethod {
  public:
   std::string_view name() const override { return "passthrough"; }
-  std::vector<MethodParameter> parameters() const override { return {{"scale", true, std::nullopt, false}}; }
+  std::vector<MethodParameter> parameters() const override {
+    return {{"scale", true, std::nullopt, false}};
+  }
   CropPolicy crop_policy() const override { return CropPolicy::kNone; }
   void merge(const MergeContext& ctx, float* out) const override {
     if (ctx.sources.size() != 1) {
-      throw Error(ErrorCode::kRecipe, "passthrough takes exactly one source per slice (tensor '" +
-                                          ctx.tensor_name + "' has " + std::to_string(ctx.sources.size()) + ")");
+      fail_recipe(ctx, "passthrough",
+                  "takes exactly one source per slice, got " + std::to_string(ctx.sources.size()));
     }
     const MergeSource& source = ctx.sources[0];
     const auto scale = source.params.find("scale");
     if (scale == source.params.end()) {
-      std::memcpy(out, source.values, ctx.numel() * sizeof(float));
+      copy_source(ctx, 0, out);
       return;
     }
-    const Rounder rnd{ctx.compute_dtype};
-    const float s = rnd.param(scale->second);
-    parallel_for(ctx.numel(), kDefaultGrain, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; ++i) out[i] = rnd(source.values[i] * s);
+    with_rounding(ctx.compute_dtype, [&](auto rnd) {
+      const float s = rnd.param(scale->second);
+      const float* x = source.values;
+      parallel_for_checked(ctx, "passthrough", ctx.numel(), [&](size_t begin, size_t end) {
+        size_t bad = 0;
+        for (size_t i = begin; i < end; ++i) {
+          out[i] = rnd(x[i] * s);
+          bad += is_non_finite(out[i]);
+        }
+        return bad;
+      });
     });
-    check_finite(ctx, out, "passthrough");
   }
 };
 

@@ -1,12 +1,26 @@
 // The generalized task-arithmetic family (mergekit/merge_methods/generalized_task_arithmetic.py):
-// task vectors d_i = x_i - base, each sparsified with its own density, weighted, optionally combined
-// by TIES sign consensus, optionally normalised by the weights that took part, scaled by lambda and
-// added back to the base.
-//   task_arithmetic  Ilharco et al. 2022, arXiv:2212.04089      no sparsification, no consensus
-//   ties             Yadav et al. 2023, arXiv:2306.01708        magnitude top-k, sum consensus
-//   dare_ties/linear Yu et al. 2023, arXiv:2311.03099           random drop + rescale
-//   breadcrumbs(_ties) Davari & Belilovsky 2023, arXiv:2312.06795  drop smallest and largest
-//   della(_linear)   Deep et al. 2024, arXiv:2406.11617         magnitude-ranked random drop
+// task vectors delta_i = x_i - base, each sparsified with its own density, weighted, optionally
+// combined by TIES sign consensus, optionally divided by the weights that took part, scaled by
+// lambda and added back to the base. The eight registered methods are configurations of it:
+//
+//   method            consensus  sparsification      normalize  rescale
+//   task_arithmetic   -          -                   false      false
+//   ties              sum        magnitude           true       false
+//   dare_ties         sum        random              false      true
+//   dare_linear       -          random              false      true
+//   breadcrumbs       -          magnitude_outliers  false      false
+//   breadcrumbs_ties  sum        magnitude_outliers  false      false
+//   della             sum        della_magprune      true       true
+//   della_linear      -          della_magprune      false      true
+//
+// Papers: task arithmetic, Ilharco et al. 2022, arXiv:2212.04089; TIES, Yadav et al. 2023,
+// arXiv:2306.01708; DARE, Yu et al. 2023, arXiv:2311.03099; Model Breadcrumbs, Davari &
+// Belilovsky 2023, arXiv:2312.06795; DELLA, Deep et al. 2024, arXiv:2406.11617.
+//
+// Memory: no copy of any task vector is kept. Each model's sparsification is a bit mask
+// (sparsify.h, n/8 bytes, thread_local scratch); the combine pass recomputes rnd(x_i - base) per
+// element, which is cheaper than storing it, and works on blocks so that its loops vectorise.
+#include <algorithm>
 #include <cmath>
 
 #include "alloy/parallel.h"
@@ -24,6 +38,15 @@ struct FamilyConfig {
   bool default_rescale;
 };
 
+// One model's contribution: its inputs, its mask and its weight wD(weight).
+struct TaskVectorInput {
+  const float* x;
+  DeltaMask mask;
+  float weight;
+};
+
+thread_local std::vector<std::vector<uint64_t>> t_mask_words;  // one mask per model, reused
+
 class TaskArithmeticMethod final : public MergeMethod {
  public:
   explicit TaskArithmeticMethod(FamilyConfig config) : config_(config) {}
@@ -34,93 +57,142 @@ class TaskArithmeticMethod final : public MergeMethod {
     std::vector<MethodParameter> p = {
         {"weight", true, std::nullopt, true},
         {"density", true, 1.0, false},
-        {"normalize", false, config_.default_normalize ? 1.0 : 0.0, false},
-        {"rescale", false, config_.default_rescale ? 1.0 : 0.0, false},
-        {"lambda", false, 1.0, false},
-        {"int8_mask", false, 0.0, false},
     };
-    if (config_.sparsification == Sparsification::kMagnitudeOutliers) p.push_back({"gamma", true, 0.01, false});
-    if (config_.sparsification == Sparsification::kDellaMagprune) p.push_back({"epsilon", true, 0.15, false});
+    if (config_.sparsification == Sparsification::kMagnitudeOutliers)
+      p.push_back({"gamma", true, 0.01, false});
+    if (config_.sparsification == Sparsification::kDellaMagprune)
+      p.push_back({"epsilon", true, 0.15, false});
+    p.push_back({"int8_mask", false, 0.0, false});  // accepted; changes no bit of the result
+    p.push_back({"normalize", false, config_.default_normalize ? 1.0 : 0.0, false});
+    p.push_back({"rescale", false, config_.default_rescale ? 1.0 : 0.0, false});
+    p.push_back({"lambda", false, 1.0, false});
     return p;
   }
 
   void merge(const MergeContext& ctx, float* out) const override {
-    const Rounder rnd{ctx.compute_dtype};
     const size_t base_index = require_base(ctx, config_.name);
     const float* base = ctx.sources[base_index].values;
     const size_t n = ctx.numel();
-    const bool normalize = method_param(ctx, "normalize", config_.default_normalize) != 0.0;
-    const bool rescale = method_param(ctx, "rescale", config_.default_rescale) != 0.0;
-    const double lambda = method_param(ctx, "lambda", 1.0);
+    const std::vector<size_t> others = non_base_sources(ctx);
+    if (others.empty()) {  // mergekit returns the base when there is no task vector
+      copy_source(ctx, base_index, out);
+      return;
+    }
+    SparsifyOptions options;
+    options.method = config_.sparsification;
+    options.rescale = method_flag(ctx, "rescale", config_.default_rescale);
+    const Rounder rounder{ctx.compute_dtype};
 
-    // Task vectors of every non-base source, sparsified, then weighted: v_i = rnd(d_i * wD(w_i)).
-    std::vector<std::vector<float>> weighted;
-    std::vector<float> weights;
-    for (size_t k = 0; k < ctx.sources.size(); ++k) {
-      if (k == base_index) continue;
-      const MergeSource& source = ctx.sources[k];
-      const float w = rnd.param(require_source_param(ctx, source, "weight"));
-      std::vector<float> delta(n);
-      parallel_for(n, kDefaultGrain, [&](size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) delta[i] = rnd(source.values[i] - base[i]);
-      });
-      SparsifyOptions options;
-      options.method = config_.sparsification;
+    std::vector<std::vector<uint64_t>>& mask_words = t_mask_words;
+    if (mask_words.size() < others.size()) mask_words.resize(others.size());
+    std::vector<TaskVectorInput> inputs;
+    for (size_t m = 0; m < others.size(); ++m) {
+      const MergeSource& source = ctx.sources[others[m]];
+      const float weight = rounder.param(require_source_param(ctx, source, "weight"));
       options.density = source_param(source, "density", 1.0);
       options.gamma = source_param(source, "gamma", 0.01);
       options.epsilon = source_param(source, "epsilon", 0.15);
-      options.rescale = rescale;
-      options.seed = mix_bits(ctx.seed ^ mix_bits(k + 1));
-      options.cols = ctx.shape.size() >= 2 ? static_cast<size_t>(n / ctx.shape[0]) : n;
-      sparsify(delta.data(), n, options, ctx.compute_dtype, ctx.tensor_name);
-      parallel_for(n, kDefaultGrain, [&](size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) delta[i] = rnd(delta[i] * w);
-      });
-      weighted.push_back(std::move(delta));
-      weights.push_back(w);
+      options.seed =
+          mix_bits(ctx.seed ^ mix_bits(others[m] + 1));  // one stream per source position
+      TaskVectorView tv{source.values, base, n, ctx.compute_dtype, ctx.shape};
+      inputs.push_back({source.values,
+                        build_mask(tv, options, mask_words[m], ctx.tensor_name, source.model),
+                        weight});
     }
-    if (weighted.empty()) {
-      std::copy(base, base + n, out);
-      return;
-    }
-    float weight_sum = 0.0f;
-    for (float w : weights) weight_sum += w;
-    weight_sum = rnd(weight_sum);
-    const float lambda_d = rnd.param(lambda);
-    const size_t count = weighted.size();
-
-    parallel_for(n, kDefaultGrain, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; ++i) {
-        float mixed = 0.0f, divisor;
-        if (config_.sum_consensus) {
-          float vote = 0.0f;
-          for (size_t k = 0; k < count; ++k) vote += weighted[k][i];
-          const float sign = rnd(vote) >= 0.0f ? 1.0f : -1.0f;  // a zero vote counts as +
-          float agreeing = 0.0f;
-          for (size_t k = 0; k < count; ++k) {
-            const float v = weighted[k][i];
-            if ((v > 0.0f && sign > 0.0f) || (v < 0.0f && sign < 0.0f)) {  // zeros never agree
-              mixed += v;
-              agreeing += weights[k];
-            }
-          }
-          mixed = rnd(mixed);
-          divisor = rnd(agreeing);
-          if (divisor == 0.0f) divisor = 1.0f;
-        } else {
-          for (size_t k = 0; k < count; ++k) mixed += weighted[k][i];
-          mixed = rnd(mixed);
-          divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
-        }
-        if (normalize) mixed = rnd(mixed / divisor);
-        if (lambda != 1.0) mixed = rnd(mixed * lambda_d);
-        out[i] = rnd(base[i] + mixed);
-      }
-    });
-    check_finite(ctx, out, config_.name);
+    with_rounding(ctx.compute_dtype, [&](auto rnd) { combine(ctx, rnd, base, inputs, out); });
   }
 
  private:
+  template <class R>
+  void combine(const MergeContext& ctx, R rnd, const float* base,
+               const std::vector<TaskVectorInput>& inputs, float* out) const {
+    const size_t count = inputs.size();
+    const bool normalize = method_flag(ctx, "normalize", config_.default_normalize);
+    const double lambda = method_param(ctx, "lambda", 1.0);
+    const float lambda_d = rnd.param(lambda);
+    // Without consensus the divisor is the same everywhere: rnd(sum of the weights), or 1 when
+    // its magnitude is below 1e-8.
+    float weight_sum = 0.0f;
+    for (const auto& in : inputs) weight_sum += in.weight;
+    weight_sum = rnd(weight_sum);
+    const float plain_divisor = std::fabs(weight_sum) < rnd.param(1e-8) ? 1.0f : weight_sum;
+
+    // Blocks of elements; every loop runs over the elements of the block (models outer), so the
+    // loops vectorise, and the float32 sums still add the models in source order.
+    constexpr size_t kBlock = 256;
+    const bool consensus = config_.sum_consensus;
+    parallel_for_checked(ctx, config_.name, ctx.numel(), [&](size_t begin, size_t end) {
+      std::vector<float> weighted(count * kBlock);  // v_m for the block, model-major
+      float sign[kBlock], mixed[kBlock], divisor[kBlock];
+      size_t bad = 0;
+      for (size_t b0 = begin; b0 < end; b0 += kBlock) {
+        const size_t len = std::min(kBlock, end - b0);
+        const float* b = base + b0;
+        // v_m = rnd(sparsified(delta_m) * wD(w_m)), delta_m = rnd(x_m - base).
+        for (size_t m = 0; m < count; ++m) {
+          const TaskVectorInput& in = inputs[m];
+          const float* x = in.x + b0;
+          float* v = weighted.data() + m * kBlock;
+          for (size_t j = 0; j < len; ++j) v[j] = rnd(x[j] - b[j]);
+          if (in.mask.active) {
+            const uint64_t* bits = in.mask.bits;
+            for (size_t j = 0; j < len; ++j) {
+              const size_t i = b0 + j;
+              v[j] = keep_or_zero(v[j], (bits[i >> 6] >> (i & 63)) & 1u);
+            }
+            if (in.mask.rescaled) {
+              const float ratio = in.mask.ratio;
+              for (size_t j = 0; j < len; ++j) v[j] = rnd(v[j] * ratio);
+            }
+          }
+          const float w = in.weight;
+          for (size_t j = 0; j < len; ++j) v[j] = rnd(v[j] * w);
+        }
+        std::fill(mixed, mixed + len, 0.0f);
+        if (consensus) {
+          // The elected sign is that of rnd(sum_m v_m) (zero votes +); an entry takes part when
+          // v_m * sign > 0, so zeros (dropped entries, weight-0 models) never do. Adding +0 for
+          // the others changes no bit: the sums start at +0 and never become -0.
+          std::fill(sign, sign + len, 0.0f);
+          for (size_t m = 0; m < count; ++m) {
+            const float* v = weighted.data() + m * kBlock;
+            for (size_t j = 0; j < len; ++j) sign[j] += v[j];
+          }
+          for (size_t j = 0; j < len; ++j) sign[j] = rnd(sign[j]) >= 0.0f ? 1.0f : -1.0f;
+          std::fill(divisor, divisor + len, 0.0f);
+          for (size_t m = 0; m < count; ++m) {
+            const float* v = weighted.data() + m * kBlock;
+            const float w = inputs[m].weight;
+            for (size_t j = 0; j < len; ++j) {
+              const bool agrees = v[j] * sign[j] > 0.0f;
+              mixed[j] += keep_or_zero(v[j], agrees);
+              divisor[j] += keep_or_zero(w, agrees);
+            }
+          }
+          for (size_t j = 0; j < len; ++j) {
+            const float d = rnd(divisor[j]);
+            divisor[j] = d == 0.0f ? 1.0f : d;
+          }
+        } else {
+          for (size_t m = 0; m < count; ++m) {
+            const float* v = weighted.data() + m * kBlock;
+            for (size_t j = 0; j < len; ++j) mixed[j] += v[j];
+          }
+          std::fill(divisor, divisor + len, plain_divisor);
+        }
+        float* o = out + b0;
+        for (size_t j = 0; j < len; ++j) {
+          float result = rnd(mixed[j]);
+          if (normalize) result = rnd(result / divisor[j]);
+          if (lambda != 1.0) result = rnd(result * lambda_d);
+          o[j] = rnd(b[j] + result);
+        }
+        for (size_t j = 0; j < len; ++j) bad += is_non_finite(o[j]);
+      }
+      return bad;
+    });
+  }
+
   FamilyConfig config_;
 };
 
@@ -132,8 +204,10 @@ std::vector<const MergeMethod*> task_arithmetic_family() {
       TaskArithmeticMethod({"ties", true, Sparsification::kMagnitude, true, false}),
       TaskArithmeticMethod({"dare_ties", true, Sparsification::kRandom, false, true}),
       TaskArithmeticMethod({"dare_linear", false, Sparsification::kRandom, false, true}),
-      TaskArithmeticMethod({"breadcrumbs", false, Sparsification::kMagnitudeOutliers, false, false}),
-      TaskArithmeticMethod({"breadcrumbs_ties", true, Sparsification::kMagnitudeOutliers, false, false}),
+      TaskArithmeticMethod(
+          {"breadcrumbs", false, Sparsification::kMagnitudeOutliers, false, false}),
+      TaskArithmeticMethod(
+          {"breadcrumbs_ties", true, Sparsification::kMagnitudeOutliers, false, false}),
       TaskArithmeticMethod({"della", true, Sparsification::kDellaMagprune, true, true}),
       TaskArithmeticMethod({"della_linear", false, Sparsification::kDellaMagprune, false, true}),
   };
