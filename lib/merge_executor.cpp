@@ -1,6 +1,9 @@
 // The merge executor: streams a MergePlan through the methods into a staged output directory.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <future>
+#include <map>
 
 #include "alloy/error.h"
 #include "alloy/file_util.h"
@@ -8,6 +11,7 @@
 #include "alloy/merge.h"
 #include "alloy/model_card.h"
 #include "alloy/parallel.h"
+#include "alloy/safetensors.h"
 #include "alloy/sha256.h"
 #include "alloy/writer.h"
 
@@ -15,7 +19,11 @@ namespace alloy {
 namespace fs = std::filesystem;
 namespace {
 
-// Float buffers reused across tensors; each grows to the largest tensor it has held.
+// Float buffers reused across tensors; each grows to the largest tensor it has held. Memory that a
+// process touches for the first time costs a page fault per 4 KiB page (about 2.6 s per GiB on
+// the benchmark machines, docs/performance.md), so the executor keeps as few slots as it can:
+// slot k holds source k, the output goes in place into slot 0 when the method allows it, and the
+// output bytes reuse a source slot that the merge no longer needs.
 class BufferPool {
  public:
   float* get(size_t slot, size_t count) {
@@ -23,14 +31,59 @@ class BufferPool {
     if (buffers_[slot].size() < count) buffers_[slot].resize(count);
     return buffers_[slot].data();
   }
-  uint8_t* bytes(size_t count) {
-    if (bytes_.size() < count) bytes_.resize(count);
-    return bytes_.data();
+  uint8_t* bytes(size_t slot, uint64_t count) {
+    return reinterpret_cast<uint8_t*>(get(slot, static_cast<size_t>((count + 3) / 4)));
   }
 
  private:
   std::vector<std::vector<float>> buffers_;
-  std::vector<uint8_t> bytes_;
+};
+
+// SHA-256 of files on background threads, one per file, so that hashing the inputs overlaps with
+// the merge (it needs no merged byte) instead of following it. Each file is read through its own
+// mapping in 8 MiB windows whose pages are dropped once hashed, so hashing adds little to the
+// resident set. Destruction cancels the hashes still running and waits for their threads.
+class FileHasher {
+ public:
+  FileHasher() = default;
+  FileHasher(const FileHasher&) = delete;
+  FileHasher& operator=(const FileHasher&) = delete;
+  ~FileHasher() {
+    cancelled_ = true;
+    for (auto& [path, hash] : hashes_) {
+      if (hash.valid()) hash.wait();
+    }
+  }
+
+  void start(const fs::path& path) {
+    if (hashes_.count(path)) return;
+    hashes_.emplace(path, std::async(std::launch::async, [this, path] { return hash(path); }).share());
+  }
+  // The file's hex digest (waits for it); rethrows the hash's Error.
+  std::string get(const fs::path& path) {
+    start(path);
+    return hashes_.at(path).get();
+  }
+
+ private:
+  std::string hash(const fs::path& path) const {
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    if (ec) throw Error(ErrorCode::kIo, path.string() + ": cannot read: " + ec.message());
+    Sha256 hasher;
+    if (size == 0) return hasher.finish_hex();
+    MappedFile file(path.string());
+    constexpr uint64_t kWindow = uint64_t{8} << 20;
+    for (uint64_t offset = 0; offset < file.size() && !cancelled_; offset += kWindow) {
+      const uint64_t length = std::min<uint64_t>(kWindow, file.size() - offset);
+      hasher.update(file.data() + offset, length);
+      file.release(offset, length);
+    }
+    return hasher.finish_hex();
+  }
+
+  std::atomic<bool> cancelled_{false};
+  std::map<fs::path, std::shared_future<std::string>> hashes_;  // a file may be asked for twice
 };
 
 uint64_t numel(const std::vector<uint64_t>& shape) {
@@ -88,7 +141,11 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random
     if (info.dtype != t.compute_dtype) round_to(t.compute_dtype, values, n);
     ctx.sources.push_back({values, s.params, s.is_base, plan.model_names[s.model]});
   }
-  float* out = pool.get(t.sources.size(), n);
+  // In place, out is source 0's buffer; the output bytes then go to source 1's buffer (a new slot
+  // for a single source), else to source 0's: the sources are dead once merged, and the bytes
+  // never share a buffer with the floats they are converted from.
+  const bool in_place = plan.method->merges_in_place();
+  float* out = in_place ? pool.get(0, n) : pool.get(t.sources.size(), n);
   plan.method->merge(ctx, out);
   const size_t bad = count_non_finite(n, out);
   if (bad > 0) {
@@ -96,7 +153,7 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random
                                            " NaN or infinite values; refusing to write a broken model");
   }
   const uint64_t nbytes = n * dtype_bits(t.out_dtype) / 8;
-  uint8_t* bytes = pool.bytes(nbytes);
+  uint8_t* bytes = pool.bytes(in_place ? 1 : 0, nbytes);
   store_from_f32(out, n, t.out_dtype, bytes);
   writer.write(t.name, bytes, nbytes);
 }
@@ -137,6 +194,12 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   std::vector<TensorSpec> specs;
   for (const auto& t : plan.tensors) specs.push_back({t.name, t.out_dtype, t.shape});
   MergeResult result;
+  FileHasher hasher;
+  if (options.hash_inputs) {
+    for (const auto& model : plan.models) {
+      for (const auto& file : input_files(*model)) hasher.start(file);
+    }
+  }
   {
     ShardedWriter writer(staging.path(), specs, options.shard_bytes,
                          {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}});
@@ -189,7 +252,7 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   for (size_t m = 0; m < plan.models.size(); ++m) {
     nlohmann::json files = nlohmann::json::object();
     for (const auto& file : input_files(*plan.models[m])) {
-      files[file.filename().string()] = options.hash_inputs ? sha256_file(file) : "not hashed";
+      files[file.filename().string()] = options.hash_inputs ? hasher.get(file) : "not hashed";
     }
     inputs.push_back({{"model", plan.model_names[m]}, {"path", plan.model_paths[m].string()}, {"files", files}});
   }
@@ -197,7 +260,8 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   provenance["plan"] = plan_to_json(plan)["tensors"];
   nlohmann::json outputs = nlohmann::json::object();
   std::sort(result.files.begin(), result.files.end());
-  for (const auto& file : result.files) outputs[file] = sha256_file(out / file);
+  for (const auto& file : result.files) hasher.start(out / file);
+  for (const auto& file : result.files) outputs[file] = hasher.get(out / file);
   provenance["outputs"] = outputs;
   write_file_atomic(out / "alloy_provenance.json", provenance.dump(2) + "\n");
   result.files.push_back("alloy_provenance.json");

@@ -84,6 +84,7 @@ std::vector<size_t> non_base_sources(const MergeContext& ctx) {
 
 void copy_source(const MergeContext& ctx, size_t index, float* out) {
   const float* in = ctx.sources[index].values;
+  if (in == out) return;  // merged in place: out already holds the source
   parallel_for(ctx.numel(), kDefaultGrain,
                [&](size_t b, size_t e) { std::memcpy(out + b, in + b, (e - b) * sizeof(float)); });
 }

@@ -17,6 +17,8 @@ class LinearMethod final : public MergeMethod {
   std::vector<MethodParameter> parameters() const override {
     return {{"weight", true, std::nullopt, true}, {"normalize", false, 1.0, false}};
   }
+  // Each block reads every input before it writes its outputs.
+  bool merges_in_place() const override { return true; }
   void merge(const MergeContext& ctx, float* out) const override {
     if (ctx.sources.empty()) fail_recipe(ctx, "linear", "no source models");
     with_rounding(ctx.compute_dtype, [&](auto rnd) { run(ctx, rnd, out); });

@@ -28,6 +28,8 @@ class SlerpMethod final : public MergeMethod {
     return {{"t", false, std::nullopt, true}};
   }
   bool requires_base_model() const override { return true; }
+  // The sums read everything first; the output pass is element-wise.
+  bool merges_in_place() const override { return true; }
   void merge(const MergeContext& ctx, float* out) const override {
     if (ctx.sources.size() == 1) {  // mergekit passes a lone tensor through
       copy_source(ctx, 0, out);
@@ -48,11 +50,15 @@ class SlerpMethod final : public MergeMethod {
 
     const SlerpSums sums = parallel_reduce(
         n, kDefaultGrain, SlerpSums{},
-        [&](size_t lo, size_t hi) {
+        [a, b](size_t lo, size_t hi) {
+          // The terms capture their pointers by value: reached by reference through the
+          // parallel_for context, GCC leaves these loops scalar (see lib/kernels.cpp).
+          const float* x = a + lo;
+          const float* y = b + lo;
           SlerpSums s;
-          s.aa = lane_sum(hi - lo, [&](size_t j) { return double(a[lo + j]) * a[lo + j]; });
-          s.bb = lane_sum(hi - lo, [&](size_t j) { return double(b[lo + j]) * b[lo + j]; });
-          s.ab = lane_sum(hi - lo, [&](size_t j) { return double(a[lo + j]) * b[lo + j]; });
+          s.aa = lane_sum(hi - lo, [x](size_t j) { return double(x[j]) * x[j]; });
+          s.bb = lane_sum(hi - lo, [y](size_t j) { return double(y[j]) * y[j]; });
+          s.ab = lane_sum(hi - lo, [x, y](size_t j) { return double(x[j]) * y[j]; });
           return s;
         },
         [](SlerpSums acc, SlerpSums part) {

@@ -69,6 +69,9 @@ class TaskArithmeticMethod final : public MergeMethod {
     return p;
   }
 
+  // The masks are built before any output is written; combine() reads each block of every
+  // source before it writes that block.
+  bool merges_in_place() const override { return true; }
   void merge(const MergeContext& ctx, float* out) const override {
     const size_t base_index = require_base(ctx, config_.name);
     const float* base = ctx.sources[base_index].values;

@@ -3,9 +3,11 @@
 // The executor streams: for each output tensor it loads the sources into float32 buffers from a
 // pool that is reused for every tensor (no per-tensor allocation), merges, converts to the output
 // dtype and hands the bytes to the sharded writer; source pages are released after use, so memory
-// stays bounded by a few tensors whatever the model size. The output directory is built under a
-// temporary name and appears only when complete, with config.json, tokenizer files, the recipe
-// (mergekit_config.yml), a model card (README.md) and alloy_provenance.json.
+// stays bounded by a few tensors whatever the model size. The input files' sha256 (for the
+// provenance record) are computed on background threads while the merge runs. The output
+// directory is built under a temporary name and appears only when complete, with config.json,
+// tokenizer files, the recipe (mergekit_config.yml), a model card (README.md) and
+// alloy_provenance.json.
 #pragma once
 
 #include <cstdint>

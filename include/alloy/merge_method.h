@@ -62,6 +62,11 @@ class MergeMethod {
   virtual CropPolicy crop_policy() const { return CropPolicy::kCommonPrefix; }
   // Writes numel() values to out. Throws Error naming ctx.tensor_name on bad parameters.
   virtual void merge(const MergeContext& ctx, float* out) const = 0;
+  // True when merge() gives the same bits with `out` equal to sources[0].values: element i of out
+  // is written only after the last read of element i of every source, and no source element is
+  // read after its index in out has been written. The executor then merges in place and holds one
+  // whole-tensor float32 buffer fewer (see docs/performance.md).
+  virtual bool merges_in_place() const { return false; }
 };
 
 // The registry. find_merge_method returns nullptr for an unknown name.
