@@ -1,0 +1,127 @@
+// alloy/assay.h: recovering what a released model was made from.
+//
+// Given a suspect model S and candidate parents C_1..C_k, the assay streams the tensors once and,
+// per tensor, accumulates sufficient statistics in double with fixed chunking (deterministic for
+// any thread count): the Gram matrix of [S, C_1..C_k] over all elements and over the "resolved"
+// elements (where the candidates differ by several units in the last place, so that rounding
+// cannot snap a blend onto a parent), element sums for Pearson correlations, and exact-equality
+// counts (S == C_b bit for bit) that expose sparsifying methods (TIES, DARE). From these it fits,
+// per tensor, the affine model S = sum_i w_i C_i (sum w_i = 1) by constrained least squares, the
+// slerp model, and, where the equality counts say so, the task-arithmetic family with its
+// densities; it aggregates per component, calibrates the null from the candidates themselves, and
+// issues a verdict with evidence. docs/assay.md has the formulas, the JSON schema and the verdict
+// rules; tests/test_assay*.cpp check them on round trips through alloy-merge.
+//
+// Memory: the statistics pass converts chunks of the mapped tensors into per-chunk scratch and
+// never holds a whole tensor in float32; only the rebuild check (a few sampled tensors) and the
+// density pass use full-tensor buffers, from a pool reused across tensors.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace alloy {
+
+struct AssayOptions {
+  std::filesystem::path suspect;
+  std::vector<std::string> candidates;  // paths exactly as given (the recipe names them so)
+  // Tensors per model checked by re-running the recovered recipe through the merge methods.
+  int rebuild_check_tensors = 6;
+  // Called after each tensor with (done, total); may be empty.
+  std::function<void(size_t, size_t)> progress;
+};
+
+// The fit of one suspect tensor against the candidates.
+struct TensorAssay {
+  std::string name;
+  std::string component;          // see assay_component_names()
+  int layer = -1;                 // -1 outside the decoder layers
+  int expert = -1;                // routed expert index, or -1
+  uint64_t numel = 0;
+  bool fitted = false;            // false: shapes differ or a candidate lacks it (see `skipped`)
+  std::string skipped;            // why it was not fitted
+  int reference = -1;             // candidate the deviation is measured from (the fitted base)
+  std::vector<double> weights;    // affine least-squares mixing weights, one per candidate, sum 1
+  std::vector<double> weight_se;  // their standard errors
+  double cos_fit = 0;             // cos(S - C_ref, fit - C_ref)
+  double null_cos = 0;            // calibrated scale of cos_fit for unrelated deviations
+  double z = 0;                   // cos_fit / null_cos
+  double deviation = 0;           // |S - C_ref| / |C_ref|
+  double residual = 0;            // |S - fit| / |S - C_ref|
+  std::vector<double> correlation;  // Pearson correlation of S with each candidate
+  bool exact_copy_of = false;     // S equals candidate `reference` bit for bit
+  // slerp between the two candidates with the largest weights (parent_a at t = 0).
+  int parent_a = -1, parent_b = -1;
+  double slerp_theta = 0;         // angle between the parents, radians
+  double coefficient_sum = 0;     // unconstrained least-squares s_a + s_b
+  double coefficient_sum_se = 0;
+  double slerp_t = 0;             // t recovered from the unconstrained coefficients
+  double slerp_excess = 0;        // predicted s_a + s_b - 1 under slerp at slerp_t
+  // Sparsification evidence relative to `reference`, over resolved elements.
+  double equal_reference = 0;     // fraction of elements with S == C_ref exactly
+  std::vector<double> equal_candidate;  // per candidate: fraction with S == C_i != C_ref
+  std::vector<double> density;    // estimated kept fraction per candidate (NaN when not estimated)
+  std::vector<double> magnitude_step;   // 1 - P(nothing kept | large |delta|) / P(.. | small |delta|)
+  std::vector<double> kept_scale;       // (S - C_ref) / delta_i where i alone is kept (median)
+  std::vector<double> solo_density;     // kept fraction from "kept alone" vs "nothing kept" counts
+  std::vector<double> ratio_weight;     // TIES weight ratios (sum 1) where all kept agree
+};
+
+struct CandidateAssay {
+  std::string path;
+  double correlation = 0;         // median Pearson correlation with the suspect (numel-weighted)
+  bool related = false;           // shares weights with the suspect beyond the null
+  bool involved = false;          // carries a weight in the recovered recipe
+  double weight = 0;              // numel-weighted mean mixing weight
+  double weight_std = 0;          // spread across tensors
+  double density = 0;             // recovered density (sparsifying methods), else 1
+};
+
+struct ComponentAssay {
+  std::string name;
+  size_t tensors = 0;
+  uint64_t numel = 0;
+  std::vector<double> weight_mean, weight_std;  // per candidate, across the component's tensors
+  double cos_fit_mean = 0, cos_fit_min = 0;
+  double z = 0;                   // median per-tensor z
+  // Bounds on the chance that unrelated weights give this z: with a sub-Gaussian null of the
+  // calibrated scale (P(z_t >= x) <= exp(-x^2/2)), and distribution-free (Cantelli, 1/(1+x^2)).
+  double log10_false_positive = 0;
+  double log10_false_positive_distribution_free = 0;
+};
+
+struct AssayResult {
+  std::string verdict;            // "merge", "fine-tune", "copy", "independent"
+  std::string method;             // merge method for "merge" (else "")
+  std::optional<int> base;        // index of the candidate the suspect derives from
+  std::vector<CandidateAssay> candidates;
+  std::vector<ComponentAssay> components;
+  std::vector<TensorAssay> tensors;
+  nlohmann::json recipe;          // mergekit recipe (JSON form); empty object when none
+  nlohmann::json evidence;        // z-scores, bounds, rebuild check, notes
+  nlohmann::json permutations = nlohmann::json::array();  // filled by the alignment stage
+  std::string suspect;
+};
+
+// Component names in display order: "embeddings", "lm_head", "attention", "linear_attention",
+// "mlp", "experts", "shared_experts", "router", "norms", "other".
+const std::vector<std::string>& assay_component_names();
+// The component of a tensor name (Llama, Qwen2/3-MoE and similar layouts).
+std::string assay_component(const std::string& tensor_name, int* layer, int* expert);
+
+// Runs the assay. Throws Error naming the model or tensor on unreadable input.
+AssayResult run_assay(const AssayOptions& options);
+
+// Output forms (docs/assay.md): the JSON document, the recipe as YAML that alloy-merge runs, a
+// readable text summary, and a self-contained HTML report.
+nlohmann::json assay_to_json(const AssayResult& result);
+std::string recipe_to_yaml(const nlohmann::json& recipe);
+std::string assay_summary(const AssayResult& result);
+std::string assay_report_html(const nlohmann::json& assay_json);
+
+}  // namespace alloy

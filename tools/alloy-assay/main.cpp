@@ -1,0 +1,60 @@
+// alloy-assay: recovers what a model was made from (which candidates, weights, method), with
+// evidence. Only flag parsing and output lives here; alloy/assay.h does the work.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "alloy/assay.h"
+#include "alloy/error.h"
+#include "alloy/file_util.h"
+#include "alloy/parallel.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Recovers the recipe of SUSPECT from CANDIDATE models: which candidates, which weights, which merge "
+               "method, with statistics."};
+  alloy::AssayOptions options;
+  std::string suspect, json_path, recipe_path, report_path;
+  int threads = 0;
+  bool quiet = false;
+  app.add_option("SUSPECT", suspect, "the model under examination (directory or .safetensors)")->required();
+  app.add_option("CANDIDATE", options.candidates, "candidate parents, as many as needed")->required();
+  app.add_option("--json", json_path, "write the full result as JSON");
+  app.add_option("--recipe", recipe_path, "write the recovered recipe as YAML (alloy-merge runs it)");
+  app.add_option("--report", report_path, "write a self-contained HTML report");
+  app.add_option("--rebuild-check", options.rebuild_check_tensors,
+                 "tensors re-merged from the recovered recipe to confirm it (0: none)")
+      ->capture_default_str();
+  app.add_option("-j,--threads", threads, "worker threads (default: all cores); results do not depend on it");
+  app.add_flag("-q,--quiet", quiet, "no summary on stdout");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    alloy::set_thread_count(threads);
+    options.suspect = suspect;
+    if (isatty(STDERR_FILENO) && !quiet) {
+      options.progress = [](size_t done, size_t total) {
+        std::fprintf(stderr, "\ralloy-assay: %zu/%zu tensors", done, total);
+        if (done == total) std::fprintf(stderr, "\n");
+      };
+    }
+    const alloy::AssayResult result = alloy::run_assay(options);
+    const nlohmann::json doc = alloy::assay_to_json(result);
+    if (!json_path.empty()) alloy::write_file_atomic(json_path, doc.dump(2) + "\n");
+    if (!recipe_path.empty()) {
+      if (result.recipe.empty()) {
+        std::fprintf(stderr, "alloy-assay: no recipe to write: the verdict is '%s'\n", result.verdict.c_str());
+      } else {
+        alloy::write_file_atomic(recipe_path, alloy::recipe_to_yaml(result.recipe));
+      }
+    }
+    if (!report_path.empty()) alloy::write_file_atomic(report_path, alloy::assay_report_html(doc));
+    if (!quiet) std::fputs(alloy::assay_summary(result).c_str(), stdout);
+  } catch (const alloy::Error& e) {
+    std::fprintf(stderr, "alloy-assay: error: %s [%s]\n", e.what(), alloy::error_code_name(e.code()));
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "alloy-assay: error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
