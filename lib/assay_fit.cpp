@@ -88,7 +88,9 @@ void fit_tensor(const Moments& m, int k, TensorAssay* out) {
     }
   }
   out->reference = ref - 1;
-  out->exact_copy_of = distance2(all, 0, ref) == 0 && m.equal[ref] == m.n_spread;
+  for (int c = 1; c <= k && out->copy_of < 0; ++c) {
+    if (distance2(all, 0, c) == 0 && m.equal[c] == m.n_spread) out->copy_of = c - 1;
+  }
   out->deviation = all[ref][ref] > 0 ? std::sqrt(distance2(all, 0, ref) / all[ref][ref]) : 0.0;
   if (m.n_resolved > 0) {
     out->equal_reference = double(m.equal_resolved[ref]) / double(m.n_resolved);

@@ -141,7 +141,7 @@ json assay_to_json(const AssayResult& r) {
     j["z"] = number_or_null(t.z);
     j["deviation"] = number_or_null(t.deviation);
     j["residual"] = number_or_null(t.residual);
-    j["exact_copy"] = t.exact_copy_of;
+    j["copy_of"] = t.copy_of >= 0 ? json(r.candidates[size_t(t.copy_of)].path) : json(nullptr);
     j["equal_reference"] = number_or_null(t.equal_reference);
     if (t.parent_a >= 0) {
       j["slerp"] = {{"t", number_or_null(t.slerp_t)}, {"theta", number_or_null(t.slerp_theta)},

@@ -106,7 +106,7 @@ AssayResult run_assay(const AssayOptions& options) {
       ta.fitted = true;
       double equal = ta.equal_reference;
       for (double e : ta.equal_candidate) equal = std::max(equal, e);
-      if (ta.numel >= 4096 && equal + ta.equal_reference > 0.1 && !ta.exact_copy_of) fill_sparse(views, &ta);
+      if (ta.numel >= 4096 && equal + ta.equal_reference > 0.1 && ta.copy_of < 0) fill_sparse(views, &ta);
     } else if (ta.skipped.empty()) {
       ta.skipped = "empty tensor";
     }

@@ -230,15 +230,17 @@ class Verdict {
   }
 
   bool try_copy() {
-    const int ref = majority_reference();
-    uint64_t exact = 0;
+    std::vector<uint64_t> exact(size_t(k_), 0);
+    for (const auto& t : r_.tensors) {
+      if (t.fitted && t.copy_of >= 0) exact[size_t(t.copy_of)] += t.numel;
+    }
+    const int copied = int(std::max_element(exact.begin(), exact.end()) - exact.begin());
+    const bool bit_exact = exact[size_t(copied)] == fitted_numel_;
+    const int ref = bit_exact ? copied : majority_reference();
     Weighted deviation;
     for (const auto& t : r_.tensors) {
-      if (!t.fitted) continue;
-      exact += (t.exact_copy_of && t.reference == ref) ? t.numel : 0;
-      deviation.add(t.deviation, double(t.numel));
+      if (t.fitted) deviation.add(t.deviation, double(t.numel));
     }
-    const bool bit_exact = exact == fitted_numel_;
     if (!bit_exact && !(deviation.median() <= kCopyDeviation && r_.candidates[size_t(ref)].related)) return false;
     r_.verdict = "copy";
     r_.base = ref;
@@ -259,9 +261,9 @@ class Verdict {
     uint64_t copies = 0;
     std::vector<int> sources;
     for (const auto& t : r_.tensors) {
-      if (t.fitted && t.exact_copy_of) {
+      if (t.fitted && t.copy_of >= 0) {
         copies += t.numel;
-        if (std::find(sources.begin(), sources.end(), t.reference) == sources.end()) sources.push_back(t.reference);
+        if (std::find(sources.begin(), sources.end(), t.copy_of) == sources.end()) sources.push_back(t.copy_of);
       }
     }
     const bool mixed_copies = fitted_numel_ > 0 && copies == fitted_numel_ && sources.size() >= 2;

@@ -54,7 +54,7 @@ struct TensorAssay {
   double deviation = 0;           // |S - C_ref| / |C_ref|
   double residual = 0;            // |S - fit| / |S - C_ref|
   std::vector<double> correlation;  // Pearson correlation of S with each candidate
-  bool exact_copy_of = false;     // S equals candidate `reference` bit for bit
+  int copy_of = -1;               // candidate S equals bit for bit, or -1
   // slerp between the two candidates with the largest weights (parent_a at t = 0).
   int parent_a = -1, parent_b = -1;
   double slerp_theta = 0;         // angle between the parents, radians
