@@ -147,6 +147,18 @@ void fit_tensor(const Moments& m, int k, TensorAssay* out) {
       sibling = std::max(sibling, std::fabs(cij) / std::sqrt(cii * cjj));
     }
   }
+  out->ancestor_cos = std::numeric_limits<double>::quiet_NaN();
+  for (size_t i = 0; i < cols.size(); ++i) {
+    for (size_t j = i + 1; j < cols.size(); ++j) {
+      if (out->correlation[size_t(cols[i] - 1)] <= kRelatedCorrelation ||
+          out->correlation[size_t(cols[j] - 1)] <= kRelatedCorrelation) {
+        continue;
+      }
+      const double cij = centred(g, cols[i], cols[j], ref);
+      const double c = std::fabs(cij) / std::sqrt(centred(g, cols[i], cols[i], ref) * centred(g, cols[j], cols[j], ref));
+      out->ancestor_cos = std::isnan(out->ancestor_cos) ? c : std::max(out->ancestor_cos, c);
+    }
+  }
   out->null_cos = std::max(std::sqrt(double(p) / std::max(n_used, 1.0)), std::min(sibling, kMaxSiblingNull));
   out->z = out->cos_fit / out->null_cos;
 

@@ -20,6 +20,14 @@ constexpr double kCopyDeviation = 0.002;  // |S - C| / |C| at bf16 re-rounding l
 constexpr double kSparseEquality = 0.25;  // linear merges: ~0.08 from cancellations
 constexpr double kTiesMagnitudeStep = 0.5;
 constexpr double kMajorComponent = 0.05;  // share of the fitted elements
+// Independent derivations of an ancestor that is not among the candidates fit each other: with k
+// sibling candidates the best affine fit is their centroid and cos_fit^2 = 1 - (1 + 1/k) / 2, from
+// 0.5 (k = 1) towards 0.71. When the reference is shown to be the common ancestor of the other
+// related candidates (their deltas from it are mutually near-orthogonal), siblings fit with
+// cos_fit ~ 0 and 0.6 is a safe bar; otherwise a dense merge must explain at least 0.8.
+constexpr double kDenseMergeCosFit = 0.6;
+constexpr double kDenseMergeCosFitNoAncestor = 0.8;
+constexpr double kAncestorCos = 0.25;
 
 struct Weighted {
   std::vector<std::pair<double, double>> values;
@@ -89,7 +97,7 @@ class Verdict {
     for (int c = 0; c < k_; ++c) {
       if (std::fabs(r_.candidates[size_t(c)].weight) >= kInvolvedWeight) involved.push_back(c);
     }
-    if (involved.size() >= 2 && strong_evidence()) {
+    if (involved.size() >= 2 && strong_evidence() && explains_deviation()) {
       for (int c : involved) r_.candidates[size_t(c)].involved = true;
       if (involved.size() == 2 && try_slerp(involved)) return;
       dense_merge(involved, base);
@@ -170,6 +178,27 @@ class Verdict {
     r_.evidence["z_min"] = z_min;
     r_.evidence["log10_false_positive"] = bound;
     return z_min >= kMergeZ && bound <= kMergeLog10Bound;
+  }
+
+  bool explains_deviation() {
+    Weighted cos;
+    for (const auto& t : r_.tensors) {
+      if (t.fitted) cos.add(t.cos_fit, double(t.numel));
+    }
+    Weighted ancestor;
+    for (const auto& t : r_.tensors) {
+      if (t.fitted) ancestor.add(t.ancestor_cos, double(t.numel));
+    }
+    const bool has_ancestor = !ancestor.empty() && ancestor.median() < kAncestorCos;
+    const double bar = has_ancestor ? kDenseMergeCosFit : kDenseMergeCosFitNoAncestor;
+    const double median = cos.empty() ? 0 : cos.median();
+    r_.evidence["cos_fit_median"] = median;
+    r_.evidence["cos_fit_bar"] = bar;
+    r_.evidence["common_ancestor_among_candidates"] = has_ancestor;
+    if (median >= bar) return true;
+    note("the candidates explain only cos_fit " + std::to_string(median) + " of the suspect's deviation (bar " +
+         std::to_string(bar) + "): siblings of a common ancestor fit each other that well");
+    return false;
   }
 
   int majority_reference() const {

@@ -50,6 +50,10 @@ struct TensorAssay {
   std::vector<double> weight_se;  // their standard errors
   double cos_fit = 0;             // cos(S - C_ref, fit - C_ref)
   double null_cos = 0;            // calibrated scale of cos_fit for unrelated deviations
+  // Largest |cos(C_i - C_ref, C_j - C_ref)| over pairs of other related candidates: near 0 when the
+  // reference is their common ancestor, about 1/2 when it is one of several siblings; NaN when
+  // fewer than two other candidates are related.
+  double ancestor_cos = 0;
   double z = 0;                   // cos_fit / null_cos
   double deviation = 0;           // |S - C_ref| / |C_ref|
   double residual = 0;            // |S - fit| / |S - C_ref|
