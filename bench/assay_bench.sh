@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Assay benchmark: times alloy-assay on a linear merge of two synthetic models against simply
+# reading the three models (copy_baseline without an output: mmap every tensor byte, release the
+# pages after use) in the same run, and prints the ratio, peak RSS and minor faults.
+#
+# Usage: bench/assay_bench.sh [SIZE_GB (default 1)] [WORK_DIR (default: a temp dir, removed after)]
+# Target (issue 4): assay <= 1.5x reading the three models; memory bounded by a few tensors.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+size=${1:-1}
+work=${2:-$(mktemp -d /tmp/alloy-assay-bench.XXXXXX)}
+keep_work=${2:+1}
+repeat=${REPEAT:-2}
+"$root/scripts/install-deps.sh"
+"$root/scripts/build.sh" "$root/build" >/dev/null
+bin="$root/build/bin"
+cleanup() { [[ -n "${keep_work:-}" ]] || rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "alloy assay benchmark: models of ${size} GB (bf16), $(nproc) cores, best of $repeat" >&2
+if [[ ! -d "$work/models/ft_2" ]]; then
+  "$bin/alloy-synth" family "$work/models" --overwrite --size-gb "$size" --fine-tunes 2 --unrelated 0 >&2
+fi
+cd "$work/models"
+if [[ ! -d merged ]]; then
+  cat > rio.yml <<YAML
+merge_method: linear
+models:
+  - model: ft_1
+    parameters: {weight: 0.571}
+  - model: ft_2
+    parameters: {weight: 0.429}
+dtype: bfloat16
+YAML
+  "$bin/alloy-merge" -q rio.yml merged >&2
+fi
+
+# measure COMMAND...: prints "seconds peak_kb minor_faults" of the fastest of $repeat runs.
+measure() {
+  local best="" log="$work/time.log"
+  for _ in $(seq "$repeat"); do
+    sync
+    /usr/bin/time -f "%e %M %R" -o "$log" "$@" >/dev/null 2>"$work/stderr.log" || { cat "$work/stderr.log" >&2; return 1; }
+    if [[ -z "$best" ]] || awk -v a="$(cut -d' ' -f1 "$log")" -v b="$(cut -d' ' -f1 <<<"$best")" 'BEGIN{exit !(a<b)}'; then
+      best=$(cat "$log")
+    fi
+  done
+  echo "$best"
+}
+
+"$bin/copy_baseline" merged ft_1 ft_2 >/dev/null  # warm the page cache once
+read -r read_s read_kb read_faults < <(measure "$bin/copy_baseline" merged ft_1 ft_2)
+read -r assay_s assay_kb assay_faults < <(measure "$bin/alloy-assay" -q merged ft_1 ft_2 --json "$work/assay.json")
+ratio=$(awk -v m="$assay_s" -v c="$read_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
+printf "%-12s %10s %12s %12s\n" run seconds peak_rss_MB minor_faults
+printf "%-12s %10s %12d %12d\n" read-3 "$read_s" $((read_kb / 1024)) "$read_faults"
+printf "%-12s %10s %12d %12d\n" alloy-assay "$assay_s" $((assay_kb / 1024)) "$assay_faults"
+echo "ratio assay/read: ${ratio}x"
+python3 - "$work/assay.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+w = {c["path"]: round(c["weight"], 4) for c in d["candidates"]}
+print("verdict:", d["verdict"], d["method"], "weights:", w)
+PY
