@@ -23,6 +23,7 @@
 #include "alloy/parallel.h"
 #include "alloy/synth.h"
 #include "alloy/writer.h"
+#include "synth_internal.h"
 
 namespace alloy {
 namespace fs = std::filesystem;
@@ -193,6 +194,10 @@ void validate(const FineTuneOptions& o) {
   if (o.rank < 1) throw Error(ErrorCode::kInvalidArgument, "fine-tune: --rank must be at least 1");
 }
 
+}  // namespace
+
+namespace detail {
+
 // Writes the weights of a fine-tune of `base` into `dir`. Per tensor, three passes over fixed
 // chunks: (1) D and the sums ||base||^2, ||D||^2; (2) delta0 = a0 D + b0 L in place, and
 // ||delta0||^2; (3) base + (target / ||delta0||) delta0, stored in the base's dtype. Memory: one
@@ -278,7 +283,7 @@ void write_fine_tune_weights(const Model& base, const fs::path& dir, const FineT
   writer.finish();
 }
 
-}  // namespace
+}  // namespace detail
 
 InitStats base_init(const SynthTensor& t) {
   if (t.component == Component::kNorm) return {1.0f, 0.05f};
@@ -334,7 +339,7 @@ void synth_fine_tune(const fs::path& base_dir, const fs::path& out, const FineTu
   validate(options);
   const Model base = Model::open(base_dir);
   StagingDirectory staging(out, options.output.overwrite);
-  write_fine_tune_weights(base, staging.path(), options);
+  detail::write_fine_tune_weights(base, staging.path(), options);
   if (base.has_config()) write_json(staging.path() / "config.json", base.config());
   for (const auto& file : base.auxiliary_files()) {
     if (file == "alloy_synth.json") continue;

@@ -5,6 +5,7 @@
 
 #include "alloy/error.h"
 #include "alloy/parallel.h"
+#include "alloy/perturb.h"
 #include "alloy/synth.h"
 #include "alloy/writer.h"
 
@@ -116,6 +117,34 @@ int main(int argc, char** argv) {
   add_base_flags(family_cmd, &family);
   add_fine_tune_flags(family_cmd, &family_ft);
 
+  std::string perturb_in, kind_name, format_name = "int8", relative_to = "rms", layer_map;
+  alloy::PerturbOptions perturb;
+  double strength = 0;
+  OutputFlags perturb_output;
+  auto* perturb_cmd = app.add_subcommand(
+      "perturb", "IN transformed to hide a merge (noise, re-rounding, permutations, ...), with the ground truth in "
+                 "OUT/alloy_perturb.json");
+  perturb_cmd->add_option("IN", perturb_in, "the model directory to transform")->required();
+  perturb_cmd->add_option("OUT", out, "output directory")->required();
+  perturb_cmd->add_option("--kind", kind_name,
+                          "noise, reround, finetune, permute-experts, permute-neurons, permute-heads, "
+                          "rescale-neurons, fold-norms or stack-layers")
+      ->required();
+  auto* strength_option = perturb_cmd->add_option(
+      "--strength", strength,
+      "noise: ||noise|| / ||W|| (or / ||W - REF||), default 0.01; finetune: ||delta|| / ||W||, default 0.05; "
+      "rescale-neurons: factors in [1/X, X], default 2; other kinds take none");
+  perturb_cmd->add_option("--seed", perturb.seed, "seed of the random choices")->capture_default_str();
+  perturb_cmd->add_option("--reference", perturb.reference, "noise: size it relative to IN - REF");
+  perturb_cmd->add_option("--relative-to", relative_to, "noise: rms (default) or reference (needs --reference)");
+  perturb_cmd->add_option("--format", format_name, "reround: bf16, f16, int8 (per-row absmax) or int4 (groups of 32)")
+      ->capture_default_str();
+  perturb_cmd->add_option("--layer-map", layer_map, "stack-layers: output layer i is input layer map[i], e.g. 0,1,1,2,3");
+  perturb_cmd->add_option("--low-rank-fraction", perturb.low_rank_fraction, "finetune: share of the delta that is low-rank")
+      ->capture_default_str();
+  perturb_cmd->add_option("--rank", perturb.rank, "finetune: rank of the low-rank part")->capture_default_str();
+  add_output_flags(perturb_cmd, &perturb_output);
+
   // CLI11 reports an unknown command only as "A subcommand is required": name it instead.
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -124,8 +153,8 @@ int main(int argc, char** argv) {
       continue;
     }
     if (arg.empty() || arg[0] == '-') continue;
-    if (arg != "base" && arg != "finetune" && arg != "family") {
-      std::fprintf(stderr, "alloy-synth: error: unknown command '%s' (expected base, finetune or family)\n",
+    if (arg != "base" && arg != "finetune" && arg != "family" && arg != "perturb") {
+      std::fprintf(stderr, "alloy-synth: error: unknown command '%s' (expected base, finetune, family or perturb)\n",
                    arg.c_str());
       return 2;
     }
@@ -141,6 +170,37 @@ int main(int argc, char** argv) {
       ft.output.shard_bytes = shard_bytes(ft_output);
       ft.output.overwrite = ft_output.overwrite;
       alloy::synth_fine_tune(base_dir, out, ft);
+    } else if (perturb_cmd->parsed()) {
+      const auto kind = alloy::perturb_kind_from_name(kind_name);
+      if (!kind) {
+        throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
+                           "perturb: unknown --kind '" + kind_name +
+                               "' (expected noise, reround, finetune, permute-experts, permute-neurons, "
+                               "permute-heads, rescale-neurons, fold-norms or stack-layers)");
+      }
+      perturb.kind = *kind;
+      const auto format = alloy::reround_format_from_name(format_name);
+      if (!format) {
+        throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
+                           "perturb: unknown --format '" + format_name + "' (expected bf16, f16, int8 or int4)");
+      }
+      perturb.format = *format;
+      if (relative_to != "rms" && relative_to != "reference") {
+        throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
+                           "perturb: --relative-to must be rms or reference (got '" + relative_to + "')");
+      }
+      if (relative_to == "reference" && perturb.reference.empty()) {
+        throw alloy::Error(alloy::ErrorCode::kInvalidArgument, "perturb: --relative-to reference needs --reference REF");
+      }
+      if (relative_to == "rms" && perturb_cmd->count("--relative-to") && !perturb.reference.empty()) {
+        throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
+                           "perturb: --relative-to rms contradicts --reference (which sizes the noise by IN - REF)");
+      }
+      if (strength_option->count()) perturb.strength = strength;
+      if (!layer_map.empty()) perturb.layer_map = alloy::parse_layer_map(layer_map);
+      perturb.output.shard_bytes = shard_bytes(perturb_output);
+      perturb.output.overwrite = perturb_output.overwrite;
+      alloy::perturb_model(perturb_in, out, perturb);
     } else {
       resolve(&family);
       alloy::synth_family(out, family.options, fine_tunes, unrelated, family_ft);
