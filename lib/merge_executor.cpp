@@ -14,6 +14,7 @@
 #include "alloy/safetensors.h"
 #include "alloy/sha256.h"
 #include "alloy/writer.h"
+#include "method_util.h"
 
 namespace alloy {
 namespace fs = std::filesystem;
@@ -114,6 +115,94 @@ void crop(const float* in, const std::vector<uint64_t>& full, float* out, const 
   }
 }
 
+// Converts elements [begin, begin + len) of the tensor of shape `shape` cropped from `input`
+// (its top-left block, see crop()) to float32 in dst, rounded to the compute dtype D.
+void load_range(const ModelTensor& input, const std::vector<uint64_t>& shape, DType compute_dtype,
+                uint64_t begin, size_t len, float* dst) {
+  const TensorInfo& info = *input.info;
+  const uint64_t element_bytes = dtype_bits(info.dtype) / 8;
+  const uint8_t* data = static_cast<const uint8_t*>(input.data());
+  if (info.shape == shape) {
+    load_as_f32(info.dtype, data + begin * element_bytes, len, dst);
+  } else {
+    const size_t rank = shape.size();
+    const uint64_t inner = shape.back(), inner_full = info.shape.back();
+    for (uint64_t i = begin, end = begin + len; i < end;) {
+      const uint64_t row = i / inner, column = i % inner;
+      const uint64_t run = std::min(inner - column, end - i);
+      uint64_t rem = row, offset = column, stride = inner_full;
+      for (size_t d = rank - 1; d-- > 0;) {
+        offset += rem % shape[d] * stride;
+        rem /= shape[d];
+        stride *= info.shape[d];
+      }
+      load_as_f32(info.dtype, data + offset * element_bytes, static_cast<size_t>(run),
+                  dst + (i - begin));
+      i += run;
+    }
+  }
+  // "Each input tensor is cast to dtype when loaded."
+  if (info.dtype != compute_dtype) round_to(compute_dtype, dst, len);
+}
+
+// Per-thread float32 scratch of the chunked path: one chunk per source and one for the output.
+thread_local std::vector<float> t_chunk_scratch;
+
+// The chunked path (alloy/merge_method.h, ChunkedMerge): every fixed chunk of kDefaultGrain
+// elements of each source is converted from the mapped bytes into per-thread scratch, merged and
+// stored as output bytes, so no whole-tensor float32 buffer is built; the sums pass, when the
+// method needs one, converts the chunks once more. Only the output bytes take a pool slot.
+void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx, ChunkedMerge& merge,
+                   BufferPool& pool, ShardedWriter& writer) {
+  const uint64_t n = numel(t.shape);
+  const size_t count = t.sources.size();
+  std::vector<const ModelTensor*> inputs;
+  for (const PlannedSource& s : t.sources) inputs.push_back(plan.models[s.model]->find(s.tensor));
+  // Runs body(begin, len, sources, scratch_out) on every chunk, in parallel.
+  auto for_each_chunk = [&](auto&& body) {
+    return parallel_reduce(n, kDefaultGrain, size_t{0}, [&](size_t begin, size_t end) -> size_t {
+      const size_t len = end - begin;
+      std::vector<float>& scratch = t_chunk_scratch;
+      if (scratch.size() < (count + 1) * kDefaultGrain) scratch.resize((count + 1) * kDefaultGrain);
+      const float* sources[64];
+      std::vector<const float*> many(count > 64 ? count : 0);
+      const float** ptrs = count > 64 ? many.data() : sources;
+      for (size_t k = 0; k < count; ++k) {
+        float* dst = scratch.data() + k * kDefaultGrain;
+        load_range(*inputs[k], t.shape, t.compute_dtype, begin, len, dst);
+        ptrs[k] = dst;
+      }
+      return body(begin, len, ptrs, scratch.data() + count * kDefaultGrain);
+    }, [](size_t a, size_t b) { return a + b; });
+  };
+  if (const size_t sums = merge.sum_count(); sums > 0) {
+    const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
+    std::vector<double> partial(chunks * sums, 0.0);
+    for_each_chunk([&](size_t begin, size_t len, const float* const* sources, float*) -> size_t {
+      merge.chunk_sums(sources, len, partial.data() + begin / kDefaultGrain * sums);
+      return 0;
+    });
+    std::vector<double> total(sums, 0.0);  // in chunk order, from 0.0, as run_chunked adds them
+    for (size_t c = 0; c < chunks; ++c) {
+      for (size_t j = 0; j < sums; ++j) total[j] += partial[c * sums + j];
+    }
+    merge.set_sums(total.data());
+  }
+  const uint64_t element_bytes = dtype_bits(t.out_dtype) / 8;
+  uint8_t* bytes = pool.bytes(0, n * element_bytes);
+  const size_t bad = for_each_chunk([&](size_t begin, size_t len, const float* const* sources, float* out) {
+    const size_t chunk_bad = merge.merge_chunk(sources, begin, len, out);
+    store_from_f32(out, len, t.out_dtype, bytes + begin * element_bytes);
+    return chunk_bad;
+  });
+  for (size_t k = 0; k < count; ++k) inputs[k]->shard->release(*inputs[k]->info);
+  if (bad > 0) {
+    detail::fail_non_finite(ctx, std::string(plan.method->name()).c_str(), bad,
+                            "check the weights and the inputs");
+  }
+  writer.write(t.name, bytes, n * element_bytes);
+}
+
 void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random_seed, BufferPool& pool,
                   ShardedWriter& writer) {
   const uint64_t n = numel(t.shape);
@@ -124,6 +213,18 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random
   ctx.base_index = t.base_index;
   ctx.params = t.method_params;
   ctx.seed = tensor_seed(random_seed, t.name);
+  for (const PlannedSource& s : t.sources) {
+    ctx.sources.push_back({nullptr, s.params, s.is_base, plan.model_names[s.model]});
+  }
+  // Chunked when the method allows it and every conversion exists (else the whole-tensor path
+  // reports the dtype that cannot be converted: nothing may throw inside the parallel chunks).
+  bool convertible = can_store_from_f32(t.out_dtype);
+  for (const PlannedSource& s : t.sources)
+    convertible = convertible && can_load_as_f32(plan.models[s.model]->find(s.tensor)->info->dtype);
+  if (const auto chunked = convertible ? plan.method->chunked(ctx) : nullptr) {
+    merge_chunked(plan, t, ctx, *chunked, pool, writer);
+    return;
+  }
   for (size_t k = 0; k < t.sources.size(); ++k) {
     const PlannedSource& s = t.sources[k];
     const ModelTensor* input = plan.models[s.model]->find(s.tensor);
@@ -139,7 +240,7 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random
     input->shard->release(info);
     // "Each input tensor is cast to dtype when loaded."
     if (info.dtype != t.compute_dtype) round_to(t.compute_dtype, values, n);
-    ctx.sources.push_back({values, s.params, s.is_base, plan.model_names[s.model]});
+    ctx.sources[k].values = values;
   }
   // In place, out is source 0's buffer; the output bytes then go to source 1's buffer (a new slot
   // for a single source), else to source 0's: the sources are dead once merged, and the bytes
@@ -260,8 +361,11 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   provenance["plan"] = plan_to_json(plan)["tensors"];
   nlohmann::json outputs = nlohmann::json::object();
   std::sort(result.files.begin(), result.files.end());
-  for (const auto& file : result.files) hasher.start(out / file);
-  for (const auto& file : result.files) outputs[file] = hasher.get(out / file);
+  if (options.hash_outputs) {
+    for (const auto& file : result.files) hasher.start(out / file);
+  }
+  for (const auto& file : result.files)
+    outputs[file] = options.hash_outputs ? hasher.get(out / file) : "not hashed";
   provenance["outputs"] = outputs;
   write_file_atomic(out / "alloy_provenance.json", provenance.dump(2) + "\n");
   result.files.push_back("alloy_provenance.json");

@@ -14,6 +14,34 @@ uint64_t MergeContext::numel() const {
   return n;
 }
 
+void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* method, float* out) {
+  const size_t n = ctx.numel();
+  const size_t count = ctx.sources.size();
+  // Pointers to the chunk's first element of each source (small: no allocation per chunk).
+  auto at = [&](size_t begin, const float** sources) {
+    for (size_t k = 0; k < count; ++k) sources[k] = ctx.sources[k].values + begin;
+  };
+  if (const size_t sums = merge.sum_count(); sums > 0) {
+    const size_t chunks = (n + kDefaultGrain - 1) / kDefaultGrain;
+    std::vector<double> partial(chunks * sums, 0.0);
+    parallel_for(n, kDefaultGrain, [&](size_t begin, size_t end) {
+      std::vector<const float*> sources(count);
+      at(begin, sources.data());
+      merge.chunk_sums(sources.data(), end - begin, partial.data() + begin / kDefaultGrain * sums);
+    });
+    std::vector<double> total(sums, 0.0);
+    for (size_t c = 0; c < chunks; ++c) {
+      for (size_t j = 0; j < sums; ++j) total[j] += partial[c * sums + j];
+    }
+    merge.set_sums(total.data());
+  }
+  detail::parallel_for_checked(ctx, method, n, [&](size_t begin, size_t end) {
+    std::vector<const float*> sources(count);
+    at(begin, sources.data());
+    return merge.merge_chunk(sources.data(), begin, end - begin, out + begin);
+  });
+}
+
 namespace {
 
 const std::vector<const MergeMethod*>& all_methods() {

@@ -20,50 +20,64 @@ class LinearMethod final : public MergeMethod {
   // Each block reads every input before it writes its outputs.
   bool merges_in_place() const override { return true; }
   void merge(const MergeContext& ctx, float* out) const override {
+    run_chunked(*chunked(ctx), ctx, "linear", out);
+  }
+  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override {
     if (ctx.sources.empty()) fail_recipe(ctx, "linear", "no source models");
-    with_rounding(ctx.compute_dtype, [&](auto rnd) { run(ctx, rnd, out); });
+    return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
+      return std::make_unique<Chunk<decltype(rnd)>>(ctx, rnd);
+    });
   }
 
  private:
   template <class R>
-  static void run(const MergeContext& ctx, R rnd, float* out) {
-    const size_t count = ctx.sources.size();
-    std::vector<float> weights;
-    std::vector<const float*> inputs;
-    for (const auto& source : ctx.sources) {
-      weights.push_back(rnd.param(require_source_param(ctx, source, "weight")));
-      inputs.push_back(source.values);
+  class Chunk final : public ChunkedMerge {
+   public:
+    Chunk(const MergeContext& ctx, R rnd) : rnd_(rnd) {
+      for (const auto& source : ctx.sources)
+        weights_.push_back(rnd.param(require_source_param(ctx, source, "weight")));
+      normalize_ = method_flag(ctx, "normalize", true);
+      float weight_sum = 0.0f;  // torch sums the stacked weights in float32 and rounds once
+      for (float w : weights_) weight_sum += w;
+      weight_sum_ = rnd(weight_sum);
+      if (normalize_ && weight_sum_ == 0.0f) {
+        fail_non_finite(ctx, "linear", 0,
+                        "the weights sum to zero in the compute dtype, so normalize divides by 0");
+      }
     }
-    const bool normalize = method_flag(ctx, "normalize", true);
-    float weight_sum = 0.0f;  // torch sums the stacked weights in float32 and rounds once
-    for (float w : weights) weight_sum += w;
-    weight_sum = rnd(weight_sum);
-    if (normalize && weight_sum == 0.0f) {
-      fail_non_finite(ctx, "linear", 0,
-                      "the weights sum to zero in the compute dtype, so normalize divides by 0");
-    }
+
     // Blocks of elements, models in the outer loop: the element loops vectorise, and the float32
     // sum still adds the products in source order.
-    constexpr size_t kBlock = 512;
-    parallel_for_checked(ctx, "linear", ctx.numel(), [&](size_t begin, size_t end) {
+    size_t merge_chunk(const float* const* inputs, size_t, size_t len, float* out) const override {
+      constexpr size_t kBlock = 512;
+      const R rnd = rnd_;
+      const size_t count = weights_.size();
+      const bool normalize = normalize_;
+      const float weight_sum = weight_sum_;
       size_t bad = 0;
       float acc[kBlock];
-      for (size_t b0 = begin; b0 < end; b0 += kBlock) {
-        const size_t len = std::min(kBlock, end - b0);
-        std::fill(acc, acc + len, 0.0f);
+      for (size_t b0 = 0; b0 < len; b0 += kBlock) {
+        const size_t block = std::min(kBlock, len - b0);
+        std::fill(acc, acc + block, 0.0f);
         for (size_t k = 0; k < count; ++k) {
-          const float w = weights[k];
+          const float w = weights_[k];
           const float* x = inputs[k] + b0;
-          for (size_t j = 0; j < len; ++j) acc[j] += rnd(w * x[j]);
+          for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * x[j]);
         }
         float* o = out + b0;
-        for (size_t j = 0; j < len; ++j)
+        for (size_t j = 0; j < block; ++j)
           o[j] = normalize ? rnd(rnd(acc[j]) / weight_sum) : rnd(acc[j]);
-        for (size_t j = 0; j < len; ++j) bad += is_non_finite(o[j]);
+        for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
       }
       return bad;
-    });
-  }
+    }
+
+   private:
+    R rnd_;
+    std::vector<float> weights_;
+    bool normalize_ = true;
+    float weight_sum_ = 0.0f;
+  };
 };
 
 }  // namespace

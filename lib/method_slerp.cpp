@@ -10,6 +10,7 @@
 // arithmetic in float32: within 1 ulp of mergekit (the reduction order and libm differ). t = 0 and
 // t = 1 give the endpoints exactly (s0, s1 are exactly 1 and 0).
 #include <cmath>
+#include <cstring>
 
 #include "alloy/parallel.h"
 #include "method_util.h"
@@ -17,8 +18,68 @@
 namespace alloy::detail {
 namespace {
 
-struct SlerpSums {
-  double aa = 0, bb = 0, ab = 0;
+// The chunked form: the sums |a|^2, |b|^2 and <a, b> per chunk (three interleaved-lane sums in
+// double, combined in chunk order: the same bits for any thread count), then the blend.
+template <class R>
+class SlerpChunk final : public ChunkedMerge {
+ public:
+  SlerpChunk(size_t base, double t) : base_(base), t_(t) {}
+  size_t sum_count() const override { return 3; }
+  void chunk_sums(const float* const* sources, size_t len, double* partial) const override {
+    // The terms capture their pointers by value: reached by reference, GCC leaves these loops
+    // scalar (see lib/kernels.cpp).
+    const float* x = sources[base_];
+    const float* y = sources[1 - base_];
+    partial[0] = lane_sum(len, [x](size_t j) { return double(x[j]) * x[j]; });
+    partial[1] = lane_sum(len, [y](size_t j) { return double(y[j]) * y[j]; });
+    partial[2] = lane_sum(len, [x, y](size_t j) { return double(x[j]) * y[j]; });
+  }
+  void set_sums(const double* sums) override {
+    const double norm_a = std::sqrt(sums[0]), norm_b = std::sqrt(sums[1]);
+    double dot = sums[2];
+    if (norm_a > 1e-8) dot /= norm_a;
+    if (norm_b > 1e-8) dot /= norm_b;
+    if (std::fabs(dot) > 0.9995) {
+      s0_ = static_cast<float>(1.0 - t_);  // nearly colinear: a plain lerp of the raw tensors
+      s1_ = static_cast<float>(t_);
+    } else {
+      const double theta = std::acos(dot);
+      const double sin_theta = std::sin(theta);
+      const double theta_t = theta * t_;
+      s0_ = static_cast<float>(std::sin(theta - theta_t) / sin_theta);
+      s1_ = static_cast<float>(std::sin(theta_t) / sin_theta);
+    }
+  }
+  size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
+    const float* a = sources[base_];
+    const float* b = sources[1 - base_];
+    const float s0 = s0_, s1 = s1_;
+    const R rnd;
+    size_t bad = 0;
+    for (size_t i = 0; i < len; ++i) {
+      const float first = s0 * a[i];
+      const float second = s1 * b[i];
+      out[i] = rnd(first + second);
+      bad += is_non_finite(out[i]);
+    }
+    return bad;
+  }
+
+ private:
+  size_t base_;
+  double t_;
+  float s0_ = 0.0f, s1_ = 0.0f;
+};
+
+// A lone tensor passes through unchanged, as in mergekit.
+class PassChunk final : public ChunkedMerge {
+ public:
+  size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
+    if (sources[0] != out) std::memcpy(out, sources[0], len * sizeof(float));
+    size_t bad = 0;
+    for (size_t i = 0; i < len; ++i) bad += is_non_finite(out[i]);
+    return bad;
+  }
 };
 
 class SlerpMethod final : public MergeMethod {
@@ -35,6 +96,10 @@ class SlerpMethod final : public MergeMethod {
       copy_source(ctx, 0, out);
       return;
     }
+    run_chunked(*chunked(ctx), ctx, "slerp", out);
+  }
+  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override {
+    if (ctx.sources.size() == 1) return std::make_unique<PassChunk>();
     const size_t base = require_base(ctx, "slerp");
     if (ctx.sources.size() != 2) {
       fail_recipe(ctx, "slerp",
@@ -44,55 +109,8 @@ class SlerpMethod final : public MergeMethod {
     const auto t_it = ctx.params.find("t");
     if (t_it == ctx.params.end()) fail_recipe(ctx, "slerp", "no value of 't'");
     const double t = t_it->second;
-    const float* a = ctx.sources[base].values;
-    const float* b = ctx.sources[1 - base].values;
-    const size_t n = ctx.numel();
-
-    const SlerpSums sums = parallel_reduce(
-        n, kDefaultGrain, SlerpSums{},
-        [a, b](size_t lo, size_t hi) {
-          // The terms capture their pointers by value: reached by reference through the
-          // parallel_for context, GCC leaves these loops scalar (see lib/kernels.cpp).
-          const float* x = a + lo;
-          const float* y = b + lo;
-          SlerpSums s;
-          s.aa = lane_sum(hi - lo, [x](size_t j) { return double(x[j]) * x[j]; });
-          s.bb = lane_sum(hi - lo, [y](size_t j) { return double(y[j]) * y[j]; });
-          s.ab = lane_sum(hi - lo, [x, y](size_t j) { return double(x[j]) * y[j]; });
-          return s;
-        },
-        [](SlerpSums acc, SlerpSums part) {
-          acc.aa += part.aa;
-          acc.bb += part.bb;
-          acc.ab += part.ab;
-          return acc;
-        });
-    const double norm_a = std::sqrt(sums.aa), norm_b = std::sqrt(sums.bb);
-    double dot = sums.ab;
-    if (norm_a > 1e-8) dot /= norm_a;
-    if (norm_b > 1e-8) dot /= norm_b;
-    float s0, s1;
-    if (std::fabs(dot) > 0.9995) {
-      s0 = static_cast<float>(1.0 - t);  // nearly colinear: a plain lerp of the raw tensors
-      s1 = static_cast<float>(t);
-    } else {
-      const double theta = std::acos(dot);
-      const double sin_theta = std::sin(theta);
-      const double theta_t = theta * t;
-      s0 = static_cast<float>(std::sin(theta - theta_t) / sin_theta);
-      s1 = static_cast<float>(std::sin(theta_t) / sin_theta);
-    }
-    with_rounding(ctx.compute_dtype, [&](auto rnd) {
-      parallel_for_checked(ctx, "slerp", n, [&](size_t lo, size_t hi) {
-        size_t bad = 0;
-        for (size_t i = lo; i < hi; ++i) {
-          const float first = s0 * a[i];
-          const float second = s1 * b[i];
-          out[i] = rnd(first + second);
-          bad += is_non_finite(out[i]);
-        }
-        return bad;
-      });
+    return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
+      return std::make_unique<SlerpChunk<decltype(rnd)>>(base, t);
     });
   }
 };

@@ -136,6 +136,34 @@ TEST(MergeTool, OutputIsAttributedAndReproducible) {
   EXPECT_EQ(provenance["outputs"]["config.json"], alloy::sha256_file(out / "a" / "config.json"));
 }
 
+// The chunked path (linear, slerp, task_arithmetic; alloy/merge_method.h): the same bytes for any
+// thread count, and with the provenance hashes turned off (which only changes the record).
+TEST(MergeTool, ChunkedMethodsAreThreadCountIndependentAndHashesCanBeOff) {
+  const fs::path& fam = family(alloy::ModelFamily::kLlama);
+  for (const char* name : {"linear", "slerp", "task_arithmetic"}) {
+    SCOPED_TRACE(name);
+    alloy::test::TempDir out;
+    int status = -1;
+    const std::string recipe = std::string(ALLOY_SOURCE_DIR) + "/recipes/" + name + ".yml";
+    ASSERT_EQ((run_command(merge_command(fam, recipe, out / "a", "-q -j 1"), &status), status), 0);
+    ASSERT_EQ((run_command(merge_command(fam, recipe, out / "b", "-q -j 2 --no-provenance-hashes"), &status),
+               status),
+              0);
+    const auto a = alloy::Model::open(out / "a"), b = alloy::Model::open(out / "b");
+    ASSERT_EQ(a.tensors().size(), b.tensors().size());
+    for (const auto& t : a.tensors()) {
+      const auto* tb = b.find(t.name());
+      ASSERT_NE(tb, nullptr);
+      EXPECT_EQ(std::memcmp(t.data(), tb->data(), t.info->nbytes()), 0) << t.name();
+    }
+    const json hashed = json::parse(alloy::test::read_bytes(out / "a" / "alloy_provenance.json"));
+    const json unhashed = json::parse(alloy::test::read_bytes(out / "b" / "alloy_provenance.json"));
+    EXPECT_EQ(hashed["outputs"]["model.safetensors"], alloy::sha256_file(out / "a" / "model.safetensors"));
+    EXPECT_EQ(unhashed["outputs"]["model.safetensors"], "not hashed");
+    EXPECT_EQ(unhashed["inputs"][0]["files"]["model.safetensors"], "not hashed");
+  }
+}
+
 TEST(MergeTool, DryRunWritesNothingAndPrintsThePlan) {
   const fs::path& fam = family(alloy::ModelFamily::kLlama);
   alloy::test::TempDir out;

@@ -28,6 +28,7 @@ struct MergeOptions {
   bool overwrite = false;
   uint64_t random_seed = 0;   // for random methods (dare, della): same seed, same bytes
   bool hash_inputs = true;    // sha256 of every input file in alloy_provenance.json
+  bool hash_outputs = true;   // sha256 of every output file in alloy_provenance.json
   // Called after each tensor with (done, total); may be empty.
   std::function<void(size_t, size_t)> progress;
 };

@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Merge models with a mergekit-style YAML recipe and write an attributed model directory."};
   std::string config_path, out_dir, shard_size = "5B";
   bool copy_tokenizer = true, model_card = true, allow_crimes = false, dry_run = false, overwrite = false,
-       quiet = false;
+       quiet = false, provenance_hashes = true;
   uint64_t seed = 0;
   int threads = 0;
   app.add_option("CONFIG", config_path, "the recipe (YAML)")->required();
@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
   app.add_flag("--dry-run", dry_run, "validate everything and print the plan as JSON; write nothing");
   app.add_flag("--overwrite", overwrite, "replace OUT_DIR if it exists and is not empty");
   app.add_flag("-q,--quiet", quiet, "no progress bar");
+  app.add_flag("--provenance-hashes,!--no-provenance-hashes", provenance_hashes,
+               "sha256 of every input and output file in alloy_provenance.json (default on; off: \"not hashed\")");
   std::vector<std::string> ignored;
   for (const char* flag : kIgnoredFlags) {
     app.add_flag(flag, [flag, &ignored](int64_t) { ignored.push_back(flag); })->group("");
@@ -75,6 +77,7 @@ int main(int argc, char** argv) {
     options.write_model_card = model_card;
     options.overwrite = overwrite;
     options.random_seed = seed;
+    options.hash_inputs = options.hash_outputs = provenance_hashes;
     const auto start = std::chrono::steady_clock::now();
     if (!quiet && ::isatty(STDERR_FILENO)) {
       options.progress = [start](size_t done, size_t total) { show_progress(done, total, start); };
