@@ -25,8 +25,26 @@ using Gram = std::array<std::array<double, kMaxVectors>, kMaxVectors>;
 
 double distance2(const Gram& g, int a, int b) { return std::max(0.0, g[a][a] - 2 * g[a][b] + g[b][b]); }
 
-// <X_a - X_r, X_c - X_r> from the Gram matrix.
-double centred(const Gram& g, int a, int c, int r) { return g[a][c] - g[a][r] - g[r][c] + g[r][r]; }
+// The fit's Gram: raw (prefix moments, double) or pivot coordinates (resolved moments), with the
+// same two questions asked of either: centred(a, c, r) = <X_a - X_r, X_c - X_r> and raw(a, b) =
+// <X_a, X_b>, for vector indices 0 (S) and 1..k (candidates).
+struct FitGram {
+  const Gram* raw_gram = nullptr;
+  const ResolvedMoments* y = nullptr;
+  double yv(int a, int b) const { return a == y->pivot || b == y->pivot ? 0.0 : y->gram[a][b]; }
+  double yp(int a) const { return a == y->pivot ? 0.0 : y->gram[a][y->vectors]; }
+  double centred(int a, int c, int r) const {
+    if (raw_gram) {
+      const Gram& g = *raw_gram;
+      return g[a][c] - g[a][r] - g[r][c] + g[r][r];
+    }
+    return yv(a, c) - yv(a, r) - yv(r, c) + yv(r, r);
+  }
+  double raw(int a, int b) const {
+    if (raw_gram) return (*raw_gram)[a][b];
+    return yv(a, b) + yp(a) + yp(b) + y->gram[y->vectors][y->vectors];
+  }
+};
 
 // Solves the symmetric system after scaling to a unit diagonal, with a tiny ridge.
 Eigen::VectorXd solve_scaled(const Eigen::MatrixXd& a, const Eigen::VectorXd& y, Eigen::MatrixXd* inverse) {
@@ -50,7 +68,7 @@ std::array<double, 2> slerp_coefficients(double t, double cos_theta) {
   return {std::sin((1 - t) * theta) / s, std::sin(t * theta) / s};
 }
 
-void fit_tensor(const Moments& m, int k, TensorAssay* out) {
+void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssay* out) {
   const Gram& all = m.gram;
   const double n = double(m.n);
   out->weights.assign(size_t(k), 0.0);
@@ -89,27 +107,38 @@ void fit_tensor(const Moments& m, int k, TensorAssay* out) {
   }
   out->reference = ref - 1;
   for (int c = 1; c <= k && out->copy_of < 0; ++c) {
-    if (distance2(all, 0, c) == 0 && m.equal[c] == m.n_spread) out->copy_of = c - 1;
+    const bool same = full ? full->equal_all[c] == full->n : distance2(all, 0, c) == 0 && m.equal[c] == m.n_spread;
+    if (same) out->copy_of = c - 1;
   }
   out->deviation = all[ref][ref] > 0 ? std::sqrt(distance2(all, 0, ref) / all[ref][ref]) : 0.0;
-  if (m.n_resolved > 0) {
-    out->equal_reference = double(m.equal_resolved[ref]) / double(m.n_resolved);
+  const uint64_t n_resolved = full ? full->n_resolved : m.n_resolved;
+  if (n_resolved > 0) {
+    const auto& eq = full ? full->equal_resolved : m.equal_resolved;
+    out->equal_reference = double(eq[ref]) / double(n_resolved);
     for (int c = 1; c <= k; ++c) {
-      if (c != ref) out->equal_candidate[size_t(c - 1)] = double(m.equal_resolved[c]) / double(m.n_resolved);
+      if (c != ref) out->equal_candidate[size_t(c - 1)] = double(eq[c]) / double(n_resolved);
     }
   }
 
   // The affine fit on the resolved elements when there are enough of them (rounding cannot snap a
-  // blend onto a parent there), else on all.
-  const bool use_resolved = m.n_resolved >= std::max<uint64_t>(256, m.n / 50);
-  const Gram& g = use_resolved ? m.gram_resolved : all;
-  const double n_used = double(use_resolved ? m.n_resolved : m.n);
+  // blend onto a parent there), else on all the prefix's elements.
+  const uint64_t n_all = full ? full->n : m.n;
+  const bool use_resolved = n_resolved >= std::max<uint64_t>(256, n_all / 50);
+  FitGram g;
+  if (use_resolved && full) {
+    g.y = full;
+  } else if (use_resolved) {
+    g.raw_gram = &m.gram_resolved;
+  } else {
+    g.raw_gram = &all;
+  }
+  const double n_used = double(use_resolved ? n_resolved : m.n);
   std::vector<int> cols;
   for (int c = 1; c <= k; ++c) {
-    if (c != ref && centred(g, c, c, ref) > 0) cols.push_back(c);
+    if (c != ref && g.centred(c, c, ref) > 0) cols.push_back(c);
   }
   const Eigen::Index p = Eigen::Index(cols.size());
-  const double dev2 = centred(g, 0, 0, ref);
+  const double dev2 = g.centred(0, 0, ref);
   out->weights[size_t(ref - 1)] = 1.0;
   if (p == 0 || dev2 <= 0) {
     out->cos_fit = dev2 <= 0 ? 1.0 : 0.0;
@@ -120,8 +149,8 @@ void fit_tensor(const Moments& m, int k, TensorAssay* out) {
   Eigen::MatrixXd a(p, p), inverse;
   Eigen::VectorXd y(p);
   for (Eigen::Index i = 0; i < p; ++i) {
-    y(i) = centred(g, 0, cols[size_t(i)], ref);
-    for (Eigen::Index j = 0; j < p; ++j) a(i, j) = centred(g, cols[size_t(i)], cols[size_t(j)], ref);
+    y(i) = g.centred(0, cols[size_t(i)], ref);
+    for (Eigen::Index j = 0; j < p; ++j) a(i, j) = g.centred(cols[size_t(i)], cols[size_t(j)], ref);
   }
   const Eigen::VectorXd v = solve_scaled(a, y, &inverse);
   const double explained = std::clamp(v.dot(y), 0.0, dev2);
@@ -142,8 +171,8 @@ void fit_tensor(const Moments& m, int k, TensorAssay* out) {
   double sibling = 0;
   for (size_t i = 0; i < cols.size(); ++i) {
     for (size_t j = i + 1; j < cols.size(); ++j) {
-      const double cij = centred(g, cols[i], cols[j], ref);
-      const double cii = centred(g, cols[i], cols[i], ref), cjj = centred(g, cols[j], cols[j], ref);
+      const double cij = g.centred(cols[i], cols[j], ref);
+      const double cii = g.centred(cols[i], cols[i], ref), cjj = g.centred(cols[j], cols[j], ref);
       sibling = std::max(sibling, std::fabs(cij) / std::sqrt(cii * cjj));
     }
   }
@@ -154,8 +183,8 @@ void fit_tensor(const Moments& m, int k, TensorAssay* out) {
           out->correlation[size_t(cols[j] - 1)] <= kRelatedCorrelation) {
         continue;
       }
-      const double cij = centred(g, cols[i], cols[j], ref);
-      const double c = std::fabs(cij) / std::sqrt(centred(g, cols[i], cols[i], ref) * centred(g, cols[j], cols[j], ref));
+      const double cij = g.centred(cols[i], cols[j], ref);
+      const double c = std::fabs(cij) / std::sqrt(g.centred(cols[i], cols[i], ref) * g.centred(cols[j], cols[j], ref));
       out->ancestor_cos = std::isnan(out->ancestor_cos) ? c : std::max(out->ancestor_cos, c);
     }
   }
@@ -176,11 +205,11 @@ void fit_tensor(const Moments& m, int k, TensorAssay* out) {
   const double cos_theta = all[pa][pb] / std::sqrt(all[pa][pa] * all[pb][pb]);
   out->slerp_theta = std::acos(std::clamp(cos_theta, -1.0, 1.0));
   Eigen::Matrix2d m2;
-  m2 << g[pa][pa], g[pa][pb], g[pa][pb], g[pb][pb];
-  const Eigen::Vector2d y2(g[0][pa], g[0][pb]);
+  m2 << g.raw(pa, pa), g.raw(pa, pb), g.raw(pa, pb), g.raw(pb, pb);
+  const Eigen::Vector2d y2(g.raw(0, pa), g.raw(0, pb));
   Eigen::MatrixXd inv2;
   const Eigen::VectorXd s = solve_scaled(m2, y2, &inv2);
-  const double res2 = std::max(0.0, g[0][0] - s.dot(y2));
+  const double res2 = std::max(0.0, g.raw(0, 0) - s.dot(y2));
   const double sig2 = res2 / std::max(1.0, n_used - 2);
   out->coefficient_sum = s(0) + s(1);
   out->coefficient_sum_se = std::sqrt(std::max(0.0, sig2 * inv2.sum()));

@@ -32,6 +32,23 @@ struct TensorViews {
   uint64_t numel = 0;
 };
 
+// The full pass: statistics over the resolved elements in coordinates relative to a pivot candidate
+// P (the prefix pass's reference): Y_0 = S - P, Y_c = C_c - P (Y_pivot = 0), Y_{k+1} = P. In
+// these coordinates the deviations are small and nothing cancels, so each 256-element block is
+// summed in float lanes and blocks are added in double; the Gram of raw vectors is recovered
+// exactly by expanding (Y_a + P) . (Y_b + P).
+struct ResolvedMoments {
+  int vectors = 0;  // k + 1
+  int pivot = 1;    // vector index of P
+  uint64_t n = 0, n_resolved = 0, n_spread = 0;
+  std::array<std::array<double, kMaxVectors + 1>, kMaxVectors + 1> gram{};  // Y space, resolved only
+  std::array<uint64_t, kMaxVectors> equal{};           // [c]: S == C_c where the candidates spread
+  std::array<uint64_t, kMaxVectors> equal_resolved{};  // [c]: S == C_c on resolved elements
+  std::array<uint64_t, kMaxVectors> equal_all{};       // [c]: S == C_c anywhere
+};
+ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fraction, int pivot,
+                                    const std::vector<bool>& spread_members);
+
 // One streaming pass over the tensor's bytes, chunk by chunk (no full-tensor float buffers).
 // Elements are "resolved" when the spread of the candidates in `spread_members` (all when empty)
 // exceeds `resolve_fraction` of their largest magnitude: there rounding the output cannot snap a
@@ -53,9 +70,13 @@ struct SparseStats {
 };
 SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others);
 
-// The per-tensor fit from moments (affine, slerp, equality fractions); fills `out` except the
-// sparse fields. `candidates` is k.
-void fit_tensor(const Moments& m, int candidates, TensorAssay* out);
+// The per-tensor fit (affine, slerp, equality fractions); fills `out` except the sparse fields.
+// `prefix` (raw moments of the first elements, or of all) gives correlations, the reference and
+// the angles; `full`, when given, the resolved-element fit and the equality counts. k candidates.
+void fit_tensor(const Moments& prefix, const ResolvedMoments* full, int candidates, TensorAssay* out);
+
+// Converts `count` elements of a tensor starting at element `begin` into `out`, on this thread.
+void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* out);
 
 // slerp coefficients of mergekit: (sin((1-t) theta) / sin theta, sin(t theta) / sin theta), or
 // (1 - t, t) when |cos theta| > 0.9995 (mergekit's DOT_THRESHOLD, where it falls back to lerp).

@@ -4,6 +4,7 @@
 // order, so the result is bit-identical for any thread count.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "alloy/dtype.h"
 #include "alloy/parallel.h"
@@ -12,10 +13,11 @@
 namespace alloy::detail {
 namespace {
 
-// Per-thread scratch: kMaxVectors chunks of floats plus a mask, allocated once per thread.
+// Per-thread scratch: kMaxVectors chunks of floats plus a mask and three work rows, allocated once
+// per thread.
 float* chunk_buffers() {
   static thread_local std::vector<float> scratch;
-  if (scratch.empty()) scratch.resize(size_t(kMaxVectors + 1) * kDefaultGrain);
+  if (scratch.empty()) scratch.resize(size_t(kMaxVectors + 4) * kDefaultGrain);
   return scratch.data();
 }
 
@@ -37,10 +39,18 @@ double lane_dot(const float* a, const float* b, const float* mask, size_t n) {
   return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
 }
 
-void load_chunk(const ModelTensor& t, size_t begin, size_t count, float* out) {
-  const DType dtype = t.info->dtype;
-  const size_t width = dtype_bits(dtype) / 8;
-  load_as_f32(dtype, t.data() + begin * width, count, out);
+
+
+// Sum of a[i] * b[i] over one block: 8 float lanes (vectorised), combined in a fixed order.
+inline __attribute__((always_inline)) double block_dot(const float* a, const float* b, size_t n) {
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += a[i + l] * b[i + l];
+  }
+  for (; i < n; ++i) lanes[0] += a[i] * b[i];
+  return (double(lanes[0]) + double(lanes[1])) + (double(lanes[2]) + double(lanes[3])) +
+         ((double(lanes[4]) + double(lanes[5])) + (double(lanes[6]) + double(lanes[7])));
 }
 
 void add_into(Moments& acc, const Moments& part) {
@@ -59,6 +69,166 @@ void add_into(Moments& acc, const Moments& part) {
 }
 
 }  // namespace
+
+// Inlined into the vectorised chunk functions (so it is compiled for their target too).
+inline __attribute__((always_inline)) void load_range_inline(const ModelTensor& t, size_t begin, size_t count,
+                                                              float* out) {
+  const DType dtype = t.info->dtype;
+  const uint8_t* src = t.data() + begin * (dtype_bits(dtype) / 8);
+  // The common dtypes inline and on this thread: this runs inside parallel chunks already.
+  if (dtype == DType::BF16) {
+    for (size_t i = 0; i < count; ++i) {
+      uint16_t b;
+      std::memcpy(&b, src + 2 * i, 2);
+      out[i] = bf16_to_f32(b);
+    }
+  } else if (dtype == DType::F16) {
+    for (size_t i = 0; i < count; ++i) {
+      uint16_t b;
+      std::memcpy(&b, src + 2 * i, 2);
+      out[i] = f16_to_f32(b);
+    }
+  } else if (dtype == DType::F32) {
+    std::memcpy(out, src, count * 4);
+  } else {
+    load_as_f32(dtype, src, count, out);
+  }
+}
+
+void load_range(const ModelTensor& t, size_t begin, size_t count, float* out) { load_range_inline(t, begin, count, out); }
+
+// What one chunk of the full pass needs to know.
+struct ResolvedPass {
+  const TensorViews* views;
+  double resolve_fraction;
+  int pivot, m;
+  std::vector<int> members;               // candidates whose spread decides "resolved"
+  std::vector<std::pair<int, int>> live;  // (x buffer, Y index) of the vectors not identically 0
+};
+
+// One chunk of the full pass. Compiled for AVX2 and for the baseline, chosen at load time; the
+// float lanes are explicit, so both give the same bits.
+__attribute__((target_clones("avx2", "default")))
+ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t end) {
+  constexpr size_t kBlock = 256;
+  const int m = pass.m, pivot = pass.pivot;
+  const auto& members = pass.members;
+  const auto& live = pass.live;
+  const double resolve_fraction = pass.resolve_fraction;
+  const TensorViews& views = *pass.views;
+  ResolvedMoments part;
+  part.vectors = m;
+  part.pivot = pivot;
+  const size_t count = end - begin;
+  float* base = chunk_buffers();
+  float* x[kMaxVectors];
+  for (int v = 0; v < m; ++v) {
+    x[v] = base + size_t(v) * kDefaultGrain;
+    load_range_inline(*views.inputs[v], begin, count, x[v]);
+  }
+  // Loops over elements inside loops over vectors, branch-free, so that they vectorise.
+  float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
+  float* lo = base + size_t(kMaxVectors + 1) * kDefaultGrain;
+  float* hi = base + size_t(kMaxVectors + 2) * kDefaultGrain;
+  float* mag = base + size_t(kMaxVectors + 3) * kDefaultGrain;
+  const float* first = x[members.front()];
+  for (size_t i = 0; i < count; ++i) lo[i] = hi[i] = first[i], mag[i] = std::fabs(first[i]);
+  for (int v : members) {
+    const float* xv = x[v];
+    for (size_t i = 0; i < count; ++i) {
+      lo[i] = std::min(lo[i], xv[i]);
+      hi[i] = std::max(hi[i], xv[i]);
+      mag[i] = std::max(mag[i], std::fabs(xv[i]));
+    }
+  }
+  const float fraction = float(resolve_fraction);
+  uint32_t n_resolved = 0, n_spread = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const float spread = hi[i] - lo[i];
+    const bool resolved = spread > 0 && spread >= fraction * mag[i];
+    mask[i] = resolved ? 1.0f : 0.0f;
+    n_resolved += resolved;
+    n_spread += spread > 0;
+    lo[i] = spread > 0 ? 1.0f : 0.0f;  // reused: the "spread" indicator
+  }
+  part.n_resolved = n_resolved;
+  part.n_spread = n_spread;
+  for (int v = 1; v < m; ++v) {
+    const float* s0 = x[0];
+    const float* xv = x[v];
+    uint32_t all = 0, spread = 0, resolved = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const uint32_t same = s0[i] == xv[i];
+      all += same;
+      spread += same & (lo[i] != 0);
+      resolved += same & (mask[i] != 0);
+    }
+    part.equal_all[v] = all;
+    part.equal[v] = spread;
+    part.equal_resolved[v] = resolved;
+  }
+  // To Y coordinates, unresolved elements zeroed (P last: the others need it).
+  const float* pv = x[pivot];
+  for (int v = 0; v < m; ++v) {
+    if (v == pivot) continue;
+    float* y = x[v];
+    for (size_t i = 0; i < count; ++i) y[i] = (y[i] - pv[i]) * mask[i];
+  }
+  for (size_t i = 0; i < count; ++i) x[pivot][i] *= mask[i];
+  part.n = count;
+  for (size_t b = 0; b < count; b += kBlock) {
+    const size_t len = std::min(kBlock, count - b);
+    for (size_t i = 0; i < live.size(); ++i) {
+      for (size_t j = i; j < live.size(); ++j) {
+        const double d = block_dot(x[live[i].first] + b, x[live[j].first] + b, len);
+        part.gram[live[i].second][live[j].second] += d;
+      }
+    }
+  }
+  for (size_t i = 0; i < live.size(); ++i) {
+    for (size_t j = i + 1; j < live.size(); ++j) part.gram[live[j].second][live[i].second] = part.gram[live[i].second][live[j].second];
+  }
+  return part;
+}
+
+ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fraction, int pivot,
+                                    const std::vector<bool>& spread_members) {
+  const int m = static_cast<int>(views.inputs.size());
+  const int p_index = m;  // Y index of P
+  std::vector<int> members;
+  for (int v = 1; v < m; ++v) {
+    if (spread_members.empty() || spread_members[size_t(v - 1)]) members.push_back(v);
+  }
+  if (members.empty()) {
+    for (int v = 1; v < m; ++v) members.push_back(v);
+  }
+  // The Y vectors that are not identically zero, with their Y index.
+  std::vector<std::pair<int, int>> live;  // (x buffer, Y index)
+  live.push_back({0, 0});
+  for (int v = 1; v < m; ++v) {
+    if (v != pivot) live.push_back({v, v});
+  }
+  live.push_back({pivot, p_index});
+  ResolvedMoments init;
+  init.vectors = m;
+  init.pivot = pivot;
+  ResolvedPass pass{&views, resolve_fraction, pivot, m, members, live};
+  const auto chunk = [&](size_t begin, size_t end) { return resolved_chunk(pass, begin, end); };
+  return parallel_reduce(views.numel, kDefaultGrain, init, chunk, [m](ResolvedMoments acc, const ResolvedMoments& part) {
+    acc.n += part.n;
+    acc.n_resolved += part.n_resolved;
+    acc.n_spread += part.n_spread;
+    for (int v = 0; v < m; ++v) {
+      acc.equal[v] += part.equal[v];
+      acc.equal_resolved[v] += part.equal_resolved[v];
+      acc.equal_all[v] += part.equal_all[v];
+    }
+    for (int a = 0; a <= m; ++a) {
+      for (int b = 0; b <= m; ++b) acc.gram[a][b] += part.gram[a][b];
+    }
+    return acc;
+  });
+}
 
 Moments accumulate_moments(const TensorViews& views, double resolve_fraction, uint64_t count_limit,
                            const std::vector<bool>& spread_members) {
@@ -80,7 +250,7 @@ Moments accumulate_moments(const TensorViews& views, double resolve_fraction, ui
     float* x[kMaxVectors];
     for (int v = 0; v < m; ++v) {
       x[v] = base + size_t(v) * kDefaultGrain;
-      load_chunk(*views.inputs[v], begin, count, x[v]);
+      load_range(*views.inputs[v], begin, count, x[v]);
     }
     float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
     for (size_t i = 0; i < count; ++i) {

@@ -98,11 +98,12 @@ AssayResult run_assay(const AssayOptions& options) {
       // which elements are resolved (an unrelated candidate would make every element look so).
       const detail::Moments prefix = detail::accumulate_moments(views, resolve, kPrefixElements);
       TensorAssay quick;
-      detail::fit_tensor(prefix, k, &quick);
+      detail::fit_tensor(prefix, nullptr, k, &quick);
       std::vector<bool> related(static_cast<size_t>(k), false);
       for (int c = 0; c < k; ++c) related[size_t(c)] = quick.correlation[size_t(c)] > 0.3;
-      const detail::Moments moments = detail::accumulate_moments(views, resolve, UINT64_MAX, related);
-      detail::fit_tensor(moments, k, &ta);
+      // The full pass, in coordinates relative to the prefix's reference (the likely base).
+      const detail::ResolvedMoments full = detail::accumulate_resolved(views, resolve, quick.reference + 1, related);
+      detail::fit_tensor(prefix, &full, k, &ta);
       ta.fitted = true;
       double equal = ta.equal_reference;
       for (double e : ta.equal_candidate) equal = std::max(equal, e);

@@ -61,8 +61,7 @@ void for_each_subchunk(const TensorViews& views, size_t begin, size_t end, Body&
     const size_t count = std::min(end - b, kDefaultGrain);
     for (size_t v = 0; v < m; ++v) {
       x[v] = base + v * kDefaultGrain;
-      const ModelTensor& t = *views.inputs[v];
-      load_as_f32(t.info->dtype, t.data() + b * (dtype_bits(t.info->dtype) / 8), count, x[v]);
+      load_range(*views.inputs[v], b, count, x[v]);
     }
     body(x, count);
   }
