@@ -7,6 +7,8 @@
 # REPEAT=N (default 2) times every copy and merge N times and reports the fastest of each (the
 # peak RSS and faults are those of the fastest merge). Dirty pages are flushed (sync) before each
 # timed run, so that one run's write-back does not throttle the next.
+# MERGE_FLAGS="--no-provenance-hashes" passes extra flags to alloy-merge (here: skip the sha256 of
+# the input and output files, to see what the hashing costs).
 # Targets (issue 3): linear <= 1.5x copy, slerp <= 2x, ties <= 3x, peak RSS < 1 GiB.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,13 +16,14 @@ size=${1:-2}
 work=${2:-$(mktemp -d /tmp/alloy-bench.XXXXXX)}
 keep_work=${2:+1}
 repeat=${REPEAT:-2}
+read -r -a merge_flags <<< "${MERGE_FLAGS:-}"
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh" "$root/build" >/dev/null
 bin="$root/build/bin"
 cleanup() { [[ -n "${keep_work:-}" ]] || rm -rf "$work"; }
 trap cleanup EXIT
 
-echo "alloy merge benchmark: models of ${size} GB (bf16), $(nproc) cores, best of $repeat" >&2
+echo "alloy merge benchmark: models of ${size} GB (bf16), $(nproc) cores, best of $repeat${MERGE_FLAGS:+, alloy-merge $MERGE_FLAGS}" >&2
 if [[ ! -d "$work/models/ft_2" ]]; then
   "$bin/alloy-synth" family "$work/models" --overwrite --size-gb "$size" --fine-tunes 2 --unrelated 0 >&2
 fi
@@ -79,7 +82,7 @@ for method in linear slerp ties; do
   "$bin/copy_baseline" "${inputs[@]}" >/dev/null
   read -r copy_s _ _ < <(measure "$bin/copy_baseline" --out "$work/copy.bin" --out-bytes "$out_bytes" "${inputs[@]}")
   rm -f "$work/copy.bin"
-  read -r merge_s peak_kb faults < <(measure "$bin/alloy-merge" -q --overwrite "$method.yml" "$work/out-$method")
+  read -r merge_s peak_kb faults < <(measure "$bin/alloy-merge" -q --overwrite "${merge_flags[@]}" "$method.yml" "$work/out-$method")
   rm -rf "$work/out-$method"
   ratio=$(awk -v m="$merge_s" -v c="$copy_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
   printf "%-8s %10s %10s %8s %12d %12d\n" "$method" "$copy_s" "$merge_s" "${ratio}x" $((peak_kb / 1024)) "$faults"

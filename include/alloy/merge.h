@@ -1,8 +1,10 @@
 // alloy/merge.h: running a merge plan and writing an attributed model directory.
 //
-// The executor streams: for each output tensor it loads the sources into float32 buffers from a
-// pool that is reused for every tensor (no per-tensor allocation), merges, converts to the output
-// dtype and hands the bytes to the sharded writer; source pages are released after use, so memory
+// The executor streams: for each output tensor it merges fixed chunks of the sources through
+// per-thread scratch when the method has a chunked form (alloy/merge_method.h), else loads the
+// sources into float32 buffers from a pool that is reused for every tensor (no per-tensor
+// allocation) and merges them; it converts to the output dtype and hands the bytes to the sharded
+// writer; source pages are released after use, so memory
 // stays bounded by a few tensors whatever the model size. The input files' sha256 (for the
 // provenance record) are computed on background threads while the merge runs. The output
 // directory is built under a temporary name and appears only when complete, with config.json,
