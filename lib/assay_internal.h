@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <map>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -30,6 +31,7 @@ struct Moments {
 struct TensorViews {
   std::vector<const ModelTensor*> inputs;  // [0] suspect, [1..k] candidates
   uint64_t numel = 0;
+  const float* suspect_values = nullptr;   // when set: the aligned suspect, used instead of inputs[0]
 };
 
 // The full pass: statistics over the resolved elements in coordinates relative to a pivot candidate
@@ -131,5 +133,33 @@ namespace alloy::detail {
 // method, and writes the recipe and the evidence (lib/assay_verdict.cpp).
 void decide_verdict(AssayResult* result, const Model& suspect, const std::vector<const Model*>& candidates,
                     const AssayOptions& options);
+
+}  // namespace alloy::detail
+
+namespace alloy::detail {
+
+// The alignment stage (lib/assay_align.cpp): undoes function-preserving permutations of the
+// suspect (routed experts with their router rows, MLP neurons, attention heads within and across
+// key-value groups) by linear assignment against a reference candidate, before any fitting.
+struct AlignedTensor {
+  std::string source;                  // suspect tensor holding this (candidate-order) tensor
+  std::vector<uint32_t> row_blocks;    // aligned row block j <- source row block row_blocks[j]
+  uint64_t row_block = 1;              // rows per block (head_dim for heads)
+  std::vector<uint32_t> col_blocks;    // aligned column block j <- source column block col_blocks[j]
+  uint64_t col_block = 1;
+};
+struct Alignment {
+  std::map<std::string, AlignedTensor> tensors;  // by candidate-order name; absent: as is
+  nlohmann::json permutations = nlohmann::json::array();  // what was found (suspect j holds candidate p[j])
+  int reference = -1;                             // candidate aligned to
+};
+Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates);
+
+// The suspect tensor `name` in candidate order, as float32 (into `out`, resized).
+void load_aligned(const Model& suspect, const Alignment& alignment, const std::string& name,
+                  std::vector<float>* out);
+
+// Minimum-cost perfect assignment of an n x n cost matrix (row-major): result[i] = column of row i.
+std::vector<uint32_t> linear_assignment(const std::vector<double>& cost, size_t n);
 
 }  // namespace alloy::detail

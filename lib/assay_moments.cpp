@@ -124,7 +124,11 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   float* x[kMaxVectors];
   for (int v = 0; v < m; ++v) {
     x[v] = base + size_t(v) * kDefaultGrain;
-    load_range_inline(*views.inputs[v], begin, count, x[v]);
+    if (v == 0 && views.suspect_values) {
+      std::memcpy(x[v], views.suspect_values + begin, count * sizeof(float));
+    } else {
+      load_range_inline(*views.inputs[v], begin, count, x[v]);
+    }
   }
   // Loops over elements inside loops over vectors, branch-free, so that they vectorise.
   float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
@@ -250,7 +254,11 @@ Moments accumulate_moments(const TensorViews& views, double resolve_fraction, ui
     float* x[kMaxVectors];
     for (int v = 0; v < m; ++v) {
       x[v] = base + size_t(v) * kDefaultGrain;
-      load_range(*views.inputs[v], begin, count, x[v]);
+      if (v == 0 && views.suspect_values) {
+        std::memcpy(x[v], views.suspect_values + begin, count * sizeof(float));
+      } else {
+        load_range(*views.inputs[v], begin, count, x[v]);
+      }
     }
     float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
     for (size_t i = 0; i < count; ++i) {

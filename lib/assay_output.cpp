@@ -123,7 +123,7 @@ json assay_to_json(const AssayResult& r) {
   out["tensors"] = json::array();
   for (const auto& t : r.tensors) {
     json j = {{"name", t.name}, {"component", t.component}, {"layer", t.layer}, {"expert", t.expert},
-              {"numel", t.numel}, {"fitted", t.fitted}};
+              {"numel", t.numel}, {"fitted", t.fitted}, {"aligned", t.aligned}};
     if (!t.fitted) {
       j["skipped"] = t.skipped;
       out["tensors"].push_back(j);

@@ -78,6 +78,9 @@ AssayResult run_assay(const AssayOptions& options) {
 
   AssayResult result;
   result.suspect = options.suspect.string();
+  const detail::Alignment alignment = detail::align_suspect(suspect, models);
+  result.permutations = alignment.permutations;
+  std::vector<float> aligned_values;
   for (const auto& path : options.candidates) result.candidates.push_back({path});
   const auto& tensors = suspect.tensors();
   for (size_t index = 0; index < tensors.size(); ++index) {
@@ -94,6 +97,11 @@ AssayResult run_assay(const AssayOptions& options) {
     ta.skipped = unfit_reason(s, found, options.candidates);
     if (ta.skipped.empty() && ta.numel > 0) {
       for (const ModelTensor* f : found) views.inputs.push_back(f);
+      if (alignment.tensors.count(ta.name)) {
+        detail::load_aligned(suspect, alignment, ta.name, &aligned_values);
+        views.suspect_values = aligned_values.data();
+        ta.aligned = true;
+      }
       // A prefix pass tells related candidates from unrelated ones; only the related ones define
       // which elements are resolved (an unrelated candidate would make every element look so).
       const detail::Moments prefix = detail::accumulate_moments(views, resolve, kPrefixElements);

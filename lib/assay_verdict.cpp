@@ -485,7 +485,7 @@ class Verdict {
     // elements so that trying several hypotheses stays cheap whatever the model size.
     std::vector<const TensorAssay*> fitted;
     for (const auto& t : r_.tensors) {
-      if (t.fitted && t.numel <= (uint64_t(1) << 20)) fitted.push_back(&t);
+      if (t.fitted && !t.aligned && t.numel <= (uint64_t(1) << 20)) fitted.push_back(&t);
     }
     std::stable_sort(fitted.begin(), fitted.end(), [](auto* a, auto* b) { return a->numel > b->numel; });
     std::vector<std::string> names, seen;

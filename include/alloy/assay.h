@@ -44,6 +44,7 @@ struct TensorAssay {
   int expert = -1;                // routed expert index, or -1
   uint64_t numel = 0;
   bool fitted = false;            // false: shapes differ or a candidate lacks it (see `skipped`)
+  bool aligned = false;           // compared after undoing a permutation (see permutations)
   std::string skipped;            // why it was not fitted
   int reference = -1;             // candidate the deviation is measured from (the fitted base)
   std::vector<double> weights;    // affine least-squares mixing weights, one per candidate, sum 1
