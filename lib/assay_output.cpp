@@ -173,6 +173,11 @@ std::string assay_summary(const AssayResult& r) {
         << fixed(100 * b.value("exact_fraction", 0.0), 2) << "% bit-exact, max " << b.value("max_ulp", 0)
         << " ulp, relative error " << b.value("relative_error", 0.0) << "\n";
   }
+  if (r.evidence.contains("unexplained_level") && r.evidence["unexplained_level"].is_number()) {
+    out << "unexplained by the recipe: " << fixed(100 * r.evidence["unexplained_level"].get<double>(), 3)
+        << "% of the weights' norm (rounding alone is ~0.1% in bf16; more means noise or further training)\n";
+  }
+  if (!r.permutations.empty()) out << "alignment: undid " << r.permutations.size() << " permutations (see --json)\n";
   for (const auto& n : r.evidence.value("notes", json::array())) out << "note: " << n.get<std::string>() << "\n";
   if (!r.recipe.empty()) {
     out << "\nrecovered recipe:\n";

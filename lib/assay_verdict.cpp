@@ -258,6 +258,7 @@ class Verdict {
     r_.evidence["z_min"] = z_min;
     r_.evidence["log10_false_positive"] = bound;
     r_.evidence["deviation"] = deviation.median();
+    record_unexplained();
   }
 
   bool try_copy() {
@@ -469,7 +470,18 @@ class Verdict {
     summarise_merge();
   }
 
+  // |S - fit| / |C_ref|: what the recipe leaves unexplained, relative to the weights; at rounding
+  // level (~0.001 in bf16) for a clean merge, larger after added noise or further training.
+  void record_unexplained() {
+    Weighted level;
+    for (const auto& t : r_.tensors) {
+      if (t.fitted) level.add(t.residual * t.deviation, double(t.numel));
+    }
+    if (!level.empty()) r_.evidence["unexplained_level"] = level.median();
+  }
+
   void summarise_merge() {
+    record_unexplained();
     std::string text = r_.method + " merge of";
     for (const auto& c : r_.candidates) {
       if (c.involved) text += " " + c.path + " (weight " + std::to_string(c.weight) + ")";
