@@ -131,8 +131,7 @@ std::map<std::string, json> write_planned(const Model& model, const PerturbPlan&
 }
 
 // {"name", "norm", "applied_norm"} per output tensor, comparing the written model with its source.
-json measure(const Model& model, const PerturbPlan& plan, const fs::path& dir,
-             const std::map<std::string, json>& extras) {
+json measure(const Model& model, const fs::path& dir, const std::map<std::string, json>& extras) {
   const Model written = Model::open(dir);
   json tensors = json::array();
   for (const auto& t : written.tensors()) {
@@ -160,7 +159,6 @@ json measure(const Model& model, const PerturbPlan& plan, const fs::path& dir,
     if (const auto it = extras.find(t.name()); it != extras.end()) record.update(it->second);
     tensors.push_back(std::move(record));
   }
-  (void)plan;
   return tensors;
 }
 
@@ -409,7 +407,7 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
   } else {
     extras = write_planned(model, plan, staging.path(), options.output.shard_bytes);
   }
-  if (plan.measure) plan.truth["tensors"] = measure(model, plan, staging.path(), extras);
+  if (plan.measure) plan.truth["tensors"] = measure(model, staging.path(), extras);
 
   if (plan.config) {
     write_file_atomic(staging.path() / "config.json", plan.config->dump(2) + "\n");

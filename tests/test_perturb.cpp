@@ -613,6 +613,24 @@ TEST(PerturbDeterminism, SameSeedSameBytesOnAnyThreadCountOtherSeedOtherBytes) {
 
 // ---- errors ----
 
+TEST(PerturbErrors, KindAndFormatNamesRoundTrip) {
+  EXPECT_EQ(alloy::perturb_kinds().size(), 9u);
+  int preserving = 0;
+  for (const auto kind : alloy::perturb_kinds()) {
+    EXPECT_EQ(alloy::perturb_kind_from_name(alloy::perturb_kind_name(kind)), kind);
+    preserving += alloy::perturb_preserves_function(kind);
+  }
+  EXPECT_EQ(preserving, 5);
+  EXPECT_EQ(alloy::perturb_default_strength(PerturbKind::kNoise), 0.01);
+  EXPECT_FALSE(alloy::perturb_default_strength(PerturbKind::kPermuteExperts));
+  EXPECT_FALSE(alloy::perturb_kind_from_name("Noise"));
+  for (const auto f : {alloy::ReroundFormat::kBf16, alloy::ReroundFormat::kF16,
+                       alloy::ReroundFormat::kInt8, alloy::ReroundFormat::kInt4}) {
+    EXPECT_EQ(alloy::reround_format_from_name(alloy::reround_format_name(f)), f);
+  }
+  EXPECT_FALSE(alloy::reround_format_from_name("int3"));
+}
+
 TEST(PerturbErrors, BadOptionsAreRefusedBeforeAnythingIsWritten) {
   TempDir dir;
   const fs::path dense = make_base(dir, ModelFamily::kLlama);
