@@ -97,6 +97,20 @@ inline __attribute__((always_inline)) void load_range_inline(const ModelTensor& 
 
 void load_range(const ModelTensor& t, size_t begin, size_t count, float* out) { load_range_inline(t, begin, count, out); }
 
+// Every vector's elements [begin, begin + count) into the scratch rows x[v] (the aligned suspect's
+// values when the views carry them).
+inline __attribute__((always_inline)) void load_vectors(const TensorViews& views, size_t begin, size_t count,
+                                                         float* base, float** x) {
+  for (size_t v = 0; v < views.inputs.size(); ++v) {
+    x[v] = base + v * kDefaultGrain;
+    if (v == 0 && views.suspect_values) {
+      std::memcpy(x[v], views.suspect_values + begin, count * sizeof(float));
+    } else {
+      load_range_inline(*views.inputs[v], begin, count, x[v]);
+    }
+  }
+}
+
 // What one chunk of the full pass needs to know.
 struct ResolvedPass {
   const TensorViews* views;
@@ -122,14 +136,7 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   const size_t count = end - begin;
   float* base = chunk_buffers();
   float* x[kMaxVectors];
-  for (int v = 0; v < m; ++v) {
-    x[v] = base + size_t(v) * kDefaultGrain;
-    if (v == 0 && views.suspect_values) {
-      std::memcpy(x[v], views.suspect_values + begin, count * sizeof(float));
-    } else {
-      load_range_inline(*views.inputs[v], begin, count, x[v]);
-    }
-  }
+  load_vectors(views, begin, count, base, x);
   // Loops over elements inside loops over vectors, branch-free, so that they vectorise.
   float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
   float* lo = base + size_t(kMaxVectors + 1) * kDefaultGrain;
@@ -252,14 +259,7 @@ Moments accumulate_moments(const TensorViews& views, double resolve_fraction, ui
     const size_t count = end - begin;
     float* base = chunk_buffers();
     float* x[kMaxVectors];
-    for (int v = 0; v < m; ++v) {
-      x[v] = base + size_t(v) * kDefaultGrain;
-      if (v == 0 && views.suspect_values) {
-        std::memcpy(x[v], views.suspect_values + begin, count * sizeof(float));
-      } else {
-        load_range(*views.inputs[v], begin, count, x[v]);
-      }
-    }
+    load_vectors(views, begin, count, base, x);
     float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
     for (size_t i = 0; i < count; ++i) {
       const int first = members.front();

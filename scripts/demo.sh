@@ -41,7 +41,17 @@ fi
 if [[ -x "$bin/alloy-assay" ]]; then
   echo
   echo "== alloy-assay: what is the merged model made of?"
-  (cd "$out" && "$bin/alloy-assay" merged models/base models/ft_1 models/ft_2 models/unrelated_1)
+  (cd "$out" && "$bin/alloy-assay" merged models/base models/ft_1 models/ft_2 models/unrelated_1 \
+     --json assay.json --recipe recovered.yml --report assay.html)
+  echo
+  echo "== alloy-synth perturb + alloy-assay: add noise (half the merge's own deviation from the base),"
+  echo "   then permute every expert and every neuron; is the merge still found?"
+  "$bin/alloy-synth" perturb "$out/merged" "$out/noisy" --overwrite --kind noise --strength 0.5 \
+    --reference "$out/models/base" --seed 9
+  "$bin/alloy-synth" perturb "$out/noisy" "$out/hidden" --overwrite --kind permute-experts --seed 7
+  "$bin/alloy-synth" perturb "$out/hidden" "$out/disguised" --overwrite --kind permute-neurons --seed 8
+  (cd "$out" && "$bin/alloy-assay" disguised models/base models/ft_1 models/ft_2 models/unrelated_1 | sed -n '2,8p')
+  echo "(full report: $out/assay.html, recovered recipe: $out/recovered.yml)"
 fi
 echo
 echo "demo output is in $out"
