@@ -17,6 +17,8 @@
 #include <limits>
 #include <numeric>
 
+#include <Eigen/Dense>
+
 #include "alloy/dtype.h"
 #include "alloy/parallel.h"
 #include "assay_internal.h"
@@ -114,6 +116,7 @@ struct Context {
   const Model& s;
   const Model& r;
   Alignment& out;
+  const std::vector<const Model*>& candidates;
   const ModelTensor* st(const std::string& name) const { return s.find(name); }
   const ModelTensor* rt(const std::string& name) const { return r.find(name); }
   bool shuffled(const std::string& source, const std::string& name, uint64_t block_rows = 0) const {
@@ -125,11 +128,12 @@ struct Context {
 };
 
 // Routed experts of one layer: returns the suspect expert holding each candidate expert (qinv).
-std::vector<uint32_t> align_experts(Context& c, int layer) {
+std::vector<uint32_t> align_experts(Context& c, int layer, int ref_layer) {
   const std::string p = "model.layers." + std::to_string(layer) + ".mlp.";
+  const std::string pr = "model.layers." + std::to_string(ref_layer) + ".mlp.";
   size_t experts = 0;
   while (c.st(p + "experts." + std::to_string(experts) + ".gate_proj.weight") &&
-         c.rt(p + "experts." + std::to_string(experts) + ".gate_proj.weight")) {
+         c.rt(pr + "experts." + std::to_string(experts) + ".gate_proj.weight")) {
     ++experts;
   }
   std::vector<uint32_t> identity(experts);
@@ -138,12 +142,12 @@ std::vector<uint32_t> align_experts(Context& c, int layer) {
   bool needed = false;
   for (size_t e = 0; e < experts && !needed; ++e) {
     needed = c.shuffled(p + "experts." + std::to_string(e) + ".gate_proj.weight",
-                        p + "experts." + std::to_string(e) + ".gate_proj.weight");
+                        pr + "experts." + std::to_string(e) + ".gate_proj.weight");
   }
   if (!needed) return identity;
   // Signature: column sums of gate and up, row sums of down (all of hidden size), router row.
-  const auto signature = [&](const Model& m, size_t e, std::vector<double>* sig) {
-    const std::string q = p + "experts." + std::to_string(e) + ".";
+  const auto signature = [&](const Model& m, const std::string& prefix, size_t e, std::vector<double>* sig) {
+    const std::string q = prefix + "experts." + std::to_string(e) + ".";
     const auto gate = load_all(*m.find(q + "gate_proj.weight"));
     const auto up = load_all(*m.find(q + "up_proj.weight"));
     const auto down = load_all(*m.find(q + "down_proj.weight"));
@@ -166,11 +170,11 @@ std::vector<uint32_t> align_experts(Context& c, int layer) {
   };
   std::vector<double> a, b;
   size_t dim = 0;
-  for (size_t e = 0; e < experts; ++e) dim = signature(c.s, e, &a), signature(c.r, e, &b);
+  for (size_t e = 0; e < experts; ++e) dim = signature(c.s, p, e, &a), signature(c.r, pr, e, &b);
   dim *= 3;
   double parts = 3;
   const ModelTensor* sr = c.st(p + "gate.weight");
-  const ModelTensor* rr = c.rt(p + "gate.weight");
+  const ModelTensor* rr = c.rt(pr + "gate.weight");
   if (sr && rr && sr->info->shape == rr->info->shape && sr->info->shape[0] == experts) {
     // Append the router rows, as a fourth unit part.
     const auto sv = load_all(*sr), rv = load_all(*rr);
@@ -189,22 +193,100 @@ std::vector<uint32_t> align_experts(Context& c, int layer) {
   if (is_identity(q)) return identity;
   c.out.permutations.push_back({{"layer", layer}, {"kind", "experts"}, {"permutation", q}});
   const std::vector<uint32_t> qinv = inverse(q);
-  if (sr && rr) c.out.tensors[p + "gate.weight"] = {p + "gate.weight", qinv, 1, {}, 1};
+  if (sr && rr) c.out.tensors[p + "gate.weight"] = {p + "gate.weight", qinv, 1, {}, 1, pr + "gate.weight"};
   return qinv;
 }
 
-// The neurons of one MLP unit whose candidate-order prefix is `name` and suspect prefix `source`.
-void align_neurons(Context& c, int layer, const std::string& unit, const std::string& name, const std::string& source) {
+// Per-neuron rescaling (up_proj row i times c_i, down_proj column i divided by c_i, which SiLU
+// gating leaves the function unchanged by): gate_proj is untouched, so the unit's mixing weights
+// are fitted on it (affine least squares against every candidate's gate_proj); the fitted blend
+// F of the candidates' up and down then gives c_i = <S_up_i, F_up_i> / |F_up_i|^2 and
+// 1/c_i = <S_down_i, F_down_i> / |F_down_i|^2, combined as a geometric mean. Only when the row
+// norms of up_proj, relative to the reference's, spread by more than 2% (a blend moves them far
+// less). Returns whether scales were set.
+bool estimate_neuron_scales(Context& c, const std::string& slot, const AlignedTensor& gate, AlignedTensor* up,
+                            AlignedTensor* down, size_t inter, size_t hidden) {
+  Alignment scratch;
+  scratch.tensors[slot + "g"] = gate;
+  scratch.tensors[slot + "u"] = *up;
+  scratch.tensors[slot + "d"] = *down;
+  std::vector<float> sg, su, sd;
+  load_aligned(c.s, scratch, slot + "g", &sg);
+  load_aligned(c.s, scratch, slot + "u", &su);
+  load_aligned(c.s, scratch, slot + "d", &sd);
+  const auto ru = load_all(*c.r.find(up->candidate));
+  std::vector<double> log_ratio(inter);
+  double mean = 0;
+  for (size_t i = 0; i < inter; ++i) {
+    double a = 0, b = 0;
+    for (size_t h = 0; h < hidden; ++h) a += double(su[i * hidden + h]) * su[i * hidden + h], b += double(ru[i * hidden + h]) * ru[i * hidden + h];
+    log_ratio[i] = a > 0 && b > 0 ? 0.5 * std::log(a / b) : 0.0;
+    mean += log_ratio[i] / double(inter);
+  }
+  double var = 0;
+  for (double v : log_ratio) var += (v - mean) * (v - mean) / double(inter);
+  if (std::sqrt(var) < 0.02) return false;
+  // Mixing weights from gate_proj: min |S - sum w_k C_k|^2, sum w = 1, relative to the reference.
+  std::vector<std::vector<float>> cg, cu, cd;
+  for (const Model* m : c.candidates) {
+    const ModelTensor* tg = m->find(gate.candidate);
+    const ModelTensor* tu = m->find(up->candidate);
+    const ModelTensor* td = m->find(down->candidate);
+    if (!tg || !tu || !td || tg->info->numel() != sg.size()) return false;
+    cg.push_back(load_all(*tg)), cu.push_back(load_all(*tu)), cd.push_back(load_all(*td));
+  }
+  const size_t k = cg.size();
+  const size_t ref = size_t(std::find(c.candidates.begin(), c.candidates.end(), &c.r) - c.candidates.begin());
+  Eigen::MatrixXd a = Eigen::MatrixXd::Zero(Eigen::Index(k), Eigen::Index(k));
+  Eigen::VectorXd y = Eigen::VectorXd::Zero(Eigen::Index(k));
+  for (size_t e = 0; e < sg.size(); ++e) {
+    const double t = double(sg[e]) - cg[ref][e];
+    for (size_t i = 0; i < k; ++i) {
+      const double di = double(cg[i][e]) - cg[ref][e];
+      y(Eigen::Index(i)) += di * t;
+      for (size_t j = 0; j < k; ++j) a(Eigen::Index(i), Eigen::Index(j)) += di * (double(cg[j][e]) - cg[ref][e]);
+    }
+  }
+  a(Eigen::Index(ref), Eigen::Index(ref)) = 1;  // the reference's own column is zero
+  a += 1e-12 * a.trace() * Eigen::MatrixXd::Identity(Eigen::Index(k), Eigen::Index(k));
+  Eigen::VectorXd w = a.ldlt().solve(y);
+  w(Eigen::Index(ref)) = 1 - (w.sum() - w(Eigen::Index(ref)));
+  const auto blend = [&](const std::vector<std::vector<float>>& ts, size_t e) {
+    double v = 0;
+    for (size_t i = 0; i < k; ++i) v += w(Eigen::Index(i)) * ts[i][e];
+    return v;
+  };
+  up->row_scale.assign(inter, 1.0f);
+  down->col_scale.assign(inter, 1.0f);
+  for (size_t i = 0; i < inter; ++i) {
+    double su_f = 0, ff = 0, sd_f = 0, gg = 0;
+    for (size_t h = 0; h < hidden; ++h) {
+      const double f = blend(cu, i * hidden + h);
+      su_f += su[i * hidden + h] * f, ff += f * f;
+      const double fd = blend(cd, h * inter + i);
+      sd_f += sd[h * inter + i] * fd, gg += fd * fd;
+    }
+    const double c_up = ff > 0 ? su_f / ff : 1.0, inv_c_down = gg > 0 ? sd_f / gg : 1.0;
+    const double scale = c_up > 0 && inv_c_down > 0 ? std::sqrt(c_up / inv_c_down) : 1.0;
+    up->row_scale[i] = float(scale);
+    down->col_scale[i] = float(scale);
+  }
+  return true;
+}
+
+// The neurons of one MLP unit: the suspect's slots `slot` hold the data of its tensors `source`,
+// to be compared with the reference's `name`.
+void align_neurons(Context& c, int layer, const std::string& unit, const std::string& slot, const std::string& source,
+                   const std::string& name) {
   const std::string g = "gate_proj.weight", u = "up_proj.weight", d = "down_proj.weight";
   const ModelTensor* sg = c.st(source + g);
   const ModelTensor* rg = c.rt(name + g);
   if (!sg || !rg || !c.st(source + u) || !c.st(source + d) || !c.rt(name + u) || !c.rt(name + d)) return;
   if (sg->info->shape != rg->info->shape || sg->info->shape.size() != 2) return;
   const auto keep_names = [&] {
-    if (source == name) return;
-    for (const auto& t : {g, u, d}) c.out.tensors[name + t] = {source + t, {}, 1, {}, 1};
+    if (source == slot && slot == name) return;
+    for (const auto& t : {g, u, d}) c.out.tensors[slot + t] = {source + t, {}, 1, {}, 1, name + t};
   };
-  if (!c.shuffled(source + g, name + g, 1)) return keep_names();
   const size_t inter = sg->info->shape[0], hidden = sg->info->shape[1];
   const auto descriptors = [&](const Model& m, const std::string& prefix) {
     const auto gate = load_all(*m.find(prefix + g)), up = load_all(*m.find(prefix + u)), down = load_all(*m.find(prefix + d));
@@ -217,38 +299,50 @@ void align_neurons(Context& c, int layer, const std::string& unit, const std::st
     }
     return out;
   };
-  const std::vector<uint32_t> q =
-      linear_assignment(cosine_cost(descriptors(c.s, source), descriptors(c.r, name), inter, 3 * hidden, 3), inter);
-  if (is_identity(q)) return keep_names();
-  c.out.permutations.push_back({{"layer", layer}, {"kind", "neurons"}, {"unit", unit}, {"permutation", q}});
+  std::vector<uint32_t> q(inter);
+  std::iota(q.begin(), q.end(), 0u);
+  if (c.shuffled(source + g, name + g, 1)) {
+    q = linear_assignment(cosine_cost(descriptors(c.s, source), descriptors(c.r, name), inter, 3 * hidden, 3), inter);
+  }
   const std::vector<uint32_t> qinv = inverse(q);
-  c.out.tensors[name + g] = {source + g, qinv, 1, {}, 1};
-  c.out.tensors[name + u] = {source + u, qinv, 1, {}, 1};
-  c.out.tensors[name + d] = {source + d, {}, 1, qinv, 1};
+  AlignedTensor gate{source + g, qinv, 1, {}, 1, name + g};
+  AlignedTensor up{source + u, qinv, 1, {}, 1, name + u};
+  AlignedTensor down{source + d, {}, 1, qinv, 1, name + d};
+  const bool permuted = !is_identity(q);
+  if (permuted) c.out.permutations.push_back({{"layer", layer}, {"kind", "neurons"}, {"unit", unit}, {"permutation", q}});
+  const bool scaled = estimate_neuron_scales(c, slot, gate, &up, &down, inter, hidden);
+  if (scaled) {
+    c.out.permutations.push_back({{"layer", layer}, {"kind", "neuron_scales"}, {"unit", unit}, {"scales", up.row_scale}});
+  }
+  if (!permuted && !scaled) return keep_names();
+  c.out.tensors[slot + g] = gate;
+  c.out.tensors[slot + u] = up;
+  c.out.tensors[slot + d] = down;
 }
 
 // Attention heads of one layer.
-void align_heads(Context& c, int layer, int heads, int kv_heads) {
+void align_heads(Context& c, int layer, int ref_layer, int heads, int kv_heads) {
   const std::string p = "model.layers." + std::to_string(layer) + ".self_attn.";
+  const std::string pr = "model.layers." + std::to_string(ref_layer) + ".self_attn.";
   const ModelTensor *sq = c.st(p + "q_proj.weight"), *sk = c.st(p + "k_proj.weight"), *sv = c.st(p + "v_proj.weight"),
                     *so = c.st(p + "o_proj.weight");
-  if (!sq || !sk || !sv || !so || !c.rt(p + "q_proj.weight") || !c.rt(p + "k_proj.weight") ||
-      !c.rt(p + "v_proj.weight") || !c.rt(p + "o_proj.weight")) {
+  if (!sq || !sk || !sv || !so || !c.rt(pr + "q_proj.weight") || !c.rt(pr + "k_proj.weight") ||
+      !c.rt(pr + "v_proj.weight") || !c.rt(pr + "o_proj.weight")) {
     return;
   }
   if (heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0) return;
   const size_t hidden = sq->info->shape.size() == 2 ? sq->info->shape[1] : 0;
   const size_t head_dim = sq->info->shape[0] / size_t(heads);
   if (hidden == 0 || head_dim == 0 || sk->info->shape[0] != head_dim * size_t(kv_heads)) return;
-  if (!c.shuffled(p + "q_proj.weight", p + "q_proj.weight", head_dim) &&
-      !c.shuffled(p + "k_proj.weight", p + "k_proj.weight", head_dim)) {
+  if (!c.shuffled(p + "q_proj.weight", pr + "q_proj.weight", head_dim) &&
+      !c.shuffled(p + "k_proj.weight", pr + "k_proj.weight", head_dim)) {
     return;
   }
   const size_t group = size_t(heads / kv_heads);
   const size_t block = head_dim * hidden;
   // Key-value groups by [k block, v block].
-  const auto kv_desc = [&](const Model& m) {
-    const auto k = load_all(*m.find(p + "k_proj.weight")), v = load_all(*m.find(p + "v_proj.weight"));
+  const auto kv_desc = [&](const Model& m, const std::string& at) {
+    const auto k = load_all(*m.find(at + "k_proj.weight")), v = load_all(*m.find(at + "v_proj.weight"));
     std::vector<double> out(size_t(kv_heads) * 2 * block);
     for (size_t h = 0; h < size_t(kv_heads); ++h) {
       append_unit(k.data() + h * block, block, 1, out.data() + h * 2 * block);
@@ -257,10 +351,10 @@ void align_heads(Context& c, int layer, int heads, int kv_heads) {
     return out;
   };
   const std::vector<uint32_t> kv =
-      linear_assignment(cosine_cost(kv_desc(c.s), kv_desc(c.r), size_t(kv_heads), 2 * block, 2), size_t(kv_heads));
+      linear_assignment(cosine_cost(kv_desc(c.s, p), kv_desc(c.r, pr), size_t(kv_heads), 2 * block, 2), size_t(kv_heads));
   // Query heads by [q block, o column block], within the matched group.
-  const auto q_desc = [&](const Model& m) {
-    const auto q = load_all(*m.find(p + "q_proj.weight")), o = load_all(*m.find(p + "o_proj.weight"));
+  const auto q_desc = [&](const Model& m, const std::string& at) {
+    const auto q = load_all(*m.find(at + "q_proj.weight")), o = load_all(*m.find(at + "o_proj.weight"));
     const size_t width = size_t(heads) * head_dim;  // o_proj: [hidden, heads * head_dim]
     std::vector<double> out(size_t(heads) * 2 * block);
     for (size_t h = 0; h < size_t(heads); ++h) {
@@ -273,7 +367,7 @@ void align_heads(Context& c, int layer, int heads, int kv_heads) {
     }
     return out;
   };
-  const std::vector<double> qs = q_desc(c.s), qr = q_desc(c.r);
+  const std::vector<double> qs = q_desc(c.s, p), qr = q_desc(c.r, pr);
   std::vector<uint32_t> q(static_cast<size_t>(heads));
   for (size_t gs = 0; gs < size_t(kv_heads); ++gs) {
     const size_t gr = kv[gs];
@@ -285,15 +379,51 @@ void align_heads(Context& c, int layer, int heads, int kv_heads) {
   if (is_identity(q) && is_identity(kv)) return;
   c.out.permutations.push_back({{"layer", layer}, {"kind", "heads"}, {"heads", q}, {"kv_heads", kv}});
   const auto qinv = inverse(q), kvinv = inverse(kv);
-  c.out.tensors[p + "q_proj.weight"] = {p + "q_proj.weight", qinv, head_dim, {}, 1};
-  c.out.tensors[p + "o_proj.weight"] = {p + "o_proj.weight", {}, 1, qinv, head_dim};
-  c.out.tensors[p + "k_proj.weight"] = {p + "k_proj.weight", kvinv, head_dim, {}, 1};
-  c.out.tensors[p + "v_proj.weight"] = {p + "v_proj.weight", kvinv, head_dim, {}, 1};
+  c.out.tensors[p + "q_proj.weight"] = {p + "q_proj.weight", qinv, head_dim, {}, 1, pr + "q_proj.weight"};
+  c.out.tensors[p + "o_proj.weight"] = {p + "o_proj.weight", {}, 1, qinv, head_dim, pr + "o_proj.weight"};
+  c.out.tensors[p + "k_proj.weight"] = {p + "k_proj.weight", kvinv, head_dim, {}, 1, pr + "k_proj.weight"};
+  c.out.tensors[p + "v_proj.weight"] = {p + "v_proj.weight", kvinv, head_dim, {}, 1, pr + "v_proj.weight"};
   for (const char* bias : {"q_proj.bias", "k_proj.bias", "v_proj.bias"}) {
     if (c.st(p + bias)) {
-      c.out.tensors[p + bias] = {p + bias, bias[0] == 'q' ? qinv : kvinv, head_dim, {}, 1};
+      c.out.tensors[p + bias] = {p + bias, bias[0] == 'q' ? qinv : kvinv, head_dim, {}, 1, pr + bias};
     }
   }
+}
+
+// Which reference layer each suspect layer is (frankenmerge stacking duplicates and reorders
+// layers): the reference layer with the largest prefix correlation over a few probe tensors (the
+// norms survive every permutation, q/k/v survive neuron permutations, the router and gate_proj
+// head permutations; the best probe decides). Identity unless the layer counts differ or some
+// layer does not match its namesake.
+std::vector<int> match_layers(Context& c, int layers, int ref_layers) {
+  std::vector<int> map(size_t(std::max(layers, 0)));
+  std::iota(map.begin(), map.end(), 0);
+  static const char* const kProbes[] = {"input_layernorm.weight", "post_attention_layernorm.weight",
+                                        "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                        "self_attn.v_proj.weight", "mlp.gate.weight", "mlp.gate_proj.weight"};
+  const auto score = [&](int l, int m) {
+    double best = -1;
+    for (const char* probe : kProbes) {
+      const ModelTensor* a = c.st("model.layers." + std::to_string(l) + "." + probe);
+      const ModelTensor* b = c.rt("model.layers." + std::to_string(m) + "." + probe);
+      if (a && b && a->info->shape == b->info->shape) best = std::max(best, prefix_correlation(*a, *b));
+    }
+    return best;
+  };
+  bool moved = layers != ref_layers;
+  for (int l = 0; l < layers && !moved; ++l) moved = score(l, l) < kAlignedCorrelation;
+  if (!moved) return map;
+  bool changed = false;
+  for (int l = 0; l < layers; ++l) {
+    double best = l < ref_layers ? score(l, l) : -1;
+    for (int m = 0; m < ref_layers; ++m) {
+      const double s = m == l ? best : score(l, m);
+      if (s > best + 1e-12) best = s, map[size_t(l)] = m;
+    }
+    changed |= map[size_t(l)] != l;
+  }
+  if (changed) c.out.permutations.push_back({{"kind", "layers"}, {"layer_map", map}});
+  return map;
 }
 
 }  // namespace
@@ -348,21 +478,31 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
     if (corr > best) best = corr, out.reference = int(c);
   }
   if (out.reference < 0 || best < kAlignedCorrelation) return out;  // nothing to align to
-  Context c{suspect, *candidates[size_t(out.reference)], out};
+  Context c{suspect, *candidates[size_t(out.reference)], out, candidates};
   const auto& config = suspect.config();
   const int heads = config.value("num_attention_heads", 0);
   const int kv_heads = config.value("num_key_value_heads", heads);
   const int layers = count_layers(suspect);
+  const std::vector<int> layer_map = match_layers(c, layers, count_layers(*candidates[size_t(out.reference)]));
   for (int l = 0; l < layers; ++l) {
+    const int lr = layer_map[size_t(l)];
     const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
-    const std::vector<uint32_t> expert_source = align_experts(c, l);
+    const std::string pr = "model.layers." + std::to_string(lr) + ".mlp.";
+    const std::vector<uint32_t> expert_source = align_experts(c, l, lr);
     for (size_t e = 0; e < expert_source.size(); ++e) {
       align_neurons(c, l, "experts." + std::to_string(e), p + "experts." + std::to_string(e) + ".",
-                    p + "experts." + std::to_string(expert_source[e]) + ".");
+                    p + "experts." + std::to_string(expert_source[e]) + ".", pr + "experts." + std::to_string(e) + ".");
     }
-    align_neurons(c, l, "mlp", p, p);
-    align_neurons(c, l, "shared_expert", p + "shared_expert.", p + "shared_expert.");
-    align_heads(c, l, heads, kv_heads);
+    align_neurons(c, l, "mlp", p, p, pr);
+    align_neurons(c, l, "shared_expert", p + "shared_expert.", p + "shared_expert.", pr + "shared_expert.");
+    align_heads(c, l, lr, heads, kv_heads);
+    if (lr == l) continue;
+    // Everything else in a moved layer is compared with the matched layer's namesake.
+    const std::string ls = "model.layers." + std::to_string(l) + ".", lrs = "model.layers." + std::to_string(lr) + ".";
+    for (const auto& t : suspect.tensors()) {
+      if (t.name().rfind(ls, 0) != 0 || out.tensors.count(t.name())) continue;
+      out.tensors[t.name()] = {t.name(), {}, 1, {}, 1, lrs + t.name().substr(ls.size())};
+    }
   }
   for (const auto& t : suspect.tensors()) t.shard->release(*t.info);
   for (const Model* m : candidates) {
@@ -391,6 +531,12 @@ void load_aligned(const Model& suspect, const Alignment& alignment, const std::s
       for (uint64_t col = 0; col < cols; ++col) {
         o[col] = in[uint64_t(a.col_blocks[col / a.col_block]) * a.col_block + col % a.col_block];
       }
+    }
+    if (!a.row_scale.empty()) {
+      for (uint64_t col = 0; col < cols; ++col) o[col] /= a.row_scale[r];
+    }
+    if (!a.col_scale.empty()) {
+      for (uint64_t col = 0; col < cols; ++col) o[col] *= a.col_scale[col];
     }
   }
 }

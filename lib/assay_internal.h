@@ -142,20 +142,25 @@ namespace alloy::detail {
 // suspect (routed experts with their router rows, MLP neurons, attention heads within and across
 // key-value groups) by linear assignment against a reference candidate, before any fitting.
 struct AlignedTensor {
-  std::string source;                  // suspect tensor holding this (candidate-order) tensor
+  std::string source;                  // suspect tensor holding this slot's data
   std::vector<uint32_t> row_blocks;    // aligned row block j <- source row block row_blocks[j]
   uint64_t row_block = 1;              // rows per block (head_dim for heads)
   std::vector<uint32_t> col_blocks;    // aligned column block j <- source column block col_blocks[j]
   uint64_t col_block = 1;
+  std::string candidate;               // the candidates' tensor it is compared with ("" = the slot's name)
+  std::vector<float> row_scale;        // after permuting: aligned row i divided by row_scale[i]
+  std::vector<float> col_scale;        // after permuting: aligned column j multiplied by col_scale[j]
 };
 struct Alignment {
-  std::map<std::string, AlignedTensor> tensors;  // by candidate-order name; absent: as is
+  // By slot: each suspect tensor name once, holding (after alignment) the data that corresponds
+  // to the candidates' tensor `candidate`. Absent: the suspect tensor as stored, same name.
+  std::map<std::string, AlignedTensor> tensors;
   nlohmann::json permutations = nlohmann::json::array();  // what was found (suspect j holds candidate p[j])
   int reference = -1;                             // candidate aligned to
 };
 Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates);
 
-// The suspect tensor `name` in candidate order, as float32 (into `out`, resized).
+// The suspect's slot `name` in candidate order, as float32 (into `out`, resized).
 void load_aligned(const Model& suspect, const Alignment& alignment, const std::string& name,
                   std::vector<float>* out);
 

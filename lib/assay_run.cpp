@@ -92,12 +92,17 @@ AssayResult run_assay(const AssayOptions& options) {
     detail::TensorViews views;
     views.inputs.push_back(&s);
     views.numel = ta.numel;
+    // The candidates' tensor this slot is compared with (another layer's, after stacking).
+    const auto entry = alignment.tensors.find(ta.name);
+    const std::string compared = entry != alignment.tensors.end() && !entry->second.candidate.empty()
+                                     ? entry->second.candidate
+                                     : ta.name;
     std::vector<const ModelTensor*> found;
-    for (const Model* m : models) found.push_back(m->find(ta.name));
+    for (const Model* m : models) found.push_back(m->find(compared));
     ta.skipped = unfit_reason(s, found, options.candidates);
     if (ta.skipped.empty() && ta.numel > 0) {
       for (const ModelTensor* f : found) views.inputs.push_back(f);
-      if (alignment.tensors.count(ta.name)) {
+      if (entry != alignment.tensors.end()) {
         detail::load_aligned(suspect, alignment, ta.name, &aligned_values);
         views.suspect_values = aligned_values.data();
         ta.aligned = true;

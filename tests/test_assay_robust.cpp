@@ -147,6 +147,46 @@ TEST_P(AssayRobust, PermutationsAreRecoveredExactly) {
   }
 }
 
+TEST_P(AssayRobust, RescaledNeuronsAndStackedLayersAreUndone) {
+  Merged m(GetParam());
+  alloy::PerturbOptions rescale;
+  rescale.kind = PerturbKind::kRescaleNeurons;
+  rescale.strength = 2.0;
+  rescale.seed = 4;
+  nlohmann::json truth;
+  auto r = assay(m.perturbed("rescaled", rescale, &truth), m.family.candidates());
+  EXPECT_EQ(r.verdict, "merge");
+  EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_1").string()), 0.571, 0.005);
+  EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_2").string()), 0.429, 0.005);
+  // The recovered scales match the applied ones (dense MLP, or the shared expert of the MoE).
+  size_t checked = 0;
+  for (const auto& layer : truth["layers"]) {
+    const auto& applied = layer.contains("mlp") ? layer["mlp"] : layer["shared_expert"];
+    const std::string unit = layer.contains("mlp") ? "mlp" : "shared_expert";
+    for (const auto& p : r.permutations) {
+      if (p["kind"] != "neuron_scales" || p["layer"] != layer["layer"] || p["unit"] != unit) continue;
+      ASSERT_EQ(p["scales"].size(), applied.size());
+      for (size_t i = 0; i < applied.size(); ++i) {
+        EXPECT_NEAR(p["scales"][i].get<double>() / applied[i].get<double>(), 1.0, 0.01) << unit << " " << i;
+      }
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, truth["layers"].size());
+
+  for (const std::vector<int>& map : {std::vector<int>{1, 0}, std::vector<int>{0, 1, 1}}) {
+    alloy::PerturbOptions stack;
+    stack.kind = PerturbKind::kStackLayers;
+    stack.layer_map = map;
+    r = assay(m.perturbed("stacked", stack), m.family.candidates());
+    EXPECT_EQ(r.verdict, "merge");
+    EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_1").string()), 0.571, 0.005);
+    bool found = false;
+    for (const auto& p : r.permutations) found |= p["kind"] == "layers" && p["layer_map"] == nlohmann::json(map);
+    EXPECT_TRUE(found) << r.permutations.dump();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, AssayRobust, ::testing::Values(alloy::ModelFamily::kLlama, alloy::ModelFamily::kMoe),
                          [](const auto& info) { return std::string(alloy::family_name(info.param)); });
 
@@ -158,6 +198,7 @@ TEST(AssayRobustNull, TransformedUnrelatedModelsAreNeverMerges) {
   all.push_back({"permute_heads", PerturbKind::kPermuteHeads, NAN});
   all.push_back({"permute_experts", PerturbKind::kPermuteExperts, NAN});
   all.push_back({"rescale_neurons", PerturbKind::kRescaleNeurons, 2.0});
+  all.push_back({"stack_layers", PerturbKind::kStackLayers, NAN});
   AssayFamily llama(alloy::ModelFamily::kLlama, 31, 0.05), moe(alloy::ModelFamily::kMoe, 31, 0.05);
   for (int seed = 1; seed <= kSeeds; ++seed) {
     const bool use_moe = seed % 2 == 1;
@@ -171,6 +212,7 @@ TEST(AssayRobustNull, TransformedUnrelatedModelsAreNeverMerges) {
     for (const auto& t : all) {
       if (t.kind == PerturbKind::kPermuteExperts && !use_moe) continue;
       auto o = options_for(t, f.dir / "base", uint64_t(seed));
+      if (t.kind == PerturbKind::kStackLayers) o.layer_map = {1, 0, 0};
       const fs::path out = dir / t.name;
       alloy::perturb_model(dir / "unrelated", out, o);
       const auto r = assay(out, f.candidates());
