@@ -203,10 +203,28 @@ std::vector<uint32_t> align_experts(Context& c, int layer, int ref_layer) {
 // are fitted on it (affine least squares against every candidate's gate_proj); the fitted blend
 // F of the candidates' up and down then gives c_i = <S_up_i, F_up_i> / |F_up_i|^2 and
 // 1/c_i = <S_down_i, F_down_i> / |F_down_i|^2, combined as a geometric mean. Only when the row
-// norms of up_proj, relative to the reference's, spread by more than 2% (a blend moves them far
-// less). Returns whether scales were set.
+// norms of up_proj, relative to the reference's, spread by more than 2% on a sample of rows (a
+// blend moves them far less). Returns whether scales were set.
 bool estimate_neuron_scales(Context& c, const std::string& slot, const AlignedTensor& gate, AlignedTensor* up,
                             AlignedTensor* down, size_t inter, size_t hidden) {
+  // The cheap test first, on up to 64 rows read straight from the mappings.
+  {
+    const ModelTensor& su_t = *c.s.find(up->source);
+    const ModelTensor& ru_t = *c.r.find(up->candidate);
+    std::vector<float> x(hidden), y(hidden);
+    std::vector<double> log_ratio;
+    for (size_t i = 0; i < inter; i += std::max<size_t>(1, inter / 64)) {
+      load_range(su_t, size_t(up->row_blocks.empty() ? i : up->row_blocks[i]) * hidden, hidden, x.data());
+      load_range(ru_t, i * hidden, hidden, y.data());
+      double a = 0, b = 0;
+      for (size_t h = 0; h < hidden; ++h) a += double(x[h]) * x[h], b += double(y[h]) * y[h];
+      log_ratio.push_back(a > 0 && b > 0 ? 0.5 * std::log(a / b) : 0.0);
+    }
+    double mean = 0, var = 0;
+    for (double v : log_ratio) mean += v / double(log_ratio.size());
+    for (double v : log_ratio) var += (v - mean) * (v - mean) / double(log_ratio.size());
+    if (std::sqrt(var) < 0.02) return false;
+  }
   Alignment scratch;
   scratch.tensors[slot + "g"] = gate;
   scratch.tensors[slot + "u"] = *up;
@@ -215,18 +233,6 @@ bool estimate_neuron_scales(Context& c, const std::string& slot, const AlignedTe
   load_aligned(c.s, scratch, slot + "g", &sg);
   load_aligned(c.s, scratch, slot + "u", &su);
   load_aligned(c.s, scratch, slot + "d", &sd);
-  const auto ru = load_all(*c.r.find(up->candidate));
-  std::vector<double> log_ratio(inter);
-  double mean = 0;
-  for (size_t i = 0; i < inter; ++i) {
-    double a = 0, b = 0;
-    for (size_t h = 0; h < hidden; ++h) a += double(su[i * hidden + h]) * su[i * hidden + h], b += double(ru[i * hidden + h]) * ru[i * hidden + h];
-    log_ratio[i] = a > 0 && b > 0 ? 0.5 * std::log(a / b) : 0.0;
-    mean += log_ratio[i] / double(inter);
-  }
-  double var = 0;
-  for (double v : log_ratio) var += (v - mean) * (v - mean) / double(inter);
-  if (std::sqrt(var) < 0.02) return false;
   // Mixing weights from gate_proj: min |S - sum w_k C_k|^2, sum w = 1, relative to the reference.
   std::vector<std::vector<float>> cg, cu, cd;
   for (const Model* m : c.candidates) {

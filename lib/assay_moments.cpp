@@ -156,11 +156,14 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   uint32_t n_resolved = 0, n_spread = 0;
   for (size_t i = 0; i < count; ++i) {
     const float spread = hi[i] - lo[i];
-    const bool resolved = spread > 0 && spread >= fraction * mag[i];
+    const bool spreads = spread > 0.0f;
+    const bool resolved = spreads & (spread >= fraction * mag[i]);  // no short circuit: vectorises
     mask[i] = resolved ? 1.0f : 0.0f;
-    n_resolved += resolved;
-    n_spread += spread > 0;
-    lo[i] = spread > 0 ? 1.0f : 0.0f;  // reused: the "spread" indicator
+    lo[i] = spreads ? 1.0f : 0.0f;  // reused: the "spread" indicator
+  }
+  for (size_t i = 0; i < count; ++i) {
+    n_resolved += mask[i] != 0.0f;
+    n_spread += lo[i] != 0.0f;
   }
   part.n_resolved = n_resolved;
   part.n_spread = n_spread;
