@@ -14,7 +14,7 @@ namespace {
 
 constexpr double kRelated = 0.2;        // median Pearson correlation: shares weights
 constexpr double kInvolvedWeight = 0.01;
-constexpr double kMergeZ = 8.0;         // every major component this many null scales above 0
+constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
 constexpr double kMergeLog10Bound = -6.0;
 constexpr double kCopyDeviation = 0.002;  // |S - C| / |C| at bf16 re-rounding level
 constexpr double kSparseEquality = 0.25;  // linear merges: ~0.08 from cancellations
