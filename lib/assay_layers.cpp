@@ -58,7 +58,10 @@ nlohmann::json detect_layer_stacking(const Model& suspect, const std::vector<con
   // Each suspect layer -> (candidate, layer); prefer continuing the previous layer's run.
   std::vector<std::pair<int, int>> source;
   std::pair<int, int> previous{-1, -1};
-  for (const auto& [layer, tensors] : wanted) {
+  for (const auto& entry_of_layer : wanted) {
+    // Named, not a structured binding: the lambda below captures it (clang before C++20's P1091).
+    const int layer = entry_of_layer.first;
+    const auto& tensors = entry_of_layer.second;
     if (layer != int(source.size())) return nullptr;  // a gap in the suspect's own layers
     std::pair<int, int> found{-1, -1};
     const auto matches = [&](int c, int m) {
