@@ -409,10 +409,39 @@ std::string assay_report_html(const json& doc) {
   if (list(doc, "permutations").empty())
     o += "<p>None: the alignment stage found no reordered heads, neurons or experts.</p>\n";
   else {
-    o += "<ul>\n";
-    for (const json& p : list(doc, "permutations"))
-      o += "<li><code>" + escape(dump(p)) + "</code></li>\n";
-    o += "</ul>\n";
+    // One row per finding; long index lists are cut (the JSON has them whole).
+    const auto short_list = [](const json& v) {
+      if (!v.is_array()) return std::string();
+      std::string out;
+      const size_t shown = std::min<size_t>(v.size(), 16);
+      for (size_t i = 0; i < shown; ++i) out += (i ? " " : "") + dump(v[i]);
+      if (v.size() > shown) out += " … (" + std::to_string(v.size()) + " in all)";
+      return out;
+    };
+    o += "<p>Undone before fitting. Read \"suspect index j holds candidate index p[j]\"; scales are "
+         "the factors found on up_proj rows.</p>\n<table>\n<tr><th>Layer</th><th>What</th><th>Found</th>"
+         "<th>Details</th></tr>\n";
+    for (const json& p : list(doc, "permutations")) {
+      if (!p.is_object()) continue;
+      const std::string kind = text(p, "kind");
+      std::string what = kind;
+      if (p.contains("unit") && p["unit"].is_string()) what += " (" + p["unit"].get<std::string>() + ")";
+      std::string found;
+      if (p.contains("permutation")) found = short_list(p["permutation"]);
+      else if (p.contains("heads")) found = "heads " + short_list(p["heads"]) + "; kv groups " + short_list(p.value("kv_heads", json()));
+      else if (p.contains("scales")) found = short_list(p["scales"]);
+      else if (p.contains("layer_map")) found = short_list(p["layer_map"]);
+      json rest = json::object();
+      for (const auto& [key, value] : p.items()) {
+        if (key != "layer" && key != "kind" && key != "unit" && key != "permutation" && key != "heads" &&
+            key != "kv_heads" && key != "scales" && key != "layer_map") {
+          rest[key] = value;
+        }
+      }
+      o += "<tr>" + td(p.contains("layer") ? escape(dump(p["layer"])) : std::string("all")) + td(escape(what)) +
+           td("<code>" + escape(found) + "</code>") + td(rest.empty() ? std::string() : escape(dump(rest))) + "</tr>\n";
+    }
+    o += "</table>\n";
   }
 
   o += "<h2>How to read this</h2>\n<p>For every tensor the assay fits the suspect S as a blend of "
