@@ -22,12 +22,8 @@ class LinearMethod final : public MergeMethod {
   void merge(const MergeContext& ctx, float* out) const override {
     run_chunked(*chunked(ctx), ctx, "linear", out);
   }
-  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override {
-    if (ctx.sources.empty()) fail_recipe(ctx, "linear", "no source models");
-    return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
-      return std::make_unique<Chunk<decltype(rnd)>>(ctx, rnd);
-    });
-  }
+  // Defined after Chunk: clang instantiates the generic lambda where it stands.
+  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override;
 
  private:
   template <class R>
@@ -79,6 +75,13 @@ class LinearMethod final : public MergeMethod {
     float weight_sum_ = 0.0f;
   };
 };
+
+std::unique_ptr<ChunkedMerge> LinearMethod::chunked(const MergeContext& ctx) const {
+  if (ctx.sources.empty()) fail_recipe(ctx, "linear", "no source models");
+  return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
+    return std::make_unique<Chunk<decltype(rnd)>>(ctx, rnd);
+  });
+}
 
 }  // namespace
 

@@ -116,24 +116,8 @@ class TaskArithmeticMethod final : public MergeMethod {
 
   // Chunked when no task vector is sparsified (task_arithmetic, or every density >= 1): then each
   // output element needs only that element of every source.
-  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override {
-    const size_t base_index = require_base(ctx, config_.name);
-    const std::vector<size_t> others = non_base_sources(ctx);
-    std::vector<TaskVectorInput> inputs;
-    const Rounder rounder{ctx.compute_dtype};
-    for (size_t m : others) {
-      const MergeSource& source = ctx.sources[m];
-      const float weight = rounder.param(require_source_param(ctx, source, "weight"));
-      if (config_.sparsification != Sparsification::kNone &&
-          !(source_param(source, "density", 1.0) >= 1.0))
-        return nullptr;  // a mask (or a refusal) needs the whole task vector: merge() does it
-      inputs.push_back({nullptr, DeltaMask{}, weight});
-    }
-    return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
-      return std::make_unique<Chunk<decltype(rnd)>>(
-          Combiner<decltype(rnd)>(ctx, config_, base_index, std::move(inputs)), others);
-    });
-  }
+  // Defined after Chunk: clang instantiates the generic lambda where it stands.
+  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override;
 
  private:
   // The combine of the task vectors for a range of elements, shared by merge() (whole tensors,
@@ -288,6 +272,25 @@ class TaskArithmeticMethod final : public MergeMethod {
 
   FamilyConfig config_;
 };
+
+std::unique_ptr<ChunkedMerge> TaskArithmeticMethod::chunked(const MergeContext& ctx) const {
+  const size_t base_index = require_base(ctx, config_.name);
+  const std::vector<size_t> others = non_base_sources(ctx);
+  std::vector<TaskVectorInput> inputs;
+  const Rounder rounder{ctx.compute_dtype};
+  for (size_t m : others) {
+    const MergeSource& source = ctx.sources[m];
+    const float weight = rounder.param(require_source_param(ctx, source, "weight"));
+    if (config_.sparsification != Sparsification::kNone &&
+        !(source_param(source, "density", 1.0) >= 1.0))
+      return nullptr;  // a mask (or a refusal) needs the whole task vector: merge() does it
+    inputs.push_back({nullptr, DeltaMask{}, weight});
+  }
+  return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
+    return std::make_unique<Chunk<decltype(rnd)>>(
+        Combiner<decltype(rnd)>(ctx, config_, base_index, std::move(inputs)), others);
+  });
+}
 
 }  // namespace
 
