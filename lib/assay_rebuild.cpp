@@ -43,13 +43,7 @@ nlohmann::json rebuild_check(const nlohmann::json& recipe, const Model& suspect,
     if (it == plan.tensors.end() || !target || target->info->shape != it->shape) continue;
     const PlannedTensor& t = *it;
     const uint64_t n = target->info->numel();
-    MergeContext ctx;
-    ctx.tensor_name = t.name;
-    ctx.compute_dtype = t.compute_dtype;
-    ctx.shape = t.shape;
-    ctx.base_index = t.base_index;
-    ctx.params = t.method_params;
-    ctx.seed = tensor_seed(0, t.name);
+    MergeContext ctx = planned_context(t, 0);
     inputs.resize(t.sources.size());
     bool usable = true;
     for (size_t k = 0; k < t.sources.size() && usable; ++k) {

@@ -206,13 +206,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
 void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random_seed, BufferPool& pool,
                   ShardedWriter& writer) {
   const uint64_t n = numel(t.shape);
-  MergeContext ctx;
-  ctx.tensor_name = t.name;
-  ctx.compute_dtype = t.compute_dtype;
-  ctx.shape = t.shape;
-  ctx.base_index = t.base_index;
-  ctx.params = t.method_params;
-  ctx.seed = tensor_seed(random_seed, t.name);
+  MergeContext ctx = planned_context(t, random_seed);
   for (const PlannedSource& s : t.sources) {
     ctx.sources.push_back({nullptr, s.params, s.is_base, plan.model_names[s.model]});
   }
@@ -280,6 +274,17 @@ nlohmann::json output_config(const MergePlan& plan) {
 }
 
 }  // namespace
+
+MergeContext planned_context(const PlannedTensor& t, uint64_t random_seed) {
+  MergeContext ctx;
+  ctx.tensor_name = t.name;
+  ctx.compute_dtype = t.compute_dtype;
+  ctx.shape = t.shape;
+  ctx.base_index = t.base_index;
+  ctx.params = t.method_params;
+  ctx.seed = tensor_seed(random_seed, t.name);
+  return ctx;
+}
 
 uint64_t tensor_seed(uint64_t random_seed, const std::string& tensor_name) {
   uint64_t h = 0xCBF29CE484222325ull ^ (random_seed * 0x9E3779B97F4A7C15ull);

@@ -47,4 +47,8 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options);
 // The seed of one tensor's random masks: a function of --random-seed and the tensor name only.
 uint64_t tensor_seed(uint64_t random_seed, const std::string& tensor_name);
 
+// The method context of a planned tensor (name, dtypes, shape, base, parameters, seed), without
+// sources: the caller adds them once their values are loaded.
+MergeContext planned_context(const PlannedTensor& tensor, uint64_t random_seed);
+
 }  // namespace alloy
