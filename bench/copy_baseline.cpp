@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "alloy/error.h"
-#include "alloy/model.h"
+#include "alloy/core/error.h"
+#include "alloy/core/model.h"
 
 int main(int argc, char** argv) {
   std::string out_path;

@@ -38,14 +38,14 @@
 #include <unistd.h>
 #include <vector>
 
-#include "alloy/assay.h"
-#include "alloy/error.h"
-#include "alloy/merge.h"
-#include "alloy/model.h"
-#include "alloy/parallel.h"
-#include "alloy/perturb.h"
-#include "alloy/recipe.h"
-#include "alloy/synth.h"
+#include "alloy/assay/assay.h"
+#include "alloy/core/error.h"
+#include "alloy/merge/merge.h"
+#include "alloy/core/model.h"
+#include "alloy/core/parallel.h"
+#include "alloy/perturb/perturb.h"
+#include "alloy/merge/recipe.h"
+#include "alloy/synth/synth.h"
 
 namespace {
 

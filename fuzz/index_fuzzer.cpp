@@ -7,8 +7,8 @@
 #include <string>
 #include <string_view>
 
-#include "alloy/error.h"
-#include "alloy/model.h"
+#include "alloy/core/error.h"
+#include "alloy/core/model.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -11,8 +11,8 @@
 #include <cstring>
 #include <vector>
 
-#include "alloy/error.h"
-#include "alloy/safetensors.h"
+#include "alloy/core/error.h"
+#include "alloy/core/safetensors.h"
 
 namespace {
 

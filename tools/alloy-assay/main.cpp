@@ -5,10 +5,10 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "alloy/assay.h"
-#include "alloy/error.h"
-#include "alloy/file_util.h"
-#include "alloy/parallel.h"
+#include "alloy/assay/assay.h"
+#include "alloy/core/error.h"
+#include "alloy/core/file_util.h"
+#include "alloy/core/parallel.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Recovers the recipe of SUSPECT from CANDIDATE models: which candidates, which weights, which merge "

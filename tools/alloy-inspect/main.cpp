@@ -3,8 +3,8 @@
 #include <cstdio>
 #include <iostream>
 
-#include "alloy/error.h"
-#include "alloy/inspect.h"
+#include "alloy/core/error.h"
+#include "alloy/core/inspect.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Validate a Hugging Face model directory or safetensors file and list its tensors."};

@@ -6,10 +6,10 @@
 #include <cstdio>
 #include <iostream>
 
-#include "alloy/error.h"
-#include "alloy/merge.h"
-#include "alloy/parallel.h"
-#include "alloy/writer.h"
+#include "alloy/core/error.h"
+#include "alloy/merge/merge.h"
+#include "alloy/core/parallel.h"
+#include "alloy/core/writer.h"
 
 namespace {
 

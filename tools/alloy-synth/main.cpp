@@ -3,11 +3,11 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "alloy/error.h"
-#include "alloy/parallel.h"
-#include "alloy/perturb.h"
-#include "alloy/synth.h"
-#include "alloy/writer.h"
+#include "alloy/core/error.h"
+#include "alloy/core/parallel.h"
+#include "alloy/perturb/perturb.h"
+#include "alloy/synth/synth.h"
+#include "alloy/core/writer.h"
 
 namespace {
 

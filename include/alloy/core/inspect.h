@@ -1,0 +1,20 @@
+// alloy/inspect.h: a validated model's contents as JSON and as a human-readable table.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "alloy/core/model.h"
+
+namespace alloy {
+
+// {"path", "shards": [{"file", "tensors", "bytes", "metadata"}], "tensors": [{"name", "dtype",
+//  "shape", "bytes", "shard"}], "dtypes": {DTYPE: {"tensors", "elements", "bytes"}},
+//  "total": {"tensors", "elements", "bytes"}, "config": {summary keys present in config.json},
+//  "auxiliary_files": [...]}
+nlohmann::json inspect_model(const Model& model);
+
+// The same information as aligned text for a terminal.
+std::string format_inspection(const nlohmann::json& inspection);
+
+}  // namespace alloy

@@ -1,0 +1,74 @@
+// alloy/model.h: a Hugging Face model directory (or a lone .safetensors file).
+//
+// A directory holds either model.safetensors, or shards listed by model.safetensors.index.json
+// ({"metadata": {...}, "weight_map": {"tensor": "shard file"}}), plus config.json and the tokenizer
+// and generation files. The index is untrusted: shard names that are absolute, contain "..", or are
+// symlinks leaving the directory are refused; a missing shard, a tensor the index names but the
+// shard lacks, a tensor in a shard but not in the index, and a tensor stored in two shards are all
+// refused (distinct ErrorCodes, see alloy/error.h).
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "alloy/core/safetensors.h"
+
+namespace alloy {
+
+// The validated content of model.safetensors.index.json.
+struct ShardIndex {
+  std::map<std::string, std::string> weight_map;   // tensor name -> shard file name
+  nlohmann::json metadata = nlohmann::json::object();
+  std::vector<std::string> shard_names() const;    // distinct, sorted
+};
+
+// Parses and validates an index's text without touching the filesystem: a JSON object whose
+// "weight_map" is an object of tensor name -> shard file name (each name listed once, each shard
+// name relative, without "..", backslashes or NUL) and whose optional "metadata" is an object.
+// `label` names the file in errors (kIndexNotJson, kIndexBadShardName).
+ShardIndex parse_shard_index(std::string_view json_text, const std::string& label);
+
+// One tensor of a model: which shard holds it and its header entry.
+struct ModelTensor {
+  const SafetensorsFile* shard = nullptr;
+  const TensorInfo* info = nullptr;
+  const std::string& name() const { return info->name; }
+  const uint8_t* data() const { return shard->data(*info); }
+};
+
+class Model {
+ public:
+  // Opens a model directory or a single .safetensors file; validates every shard and the index.
+  static Model open(const std::filesystem::path& path);
+
+  const std::filesystem::path& path() const { return path_; }  // as given
+  bool is_directory() const { return is_directory_; }
+  // Tensors in a deterministic order: by shard (index order), then file order within the shard.
+  const std::vector<ModelTensor>& tensors() const { return tensors_; }
+  const ModelTensor* find(std::string_view name) const;
+  const std::vector<std::unique_ptr<SafetensorsFile>>& shards() const { return shards_; }
+  // config.json, or an empty object when absent (a lone file, or a directory without one).
+  const nlohmann::json& config() const { return config_; }
+  bool has_config() const { return has_config_; }
+  // Files beside the weights that travel with a model: tokenizer*, special_tokens_map.json,
+  // vocab/merges files, generation_config.json, chat_template*, etc. (names relative to path()).
+  const std::vector<std::string>& auxiliary_files() const { return auxiliary_files_; }
+  uint64_t total_bytes() const;  // sum of tensor byte sizes
+
+ private:
+  std::filesystem::path path_;
+  bool is_directory_ = false;
+  std::vector<std::unique_ptr<SafetensorsFile>> shards_;
+  std::vector<ModelTensor> tensors_;
+  std::vector<std::pair<std::string, size_t>> by_name_;  // sorted name -> index into tensors_
+  nlohmann::json config_ = nlohmann::json::object();
+  bool has_config_ = false;
+  std::vector<std::string> auxiliary_files_;
+};
+
+}  // namespace alloy

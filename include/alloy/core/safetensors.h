@@ -1,0 +1,106 @@
+// alloy/safetensors.h: validating, zero-copy reader for the safetensors format.
+//
+// Byte layout of a safetensors file (https://github.com/huggingface/safetensors):
+//
+//   offset 0        : u64 little-endian N, the header length in bytes
+//   offset 8        : N bytes of UTF-8 JSON, an object:
+//                       { "__metadata__": {"k": "v", ...},            (optional, string->string)
+//                         "<tensor name>": {"dtype": "BF16",
+//                                           "shape": [d0, d1, ...],   (non-negative integers)
+//                                           "data_offsets": [begin, end]}, ... }
+//                     writers pad the JSON with trailing spaces to a multiple of 8
+//   offset 8 + N    : the data buffer; each tensor's bytes are buffer[begin, end), row-major,
+//                     little-endian
+//
+// Validation (each rule has its own ErrorCode; docs/format.md explains each):
+//   2 <= N <= 100,000,000 and 8 + N <= file size; JSON is valid UTF-8, an object; each tensor entry
+//   has exactly the keys dtype/shape/data_offsets; dtype is one of the spec's 22; shape and offsets
+//   are non-negative integers; element count and byte size computed with overflow checks; sub-byte
+//   dtypes fill whole bytes; end - begin == byte size; offsets sorted by (begin, end) are contiguous
+//   from 0 without holes or overlaps; the buffer ends exactly at the last tensor; no duplicate
+//   names, no tensor called "__metadata__", no empty name; __metadata__ is string -> string.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "alloy/core/dtype.h"
+
+namespace alloy {
+
+inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<uint64_t> shape;
+  uint64_t data_begin = 0;  // offsets relative to the start of the data buffer
+  uint64_t data_end = 0;
+
+  uint64_t numel() const;   // product of shape (1 for a scalar []); validated not to overflow
+  uint64_t nbytes() const { return data_end - data_begin; }
+};
+
+// The parsed, validated header of one safetensors file.
+struct SafetensorsHeader {
+  uint64_t header_bytes = 0;              // N
+  std::vector<TensorInfo> tensors;        // sorted by data offset (file order)
+  std::map<std::string, std::string> metadata;
+  uint64_t data_bytes() const { return tensors.empty() ? 0 : tensors.back().data_end; }
+  uint64_t data_start() const { return 8 + header_bytes; }
+  // Index into `tensors` by name, or -1.
+  long find(std::string_view name) const;
+};
+
+// Parses and validates a whole safetensors file held in memory (`bytes` is the entire file).
+// `label` names the file in error messages. Throws Error on the first defect found.
+SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std::string& label);
+
+// A read-only memory mapping of a file.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);  // throws Error(kIo)
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+  // Tells the kernel the pages of [offset, offset + length) may be dropped from this process's
+  // resident set (they are re-read from the file if touched again). Used after a tensor is consumed
+  // so that streaming over a model keeps RSS bounded by a few tensors.
+  void release(uint64_t offset, uint64_t length) const;
+  // Hints that [offset, offset + length) will be read soon.
+  void prefetch(uint64_t offset, uint64_t length) const;
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// A validated safetensors file with zero-copy access to its tensors.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);  // maps and validates; throws Error
+  const std::string& path() const { return file_.path(); }
+  const SafetensorsHeader& header() const { return header_; }
+  const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
+  const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+  const TensorInfo* find(std::string_view name) const;
+  // Pointer to the tensor's raw bytes inside the mapping (valid while this object lives).
+  const uint8_t* data(const TensorInfo& tensor) const;
+  void release(const TensorInfo& tensor) const;
+  void prefetch(const TensorInfo& tensor) const;
+
+ private:
+  MappedFile file_;
+  SafetensorsHeader header_;
+};
+
+}  // namespace alloy

@@ -1,0 +1,119 @@
+// alloy/merge_method.h: the interface every merge method implements, and the method registry.
+//
+// A method is one small unit registered by name (lib/method_<name>.cpp) with its declared
+// parameters and defaults, as in mergekit. The executor resolves every parameter for one output
+// tensor (alloy/recipe.h), loads each source tensor into float32 buffers holding values already
+// representable in the compute dtype D (the recipe's `dtype`, else the stored dtype), crops them
+// as the method's crop policy says, and calls merge(). The method writes float32 values that are
+// representable in D (it applies rnd(), alloy::round_to, after each operation as mergekit's torch
+// code does; see docs/methods.md); the executor then converts them to the output dtype.
+//
+// Element-wise methods (linear, slerp, task_arithmetic without sparsification) also have a chunked
+// form (ChunkedMerge, MergeMethod::chunked): the executor then never builds whole-tensor float32
+// buffers; it converts each fixed chunk of every source into small per-thread scratch, merges it
+// and stores the chunk's output bytes (lib/merge_executor.cpp, docs/performance.md). Both forms
+// run the same element code and give the same bits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "alloy/core/dtype.h"
+
+namespace alloy {
+
+struct MethodParameter {
+  std::string name;
+  bool per_model = false;               // true: set per source model (weight, density, ...)
+  std::optional<double> default_value;  // nullopt + required=false: optional, may stay unset
+  bool required = false;
+};
+
+// How sources with differing shapes (embeddings, lm_head) are reconciled before merging.
+enum class CropPolicy {
+  kCommonPrefix,  // linear, slerp, nuslerp, model_stock: the common top-left sub-tensor of all
+  kToBase,        // task-arithmetic family: each source cropped to the base shape; for tensors
+                  // other than embeddings/lm_head a mismatching source is skipped
+  kNone,          // passthrough: one source, no reconciliation
+};
+
+struct MergeSource {
+  const float* values = nullptr;            // numel(shape) float32 values, representable in D
+  std::map<std::string, double> params;     // resolved per-model parameters; absent = unset
+  bool is_base = false;
+  std::string model;                        // model path, for messages
+};
+
+struct MergeContext {
+  std::string tensor_name;                  // output tensor name, for messages and seeding
+  DType compute_dtype = DType::F32;         // D
+  std::vector<uint64_t> shape;              // shape of every source (after cropping) and output
+  std::vector<MergeSource> sources;         // in mergekit's source order
+  int base_index = -1;                      // index into sources, -1 without a base model
+  std::map<std::string, double> params;     // resolved method-level parameters (t, normalize, ...)
+  uint64_t seed = 0;                        // for random methods: from --random-seed and the name
+  uint64_t numel() const;
+};
+
+// The chunked form of a merge of one tensor, for methods whose output element i depends only on
+// element i of each source and on per-tensor scalars. Made by MergeMethod::chunked() from the
+// context and its parameters; then, over the fixed chunks [c * kDefaultGrain, (c + 1) *
+// kDefaultGrain) of the tensor (alloy/parallel.h):
+//   1. if sum_count() > 0, chunk_sums() for every chunk (concurrently); the caller adds the partial
+//      sums in chunk order, starting from 0.0, and passes the totals to set_sums() once;
+//   2. merge_chunk() for every chunk (concurrently).
+// The chunking and the order of the combine are fixed, so the sums, and the result, do not depend
+// on the number of threads. sources[k] points at the chunk's first element of source k (its values
+// representable in D, as in MergeSource).
+class ChunkedMerge {
+ public:
+  virtual ~ChunkedMerge() = default;
+  // How many double sums over the whole tensor the merge needs before its first output element
+  // (slerp: 3, the squared norms and the dot product); 0 when none.
+  virtual size_t sum_count() const { return 0; }
+  // Writes the chunk's sum_count() partial sums to partial.
+  virtual void chunk_sums(const float* const* /*sources*/, size_t /*len*/, double* /*partial*/) const {}
+  virtual void set_sums(const double* /*sums*/) {}
+  // Writes out[0, len), the output elements [begin, begin + len); returns how many of them are NaN
+  // or infinite (the caller refuses the tensor then).
+  virtual size_t merge_chunk(const float* const* sources, size_t begin, size_t len,
+                             float* out) const = 0;
+};
+
+// Runs `merge` over whole-tensor buffers (ctx.sources[k].values) into out, as the executor runs it
+// over chunks: the merge() of a method that has a chunked form. Throws kNonFinite naming the tensor
+// and `method` when an output value is NaN or infinite.
+void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* method, float* out);
+
+class MergeMethod {
+ public:
+  virtual ~MergeMethod() = default;
+  virtual std::string_view name() const = 0;
+  virtual std::vector<MethodParameter> parameters() const = 0;
+  virtual bool requires_base_model() const { return false; }
+  virtual CropPolicy crop_policy() const { return CropPolicy::kCommonPrefix; }
+  // Writes numel() values to out. Throws Error naming ctx.tensor_name on bad parameters.
+  virtual void merge(const MergeContext& ctx, float* out) const = 0;
+  // True when merge() gives the same bits with `out` equal to sources[0].values: element i of out
+  // is written only after the last read of element i of every source, and no source element is
+  // read after its index in out has been written. The executor then merges in place and holds one
+  // whole-tensor float32 buffer fewer (see docs/performance.md).
+  virtual bool merges_in_place() const { return false; }
+  // The chunked form of this tensor's merge, or nullptr when the method (or these parameters:
+  // TIES or DARE sparsification, for example) needs whole tensors. ctx is complete except that the
+  // sources' `values` may be null. Throws Error naming ctx.tensor_name on bad parameters, as merge()
+  // does.
+  virtual std::unique_ptr<ChunkedMerge> chunked(const MergeContext& /*ctx*/) const { return nullptr; }
+};
+
+// The registry. find_merge_method returns nullptr for an unknown name.
+const MergeMethod* find_merge_method(std::string_view name);
+std::vector<std::string> merge_method_names();  // sorted
+
+}  // namespace alloy

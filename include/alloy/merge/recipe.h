@@ -1,0 +1,135 @@
+// alloy/recipe.h: mergekit-style YAML recipes, validated and resolved into a per-tensor merge plan.
+//
+// The schema and the resolution rules are mergekit's (mergekit/config.py, mergekit/plan.py); they
+// are written out in docs/recipes.md. Every recipe error is an Error(kRecipe) whose message starts
+// with "FILE:LINE:COLUMN: " pointing at the offending YAML node. Nothing here reads tensor data:
+// plan_merge() opens the models' headers and configs only.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "alloy/core/dtype.h"
+#include "alloy/merge/merge_method.h"
+#include "alloy/core/model.h"
+
+namespace alloy {
+
+struct RecipePosition {
+  int line = 0;    // 1-based
+  int column = 0;  // 1-based
+};
+
+// A parameter value as written: a number, a gradient (list of numbers interpolated over the layer
+// position), or a list of {filter, value} entries (first filter that is a substring of the tensor
+// name wins; an entry without filter matches everything).
+struct Setting {
+  enum class Kind { kScalar, kGradient, kFilters };
+  Kind kind = Kind::kScalar;
+  double scalar = 0;
+  std::vector<double> gradient;
+  struct Filtered {
+    std::optional<std::string> filter;
+    std::shared_ptr<Setting> value;  // a scalar or a gradient
+  };
+  std::vector<Filtered> filters;
+  RecipePosition position;
+
+  // The value for a tensor at layer position t in [0, 1], or nullopt when no filter matches.
+  std::optional<double> evaluate(double t, const std::string& tensor_name) const;
+};
+
+using Parameters = std::map<std::string, Setting>;
+
+struct RecipeSource {
+  std::string model;                        // as written in the recipe
+  std::optional<std::pair<int, int>> layer_range;  // half-open [begin, end)
+  Parameters parameters;
+  RecipePosition position;
+};
+
+struct RecipeSlice {
+  std::vector<RecipeSource> sources;
+  Parameters parameters;
+  std::optional<std::string> base_model;
+  RecipePosition position;
+};
+
+struct Recipe {
+  std::string label;                        // file name used in messages
+  std::string text;                         // the recipe exactly as given
+  std::string merge_method;
+  RecipePosition merge_method_position;
+  std::optional<std::string> base_model;
+  RecipePosition base_model_position;
+  bool uses_slices = false;
+  std::vector<RecipeSource> models;         // when !uses_slices
+  std::vector<RecipeSlice> slices;          // when uses_slices
+  Parameters parameters;
+  std::optional<DType> dtype, out_dtype;
+  std::optional<std::string> tokenizer_source;
+  std::optional<std::string> chat_template;
+  std::optional<std::string> name;
+
+  // Every model the recipe references, base first if any, each once, in order of appearance.
+  std::vector<std::string> referenced_models() const;
+  // "LABEL:LINE:COLUMN: " for messages.
+  std::string where(const RecipePosition& position) const;
+};
+
+// Parses and validates the recipe's structure (keys, types, method name, parameter names for the
+// method). Throws Error(kRecipe) with the position of the first problem.
+Recipe parse_recipe(const std::string& text, const std::string& label);
+Recipe load_recipe(const std::filesystem::path& path);
+
+struct PlanOptions {
+  std::filesystem::path base_dir = ".";  // model paths resolve against it (mergekit: the cwd)
+  bool allow_crimes = false;             // allow differing architectures and shapes
+};
+
+struct PlannedSource {
+  size_t model = 0;                       // index into MergePlan::models
+  std::string tensor;                     // input tensor name in that model
+  std::map<std::string, double> params;   // resolved per-model parameters (unset ones absent)
+  bool is_base = false;
+};
+
+struct PlannedTensor {
+  std::string name;                       // output tensor name
+  double layer_t = 0;
+  std::vector<PlannedSource> sources;     // in mergekit's order
+  int base_index = -1;
+  std::map<std::string, double> method_params;
+  std::vector<uint64_t> shape;            // output shape (after cropping)
+  DType compute_dtype = DType::F32;
+  DType out_dtype = DType::F32;
+  bool is_embedding = false;              // embed_tokens / lm_head: crop rather than refuse
+};
+
+struct MergePlan {
+  Recipe recipe;
+  const MergeMethod* method = nullptr;
+  std::vector<std::string> model_names;   // as written in the recipe
+  std::vector<std::filesystem::path> model_paths;
+  std::vector<std::unique_ptr<Model>> models;
+  int base_model = -1;                    // index into models, or -1
+  std::vector<PlannedTensor> tensors;
+  int output_layers = 0;
+  int config_donor = 0;                   // model whose config.json the output starts from
+  int tokenizer_donor = 0;                // model whose tokenizer files are copied
+
+  uint64_t output_bytes() const;
+};
+
+// Opens every referenced model (headers and configs only), checks the recipe against them
+// (layer ranges, shapes, architectures), and resolves every output tensor's sources and parameters.
+MergePlan plan_merge(Recipe recipe, const PlanOptions& options);
+
+// The resolved plan as JSON, for --dry-run: tensors with sources, parameters and shapes.
+nlohmann::json plan_to_json(const MergePlan& plan);
+
+}  // namespace alloy

@@ -1,0 +1,170 @@
+// Internals shared by the assay stages (lib/assay_*.cpp). Not part of the public API.
+#pragma once
+
+#include <array>
+#include <map>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "alloy/assay/assay.h"
+#include "alloy/core/model.h"
+
+namespace alloy::detail {
+
+// At most this many candidates (the statistics are fixed-size per chunk).
+inline constexpr int kMaxCandidates = 8;
+inline constexpr int kMaxVectors = kMaxCandidates + 1;  // suspect + candidates
+
+// Sufficient statistics of one tensor: index 0 is the suspect S, 1..k the candidates.
+struct Moments {
+  int vectors = 0;                                         // k + 1
+  uint64_t n = 0, n_resolved = 0, n_spread = 0;            // elements; resolved; candidates not all equal
+  std::array<std::array<double, kMaxVectors>, kMaxVectors> gram{};           // all elements
+  std::array<std::array<double, kMaxVectors>, kMaxVectors> gram_resolved{};  // resolved elements only
+  std::array<double, kMaxVectors> sum{};                   // element sums (Pearson)
+  std::array<uint64_t, kMaxVectors> equal{};               // [c]: S == C_c where candidates spread
+  std::array<uint64_t, kMaxVectors> equal_resolved{};      // [c]: S == C_c on resolved elements
+};
+
+// The mapped views of one tensor: the suspect's and each candidate's (same numel).
+struct TensorViews {
+  std::vector<const ModelTensor*> inputs;  // [0] suspect, [1..k] candidates
+  uint64_t numel = 0;
+  const float* suspect_values = nullptr;   // when set: the aligned suspect, used instead of inputs[0]
+};
+
+// The full pass: statistics over the resolved elements in coordinates relative to a pivot candidate
+// P (the prefix pass's reference): Y_0 = S - P, Y_c = C_c - P (Y_pivot = 0), Y_{k+1} = P. In
+// these coordinates the deviations are small and nothing cancels, so each 256-element block is
+// summed in float lanes and blocks are added in double; the Gram of raw vectors is recovered
+// exactly by expanding (Y_a + P) . (Y_b + P).
+struct ResolvedMoments {
+  int vectors = 0;  // k + 1
+  int pivot = 1;    // vector index of P
+  uint64_t n = 0, n_resolved = 0, n_spread = 0;
+  std::array<std::array<double, kMaxVectors + 1>, kMaxVectors + 1> gram{};  // Y space, resolved only
+  std::array<uint64_t, kMaxVectors> equal{};           // [c]: S == C_c where the candidates spread
+  std::array<uint64_t, kMaxVectors> equal_resolved{};  // [c]: S == C_c on resolved elements
+  std::array<uint64_t, kMaxVectors> equal_all{};       // [c]: S == C_c anywhere
+};
+ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fraction, int pivot,
+                                    const std::vector<bool>& spread_members);
+
+// One streaming pass over the tensor's bytes, chunk by chunk (no full-tensor float buffers).
+// Elements are "resolved" when the spread of the candidates in `spread_members` (all when empty)
+// exceeds `resolve_fraction` of their largest magnitude: there rounding the output cannot snap a
+// blend onto one parent. Only the first `count_limit` elements are read (a quick prefix pass).
+Moments accumulate_moments(const TensorViews& views, double resolve_fraction,
+                           uint64_t count_limit = UINT64_MAX, const std::vector<bool>& spread_members = {});
+
+// Sparse-merge statistics relative to a base candidate b (1-based vector index), for the other
+// candidates `others` (vector indices): the TIES threshold and density per candidate from
+// log-magnitude histograms of delta_i = C_i - C_b split by whether S == C_b (nothing kept) or
+// S == C_i (i kept alone); the DARE scale (S - C_b) / delta_i; and the kept-set weight ratios.
+struct SparseStats {
+  std::vector<double> density;         // TIES: fraction with |delta_i| >= threshold
+  std::vector<double> threshold;       // |delta_i| threshold
+  std::vector<double> magnitude_step;  // 1 - P(S == C_b | top 10% of |delta_i|) / P(.. | the rest)
+  std::vector<double> solo_density;    // solo_i / (solo_i + none): kept fraction, any method
+  std::vector<double> kept_scale;      // mode of (S - C_b) / delta_i
+  std::vector<double> ratio_weights;   // weights (sum 1) from elements where all kept agree
+};
+SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others);
+
+// The per-tensor fit (affine, slerp, equality fractions); fills `out` except the sparse fields.
+// `prefix` (raw moments of the first elements, or of all) gives correlations, the reference and
+// the angles; `full`, when given, the resolved-element fit and the equality counts. k candidates.
+void fit_tensor(const Moments& prefix, const ResolvedMoments* full, int candidates, TensorAssay* out);
+
+// Converts `count` elements of a tensor starting at element `begin` into `out`, on this thread.
+void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* out);
+
+// slerp coefficients of mergekit: (sin((1-t) theta) / sin theta, sin(t theta) / sin theta), or
+// (1 - t, t) when |cos theta| > 0.9995 (mergekit's DOT_THRESHOLD, where it falls back to lerp).
+std::array<double, 2> slerp_coefficients(double t, double cos_theta);
+
+// 64-bit FNV-1a of a tensor's bytes (layer-copy detection), chunked and deterministic.
+uint64_t tensor_fingerprint(const ModelTensor& tensor);
+
+// The rebuild check: plans `recipe` (JSON form) exactly as alloy-merge would (model paths relative
+// to the current directory), merges the named tensors through the merge methods and compares them
+// with the suspect: {"tensors", "elements", "exact_fraction", "max_ulp", "relative_error"}.
+nlohmann::json rebuild_check(const nlohmann::json& recipe, const Model& suspect,
+                             const std::vector<std::string>& tensor_names);
+
+// Layer stacking: when every decoder layer of the suspect is a bit-exact copy of some candidate's
+// layer (all its tensors), returns the passthrough recipe's slices (runs of consecutive layers of
+// one candidate) and the layer map; else null.
+nlohmann::json detect_layer_stacking(const Model& suspect, const std::vector<const Model*>& candidates,
+                                     const std::vector<std::string>& paths, nlohmann::json* layer_map);
+
+// Decoder layer count from tensor names (model.layers.N.*).
+int count_layers(const Model& model);
+
+}  // namespace alloy::detail
+
+namespace alloy::detail {
+
+// One per-tensor value of a recovered parameter (a weight, t, a density), for profile encoding.
+struct ParameterSample {
+  std::string tensor;
+  int layer = -1;
+  uint64_t numel = 0;
+  double value = 0;
+};
+
+// Encodes per-tensor values as the simplest mergekit setting that reproduces them within
+// `tolerance`: a scalar; else a list of {filter, value} entries by tensor group (embed_tokens,
+// lm_head, model.norm., self_attn, mlp, input_layernorm, post_attention_layernorm) whose values are
+// scalars or per-layer gradients (one point per layer, so layer l gets exactly its value), with a
+// final default. `layers` is the model's decoder layer count. Values are rounded to `digits`
+// decimals.
+nlohmann::json encode_profile(const std::vector<ParameterSample>& samples, int layers, double tolerance, int digits);
+
+// The numel-weighted median of values.
+double weighted_median(std::vector<std::pair<double, double>> value_weight);
+
+}  // namespace alloy::detail
+
+namespace alloy::detail {
+
+// Aggregates the per-tensor fits into candidates and components, decides the verdict and the
+// method, and writes the recipe and the evidence (lib/assay_verdict.cpp).
+void decide_verdict(AssayResult* result, const Model& suspect, const std::vector<const Model*>& candidates,
+                    const AssayOptions& options);
+
+}  // namespace alloy::detail
+
+namespace alloy::detail {
+
+// The alignment stage (lib/assay_align.cpp): undoes function-preserving permutations of the
+// suspect (routed experts with their router rows, MLP neurons, attention heads within and across
+// key-value groups) by linear assignment against a reference candidate, before any fitting.
+struct AlignedTensor {
+  std::string source;                  // suspect tensor holding this slot's data
+  std::vector<uint32_t> row_blocks;    // aligned row block j <- source row block row_blocks[j]
+  uint64_t row_block = 1;              // rows per block (head_dim for heads)
+  std::vector<uint32_t> col_blocks;    // aligned column block j <- source column block col_blocks[j]
+  uint64_t col_block = 1;
+  std::string candidate;               // the candidates' tensor it is compared with ("" = the slot's name)
+  std::vector<float> row_scale;        // after permuting: aligned row i divided by row_scale[i]
+  std::vector<float> col_scale;        // after permuting: aligned column j multiplied by col_scale[j]
+};
+struct Alignment {
+  // By slot: each suspect tensor name once, holding (after alignment) the data that corresponds
+  // to the candidates' tensor `candidate`. Absent: the suspect tensor as stored, same name.
+  std::map<std::string, AlignedTensor> tensors;
+  nlohmann::json permutations = nlohmann::json::array();  // what was found (suspect j holds candidate p[j])
+  int reference = -1;                             // candidate aligned to
+};
+Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates);
+
+// The suspect's slot `name` in candidate order, as float32 (into `out`, resized).
+void load_aligned(const Model& suspect, const Alignment& alignment, const std::string& name,
+                  std::vector<float>* out);
+
+// Minimum-cost perfect assignment of an n x n cost matrix (row-major): result[i] = column of row i.
+std::vector<uint32_t> linear_assignment(const std::vector<double>& cost, size_t n);
+
+}  // namespace alloy::detail

@@ -1,0 +1,104 @@
+// Layer stacking (passthrough frankenmerges): map each decoder layer of the suspect to a candidate
+// layer whose tensors are bit-identical, by fingerprints of the raw bytes keyed by the tensor's
+// name within the layer. Reads every candidate layer once; run only when the names do not line up
+// (different layer counts) or the per-tensor fit found exact copies.
+#include <map>
+
+#include "internal.h"
+
+namespace alloy::detail {
+namespace {
+
+constexpr const char* kLayerPrefix = "model.layers.";
+
+// "model.layers.12.mlp.up_proj.weight" -> (12, "mlp.up_proj.weight"); false outside the layers.
+bool split_layer(const std::string& name, int* layer, std::string* suffix) {
+  if (name.rfind(kLayerPrefix, 0) != 0) return false;
+  const size_t start = std::char_traits<char>::length(kLayerPrefix);
+  const size_t dot = name.find('.', start);
+  if (dot == std::string::npos || dot == start || dot - start > 9) return false;
+  for (size_t i = start; i < dot; ++i) {
+    if (name[i] < '0' || name[i] > '9') return false;
+  }
+  *layer = std::stoi(name.substr(start, dot - start));
+  *suffix = name.substr(dot + 1);
+  return true;
+}
+
+// layer -> (suffix -> fingerprint)
+std::map<int, std::map<std::string, uint64_t>> layer_fingerprints(const Model& model) {
+  std::map<int, std::map<std::string, uint64_t>> out;
+  for (const auto& t : model.tensors()) {
+    int layer;
+    std::string suffix;
+    if (!split_layer(t.name(), &layer, &suffix)) continue;
+    out[layer][suffix] = tensor_fingerprint(t) ^ (uint64_t(t.info->dtype) << 56);
+    t.shard->release(*t.info);
+  }
+  return out;
+}
+
+}  // namespace
+
+int count_layers(const Model& model) {
+  int count = 0, layer;
+  std::string suffix;
+  for (const auto& t : model.tensors()) {
+    if (split_layer(t.name(), &layer, &suffix)) count = std::max(count, layer + 1);
+  }
+  return count;
+}
+
+nlohmann::json detect_layer_stacking(const Model& suspect, const std::vector<const Model*>& candidates,
+                                     const std::vector<std::string>& paths, nlohmann::json* layer_map) {
+  const auto wanted = layer_fingerprints(suspect);
+  if (wanted.empty()) return nullptr;
+  std::vector<std::map<int, std::map<std::string, uint64_t>>> have;
+  for (const Model* c : candidates) have.push_back(layer_fingerprints(*c));
+  // Each suspect layer -> (candidate, layer); prefer continuing the previous layer's run.
+  std::vector<std::pair<int, int>> source;
+  std::pair<int, int> previous{-1, -1};
+  for (const auto& entry_of_layer : wanted) {
+    // Named, not a structured binding: the lambda below captures it (clang before C++20's P1091).
+    const int layer = entry_of_layer.first;
+    const auto& tensors = entry_of_layer.second;
+    if (layer != int(source.size())) return nullptr;  // a gap in the suspect's own layers
+    std::pair<int, int> found{-1, -1};
+    const auto matches = [&](int c, int m) {
+      const auto it = have[size_t(c)].find(m);
+      return it != have[size_t(c)].end() && it->second == tensors;
+    };
+    if (previous.first >= 0 && matches(previous.first, previous.second + 1)) {
+      found = {previous.first, previous.second + 1};
+    }
+    for (int c = 0; c < int(have.size()) && found.first < 0; ++c) {
+      for (const auto& entry : have[size_t(c)]) {
+        if (matches(c, entry.first)) {
+          found = {c, entry.first};
+          break;
+        }
+      }
+    }
+    if (found.first < 0) return nullptr;
+    source.push_back(found);
+    previous = found;
+  }
+  nlohmann::json slices = nlohmann::json::array();
+  *layer_map = nlohmann::json::array();
+  for (size_t l = 0; l < source.size();) {
+    size_t end = l + 1;
+    while (end < source.size() && source[end].first == source[l].first &&
+           source[end].second == source[end - 1].second + 1) {
+      ++end;
+    }
+    const int c = source[l].first, first = source[l].second;
+    slices.push_back({{"sources", {{{"model", paths[size_t(c)]}, {"layer_range", {first, first + int(end - l)}}}}}});
+    for (size_t i = l; i < end; ++i) {
+      layer_map->push_back({{"layer", i}, {"model", paths[size_t(c)]}, {"source_layer", source[i].second}});
+    }
+    l = end;
+  }
+  return slices;
+}
+
+}  // namespace alloy::detail

@@ -1,0 +1,328 @@
+// The assay's statistics pass: Gram matrices, sums and exact-equality counts of one tensor, in
+// one streaming pass over fixed chunks of the mapped bytes. Each chunk is converted into a
+// per-thread scratch of kDefaultGrain floats per vector and reduced in double; chunks combine in
+// order, so the result is bit-identical for any thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "alloy/core/dtype.h"
+#include "alloy/core/parallel.h"
+#include "internal.h"
+
+namespace alloy::detail {
+namespace {
+
+// Per-thread scratch: kMaxVectors chunks of floats plus a mask and three work rows, allocated once
+// per thread.
+float* chunk_buffers() {
+  static thread_local std::vector<float> scratch;
+  if (scratch.empty()) scratch.resize(size_t(kMaxVectors + 4) * kDefaultGrain);
+  return scratch.data();
+}
+
+// Four-lane double dot product (fixed order, so deterministic); `mask` may be null.
+double lane_dot(const float* a, const float* b, const float* mask, size_t n) {
+  double lanes[4] = {0, 0, 0, 0};
+  size_t i = 0;
+  if (mask) {
+    for (; i + 4 <= n; i += 4) {
+      for (int l = 0; l < 4; ++l) lanes[l] += double(a[i + l]) * double(b[i + l]) * double(mask[i + l]);
+    }
+    for (; i < n; ++i) lanes[0] += double(a[i]) * double(b[i]) * double(mask[i]);
+  } else {
+    for (; i + 4 <= n; i += 4) {
+      for (int l = 0; l < 4; ++l) lanes[l] += double(a[i + l]) * double(b[i + l]);
+    }
+    for (; i < n; ++i) lanes[0] += double(a[i]) * double(b[i]);
+  }
+  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+}
+
+
+
+// Sum of a[i] * b[i] over one block: 8 float lanes (vectorised), combined in a fixed order.
+inline __attribute__((always_inline)) double block_dot(const float* a, const float* b, size_t n) {
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += a[i + l] * b[i + l];
+  }
+  for (; i < n; ++i) lanes[0] += a[i] * b[i];
+  return (double(lanes[0]) + double(lanes[1])) + (double(lanes[2]) + double(lanes[3])) +
+         ((double(lanes[4]) + double(lanes[5])) + (double(lanes[6]) + double(lanes[7])));
+}
+
+void add_into(Moments& acc, const Moments& part) {
+  acc.n += part.n;
+  acc.n_resolved += part.n_resolved;
+  acc.n_spread += part.n_spread;
+  for (int a = 0; a < acc.vectors; ++a) {
+    acc.sum[a] += part.sum[a];
+    acc.equal[a] += part.equal[a];
+    acc.equal_resolved[a] += part.equal_resolved[a];
+    for (int b = 0; b < acc.vectors; ++b) {
+      acc.gram[a][b] += part.gram[a][b];
+      acc.gram_resolved[a][b] += part.gram_resolved[a][b];
+    }
+  }
+}
+
+}  // namespace
+
+// Inlined into the vectorised chunk functions (so it is compiled for their target too).
+inline __attribute__((always_inline)) void load_range_inline(const ModelTensor& t, size_t begin, size_t count,
+                                                              float* out) {
+  const DType dtype = t.info->dtype;
+  const uint8_t* src = t.data() + begin * (dtype_bits(dtype) / 8);
+  // The common dtypes inline and on this thread: this runs inside parallel chunks already.
+  if (dtype == DType::BF16) {
+    for (size_t i = 0; i < count; ++i) {
+      uint16_t b;
+      std::memcpy(&b, src + 2 * i, 2);
+      out[i] = bf16_to_f32(b);
+    }
+  } else if (dtype == DType::F16) {
+    for (size_t i = 0; i < count; ++i) {
+      uint16_t b;
+      std::memcpy(&b, src + 2 * i, 2);
+      out[i] = f16_to_f32(b);
+    }
+  } else if (dtype == DType::F32) {
+    std::memcpy(out, src, count * 4);
+  } else {
+    load_as_f32(dtype, src, count, out);
+  }
+}
+
+void load_range(const ModelTensor& t, size_t begin, size_t count, float* out) { load_range_inline(t, begin, count, out); }
+
+// Every vector's elements [begin, begin + count) into the scratch rows x[v] (the aligned suspect's
+// values when the views carry them).
+inline __attribute__((always_inline)) void load_vectors(const TensorViews& views, size_t begin, size_t count,
+                                                         float* base, float** x) {
+  for (size_t v = 0; v < views.inputs.size(); ++v) {
+    x[v] = base + v * kDefaultGrain;
+    if (v == 0 && views.suspect_values) {
+      std::memcpy(x[v], views.suspect_values + begin, count * sizeof(float));
+    } else {
+      load_range_inline(*views.inputs[v], begin, count, x[v]);
+    }
+  }
+}
+
+// What one chunk of the full pass needs to know.
+struct ResolvedPass {
+  const TensorViews* views;
+  double resolve_fraction;
+  int pivot, m;
+  std::vector<int> members;               // candidates whose spread decides "resolved"
+  std::vector<std::pair<int, int>> live;  // (x buffer, Y index) of the vectors not identically 0
+};
+
+// One chunk of the full pass. Compiled for AVX2 and for the baseline, chosen at load time; the
+// float lanes are explicit, so both give the same bits.
+__attribute__((target_clones("avx2", "default")))
+ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t end) {
+  constexpr size_t kBlock = 256;
+  const int m = pass.m, pivot = pass.pivot;
+  const auto& members = pass.members;
+  const auto& live = pass.live;
+  const double resolve_fraction = pass.resolve_fraction;
+  const TensorViews& views = *pass.views;
+  ResolvedMoments part;
+  part.vectors = m;
+  part.pivot = pivot;
+  const size_t count = end - begin;
+  float* base = chunk_buffers();
+  float* x[kMaxVectors];
+  load_vectors(views, begin, count, base, x);
+  // Loops over elements inside loops over vectors, branch-free, so that they vectorise.
+  float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
+  float* lo = base + size_t(kMaxVectors + 1) * kDefaultGrain;
+  float* hi = base + size_t(kMaxVectors + 2) * kDefaultGrain;
+  float* mag = base + size_t(kMaxVectors + 3) * kDefaultGrain;
+  const float* first = x[members.front()];
+  for (size_t i = 0; i < count; ++i) lo[i] = hi[i] = first[i], mag[i] = std::fabs(first[i]);
+  for (int v : members) {
+    const float* xv = x[v];
+    for (size_t i = 0; i < count; ++i) {
+      lo[i] = std::min(lo[i], xv[i]);
+      hi[i] = std::max(hi[i], xv[i]);
+      mag[i] = std::max(mag[i], std::fabs(xv[i]));
+    }
+  }
+  const float fraction = float(resolve_fraction);
+  uint32_t n_resolved = 0, n_spread = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const float spread = hi[i] - lo[i];
+    const bool spreads = spread > 0.0f;
+    const bool resolved = spreads & (spread >= fraction * mag[i]);  // no short circuit: vectorises
+    mask[i] = resolved ? 1.0f : 0.0f;
+    lo[i] = spreads ? 1.0f : 0.0f;  // reused: the "spread" indicator
+  }
+  for (size_t i = 0; i < count; ++i) {
+    n_resolved += mask[i] != 0.0f;
+    n_spread += lo[i] != 0.0f;
+  }
+  part.n_resolved = n_resolved;
+  part.n_spread = n_spread;
+  for (int v = 1; v < m; ++v) {
+    const float* s0 = x[0];
+    const float* xv = x[v];
+    uint32_t all = 0, spread = 0, resolved = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const uint32_t same = s0[i] == xv[i];
+      all += same;
+      spread += same & (lo[i] != 0);
+      resolved += same & (mask[i] != 0);
+    }
+    part.equal_all[v] = all;
+    part.equal[v] = spread;
+    part.equal_resolved[v] = resolved;
+  }
+  // To Y coordinates, unresolved elements zeroed (P last: the others need it).
+  const float* pv = x[pivot];
+  for (int v = 0; v < m; ++v) {
+    if (v == pivot) continue;
+    float* y = x[v];
+    for (size_t i = 0; i < count; ++i) y[i] = (y[i] - pv[i]) * mask[i];
+  }
+  for (size_t i = 0; i < count; ++i) x[pivot][i] *= mask[i];
+  part.n = count;
+  for (size_t b = 0; b < count; b += kBlock) {
+    const size_t len = std::min(kBlock, count - b);
+    for (size_t i = 0; i < live.size(); ++i) {
+      for (size_t j = i; j < live.size(); ++j) {
+        const double d = block_dot(x[live[i].first] + b, x[live[j].first] + b, len);
+        part.gram[live[i].second][live[j].second] += d;
+      }
+    }
+  }
+  for (size_t i = 0; i < live.size(); ++i) {
+    for (size_t j = i + 1; j < live.size(); ++j) part.gram[live[j].second][live[i].second] = part.gram[live[i].second][live[j].second];
+  }
+  return part;
+}
+
+ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fraction, int pivot,
+                                    const std::vector<bool>& spread_members) {
+  const int m = static_cast<int>(views.inputs.size());
+  const int p_index = m;  // Y index of P
+  std::vector<int> members;
+  for (int v = 1; v < m; ++v) {
+    if (spread_members.empty() || spread_members[size_t(v - 1)]) members.push_back(v);
+  }
+  if (members.empty()) {
+    for (int v = 1; v < m; ++v) members.push_back(v);
+  }
+  // The Y vectors that are not identically zero, with their Y index.
+  std::vector<std::pair<int, int>> live;  // (x buffer, Y index)
+  live.push_back({0, 0});
+  for (int v = 1; v < m; ++v) {
+    if (v != pivot) live.push_back({v, v});
+  }
+  live.push_back({pivot, p_index});
+  ResolvedMoments init;
+  init.vectors = m;
+  init.pivot = pivot;
+  ResolvedPass pass{&views, resolve_fraction, pivot, m, members, live};
+  const auto chunk = [&](size_t begin, size_t end) { return resolved_chunk(pass, begin, end); };
+  return parallel_reduce(views.numel, kDefaultGrain, init, chunk, [m](ResolvedMoments acc, const ResolvedMoments& part) {
+    acc.n += part.n;
+    acc.n_resolved += part.n_resolved;
+    acc.n_spread += part.n_spread;
+    for (int v = 0; v < m; ++v) {
+      acc.equal[v] += part.equal[v];
+      acc.equal_resolved[v] += part.equal_resolved[v];
+      acc.equal_all[v] += part.equal_all[v];
+    }
+    for (int a = 0; a <= m; ++a) {
+      for (int b = 0; b <= m; ++b) acc.gram[a][b] += part.gram[a][b];
+    }
+    return acc;
+  });
+}
+
+Moments accumulate_moments(const TensorViews& views, double resolve_fraction, uint64_t count_limit,
+                           const std::vector<bool>& spread_members) {
+  const int m = static_cast<int>(views.inputs.size());
+  std::vector<int> members;
+  for (int v = 1; v < m; ++v) {
+    if (spread_members.empty() || spread_members[size_t(v - 1)]) members.push_back(v);
+  }
+  if (members.empty()) {
+    for (int v = 1; v < m; ++v) members.push_back(v);
+  }
+  Moments init;
+  init.vectors = m;
+  const auto chunk = [&](size_t begin, size_t end) {
+    Moments part;
+    part.vectors = m;
+    const size_t count = end - begin;
+    float* base = chunk_buffers();
+    float* x[kMaxVectors];
+    load_vectors(views, begin, count, base, x);
+    float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
+    for (size_t i = 0; i < count; ++i) {
+      const int first = members.front();
+      float lo = x[first][i], hi = x[first][i], mag = std::fabs(x[first][i]);
+      for (int v : members) {
+        lo = std::min(lo, x[v][i]);
+        hi = std::max(hi, x[v][i]);
+        mag = std::max(mag, std::fabs(x[v][i]));
+      }
+      const float spread = hi - lo;
+      const bool resolved = spread > 0 && double(spread) >= resolve_fraction * double(mag);
+      mask[i] = resolved ? 1.0f : 0.0f;
+      part.n_resolved += resolved;
+      part.n_spread += spread > 0;
+      if (spread > 0) {
+        for (int v = 1; v < m; ++v) {
+          const bool same = x[0][i] == x[v][i];
+          part.equal[v] += same;
+          part.equal_resolved[v] += same && resolved;
+        }
+      }
+    }
+    part.n = count;
+    for (int a = 0; a < m; ++a) {
+      double s = 0;
+      for (size_t i = 0; i < count; ++i) s += x[a][i];
+      part.sum[a] = s;
+      for (int b = a; b < m; ++b) {
+        part.gram[a][b] = part.gram[b][a] = lane_dot(x[a], x[b], nullptr, count);
+        part.gram_resolved[a][b] = part.gram_resolved[b][a] = lane_dot(x[a], x[b], mask, count);
+      }
+    }
+    return part;
+  };
+  return parallel_reduce(std::min<uint64_t>(views.numel, count_limit), kDefaultGrain, init, chunk, [](Moments acc, const Moments& part) {
+    add_into(acc, part);
+    return acc;
+  });
+}
+
+uint64_t tensor_fingerprint(const ModelTensor& tensor) {
+  const uint8_t* bytes = tensor.data();
+  const uint64_t size = tensor.info->nbytes();
+  constexpr size_t kGrain = 1 << 20;
+  // FNV-1a per 1 MiB chunk, then FNV-1a over the chunk hashes in order.
+  const auto chunk_hash = [&](size_t begin, size_t end) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = begin; i < end; ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+    return std::vector<uint64_t>{h};
+  };
+  const std::vector<uint64_t> hashes = parallel_reduce(
+      size, kGrain, std::vector<uint64_t>{}, chunk_hash, [](std::vector<uint64_t> acc, const std::vector<uint64_t>& p) {
+        acc.insert(acc.end(), p.begin(), p.end());
+        return acc;
+      });
+  uint64_t h = 1469598103934665603ull ^ size;
+  for (uint64_t c : hashes) {
+    for (int b = 0; b < 8; ++b) h = (h ^ ((c >> (8 * b)) & 0xFF)) * 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace alloy::detail

@@ -1,0 +1,253 @@
+// Sparse-merge statistics (TIES, DARE and the rest of the task-arithmetic family) of one tensor
+// relative to a base candidate. Two passes over fixed super-chunks (at most 16, set by the element
+// count alone) of integer histograms, so the counts are exact and thread-count independent:
+//  1. per other candidate i, histograms over the float bits of |delta_i| = |C_i - C_b| (1/32
+//     octave per bin) of all elements, of those with S == C_b (nothing kept) and of those with
+//     S == C_i (i kept alone, TIES with normalize); and a histogram of the ratio
+//     (S - C_b) / delta_i over well-resolved elements (its mode is i's scale when kept alone);
+//  2. with the thresholds known, the normal equations for the kept-set weight ratios over elements
+//     where every other candidate is kept and all agree in sign.
+// docs/assay.md derives the estimators.
+#include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "alloy/core/dtype.h"
+#include "alloy/core/parallel.h"
+#include "internal.h"
+
+namespace alloy::detail {
+namespace {
+
+constexpr int kMagnitudeShift = 18;                  // keep exponent + 5 mantissa bits
+constexpr size_t kMagnitudeBins = size_t(1) << (31 - kMagnitudeShift);
+constexpr double kRatioLow = -1.0, kRatioStep = 0.02;
+constexpr size_t kRatioBins = 400;                   // ratios in [-1, 7)
+constexpr size_t kMaxParts = 16;
+
+size_t magnitude_bin(float delta) { return (float_to_bits(delta) & 0x7FFFFFFFu) >> kMagnitudeShift; }
+
+struct Histograms {
+  size_t others = 0;
+  std::vector<uint64_t> all, none, self, ratio;  // [other * bins + bin]
+  void resize(size_t k) {
+    others = k;
+    all.assign(k * kMagnitudeBins, 0);
+    none.assign(k * kMagnitudeBins, 0);
+    self.assign(k * kMagnitudeBins, 0);
+    ratio.assign(k * kRatioBins, 0);
+  }
+  void add(const Histograms& o) {
+    for (size_t i = 0; i < all.size(); ++i) all[i] += o.all[i], none[i] += o.none[i], self[i] += o.self[i];
+    for (size_t i = 0; i < ratio.size(); ++i) ratio[i] += o.ratio[i];
+  }
+};
+
+// Scratch for one sub-chunk of every vector.
+float* scratch(size_t vectors) {
+  static thread_local std::vector<float> buffer;
+  if (buffer.size() < vectors * kDefaultGrain) buffer.resize(vectors * kDefaultGrain);
+  return buffer.data();
+}
+
+// Calls body(x, count) with x[v] the floats of vector v for each sub-chunk of [begin, end).
+template <class Body>
+void for_each_subchunk(const TensorViews& views, size_t begin, size_t end, Body&& body) {
+  const size_t m = views.inputs.size();
+  float* base = scratch(m);
+  std::vector<float*> x(m);
+  for (size_t b = begin; b < end; b += kDefaultGrain) {
+    const size_t count = std::min(end - b, kDefaultGrain);
+    for (size_t v = 0; v < m; ++v) {
+      x[v] = base + v * kDefaultGrain;
+      if (v == 0 && views.suspect_values) {
+        std::memcpy(x[v], views.suspect_values + b, count * sizeof(float));
+      } else {
+        load_range(*views.inputs[v], b, count, x[v]);
+      }
+    }
+    body(x, count);
+  }
+}
+
+size_t part_grain(uint64_t n) { return std::max<size_t>(kDefaultGrain, (n + kMaxParts - 1) / kMaxParts); }
+
+}  // namespace
+
+SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others) {
+  const size_t k = others.size();
+  const uint64_t n = views.numel;
+  SparseStats out;
+  out.density.assign(k, std::numeric_limits<double>::quiet_NaN());
+  out.threshold = out.magnitude_step = out.solo_density = out.kept_scale = out.ratio_weights = out.density;
+  if (k == 0 || n == 0) return out;
+  // Well resolved for the ratio: |delta| at least 1/8 of |C_b| (16 bf16 ulps), so rounding moves
+  // the ratio by at most about 3%.
+  Histograms init;
+  init.resize(k);
+  const Histograms h = parallel_reduce(n, part_grain(n), init, [&](size_t begin, size_t end) {
+    Histograms part;
+    part.resize(k);
+    for_each_subchunk(views, begin, end, [&](const std::vector<float*>& x, size_t count) {
+      const float* s = x[0];
+      const float* b = x[base];
+      for (size_t j = 0; j < k; ++j) {
+        const float* c = x[others[j]];
+        uint64_t* all = part.all.data() + j * kMagnitudeBins;
+        uint64_t* none = part.none.data() + j * kMagnitudeBins;
+        uint64_t* self = part.self.data() + j * kMagnitudeBins;
+        uint64_t* ratio = part.ratio.data() + j * kRatioBins;
+        for (size_t i = 0; i < count; ++i) {
+          const float delta = c[i] - b[i];
+          const size_t bin = magnitude_bin(delta);
+          ++all[bin];
+          none[bin] += s[i] == b[i];
+          self[bin] += delta != 0 && s[i] == c[i];
+          if (std::fabs(delta) >= 0.125f * std::fabs(b[i]) && delta != 0) {
+            const double r = (double(s[i]) - double(b[i])) / double(delta);
+            const double pos = (r - kRatioLow) / kRatioStep;
+            if (pos >= 0 && pos < double(kRatioBins)) ++ratio[size_t(pos)];
+          }
+        }
+      }
+    });
+    return part;
+  }, [](Histograms acc, const Histograms& part) {
+    acc.add(part);
+    return acc;
+  });
+
+  for (size_t j = 0; j < k; ++j) {
+    const uint64_t* all = h.all.data() + j * kMagnitudeBins;
+    const uint64_t* none = h.none.data() + j * kMagnitudeBins;
+    const uint64_t* self = h.self.data() + j * kMagnitudeBins;
+    // Threshold: the bin edge that best separates "nothing kept" (below) from "kept alone" (above).
+    uint64_t self_total = 0, none_total = 0;
+    for (size_t bin = 0; bin < kMagnitudeBins; ++bin) self_total += self[bin], none_total += none[bin];
+    // Several edges may score the same (bins with neither event): take the middle of that run.
+    int64_t best_score = -1;
+    size_t best_first = 0, best_last = 0;
+    uint64_t none_below = 0, self_below = 0;
+    for (size_t edge = 0; edge <= kMagnitudeBins; ++edge) {
+      const int64_t score = int64_t(none_below) + int64_t(self_total - self_below);
+      if (score > best_score) best_score = score, best_first = best_last = edge;
+      else if (score == best_score) best_last = edge;
+      if (edge < kMagnitudeBins) none_below += none[edge], self_below += self[edge];
+    }
+    const auto count_above = [&](size_t edge) {
+      uint64_t c = 0;
+      for (size_t bin = edge; bin < kMagnitudeBins; ++bin) c += all[bin];
+      return c;
+    };
+    const uint64_t above_first = count_above(best_first), above_last = count_above(best_last);
+    const uint64_t target = (above_first + above_last) / 2;
+    size_t best_edge = best_first;
+    while (best_edge < best_last && count_above(best_edge + 1) >= target) ++best_edge;
+    // Deltas are stored values, so many share one magnitude and mergekit's top-k keeps only some
+    // of those at the threshold. Bins near the edge are therefore split by their event rates:
+    // "kept alone" happens only to kept entries, "nothing kept" only to dropped ones, each at a
+    // rate measured on the clear bins beyond the window.
+    constexpr size_t kWindow = 3;
+    const size_t lo = best_edge > kWindow ? best_edge - kWindow : 0;
+    const size_t hi = std::min(kMagnitudeBins, best_edge + kWindow);
+    const size_t far_lo = lo > 8 * kWindow ? lo - 8 * kWindow : 0;
+    const auto rate = [&](const uint64_t* events, size_t from, size_t to) {
+      uint64_t e = 0, a = 0;
+      for (size_t bin = from; bin < to; ++bin) e += events[bin], a += all[bin];
+      return a ? double(e) / double(a) : 0.0;
+    };
+    const double self_rate = rate(self, hi, kMagnitudeBins), none_rate = rate(none, far_lo, lo);
+    double kept = 0;
+    for (size_t bin = hi; bin < kMagnitudeBins; ++bin) kept += double(all[bin]);
+    for (size_t bin = lo; bin < hi; ++bin) {
+      if (all[bin] == 0) continue;
+      double q_self = self_rate > 0 ? double(self[bin]) / double(all[bin]) / self_rate : 0.5;
+      double q_none = none_rate > 0 ? 1 - double(none[bin]) / double(all[bin]) / none_rate : 0.5;
+      const double q = std::clamp(0.5 * (q_self + q_none), 0.0, 1.0);
+      kept += q * double(all[bin]);
+    }
+    uint64_t above = 0;
+    for (size_t bin = best_edge; bin < kMagnitudeBins; ++bin) above += all[bin];
+    (void)above;
+    out.density[j] = kept / double(n);
+    out.threshold[j] = double(bits_to_float(uint32_t(best_edge) << kMagnitudeShift));
+    // Magnitude dependence, at a fixed split (the largest 10% of |delta_i| against the rest):
+    // TIES keeps every large delta, so there "nothing kept" never happens; DARE drops at random,
+    // so the rate hardly depends on magnitude.
+    const uint64_t top_target = n / 10;
+    uint64_t top = 0, none_top = 0;
+    size_t bin = kMagnitudeBins;
+    while (bin > 0 && top < top_target) {
+      --bin;
+      top += all[bin];
+      none_top += none[bin];
+    }
+    const double rate_top = top ? double(none_top) / double(top) : 0.0;
+    const double rate_rest = n > top ? double(none_total - none_top) / double(n - top) : 0.0;
+    out.magnitude_step[j] = rate_rest > 0 ? 1 - rate_top / rate_rest : 0.0;
+    // The scale of i when kept alone: the ratio histogram's mode away from 0.
+    const uint64_t* ratio = h.ratio.data() + j * kRatioBins;
+    size_t mode = 0;
+    uint64_t mode_count = 0;
+    for (size_t bin = 0; bin < kRatioBins; ++bin) {
+      const double centre = kRatioLow + (double(bin) + 0.5) * kRatioStep;
+      if (std::fabs(centre) > 0.1 && ratio[bin] > mode_count) mode = bin, mode_count = ratio[bin];
+    }
+    double weighted = 0, count = 0;
+    for (size_t bin = mode > 0 ? mode - 1 : 0; bin <= std::min(kRatioBins - 1, mode + 1); ++bin) {
+      weighted += double(ratio[bin]) * (kRatioLow + (double(bin) + 0.5) * kRatioStep);
+      count += double(ratio[bin]);
+    }
+    out.kept_scale[j] = count > 0 ? weighted / count : std::numeric_limits<double>::quiet_NaN();
+    const uint64_t ratio_zero = ratio[size_t((0.0 - kRatioLow) / kRatioStep)];
+    out.solo_density[j] = count + double(ratio_zero) > 0 ? count / (count + double(ratio_zero)) : 0.0;
+  }
+
+  // Pass 2: weight ratios from elements where every other candidate is kept and all agree in sign.
+  // There S - C_b = sum_i l_i delta_i with l_i = w_i / sum_j w_j, so with the last candidate as
+  // pivot, r - delta_k = sum_{i<k} l_i (delta_i - delta_k): least squares with the rounding noise
+  // in the response only (no errors-in-variables bias).
+  if (k >= 2) {
+    using Matrix = Eigen::MatrixXd;
+    const Eigen::Index p = Eigen::Index(k - 1);
+    // Columns 0..p-1: the normal matrix; column p: the right-hand side.
+    const Matrix zero = Matrix::Zero(p, p + 1);
+    const Matrix normal = parallel_reduce(n, part_grain(n), zero, [&](size_t begin, size_t end) {
+      Matrix part = zero;
+      std::vector<double> d(k);
+      for_each_subchunk(views, begin, end, [&](const std::vector<float*>& x, size_t count) {
+        for (size_t i = 0; i < count; ++i) {
+          const double r = double(x[0][i]) - double(x[base][i]);
+          bool all_kept = true;
+          int sign = 0;
+          for (size_t j = 0; j < k && all_kept; ++j) {
+            d[j] = double(x[others[j]][i]) - double(x[base][i]);
+            const int sj = d[j] > 0 ? 1 : -1;
+            all_kept = std::fabs(d[j]) > out.threshold[j] && d[j] != 0 && (sign == 0 || sj == sign);
+            sign = sj;
+          }
+          if (!all_kept) continue;
+          const double pivot = d[k - 1];
+          for (Eigen::Index a = 0; a < p; ++a) {
+            const double ua = d[size_t(a)] - pivot;
+            for (Eigen::Index c = 0; c < p; ++c) part(a, c) += ua * (d[size_t(c)] - pivot);
+            part(a, p) += ua * (r - pivot);
+          }
+        }
+      });
+      return part;
+    }, [](Matrix acc, const Matrix& part) { return Matrix(acc + part); });
+    const Matrix m = normal.leftCols(p);
+    if (m.trace() > 0) {
+      const Eigen::VectorXd l = (m + 1e-12 * m.trace() * Matrix::Identity(p, p)).ldlt().solve(normal.col(p));
+      double rest = 1;
+      for (Eigen::Index a = 0; a < p; ++a) out.ratio_weights[size_t(a)] = l(a), rest -= l(a);
+      out.ratio_weights[k - 1] = rest;
+    }
+  }
+  return out;
+}
+
+}  // namespace alloy::detail

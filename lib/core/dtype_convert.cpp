@@ -1,0 +1,172 @@
+// Conversions between float32 and the floating dtypes of the safetensors spec.
+//
+// The scalar bf16/f16 conversions are inline in alloy/dtype.h (so that these loops vectorise); their
+// exact rules, PyTorch's, are documented there. This file holds the F8 decoders and the bulk,
+// parallel loops over raw (possibly unaligned) little-endian storage.
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "alloy/core/dtype.h"
+#include "alloy/core/error.h"
+#include "alloy/core/parallel.h"
+
+namespace alloy {
+namespace {
+
+template <class T>
+inline T load_unaligned(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+template <class T>
+inline void store_unaligned(uint8_t* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+}  // namespace
+
+float f8_e4m3_to_f32(uint8_t bits) {
+  const float sign = (bits & 0x80) ? -1.0f : 1.0f;
+  const int exponent = (bits >> 3) & 0xF;
+  const int mantissa = bits & 0x7;
+  if (exponent == 0xF && mantissa == 0x7) return bits_to_float(0x7FC00000u);
+  if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -9);
+  return sign * std::ldexp(1.0f + mantissa / 8.0f, exponent - 7);
+}
+
+float f8_e5m2_to_f32(uint8_t bits) { return f16_to_f32(static_cast<uint16_t>(bits) << 8); }
+
+float f8_e8m0_to_f32(uint8_t bits) {
+  if (bits == 0xFF) return bits_to_float(0x7FC00000u);
+  return std::ldexp(1.0f, static_cast<int>(bits) - 127);
+}
+
+float f8_e4m3fnuz_to_f32(uint8_t bits) {
+  if (bits == 0x80) return bits_to_float(0x7FC00000u);
+  const float sign = (bits & 0x80) ? -1.0f : 1.0f;
+  const int exponent = (bits >> 3) & 0xF;
+  const int mantissa = bits & 0x7;
+  if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -10);
+  return sign * std::ldexp(1.0f + mantissa / 8.0f, exponent - 8);
+}
+
+float f8_e5m2fnuz_to_f32(uint8_t bits) {
+  if (bits == 0x80) return bits_to_float(0x7FC00000u);
+  const float sign = (bits & 0x80) ? -1.0f : 1.0f;
+  const int exponent = (bits >> 2) & 0x1F;
+  const int mantissa = bits & 0x3;
+  if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -17);
+  return sign * std::ldexp(1.0f + mantissa / 4.0f, exponent - 16);
+}
+
+void round_to(DType dtype, float* values, size_t count) {
+  if (dtype == DType::BF16) {
+    parallel_for(count, kDefaultGrain, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) values[i] = bf16_to_f32(f32_to_bf16(values[i]));
+    });
+  } else if (dtype == DType::F16) {
+    parallel_for(count, kDefaultGrain, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) values[i] = f16_to_f32(f32_to_f16(values[i]));
+    });
+  }
+}
+
+namespace {
+
+// A 256-entry decode table per F8 type, built once from the scalar decoder: the bulk load is then
+// one gather per element instead of an ldexp.
+struct F8Table {
+  float values[256];
+  explicit F8Table(float (*decode)(uint8_t)) {
+    for (int b = 0; b < 256; ++b) values[b] = decode(static_cast<uint8_t>(b));
+  }
+};
+
+const F8Table& f8_table(DType dtype) {
+  static const F8Table e4m3(f8_e4m3_to_f32), e5m2(f8_e5m2_to_f32), e8m0(f8_e8m0_to_f32),
+      e4m3fnuz(f8_e4m3fnuz_to_f32), e5m2fnuz(f8_e5m2fnuz_to_f32);
+  switch (dtype) {
+    case DType::F8_E4M3: return e4m3;
+    case DType::F8_E5M2: return e5m2;
+    case DType::F8_E8M0: return e8m0;
+    case DType::F8_E4M3FNUZ: return e4m3fnuz;
+    default: return e5m2fnuz;
+  }
+}
+
+}  // namespace
+
+// Runs element(src, dst, i) over [0, count) in parallel chunks. The chunk loop works on local copies
+// of the pointers: stores through a uint8_t* may alias anything, including the lambda's captures,
+// which would otherwise be reloaded every iteration and block vectorisation.
+template <class Src, class Dst, class Element>
+void convert_loop(Src* src_ptr, Dst* dst_ptr, size_t count, Element element) {
+  parallel_for(count, kDefaultGrain, [src_ptr, dst_ptr, element](size_t b, size_t e) {
+    Src* const src = src_ptr;
+    Dst* const dst = dst_ptr;
+    for (size_t i = b; i < e; ++i) element(src, dst, i);
+  });
+}
+
+void load_as_f32(DType src_dtype, const void* src_ptr, size_t count, float* dst) {
+  const auto* src = static_cast<const uint8_t*>(src_ptr);
+  switch (src_dtype) {
+    case DType::BF16:
+      return convert_loop(src, dst, count, [](const uint8_t* s, float* d, size_t i) {
+        d[i] = bf16_to_f32(load_unaligned<uint16_t>(s + 2 * i));
+      });
+    case DType::F16:
+      return convert_loop(src, dst, count, [](const uint8_t* s, float* d, size_t i) {
+        d[i] = f16_to_f32(load_unaligned<uint16_t>(s + 2 * i));
+      });
+    case DType::F32:
+      parallel_for(count, kDefaultGrain,
+                   [&](size_t b, size_t e) { std::memcpy(dst + b, src + 4 * b, (e - b) * 4); });
+      return;
+    case DType::F64:
+      return convert_loop(src, dst, count, [](const uint8_t* s, float* d, size_t i) {
+        d[i] = static_cast<float>(load_unaligned<double>(s + 8 * i));  // round to nearest even
+      });
+    case DType::F8_E4M3:
+    case DType::F8_E5M2:
+    case DType::F8_E8M0:
+    case DType::F8_E4M3FNUZ:
+    case DType::F8_E5M2FNUZ: {
+      const float* table = f8_table(src_dtype).values;
+      return convert_loop(src, dst, count,
+                          [table](const uint8_t* s, float* d, size_t i) { d[i] = table[s[i]]; });
+    }
+    default:
+      throw Error(ErrorCode::kInvalidArgument,
+                  std::string("cannot load ") + dtype_name(src_dtype) + " tensors as float32");
+  }
+}
+
+void store_from_f32(const float* src, size_t count, DType dst_dtype, void* dst_ptr) {
+  auto* dst = static_cast<uint8_t*>(dst_ptr);
+  switch (dst_dtype) {
+    case DType::BF16:
+      return convert_loop(src, dst, count, [](const float* s, uint8_t* d, size_t i) {
+        store_unaligned<uint16_t>(d + 2 * i, f32_to_bf16(s[i]));
+      });
+    case DType::F16:
+      return convert_loop(src, dst, count, [](const float* s, uint8_t* d, size_t i) {
+        store_unaligned<uint16_t>(d + 2 * i, f32_to_f16(s[i]));
+      });
+    case DType::F32:
+      parallel_for(count, kDefaultGrain,
+                   [&](size_t b, size_t e) { std::memcpy(dst + 4 * b, src + b, (e - b) * 4); });
+      return;
+    case DType::F64:
+      return convert_loop(src, dst, count, [](const float* s, uint8_t* d, size_t i) {
+        store_unaligned<double>(d + 8 * i, static_cast<double>(s[i]));  // exact
+      });
+    default:
+      throw Error(ErrorCode::kInvalidArgument,
+                  std::string("cannot store float32 values as ") + dtype_name(dst_dtype));
+  }
+}
+
+}  // namespace alloy

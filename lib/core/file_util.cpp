@@ -1,0 +1,118 @@
+#include "alloy/core/file_util.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "alloy/core/error.h"
+
+namespace alloy {
+namespace fs = std::filesystem;
+namespace {
+
+std::atomic<unsigned> g_temp_counter{0};
+
+std::string temp_suffix() {
+  return ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(g_temp_counter++);
+}
+
+[[noreturn]] void throw_io(const fs::path& path, const std::string& what, int err) {
+  throw Error(ErrorCode::kIo, path.string() + ": " + what + ": " + std::strerror(err));
+}
+
+}  // namespace
+
+void write_file_atomic(const fs::path& path, const std::string& content) {
+  const fs::path temp = path.parent_path() / ("." + path.filename().string() + temp_suffix());
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw_io(path, "cannot create", errno);
+  size_t done = 0;
+  while (done < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      ::unlink(temp.c_str());
+      throw_io(path, "cannot write", err);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(temp.c_str());
+    throw_io(path, "cannot write", err);
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temp.c_str());
+    throw_io(path, "cannot rename into place", err);
+  }
+}
+
+std::string read_text_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorCode::kIo, path.string() + ": cannot open: " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw Error(ErrorCode::kIo, path.string() + ": cannot read");
+  return text.str();
+}
+
+StagingDirectory::StagingDirectory(const fs::path& final_path, bool overwrite)
+    : final_(final_path), overwrite_(overwrite) {
+  std::error_code ec;
+  if (final_.filename().empty()) final_ = final_.parent_path();  // "out/" -> "out"
+  const auto status = fs::symlink_status(final_, ec);
+  if (fs::exists(status)) {
+    const bool empty_dir = fs::is_directory(status) && fs::is_empty(final_, ec);
+    if (!empty_dir && !overwrite_) {
+      throw Error(ErrorCode::kOutputExists,
+                  final_.string() + ": output exists and is not empty (use --overwrite to replace it)");
+    }
+    if (!fs::is_directory(status) && !empty_dir) {
+      throw Error(ErrorCode::kOutputExists, final_.string() + ": output exists and is not a directory");
+    }
+  }
+  fs::path parent = final_.parent_path();
+  if (parent.empty()) parent = ".";
+  fs::create_directories(parent, ec);
+  if (ec) throw Error(ErrorCode::kIo, parent.string() + ": cannot create: " + ec.message());
+  staging_ = parent / ("." + final_.filename().string() + temp_suffix());
+  if (!fs::create_directory(staging_, ec) || ec) {
+    throw Error(ErrorCode::kIo, staging_.string() + ": cannot create: " + ec.message());
+  }
+}
+
+StagingDirectory::~StagingDirectory() {
+  if (published_) return;
+  std::error_code ec;
+  fs::remove_all(staging_, ec);
+}
+
+void StagingDirectory::publish() {
+  std::error_code ec;
+  fs::path old;
+  if (fs::exists(fs::symlink_status(final_, ec))) {
+    if (fs::is_directory(final_, ec) && fs::is_empty(final_, ec)) {
+      fs::remove(final_, ec);
+    } else {
+      old = final_.parent_path() / ("." + final_.filename().string() + ".old" + temp_suffix());
+      if (::rename(final_.c_str(), old.c_str()) != 0) throw_io(final_, "cannot move aside", errno);
+    }
+  }
+  if (::rename(staging_.c_str(), final_.c_str()) != 0) {
+    const int err = errno;
+    if (!old.empty()) ::rename(old.c_str(), final_.c_str());
+    throw_io(final_, "cannot rename the finished output into place", err);
+  }
+  published_ = true;
+  if (!old.empty()) fs::remove_all(old, ec);
+}
+
+}  // namespace alloy

@@ -1,0 +1,161 @@
+// alloy-inspect's library side: a validated model described as JSON, and that JSON as text.
+#include "alloy/core/inspect.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+#include <vector>
+
+namespace alloy {
+namespace {
+
+// The config.json keys worth a summary (whichever are present are copied as they are).
+constexpr const char* kConfigSummaryKeys[] = {
+    "architectures",         "model_type",          "hidden_size",         "num_hidden_layers",
+    "intermediate_size",     "num_attention_heads", "num_key_value_heads", "vocab_size",
+    "num_experts",           "num_local_experts",   "n_routed_experts",    "num_experts_per_tok",
+    "moe_intermediate_size", "torch_dtype",         "tie_word_embeddings"};
+
+std::string shape_text(const nlohmann::json& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) text += ", ";
+    text += std::to_string(shape[i].get<uint64_t>());
+  }
+  return text + "]";
+}
+
+std::string human_bytes(uint64_t bytes) {
+  char buf[32];
+  if (bytes >= 1'000'000'000) {
+    std::snprintf(buf, sizeof buf, "%.2f GB", static_cast<double>(bytes) / 1e9);
+  } else if (bytes >= 1'000'000) {
+    std::snprintf(buf, sizeof buf, "%.2f MB", static_cast<double>(bytes) / 1e6);
+  } else if (bytes >= 1'000) {
+    std::snprintf(buf, sizeof buf, "%.2f kB", static_cast<double>(bytes) / 1e3);
+  } else {
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  }
+  return buf;
+}
+
+std::string count_text(const nlohmann::json& value) {
+  return std::to_string(value.get<uint64_t>());
+}
+
+// Aligned columns separated by two spaces; columns whose flag in `right` is set are right-aligned.
+// The first row is the heading. Trailing spaces are trimmed.
+std::string table(const std::vector<std::vector<std::string>>& rows, const std::vector<bool>& right,
+                  const std::string& indent = "") {
+  std::vector<size_t> width(right.size(), 0);
+  for (const auto& row : rows) {
+    for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line = indent;
+    for (size_t c = 0; c < row.size(); ++c) {
+      if (c) line += "  ";
+      const std::string pad(width[c] - row[c].size(), ' ');
+      line += right[c] ? pad + row[c] : row[c] + pad;
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    out += line + "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json inspect_model(const Model& model) {
+  nlohmann::json out;
+  out["path"] = model.path().string();
+  out["shards"] = nlohmann::json::array();
+  for (const auto& shard : model.shards()) {
+    out["shards"].push_back({{"file", std::filesystem::path(shard->path()).filename().string()},
+                             {"tensors", shard->tensors().size()},
+                             {"bytes", shard->header().data_bytes()},
+                             {"metadata", shard->metadata()}});
+  }
+  out["tensors"] = nlohmann::json::array();
+  nlohmann::json dtypes = nlohmann::json::object();
+  uint64_t total_elements = 0, total_bytes = 0;
+  for (const auto& tensor : model.tensors()) {
+    const TensorInfo& info = *tensor.info;
+    const std::string dtype = dtype_name(info.dtype);
+    out["tensors"].push_back(
+        {{"name", info.name},
+         {"dtype", dtype},
+         {"shape", info.shape},
+         {"bytes", info.nbytes()},
+         {"shard", std::filesystem::path(tensor.shard->path()).filename().string()}});
+    auto& totals = dtypes[dtype];
+    if (totals.is_null()) totals = {{"tensors", 0}, {"elements", 0}, {"bytes", 0}};
+    totals["tensors"] = totals["tensors"].get<uint64_t>() + 1;
+    totals["elements"] = totals["elements"].get<uint64_t>() + info.numel();
+    totals["bytes"] = totals["bytes"].get<uint64_t>() + info.nbytes();
+    total_elements += info.numel();
+    total_bytes += info.nbytes();
+  }
+  out["dtypes"] = dtypes;
+  out["total"] = {
+      {"tensors", model.tensors().size()}, {"elements", total_elements}, {"bytes", total_bytes}};
+  nlohmann::json config = nlohmann::json::object();
+  for (const char* key : kConfigSummaryKeys) {
+    if (model.config().contains(key)) config[key] = model.config()[key];
+  }
+  out["config"] = config;
+  out["auxiliary_files"] = model.auxiliary_files();
+  return out;
+}
+
+std::string format_inspection(const nlohmann::json& inspection) {
+  const nlohmann::json& total = inspection.at("total");
+  const size_t shard_count = inspection.at("shards").size();
+  std::ostringstream out;
+  out << inspection.at("path").get<std::string>() << ": valid, " << count_text(total.at("tensors"))
+      << " tensors, " << count_text(total.at("elements")) << " elements, "
+      << human_bytes(total.at("bytes").get<uint64_t>()) << " in " << shard_count
+      << (shard_count == 1 ? " shard" : " shards") << "\n\n";
+
+  std::vector<std::vector<std::string>> rows = {{"name", "dtype", "shape", "bytes", "shard"}};
+  for (const auto& t : inspection.at("tensors")) {
+    rows.push_back({t.at("name").get<std::string>(), t.at("dtype").get<std::string>(),
+                    shape_text(t.at("shape")), count_text(t.at("bytes")),
+                    t.at("shard").get<std::string>()});
+  }
+  out << table(rows, {false, false, false, true, false});
+
+  rows = {{"dtype", "tensors", "elements", "bytes", ""}};
+  for (const auto& [dtype, totals] : inspection.at("dtypes").items()) {
+    rows.push_back({dtype, count_text(totals.at("tensors")), count_text(totals.at("elements")),
+                    count_text(totals.at("bytes")),
+                    human_bytes(totals.at("bytes").get<uint64_t>())});
+  }
+  rows.push_back({"total", count_text(total.at("tensors")), count_text(total.at("elements")),
+                  count_text(total.at("bytes")), human_bytes(total.at("bytes").get<uint64_t>())});
+  out << "\n" << table(rows, {false, true, true, true, true});
+
+  rows = {{"shard", "tensors", "bytes", "metadata"}};
+  for (const auto& shard : inspection.at("shards")) {
+    rows.push_back({shard.at("file").get<std::string>(), count_text(shard.at("tensors")),
+                    count_text(shard.at("bytes")), shard.at("metadata").dump()});
+  }
+  out << "\n" << table(rows, {false, true, true, false});
+
+  if (!inspection.at("config").empty()) {
+    rows.clear();
+    for (const auto& [key, value] : inspection.at("config").items())
+      rows.push_back({key + ":", value.dump()});
+    out << "\nconfig:\n" << table(rows, {false, false}, "  ");
+  }
+  if (!inspection.at("auxiliary_files").empty()) {
+    out << "\nauxiliary files:\n";
+    for (const auto& file : inspection.at("auxiliary_files"))
+      out << "  " << file.get<std::string>() << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace alloy

@@ -1,0 +1,296 @@
+// Model directories: a lone file, model.safetensors, or shards listed by an untrusted index.
+//
+// Every file alloy reads from (or later copies out of) a model directory must resolve inside it:
+// a shard that is a symlink leaving the directory is kIndexShardSymlinkEscape, any other file
+// (model.safetensors, the index, config.json, tokenizer files) kSymlinkEscape. Copying a tokenizer
+// that is really a link to ~/.ssh/id_rsa into a merged model would publish it.
+#include "alloy/core/model.h"
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "alloy/core/error.h"
+#include "reader_text.h"
+
+namespace alloy {
+namespace fs = std::filesystem;
+using detail::quote_name;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kIndexName = "model.safetensors.index.json";
+constexpr const char* kSingleName = "model.safetensors";
+// Index and config files are small; the cap keeps a hostile one from exhausting memory.
+constexpr uint64_t kMaxJsonFileBytes = 100'000'000;
+// Real configs nest a few levels (text_config.rope_scaling...); the cap bounds the DOM's cost.
+constexpr int kMaxJsonDepth = 64;
+
+// Files that travel with a model's weights (tokenizer, generation and chat-template files).
+constexpr const char* kAuxiliaryNames[] = {
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+};
+
+bool is_inside(const fs::path& real_dir, const fs::path& real) {
+  const auto rel = real.lexically_relative(real_dir);
+  return !rel.empty() && *rel.begin() != ".." && !rel.is_absolute();
+}
+
+// Whether something is at `path` (a dangling symlink counts as nothing), refusing with
+// `escape_code` a path that resolves outside `real_dir` (the canonical model directory).
+bool exists_inside(const fs::path& real_dir, const fs::path& path, ErrorCode escape_code,
+                   const std::string& what) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(path, ec))) return false;
+  const fs::path real = fs::weakly_canonical(path, ec);
+  if (ec) throw Error(ErrorCode::kIo, what + ": cannot resolve: " + ec.message());
+  if (!is_inside(real_dir, real)) {
+    throw Error(escape_code,
+                what + " resolves outside the model directory (to " + real.string() + ")");
+  }
+  return fs::exists(real, ec);
+}
+
+// Reads a small JSON text file; `code` is the refusal for a file that is not a regular file or is
+// too large (opening a FIFO would block, a huge file would be read whole).
+std::string read_json_file(const fs::path& path, ErrorCode code) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) throw Error(code, path.string() + ": not a regular file");
+  const auto size = fs::file_size(path, ec);
+  if (ec) throw Error(ErrorCode::kIo, path.string() + ": " + ec.message());
+  if (size > kMaxJsonFileBytes) {
+    throw Error(code,
+                path.string() + ": " + std::to_string(size) + " bytes is more than 100,000,000");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorCode::kIo, path.string() + ": cannot open");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The callback-parser depth event for a container start.
+bool opens_container(json::parse_event_t event) {
+  return event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
+}
+
+json parse_config(const fs::path& path) {
+  const std::string text = read_json_file(path, ErrorCode::kBadConfig);
+  if (detail::contains_nul(text))
+    throw Error(ErrorCode::kBadConfig, path.string() + ": contains a NUL byte");
+  json config;
+  try {
+    config = json::parse(text, [&](int depth, json::parse_event_t event, json&) {
+      if (opens_container(event) && depth > kMaxJsonDepth) {
+        throw Error(ErrorCode::kBadConfig, path.string() + ": nests too deeply");
+      }
+      return true;
+    });
+  } catch (const json::exception& e) {
+    throw Error(ErrorCode::kBadConfig, path.string() + ": not valid JSON: " + e.what());
+  }
+  if (!config.is_object())
+    throw Error(ErrorCode::kBadConfig, path.string() + ": not a JSON object");
+  return config;
+}
+
+void check_shard_name(const std::string& name, const std::string& label) {
+  auto refuse = [&](const char* why) {
+    throw Error(ErrorCode::kIndexBadShardName,
+                label + ": shard name " + quote_name(name) + " " + why);
+  };
+  if (name.empty()) refuse("is empty");
+  if (name.find('\0') != std::string::npos) refuse("contains a NUL byte");
+  if (name.find('\\') != std::string::npos) refuse("contains a backslash");
+  if (name.front() == '/') refuse("is absolute");
+  for (const auto& part : fs::path(name)) {
+    if (part == "..") refuse("leaves the model directory ('..')");
+  }
+}
+
+// Opens every shard the index names, then cross-checks the index against what they hold.
+std::vector<std::unique_ptr<SafetensorsFile>> open_shards(const fs::path& dir,
+                                                          const fs::path& real_dir,
+                                                          const fs::path& index_path) {
+  const std::string label = index_path.string();
+  const ShardIndex index =
+      parse_shard_index(read_json_file(index_path, ErrorCode::kIndexNotJson), label);
+  std::vector<std::unique_ptr<SafetensorsFile>> shards;
+  for (const auto& shard_name : index.shard_names()) {
+    const std::string what = label + ": shard " + quote_name(shard_name);
+    if (!exists_inside(real_dir, dir / shard_name, ErrorCode::kIndexShardSymlinkEscape, what)) {
+      throw Error(ErrorCode::kIndexMissingShard, what + " does not exist");
+    }
+    shards.push_back(std::make_unique<SafetensorsFile>((dir / shard_name).string()));
+  }
+
+  std::unordered_map<std::string, const SafetensorsFile*> holder;
+  for (const auto& shard : shards) {
+    for (const auto& tensor : shard->tensors()) {
+      const auto [it, inserted] = holder.emplace(tensor.name, shard.get());
+      if (!inserted) {
+        throw Error(ErrorCode::kIndexTensorInTwoShards,
+                    label + ": tensor " + quote_name(tensor.name) + " is stored in both " +
+                        it->second->path() + " and " + shard->path());
+      }
+    }
+  }
+  for (const auto& [tensor, shard_name] : index.weight_map) {
+    const auto it = holder.find(tensor);
+    if (it == holder.end() || it->second->path() != (dir / shard_name).string()) {
+      throw Error(ErrorCode::kIndexTensorMissing, label + ": tensor " + quote_name(tensor) +
+                                                      " is mapped to " + quote_name(shard_name) +
+                                                      ", which does not contain it");
+    }
+  }
+  // Every tensor held is in weight_map with its holder (checked above) unless the index omits it.
+  if (holder.size() != index.weight_map.size()) {
+    for (const auto& shard : shards) {
+      for (const auto& tensor : shard->tensors()) {
+        if (!index.weight_map.count(tensor.name)) {
+          throw Error(ErrorCode::kIndexTensorUnlisted,
+                      label + ": tensor " + quote_name(tensor.name) + " in " + shard->path() +
+                          " is not listed in the index");
+        }
+      }
+    }
+  }
+  return shards;
+}
+
+}  // namespace
+
+std::vector<std::string> ShardIndex::shard_names() const {
+  std::set<std::string> names;
+  for (const auto& [tensor, shard] : weight_map) names.insert(shard);
+  return {names.begin(), names.end()};
+}
+
+ShardIndex parse_shard_index(std::string_view text, const std::string& label) {
+  auto refuse = [&](const std::string& why) {
+    throw Error(ErrorCode::kIndexNotJson, label + ": " + why);
+  };
+  // nlohmann keeps the last of two equal keys without a word, so duplicates are caught while
+  // parsing: at the top level ("weight_map" twice would hide the first map) and in weight_map (a
+  // tensor mapped to two shards).
+  std::set<std::string> top_keys, tensor_names;
+  bool in_weight_map = false;
+  auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (opens_container(event) && depth > kMaxJsonDepth) refuse("index nests too deeply");
+    if (event != json::parse_event_t::key) return true;
+    const std::string& key = parsed.get_ref<const std::string&>();
+    if (depth == 1) {
+      if (!top_keys.insert(key).second) refuse("key " + quote_name(key) + " appears twice");
+      in_weight_map = key == "weight_map";
+    } else if (depth == 2 && in_weight_map && !tensor_names.insert(key).second) {
+      refuse("tensor " + quote_name(key) + " listed twice in weight_map");
+    }
+    return true;
+  };
+  if (detail::contains_nul(text)) refuse("contains a NUL byte");
+  json root;
+  try {
+    root = json::parse(text.begin(), text.end(), callback, true);
+  } catch (const json::exception& e) {
+    refuse(std::string("not valid JSON: ") + e.what());
+  }
+  if (!root.is_object()) refuse("index is not a JSON object");
+  const auto weight_map = root.find("weight_map");
+  if (weight_map == root.end() || !weight_map->is_object())
+    refuse("index has no weight_map object");
+  ShardIndex index;
+  if (const auto metadata = root.find("metadata"); metadata != root.end()) {
+    if (!metadata->is_object()) refuse("index metadata is not an object");
+    index.metadata = *metadata;
+  }
+  for (const auto& [tensor, shard] : weight_map->items()) {
+    if (tensor.empty()) refuse("weight_map has an empty tensor name");
+    if (!shard.is_string())
+      refuse("weight_map entry for " + quote_name(tensor) + " is not a string");
+    check_shard_name(shard.get<std::string>(), label);
+    index.weight_map[tensor] = shard.get<std::string>();
+  }
+  return index;
+}
+
+Model Model::open(const fs::path& path) {
+  Model model;
+  model.path_ = path;
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (fs::is_regular_file(status)) {
+    model.shards_.push_back(std::make_unique<SafetensorsFile>(path.string()));
+  } else if (fs::is_directory(status)) {
+    model.is_directory_ = true;
+    const fs::path real_dir = fs::canonical(path, ec);
+    if (ec) throw Error(ErrorCode::kIo, path.string() + ": cannot resolve: " + ec.message());
+    auto exists = [&](const fs::path& file) {
+      return exists_inside(real_dir, file, ErrorCode::kSymlinkEscape, file.string());
+    };
+    // With both an index and model.safetensors, the index wins (as transformers does); the single
+    // file is then not read at all.
+    if (exists(path / kIndexName)) {
+      model.shards_ = open_shards(path, real_dir, path / kIndexName);
+    } else if (exists(path / kSingleName)) {
+      model.shards_.push_back(std::make_unique<SafetensorsFile>((path / kSingleName).string()));
+    } else {
+      throw Error(ErrorCode::kNotAModel,
+                  path.string() +
+                      ": no model.safetensors or model.safetensors.index.json in this directory");
+    }
+    if (exists(path / "config.json")) {
+      model.config_ = parse_config(path / "config.json");
+      model.has_config_ = true;
+    }
+    for (const char* name : kAuxiliaryNames) {
+      // Only regular files: a FIFO would hang whoever copies it.
+      if (exists(path / name) && fs::is_regular_file(path / name, ec))
+        model.auxiliary_files_.push_back(name);
+    }
+  } else if (fs::exists(status)) {
+    throw Error(ErrorCode::kNotAModel, path.string() + ": not a regular file or directory");
+  } else {
+    throw Error(ErrorCode::kNotAModel, path.string() + ": no such file or directory");
+  }
+
+  for (const auto& shard : model.shards_) {
+    for (const auto& tensor : shard->tensors()) model.tensors_.push_back({shard.get(), &tensor});
+  }
+  model.by_name_.reserve(model.tensors_.size());
+  for (size_t i = 0; i < model.tensors_.size(); ++i)
+    model.by_name_.emplace_back(model.tensors_[i].name(), i);
+  // Names are unique: within a file by the parser, across shards by open_shards.
+  std::sort(model.by_name_.begin(), model.by_name_.end());
+  return model;
+}
+
+const ModelTensor* Model::find(std::string_view name) const {
+  const auto it =
+      std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                       [](const auto& entry, std::string_view n) { return entry.first < n; });
+  if (it == by_name_.end() || it->first != name) return nullptr;
+  return &tensors_[it->second];
+}
+
+uint64_t Model::total_bytes() const {
+  uint64_t total = 0;
+  for (const auto& tensor : tensors_) total += tensor.info->nbytes();
+  return total;
+}
+
+}  // namespace alloy

@@ -1,0 +1,381 @@
+// The merge executor: streams a MergePlan through the methods into a staged output directory.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <future>
+#include <map>
+
+#include "alloy/core/error.h"
+#include "alloy/core/file_util.h"
+#include "alloy/core/kernels.h"
+#include "alloy/merge/merge.h"
+#include "alloy/merge/model_card.h"
+#include "alloy/core/parallel.h"
+#include "alloy/core/safetensors.h"
+#include "alloy/core/sha256.h"
+#include "alloy/core/writer.h"
+#include "methods/method_util.h"
+
+namespace alloy {
+namespace fs = std::filesystem;
+namespace {
+
+// Float buffers reused across tensors; each grows to the largest tensor it has held. Memory that a
+// process touches for the first time costs a page fault per 4 KiB page (about 2.6 s per GiB on
+// the benchmark machines, docs/performance.md), so the executor keeps as few slots as it can:
+// slot k holds source k, the output goes in place into slot 0 when the method allows it, and the
+// output bytes reuse a source slot that the merge no longer needs.
+class BufferPool {
+ public:
+  float* get(size_t slot, size_t count) {
+    if (buffers_.size() <= slot) buffers_.resize(slot + 1);
+    if (buffers_[slot].size() < count) buffers_[slot].resize(count);
+    return buffers_[slot].data();
+  }
+  uint8_t* bytes(size_t slot, uint64_t count) {
+    return reinterpret_cast<uint8_t*>(get(slot, static_cast<size_t>((count + 3) / 4)));
+  }
+
+ private:
+  std::vector<std::vector<float>> buffers_;
+};
+
+// SHA-256 of files on background threads, one per file, so that hashing the inputs overlaps with
+// the merge (it needs no merged byte) instead of following it. Each file is read through its own
+// mapping in 8 MiB windows whose pages are dropped once hashed, so hashing adds little to the
+// resident set. Destruction cancels the hashes still running and waits for their threads.
+class FileHasher {
+ public:
+  FileHasher() = default;
+  FileHasher(const FileHasher&) = delete;
+  FileHasher& operator=(const FileHasher&) = delete;
+  ~FileHasher() {
+    cancelled_ = true;
+    for (auto& [path, hash] : hashes_) {
+      if (hash.valid()) hash.wait();
+    }
+  }
+
+  void start(const fs::path& path) {
+    if (hashes_.count(path)) return;
+    hashes_.emplace(path, std::async(std::launch::async, [this, path] { return hash(path); }).share());
+  }
+  // The file's hex digest (waits for it); rethrows the hash's Error.
+  std::string get(const fs::path& path) {
+    start(path);
+    return hashes_.at(path).get();
+  }
+
+ private:
+  std::string hash(const fs::path& path) const {
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    if (ec) throw Error(ErrorCode::kIo, path.string() + ": cannot read: " + ec.message());
+    Sha256 hasher;
+    if (size == 0) return hasher.finish_hex();
+    MappedFile file(path.string());
+    constexpr uint64_t kWindow = uint64_t{8} << 20;
+    for (uint64_t offset = 0; offset < file.size() && !cancelled_; offset += kWindow) {
+      const uint64_t length = std::min<uint64_t>(kWindow, file.size() - offset);
+      hasher.update(file.data() + offset, length);
+      file.release(offset, length);
+    }
+    return hasher.finish_hex();
+  }
+
+  std::atomic<bool> cancelled_{false};
+  std::map<fs::path, std::shared_future<std::string>> hashes_;  // a file may be asked for twice
+};
+
+uint64_t numel(const std::vector<uint64_t>& shape) {
+  uint64_t n = 1;
+  for (uint64_t d : shape) n *= d;
+  return n;
+}
+
+// Copies the top-left `shape` block of a row-major tensor of shape `full` (same rank).
+void crop(const float* in, const std::vector<uint64_t>& full, float* out, const std::vector<uint64_t>& shape) {
+  if (full == shape) {
+    std::memcpy(out, in, numel(shape) * sizeof(float));
+    return;
+  }
+  const size_t rank = shape.size();
+  const uint64_t inner = shape.back(), inner_full = full.back();
+  const uint64_t rows = numel(shape) / std::max<uint64_t>(inner, 1);
+  for (uint64_t r = 0; r < rows; ++r) {
+    // Row r of the cropped tensor: map its multi-index to the full tensor.
+    uint64_t rem = r, offset = 0, stride = inner_full;
+    for (size_t d = rank - 1; d-- > 0;) {
+      const uint64_t idx = rem % shape[d];
+      rem /= shape[d];
+      offset += idx * stride;
+      stride *= full[d];
+    }
+    std::memcpy(out + r * inner, in + offset, inner * sizeof(float));
+  }
+}
+
+// Converts elements [begin, begin + len) of the tensor of shape `shape` cropped from `input`
+// (its top-left block, see crop()) to float32 in dst, rounded to the compute dtype D.
+void load_range(const ModelTensor& input, const std::vector<uint64_t>& shape, DType compute_dtype,
+                uint64_t begin, size_t len, float* dst) {
+  const TensorInfo& info = *input.info;
+  const uint64_t element_bytes = dtype_bits(info.dtype) / 8;
+  const uint8_t* data = static_cast<const uint8_t*>(input.data());
+  if (info.shape == shape) {
+    load_as_f32(info.dtype, data + begin * element_bytes, len, dst);
+  } else {
+    const size_t rank = shape.size();
+    const uint64_t inner = shape.back(), inner_full = info.shape.back();
+    for (uint64_t i = begin, end = begin + len; i < end;) {
+      const uint64_t row = i / inner, column = i % inner;
+      const uint64_t run = std::min(inner - column, end - i);
+      uint64_t rem = row, offset = column, stride = inner_full;
+      for (size_t d = rank - 1; d-- > 0;) {
+        offset += rem % shape[d] * stride;
+        rem /= shape[d];
+        stride *= info.shape[d];
+      }
+      load_as_f32(info.dtype, data + offset * element_bytes, static_cast<size_t>(run),
+                  dst + (i - begin));
+      i += run;
+    }
+  }
+  // "Each input tensor is cast to dtype when loaded."
+  if (info.dtype != compute_dtype) round_to(compute_dtype, dst, len);
+}
+
+// Per-thread float32 scratch of the chunked path: one chunk per source and one for the output.
+thread_local std::vector<float> t_chunk_scratch;
+
+// The chunked path (alloy/merge_method.h, ChunkedMerge): every fixed chunk of kDefaultGrain
+// elements of each source is converted from the mapped bytes into per-thread scratch, merged and
+// stored as output bytes, so no whole-tensor float32 buffer is built; the sums pass, when the
+// method needs one, converts the chunks once more. Only the output bytes take a pool slot.
+void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx, ChunkedMerge& merge,
+                   BufferPool& pool, ShardedWriter& writer) {
+  const uint64_t n = numel(t.shape);
+  const size_t count = t.sources.size();
+  std::vector<const ModelTensor*> inputs;
+  for (const PlannedSource& s : t.sources) inputs.push_back(plan.models[s.model]->find(s.tensor));
+  // Runs body(begin, len, sources, scratch_out) on every chunk, in parallel.
+  auto for_each_chunk = [&](auto&& body) {
+    return parallel_reduce(n, kDefaultGrain, size_t{0}, [&](size_t begin, size_t end) -> size_t {
+      const size_t len = end - begin;
+      std::vector<float>& scratch = t_chunk_scratch;
+      if (scratch.size() < (count + 1) * kDefaultGrain) scratch.resize((count + 1) * kDefaultGrain);
+      const float* sources[64];
+      std::vector<const float*> many(count > 64 ? count : 0);
+      const float** ptrs = count > 64 ? many.data() : sources;
+      for (size_t k = 0; k < count; ++k) {
+        float* dst = scratch.data() + k * kDefaultGrain;
+        load_range(*inputs[k], t.shape, t.compute_dtype, begin, len, dst);
+        ptrs[k] = dst;
+      }
+      return body(begin, len, ptrs, scratch.data() + count * kDefaultGrain);
+    }, [](size_t a, size_t b) { return a + b; });
+  };
+  if (const size_t sums = merge.sum_count(); sums > 0) {
+    const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
+    std::vector<double> partial(chunks * sums, 0.0);
+    for_each_chunk([&](size_t begin, size_t len, const float* const* sources, float*) -> size_t {
+      merge.chunk_sums(sources, len, partial.data() + begin / kDefaultGrain * sums);
+      return 0;
+    });
+    std::vector<double> total(sums, 0.0);  // in chunk order, from 0.0, as run_chunked adds them
+    for (size_t c = 0; c < chunks; ++c) {
+      for (size_t j = 0; j < sums; ++j) total[j] += partial[c * sums + j];
+    }
+    merge.set_sums(total.data());
+  }
+  const uint64_t element_bytes = dtype_bits(t.out_dtype) / 8;
+  uint8_t* bytes = pool.bytes(0, n * element_bytes);
+  const size_t bad = for_each_chunk([&](size_t begin, size_t len, const float* const* sources, float* out) {
+    const size_t chunk_bad = merge.merge_chunk(sources, begin, len, out);
+    store_from_f32(out, len, t.out_dtype, bytes + begin * element_bytes);
+    return chunk_bad;
+  });
+  for (size_t k = 0; k < count; ++k) inputs[k]->shard->release(*inputs[k]->info);
+  if (bad > 0) {
+    detail::fail_non_finite(ctx, std::string(plan.method->name()).c_str(), bad,
+                            "check the weights and the inputs");
+  }
+  writer.write(t.name, bytes, n * element_bytes);
+}
+
+void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random_seed, BufferPool& pool,
+                  ShardedWriter& writer) {
+  const uint64_t n = numel(t.shape);
+  MergeContext ctx = planned_context(t, random_seed);
+  for (const PlannedSource& s : t.sources) {
+    ctx.sources.push_back({nullptr, s.params, s.is_base, plan.model_names[s.model]});
+  }
+  // Chunked when the method allows it and every conversion exists (else the whole-tensor path
+  // reports the dtype that cannot be converted: nothing may throw inside the parallel chunks).
+  bool convertible = can_store_from_f32(t.out_dtype);
+  for (const PlannedSource& s : t.sources)
+    convertible = convertible && can_load_as_f32(plan.models[s.model]->find(s.tensor)->info->dtype);
+  if (const auto chunked = convertible ? plan.method->chunked(ctx) : nullptr) {
+    merge_chunked(plan, t, ctx, *chunked, pool, writer);
+    return;
+  }
+  for (size_t k = 0; k < t.sources.size(); ++k) {
+    const PlannedSource& s = t.sources[k];
+    const ModelTensor* input = plan.models[s.model]->find(s.tensor);
+    const TensorInfo& info = *input->info;
+    float* values = pool.get(k, n);
+    if (info.shape == t.shape) {
+      load_as_f32(info.dtype, input->data(), n, values);
+    } else {
+      float* full = pool.get(t.sources.size() + 1, info.numel());
+      load_as_f32(info.dtype, input->data(), info.numel(), full);
+      crop(full, info.shape, values, t.shape);
+    }
+    input->shard->release(info);
+    // "Each input tensor is cast to dtype when loaded."
+    if (info.dtype != t.compute_dtype) round_to(t.compute_dtype, values, n);
+    ctx.sources[k].values = values;
+  }
+  // In place, out is source 0's buffer; the output bytes then go to source 1's buffer (a new slot
+  // for a single source), else to source 0's: the sources are dead once merged, and the bytes
+  // never share a buffer with the floats they are converted from.
+  const bool in_place = plan.method->merges_in_place();
+  float* out = in_place ? pool.get(0, n) : pool.get(t.sources.size(), n);
+  plan.method->merge(ctx, out);
+  const size_t bad = count_non_finite(n, out);
+  if (bad > 0) {
+    throw Error(ErrorCode::kNonFinite, "tensor '" + t.name + "': the merge produced " + std::to_string(bad) +
+                                           " NaN or infinite values; refusing to write a broken model");
+  }
+  const uint64_t nbytes = n * dtype_bits(t.out_dtype) / 8;
+  uint8_t* bytes = pool.bytes(in_place ? 1 : 0, nbytes);
+  store_from_f32(out, n, t.out_dtype, bytes);
+  writer.write(t.name, bytes, nbytes);
+}
+
+std::vector<fs::path> input_files(const Model& model) {
+  std::vector<fs::path> files;
+  for (const auto& shard : model.shards()) files.emplace_back(shard->path());
+  if (model.is_directory()) {
+    for (const char* extra : {"config.json", "model.safetensors.index.json"}) {
+      if (fs::exists(model.path() / extra)) files.push_back(model.path() / extra);
+    }
+    for (const auto& aux : model.auxiliary_files()) files.push_back(model.path() / aux);
+  }
+  return files;
+}
+
+nlohmann::json output_config(const MergePlan& plan) {
+  nlohmann::json config = plan.models[plan.config_donor]->config();
+  if (!config.is_object()) config = nlohmann::json::object();
+  config["num_hidden_layers"] = plan.output_layers;
+  if (!plan.tensors.empty()) config["torch_dtype"] = dtype_torch_name(plan.tensors.front().out_dtype);
+  return config;
+}
+
+}  // namespace
+
+MergeContext planned_context(const PlannedTensor& t, uint64_t random_seed) {
+  MergeContext ctx;
+  ctx.tensor_name = t.name;
+  ctx.compute_dtype = t.compute_dtype;
+  ctx.shape = t.shape;
+  ctx.base_index = t.base_index;
+  ctx.params = t.method_params;
+  ctx.seed = tensor_seed(random_seed, t.name);
+  return ctx;
+}
+
+uint64_t tensor_seed(uint64_t random_seed, const std::string& tensor_name) {
+  uint64_t h = 0xCBF29CE484222325ull ^ (random_seed * 0x9E3779B97F4A7C15ull);
+  for (unsigned char c : tensor_name) {
+    h ^= c;
+    h *= 0x100000001B3ull;
+  }
+  return h;
+}
+
+MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
+  StagingDirectory staging(options.out_dir, options.overwrite);
+  std::vector<TensorSpec> specs;
+  for (const auto& t : plan.tensors) specs.push_back({t.name, t.out_dtype, t.shape});
+  MergeResult result;
+  FileHasher hasher;
+  if (options.hash_inputs) {
+    for (const auto& model : plan.models) {
+      for (const auto& file : input_files(*model)) hasher.start(file);
+    }
+  }
+  {
+    ShardedWriter writer(staging.path(), specs, options.shard_bytes,
+                         {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}});
+    BufferPool pool;
+    for (size_t i = 0; i < plan.tensors.size(); ++i) {
+      merge_tensor(plan, plan.tensors[i], options.random_seed, pool, writer);
+      if (options.progress) options.progress(i + 1, plan.tensors.size());
+    }
+    result.files = writer.finish();
+  }
+  result.tensors = plan.tensors.size();
+  result.output_bytes = plan.output_bytes();
+
+  const fs::path out = staging.path();
+  write_file_atomic(out / "config.json", output_config(plan).dump(2) + "\n");
+  result.files.push_back("config.json");
+  if (options.copy_tokenizer) {
+    const Model& donor = *plan.models[plan.tokenizer_donor];
+    for (const auto& file : donor.auxiliary_files()) {
+      fs::copy_file(donor.path() / file, out / file, fs::copy_options::overwrite_existing);
+      result.files.push_back(file);
+    }
+  }
+  if (plan.recipe.chat_template) {
+    write_file_atomic(out / "chat_template.jinja", *plan.recipe.chat_template);
+    result.files.push_back("chat_template.jinja");
+  }
+  write_file_atomic(out / "mergekit_config.yml", plan.recipe.text);
+  result.files.push_back("mergekit_config.yml");
+  if (options.write_model_card) {
+    ModelCardInfo card;
+    card.name = plan.recipe.name.value_or(options.out_dir.filename().string());
+    card.merge_method = plan.recipe.merge_method;
+    card.base_model = plan.base_model >= 0 ? plan.model_names[plan.base_model] : "";
+    card.models = plan.model_names;
+    card.recipe_yaml = plan.recipe.text;
+    card.tool_version = ALLOY_VERSION;
+    write_file_atomic(out / "README.md", render_model_card(card));
+    result.files.push_back("README.md");
+  }
+
+  nlohmann::json provenance;
+  provenance["tool"] = "alloy";
+  provenance["version"] = ALLOY_VERSION;
+  provenance["merge_method"] = plan.recipe.merge_method;
+  provenance["random_seed"] = options.random_seed;
+  provenance["recipe"] = plan.recipe.text;
+  provenance["recipe_sha256"] = sha256_hex(plan.recipe.text.data(), plan.recipe.text.size());
+  nlohmann::json inputs = nlohmann::json::array();
+  for (size_t m = 0; m < plan.models.size(); ++m) {
+    nlohmann::json files = nlohmann::json::object();
+    for (const auto& file : input_files(*plan.models[m])) {
+      files[file.filename().string()] = options.hash_inputs ? hasher.get(file) : "not hashed";
+    }
+    inputs.push_back({{"model", plan.model_names[m]}, {"path", plan.model_paths[m].string()}, {"files", files}});
+  }
+  provenance["inputs"] = inputs;
+  provenance["plan"] = plan_to_json(plan)["tensors"];
+  nlohmann::json outputs = nlohmann::json::object();
+  std::sort(result.files.begin(), result.files.end());
+  if (options.hash_outputs) {
+    for (const auto& file : result.files) hasher.start(out / file);
+  }
+  for (const auto& file : result.files)
+    outputs[file] = options.hash_outputs ? hasher.get(out / file) : "not hashed";
+  provenance["outputs"] = outputs;
+  write_file_atomic(out / "alloy_provenance.json", provenance.dump(2) + "\n");
+  result.files.push_back("alloy_provenance.json");
+  staging.publish();
+  return result;
+}
+
+}  // namespace alloy

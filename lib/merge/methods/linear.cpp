@@ -1,0 +1,93 @@
+// linear: a weighted average of the models (Wortsman et al. 2022, "Model soups", arXiv:2203.05482;
+// mergekit/merge_methods/linear.py):
+//   out = rnd(sum_i rnd(wD(w_i) * x_i))                 (float32 sum in source order, one rnd)
+//   normalize (default): out = rnd(out / W),  W = rnd(sum_i wD(w_i))
+// W == 0 makes mergekit write inf/NaN; alloy refuses the tensor (kNonFinite) instead.
+#include <algorithm>
+
+#include "alloy/core/parallel.h"
+#include "method_util.h"
+
+namespace alloy::detail {
+namespace {
+
+class LinearMethod final : public MergeMethod {
+ public:
+  std::string_view name() const override { return "linear"; }
+  std::vector<MethodParameter> parameters() const override {
+    return {{"weight", true, std::nullopt, true}, {"normalize", false, 1.0, false}};
+  }
+  // Each block reads every input before it writes its outputs.
+  bool merges_in_place() const override { return true; }
+  void merge(const MergeContext& ctx, float* out) const override {
+    run_chunked(*chunked(ctx), ctx, "linear", out);
+  }
+  // Defined after Chunk: clang instantiates the generic lambda where it stands.
+  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override;
+
+ private:
+  template <class R>
+  class Chunk final : public ChunkedMerge {
+   public:
+    Chunk(const MergeContext& ctx, R rnd) : rnd_(rnd) {
+      for (const auto& source : ctx.sources)
+        weights_.push_back(rnd.param(require_source_param(ctx, source, "weight")));
+      normalize_ = method_flag(ctx, "normalize", true);
+      float weight_sum = 0.0f;  // torch sums the stacked weights in float32 and rounds once
+      for (float w : weights_) weight_sum += w;
+      weight_sum_ = rnd(weight_sum);
+      if (normalize_ && weight_sum_ == 0.0f) {
+        fail_non_finite(ctx, "linear", 0,
+                        "the weights sum to zero in the compute dtype, so normalize divides by 0");
+      }
+    }
+
+    // Blocks of elements, models in the outer loop: the element loops vectorise, and the float32
+    // sum still adds the products in source order.
+    size_t merge_chunk(const float* const* inputs, size_t, size_t len, float* out) const override {
+      constexpr size_t kBlock = 512;
+      const R rnd = rnd_;
+      const size_t count = weights_.size();
+      const bool normalize = normalize_;
+      const float weight_sum = weight_sum_;
+      size_t bad = 0;
+      float acc[kBlock];
+      for (size_t b0 = 0; b0 < len; b0 += kBlock) {
+        const size_t block = std::min(kBlock, len - b0);
+        std::fill(acc, acc + block, 0.0f);
+        for (size_t k = 0; k < count; ++k) {
+          const float w = weights_[k];
+          const float* x = inputs[k] + b0;
+          for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * x[j]);
+        }
+        float* o = out + b0;
+        for (size_t j = 0; j < block; ++j)
+          o[j] = normalize ? rnd(rnd(acc[j]) / weight_sum) : rnd(acc[j]);
+        for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
+      }
+      return bad;
+    }
+
+   private:
+    R rnd_;
+    std::vector<float> weights_;
+    bool normalize_ = true;
+    float weight_sum_ = 0.0f;
+  };
+};
+
+std::unique_ptr<ChunkedMerge> LinearMethod::chunked(const MergeContext& ctx) const {
+  if (ctx.sources.empty()) fail_recipe(ctx, "linear", "no source models");
+  return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
+    return std::make_unique<Chunk<decltype(rnd)>>(ctx, rnd);
+  });
+}
+
+}  // namespace
+
+const MergeMethod& linear_method() {
+  static const LinearMethod method;
+  return method;
+}
+
+}  // namespace alloy::detail

@@ -1,0 +1,169 @@
+// Private helpers shared by the merge methods (lib/method_*.cpp, lib/sparsify.cpp).
+//
+// Every method reproduces mergekit's torch arithmetic in the compute dtype D: each operation is
+// done in float32 and its result rounded to D (rnd), and every scalar parameter is rounded to
+// float32 then to D before use (wD). See docs/methods.md, "Rounding chains".
+//
+// Element loops are written once as templates over a rounding functor (RoundF32, RoundBF16,
+// RoundF16) and instantiated through with_rounding(), the one dispatch point on D, so that the
+// inner loops have no branch on the dtype and vectorise.
+//
+// Scratch memory: methods that need whole-tensor temporaries (the sparsification masks, one bit per
+// element and model) take them from thread_local pools that grow to the largest tensor seen and are
+// reused for every later tensor, so a merge allocates them once, not once per tensor. The executor
+// calls merge() from one thread, so there is one pool in practice.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "alloy/core/dtype.h"
+#include "alloy/core/error.h"
+#include "alloy/merge/merge_method.h"
+#include "alloy/core/parallel.h"
+
+// Bit-exactness needs every float operation rounded on its own: no fused multiply-add. GCC does
+// not contract in ISO mode (-std=c++20, which CMakeLists.txt sets); clang needs to be told.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
+namespace alloy::detail {
+
+// rnd() for each compute dtype, and wD(): a double parameter as torch sees it in dtype D
+// (double -> float32 -> D; torch 1.13 rounds a Python scalar to the tensor's dtype).
+struct RoundF32 {
+  static constexpr DType dtype = DType::F32;
+  float operator()(float x) const { return x; }
+  float param(double v) const { return static_cast<float>(v); }
+};
+struct RoundBF16 {
+  static constexpr DType dtype = DType::BF16;
+  float operator()(float x) const { return round_to(DType::BF16, x); }
+  float param(double v) const { return round_to(DType::BF16, static_cast<float>(v)); }
+};
+struct RoundF16 {
+  static constexpr DType dtype = DType::F16;
+  float operator()(float x) const { return round_to(DType::F16, x); }
+  float param(double v) const { return round_to(DType::F16, static_cast<float>(v)); }
+};
+
+// Calls fn(rounder) with the functor of `dtype`. Compute dtypes other than BF16 and F16 compute in
+// float32 (F64 included: alloy's buffers are float32; see docs/methods.md).
+template <class Fn>
+decltype(auto) with_rounding(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::BF16:
+      return fn(RoundBF16{});
+    case DType::F16:
+      return fn(RoundF16{});
+    default:
+      return fn(RoundF32{});
+  }
+}
+
+// A runtime rnd() for scalar code outside the element loops.
+struct Rounder {
+  DType dtype;
+  float operator()(float x) const { return round_to(dtype, x); }
+  float param(double value) const { return round_to(dtype, static_cast<float>(value)); }
+};
+
+// A resolved per-model parameter, or `fallback` when unset.
+inline double source_param(const MergeSource& source, const std::string& name, double fallback) {
+  const auto it = source.params.find(name);
+  return it == source.params.end() ? fallback : it->second;
+}
+
+// A required per-model parameter; throws kRecipe naming the tensor and the model when unset.
+double require_source_param(const MergeContext& ctx, const MergeSource& source,
+                            const std::string& name);
+
+// A method-level parameter, or `fallback` when unset.
+inline double method_param(const MergeContext& ctx, const std::string& name, double fallback) {
+  const auto it = ctx.params.find(name);
+  return it == ctx.params.end() ? fallback : it->second;
+}
+inline bool method_flag(const MergeContext& ctx, const std::string& name, bool fallback) {
+  return method_param(ctx, name, fallback ? 1.0 : 0.0) != 0.0;
+}
+
+// Throws Error(kRecipe) "tensor 'NAME': <method>: <what>".
+[[noreturn]] void fail_recipe(const MergeContext& ctx, const char* method, const std::string& what);
+// Throws Error(kNonFinite) naming the tensor and the method; `why` explains the likely cause.
+[[noreturn]] void fail_non_finite(const MergeContext& ctx, const char* method, size_t count,
+                                  const std::string& why);
+
+// Runs body(begin, end) over fixed chunks of `grain` items of [0, n) in parallel; body writes the
+// outputs of its items and returns how many non-finite values it wrote. Throws kNonFinite naming
+// the tensor if any: the check costs no extra pass over the output.
+template <class Body>
+void parallel_for_checked(const MergeContext& ctx, const char* method, size_t n, Body&& body,
+                          size_t grain = kDefaultGrain) {
+  const size_t bad =
+      parallel_reduce(n, grain, size_t{0}, body, [](size_t a, size_t b) { return a + b; });
+  if (bad > 0) fail_non_finite(ctx, method, bad, "check the weights and the inputs");
+}
+// x where keep is true, else +0, without a branch (random masks defeat branch prediction).
+inline float keep_or_zero(float x, bool keep) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u &= 0u - static_cast<uint32_t>(keep);
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+inline size_t is_non_finite(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return (u & 0x7F800000u) == 0x7F800000u;
+}
+
+// sum of term(j) for j in [0, len) in double, with four interleaved accumulators (a fixed order,
+// so the result is deterministic; the lanes hide the latency of the additions).
+template <class Term>
+double lane_sum(size_t len, Term term) {
+  double lane[4] = {0, 0, 0, 0};
+  size_t j = 0;
+  for (; j + 4 <= len; j += 4) {
+    for (size_t k = 0; k < 4; ++k) lane[k] += term(j + k);
+  }
+  for (size_t k = 0; j < len; ++j, ++k) lane[k] += term(j);
+  return (lane[0] + lane[1]) + (lane[2] + lane[3]);
+}
+
+// Index of the base source; throws kRecipe when there is none.
+size_t require_base(const MergeContext& ctx, const char* method);
+
+// The sources other than the base, in source order.
+std::vector<size_t> non_base_sources(const MergeContext& ctx);
+
+// Copies source `index` to out (methods that return one input unchanged, as mergekit does when a
+// tensor has a single source).
+void copy_source(const MergeContext& ctx, size_t index, float* out);
+
+// Counter-based random numbers for the random masks (DARE, DELLA): splitmix64's finaliser applied
+// to stream + index * golden-ratio constant. A value depends only on (stream, index), never on the
+// thread that draws it or the order of the draws.
+inline uint64_t mix_bits(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+// Uniform in [0, 1) with 53 random bits, for element `index` of stream `stream`.
+inline double uniform01(uint64_t stream, uint64_t index) {
+  return static_cast<double>(mix_bits(stream + (index + 1) * 0x9E3779B97F4A7C15ull) >> 11) *
+         0x1p-53;
+}
+
+// The method objects; the registry lists them.
+const MergeMethod& linear_method();
+const MergeMethod& slerp_method();
+const MergeMethod& nuslerp_method();
+const MergeMethod& passthrough_method();
+const MergeMethod& model_stock_method();
+std::vector<const MergeMethod*> task_arithmetic_family();
+
+}  // namespace alloy::detail

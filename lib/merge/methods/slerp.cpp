@@ -1,0 +1,125 @@
+// slerp: spherical linear interpolation between the base model and one other model (Shoemake 1985,
+// "Animating rotation with quaternion curves"; mergekit/merge_methods/slerp.py). On the flattened
+// tensors a (base) and b:
+//   dot = <a/|a|, b/|b|>      (a vector is normalised only when its norm exceeds 1e-8)
+//   |dot| > 0.9995:  out = rnd(f32(1 - t) * a + f32(t) * b)          (nearly colinear: lerp)
+//   else:            theta = acos(dot), s0 = f32(sin((1 - t) theta) / sin theta),
+//                    s1 = f32(sin(t theta) / sin theta),  out = rnd(s0 * a + s1 * b)
+// mergekit computes this in numpy float32 even for bf16 inputs. alloy computes the reductions and
+// the trigonometry in double, rounds the two coefficients to float32 and does the element
+// arithmetic in float32: within 1 ulp of mergekit (the reduction order and libm differ). t = 0 and
+// t = 1 give the endpoints exactly (s0, s1 are exactly 1 and 0).
+#include <cmath>
+#include <cstring>
+
+#include "alloy/core/parallel.h"
+#include "method_util.h"
+
+namespace alloy::detail {
+namespace {
+
+// The chunked form: the sums |a|^2, |b|^2 and <a, b> per chunk (three interleaved-lane sums in
+// double, combined in chunk order: the same bits for any thread count), then the blend.
+template <class R>
+class SlerpChunk final : public ChunkedMerge {
+ public:
+  SlerpChunk(size_t base, double t) : base_(base), t_(t) {}
+  size_t sum_count() const override { return 3; }
+  void chunk_sums(const float* const* sources, size_t len, double* partial) const override {
+    // The terms capture their pointers by value: reached by reference, GCC leaves these loops
+    // scalar (see lib/kernels.cpp).
+    const float* x = sources[base_];
+    const float* y = sources[1 - base_];
+    partial[0] = lane_sum(len, [x](size_t j) { return double(x[j]) * x[j]; });
+    partial[1] = lane_sum(len, [y](size_t j) { return double(y[j]) * y[j]; });
+    partial[2] = lane_sum(len, [x, y](size_t j) { return double(x[j]) * y[j]; });
+  }
+  void set_sums(const double* sums) override {
+    const double norm_a = std::sqrt(sums[0]), norm_b = std::sqrt(sums[1]);
+    double dot = sums[2];
+    if (norm_a > 1e-8) dot /= norm_a;
+    if (norm_b > 1e-8) dot /= norm_b;
+    if (std::fabs(dot) > 0.9995) {
+      s0_ = static_cast<float>(1.0 - t_);  // nearly colinear: a plain lerp of the raw tensors
+      s1_ = static_cast<float>(t_);
+    } else {
+      const double theta = std::acos(dot);
+      const double sin_theta = std::sin(theta);
+      const double theta_t = theta * t_;
+      s0_ = static_cast<float>(std::sin(theta - theta_t) / sin_theta);
+      s1_ = static_cast<float>(std::sin(theta_t) / sin_theta);
+    }
+  }
+  size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
+    const float* a = sources[base_];
+    const float* b = sources[1 - base_];
+    const float s0 = s0_, s1 = s1_;
+    const R rnd;
+    size_t bad = 0;
+    for (size_t i = 0; i < len; ++i) {
+      const float first = s0 * a[i];
+      const float second = s1 * b[i];
+      out[i] = rnd(first + second);
+      bad += is_non_finite(out[i]);
+    }
+    return bad;
+  }
+
+ private:
+  size_t base_;
+  double t_;
+  float s0_ = 0.0f, s1_ = 0.0f;
+};
+
+// A lone tensor passes through unchanged, as in mergekit.
+class PassChunk final : public ChunkedMerge {
+ public:
+  size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
+    if (sources[0] != out) std::memcpy(out, sources[0], len * sizeof(float));
+    size_t bad = 0;
+    for (size_t i = 0; i < len; ++i) bad += is_non_finite(out[i]);
+    return bad;
+  }
+};
+
+class SlerpMethod final : public MergeMethod {
+ public:
+  std::string_view name() const override { return "slerp"; }
+  std::vector<MethodParameter> parameters() const override {
+    return {{"t", false, std::nullopt, true}};
+  }
+  bool requires_base_model() const override { return true; }
+  // The sums read everything first; the output pass is element-wise.
+  bool merges_in_place() const override { return true; }
+  void merge(const MergeContext& ctx, float* out) const override {
+    if (ctx.sources.size() == 1) {  // mergekit passes a lone tensor through
+      copy_source(ctx, 0, out);
+      return;
+    }
+    run_chunked(*chunked(ctx), ctx, "slerp", out);
+  }
+  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override {
+    if (ctx.sources.size() == 1) return std::make_unique<PassChunk>();
+    const size_t base = require_base(ctx, "slerp");
+    if (ctx.sources.size() != 2) {
+      fail_recipe(ctx, "slerp",
+                  "merges exactly two models, the base and one other; got " +
+                      std::to_string(ctx.sources.size()));
+    }
+    const auto t_it = ctx.params.find("t");
+    if (t_it == ctx.params.end()) fail_recipe(ctx, "slerp", "no value of 't'");
+    const double t = t_it->second;
+    return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
+      return std::make_unique<SlerpChunk<decltype(rnd)>>(base, t);
+    });
+  }
+};
+
+}  // namespace
+
+const MergeMethod& slerp_method() {
+  static const SlerpMethod method;
+  return method;
+}
+
+}  // namespace alloy::detail

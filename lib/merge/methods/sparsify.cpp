@@ -1,0 +1,428 @@
+// Sparsification of task vectors: see sparsify.h for the methods, the tie rule and the algorithm.
+#include "sparsify.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "alloy/core/error.h"
+#include "alloy/core/parallel.h"
+#include "method_util.h"
+
+namespace alloy::detail {
+namespace {
+
+// |d| as an integer whose order is the numeric order of |d| (sign bit cleared).
+inline uint32_t magnitude_key(float d) {
+  uint32_t u;
+  std::memcpy(&u, &d, 4);
+  return u & 0x7FFFFFFFu;
+}
+
+template <class R>
+struct DeltaAt {
+  const float* x;
+  const float* base;
+  R rnd;
+  float operator()(size_t i) const { return rnd(x[i] - base[i]); }
+};
+
+// The rounding of mergekit's random masks' "work dtype": bf16 stays bf16, everything else is done
+// in float32 (torch.bernoulli has no CPU float16 kernel, so mergekit upcasts).
+template <class R>
+using WorkRounding = std::conditional_t<R::dtype == DType::BF16, RoundBF16, RoundF32>;
+
+// A fixed partition of [0, n) for the selection passes: at most 64 chunks (so that the per-chunk
+// histograms stay small), each a whole number of 64-bit mask words, each below 2^31 elements.
+struct Chunks {
+  size_t n, size, count;
+  explicit Chunks(size_t total) : n(total) {
+    size_t target = std::min<size_t>(64, (n + 65535) / 65536);
+    target = std::max<size_t>({target, size_t{1}, (n >> 31) + 1});
+    size = ((n + target - 1) / target + 63) / 64 * 64;
+    count = (n + size - 1) / size;
+  }
+  size_t begin(size_t c) const { return c * size; }
+  size_t end(size_t c) const { return std::min(n, (c + 1) * size); }
+};
+
+constexpr size_t kHighBins = size_t{1} << 15;  // key >> 16: the key has 31 significant bits
+constexpr size_t kLowBins = size_t{1} << 16;
+
+// Per-thread scratch of the selection (see method_util.h: reused across tensors).
+thread_local std::vector<uint32_t> t_high_hist;
+thread_local std::vector<uint16_t> t_candidates;
+
+// A cut at descending rank r: the elements "before" it are the r first in the order (descending
+// key, then ascending index). With `key` the key of the element at rank r and `need` how many of
+// the elements with that key come before the cut, an element is before the cut iff its key is
+// larger, or equal and among the first `need` such elements in index order. The cut at rank 0 is
+// key 0xFFFFFFFF (above every key, which has 31 bits); the cut at rank n is key 0 with an
+// unlimited need.
+struct Cut {
+  uint32_t key = 0xFFFFFFFFu;
+  uint64_t need = 0;
+  std::vector<uint64_t> equal_prefix;  // per chunk: elements with key == `key` in earlier chunks
+
+  // `seen` counts the elements with key == `key` met so far (starts at equal_prefix[chunk]).
+  // Branch-free: the comparisons are unpredictable.
+  bool before(uint32_t k, uint64_t& seen) const {
+    const bool equal = k == key;
+    const bool result = (k > key) | (equal & (seen < need));
+    seen += equal;
+    return result;
+  }
+};
+
+template <class R>
+class RankSelector {
+ public:
+  RankSelector(const TaskVectorView& tv, R rnd)
+      : tv_(tv), delta_{tv.x, tv.base, rnd}, chunks_(tv.n) {}
+
+  void select(uint64_t lo, uint64_t hi, std::vector<uint64_t>& words) {
+    const size_t n = tv_.n;
+    words.resize((n + 63) / 64);
+    if (lo >= hi || n == 0) {
+      std::fill(words.begin(), words.end(), 0);
+      return;
+    }
+    if (lo == 0 && hi >= n) {
+      std::fill(words.begin(), words.end(), ~uint64_t{0});
+      return;
+    }
+    histogram_high();
+    const Cut low = find_cut(lo), high = find_cut(hi);
+    // Keep ranks [lo, hi): before the high cut and not before the low one.
+    parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
+      for (size_t c = cb; c < ce; ++c) {
+        uint64_t seen_low = low.equal_prefix[c], seen_high = high.equal_prefix[c];
+        const size_t begin = chunks_.begin(c), end = chunks_.end(c);
+        for (size_t w = begin / 64; w * 64 < end; ++w) {
+          uint64_t bits = 0;
+          const size_t stop = std::min(end, w * 64 + 64);
+          for (size_t i = w * 64; i < stop; ++i) {
+            const uint32_t k = magnitude_key(delta_(i));
+            const bool before_high = high.before(k, seen_high);
+            const bool before_low = low.before(k, seen_low);
+            bits |= uint64_t{before_high && !before_low} << (i - w * 64);
+          }
+          words[w] = bits;
+        }
+      }
+    });
+  }
+
+ private:
+  // Per-chunk histograms of key >> 16, and their totals.
+  // (thread_local buffers are bound here, in the calling thread: inside the parallel region the
+  // name would denote each worker's own instance.)
+  void histogram_high() {
+    std::vector<uint32_t>& hist = t_high_hist;
+    hist.resize(chunks_.count * kHighBins);
+    hist_ = hist.data();
+    parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
+      for (size_t c = cb; c < ce; ++c) {
+        uint32_t* h = hist_ + c * kHighBins;
+        std::fill(h, h + kHighBins, 0u);
+        for (size_t i = chunks_.begin(c), e = chunks_.end(c); i < e; ++i)
+          ++h[magnitude_key(delta_(i)) >> 16];
+      }
+    });
+    total_.assign(kHighBins, 0);
+    for (size_t c = 0; c < chunks_.count; ++c) {
+      const uint32_t* h = hist_ + c * kHighBins;
+      for (size_t b = 0; b < kHighBins; ++b) total_[b] += h[b];
+    }
+  }
+
+  uint32_t chunk_count_in_bin(size_t c, size_t bin) const { return hist_[c * kHighBins + bin]; }
+
+  Cut find_cut(uint64_t r) {
+    Cut cut;
+    cut.equal_prefix.assign(chunks_.count, 0);
+    if (r == 0) return cut;
+    if (r >= tv_.n) {
+      cut.key = 0;
+      cut.need = UINT64_MAX;
+      return cut;
+    }
+    uint64_t above = 0;
+    size_t bin = kHighBins;
+    while (bin-- > 0) {
+      if (above + total_[bin] > r) break;
+      above += total_[bin];
+    }
+    std::vector<uint64_t> equal_per_chunk(chunks_.count);
+    if (tv_.dtype == DType::BF16) {
+      // bf16 deltas have zero low 16 bits: the bin is one key.
+      cut.key = static_cast<uint32_t>(bin << 16);
+      cut.need = r - above;
+      for (size_t c = 0; c < chunks_.count; ++c) equal_per_chunk[c] = chunk_count_in_bin(c, bin);
+    } else {
+      // Gather the low 16 bits of the keys in this bin, chunk by chunk in index order.
+      std::vector<uint64_t> offset(chunks_.count + 1, 0);
+      for (size_t c = 0; c < chunks_.count; ++c)
+        offset[c + 1] = offset[c] + chunk_count_in_bin(c, bin);
+      std::vector<uint16_t>& candidates = t_candidates;
+      candidates.resize(offset.back());
+      parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
+        for (size_t c = cb; c < ce; ++c) {
+          if (offset[c + 1] == offset[c]) continue;
+          uint16_t* out = candidates.data() + offset[c];
+          for (size_t i = chunks_.begin(c), e = chunks_.end(c); i < e; ++i) {
+            const uint32_t k = magnitude_key(delta_(i));
+            if ((k >> 16) == bin) *out++ = static_cast<uint16_t>(k & 0xFFFFu);
+          }
+        }
+      });
+      std::vector<uint64_t> low_hist(kLowBins, 0);
+      for (uint16_t v : candidates) ++low_hist[v];
+      size_t low = kLowBins;
+      while (low-- > 0) {
+        if (above + low_hist[low] > r) break;
+        above += low_hist[low];
+      }
+      cut.key = static_cast<uint32_t>((bin << 16) | low);
+      cut.need = r - above;
+      for (size_t c = 0; c < chunks_.count; ++c) {
+        equal_per_chunk[c] = static_cast<uint64_t>(
+            std::count(candidates.begin() + static_cast<ptrdiff_t>(offset[c]),
+                       candidates.begin() + static_cast<ptrdiff_t>(offset[c + 1]),
+                       static_cast<uint16_t>(low)));
+      }
+    }
+    for (size_t c = 1; c < chunks_.count; ++c)
+      cut.equal_prefix[c] = cut.equal_prefix[c - 1] + equal_per_chunk[c - 1];
+    return cut;
+  }
+
+  const TaskVectorView& tv_;
+  DeltaAt<R> delta_;
+  Chunks chunks_;
+  uint32_t* hist_ = nullptr;     // chunks_.count histograms of kHighBins counts
+  std::vector<uint64_t> total_;  // their sum
+};
+
+// mergekit's rescaled_masked_tensor with the L1 norm: kept entries are multiplied by
+// rnd_W(before / after), before = rnd_W(sum |delta|), after = rnd_W(sum |kept|), unless either
+// is below rnd_W(1e-7).
+template <class R, class W>
+void rescale_l1(const TaskVectorView& tv, R rnd, W work, DeltaMask& mask) {
+  const DeltaAt<R> delta{tv.x, tv.base, rnd};
+  using Sums = std::pair<double, double>;
+  const Sums sums = parallel_reduce(
+      tv.n, kDefaultGrain, Sums{0.0, 0.0},
+      [&](size_t b, size_t e) {
+        double all = 0, kept = 0;
+        for (size_t i = b; i < e; ++i) {
+          const float magnitude = std::fabs(delta(i));
+          all += magnitude;
+          kept += keep_or_zero(magnitude, mask.keep(i));
+        }
+        return Sums{all, kept};
+      },
+      [](Sums a, Sums b) {
+        return Sums{a.first + b.first, a.second + b.second};
+      });
+  const float before = work(static_cast<float>(sums.first)),
+              after = work(static_cast<float>(sums.second));
+  const float eps = work.param(1e-7);
+  if (before < eps || after < eps) return;
+  mask.rescaled = true;
+  mask.ratio = work(before / after);
+}
+
+// DARE: keep with probability p = the density in the work dtype.
+template <class R>
+void random_mask(const TaskVectorView& tv, const SparsifyOptions& o, std::vector<uint64_t>& words) {
+  const double p = WorkRounding<R>{}.param(o.density);
+  const size_t n = tv.n;
+  parallel_for(words.size(), kDefaultGrain / 64, [&](size_t wb, size_t we) {
+    for (size_t w = wb; w < we; ++w) {
+      uint64_t bits = 0;
+      const size_t stop = std::min(n, w * 64 + 64);
+      for (size_t i = w * 64; i < stop; ++i)
+        bits |= uint64_t{uniform01(o.seed, i) < p} << (i - w * 64);
+      words[w] = bits;
+    }
+  });
+}
+
+// The positions 0..L-1 of one fiber in ascending order of keys[], equal keys by descending position
+// (the higher index ranks as smaller), i.e. the reverse of the documented descending order. A
+// stable LSD radix sort on 8-bit digits from bit `first_shift` up: O(L) per fiber.
+void ascending_rank_order(const std::vector<uint32_t>& keys, unsigned first_shift,
+                          std::vector<uint32_t>& order, std::vector<uint32_t>& scratch) {
+  const size_t length = keys.size();
+  for (size_t t = 0; t < length; ++t) order[t] = static_cast<uint32_t>(length - 1 - t);
+  for (unsigned shift = first_shift; shift < 32; shift += 8) {
+    size_t count[257] = {};
+    for (uint32_t t : order) ++count[((keys[t] >> shift) & 0xFFu) + 1];
+    if (*std::max_element(count + 1, count + 257) == length)
+      continue;  // one digit value: no change
+    for (size_t d = 1; d < 257; ++d) count[d] += count[d - 1];
+    for (uint32_t t : order) scratch[count[(keys[t] >> shift) & 0xFFu]++] = t;
+    order.swap(scratch);
+  }
+}
+
+// DELLA's MagPrune: within each fiber along dim 1 (a row of a matrix; the whole of a 1-D tensor),
+// the entry of ascending magnitude rank r (0-based, of L) is kept with probability
+//   p = (density - epsilon) + clamp((r + 1 - 1) / (L - 1), 0, 1) * 2 * epsilon,
+// each operation rounded in the work dtype as mergekit's torch code does. p depends only on r, so
+// it is tabulated once per tensor.
+template <class R>
+void della_mask(const TaskVectorView& tv, R rnd, const SparsifyOptions& o,
+                std::vector<uint64_t>& words, const std::string& tensor) {
+  using W = WorkRounding<R>;
+  const W work;
+  const size_t n = tv.n;
+  size_t outer = 1, length = n, inner = 1;
+  if (tv.shape.size() >= 2) {
+    outer = tv.shape[0];
+    length = tv.shape[1];
+    inner = (outer == 0 || length == 0) ? 0 : n / (outer * length);
+  }
+  if (length >= (uint64_t{1} << 32)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "tensor '" + tensor + "': della ranks rows of fewer than 2^32 entries");
+  }
+  std::fill(words.begin(), words.end(), 0);
+  if (length == 0 || n == 0 || inner == 0) return;
+  const DeltaAt<R> delta{tv.x, tv.base, rnd};
+  const float low_p = work.param(o.density - o.epsilon), epsilon = work.param(o.epsilon);
+  const float span = work(work(work(static_cast<float>(length - 1)) + 1.0f) - 1.0f);
+  std::vector<double> probability(length);
+  for (size_t r = 0; r < length; ++r) {
+    const float rank = work(work(static_cast<float>(r)) + 1.0f);
+    // mergekit divides 0 by 0 for a single-entry row (and torch.bernoulli then refuses the NaN);
+    // alloy gives such an entry the lowest probability.
+    const float rank_norm =
+        length > 1 ? std::clamp(work(work(rank - 1.0f) / span), 0.0f, 1.0f) : 0.0f;
+    probability[r] = work(low_p + work(work(rank_norm * 2.0f) * epsilon));
+  }
+  const size_t fibers = outer * inner;
+  // bf16 deltas have zero low 16 bits: two radix passes instead of four.
+  const unsigned first_shift = tv.dtype == DType::BF16 ? 16 : 0;
+  parallel_for(fibers, std::max<size_t>(1, kDefaultGrain / length), [&](size_t fb, size_t fe) {
+    std::vector<uint32_t> keys(length), order(length), scratch(length);
+    std::vector<uint64_t> local;  // contiguous fibers: their bits, then OR-ed into shared words
+    for (size_t f = fb; f < fe; ++f) {
+      const size_t start = (f / inner) * length * inner + f % inner;
+      for (size_t t = 0; t < length; ++t) keys[t] = magnitude_key(delta(start + t * inner));
+      ascending_rank_order(keys, first_shift, order, scratch);
+      if (inner == 1) {
+        const size_t first_word = start >> 6, last_word = (start + length - 1) >> 6;
+        local.assign(last_word - first_word + 1, 0);
+        for (size_t r = 0; r < length; ++r) {
+          const size_t i = start + order[r];
+          local[(i >> 6) - first_word] |= uint64_t{uniform01(o.seed, i) < probability[r]}
+                                          << (i & 63);
+        }
+        // Interior words belong to this fiber alone; the two end words may be shared.
+        for (size_t w = 0; w < local.size(); ++w) {
+          if (w == 0 || w + 1 == local.size()) {
+            std::atomic_ref<uint64_t>(words[first_word + w])
+                .fetch_or(local[w], std::memory_order_relaxed);
+          } else {
+            words[first_word + w] = local[w];
+          }
+        }
+      } else {
+        for (size_t r = 0; r < length; ++r) {
+          const size_t i = start + order[r] * inner;
+          if (uniform01(o.seed, i) < probability[r]) {
+            std::atomic_ref<uint64_t>(words[i >> 6])
+                .fetch_or(uint64_t{1} << (i & 63), std::memory_order_relaxed);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,
+                       std::vector<uint64_t>& words) {
+  with_rounding(tv.dtype,
+                [&](auto rnd) { RankSelector<decltype(rnd)>(tv, rnd).select(lo, hi, words); });
+}
+
+DeltaMask build_mask(const TaskVectorView& tv, const SparsifyOptions& o,
+                     std::vector<uint64_t>& words, const std::string& tensor,
+                     const std::string& model) {
+  DeltaMask mask;
+  if (o.method == Sparsification::kNone || o.density >= 1.0 || tv.n == 0) return mask;
+  auto refuse = [&](const std::string& what) {
+    throw Error(ErrorCode::kRecipe, "tensor '" + tensor + "': model " + model + ": " + what);
+  };
+  if (std::isnan(o.density)) refuse("density is NaN");
+  const size_t n = tv.n;
+  words.resize((n + 63) / 64);
+  mask.active = true;
+  mask.bits = words.data();
+  with_rounding(tv.dtype, [&](auto rnd) {
+    using R = decltype(rnd);
+    switch (o.method) {
+      case Sparsification::kMagnitude: {
+        const double k = o.density * static_cast<double>(n);
+        if (!(k >= 1.0)) {
+          refuse("density " + std::to_string(o.density) + " keeps no entry of " +
+                 std::to_string(n) + " (int(density * numel) is 0)");
+        }
+        RankSelector<R>(tv, rnd).select(0, static_cast<uint64_t>(k), words);
+        if (o.rescale) rescale_l1(tv, rnd, rnd, mask);
+        return;
+      }
+      case Sparsification::kMagnitudeOutliers: {
+        if (o.density < 0 || !(o.gamma >= 0)) refuse("density and gamma must not be negative");
+        const int64_t total = static_cast<int64_t>(n);
+        const int64_t target = static_cast<int64_t>(o.density * static_cast<double>(n));
+        int64_t n_top = static_cast<int64_t>(o.gamma * static_cast<double>(n));
+        int64_t n_bot = total - target - n_top;
+        if (n_bot < 0) {
+          n_top += n_bot;
+          n_bot = 0;
+        }
+        // mergekit keeps ascending positions [n_bot, n - n_top), i.e. descending ranks
+        // [n_top, n - n_bot); with n_top == 0 its slice [n_bot:-0] is empty: nothing is kept.
+        if (n_top <= 0) {
+          std::fill(words.begin(), words.end(), 0);
+        } else {
+          RankSelector<R>(tv, rnd).select(static_cast<uint64_t>(n_top),
+                                          static_cast<uint64_t>(total - n_bot), words);
+        }
+        if (o.rescale) rescale_l1(tv, rnd, rnd, mask);
+        return;
+      }
+      case Sparsification::kRandom: {
+        if (o.density < 0) refuse("density must not be negative");
+        random_mask<R>(tv, o, words);
+        if (o.rescale) rescale_l1(tv, rnd, WorkRounding<R>{}, mask);
+        return;
+      }
+      case Sparsification::kDellaMagprune: {
+        if (o.density <= 0) {  // mergekit returns zeros, without rescaling
+          std::fill(words.begin(), words.end(), 0);
+          return;
+        }
+        if (o.density + o.epsilon >= 1 || o.density - o.epsilon <= 0) {
+          refuse("della needs density - epsilon > 0 and density + epsilon < 1 (density " +
+                 std::to_string(o.density) + ", epsilon " + std::to_string(o.epsilon) + ")");
+        }
+        della_mask(tv, rnd, o, words, tensor);
+        if (o.rescale) rescale_l1(tv, rnd, WorkRounding<R>{}, mask);
+        return;
+      }
+      case Sparsification::kNone:
+        return;
+    }
+  });
+  return mask;
+}
+
+}  // namespace alloy::detail

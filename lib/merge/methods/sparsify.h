@@ -1,0 +1,78 @@
+// Sparsification of task vectors (mergekit/sparsify.py), deterministic, O(n), and without copies
+// of the tensor: each method turns one model's task vector delta = rnd(x - base) into a bit mask
+// (one bit per element: kept or dropped) and an optional rescale factor; the merge then applies
+// mask and factor while it combines the models.
+//
+//   magnitude          keep the k = int(density * n) largest |delta|.
+//   magnitude_outliers drop the int(gamma * n) largest, then the smallest down to the density
+//                      (Model Breadcrumbs), including mergekit's n_top == 0 quirk: nothing kept.
+//   random             keep each entry with probability density (DARE).
+//   della_magprune     keep with a probability that grows with the entry's magnitude rank within
+//                      its row, from density - epsilon to density + epsilon (DELLA).
+//
+// Order and ties: entries are ranked by descending |delta|, and equal |delta| by ascending flat
+// index (the lower index counts as larger). mergekit uses torch's unstable sort, whose tie order
+// depends on the torch version and CPU; this rule is deterministic everywhere.
+//
+// Selection (magnitude, magnitude_outliers) is a radix select on the bits of |delta| (their
+// integer order is their numeric order): one parallel histogram pass on the high 16 bits, which
+// for bf16 deltas is exact; for other dtypes a second pass over only the elements of the boundary
+// bin resolves the low 16 bits. Counts are integers, so the result does not depend on the threads.
+//
+// Random masks draw from uniform01(stream, flat index) (alloy/method_util.h): the same seed gives
+// the same mask for any thread count. They cannot reproduce torch's generator; the probabilities,
+// the rescale and the rounding follow mergekit, so the statistics match.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "alloy/core/dtype.h"
+
+namespace alloy::detail {
+
+enum class Sparsification { kNone, kMagnitude, kMagnitudeOutliers, kRandom, kDellaMagprune };
+
+// One model's task vector delta[i] = rnd(x[i] - base[i]) in `dtype`, computed on the fly.
+struct TaskVectorView {
+  const float* x = nullptr;
+  const float* base = nullptr;
+  size_t n = 0;
+  DType dtype = DType::F32;
+  std::vector<uint64_t> shape;  // della ranks along dim 1 (rows of a matrix)
+};
+
+struct SparsifyOptions {
+  Sparsification method = Sparsification::kNone;
+  double density = 1.0;
+  double gamma = 0.01;    // magnitude_outliers: share of the largest entries removed
+  double epsilon = 0.15;  // della: spread of the keep probabilities around density
+  bool rescale = false;   // rescale the kept entries to the L1 norm of the whole task vector
+  uint64_t seed = 0;      // random, della: the mask's stream
+};
+
+// The outcome of sparsifying one task vector.
+struct DeltaMask {
+  bool active = false;             // false: every entry kept unchanged (density >= 1, no method)
+  const uint64_t* bits = nullptr;  // active: bit i set when entry i is kept
+  bool rescaled = false;           // kept entries become rnd(delta * ratio)
+  float ratio = 1.0f;              // rnd_W(rnd_W(sum |delta|) / rnd_W(sum |kept delta|))
+  bool keep(size_t i) const { return (bits[i >> 6] >> (i & 63)) & 1u; }
+};
+
+// Builds the mask of `tv` into `words` (resized to (n + 63) / 64). Throws Error(kRecipe) naming
+// `tensor` and `model` for parameters mergekit refuses (a density that keeps no entry, della's
+// density +- epsilon outside (0, 1), a negative density or gamma).
+DeltaMask build_mask(const TaskVectorView& tv, const SparsifyOptions& options,
+                     std::vector<uint64_t>& words, const std::string& tensor,
+                     const std::string& model);
+
+// Keeps the entries whose rank (descending |delta|, ties to the lower index) is in [lo, hi):
+// sets bit i of `words` exactly for those. The selection primitive behind magnitude and
+// magnitude_outliers, exposed for tests.
+void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,
+                       std::vector<uint64_t>& words);
+
+}  // namespace alloy::detail

@@ -1,0 +1,315 @@
+// The generalized task-arithmetic family (mergekit/merge_methods/generalized_task_arithmetic.py):
+// task vectors delta_i = x_i - base, each sparsified with its own density, weighted, optionally
+// combined by TIES sign consensus, optionally divided by the weights that took part, scaled by
+// lambda and added back to the base. The eight registered methods are configurations of it:
+//
+//   method            consensus  sparsification      normalize  rescale
+//   task_arithmetic   -          -                   false      false
+//   ties              sum        magnitude           true       false
+//   dare_ties         sum        random              false      true
+//   dare_linear       -          random              false      true
+//   breadcrumbs       -          magnitude_outliers  false      false
+//   breadcrumbs_ties  sum        magnitude_outliers  false      false
+//   della             sum        della_magprune      true       true
+//   della_linear      -          della_magprune      false      true
+//
+// Papers: task arithmetic, Ilharco et al. 2022, arXiv:2212.04089; TIES, Yadav et al. 2023,
+// arXiv:2306.01708; DARE, Yu et al. 2023, arXiv:2311.03099; Model Breadcrumbs, Davari &
+// Belilovsky 2023, arXiv:2312.06795; DELLA, Deep et al. 2024, arXiv:2406.11617.
+//
+// Memory: no copy of any task vector is kept. Each model's sparsification is a bit mask
+// (sparsify.h, n/8 bytes, thread_local scratch); the combine pass recomputes rnd(x_i - base) per
+// element, which is cheaper than storing it, and works on blocks so that its loops vectorise.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "alloy/core/parallel.h"
+#include "method_util.h"
+#include "sparsify.h"
+
+namespace alloy::detail {
+namespace {
+
+struct FamilyConfig {
+  const char* name;
+  bool sum_consensus;
+  Sparsification sparsification;
+  bool default_normalize;
+  bool default_rescale;
+};
+
+// One model's contribution: its inputs, its mask and its weight wD(weight).
+struct TaskVectorInput {
+  const float* x;
+  DeltaMask mask;
+  float weight;
+};
+
+thread_local std::vector<std::vector<uint64_t>> t_mask_words;  // one mask per model, reused
+
+class TaskArithmeticMethod final : public MergeMethod {
+ public:
+  explicit TaskArithmeticMethod(FamilyConfig config) : config_(config) {}
+  std::string_view name() const override { return config_.name; }
+  bool requires_base_model() const override { return true; }
+  CropPolicy crop_policy() const override { return CropPolicy::kToBase; }
+  std::vector<MethodParameter> parameters() const override {
+    std::vector<MethodParameter> p = {
+        {"weight", true, std::nullopt, true},
+        {"density", true, 1.0, false},
+    };
+    if (config_.sparsification == Sparsification::kMagnitudeOutliers)
+      p.push_back({"gamma", true, 0.01, false});
+    if (config_.sparsification == Sparsification::kDellaMagprune)
+      p.push_back({"epsilon", true, 0.15, false});
+    p.push_back({"int8_mask", false, 0.0, false});  // accepted; changes no bit of the result
+    p.push_back({"normalize", false, config_.default_normalize ? 1.0 : 0.0, false});
+    p.push_back({"rescale", false, config_.default_rescale ? 1.0 : 0.0, false});
+    p.push_back({"lambda", false, 1.0, false});
+    return p;
+  }
+
+  // The masks are built before any output is written; combine() reads each block of every
+  // source before it writes that block.
+  bool merges_in_place() const override { return true; }
+  void merge(const MergeContext& ctx, float* out) const override {
+    const size_t base_index = require_base(ctx, config_.name);
+    const float* base = ctx.sources[base_index].values;
+    const size_t n = ctx.numel();
+    const std::vector<size_t> others = non_base_sources(ctx);
+    if (others.empty()) {  // mergekit returns the base when there is no task vector
+      copy_source(ctx, base_index, out);
+      return;
+    }
+    SparsifyOptions options;
+    options.method = config_.sparsification;
+    options.rescale = method_flag(ctx, "rescale", config_.default_rescale);
+    const Rounder rounder{ctx.compute_dtype};
+
+    std::vector<std::vector<uint64_t>>& mask_words = t_mask_words;
+    if (mask_words.size() < others.size()) mask_words.resize(others.size());
+    std::vector<TaskVectorInput> inputs;
+    for (size_t m = 0; m < others.size(); ++m) {
+      const MergeSource& source = ctx.sources[others[m]];
+      const float weight = rounder.param(require_source_param(ctx, source, "weight"));
+      options.density = source_param(source, "density", 1.0);
+      options.gamma = source_param(source, "gamma", 0.01);
+      options.epsilon = source_param(source, "epsilon", 0.15);
+      options.seed =
+          mix_bits(ctx.seed ^ mix_bits(others[m] + 1));  // one stream per source position
+      TaskVectorView tv{source.values, base, n, ctx.compute_dtype, ctx.shape};
+      inputs.push_back({source.values,
+                        build_mask(tv, options, mask_words[m], ctx.tensor_name, source.model),
+                        weight});
+    }
+    with_rounding(ctx.compute_dtype, [&](auto rnd) {
+      const Combiner<decltype(rnd)> combiner(ctx, config_, base_index, std::move(inputs));
+      parallel_for_checked(ctx, config_.name, n, [&](size_t begin, size_t end) {
+        return combiner.combine(base + begin, combiner.inputs_at(begin).data(), begin,
+                                end - begin, out + begin);
+      });
+    });
+  }
+
+  // Chunked when no task vector is sparsified (task_arithmetic, or every density >= 1): then each
+  // output element needs only that element of every source.
+  // Defined after Chunk: clang instantiates the generic lambda where it stands.
+  std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override;
+
+ private:
+  // The combine of the task vectors for a range of elements, shared by merge() (whole tensors,
+  // with masks) and the chunked form (no masks).
+  template <class R>
+  class Combiner {
+   public:
+    Combiner(const MergeContext& ctx, const FamilyConfig& config, size_t base_index,
+             std::vector<TaskVectorInput> inputs)
+        : inputs_(std::move(inputs)), base_index_(base_index), consensus_(config.sum_consensus) {
+      const R rnd;
+      normalize_ = method_flag(ctx, "normalize", config.default_normalize);
+      lambda_ = method_param(ctx, "lambda", 1.0);
+      lambda_d_ = rnd.param(lambda_);
+      // Without consensus the divisor is the same everywhere: rnd(sum of the weights), or 1 when
+      // its magnitude is below 1e-8.
+      float weight_sum = 0.0f;
+      for (const auto& in : inputs_) weight_sum += in.weight;
+      weight_sum = rnd(weight_sum);
+      plain_divisor_ = std::fabs(weight_sum) < rnd.param(1e-8) ? 1.0f : weight_sum;
+    }
+    const std::vector<TaskVectorInput>& inputs() const { return inputs_; }
+    size_t base_index() const { return base_index_; }
+    // inputs()[m].x + begin, for every model m.
+    std::vector<const float*> inputs_at(size_t begin) const {
+      std::vector<const float*> xs;
+      for (const auto& in : inputs_) xs.push_back(in.x + begin);
+      return xs;
+    }
+
+    // Writes out[0, len), output elements [first, first + len), from base[0, len) and xs[m][0,
+    // len); returns the number of non-finite values written. Blocks of elements; every loop runs
+    // over the elements of the block (models outer), so the loops vectorise, and the float32 sums
+    // still add the models in source order.
+    size_t combine(const float* base, const float* const* xs, size_t first, size_t len,
+                   float* out) const {
+      const R rnd;
+      constexpr size_t kBlock = 256;
+      const size_t count = inputs_.size();
+      const bool consensus = consensus_, normalize = normalize_;
+      const double lambda = lambda_;
+      const float lambda_d = lambda_d_, plain_divisor = plain_divisor_;
+      std::vector<float> weighted(count * kBlock);  // v_m for the block, model-major
+      float sign[kBlock], mixed[kBlock], divisor[kBlock];
+      size_t bad = 0;
+      for (size_t b0 = 0; b0 < len; b0 += kBlock) {
+        const size_t block = std::min(kBlock, len - b0);
+        const float* b = base + b0;
+        // v_m = rnd(sparsified(delta_m) * wD(w_m)), delta_m = rnd(x_m - base).
+        for (size_t m = 0; m < count; ++m) {
+          const TaskVectorInput& in = inputs_[m];
+          const float* x = xs[m] + b0;
+          float* v = weighted.data() + m * kBlock;
+          for (size_t j = 0; j < block; ++j) v[j] = rnd(x[j] - b[j]);
+          if (in.mask.active) {
+            const uint64_t* bits = in.mask.bits;
+            for (size_t j = 0; j < block; ++j) {
+              const size_t i = first + b0 + j;
+              v[j] = keep_or_zero(v[j], (bits[i >> 6] >> (i & 63)) & 1u);
+            }
+            if (in.mask.rescaled) {
+              const float ratio = in.mask.ratio;
+              for (size_t j = 0; j < block; ++j) v[j] = rnd(v[j] * ratio);
+            }
+          }
+          const float w = in.weight;
+          for (size_t j = 0; j < block; ++j) v[j] = rnd(v[j] * w);
+        }
+        std::fill(mixed, mixed + block, 0.0f);
+        if (consensus) {
+          // The elected sign is that of rnd(sum_m v_m) (zero votes +); an entry takes part when
+          // v_m * sign > 0, so zeros (dropped entries, weight-0 models) never do. Adding +0 for
+          // the others changes no bit: the sums start at +0 and never become -0.
+          std::fill(sign, sign + block, 0.0f);
+          for (size_t m = 0; m < count; ++m) {
+            const float* v = weighted.data() + m * kBlock;
+            for (size_t j = 0; j < block; ++j) sign[j] += v[j];
+          }
+          for (size_t j = 0; j < block; ++j) sign[j] = rnd(sign[j]) >= 0.0f ? 1.0f : -1.0f;
+          std::fill(divisor, divisor + block, 0.0f);
+          for (size_t m = 0; m < count; ++m) {
+            const float* v = weighted.data() + m * kBlock;
+            const float w = inputs_[m].weight;
+            for (size_t j = 0; j < block; ++j) {
+              const bool agrees = v[j] * sign[j] > 0.0f;
+              mixed[j] += keep_or_zero(v[j], agrees);
+              divisor[j] += keep_or_zero(w, agrees);
+            }
+          }
+          for (size_t j = 0; j < block; ++j) {
+            const float d = rnd(divisor[j]);
+            divisor[j] = d == 0.0f ? 1.0f : d;
+          }
+        } else {
+          for (size_t m = 0; m < count; ++m) {
+            const float* v = weighted.data() + m * kBlock;
+            for (size_t j = 0; j < block; ++j) mixed[j] += v[j];
+          }
+          std::fill(divisor, divisor + block, plain_divisor);
+        }
+        float* o = out + b0;
+        for (size_t j = 0; j < block; ++j) {
+          float result = rnd(mixed[j]);
+          if (normalize) result = rnd(result / divisor[j]);
+          if (lambda != 1.0) result = rnd(result * lambda_d);
+          o[j] = rnd(b[j] + result);
+        }
+        for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
+      }
+      return bad;
+    }
+
+   private:
+    std::vector<TaskVectorInput> inputs_;
+    size_t base_index_;
+    bool consensus_;
+    bool normalize_ = false;
+    double lambda_ = 1.0;
+    float lambda_d_ = 1.0f, plain_divisor_ = 1.0f;
+  };
+
+  template <class R>
+  class Chunk final : public ChunkedMerge {
+   public:
+    Chunk(Combiner<R> combiner, std::vector<size_t> others)
+        : combiner_(std::move(combiner)), others_(std::move(others)) {}
+    size_t merge_chunk(const float* const* sources, size_t begin, size_t len,
+                       float* out) const override {
+      const float* base = sources[combiner_.base_index()];
+      if (others_.empty()) {  // mergekit returns the base when there is no task vector
+        if (base != out) std::memcpy(out, base, len * sizeof(float));
+        size_t bad = 0;
+        for (size_t i = 0; i < len; ++i) bad += is_non_finite(out[i]);
+        return bad;
+      }
+      const float* xs[kMaxInline];
+      std::vector<const float*> many;
+      const float** x = xs;
+      if (others_.size() > kMaxInline) {
+        many.resize(others_.size());
+        x = many.data();
+      }
+      for (size_t m = 0; m < others_.size(); ++m) x[m] = sources[others_[m]];
+      return combiner_.combine(base, x, begin, len, out);
+    }
+
+   private:
+    static constexpr size_t kMaxInline = 16;
+    Combiner<R> combiner_;
+    std::vector<size_t> others_;
+  };
+
+  FamilyConfig config_;
+};
+
+std::unique_ptr<ChunkedMerge> TaskArithmeticMethod::chunked(const MergeContext& ctx) const {
+  const size_t base_index = require_base(ctx, config_.name);
+  const std::vector<size_t> others = non_base_sources(ctx);
+  std::vector<TaskVectorInput> inputs;
+  const Rounder rounder{ctx.compute_dtype};
+  for (size_t m : others) {
+    const MergeSource& source = ctx.sources[m];
+    const float weight = rounder.param(require_source_param(ctx, source, "weight"));
+    if (config_.sparsification != Sparsification::kNone &&
+        !(source_param(source, "density", 1.0) >= 1.0))
+      return nullptr;  // a mask (or a refusal) needs the whole task vector: merge() does it
+    inputs.push_back({nullptr, DeltaMask{}, weight});
+  }
+  return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
+    return std::make_unique<Chunk<decltype(rnd)>>(
+        Combiner<decltype(rnd)>(ctx, config_, base_index, std::move(inputs)), others);
+  });
+}
+
+}  // namespace
+
+std::vector<const MergeMethod*> task_arithmetic_family() {
+  static const TaskArithmeticMethod methods[] = {
+      TaskArithmeticMethod({"task_arithmetic", false, Sparsification::kNone, false, false}),
+      TaskArithmeticMethod({"ties", true, Sparsification::kMagnitude, true, false}),
+      TaskArithmeticMethod({"dare_ties", true, Sparsification::kRandom, false, true}),
+      TaskArithmeticMethod({"dare_linear", false, Sparsification::kRandom, false, true}),
+      TaskArithmeticMethod(
+          {"breadcrumbs", false, Sparsification::kMagnitudeOutliers, false, false}),
+      TaskArithmeticMethod(
+          {"breadcrumbs_ties", true, Sparsification::kMagnitudeOutliers, false, false}),
+      TaskArithmeticMethod({"della", true, Sparsification::kDellaMagprune, true, true}),
+      TaskArithmeticMethod({"della_linear", false, Sparsification::kDellaMagprune, false, true}),
+  };
+  std::vector<const MergeMethod*> list;
+  for (const auto& m : methods) list.push_back(&m);
+  return list;
+}
+
+}  // namespace alloy::detail

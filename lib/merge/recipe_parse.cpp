@@ -1,0 +1,365 @@
+// Recipe parsing: YAML -> alloy::Recipe, with positions, and every structural check that needs no
+// model: keys, types, the method and the parameters it takes.
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "alloy/core/error.h"
+#include "alloy/merge/recipe.h"
+
+namespace alloy {
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// " (did you mean 'x'?)" for the closest candidate within a small distance, else "".
+std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string normalized = word;
+  std::replace(normalized.begin(), normalized.end(), '-', '_');
+  std::transform(normalized.begin(), normalized.end(), normalized.begin(), ::tolower);
+  std::string best;
+  size_t best_distance = 3;
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(normalized, c);
+    if (d < best_distance) best_distance = d, best = c;
+  }
+  return best.empty() ? "" : " (did you mean '" + best + "'?)";
+}
+
+std::string join(const std::vector<std::string>& words) {
+  std::string out;
+  for (const auto& w : words) out += (out.empty() ? "" : ", ") + w;
+  return out;
+}
+
+class Parser {
+ public:
+  Parser(const std::string& label) : label_(label) {}
+
+  [[noreturn]] void fail(const YAML::Node& node, const std::string& message) const {
+    fail_at(position(node), message);
+  }
+  [[noreturn]] void fail_at(const RecipePosition& p, const std::string& message) const {
+    throw Error(ErrorCode::kRecipe, label_ + ":" + std::to_string(p.line) + ":" + std::to_string(p.column) + ": " +
+                                        message);
+  }
+  static RecipePosition position(const YAML::Node& node) {
+    const YAML::Mark mark = node.Mark();
+    return {mark.line + 1, mark.column + 1};
+  }
+
+  // The map's entries, refusing keys outside `allowed` (with a suggestion) and repeated keys.
+  std::vector<std::pair<YAML::Node, YAML::Node>> entries(const YAML::Node& map, const std::vector<std::string>& allowed,
+                                                         const std::string& what) const {
+    if (!map.IsMap()) fail(map, what + " must be a mapping of keys to values");
+    std::vector<std::pair<YAML::Node, YAML::Node>> out;
+    std::set<std::string> seen;
+    for (const auto& entry : map) {
+      const std::string key = entry.first.as<std::string>();
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+        fail(entry.first, "unknown key '" + key + "' in " + what + suggestion(key, allowed) +
+                              "; allowed: " + join(allowed));
+      }
+      if (!seen.insert(key).second) fail(entry.first, "key '" + key + "' appears twice in " + what);
+      out.emplace_back(entry.first, entry.second);
+    }
+    return out;
+  }
+
+  std::string scalar_string(const YAML::Node& node, const std::string& what) const {
+    if (!node.IsScalar()) fail(node, what + " must be a string");
+    return node.as<std::string>();
+  }
+
+  double number(const YAML::Node& node, const std::string& what) const {
+    if (!node.IsScalar()) fail(node, what + " must be a number");
+    double value;
+    if (YAML::convert<double>::decode(node, value)) return value;
+    bool flag;
+    if (YAML::convert<bool>::decode(node, flag)) return flag ? 1.0 : 0.0;
+    fail(node, what + " must be a number or true/false, not '" + node.as<std::string>() + "'");
+  }
+
+  // A scalar or a gradient (list of numbers).
+  Setting plain_setting(const YAML::Node& node, const std::string& what) const {
+    Setting s;
+    s.position = position(node);
+    if (node.IsScalar()) {
+      s.scalar = number(node, what);
+      return s;
+    }
+    if (!node.IsSequence()) fail(node, what + " must be a number or a list of numbers");
+    if (node.size() == 0) fail(node, what + ": a gradient needs at least one value");
+    s.kind = Setting::Kind::kGradient;
+    for (const auto& item : node) s.gradient.push_back(number(item, what + " gradient entry"));
+    return s;
+  }
+
+  Setting setting(const YAML::Node& node, const std::string& what) const {
+    if (node.IsSequence() && node.size() > 0 && node[0].IsMap()) {
+      Setting s;
+      s.kind = Setting::Kind::kFilters;
+      s.position = position(node);
+      for (const auto& item : node) {
+        Setting::Filtered filtered;
+        bool has_value = false;
+        for (const auto& [key, value] : entries(item, {"filter", "value"}, what + " filter entry")) {
+          if (key.as<std::string>() == "filter") {
+            filtered.filter = scalar_string(value, "filter");
+          } else {
+            filtered.value = std::make_shared<Setting>(plain_setting(value, what));
+            has_value = true;
+          }
+        }
+        if (!has_value) fail(item, what + ": filter entry has no 'value'");
+        s.filters.push_back(filtered);
+      }
+      return s;
+    }
+    return plain_setting(node, what);
+  }
+
+  Parameters parameters(const YAML::Node& node, const MergeMethod* method, bool per_model_level) const {
+    std::vector<std::string> names;
+    for (const auto& p : method->parameters()) names.push_back(p.name);
+    Parameters out;
+    for (const auto& [key_node, value] : entries(node, names, "parameters of " + std::string(method->name()))) {
+      const std::string key = key_node.as<std::string>();
+      if (per_model_level) {
+        for (const auto& p : method->parameters()) {
+          if (p.name == key && !p.per_model) {
+            fail(key_node, "'" + key + "' is a parameter of the whole merge, not of one model; set it under the "
+                               "top-level or slice parameters");
+          }
+        }
+      }
+      out[key] = setting(value, "parameter '" + key + "'");
+    }
+    return out;
+  }
+
+  std::string model_reference(const YAML::Node& node) const {
+    const std::string model = scalar_string(node, "model");
+    if (model.empty()) fail(node, "model path is empty");
+    if (model.find('@') != std::string::npos) {
+      fail(node, "model '" + model + "': revisions (model@revision) need the Hugging Face hub; alloy reads local "
+                 "directories only");
+    }
+    return model;
+  }
+
+  RecipeSource source(const YAML::Node& node, const MergeMethod* method, bool with_layer_range) const {
+    RecipeSource s;
+    s.position = position(node);
+    if (node.IsScalar()) {
+      s.model = model_reference(node);
+      return s;
+    }
+    std::vector<std::string> keys = {"model", "parameters"};
+    if (with_layer_range) keys.push_back("layer_range");
+    bool has_model = false;
+    for (const auto& [key_node, value] : entries(node, keys, "model entry")) {
+      const std::string key = key_node.as<std::string>();
+      if (key == "model") {
+        s.model = model_reference(value);
+        has_model = true;
+      } else if (key == "parameters") {
+        s.parameters = parameters(value, method, true);
+      } else {
+        if (!value.IsSequence() || value.size() != 2) fail(value, "layer_range must be [begin, end]");
+        const double begin = number(value[0], "layer_range begin"), end = number(value[1], "layer_range end");
+        if (begin != static_cast<int>(begin) || end != static_cast<int>(end) || begin < 0 || end <= begin) {
+          fail(value, "layer_range must be two whole numbers with 0 <= begin < end");
+        }
+        s.layer_range = std::make_pair(static_cast<int>(begin), static_cast<int>(end));
+      }
+    }
+    if (!has_model) fail(node, "model entry has no 'model'");
+    return s;
+  }
+
+ private:
+  std::string label_;
+};
+
+}  // namespace
+
+std::optional<double> Setting::evaluate(double t, const std::string& tensor_name) const {
+  switch (kind) {
+    case Kind::kScalar:
+      return scalar;
+    case Kind::kGradient: {
+      // mergekit: s = t * (len - 1), i0 = int(s), i1 = min(len - 1, i0 + 1), f = s - i0.
+      const size_t n = gradient.size();
+      if (n == 1) return gradient[0];
+      const double s = t * static_cast<double>(n - 1);
+      const size_t i0 = std::min(static_cast<size_t>(s), n - 1);
+      const size_t i1 = std::min(n - 1, i0 + 1);
+      const double f = s - static_cast<double>(i0);
+      return (1 - f) * gradient[i0] + f * gradient[i1];
+    }
+    case Kind::kFilters:
+      for (const auto& entry : filters) {
+        if (!entry.filter || *entry.filter == "*" || tensor_name.find(*entry.filter) != std::string::npos) {
+          return entry.value->evaluate(t, tensor_name);
+        }
+      }
+      return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+std::string Recipe::where(const RecipePosition& p) const {
+  return label + ":" + std::to_string(p.line) + ":" + std::to_string(p.column) + ": ";
+}
+
+std::vector<std::string> Recipe::referenced_models() const {
+  std::vector<std::string> out;
+  auto add = [&](const std::string& m) {
+    if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+  };
+  if (base_model) add(*base_model);
+  for (const auto& s : models) add(s.model);
+  for (const auto& slice : slices) {
+    if (slice.base_model) add(*slice.base_model);
+    for (const auto& s : slice.sources) add(s.model);
+  }
+  return out;
+}
+
+Recipe parse_recipe(const std::string& text, const std::string& label) {
+  Parser p(label);
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    p.fail_at({e.mark.line + 1, e.mark.column + 1}, "not valid YAML: " + e.msg);
+  }
+  Recipe recipe;
+  recipe.label = label;
+  recipe.text = text;
+  if (!root.IsMap()) p.fail_at({1, 1}, "a recipe is a YAML mapping with at least merge_method and models or slices");
+
+  const std::vector<std::string> top_keys = {"merge_method", "base_model", "models", "slices", "parameters", "dtype",
+                                             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name"};
+  const auto top = p.entries(root, top_keys, "the recipe");
+  // yaml-cpp has no public "undefined" node to return, so absence is an empty optional.
+  auto find = [&](const std::string& key) -> std::optional<YAML::Node> {
+    for (const auto& [k, v] : top) {
+      if (k.as<std::string>() == key) return v;
+    }
+    return std::nullopt;
+  };
+
+  const auto method_found = find("merge_method");
+  if (!method_found) p.fail_at({1, 1}, "the recipe has no merge_method; known methods: " + join(merge_method_names()));
+  const YAML::Node method_node = *method_found;
+  recipe.merge_method = p.scalar_string(method_node, "merge_method");
+  recipe.merge_method_position = Parser::position(method_node);
+  const MergeMethod* method = find_merge_method(recipe.merge_method);
+  if (!method) {
+    p.fail(method_node, "unknown merge_method '" + recipe.merge_method + "'" +
+                            suggestion(recipe.merge_method, merge_method_names()) +
+                            "; known methods: " + join(merge_method_names()));
+  }
+
+  if (const auto found = find("base_model")) {
+    const YAML::Node base = *found;
+    recipe.base_model = p.model_reference(base);
+    recipe.base_model_position = Parser::position(base);
+  }
+  if (const auto params = find("parameters")) recipe.parameters = p.parameters(*params, method, false);
+  for (const char* key : {"dtype", "out_dtype"}) {
+    if (const auto found = find(key)) {
+      const YAML::Node node = *found;
+      const std::string name = p.scalar_string(node, key);
+      const auto dtype = dtype_from_torch_name(name);
+      if (!dtype || !can_store_from_f32(*dtype)) {
+        p.fail(node, std::string(key) + " '" + name + "' is not one of bfloat16, float16, float32, float64");
+      }
+      (std::string(key) == "dtype" ? recipe.dtype : recipe.out_dtype) = *dtype;
+    }
+  }
+  auto tokenizer_source = [&](const YAML::Node& node) {
+    const std::string source = p.scalar_string(node, "tokenizer source");
+    if (source == "union") {
+      p.fail(node, "tokenizer_source: union is not supported by alloy yet; use 'base' or a model path");
+    }
+    recipe.tokenizer_source = source;
+  };
+  if (const auto node = find("tokenizer_source")) tokenizer_source(*node);
+  if (const auto node = find("tokenizer")) {
+    for (const auto& [key, value] : p.entries(*node, {"source"}, "tokenizer")) {
+      (void)key;
+      tokenizer_source(value);
+    }
+  }
+  if (const auto node = find("chat_template")) recipe.chat_template = p.scalar_string(*node, "chat_template");
+  if (const auto node = find("name")) recipe.name = p.scalar_string(*node, "name");
+
+  const auto models_found = find("models"), slices_found = find("slices");
+  if (models_found && slices_found) {
+    for (const auto& [key, value] : top) {
+      if (key.as<std::string>() == "slices") p.fail(key, "use either models or slices, not both");
+    }
+  }
+  if (!models_found && !slices_found) p.fail_at({1, 1}, "the recipe lists no models: add models: or slices:");
+  if (models_found) {
+    const YAML::Node models = *models_found;
+    if (!models.IsSequence() || models.size() == 0) p.fail(models, "models must be a non-empty list");
+    for (const auto& item : models) recipe.models.push_back(p.source(item, method, false));
+  } else {
+    const YAML::Node slices = *slices_found;
+    recipe.uses_slices = true;
+    if (!slices.IsSequence() || slices.size() == 0) p.fail(slices, "slices must be a non-empty list");
+    for (const auto& item : slices) {
+      RecipeSlice slice;
+      slice.position = Parser::position(item);
+      bool has_sources = false;
+      for (const auto& [key_node, value] : p.entries(item, {"sources", "parameters", "base_model"}, "a slice")) {
+        const std::string key = key_node.as<std::string>();
+        if (key == "sources") {
+          if (!value.IsSequence() || value.size() == 0) p.fail(value, "sources must be a non-empty list");
+          for (const auto& s : value) {
+            slice.sources.push_back(p.source(s, method, true));
+            if (!slice.sources.back().layer_range) p.fail(s, "a slice source needs layer_range: [begin, end]");
+          }
+          has_sources = true;
+        } else if (key == "parameters") {
+          slice.parameters = p.parameters(value, method, false);
+        } else {
+          slice.base_model = p.model_reference(value);
+        }
+      }
+      if (!has_sources) p.fail(item, "slice has no sources");
+      recipe.slices.push_back(std::move(slice));
+    }
+  }
+  return recipe;
+}
+
+Recipe load_recipe(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorCode::kRecipe, path.string() + ": cannot open the recipe");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_recipe(text.str(), path.string());
+}
+
+}  // namespace alloy

@@ -1,0 +1,101 @@
+// Internals shared by the perturb_*.cpp files (see alloy/perturb.h).
+//
+// A transform is planned before anything is written: per output tensor, which input tensor it is
+// made from and a function that transforms that tensor's values in place (float32, row-major,
+// rows = shape[0], or 1 for a 1-D tensor,
+// which is one row). perturb_run.cpp validates the options, asks the kind's
+// planner for a PerturbPlan, then streams the tensors through their transforms into a
+// ShardedWriter in a staging directory, measures the applied perturbation where the kind asks for
+// it, writes config.json, the tokenizer files and alloy_perturb.json, and publishes.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "alloy/core/model.h"
+#include "alloy/perturb/perturb.h"
+#include "alloy/synth/synth.h"
+
+namespace alloy::detail {
+
+// Transforms values[rows * cols] in place; returns extra per-tensor ground truth (or null).
+using TensorTransform = std::function<nlohmann::json(float* values, uint64_t rows, uint64_t cols)>;
+
+struct PlannedTensor {
+  std::string name;           // output name
+  std::string source;         // input tensor it is made from (same dtype and shape)
+  TensorTransform transform;  // empty: copied unchanged
+};
+
+struct PerturbPlan {
+  std::vector<PlannedTensor> tensors;
+  nlohmann::json truth = nlohmann::json::object();  // the kind's fields of alloy_perturb.json
+  std::optional<nlohmann::json> config;             // replaces IN's config.json when set
+  // Record per tensor {"name", "norm": ||W||, "applied_norm": ||OUT - W||} (plus the transform's
+  // fields) in truth["tensors"], measured on the written output.
+  bool measure = false;
+  // Writes the weights itself instead of streaming `tensors` (finetune).
+  std::function<void(const std::filesystem::path& dir)> write_weights;
+};
+
+struct PerturbInput {
+  const Model& model;
+  const Model* reference = nullptr;  // noise --reference, else null
+  const PerturbOptions& options;
+  double strength = 0;               // resolved; 0 for kinds without one
+  std::optional<Architecture> arch;  // from IN's config.json, when it has one
+};
+
+// One planner per job, each in its own file.
+PerturbPlan plan_value_perturbation(const PerturbInput& input);  // noise, reround, finetune
+PerturbPlan plan_permutation(const PerturbInput& input);         // permute-experts/-neurons/-heads
+PerturbPlan plan_rescaling(const PerturbInput& input);           // rescale-neurons, fold-norms
+PerturbPlan plan_layer_stack(const PerturbInput& input);         // stack-layers
+
+// The architecture of IN, or Error(kInvalidArgument) saying the kind needs a config.json.
+const Architecture& require_architecture(const PerturbInput& input);
+// The input tensor `name`, or Error(kMissingTensor) naming it and the model.
+const ModelTensor& require_tensor(const Model& model, const std::string& name);
+// Throws Error(kShapeMismatch) naming the tensor unless its shape is `shape`.
+void require_shape(const ModelTensor& tensor, const std::vector<uint64_t>& shape);
+// A float32 copy of an input tensor.
+std::vector<float> load_values(const ModelTensor& tensor);
+// "model.layers.L."
+std::string layer_prefix(int layer);
+// Every input tensor copied unchanged, in the input's order.
+std::vector<PlannedTensor> identity_tensors(const Model& model);
+// A plan entry per input tensor: the transform from `choose` (may be empty) for each.
+std::vector<PlannedTensor> map_tensors(
+    const Model& model, const std::function<PlannedTensor(const ModelTensor&)>& choose);
+
+// Uniform random numbers for the structural transforms: splitmix64 over a key from (seed, stream
+// name), so each layer's choice is independent of the order tensors are visited in.
+class PerturbRng {
+ public:
+  PerturbRng(uint64_t seed, const std::string& stream);
+  uint64_t next();
+  uint64_t below(uint64_t n);  // uniform in [0, n), n >= 1 (rejection sampling, no modulo bias)
+  double uniform();            // uniform in [0, 1), 53 bits
+  std::vector<int> permutation(int n);  // uniform (Fisher-Yates)
+
+ private:
+  uint64_t state_;
+};
+
+// Reorders row blocks (block rows each): output block j = input block p[j]. rows = p.size() *
+// block.
+void permute_rows(float* values, uint64_t rows, uint64_t cols, const std::vector<int>& p,
+                  uint64_t block);
+// Reorders column blocks likewise: output columns of block j = input columns of block p[j].
+void permute_columns(float* values, uint64_t rows, uint64_t cols, const std::vector<int>& p,
+                     uint64_t block);
+
+nlohmann::json permutation_json(const std::vector<int>& p);
+
+}  // namespace alloy::detail

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Prints one sha256 line per file that alloy writes for a fixed set of inputs: every recipe in
+# recipes/ on a dense and a MoE synthetic family, the assay's JSON, recipe and report, and every
+# perturb transform. Run it before and after a change that must not change behaviour and diff the
+# two listings (they are identical when every output byte is).
+# Usage: scripts/output-digest.sh BIN_DIR > digest.txt
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$(cd "${1:?usage: scripts/output-digest.sh BIN_DIR}" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"$bin/alloy-synth" family "$work/dense" --fine-tunes 3 --unrelated 1 >/dev/null
+"$bin/alloy-synth" family "$work/moe" --family moe --fine-tunes 3 --unrelated 1 >/dev/null
+
+for family in dense moe; do
+  cd "$work/$family"
+  for recipe in "$root"/recipes/*.yml; do
+    name=$(basename "$recipe" .yml)
+    "$bin/alloy-merge" "$recipe" "merged-$name" >/dev/null 2>&1
+  done
+  "$bin/alloy-assay" merged-linear base ft_1 ft_2 ft_3 unrelated_1 --json assay.json \
+    --recipe recovered.yml --report assay.html >/dev/null
+  "$bin/alloy-assay" merged-ties base ft_1 ft_2 ft_3 unrelated_1 --json assay-ties.json >/dev/null
+  for kind in noise reround finetune permute-experts permute-neurons permute-heads \
+              rescale-neurons fold-norms stack-layers; do
+    if [[ $family == dense && $kind == permute-experts ]]; then continue; fi
+    extra=()
+    if [[ $kind == noise ]]; then extra=(--reference base); fi
+    if [[ $kind == stack-layers ]]; then extra=(--layer-map 0,1,1,2,3); fi
+    "$bin/alloy-synth" perturb merged-linear "perturbed-$kind" --kind "$kind" --seed 5 \
+      "${extra[@]}" >/dev/null
+  done
+done
+
+# The assay's and the merge's outputs carry the working directory's paths in places; listing the
+# files relative to the work directory keeps the digest independent of where it ran.
+cd "$work"
+find . -type f ! -path './*/base/*' ! -path './*/ft_*' ! -path './*/unrelated_*' -print0 |
+  sort -z | xargs -0 sha256sum | sed "s#$work#WORK#g"

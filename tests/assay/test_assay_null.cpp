@@ -1,0 +1,109 @@
+// alloy-assay under the null, and the Rio shape:
+//  - unrelated models are never called merges (50 seeds, dense and MoE);
+//  - sibling fine-tunes of one base, stored in bf16 from an float32 master (the shared-grid trap:
+//    rounding to one grid correlates siblings whose deltas are small), deltas from 0.5% to 10%,
+//    are never called merges, with the base among the candidates or without it (50 seeds);
+//  - an MoE model blended 0.571 / 0.429 in bf16 gives alpha 0.571 +/- 0.005 on every component.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "alloy/assay/assay.h"
+#include "test_assay_utils.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using alloy::test::assay;
+using alloy::test::merge_into;
+
+constexpr int kSeeds = 50;
+
+alloy::BaseModelOptions tiny(alloy::ModelFamily kind, uint64_t seed, alloy::DType dtype) {
+  alloy::BaseModelOptions o;
+  o.arch.family = kind;
+  o.arch.layers = 2;
+  o.arch.hidden = 64;
+  o.arch.intermediate = 96;
+  o.arch.experts = 2;
+  o.arch.moe_intermediate = 32;
+  o.arch.vocab = 128;
+  o.dtype = dtype;
+  o.seed = seed;
+  return o;
+}
+
+alloy::ModelFamily kind_for(int seed) { return seed % 2 ? alloy::ModelFamily::kMoe : alloy::ModelFamily::kLlama; }
+
+// Casts a model to bf16 the way a trainer saves one: each value rounded once from float32.
+void cast_to_bf16(const fs::path& in, const fs::path& out) {
+  merge_into("merge_method: passthrough\nmodels:\n  - model: " + in.string() + "\ndtype: bfloat16\n", out);
+}
+
+TEST(AssayNull, UnrelatedModelsAreNeverMerges) {
+  int independent = 0;
+  for (int seed = 1; seed <= kSeeds; ++seed) {
+    alloy::test::TempDir dir;
+    const auto base = tiny(kind_for(seed), uint64_t(seed), alloy::DType::BF16);
+    alloy::FineTuneOptions ft;
+    ft.relative_delta = 0.05;
+    alloy::synth_family(dir / "fam", base, 2, 1, ft);
+    auto other = base;
+    other.seed = uint64_t(seed) + 100000;
+    alloy::synth_base_model(dir / "suspect", other);
+    const auto r = assay(dir / "suspect", {(dir / "fam" / "base").string(), (dir / "fam" / "ft_1").string(),
+                                           (dir / "fam" / "ft_2").string(), (dir / "fam" / "unrelated_1").string()});
+    EXPECT_NE(r.verdict, "merge") << "seed " << seed << ": " << r.evidence.dump();
+    independent += r.verdict == "independent";
+  }
+  EXPECT_EQ(independent, kSeeds);
+}
+
+TEST(AssayNull, SiblingFineTunesAreNeverMerges) {
+  int fine_tunes = 0;
+  for (int seed = 1; seed <= kSeeds; ++seed) {
+    alloy::test::TempDir dir;
+    // Deltas 0.5% ... 10% of the weight norm, geometrically spaced over the seeds.
+    const double delta = 0.005 * std::pow(20.0, double(seed - 1) / double(kSeeds - 1));
+    alloy::FineTuneOptions ft;
+    ft.relative_delta = delta;
+    alloy::synth_family(dir / "master", tiny(kind_for(seed), uint64_t(seed), alloy::DType::F32), 3, 0, ft);
+    for (const char* m : {"base", "ft_1", "ft_2", "ft_3"}) cast_to_bf16(dir / "master" / m, dir / m);
+    const std::string base = (dir / "base").string(), a = (dir / "ft_1").string(), b = (dir / "ft_2").string();
+    const auto with_base = assay(dir / "ft_3", {base, a, b});
+    EXPECT_NE(with_base.verdict, "merge") << "seed " << seed << " delta " << delta << ": " << with_base.evidence.dump();
+    fine_tunes += with_base.verdict == "fine-tune" && with_base.candidates[size_t(*with_base.base)].path == base;
+    const auto without_base = assay(dir / "ft_3", {a, b});
+    EXPECT_NE(without_base.verdict, "merge") << "seed " << seed << " delta " << delta << ": "
+                                             << without_base.evidence.dump();
+  }
+  EXPECT_EQ(fine_tunes, kSeeds);
+}
+
+TEST(AssayRio, BlendOfTwoMoeModelsInBf16) {
+  alloy::test::TempDir dir;
+  auto q = tiny(alloy::ModelFamily::kMoe, 35, alloy::DType::BF16);
+  q.arch.layers = 4;
+  q.arch.experts = 4;
+  alloy::synth_base_model(dir / "qwen", q);
+  alloy::FineTuneOptions ft;
+  ft.relative_delta = 0.08;
+  ft.seed = 397;
+  alloy::synth_fine_tune(dir / "qwen", dir / "nex", ft);
+  merge_into("merge_method: linear\nmodels:\n  - model: " + (dir / "nex").string() +
+                 "\n    parameters: {weight: 0.571}\n  - model: " + (dir / "qwen").string() +
+                 "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
+             dir / "rio");
+  const auto r = assay(dir / "rio", {(dir / "qwen").string(), (dir / "nex").string()});
+  EXPECT_EQ(r.verdict, "merge");
+  EXPECT_EQ(r.method, "linear");
+  ASSERT_GE(r.components.size(), 6u);
+  for (const auto& c : r.components) {
+    EXPECT_NEAR(c.weight_mean[1], 0.571, 0.005) << c.name;
+    EXPECT_NEAR(c.weight_mean[0], 0.429, 0.005) << c.name;
+    EXPECT_GT(c.cos_fit_mean, 0.99) << c.name;
+  }
+  EXPECT_LT(r.evidence["log10_false_positive"].get<double>(), -20);
+}
+
+}  // namespace

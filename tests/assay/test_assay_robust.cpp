@@ -1,0 +1,225 @@
+// alloy-assay against hide-the-merge transforms (alloy-synth perturb): a 0.571 / 0.429 merge of two
+// fine-tunes, transformed, must still be called a merge with the weights recovered; permutations
+// must be recovered exactly; and no transform may turn an unrelated model into a "merge".
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "alloy/assay/assay.h"
+#include "alloy/perturb/perturb.h"
+#include "test_assay_utils.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using alloy::PerturbKind;
+using alloy::test::assay;
+using alloy::test::AssayFamily;
+
+double weight_of(const alloy::AssayResult& r, const std::string& path) {
+  for (const auto& c : r.candidates) {
+    if (c.path == path) return c.weight;
+  }
+  return NAN;
+}
+
+struct Merged {
+  AssayFamily family;
+  fs::path merged;
+  explicit Merged(alloy::ModelFamily kind) : family(kind, 21, 0.05), merged(family.temp.path() / "merged") {
+    alloy::test::merge_into("merge_method: linear\nmodels:\n  - model: " + (family.dir / "ft_1").string() +
+                                "\n    parameters: {weight: 0.571}\n  - model: " + (family.dir / "ft_2").string() +
+                                "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
+                            merged);
+  }
+  fs::path perturbed(const std::string& name, alloy::PerturbOptions options, nlohmann::json* truth = nullptr) {
+    const fs::path out = family.temp.path() / name;
+    options.output.overwrite = true;
+    const nlohmann::json t = alloy::perturb_model(merged, out, options);
+    if (truth) *truth = t;
+    return out;
+  }
+};
+
+struct Transform {
+  const char* name;
+  PerturbKind kind;
+  double strength;  // NaN: the kind has none
+  bool relative_to_base = false;
+  alloy::ReroundFormat format = alloy::ReroundFormat::kInt8;
+};
+
+// The stated strengths: noise as large as the merge's own deviation from the base; int8 absmax; a
+// further fine-tune half the size of the parents' 5% deltas; a 5% per-tensor RMS noise.
+const Transform kTransforms[] = {
+    {"noise_deviation", PerturbKind::kNoise, 1.0, true},
+    {"noise_rms", PerturbKind::kNoise, 0.05},
+    {"int8", PerturbKind::kReround, NAN, false, alloy::ReroundFormat::kInt8},
+    {"int4", PerturbKind::kReround, NAN, false, alloy::ReroundFormat::kInt4},
+    {"finetune_half", PerturbKind::kFineTune, 0.025},
+    {"fold_norms", PerturbKind::kFoldNorms, NAN},
+};
+
+alloy::PerturbOptions options_for(const Transform& t, const fs::path& base, uint64_t seed) {
+  alloy::PerturbOptions o;
+  o.kind = t.kind;
+  if (!std::isnan(t.strength)) o.strength = t.strength;
+  if (t.relative_to_base) o.reference = base;
+  o.format = t.format;
+  o.seed = seed;
+  return o;
+}
+
+class AssayRobust : public ::testing::TestWithParam<alloy::ModelFamily> {};
+
+TEST_P(AssayRobust, TransformedMergesAreStillMerges) {
+  Merged m(GetParam());
+  for (const auto& t : kTransforms) {
+    const fs::path s = m.perturbed(t.name, options_for(t, m.family.dir / "base", 5));
+    const auto r = assay(s, m.family.candidates());
+    EXPECT_EQ(r.verdict, "merge") << t.name << ": " << r.evidence.dump();
+    EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_1").string()), 0.571, 0.02) << t.name;
+    EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_2").string()), 0.429, 0.02) << t.name;
+  }
+}
+
+TEST_P(AssayRobust, PermutationsAreRecoveredExactly) {
+  Merged m(GetParam());
+  std::vector<PerturbKind> kinds = {PerturbKind::kPermuteNeurons, PerturbKind::kPermuteHeads};
+  if (GetParam() == alloy::ModelFamily::kMoe) kinds.push_back(PerturbKind::kPermuteExperts);
+  for (const PerturbKind kind : kinds) {
+    alloy::PerturbOptions o;
+    o.kind = kind;
+    o.seed = 9;
+    nlohmann::json truth;
+    const fs::path s = m.perturbed(alloy::perturb_kind_name(kind), o, &truth);
+    const auto r = assay(s, m.family.candidates());
+    const std::string what = alloy::perturb_kind_name(kind);
+    EXPECT_EQ(r.verdict, "merge") << what;
+    EXPECT_EQ(r.method, "linear") << what;
+    EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_1").string()), 0.571, 0.005) << what;
+    EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_2").string()), 0.429, 0.005) << what;
+    // Every non-identity permutation of the ground truth is found, and nothing else.
+    const auto found = [&](int layer, const std::string& kind_name, const std::string& unit) {
+      for (const auto& p : r.permutations) {
+        if (p["layer"] == layer && p["kind"] == kind_name && (unit.empty() || p.value("unit", "") == unit)) return p;
+      }
+      return nlohmann::json();
+    };
+    const auto identity = [](const nlohmann::json& p) {
+      for (size_t i = 0; i < p.size(); ++i) {
+        if (p[i] != i) return false;
+      }
+      return true;
+    };
+    size_t expected = 0;
+    for (const auto& layer : truth["layers"]) {
+      const int l = layer["layer"];
+      if (kind == PerturbKind::kPermuteExperts) {
+        if (identity(layer["experts"])) continue;
+        ++expected;
+        EXPECT_EQ(found(l, "experts", "")["permutation"], layer["experts"]) << what << " layer " << l;
+      } else if (kind == PerturbKind::kPermuteHeads) {
+        if (identity(layer["heads"]) && identity(layer["kv_heads"])) continue;
+        ++expected;
+        const auto p = found(l, "heads", "");
+        EXPECT_EQ(p["heads"], layer["heads"]) << what << " layer " << l;
+        EXPECT_EQ(p["kv_heads"], layer["kv_heads"]) << what << " layer " << l;
+      } else if (layer.contains("mlp")) {
+        if (identity(layer["mlp"])) continue;
+        ++expected;
+        EXPECT_EQ(found(l, "neurons", "mlp")["permutation"], layer["mlp"]) << what << " layer " << l;
+      } else {
+        for (size_t e = 0; e < layer["experts"].size(); ++e) {
+          if (identity(layer["experts"][e])) continue;
+          ++expected;
+          EXPECT_EQ(found(l, "neurons", "experts." + std::to_string(e))["permutation"], layer["experts"][e])
+              << what << " layer " << l << " expert " << e;
+        }
+        if (!identity(layer["shared_expert"])) {
+          ++expected;
+          EXPECT_EQ(found(l, "neurons", "shared_expert")["permutation"], layer["shared_expert"]) << what;
+        }
+      }
+    }
+    EXPECT_GT(expected, 0u) << what;
+    EXPECT_EQ(r.permutations.size(), expected) << what << ": " << r.permutations.dump();
+  }
+}
+
+TEST_P(AssayRobust, RescaledNeuronsAndStackedLayersAreUndone) {
+  Merged m(GetParam());
+  alloy::PerturbOptions rescale;
+  rescale.kind = PerturbKind::kRescaleNeurons;
+  rescale.strength = 2.0;
+  rescale.seed = 4;
+  nlohmann::json truth;
+  auto r = assay(m.perturbed("rescaled", rescale, &truth), m.family.candidates());
+  EXPECT_EQ(r.verdict, "merge");
+  EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_1").string()), 0.571, 0.005);
+  EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_2").string()), 0.429, 0.005);
+  // The recovered scales match the applied ones (dense MLP, or the shared expert of the MoE).
+  size_t checked = 0;
+  for (const auto& layer : truth["layers"]) {
+    const auto& applied = layer.contains("mlp") ? layer["mlp"] : layer["shared_expert"];
+    const std::string unit = layer.contains("mlp") ? "mlp" : "shared_expert";
+    for (const auto& p : r.permutations) {
+      if (p["kind"] != "neuron_scales" || p["layer"] != layer["layer"] || p["unit"] != unit) continue;
+      ASSERT_EQ(p["scales"].size(), applied.size());
+      for (size_t i = 0; i < applied.size(); ++i) {
+        EXPECT_NEAR(p["scales"][i].get<double>() / applied[i].get<double>(), 1.0, 0.01) << unit << " " << i;
+      }
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, truth["layers"].size());
+
+  for (const std::vector<int>& map : {std::vector<int>{1, 0}, std::vector<int>{0, 1, 1}}) {
+    alloy::PerturbOptions stack;
+    stack.kind = PerturbKind::kStackLayers;
+    stack.layer_map = map;
+    r = assay(m.perturbed("stacked", stack), m.family.candidates());
+    EXPECT_EQ(r.verdict, "merge");
+    EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_1").string()), 0.571, 0.005);
+    bool found = false;
+    for (const auto& p : r.permutations) found |= p["kind"] == "layers" && p["layer_map"] == nlohmann::json(map);
+    EXPECT_TRUE(found) << r.permutations.dump();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, AssayRobust, ::testing::Values(alloy::ModelFamily::kLlama, alloy::ModelFamily::kMoe),
+                         [](const auto& info) { return std::string(alloy::family_name(info.param)); });
+
+// Every transform applied to an unrelated model: never a merge (50 seeds per transform).
+TEST(AssayRobustNull, TransformedUnrelatedModelsAreNeverMerges) {
+  constexpr int kSeeds = 50;
+  std::vector<Transform> all(std::begin(kTransforms), std::end(kTransforms));
+  all.push_back({"permute_neurons", PerturbKind::kPermuteNeurons, NAN});
+  all.push_back({"permute_heads", PerturbKind::kPermuteHeads, NAN});
+  all.push_back({"permute_experts", PerturbKind::kPermuteExperts, NAN});
+  all.push_back({"rescale_neurons", PerturbKind::kRescaleNeurons, 2.0});
+  all.push_back({"stack_layers", PerturbKind::kStackLayers, NAN});
+  AssayFamily llama(alloy::ModelFamily::kLlama, 31, 0.05), moe(alloy::ModelFamily::kMoe, 31, 0.05);
+  for (int seed = 1; seed <= kSeeds; ++seed) {
+    const bool use_moe = seed % 2 == 1;
+    const AssayFamily& f = use_moe ? moe : llama;
+    alloy::test::TempDir dir;
+    alloy::BaseModelOptions other;
+    const auto config = alloy::Model::open(f.dir / "base").config();
+    other.arch = alloy::architecture_from_config(config);
+    other.seed = 700 + uint64_t(seed);
+    alloy::synth_base_model(dir / "unrelated", other);
+    for (const auto& t : all) {
+      if (t.kind == PerturbKind::kPermuteExperts && !use_moe) continue;
+      auto o = options_for(t, f.dir / "base", uint64_t(seed));
+      if (t.kind == PerturbKind::kStackLayers) o.layer_map = {1, 0, 0};
+      const fs::path out = dir / t.name;
+      alloy::perturb_model(dir / "unrelated", out, o);
+      const auto r = assay(out, f.candidates());
+      EXPECT_NE(r.verdict, "merge") << t.name << " seed " << seed << ": " << r.evidence.dump();
+      fs::remove_all(out);
+    }
+  }
+}
+
+}  // namespace

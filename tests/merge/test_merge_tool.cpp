@@ -1,0 +1,218 @@
+// alloy-merge end to end: every recipe in recipes/ on dense and MoE synthetic families, and the
+// output directory's contents, flags and failure behaviour.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "alloy/core/model.h"
+#include "alloy/core/sha256.h"
+#include "alloy/synth/synth.h"
+#include "test_utils.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using alloy::test::run_command;
+
+// One synthetic family per test binary run and family kind (generation is cheap but not free).
+const fs::path& family(alloy::ModelFamily kind) {
+  static std::map<alloy::ModelFamily, fs::path> made;
+  auto it = made.find(kind);
+  if (it != made.end()) return it->second;
+  const fs::path dir = fs::temp_directory_path() /
+                       ("alloy-e2e-" + std::to_string(::getpid()) + (kind == alloy::ModelFamily::kMoe ? "-moe" : "-llama"));
+  fs::remove_all(dir);
+  alloy::BaseModelOptions base;
+  base.arch.family = kind;
+  base.arch.layers = 2;
+  base.arch.hidden = 64;
+  base.arch.intermediate = 96;
+  base.arch.experts = 4;
+  base.arch.moe_intermediate = 32;
+  base.output.overwrite = true;
+  alloy::FineTuneOptions ft;
+  alloy::synth_family(dir, base, 3, 1, ft);
+  static struct Cleanup {
+    std::vector<fs::path> dirs;
+    ~Cleanup() {
+      for (const auto& d : dirs) fs::remove_all(d);
+    }
+  } cleanup;
+  cleanup.dirs.push_back(dir);
+  return made.emplace(kind, dir).first->second;
+}
+
+std::string merge_command(const fs::path& cwd, const std::string& recipe, const fs::path& out,
+                          const std::string& flags = "") {
+  return "cd '" + cwd.string() + "' && '" + alloy::test::bin("alloy-merge") + "' " + flags + " '" + recipe + "' '" +
+         out.string() + "' 2>&1";
+}
+
+class RecipeEndToEnd : public ::testing::TestWithParam<std::tuple<std::string, alloy::ModelFamily>> {};
+
+TEST_P(RecipeEndToEnd, RunsOnSyntheticModels) {
+  const auto& [recipe, kind] = GetParam();
+  const fs::path& fam = family(kind);
+  alloy::test::TempDir out;
+  int status = -1;
+  const std::string recipe_path = std::string(ALLOY_SOURCE_DIR) + "/recipes/" + recipe;
+  const std::string log = run_command(merge_command(fam, recipe_path, out / "m", "-q"), &status);
+  ASSERT_EQ(status, 0) << log;
+  const auto merged = alloy::Model::open(out / "m");
+  const auto base = alloy::Model::open(fam / "base");
+  const json config = json::parse(alloy::test::read_bytes(out / "m" / "config.json"));
+  const int layers = recipe == "passthrough_stack.yml" ? 3 : 2;
+  EXPECT_EQ(config["num_hidden_layers"], layers);
+  EXPECT_EQ(config["torch_dtype"], "bfloat16");
+  const size_t per_layer = (base.tensors().size() - 3) / 2;
+  EXPECT_EQ(merged.tensors().size(), 3 + per_layer * layers);
+  for (const auto& t : merged.tensors()) {
+    EXPECT_EQ(t.info->dtype, alloy::DType::BF16) << t.name();
+    std::vector<float> v(t.info->numel());
+    alloy::load_as_f32(t.info->dtype, t.data(), v.size(), v.data());
+    for (float x : v) ASSERT_TRUE(std::isfinite(x)) << t.name();
+  }
+  for (const char* f : {"README.md", "mergekit_config.yml", "alloy_provenance.json", "tokenizer.json"}) {
+    EXPECT_TRUE(fs::exists(out / "m" / f)) << f;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllRecipes, RecipeEndToEnd,
+    ::testing::Combine(::testing::Values("linear.yml", "slerp.yml", "ties.yml", "dare_ties.yml",
+                                         "task_arithmetic.yml", "breadcrumbs_ties.yml", "della.yml",
+                                         "model_stock.yml", "nuslerp.yml", "passthrough_stack.yml"),
+                       ::testing::Values(alloy::ModelFamily::kLlama, alloy::ModelFamily::kMoe)),
+    [](const auto& info) {
+      std::string name = std::get<0>(info.param);
+      name = name.substr(0, name.find('.'));
+      return name + (std::get<1>(info.param) == alloy::ModelFamily::kMoe ? "_moe" : "_dense");
+    });
+
+TEST(RecipeEndToEnd, EveryRecipeFileIsCovered) {
+  size_t count = 0;
+  for (const auto& e : fs::directory_iterator(std::string(ALLOY_SOURCE_DIR) + "/recipes")) {
+    count += e.path().extension() == ".yml";
+  }
+  EXPECT_EQ(count, 10u) << "add new recipes to the RecipeEndToEnd list";
+}
+
+TEST(MergeTool, OutputIsAttributedAndReproducible) {
+  const fs::path& fam = family(alloy::ModelFamily::kLlama);
+  alloy::test::TempDir out;
+  int status = -1;
+  const std::string recipe = std::string(ALLOY_SOURCE_DIR) + "/recipes/dare_ties.yml";
+  ASSERT_EQ((run_command(merge_command(fam, recipe, out / "a", "-q --random-seed 7 -j 1"), &status), status), 0);
+  ASSERT_EQ((run_command(merge_command(fam, recipe, out / "b", "-q --random-seed 7 -j 2 --out-shard-size 100K"),
+                         &status),
+             status),
+            0);
+  ASSERT_EQ((run_command(merge_command(fam, recipe, out / "c", "-q --random-seed 8"), &status), status), 0);
+  // Same seed, any thread count and sharding: the same tensors. Another seed: other masks.
+  const auto a = alloy::Model::open(out / "a"), b = alloy::Model::open(out / "b"), c = alloy::Model::open(out / "c");
+  EXPECT_GT(b.shards().size(), 1u);
+  bool any_differs = false;
+  for (const auto& t : a.tensors()) {
+    const auto* tb = b.find(t.name());
+    ASSERT_NE(tb, nullptr);
+    EXPECT_EQ(std::memcmp(t.data(), tb->data(), t.info->nbytes()), 0) << t.name();
+    any_differs |= std::memcmp(t.data(), c.find(t.name())->data(), t.info->nbytes()) != 0;
+  }
+  EXPECT_TRUE(any_differs);
+
+  const std::string card = alloy::test::read_bytes(out / "a" / "README.md");
+  EXPECT_EQ(card.rfind("---\nbase_model:\n- base\n- ft_1\n- ft_2\n", 0), 0u) << card;
+  EXPECT_NE(card.find("- alloy\n"), std::string::npos);
+  EXPECT_NE(card.find("DARE TIES"), std::string::npos);
+  EXPECT_EQ(alloy::test::read_bytes(out / "a" / "mergekit_config.yml"), alloy::test::read_bytes(recipe));
+  const json provenance = json::parse(alloy::test::read_bytes(out / "a" / "alloy_provenance.json"));
+  EXPECT_EQ(provenance["merge_method"], "dare_ties");
+  EXPECT_EQ(provenance["random_seed"], 7);
+  EXPECT_EQ(provenance["inputs"].size(), 3u);
+  EXPECT_EQ(provenance["inputs"][0]["files"]["model.safetensors"],
+            alloy::sha256_file(fam / "base" / "model.safetensors"));
+  EXPECT_EQ(provenance["outputs"]["model.safetensors"], alloy::sha256_file(out / "a" / "model.safetensors"));
+  EXPECT_EQ(provenance["outputs"]["config.json"], alloy::sha256_file(out / "a" / "config.json"));
+}
+
+// The chunked path (linear, slerp, task_arithmetic; alloy/merge_method.h): the same bytes for any
+// thread count, and with the provenance hashes turned off (which only changes the record).
+TEST(MergeTool, ChunkedMethodsAreThreadCountIndependentAndHashesCanBeOff) {
+  const fs::path& fam = family(alloy::ModelFamily::kLlama);
+  for (const char* name : {"linear", "slerp", "task_arithmetic"}) {
+    SCOPED_TRACE(name);
+    alloy::test::TempDir out;
+    int status = -1;
+    const std::string recipe = std::string(ALLOY_SOURCE_DIR) + "/recipes/" + name + ".yml";
+    ASSERT_EQ((run_command(merge_command(fam, recipe, out / "a", "-q -j 1"), &status), status), 0);
+    ASSERT_EQ((run_command(merge_command(fam, recipe, out / "b", "-q -j 2 --no-provenance-hashes"), &status),
+               status),
+              0);
+    const auto a = alloy::Model::open(out / "a"), b = alloy::Model::open(out / "b");
+    ASSERT_EQ(a.tensors().size(), b.tensors().size());
+    for (const auto& t : a.tensors()) {
+      const auto* tb = b.find(t.name());
+      ASSERT_NE(tb, nullptr);
+      EXPECT_EQ(std::memcmp(t.data(), tb->data(), t.info->nbytes()), 0) << t.name();
+    }
+    const json hashed = json::parse(alloy::test::read_bytes(out / "a" / "alloy_provenance.json"));
+    const json unhashed = json::parse(alloy::test::read_bytes(out / "b" / "alloy_provenance.json"));
+    EXPECT_EQ(hashed["outputs"]["model.safetensors"], alloy::sha256_file(out / "a" / "model.safetensors"));
+    EXPECT_EQ(unhashed["outputs"]["model.safetensors"], "not hashed");
+    EXPECT_EQ(unhashed["inputs"][0]["files"]["model.safetensors"], "not hashed");
+  }
+}
+
+TEST(MergeTool, DryRunWritesNothingAndPrintsThePlan) {
+  const fs::path& fam = family(alloy::ModelFamily::kLlama);
+  alloy::test::TempDir out;
+  int status = -1;
+  const std::string text = run_command(
+      merge_command(fam, std::string(ALLOY_SOURCE_DIR) + "/recipes/ties.yml", out / "x", "--dry-run"), &status);
+  ASSERT_EQ(status, 0) << text;
+  const json plan = json::parse(text);
+  EXPECT_EQ(plan["merge_method"], "ties");
+  EXPECT_EQ(plan["tensors"].size(), 21u);
+  EXPECT_GT(plan["output_bytes"].get<uint64_t>(), 0u);
+  EXPECT_FALSE(fs::exists(out / "x"));
+}
+
+TEST(MergeTool, RefusalsLeaveNothingBehind) {
+  const fs::path& fam = family(alloy::ModelFamily::kLlama);
+  alloy::test::TempDir out;
+  int status = -1;
+  // Weights that sum to zero with normalize: the merge would write NaN/Inf.
+  alloy::test::write_bytes(out / "zero.yml",
+                           "merge_method: linear\nmodels:\n  - model: ft_1\n    parameters:\n      weight: 1\n"
+                           "  - model: ft_2\n    parameters:\n      weight: -1\n");
+  std::string log = run_command(merge_command(fam, (out / "zero.yml").string(), out / "z"), &status);
+  EXPECT_EQ(status, 2);
+  EXPECT_NE(log.find("[non-finite]"), std::string::npos) << log;
+  EXPECT_NE(log.find("model.embed_tokens.weight"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(out / "z"));
+  size_t leftovers = 0;
+  for (const auto& e : fs::directory_iterator(out.path())) leftovers += e.path().filename().string()[0] == '.';
+  EXPECT_EQ(leftovers, 0u) << "temporary output left behind";
+
+  // An existing, non-empty output directory needs --overwrite.
+  fs::create_directories(out / "full");
+  alloy::test::write_bytes(out / "full" / "keep", "x");
+  const std::string recipe = std::string(ALLOY_SOURCE_DIR) + "/recipes/linear.yml";
+  log = run_command(merge_command(fam, recipe, out / "full", "-q"), &status);
+  EXPECT_EQ(status, 2);
+  EXPECT_NE(log.find("--overwrite"), std::string::npos) << log;
+  EXPECT_TRUE(fs::exists(out / "full" / "keep"));
+  log = run_command(merge_command(fam, recipe, out / "full", "-q --overwrite --cuda --lazy-unpickle"), &status);
+  EXPECT_EQ(status, 0) << log;
+  EXPECT_NE(log.find("--cuda has no effect"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(out / "full" / "keep"));
+
+  // A recipe error names the line.
+  alloy::test::write_bytes(out / "bad.yml", "merge_method: linear\nmodels:\n  - model: nowhere\n");
+  log = run_command(merge_command(fam, (out / "bad.yml").string(), out / "b"), &status);
+  EXPECT_EQ(status, 2);
+  EXPECT_NE(log.find("bad.yml:3:"), std::string::npos) << log;
+}
+
+}  // namespace

@@ -1,0 +1,124 @@
+// The selection behind magnitude and magnitude_outliers sparsification (lib/sparsify.h): a radix
+// select on the bits of |delta| checked against a full sort with the documented order (descending
+// |delta|, ties to the lower flat index), on data with many ties, in every compute dtype, across
+// several selection chunks, and for thread-count independence.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+#include "alloy/core/parallel.h"
+#include "merge/methods/sparsify.h"
+#include "test_method_utils.h"
+
+namespace {
+
+using alloy::DType;
+using alloy::detail::select_rank_range;
+using alloy::detail::TaskVectorView;
+
+std::vector<bool> reference_keep(DType d, const std::vector<float>& x,
+                                 const std::vector<float>& base, uint64_t lo, uint64_t hi) {
+  const size_t n = x.size();
+  std::vector<float> magnitude(n);
+  for (size_t i = 0; i < n; ++i) magnitude[i] = std::fabs(alloy::test::rnd(d, x[i] - base[i]));
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return magnitude[a] != magnitude[b] ? magnitude[a] > magnitude[b] : a < b;
+  });
+  std::vector<bool> keep(n, false);
+  for (uint64_t r = lo; r < std::min<uint64_t>(hi, n); ++r) keep[order[r]] = true;
+  return keep;
+}
+
+std::vector<bool> actual_keep(DType d, const std::vector<float>& x, const std::vector<float>& base,
+                              uint64_t lo, uint64_t hi) {
+  TaskVectorView tv{x.data(), base.data(), x.size(), d, {x.size()}};
+  std::vector<uint64_t> words;
+  select_rank_range(tv, lo, hi, words);
+  EXPECT_EQ(words.size(), (x.size() + 63) / 64);
+  std::vector<bool> keep(x.size());
+  for (size_t i = 0; i < x.size(); ++i) keep[i] = (words[i / 64] >> (i % 64)) & 1;
+  return keep;
+}
+
+// Deltas drawn from few distinct magnitudes (heavy ties), or from a continuum, both signs.
+std::vector<float> test_deltas(DType d, size_t n, uint64_t seed, bool ties) {
+  std::mt19937_64 gen(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    if (ties) {
+      x = static_cast<float>(static_cast<int>(gen() % 41) - 20) * 0.125f;
+    } else {
+      x = alloy::test::rnd(d, std::ldexp(static_cast<double>(gen() >> 11) * 0x1p-53 - 0.5,
+                                         -static_cast<int>(gen() % 8)));
+    }
+  }
+  return v;
+}
+
+TEST(MethodSparsify, RadixSelectEqualsFullSortWithTheTieRule) {
+  std::mt19937_64 gen(99);
+  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
+    for (size_t n : {size_t{1}, size_t{63}, size_t{64}, size_t{1000}, size_t{200003}}) {
+      for (bool ties : {true, false}) {
+        const auto x = test_deltas(d, n, n * 7 + ties, ties);
+        const std::vector<float> base(n, 0.0f);
+        for (int trial = 0; trial < 4; ++trial) {
+          uint64_t lo = gen() % (n + 1), hi = gen() % (n + 1);
+          if (trial == 0) lo = 0;  // the magnitude top-k form
+          if (lo > hi) std::swap(lo, hi);
+          const auto expected = reference_keep(d, x, base, lo, hi);
+          const auto actual = actual_keep(d, x, base, lo, hi);
+          size_t mismatches = 0;
+          for (size_t i = 0; i < n; ++i) mismatches += expected[i] != actual[i];
+          EXPECT_EQ(mismatches, 0u)
+              << dtype_name(d) << " n=" << n << " ties=" << ties << " [" << lo << ", " << hi << ")";
+        }
+      }
+    }
+  }
+}
+
+TEST(MethodSparsify, DeltasAreTakenInTheComputeDtype) {
+  // Ranking uses delta = rnd(x - base): 1.0078125 - (-256) = 257.0078125 becomes 258 in bf16 and
+  // ties with the other delta, 258, so the lower index wins; in float32 it is the smaller one.
+  const std::vector<float> x = {1.0078125f, 258.0f}, base = {-256.0f, 0.0f};
+  EXPECT_EQ(actual_keep(DType::BF16, x, base, 0, 1), (std::vector<bool>{true, false}));
+  EXPECT_EQ(actual_keep(DType::F32, x, base, 0, 1), (std::vector<bool>{false, true}));
+  // f16 (the two-level path): equal deltas, the lower index ranks first.
+  const std::vector<float> tie = {257.0f, 1.0f}, tie_base = {256.0f, 0.0f};
+  EXPECT_EQ(actual_keep(DType::F16, tie, tie_base, 0, 1), (std::vector<bool>{true, false}));
+  EXPECT_EQ(actual_keep(DType::F16, tie, tie_base, 1, 2), (std::vector<bool>{false, true}));
+}
+
+TEST(MethodSparsify, SelectionIsIndependentOfThreadCount) {
+  const size_t n = 500000;
+  for (DType d : {DType::F32, DType::BF16}) {
+    const auto x = test_deltas(d, n, 5, true);
+    const std::vector<float> base(n, 0.0f);
+    alloy::set_thread_count(1);
+    const auto one = actual_keep(d, x, base, 1234, 300001);
+    alloy::set_thread_count(2);
+    const auto two = actual_keep(d, x, base, 1234, 300001);
+    alloy::set_thread_count(0);
+    EXPECT_EQ(one, two) << dtype_name(d);
+    EXPECT_EQ(static_cast<size_t>(std::count(one.begin(), one.end(), true)), 300001u - 1234u);
+  }
+}
+
+TEST(MethodSparsify, SignedZerosAndInfinitiesRankByMagnitude) {
+  const std::vector<float> x = {-0.0f, 0.0f, -INFINITY, 1.0f, -1.0f, INFINITY};
+  const std::vector<float> base(x.size(), 0.0f);
+  // Order: the infinities (indices 2, 5), the ones (3, 4), the zeros (0, 1).
+  EXPECT_EQ(actual_keep(DType::F32, x, base, 0, 2),
+            (std::vector<bool>{false, false, true, false, false, true}));
+  EXPECT_EQ(actual_keep(DType::F32, x, base, 2, 3),
+            (std::vector<bool>{false, false, false, true, false, false}));
+  EXPECT_EQ(actual_keep(DType::F32, x, base, 4, 5),
+            (std::vector<bool>{true, false, false, false, false, false}));
+}
+
+}  // namespace
