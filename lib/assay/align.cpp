@@ -21,6 +21,7 @@
 
 #include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
+#include "alloy/core/linear_assignment.h"
 #include "internal.h"
 
 namespace alloy::detail {
@@ -434,45 +435,6 @@ std::vector<int> match_layers(Context& c, int layers, int ref_layers) {
 }
 
 }  // namespace
-
-std::vector<uint32_t> linear_assignment(const std::vector<double>& cost, size_t n) {
-  // The Hungarian method with potentials (Kuhn-Munkres, O(n^3)); ties resolve to the lowest index,
-  // so the result is deterministic.
-  const double inf = std::numeric_limits<double>::infinity();
-  std::vector<double> u(n + 1, 0), v(n + 1, 0), way_cost(n + 1);
-  std::vector<size_t> match(n + 1, 0), way(n + 1, 0);
-  for (size_t i = 1; i <= n; ++i) {
-    match[0] = i;
-    size_t j0 = 0;
-    std::vector<double> minv(n + 1, inf);
-    std::vector<char> used(n + 1, 0);
-    do {
-      used[j0] = 1;
-      const size_t i0 = match[j0];
-      double delta = inf;
-      size_t j1 = 0;
-      for (size_t j = 1; j <= n; ++j) {
-        if (used[j]) continue;
-        const double cur = cost[(i0 - 1) * n + (j - 1)] - u[i0] - v[j];
-        if (cur < minv[j]) minv[j] = cur, way[j] = j0;
-        if (minv[j] < delta) delta = minv[j], j1 = j;
-      }
-      for (size_t j = 0; j <= n; ++j) {
-        if (used[j]) u[match[j]] += delta, v[j] -= delta;
-        else minv[j] -= delta;
-      }
-      j0 = j1;
-    } while (match[j0] != 0);
-    do {
-      const size_t j1 = way[j0];
-      match[j0] = match[j1];
-      j0 = j1;
-    } while (j0);
-  }
-  std::vector<uint32_t> result(n);
-  for (size_t j = 1; j <= n; ++j) result[match[j] - 1] = uint32_t(j - 1);
-  return result;
-}
 
 Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates) {
   Alignment out;

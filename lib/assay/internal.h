@@ -164,7 +164,4 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
 void load_aligned(const Model& suspect, const Alignment& alignment, const std::string& name,
                   std::vector<float>* out);
 
-// Minimum-cost perfect assignment of an n x n cost matrix (row-major): result[i] = column of row i.
-std::vector<uint32_t> linear_assignment(const std::vector<double>& cost, size_t n);
-
 }  // namespace alloy::detail
