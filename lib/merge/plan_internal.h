@@ -1,0 +1,70 @@
+// The merge planner's stages (plan_merge in recipe_plan.cpp runs them in order) and the state they
+// share. Internal to lib/merge.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "alloy/core/error.h"
+#include "alloy/merge/recipe.h"
+
+namespace alloy::detail {
+
+// One slice of the output: its sources (each with a layer range), the slice-level parameters and
+// base model. A recipe without slices is one slice over every layer of every model.
+struct SliceSpec {
+  std::vector<RecipeSource> sources;
+  const Parameters* parameters = nullptr;  // slice-level, may be null
+  std::optional<std::string> base_model;
+  RecipePosition position;
+  int length = 0;  // layers, the same for every source
+};
+
+// What the stages read and build: the plan being filled in and the slices it is made of.
+struct PlanContext {
+  PlanContext(Recipe recipe, const PlanOptions& plan_options);
+
+  // Throws Error(code) with the recipe's file, line and column of `where` before `message`.
+  [[noreturn]] void fail(const RecipePosition& where, const std::string& message,
+                         ErrorCode code = ErrorCode::kRecipe) const;
+  // The index of the model named `name` in plan.models; fails at `where` if it is not one.
+  int model_index(const std::string& name, const RecipePosition& where) const;
+  const Model& model_of(const RecipeSource& source) const;
+  // Where the recipe first names `model` (for errors about the model itself).
+  RecipePosition position_of(const std::string& model) const;
+
+  PlanOptions options;
+  MergePlan plan;
+  std::vector<SliceSpec> slices;
+};
+
+// plan_sources.cpp: opens every referenced model, lays out the slices and checks their layer
+// ranges and base models, and refuses differing architectures unless crimes are allowed.
+void open_models(PlanContext& context);
+void build_slices(PlanContext& context);
+void check_architectures(const PlanContext& context);
+
+// plan_layers.cpp: decoder layers are the tensors named "model.layers.<i>.<suffix>".
+inline constexpr const char* kLayerPrefix = "model.layers.";
+// Splits "model.layers.<i>.<suffix>"; false for tensors outside the layers.
+bool split_layer_name(const std::string& name, int* layer, std::string* suffix);
+
+// plan_layers.cpp: the output's tensor list: embeddings, then each output layer's tensors (the
+// template layer's suffixes, renamed), then the rest, then lm_head where any source has one.
+void plan_tensors(PlanContext& context);
+
+// plan_tensor.cpp: one output tensor from the first `source_limit` sources of `slice`, reading
+// `input_for(source)` from each, with resolved parameters, shape and dtypes. An optional tensor
+// (lm_head) that no source has is skipped.
+using InputNameFor = std::function<std::string(const RecipeSource&)>;
+void add_tensor(PlanContext& context, const std::string& output_name, const SliceSpec& slice,
+                size_t source_limit, double t, const InputNameFor& input_for, bool optional);
+
+// plan_shapes.cpp: makes the sources' shapes agree under the method's crop policy (mergekit's
+// rules: crop embeddings, skip a model whose tensor differs from the base's) or fails naming them.
+void reconcile_shapes(const PlanContext& context, PlannedTensor* tensor,
+                      std::vector<const TensorInfo*>& infos, const SliceSpec& slice);
+
+}  // namespace alloy::detail

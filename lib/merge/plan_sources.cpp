@@ -1,0 +1,129 @@
+// Planner stage 1: the models a recipe names, the slices it is made of, and their consistency.
+#include <algorithm>
+
+#include "plan_internal.h"
+
+namespace alloy::detail {
+namespace fs = std::filesystem;
+
+namespace {
+
+// The model's decoder layer count: config.json's num_hidden_layers, else one more than the
+// highest "model.layers.<i>." index among its tensors.
+int layer_count(const Model& model) {
+  if (model.config().contains("num_hidden_layers") && model.config()["num_hidden_layers"].is_number_integer()) {
+    return model.config()["num_hidden_layers"].get<int>();
+  }
+  int count = 0, layer;
+  std::string suffix;
+  for (const auto& t : model.tensors()) {
+    if (split_layer_name(t.name(), &layer, &suffix)) count = std::max(count, layer + 1);
+  }
+  return count;
+}
+
+// A recipe without slices: one slice over every layer of every model, mergekit's way.
+SliceSpec whole_model_slice(const PlanContext& context) {
+  const Recipe& r = context.plan.recipe;
+  SliceSpec slice;
+  slice.base_model = r.base_model;
+  for (RecipeSource s : r.models) {
+    s.layer_range = std::make_pair(0, layer_count(context.model_of(s)));
+    slice.sources.push_back(s);
+  }
+  // mergekit appends an unlisted base model as the last source, with no parameters.
+  if (r.base_model && std::none_of(r.models.begin(), r.models.end(),
+                                   [&](const RecipeSource& s) { return s.model == *r.base_model; })) {
+    RecipeSource base;
+    base.model = *r.base_model;
+    base.position = r.base_model_position;
+    base.layer_range = std::make_pair(0, layer_count(*context.plan.models[0]));
+    slice.sources.push_back(base);
+  }
+  return slice;
+}
+
+// Checks every source's layer range against its model and against the slice's other sources,
+// and the slice's base model where the method needs one; sets slice->length.
+void check_slice(const PlanContext& context, SliceSpec* slice) {
+  int length = -1;
+  for (const auto& s : slice->sources) {
+    const int available = layer_count(context.model_of(s));
+    const auto [begin, end] = *s.layer_range;
+    if (end > available) {
+      context.fail(s.position, "layer_range [" + std::to_string(begin) + ", " + std::to_string(end) + "] of '" +
+                                   s.model + "' is out of bounds: the model has " + std::to_string(available) +
+                                   " layers");
+    }
+    if (length >= 0 && end - begin != length) {
+      context.fail(s.position, "all sources of a slice must have the same number of layers (" +
+                                   std::to_string(length) + " before, " + std::to_string(end - begin) + " here)");
+    }
+    length = end - begin;
+  }
+  slice->length = length;
+  if (!context.plan.method->requires_base_model()) return;
+  const Recipe& r = context.plan.recipe;
+  if (!slice->base_model) context.fail(r.merge_method_position, r.merge_method + " needs a base_model");
+  if (std::none_of(slice->sources.begin(), slice->sources.end(),
+                   [&](const RecipeSource& s) { return s.model == *slice->base_model; })) {
+    context.fail(slice->position, "the base model '" + *slice->base_model + "' must be one of this slice's sources");
+  }
+}
+
+}  // namespace
+
+void open_models(PlanContext& context) {
+  MergePlan& plan = context.plan;
+  for (const auto& name : plan.recipe.referenced_models()) {
+    const fs::path path = fs::path(name).is_absolute() ? fs::path(name) : context.options.base_dir / name;
+    try {
+      plan.models.push_back(std::make_unique<Model>(Model::open(path)));
+    } catch (const Error& e) {
+      std::string hint;
+      if (name.find('+') != std::string::npos) hint = " (LoRA syntax model+lora is not supported)";
+      context.fail(context.position_of(name), "cannot use model '" + name + "'" + hint + ": " + e.what());
+    }
+    plan.model_names.push_back(name);
+    plan.model_paths.push_back(path);
+  }
+  if (plan.recipe.base_model) plan.base_model = 0;  // referenced_models() lists the base first
+}
+
+void build_slices(PlanContext& context) {
+  const Recipe& r = context.plan.recipe;
+  if (!r.uses_slices) {
+    context.slices.push_back(whole_model_slice(context));
+  } else {
+    for (const auto& s : r.slices) {
+      SliceSpec slice;
+      slice.sources = s.sources;
+      slice.parameters = &s.parameters;
+      slice.base_model = s.base_model ? s.base_model : r.base_model;
+      slice.position = s.position;
+      context.slices.push_back(slice);
+    }
+  }
+  for (auto& slice : context.slices) {
+    check_slice(context, &slice);
+    context.plan.output_layers += slice.length;
+  }
+}
+
+void check_architectures(const PlanContext& context) {
+  if (context.options.allow_crimes) return;
+  const MergePlan& plan = context.plan;
+  const auto& first = plan.models[0]->config();
+  for (size_t i = 1; i < plan.models.size(); ++i) {
+    const auto& config = plan.models[i]->config();
+    if (first.contains("architectures") && config.contains("architectures") &&
+        first["architectures"] != config["architectures"]) {
+      context.fail(context.position_of(plan.model_names[i]),
+                   "model '" + plan.model_names[i] + "' has architecture " + config["architectures"].dump() +
+                       " but '" + plan.model_names[0] + "' has " + first["architectures"].dump() +
+                       " (use --allow-crimes to merge anyway)");
+    }
+  }
+}
+
+}  // namespace alloy::detail
