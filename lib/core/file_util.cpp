@@ -3,45 +3,26 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "alloy/core/error.h"
+#include "io_util.h"
 
 namespace alloy {
 namespace fs = std::filesystem;
-namespace {
-
-std::atomic<unsigned> g_temp_counter{0};
-
-std::string temp_suffix() {
-  return ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(g_temp_counter++);
-}
-
-[[noreturn]] void throw_io(const fs::path& path, const std::string& what, int err) {
-  throw Error(ErrorCode::kIo, path.string() + ": " + what + ": " + std::strerror(err));
-}
-
-}  // namespace
+using detail::throw_io;
 
 void write_file_atomic(const fs::path& path, const std::string& content) {
-  const fs::path temp = path.parent_path() / ("." + path.filename().string() + temp_suffix());
+  const fs::path temp = detail::temp_sibling(path);
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw_io(path, "cannot create", errno);
-  size_t done = 0;
-  while (done < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = n < 0 ? errno : EIO;
-      ::close(fd);
-      ::unlink(temp.c_str());
-      throw_io(path, "cannot write", err);
-    }
-    done += static_cast<size_t>(n);
+  if (const int err = detail::pwrite_all(fd, content.data(), content.size(), 0)) {
+    ::close(fd);
+    ::unlink(temp.c_str());
+    throw_io(path, "cannot write", err);
   }
   if (::close(fd) != 0) {
     const int err = errno;
@@ -83,7 +64,7 @@ StagingDirectory::StagingDirectory(const fs::path& final_path, bool overwrite)
   if (parent.empty()) parent = ".";
   fs::create_directories(parent, ec);
   if (ec) throw Error(ErrorCode::kIo, parent.string() + ": cannot create: " + ec.message());
-  staging_ = parent / ("." + final_.filename().string() + temp_suffix());
+  staging_ = detail::temp_sibling(parent / final_.filename());
   if (!fs::create_directory(staging_, ec) || ec) {
     throw Error(ErrorCode::kIo, staging_.string() + ": cannot create: " + ec.message());
   }
@@ -102,7 +83,7 @@ void StagingDirectory::publish() {
     if (fs::is_directory(final_, ec) && fs::is_empty(final_, ec)) {
       fs::remove(final_, ec);
     } else {
-      old = final_.parent_path() / ("." + final_.filename().string() + ".old" + temp_suffix());
+      old = detail::temp_sibling(final_, ".old");
       if (::rename(final_.c_str(), old.c_str()) != 0) throw_io(final_, "cannot move aside", errno);
     }
   }
