@@ -74,6 +74,18 @@ std::vector<PlannedTensor> identity_tensors(const Model& model);
 std::vector<PlannedTensor> map_tensors(
     const Model& model, const std::function<PlannedTensor(const ModelTensor&)>& choose);
 
+// Per-tensor transforms of a structural kind, keyed by output name; tensors not listed are copied.
+using Overrides = std::map<std::string, PlannedTensor>;
+// The plan entries for every input tensor, in the input's order: its override, else a copy.
+std::vector<PlannedTensor> apply_overrides(const Model& model, const Overrides& overrides);
+
+// Visits every MLP of decoder layer `layer` with its name prefix: the dense MLP ("...mlp."), or
+// each routed expert ("...mlp.experts.E.") and the shared expert ("...mlp.shared_expert."), and
+// returns the layer's ground-truth record: {"layer", "mlp": visit(...)} for a dense model,
+// {"layer", "experts": [...], "shared_expert": ... or null} for an MoE model.
+using MlpVisitor = std::function<nlohmann::json(const std::string& prefix)>;
+nlohmann::json visit_layer_mlps(const Architecture& arch, int layer, const MlpVisitor& visit);
+
 // Uniform random numbers for the structural transforms: splitmix64 over a key from (seed, stream
 // name), so each layer's choice is independent of the order tensors are visited in.
 class PerturbRng {

@@ -1,8 +1,6 @@
 // Function-preserving permutations: routed experts, MLP neurons, attention heads within their
 // key-value groups (see alloy/perturb.h). Every permutation is drawn from a stream named after the
 // layer (and expert), so it does not depend on the order tensors are listed in.
-#include <map>
-
 #include "alloy/core/error.h"
 #include "internal.h"
 
@@ -10,7 +8,6 @@ namespace alloy::detail {
 namespace {
 
 using nlohmann::json;
-using Overrides = std::map<std::string, PlannedTensor>;
 
 TensorTransform rows_by(std::vector<int> p, uint64_t block = 1) {
   return [p = std::move(p), block](float* v, uint64_t rows, uint64_t cols) {
@@ -77,19 +74,9 @@ json permute_experts(const PerturbInput& input, const Architecture& arch, int la
 
 json permute_neurons(const PerturbInput& input, const Architecture& arch, int layer,
                      Overrides* overrides) {
-  const std::string p = layer_prefix(layer) + "mlp.";
-  const uint64_t hidden = uint64_t(arch.hidden);
-  if (arch.family == ModelFamily::kLlama)
-    return {{"layer", layer}, {"mlp", permute_mlp(input, p, hidden, overrides)}};
-  json experts = json::array();
-  for (int e = 0; e < arch.experts; ++e) {
-    experts.push_back(
-        permute_mlp(input, p + "experts." + std::to_string(e) + ".", hidden, overrides));
-  }
-  json record = {{"layer", layer}, {"experts", experts}, {"shared_expert", nullptr}};
-  if (arch.shared_expert)
-    record["shared_expert"] = permute_mlp(input, p + "shared_expert.", hidden, overrides);
-  return record;
+  return visit_layer_mlps(arch, layer, [&](const std::string& prefix) {
+    return json(permute_mlp(input, prefix, uint64_t(arch.hidden), overrides));
+  });
 }
 
 json permute_heads(const PerturbInput& input, const Architecture& arch, int layer,
@@ -157,10 +144,7 @@ PerturbPlan plan_permutation(const PerturbInput& input) {
   }
   if (kind == PerturbKind::kPermuteHeads) plan.truth["group_size"] = arch.heads / arch.kv_heads;
   plan.truth["layers"] = std::move(layers);
-  plan.tensors = map_tensors(input.model, [&](const ModelTensor& t) {
-    const auto it = overrides.find(t.name());
-    return it != overrides.end() ? it->second : PlannedTensor{t.name(), t.name(), {}};
-  });
+  plan.tensors = apply_overrides(input.model, overrides);
   return plan;
 }
 

@@ -2,8 +2,6 @@
 // columns, and RMSNorm gains folded into the weights that read the normalised vector
 // (see alloy/perturb.h).
 #include <cmath>
-#include <map>
-
 #include "alloy/core/error.h"
 #include "internal.h"
 
@@ -11,7 +9,6 @@ namespace alloy::detail {
 namespace {
 
 using nlohmann::json;
-using Overrides = std::map<std::string, PlannedTensor>;
 
 // Row r times factor[r] (divide: divided by it).
 TensorTransform scale_rows(std::vector<float> factor) {
@@ -68,19 +65,9 @@ std::vector<float> rescale_mlp(const PerturbInput& input, const std::string& pre
 
 json rescale_layer(const PerturbInput& input, const Architecture& arch, int layer,
                    Overrides* overrides) {
-  const std::string p = layer_prefix(layer) + "mlp.";
-  const uint64_t hidden = uint64_t(arch.hidden);
-  if (arch.family == ModelFamily::kLlama)
-    return {{"layer", layer}, {"mlp", rescale_mlp(input, p, hidden, overrides)}};
-  json experts = json::array();
-  for (int e = 0; e < arch.experts; ++e) {
-    experts.push_back(
-        rescale_mlp(input, p + "experts." + std::to_string(e) + ".", hidden, overrides));
-  }
-  json record = {{"layer", layer}, {"experts", experts}, {"shared_expert", nullptr}};
-  if (arch.shared_expert)
-    record["shared_expert"] = rescale_mlp(input, p + "shared_expert.", hidden, overrides);
-  return record;
+  return visit_layer_mlps(arch, layer, [&](const std::string& prefix) {
+    return json(rescale_mlp(input, prefix, uint64_t(arch.hidden), overrides));
+  });
 }
 
 // Folds the gain `norm` into the columns of every tensor in `readers` (those present), and sets
@@ -151,10 +138,7 @@ PerturbPlan plan_rescaling(const PerturbInput& input) {
                                                   uint64_t(arch.hidden), &overrides))
                                       : json(nullptr);
   }
-  plan.tensors = map_tensors(input.model, [&](const ModelTensor& t) {
-    const auto it = overrides.find(t.name());
-    return it != overrides.end() ? it->second : PlannedTensor{t.name(), t.name(), {}};
-  });
+  plan.tensors = apply_overrides(input.model, overrides);
   return plan;
 }
 

@@ -301,6 +301,23 @@ std::vector<PlannedTensor> map_tensors(
   return out;
 }
 
+std::vector<PlannedTensor> apply_overrides(const Model& model, const Overrides& overrides) {
+  return map_tensors(model, [&](const ModelTensor& t) {
+    const auto it = overrides.find(t.name());
+    return it != overrides.end() ? it->second : PlannedTensor{t.name(), t.name(), {}};
+  });
+}
+
+nlohmann::json visit_layer_mlps(const Architecture& arch, int layer, const MlpVisitor& visit) {
+  const std::string p = layer_prefix(layer) + "mlp.";
+  if (arch.family == ModelFamily::kLlama) return {{"layer", layer}, {"mlp", visit(p)}};
+  nlohmann::json experts = nlohmann::json::array();
+  for (int e = 0; e < arch.experts; ++e) experts.push_back(visit(p + "experts." + std::to_string(e) + "."));
+  nlohmann::json record = {{"layer", layer}, {"experts", experts}, {"shared_expert", nullptr}};
+  if (arch.shared_expert) record["shared_expert"] = visit(p + "shared_expert.");
+  return record;
+}
+
 namespace {
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 uint64_t mix64(uint64_t z) {
