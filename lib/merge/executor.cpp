@@ -295,6 +295,74 @@ uint64_t tensor_seed(uint64_t random_seed, const std::string& tensor_name) {
   return h;
 }
 
+namespace {
+
+// The files beside the weights: config.json, the tokenizer's files, the chat template, the recipe
+// and the model card.
+void write_side_files(const MergePlan& plan, const MergeOptions& options, const fs::path& out,
+                      MergeResult* result) {
+  write_file_atomic(out / "config.json", output_config(plan).dump(2) + "\n");
+  result->files.push_back("config.json");
+  if (options.copy_tokenizer) {
+    const Model& donor = *plan.models[plan.tokenizer_donor];
+    for (const auto& file : donor.auxiliary_files()) {
+      fs::copy_file(donor.path() / file, out / file, fs::copy_options::overwrite_existing);
+      result->files.push_back(file);
+    }
+  }
+  if (plan.recipe.chat_template) {
+    write_file_atomic(out / "chat_template.jinja", *plan.recipe.chat_template);
+    result->files.push_back("chat_template.jinja");
+  }
+  write_file_atomic(out / "mergekit_config.yml", plan.recipe.text);
+  result->files.push_back("mergekit_config.yml");
+  if (options.write_model_card) {
+    ModelCardInfo card;
+    card.name = plan.recipe.name.value_or(options.out_dir.filename().string());
+    card.merge_method = plan.recipe.merge_method;
+    card.base_model = plan.base_model >= 0 ? plan.model_names[plan.base_model] : "";
+    card.models = plan.model_names;
+    card.recipe_yaml = plan.recipe.text;
+    card.tool_version = ALLOY_VERSION;
+    write_file_atomic(out / "README.md", render_model_card(card));
+    result->files.push_back("README.md");
+  }
+}
+
+// alloy_provenance.json: the recipe, the resolved plan, and the sha256 of every input file read
+// and every output file written (sorts result->files).
+nlohmann::json provenance_json(const MergePlan& plan, const MergeOptions& options, const fs::path& out,
+                               FileHasher& hasher, MergeResult* result) {
+  nlohmann::json provenance;
+  provenance["tool"] = "alloy";
+  provenance["version"] = ALLOY_VERSION;
+  provenance["merge_method"] = plan.recipe.merge_method;
+  provenance["random_seed"] = options.random_seed;
+  provenance["recipe"] = plan.recipe.text;
+  provenance["recipe_sha256"] = sha256_hex(plan.recipe.text.data(), plan.recipe.text.size());
+  nlohmann::json inputs = nlohmann::json::array();
+  for (size_t m = 0; m < plan.models.size(); ++m) {
+    nlohmann::json files = nlohmann::json::object();
+    for (const auto& file : input_files(*plan.models[m])) {
+      files[file.filename().string()] = options.hash_inputs ? hasher.get(file) : "not hashed";
+    }
+    inputs.push_back({{"model", plan.model_names[m]}, {"path", plan.model_paths[m].string()}, {"files", files}});
+  }
+  provenance["inputs"] = inputs;
+  provenance["plan"] = plan_to_json(plan)["tensors"];
+  nlohmann::json outputs = nlohmann::json::object();
+  std::sort(result->files.begin(), result->files.end());
+  if (options.hash_outputs) {
+    for (const auto& file : result->files) hasher.start(out / file);
+  }
+  for (const auto& file : result->files)
+    outputs[file] = options.hash_outputs ? hasher.get(out / file) : "not hashed";
+  provenance["outputs"] = outputs;
+  return provenance;
+}
+
+}  // namespace
+
 MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   StagingDirectory staging(options.out_dir, options.overwrite);
   std::vector<TensorSpec> specs;
@@ -318,60 +386,9 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   }
   result.tensors = plan.tensors.size();
   result.output_bytes = plan.output_bytes();
-
   const fs::path out = staging.path();
-  write_file_atomic(out / "config.json", output_config(plan).dump(2) + "\n");
-  result.files.push_back("config.json");
-  if (options.copy_tokenizer) {
-    const Model& donor = *plan.models[plan.tokenizer_donor];
-    for (const auto& file : donor.auxiliary_files()) {
-      fs::copy_file(donor.path() / file, out / file, fs::copy_options::overwrite_existing);
-      result.files.push_back(file);
-    }
-  }
-  if (plan.recipe.chat_template) {
-    write_file_atomic(out / "chat_template.jinja", *plan.recipe.chat_template);
-    result.files.push_back("chat_template.jinja");
-  }
-  write_file_atomic(out / "mergekit_config.yml", plan.recipe.text);
-  result.files.push_back("mergekit_config.yml");
-  if (options.write_model_card) {
-    ModelCardInfo card;
-    card.name = plan.recipe.name.value_or(options.out_dir.filename().string());
-    card.merge_method = plan.recipe.merge_method;
-    card.base_model = plan.base_model >= 0 ? plan.model_names[plan.base_model] : "";
-    card.models = plan.model_names;
-    card.recipe_yaml = plan.recipe.text;
-    card.tool_version = ALLOY_VERSION;
-    write_file_atomic(out / "README.md", render_model_card(card));
-    result.files.push_back("README.md");
-  }
-
-  nlohmann::json provenance;
-  provenance["tool"] = "alloy";
-  provenance["version"] = ALLOY_VERSION;
-  provenance["merge_method"] = plan.recipe.merge_method;
-  provenance["random_seed"] = options.random_seed;
-  provenance["recipe"] = plan.recipe.text;
-  provenance["recipe_sha256"] = sha256_hex(plan.recipe.text.data(), plan.recipe.text.size());
-  nlohmann::json inputs = nlohmann::json::array();
-  for (size_t m = 0; m < plan.models.size(); ++m) {
-    nlohmann::json files = nlohmann::json::object();
-    for (const auto& file : input_files(*plan.models[m])) {
-      files[file.filename().string()] = options.hash_inputs ? hasher.get(file) : "not hashed";
-    }
-    inputs.push_back({{"model", plan.model_names[m]}, {"path", plan.model_paths[m].string()}, {"files", files}});
-  }
-  provenance["inputs"] = inputs;
-  provenance["plan"] = plan_to_json(plan)["tensors"];
-  nlohmann::json outputs = nlohmann::json::object();
-  std::sort(result.files.begin(), result.files.end());
-  if (options.hash_outputs) {
-    for (const auto& file : result.files) hasher.start(out / file);
-  }
-  for (const auto& file : result.files)
-    outputs[file] = options.hash_outputs ? hasher.get(out / file) : "not hashed";
-  provenance["outputs"] = outputs;
+  write_side_files(plan, options, out, &result);
+  const nlohmann::json provenance = provenance_json(plan, options, out, hasher, &result);
   write_file_atomic(out / "alloy_provenance.json", provenance.dump(2) + "\n");
   result.files.push_back("alloy_provenance.json");
   staging.publish();
