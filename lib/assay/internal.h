@@ -130,7 +130,7 @@ double weighted_median(std::vector<std::pair<double, double>> value_weight);
 namespace alloy::detail {
 
 // Aggregates the per-tensor fits into candidates and components, decides the verdict and the
-// method, and writes the recipe and the evidence (lib/assay_verdict.cpp).
+// method, and writes the recipe and the evidence (lib/assay/verdict.cpp; its units: verdict.h).
 void decide_verdict(AssayResult* result, const Model& suspect, const std::vector<const Model*>& candidates,
                     const AssayOptions& options);
 

@@ -1,0 +1,105 @@
+// Internals of the verdict stage (lib/assay/verdict*.cpp), shared by its units only:
+//   verdict.cpp           the entry point: the order in which the outcomes are tried;
+//   verdict_evidence.cpp  per-candidate statistics and the evidence the decisions read;
+//   verdict_bounds.cpp    per-component z and the false-positive bounds;
+//   verdict_outcomes.cpp  copy, layer stacking, fine-tune and independent;
+//   verdict_sparse.cpp    TIES / DARE;
+//   verdict_dense.cpp     slerp, linear and task arithmetic;
+//   verdict_recipe.cpp    recipe helpers and the rebuild check that picks among hypotheses;
+//   verdict_summary.cpp   the summary text of a merge.
+// docs/assay.md, "Verdicts", states every threshold used here and why.
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "internal.h"
+
+namespace alloy::detail {
+
+inline constexpr double kInvolvedWeight = 0.01;  // |mixing weight| of a candidate that takes part
+inline constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
+inline constexpr double kMergeLog10Bound = -6.0;
+
+// Numel-weighted values of one per-tensor statistic; non-finite values are left out.
+struct Weighted {
+  std::vector<std::pair<double, double>> values;  // (value, weight)
+  void add(double v, double w) {
+    if (std::isfinite(v)) values.push_back({v, w});
+  }
+  double median() const { return weighted_median(values); }
+  double mean() const;
+  double std_dev() const;
+  bool empty() const { return values.empty(); }
+};
+
+// What every verdict unit reads (the fits, the models, the options) and writes (the result).
+struct VerdictContext {
+  AssayResult& result;
+  const Model& suspect;
+  const std::vector<const Model*>& models;
+  const AssayOptions& options;
+  int k = 0;                  // candidates
+  uint64_t fitted_numel = 0;  // elements of the fitted tensors (set by aggregate_candidates)
+
+  CandidateAssay& candidate(int c) { return result.candidates[size_t(c)]; }
+  void note(const std::string& text) { result.evidence["notes"].push_back(text); }
+  // One statistic over the fitted tensors, weighted by their element counts, in tensor order.
+  template <class Value>
+  Weighted over_fitted(Value value) const {
+    Weighted w;
+    for (const auto& t : result.tensors) {
+      if (t.fitted) w.add(value(t), double(t.numel));
+    }
+    return w;
+  }
+};
+
+// --- evidence (verdict_evidence.cpp) -------------------------------------------------------------
+// Per candidate: median correlation, relatedness, mean weight and its spread; sets fitted_numel.
+void aggregate_candidates(VerdictContext& v);
+// Whether the candidates explain enough of the suspect's deviation for a dense merge (records
+// cos_fit_median, cos_fit_bar and common_ancestor_among_candidates; notes a refusal).
+bool explains_deviation(VerdictContext& v);
+// The candidate most tensors (by elements) take as their reference.
+int majority_reference(const VerdictContext& v);
+// Mean fraction of resolved elements equal to the reference or to one candidate (tensors >= 4096).
+double sparse_fraction(const VerdictContext& v);
+
+// --- false-positive bounds (verdict_bounds.cpp) --------------------------------------------------
+// Per component: tensors, median z, cos_fit, weights and the two false-positive bounds.
+void aggregate_components(VerdictContext& v);
+struct MajorEvidence {
+  double z_min = 0;                // smallest median z of a major component
+  double log10_false_positive = 0;  // the weakest of their bounds
+};
+MajorEvidence major_evidence(const VerdictContext& v);
+// Records major_evidence() and tells whether it clears kMergeZ and kMergeLog10Bound.
+bool strong_evidence(VerdictContext& v);
+
+// --- outcomes (verdict_outcomes.cpp, verdict_sparse.cpp, verdict_dense.cpp) ----------------------
+void independent(VerdictContext& v, const std::string& why);
+void fine_tune(VerdictContext& v, int base);
+bool try_copy(VerdictContext& v);
+bool try_stacking(VerdictContext& v);
+bool try_sparse(VerdictContext& v, int base);
+bool try_slerp(VerdictContext& v, const std::vector<int>& involved);
+void dense_merge(VerdictContext& v, const std::vector<int>& involved, int base);
+
+// --- recipes (verdict_recipe.cpp) ----------------------------------------------------------------
+// The torch name of the dtype holding most of the model's bytes (the recipe's dtype).
+std::string torch_dtype_of(const Model& model);
+double round_digits(double value, int digits);
+// Rebuilds sampled tensors under each hypothesis (and rounder variants of it), keeps the best
+// recipe in result.recipe and records the check in evidence["rebuild"].
+void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses);
+
+// --- summary (verdict_summary.cpp) ---------------------------------------------------------------
+// evidence["unexplained_level"]: the median |S - fit| / |C_ref| over the fitted tensors.
+void record_unexplained(VerdictContext& v);
+// evidence["summary"] of a merge, with the evidence it rests on.
+void summarise_merge(VerdictContext& v);
+
+}  // namespace alloy::detail
