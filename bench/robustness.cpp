@@ -1,4 +1,4 @@
-// robustness: how far each hide-the-merge transform (alloy/perturb.h) can go before alloy-assay
+// robustness: how far each hide-the-merge transform (alloy/perturb/perturb.h) can go before alloy-assay
 // stops seeing the merge, and whether any transform makes a non-merge look like one.
 //
 // Sweep: for each family (dense kLlama, MoE kMoe), parent delta size (||ft - base|| / ||base|| =
@@ -59,7 +59,7 @@ const double kDeltas[] = {0.005, 0.01, 0.02, 0.05, 0.1};
 constexpr int kDeltaCount = int(std::size(kDeltas));
 
 // ---------------------------------------------------------------------------------------------
-// The transform table. Adding a transform: one entry here (and its kind in alloy/perturb.h).
+// The transform table. Adding a transform: one entry here (and its kind in alloy/perturb/perturb.h).
 
 struct Setting {
   std::string label;                 // as written in the CSV "strength" column and on the x axis
@@ -237,7 +237,7 @@ bool identity(const nlohmann::json& p) {
 }
 
 // Whether the assay reported exactly the ground truth's non-identity permutations (the matching of
-// tests/test_assay_robust.cpp).
+// tests/assay/test_assay_robust.cpp).
 bool permutation_exact(PerturbKind kind, const nlohmann::json& truth, const nlohmann::json& found_all) {
   // The reported entry for (layer, kind, unit); an empty object when none.
   const auto found = [&](int layer, const std::string& kind_name, const std::string& unit) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Robustness benchmark (issue 5): sweeps every hide-the-merge transform of alloy/perturb.h over its
+# Robustness benchmark (issue 5): sweeps every hide-the-merge transform of alloy/perturb/perturb.h over its
 # strength on dense and MoE synthetic families with parent deltas from 0.5% to 10%, runs the assay
 # on each transformed 0.571 / 0.429 linear merge, and runs the null (the same transforms on an
 # unrelated model and on a sibling fine-tune). Writes robustness.csv, null.csv, one SVG per

@@ -1,6 +1,6 @@
 // Conversions between float32 and the floating dtypes of the safetensors spec.
 //
-// The scalar bf16/f16 conversions are inline in alloy/dtype.h (so that these loops vectorise); their
+// The scalar bf16/f16 conversions are inline in alloy/core/dtype.h (so that these loops vectorise); their
 // exact rules, PyTorch's, are documented there. This file holds the F8 decoders and the bulk,
 // parallel loops over raw (possibly unaligned) little-endian storage.
 #include <cmath>

@@ -1,4 +1,4 @@
-// Validating safetensors header parser and the mmap-backed file (rules: alloy/safetensors.h and
+// Validating safetensors header parser and the mmap-backed file (rules: alloy/core/safetensors.h and
 // docs/format.md). Every check names the file and, where there is one, the tensor.
 #include <algorithm>
 #include <cstring>

@@ -148,7 +148,7 @@ void load_range(const ModelTensor& input, const std::vector<uint64_t>& shape, DT
 // Per-thread float32 scratch of the chunked path: one chunk per source and one for the output.
 thread_local std::vector<float> t_chunk_scratch;
 
-// The chunked path (alloy/merge_method.h, ChunkedMerge): every fixed chunk of kDefaultGrain
+// The chunked path (alloy/merge/merge_method.h, ChunkedMerge): every fixed chunk of kDefaultGrain
 // elements of each source is converted from the mapped bytes into per-thread scratch, merged and
 // stored as output bytes, so no whole-tensor float32 buffer is built; the sums pass, when the
 // method needs one, converts the chunks once more. Only the output bytes take a pool slot.

@@ -1,4 +1,4 @@
-// Internals shared by the perturb_*.cpp files (see alloy/perturb.h).
+// Internals shared by the perturb_*.cpp files (see alloy/perturb/perturb.h).
 //
 // A transform is planned before anything is written: per output tensor, which input tensor it is
 // made from and a function that transforms that tensor's values in place (float32, row-major,

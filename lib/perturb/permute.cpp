@@ -1,5 +1,5 @@
 // Function-preserving permutations: routed experts, MLP neurons, attention heads within their
-// key-value groups (see alloy/perturb.h). Every permutation is drawn from a stream named after the
+// key-value groups (see alloy/perturb/perturb.h). Every permutation is drawn from a stream named after the
 // layer (and expert), so it does not depend on the order tensors are listed in.
 #include "alloy/core/error.h"
 #include "internal.h"

@@ -1,6 +1,6 @@
 // Function-preserving rescalings: per-neuron factors moved between up_proj rows and down_proj
 // columns, and RMSNorm gains folded into the weights that read the normalised vector
-// (see alloy/perturb.h).
+// (see alloy/perturb/perturb.h).
 #include <cmath>
 #include "alloy/core/error.h"
 #include "internal.h"

@@ -1,5 +1,5 @@
 // perturb_model: option validation, the shared helpers of the planners, and the runner that
-// streams a plan into a model directory (see alloy/perturb.h and lib/perturb_internal.h).
+// streams a plan into a model directory (see alloy/perturb/perturb.h and lib/perturb/internal.h).
 #include <algorithm>
 #include <charconv>
 #include <cmath>

@@ -1,5 +1,5 @@
 // Frankenmerge stacking: layers duplicated and reordered by a layer map, tensors renumbered,
-// config.json's layer count rewritten (see alloy/perturb.h).
+// config.json's layer count rewritten (see alloy/perturb/perturb.h).
 #include <charconv>
 
 #include "alloy/core/error.h"

@@ -1,5 +1,5 @@
 // Value perturbations: Gaussian noise, quantization round trips, and a further fine-tune
-// (see alloy/perturb.h). None preserves the function; each measures what it applied.
+// (see alloy/perturb/perturb.h). None preserves the function; each measures what it applied.
 #include <algorithm>
 #include <cmath>
 

@@ -1,4 +1,4 @@
-// Writing synthetic base models, fine-tunes and families (see alloy/synth.h).
+// Writing synthetic base models, fine-tunes and families (see alloy/synth/synth.h).
 //
 // Memory stays bounded by a few tensors: all TensorSpecs are declared to a ShardedWriter first,
 // then each tensor is generated into buffers sized once for the largest tensor and reused (fresh

@@ -1,4 +1,4 @@
-// Counter-based pseudo-normal numbers for alloy-synth (see alloy/synth.h).
+// Counter-based pseudo-normal numbers for alloy-synth (see alloy/synth/synth.h).
 //
 // Element i of stream (seed, stream) depends on nothing else, so any chunk of any tensor can be
 // generated on its own, in parallel, with identical bits. The recipe, version 1:

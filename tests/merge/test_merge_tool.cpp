@@ -136,7 +136,7 @@ TEST(MergeTool, OutputIsAttributedAndReproducible) {
   EXPECT_EQ(provenance["outputs"]["config.json"], alloy::sha256_file(out / "a" / "config.json"));
 }
 
-// The chunked path (linear, slerp, task_arithmetic; alloy/merge_method.h): the same bytes for any
+// The chunked path (linear, slerp, task_arithmetic; alloy/merge/merge_method.h): the same bytes for any
 // thread count, and with the provenance hashes turned off (which only changes the record).
 TEST(MergeTool, ChunkedMethodsAreThreadCountIndependentAndHashesCanBeOff) {
   const fs::path& fam = family(alloy::ModelFamily::kLlama);

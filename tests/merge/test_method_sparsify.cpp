@@ -1,4 +1,4 @@
-// The selection behind magnitude and magnitude_outliers sparsification (lib/sparsify.h): a radix
+// The selection behind magnitude and magnitude_outliers sparsification (lib/merge/methods/sparsify.h): a radix
 // select on the bits of |delta| checked against a full sort with the documented order (descending
 // |delta|, ties to the lower flat index), on data with many ties, in every compute dtype, across
 // several selection chunks, and for thread-count independence.

@@ -1,4 +1,4 @@
-// alloy/perturb.h: every hide-the-merge transform on f32 synthetic models of both families.
+// alloy/perturb/perturb.h: every hide-the-merge transform on f32 synthetic models of both families.
 // Function-preserving kinds are checked with a reference forward pass of one decoder block
 // (RMSNorm, grouped-query attention with RoPE and a causal softmax, RMSNorm, SiLU MLP or routed
 // top-k experts plus a sigmoid-gated shared expert) in Eigen, float64, before and after; a control

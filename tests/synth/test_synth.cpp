@@ -73,7 +73,7 @@ struct ThreadCount {  // restores the default thread count at scope exit
 };
 
 TEST(SynthRng, GoldenValuesPinTheStreamOnEveryPlatform) {
-  // lib/synth_rng.cpp version 1; these bits must never change (models would change).
+  // lib/synth/rng.cpp version 1; these bits must never change (models would change).
   std::vector<float> v(6);
   alloy::synth_normal(1, alloy::synth_stream_id("alloy"), 0, v.size(), v.data());
   const uint32_t expected[6] = {0x3EFA3A86u, 0x3F33DBEDu, 0xBED9B6DFu, 0x3E8F688Bu, 0x3F24E592u, 0xBD8B3473u};

@@ -1,5 +1,5 @@
 // alloy-assay: recovers what a model was made from (which candidates, weights, method), with
-// evidence. Only flag parsing and output lives here; alloy/assay.h does the work.
+// evidence. Only flag parsing and output lives here; alloy/assay/assay.h does the work.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>

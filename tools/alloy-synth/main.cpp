@@ -1,5 +1,5 @@
 // alloy-synth: deterministic synthetic models (base, fine-tunes, unrelated) for tests and demos.
-// Only flag parsing lives here; alloy/synth.h does the work.
+// Only flag parsing lives here; alloy/synth/synth.h does the work.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 

@@ -1,4 +1,4 @@
-// alloy/assay.h: recovering what a released model was made from.
+// alloy/assay/assay.h: recovering what a released model was made from.
 //
 // Given a suspect model S and candidate parents C_1..C_k, the assay streams the tensors once and,
 // per tensor, accumulates sufficient statistics in double with fixed chunking (deterministic for

@@ -1,4 +1,4 @@
-// alloy/dtype.h: the dtypes of the safetensors spec, one table, and conversions to/from float32.
+// alloy/core/dtype.h: the dtypes of the safetensors spec, one table, and conversions to/from float32.
 //
 // The table (dtype_info) is the single source of truth for names, bit widths and kinds. Everything
 // that must branch on a dtype does it through this table or through the conversion functions here.

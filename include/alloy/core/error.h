@@ -1,4 +1,4 @@
-// alloy/error.h: the one exception type of the library.
+// alloy/core/error.h: the one exception type of the library.
 //
 // Every failure alloy reports is an alloy::Error carrying an ErrorCode (stable, testable) and a
 // message that names the thing that is wrong: the file, the tensor, or the recipe line and column.

@@ -1,4 +1,4 @@
-// alloy/file_util.h: writing outputs so that nothing half-written ever looks complete.
+// alloy/core/file_util.h: writing outputs so that nothing half-written ever looks complete.
 //
 // Files are written under a temporary name in the same directory and renamed into place; output
 // directories are built under a temporary sibling name and renamed into place when complete.

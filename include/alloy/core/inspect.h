@@ -1,4 +1,4 @@
-// alloy/inspect.h: a validated model's contents as JSON and as a human-readable table.
+// alloy/core/inspect.h: a validated model's contents as JSON and as a human-readable table.
 #pragma once
 
 #include <nlohmann/json.hpp>

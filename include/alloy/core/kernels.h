@@ -1,8 +1,8 @@
-// alloy/kernels.h: element-wise and reduction kernels on float32 buffers.
+// alloy/core/kernels.h: element-wise and reduction kernels on float32 buffers.
 //
-// All are parallel (alloy/parallel.h) and vectorisable. Reductions accumulate in double with a
+// All are parallel (alloy/core/parallel.h) and vectorisable. Reductions accumulate in double with a
 // fixed chunking and a fixed number of lanes per chunk, then combine chunks in order: the result is
-// bit-identical for any thread count (tests/test_kernels.cpp checks 1 vs 2 threads).
+// bit-identical for any thread count (tests/core/test_kernels.cpp checks 1 vs 2 threads).
 #pragma once
 
 #include <cstddef>

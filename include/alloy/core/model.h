@@ -1,11 +1,11 @@
-// alloy/model.h: a Hugging Face model directory (or a lone .safetensors file).
+// alloy/core/model.h: a Hugging Face model directory (or a lone .safetensors file).
 //
 // A directory holds either model.safetensors, or shards listed by model.safetensors.index.json
 // ({"metadata": {...}, "weight_map": {"tensor": "shard file"}}), plus config.json and the tokenizer
 // and generation files. The index is untrusted: shard names that are absolute, contain "..", or are
 // symlinks leaving the directory are refused; a missing shard, a tensor the index names but the
 // shard lacks, a tensor in a shard but not in the index, and a tensor stored in two shards are all
-// refused (distinct ErrorCodes, see alloy/error.h).
+// refused (distinct ErrorCodes, see alloy/core/error.h).
 #pragma once
 
 #include <filesystem>

@@ -1,4 +1,4 @@
-// alloy/parallel.h: the one place that owns threading (OpenMP behind a helper).
+// alloy/core/parallel.h: the one place that owns threading (OpenMP behind a helper).
 //
 // parallel_for splits [0, count) into chunks whose boundaries depend only on `count` and `grain`,
 // never on the number of threads. Combined with per-chunk partial results reduced in chunk order

@@ -1,4 +1,4 @@
-// alloy/safetensors.h: validating, zero-copy reader for the safetensors format.
+// alloy/core/safetensors.h: validating, zero-copy reader for the safetensors format.
 //
 // Byte layout of a safetensors file (https://github.com/huggingface/safetensors):
 //

@@ -1,4 +1,4 @@
-// alloy/sha256.h: SHA-256 (FIPS 180-4) for provenance records.
+// alloy/core/sha256.h: SHA-256 (FIPS 180-4) for provenance records.
 //
 // Uses the x86 SHA extensions when the CPU has them (about 2 GB/s), else a portable implementation;
 // both are checked against the FIPS test vectors in tests/test_sha256.cpp.

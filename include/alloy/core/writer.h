@@ -1,4 +1,4 @@
-// alloy/writer.h: deterministic safetensors writer with sharding.
+// alloy/core/writer.h: deterministic safetensors writer with sharding.
 //
 // Byte-for-byte deterministic output:
 //  - within a file, tensors are ordered by dtype alignment (largest first), then by name;

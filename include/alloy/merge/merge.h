@@ -1,7 +1,7 @@
-// alloy/merge.h: running a merge plan and writing an attributed model directory.
+// alloy/merge/merge.h: running a merge plan and writing an attributed model directory.
 //
 // The executor streams: for each output tensor it merges fixed chunks of the sources through
-// per-thread scratch when the method has a chunked form (alloy/merge_method.h), else loads the
+// per-thread scratch when the method has a chunked form (alloy/merge/merge_method.h), else loads the
 // sources into float32 buffers from a pool that is reused for every tensor (no per-tensor
 // allocation) and merges them; it converts to the output dtype and hands the bytes to the sharded
 // writer; source pages are released after use, so memory

@@ -1,8 +1,8 @@
-// alloy/merge_method.h: the interface every merge method implements, and the method registry.
+// alloy/merge/merge_method.h: the interface every merge method implements, and the method registry.
 //
 // A method is one small unit registered by name (lib/method_<name>.cpp) with its declared
 // parameters and defaults, as in mergekit. The executor resolves every parameter for one output
-// tensor (alloy/recipe.h), loads each source tensor into float32 buffers holding values already
+// tensor (alloy/merge/recipe.h), loads each source tensor into float32 buffers holding values already
 // representable in the compute dtype D (the recipe's `dtype`, else the stored dtype), crops them
 // as the method's crop policy says, and calls merge(). The method writes float32 values that are
 // representable in D (it applies rnd(), alloy::round_to, after each operation as mergekit's torch
@@ -11,7 +11,7 @@
 // Element-wise methods (linear, slerp, task_arithmetic without sparsification) also have a chunked
 // form (ChunkedMerge, MergeMethod::chunked): the executor then never builds whole-tensor float32
 // buffers; it converts each fixed chunk of every source into small per-thread scratch, merges it
-// and stores the chunk's output bytes (lib/merge_executor.cpp, docs/performance.md). Both forms
+// and stores the chunk's output bytes (lib/merge/executor.cpp, docs/performance.md). Both forms
 // run the same element code and give the same bits.
 #pragma once
 
@@ -64,7 +64,7 @@ struct MergeContext {
 // The chunked form of a merge of one tensor, for methods whose output element i depends only on
 // element i of each source and on per-tensor scalars. Made by MergeMethod::chunked() from the
 // context and its parameters; then, over the fixed chunks [c * kDefaultGrain, (c + 1) *
-// kDefaultGrain) of the tensor (alloy/parallel.h):
+// kDefaultGrain) of the tensor (alloy/core/parallel.h):
 //   1. if sum_count() > 0, chunk_sums() for every chunk (concurrently); the caller adds the partial
 //      sums in chunk order, starting from 0.0, and passes the totals to set_sums() once;
 //   2. merge_chunk() for every chunk (concurrently).

@@ -1,4 +1,4 @@
-// alloy/model_card.h: the README.md model card that credits every source model of a merge.
+// alloy/merge/model_card.h: the README.md model card that credits every source model of a merge.
 //
 // The card follows mergekit's layout (front matter with base_model and tags, the method with its
 // paper, the models, the recipe) so that Hugging Face shows the merge lineage, and adds the `alloy`

@@ -1,4 +1,4 @@
-// alloy/recipe.h: mergekit-style YAML recipes, validated and resolved into a per-tensor merge plan.
+// alloy/merge/recipe.h: mergekit-style YAML recipes, validated and resolved into a per-tensor merge plan.
 //
 // The schema and the resolution rules are mergekit's (mergekit/config.py, mergekit/plan.py); they
 // are written out in docs/recipes.md. Every recipe error is an Error(kRecipe) whose message starts

@@ -1,4 +1,4 @@
-// alloy/perturb.h: "hide-the-merge" transforms of a model directory, with their ground truth.
+// alloy/perturb/perturb.h: "hide-the-merge" transforms of a model directory, with their ground truth.
 //
 // Someone passing a merge off as original will not leave it clean: they permute experts and
 // neurons (the network computes the same function), add noise, re-quantize, train a little more, or
@@ -7,7 +7,7 @@
 // files), plus OUT/alloy_perturb.json recording exactly what was applied, so that detectors can be
 // scored against it. OUT is built beside itself under a temporary name and renamed into place when
 // complete (nothing is left at OUT on failure); an existing non-empty OUT is refused (Error
-// kOutputExists) unless output.overwrite. Inputs must use the tensor names of alloy/synth.h's two
+// kOutputExists) unless output.overwrite. Inputs must use the tensor names of alloy/synth/synth.h's two
 // families (real Llama and Qwen2-MoE checkpoints do) and store BF16, F16 or F32.
 //
 // Kinds (docs/robustness.md, "Transforms", has the reasoning). "Preserving" kinds compute the same

@@ -1,4 +1,4 @@
-// alloy/synth.h: deterministic synthetic models in the real Hugging Face layout.
+// alloy/synth/synth.h: deterministic synthetic models in the real Hugging Face layout.
 //
 // Tests, benchmarks and demos build their models here; nothing downloads weights. Two families:
 //  - kLlama: LlamaForCausalLM names and config (dense MLP, grouped-query attention);
@@ -13,7 +13,7 @@
 //
 // Determinism: a base model is a function of (architecture, dtype, seed) only. Every element comes
 // from a counter-based generator keyed by (seed, stream, element index), where the stream is a hash
-// of the tensor name (lib/synth_rng.cpp documents the exact recipe): the same bytes on any thread
+// of the tensor name (lib/synth/rng.cpp documents the exact recipe): the same bytes on any thread
 // count and any platform, and any chunk of any tensor can be generated independently.
 //
 // Initial statistics (base_init): embeddings and lm_head N(0, 0.02^2); norms N(1, 0.05^2); every

@@ -1,4 +1,4 @@
-// Private helpers shared by the merge methods (lib/method_*.cpp, lib/sparsify.cpp).
+// Private helpers shared by the merge methods (lib/method_*.cpp, lib/merge/methods/sparsify.cpp).
 //
 // Every method reproduces mergekit's torch arithmetic in the compute dtype D: each operation is
 // done in float32 and its result rounded to D (rnd), and every scalar parameter is rounded to

@@ -27,7 +27,7 @@ class SlerpChunk final : public ChunkedMerge {
   size_t sum_count() const override { return 3; }
   void chunk_sums(const float* const* sources, size_t len, double* partial) const override {
     // The terms capture their pointers by value: reached by reference, GCC leaves these loops
-    // scalar (see lib/kernels.cpp).
+    // scalar (see lib/core/kernels.cpp).
     const float* x = sources[base_];
     const float* y = sources[1 - base_];
     partial[0] = lane_sum(len, [x](size_t j) { return double(x[j]) * x[j]; });
