@@ -59,18 +59,8 @@ Eigen::VectorXd solve_scaled(const Eigen::MatrixXd& a, const Eigen::VectorXd& y,
   return v;
 }
 
-}  // namespace
-
-std::array<double, 2> slerp_coefficients(double t, double cos_theta) {
-  if (std::fabs(cos_theta) > 0.9995) return {1 - t, t};
-  const double theta = std::acos(std::clamp(cos_theta, -1.0, 1.0));
-  const double s = std::sin(theta);
-  return {std::sin((1 - t) * theta) / s, std::sin(t * theta) / s};
-}
-
-void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssay* out) {
-  const Gram& all = m.gram;
-  const double n = double(m.n);
+// Every per-candidate output sized to k, at its "not measured" value.
+void reset_candidate_outputs(int k, TensorAssay* out) {
   out->weights.assign(size_t(k), 0.0);
   out->weight_se.assign(size_t(k), kNaN);
   out->correlation.assign(size_t(k), 0.0);
@@ -78,19 +68,26 @@ void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssa
   out->density.assign(size_t(k), kNaN);
   out->magnitude_step.assign(size_t(k), kNaN);
   out->kept_scale.assign(size_t(k), kNaN);
+}
 
-  // Relatedness: Pearson correlation of S with each candidate.
+// Relatedness: Pearson correlation of S with each candidate.
+void fit_correlations(const Moments& m, int k, TensorAssay* out) {
+  const Gram& all = m.gram;
+  const double n = double(m.n);
   const double var_s = all[0][0] - m.sum[0] * m.sum[0] / n;
   for (int c = 1; c <= k; ++c) {
     const double var_c = all[c][c] - m.sum[c] * m.sum[c] / n;
     const double cov = all[0][c] - m.sum[0] * m.sum[c] / n;
     out->correlation[size_t(c - 1)] = var_s > 0 && var_c > 0 ? cov / std::sqrt(var_s * var_c) : 0.0;
   }
+}
 
-  // The reference: the medoid of the related candidates.
+// The reference (vector index): the medoid of the related candidates (of all when none is), ties
+// broken by closeness to S.
+int medoid_reference(const Gram& all, const std::vector<double>& correlation, int k) {
   std::vector<int> related;
   for (int c = 1; c <= k; ++c) {
-    if (out->correlation[size_t(c - 1)] > kRelatedCorrelation) related.push_back(c);
+    if (correlation[size_t(c - 1)] > kRelatedCorrelation) related.push_back(c);
   }
   if (related.empty()) {
     for (int c = 1; c <= k; ++c) related.push_back(c);
@@ -105,7 +102,13 @@ void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssa
       best = spread, best_to_s = to_s, ref = c;
     }
   }
-  out->reference = ref - 1;
+  return ref;
+}
+
+// Exact copies and equality fractions on the resolved elements (from the full pass when given),
+// and the relative deviation from the reference.
+void fit_equalities(const Moments& m, const ResolvedMoments* full, int ref, int k, TensorAssay* out) {
+  const Gram& all = m.gram;
   for (int c = 1; c <= k && out->copy_of < 0; ++c) {
     const bool same = full ? full->equal_all[c] == full->n : distance2(all, 0, c) == 0 && m.equal[c] == m.n_spread;
     if (same) out->copy_of = c - 1;
@@ -119,9 +122,12 @@ void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssa
       if (c != ref) out->equal_candidate[size_t(c - 1)] = double(eq[c]) / double(n_resolved);
     }
   }
+}
 
-  // The affine fit on the resolved elements when there are enough of them (rounding cannot snap a
-  // blend onto a parent there), else on all the prefix's elements.
+// The Gram the affine fit uses: the resolved elements when there are enough of them (rounding
+// cannot snap a blend onto a parent there), else all the prefix's elements; and their count.
+FitGram choose_fit_gram(const Moments& m, const ResolvedMoments* full, double* n_used) {
+  const uint64_t n_resolved = full ? full->n_resolved : m.n_resolved;
   const uint64_t n_all = full ? full->n : m.n;
   const bool use_resolved = n_resolved >= std::max<uint64_t>(256, n_all / 50);
   FitGram g;
@@ -130,13 +136,16 @@ void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssa
   } else if (use_resolved) {
     g.raw_gram = &m.gram_resolved;
   } else {
-    g.raw_gram = &all;
+    g.raw_gram = &m.gram;
   }
-  const double n_used = double(use_resolved ? n_resolved : m.n);
-  std::vector<int> cols;
-  for (int c = 1; c <= k; ++c) {
-    if (c != ref && g.centred(c, c, ref) > 0) cols.push_back(c);
-  }
+  *n_used = double(use_resolved ? n_resolved : m.n);
+  return g;
+}
+
+// The affine least-squares mixing weights (sum 1) of S - C_ref on the other candidates' C_c - C_ref
+// (`cols`: those that deviate from the reference), with standard errors, cos_fit and the residual.
+// Returns false, with cos_fit, null_cos and z set, when there is nothing to fit.
+bool fit_affine(const FitGram& g, int ref, const std::vector<int>& cols, double n_used, TensorAssay* out) {
   const Eigen::Index p = Eigen::Index(cols.size());
   const double dev2 = g.centred(0, 0, ref);
   out->weights[size_t(ref - 1)] = 1.0;
@@ -144,7 +153,7 @@ void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssa
     out->cos_fit = dev2 <= 0 ? 1.0 : 0.0;
     out->null_cos = 1.0 / std::sqrt(std::max(n_used, 1.0));
     out->z = 0;
-    return;
+    return false;
   }
   Eigen::MatrixXd a(p, p), inverse;
   Eigen::VectorXd y(p);
@@ -166,15 +175,19 @@ void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssa
   out->weight_se[size_t(ref - 1)] = std::sqrt(std::max(0.0, sigma2 * inverse.sum()));
   out->cos_fit = std::sqrt(explained / dev2);
   out->residual = std::sqrt(residual / dev2);
+  return true;
+}
 
-  // The null scale: sibling pairs relative to the reference, floored at the isotropic sqrt(p/n).
+// The null scale of cos_fit and z: sibling pairs relative to the reference, floored at the
+// isotropic sqrt(p/n); and ancestor_cos, the same over related pairs only.
+void fit_null_scale(const FitGram& g, int ref, const std::vector<int>& cols, double n_used, TensorAssay* out) {
+  const auto pair_cos = [&](size_t i, size_t j) {
+    const double cij = g.centred(cols[i], cols[j], ref);
+    return std::fabs(cij) / std::sqrt(g.centred(cols[i], cols[i], ref) * g.centred(cols[j], cols[j], ref));
+  };
   double sibling = 0;
   for (size_t i = 0; i < cols.size(); ++i) {
-    for (size_t j = i + 1; j < cols.size(); ++j) {
-      const double cij = g.centred(cols[i], cols[j], ref);
-      const double cii = g.centred(cols[i], cols[i], ref), cjj = g.centred(cols[j], cols[j], ref);
-      sibling = std::max(sibling, std::fabs(cij) / std::sqrt(cii * cjj));
-    }
+    for (size_t j = i + 1; j < cols.size(); ++j) sibling = std::max(sibling, pair_cos(i, j));
   }
   out->ancestor_cos = std::numeric_limits<double>::quiet_NaN();
   for (size_t i = 0; i < cols.size(); ++i) {
@@ -183,15 +196,18 @@ void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssa
           out->correlation[size_t(cols[j] - 1)] <= kRelatedCorrelation) {
         continue;
       }
-      const double cij = g.centred(cols[i], cols[j], ref);
-      const double c = std::fabs(cij) / std::sqrt(g.centred(cols[i], cols[i], ref) * g.centred(cols[j], cols[j], ref));
+      const double c = pair_cos(i, j);
       out->ancestor_cos = std::isnan(out->ancestor_cos) ? c : std::max(out->ancestor_cos, c);
     }
   }
-  out->null_cos = std::max(std::sqrt(double(p) / std::max(n_used, 1.0)), std::min(sibling, kMaxSiblingNull));
+  const double p = double(cols.size());
+  out->null_cos = std::max(std::sqrt(p / std::max(n_used, 1.0)), std::min(sibling, kMaxSiblingNull));
   out->z = out->cos_fit / out->null_cos;
+}
 
-  // slerp: the two candidates with the largest weights, the reference first when it is one.
+// slerp: the two candidates with the largest weights (the reference first when it is one), their
+// unconstrained coefficients, and the t that the coefficient ratio implies.
+void fit_slerp(const Gram& all, const FitGram& g, int ref, int k, double n_used, TensorAssay* out) {
   std::vector<int> order;
   for (int c = 1; c <= k; ++c) order.push_back(c);
   std::stable_sort(order.begin(), order.end(), [&](int x, int y2) {
@@ -228,6 +244,32 @@ void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssa
   out->slerp_t = t;
   const auto c = slerp_coefficients(t, cos_theta);
   out->slerp_excess = c[0] + c[1] - 1;
+}
+
+}  // namespace
+
+std::array<double, 2> slerp_coefficients(double t, double cos_theta) {
+  if (std::fabs(cos_theta) > 0.9995) return {1 - t, t};
+  const double theta = std::acos(std::clamp(cos_theta, -1.0, 1.0));
+  const double s = std::sin(theta);
+  return {std::sin((1 - t) * theta) / s, std::sin(t * theta) / s};
+}
+
+void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssay* out) {
+  reset_candidate_outputs(k, out);
+  fit_correlations(m, k, out);
+  const int ref = medoid_reference(m.gram, out->correlation, k);
+  out->reference = ref - 1;
+  fit_equalities(m, full, ref, k, out);
+  double n_used = 0;
+  const FitGram g = choose_fit_gram(m, full, &n_used);
+  std::vector<int> cols;  // the candidates that deviate from the reference
+  for (int c = 1; c <= k; ++c) {
+    if (c != ref && g.centred(c, c, ref) > 0) cols.push_back(c);
+  }
+  if (!fit_affine(g, ref, cols, n_used, out)) return;
+  fit_null_scale(g, ref, cols, n_used, out);
+  fit_slerp(m.gram, g, ref, k, n_used, out);
 }
 
 }  // namespace alloy::detail
