@@ -267,26 +267,25 @@ th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}co
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto}svg.chart{display:block;margin:.4em 0;font-size:11px}
 svg .ct{font-weight:bold;font-size:12px}.muted{color:#666})";
 
-}  // namespace
+// The page's sections, in order; each returns its HTML. `involved` lists the candidates whose
+// mixing weights the tables and charts show (every candidate when none is involved).
 
-std::string assay_report_html(const json& doc) {
-  const std::string suspect = text(doc, "suspect"), verdict = text(doc, "verdict");
-  const json& evidence = field(doc, "evidence");
-  std::vector<std::string> candidates, involved;
-  for (const json& c : list(doc, "candidates")) {
-    candidates.push_back(text(c, "path"));
-    if (flag(c, "involved")) involved.push_back(candidates.back());
-  }
-  if (involved.empty()) involved = candidates;  // still show every candidate's alpha
-
+std::string page_head(const std::string& suspect) {
   std::string o =
       "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Assay: " +
       escape(suspect) + "</title>\n<style>\n" + kStyle + "\n</style>\n</head>\n<body>\n";
   o += "<h1>Assay of <code>" + escape(suspect.empty() ? std::string("(unnamed model)") : suspect) +
        "</code></h1>\n";
+  return o;
+}
+
+// The verdict in one sentence, the summary, the evidence and the rebuild check; then the notes.
+std::string verdict_section(const json& doc, const std::vector<std::string>& involved) {
+  const std::string verdict = text(doc, "verdict");
+  const json& evidence = field(doc, "evidence");
   std::string banner_class = verdict == "independent" || verdict == "copy" ? verdict : "merge";
-  o += "<div class=\"banner " + banner_class + "\"><p><strong>" + verdict_sentence(doc, involved) +
-       "</strong></p>\n";
+  std::string o = "<div class=\"banner " + banner_class + "\"><p><strong>" +
+                  verdict_sentence(doc, involved) + "</strong></p>\n";
   if (!text(evidence, "summary").empty()) o += "<p>" + escape(text(evidence, "summary")) + "</p>\n";
   std::string fp = false_positive_sentence(number(evidence, "log10_false_positive"));
   if (!fp.empty())
@@ -304,31 +303,40 @@ std::string assay_report_html(const json& doc) {
       o += "<li>" + escape(n.is_string() ? text_of(n) : dump(n)) + "</li>\n";
     o += "</ul>\n";
   }
+  return o;
+}
 
-  o += "<h2>Recovered recipe</h2>\n";
+std::string recipe_section(const json& doc) {
+  std::string o = "<h2>Recovered recipe</h2>\n";
   const json& recipe = field(doc, "recipe");
   std::string yaml = text(doc, "recipe_yaml");
   if (yaml.empty() && recipe.is_object() && !recipe.empty())
     yaml = recipe.dump(2, ' ', false, json::error_handler_t::replace);
   o += yaml.empty() ? "<p class=\"muted\">No recipe (the suspect is not a merge).</p>\n"
                     : "<pre>" + escape(yaml) + "</pre>\n";
+  return o;
+}
 
-  o += "<h2>Candidates</h2>\n<table><tr><th>Model</th><th>Correlation</th><th>Related</th><th>In "
-       "recipe</th>"
-       "<th>Weight (mean ± std)</th><th>Density</th></tr>\n";
+std::string candidates_table(const json& doc) {
+  std::string o =
+      "<h2>Candidates</h2>\n<table><tr><th>Model</th><th>Correlation</th><th>Related</th><th>In "
+      "recipe</th>"
+      "<th>Weight (mean ± std)</th><th>Density</th></tr>\n";
   for (const json& c : list(doc, "candidates"))
     o += "<tr>" + td("<code>" + escape(text(c, "path")) + "</code>") +
          td(fmt(number(c, "correlation")), true) + td(flag(c, "related") ? "yes" : "no") +
          td(flag(c, "involved") ? "yes" : "no") +
          td(fmt(number(c, "weight")) + " ± " + fmt(number(c, "weight_std")), true) +
          td(fmt(number(c, "density")), true) + "</tr>\n";
-  o += "</table>\n";
+  return o + "</table>\n";
+}
 
-  o += "<h2>Components</h2>\n<table><tr><th>Component</th><th>Tensors</th><th>Elements</th>";
+std::string components_table(const json& doc, const std::vector<std::string>& involved) {
+  std::string o =
+      "<h2>Components</h2>\n<table><tr><th>Component</th><th>Tensors</th><th>Elements</th>";
   for (const std::string& p : involved) o += "<th>α <code>" + escape(p) + "</code></th>";
   o += "<th>cos_fit mean</th><th>cos_fit min</th><th>z</th><th>log<sub>10</sub> false "
        "positive</th></tr>\n";
-  std::vector<std::string> order;  // components in document order, then any only named by tensors
   for (const json& c : list(doc, "components")) {
     const json& w = field(c, "weights");
     o += "<tr>" + td(escape(text(c, "name"))) + td(fmt_count(number(c, "tensors")), true) +
@@ -341,124 +349,170 @@ std::string assay_report_html(const json& doc) {
     o += td(fmt_cos(number(cf, "mean")), true) + td(fmt_cos(number(cf, "min")), true) +
          td(fmt(number(c, "z")), true) + td(fmt(number(c, "log10_false_positive")), true) +
          "</tr>\n";
-    order.push_back(text(c, "name"));
   }
-  o += "</table>\n";
+  return o + "</table>\n";
+}
+
+// Components in document order, then any only named by tensors.
+std::vector<std::string> component_order(const json& doc) {
+  std::vector<std::string> order;
+  for (const json& c : list(doc, "components")) order.push_back(text(c, "name"));
   for (const json& t : list(doc, "tensors"))
     if (std::find(order.begin(), order.end(), text(t, "component")) == order.end())
       order.push_back(text(t, "component"));
+  return order;
+}
 
-  o += "<h2>Per-layer view</h2>\n";
-  for (const std::string& comp : order) {
-    std::map<int, std::vector<std::pair<double, int>>>
-        per_layer;  // layer -> (sum, count) per series
+// One component's tensors with a layer: per layer, (sum, count) of each involved candidate's
+// weight and, last, of cos_fit. The others go to `unlayered`.
+std::map<int, std::vector<std::pair<double, int>>> per_layer_sums(
+    const json& doc, const std::string& comp, const std::vector<std::string>& involved,
+    std::vector<const json*>* unlayered) {
+  std::map<int, std::vector<std::pair<double, int>>> per_layer;
+  const size_t cos_index = involved.size();
+  for (const json& t : list(doc, "tensors")) {
+    if (text(t, "component") != comp) continue;
+    double layer = number(t, "layer");
+    if (!(layer >= 0 && layer < 1e9)) {
+      unlayered->push_back(&t);
+      continue;
+    }
+    auto& acc = per_layer[static_cast<int>(layer)];
+    acc.resize(cos_index + 1, {0.0, 0});
+    const json& w = field(t, "weights");
+    for (size_t i = 0; i <= cos_index; ++i) {
+      double v =
+          i < cos_index
+              ? (w.is_object() && w.contains(involved[i]) ? number_of(w[involved[i]]) : kNaN)
+              : number(t, "cos_fit");
+      if (std::isfinite(v)) acc[i].first += v, ++acc[i].second;
+    }
+  }
+  return per_layer;
+}
+
+// The per-layer means as two charts: the mixing weights, and cos_fit.
+std::string per_layer_charts(const std::string& comp,
+                             const std::map<int, std::vector<std::pair<double, int>>>& per_layer,
+                             const std::vector<std::string>& involved) {
+  const size_t cos_index = involved.size();
+  std::vector<Series> alpha(cos_index), fit(1);
+  for (size_t i = 0; i < cos_index; ++i)
+    alpha[i].label = involved[i], alpha[i].color = kPalette[i % 8];
+  fit[0].label = "cos_fit", fit[0].color = "#333";
+  for (const auto& [layer, acc] : per_layer)
+    for (size_t i = 0; i <= cos_index; ++i) {
+      Series& s = i < cos_index ? alpha[i] : fit[0];
+      s.x.push_back(layer);
+      s.y.push_back(acc[i].second ? acc[i].first / acc[i].second : kNaN);
+    }
+  return svg_chart(comp + ": mixing weight α per layer", "layer", alpha) +
+         svg_chart(comp + ": cos_fit per layer", "layer", fit, 0.0, 1.0);
+}
+
+// The tensors without a layer (embeddings, final norm, head), one row each.
+std::string unlayered_table(const std::vector<const json*>& unlayered,
+                            const std::vector<std::string>& involved) {
+  std::string o = "<table><tr><th>Tensor</th>";
+  for (const std::string& p : involved) o += "<th>α <code>" + escape(p) + "</code></th>";
+  o += "<th>cos_fit</th><th>z</th><th>Note</th></tr>\n";
+  for (const json* t : unlayered) {
+    const json& w = field(*t, "weights");
+    o += "<tr>" + td("<code>" + escape(text(*t, "name")) + "</code>");
+    for (const std::string& p : involved)
+      o += td(fmt(w.is_object() && w.contains(p) ? number_of(w[p]) : kNaN), true);
+    o += td(fmt_cos(number(*t, "cos_fit")), true) + td(fmt(number(*t, "z")), true) +
+         td(escape(text(*t, "skipped"))) + "</tr>\n";
+  }
+  return o + "</table>\n";
+}
+
+std::string per_layer_section(const json& doc, const std::vector<std::string>& involved) {
+  std::string o = "<h2>Per-layer view</h2>\n";
+  for (const std::string& comp : component_order(doc)) {
     std::vector<const json*> unlayered;
-    const size_t cos_index = involved.size();
-    for (const json& t : list(doc, "tensors")) {
-      if (text(t, "component") != comp) continue;
-      double layer = number(t, "layer");
-      if (!(layer >= 0 && layer < 1e9)) {
-        unlayered.push_back(&t);
-        continue;
-      }
-      auto& acc = per_layer[static_cast<int>(layer)];
-      acc.resize(cos_index + 1, {0.0, 0});
-      const json& w = field(t, "weights");
-      for (size_t i = 0; i <= cos_index; ++i) {
-        double v =
-            i < cos_index
-                ? (w.is_object() && w.contains(involved[i]) ? number_of(w[involved[i]]) : kNaN)
-                : number(t, "cos_fit");
-        if (std::isfinite(v)) acc[i].first += v, ++acc[i].second;
-      }
-    }
+    const auto per_layer = per_layer_sums(doc, comp, involved, &unlayered);
     o += "<h3>" + escape(comp.empty() ? std::string("(unnamed component)") : comp) + "</h3>\n";
-    if (!per_layer.empty()) {
-      std::vector<Series> alpha(cos_index), fit(1);
-      for (size_t i = 0; i < cos_index; ++i)
-        alpha[i].label = involved[i], alpha[i].color = kPalette[i % 8];
-      fit[0].label = "cos_fit", fit[0].color = "#333";
-      for (const auto& [layer, acc] : per_layer)
-        for (size_t i = 0; i <= cos_index; ++i) {
-          Series& s = i < cos_index ? alpha[i] : fit[0];
-          s.x.push_back(layer);
-          s.y.push_back(acc[i].second ? acc[i].first / acc[i].second : kNaN);
-        }
-      o += svg_chart(comp + ": mixing weight α per layer", "layer", alpha);
-      o += svg_chart(comp + ": cos_fit per layer", "layer", fit, 0.0, 1.0);
-    }
-    if (!unlayered.empty()) {
-      o += "<table><tr><th>Tensor</th>";
-      for (const std::string& p : involved) o += "<th>α <code>" + escape(p) + "</code></th>";
-      o += "<th>cos_fit</th><th>z</th><th>Note</th></tr>\n";
-      for (const json* t : unlayered) {
-        const json& w = field(*t, "weights");
-        o += "<tr>" + td("<code>" + escape(text(*t, "name")) + "</code>");
-        for (const std::string& p : involved)
-          o += td(fmt(w.is_object() && w.contains(p) ? number_of(w[p]) : kNaN), true);
-        o += td(fmt_cos(number(*t, "cos_fit")), true) + td(fmt(number(*t, "z")), true) +
-             td(escape(text(*t, "skipped"))) + "</tr>\n";
-      }
-      o += "</table>\n";
-    }
+    if (!per_layer.empty()) o += per_layer_charts(comp, per_layer, involved);
+    if (!unlayered.empty()) o += unlayered_table(unlayered, involved);
     if (per_layer.empty() && unlayered.empty())
       o += "<p class=\"muted\">No per-tensor results.</p>\n";
   }
+  return o;
+}
 
-  o += "<h2>Permutations</h2>\n";
-  if (list(doc, "permutations").empty())
-    o += "<p>None: the alignment stage found no reordered heads, neurons or experts.</p>\n";
-  else {
-    // One row per finding; long index lists are cut (the JSON has them whole).
-    const auto short_list = [](const json& v) {
-      if (!v.is_array()) return std::string();
-      std::string out;
-      const size_t shown = std::min<size_t>(v.size(), 16);
-      for (size_t i = 0; i < shown; ++i) out += (i ? " " : "") + dump(v[i]);
-      if (v.size() > shown) out += " … (" + std::to_string(v.size()) + " in all)";
-      return out;
-    };
-    o += "<p>Undone before fitting. Read \"suspect index j holds candidate index p[j]\"; scales are "
-         "the factors found on up_proj rows.</p>\n<table>\n<tr><th>Layer</th><th>What</th><th>Found</th>"
-         "<th>Details</th></tr>\n";
-    for (const json& p : list(doc, "permutations")) {
-      if (!p.is_object()) continue;
-      const std::string kind = text(p, "kind");
-      std::string what = kind;
-      if (p.contains("unit") && p["unit"].is_string()) what += " (" + p["unit"].get<std::string>() + ")";
-      std::string found;
-      if (p.contains("permutation")) found = short_list(p["permutation"]);
-      else if (p.contains("heads")) found = "heads " + short_list(p["heads"]) + "; kv groups " + short_list(p.value("kv_heads", json()));
-      else if (p.contains("scales")) found = short_list(p["scales"]);
-      else if (p.contains("layer_map")) found = short_list(p["layer_map"]);
-      json rest = json::object();
-      for (const auto& [key, value] : p.items()) {
-        if (key != "layer" && key != "kind" && key != "unit" && key != "permutation" && key != "heads" &&
-            key != "kv_heads" && key != "scales" && key != "layer_map") {
-          rest[key] = value;
-        }
-      }
-      o += "<tr>" + td(p.contains("layer") ? escape(dump(p["layer"])) : std::string("all")) + td(escape(what)) +
-           td("<code>" + escape(found) + "</code>") + td(rest.empty() ? std::string() : escape(dump(rest))) + "</tr>\n";
+// An index list, cut after 16 entries (the JSON has it whole).
+std::string short_list(const json& v) {
+  if (!v.is_array()) return std::string();
+  std::string out;
+  const size_t shown = std::min<size_t>(v.size(), 16);
+  for (size_t i = 0; i < shown; ++i) out += (i ? " " : "") + dump(v[i]);
+  if (v.size() > shown) out += " … (" + std::to_string(v.size()) + " in all)";
+  return out;
+}
+
+// One finding of the alignment stage: layer, what was permuted, the permutation, other fields.
+std::string permutation_row(const json& p) {
+  const std::string kind = text(p, "kind");
+  std::string what = kind;
+  if (p.contains("unit") && p["unit"].is_string()) what += " (" + p["unit"].get<std::string>() + ")";
+  std::string found;
+  if (p.contains("permutation")) found = short_list(p["permutation"]);
+  else if (p.contains("heads")) found = "heads " + short_list(p["heads"]) + "; kv groups " + short_list(p.value("kv_heads", json()));
+  else if (p.contains("scales")) found = short_list(p["scales"]);
+  else if (p.contains("layer_map")) found = short_list(p["layer_map"]);
+  json rest = json::object();
+  for (const auto& [key, value] : p.items()) {
+    if (key != "layer" && key != "kind" && key != "unit" && key != "permutation" && key != "heads" &&
+        key != "kv_heads" && key != "scales" && key != "layer_map") {
+      rest[key] = value;
     }
-    o += "</table>\n";
   }
+  return "<tr>" + td(p.contains("layer") ? escape(dump(p["layer"])) : std::string("all")) + td(escape(what)) +
+         td("<code>" + escape(found) + "</code>") + td(rest.empty() ? std::string() : escape(dump(rest))) + "</tr>\n";
+}
 
-  o += "<h2>How to read this</h2>\n<p>For every tensor the assay fits the suspect S as a blend of "
-       "the candidates. "
-       "The mixing weight <b>α</b> is the per-tensor least-squares coefficient, α = ⟨S−B, P−B⟩ / "
-       "|P−B|² for one "
-       "parent P over a base B, generalised to several parents with weights summing to 1; a clean "
-       "merge shows flat "
-       "lines at the recipe's weights. <b>cos_fit</b> = cos(S−B, fit−B) says how much of the "
-       "change from the base "
-       "the fit explains: near 1 for a clean merge, about 1/√n (n = elements in the tensor) for "
-       "unrelated weights. "
-       "<b>z</b> compares cos_fit with that null level, measured from the candidates themselves; "
-       "large z means the "
-       "match cannot be a coincidence, and the false-positive bound turns z into a "
-       "probability.</p>\n";
-  return o + "</body>\n</html>\n";
+std::string permutations_section(const json& doc) {
+  std::string o = "<h2>Permutations</h2>\n";
+  if (list(doc, "permutations").empty())
+    return o + "<p>None: the alignment stage found no reordered heads, neurons or experts.</p>\n";
+  o += "<p>Undone before fitting. Read \"suspect index j holds candidate index p[j]\"; scales are "
+       "the factors found on up_proj rows.</p>\n<table>\n<tr><th>Layer</th><th>What</th><th>Found</th>"
+       "<th>Details</th></tr>\n";
+  for (const json& p : list(doc, "permutations")) {
+    if (p.is_object()) o += permutation_row(p);
+  }
+  return o + "</table>\n";
+}
+
+const char* const kHowToRead =
+    "<h2>How to read this</h2>\n<p>For every tensor the assay fits the suspect S as a blend of "
+    "the candidates. "
+    "The mixing weight <b>α</b> is the per-tensor least-squares coefficient, α = ⟨S−B, P−B⟩ / "
+    "|P−B|² for one "
+    "parent P over a base B, generalised to several parents with weights summing to 1; a clean "
+    "merge shows flat "
+    "lines at the recipe's weights. <b>cos_fit</b> = cos(S−B, fit−B) says how much of the "
+    "change from the base "
+    "the fit explains: near 1 for a clean merge, about 1/√n (n = elements in the tensor) for "
+    "unrelated weights. "
+    "<b>z</b> compares cos_fit with that null level, measured from the candidates themselves; "
+    "large z means the "
+    "match cannot be a coincidence, and the false-positive bound turns z into a "
+    "probability.</p>\n";
+
+}  // namespace
+
+std::string assay_report_html(const json& doc) {
+  std::vector<std::string> candidates, involved;
+  for (const json& c : list(doc, "candidates")) {
+    candidates.push_back(text(c, "path"));
+    if (flag(c, "involved")) involved.push_back(candidates.back());
+  }
+  if (involved.empty()) involved = candidates;  // still show every candidate's alpha
+  return page_head(text(doc, "suspect")) + verdict_section(doc, involved) + recipe_section(doc) +
+         candidates_table(doc) + components_table(doc, involved) + per_layer_section(doc, involved) +
+         permutations_section(doc) + kHowToRead + "</body>\n</html>\n";
 }
 
 }  // namespace alloy
