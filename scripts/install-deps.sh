@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake make g++ libyaml-cpp-dev libeigen3-dev libcli11-dev nlohmann-json3-dev
-          libgtest-dev googletest python3)
+          libgtest-dev googletest python3 zlib1g-dev dataset-fashion-mnist)
 if [[ "${1:-}" == "--fuzz" ]]; then
   packages+=(clang libclang-rt-dev libomp-dev)
 fi
