@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <sstream>
+
+#include "alloy/core/error.h"
 
 namespace alloy::lmc {
 
@@ -145,6 +148,55 @@ std::string html_report(const std::string& title,
   o += extra_html;
   o += "<p class=\"muted\">Written by alloy-lmc (docs/classroom.md).</p>\n</body>\n</html>\n";
   return o;
+}
+
+CsvTable parse_csv(const std::string& text, const std::string& label) {
+  CsvTable table;
+  std::istringstream in(text);
+  std::string line;
+  size_t line_no = 0;
+  auto split = [](const std::string& l) {
+    std::vector<std::string> cells;
+    std::string cell;
+    std::istringstream ls(l);
+    while (std::getline(ls, cell, ',')) cells.push_back(cell);
+    if (!l.empty() && l.back() == ',') cells.push_back("");
+    return cells;
+  };
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    const std::vector<std::string> cells = split(line);
+    if (table.columns.empty()) {
+      table.columns = cells;
+      continue;
+    }
+    if (cells.size() != table.columns.size())
+      throw Error(ErrorCode::kInvalidArgument, label + ":" + std::to_string(line_no) + ": " +
+                                                   std::to_string(cells.size()) + " cells, the header has " +
+                                                   std::to_string(table.columns.size()));
+    std::vector<double> row;
+    for (const std::string& c : cells) {
+      char* end = nullptr;
+      const double v = std::strtod(c.c_str(), &end);
+      if (c.empty() || end != c.c_str() + c.size())
+        throw Error(ErrorCode::kInvalidArgument, label + ":" + std::to_string(line_no) + ": '" + c + "' is not a number");
+      row.push_back(v);
+    }
+    table.rows.push_back(row);
+  }
+  if (table.columns.empty()) throw Error(ErrorCode::kInvalidArgument, label + ": no header line");
+  return table;
+}
+
+std::vector<double> CsvTable::column(const std::string& name, const std::string& label) const {
+  const auto it = std::find(columns.begin(), columns.end(), name);
+  if (it == columns.end()) throw Error(ErrorCode::kInvalidArgument, label + ": no column '" + name + "'");
+  const size_t k = size_t(it - columns.begin());
+  std::vector<double> out;
+  for (const auto& r : rows) out.push_back(r[k]);
+  return out;
 }
 
 }  // namespace alloy::lmc

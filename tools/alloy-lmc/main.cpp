@@ -179,6 +179,17 @@ int main(int argc, char** argv) {
   curve_cmd->add_option("--report", curve_report, "write an HTML report");
   curve_cmd->add_flag("--overwrite", overwrite, "replace OUT");
 
+  // plot
+  auto* plot_cmd = app.add_subcommand("plot", "draw columns of alloy-lmc CSV files as one SVG chart");
+  std::string plot_out, plot_x = "t", plot_title = "alloy-lmc", plot_ylabel;
+  std::vector<std::string> plot_inputs, plot_y;
+  plot_cmd->add_option("OUT", plot_out, "output SVG")->required();
+  plot_cmd->add_option("--input", plot_inputs, "CSV file, optionally FILE=LABEL (repeat)")->required();
+  plot_cmd->add_option("--x", plot_x, "x column");
+  plot_cmd->add_option("--y", plot_y, "y columns (repeat)")->required();
+  plot_cmd->add_option("--title", plot_title, "chart title");
+  plot_cmd->add_option("--y-label", plot_ylabel, "y axis label");
+
   // shared by train
   std::string train_csv, train_svg, train_report;
   train->add_option("--csv", train_csv, "write the training log as CSV");
@@ -199,6 +210,27 @@ int main(int argc, char** argv) {
         alloy::write_file_atomic(path, doc.dump(2) + "\n");
       }
     };
+    if (*plot_cmd) {
+      const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"};
+      std::vector<alloy::lmc::Series> series;
+      for (size_t i = 0; i < plot_inputs.size(); ++i) {
+        const size_t eq = plot_inputs[i].find('=');
+        const std::string file = plot_inputs[i].substr(0, eq);
+        const std::string label = eq == std::string::npos ? file : plot_inputs[i].substr(eq + 1);
+        const auto table = alloy::lmc::parse_csv(alloy::read_text_file(file), file);
+        for (size_t k = 0; k < plot_y.size(); ++k) {
+          alloy::lmc::Series s{plot_y.size() > 1 ? label + " " + plot_y[k] : label, table.column(plot_x, file),
+                               table.column(plot_y[k], file), colors[(plot_y.size() > 1 ? k : i) % 8], false};
+          if (plot_y.size() > 1 && plot_inputs.size() > 1) {
+            s.color = colors[i % 8];
+            s.dashed = k > 0;
+          }
+          series.push_back(s);
+        }
+      }
+      write_text(plot_out, alloy::lmc::svg_line_chart(plot_title, plot_x, plot_ylabel.empty() ? plot_y[0] : plot_ylabel, series));
+      return 0;
+    }
     const alloy::lmc::Dataset data = alloy::lmc::load_dataset(data_dir);
     if (*train) {
       std::vector<size_t> hidden = alloy::lmc::parse_layer_list(layers);

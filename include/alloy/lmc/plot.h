@@ -27,4 +27,14 @@ std::string html_report(const std::string& title,
 
 std::string html_escape(const std::string& text);
 
+// A numeric CSV table with a header line (what alloy-lmc writes). Throws Error(kInvalidArgument)
+// naming `label` on a malformed line or a non-numeric cell.
+struct CsvTable {
+  std::vector<std::string> columns;
+  std::vector<std::vector<double>> rows;
+  // The values of a column; throws Error naming the column and `label` when absent.
+  std::vector<double> column(const std::string& name, const std::string& label) const;
+};
+CsvTable parse_csv(const std::string& text, const std::string& label);
+
 }  // namespace alloy::lmc
