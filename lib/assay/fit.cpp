@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "internal.h"
 
@@ -71,14 +72,14 @@ void reset_candidate_outputs(int k, TensorAssay* out) {
 }
 
 // Relatedness: Pearson correlation of S with each candidate.
-void fit_correlations(const Moments& m, int k, TensorAssay* out) {
+void fit_correlations(const PrefixMoments& m, int k, std::vector<double>* correlation) {
   const Gram& all = m.gram;
   const double n = double(m.n);
   const double var_s = all[0][0] - m.sum[0] * m.sum[0] / n;
   for (int c = 1; c <= k; ++c) {
     const double var_c = all[c][c] - m.sum[c] * m.sum[c] / n;
     const double cov = all[0][c] - m.sum[0] * m.sum[c] / n;
-    out->correlation[size_t(c - 1)] = var_s > 0 && var_c > 0 ? cov / std::sqrt(var_s * var_c) : 0.0;
+    (*correlation)[size_t(c - 1)] = var_s > 0 && var_c > 0 ? cov / std::sqrt(var_s * var_c) : 0.0;
   }
 }
 
@@ -105,18 +106,17 @@ int medoid_reference(const Gram& all, const std::vector<double>& correlation, in
   return ref;
 }
 
-// Exact copies and equality fractions on the resolved elements (from the full pass when given),
-// and the relative deviation from the reference.
-void fit_equalities(const Moments& m, const ResolvedMoments* full, int ref, int k, TensorAssay* out) {
+// Exact copies (equal everywhere) and equality fractions on the resolved elements, from the full
+// pass; the relative deviation from the reference, from the prefix.
+void fit_equalities(const PrefixMoments& m, const ResolvedMoments& full, int ref, int k, TensorAssay* out) {
   const Gram& all = m.gram;
   for (int c = 1; c <= k && out->copy_of < 0; ++c) {
-    const bool same = full ? full->equal_all[c] == full->n : distance2(all, 0, c) == 0 && m.equal[c] == m.n_spread;
-    if (same) out->copy_of = c - 1;
+    if (full.equal_all[c] == full.n) out->copy_of = c - 1;
   }
   out->deviation = all[ref][ref] > 0 ? std::sqrt(distance2(all, 0, ref) / all[ref][ref]) : 0.0;
-  const uint64_t n_resolved = full ? full->n_resolved : m.n_resolved;
+  const uint64_t n_resolved = full.n_resolved;
   if (n_resolved > 0) {
-    const auto& eq = full ? full->equal_resolved : m.equal_resolved;
+    const auto& eq = full.equal_resolved;
     out->equal_reference = double(eq[ref]) / double(n_resolved);
     for (int c = 1; c <= k; ++c) {
       if (c != ref) out->equal_candidate[size_t(c - 1)] = double(eq[c]) / double(n_resolved);
@@ -126,19 +126,15 @@ void fit_equalities(const Moments& m, const ResolvedMoments* full, int ref, int 
 
 // The Gram the affine fit uses: the resolved elements when there are enough of them (rounding
 // cannot snap a blend onto a parent there), else all the prefix's elements; and their count.
-FitGram choose_fit_gram(const Moments& m, const ResolvedMoments* full, double* n_used) {
-  const uint64_t n_resolved = full ? full->n_resolved : m.n_resolved;
-  const uint64_t n_all = full ? full->n : m.n;
-  const bool use_resolved = n_resolved >= std::max<uint64_t>(256, n_all / 50);
+FitGram choose_fit_gram(const PrefixMoments& m, const ResolvedMoments& full, double* n_used) {
+  const bool use_resolved = full.n_resolved >= std::max<uint64_t>(256, full.n / 50);
   FitGram g;
-  if (use_resolved && full) {
-    g.y = full;
-  } else if (use_resolved) {
-    g.raw_gram = &m.gram_resolved;
+  if (use_resolved) {
+    g.y = &full;
   } else {
     g.raw_gram = &m.gram;
   }
-  *n_used = double(use_resolved ? n_resolved : m.n);
+  *n_used = double(use_resolved ? full.n_resolved : m.n);
   return g;
 }
 
@@ -255,11 +251,20 @@ std::array<double, 2> slerp_coefficients(double t, double cos_theta) {
   return {std::sin((1 - t) * theta) / s, std::sin(t * theta) / s};
 }
 
-void fit_tensor(const Moments& m, const ResolvedMoments* full, int k, TensorAssay* out) {
+PrefixFit fit_prefix(const PrefixMoments& m, int k) {
+  PrefixFit fit;
+  fit.correlation.assign(size_t(k), 0.0);
+  fit_correlations(m, k, &fit.correlation);
+  fit.reference = medoid_reference(m.gram, fit.correlation, k) - 1;
+  return fit;
+}
+
+void fit_tensor(const PrefixMoments& m, const ResolvedMoments& full, int k, TensorAssay* out) {
   reset_candidate_outputs(k, out);
-  fit_correlations(m, k, out);
-  const int ref = medoid_reference(m.gram, out->correlation, k);
-  out->reference = ref - 1;
+  PrefixFit prefix = fit_prefix(m, k);
+  out->correlation = std::move(prefix.correlation);
+  const int ref = prefix.reference + 1;  // vector index
+  out->reference = prefix.reference;
   fit_equalities(m, full, ref, k, out);
   double n_used = 0;
   const FitGram g = choose_fit_gram(m, full, &n_used);

@@ -16,15 +16,14 @@ namespace alloy::detail {
 inline constexpr int kMaxCandidates = 8;
 inline constexpr int kMaxVectors = kMaxCandidates + 1;  // suspect + candidates
 
-// Sufficient statistics of one tensor: index 0 is the suspect S, 1..k the candidates.
-struct Moments {
-  int vectors = 0;                                         // k + 1
-  uint64_t n = 0, n_resolved = 0, n_spread = 0;            // elements; resolved; candidates not all equal
-  std::array<std::array<double, kMaxVectors>, kMaxVectors> gram{};           // all elements
-  std::array<std::array<double, kMaxVectors>, kMaxVectors> gram_resolved{};  // resolved elements only
-  std::array<double, kMaxVectors> sum{};                   // element sums (Pearson)
-  std::array<uint64_t, kMaxVectors> equal{};               // [c]: S == C_c where candidates spread
-  std::array<uint64_t, kMaxVectors> equal_resolved{};      // [c]: S == C_c on resolved elements
+// The prefix pass's statistics of one tensor's first elements: index 0 is the suspect S, 1..k the
+// candidates. Enough for the correlations and the reference; the resolved-element statistics and
+// the equality counts come from the full pass alone (ResolvedMoments).
+struct PrefixMoments {
+  int vectors = 0;                                                 // k + 1
+  uint64_t n = 0;                                                  // elements read
+  std::array<std::array<double, kMaxVectors>, kMaxVectors> gram{};  // raw Gram
+  std::array<double, kMaxVectors> sum{};                           // element sums (Pearson)
 };
 
 // The mapped views of one tensor: the suspect's and each candidate's (same numel).
@@ -48,15 +47,16 @@ struct ResolvedMoments {
   std::array<uint64_t, kMaxVectors> equal_resolved{};  // [c]: S == C_c on resolved elements
   std::array<uint64_t, kMaxVectors> equal_all{};       // [c]: S == C_c anywhere
 };
+// One streaming pass over the whole tensor, chunk by chunk. Elements are "resolved" when the spread
+// of the candidates in `spread_members` (all when empty or none) reaches `resolve_fraction` of
+// their largest magnitude: there rounding the output cannot snap a blend onto one parent.
 ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fraction, int pivot,
                                     const std::vector<bool>& spread_members);
 
-// One streaming pass over the tensor's bytes, chunk by chunk (no full-tensor float buffers).
-// Elements are "resolved" when the spread of the candidates in `spread_members` (all when empty)
-// exceeds `resolve_fraction` of their largest magnitude: there rounding the output cannot snap a
-// blend onto one parent. Only the first `count_limit` elements are read (a quick prefix pass).
-Moments accumulate_moments(const TensorViews& views, double resolve_fraction,
-                           uint64_t count_limit = UINT64_MAX, const std::vector<bool>& spread_members = {});
+// The prefix pass: raw Gram and sums of the first `count_limit` elements (all when larger than
+// the tensor), streamed chunk by chunk (no full-tensor float buffers). It tells related candidates
+// from unrelated ones and picks the pivot of the full pass.
+PrefixMoments accumulate_prefix(const TensorViews& views, uint64_t count_limit);
 
 // Sparse-merge statistics relative to a base candidate b (1-based vector index), for the other
 // candidates `others` (vector indices): the TIES threshold and density per candidate from
@@ -72,10 +72,18 @@ struct SparseStats {
 };
 SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others);
 
+// What the prefix alone decides: each candidate's Pearson correlation with S and the reference
+// (candidate index: the medoid of the related candidates).
+struct PrefixFit {
+  std::vector<double> correlation;
+  int reference = 0;
+};
+PrefixFit fit_prefix(const PrefixMoments& prefix, int candidates);
+
 // The per-tensor fit (affine, slerp, equality fractions); fills `out` except the sparse fields.
-// `prefix` (raw moments of the first elements, or of all) gives correlations, the reference and
-// the angles; `full`, when given, the resolved-element fit and the equality counts. k candidates.
-void fit_tensor(const Moments& prefix, const ResolvedMoments* full, int candidates, TensorAssay* out);
+// `prefix` gives the correlations, the reference and the angles; `full` the resolved-element fit
+// and the equality counts. k candidates.
+void fit_tensor(const PrefixMoments& prefix, const ResolvedMoments& full, int candidates, TensorAssay* out);
 
 // Converts `count` elements of a tensor starting at element `begin` into `out`, on this thread.
 void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* out);

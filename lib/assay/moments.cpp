@@ -21,25 +21,16 @@ float* chunk_buffers() {
   return scratch.data();
 }
 
-// Four-lane double dot product (fixed order, so deterministic); `mask` may be null.
-double lane_dot(const float* a, const float* b, const float* mask, size_t n) {
+// Four-lane double dot product (fixed order, so deterministic).
+double lane_dot(const float* a, const float* b, size_t n) {
   double lanes[4] = {0, 0, 0, 0};
   size_t i = 0;
-  if (mask) {
-    for (; i + 4 <= n; i += 4) {
-      for (int l = 0; l < 4; ++l) lanes[l] += double(a[i + l]) * double(b[i + l]) * double(mask[i + l]);
-    }
-    for (; i < n; ++i) lanes[0] += double(a[i]) * double(b[i]) * double(mask[i]);
-  } else {
-    for (; i + 4 <= n; i += 4) {
-      for (int l = 0; l < 4; ++l) lanes[l] += double(a[i + l]) * double(b[i + l]);
-    }
-    for (; i < n; ++i) lanes[0] += double(a[i]) * double(b[i]);
+  for (; i + 4 <= n; i += 4) {
+    for (int l = 0; l < 4; ++l) lanes[l] += double(a[i + l]) * double(b[i + l]);
   }
+  for (; i < n; ++i) lanes[0] += double(a[i]) * double(b[i]);
   return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
 }
-
-
 
 // Sum of a[i] * b[i] over one block: 8 float lanes (vectorised), combined in a fixed order.
 inline __attribute__((always_inline)) double block_dot(const float* a, const float* b, size_t n) {
@@ -53,18 +44,11 @@ inline __attribute__((always_inline)) double block_dot(const float* a, const flo
          ((double(lanes[4]) + double(lanes[5])) + (double(lanes[6]) + double(lanes[7])));
 }
 
-void add_into(Moments& acc, const Moments& part) {
+void add_into(PrefixMoments& acc, const PrefixMoments& part) {
   acc.n += part.n;
-  acc.n_resolved += part.n_resolved;
-  acc.n_spread += part.n_spread;
   for (int a = 0; a < acc.vectors; ++a) {
     acc.sum[a] += part.sum[a];
-    acc.equal[a] += part.equal[a];
-    acc.equal_resolved[a] += part.equal_resolved[a];
-    for (int b = 0; b < acc.vectors; ++b) {
-      acc.gram[a][b] += part.gram[a][b];
-      acc.gram_resolved[a][b] += part.gram_resolved[a][b];
-    }
+    for (int b = 0; b < acc.vectors; ++b) acc.gram[a][b] += part.gram[a][b];
   }
 }
 
@@ -244,63 +228,30 @@ ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fra
   });
 }
 
-Moments accumulate_moments(const TensorViews& views, double resolve_fraction, uint64_t count_limit,
-                           const std::vector<bool>& spread_members) {
+PrefixMoments accumulate_prefix(const TensorViews& views, uint64_t count_limit) {
   const int m = static_cast<int>(views.inputs.size());
-  std::vector<int> members;
-  for (int v = 1; v < m; ++v) {
-    if (spread_members.empty() || spread_members[size_t(v - 1)]) members.push_back(v);
-  }
-  if (members.empty()) {
-    for (int v = 1; v < m; ++v) members.push_back(v);
-  }
-  Moments init;
+  PrefixMoments init;
   init.vectors = m;
   const auto chunk = [&](size_t begin, size_t end) {
-    Moments part;
+    PrefixMoments part;
     part.vectors = m;
     const size_t count = end - begin;
-    float* base = chunk_buffers();
     float* x[kMaxVectors];
-    load_vectors(views, begin, count, base, x);
-    float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
-    for (size_t i = 0; i < count; ++i) {
-      const int first = members.front();
-      float lo = x[first][i], hi = x[first][i], mag = std::fabs(x[first][i]);
-      for (int v : members) {
-        lo = std::min(lo, x[v][i]);
-        hi = std::max(hi, x[v][i]);
-        mag = std::max(mag, std::fabs(x[v][i]));
-      }
-      const float spread = hi - lo;
-      const bool resolved = spread > 0 && double(spread) >= resolve_fraction * double(mag);
-      mask[i] = resolved ? 1.0f : 0.0f;
-      part.n_resolved += resolved;
-      part.n_spread += spread > 0;
-      if (spread > 0) {
-        for (int v = 1; v < m; ++v) {
-          const bool same = x[0][i] == x[v][i];
-          part.equal[v] += same;
-          part.equal_resolved[v] += same && resolved;
-        }
-      }
-    }
+    load_vectors(views, begin, count, chunk_buffers(), x);
     part.n = count;
     for (int a = 0; a < m; ++a) {
       double s = 0;
       for (size_t i = 0; i < count; ++i) s += x[a][i];
       part.sum[a] = s;
-      for (int b = a; b < m; ++b) {
-        part.gram[a][b] = part.gram[b][a] = lane_dot(x[a], x[b], nullptr, count);
-        part.gram_resolved[a][b] = part.gram_resolved[b][a] = lane_dot(x[a], x[b], mask, count);
-      }
+      for (int b = a; b < m; ++b) part.gram[a][b] = part.gram[b][a] = lane_dot(x[a], x[b], count);
     }
     return part;
   };
-  return parallel_reduce(std::min<uint64_t>(views.numel, count_limit), kDefaultGrain, init, chunk, [](Moments acc, const Moments& part) {
-    add_into(acc, part);
-    return acc;
-  });
+  return parallel_reduce(std::min<uint64_t>(views.numel, count_limit), kDefaultGrain, init, chunk,
+                         [](PrefixMoments acc, const PrefixMoments& part) {
+                           add_into(acc, part);
+                           return acc;
+                         });
 }
 
 uint64_t tensor_fingerprint(const ModelTensor& tensor) {

@@ -109,14 +109,13 @@ AssayResult run_assay(const AssayOptions& options) {
       }
       // A prefix pass tells related candidates from unrelated ones; only the related ones define
       // which elements are resolved (an unrelated candidate would make every element look so).
-      const detail::Moments prefix = detail::accumulate_moments(views, resolve, kPrefixElements);
-      TensorAssay quick;
-      detail::fit_tensor(prefix, nullptr, k, &quick);
+      const detail::PrefixMoments prefix = detail::accumulate_prefix(views, kPrefixElements);
+      const detail::PrefixFit quick = detail::fit_prefix(prefix, k);
       std::vector<bool> related(static_cast<size_t>(k), false);
       for (int c = 0; c < k; ++c) related[size_t(c)] = quick.correlation[size_t(c)] > 0.3;
       // The full pass, in coordinates relative to the prefix's reference (the likely base).
       const detail::ResolvedMoments full = detail::accumulate_resolved(views, resolve, quick.reference + 1, related);
-      detail::fit_tensor(prefix, &full, k, &ta);
+      detail::fit_tensor(prefix, full, k, &ta);
       ta.fitted = true;
       double equal = ta.equal_reference;
       for (double e : ta.equal_candidate) equal = std::max(equal, e);
