@@ -146,7 +146,7 @@ void decide_verdict(AssayResult* result, const Model& suspect, const std::vector
 
 namespace alloy::detail {
 
-// The alignment stage (lib/assay_align.cpp): undoes function-preserving permutations of the
+// The alignment stage (lib/assay/align.cpp): undoes function-preserving permutations of the
 // suspect (routed experts with their router rows, MLP neurons, attention heads within and across
 // key-value groups) by linear assignment against a reference candidate, before any fitting.
 struct AlignedTensor {

@@ -1,4 +1,4 @@
-// assay_report.cpp: the self-contained HTML report of an assay (docs/assay.md, "HTML report").
+// lib/assay/report.cpp: the self-contained HTML report of an assay (docs/assay.md, "HTML report").
 //
 // Input is the JSON document of assay_to_json, read defensively: any field may be missing, null,
 // NaN or of the wrong type, and the report still renders. Every string from the document is
