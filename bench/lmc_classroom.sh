@@ -47,7 +47,7 @@ have curve_ctrl || { step "curve"; $LMC curve seed1 seed2 -o curve_ctrl --epochs
   --svg "$figs/ex2_bezier_curve.svg" --report curve.html >/dev/null; }
 
 # Exercise 3: width sweep, one hidden layer, 3 epochs.
-echo "width,naive_barrier,weight_barrier,activation_barrier,acc_a,acc_b" > width.csv.tmp
+echo "width,log2_width,naive_barrier,weight_barrier,activation_barrier,naive_train_barrier,weight_train_barrier,activation_train_barrier,acc_a,acc_b" > width.csv.tmp
 for w in 32 64 128 256 512 1024; do
   for s in 1 2; do
     have w${w}_s$s || { step "width $w seed $s"; $LMC train w${w}_s$s --layers $w --epochs 3 --seed $s >/dev/null; }
@@ -59,24 +59,28 @@ for w in 32 64 128 256 512 1024; do
     have w${w}_path_$kind.json || $LMC path w${w}_s1 $b --points 11 --train-limit 10000 --json w${w}_path_$kind.json >/dev/null
   done
   python3 - "$w" >> width.csv.tmp <<'PY'
-import json, sys
+import json, math, sys
 w = sys.argv[1]
 j = {k: json.load(open(f"w{w}_path_{k}.json")) for k in ("naive", "wm", "am")}
 p = j["naive"]["points"]
-print(f"{w},{j['naive']['loss_barrier']:.6f},{j['wm']['loss_barrier']:.6f},{j['am']['loss_barrier']:.6f},"
+print(f"{w},{math.log2(int(w)):.0f},{j['naive']['loss_barrier']:.6f},{j['wm']['loss_barrier']:.6f},{j['am']['loss_barrier']:.6f},"
+      f"{j['naive']['train_loss_barrier']:.6f},{j['wm']['train_loss_barrier']:.6f},{j['am']['train_loss_barrier']:.6f},"
       f"{p[0]['test_accuracy']:.4f},{p[-1]['test_accuracy']:.4f}")
 PY
 done
 mv width.csv.tmp width.csv
-$LMC plot "$figs/ex3_width_sweep.svg" --input width.csv=barrier --x width --y naive_barrier --y activation_barrier \
+$LMC plot "$figs/ex3_width_sweep.svg" --input width.csv=barrier --x log2_width --y naive_barrier --y activation_barrier \
   --y weight_barrier --title "Test-loss barrier vs width (784-W-10, 3 epochs)" --y-label "test-loss barrier"
+$LMC plot "$figs/ex3_width_sweep_aligned.svg" --input width.csv=aligned --x log2_width --y activation_train_barrier \
+  --y weight_train_barrier --y activation_barrier --y weight_barrier \
+  --title "Barrier after alignment vs width (train and test)" --y-label "loss barrier"
 
 # Exercise 4: spawn and fine-tune. Pretrain k epochs (k = 0, 1, 2), then two 2-epoch fine-tunes
 # that differ only in their data order.
 have spawn0 || $LMC train spawn0 --layers 512,512 --epochs 0 --seed 7 >/dev/null
 have spawn1 || $LMC train spawn1 --from spawn0 --epochs 1 --seed 7 >/dev/null
 have spawn2 || $LMC train spawn2 --from spawn1 --epochs 1 --seed 8 >/dev/null
-echo "pretrain_epochs,loss_barrier,accuracy_barrier,acc_a,acc_b" > spawn.csv.tmp
+echo "pretrain_epochs,loss_barrier,accuracy_barrier,train_loss_barrier,acc_a,acc_b" > spawn.csv.tmp
 for k in 0 1 2; do
   for d in 101 102; do
     have spawn${k}_ft$d || { step "spawn $k fine-tune $d"; $LMC train spawn${k}_ft$d --from spawn$k --epochs 2 --data-seed $d >/dev/null; }
@@ -88,7 +92,7 @@ import json, sys
 k = sys.argv[1]
 j = json.load(open(f"spawn{k}_path.json"))
 p = j["points"]
-print(f"{k},{j['loss_barrier']:.6f},{j['accuracy_barrier']:.6f},{p[0]['test_accuracy']:.4f},{p[-1]['test_accuracy']:.4f}")
+print(f"{k},{j['loss_barrier']:.6f},{j['accuracy_barrier']:.6f},{j['train_loss_barrier']:.6f},{p[0]['test_accuracy']:.4f},{p[-1]['test_accuracy']:.4f}")
 PY
 done
 mv spawn.csv.tmp spawn.csv

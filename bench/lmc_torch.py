@@ -118,6 +118,7 @@ def main():
         print(json.dumps({"framework": "pytorch " + torch.__version__, "threads": args.threads,
                           "samples": samples, "seconds": seconds, "samples_per_second": samples / seconds}))
     else:
+        torch.set_num_threads(os.cpu_count() or 1)
         torch.manual_seed(args.seed)
         x, y = load("train")
         xt, yt = load("test")

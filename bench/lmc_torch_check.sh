@@ -5,14 +5,15 @@
 set -euo pipefail
 epochs=${1:-1}
 build=${BUILD_DIR:-build-lmc}
-if ! python3 -c "import torch" 2>/dev/null; then
+py=${PYTHON:-/usr/bin/python3}   # Debian's python3, where python3-torch installs
+if ! "$py" -c "import torch" 2>/dev/null; then
   sudo_cmd=(); if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq python3-torch python3-numpy >/dev/null
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-torch_json=$(python3 "$(dirname "$0")/lmc_torch.py" export "$tmp/torch_mlp" --epochs "$epochs" --seed 3)
+torch_json=$("$py" "$(dirname "$0")/lmc_torch.py" export "$tmp/torch_mlp" --epochs "$epochs" --seed 3)
 "$build/bin/alloy-lmc" eval "$tmp/torch_mlp" --json "$tmp/eval.json" >/dev/null
 python3 - "$torch_json" "$tmp/eval.json" <<'PY'
 import json, sys

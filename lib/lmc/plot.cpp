@@ -67,7 +67,10 @@ std::string svg_line_chart(const std::string& title, const std::string& x_label,
   const double pad = 0.05 * (y1 - y0);
   y0 -= pad;
   y1 += pad;
-  const double left = 64, right = 170, top = 30, bottom = 46;
+  size_t longest = 0;
+  for (const auto& s : series) longest = std::max(longest, s.name.size());
+  const double right = std::max(120.0, 44.0 + 6.6 * double(longest)), top = 30, bottom = 46, left = 64;
+  width = std::max(width, int(right) + 470);
   const double pw = width - left - right, ph = height - top - bottom;
   auto sx = [&](double x) { return left + (x - x0) / (x1 - x0) * pw; };
   auto sy = [&](double y) { return top + (1 - (y - y0) / (y1 - y0)) * ph; };

@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
         const std::string label = eq == std::string::npos ? file : plot_inputs[i].substr(eq + 1);
         const auto table = alloy::lmc::parse_csv(alloy::read_text_file(file), file);
         for (size_t k = 0; k < plot_y.size(); ++k) {
-          alloy::lmc::Series s{plot_y.size() > 1 ? label + " " + plot_y[k] : label, table.column(plot_x, file),
+          alloy::lmc::Series s{plot_y.size() == 1 ? label : plot_inputs.size() == 1 ? plot_y[k] : label + " " + plot_y[k], table.column(plot_x, file),
                                table.column(plot_y[k], file), colors[(plot_y.size() > 1 ? k : i) % 8], false};
           if (plot_y.size() > 1 && plot_inputs.size() > 1) {
             s.color = colors[i % 8];
