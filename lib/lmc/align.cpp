@@ -12,15 +12,17 @@ namespace alloy::lmc {
 Mlp permute_hidden(const Mlp& m, const std::vector<std::vector<uint32_t>>& perms) {
   const size_t layers = m.layers();
   if (perms.size() + 1 != layers)
-    throw Error(ErrorCode::kInvalidArgument, "expected " + std::to_string(layers - 1) +
-                                                 " permutations, one per hidden layer");
+    throw Error(ErrorCode::kInvalidArgument,
+                "expected " + std::to_string(layers - 1) + " permutations, one per hidden layer");
   for (size_t h = 0; h < perms.size(); ++h) {
     std::vector<bool> seen(m.sizes[h + 1], false);
     if (perms[h].size() != m.sizes[h + 1])
-      throw Error(ErrorCode::kInvalidArgument, "permutation " + std::to_string(h) + " has the wrong length");
+      throw Error(ErrorCode::kInvalidArgument,
+                  "permutation " + std::to_string(h) + " has the wrong length");
     for (uint32_t v : perms[h]) {
       if (v >= seen.size() || seen[v])
-        throw Error(ErrorCode::kInvalidArgument, "permutation " + std::to_string(h) + " is not a permutation");
+        throw Error(ErrorCode::kInvalidArgument,
+                    "permutation " + std::to_string(h) + " is not a permutation");
       seen[v] = true;
     }
   }
@@ -70,8 +72,8 @@ std::vector<float> weight_similarity(const Mlp& a, const Mlp& b,
 }
 
 // Correlation of post-ReLU activations of A's unit i and B's unit j.
-std::vector<float> activation_similarity(const Mlp& a, const Mlp& b, const Split& train, size_t samples,
-                                         size_t h) {
+std::vector<float> activation_similarity(const Mlp& a, const Mlp& b, const Split& train,
+                                         size_t samples, size_t h) {
   const std::vector<float> ha = hidden_activations(a, train, samples, h + 1, false);
   const std::vector<float> hb = hidden_activations(b, train, samples, h + 1, false);
   const size_t n = a.sizes[h + 1], count = ha.size() / n;
@@ -88,7 +90,8 @@ std::vector<float> activation_similarity(const Mlp& a, const Mlp& b, const Split
     xt.resize(n * count);  // [unit, sample], centred and scaled to unit norm
     for (size_t i = 0; i < n; ++i) {
       const double scale = 1.0 / (std::sqrt(var[i]) + 1e-6);
-      for (size_t s = 0; s < count; ++s) xt[i * count + s] = float((x[s * n + i] - mean[i]) * scale);
+      for (size_t s = 0; s < count; ++s)
+        xt[i * count + s] = float((x[s * n + i] - mean[i]) * scale);
     }
   };
   std::vector<float> at, bt, b_samples(count * n), s(n * n);
@@ -103,7 +106,8 @@ std::vector<float> activation_similarity(const Mlp& a, const Mlp& b, const Split
 
 AlignResult align_models(const Mlp& a, const Mlp& b, AlignMethod method, const Split* train,
                          size_t samples, const Progress& progress) {
-  if (a.sizes != b.sizes) throw Error(ErrorCode::kShapeMismatch, "the two models have different layer sizes");
+  if (a.sizes != b.sizes)
+    throw Error(ErrorCode::kShapeMismatch, "the two models have different layer sizes");
   const size_t hidden = a.layers() - 1;
   AlignResult result;
   result.perms.resize(hidden);
@@ -112,7 +116,8 @@ AlignResult align_models(const Mlp& a, const Mlp& b, AlignMethod method, const S
     for (size_t i = 0; i < a.sizes[h + 1]; ++i) result.perms[h][i] = uint32_t(i);
   }
   if (method == AlignMethod::kActivation) {
-    if (!train) throw Error(ErrorCode::kInvalidArgument, "activation matching needs training images");
+    if (!train)
+      throw Error(ErrorCode::kInvalidArgument, "activation matching needs training images");
     for (size_t h = 0; h < hidden; ++h) {
       result.perms[h] = maximise(activation_similarity(a, b, *train, samples, h), a.sizes[h + 1]);
       if (progress) progress(h + 1, hidden, "activation matching");
@@ -123,7 +128,8 @@ AlignResult align_models(const Mlp& a, const Mlp& b, AlignMethod method, const S
     for (size_t pass = 0; pass < kMaxPasses; ++pass) {
       bool changed = false;
       for (size_t h = 0; h < hidden; ++h) {
-        std::vector<uint32_t> p = maximise(weight_similarity(a, b, result.perms, h), a.sizes[h + 1]);
+        std::vector<uint32_t> p =
+            maximise(weight_similarity(a, b, result.perms, h), a.sizes[h + 1]);
         if (p != result.perms[h]) {
           changed = true;
           result.perms[h] = std::move(p);

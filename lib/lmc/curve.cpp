@@ -27,9 +27,10 @@ Mlp bezier_point(const Mlp& a, const Mlp& control, const Mlp& b, double t) {
   return out;
 }
 
-CurveResult train_curve(const Mlp& a, const Mlp& b, const Dataset& data, const CurveOptions& options,
-                        const Progress& progress) {
-  if (a.sizes != b.sizes) throw Error(ErrorCode::kShapeMismatch, "the two models have different layer sizes");
+CurveResult train_curve(const Mlp& a, const Mlp& b, const Dataset& data,
+                        const CurveOptions& options, const Progress& progress) {
+  if (a.sizes != b.sizes)
+    throw Error(ErrorCode::kShapeMismatch, "the two models have different layer sizes");
   if (options.batch == 0 || options.points < 2 || !(options.lr > 0) || options.momentum < 0 ||
       options.momentum >= 1)
     throw Error(ErrorCode::kInvalidArgument, "curve: bad --batch, --points, --lr or --momentum");
@@ -52,7 +53,8 @@ CurveResult train_curve(const Mlp& a, const Mlp& b, const Dataset& data, const C
     for (size_t bi = 0; bi < batches; ++bi, ++step) {
       const double t = detail::uniform01(t_stream, step);
       const Mlp point = bezier_point(a, result.control, b, t);
-      const size_t begin = bi * options.batch, count = std::min(options.batch, order.size() - begin);
+      const size_t begin = bi * options.batch,
+                   count = std::min(options.batch, order.size() - begin);
       scale_pixels(data.train, order.data() + begin, count, x.data());
       for (size_t i = 0; i < count; ++i) labels[i] = data.train.labels[order[begin + i]];
       const double loss = loss_and_gradient<float>(point.sizes, point.params.data(), x.data(),
@@ -88,9 +90,12 @@ CurveResult train_curve(const Mlp& a, const Mlp& b, const Dataset& data, const C
   result.line = evaluate_path(a, b, data, line, [&](size_t, size_t, const std::string&) {
     if (progress) progress(++done, total, "evaluating line");
   });
-  for (const auto& p : result.curve) result.curve_max_test_loss = std::max(result.curve_max_test_loss, p.test.loss);
-  for (const auto& p : result.line.points) result.line_max_test_loss = std::max(result.line_max_test_loss, p.test.loss);
-  result.endpoint_max_test_loss = std::max(result.curve.front().test.loss, result.curve.back().test.loss);
+  for (const auto& p : result.curve)
+    result.curve_max_test_loss = std::max(result.curve_max_test_loss, p.test.loss);
+  for (const auto& p : result.line.points)
+    result.line_max_test_loss = std::max(result.line_max_test_loss, p.test.loss);
+  result.endpoint_max_test_loss =
+      std::max(result.curve.front().test.loss, result.curve.back().test.loss);
   return result;
 }
 
@@ -130,9 +135,9 @@ std::string curve_csv(const CurveResult& curve) {
   for (size_t i = 0; i < curve.curve.size(); ++i) {
     const auto& c = curve.curve[i];
     const auto& l = curve.line.points[i];
-    std::snprintf(line, sizeof line, "%.6g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g\n", c.t, c.test.loss,
-                  c.test.accuracy, c.train.loss, c.train.accuracy, l.test.loss, l.test.accuracy,
-                  l.train.loss, l.train.accuracy);
+    std::snprintf(line, sizeof line, "%.6g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g\n", c.t,
+                  c.test.loss, c.test.accuracy, c.train.loss, c.train.accuracy, l.test.loss,
+                  l.test.accuracy, l.train.loss, l.train.accuracy);
     out += line;
   }
   return out;

@@ -40,7 +40,7 @@ void block_scalar(const Args& g, size_t i0, size_t i1, size_t j0, size_t j1) {
 
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma"))) void tail_avx2(const Args& g, size_t i0, size_t i1, size_t j0,
-                                                    size_t j1) {
+                                                   size_t j1) {
   for (size_t i = i0; i < i1; ++i) {
     for (size_t j = j0; j < j1; ++j) {
       float acc = g.accumulate ? g.c[i * g.ldc + j] : 0.0f;
@@ -78,26 +78,39 @@ __attribute__((target("avx2,fma"), always_inline)) inline void micro_avx2(const 
 }
 
 __attribute__((target("avx2,fma"))) void block_avx2(const Args& g, size_t i0, size_t i1, size_t j0,
-                                                     size_t j1) {
+                                                    size_t j1) {
   size_t j = j0;
   for (; j + 16 <= j1; j += 16) {
     size_t i = i0;
     for (; i + 6 <= i1; i += 6) micro_avx2<6>(g, i, j);
     switch (i1 - i) {
-      case 5: micro_avx2<5>(g, i, j); break;
-      case 4: micro_avx2<4>(g, i, j); break;
-      case 3: micro_avx2<3>(g, i, j); break;
-      case 2: micro_avx2<2>(g, i, j); break;
-      case 1: micro_avx2<1>(g, i, j); break;
-      default: break;
+      case 5:
+        micro_avx2<5>(g, i, j);
+        break;
+      case 4:
+        micro_avx2<4>(g, i, j);
+        break;
+      case 3:
+        micro_avx2<3>(g, i, j);
+        break;
+      case 2:
+        micro_avx2<2>(g, i, j);
+        break;
+      case 1:
+        micro_avx2<1>(g, i, j);
+        break;
+      default:
+        break;
     }
   }
   if (j < j1) tail_avx2(g, i0, i1, j, j1);
 }
 
 template <int R>
-__attribute__((target("avx512f,fma"), always_inline)) inline void micro_avx512(
-    const Args& g, size_t i, size_t j, __mmask16 m0, __mmask16 m1) {
+__attribute__((target("avx512f,fma"), always_inline)) inline void micro_avx512(const Args& g,
+                                                                               size_t i, size_t j,
+                                                                               __mmask16 m0,
+                                                                               __mmask16 m1) {
   __m512 c0[R], c1[R];
   for (int r = 0; r < R; ++r) {
     float* c = g.c + (i + r) * g.ldc + j;
@@ -131,12 +144,23 @@ __attribute__((target("avx512f,fma"))) void block_avx512(const Args& g, size_t i
     size_t i = i0;
     for (; i + 6 <= i1; i += 6) micro_avx512<6>(g, i, j, m0, m1);
     switch (i1 - i) {
-      case 5: micro_avx512<5>(g, i, j, m0, m1); break;
-      case 4: micro_avx512<4>(g, i, j, m0, m1); break;
-      case 3: micro_avx512<3>(g, i, j, m0, m1); break;
-      case 2: micro_avx512<2>(g, i, j, m0, m1); break;
-      case 1: micro_avx512<1>(g, i, j, m0, m1); break;
-      default: break;
+      case 5:
+        micro_avx512<5>(g, i, j, m0, m1);
+        break;
+      case 4:
+        micro_avx512<4>(g, i, j, m0, m1);
+        break;
+      case 3:
+        micro_avx512<3>(g, i, j, m0, m1);
+        break;
+      case 2:
+        micro_avx512<2>(g, i, j, m0, m1);
+        break;
+      case 1:
+        micro_avx512<1>(g, i, j, m0, m1);
+        break;
+      default:
+        break;
     }
   }
 }
@@ -163,7 +187,9 @@ const Kernel& kernel() {
 
 }  // namespace
 
-const char* gemm_kernel_name() { return kernel().name; }
+const char* gemm_kernel_name() {
+  return kernel().name;
+}
 
 void gemm(size_t m, size_t n, size_t k, const float* a, size_t lda, const float* b, size_t ldb,
           float* c, size_t ldc, bool accumulate, bool parallel) {

@@ -11,24 +11,42 @@ namespace alloy::lmc {
 
 const char* idx_defect_name(IdxDefect defect) {
   switch (defect) {
-    case IdxDefect::kUnreadable: return "unreadable";
-    case IdxDefect::kGzipCorrupt: return "gzip-corrupt";
-    case IdxDefect::kGzipTruncated: return "gzip-truncated";
-    case IdxDefect::kGzipTrailing: return "gzip-trailing-bytes";
-    case IdxDefect::kTooLarge: return "too-large";
-    case IdxDefect::kTooShort: return "too-short";
-    case IdxDefect::kBadMagic: return "bad-magic";
-    case IdxDefect::kBadType: return "bad-type";
-    case IdxDefect::kBadRank: return "bad-rank";
-    case IdxDefect::kTruncatedHeader: return "truncated-header";
-    case IdxDefect::kZeroDimension: return "zero-dimension";
-    case IdxDefect::kSizeOverflow: return "size-overflow";
-    case IdxDefect::kTruncatedData: return "truncated-data";
-    case IdxDefect::kTrailingData: return "trailing-data";
-    case IdxDefect::kBadLabel: return "bad-label";
-    case IdxDefect::kCountMismatch: return "count-mismatch";
-    case IdxDefect::kShapeMismatch: return "shape-mismatch";
-    case IdxDefect::kMissingFile: return "missing-file";
+    case IdxDefect::kUnreadable:
+      return "unreadable";
+    case IdxDefect::kGzipCorrupt:
+      return "gzip-corrupt";
+    case IdxDefect::kGzipTruncated:
+      return "gzip-truncated";
+    case IdxDefect::kGzipTrailing:
+      return "gzip-trailing-bytes";
+    case IdxDefect::kTooLarge:
+      return "too-large";
+    case IdxDefect::kTooShort:
+      return "too-short";
+    case IdxDefect::kBadMagic:
+      return "bad-magic";
+    case IdxDefect::kBadType:
+      return "bad-type";
+    case IdxDefect::kBadRank:
+      return "bad-rank";
+    case IdxDefect::kTruncatedHeader:
+      return "truncated-header";
+    case IdxDefect::kZeroDimension:
+      return "zero-dimension";
+    case IdxDefect::kSizeOverflow:
+      return "size-overflow";
+    case IdxDefect::kTruncatedData:
+      return "truncated-data";
+    case IdxDefect::kTrailingData:
+      return "trailing-data";
+    case IdxDefect::kBadLabel:
+      return "bad-label";
+    case IdxDefect::kCountMismatch:
+      return "count-mismatch";
+    case IdxDefect::kShapeMismatch:
+      return "shape-mismatch";
+    case IdxDefect::kMissingFile:
+      return "missing-file";
   }
   return "unknown";
 }
@@ -42,7 +60,8 @@ IdxError::IdxError(IdxDefect defect, const std::string& message)
 
 namespace {
 
-[[noreturn]] void fail(IdxDefect defect, const std::filesystem::path& path, const std::string& what) {
+[[noreturn]] void fail(IdxDefect defect, const std::filesystem::path& path,
+                       const std::string& what) {
   throw IdxError(defect, path.string() + ": " + what);
 }
 
@@ -76,7 +95,8 @@ std::string gunzip(const std::filesystem::path& path, const std::string& compres
     const size_t produced = sizeof buffer - s.avail_out;
     if (out.size() + produced > kIdxMaxBytes) {
       inflateEnd(&s);
-      fail(IdxDefect::kTooLarge, path, "inflates to more than " + std::to_string(kIdxMaxBytes) + " bytes");
+      fail(IdxDefect::kTooLarge, path,
+           "inflates to more than " + std::to_string(kIdxMaxBytes) + " bytes");
     }
     out.append(buffer, produced);
     if (rc == Z_STREAM_END) break;
@@ -120,7 +140,8 @@ IdxArray read_idx(const std::filesystem::path& path, size_t rank) {
          std::to_string(file_rank) + " dimensions, expected " + std::to_string(rank));
   const size_t header = 4 + 4 * rank;
   if (bytes.size() < header)
-    fail(IdxDefect::kTruncatedHeader, path, "the header needs " + std::to_string(header) + " bytes");
+    fail(IdxDefect::kTruncatedHeader, path,
+         "the header needs " + std::to_string(header) + " bytes");
   IdxArray array;
   uint64_t total = 1;
   for (size_t d = 0; d < rank; ++d) {
@@ -134,7 +155,8 @@ IdxArray read_idx(const std::filesystem::path& path, size_t rank) {
   const uint64_t have = bytes.size() - header;
   if (have < total)
     fail(IdxDefect::kTruncatedData, path,
-         "holds " + std::to_string(have) + " data bytes, the dimensions need " + std::to_string(total));
+         "holds " + std::to_string(have) + " data bytes, the dimensions need " +
+             std::to_string(total));
   if (have > total)
     fail(IdxDefect::kTrailingData, path,
          std::to_string(have - total) + " bytes after the data the dimensions describe");
@@ -153,8 +175,8 @@ Split read_split(const std::filesystem::path& images, const std::filesystem::pat
   }
   if (image_array.dims[0] != label_array.dims[0])
     fail(IdxDefect::kCountMismatch, labels,
-         std::to_string(label_array.dims[0]) + " labels for " + std::to_string(image_array.dims[0]) +
-             " images in " + images.string());
+         std::to_string(label_array.dims[0]) + " labels for " +
+             std::to_string(image_array.dims[0]) + " images in " + images.string());
   Split split;
   split.count = image_array.dims[0];
   split.rows = image_array.dims[1];
@@ -178,12 +200,15 @@ std::filesystem::path find_file(const std::filesystem::path& dir, const std::str
 Dataset load_dataset(const std::filesystem::path& dir) {
   Dataset data;
   data.dir = dir;
-  data.train = read_split(find_file(dir, "train-images-idx3-ubyte"), find_file(dir, "train-labels-idx1-ubyte"));
-  data.test = read_split(find_file(dir, "t10k-images-idx3-ubyte"), find_file(dir, "t10k-labels-idx1-ubyte"));
+  data.train = read_split(find_file(dir, "train-images-idx3-ubyte"),
+                          find_file(dir, "train-labels-idx1-ubyte"));
+  data.test = read_split(find_file(dir, "t10k-images-idx3-ubyte"),
+                         find_file(dir, "t10k-labels-idx1-ubyte"));
   if (data.train.rows != data.test.rows || data.train.cols != data.test.cols)
     fail(IdxDefect::kShapeMismatch, dir,
-         "train images are " + std::to_string(data.train.rows) + "x" + std::to_string(data.train.cols) +
-             ", test images " + std::to_string(data.test.rows) + "x" + std::to_string(data.test.cols));
+         "train images are " + std::to_string(data.train.rows) + "x" +
+             std::to_string(data.train.cols) + ", test images " + std::to_string(data.test.rows) +
+             "x" + std::to_string(data.test.cols));
   return data;
 }
 

@@ -56,17 +56,20 @@ void forward_to(const std::vector<size_t>& sizes, const T* params, const T* x, s
   }
 }
 
-template void forward_to<float>(const std::vector<size_t>&, const float*, const float*, size_t, size_t,
-                                bool, float*, bool);
+template void forward_to<float>(const std::vector<size_t>&, const float*, const float*, size_t,
+                                size_t, bool, float*, bool);
 
 }  // namespace detail
 
 template <class T>
-void forward(const std::vector<size_t>& sizes, const T* params, const T* x, size_t count, T* logits) {
+void forward(const std::vector<size_t>& sizes, const T* params, const T* x, size_t count,
+             T* logits) {
   detail::forward_to(sizes, params, x, count, sizes.size() - 1, false, logits, true);
 }
-template void forward<float>(const std::vector<size_t>&, const float*, const float*, size_t, float*);
-template void forward<double>(const std::vector<size_t>&, const double*, const double*, size_t, double*);
+template void forward<float>(const std::vector<size_t>&, const float*, const float*, size_t,
+                             float*);
+template void forward<double>(const std::vector<size_t>&, const double*, const double*, size_t,
+                              double*);
 
 template <class T>
 double loss_and_gradient(const std::vector<size_t>& sizes, const T* params, const T* x,
@@ -126,7 +129,9 @@ template double loss_and_gradient<float>(const std::vector<size_t>&, const float
 template double loss_and_gradient<double>(const std::vector<size_t>&, const double*, const double*,
                                           const uint8_t*, size_t, double*);
 
-std::string matrix_kernel_name() { return detail::gemm_kernel_name(); }
+std::string matrix_kernel_name() {
+  return detail::gemm_kernel_name();
+}
 
 void scale_pixels(const Split& split, const size_t* indices, size_t count, float* out) {
   const size_t f = split.features();
@@ -151,11 +156,12 @@ void check_input(const Mlp& mlp, const Split& split) {
 constexpr size_t kEvalChunk = 500;
 }  // namespace
 
-std::vector<float> hidden_activations(const Mlp& mlp, const Split& split, size_t count, size_t layer,
-                                      bool pre) {
+std::vector<float> hidden_activations(const Mlp& mlp, const Split& split, size_t count,
+                                      size_t layer, bool pre) {
   check_input(mlp, split);
   if (layer == 0 || layer >= mlp.layers())
-    throw Error(ErrorCode::kInvalidArgument, "hidden layer " + std::to_string(layer) + " out of range");
+    throw Error(ErrorCode::kInvalidArgument,
+                "hidden layer " + std::to_string(layer) + " out of range");
   count = std::min(count, split.count);
   const size_t width = mlp.sizes[layer], f = split.features();
   std::vector<float> out(count * width);
@@ -244,8 +250,11 @@ Evaluation evaluate(const Mlp& mlp, const Split& split, size_t limit) {
 nlohmann::json evaluation_json(const Evaluation& ev) {
   nlohmann::json per_class = nlohmann::json::array();
   for (size_t c = 0; c < ev.class_count.size(); ++c)
-    per_class.push_back(ev.class_count[c] ? double(ev.class_correct[c]) / double(ev.class_count[c]) : 0.0);
-  return {{"loss", ev.loss}, {"accuracy", ev.accuracy}, {"count", ev.count},
+    per_class.push_back(ev.class_count[c] ? double(ev.class_correct[c]) / double(ev.class_count[c])
+                                          : 0.0);
+  return {{"loss", ev.loss},
+          {"accuracy", ev.accuracy},
+          {"count", ev.count},
           {"class_accuracy", per_class}};
 }
 

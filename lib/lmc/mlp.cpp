@@ -1,4 +1,6 @@
 // MLP model directories (alloy/lmc/mlp.h): layer lists, He initialisation, load and save.
+#include "alloy/lmc/mlp.h"
+
 #include <cmath>
 #include <cstring>
 #include <numbers>
@@ -7,7 +9,6 @@
 #include "alloy/core/file_util.h"
 #include "alloy/core/model.h"
 #include "alloy/core/writer.h"
-#include "alloy/lmc/mlp.h"
 #include "random.h"
 
 namespace alloy::lmc {
@@ -34,11 +35,13 @@ std::vector<size_t> parse_layer_list(const std::string& text) {
   size_t at = 0;
   while (at <= text.size()) {
     const size_t comma = text.find(',', at);
-    const std::string part = text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
-    if (part.empty() || part.size() > 7 || part.find_first_not_of("0123456789") != std::string::npos ||
-        std::stoul(part) == 0)
-      throw Error(ErrorCode::kInvalidArgument,
-                  "layer list '" + text + "': each entry must be a positive whole number below 10^7");
+    const std::string part =
+        text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    if (part.empty() || part.size() > 7 ||
+        part.find_first_not_of("0123456789") != std::string::npos || std::stoul(part) == 0)
+      throw Error(
+          ErrorCode::kInvalidArgument,
+          "layer list '" + text + "': each entry must be a positive whole number below 10^7");
     sizes.push_back(std::stoul(part));
     if (comma == std::string::npos) break;
     at = comma + 1;
@@ -47,7 +50,8 @@ std::vector<size_t> parse_layer_list(const std::string& text) {
 }
 
 Mlp init_mlp(const std::vector<size_t>& sizes, uint64_t seed) {
-  if (sizes.size() < 2) throw Error(ErrorCode::kInvalidArgument, "an MLP needs at least 2 layer sizes");
+  if (sizes.size() < 2)
+    throw Error(ErrorCode::kInvalidArgument, "an MLP needs at least 2 layer sizes");
   Mlp mlp;
   mlp.sizes = sizes;
   mlp.params.assign(parameter_count(sizes), 0.0f);
@@ -61,30 +65,37 @@ Mlp init_mlp(const std::vector<size_t>& sizes, uint64_t seed) {
   return mlp;
 }
 
-std::string weight_name(size_t layer) { return "layers." + std::to_string(layer) + ".weight"; }
-std::string bias_name(size_t layer) { return "layers." + std::to_string(layer) + ".bias"; }
+std::string weight_name(size_t layer) {
+  return "layers." + std::to_string(layer) + ".weight";
+}
+std::string bias_name(size_t layer) {
+  return "layers." + std::to_string(layer) + ".bias";
+}
 
 namespace {
 
-[[noreturn]] void refuse(ErrorCode code, const std::filesystem::path& path, const std::string& what) {
+[[noreturn]] void refuse(ErrorCode code, const std::filesystem::path& path,
+                         const std::string& what) {
   throw Error(code, path.string() + ": " + what);
 }
 
-std::vector<size_t> sizes_from_config(const nlohmann::json& config, const std::filesystem::path& path) {
+std::vector<size_t> sizes_from_config(const nlohmann::json& config,
+                                      const std::filesystem::path& path) {
   if (config.contains("model_type") &&
       (!config["model_type"].is_string() || config["model_type"] != "mlp"))
     refuse(ErrorCode::kBadConfig, path, "config.json model_type is not \"mlp\"");
   if (config.contains("activation") &&
       (!config["activation"].is_string() || config["activation"] != "relu"))
-    refuse(ErrorCode::kBadConfig, path, "config.json activation is not \"relu\" (the only one supported)");
+    refuse(ErrorCode::kBadConfig, path,
+           "config.json activation is not \"relu\" (the only one supported)");
   const auto it = config.find("layer_sizes");
   if (it == config.end() || !it->is_array() || it->size() < 2 || it->size() > 64)
     refuse(ErrorCode::kBadConfig, path, "config.json needs layer_sizes, a list of 2 to 64 sizes");
   std::vector<size_t> sizes;
   for (const auto& v : *it) {
     if (!v.is_number_unsigned() || v.get<uint64_t>() == 0 || v.get<uint64_t>() > 10'000'000)
-      refuse(ErrorCode::kBadConfig, path, "config.json layer_sizes holds " + v.dump() +
-                                              ", not a whole number in [1, 10^7]");
+      refuse(ErrorCode::kBadConfig, path,
+             "config.json layer_sizes holds " + v.dump() + ", not a whole number in [1, 10^7]");
     sizes.push_back(v.get<size_t>());
   }
   return sizes;
@@ -125,8 +136,8 @@ Mlp load_mlp(const std::filesystem::path& path) {
       if (t->info->dtype != DType::F32)
         refuse(ErrorCode::kShapeMismatch, path,
                name + " is " + dtype_name(t->info->dtype) + ", alloy-lmc reads F32 only");
-      const std::vector<uint64_t> expect =
-          is_bias ? std::vector<uint64_t>{sizes[l + 1]} : std::vector<uint64_t>{sizes[l + 1], sizes[l]};
+      const std::vector<uint64_t> expect = is_bias ? std::vector<uint64_t>{sizes[l + 1]}
+                                                   : std::vector<uint64_t>{sizes[l + 1], sizes[l]};
       if (t->info->shape != expect)
         refuse(ErrorCode::kShapeMismatch, path, name + " has the wrong shape for layer_sizes");
       float* dst = is_bias ? mlp.bias(l) : mlp.weight(l);
@@ -142,7 +153,8 @@ Mlp load_mlp(const std::filesystem::path& path) {
 void save_mlp(const Mlp& mlp, const std::filesystem::path& out, bool overwrite,
               const nlohmann::json& extra_config) {
   if (mlp.params.size() != parameter_count(mlp.sizes))
-    throw Error(ErrorCode::kInternal, out.string() + ": parameter buffer does not match the layer sizes");
+    throw Error(ErrorCode::kInternal,
+                out.string() + ": parameter buffer does not match the layer sizes");
   StagingDirectory staging(out, overwrite);
   std::vector<TensorSpec> specs;
   std::vector<const void*> data;

@@ -62,8 +62,8 @@ double barrier(const std::vector<double>& t, const std::vector<double>& values, 
   return worst;
 }
 
-PathResult evaluate_path(const Mlp& a, const Mlp& b, const Dataset& data, const PathOptions& options,
-                         const Progress& progress) {
+PathResult evaluate_path(const Mlp& a, const Mlp& b, const Dataset& data,
+                         const PathOptions& options, const Progress& progress) {
   if (options.points < 2 || options.points > 1001)
     throw Error(ErrorCode::kInvalidArgument, "--points must be in [2, 1001]");
   PathResult result;
@@ -73,9 +73,10 @@ PathResult evaluate_path(const Mlp& a, const Mlp& b, const Dataset& data, const 
     PathPoint p;
     p.t = double(i) / double(options.points - 1);
     const bool interior = i > 0 && i + 1 < options.points;
-    const Mlp m = options.repair && interior
-                      ? repair_interpolation(a, b, p.t, data.train, options.repair_samples, options.method)
-                      : merge_models(a, b, options.method, p.t);
+    const Mlp m =
+        options.repair && interior
+            ? repair_interpolation(a, b, p.t, data.train, options.repair_samples, options.method)
+            : merge_models(a, b, options.method, p.t);
     p.test = evaluate(m, data.test);
     p.train = evaluate(m, data.train, options.train_limit);
     result.points.push_back(p);
@@ -117,8 +118,8 @@ std::string path_csv(const PathResult& path) {
   std::string out = "t,test_loss,test_accuracy,train_loss,train_accuracy\n";
   char line[256];
   for (const auto& p : path.points) {
-    std::snprintf(line, sizeof line, "%.6g,%.9g,%.9g,%.9g,%.9g\n", p.t, p.test.loss, p.test.accuracy,
-                  p.train.loss, p.train.accuracy);
+    std::snprintf(line, sizeof line, "%.6g,%.9g,%.9g,%.9g,%.9g\n", p.t, p.test.loss,
+                  p.test.accuracy, p.train.loss, p.train.accuracy);
     out += line;
   }
   return out;

@@ -15,12 +15,23 @@ std::string html_escape(const std::string& text) {
   std::string out;
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -69,7 +80,8 @@ std::string svg_line_chart(const std::string& title, const std::string& x_label,
   y1 += pad;
   size_t longest = 0;
   for (const auto& s : series) longest = std::max(longest, s.name.size());
-  const double right = std::max(120.0, 44.0 + 6.6 * double(longest)), top = 30, bottom = 46, left = 64;
+  const double right = std::max(120.0, 44.0 + 6.6 * double(longest)), top = 30, bottom = 46,
+               left = 64;
   width = std::max(width, int(right) + 470);
   const double pw = width - left - right, ph = height - top - bottom;
   auto sx = [&](double x) { return left + (x - x0) / (x1 - x0) * pw; };
@@ -79,13 +91,13 @@ std::string svg_line_chart(const std::string& title, const std::string& x_label,
                   "\" viewBox=\"0 0 " + std::to_string(width) + " " + std::to_string(height) +
                   "\" font-family=\"sans-serif\" font-size=\"11\">\n";
   o += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  o += "<text class=\"ct\" x=\"" + num(left) + "\" y=\"18\" font-weight=\"bold\" font-size=\"13\">" +
-       html_escape(title) + "</text>\n";
+  o += "<text class=\"ct\" x=\"" + num(left) +
+       "\" y=\"18\" font-weight=\"bold\" font-size=\"13\">" + html_escape(title) + "</text>\n";
   // grid and ticks
   const double ys = nice_step(y0, y1, 5), xs = nice_step(x0, x1, 5);
   for (double y = std::ceil(y0 / ys) * ys; y <= y1 + 1e-12; y += ys) {
-    o += "<line x1=\"" + num(left) + "\" x2=\"" + num(left + pw) + "\" y1=\"" + num(sy(y)) + "\" y2=\"" +
-         num(sy(y)) + "\" stroke=\"#e5e5e5\"/>\n";
+    o += "<line x1=\"" + num(left) + "\" x2=\"" + num(left + pw) + "\" y1=\"" + num(sy(y)) +
+         "\" y2=\"" + num(sy(y)) + "\" stroke=\"#e5e5e5\"/>\n";
     o += "<text x=\"" + num(left - 6) + "\" y=\"" + num(sy(y) + 4) + "\" text-anchor=\"end\">" +
          tick_label(y) + "</text>\n";
   }
@@ -97,10 +109,10 @@ std::string svg_line_chart(const std::string& title, const std::string& x_label,
   }
   o += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(pw) + "\" height=\"" +
        num(ph) + "\" fill=\"none\" stroke=\"#888\"/>\n";
-  o += "<text x=\"" + num(left + pw / 2) + "\" y=\"" + num(height - 8) + "\" text-anchor=\"middle\">" +
-       html_escape(x_label) + "</text>\n";
-  o += "<text transform=\"translate(14," + num(top + ph / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
-       html_escape(y_label) + "</text>\n";
+  o += "<text x=\"" + num(left + pw / 2) + "\" y=\"" + num(height - 8) +
+       "\" text-anchor=\"middle\">" + html_escape(x_label) + "</text>\n";
+  o += "<text transform=\"translate(14," + num(top + ph / 2) +
+       ") rotate(-90)\" text-anchor=\"middle\">" + html_escape(y_label) + "</text>\n";
   // series and legend
   for (size_t k = 0; k < series.size(); ++k) {
     const Series& s = series[k];
@@ -110,17 +122,18 @@ std::string svg_line_chart(const std::string& title, const std::string& x_label,
       points += num(sx(s.x[i])) + "," + num(sy(s.y[i])) + " ";
     }
     const std::string dash = s.dashed ? " stroke-dasharray=\"6,4\"" : "";
-    o += "<polyline fill=\"none\" stroke=\"" + html_escape(s.color) + "\" stroke-width=\"2\"" + dash +
-         " points=\"" + points + "\"/>\n";
+    o += "<polyline fill=\"none\" stroke=\"" + html_escape(s.color) + "\" stroke-width=\"2\"" +
+         dash + " points=\"" + points + "\"/>\n";
     for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
       if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
-      o += "<circle cx=\"" + num(sx(s.x[i])) + "\" cy=\"" + num(sy(s.y[i])) + "\" r=\"2.2\" fill=\"" +
-           html_escape(s.color) + "\"/>\n";
+      o += "<circle cx=\"" + num(sx(s.x[i])) + "\" cy=\"" + num(sy(s.y[i])) +
+           "\" r=\"2.2\" fill=\"" + html_escape(s.color) + "\"/>\n";
     }
     const double ly = top + 10 + 18.0 * double(k), lx = left + pw + 12;
-    o += "<line x1=\"" + num(lx) + "\" x2=\"" + num(lx + 22) + "\" y1=\"" + num(ly) + "\" y2=\"" + num(ly) +
-         "\" stroke=\"" + html_escape(s.color) + "\" stroke-width=\"2\"" + dash + "/>\n";
-    o += "<text x=\"" + num(lx + 28) + "\" y=\"" + num(ly + 4) + "\">" + html_escape(s.name) + "</text>\n";
+    o += "<line x1=\"" + num(lx) + "\" x2=\"" + num(lx + 22) + "\" y1=\"" + num(ly) + "\" y2=\"" +
+         num(ly) + "\" stroke=\"" + html_escape(s.color) + "\" stroke-width=\"2\"" + dash + "/>\n";
+    o += "<text x=\"" + num(lx + 28) + "\" y=\"" + num(ly + 4) + "\">" + html_escape(s.name) +
+         "</text>\n";
   }
   o += "</svg>\n";
   return o;
@@ -141,10 +154,12 @@ std::string html_report(const std::string& title,
                         const std::vector<std::pair<std::string, std::string>>& summary,
                         const std::vector<std::string>& svgs, const std::string& extra_html) {
   std::string o = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" +
-                  html_escape(title) + "</title>\n<style>\n" + kStyle + "\n</style>\n</head>\n<body>\n";
+                  html_escape(title) + "</title>\n<style>\n" + kStyle +
+                  "\n</style>\n</head>\n<body>\n";
   o += "<h1>" + html_escape(title) + "</h1>\n<div class=\"banner\"><table>\n";
   for (const auto& [label, value] : summary)
-    o += "<tr><th>" + html_escape(label) + "</th><td class=\"n\">" + html_escape(value) + "</td></tr>\n";
+    o += "<tr><th>" + html_escape(label) + "</th><td class=\"n\">" + html_escape(value) +
+         "</td></tr>\n";
   o += "</table></div>\n";
   if (!svgs.empty()) o += "<h2>Charts</h2>\n";
   for (const auto& svg : svgs) o += svg;
@@ -176,15 +191,16 @@ CsvTable parse_csv(const std::string& text, const std::string& label) {
       continue;
     }
     if (cells.size() != table.columns.size())
-      throw Error(ErrorCode::kInvalidArgument, label + ":" + std::to_string(line_no) + ": " +
-                                                   std::to_string(cells.size()) + " cells, the header has " +
-                                                   std::to_string(table.columns.size()));
+      throw Error(ErrorCode::kInvalidArgument,
+                  label + ":" + std::to_string(line_no) + ": " + std::to_string(cells.size()) +
+                      " cells, the header has " + std::to_string(table.columns.size()));
     std::vector<double> row;
     for (const std::string& c : cells) {
       char* end = nullptr;
       const double v = std::strtod(c.c_str(), &end);
       if (c.empty() || end != c.c_str() + c.size())
-        throw Error(ErrorCode::kInvalidArgument, label + ":" + std::to_string(line_no) + ": '" + c + "' is not a number");
+        throw Error(ErrorCode::kInvalidArgument,
+                    label + ":" + std::to_string(line_no) + ": '" + c + "' is not a number");
       row.push_back(v);
     }
     table.rows.push_back(row);
@@ -195,7 +211,8 @@ CsvTable parse_csv(const std::string& text, const std::string& label) {
 
 std::vector<double> CsvTable::column(const std::string& name, const std::string& label) const {
   const auto it = std::find(columns.begin(), columns.end(), name);
-  if (it == columns.end()) throw Error(ErrorCode::kInvalidArgument, label + ": no column '" + name + "'");
+  if (it == columns.end())
+    throw Error(ErrorCode::kInvalidArgument, label + ": no column '" + name + "'");
   const size_t k = size_t(it - columns.begin());
   std::vector<double> out;
   for (const auto& r : rows) out.push_back(r[k]);

@@ -34,7 +34,8 @@ Mlp repair_interpolation(const Mlp& a, const Mlp& b, double t, const Split& trai
                          const std::string& method) {
   Mlp m = merge_models(a, b, method, t);
   for (size_t layer = 1; layer < m.layers(); ++layer) {
-    const Stats sa = unit_stats(a, train, samples, layer), sb = unit_stats(b, train, samples, layer);
+    const Stats sa = unit_stats(a, train, samples, layer),
+                sb = unit_stats(b, train, samples, layer);
     const Stats sm = unit_stats(m, train, samples, layer);  // earlier layers already repaired
     const size_t n = m.sizes[layer], n_in = m.sizes[layer - 1];
     float* w = m.weight(layer - 1);

@@ -26,7 +26,8 @@ Mlp train_mlp(const Dataset& data, const TrainOptions& options, const Mlp* start
               std::vector<EpochLog>* log, const Progress& progress) {
   if (options.batch == 0 || options.batch > 65536)
     throw Error(ErrorCode::kInvalidArgument, "--batch must be in [1, 65536]");
-  if (!(options.lr > 0) || !std::isfinite(options.lr) || !(options.momentum >= 0) || options.momentum >= 1)
+  if (!(options.lr > 0) || !std::isfinite(options.lr) || !(options.momentum >= 0) ||
+      options.momentum >= 1)
     throw Error(ErrorCode::kInvalidArgument, "--lr must be positive and --momentum in [0, 1)");
   if (options.first_class > options.last_class || options.last_class >= kIdxClasses)
     throw Error(ErrorCode::kInvalidArgument, "--classes must be a range within 0-9");
@@ -40,14 +41,17 @@ Mlp train_mlp(const Dataset& data, const TrainOptions& options, const Mlp* start
     mlp = init_mlp(sizes, options.seed);
   }
   if (mlp.sizes.front() != data.train.features() || mlp.sizes.back() != kIdxClasses)
-    throw Error(ErrorCode::kShapeMismatch, "the model's input or output size does not fit the data set");
+    throw Error(ErrorCode::kShapeMismatch,
+                "the model's input or output size does not fit the data set");
   std::vector<size_t> samples;
-  const size_t available = options.limit ? std::min(options.limit, data.train.count) : data.train.count;
+  const size_t available =
+      options.limit ? std::min(options.limit, data.train.count) : data.train.count;
   for (size_t i = 0; i < available; ++i) {
     const size_t label = data.train.labels[i];
     if (label >= options.first_class && label <= options.last_class) samples.push_back(i);
   }
-  if (samples.empty()) throw Error(ErrorCode::kInvalidArgument, "no training samples in the chosen classes");
+  if (samples.empty())
+    throw Error(ErrorCode::kInvalidArgument, "no training samples in the chosen classes");
 
   const size_t n = mlp.params.size(), f = data.train.features();
   std::vector<float> velocity(n, 0.0f), grad(n), x(options.batch * f);
@@ -82,7 +86,8 @@ Mlp train_mlp(const Dataset& data, const TrainOptions& options, const Mlp* start
       });
       if (progress) progress(epoch * batches + b + 1, total, "epoch " + std::to_string(epoch + 1));
     }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     if (log) {
       EpochLog entry;
       entry.samples = order.size();

@@ -58,7 +58,7 @@ inline lmc::Split synthetic_split(size_t count, size_t features, uint32_t seed) 
 
 // The Debian Fashion-MNIST files, loaded once; fails the test with a clear message when missing.
 inline const lmc::Dataset* fashion_mnist() {
-  static const lmc::Dataset* data = [] () -> const lmc::Dataset* {
+  static const lmc::Dataset* data = []() -> const lmc::Dataset* {
     try {
       return new lmc::Dataset(lmc::load_dataset(lmc::kFashionMnistDir));
     } catch (const std::exception&) {

@@ -68,7 +68,8 @@ TEST(LmcAlign, AlignedModelComputesTheSameFunction) {
     for (size_t i = 0; i < p.size(); ++i) moved += p[i] != i;
   EXPECT_GT(moved, 0u);
   const auto before = logits_of(b, train, 100), after = logits_of(r.aligned, train, 100);
-  for (size_t i = 0; i < before.size(); ++i) EXPECT_NEAR(after[i], before[i], 1e-5f * (1 + std::fabs(before[i])));
+  for (size_t i = 0; i < before.size(); ++i)
+    EXPECT_NEAR(after[i], before[i], 1e-5f * (1 + std::fabs(before[i])));
   // and it sits closer to a than b did
   double d_before = 0, d_after = 0;
   for (size_t i = 0; i < a.params.size(); ++i) {
@@ -120,10 +121,11 @@ TEST(LmcPath, PointsAreBitIdenticalToAlloyMerge) {
     SCOPED_TRACE(std::string(c.method) + " " + std::to_string(c.t));
     char recipe[1024];
     if (std::string(c.method) == "linear") {
-      std::snprintf(recipe, sizeof recipe,
-                    "merge_method: linear\nmodels:\n  - model: %s\n    parameters:\n      weight: %.17g\n"
-                    "  - model: %s\n    parameters:\n      weight: %.17g\ndtype: float32\n",
-                    (dir / "a").c_str(), 1.0 - c.t, (dir / "b").c_str(), c.t);
+      std::snprintf(
+          recipe, sizeof recipe,
+          "merge_method: linear\nmodels:\n  - model: %s\n    parameters:\n      weight: %.17g\n"
+          "  - model: %s\n    parameters:\n      weight: %.17g\ndtype: float32\n",
+          (dir / "a").c_str(), 1.0 - c.t, (dir / "b").c_str(), c.t);
     } else {
       std::snprintf(recipe, sizeof recipe,
                     "merge_method: slerp\nbase_model: %s\nmodels:\n  - model: %s\n  - model: %s\n"
@@ -133,8 +135,9 @@ TEST(LmcPath, PointsAreBitIdenticalToAlloyMerge) {
     write_bytes(dir / "recipe.yml", recipe);
     std::filesystem::remove_all(dir / "merged");
     int status = 0;
-    const std::string out = run_command(bin("alloy-merge") + " " + (dir / "recipe.yml").string() + " " +
-                                            (dir / "merged").string() + " 2>&1", &status);
+    const std::string out = run_command(bin("alloy-merge") + " " + (dir / "recipe.yml").string() +
+                                            " " + (dir / "merged").string() + " 2>&1",
+                                        &status);
     ASSERT_EQ(status, 0) << out;
     const lmc::Mlp merged = lmc::load_mlp(dir / "merged");
     const lmc::Mlp ours = lmc::merge_models(a, b, c.method, c.t);
@@ -174,7 +177,8 @@ TEST(LmcCurve, BezierPointHitsTheEndpoints) {
 }
 
 TEST(LmcPlot, WritesASelfContainedSvg) {
-  const std::string svg = lmc::svg_line_chart("t<1>", "x", "y", {{"a&b", {0, 0.5, 1}, {1, NAN, 3}}});
+  const std::string svg =
+      lmc::svg_line_chart("t<1>", "x", "y", {{"a&b", {0, 0.5, 1}, {1, NAN, 3}}});
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   EXPECT_NE(svg.find("t&lt;1&gt;"), std::string::npos);
   EXPECT_NE(svg.find("a&amp;b"), std::string::npos);

@@ -17,10 +17,10 @@ namespace {
 lmc::Mlp hand_model() {
   lmc::Mlp m;
   m.sizes = {3, 2, 2};
-  m.params = {1, -1, 0.5f, 0, 2, -1,  // W0 [2, 3]
-              0.5f, -1,               // b0
-              2, 1, -1, 3,            // W1 [2, 2]
-              0.25f, -0.5f};          // b1
+  m.params = {1,     -1,   0.5f, 0, 2, -1,  // W0 [2, 3]
+              0.5f,  -1,                    // b0
+              2,     1,    -1,   3,         // W1 [2, 2]
+              0.25f, -0.5f};                // b1
   return m;
 }
 
@@ -37,10 +37,12 @@ TEST(LmcForward, MatchesHandComputedValues) {
   EXPECT_EQ(logits[3], 2.5f);
   std::vector<float> grad(m.params.size());
   const uint8_t labels[] = {0, 1};
-  const double loss = lmc::loss_and_gradient<float>(m.sizes, m.params.data(), x, labels, 2, grad.data());
+  const double loss =
+      lmc::loss_and_gradient<float>(m.sizes, m.params.data(), x, labels, 2, grad.data());
   const double expected = (std::log1p(std::exp(-3.75)) + std::log1p(std::exp(-1.25))) / 2;
   EXPECT_NEAR(loss, expected, 1e-6);
-  // d loss / d b1 = mean(softmax - onehot): sample 0 p1 = sigmoid(-3.75), sample 1 p0 = sigmoid(-1.25)
+  // d loss / d b1 = mean(softmax - onehot): sample 0 p1 = sigmoid(-3.75), sample 1 p0 =
+  // sigmoid(-1.25)
   const double s0 = 1 / (1 + std::exp(3.75)), s1 = 1 / (1 + std::exp(1.25));
   EXPECT_NEAR(grad[12], (-s0 + s1) / 2, 1e-6);
   EXPECT_NEAR(grad[13], (s0 - s1) / 2, 1e-6);
@@ -61,9 +63,11 @@ TEST(LmcGradient, MatchesFiniteDifferencesInDouble) {
   for (size_t i = 0; i < p.size(); ++i) {
     std::vector<double> q = p;
     q[i] = p[i] + h;
-    const double up = lmc::loss_and_gradient<double>(sizes, q.data(), x.data(), labels, 4, scratch.data());
+    const double up =
+        lmc::loss_and_gradient<double>(sizes, q.data(), x.data(), labels, 4, scratch.data());
     q[i] = p[i] - h;
-    const double down = lmc::loss_and_gradient<double>(sizes, q.data(), x.data(), labels, 4, scratch.data());
+    const double down =
+        lmc::loss_and_gradient<double>(sizes, q.data(), x.data(), labels, 4, scratch.data());
     const double numeric = (up - down) / (2 * h);
     worst = std::max(worst, std::fabs(numeric - grad[i]));
   }
@@ -90,9 +94,11 @@ TEST(LmcModel, SavesAndLoadsTheHuggingFaceLayout) {
   EXPECT_EQ(lone.sizes, m.sizes);
   EXPECT_THROW(lmc::save_mlp(m, dir / "model", false), Error);  // no silent overwrite
   // A config that is not an MLP is refused.
-  write_bytes(dir / "model" / "config.json", R"({"model_type": "llama", "layer_sizes": [12, 8, 10]})");
+  write_bytes(dir / "model" / "config.json",
+              R"({"model_type": "llama", "layer_sizes": [12, 8, 10]})");
   EXPECT_THROW(lmc::load_mlp(dir / "model"), Error);
-  write_bytes(dir / "model" / "config.json", R"({"model_type": "mlp", "layer_sizes": [12, 9, 10]})");
+  write_bytes(dir / "model" / "config.json",
+              R"({"model_type": "mlp", "layer_sizes": [12, 9, 10]})");
   EXPECT_THROW(lmc::load_mlp(dir / "model"), Error);
 }
 

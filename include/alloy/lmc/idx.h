@@ -1,4 +1,5 @@
-// alloy/lmc/idx.h: a validating reader of IDX files (the MNIST / Fashion-MNIST format), gzip or raw.
+// alloy/lmc/idx.h: a validating reader of IDX files (the MNIST / Fashion-MNIST format), gzip or
+// raw.
 //
 // Byte layout (all integers big-endian):
 //   offset 0: 0x00 0x00                 two zero bytes

@@ -1,8 +1,9 @@
 // alloy/lmc/lmc.h: linear mode connectivity of two MLPs (docs/classroom.md).
 //
-//  - merge_models / evaluate_path: the models on the path between A and B are built by alloy-merge's
-//    own merge methods (the registry of alloy/merge/merge_method.h), tensor by tensor, so each point
-//    is bit-identical to what alloy-merge writes for the same recipe; the loss barrier is
+//  - merge_models / evaluate_path: the models on the path between A and B are built by
+//  alloy-merge's
+//    own merge methods (the registry of alloy/merge/merge_method.h), tensor by tensor, so each
+//    point is bit-identical to what alloy-merge writes for the same recipe; the loss barrier is
 //    max_t [L(t) - ((1 - t) L(0) + t L(1))] (Frankle et al. 2020; Entezari et al. 2022).
 //  - align_models: permute B's hidden units to line up with A (Git Re-Basin, Ainsworth et al. ICLR
 //    2023): weight matching (coordinate descent over the hidden layers, each step a linear
@@ -36,8 +37,8 @@ double barrier(const std::vector<double>& t, const std::vector<double>& values, 
 struct PathOptions {
   std::string method = "linear";
   size_t points = 21;
-  size_t train_limit = 0;       // > 0: evaluate the train set on its first N images only
-  bool repair = false;          // apply REPAIR at every interior point
+  size_t train_limit = 0;  // > 0: evaluate the train set on its first N images only
+  bool repair = false;     // apply REPAIR at every interior point
   size_t repair_samples = 10000;
 };
 struct PathPoint {
@@ -51,8 +52,8 @@ struct PathResult {
   double loss_barrier = 0, accuracy_barrier = 0;              // test set
   double train_loss_barrier = 0, train_accuracy_barrier = 0;  // train set
 };
-PathResult evaluate_path(const Mlp& a, const Mlp& b, const Dataset& data, const PathOptions& options,
-                         const Progress& progress = {});
+PathResult evaluate_path(const Mlp& a, const Mlp& b, const Dataset& data,
+                         const PathOptions& options, const Progress& progress = {});
 // {"method", "repaired", "points": [{t, test_loss, test_accuracy, train_loss, train_accuracy}],
 //  "loss_barrier", "accuracy_barrier", "train_loss_barrier", "train_accuracy_barrier"}
 nlohmann::json path_json(const PathResult& path);
@@ -88,15 +89,15 @@ struct CurveOptions {
   size_t train_limit = 0;  // > 0: evaluate the train set on its first N images only
 };
 struct CurveResult {
-  Mlp control;                 // the trained control point C
+  Mlp control;                   // the trained control point C
   std::vector<PathPoint> curve;  // evaluations along the Bezier curve
   PathResult line;               // the straight (linear merge) path, same points
   double curve_max_test_loss = 0, line_max_test_loss = 0, endpoint_max_test_loss = 0;
 };
 // theta(t) for the curve through a and b with control point c.
 Mlp bezier_point(const Mlp& a, const Mlp& control, const Mlp& b, double t);
-CurveResult train_curve(const Mlp& a, const Mlp& b, const Dataset& data, const CurveOptions& options,
-                        const Progress& progress = {});
+CurveResult train_curve(const Mlp& a, const Mlp& b, const Dataset& data,
+                        const CurveOptions& options, const Progress& progress = {});
 nlohmann::json curve_json(const CurveResult& curve);
 std::string curve_csv(const CurveResult& curve);
 

@@ -36,7 +36,9 @@ struct Mlp {
 
   size_t layers() const { return sizes.empty() ? 0 : sizes.size() - 1; }
   size_t weight_offset(size_t layer) const;
-  size_t bias_offset(size_t layer) const { return weight_offset(layer) + sizes[layer] * sizes[layer + 1]; }
+  size_t bias_offset(size_t layer) const {
+    return weight_offset(layer) + sizes[layer] * sizes[layer + 1];
+  }
   float* weight(size_t layer) { return params.data() + weight_offset(layer); }
   const float* weight(size_t layer) const { return params.data() + weight_offset(layer); }
   float* bias(size_t layer) { return params.data() + bias_offset(layer); }
@@ -56,8 +58,9 @@ std::string weight_name(size_t layer);
 std::string bias_name(size_t layer);
 
 // Loads a model directory (or a lone .safetensors file, whose sizes come from the tensor shapes).
-// Refuses (Error kBadConfig / kMissingTensor / kShapeMismatch, naming the path) a config that is not
-// an MLP, missing or extra tensors, non-F32 tensors, shapes that do not chain, and non-finite values.
+// Refuses (Error kBadConfig / kMissingTensor / kShapeMismatch, naming the path) a config that is
+// not an MLP, missing or extra tensors, non-F32 tensors, shapes that do not chain, and non-finite
+// values.
 Mlp load_mlp(const std::filesystem::path& path);
 // Writes the directory (staged, then renamed into place). `extra_config` keys are added to
 // config.json (e.g. how the model was made). Refuses an existing non-empty OUT unless overwrite.
@@ -68,7 +71,8 @@ void save_mlp(const Mlp& mlp, const std::filesystem::path& out, bool overwrite,
 
 // logits (count x classes) of `count` inputs x (count x sizes[0], already scaled).
 template <class T>
-void forward(const std::vector<size_t>& sizes, const T* params, const T* x, size_t count, T* logits);
+void forward(const std::vector<size_t>& sizes, const T* params, const T* x, size_t count,
+             T* logits);
 // Mean cross-entropy of a batch and its gradient with respect to params (grad has params' size).
 template <class T>
 double loss_and_gradient(const std::vector<size_t>& sizes, const T* params, const T* x,
@@ -82,8 +86,8 @@ void scale_pixels(const Split& split, const size_t* indices, size_t count, float
 
 // Hidden activations (post-ReLU, count x sizes[layer]) of hidden layer `layer` (1-based: 1 is the
 // first hidden layer) for the first `count` training images; `pre` gives pre-activations instead.
-std::vector<float> hidden_activations(const Mlp& mlp, const Split& split, size_t count, size_t layer,
-                                      bool pre);
+std::vector<float> hidden_activations(const Mlp& mlp, const Split& split, size_t count,
+                                      size_t layer, bool pre);
 
 struct Evaluation {
   double loss = 0;      // mean cross-entropy
@@ -106,15 +110,15 @@ struct TrainOptions {
   double momentum = 0.9;
   size_t batch = 128;
   size_t first_class = 0, last_class = kIdxClasses - 1;  // train only on labels in [first, last]
-  size_t limit = 0;        // > 0: only the first `limit` training samples (tests, quick runs)
+  size_t limit = 0;  // > 0: only the first `limit` training samples (tests, quick runs)
 };
 
 struct EpochLog {
   size_t epoch = 0;
   double train_loss = 0;  // mean minibatch loss over the epoch
   double test_loss = 0, test_accuracy = 0;
-  size_t samples = 0;    // training samples seen in the epoch
-  double seconds = 0;    // wall time of the epoch's training steps (the evaluation excluded)
+  size_t samples = 0;  // training samples seen in the epoch
+  double seconds = 0;  // wall time of the epoch's training steps (the evaluation excluded)
 };
 
 // SGD with momentum (PyTorch's rule: v = momentum v + g, p -= lr v), minibatches in an order drawn
