@@ -169,4 +169,18 @@ void store_from_f32(const float* src, size_t count, DType dst_dtype, void* dst_p
   }
 }
 
+size_t overflow_on_store(DType dtype, float* values, size_t count, bool clamp) {
+  if (dtype != DType::BF16 && dtype != DType::F16) return 0;  // F32/F64 hold every finite float
+  const float largest = dtype == DType::F16 ? 65504.0f : bits_to_float(0x7F7F0000u);  // bf16 max
+  size_t overflows = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const float x = values[i];
+    if (std::isfinite(x) && !std::isfinite(round_to(dtype, x))) {
+      ++overflows;
+      if (clamp) values[i] = std::copysign(largest, x);
+    }
+  }
+  return overflows;
+}
+
 }  // namespace alloy

@@ -268,23 +268,18 @@ Model Model::open(const fs::path& path) {
     throw Error(ErrorCode::kNotAModel, path.string() + ": no such file or directory");
   }
 
+  // Names are unique: within a file by the parser, across shards by open_shards.
   for (const auto& shard : model.shards_) {
     for (const auto& tensor : shard->tensors()) model.tensors_.push_back({shard.get(), &tensor});
   }
   model.by_name_.reserve(model.tensors_.size());
-  for (size_t i = 0; i < model.tensors_.size(); ++i)
-    model.by_name_.emplace_back(model.tensors_[i].name(), i);
-  // Names are unique: within a file by the parser, across shards by open_shards.
-  std::sort(model.by_name_.begin(), model.by_name_.end());
+  for (size_t i = 0; i < model.tensors_.size(); ++i) model.by_name_.emplace(model.tensors_[i].name(), i);
   return model;
 }
 
 const ModelTensor* Model::find(std::string_view name) const {
-  const auto it =
-      std::lower_bound(by_name_.begin(), by_name_.end(), name,
-                       [](const auto& entry, std::string_view n) { return entry.first < n; });
-  if (it == by_name_.end() || it->first != name) return nullptr;
-  return &tensors_[it->second];
+  const auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
 }
 
 uint64_t Model::total_bytes() const {

@@ -8,106 +8,22 @@
 
 #include "alloy/core/error.h"
 #include "alloy/core/safetensors.h"
+#include "alloy/core/utf8.h"
+#include "header_json.h"
 #include "reader_text.h"
 
 namespace alloy {
 namespace {
 
+using detail::ParseAbort;
 using detail::quote_name;
+using detail::tensor_label;
 using nlohmann::json;
-
-// Valid headers nest at most 3 levels ({name: {shape: [..]}}); anything deeper is refused early.
-constexpr int kMaxDepth = 3;
 
 [[noreturn]] void fail(ErrorCode code, const std::string& label, const std::string& message) {
   throw Error(code, label + ": " + message);
 }
 
-std::string tensor_label(const std::string& name) {
-  return "tensor " + quote_name(name) + ": ";
-}
-
-// Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
-bool is_valid_utf8(const uint8_t* s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    const uint8_t c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len;
-    uint32_t cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return false;  // a continuation byte, C0/C1 (always overlong) or F5..FF (beyond U+10FFFF)
-    }
-    if (n - i < len) return false;
-    for (size_t k = 1; k < len; ++k) {
-      if ((s[i + k] & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (s[i + k] & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
-      return false;
-    }
-    i += len;
-  }
-  return true;
-}
-
-struct ParseAbort {
-  ErrorCode code;
-  std::string message;
-};
-
-// Parses the header JSON with nlohmann's callback parser, which is iterative (no recursion on deep
-// input). The callback refuses, while parsing: nesting deeper than any valid header needs, and
-// duplicate keys (nlohmann would silently keep the last one, so two readers could disagree on
-// what the same file holds). Depth here is the number of enclosing containers: tensor names and
-// "__metadata__" are keys at depth 1, the keys of their entries at depth 2.
-json parse_header_json(const char* begin, const char* end) {
-  std::vector<std::set<std::string>> keys_at_depth(kMaxDepth + 2);
-  std::string top_key;  // the depth-1 key whose value is being parsed
-  auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) {
-      if (depth >= kMaxDepth)
-        throw ParseAbort{ErrorCode::kHeaderNotJson, "header nests too deeply"};
-      if (event == json::parse_event_t::object_start) keys_at_depth[depth + 1].clear();
-    } else if (event == json::parse_event_t::key) {
-      const std::string& key = parsed.get_ref<const std::string&>();
-      if (depth == 1) top_key = key;
-      if (keys_at_depth[depth].insert(key).second) return true;
-      if (depth == 1 && key == "__metadata__") {
-        throw ParseAbort{ErrorCode::kBadMetadata, "__metadata__ appears twice"};
-      }
-      if (depth == 1)
-        throw ParseAbort{ErrorCode::kDuplicateTensor,
-                         "tensor " + quote_name(key) + " appears twice"};
-      if (top_key == "__metadata__") {
-        throw ParseAbort{ErrorCode::kBadMetadata,
-                         "__metadata__ key " + quote_name(key) + " appears twice"};
-      }
-      throw ParseAbort{ErrorCode::kUnknownKey,
-                       tensor_label(top_key) + "key " + quote_name(key) + " appears twice"};
-    }
-    return true;
-  };
-  try {
-    return json::parse(begin, end, callback, /*allow_exceptions=*/true);
-  } catch (const json::exception& e) {
-    throw ParseAbort{ErrorCode::kHeaderNotJson,
-                     std::string("header is not valid JSON: ") + e.what()};
-  }
-}
 
 // A JSON integer literal that fits in 64 bits and is not negative. nlohmann stores such literals
 // as number_unsigned; negative ones (and "-0") are number_integer, anything with a fraction or an
@@ -137,37 +53,38 @@ void parse_metadata(const json& value, const std::string& label, SafetensorsHead
 }
 
 TensorInfo parse_tensor(const std::string& name, const json& entry, const std::string& label) {
-  const std::string where = tensor_label(name);
+  // The tensor's label is built only for a message: a header may list a million tensors.
+  const auto fail_tensor = [&](ErrorCode code, const std::string& message) {
+    fail(code, label, tensor_label(name) + message);
+  };
   if (name.empty()) fail(ErrorCode::kEmptyName, label, "a tensor has an empty name");
   if (!entry.is_object())
-    fail(ErrorCode::kTensorNotObject, label, where + "entry is not an object");
+    fail_tensor(ErrorCode::kTensorNotObject, "entry is not an object");
   for (const auto& [key, unused] : entry.items()) {
     (void)unused;
     if (key != "dtype" && key != "shape" && key != "data_offsets") {
-      fail(ErrorCode::kUnknownKey, label, where + "unexpected key " + quote_name(key));
+      fail_tensor(ErrorCode::kUnknownKey, "unexpected key " + quote_name(key));
     }
   }
   for (const char* key : {"dtype", "shape", "data_offsets"}) {
-    if (!entry.contains(key)) fail(ErrorCode::kMissingKey, label, where + "missing '" + key + "'");
+    if (!entry.contains(key)) fail_tensor(ErrorCode::kMissingKey, std::string("missing '") + key + "'");
   }
   TensorInfo info;
   info.name = name;
   const json& dtype = entry["dtype"];
-  if (!dtype.is_string()) fail(ErrorCode::kBadDtypeType, label, where + "dtype is not a string");
+  if (!dtype.is_string()) fail_tensor(ErrorCode::kBadDtypeType, "dtype is not a string");
   const auto parsed_dtype = dtype_from_name(dtype.get<std::string>());
   if (!parsed_dtype) {
-    fail(ErrorCode::kUnknownDtype, label,
-         where + "unknown dtype " + quote_name(dtype.get<std::string>()));
+    fail_tensor(ErrorCode::kUnknownDtype, "unknown dtype " + quote_name(dtype.get<std::string>()));
   }
   info.dtype = *parsed_dtype;
 
   const json& shape = entry["shape"];
-  if (!shape.is_array()) fail(ErrorCode::kBadShape, label, where + "shape is not an array");
+  if (!shape.is_array()) fail_tensor(ErrorCode::kBadShape, "shape is not an array");
   for (const json& dim : shape) {
     uint64_t d = 0;
     if (!get_unsigned(dim, &d)) {
-      fail(ErrorCode::kBadShape, label,
-           where + "shape has a value that is not a non-negative integer");
+      fail_tensor(ErrorCode::kBadShape, "shape has a value that is not a non-negative integer");
     }
     info.shape.push_back(d);
   }
@@ -175,30 +92,28 @@ TensorInfo parse_tensor(const std::string& name, const json& entry, const std::s
   const json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2 || !get_unsigned(offsets[0], &info.data_begin) ||
       !get_unsigned(offsets[1], &info.data_end)) {
-    fail(ErrorCode::kBadOffsets, label, where + "data_offsets must be two non-negative integers");
+    fail_tensor(ErrorCode::kBadOffsets, "data_offsets must be two non-negative integers");
   }
   if (info.data_begin > info.data_end) {
-    fail(ErrorCode::kOffsetsReversed, label, where + "data_offsets begin after they end");
+    fail_tensor(ErrorCode::kOffsetsReversed, "data_offsets begin after they end");
   }
 
   uint64_t count = 1;
   for (uint64_t d : info.shape) {
     if (__builtin_mul_overflow(count, d, &count)) {
-      fail(ErrorCode::kShapeOverflow, label, where + "element count overflows 64 bits");
+      fail_tensor(ErrorCode::kShapeOverflow, "element count overflows 64 bits");
     }
   }
   uint64_t bits = 0;
   if (__builtin_mul_overflow(count, uint64_t{dtype_bits(info.dtype)}, &bits)) {
-    fail(ErrorCode::kShapeOverflow, label, where + "byte size overflows 64 bits");
+    fail_tensor(ErrorCode::kShapeOverflow, "byte size overflows 64 bits");
   }
   if (bits % 8 != 0) {
-    fail(ErrorCode::kSubByteMisaligned, label,
-         where + std::to_string(count) + " elements of " + dtype_name(info.dtype) +
+    fail_tensor(ErrorCode::kSubByteMisaligned, std::to_string(count) + " elements of " + dtype_name(info.dtype) +
              " do not fill whole bytes");
   }
   if (info.data_end - info.data_begin != bits / 8) {
-    fail(ErrorCode::kSizeMismatch, label,
-         where + "data_offsets span " + std::to_string(info.data_end - info.data_begin) +
+    fail_tensor(ErrorCode::kSizeMismatch, "data_offsets span " + std::to_string(info.data_end - info.data_begin) +
              " bytes but shape and dtype need " + std::to_string(bits / 8));
   }
   return info;
@@ -234,7 +149,7 @@ SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std
          "header length " + std::to_string(header_bytes) + " runs past the end of the file");
   }
   const uint8_t* text = bytes + 8;
-  if (!is_valid_utf8(text, header_bytes))
+  if (!is_valid_utf8(std::string_view(reinterpret_cast<const char*>(text), header_bytes)))
     fail(ErrorCode::kHeaderNotUtf8, label, "header is not valid UTF-8");
   // nlohmann's lexer takes a NUL byte for the end of input, so "{...}\0<anything>" would parse as
   // "{...}" while the reference (serde_json) refuses the trailing bytes. Valid JSON never holds a
@@ -245,23 +160,20 @@ SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std
   // The reference's InvalidHeaderStart: no leading whitespace, and nothing but an object.
   if (text[0] != '{') fail(ErrorCode::kHeaderNotObject, label, "header does not start with '{'");
 
-  json root;
-  try {
-    root = parse_header_json(reinterpret_cast<const char*>(text),
-                             reinterpret_cast<const char*>(text + header_bytes));
-  } catch (const ParseAbort& abort) {
-    fail(abort.code, label, abort.message);
-  }
-  if (!root.is_object()) fail(ErrorCode::kHeaderNotObject, label, "header is not a JSON object");
-
   SafetensorsHeader header;
   header.header_bytes = header_bytes;
-  for (const auto& [name, entry] : root.items()) {
-    if (name == "__metadata__") {
-      parse_metadata(entry, label, &header);
-    } else {
-      header.tensors.push_back(parse_tensor(name, entry, label));
-    }
+  try {
+    detail::parse_header_entries(reinterpret_cast<const char*>(text),
+                                 reinterpret_cast<const char*>(text + header_bytes),
+                                 [&](const std::string& name, json&& entry) {
+                                   if (name == "__metadata__") {
+                                     parse_metadata(entry, label, &header);
+                                   } else {
+                                     header.tensors.push_back(parse_tensor(name, entry, label));
+                                   }
+                                 });
+  } catch (const ParseAbort& abort) {
+    fail(abort.code, label, abort.message);
   }
 
   // File order; zero-size tensors can share an offset, so the name breaks ties deterministically.
@@ -298,10 +210,18 @@ SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path)
-    : file_(path), header_(parse_safetensors(file_.data(), file_.size(), path)) {}
+    : file_(path), header_(parse_safetensors(file_.data(), file_.size(), path)) {
+  index_.reserve(header_.tensors.size());
+  for (size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
+}
+
+long SafetensorsFile::index_of(std::string_view name) const {
+  const auto it = index_.find(name);
+  return it == index_.end() ? -1 : static_cast<long>(it->second);
+}
 
 const TensorInfo* SafetensorsFile::find(std::string_view name) const {
-  const long i = header_.find(name);
+  const long i = index_of(name);
   return i < 0 ? nullptr : &header_.tensors[static_cast<size_t>(i)];
 }
 

@@ -19,12 +19,26 @@ size_t layer_offset(const std::vector<size_t>& sizes, size_t layer) {
   return offset;
 }
 
+// out[count, n_out] = in[count, n_in] W^T + b. Either form below computes each output element as
+// the same chain fma(in[i, k], W[o, k], .) over k from the bias (fma is commutative in its two
+// factors), so the bits are the same; the one that transposes fewer elements is used: W itself
+// (n_in x n_out) or the input and the output (count x (n_in + n_out)).
 template <class T>
 void linear_layer(const std::vector<size_t>& sizes, const T* params, size_t layer, const T* in,
                   size_t count, T* out, std::vector<T>& scratch, bool parallel) {
   const size_t n_in = sizes[layer], n_out = sizes[layer + 1];
   const T* w = params + layer_offset(sizes, layer);
   const T* b = w + n_in * n_out;
+  if (count * (n_in + n_out) < n_in * n_out) {
+    scratch.resize(count * (n_in + n_out));
+    T* in_t = scratch.data();             // [in, count]
+    T* out_t = in_t + n_in * count;       // [out, count]
+    transpose(count, n_in, in, in_t);
+    for (size_t o = 0; o < n_out; ++o) std::fill(out_t + o * count, out_t + (o + 1) * count, b[o]);
+    gemm(n_out, count, n_in, w, n_in, in_t, count, out_t, count, true, parallel);
+    transpose(n_out, count, out_t, out);
+    return;
+  }
   scratch.resize(n_in * n_out);
   transpose(n_out, n_in, w, scratch.data());  // [in, out]
   for (size_t i = 0; i < count; ++i) std::copy(b, b + n_out, out + i * n_out);

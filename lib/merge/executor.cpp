@@ -152,8 +152,17 @@ thread_local std::vector<float> t_chunk_scratch;
 // elements of each source is converted from the mapped bytes into per-thread scratch, merged and
 // stored as output bytes, so no whole-tensor float32 buffer is built; the sums pass, when the
 // method needs one, converts the chunks once more. Only the output bytes take a pool slot.
+// Refuses (or, clamping, reports nothing for) merged values that out_dtype cannot hold.
+void check_overflow(const PlannedTensor& t, size_t overflows, bool clamped) {
+  if (overflows == 0 || clamped) return;
+  throw Error(ErrorCode::kNonFinite,
+              "tensor '" + t.name + "': " + std::to_string(overflows) + " merged values exceed the range of " +
+                  dtype_torch_name(t.out_dtype) + " and would be stored as infinity; use a wider out_dtype, or "
+                  "--allow-crimes to clamp them to the largest finite value");
+}
+
 void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx, ChunkedMerge& merge,
-                   BufferPool& pool, ShardedWriter& writer) {
+                   BufferPool& pool, ShardedWriter& writer, bool clamp_overflow) {
   const uint64_t n = numel(t.shape);
   const size_t count = t.sources.size();
   std::vector<const ModelTensor*> inputs;
@@ -190,8 +199,13 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   }
   const uint64_t element_bytes = dtype_bits(t.out_dtype) / 8;
   uint8_t* bytes = pool.bytes(0, n * element_bytes);
+  // Overflow into out_dtype is possible only when it is narrower than the compute dtype (the
+  // methods round to the compute dtype, where an overflow is already a non-finite value).
+  const bool narrowing = t.out_dtype != t.compute_dtype;
+  std::atomic<size_t> overflows{0};
   const size_t bad = for_each_chunk([&](size_t begin, size_t len, const float* const* sources, float* out) {
     const size_t chunk_bad = merge.merge_chunk(sources, begin, len, out);
+    if (narrowing) overflows += overflow_on_store(t.out_dtype, out, len, clamp_overflow);
     store_from_f32(out, len, t.out_dtype, bytes + begin * element_bytes);
     return chunk_bad;
   });
@@ -200,11 +214,13 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     detail::fail_non_finite(ctx, std::string(plan.method->name()).c_str(), bad,
                             "check the weights and the inputs");
   }
+  check_overflow(t, overflows, clamp_overflow);
   writer.write(t.name, bytes, n * element_bytes);
 }
 
-void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random_seed, BufferPool& pool,
+void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
                   ShardedWriter& writer) {
+  const uint64_t random_seed = options.random_seed;
   const uint64_t n = numel(t.shape);
   MergeContext ctx = planned_context(t, random_seed);
   for (const PlannedSource& s : t.sources) {
@@ -216,7 +232,7 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random
   for (const PlannedSource& s : t.sources)
     convertible = convertible && can_load_as_f32(plan.models[s.model]->find(s.tensor)->info->dtype);
   if (const auto chunked = convertible ? plan.method->chunked(ctx) : nullptr) {
-    merge_chunked(plan, t, ctx, *chunked, pool, writer);
+    merge_chunked(plan, t, ctx, *chunked, pool, writer, options.clamp_overflow);
     return;
   }
   for (size_t k = 0; k < t.sources.size(); ++k) {
@@ -246,6 +262,13 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, uint64_t random
   if (bad > 0) {
     throw Error(ErrorCode::kNonFinite, "tensor '" + t.name + "': the merge produced " + std::to_string(bad) +
                                            " NaN or infinite values; refusing to write a broken model");
+  }
+  if (t.out_dtype != t.compute_dtype) {
+    const size_t overflows = parallel_reduce(
+        n, kDefaultGrain, size_t{0},
+        [&](size_t begin, size_t end) { return overflow_on_store(t.out_dtype, out + begin, end - begin, options.clamp_overflow); },
+        [](size_t a, size_t b) { return a + b; });
+    check_overflow(t, overflows, options.clamp_overflow);
   }
   const uint64_t nbytes = n * dtype_bits(t.out_dtype) / 8;
   uint8_t* bytes = pool.bytes(in_place ? 1 : 0, nbytes);
@@ -379,7 +402,7 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
                          {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}});
     BufferPool pool;
     for (size_t i = 0; i < plan.tensors.size(); ++i) {
-      merge_tensor(plan, plan.tensors[i], options.random_seed, pool, writer);
+      merge_tensor(plan, plan.tensors[i], options, pool, writer);
       if (options.progress) options.progress(i + 1, plan.tensors.size());
     }
     result.files = writer.finish();

@@ -1,11 +1,25 @@
 #include "alloy/merge/model_card.h"
 
+#include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <map>
 #include <sstream>
 
 namespace alloy {
 namespace {
+
+bool is_control(char c) {
+  const auto byte = static_cast<unsigned char>(c);
+  return byte < 0x20 || byte == 0x7F;
+}
+
+// "\xNN": a control byte as both YAML double-quoted scalars and readers of Markdown show it.
+std::string hex_escape(char c) {
+  char escaped[5];
+  std::snprintf(escaped, sizeof(escaped), "\\x%02X", static_cast<unsigned char>(c));
+  return escaped;
+}
 
 // Front-matter values are YAML scalars: quote them whenever they could be read as something else.
 std::string yaml_scalar(const std::string& text) {
@@ -18,12 +32,31 @@ std::string yaml_scalar(const std::string& text) {
     }
   }
   if (plain && text.front() != '-' && text.front() != '.') return text;
+  // A double-quoted YAML scalar: control bytes (a newline followed by "---" would end the front
+  // matter) are escapes, never raw.
   std::string quoted = "\"";
   for (char c : text) {
     if (c == '"' || c == '\\') quoted += '\\';
-    quoted += c;
+    quoted += is_control(c) ? hex_escape(c) : std::string(1, c);
   }
   return quoted + "\"";
+}
+
+// Text for the Markdown body: control bytes shown as \xNN, so a name cannot start a new line.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (char c : text) out += is_control(c) ? hex_escape(c) : std::string(1, c);
+  return out;
+}
+
+// A code fence longer than any run of backticks in `text`, so the recipe cannot close it early.
+std::string fence_for(const std::string& text) {
+  size_t longest = 0, run = 0;
+  for (char c : text) {
+    run = c == '`' ? run + 1 : 0;
+    longest = std::max(longest, run);
+  }
+  return std::string(std::max<size_t>(3, longest + 1), '`');
 }
 
 }  // namespace
@@ -66,7 +99,7 @@ std::string render_model_card(const ModelCardInfo& info) {
   out << "library_name: transformers\ntags:\n- merge\n- mergekit\n- alloy\n---\n";
 
   const MethodReference method = method_reference(info.merge_method);
-  out << "# " << info.name << "\n\n"
+  out << "# " << printable(info.name) << "\n\n"
       << "This is a merge of pre-trained language models, made with alloy " << info.tool_version
       << " (a mergekit-compatible merge tool). It is not an original model: every source model is "
          "credited below.\n\n"
@@ -78,17 +111,18 @@ std::string render_model_card(const ModelCardInfo& info) {
     out << "[" << method.display_name << "](" << method.reference << ")";
   }
   out << " merge method (`" << info.merge_method << "`)";
-  if (!info.base_model.empty()) out << " using " << info.base_model << " as a base";
+  if (!info.base_model.empty()) out << " using " << printable(info.base_model) << " as a base";
   out << ".\n\n### Models Merged\n\nThe following models were included in the merge:\n";
   for (const auto& model : credited) {
     if (model == info.base_model) continue;
-    out << "* " << model << "\n";
+    out << "* " << printable(model) << "\n";
   }
+  const std::string fence = fence_for(info.recipe_yaml);
   out << "\n### Configuration\n\nThe following YAML configuration was used to produce this "
-         "model:\n\n```yaml\n"
+         "model:\n\n" << fence << "yaml\n"
       << info.recipe_yaml;
   if (!info.recipe_yaml.empty() && info.recipe_yaml.back() != '\n') out << "\n";
-  out << "```\n";
+  out << fence << "\n";
   return out.str();
 }
 

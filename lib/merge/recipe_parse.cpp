@@ -3,11 +3,13 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
 
 #include "alloy/core/error.h"
+#include "alloy/core/utf8.h"
 #include "alloy/merge/recipe.h"
 
 namespace alloy {
@@ -55,7 +57,9 @@ class Parser {
   [[noreturn]] void fail(const YAML::Node& node, const std::string& message) const {
     fail_at(position(node), message);
   }
+  // "FILE:LINE:COLUMN: message", or "FILE: message" where yaml-cpp knows no position.
   [[noreturn]] void fail_at(const RecipePosition& p, const std::string& message) const {
+    if (p.line <= 0) throw Error(ErrorCode::kRecipe, label_ + ": " + message);
     throw Error(ErrorCode::kRecipe, label_ + ":" + std::to_string(p.line) + ":" + std::to_string(p.column) + ": " +
                                         message);
   }
@@ -96,22 +100,42 @@ class Parser {
     fail(node, what + " must be a number or true/false, not '" + node.as<std::string>() + "'");
   }
 
+  // A parameter's value: a number inside the parameter's range (mergekit's validators, and NaN
+  // and infinities refused), so that a bad value fails here and not at the last tensor.
+  double parameter_value(const YAML::Node& node, const std::string& what, const MethodParameter& p) const {
+    const double value = number(node, what);
+    if (!std::isfinite(value)) fail(node, what + " is " + node.as<std::string>() + "; it must be a finite number");
+    if (value < p.lowest || value > p.highest) {
+      std::ostringstream range;
+      range << what << " is " << node.as<std::string>() << "; it must be ";
+      if (std::isinf(p.lowest)) {
+        range << "at most " << p.highest;
+      } else if (std::isinf(p.highest)) {
+        range << "at least " << p.lowest;
+      } else {
+        range << "between " << p.lowest << " and " << p.highest;
+      }
+      fail(node, range.str());
+    }
+    return value;
+  }
+
   // A scalar or a gradient (list of numbers).
-  Setting plain_setting(const YAML::Node& node, const std::string& what) const {
+  Setting plain_setting(const YAML::Node& node, const std::string& what, const MethodParameter& p) const {
     Setting s;
     s.position = position(node);
     if (node.IsScalar()) {
-      s.scalar = number(node, what);
+      s.scalar = parameter_value(node, what, p);
       return s;
     }
     if (!node.IsSequence()) fail(node, what + " must be a number or a list of numbers");
     if (node.size() == 0) fail(node, what + ": a gradient needs at least one value");
     s.kind = Setting::Kind::kGradient;
-    for (const auto& item : node) s.gradient.push_back(number(item, what + " gradient entry"));
+    for (const auto& item : node) s.gradient.push_back(parameter_value(item, what + " gradient entry", p));
     return s;
   }
 
-  Setting setting(const YAML::Node& node, const std::string& what) const {
+  Setting setting(const YAML::Node& node, const std::string& what, const MethodParameter& p) const {
     if (node.IsSequence() && node.size() > 0 && node[0].IsMap()) {
       Setting s;
       s.kind = Setting::Kind::kFilters;
@@ -123,7 +147,7 @@ class Parser {
           if (key.as<std::string>() == "filter") {
             filtered.filter = scalar_string(value, "filter");
           } else {
-            filtered.value = std::make_shared<Setting>(plain_setting(value, what));
+            filtered.value = std::make_shared<Setting>(plain_setting(value, what, p));
             has_value = true;
           }
         }
@@ -132,24 +156,23 @@ class Parser {
       }
       return s;
     }
-    return plain_setting(node, what);
+    return plain_setting(node, what, p);
   }
 
   Parameters parameters(const YAML::Node& node, const MergeMethod* method, bool per_model_level) const {
     std::vector<std::string> names;
     for (const auto& p : method->parameters()) names.push_back(p.name);
     Parameters out;
+    const std::vector<MethodParameter> declared = method->parameters();
     for (const auto& [key_node, value] : entries(node, names, "parameters of " + std::string(method->name()))) {
       const std::string key = key_node.as<std::string>();
-      if (per_model_level) {
-        for (const auto& p : method->parameters()) {
-          if (p.name == key && !p.per_model) {
-            fail(key_node, "'" + key + "' is a parameter of the whole merge, not of one model; set it under the "
-                               "top-level or slice parameters");
-          }
-        }
+      const MethodParameter& p = *std::find_if(declared.begin(), declared.end(),
+                                               [&](const MethodParameter& d) { return d.name == key; });
+      if (per_model_level && !p.per_model) {
+        fail(key_node, "'" + key + "' is a parameter of the whole merge, not of one model; set it under the "
+                           "top-level or slice parameters");
       }
-      out[key] = setting(value, "parameter '" + key + "'");
+      out[key] = setting(value, "parameter '" + key + "'", p);
     }
     return out;
   }
@@ -243,14 +266,99 @@ std::vector<std::string> Recipe::referenced_models() const {
   return out;
 }
 
-Recipe parse_recipe(const std::string& text, const std::string& label) {
-  Parser p(label);
-  YAML::Node root;
+namespace {
+
+// Bounds on what a recipe may make the parser do. Aliases let a few hundred bytes of YAML name
+// billions of nodes ("billion laughs"); real recipes have a few hundred nodes and little nesting.
+constexpr size_t kMaxRecipeBytes = 16 << 20;
+constexpr size_t kMaxRecipeNodes = 200000;  // counted with aliases expanded
+constexpr int kMaxRecipeDepth = 64;
+
+// What must hold before yaml-cpp sees the text: no NUL byte (it would end a model name early and
+// reach the model card), UTF-8 (a UTF-16 file would parse as garbage), a bounded size, and a
+// bounded nesting of flow collections (yaml-cpp's parser recurses on them).
+void check_recipe_text(const Parser& p, const std::string& text) {
+  if (text.size() > kMaxRecipeBytes) {
+    p.fail_at({0, 0}, "the recipe is " + std::to_string(text.size()) + " bytes; recipes are limited to 16 MiB");
+  }
+  if (text.size() >= 2 && ((text[0] == '\xFF' && text[1] == '\xFE') || (text[0] == '\xFE' && text[1] == '\xFF'))) {
+    p.fail_at({0, 0}, "the recipe is UTF-16; save it as UTF-8");
+  }
+  int line = 1, column = 1, depth = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\0') p.fail_at({line, column}, "the recipe contains a NUL byte");
+    if (c == '[' || c == '{') ++depth;
+    if ((c == ']' || c == '}') && depth > 0) --depth;
+    if (depth > kMaxRecipeDepth) {
+      p.fail_at({line, column}, "brackets nest deeper than " + std::to_string(kMaxRecipeDepth) + " levels");
+    }
+    if (c == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  if (!is_valid_utf8(text)) p.fail_at({0, 0}, "the recipe is not valid UTF-8");
+}
+
+// Counts the nodes reachable from `node` with aliases expanded, as the parser would visit them,
+// and refuses past kMaxRecipeNodes or kMaxRecipeDepth; stops as soon as a bound is crossed.
+void check_expansion(const Parser& p, const YAML::Node& node, int depth, size_t* visited) {
+  if (++*visited > kMaxRecipeNodes) {
+    p.fail_at({0, 0}, "the recipe expands to more than " + std::to_string(kMaxRecipeNodes) +
+                          " YAML nodes (anchors and aliases repeated?); refusing it");
+  }
+  if (depth > kMaxRecipeDepth) p.fail(node, "the recipe nests deeper than " + std::to_string(kMaxRecipeDepth) + " levels");
+  if (node.IsSequence()) {
+    for (const auto& item : node) check_expansion(p, item, depth + 1, visited);
+  } else if (node.IsMap()) {
+    for (const auto& entry : node) {
+      check_expansion(p, entry.first, depth + 1, visited);
+      check_expansion(p, entry.second, depth + 1, visited);
+    }
+  }
+}
+
+// The one YAML document of a recipe; a second one ("---") would be silently ignored by a loader
+// that reads the first, so it is refused.
+YAML::Node load_document(const Parser& p, const std::string& text) {
+  std::vector<YAML::Node> documents;
   try {
-    root = YAML::Load(text);
+    documents = YAML::LoadAll(text);
   } catch (const YAML::Exception& e) {
     p.fail_at({e.mark.line + 1, e.mark.column + 1}, "not valid YAML: " + e.msg);
   }
+  if (documents.size() > 1) {
+    p.fail(documents[1], "a recipe is one YAML document, but this file holds " + std::to_string(documents.size()) +
+                             " (a '---' line starts another)");
+  }
+  YAML::Node root = documents.empty() ? YAML::Node() : documents[0];
+  size_t visited = 0;
+  check_expansion(p, root, 0, &visited);
+  return root;
+}
+
+Recipe parse_structure(const Parser& p, const YAML::Node& root, const std::string& text, const std::string& label);
+
+}  // namespace
+
+Recipe parse_recipe(const std::string& text, const std::string& label) {
+  Parser p(label);
+  check_recipe_text(p, text);
+  const YAML::Node root = load_document(p, text);
+  try {
+    return parse_structure(p, root, text, label);
+  } catch (const YAML::Exception& e) {
+    // yaml-cpp's own conversions ("bad conversion") carry a position but no file name.
+    p.fail_at({e.mark.line + 1, e.mark.column + 1}, e.msg);
+  }
+}
+
+namespace {
+
+Recipe parse_structure(const Parser& p, const YAML::Node& root, const std::string& text, const std::string& label) {
   Recipe recipe;
   recipe.label = label;
   recipe.text = text;
@@ -353,6 +461,8 @@ Recipe parse_recipe(const std::string& text, const std::string& label) {
   }
   return recipe;
 }
+
+}  // namespace
 
 Recipe load_recipe(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);

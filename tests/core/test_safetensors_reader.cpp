@@ -8,6 +8,7 @@
 #include <set>
 
 #include "alloy/core/error.h"
+#include "alloy/core/model.h"
 #include "alloy/core/safetensors.h"
 #include "test_utils.h"
 
@@ -471,3 +472,55 @@ TEST(SafetensorsFile, MissingFileIsAnIoError) {
 }
 
 }  // namespace
+
+namespace {
+
+// A header of `count` one-element F32 tensors in file order, optionally repeating the first name
+// at the end. Returns the whole file's bytes.
+using alloy::test::TempDir;
+using alloy::test::tensor_entry;
+using alloy::test::write_bytes;
+
+std::string many_tensors(size_t count, bool repeat_first) {
+  std::string header = "{";
+  for (size_t i = 0; i < count; ++i) {
+    if (i) header += ",";
+    header += tensor_entry("model.layers." + std::to_string(i / 10) + ".p" + std::to_string(i % 10), "F32", {1},
+                           4 * i, 4 * i + 4);
+  }
+  if (repeat_first) header += "," + tensor_entry("model.layers.0.p0", "F32", {1}, 4 * count, 4 * count + 4);
+  header += "}";
+  return safetensors_bytes(header, std::string(4 * (count + repeat_first), '\0'));
+}
+
+}  // namespace
+
+// A header with 200,000 tensors: parsed in one pass (the former callback parser rescanned the
+// whole object per tensor, about an hour for this size), a repeated name is still caught, and
+// every tensor is found by name through the file's hash index.
+TEST(SafetensorsValid, TwoHundredThousandTensorsParseAndIndex) {
+  const size_t count = 200000;
+  const alloy::SafetensorsHeader header = parse(many_tensors(count, false));
+  ASSERT_EQ(header.tensors.size(), count);
+  EXPECT_EQ(header.tensors[123456].name, "model.layers.12345.p6");
+  EXPECT_EQ(header.tensors[123456].data_begin, 4u * 123456);
+  try {
+    parse(many_tensors(count, true));
+    FAIL() << "a repeated tensor name was accepted";
+  } catch (const alloy::Error& e) {
+    EXPECT_EQ(e.code(), alloy::ErrorCode::kDuplicateTensor);
+    EXPECT_NE(std::string(e.what()).find("'model.layers.0.p0' appears twice"), std::string::npos) << e.what();
+  }
+  TempDir dir;
+  write_bytes(dir.path() / "big.safetensors", many_tensors(count, false));
+  const alloy::SafetensorsFile file((dir.path() / "big.safetensors").string());
+  const alloy::Model model = alloy::Model::open(dir.path() / "big.safetensors");
+  for (size_t i = 0; i < count; i += 997) {
+    const std::string& name = header.tensors[i].name;
+    ASSERT_EQ(file.index_of(name), long(i));
+    ASSERT_EQ(file.find(name)->data_begin, 4u * i);
+    ASSERT_EQ(model.find(name)->info->data_begin, 4u * i);
+  }
+  EXPECT_EQ(file.find("model.layers.0.p"), nullptr);
+  EXPECT_EQ(model.find("model.layers.99999999.p0"), nullptr);
+}

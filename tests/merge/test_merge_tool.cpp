@@ -2,8 +2,11 @@
 // output directory's contents, flags and failure behaviour.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
+#include "alloy/core/dtype.h"
 #include "alloy/core/model.h"
 #include "alloy/core/sha256.h"
 #include "alloy/synth/synth.h"
@@ -213,6 +216,41 @@ TEST(MergeTool, RefusalsLeaveNothingBehind) {
   log = run_command(merge_command(fam, (out / "bad.yml").string(), out / "b"), &status);
   EXPECT_EQ(status, 2);
   EXPECT_NE(log.find("bad.yml:3:"), std::string::npos) << log;
+}
+
+// Values that the compute dtype holds but out_dtype does not (float16 ends at 65504) are an error
+// naming the tensor, not silent infinities; --allow-crimes clamps them to the largest finite value.
+TEST(MergeTool, OverflowIntoOutDtypeIsRefusedOrClamped) {
+  const fs::path& fam = family(alloy::ModelFamily::kLlama);
+  alloy::test::TempDir out;
+  alloy::test::write_bytes(out / "big.yml",
+                           "merge_method: linear\nmodels:\n  - model: ft_1\n    parameters:\n      weight: 3000000\n"
+                           "  - model: ft_2\n    parameters:\n      weight: 3000000\nparameters:\n  normalize: false\n"
+                           "dtype: float32\nout_dtype: float16\n");
+  int status = -1;
+  std::string log = run_command(merge_command(fam, (out / "big.yml").string(), out / "m"), &status);
+  EXPECT_EQ(status, 2) << log;
+  EXPECT_NE(log.find("exceed the range of float16"), std::string::npos) << log;
+  EXPECT_NE(log.find("tensor 'model."), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(out / "m"));
+
+  log = run_command(merge_command(fam, (out / "big.yml").string(), out / "m", "-q --allow-crimes"), &status);
+  ASSERT_EQ(status, 0) << log;
+  const alloy::Model merged = alloy::Model::open(out / "m");
+  float largest = 0;
+  size_t clamped = 0;
+  for (const auto& t : merged.tensors()) {
+    ASSERT_EQ(t.info->dtype, alloy::DType::F16);
+    std::vector<float> values(t.info->numel());
+    alloy::load_as_f32(t.info->dtype, t.data(), values.size(), values.data());
+    for (float v : values) {
+      ASSERT_TRUE(std::isfinite(v)) << t.name();
+      largest = std::max(largest, std::fabs(v));
+      clamped += std::fabs(v) == 65504.0f;
+    }
+  }
+  EXPECT_EQ(largest, 65504.0f);
+  EXPECT_GT(clamped, 0u);
 }
 
 }  // namespace

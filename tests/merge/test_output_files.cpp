@@ -108,4 +108,24 @@ TEST(ModelCard, CreditsEveryModelOnceWithTagsAndRecipe) {
   EXPECT_EQ(card.find("* models/base\n"), std::string::npos) << "base is not listed as merged";
 }
 
+// Names from recipes are untrusted text: a newline and "---" in a model path must not end the
+// front matter or start a Markdown line, and a recipe holding ``` must not close its code fence.
+TEST(ModelCard, UntrustedNamesCannotBreakTheCard) {
+  alloy::ModelCardInfo info;
+  info.merge_method = "linear";
+  info.name = "merged\n# injected heading";
+  info.models = {"models/a\n---\nlicense: stolen", "models/b"};
+  info.recipe_yaml = "merge_method: linear\n# ```\n";
+  info.tool_version = "0.1.0";
+  const std::string card = alloy::render_model_card(info);
+  EXPECT_EQ(card.rfind("---\nbase_model:\n- \"models/a\\x0A---\\x0Alicense: stolen\"\n- models/b\n", 0), 0u) << card;
+  size_t fences = 0, position = 0;
+  while ((position = card.find("\n---\n", position)) != std::string::npos) ++fences, ++position;
+  EXPECT_EQ(fences, 1u) << "only the end of the front matter: " << card;
+  EXPECT_EQ(card.find("\nlicense:"), std::string::npos) << card;
+  EXPECT_NE(card.find("# merged\\x0A# injected heading\n"), std::string::npos) << card;
+  EXPECT_NE(card.find("* models/a\\x0A---\\x0Alicense: stolen\n"), std::string::npos) << card;
+  EXPECT_NE(card.find("````yaml\nmerge_method: linear\n# ```\n````\n"), std::string::npos) << card;
+}
+
 }  // namespace

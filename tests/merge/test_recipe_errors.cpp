@@ -11,7 +11,7 @@ namespace {
 struct BadRecipe {
   const char* name;
   std::string yaml;
-  int line;                 // expected line in "bad.yml:LINE:COLUMN: "
+  int line;                 // expected line in "bad.yml:LINE:COLUMN: " (0: "bad.yml: ", no position)
   const char* message;      // expected text in the message
 };
 
@@ -60,6 +60,46 @@ std::vector<BadRecipe> bad_recipes() {
        5, "layer_range must be two whole numbers"},
       {"SliceSourceWithoutRange", "merge_method: passthrough\nslices:\n  - sources:\n      - model: models/ft_a\n", 4,
        "needs layer_range"},
+      // Values out of range, refused at parse time rather than at the last tensor.
+      {"NanWeight", kTies + "models:\n  - model: models/ft_a\n    parameters:\n      weight: .nan\n", 6,
+       "parameter 'weight' is .nan; it must be a finite number"},
+      {"InfiniteDensity",
+       kTies + "models:\n  - model: models/ft_a\n    parameters:\n      weight: 1\n      density: .inf\n", 7,
+       "parameter 'density' is .inf; it must be a finite number"},
+      {"DensityAboveOne",
+       kTies + "models:\n  - model: models/ft_a\n    parameters:\n      weight: 1\n      density: 1.5\n", 7,
+       "parameter 'density' is 1.5; it must be between 0 and 1"},
+      {"NanDensityInAFilter",
+       kTies + "models:\n  - model: models/ft_a\n    parameters:\n      weight: 1\n      density:\n"
+               "        - filter: mlp\n          value: .nan\n        - value: 0.5\n",
+       9, "parameter 'density' is .nan"},
+      {"DensityGradientPointAboveOne",
+       kTies + "models:\n  - model: models/ft_a\n    parameters:\n      weight: 1\n      density: [0.5, 2]\n", 7,
+       "parameter 'density' gradient entry is 2; it must be between 0 and 1"},
+      {"NanEpsilon",
+       "merge_method: della\nbase_model: models/base\nmodels:\n  - model: models/ft_a\n    parameters:\n"
+       "      weight: 1\n      epsilon: .nan\n",
+       7, "parameter 'epsilon' is .nan"},
+      {"NegativeSlerpT", "merge_method: slerp\nbase_model: models/base\nmodels: [models/base, models/ft_a]\n"
+                         "parameters:\n  t: -0.5\n", 5, "parameter 't' is -0.5; it must be between 0 and 1"},
+      {"HugeSlerpT", "merge_method: slerp\nbase_model: models/base\nmodels: [models/base, models/ft_a]\n"
+                     "parameters:\n  t: 1e10\n", 5, "parameter 't' is 1e10; it must be between 0 and 1"},
+      // Text that is not one UTF-8 YAML document of reasonable size.
+      {"TwoDocuments", "merge_method: linear\nmodels: [models/ft_a]\n---\nmerge_method: slerp\n", 4,
+       "a recipe is one YAML document, but this file holds 2"},
+      {"NulByte", std::string("merge_method: linear\nmodels: [models/ft\0a]\n", 43), 2, "contains a NUL byte"},
+      {"Utf16", std::string("\xFF\xFEm\0e\0", 6), 0, "the recipe is UTF-16; save it as UTF-8"},
+      {"NotUtf8", "merge_method: linear\nmodels: [models/\xC3\x28]\n", 0, "not valid UTF-8"},
+      {"DeepBrackets", "merge_method: linear\nmodels: " + std::string(100, '[') + std::string(100, ']') + "\n", 2,
+       "brackets nest deeper than 64 levels"},
+      {"BillionLaughs",
+       "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+       "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+       "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\n"
+       "merge_method: linear\nmodels: *h\n",
+       0, "expands to more than 200000 YAML nodes"},
+      {"KeyThatIsAList", "merge_method: linear\nmodels: [models/ft_a]\n? [a, b]\n: 1\n", 3, "bad conversion"},
       // The rest need the models (planning), still before any tensor is read.
       {"MissingModel", "merge_method: linear\nmodels:\n  - model: models/nope\n    parameters:\n      weight: 1\n", 3,
        "cannot use model 'models/nope'"},
@@ -92,7 +132,7 @@ TEST_P(RecipeError, IsRefusedWithLineAndMessage) {
     FAIL() << c.name << " was accepted";
   } catch (const alloy::Error& e) {
     const std::string message = e.what();
-    const std::string prefix = "bad.yml:" + std::to_string(c.line) + ":";
+    const std::string prefix = c.line > 0 ? "bad.yml:" + std::to_string(c.line) + ":" : "bad.yml: ";
     EXPECT_EQ(message.rfind(prefix, 0), 0u) << "expected line " << c.line << ": " << message;
     EXPECT_NE(message.find(c.message), std::string::npos) << message;
   }

@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--out-shard-size", shard_size, "shard byte budget, decimal (5B, 500M)")->capture_default_str();
   app.add_flag("--copy-tokenizer,!--no-copy-tokenizer", copy_tokenizer, "copy the tokenizer files (default on)");
   app.add_flag("--write-model-card,!--no-write-model-card", model_card, "write README.md (default on)");
-  app.add_flag("--allow-crimes", allow_crimes, "allow merging different architectures");
+  app.add_flag("--allow-crimes", allow_crimes, "allow merging different architectures and shapes, and clamp values beyond out_dtype's range");
   app.add_option("--random-seed", seed, "seed for random methods (dare, della)")->capture_default_str();
   app.add_option("-j,--threads", threads, "threads (default: all cores)");
   app.add_flag("--dry-run", dry_run, "validate everything and print the plan as JSON; write nothing");
@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
     options.overwrite = overwrite;
     options.random_seed = seed;
     options.hash_inputs = options.hash_outputs = provenance_hashes;
+    options.clamp_overflow = allow_crimes;
     const auto start = std::chrono::steady_clock::now();
     if (!quiet && ::isatty(STDERR_FILENO)) {
       options.progress = [start](size_t done, size_t total) { show_progress(done, total, start); };

@@ -135,6 +135,12 @@ inline float round_to(DType dtype, float value) {
 // In-place round_to over a buffer, parallel; a no-op for F32.
 void round_to(DType dtype, float* values, size_t count);
 
+// Finite float32 values that storing in `dtype` would turn into an infinity (|x| past the dtype's
+// largest finite value by more than half a unit in the last place: 65520 for F16). Without
+// `clamp` they are counted; with it they are also replaced by +-the dtype's largest finite value.
+// Serial: callers run it per chunk. Returns the count.
+size_t overflow_on_store(DType dtype, float* values, size_t count, bool clamp);
+
 // Bulk conversions, parallel over the buffer. `src`/`dst` point at raw little-endian storage of
 // `count` elements; unaligned pointers are allowed. Throws Error(kInvalidArgument) for a dtype that
 // cannot be loaded/stored.

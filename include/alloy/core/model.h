@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "alloy/core/safetensors.h"
@@ -65,7 +66,8 @@ class Model {
   bool is_directory_ = false;
   std::vector<std::unique_ptr<SafetensorsFile>> shards_;
   std::vector<ModelTensor> tensors_;
-  std::vector<std::pair<std::string, size_t>> by_name_;  // sorted name -> index into tensors_
+  // name -> index into tensors_; the views point into the shards' headers, which never move.
+  std::unordered_map<std::string_view, size_t> by_name_;
   nlohmann::json config_ = nlohmann::json::object();
   bool has_config_ = false;
   std::vector<std::string> auxiliary_files_;

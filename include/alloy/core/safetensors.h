@@ -27,6 +27,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <string_view>
 #include <vector>
 
 #include "alloy/core/dtype.h"
@@ -53,7 +55,7 @@ struct SafetensorsHeader {
   std::map<std::string, std::string> metadata;
   uint64_t data_bytes() const { return tensors.empty() ? 0 : tensors.back().data_end; }
   uint64_t data_start() const { return 8 + header_bytes; }
-  // Index into `tensors` by name, or -1.
+  // Index into `tensors` by name, or -1. A linear scan: SafetensorsFile::find is the indexed lookup.
   long find(std::string_view name) const;
 };
 
@@ -92,7 +94,10 @@ class SafetensorsFile {
   const SafetensorsHeader& header() const { return header_; }
   const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
   const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+  // The tensor named `name`, or null; constant time (a hash index built when the file is opened).
   const TensorInfo* find(std::string_view name) const;
+  // Its position in tensors(), or -1.
+  long index_of(std::string_view name) const;
   // Pointer to the tensor's raw bytes inside the mapping (valid while this object lives).
   const uint8_t* data(const TensorInfo& tensor) const;
   void release(const TensorInfo& tensor) const;
@@ -101,6 +106,7 @@ class SafetensorsFile {
  private:
   MappedFile file_;
   SafetensorsHeader header_;
+  std::unordered_map<std::string_view, size_t> index_;  // views of header_'s names (never moves)
 };
 
 }  // namespace alloy

@@ -31,6 +31,9 @@ struct MergeOptions {
   uint64_t random_seed = 0;   // for random methods (dare, della): same seed, same bytes
   bool hash_inputs = true;    // sha256 of every input file in alloy_provenance.json
   bool hash_outputs = true;   // sha256 of every output file in alloy_provenance.json
+  // Values beyond out_dtype's range (e.g. above 65504 for float16) are an error naming the tensor;
+  // with clamp_overflow (alloy-merge --allow-crimes) they become +-the largest finite value.
+  bool clamp_overflow = false;
   // Called after each tensor with (done, total); may be empty.
   std::function<void(size_t, size_t)> progress;
 };

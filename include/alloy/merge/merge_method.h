@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,6 +34,10 @@ struct MethodParameter {
   bool per_model = false;               // true: set per source model (weight, density, ...)
   std::optional<double> default_value;  // nullopt + required=false: optional, may stay unset
   bool required = false;
+  // Every value the recipe gives (each scalar, gradient point and filter value) must be finite
+  // and inside [lowest, highest]; checked when the recipe is parsed, before any tensor is read.
+  double lowest = -std::numeric_limits<double>::infinity();
+  double highest = std::numeric_limits<double>::infinity();
 };
 
 // How sources with differing shapes (embeddings, lm_head) are reconciled before merging.

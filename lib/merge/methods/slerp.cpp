@@ -86,7 +86,8 @@ class SlerpMethod final : public MergeMethod {
  public:
   std::string_view name() const override { return "slerp"; }
   std::vector<MethodParameter> parameters() const override {
-    return {{"t", false, std::nullopt, true}};
+    // t interpolates between the base (0) and the other model (1); mergekit extrapolates silently.
+    return {{"t", false, std::nullopt, true, 0.0, 1.0}};
   }
   bool requires_base_model() const override { return true; }
   // The sums read everything first; the output pass is element-wise.

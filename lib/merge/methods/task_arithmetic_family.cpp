@@ -59,12 +59,12 @@ class TaskArithmeticMethod final : public MergeMethod {
   std::vector<MethodParameter> parameters() const override {
     std::vector<MethodParameter> p = {
         {"weight", true, std::nullopt, true},
-        {"density", true, 1.0, false},
+        {"density", true, 1.0, false, 0.0, 1.0},  // a share of the task vector's entries
     };
     if (config_.sparsification == Sparsification::kMagnitudeOutliers)
-      p.push_back({"gamma", true, 0.01, false});
+      p.push_back({"gamma", true, 0.01, false, 0.0, 1.0});
     if (config_.sparsification == Sparsification::kDellaMagprune)
-      p.push_back({"epsilon", true, 0.15, false});
+      p.push_back({"epsilon", true, 0.15, false, 0.0, 1.0});
     p.push_back({"int8_mask", false, 0.0, false});  // accepted; changes no bit of the result
     p.push_back({"normalize", false, config_.default_normalize ? 1.0 : 0.0, false});
     p.push_back({"rescale", false, config_.default_rescale ? 1.0 : 0.0, false});
