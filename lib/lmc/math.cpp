@@ -31,8 +31,8 @@ void linear_layer(const std::vector<size_t>& sizes, const T* params, size_t laye
   const T* b = w + n_in * n_out;
   if (count * (n_in + n_out) < n_in * n_out) {
     scratch.resize(count * (n_in + n_out));
-    T* in_t = scratch.data();             // [in, count]
-    T* out_t = in_t + n_in * count;       // [out, count]
+    T* in_t = scratch.data();        // [in, count]
+    T* out_t = in_t + n_in * count;  // [out, count]
     transpose(count, n_in, in, in_t);
     for (size_t o = 0; o < n_out; ++o) std::fill(out_t + o * count, out_t + (o + 1) * count, b[o]);
     gemm(n_out, count, n_in, w, n_in, in_t, count, out_t, count, true, parallel);
