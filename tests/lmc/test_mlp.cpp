@@ -138,13 +138,13 @@ TEST(LmcTrain, SmallMlpReachesEightyPercentOnFashionMnist) {
   ASSERT_NE(data, nullptr);
   lmc::TrainOptions options;
   options.hidden = {128};
-  options.epochs = 2;
+  options.epochs = 3;
   options.seed = 1;
   options.data_seed = 1;
-  options.limit = 12000;  // a fifth of the training set keeps the test fast
+  options.limit = 15000;  // a quarter of the training set keeps the test fast (83.25% here)
   std::vector<lmc::EpochLog> log;
   const lmc::Mlp m = lmc::train_mlp(*data, options, nullptr, &log);
-  ASSERT_EQ(log.size(), 2u);
+  ASSERT_EQ(log.size(), 3u);
   const lmc::Evaluation test = lmc::evaluate(m, data->test);
   EXPECT_GE(test.accuracy, 0.80);
   EXPECT_EQ(test.accuracy, log.back().test_accuracy);
