@@ -211,7 +211,10 @@ void gemm(size_t m, size_t n, size_t k, const float* a, size_t lda, const float*
     }
   };
   const size_t tiles = row_tiles * col_tiles;
-  if (parallel && tiles > 1) {
+  // Below about a million multiply-adds a parallel region costs more than it saves (and, on a
+  // machine whose cores are busy, waits for a second core); the bits are the same either way.
+  constexpr double kParallelWork = 1 << 20;
+  if (parallel && tiles > 1 && double(m) * double(n) * double(k) >= kParallelWork) {
     parallel_for(tiles, 1, [&](size_t b, size_t e) { run(b, e); });
   } else {
     run(0, tiles);
