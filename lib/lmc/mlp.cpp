@@ -119,15 +119,15 @@ Mlp load_mlp(const std::filesystem::path& path) {
     }
     if (sizes.size() < 2) refuse(ErrorCode::kMissingTensor, path, "no tensor layers.0.weight");
   }
-  Mlp mlp;
-  mlp.sizes = sizes;
-  mlp.params.assign(parameter_count(sizes), 0.0f);
-  const size_t layers = mlp.layers();
+  const size_t layers = sizes.size() - 1;
   if (model.tensors().size() != 2 * layers)
     refuse(ErrorCode::kMissingTensor, path,
            std::to_string(model.tensors().size()) + " tensors, an MLP with layer_sizes of length " +
                std::to_string(sizes.size()) + " has exactly " + std::to_string(2 * layers) +
                " (layers.{i}.weight and layers.{i}.bias)");
+  // Every tensor is checked against the sizes before anything is allocated: a config.json that
+  // claims huge layers is refused by the shapes, not by running out of memory.
+  std::vector<const ModelTensor*> found;
   for (size_t l = 0; l < layers; ++l) {
     for (int is_bias = 0; is_bias < 2; ++is_bias) {
       const std::string name = is_bias ? bias_name(l) : weight_name(l);
@@ -140,11 +140,19 @@ Mlp load_mlp(const std::filesystem::path& path) {
                                                    : std::vector<uint64_t>{sizes[l + 1], sizes[l]};
       if (t->info->shape != expect)
         refuse(ErrorCode::kShapeMismatch, path, name + " has the wrong shape for layer_sizes");
-      float* dst = is_bias ? mlp.bias(l) : mlp.weight(l);
-      std::memcpy(dst, t->data(), t->info->nbytes());
-      for (uint64_t i = 0; i < t->info->numel(); ++i) {
-        if (!std::isfinite(dst[i])) refuse(ErrorCode::kNonFinite, path, name + " holds NaN or Inf");
-      }
+      found.push_back(t);
+    }
+  }
+  Mlp mlp;
+  mlp.sizes = sizes;
+  mlp.params.assign(parameter_count(sizes), 0.0f);
+  for (size_t j = 0; j < found.size(); ++j) {
+    const ModelTensor* t = found[j];
+    float* dst = j % 2 ? mlp.bias(j / 2) : mlp.weight(j / 2);
+    std::memcpy(dst, t->data(), t->info->nbytes());
+    for (uint64_t i = 0; i < t->info->numel(); ++i) {
+      if (!std::isfinite(dst[i]))
+        refuse(ErrorCode::kNonFinite, path, t->name() + " holds NaN or Inf");
     }
   }
   return mlp;
