@@ -14,7 +14,7 @@ for fuzzer in "$build_dir"/bin/*_fuzzer; do
   work=$(mktemp -d)
   cp -r "$root/fuzz/corpus/$name/." "$work/"
   echo "alloy: fuzzing $name for ${seconds}s" >&2
-  (cd "$work" && "$fuzzer" -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 "$work" \
+  (cd "$work" && "$fuzzer" -max_total_time="$seconds" -timeout=10 -max_len=65536 -print_final_stats=1 "$work" \
       2>&1 | tail -n 12)
   rm -rf "$work"
 done

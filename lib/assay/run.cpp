@@ -66,11 +66,11 @@ AssayResult run_assay(const AssayOptions& options) {
     throw Error(ErrorCode::kInvalidArgument, "alloy-assay takes at most " + std::to_string(detail::kMaxCandidates) +
                                                  " candidates, got " + std::to_string(options.candidates.size()));
   }
-  const Model suspect = Model::open(options.suspect);
+  const Model suspect = Model::open(options.suspect, options.open);
   std::vector<std::unique_ptr<Model>> owned;
   std::vector<const Model*> models;
   for (const auto& path : options.candidates) {
-    owned.push_back(std::make_unique<Model>(Model::open(path)));
+    owned.push_back(std::make_unique<Model>(Model::open(path, options.open)));
     models.push_back(owned.back().get());
   }
   const double resolve = resolve_fraction(models);
@@ -128,6 +128,11 @@ AssayResult run_assay(const AssayOptions& options) {
     if (options.progress) options.progress(index + 1, tensors.size());
   }
   detail::decide_verdict(&result, suspect, models, options);
+  // What the models were opened in spite of (unindexed shards) belongs beside the verdict.
+  for (const std::string& warning : suspect.warnings()) result.evidence["notes"].push_back(warning);
+  for (const Model* m : models) {
+    for (const std::string& warning : m->warnings()) result.evidence["notes"].push_back(warning);
+  }
   return result;
 }
 

@@ -41,6 +41,8 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kIndexTensorMissing: return "index-tensor-missing";
     case ErrorCode::kIndexTensorUnlisted: return "index-tensor-unlisted";
     case ErrorCode::kIndexTensorInTwoShards: return "index-tensor-in-two-shards";
+    case ErrorCode::kIndexUnlistedShard: return "index-unlisted-shard";
+    case ErrorCode::kIndexTotalSize: return "index-total-size";
     case ErrorCode::kBadConfig: return "bad-config";
     case ErrorCode::kSymlinkEscape: return "symlink-escape";
     case ErrorCode::kRecipe: return "recipe";

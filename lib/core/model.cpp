@@ -126,10 +126,8 @@ void check_shard_name(const std::string& name, const std::string& label) {
 // Opens every shard the index names, then cross-checks the index against what they hold.
 std::vector<std::unique_ptr<SafetensorsFile>> open_shards(const fs::path& dir,
                                                           const fs::path& real_dir,
-                                                          const fs::path& index_path) {
+                                                          const fs::path& index_path, const ShardIndex& index) {
   const std::string label = index_path.string();
-  const ShardIndex index =
-      parse_shard_index(read_json_file(index_path, ErrorCode::kIndexNotJson), label);
   std::vector<std::unique_ptr<SafetensorsFile>> shards;
   for (const auto& shard_name : index.shard_names()) {
     const std::string what = label + ": shard " + quote_name(shard_name);
@@ -159,6 +157,7 @@ std::vector<std::unique_ptr<SafetensorsFile>> open_shards(const fs::path& dir,
     }
   }
   // Every tensor held is in weight_map with its holder (checked above) unless the index omits it.
+  // (The checks of what lies beside the index are in check_unindexed, once the shards are open.)
   if (holder.size() != index.weight_map.size()) {
     for (const auto& shard : shards) {
       for (const auto& tensor : shard->tensors()) {
@@ -171,6 +170,48 @@ std::vector<std::unique_ptr<SafetensorsFile>> open_shards(const fs::path& dir,
     }
   }
   return shards;
+}
+
+// The orphan-shard family: *.safetensors files beside the index that it does not name, and a
+// metadata.total_size that is not what the shards hold. Either means two loaders can see two
+// models in one directory; refused unless allowed, then reported in `warnings`.
+void check_unindexed(const fs::path& dir, const fs::path& index_path, const ShardIndex& index,
+                     const std::vector<std::unique_ptr<SafetensorsFile>>& shards, const ModelOpenOptions& options,
+                     std::vector<std::string>* warnings) {
+  const std::string label = index_path.string();
+  const std::vector<std::string> listed = index.shard_names();
+  std::vector<std::string> unlisted;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path().extension() == ".safetensors" && !std::binary_search(listed.begin(), listed.end(), name)) {
+      unlisted.push_back(name);
+    }
+  }
+  std::sort(unlisted.begin(), unlisted.end());
+  auto refuse_or_warn = [&](ErrorCode code, const std::string& message) {
+    if (!options.allow_unindexed_shards) {
+      throw Error(code, message + " (--allow-unindexed-shards uses the index's weights and says so)");
+    }
+    warnings->push_back(message + "; using the weights the index names");
+  };
+  for (const auto& name : unlisted) {
+    refuse_or_warn(ErrorCode::kIndexUnlistedShard,
+                   label + ": " + quote_name(name) + " lies beside the index but is not one of its shards: a loader "
+                   "that globs *.safetensors would see other weights than one that follows the index");
+  }
+  if (const auto total = index.metadata.find("total_size");
+      total != index.metadata.end() && total->is_number_unsigned()) {
+    uint64_t held = 0;
+    for (const auto& shard : shards) {
+      for (const auto& tensor : shard->tensors()) held += tensor.nbytes();
+    }
+    if (total->get<uint64_t>() != held) {
+      refuse_or_warn(ErrorCode::kIndexTotalSize, label + ": metadata.total_size is " +
+                                                     std::to_string(total->get<uint64_t>()) +
+                                                     " but the shards hold " + std::to_string(held) + " tensor bytes");
+    }
+  }
 }
 
 }  // namespace
@@ -228,7 +269,7 @@ ShardIndex parse_shard_index(std::string_view text, const std::string& label) {
   return index;
 }
 
-Model Model::open(const fs::path& path) {
+Model Model::open(const fs::path& path, const ModelOpenOptions& options) {
   Model model;
   model.path_ = path;
   std::error_code ec;
@@ -245,7 +286,11 @@ Model Model::open(const fs::path& path) {
     // With both an index and model.safetensors, the index wins (as transformers does); the single
     // file is then not read at all.
     if (exists(path / kIndexName)) {
-      model.shards_ = open_shards(path, real_dir, path / kIndexName);
+      const fs::path index_path = path / kIndexName;
+      const ShardIndex index =
+          parse_shard_index(read_json_file(index_path, ErrorCode::kIndexNotJson), index_path.string());
+      model.shards_ = open_shards(path, real_dir, index_path, index);
+      check_unindexed(path, index_path, index, model.shards_, options, &model.warnings_);
     } else if (exists(path / kSingleName)) {
       model.shards_.push_back(std::make_unique<SafetensorsFile>((path / kSingleName).string()));
     } else {

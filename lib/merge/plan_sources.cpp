@@ -78,7 +78,7 @@ void open_models(PlanContext& context) {
   for (const auto& name : plan.recipe.referenced_models()) {
     const fs::path path = fs::path(name).is_absolute() ? fs::path(name) : context.options.base_dir / name;
     try {
-      plan.models.push_back(std::make_unique<Model>(Model::open(path)));
+      plan.models.push_back(std::make_unique<Model>(Model::open(path, context.options.open)));
     } catch (const Error& e) {
       std::string hint;
       if (name.find('+') != std::string::npos) hint = " (LoRA syntax model+lora is not supported)";

@@ -388,10 +388,10 @@ json permutation_json(const std::vector<int>& p) {
 json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions& options) {
   const double strength = resolve_strength(options);
   validate(options);
-  const Model model = Model::open(in);
+  const Model model = Model::open(in, options.open);
   check_storable(model, in.string());
   std::optional<Model> reference;
-  if (!options.reference.empty()) reference.emplace(Model::open(options.reference));
+  if (!options.reference.empty()) reference.emplace(Model::open(options.reference, options.open));
   detail::PerturbInput input{model, reference ? &*reference : nullptr, options, strength,
                              std::nullopt};
   if (model.has_config()) input.arch = architecture_from_config(model.config());

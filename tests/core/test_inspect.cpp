@@ -116,6 +116,26 @@ TEST(Inspect, GoldenBaseModelAsJson) {
   EXPECT_TRUE(found);
 }
 
+// A shard beside the index that the index does not name: refused by default (a glob loader and an
+// index loader would see different models), listed from the index with a warning when allowed.
+TEST(Inspect, UnindexedShardIsRefusedUnlessAllowed) {
+  TempDir dir;
+  write_moe_like(dir.path());
+  ASSERT_TRUE(fs::exists(dir / "model.safetensors.index.json"));
+  alloy::test::write_bytes(dir / "model-00009-of-00009.safetensors",
+                           alloy::test::safetensors_bytes("{\"w\":{\"dtype\":\"U8\",\"shape\":[1],"
+                                                          "\"data_offsets\":[0,1]}}", "x"));
+  int status = -1;
+  std::string out = run_command(inspect_command(dir.path()) + " 2>&1", &status);
+  EXPECT_EQ(status, 2) << out;
+  EXPECT_NE(out.find("[index-unlisted-shard]"), std::string::npos) << out;
+  EXPECT_NE(out.find("'model-00009-of-00009.safetensors'"), std::string::npos) << out;
+  out = run_command(inspect_command(dir.path(), "--allow-unindexed-shards") + " 2>&1", &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("alloy-inspect: warning:"), std::string::npos) << out;
+  EXPECT_EQ(out.find(" w "), std::string::npos) << "the unlisted shard's tensor is not listed: " << out;
+}
+
 TEST(Inspect, WrittenShardedModelAsJson) {
   TempDir dir;
   const auto m = write_moe_like(dir.path());

@@ -223,6 +223,17 @@ std::vector<IndexCase> index_cases() {
          write_bytes(dir / s2, shard({"c", "a"}));
        },
        ErrorCode::kIndexTensorInTwoShards, idx, "'a'"},
+      // The orphan-shard family: the index and a *.safetensors glob would load different weights.
+      {"UnlistedShardBesideTheIndex",
+       [](const fs::path& dir) { write_bytes(dir / "model-00003-of-00003.safetensors", shard({"a"})); },
+       ErrorCode::kIndexUnlistedShard, idx, "'model-00003-of-00003.safetensors' lies beside the index"},
+      {"SingleFileBesideTheIndex",
+       [](const fs::path& dir) { write_bytes(dir / "model.safetensors", shard({"a", "b", "c"})); },
+       ErrorCode::kIndexUnlistedShard, idx, "'model.safetensors' lies beside the index"},
+      {"TotalSizeDisagrees",
+       set_index("{\"metadata\":{\"total_size\":4},\"weight_map\":{\"a\":\"" + s1 + "\",\"b\":\"" + s1 +
+                 "\",\"c\":\"" + s2 + "\"}}"),
+       ErrorCode::kIndexTotalSize, idx, "total_size is 4 but the shards hold 3 tensor bytes"},
       {"CorruptShard", [s2](const fs::path& dir) { write_bytes(dir / s2, "garbage"); },
        ErrorCode::kFileTooSmall, s2, "8-byte"},
       {"ShardWithTrailingBytes",
@@ -311,18 +322,27 @@ TEST(ModelDirCorruptTable, CoversEveryDirectoryCode) {
        {ErrorCode::kNotAModel, ErrorCode::kIndexNotJson, ErrorCode::kIndexBadShardName,
         ErrorCode::kIndexShardSymlinkEscape, ErrorCode::kIndexMissingShard,
         ErrorCode::kIndexTensorMissing, ErrorCode::kIndexTensorUnlisted,
-        ErrorCode::kIndexTensorInTwoShards, ErrorCode::kBadConfig, ErrorCode::kSymlinkEscape}) {
+        ErrorCode::kIndexTensorInTwoShards, ErrorCode::kIndexUnlistedShard, ErrorCode::kIndexTotalSize,
+        ErrorCode::kBadConfig, ErrorCode::kSymlinkEscape}) {
     EXPECT_TRUE(codes.count(code)) << "no corrupt case for " << alloy::error_code_name(code);
   }
 }
 
-TEST(ModelDir, IndexIsPreferredOverModelSafetensors) {
+// With --allow-unindexed-shards the index wins (as transformers does): the unlisted files are never
+// read, and the model says what it set aside.
+TEST(ModelDir, UnindexedShardsAllowedUseTheIndexAndWarn) {
   TempDir dir;
   write_sharded(dir.path());
   write_bytes(dir / "model.safetensors", "not even a safetensors file");  // never read
-  const auto model = alloy::Model::open(dir.path());
+  alloy::ModelOpenOptions options;
+  options.allow_unindexed_shards = true;
+  const auto model = alloy::Model::open(dir.path(), options);
   EXPECT_EQ(model.shards().size(), 2u);
   EXPECT_EQ(model.tensors().size(), 3u);
+  ASSERT_EQ(model.warnings().size(), 1u);
+  EXPECT_NE(model.warnings()[0].find("'model.safetensors' lies beside the index"), std::string::npos);
+  EXPECT_NE(model.warnings()[0].find("using the weights the index names"), std::string::npos);
+  expect_refused(dir.path(), ErrorCode::kIndexUnlistedShard, "--allow-unindexed-shards");
 }
 
 TEST(ModelDir, AuxiliaryFilesAreRegularFilesInsideTheDirectory) {

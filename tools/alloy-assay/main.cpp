@@ -27,6 +27,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("-j,--threads", threads, "worker threads (default: all cores); results do not depend on it");
   app.add_flag("-q,--quiet", quiet, "no summary on stdout");
+  app.add_flag("--allow-unindexed-shards", options.open.allow_unindexed_shards,
+               "open sharded models whose directory holds *.safetensors files the index does not name (or whose total_size disagrees), using the index's weights, with a warning");
   CLI11_PARSE(app, argc, argv);
   try {
     alloy::set_thread_count(threads);

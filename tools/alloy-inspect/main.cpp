@@ -12,9 +12,15 @@ int main(int argc, char** argv) {
   bool json = false;
   app.add_option("PATH", path, "model directory or .safetensors file")->required();
   app.add_flag("--json", json, "print the listing as JSON");
+  alloy::ModelOpenOptions open;
+  app.add_flag("--allow-unindexed-shards", open.allow_unindexed_shards,
+               "open a sharded model whose directory holds *.safetensors files its index does not name (or whose "
+               "total_size disagrees), using the index's weights, with a warning");
   CLI11_PARSE(app, argc, argv);
   try {
-    const auto inspection = alloy::inspect_model(alloy::Model::open(path));
+    const alloy::Model model = alloy::Model::open(path, open);
+    for (const auto& warning : model.warnings()) std::fprintf(stderr, "alloy-inspect: warning: %s\n", warning.c_str());
+    const auto inspection = alloy::inspect_model(model);
     if (json) {
       std::cout << inspection.dump(2) << "\n";
     } else {

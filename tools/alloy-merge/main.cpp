@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
   app.add_flag("--allow-crimes", allow_crimes, "allow merging different architectures and shapes, and clamp values beyond out_dtype's range");
   app.add_option("--random-seed", seed, "seed for random methods (dare, della)")->capture_default_str();
   app.add_option("-j,--threads", threads, "threads (default: all cores)");
+  bool allow_unindexed_shards = false;
+  app.add_flag("--allow-unindexed-shards", allow_unindexed_shards,
+               "open sharded models whose directory holds *.safetensors files the index does not name (or whose total_size disagrees), using the index's weights, with a warning");
   app.add_flag("--dry-run", dry_run, "validate everything and print the plan as JSON; write nothing");
   app.add_flag("--overwrite", overwrite, "replace OUT_DIR if it exists and is not empty");
   app.add_flag("-q,--quiet", quiet, "no progress bar");
@@ -65,7 +68,11 @@ int main(int argc, char** argv) {
     if (threads > 0) alloy::set_thread_count(threads);
     alloy::PlanOptions plan_options;
     plan_options.allow_crimes = allow_crimes;
+    plan_options.open.allow_unindexed_shards = allow_unindexed_shards;
     const alloy::MergePlan plan = alloy::plan_merge(alloy::load_recipe(config_path), plan_options);
+    for (const auto& model : plan.models) {
+      for (const auto& warning : model->warnings()) std::fprintf(stderr, "alloy-merge: warning: %s\n", warning.c_str());
+    }
     if (dry_run) {
       std::cout << alloy::plan_to_json(plan).dump(2) << "\n";
       return 0;

@@ -136,6 +136,8 @@ int main(int argc, char** argv) {
       "rescale-neurons: factors in [1/X, X], default 2; other kinds take none");
   perturb_cmd->add_option("--seed", perturb.seed, "seed of the random choices")->capture_default_str();
   perturb_cmd->add_option("--reference", perturb.reference, "noise: size it relative to IN - REF");
+  perturb_cmd->add_flag("--allow-unindexed-shards", perturb.open.allow_unindexed_shards,
+                        "open sharded models whose directory holds *.safetensors files the index does not name (or whose total_size disagrees), using the index's weights, with a warning");
   perturb_cmd->add_option("--relative-to", relative_to, "noise: rms (default) or reference (needs --reference)");
   perturb_cmd->add_option("--format", format_name, "reround: bf16, f16, int8 (per-row absmax) or int4 (groups of 32)")
       ->capture_default_str();

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "alloy/core/model.h"
+
 namespace alloy {
 
 struct AssayOptions {
@@ -32,6 +34,7 @@ struct AssayOptions {
   std::vector<std::string> candidates;  // paths exactly as given (the recipe names them so)
   // Tensors per model checked by re-running the recovered recipe through the merge methods.
   int rebuild_check_tensors = 6;
+  ModelOpenOptions open;  // how the models are opened (unindexed shards); warnings become notes
   // Called after each tensor with (done, total); may be empty.
   std::function<void(size_t, size_t)> progress;
 };

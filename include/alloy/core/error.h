@@ -53,6 +53,8 @@ enum class ErrorCode {
   kIndexTensorMissing,    // the index maps a tensor to a shard that lacks it
   kIndexTensorUnlisted,   // a shard holds a tensor the index does not list
   kIndexTensorInTwoShards,// one tensor stored in two shards
+  kIndexUnlistedShard,    // a *.safetensors file beside the index that the index does not name
+  kIndexTotalSize,        // the index's metadata.total_size disagrees with the shards' tensor bytes
   kBadConfig,             // config.json unparseable or not an object
   kSymlinkEscape,         // a non-shard model file (weights, index, config, tokenizer...) is a symlink
                           // that leaves the model directory

@@ -42,10 +42,19 @@ struct ModelTensor {
   const uint8_t* data() const { return shard->data(*info); }
 };
 
+struct ModelOpenOptions {
+  // A sharded directory whose index does not account for every *.safetensors file beside it (an
+  // unlisted shard, or a model.safetensors next to the index), or whose metadata.total_size
+  // disagrees with the shards, is ambiguous: a loader that globs *.safetensors sees other weights
+  // than one that follows the index. Refused (kIndexUnlistedShard, kIndexTotalSize) unless this is
+  // set; then the index's weights are used and warnings() says what was set aside.
+  bool allow_unindexed_shards = false;
+};
+
 class Model {
  public:
   // Opens a model directory or a single .safetensors file; validates every shard and the index.
-  static Model open(const std::filesystem::path& path);
+  static Model open(const std::filesystem::path& path, const ModelOpenOptions& options = {});
 
   const std::filesystem::path& path() const { return path_; }  // as given
   bool is_directory() const { return is_directory_; }
@@ -60,6 +69,8 @@ class Model {
   // vocab/merges files, generation_config.json, chat_template*, etc. (names relative to path()).
   const std::vector<std::string>& auxiliary_files() const { return auxiliary_files_; }
   uint64_t total_bytes() const;  // sum of tensor byte sizes
+  // What open() accepted only because an option allowed it, one sentence each (tools print them).
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
   std::filesystem::path path_;
@@ -71,6 +82,7 @@ class Model {
   nlohmann::json config_ = nlohmann::json::object();
   bool has_config_ = false;
   std::vector<std::string> auxiliary_files_;
+  std::vector<std::string> warnings_;
 };
 
 }  // namespace alloy

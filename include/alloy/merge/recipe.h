@@ -89,6 +89,7 @@ Recipe load_recipe(const std::filesystem::path& path);
 struct PlanOptions {
   std::filesystem::path base_dir = ".";  // model paths resolve against it (mergekit: the cwd)
   bool allow_crimes = false;             // allow differing architectures and shapes
+  ModelOpenOptions open;                 // how the models are opened (unindexed shards)
 };
 
 struct PlannedSource {

@@ -80,6 +80,7 @@
 #include <string_view>
 #include <vector>
 
+#include "alloy/core/model.h"
 #include "alloy/synth/synth.h"
 
 namespace alloy {
@@ -112,6 +113,7 @@ std::optional<ReroundFormat> reround_format_from_name(std::string_view name);
 
 struct PerturbOptions {
   PerturbKind kind = PerturbKind::kNoise;
+  ModelOpenOptions open;  // how IN and the reference are opened (unindexed shards)
   // nullopt: the kind's default. Refused (Error kInvalidArgument naming --strength) for kinds
   // without a strength, and when out of range: noise and finetune need a finite value >= 0,
   // rescale-neurons a finite value >= 1.
