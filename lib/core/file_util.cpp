@@ -36,6 +36,44 @@ void write_file_atomic(const fs::path& path, const std::string& content) {
   }
 }
 
+void check_output_path(const fs::path& path) {
+  if (path == "-") return;
+  std::error_code ec;
+  const auto status = fs::status(path, ec);  // follows symlinks: /dev/stdout is a link to a device
+  if (fs::is_directory(status)) throw Error(ErrorCode::kIo, path.string() + ": is a directory, not a file to write");
+  if (fs::exists(status)) return;
+  const fs::path parent = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  if (!fs::is_directory(parent, ec)) {
+    throw Error(ErrorCode::kIo, path.string() + ": cannot write here: " + parent.string() + " is not a directory");
+  }
+}
+
+void write_output_file(const fs::path& path, const std::string& content) {
+  check_output_path(path);
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (path != "-" && (!fs::exists(status) || fs::is_regular_file(status))) {
+    write_file_atomic(path, content);
+    return;
+  }
+  const int fd = path == "-" ? ::dup(STDOUT_FILENO) : ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) throw_io(path, "cannot open for writing", errno);
+  // A pipe or terminal takes the bytes in order: the offset is ignored for them, and a device such
+  // as /dev/null accepts any.
+  size_t done = 0;
+  while (done < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      throw_io(path, "cannot write", err);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0) throw_io(path, "cannot write", errno);
+}
+
 std::string read_text_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(ErrorCode::kIo, path.string() + ": cannot open: " + std::strerror(errno));

@@ -2,6 +2,7 @@
 // that alloy-merge runs to rebuild the suspect), --report (self-contained HTML), determinism
 // across thread counts, and clear failures on bad input.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 
@@ -60,6 +61,27 @@ TEST(AssayTool, OutputsRoundTripThroughAlloyMerge) {
   // The same JSON on two threads.
   ASSERT_EQ((run_command(assay + " -q -j 2 --json " + shell_quote(work / "b.json") + " 2>&1", &status), status), 0);
   EXPECT_EQ(alloy::test::read_bytes(work / "a.json"), alloy::test::read_bytes(work / "b.json"));
+
+  // Special files are written in place, never replaced by a regular file; "-" is standard output,
+  // alone on it. A bad output path fails before anything is written.
+  std::string text = run_command(assay + " -j 1 --json - 2>/dev/null", &status);
+  ASSERT_EQ(status, 0) << text;
+  EXPECT_EQ(text, alloy::test::read_bytes(work / "a.json")) << "stdout holds the JSON and nothing else";
+  ASSERT_EQ((run_command(assay + " -j 1 --json /dev/null --report /dev/null 2>&1", &status), status), 0);
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
+  const fs::path fifo = work / "out.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  text = run_command("(cat " + shell_quote(fifo) + " > " + shell_quote(work / "from_fifo.json") + " &) ; " + assay +
+                         " -q -j 1 --json " + shell_quote(fifo) + " 2>&1; sleep 0.2",
+                     &status);
+  EXPECT_EQ(status, 0) << text;
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  EXPECT_EQ(alloy::test::read_bytes(work / "from_fifo.json"), alloy::test::read_bytes(work / "a.json"));
+  text = run_command(assay + " -q --json " + shell_quote(work / "c.json") + " --report " + shell_quote(work) + " 2>&1",
+                     &status);
+  EXPECT_EQ(status, 2) << text;
+  EXPECT_NE(text.find("is a directory"), std::string::npos) << text;
+  EXPECT_FALSE(fs::exists(work / "c.json")) << "nothing is written when an output path is bad";
 }
 
 TEST(AssayTool, BadInputFailsClearly) {

@@ -19,9 +19,9 @@ int main(int argc, char** argv) {
   bool quiet = false;
   app.add_option("SUSPECT", suspect, "the model under examination (directory or .safetensors)")->required();
   app.add_option("CANDIDATE", options.candidates, "candidate parents, as many as needed")->required();
-  app.add_option("--json", json_path, "write the full result as JSON");
-  app.add_option("--recipe", recipe_path, "write the recovered recipe as YAML (alloy-merge runs it)");
-  app.add_option("--report", report_path, "write a self-contained HTML report");
+  app.add_option("--json", json_path, "write the full result as JSON (- for standard output)");
+  app.add_option("--recipe", recipe_path, "write the recovered recipe as YAML (alloy-merge runs it; - for standard output)");
+  app.add_option("--report", report_path, "write a self-contained HTML report (- for standard output)");
   app.add_option("--rebuild-check", options.rebuild_check_tensors,
                  "tensors re-merged from the recovered recipe to confirm it (0: none)")
       ->capture_default_str();
@@ -33,6 +33,11 @@ int main(int argc, char** argv) {
   try {
     alloy::set_thread_count(threads);
     options.suspect = suspect;
+    // Every output path is checked before the assay runs, not after its results exist.
+    for (const std::string* path : {&json_path, &recipe_path, &report_path}) {
+      if (!path->empty()) alloy::check_output_path(*path);
+      quiet |= *path == "-";  // standard output carries that file alone
+    }
     if (isatty(STDERR_FILENO) && !quiet) {
       options.progress = [](size_t done, size_t total) {
         std::fprintf(stderr, "\ralloy-assay: %zu/%zu tensors", done, total);
@@ -41,15 +46,15 @@ int main(int argc, char** argv) {
     }
     const alloy::AssayResult result = alloy::run_assay(options);
     const nlohmann::json doc = alloy::assay_to_json(result);
-    if (!json_path.empty()) alloy::write_file_atomic(json_path, doc.dump(2) + "\n");
+    if (!json_path.empty()) alloy::write_output_file(json_path, doc.dump(2) + "\n");
     if (!recipe_path.empty()) {
       if (result.recipe.empty()) {
         std::fprintf(stderr, "alloy-assay: no recipe to write: the verdict is '%s'\n", result.verdict.c_str());
       } else {
-        alloy::write_file_atomic(recipe_path, alloy::recipe_to_yaml(result.recipe));
+        alloy::write_output_file(recipe_path, alloy::recipe_to_yaml(result.recipe));
       }
     }
-    if (!report_path.empty()) alloy::write_file_atomic(report_path, alloy::assay_report_html(doc));
+    if (!report_path.empty()) alloy::write_output_file(report_path, alloy::assay_report_html(doc));
     if (!quiet) std::fputs(alloy::assay_summary(result).c_str(), stdout);
   } catch (const alloy::Error& e) {
     std::fprintf(stderr, "alloy-assay: error: %s [%s]\n", e.what(), alloy::error_code_name(e.code()));

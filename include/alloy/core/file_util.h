@@ -12,6 +12,14 @@ namespace alloy {
 // Writes `content` to `path` via a temporary file in the same directory and rename(2).
 void write_file_atomic(const std::filesystem::path& path, const std::string& content);
 
+// Where an output file named on a command line goes. "-" is standard output; a path that exists
+// and is not a regular file (a character device such as /dev/null or /dev/stdout, a FIFO) is
+// written in place, since renaming over it would replace it with a regular file; anything else is
+// written atomically (write_file_atomic). check_output_path refuses, before any work is done, a
+// path that is a directory, a symlink to one, or whose parent directory does not exist.
+void check_output_path(const std::filesystem::path& path);
+void write_output_file(const std::filesystem::path& path, const std::string& content);
+
 // Reads a whole (small) file; throws Error(kIo) naming it.
 std::string read_text_file(const std::filesystem::path& path);
 
