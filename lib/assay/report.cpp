@@ -12,39 +12,13 @@
 #include <vector>
 
 #include "alloy/assay/assay.h"
+#include "alloy/core/html.h"
 
 namespace alloy {
 namespace {
 
 using nlohmann::json;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-std::string escape(const std::string& text) {
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
 
 // Field access that never throws: missing, null or mistyped fields read as empty / NaN.
 const json& field(const json& j, const char* key) {
@@ -149,15 +123,15 @@ std::string svg_chart(const std::string& title, const std::string& x_label,
   };
   std::string o = "<svg class=\"chart\" width=\"" + coord(width) + "\" height=\"" + coord(height) +
                   "\" viewBox=\"0 0 " + coord(width) + " " + coord(height) +
-                  "\" role=\"img\" aria-label=\"" + escape(title) + "\">\n";
-  o += "<text x=\"" + coord(left) + "\" y=\"16\" class=\"ct\">" + escape(title) + "</text>\n";
+                  "\" role=\"img\" aria-label=\"" + html_escape(title) + "\">\n";
+  o += "<text x=\"" + coord(left) + "\" y=\"16\" class=\"ct\">" + html_escape(title) + "</text>\n";
   o += "<rect x=\"" + coord(left) + "\" y=\"" + coord(top) + "\" width=\"" + coord(plot_w) +
        "\" height=\"" + coord(plot_h) + "\" fill=\"#fafafa\" stroke=\"#999\"/>\n";
   for (int i = 0; i <= 4; ++i) {  // y ticks and grid
     double v = y_lo + (y_hi - y_lo) * i / 4, y = py(v);
     o += "<line x1=\"" + coord(left) + "\" x2=\"" + coord(left + plot_w) + "\" y1=\"" + coord(y) +
          "\" y2=\"" + coord(y) + "\" stroke=\"#e3e3e3\"/><text x=\"" + coord(left - 6) + "\" y=\"" +
-         coord(y + 4) + "\" text-anchor=\"end\">" + escape(fmt(v)) + "</text>\n";
+         coord(y + 4) + "\" text-anchor=\"end\">" + html_escape(fmt(v)) + "</text>\n";
   }
   double step = std::max(1.0, std::ceil((x1 - x0) / 12));
   for (double v = std::ceil(x0); v <= x1 + 1e-9; v += step)  // x ticks (integers: layers)
@@ -166,7 +140,7 @@ std::string svg_chart(const std::string& title, const std::string& x_label,
          "\" stroke=\"#999\"/><text x=\"" + coord(px(v)) + "\" y=\"" + coord(top + plot_h + 16) +
          "\" text-anchor=\"middle\">" + fmt_count(v) + "</text>\n";
   o += "<text x=\"" + coord(left + plot_w / 2) + "\" y=\"" + coord(height - 6) +
-       "\" text-anchor=\"middle\">" + escape(x_label) + "</text>\n";
+       "\" text-anchor=\"middle\">" + html_escape(x_label) + "</text>\n";
   for (size_t k = 0; k < series.size(); ++k) {
     const Series& s = series[k];
     std::string points;
@@ -187,8 +161,8 @@ std::string svg_chart(const std::string& title, const std::string& x_label,
     for (size_t i = 0; i < s.x.size(); ++i)
       if (std::isfinite(s.y[i]))
         o += "<circle cx=\"" + coord(px(s.x[i])) + "\" cy=\"" + coord(py(s.y[i])) +
-             "\" r=\"3\" fill=\"" + s.color + "\"><title>" + escape(s.label) + ", " +
-             escape(x_label) + " " + fmt_count(s.x[i]) + ": " + escape(fmt(s.y[i])) +
+             "\" r=\"3\" fill=\"" + s.color + "\"><title>" + html_escape(s.label) + ", " +
+             html_escape(x_label) + " " + fmt_count(s.x[i]) + ": " + html_escape(fmt(s.y[i])) +
              "</title></circle>\n";
     double ly = top + 8 + 18 * static_cast<double>(k), lx = left + plot_w + 12;
     size_t cut = s.label.size() > 24 ? s.label.size() - 23 : 0;
@@ -198,7 +172,7 @@ std::string svg_chart(const std::string& title, const std::string& x_label,
     std::string label = cut ? "…" + s.label.substr(cut) : s.label;
     o += "<rect x=\"" + coord(lx) + "\" y=\"" + coord(ly - 8) +
          "\" width=\"12\" height=\"10\" fill=\"" + s.color + "\"/><text x=\"" + coord(lx + 16) +
-         "\" y=\"" + coord(ly + 1) + "\">" + escape(label) + "</text>\n";
+         "\" y=\"" + coord(ly + 1) + "\">" + html_escape(label) + "</text>\n";
   }
   return o + "</svg>\n";
 }
@@ -211,18 +185,18 @@ std::string verdict_sentence(const json& doc, const std::vector<std::string>& in
   const std::string verdict = text(doc, "verdict"), method = text(doc, "method");
   std::string base = text(doc, "base");
   std::string base_html =
-      base.empty() ? "an unnamed candidate" : "<code>" + escape(base) + "</code>";
+      base.empty() ? "an unnamed candidate" : "<code>" + html_escape(base) + "</code>";
   if (verdict == "fine-tune")
     return "This model was derived from " + base_html + " by fine-tuning.";
   if (verdict == "copy") return "This model is a copy of " + base_html + ".";
   if (verdict == "independent") return "No relation to any candidate was found.";
   if (verdict != "merge")
-    return "Verdict: " + (verdict.empty() ? std::string("unknown") : escape(verdict)) + ".";
+    return "Verdict: " + (verdict.empty() ? std::string("unknown") : html_escape(verdict)) + ".";
   const json& recipe = field(doc, "recipe");
   double t = number(field(recipe, "parameters"), "t");
   if (method == "slerp" && std::isfinite(t) && involved.size() >= 2)
     return "This model is a merge: spherical interpolation (slerp) from <code>" +
-           escape(involved[0]) + "</code> towards <code>" + escape(involved[1]) +
+           html_escape(involved[0]) + "</code> towards <code>" + html_escape(involved[1]) +
            "</code> at t = " + fmt(t) + ".";
   std::map<std::string, std::pair<double, double>> params;  // path -> (weight, density)
   for (const json& c : list(doc, "candidates"))
@@ -239,13 +213,13 @@ std::string verdict_sentence(const json& doc, const std::vector<std::string>& in
       continue;  // the base is not a term
     auto [weight, density] = params[path];
     if (!terms.empty()) terms += " + ";
-    terms += fmt(weight) + " × <code>" + escape(path) + "</code>";
+    terms += fmt(weight) + " × <code>" + html_escape(path) + "</code>";
     if (std::isfinite(density) && density < 1) terms += " (density " + fmt(density) + ")";
   }
   std::string s =
       "This model is a merge: " + (terms.empty() ? std::string("of unidentified parents") : terms);
   if (!base.empty() && method != "linear" && method != "slerp") s += " on base " + base_html;
-  return s + (method.empty() ? std::string() : " (" + escape(method) + ")") + ".";
+  return s + (method.empty() ? std::string() : " (" + html_escape(method) + ")") + ".";
 }
 
 std::string false_positive_sentence(double log10_fp) {
@@ -273,8 +247,8 @@ svg .ct{font-weight:bold;font-size:12px}.muted{color:#666})";
 std::string page_head(const std::string& suspect) {
   std::string o =
       "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Assay: " +
-      escape(suspect) + "</title>\n<style>\n" + kStyle + "\n</style>\n</head>\n<body>\n";
-  o += "<h1>Assay of <code>" + escape(suspect.empty() ? std::string("(unnamed model)") : suspect) +
+      html_escape(suspect) + "</title>\n<style>\n" + kStyle + "\n</style>\n</head>\n<body>\n";
+  o += "<h1>Assay of <code>" + html_escape(suspect.empty() ? std::string("(unnamed model)") : suspect) +
        "</code></h1>\n";
   return o;
 }
@@ -286,7 +260,7 @@ std::string verdict_section(const json& doc, const std::vector<std::string>& inv
   std::string banner_class = verdict == "independent" || verdict == "copy" ? verdict : "merge";
   std::string o = "<div class=\"banner " + banner_class + "\"><p><strong>" +
                   verdict_sentence(doc, involved) + "</strong></p>\n";
-  if (!text(evidence, "summary").empty()) o += "<p>" + escape(text(evidence, "summary")) + "</p>\n";
+  if (!text(evidence, "summary").empty()) o += "<p>" + html_escape(text(evidence, "summary")) + "</p>\n";
   std::string fp = false_positive_sentence(number(evidence, "log10_false_positive"));
   if (!fp.empty())
     o += "<p>" + fp + " (smallest component z: " + fmt(number(evidence, "z_min")) + ").</p>\n";
@@ -300,7 +274,7 @@ std::string verdict_section(const json& doc, const std::vector<std::string>& inv
   if (!list(evidence, "notes").empty()) {
     o += "<ul>\n";
     for (const json& n : list(evidence, "notes"))
-      o += "<li>" + escape(n.is_string() ? text_of(n) : dump(n)) + "</li>\n";
+      o += "<li>" + html_escape(n.is_string() ? text_of(n) : dump(n)) + "</li>\n";
     o += "</ul>\n";
   }
   return o;
@@ -313,7 +287,7 @@ std::string recipe_section(const json& doc) {
   if (yaml.empty() && recipe.is_object() && !recipe.empty())
     yaml = recipe.dump(2, ' ', false, json::error_handler_t::replace);
   o += yaml.empty() ? "<p class=\"muted\">No recipe (the suspect is not a merge).</p>\n"
-                    : "<pre>" + escape(yaml) + "</pre>\n";
+                    : "<pre>" + html_escape(yaml) + "</pre>\n";
   return o;
 }
 
@@ -323,7 +297,7 @@ std::string candidates_table(const json& doc) {
       "recipe</th>"
       "<th>Weight (mean ± std)</th><th>Density</th></tr>\n";
   for (const json& c : list(doc, "candidates"))
-    o += "<tr>" + td("<code>" + escape(text(c, "path")) + "</code>") +
+    o += "<tr>" + td("<code>" + html_escape(text(c, "path")) + "</code>") +
          td(fmt(number(c, "correlation")), true) + td(flag(c, "related") ? "yes" : "no") +
          td(flag(c, "involved") ? "yes" : "no") +
          td(fmt(number(c, "weight")) + " ± " + fmt(number(c, "weight_std")), true) +
@@ -334,12 +308,12 @@ std::string candidates_table(const json& doc) {
 std::string components_table(const json& doc, const std::vector<std::string>& involved) {
   std::string o =
       "<h2>Components</h2>\n<table><tr><th>Component</th><th>Tensors</th><th>Elements</th>";
-  for (const std::string& p : involved) o += "<th>α <code>" + escape(p) + "</code></th>";
+  for (const std::string& p : involved) o += "<th>α <code>" + html_escape(p) + "</code></th>";
   o += "<th>cos_fit mean</th><th>cos_fit min</th><th>z</th><th>log<sub>10</sub> false "
        "positive</th></tr>\n";
   for (const json& c : list(doc, "components")) {
     const json& w = field(c, "weights");
-    o += "<tr>" + td(escape(text(c, "name"))) + td(fmt_count(number(c, "tensors")), true) +
+    o += "<tr>" + td(html_escape(text(c, "name"))) + td(fmt_count(number(c, "tensors")), true) +
          td(fmt_count(number(c, "numel")), true);
     for (const std::string& p : involved) {
       const json& pw = w.is_object() && w.contains(p) ? w[p] : json();
@@ -414,15 +388,15 @@ std::string per_layer_charts(const std::string& comp,
 std::string unlayered_table(const std::vector<const json*>& unlayered,
                             const std::vector<std::string>& involved) {
   std::string o = "<table><tr><th>Tensor</th>";
-  for (const std::string& p : involved) o += "<th>α <code>" + escape(p) + "</code></th>";
+  for (const std::string& p : involved) o += "<th>α <code>" + html_escape(p) + "</code></th>";
   o += "<th>cos_fit</th><th>z</th><th>Note</th></tr>\n";
   for (const json* t : unlayered) {
     const json& w = field(*t, "weights");
-    o += "<tr>" + td("<code>" + escape(text(*t, "name")) + "</code>");
+    o += "<tr>" + td("<code>" + html_escape(text(*t, "name")) + "</code>");
     for (const std::string& p : involved)
       o += td(fmt(w.is_object() && w.contains(p) ? number_of(w[p]) : kNaN), true);
     o += td(fmt_cos(number(*t, "cos_fit")), true) + td(fmt(number(*t, "z")), true) +
-         td(escape(text(*t, "skipped"))) + "</tr>\n";
+         td(html_escape(text(*t, "skipped"))) + "</tr>\n";
   }
   return o + "</table>\n";
 }
@@ -432,7 +406,7 @@ std::string per_layer_section(const json& doc, const std::vector<std::string>& i
   for (const std::string& comp : component_order(doc)) {
     std::vector<const json*> unlayered;
     const auto per_layer = per_layer_sums(doc, comp, involved, &unlayered);
-    o += "<h3>" + escape(comp.empty() ? std::string("(unnamed component)") : comp) + "</h3>\n";
+    o += "<h3>" + html_escape(comp.empty() ? std::string("(unnamed component)") : comp) + "</h3>\n";
     if (!per_layer.empty()) o += per_layer_charts(comp, per_layer, involved);
     if (!unlayered.empty()) o += unlayered_table(unlayered, involved);
     if (per_layer.empty() && unlayered.empty())
@@ -468,8 +442,8 @@ std::string permutation_row(const json& p) {
       rest[key] = value;
     }
   }
-  return "<tr>" + td(p.contains("layer") ? escape(dump(p["layer"])) : std::string("all")) + td(escape(what)) +
-         td("<code>" + escape(found) + "</code>") + td(rest.empty() ? std::string() : escape(dump(rest))) + "</tr>\n";
+  return "<tr>" + td(p.contains("layer") ? html_escape(dump(p["layer"])) : std::string("all")) + td(html_escape(what)) +
+         td("<code>" + html_escape(found) + "</code>") + td(rest.empty() ? std::string() : html_escape(dump(rest))) + "</tr>\n";
 }
 
 std::string permutations_section(const json& doc) {

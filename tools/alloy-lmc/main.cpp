@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "alloy/core/error.h"
+#include "alloy/core/html.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/parallel.h"
 #include "alloy/lmc/lmc.h"
@@ -335,7 +336,7 @@ int main(int argc, char** argv) {
           write_text(train_report,
                      alloy::lmc::html_report(
                          "alloy-lmc train " + train_out, rows, {svg},
-                         "<h2>Log</h2><pre>" + alloy::lmc::html_escape(csv) + "</pre>"));
+                         "<h2>Log</h2><pre>" + alloy::html_escape(csv) + "</pre>"));
         }
       }
       if (train_json != "-") std::printf("wrote %s (%.1f s)\n", train_out.c_str(), seconds);
@@ -362,7 +363,7 @@ int main(int argc, char** argv) {
                                      {"test accuracy", fmt(100 * test.accuracy, 2) + "%"},
                                      {"train loss", fmt(tr.loss, 6)},
                                      {"train accuracy", fmt(100 * tr.accuracy, 2) + "%"}},
-                                    {}, "<pre>" + alloy::lmc::html_escape(doc.dump(2)) + "</pre>"));
+                                    {}, "<pre>" + alloy::html_escape(doc.dump(2)) + "</pre>"));
     } else if (*path_cmd) {
       const alloy::lmc::Mlp a = alloy::lmc::load_mlp(path_a), b = alloy::lmc::load_mlp(path_b);
       const auto path = alloy::lmc::evaluate_path(a, b, data, popt, bar.callback());
@@ -395,7 +396,7 @@ int main(int argc, char** argv) {
                         {"train loss barrier", fmt(path.train_loss_barrier)}},
                        charts,
                        "<h2>Points</h2><pre>" +
-                           alloy::lmc::html_escape(alloy::lmc::path_csv(path)) + "</pre>"));
+                           alloy::html_escape(alloy::lmc::path_csv(path)) + "</pre>"));
     } else if (*align_cmd) {
       const alloy::lmc::Mlp a = alloy::lmc::load_mlp(align_a), b = alloy::lmc::load_mlp(align_b);
       const auto method = align_method == "weight" ? alloy::lmc::AlignMethod::kWeight
@@ -482,7 +483,7 @@ int main(int argc, char** argv) {
                         {"test loss, line between the endpoints", fmt(line)},
                         {"test accuracy, interpolated", fmt(100 * ep.accuracy, 2) + "%"},
                         {"test accuracy, repaired", fmt(100 * er.accuracy, 2) + "%"}},
-                       {}, "<pre>" + alloy::lmc::html_escape(doc.dump(2)) + "</pre>"));
+                       {}, "<pre>" + alloy::html_escape(doc.dump(2)) + "</pre>"));
     } else if (*curve_cmd) {
       const alloy::lmc::Mlp a = alloy::lmc::load_mlp(curve_a), b = alloy::lmc::load_mlp(curve_b);
       const auto curve = alloy::lmc::train_curve(a, b, data, copt, bar.callback());
@@ -533,7 +534,7 @@ int main(int argc, char** argv) {
                         {"max test loss of the endpoints", fmt(curve.endpoint_max_test_loss)}},
                        {svg},
                        "<h2>Points</h2><pre>" +
-                           alloy::lmc::html_escape(alloy::lmc::curve_csv(curve)) + "</pre>"));
+                           alloy::html_escape(alloy::lmc::curve_csv(curve)) + "</pre>"));
     }
   } catch (const alloy::Error& e) {
     std::fprintf(stderr, "\nalloy-lmc: error: %s [%s]\n", e.what(),

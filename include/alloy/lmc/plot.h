@@ -25,8 +25,6 @@ std::string html_report(const std::string& title,
                         const std::vector<std::pair<std::string, std::string>>& summary,
                         const std::vector<std::string>& svgs, const std::string& extra_html = "");
 
-std::string html_escape(const std::string& text);
-
 // A numeric CSV table with a header line (what alloy-lmc writes). Throws Error(kInvalidArgument)
 // naming `label` on a malformed line or a non-numeric cell.
 struct CsvTable {
