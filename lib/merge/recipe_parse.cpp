@@ -321,20 +321,49 @@ void check_expansion(const Parser& p, const YAML::Node& node, int depth, size_t*
   }
 }
 
+// Where a second YAML document would start: a "---" line after the first document's content, or
+// content after a "..." end marker (lines at column 0; inside a document, content is indented or
+// is a key, so these are always document markers). 0 when there is none. Found in the text
+// because yaml-cpp's LoadAll can loop without end on malformed input after the first document.
+int second_document_line(const std::string& text) {
+  std::istringstream lines(text);
+  std::string line;
+  bool content = false, ended = false;
+  for (int number = 1; std::getline(lines, line); ++number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const size_t start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == '#' || line[0] == '%') continue;  // blank, comment, directive
+    const auto marker = [&](const char* m) {
+      return line.compare(0, 3, m) == 0 && (line.size() == 3 || line[3] == ' ' || line[3] == '\t');
+    };
+    if (marker("---")) {
+      if (content || ended) return number;
+      const size_t rest = line.find_first_not_of(" \t", 3);
+      content = rest != std::string::npos && line[rest] != '#';  // "--- {a: 1}" starts the content
+      continue;
+    }
+    if (marker("...")) {
+      ended = true;
+      continue;
+    }
+    if (ended) return number;
+    content = true;
+  }
+  return 0;
+}
+
 // The one YAML document of a recipe; a second one ("---") would be silently ignored by a loader
 // that reads the first, so it is refused.
 YAML::Node load_document(const Parser& p, const std::string& text) {
-  std::vector<YAML::Node> documents;
+  if (const int line = second_document_line(text)) {
+    p.fail_at({line, 1}, "a recipe is one YAML document, but a second one starts here");
+  }
+  YAML::Node root;
   try {
-    documents = YAML::LoadAll(text);
+    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     p.fail_at({e.mark.line + 1, e.mark.column + 1}, "not valid YAML: " + e.msg);
   }
-  if (documents.size() > 1) {
-    p.fail(documents[1], "a recipe is one YAML document, but this file holds " + std::to_string(documents.size()) +
-                             " (a '---' line starts another)");
-  }
-  YAML::Node root = documents.empty() ? YAML::Node() : documents[0];
   size_t visited = 0;
   check_expansion(p, root, 0, &visited);
   return root;

@@ -85,8 +85,10 @@ std::vector<BadRecipe> bad_recipes() {
       {"HugeSlerpT", "merge_method: slerp\nbase_model: models/base\nmodels: [models/base, models/ft_a]\n"
                      "parameters:\n  t: 1e10\n", 5, "parameter 't' is 1e10; it must be between 0 and 1"},
       // Text that is not one UTF-8 YAML document of reasonable size.
-      {"TwoDocuments", "merge_method: linear\nmodels: [models/ft_a]\n---\nmerge_method: slerp\n", 4,
-       "a recipe is one YAML document, but this file holds 2"},
+      {"TwoDocuments", "merge_method: linear\nmodels: [models/ft_a]\n---\nmerge_method: slerp\n", 3,
+       "a recipe is one YAML document, but a second one starts here"},
+      {"ContentAfterTheEndMarker", "---\nmerge_method: linear\nmodels: [models/ft_a]\n...\nname: other\n", 5,
+       "a second one starts here"},
       {"NulByte", std::string("merge_method: linear\nmodels: [models/ft\0a]\n", 43), 2, "contains a NUL byte"},
       {"Utf16", std::string("\xFF\xFEm\0e\0", 6), 0, "the recipe is UTF-16; save it as UTF-8"},
       {"NotUtf8", "merge_method: linear\nmodels: [models/\xC3\x28]\n", 0, "not valid UTF-8"},
