@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
@@ -168,6 +169,33 @@ void check_input(const Mlp& mlp, const Split& split) {
                                                std::to_string(kIdxClasses) + " classes");
 }
 constexpr size_t kEvalChunk = 500;
+
+// Runs layers [0, upto) on the first `count` images of `split` (pixels / 255) in fixed chunks of
+// kEvalChunk images, the chunks spread over threads, and calls visit(chunk, begin, n, out) with
+// the chunk's index, its first image, its size and its outputs [n, sizes[upto]]. Each chunk's
+// result depends only on its images, so callers that combine per-chunk results in chunk order are
+// deterministic on any number of threads.
+template <class Visit>
+void forward_chunks(const Mlp& mlp, const Split& split, size_t count, size_t upto, bool relu_last,
+                    const Visit& visit) {
+  const size_t f = split.features(), width = mlp.sizes[upto];
+  const size_t chunks = (count + kEvalChunk - 1) / kEvalChunk;
+  parallel_for(chunks, 1, [&](size_t b, size_t e) {
+    std::vector<float> x, out;
+    std::vector<size_t> idx;
+    for (size_t c = b; c < e; ++c) {
+      const size_t begin = c * kEvalChunk, n = std::min(kEvalChunk, count - begin);
+      idx.resize(n);
+      std::iota(idx.begin(), idx.end(), begin);
+      x.resize(n * f);
+      out.resize(n * width);
+      scale_pixels(split, idx.data(), n, x.data());
+      detail::forward_to(mlp.sizes, mlp.params.data(), x.data(), n, upto, relu_last, out.data(),
+                         false);
+      visit(c, begin, n, out.data());
+    }
+  });
+}
 }  // namespace
 
 std::vector<float> hidden_activations(const Mlp& mlp, const Split& split, size_t count,
@@ -177,22 +205,12 @@ std::vector<float> hidden_activations(const Mlp& mlp, const Split& split, size_t
     throw Error(ErrorCode::kInvalidArgument,
                 "hidden layer " + std::to_string(layer) + " out of range");
   count = std::min(count, split.count);
-  const size_t width = mlp.sizes[layer], f = split.features();
+  const size_t width = mlp.sizes[layer];
   std::vector<float> out(count * width);
-  const size_t chunks = (count + kEvalChunk - 1) / kEvalChunk;
-  parallel_for(chunks, 1, [&](size_t b, size_t e) {
-    std::vector<float> x;
-    std::vector<size_t> idx;
-    for (size_t c = b; c < e; ++c) {
-      const size_t begin = c * kEvalChunk, n = std::min(kEvalChunk, count - begin);
-      idx.resize(n);
-      for (size_t i = 0; i < n; ++i) idx[i] = begin + i;
-      x.resize(n * f);
-      scale_pixels(split, idx.data(), n, x.data());
-      detail::forward_to(mlp.sizes, mlp.params.data(), x.data(), n, layer, !pre,
-                         out.data() + begin * width, false);
-    }
-  });
+  forward_chunks(mlp, split, count, layer, !pre,
+                 [&](size_t, size_t begin, size_t n, const float* activations) {
+                   std::copy(activations, activations + n * width, out.data() + begin * width);
+                 });
   return out;
 }
 
@@ -208,40 +226,28 @@ double Evaluation::accuracy_on(size_t first, size_t last) const {
 Evaluation evaluate(const Mlp& mlp, const Split& split, size_t limit) {
   check_input(mlp, split);
   const size_t count = limit ? std::min(limit, split.count) : split.count;
-  const size_t classes = kIdxClasses, f = split.features();
+  const size_t classes = kIdxClasses;
   struct Partial {
     double loss = 0;
     std::vector<size_t> correct, total;
   };
-  const size_t chunks = (count + kEvalChunk - 1) / kEvalChunk;
-  std::vector<Partial> partial(chunks);
-  parallel_for(chunks, 1, [&](size_t b, size_t e) {
-    std::vector<float> x, logits;
-    std::vector<size_t> idx;
-    for (size_t c = b; c < e; ++c) {
-      const size_t begin = c * kEvalChunk, n = std::min(kEvalChunk, count - begin);
-      idx.resize(n);
-      for (size_t i = 0; i < n; ++i) idx[i] = begin + i;
-      x.resize(n * f);
-      logits.resize(n * classes);
-      scale_pixels(split, idx.data(), n, x.data());
-      detail::forward_to(mlp.sizes, mlp.params.data(), x.data(), n, mlp.layers(), false,
-                         logits.data(), false);
-      Partial& p = partial[c];
-      p.correct.assign(classes, 0);
-      p.total.assign(classes, 0);
-      for (size_t i = 0; i < n; ++i) {
-        const float* z = logits.data() + i * classes;
-        const size_t label = split.labels[begin + i];
-        const size_t arg = size_t(std::max_element(z, z + classes) - z);
-        double m = z[arg], s = 0;
-        for (size_t k = 0; k < classes; ++k) s += std::exp(double(z[k]) - m);
-        p.loss += std::log(s) - (double(z[label]) - m);
-        p.total[label] += 1;
-        p.correct[label] += arg == label;
-      }
-    }
-  });
+  std::vector<Partial> partial((count + kEvalChunk - 1) / kEvalChunk);
+  forward_chunks(mlp, split, count, mlp.layers(), false,
+                 [&](size_t c, size_t begin, size_t n, const float* logits) {
+                   Partial& p = partial[c];
+                   p.correct.assign(classes, 0);
+                   p.total.assign(classes, 0);
+                   for (size_t i = 0; i < n; ++i) {
+                     const float* z = logits + i * classes;
+                     const size_t label = split.labels[begin + i];
+                     const size_t arg = size_t(std::max_element(z, z + classes) - z);
+                     double m = z[arg], s = 0;
+                     for (size_t k = 0; k < classes; ++k) s += std::exp(double(z[k]) - m);
+                     p.loss += std::log(s) - (double(z[label]) - m);
+                     p.total[label] += 1;
+                     p.correct[label] += arg == label;
+                   }
+                 });
   Evaluation ev;
   ev.count = count;
   ev.class_correct.assign(classes, 0);
