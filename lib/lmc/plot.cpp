@@ -194,4 +194,38 @@ std::vector<double> CsvTable::column(const std::string& name, const std::string&
   return out;
 }
 
+std::vector<Series> csv_series(const std::vector<CsvInput>& inputs, const std::string& x,
+                               const std::vector<std::string>& ys) {
+  static const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd",
+                                 "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"};
+  std::vector<Series> series;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const CsvInput& in = inputs[i];
+    const std::vector<double> xs = in.table.column(x, in.file);
+    for (size_t k = 0; k < ys.size(); ++k) {
+      Series s;
+      s.name = ys.size() == 1 ? in.label : inputs.size() == 1 ? ys[k] : in.label + " " + ys[k];
+      s.x = xs;
+      s.y = in.table.column(ys[k], in.file);
+      s.color = colors[(ys.size() > 1 && inputs.size() == 1 ? k : i) % 8];
+      s.dashed = ys.size() > 1 && inputs.size() > 1 && k > 0;
+      series.push_back(std::move(s));
+    }
+  }
+  return series;
+}
+
+nlohmann::json chart_json(const std::string& title, const std::string& x_label,
+                          const std::string& y_label, const std::vector<Series>& series) {
+  auto values = [](const std::vector<double>& v) {
+    nlohmann::json out = nlohmann::json::array();
+    for (double d : v) out.push_back(std::isfinite(d) ? nlohmann::json(d) : nlohmann::json());
+    return out;
+  };
+  nlohmann::json list = nlohmann::json::array();
+  for (const Series& s : series)
+    list.push_back({{"name", s.name}, {"x", values(s.x)}, {"y", values(s.y)}});
+  return {{"title", title}, {"x_label", x_label}, {"y_label", y_label}, {"series", list}};
+}
+
 }  // namespace alloy::lmc

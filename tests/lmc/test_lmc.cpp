@@ -186,5 +186,68 @@ TEST(LmcPlot, WritesASelfContainedSvg) {
   EXPECT_EQ(svg.find("nan"), std::string::npos);
 }
 
+TEST(LmcPlot, JsonHasThePlottedNumbers) {
+  lmc::CsvInput a{
+      "a.csv", "naive",
+      lmc::parse_csv("t,test_loss,train_loss\n0,0.3,0.2\n0.5,1.25,1.5\n1,0.35,0.25\n", "a.csv")};
+  lmc::CsvInput b{"b.csv", "aligned",
+                  lmc::parse_csv("t,test_loss,train_loss\n0,0.3,0.2\n1,0.35,0.25\n", "b.csv")};
+  const auto one = lmc::csv_series({a, b}, "t", {"test_loss"});
+  ASSERT_EQ(one.size(), 2u);
+  EXPECT_EQ(one[0].name, "naive");
+  EXPECT_EQ(one[1].name, "aligned");
+  const auto both = lmc::csv_series({a, b}, "t", {"test_loss", "train_loss"});
+  ASSERT_EQ(both.size(), 4u);
+  EXPECT_EQ(both[1].name, "naive train_loss");
+  EXPECT_TRUE(both[1].dashed);
+  EXPECT_EQ(both[0].color, both[1].color);
+  EXPECT_NE(both[0].color, both[2].color);
+  EXPECT_EQ(lmc::csv_series({a}, "t", {"test_loss", "train_loss"})[1].name, "train_loss");
+  EXPECT_THROW(lmc::csv_series({a}, "t", {"missing"}), Error);
+
+  lmc::Series with_nan{"s", {0, 1}, {2.5, NAN}};
+  const nlohmann::json j = lmc::chart_json("T", "t", "loss", {one[0], with_nan});
+  EXPECT_EQ(j["title"], "T");
+  EXPECT_EQ(j["x_label"], "t");
+  EXPECT_EQ(j["y_label"], "loss");
+  ASSERT_EQ(j["series"].size(), 2u);
+  EXPECT_EQ(j["series"][0]["name"], "naive");
+  EXPECT_EQ(j["series"][0]["x"], nlohmann::json({0.0, 0.5, 1.0}));
+  EXPECT_EQ(j["series"][0]["y"], nlohmann::json({0.3, 1.25, 0.35}));
+  EXPECT_TRUE(j["series"][1]["y"][1].is_null());
+}
+
+TEST(LmcPlot, ToolWritesTheChartAndItsNumbers) {
+  TempDir dir;
+  write_bytes(dir / "path.csv",
+              "t,test_loss,test_accuracy\n0,0.33,0.88\n0.5,1.26,0.65\n1,0.37,0.87\n");
+  int status = 0;
+  const std::string out =
+      run_command(bin("alloy-lmc") + " plot " + (dir / "chart.svg").string() + " --input " +
+                      (dir / "path.csv").string() + "=naive --y test_loss --title Barrier --json " +
+                      (dir / "chart.json").string() + " 2>&1",
+                  &status);
+  ASSERT_EQ(status, 0) << out;
+  std::ifstream svg(dir / "chart.svg");
+  std::string head(4, '\0');
+  svg.read(head.data(), 4);
+  EXPECT_EQ(head, "<svg");
+  std::ifstream in(dir / "chart.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["title"], "Barrier");
+  ASSERT_EQ(j["series"].size(), 1u);
+  EXPECT_EQ(j["series"][0]["name"], "naive");
+  EXPECT_EQ(j["series"][0]["x"], nlohmann::json({0.0, 0.5, 1.0}));
+  EXPECT_EQ(j["series"][0]["y"], nlohmann::json({0.33, 1.26, 0.37}));
+  // A missing column is one clear error, and nothing is written.
+  const std::string bad = run_command(
+      bin("alloy-lmc") + " plot " + (dir / "bad.svg").string() + " --input " +
+          (dir / "path.csv").string() + " --y nope --json " + (dir / "bad.json").string() + " 2>&1",
+      &status);
+  EXPECT_NE(status, 0);
+  EXPECT_NE(bad.find("no column 'nope'"), std::string::npos) << bad;
+  EXPECT_FALSE(std::filesystem::exists(dir / "bad.json"));
+}
+
 }  // namespace
 }  // namespace alloy::test

@@ -6,8 +6,8 @@
 #include <iostream>
 
 #include "alloy/core/error.h"
-#include "alloy/core/html.h"
 #include "alloy/core/file_util.h"
+#include "alloy/core/html.h"
 #include "alloy/core/parallel.h"
 #include "alloy/lmc/lmc.h"
 #include "alloy/lmc/plot.h"
@@ -210,6 +210,8 @@ int main(int argc, char** argv) {
   plot_cmd->add_option("--y", plot_y, "y columns (repeat)")->required();
   plot_cmd->add_option("--title", plot_title, "chart title");
   plot_cmd->add_option("--y-label", plot_ylabel, "y axis label");
+  std::string plot_json;
+  plot_cmd->add_option("--json", plot_json, "write the plotted numbers as JSON ('-' for stdout)");
 
   // shared by train
   std::string train_csv, train_svg, train_report;
@@ -232,30 +234,19 @@ int main(int argc, char** argv) {
       }
     };
     if (*plot_cmd) {
-      const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd",
-                              "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"};
-      std::vector<alloy::lmc::Series> series;
-      for (size_t i = 0; i < plot_inputs.size(); ++i) {
-        const size_t eq = plot_inputs[i].find('=');
-        const std::string file = plot_inputs[i].substr(0, eq);
-        const std::string label = eq == std::string::npos ? file : plot_inputs[i].substr(eq + 1);
-        const auto table = alloy::lmc::parse_csv(alloy::read_text_file(file), file);
-        for (size_t k = 0; k < plot_y.size(); ++k) {
-          alloy::lmc::Series s{plot_y.size() == 1        ? label
-                               : plot_inputs.size() == 1 ? plot_y[k]
-                                                         : label + " " + plot_y[k],
-                               table.column(plot_x, file), table.column(plot_y[k], file),
-                               colors[(plot_y.size() > 1 ? k : i) % 8], false};
-          if (plot_y.size() > 1 && plot_inputs.size() > 1) {
-            s.color = colors[i % 8];
-            s.dashed = k > 0;
-          }
-          series.push_back(s);
-        }
+      std::vector<alloy::lmc::CsvInput> inputs;
+      for (const std::string& arg : plot_inputs) {
+        const size_t eq = arg.find('=');
+        alloy::lmc::CsvInput in;
+        in.file = arg.substr(0, eq);
+        in.label = eq == std::string::npos ? in.file : arg.substr(eq + 1);
+        in.table = alloy::lmc::parse_csv(alloy::read_text_file(in.file), in.file);
+        inputs.push_back(std::move(in));
       }
-      write_text(plot_out,
-                 alloy::lmc::svg_line_chart(plot_title, plot_x,
-                                            plot_ylabel.empty() ? plot_y[0] : plot_ylabel, series));
+      const auto series = alloy::lmc::csv_series(inputs, plot_x, plot_y);
+      const std::string y_label = plot_ylabel.empty() ? plot_y[0] : plot_ylabel;
+      write_text(plot_out, alloy::lmc::svg_line_chart(plot_title, plot_x, y_label, series));
+      write_json(plot_json, alloy::lmc::chart_json(plot_title, plot_x, y_label, series));
       return 0;
     }
     const alloy::lmc::Dataset data = alloy::lmc::load_dataset(data_dir);
@@ -333,10 +324,9 @@ int main(int argc, char** argv) {
               {"layer sizes", doc["layer_sizes"].dump()}, {"seconds", fmt(seconds, 1)}};
           if (!log.empty())
             rows.push_back({"final test accuracy", fmt(100 * log.back().test_accuracy, 2) + "%"});
-          write_text(train_report,
-                     alloy::lmc::html_report(
-                         "alloy-lmc train " + train_out, rows, {svg},
-                         "<h2>Log</h2><pre>" + alloy::html_escape(csv) + "</pre>"));
+          write_text(train_report, alloy::lmc::html_report(
+                                       "alloy-lmc train " + train_out, rows, {svg},
+                                       "<h2>Log</h2><pre>" + alloy::html_escape(csv) + "</pre>"));
         }
       }
       if (train_json != "-") std::printf("wrote %s (%.1f s)\n", train_out.c_str(), seconds);
@@ -395,8 +385,8 @@ int main(int argc, char** argv) {
                         {"test accuracy barrier", fmt(100 * path.accuracy_barrier, 2) + "%"},
                         {"train loss barrier", fmt(path.train_loss_barrier)}},
                        charts,
-                       "<h2>Points</h2><pre>" +
-                           alloy::html_escape(alloy::lmc::path_csv(path)) + "</pre>"));
+                       "<h2>Points</h2><pre>" + alloy::html_escape(alloy::lmc::path_csv(path)) +
+                           "</pre>"));
     } else if (*align_cmd) {
       const alloy::lmc::Mlp a = alloy::lmc::load_mlp(align_a), b = alloy::lmc::load_mlp(align_b);
       const auto method = align_method == "weight" ? alloy::lmc::AlignMethod::kWeight
@@ -533,8 +523,8 @@ int main(int argc, char** argv) {
                         {"max test loss on the line", fmt(curve.line_max_test_loss)},
                         {"max test loss of the endpoints", fmt(curve.endpoint_max_test_loss)}},
                        {svg},
-                       "<h2>Points</h2><pre>" +
-                           alloy::html_escape(alloy::lmc::curve_csv(curve)) + "</pre>"));
+                       "<h2>Points</h2><pre>" + alloy::html_escape(alloy::lmc::curve_csv(curve)) +
+                           "</pre>"));
     }
   } catch (const alloy::Error& e) {
     std::fprintf(stderr, "\nalloy-lmc: error: %s [%s]\n", e.what(),

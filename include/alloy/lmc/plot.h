@@ -2,6 +2,7 @@
 // CSS and SVG, no scripts, no network; the style of the assay report, lib/assay/report.cpp).
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,5 +35,23 @@ struct CsvTable {
   std::vector<double> column(const std::string& name, const std::string& label) const;
 };
 CsvTable parse_csv(const std::string& text, const std::string& label);
+
+// One input of `alloy-lmc plot`: a parsed CSV file and the label its lines get in the legend.
+struct CsvInput {
+  std::string file, label;
+  CsvTable table;
+};
+
+// The series `alloy-lmc plot` draws: one per input and y column, x from column `x`. The name is
+// the input's label when there is one y column, the column when there is one input, else both;
+// with several inputs and several columns each input has one colour and every column after the
+// first is dashed. Throws Error naming the file when a column is absent.
+std::vector<Series> csv_series(const std::vector<CsvInput>& inputs, const std::string& x,
+                               const std::vector<std::string>& ys);
+
+// The numbers of a chart, as plotted: {"title", "x_label", "y_label", "series": [{"name", "x",
+// "y"}]}, every value of every series (a non-finite value, which the chart skips, is null).
+nlohmann::json chart_json(const std::string& title, const std::string& x_label,
+                          const std::string& y_label, const std::vector<Series>& series);
 
 }  // namespace alloy::lmc
