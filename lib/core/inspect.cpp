@@ -1,6 +1,8 @@
 // alloy-inspect's library side: a validated model described as JSON, and that JSON as text.
 #include "alloy/core/inspect.h"
 
+#include "alloy/core/architecture.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -66,6 +68,40 @@ std::string table(const std::vector<std::vector<std::string>>& rows, const std::
   return out;
 }
 
+// The detected architecture (ModelArchitecture::summary()) as an indented block.
+std::string format_architecture(const nlohmann::json& a) {
+  const auto text = [](const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); };
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"family:", text(a.at("family")) + " (" + text(a.at("title")) + ")"});
+  std::string layers = text(a.at("layers")) + " under '" + text(a.at("layer_prefix")) + "'";
+  if (!a.at("text_config").get<std::string>().empty()) layers += ", count in " + text(a.at("text_config"));
+  rows.push_back({"layers:", layers});
+  std::string types;
+  for (const auto& [kind, count] : a.at("layer_types").items()) {
+    types += (types.empty() ? "" : ", ") + kind + " x" + count.dump();
+  }
+  if (!types.empty()) rows.push_back({"layer types:", types});
+  if (a.at("experts").get<int>() > 0) {
+    rows.push_back({"experts:", text(a.at("experts")) + " routed, in " + text(a.at("moe_layers")) + " layers"});
+  }
+  std::string fused;
+  for (const auto& f : a.at("fused")) fused += (fused.empty() ? "" : ", ") + f.get<std::string>();
+  if (!fused.empty()) rows.push_back({"fused:", fused});
+  rows.push_back({"tied embeddings:", a.at("tied_embeddings").get<bool>() ? "yes" : "no"});
+  std::string subs;
+  for (const auto& [name, count] : a.at("submodels").items()) {
+    subs += (subs.empty() ? "" : ", ") + name + " (" + count.dump() + " tensors)";
+  }
+  if (!subs.empty()) rows.push_back({"sub-models:", subs});
+  if (a.at("unknown_tensors").get<int>() > 0) {
+    rows.push_back({"unknown tensors:", text(a.at("unknown_tensors")) + " (first: " +
+                                            text(a.at("first_unknown_tensor")) + ")"});
+  }
+  std::string out = "architecture:\n" + table(rows, {false, false}, "  ");
+  if (a.contains("notice")) out += "  notice: " + text(a.at("notice")) + "\n";
+  return out;
+}
+
 }  // namespace
 
 nlohmann::json inspect_model(const Model& model) {
@@ -107,6 +143,7 @@ nlohmann::json inspect_model(const Model& model) {
   }
   out["config"] = config;
   out["auxiliary_files"] = model.auxiliary_files();
+  out["architecture"] = detect_architecture(model).summary();
   return out;
 }
 
@@ -155,6 +192,7 @@ std::string format_inspection(const nlohmann::json& inspection) {
     for (const auto& file : inspection.at("auxiliary_files"))
       out << "  " << file.get<std::string>() << "\n";
   }
+  if (inspection.contains("architecture")) out << "\n" << format_architecture(inspection["architecture"]);
   return out.str();
 }
 

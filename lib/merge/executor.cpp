@@ -289,9 +289,8 @@ std::vector<fs::path> input_files(const Model& model) {
 }
 
 nlohmann::json output_config(const MergePlan& plan) {
-  nlohmann::json config = plan.models[plan.config_donor]->config();
-  if (!config.is_object()) config = nlohmann::json::object();
-  config["num_hidden_layers"] = plan.output_layers;
+  // The donor's config with the layer count and per-layer lists remapped (plan_config.cpp).
+  nlohmann::json config = plan.output_config.is_object() ? plan.output_config : merged_config(plan);
   if (!plan.tensors.empty()) config["torch_dtype"] = dtype_torch_name(plan.tensors.front().out_dtype);
   return config;
 }

@@ -32,6 +32,7 @@ struct PlanContext {
   // The index of the model named `name` in plan.models; fails at `where` if it is not one.
   int model_index(const std::string& name, const RecipePosition& where) const;
   const Model& model_of(const RecipeSource& source) const;
+  const ModelArchitecture& architecture_of(const RecipeSource& source) const;
   // Where the recipe first names `model` (for errors about the model itself).
   RecipePosition position_of(const std::string& model) const;
 
@@ -46,13 +47,13 @@ void open_models(PlanContext& context);
 void build_slices(PlanContext& context);
 void check_architectures(const PlanContext& context);
 
-// plan_layers.cpp: decoder layers are the tensors named "model.layers.<i>.<suffix>".
-inline constexpr const char* kLayerPrefix = "model.layers.";
-// Splits "model.layers.<i>.<suffix>"; false for tensors outside the layers.
-bool split_layer_name(const std::string& name, int* layer, std::string* suffix);
+// plan_sources.cpp: the models' architectures (alloy/core/architecture.h: layer prefix, layer
+// count, per-layer tensor sets), one per model, and the notices of those inferred from names.
+void detect_architectures(PlanContext& context);
 
 // plan_layers.cpp: the output's tensor list: embeddings, then each output layer's tensors (the
-// template layer's suffixes, renamed), then the rest, then lm_head where any source has one.
+// suffixes of the layer its slice's first source names, renamed under the output's layer prefix),
+// then the rest, then lm_head where any source has one; and the output layers' origins.
 void plan_tensors(PlanContext& context);
 
 // plan_tensor.cpp: one output tensor from the first `source_limit` sources of `slice`, reading

@@ -8,18 +8,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The model's decoder layer count: config.json's num_hidden_layers, else one more than the
-// highest "model.layers.<i>." index among its tensors.
-int layer_count(const Model& model) {
-  if (model.config().contains("num_hidden_layers") && model.config()["num_hidden_layers"].is_number_integer()) {
-    return model.config()["num_hidden_layers"].get<int>();
-  }
-  int count = 0, layer;
-  std::string suffix;
-  for (const auto& t : model.tensors()) {
-    if (split_layer_name(t.name(), &layer, &suffix)) count = std::max(count, layer + 1);
-  }
-  return count;
+// The model's decoder layer count: its config's (num_hidden_layers, inside text_config where the
+// family keeps it there), else one more than the highest layer index among its tensors.
+int layer_count(const PlanContext& context, const RecipeSource& source) {
+  return context.architecture_of(source).layer_count();
 }
 
 // A recipe without slices: one slice over every layer of every model, mergekit's way.
@@ -28,7 +20,7 @@ SliceSpec whole_model_slice(const PlanContext& context) {
   SliceSpec slice;
   slice.base_model = r.base_model;
   for (RecipeSource s : r.models) {
-    s.layer_range = std::make_pair(0, layer_count(context.model_of(s)));
+    s.layer_range = std::make_pair(0, layer_count(context, s));
     slice.sources.push_back(s);
   }
   // mergekit appends an unlisted base model as the last source, with no parameters.
@@ -37,7 +29,7 @@ SliceSpec whole_model_slice(const PlanContext& context) {
     RecipeSource base;
     base.model = *r.base_model;
     base.position = r.base_model_position;
-    base.layer_range = std::make_pair(0, layer_count(*context.plan.models[0]));
+    base.layer_range = std::make_pair(0, context.plan.architectures[0].layer_count());
     slice.sources.push_back(base);
   }
   return slice;
@@ -48,7 +40,7 @@ SliceSpec whole_model_slice(const PlanContext& context) {
 void check_slice(const PlanContext& context, SliceSpec* slice) {
   int length = -1;
   for (const auto& s : slice->sources) {
-    const int available = layer_count(context.model_of(s));
+    const int available = layer_count(context, s);
     const auto [begin, end] = *s.layer_range;
     if (end > available) {
       context.fail(s.position, "layer_range [" + std::to_string(begin) + ", " + std::to_string(end) + "] of '" +
@@ -88,6 +80,17 @@ void open_models(PlanContext& context) {
     plan.model_paths.push_back(path);
   }
   if (plan.recipe.base_model) plan.base_model = 0;  // referenced_models() lists the base first
+}
+
+void detect_architectures(PlanContext& context) {
+  MergePlan& plan = context.plan;
+  for (size_t i = 0; i < plan.models.size(); ++i) {
+    plan.architectures.push_back(detect_architecture(*plan.models[i]));
+    const ModelArchitecture& arch = plan.architectures.back();
+    if (arch.inferred() && plan.models[i]->has_config()) {
+      plan.notices.push_back("model '" + plan.model_names[i] + "': " + arch.notice());
+    }
+  }
 }
 
 void build_slices(PlanContext& context) {

@@ -49,8 +49,9 @@ const ModelTensor& find_input(const PlanContext& context, const RecipeSource& so
                               std::string* input, bool* present) {
   const Model& model = context.model_of(source);
   const ModelTensor* found = model.find(*input);
-  if (!found && output_name == "lm_head.weight") {
-    *input = "model.embed_tokens.weight";  // tied embeddings
+  const std::string tied = found ? "" : context.architecture_of(source).tied_to(output_name);
+  if (!found && !tied.empty()) {
+    *input = tied;  // tied embeddings
     found = model.find(*input);
   } else if (found) {
     *present = true;

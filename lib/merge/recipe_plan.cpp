@@ -26,6 +26,10 @@ const Model& PlanContext::model_of(const RecipeSource& source) const {
   return *plan.models[static_cast<size_t>(model_index(source.model, source.position))];
 }
 
+const ModelArchitecture& PlanContext::architecture_of(const RecipeSource& source) const {
+  return plan.architectures[static_cast<size_t>(model_index(source.model, source.position))];
+}
+
 RecipePosition PlanContext::position_of(const std::string& model) const {
   const Recipe& r = plan.recipe;
   if (r.base_model && *r.base_model == model) return r.base_model_position;
@@ -55,6 +59,7 @@ uint64_t MergePlan::output_bytes() const {
 MergePlan plan_merge(Recipe recipe, const PlanOptions& options) {
   detail::PlanContext context(std::move(recipe), options);
   detail::open_models(context);
+  detail::detect_architectures(context);
   detail::build_slices(context);
   detail::check_architectures(context);
   detail::plan_tensors(context);
@@ -65,6 +70,7 @@ MergePlan plan_merge(Recipe recipe, const PlanOptions& options) {
   if (r.tokenizer_source && *r.tokenizer_source != "base") {
     plan.tokenizer_donor = context.model_index(*r.tokenizer_source, r.base_model_position);
   }
+  plan.output_config = merged_config(plan);
   return std::move(plan);
 }
 
@@ -74,6 +80,7 @@ nlohmann::json plan_to_json(const MergePlan& plan) {
   out["models"] = plan.model_names;
   out["base_model"] = plan.base_model >= 0 ? nlohmann::json(plan.model_names[plan.base_model]) : nlohmann::json();
   out["output_layers"] = plan.output_layers;
+  if (!plan.notices.empty()) out["notices"] = plan.notices;
   out["output_bytes"] = plan.output_bytes();
   out["tensors"] = nlohmann::json::array();
   for (const auto& t : plan.tensors) {

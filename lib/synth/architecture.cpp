@@ -8,6 +8,7 @@
 
 #include "alloy/core/error.h"
 #include "alloy/synth/synth.h"
+#include "layouts.h"
 
 namespace alloy {
 namespace {
@@ -73,12 +74,35 @@ const char* component_name(Component component) {
   return "unknown";
 }
 
-const char* family_name(ModelFamily family) { return family == ModelFamily::kMoe ? "moe" : "llama"; }
+namespace {
+constexpr std::pair<ModelFamily, const char*> kFamilies[] = {
+    {ModelFamily::kLlama, "llama"},         {ModelFamily::kMoe, "moe"},
+    {ModelFamily::kMistral, "mistral"},     {ModelFamily::kGemma2, "gemma2"},
+    {ModelFamily::kPhi3, "phi3"},           {ModelFamily::kMixtral, "mixtral"},
+    {ModelFamily::kQwen3, "qwen3"},         {ModelFamily::kQwen3Moe, "qwen3_moe"},
+    {ModelFamily::kQwen3Next, "qwen3_next"}, {ModelFamily::kQwen35Moe, "qwen3_5_moe"},
+    {ModelFamily::kGptOss, "gpt_oss"},      {ModelFamily::kDeepseekV3, "deepseek_v3"},
+};
+}  // namespace
+
+const char* family_name(ModelFamily family) {
+  for (const auto& [f, name] : kFamilies) {
+    if (f == family) return name;
+  }
+  return "llama";
+}
 
 std::optional<ModelFamily> family_from_name(std::string_view name) {
-  if (name == "llama") return ModelFamily::kLlama;
-  if (name == "moe") return ModelFamily::kMoe;
+  for (const auto& [f, n] : kFamilies) {
+    if (name == n) return f;
+  }
   return std::nullopt;
+}
+
+std::vector<std::string> family_names() {
+  std::vector<std::string> out;
+  for (const auto& [f, name] : kFamilies) out.push_back(name);
+  return out;
 }
 
 uint64_t SynthTensor::numel() const {
@@ -97,7 +121,7 @@ void Architecture::validate() const {
           "heads (" + std::to_string(heads) + ") must be a multiple of kv-heads" + v(kv_heads));
   require(vocab >= 1, "vocab must be at least 1" + v(vocab));
   require(intermediate >= 1, "intermediate must be at least 1" + v(intermediate));
-  if (family == ModelFamily::kMoe) {
+  if (detail::family_has_experts(family)) {
     require(experts >= 1, "experts must be at least 1" + v(experts));
     require(experts_per_token >= 1 && experts_per_token <= experts,
             "experts-per-token must be in [1, experts = " + std::to_string(experts) + "]" + v(experts_per_token));
@@ -107,6 +131,7 @@ void Architecture::validate() const {
 
 std::vector<SynthTensor> architecture_tensors(const Architecture& arch) {
   arch.validate();
+  if (detail::has_real_layout(arch.family)) return detail::layout_tensors(arch);
   const U h = U(arch.hidden), kv = U(arch.kv_heads) * U(arch.head_dim()), v = U(arch.vocab);
   std::vector<SynthTensor> out;
   out.push_back({"model.embed_tokens.weight", {v, h}, Component::kEmbedding});
@@ -163,11 +188,11 @@ nlohmann::json architecture_json(const Architecture& a) {
                       {"vocab", a.vocab}, {"tie_embeddings", a.tie_embeddings}, {"attention_bias", a.attention_bias}};
   // The routed-expert fields mean nothing for a dense model: recording them would make two equal
   // dense architectures look different.
-  if (a.family == ModelFamily::kMoe) {
+  if (detail::family_has_experts(a.family)) {
     j["experts"] = a.experts;
     j["experts_per_token"] = a.experts_per_token;
     j["moe_intermediate"] = a.moe_intermediate;
-    j["shared_expert"] = a.shared_expert;
+    if (a.family == ModelFamily::kMoe) j["shared_expert"] = a.shared_expert;
   }
   return j;
 }
@@ -218,6 +243,7 @@ bool classify_tensor(const std::string& name, SynthTensor* out) {
 }
 
 nlohmann::json architecture_config(const Architecture& arch, DType dtype) {
+  if (detail::has_real_layout(arch.family)) return detail::layout_config(arch, dtype);
   nlohmann::json c;
   const bool moe = arch.family == ModelFamily::kMoe;
   c["architectures"] = {moe ? "Qwen2MoeForCausalLM" : "LlamaForCausalLM"};

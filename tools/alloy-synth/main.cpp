@@ -33,8 +33,10 @@ uint64_t shard_bytes(const OutputFlags& f) { return alloy::parse_byte_size(f.sha
 
 void add_base_flags(CLI::App* cmd, BaseFlags* f) {
   auto& a = f->options.arch;
-  cmd->add_option("--family", f->family, "llama (dense, LlamaForCausalLM) or moe (Qwen2MoeForCausalLM)")
-      ->check(CLI::IsMember({"llama", "moe"}))
+  cmd->add_option("--family", f->family,
+                  "llama (dense, LlamaForCausalLM), moe (Qwen2MoeForCausalLM), or a real layout: mistral, gemma2, "
+                  "phi3, mixtral, qwen3, qwen3_moe, qwen3_next, qwen3_5_moe, gpt_oss, deepseek_v3")
+      ->check(CLI::IsMember(alloy::family_names()))
       ->capture_default_str();
   std::vector<CLI::Option*> sizes = {
       cmd->add_option("--layers", a.layers, "decoder layers")->capture_default_str(),

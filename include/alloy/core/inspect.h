@@ -11,7 +11,8 @@ namespace alloy {
 // {"path", "shards": [{"file", "tensors", "bytes", "metadata"}], "tensors": [{"name", "dtype",
 //  "shape", "bytes", "shard"}], "dtypes": {DTYPE: {"tensors", "elements", "bytes"}},
 //  "total": {"tensors", "elements", "bytes"}, "config": {summary keys present in config.json},
-//  "auxiliary_files": [...]}
+//  "auxiliary_files": [...], "architecture": the detected architecture
+//  (ModelArchitecture::summary(), alloy/core/architecture.h)}
 nlohmann::json inspect_model(const Model& model);
 
 // The same information as aligned text for a terminal.

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "alloy/core/architecture.h"
 #include "alloy/core/dtype.h"
 #include "alloy/merge/merge_method.h"
 #include "alloy/core/model.h"
@@ -111,6 +112,13 @@ struct PlannedTensor {
   bool is_embedding = false;              // embed_tokens / lm_head: crop rather than refuse
 };
 
+// Where an output decoder layer comes from: the layer of the model that its slice's first source
+// names (the slice's template; the other sources' layers are merged into it).
+struct LayerOrigin {
+  size_t model = 0;  // index into MergePlan::models
+  int layer = 0;     // that model's layer
+};
+
 struct MergePlan {
   Recipe recipe;
   const MergeMethod* method = nullptr;
@@ -119,8 +127,16 @@ struct MergePlan {
   std::vector<std::unique_ptr<Model>> models;
   int base_model = -1;                    // index into models, or -1
   std::vector<PlannedTensor> tensors;
+  std::vector<ModelArchitecture> architectures;  // one per model (alloy/core/architecture.h)
   int output_layers = 0;
+  std::vector<LayerOrigin> layer_origins; // one per output layer
   int config_donor = 0;                   // model whose config.json the output starts from
+  // The output's config.json (without torch_dtype, which the executor sets from the tensors): the
+  // donor's, with the layer count and every per-layer list of its family remapped to the output's
+  // layers (merged_config).
+  nlohmann::json output_config;
+  // Models whose architecture was inferred from tensor names, one sentence each.
+  std::vector<std::string> notices;
   int tokenizer_donor = 0;                // model whose tokenizer files are copied
 
   uint64_t output_bytes() const;
@@ -129,6 +145,12 @@ struct MergePlan {
 // Opens every referenced model (headers and configs only), checks the recipe against them
 // (layer ranges, shapes, architectures), and resolves every output tensor's sources and parameters.
 MergePlan plan_merge(Recipe recipe, const PlanOptions& options);
+
+// The donor's config.json for the output layers: the layer count (inside text_config where the
+// family keeps it there) and the family's per-layer lists (layer_types, mlp_only_layers,
+// first_k_dense_replace, ...) remapped through layer_origins. Throws Error(kRecipe) when a list
+// cannot describe the output's layers (a dense-prefix count over layers that are not a prefix).
+nlohmann::json merged_config(const MergePlan& plan);
 
 // The resolved plan as JSON, for --dry-run: tensors with sources, parameters and shapes.
 nlohmann::json plan_to_json(const MergePlan& plan);

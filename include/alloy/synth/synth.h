@@ -26,6 +26,16 @@
 // the low-rank fraction (up to the tiny overlap <D, L>) and ||delta|| = relative_delta * ||base||
 // exactly in float32 (before rounding to the base's dtype). D, U and V come from streams of the
 // fine-tune's seed that are distinct from the base's streams, so the seed may equal the base's.
+//
+// Beside the two original families, named families reproduce real checkpoints' layouts (exact
+// tensor names, shapes and config.json fields, lib/synth/layouts.cpp) at the Architecture's sizes:
+// mistral, gemma2 (always tied), phi3 (fused qkv_proj and gate_up_proj), mixtral
+// (block_sparse_moe.experts.E.w1/w2/w3; routed experts of moe_intermediate), qwen3 (q/k norms),
+// qwen3_moe, qwen3_next (every 4th layer gated full attention, the others Gated DeltaNet linear
+// attention; MoE with a shared expert; an MTP head mtp.*), qwen3_5_moe (the same under
+// model.language_model. with text_config, fused 3-D experts, a two-block vision tower
+// model.visual.* and mtp.*), gpt_oss (fused 3-D experts with interleaved gate/up, biases, sinks,
+// router bias) and deepseek_v3 (MLA attention; layer 0 dense, the others routed + shared experts).
 #pragma once
 
 #include <cstdint>
@@ -40,10 +50,16 @@
 
 namespace alloy {
 
-enum class ModelFamily { kLlama, kMoe };
-// "llama" / "moe", and back (nullopt for anything else).
+enum class ModelFamily {
+  kLlama, kMoe,
+  kMistral, kGemma2, kPhi3, kMixtral, kQwen3, kQwen3Moe, kQwen3Next, kQwen35Moe, kGptOss, kDeepseekV3,
+};
+// "llama", "moe", "mistral", "gemma2", "phi3", "mixtral", "qwen3", "qwen3_moe", "qwen3_next",
+// "qwen3_5_moe", "gpt_oss", "deepseek_v3", and back (nullopt for anything else).
 const char* family_name(ModelFamily family);
 std::optional<ModelFamily> family_from_name(std::string_view name);
+// Every family's name, in enum order.
+std::vector<std::string> family_names();
 
 // What role a tensor plays. Forensics groups statistics by it; perturbations select by it.
 enum class Component {
@@ -64,10 +80,10 @@ struct Architecture {
   int heads = 4;
   int kv_heads = 2;
   int vocab = 128;
-  int experts = 8;                // kMoe only
-  int experts_per_token = 2;      // kMoe only
-  int moe_intermediate = 32;      // kMoe only: width of each routed expert
-  bool shared_expert = true;      // kMoe only
+  int experts = 8;                // families with routed experts only
+  int experts_per_token = 2;      // families with routed experts only
+  int moe_intermediate = 32;      // families with routed experts only: width of each routed expert
+  bool shared_expert = true;      // kMoe only (qwen3_next / qwen3_5_moe always have one)
   bool tie_embeddings = false;    // no lm_head.weight when true
   bool attention_bias = false;    // self_attn.{q,k,v}_proj.bias (real Qwen2-MoE checkpoints have them)
 
@@ -92,7 +108,8 @@ uint64_t architecture_bytes(const Architecture& arch, DType dtype);
 // The config.json of the architecture.
 nlohmann::json architecture_config(const Architecture& arch, DType dtype);
 // Reads back an architecture from a config.json written by architecture_config (or a real
-// Llama / Qwen2-MoE config). Throws Error(kBadConfig) naming the missing key.
+// Llama / Qwen2-MoE config). Throws Error(kBadConfig) naming the missing key. The named families'
+// configs are read as llama or moe (what the perturb transforms understand).
 Architecture architecture_from_config(const nlohmann::json& config);
 // The architecture's parameters as alloy_synth.json records them.
 nlohmann::json architecture_json(const Architecture& arch);
