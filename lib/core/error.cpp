@@ -50,6 +50,10 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kMissingTensor: return "missing-tensor";
     case ErrorCode::kNonFinite: return "non-finite";
     case ErrorCode::kOutputExists: return "output-exists";
+    case ErrorCode::kOutputLocked: return "output-locked";
+    case ErrorCode::kOutputChanged: return "output-changed";
+    case ErrorCode::kOutputIsInput: return "output-is-input";
+    case ErrorCode::kInputChanged: return "input-changed";
     case ErrorCode::kAssay: return "assay";
   }
   return "unknown";

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "alloy/core/file_util.h"
 #include "alloy/core/error.h"
 #include "alloy/merge/merge.h"
 #include "alloy/core/parallel.h"
@@ -33,6 +34,7 @@ void show_progress(size_t done, size_t total, std::chrono::steady_clock::time_po
 }  // namespace
 
 int main(int argc, char** argv) {
+  alloy::remove_staging_on_signals();  // first: before any thread starts
   CLI::App app{"Merge models with a mergekit-style YAML recipe and write an attributed model directory."};
   std::string config_path, out_dir, shard_size = "5B";
   bool copy_tokenizer = true, model_card = true, allow_crimes = false, dry_run = false, overwrite = false,

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "alloy/core/file_util.h"
 #include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
 #include "alloy/perturb/perturb.h"
@@ -85,6 +86,7 @@ void add_fine_tune_flags(CLI::App* cmd, alloy::FineTuneOptions* o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  alloy::remove_staging_on_signals();  // first: before any thread starts
   CLI::App app{"Generates deterministic synthetic models in the Hugging Face layout (same flags and seed: "
                "same bytes)."};
   app.require_subcommand(1, 1);

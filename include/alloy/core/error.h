@@ -65,6 +65,10 @@ enum class ErrorCode {
   kMissingTensor,         // a model lacks a tensor the plan needs
   kNonFinite,             // a merge would write NaN or Inf
   kOutputExists,          // output directory exists and is not empty (no --overwrite)
+  kOutputLocked,          // another process is writing the same output directory
+  kOutputChanged,         // the output path changed between the start of a run and its publishing
+  kOutputIsInput,         // the output is, or contains, one of the run's inputs
+  kInputChanged,          // an input file changed (size, content or identity) while it was being read
 
   // --- assay ---
   kAssay,
