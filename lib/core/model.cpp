@@ -304,8 +304,10 @@ Model Model::open(const fs::path& path, const ModelOpenOptions& options) {
     }
     for (const char* name : kAuxiliaryNames) {
       // Only regular files: a FIFO would hang whoever copies it.
-      if (exists(path / name) && fs::is_regular_file(path / name, ec))
+      if (exists(path / name) && fs::is_regular_file(path / name, ec)) {
+        model.auxiliary_opened_.push_back(MappedFile::open_inside(real_dir, path / name));
         model.auxiliary_files_.push_back(name);
+      }
     }
   } else if (fs::exists(status)) {
     throw Error(ErrorCode::kNotAModel, path.string() + ": not a regular file or directory");

@@ -229,6 +229,12 @@ const uint8_t* SafetensorsFile::data(const TensorInfo& tensor) const {
   return file_.data() + header_.data_start() + tensor.data_begin;
 }
 
+void SafetensorsFile::read(const TensorInfo& tensor, uint64_t offset, uint64_t length, void* dst) const {
+  // offset + length <= nbytes for every caller; the tensor's span was checked against the file's
+  // size when it was opened, so only a file that shrank since can fall short.
+  file_.read(header_.data_start() + tensor.data_begin + offset, length, dst);
+}
+
 void SafetensorsFile::release(const TensorInfo& tensor) const {
   file_.release(header_.data_start() + tensor.data_begin, tensor.nbytes());
 }

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <future>
 #include <map>
+#include <mutex>
+#include <optional>
 
 #include "alloy/core/error.h"
 #include "alloy/core/file_util.h"
@@ -13,6 +15,7 @@
 #include "alloy/core/parallel.h"
 #include "alloy/core/safetensors.h"
 #include "alloy/core/sha256.h"
+#include "alloy/core/test_hooks.h"
 #include "alloy/core/writer.h"
 #include "methods/method_util.h"
 
@@ -41,9 +44,10 @@ class BufferPool {
 };
 
 // SHA-256 of files on background threads, one per file, so that hashing the inputs overlaps with
-// the merge (it needs no merged byte) instead of following it. Each file is read through its own
-// mapping in 8 MiB windows whose pages are dropped once hashed, so hashing adds little to the
-// resident set. Destruction cancels the hashes still running and waits for their threads.
+// the merge (it needs no merged byte) instead of following it. A shard is hashed through the
+// descriptor the merge reads it from (so the hash is of the same file, whatever the path names
+// later; run_merge then checks that its size and times did not change); other files by path. Each
+// is read with pread into one reused 8 MiB buffer. Destruction cancels the hashes still running.
 class FileHasher {
  public:
   FileHasher() = default;
@@ -56,9 +60,10 @@ class FileHasher {
     }
   }
 
-  void start(const fs::path& path) {
+  // `file`: the open shard to hash, or null to open `path`.
+  void start(const fs::path& path, const MappedFile* file = nullptr) {
     if (hashes_.count(path)) return;
-    hashes_.emplace(path, std::async(std::launch::async, [this, path] { return hash(path); }).share());
+    hashes_.emplace(path, std::async(std::launch::async, [this, path, file] { return hash(path, file); }).share());
   }
   // The file's hex digest (waits for it); rethrows the hash's Error.
   std::string get(const fs::path& path) {
@@ -67,18 +72,16 @@ class FileHasher {
   }
 
  private:
-  std::string hash(const fs::path& path) const {
-    std::error_code ec;
-    const auto size = fs::file_size(path, ec);
-    if (ec) throw Error(ErrorCode::kIo, path.string() + ": cannot read: " + ec.message());
+  std::string hash(const fs::path& path, const MappedFile* file) const {
+    std::optional<MappedFile> opened;
+    if (file == nullptr) file = &opened.emplace(path.string());
     Sha256 hasher;
-    if (size == 0) return hasher.finish_hex();
-    MappedFile file(path.string());
     constexpr uint64_t kWindow = uint64_t{8} << 20;
-    for (uint64_t offset = 0; offset < file.size() && !cancelled_; offset += kWindow) {
-      const uint64_t length = std::min<uint64_t>(kWindow, file.size() - offset);
-      hasher.update(file.data() + offset, length);
-      file.release(offset, length);
+    std::vector<uint8_t> window(static_cast<size_t>(std::min<uint64_t>(kWindow, file->size())));
+    for (uint64_t offset = 0; offset < file->size() && !cancelled_; offset += kWindow) {
+      const uint64_t length = std::min<uint64_t>(kWindow, file->size() - offset);
+      file->read(offset, length, window.data());
+      hasher.update(window.data(), length);
     }
     return hasher.finish_hex();
   }
@@ -115,16 +118,33 @@ void crop(const float* in, const std::vector<uint64_t>& full, float* out, const 
   }
 }
 
-// Converts elements [begin, begin + len) of the tensor of shape `shape` cropped from `input`
+// A source tensor's bytes come in with pread (SafetensorsFile::read), never through the mapping: a
+// file truncated under the merge is then Error(kInputChanged) instead of SIGBUS. A source whose
+// shape is the planned one is read chunk by chunk into per-thread scratch; one cropped to a smaller
+// shape is read whole into a pool buffer first (`whole`).
+struct SourceBytes {
+  const ModelTensor* input = nullptr;
+  const uint8_t* whole = nullptr;
+};
+
+thread_local std::vector<uint8_t> t_byte_scratch;
+
+// Converts elements [begin, begin + len) of the tensor of shape `shape` cropped from the source
 // (its top-left block, see crop()) to float32 in dst, rounded to the compute dtype D.
-void load_range(const ModelTensor& input, const std::vector<uint64_t>& shape, DType compute_dtype,
+void load_range(const SourceBytes& source, const std::vector<uint64_t>& shape, DType compute_dtype,
                 uint64_t begin, size_t len, float* dst) {
-  const TensorInfo& info = *input.info;
+  const TensorInfo& info = *source.input->info;
   const uint64_t element_bytes = dtype_bits(info.dtype) / 8;
-  const uint8_t* data = static_cast<const uint8_t*>(input.data());
   if (info.shape == shape) {
-    load_as_f32(info.dtype, data + begin * element_bytes, len, dst);
+    const uint8_t* bytes = source.whole == nullptr ? nullptr : source.whole + begin * element_bytes;
+    if (bytes == nullptr) {
+      if (t_byte_scratch.size() < len * element_bytes) t_byte_scratch.resize(len * element_bytes);
+      source.input->shard->read(info, begin * element_bytes, len * element_bytes, t_byte_scratch.data());
+      bytes = t_byte_scratch.data();
+    }
+    load_as_f32(info.dtype, bytes, len, dst);
   } else {
+    const uint8_t* data = source.whole;
     const size_t rank = shape.size();
     const uint64_t inner = shape.back(), inner_full = info.shape.back();
     for (uint64_t i = begin, end = begin + len; i < end;) {
@@ -144,6 +164,31 @@ void load_range(const ModelTensor& input, const std::vector<uint64_t>& shape, DT
   // "Each input tensor is cast to dtype when loaded."
   if (info.dtype != compute_dtype) round_to(compute_dtype, dst, len);
 }
+
+// The first Error thrown inside a parallel region, rethrown after it (an exception may not leave
+// an OpenMP region).
+class FirstError {
+ public:
+  template <class F>
+  void run(F&& body) {
+    if (failed_) return;
+    try {
+      body();
+    } catch (const Error& e) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_.emplace(e);
+      failed_ = true;
+    }
+  }
+  void rethrow() const {
+    if (error_) throw *error_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::optional<Error> error_;
+  std::atomic<bool> failed_{false};
+};
 
 // Per-thread float32 scratch of the chunked path: one chunk per source and one for the output.
 thread_local std::vector<float> t_chunk_scratch;
@@ -165,24 +210,42 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
                    BufferPool& pool, ShardedWriter& writer, bool clamp_overflow) {
   const uint64_t n = numel(t.shape);
   const size_t count = t.sources.size();
-  std::vector<const ModelTensor*> inputs;
-  for (const PlannedSource& s : t.sources) inputs.push_back(plan.models[s.model]->find(s.tensor));
-  // Runs body(begin, len, sources, scratch_out) on every chunk, in parallel.
+  std::vector<SourceBytes> inputs;
+  for (size_t k = 0; k < count; ++k) {
+    const PlannedSource& s = t.sources[k];
+    SourceBytes source{plan.models[s.model]->find(s.tensor)};
+    const TensorInfo& info = *source.input->info;
+    if (info.shape != t.shape) {
+      uint8_t* whole = pool.bytes(1 + k, info.nbytes());
+      source.input->shard->read(info, 0, info.nbytes(), whole);
+      source.whole = whole;
+    }
+    inputs.push_back(source);
+  }
+  FirstError read_error;
+  // Runs body(begin, len, sources, scratch_out) on every chunk, in parallel; a chunk whose source
+  // cannot be read is skipped and its error rethrown after the loop.
   auto for_each_chunk = [&](auto&& body) {
-    return parallel_reduce(n, kDefaultGrain, size_t{0}, [&](size_t begin, size_t end) -> size_t {
+    const size_t result = parallel_reduce(n, kDefaultGrain, size_t{0}, [&](size_t begin, size_t end) -> size_t {
       const size_t len = end - begin;
       std::vector<float>& scratch = t_chunk_scratch;
       if (scratch.size() < (count + 1) * kDefaultGrain) scratch.resize((count + 1) * kDefaultGrain);
       const float* sources[64];
       std::vector<const float*> many(count > 64 ? count : 0);
       const float** ptrs = count > 64 ? many.data() : sources;
-      for (size_t k = 0; k < count; ++k) {
-        float* dst = scratch.data() + k * kDefaultGrain;
-        load_range(*inputs[k], t.shape, t.compute_dtype, begin, len, dst);
-        ptrs[k] = dst;
-      }
-      return body(begin, len, ptrs, scratch.data() + count * kDefaultGrain);
+      bool loaded = false;
+      read_error.run([&] {
+        for (size_t k = 0; k < count; ++k) {
+          float* dst = scratch.data() + k * kDefaultGrain;
+          load_range(inputs[k], t.shape, t.compute_dtype, begin, len, dst);
+          ptrs[k] = dst;
+        }
+        loaded = true;
+      });
+      return loaded ? body(begin, len, ptrs, scratch.data() + count * kDefaultGrain) : size_t{0};
     }, [](size_t a, size_t b) { return a + b; });
+    read_error.rethrow();
+    return result;
   };
   if (const size_t sums = merge.sum_count(); sums > 0) {
     const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
@@ -209,7 +272,6 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     store_from_f32(out, len, t.out_dtype, bytes + begin * element_bytes);
     return chunk_bad;
   });
-  for (size_t k = 0; k < count; ++k) inputs[k]->shard->release(*inputs[k]->info);
   if (bad > 0) {
     detail::fail_non_finite(ctx, std::string(plan.method->name()).c_str(), bad,
                             "check the weights and the inputs");
@@ -240,14 +302,15 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
     const ModelTensor* input = plan.models[s.model]->find(s.tensor);
     const TensorInfo& info = *input->info;
     float* values = pool.get(k, n);
+    uint8_t* raw = pool.bytes(t.sources.size() + 2, info.nbytes());
+    input->shard->read(info, 0, info.nbytes(), raw);  // pread: see SourceBytes
     if (info.shape == t.shape) {
-      load_as_f32(info.dtype, input->data(), n, values);
+      load_as_f32(info.dtype, raw, n, values);
     } else {
       float* full = pool.get(t.sources.size() + 1, info.numel());
-      load_as_f32(info.dtype, input->data(), info.numel(), full);
+      load_as_f32(info.dtype, raw, info.numel(), full);
       crop(full, info.shape, values, t.shape);
     }
-    input->shard->release(info);
     // "Each input tensor is cast to dtype when loaded."
     if (info.dtype != t.compute_dtype) round_to(t.compute_dtype, values, n);
     ctx.sources[k].values = values;
@@ -327,9 +390,9 @@ void write_side_files(const MergePlan& plan, const MergeOptions& options, const 
   result->files.push_back("config.json");
   if (options.copy_tokenizer) {
     const Model& donor = *plan.models[plan.tokenizer_donor];
-    for (const auto& file : donor.auxiliary_files()) {
-      fs::copy_file(donor.path() / file, out / file, fs::copy_options::overwrite_existing);
-      result->files.push_back(file);
+    for (size_t i = 0; i < donor.auxiliary_files().size(); ++i) {
+      donor.auxiliary(i).copy_to(out / donor.auxiliary_files()[i]);
+      result->files.push_back(donor.auxiliary_files()[i]);
     }
   }
   if (plan.recipe.chat_template) {
@@ -386,13 +449,16 @@ nlohmann::json provenance_json(const MergePlan& plan, const MergeOptions& option
 }  // namespace
 
 MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
-  StagingDirectory staging(options.out_dir, options.overwrite);
+  StagingDirectory staging(options.out_dir, options.overwrite, plan.model_paths);
   std::vector<TensorSpec> specs;
   for (const auto& t : plan.tensors) specs.push_back({t.name, t.out_dtype, t.shape});
   MergeResult result;
   FileHasher hasher;
   if (options.hash_inputs) {
     for (const auto& model : plan.models) {
+      for (const auto& shard : model->shards()) hasher.start(shard->path(), &shard->file());
+      for (size_t i = 0; i < model->auxiliary_files().size(); ++i)
+        hasher.start(model->path() / model->auxiliary_files()[i], &model->auxiliary(i));
       for (const auto& file : input_files(*model)) hasher.start(file);
     }
   }
@@ -403,6 +469,7 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
     for (size_t i = 0; i < plan.tensors.size(); ++i) {
       merge_tensor(plan, plan.tensors[i], options, pool, writer);
       if (options.progress) options.progress(i + 1, plan.tensors.size());
+      if (i == 0) test_pause_point("after-first-tensor");
     }
     result.files = writer.finish();
   }
@@ -413,6 +480,12 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   const nlohmann::json provenance = provenance_json(plan, options, out, hasher, &result);
   write_file_atomic(out / "alloy_provenance.json", provenance.dump(2) + "\n");
   result.files.push_back("alloy_provenance.json");
+  // Every shard and tokenizer file was read (merged, copied and hashed) through the descriptor
+  // opened at the start: if its size and times are unchanged now, the bytes used are the bytes hashed.
+  for (const auto& model : plan.models) {
+    for (const auto& shard : model->shards()) shard->file().check_unchanged();
+    for (size_t i = 0; i < model->auxiliary_files().size(); ++i) model->auxiliary(i).check_unchanged();
+  }
   staging.publish();
   return result;
 }

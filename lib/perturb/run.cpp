@@ -417,7 +417,9 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
       break;
   }
 
-  StagingDirectory staging(out, options.output.overwrite);
+  std::vector<fs::path> inputs{in};
+  if (!options.reference.empty()) inputs.push_back(options.reference);
+  StagingDirectory staging(out, options.output.overwrite, inputs);
   std::map<std::string, json> extras;
   if (plan.write_weights) {
     plan.write_weights(staging.path());
@@ -431,10 +433,10 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
   } else if (model.has_config()) {
     write_file_atomic(staging.path() / "config.json", model.config().dump(2) + "\n");
   }
-  for (const auto& file : model.auxiliary_files()) {
+  for (size_t i = 0; i < model.auxiliary_files().size(); ++i) {
+    const std::string& file = model.auxiliary_files()[i];
     if (file == "alloy_synth.json" || file == "alloy_perturb.json") continue;
-    fs::create_directories((staging.path() / file).parent_path());
-    fs::copy_file(in / file, staging.path() / file);
+    model.auxiliary(i).copy_to(staging.path() / file);
   }
 
   const KindEntry& e = entry(options.kind);

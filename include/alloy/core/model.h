@@ -68,6 +68,10 @@ class Model {
   // Files beside the weights that travel with a model: tokenizer*, special_tokens_map.json,
   // vocab/merges files, generation_config.json, chat_template*, etc. (names relative to path()).
   const std::vector<std::string>& auxiliary_files() const { return auxiliary_files_; }
+  // Each auxiliary file, opened (and checked to lie inside the model directory) by open(), in the
+  // order of auxiliary_files(). Copy and hash through these, never by name: the name may have been
+  // swapped for a symlink since (MappedFile::open_inside, copy_to).
+  const MappedFile& auxiliary(size_t i) const { return *auxiliary_opened_[i]; }
   uint64_t total_bytes() const;  // sum of tensor byte sizes
   // What open() accepted only because an option allowed it, one sentence each (tools print them).
   const std::vector<std::string>& warnings() const { return warnings_; }
@@ -82,6 +86,7 @@ class Model {
   nlohmann::json config_ = nlohmann::json::object();
   bool has_config_ = false;
   std::vector<std::string> auxiliary_files_;
+  std::vector<std::unique_ptr<MappedFile>> auxiliary_opened_;
   std::vector<std::string> warnings_;
 };
 

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -63,16 +64,42 @@ struct SafetensorsHeader {
 // `label` names the file in error messages. Throws Error on the first defect found.
 SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std::string& label);
 
-// A read-only memory mapping of a file.
+// What fstat said about a file when it was opened: a later difference means it changed.
+struct FileIdentity {
+  uint64_t device = 0, inode = 0, size = 0, links = 0;
+  int64_t mtime_ns = 0, ctime_ns = 0;
+  bool operator==(const FileIdentity&) const = default;
+};
+
+// A read-only memory mapping of a file, and the open descriptor it was mapped from (kept, so that
+// reads and hashes see the same file however the path changes later).
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path);  // throws Error(kIo)
+  // Opens `path` and checks the open descriptor, not the name: the file it resolves to (through
+  // /proc/self/fd) must lie inside `real_dir`, a canonical directory, else Error(kSymlinkEscape).
+  // A name swapped for a symlink after this check changes nothing: reads and copies use the
+  // descriptor.
+  static std::unique_ptr<MappedFile> open_inside(const std::filesystem::path& real_dir,
+                                                 const std::filesystem::path& path);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  int fd() const { return fd_; }
+  const FileIdentity& identity() const { return identity_; }
+  // Reads [offset, offset + length) with pread into dst. A file that has become shorter is
+  // Error(kInputChanged) naming it (never the SIGBUS a mapping gives); 0 bytes read is fine.
+  void read(uint64_t offset, uint64_t length, void* dst) const;
+  // Error(kInputChanged) when the file's size, mtime or ctime differ from those at open, or the path
+  // names another file now: what was read may not be what the path holds.
+  void check_unchanged() const;
+  // Copies the file's bytes, read from the descriptor, to a new file `dest` (which must not exist),
+  // then check_unchanged(). A file with more than one hard link is refused (kSymlinkEscape): it
+  // may be a file from outside the model directory that a link made look like one of its own.
+  void copy_to(const std::filesystem::path& dest) const;
   // Tells the kernel the pages of [offset, offset + length) may be dropped from this process's
   // resident set (they are re-read from the file if touched again). Used after a tensor is consumed
   // so that streaming over a model keeps RSS bounded by a few tensors.
@@ -81,9 +108,14 @@ class MappedFile {
   void prefetch(uint64_t offset, uint64_t length) const;
 
  private:
+  MappedFile(int fd, const std::string& path);  // takes ownership of fd
+  void map(int fd);
+
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;
+  FileIdentity identity_;
 };
 
 // A validated safetensors file with zero-copy access to its tensors.
@@ -100,6 +132,10 @@ class SafetensorsFile {
   long index_of(std::string_view name) const;
   // Pointer to the tensor's raw bytes inside the mapping (valid while this object lives).
   const uint8_t* data(const TensorInfo& tensor) const;
+  // Copies bytes [offset, offset + length) of the tensor's data into dst with pread: the merge's
+  // way in, which turns a file truncated under it into Error(kInputChanged) instead of SIGBUS.
+  void read(const TensorInfo& tensor, uint64_t offset, uint64_t length, void* dst) const;
+  const MappedFile& file() const { return file_; }
   void release(const TensorInfo& tensor) const;
   void prefetch(const TensorInfo& tensor) const;
 
