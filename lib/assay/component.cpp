@@ -1,6 +1,7 @@
-// Which component a tensor belongs to, by name, for Llama-, Qwen2/3-MoE- and Qwen3-Next-like
-// layouts (linear attention). Unknown names land in "other" rather than failing: the assay still
-// fits them.
+// Which component a tensor belongs to: from its role in the model's architecture
+// (alloy/core/architecture.h) when the family is known, else by name for Llama-, Qwen2/3-MoE- and
+// Qwen3-Next-like layouts (linear attention). Unknown names land in "other" rather than failing: the
+// assay still fits them.
 #include <cstdlib>
 #include <string>
 
@@ -46,6 +47,51 @@ std::string assay_component(const std::string& name, int* layer, int* expert) {
   if (contains(name, "shared_expert")) return "shared_experts";
   if (ends_with(name, "mlp.gate.weight") || contains(name, ".router.")) return "router";
   if (contains(name, ".mlp.")) return "mlp";
+  return "other";
+}
+
+std::string assay_component(const ModelArchitecture& arch, const std::string& name, int* layer, int* expert) {
+  if (arch.inferred()) return assay_component(name, layer, expert);
+  const TensorPlace place = arch.classify(name);
+  *layer = place.submodel.empty() ? place.layer : -1;
+  *expert = place.submodel.empty() ? place.expert : -1;
+  if (!place.submodel.empty()) return "other";
+  switch (place.role) {
+    case TensorRole::kEmbedding: return "embeddings";
+    case TensorRole::kLmHead: return "lm_head";
+    case TensorRole::kNorm: return "norms";
+    case TensorRole::kAttentionQ:
+    case TensorRole::kAttentionK:
+    case TensorRole::kAttentionV:
+    case TensorRole::kAttentionO:
+    case TensorRole::kAttentionQkv:
+    case TensorRole::kAttentionSinks:
+    case TensorRole::kAttentionQA:
+    case TensorRole::kAttentionQB:
+    case TensorRole::kAttentionKvA:
+    case TensorRole::kAttentionKvB: return "attention";
+    case TensorRole::kMlpGate:
+    case TensorRole::kMlpUp:
+    case TensorRole::kMlpDown:
+    case TensorRole::kMlpGateUp: return "mlp";
+    case TensorRole::kExpertGate:
+    case TensorRole::kExpertUp:
+    case TensorRole::kExpertDown:
+    case TensorRole::kExpertGateUp:
+    case TensorRole::kExpertBias: return "experts";
+    case TensorRole::kRouter:
+    case TensorRole::kRouterBias: return "router";
+    case TensorRole::kSharedExpertGate:
+    case TensorRole::kSharedExpertUp:
+    case TensorRole::kSharedExpertDown:
+    case TensorRole::kSharedExpertRouter: return "shared_experts";
+    case TensorRole::kLinearAttentionIn:
+    case TensorRole::kLinearAttentionOut:
+    case TensorRole::kLinearAttentionConv:
+    case TensorRole::kLinearAttentionState:
+    case TensorRole::kLinearAttentionNorm: return "linear_attention";
+    case TensorRole::kOther: break;
+  }
   return "other";
 }
 

@@ -83,11 +83,12 @@ AssayResult run_assay(const AssayOptions& options) {
   std::vector<float> aligned_values;
   for (const auto& path : options.candidates) result.candidates.push_back({path});
   const auto& tensors = suspect.tensors();
+  const ModelArchitecture suspect_arch = detect_architecture(suspect);
   for (size_t index = 0; index < tensors.size(); ++index) {
     const ModelTensor& s = tensors[index];
     TensorAssay ta;
     ta.name = s.name();
-    ta.component = assay_component(ta.name, &ta.layer, &ta.expert);
+    ta.component = assay_component(suspect_arch, ta.name, &ta.layer, &ta.expert);
     ta.numel = s.info->numel();
     detail::TensorViews views;
     views.inputs.push_back(&s);

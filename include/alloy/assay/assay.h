@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "alloy/core/architecture.h"
 #include "alloy/core/model.h"
 
 namespace alloy {
@@ -121,6 +122,11 @@ struct AssayResult {
 const std::vector<std::string>& assay_component_names();
 // The component of a tensor name (Llama, Qwen2/3-MoE and similar layouts).
 std::string assay_component(const std::string& tensor_name, int* layer, int* expert);
+// The component of a tensor of a model whose architecture is known: from the tensor's role
+// (alloy/core/architecture.h), so Mixtral's block_sparse_moe.gate is the router and
+// linear_attn.norm is linear attention; sub-model tensors (vision tower, MTP head) are "other" and in
+// no decoder layer. Falls back to the name rules above for inferred architectures.
+std::string assay_component(const ModelArchitecture& arch, const std::string& tensor_name, int* layer, int* expert);
 
 // Runs the assay. Throws Error naming the model or tensor on unreadable input.
 AssayResult run_assay(const AssayOptions& options);
