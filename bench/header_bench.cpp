@@ -3,8 +3,9 @@
 //
 // Writes DIR/t<N>.safetensors with N one-element F32 tensors named like a real checkpoint's
 // ("model.layers.L.part.weight") through alloy's own writer, then times each step alloy-inspect
-// takes: parsing the header, opening the model (parse + name index), listing it (inspect_model),
-// formatting the table, and one lookup of every tensor by name. Prints one JSON line per N.
+// takes: parsing the header, opening the model (parse + name index), listing it as a table
+// (format_model, alloy-inspect's default; inspect_total_s = open + table) and as JSON (inspect_model,
+// --json), and one lookup of every tensor by name. Prints one JSON line per N.
 //
 // Usage: header_bench DIR [N ...]   (default N: 80000 1000000)
 #include <chrono>
@@ -58,17 +59,20 @@ int main(int argc, char** argv) {
       const alloy::Model model = alloy::Model::open(path);
       const double open = seconds_since(start);
       start = std::chrono::steady_clock::now();
-      const nlohmann::json inspection = alloy::inspect_model(model);
-      const std::string table = alloy::format_inspection(inspection);
+      const std::string table = alloy::format_model(model);  // what alloy-inspect does
       const double list = seconds_since(start);
+      start = std::chrono::steady_clock::now();
+      const nlohmann::json inspection = alloy::inspect_model(model);  // alloy-inspect --json
+      const double describe = seconds_since(start);
       start = std::chrono::steady_clock::now();
       size_t found = 0;
       for (const auto& tensor : model.tensors()) found += model.find(tensor.name()) == &tensor;
       const double lookups = seconds_since(start);
       std::printf(
           "{\"tensors\": %zu, \"header_bytes\": %llu, \"parse_s\": %.3f, \"open_s\": %.3f, \"inspect_s\": %.3f, "
-          "\"inspect_total_s\": %.3f, \"lookup_all_s\": %.3f, \"found\": %zu}\n",
+          "\"json_s\": %.3f, \"inspect_total_s\": %.3f, \"lookup_all_s\": %.3f, \"found\": %zu}\n",
           count, static_cast<unsigned long long>(model.shards()[0]->header().header_bytes), parse, open, list,
+          describe,
           open + list, lookups, found);
       std::filesystem::remove(path);
     }

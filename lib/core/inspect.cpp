@@ -4,6 +4,9 @@
 #include "alloy/core/architecture.h"
 
 #include <algorithm>
+#include <cstring>
+#include <map>
+#include <unordered_map>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -104,39 +107,47 @@ std::string format_architecture(const nlohmann::json& a) {
 
 }  // namespace
 
-nlohmann::json inspect_model(const Model& model) {
+nlohmann::json inspect_model(const Model& model, bool list_tensors) {
   nlohmann::json out;
   out["path"] = model.path().string();
   out["shards"] = nlohmann::json::array();
+  std::unordered_map<const SafetensorsFile*, std::string> shard_names;
   for (const auto& shard : model.shards()) {
-    out["shards"].push_back({{"file", std::filesystem::path(shard->path()).filename().string()},
+    const std::string file = std::filesystem::path(shard->path()).filename().string();
+    shard_names.emplace(shard.get(), file);
+    out["shards"].push_back({{"file", file},
                              {"tensors", shard->tensors().size()},
                              {"bytes", shard->header().data_bytes()},
                              {"metadata", shard->metadata()}});
   }
-  out["tensors"] = nlohmann::json::array();
-  nlohmann::json dtypes = nlohmann::json::object();
-  uint64_t total_elements = 0, total_bytes = 0;
+  struct Totals {
+    uint64_t tensors = 0, elements = 0, bytes = 0;
+  };
+  std::map<std::string, Totals> by_dtype;
+  Totals total;
+  nlohmann::json tensors = nlohmann::json::array();
+  if (list_tensors) tensors.get_ref<nlohmann::json::array_t&>().reserve(model.tensors().size());
   for (const auto& tensor : model.tensors()) {
     const TensorInfo& info = *tensor.info;
-    const std::string dtype = dtype_name(info.dtype);
-    out["tensors"].push_back(
-        {{"name", info.name},
-         {"dtype", dtype},
-         {"shape", info.shape},
-         {"bytes", info.nbytes()},
-         {"shard", std::filesystem::path(tensor.shard->path()).filename().string()}});
-    auto& totals = dtypes[dtype];
-    if (totals.is_null()) totals = {{"tensors", 0}, {"elements", 0}, {"bytes", 0}};
-    totals["tensors"] = totals["tensors"].get<uint64_t>() + 1;
-    totals["elements"] = totals["elements"].get<uint64_t>() + info.numel();
-    totals["bytes"] = totals["bytes"].get<uint64_t>() + info.nbytes();
-    total_elements += info.numel();
-    total_bytes += info.nbytes();
+    if (list_tensors) {
+      tensors.push_back({{"name", info.name},
+                         {"dtype", dtype_name(info.dtype)},
+                         {"shape", info.shape},
+                         {"bytes", info.nbytes()},
+                         {"shard", shard_names.at(tensor.shard)}});
+    }
+    for (Totals* t : {&by_dtype[dtype_name(info.dtype)], &total}) {
+      t->tensors += 1;
+      t->elements += info.numel();
+      t->bytes += info.nbytes();
+    }
   }
+  if (list_tensors) out["tensors"] = std::move(tensors);
+  nlohmann::json dtypes = nlohmann::json::object();
+  for (const auto& [dtype, t] : by_dtype)
+    dtypes[dtype] = {{"tensors", t.tensors}, {"elements", t.elements}, {"bytes", t.bytes}};
   out["dtypes"] = dtypes;
-  out["total"] = {
-      {"tensors", model.tensors().size()}, {"elements", total_elements}, {"bytes", total_bytes}};
+  out["total"] = {{"tensors", total.tensors}, {"elements", total.elements}, {"bytes", total.bytes}};
   nlohmann::json config = nlohmann::json::object();
   for (const char* key : kConfigSummaryKeys) {
     if (model.config().contains(key)) config[key] = model.config()[key];
@@ -147,7 +158,11 @@ nlohmann::json inspect_model(const Model& model) {
   return out;
 }
 
-std::string format_inspection(const nlohmann::json& inspection) {
+namespace {
+
+// The text of an inspection around its tensor table, which `tensor_table` supplies: from the JSON's
+// "tensors" list, or straight from the model.
+std::string format_with(const nlohmann::json& inspection, const std::string& tensor_table) {
   const nlohmann::json& total = inspection.at("total");
   const size_t shard_count = inspection.at("shards").size();
   std::ostringstream out;
@@ -155,16 +170,9 @@ std::string format_inspection(const nlohmann::json& inspection) {
       << " tensors, " << count_text(total.at("elements")) << " elements, "
       << human_bytes(total.at("bytes").get<uint64_t>()) << " in " << shard_count
       << (shard_count == 1 ? " shard" : " shards") << "\n\n";
+  out << tensor_table;
 
-  std::vector<std::vector<std::string>> rows = {{"name", "dtype", "shape", "bytes", "shard"}};
-  for (const auto& t : inspection.at("tensors")) {
-    rows.push_back({t.at("name").get<std::string>(), t.at("dtype").get<std::string>(),
-                    shape_text(t.at("shape")), count_text(t.at("bytes")),
-                    t.at("shard").get<std::string>()});
-  }
-  out << table(rows, {false, false, false, true, false});
-
-  rows = {{"dtype", "tensors", "elements", "bytes", ""}};
+  std::vector<std::vector<std::string>> rows = {{"dtype", "tensors", "elements", "bytes", ""}};
   for (const auto& [dtype, totals] : inspection.at("dtypes").items()) {
     rows.push_back({dtype, count_text(totals.at("tensors")), count_text(totals.at("elements")),
                     count_text(totals.at("bytes")),
@@ -194,6 +202,71 @@ std::string format_inspection(const nlohmann::json& inspection) {
   }
   if (inspection.contains("architecture")) out << "\n" << format_architecture(inspection["architecture"]);
   return out.str();
+}
+
+// The tensor table of a model in two passes (column widths, then lines), laid out exactly as
+// table() lays out the same rows, without building a row of strings per tensor: a hostile header
+// may list a million tensors.
+std::string model_tensor_table(const Model& model) {
+  std::unordered_map<const SafetensorsFile*, std::string> shard_names;
+  for (const auto& shard : model.shards())
+    shard_names.emplace(shard.get(), std::filesystem::path(shard->path()).filename().string());
+  auto shape_of = [](const TensorInfo& info) {
+    std::string text = "[";
+    for (size_t i = 0; i < info.shape.size(); ++i) {
+      if (i) text += ", ";
+      text += std::to_string(info.shape[i]);
+    }
+    return text + "]";
+  };
+  size_t width[5] = {4, 5, 5, 5, 5};  // the headings: name, dtype, shape, bytes, shard
+  for (const auto& tensor : model.tensors()) {
+    const TensorInfo& info = *tensor.info;
+    width[0] = std::max(width[0], info.name.size());
+    width[1] = std::max(width[1], std::strlen(dtype_name(info.dtype)));
+    width[2] = std::max(width[2], shape_of(info).size());
+    width[3] = std::max(width[3], std::to_string(info.nbytes()).size());
+    width[4] = std::max(width[4], shard_names.at(tensor.shard).size());
+  }
+  std::string out;
+  auto line = [&](const std::string& name, const char* dtype, const std::string& shape, const std::string& bytes,
+                  const std::string& shard) {
+    const size_t start = out.size();
+    out += name;
+    out.append(width[0] - name.size() + 2, ' ');
+    out += dtype;
+    out.append(width[1] - std::strlen(dtype) + 2, ' ');
+    out += shape;
+    out.append(width[2] - shape.size() + 2, ' ');
+    out.append(width[3] - bytes.size(), ' ');  // right-aligned
+    out += bytes;
+    out += "  ";
+    out += shard;
+    const size_t end = out.find_last_not_of(' ');
+    out.resize(end == std::string::npos || end < start ? start : end + 1);
+    out += '\n';
+  };
+  line("name", "dtype", "shape", "bytes", "shard");
+  for (const auto& tensor : model.tensors()) {
+    const TensorInfo& info = *tensor.info;
+    line(info.name, dtype_name(info.dtype), shape_of(info), std::to_string(info.nbytes()), shard_names.at(tensor.shard));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string format_inspection(const nlohmann::json& inspection) {
+  std::vector<std::vector<std::string>> rows = {{"name", "dtype", "shape", "bytes", "shard"}};
+  for (const auto& t : inspection.at("tensors")) {
+    rows.push_back({t.at("name").get<std::string>(), t.at("dtype").get<std::string>(), shape_text(t.at("shape")),
+                    count_text(t.at("bytes")), t.at("shard").get<std::string>()});
+  }
+  return format_with(inspection, table(rows, {false, false, false, true, false}));
+}
+
+std::string format_model(const Model& model) {
+  return format_with(inspect_model(model, false), model_tensor_table(model));
 }
 
 }  // namespace alloy

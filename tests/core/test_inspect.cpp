@@ -251,11 +251,16 @@ TEST(Inspect, HumanTableGoldenFineTune) {
 TEST(Inspect, LibraryFormatsWhatItInspects) {
   TempDir dir;
   write_moe_like(dir.path());
-  const auto inspection = alloy::inspect_model(alloy::Model::open(dir.path()));
+  const alloy::Model model = alloy::Model::open(dir.path());
+  const auto inspection = alloy::inspect_model(model);
   const std::string text = alloy::format_inspection(inspection);
   for (const auto& t : inspection["tensors"]) {
     EXPECT_NE(text.find(t["name"].get<std::string>() + " "), std::string::npos) << t["name"];
   }
+  // The table straight from the model (alloy-inspect's path) is the same text, byte for byte.
+  EXPECT_EQ(alloy::format_model(model), text);
+  EXPECT_FALSE(alloy::inspect_model(model, false).contains("tensors"));
+  EXPECT_EQ(alloy::inspect_model(model, false)["total"], inspection["total"]);
 }
 
 TEST(Inspect, CorruptFileExitsNonzeroNamingTheFile) {

@@ -20,11 +20,10 @@ int main(int argc, char** argv) {
   try {
     const alloy::Model model = alloy::Model::open(path, open);
     for (const auto& warning : model.warnings()) std::fprintf(stderr, "alloy-inspect: warning: %s\n", warning.c_str());
-    const auto inspection = alloy::inspect_model(model);
     if (json) {
-      std::cout << inspection.dump(2) << "\n";
+      std::cout << alloy::inspect_model(model).dump(2) << "\n";
     } else {
-      std::cout << alloy::format_inspection(inspection);
+      std::cout << alloy::format_model(model);
     }
   } catch (const alloy::Error& e) {
     std::fprintf(stderr, "alloy-inspect: error: %s [%s]\n", e.what(),

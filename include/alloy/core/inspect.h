@@ -13,9 +13,13 @@ namespace alloy {
 //  "total": {"tensors", "elements", "bytes"}, "config": {summary keys present in config.json},
 //  "auxiliary_files": [...], "architecture": the detected architecture
 //  (ModelArchitecture::summary(), alloy/core/architecture.h)}
-nlohmann::json inspect_model(const Model& model);
+// Without `list_tensors` the "tensors" list is left out (the rest is the same).
+nlohmann::json inspect_model(const Model& model, bool list_tensors = true);
 
 // The same information as aligned text for a terminal.
 std::string format_inspection(const nlohmann::json& inspection);
+// format_inspection(inspect_model(model)), byte for byte, without building the per-tensor JSON: a
+// hostile header of a million tensors lists in seconds (bench/header_bench.cpp).
+std::string format_model(const Model& model);
 
 }  // namespace alloy
