@@ -435,6 +435,7 @@ nlohmann::json provenance_json(const MergePlan& plan, const MergeOptions& option
   }
   provenance["inputs"] = inputs;
   provenance["plan"] = plan_to_json(plan)["tensors"];
+  if (!plan.warnings.empty()) provenance["warnings"] = plan.warnings;
   nlohmann::json outputs = nlohmann::json::object();
   std::sort(result->files.begin(), result->files.end());
   if (options.hash_outputs) {

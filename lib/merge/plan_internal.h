@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,6 +40,8 @@ struct PlanContext {
   PlanOptions options;
   MergePlan plan;
   std::vector<SliceSpec> slices;
+  // Per model index: how many of its tensors reconcile_shapes skipped, and the first one's story.
+  std::map<int, std::pair<size_t, std::string>> skipped_for_shape;
 };
 
 // plan_sources.cpp: opens every referenced model, lays out the slices and checks their layer
@@ -65,7 +68,7 @@ void add_tensor(PlanContext& context, const std::string& output_name, const Slic
 
 // plan_shapes.cpp: makes the sources' shapes agree under the method's crop policy (mergekit's
 // rules: crop embeddings, skip a model whose tensor differs from the base's) or fails naming them.
-void reconcile_shapes(const PlanContext& context, PlannedTensor* tensor,
+void reconcile_shapes(PlanContext& context, PlannedTensor* tensor,
                       std::vector<const TensorInfo*>& infos, const SliceSpec& slice);
 
 }  // namespace alloy::detail

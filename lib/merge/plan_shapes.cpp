@@ -24,7 +24,7 @@ std::string describe_shapes(const PlanContext& context, const PlannedTensor& ten
 
 // kToBase: embeddings are cropped to the base's shape (every source must be at least as large);
 // any other tensor keeps only the sources whose shape is the base's, as mergekit skips the rest.
-void crop_to_base(const PlanContext& context, PlannedTensor* tensor, std::vector<const TensorInfo*>& infos,
+void crop_to_base(PlanContext& context, PlannedTensor* tensor, std::vector<const TensorInfo*>& infos,
                   const SliceSpec& slice) {
   const auto& base_shape = infos[static_cast<size_t>(tensor->base_index)]->shape;
   if (tensor->is_embedding) {
@@ -46,6 +46,9 @@ void crop_to_base(const PlanContext& context, PlannedTensor* tensor, std::vector
         if (static_cast<int>(k) == tensor->base_index) tensor->base_index = static_cast<int>(kept.size());
         kept.push_back(tensor->sources[k]);
         kept_infos.push_back(infos[k]);
+      } else {
+        auto& [count, first] = context.skipped_for_shape[tensor->sources[k].model];
+        if (count++ == 0) first = "'" + tensor->name + "': " + describe_shapes(context, *tensor, infos);
       }
     }
     tensor->sources = kept;
@@ -56,7 +59,7 @@ void crop_to_base(const PlanContext& context, PlannedTensor* tensor, std::vector
 
 }  // namespace
 
-void reconcile_shapes(const PlanContext& context, PlannedTensor* tensor, std::vector<const TensorInfo*>& infos,
+void reconcile_shapes(PlanContext& context, PlannedTensor* tensor, std::vector<const TensorInfo*>& infos,
                       const SliceSpec& slice) {
   const CropPolicy policy = context.plan.method->crop_policy();
   std::vector<uint64_t> shape = infos[0]->shape;

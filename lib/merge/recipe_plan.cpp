@@ -71,6 +71,11 @@ MergePlan plan_merge(Recipe recipe, const PlanOptions& options) {
     plan.tokenizer_donor = context.model_index(*r.tokenizer_source, r.base_model_position);
   }
   plan.output_config = merged_config(plan);
+  for (const auto& [model, skipped] : context.skipped_for_shape) {
+    plan.warnings.push_back("model '" + plan.model_names[model] + "': " + std::to_string(skipped.first) +
+                            " tensor(s) left out of the merge because their shape differs from the base model's (as "
+                            "mergekit does); the first: " + skipped.second);
+  }
   return std::move(plan);
 }
 
@@ -81,6 +86,7 @@ nlohmann::json plan_to_json(const MergePlan& plan) {
   out["base_model"] = plan.base_model >= 0 ? nlohmann::json(plan.model_names[plan.base_model]) : nlohmann::json();
   out["output_layers"] = plan.output_layers;
   if (!plan.notices.empty()) out["notices"] = plan.notices;
+  if (!plan.warnings.empty()) out["warnings"] = plan.warnings;
   out["output_bytes"] = plan.output_bytes();
   out["tensors"] = nlohmann::json::array();
   for (const auto& t : plan.tensors) {

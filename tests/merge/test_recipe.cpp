@@ -154,3 +154,43 @@ TEST(RecipeGolden, ResolvedParametersMatchMergekitPlanner) {
 }
 
 }  // namespace
+
+namespace {
+
+// A one-layer model whose up_proj has `rows` rows (everything else as in its siblings).
+void write_one_layer_model(const fs::path& dir, uint64_t rows) {
+  fs::create_directories(dir);
+  using alloy::test::tensor_entry;
+  const uint64_t up = rows * 4 * 4;
+  const std::string header = "{" + tensor_entry("model.embed_tokens.weight", "F32", {8, 4}, 0, 128) + "," +
+                             tensor_entry("model.layers.0.mlp.up_proj.weight", "F32", {rows, 4}, 128, 128 + up) +
+                             "," + tensor_entry("model.norm.weight", "F32", {4}, 128 + up, 144 + up) + "}";
+  alloy::test::write_safetensors(dir / "model.safetensors", header, std::string(144 + up, '\0'));
+  alloy::test::write_bytes(dir / "config.json",
+                           R"({"architectures":["LlamaForCausalLM"],"model_type":"llama","num_hidden_layers":1})");
+}
+
+}  // namespace
+
+TEST(RecipePlan, TiesWarnsAboutAModelSkippedForItsShape) {
+  alloy::test::TempDir dir;
+  write_one_layer_model(dir / "base", 3);
+  write_one_layer_model(dir / "ft_a", 3);
+  write_one_layer_model(dir / "ft_b", 2);
+  alloy::PlanOptions options;
+  options.base_dir = dir.path();
+  const std::string text =
+      "merge_method: ties\nbase_model: base\nparameters: {density: 0.5, weight: 0.5}\n"
+      "models:\n  - model: ft_a\n  - model: ft_b\n";
+  const auto plan = alloy::plan_merge(alloy::parse_recipe(text, "t.yml"), options);
+  const auto& up = *std::find_if(plan.tensors.begin(), plan.tensors.end(),
+                                 [](const auto& t) { return t.name == "model.layers.0.mlp.up_proj.weight"; });
+  EXPECT_EQ(up.sources.size(), 2u);  // ft_b's [2,4] is skipped, as mergekit does
+  ASSERT_EQ(plan.warnings.size(), 1u);
+  EXPECT_NE(plan.warnings[0].find("model 'ft_b': 1 tensor(s) left out"), std::string::npos) << plan.warnings[0];
+  EXPECT_NE(plan.warnings[0].find("model.layers.0.mlp.up_proj.weight"), std::string::npos) << plan.warnings[0];
+  EXPECT_EQ(alloy::plan_to_json(plan)["warnings"].size(), 1u);
+
+  write_one_layer_model(dir / "ft_b", 3);  // same shapes: nothing to say
+  EXPECT_TRUE(alloy::plan_merge(alloy::parse_recipe(text, "t.yml"), options).warnings.empty());
+}

@@ -75,6 +75,8 @@ int main(int argc, char** argv) {
     for (const auto& model : plan.models) {
       for (const auto& warning : model->warnings()) std::fprintf(stderr, "alloy-merge: warning: %s\n", warning.c_str());
     }
+    for (const auto& notice : plan.notices) std::fprintf(stderr, "alloy-merge: note: %s\n", notice.c_str());
+    for (const auto& warning : plan.warnings) std::fprintf(stderr, "alloy-merge: warning: %s\n", warning.c_str());
     if (dry_run) {
       std::cout << alloy::plan_to_json(plan).dump(2) << "\n";
       return 0;

@@ -137,6 +137,9 @@ struct MergePlan {
   nlohmann::json output_config;
   // Models whose architecture was inferred from tensor names, one sentence each.
   std::vector<std::string> notices;
+  // What the merge leaves out that the recipe did not ask to leave out (a model's tensors skipped
+  // for a shape that differs from the base's, as mergekit skips them), one sentence per model.
+  std::vector<std::string> warnings;
   int tokenizer_donor = 0;                // model whose tokenizer files are copied
 
   uint64_t output_bytes() const;
