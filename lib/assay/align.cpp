@@ -129,13 +129,47 @@ struct Context {
   }
 };
 
+// Where a layer's per-expert tensors are, relative to "model.layers.<i>.": Qwen-MoE's names unless
+// the suspect's architecture (alloy/core/architecture.h) names its experts by a template, as
+// Mixtral's block_sparse_moe.experts.{e}.w1/w3/w2 with the router block_sparse_moe.gate.
+struct ExpertLayout {
+  std::string experts = "mlp.experts.";  // + "<e>." + a part's name
+  std::string gate = "gate_proj.weight", up = "up_proj.weight", down = "down_proj.weight";
+  std::string router = "mlp.gate.weight";
+};
+
+ExpertLayout expert_layout(const Model& suspect) {
+  ExpertLayout layout;
+  const ModelArchitecture arch = detect_architecture(suspect);
+  if (!arch.definition() || arch.layer_prefix() != "model.layers.") return layout;
+  std::string prefix;
+  ExpertLayout found;
+  int parts = 0;
+  for (const TensorDef& t : arch.definition()->layer) {
+    const size_t hole = t.name.find("{e}.");
+    if (t.role == TensorRole::kRouter) found.router = t.name;
+    if (hole == std::string::npos) continue;
+    std::string* part = t.role == TensorRole::kExpertGate ? &found.gate
+                        : t.role == TensorRole::kExpertUp ? &found.up
+                        : t.role == TensorRole::kExpertDown ? &found.down
+                                                            : nullptr;
+    if (!part) continue;
+    if (!prefix.empty() && prefix != t.name.substr(0, hole)) return layout;  // two expert families
+    prefix = t.name.substr(0, hole);
+    *part = t.name.substr(hole + 4);
+    ++parts;
+  }
+  if (parts != 3) return layout;
+  found.experts = prefix;
+  return found;
+}
+
 // Routed experts of one layer: returns the suspect expert holding each candidate expert (qinv).
-std::vector<uint32_t> align_experts(Context& c, int layer, int ref_layer) {
-  const std::string p = "model.layers." + std::to_string(layer) + ".mlp.";
-  const std::string pr = "model.layers." + std::to_string(ref_layer) + ".mlp.";
+std::vector<uint32_t> align_experts(Context& c, int layer, int ref_layer, const ExpertLayout& x) {
+  const std::string p = "model.layers." + std::to_string(layer) + "." + x.experts;
+  const std::string pr = "model.layers." + std::to_string(ref_layer) + "." + x.experts;
   size_t experts = 0;
-  while (c.st(p + "experts." + std::to_string(experts) + ".gate_proj.weight") &&
-         c.rt(pr + "experts." + std::to_string(experts) + ".gate_proj.weight")) {
+  while (c.st(p + std::to_string(experts) + "." + x.gate) && c.rt(pr + std::to_string(experts) + "." + x.gate)) {
     ++experts;
   }
   std::vector<uint32_t> identity(experts);
@@ -143,17 +177,16 @@ std::vector<uint32_t> align_experts(Context& c, int layer, int ref_layer) {
   if (experts < 2) return identity;
   bool needed = false;
   for (size_t e = 0; e < experts && !needed; ++e) {
-    needed = c.shuffled(p + "experts." + std::to_string(e) + ".gate_proj.weight",
-                        pr + "experts." + std::to_string(e) + ".gate_proj.weight");
+    needed = c.shuffled(p + std::to_string(e) + "." + x.gate, pr + std::to_string(e) + "." + x.gate);
   }
   if (!needed) return identity;
   // Signature: column sums of gate and up, row sums of down (all of hidden size), router row.
   const auto signature = [&](const Model& m, const std::string& prefix, size_t e, std::vector<double>* sig) {
-    const std::string q = prefix + "experts." + std::to_string(e) + ".";
-    const auto gate = load_all(*m.find(q + "gate_proj.weight"));
-    const auto up = load_all(*m.find(q + "up_proj.weight"));
-    const auto down = load_all(*m.find(q + "down_proj.weight"));
-    const auto& gs = m.find(q + "gate_proj.weight")->info->shape;
+    const std::string q = prefix + std::to_string(e) + ".";
+    const auto gate = load_all(*m.find(q + x.gate));
+    const auto up = load_all(*m.find(q + x.up));
+    const auto down = load_all(*m.find(q + x.down));
+    const auto& gs = m.find(q + x.gate)->info->shape;
     const size_t inter = gs[0], hidden = gs.size() > 1 ? gs[1] : 1;
     std::vector<double> part(3 * hidden, 0.0);
     for (size_t i = 0; i < inter; ++i) {
@@ -175,8 +208,10 @@ std::vector<uint32_t> align_experts(Context& c, int layer, int ref_layer) {
   for (size_t e = 0; e < experts; ++e) dim = signature(c.s, p, e, &a), signature(c.r, pr, e, &b);
   dim *= 3;
   double parts = 3;
-  const ModelTensor* sr = c.st(p + "gate.weight");
-  const ModelTensor* rr = c.rt(pr + "gate.weight");
+  const std::string router = "model.layers." + std::to_string(layer) + "." + x.router;
+  const std::string ref_router = "model.layers." + std::to_string(ref_layer) + "." + x.router;
+  const ModelTensor* sr = c.st(router);
+  const ModelTensor* rr = c.rt(ref_router);
   if (sr && rr && sr->info->shape == rr->info->shape && sr->info->shape[0] == experts) {
     // Append the router rows, as a fourth unit part.
     const auto sv = load_all(*sr), rv = load_all(*rr);
@@ -195,7 +230,7 @@ std::vector<uint32_t> align_experts(Context& c, int layer, int ref_layer) {
   if (is_identity(q)) return identity;
   c.out.permutations.push_back({{"layer", layer}, {"kind", "experts"}, {"permutation", q}});
   const std::vector<uint32_t> qinv = inverse(q);
-  if (sr && rr) c.out.tensors[p + "gate.weight"] = {p + "gate.weight", qinv, 1, {}, 1, pr + "gate.weight"};
+  if (sr && rr) c.out.tensors[router] = {router, qinv, 1, {}, 1, ref_router};
   return qinv;
 }
 
@@ -285,8 +320,8 @@ bool estimate_neuron_scales(Context& c, const std::string& slot, const AlignedTe
 // The neurons of one MLP unit: the suspect's slots `slot` hold the data of its tensors `source`,
 // to be compared with the reference's `name`.
 void align_neurons(Context& c, int layer, const std::string& unit, const std::string& slot, const std::string& source,
-                   const std::string& name) {
-  const std::string g = "gate_proj.weight", u = "up_proj.weight", d = "down_proj.weight";
+                   const std::string& name, const ExpertLayout& x = ExpertLayout()) {
+  const std::string &g = x.gate, &u = x.up, &d = x.down;
   const ModelTensor* sg = c.st(source + g);
   const ModelTensor* rg = c.rt(name + g);
   if (!sg || !rg || !c.st(source + u) || !c.st(source + d) || !c.rt(name + u) || !c.rt(name + d)) return;
@@ -453,14 +488,17 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
   const int kv_heads = config.value("num_key_value_heads", heads);
   const int layers = count_layers(suspect);
   const std::vector<int> layer_map = match_layers(c, layers, count_layers(*candidates[size_t(out.reference)]));
+  const ExpertLayout experts = expert_layout(suspect);
   for (int l = 0; l < layers; ++l) {
     const int lr = layer_map[size_t(l)];
     const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
     const std::string pr = "model.layers." + std::to_string(lr) + ".mlp.";
-    const std::vector<uint32_t> expert_source = align_experts(c, l, lr);
+    const std::string xp = "model.layers." + std::to_string(l) + "." + experts.experts;
+    const std::string xpr = "model.layers." + std::to_string(lr) + "." + experts.experts;
+    const std::vector<uint32_t> expert_source = align_experts(c, l, lr, experts);
     for (size_t e = 0; e < expert_source.size(); ++e) {
-      align_neurons(c, l, "experts." + std::to_string(e), p + "experts." + std::to_string(e) + ".",
-                    p + "experts." + std::to_string(expert_source[e]) + ".", pr + "experts." + std::to_string(e) + ".");
+      align_neurons(c, l, "experts." + std::to_string(e), xp + std::to_string(e) + ".",
+                    xp + std::to_string(expert_source[e]) + ".", xpr + std::to_string(e) + ".", experts);
     }
     align_neurons(c, l, "mlp", p, p, pr);
     align_neurons(c, l, "shared_expert", p + "shared_expert.", p + "shared_expert.", pr + "shared_expert.");
