@@ -159,11 +159,11 @@ Mlp load_mlp(const std::filesystem::path& path) {
 }
 
 void save_mlp(const Mlp& mlp, const std::filesystem::path& out, bool overwrite,
-              const nlohmann::json& extra_config) {
+              const nlohmann::json& extra_config, const std::vector<std::filesystem::path>& inputs) {
   if (mlp.params.size() != parameter_count(mlp.sizes))
     throw Error(ErrorCode::kInternal,
                 out.string() + ": parameter buffer does not match the layer sizes");
-  StagingDirectory staging(out, overwrite);
+  StagingDirectory staging(out, overwrite, inputs);
   std::vector<TensorSpec> specs;
   std::vector<const void*> data;
   for (size_t l = 0; l < mlp.layers(); ++l) {

@@ -89,6 +89,7 @@ void write_text(const std::string& path, const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  alloy::remove_staging_on_signals();  // first: before any thread starts
   CLI::App app{"Linear mode connectivity of MLPs on Fashion-MNIST (docs/classroom.md)."};
   app.require_subcommand(1);
   app.fallthrough();  // --data and -j may also follow the subcommand
@@ -397,7 +398,8 @@ int main(int argc, char** argv) {
       alloy::lmc::save_mlp(
           result.aligned, align_out, overwrite,
           {{"alloy_lmc_align",
-            {{"reference", align_a}, {"source", align_b}, {"method", align_method}}}});
+            {{"reference", align_a}, {"source", align_b}, {"method", align_method}}}},
+          {align_a, align_b});
       size_t moved = 0, total = 0;
       for (const auto& p : result.perms)
         for (size_t i = 0; i < p.size(); ++i, ++total) moved += p[i] != i;
@@ -440,7 +442,8 @@ int main(int argc, char** argv) {
       alloy::lmc::save_mlp(
           repaired, repair_out, overwrite,
           {{"alloy_lmc_repair",
-            {{"a", repair_a}, {"b", repair_b}, {"t", repair_t}, {"method", repair_method}}}});
+            {{"a", repair_a}, {"b", repair_b}, {"t", repair_t}, {"method", repair_method}}}},
+          {repair_a, repair_b});
       const auto ea = alloy::lmc::evaluate(a, data.test), eb = alloy::lmc::evaluate(b, data.test);
       const auto ep = alloy::lmc::evaluate(plain, data.test),
                  er = alloy::lmc::evaluate(repaired, data.test);
@@ -481,7 +484,8 @@ int main(int argc, char** argv) {
       alloy::lmc::save_mlp(
           curve.control, curve_out, overwrite,
           {{"alloy_lmc_curve",
-            {{"a", curve_a}, {"b", curve_b}, {"kind", "quadratic Bezier control point"}}}});
+            {{"a", curve_a}, {"b", curve_b}, {"kind", "quadratic Bezier control point"}}}},
+          {curve_a, curve_b});
       nlohmann::json doc = alloy::lmc::curve_json(curve);
       doc["a"] = curve_a;
       doc["b"] = curve_b;

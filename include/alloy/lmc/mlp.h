@@ -63,9 +63,11 @@ std::string bias_name(size_t layer);
 // values.
 Mlp load_mlp(const std::filesystem::path& path);
 // Writes the directory (staged, then renamed into place). `extra_config` keys are added to
-// config.json (e.g. how the model was made). Refuses an existing non-empty OUT unless overwrite.
+// config.json (e.g. how the model was made). Refuses an existing non-empty OUT unless overwrite,
+// and an OUT that is or contains one of `inputs` (the models it was made from) in any case.
 void save_mlp(const Mlp& mlp, const std::filesystem::path& out, bool overwrite,
-              const nlohmann::json& extra_config = nlohmann::json::object());
+              const nlohmann::json& extra_config = nlohmann::json::object(),
+              const std::vector<std::filesystem::path>& inputs = {});
 
 // --- numerics (T = float for speed, T = double for gradient checks) ---
 
