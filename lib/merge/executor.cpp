@@ -47,7 +47,7 @@ class BufferPool {
 // the merge (it needs no merged byte) instead of following it. A shard is hashed through the
 // descriptor the merge reads it from (so the hash is of the same file, whatever the path names
 // later; run_merge then checks that its size and times did not change); other files by path. Each
-// is read with pread into one reused 8 MiB buffer. Destruction cancels the hashes still running.
+// is read with pread into one reused 1 MiB buffer. Destruction cancels the hashes still running.
 class FileHasher {
  public:
   FileHasher() = default;
@@ -76,7 +76,8 @@ class FileHasher {
     std::optional<MappedFile> opened;
     if (file == nullptr) file = &opened.emplace(path.string());
     Sha256 hasher;
-    constexpr uint64_t kWindow = uint64_t{8} << 20;
+    // 1 MiB: a sharded model hashes hundreds of files at once, one thread and one window each.
+    constexpr uint64_t kWindow = uint64_t{1} << 20;
     std::vector<uint8_t> window(static_cast<size_t>(std::min<uint64_t>(kWindow, file->size())));
     for (uint64_t offset = 0; offset < file->size() && !cancelled_; offset += kWindow) {
       const uint64_t length = std::min<uint64_t>(kWindow, file->size() - offset);
