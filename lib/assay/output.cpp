@@ -162,6 +162,9 @@ std::string assay_summary(const AssayResult& r) {
   if (!r.method.empty()) out << " (" << r.method << ")";
   if (r.base) out << ", base " << r.candidates[size_t(*r.base)].path;
   out << "\n";
+  if (r.evidence.contains("confidence")) {
+    out << "confidence: " << r.evidence["confidence"].get<std::string>() << " (see the notes)\n";
+  }
   if (r.evidence.contains("summary")) out << "evidence: " << r.evidence["summary"].get<std::string>() << "\n";
   if (r.evidence.contains("log10_false_positive") && r.evidence["log10_false_positive"].is_number()) {
     out << "false-positive bound: 10^" << fixed(r.evidence["log10_false_positive"].get<double>(), 1)

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <set>
 
 #include "alloy/core/error.h"
 #include "internal.h"
@@ -12,6 +13,77 @@ namespace alloy {
 namespace {
 
 constexpr uint64_t kPrefixElements = 1 << 16;
+constexpr double kBlockCorrelation = 0.3;  // a block that keeps its place correlates far above this
+
+// Whether some block of the suspect's tensor correlates with the same block of no candidate: a
+// permutation the alignment stage did not undo (a fused or interleaved layout it cannot align).
+// The rows (axis 0: experts of a fused 3-D tensor, neurons, heads) are split into up to 64 blocks
+// of at least 64 elements and the first 4096 elements of each are compared; a blend keeps every
+// block in place, a permutation moves blocks or the elements inside them. Tensors of one row or
+// fewer than 256 elements (norms, biases) are not tested, nor are constant blocks.
+enum class BlockTest { kUntested, kMatched, kUnaligned };
+BlockTest test_blocks(const detail::TensorViews& views, const std::vector<uint64_t>& shape) {
+  if (shape.size() < 2 || shape[0] < 2 || views.numel < 256) return BlockTest::kUntested;
+  const uint64_t rows = shape[0], cols = views.numel / rows;
+  const uint64_t rows_per_block = std::max<uint64_t>({1, rows / 64, (64 + cols - 1) / cols});
+  const uint64_t blocks = rows / rows_per_block, stride = rows_per_block * cols;
+  const uint64_t len = std::min<uint64_t>(stride, 4096);
+  if (blocks < 2) return BlockTest::kUntested;
+  std::vector<float> x(len), y(len);
+  const auto correlation = [&]() {
+    double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+    for (uint64_t i = 0; i < len; ++i) {
+      sx += x[i], sy += y[i], sxx += double(x[i]) * x[i], syy += double(y[i]) * y[i], sxy += double(x[i]) * y[i];
+    }
+    const double n = double(len), vx = sxx - sx * sx / n, vy = syy - sy * sy / n;
+    return vx > 0 && vy > 0 ? (sxy - sx * sy / n) / std::sqrt(vx * vy) : 0.0;
+  };
+  bool tested = false;
+  for (uint64_t b = 0; b < blocks; ++b) {
+    if (views.suspect_values) std::copy_n(views.suspect_values + b * stride, len, x.begin());
+    else detail::load_range(*views.inputs[0], b * stride, len, x.data());
+    if (std::all_of(x.begin(), x.end(), [&](float v) { return v == x[0]; })) continue;  // shows no order
+    tested = true;
+    bool matched = false;
+    for (size_t c = 1; c < views.inputs.size() && !matched; ++c) {
+      detail::load_range(*views.inputs[c], b * stride, len, y.data());
+      matched = correlation() >= kBlockCorrelation;
+    }
+    if (!matched) return BlockTest::kUnaligned;
+  }
+  return tested ? BlockTest::kMatched : BlockTest::kUntested;
+}
+
+// Tensors with an unaligned block are left out of the fit when the suspect is otherwise related to
+// a candidate (some other tensor's every block matched one): there the block should have matched,
+// so whatever the fit would say about it is a guess. A suspect related to no candidate keeps its
+// fits (and is found independent).
+void drop_unaligned(const std::vector<BlockTest>& tests, AssayResult* result) {
+  std::vector<bool> unaligned(tests.size());
+  bool related = false;
+  for (size_t i = 0; i < tests.size(); ++i) {
+    unaligned[i] = tests[i] == BlockTest::kUnaligned;
+    related |= tests[i] == BlockTest::kMatched;
+  }
+  if (!related) return;
+  // A permutation moves a whole unit: its biases and norms (too small to test) go with it, so the
+  // component is left out in that layer (outside the layers: everywhere).
+  std::set<std::pair<std::string, int>> units;
+  for (size_t i = 0; i < result->tensors.size(); ++i) {
+    if (unaligned[i]) units.insert({result->tensors[i].component, result->tensors[i].layer});
+  }
+  for (size_t i = 0; i < result->tensors.size(); ++i) {
+    TensorAssay& t = result->tensors[i];
+    if (!t.fitted || !units.count({t.component, t.layer})) continue;
+    if (!unaligned[i]) {
+      t.fitted = false;
+      t.skipped = "not aligned: its component in this layer holds a tensor that could not be aligned";
+      continue;
+    }
+    t.fitted = false;
+    t.skipped = "not aligned: a block of it correlates with no candidate's (a permutation the assay cannot undo)";
+  }
+}
 
 // "Resolved" elements: candidate spread at least four units in the last place of the coarsest
 // candidate dtype (relative to the largest magnitude there).
@@ -84,6 +156,7 @@ AssayResult run_assay(const AssayOptions& options) {
   for (const auto& path : options.candidates) result.candidates.push_back({path});
   const auto& tensors = suspect.tensors();
   const ModelArchitecture suspect_arch = detect_architecture(suspect);
+  std::vector<BlockTest> block_tests(tensors.size(), BlockTest::kUntested);
   for (size_t index = 0; index < tensors.size(); ++index) {
     const ModelTensor& s = tensors[index];
     TensorAssay ta;
@@ -118,6 +191,7 @@ AssayResult run_assay(const AssayOptions& options) {
       const detail::ResolvedMoments full = detail::accumulate_resolved(views, resolve, quick.reference + 1, related);
       detail::fit_tensor(prefix, full, k, &ta);
       ta.fitted = true;
+      block_tests[index] = test_blocks(views, s.info->shape);
       double equal = ta.equal_reference;
       for (double e : ta.equal_candidate) equal = std::max(equal, e);
       if (ta.numel >= 4096 && equal + ta.equal_reference > 0.1 && ta.copy_of < 0) fill_sparse(views, &ta);
@@ -128,6 +202,7 @@ AssayResult run_assay(const AssayOptions& options) {
     result.tensors.push_back(std::move(ta));
     if (options.progress) options.progress(index + 1, tensors.size());
   }
+  drop_unaligned(block_tests, &result);
   detail::decide_verdict(&result, suspect, models, options);
   // What the models were opened in spite of (unindexed shards) belongs beside the verdict.
   for (const std::string& warning : suspect.warnings()) result.evidence["notes"].push_back(warning);

@@ -2,6 +2,7 @@
 // name the method, write the recipe and confirm it by rebuilding sampled tensors. This file holds
 // the order in which the outcomes are tried; verdict.h lists the units that decide each.
 // docs/assay.md, "Verdicts", states every threshold used here and why.
+#include <algorithm>
 #include <cmath>
 
 #include "verdict.h"
@@ -10,6 +11,57 @@ namespace alloy::detail {
 namespace {
 
 constexpr double kSparseEquality = 0.25;  // linear merges: ~0.08 from cancellations
+// A deterministic merge rebuilds its sampled tensors exactly or within rounding (relative error
+// ~1e-3 in bf16); noise or further training on top leaves a few percent. Above this the recipe
+// does not make the suspect, whatever the fit says.
+constexpr double kRebuildError = 0.1;
+
+// Refuse to guess: what the verdict could not check lowers it. Tensors the alignment could not
+// undo (run.cpp leaves them out of the fit, so no candidate carries a weight on them) are listed
+// in evidence["unchecked"] and make the confidence "partial"; a rebuild check that misses what a
+// merge or copy claims makes it "low". evidence["confidence"] is absent when nothing lowered it.
+void qualify(VerdictContext& v) {
+  AssayResult& r = v.result;
+  uint64_t unaligned = 0, compared = 0;
+  size_t count = 0;
+  std::vector<std::string> components;
+  for (const auto& t : r.tensors) {
+    if (t.fitted) compared += t.numel;
+    if (t.fitted || t.skipped.rfind("not aligned", 0) != 0) continue;
+    unaligned += t.numel;
+    ++count;
+    if (std::find(components.begin(), components.end(), t.component) == components.end()) {
+      components.push_back(t.component);
+    }
+  }
+  std::string confidence;
+  if (count > 0) {
+    const double fraction = double(unaligned) / double(unaligned + compared);
+    r.evidence["unchecked"] = {{"tensors", count}, {"elements", unaligned}, {"fraction", fraction},
+                               {"components", components}};
+    std::string list;
+    for (const auto& c : components) list += (list.empty() ? "" : ", ") + c;
+    v.note("could not align " + std::to_string(count) + " tensors (" + std::to_string(fraction) +
+           " of the elements; " + list +
+           "): part of each correlates with no candidate, a permutation or layout the assay cannot undo; "
+           "they are left out of the fit and nothing is claimed about them");
+    confidence = "partial";
+  }
+  const auto& rebuild = r.evidence.contains("rebuild") ? r.evidence["rebuild"] : nlohmann::json();
+  if ((r.verdict == "merge" || r.verdict == "copy") && r.method != "dare_ties" && rebuild.contains("relative_error") &&
+      rebuild["relative_error"].get<double>() > kRebuildError) {
+    v.note("the recovered recipe rebuilds the sampled tensors only within relative error " +
+           std::to_string(rebuild["relative_error"].get<double>()) + " (bar " + std::to_string(kRebuildError) +
+           "): the verdict is not confirmed");
+    confidence = "low";
+  }
+  if (confidence.empty()) return;
+  r.evidence["confidence"] = confidence;
+  const std::string prefix = confidence == "low"
+                                 ? "not confirmed by the rebuild check: "
+                                 : "partly checked (" + std::to_string(count) + " tensors could not be aligned): ";
+  r.evidence["summary"] = prefix + r.evidence.value("summary", "");
+}
 
 void decide(VerdictContext& v) {
   aggregate_candidates(v);
@@ -47,6 +99,7 @@ void decide_verdict(AssayResult* result, const Model& suspect, const std::vector
                     const AssayOptions& options) {
   VerdictContext context{*result, suspect, candidates, options, int(candidates.size())};
   decide(context);
+  qualify(context);
 }
 
 }  // namespace alloy::detail
