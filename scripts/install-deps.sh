@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Installs the Debian packages alloy needs, only those that are missing. Safe to run repeatedly.
-# Usage: scripts/install-deps.sh [--fuzz]   (--fuzz also installs clang for the libFuzzer targets)
+# Usage: scripts/install-deps.sh [--fuzz] [--no-browser]
+#   --fuzz        also installs clang for the libFuzzer targets
+#   --no-browser  skips chromium, the optional test dependency of AssayReportBrowser (the HTML
+#                 report's screenshots; the test skips itself without it)
 set -euo pipefail
 
 packages=(cmake make g++ libyaml-cpp-dev libeigen3-dev libcli11-dev nlohmann-json3-dev
           libgtest-dev googletest python3 zlib1g-dev dataset-fashion-mnist)
-if [[ "${1:-}" == "--fuzz" ]]; then
-  packages+=(clang libclang-rt-dev libomp-dev)
-fi
+browser=1
+for arg in "$@"; do
+  case "$arg" in
+    --fuzz) packages+=(clang libclang-rt-dev libomp-dev) ;;
+    --no-browser) browser=0 ;;
+    *) echo "install-deps.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+if ((browser)); then packages+=(chromium); fi
 
 missing=()
 for pkg in "${packages[@]}"; do
