@@ -355,7 +355,9 @@ std::vector<fs::path> input_files(const Model& model) {
 nlohmann::json output_config(const MergePlan& plan) {
   // The donor's config with the layer count and per-layer lists remapped (plan_config.cpp).
   nlohmann::json config = plan.output_config.is_object() ? plan.output_config : merged_config(plan);
-  if (!plan.tensors.empty()) config["torch_dtype"] = dtype_torch_name(plan.tensors.front().out_dtype);
+  // out_dtype, else the compute dtype (mergekit's rule, even where a method writes float32).
+  if (!plan.tensors.empty())
+    config["torch_dtype"] = dtype_torch_name(plan.recipe.out_dtype.value_or(plan.tensors.front().compute_dtype));
   return config;
 }
 

@@ -72,7 +72,7 @@ void choose_dtypes(const PlanContext& context, const std::vector<const TensorInf
     if (info->dtype != stored) stored = DType::F32;
   }
   tensor->compute_dtype = r.dtype.value_or(stored);
-  tensor->out_dtype = r.out_dtype.value_or(tensor->compute_dtype);
+  tensor->out_dtype = r.out_dtype.value_or(context.plan.method->result_dtype(tensor->compute_dtype));
   for (const auto* info : infos) {
     if (!can_load_as_f32(info->dtype)) {
       context.fail(slice.position, "tensor '" + tensor->name + "' is " + dtype_name(info->dtype) +

@@ -85,7 +85,9 @@ INSTANTIATE_TEST_SUITE_P(
     AllRecipes, RecipeEndToEnd,
     ::testing::Combine(::testing::Values("linear.yml", "slerp.yml", "ties.yml", "dare_ties.yml",
                                          "task_arithmetic.yml", "breadcrumbs_ties.yml", "della.yml",
-                                         "model_stock.yml", "nuslerp.yml", "passthrough_stack.yml"),
+                                         "model_stock.yml", "nuslerp.yml", "passthrough_stack.yml",
+                                         "sce.yml", "karcher.yml", "multislerp.yml", "arcee_fusion.yml",
+                                         "nearswap.yml", "ram.yml"),
                        ::testing::Values(alloy::ModelFamily::kLlama, alloy::ModelFamily::kMoe)),
     [](const auto& info) {
       std::string name = std::get<0>(info.param);
@@ -98,7 +100,7 @@ TEST(RecipeEndToEnd, EveryRecipeFileIsCovered) {
   for (const auto& e : fs::directory_iterator(std::string(ALLOY_SOURCE_DIR) + "/recipes")) {
     count += e.path().extension() == ".yml";
   }
-  EXPECT_EQ(count, 10u) << "add new recipes to the RecipeEndToEnd list";
+  EXPECT_EQ(count, 16u) << "add new recipes to the RecipeEndToEnd list";
 }
 
 TEST(MergeTool, OutputIsAttributedAndReproducible) {

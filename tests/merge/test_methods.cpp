@@ -30,9 +30,10 @@ TEST(MethodRegistry, NamesAreSortedAndComplete) {
   const auto names = alloy::merge_method_names();
   EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
   const std::vector<std::string> expected = {
-      "breadcrumbs",  "breadcrumbs_ties", "dare_linear", "dare_ties", "della",
-      "della_linear", "linear",           "model_stock", "nuslerp",   "passthrough",
-      "slerp",        "task_arithmetic",  "ties"};
+      "arcee_fusion", "breadcrumbs",     "breadcrumbs_ties", "dare_linear", "dare_ties",
+      "della",        "della_linear",    "karcher",          "linear",      "model_stock",
+      "multislerp",   "nearswap",        "nuslerp",          "passthrough", "ram",
+      "sce",          "slerp",           "task_arithmetic",  "ties"};
   EXPECT_EQ(names, expected);
   for (const auto& n : names) {
     ASSERT_NE(alloy::find_merge_method(n), nullptr) << n;
@@ -41,7 +42,7 @@ TEST(MethodRegistry, NamesAreSortedAndComplete) {
 }
 
 TEST(MethodRegistry, UnknownNamesAreNull) {
-  for (const char* n : {"dare-ties", "", "LINEAR", "linear ", "karcher", "sce"}) {
+  for (const char* n : {"dare-ties", "", "LINEAR", "linear ", "karcher_mean", "ramplus_tl"}) {
     EXPECT_EQ(alloy::find_merge_method(n), nullptr) << n;
   }
 }
@@ -63,6 +64,18 @@ std::vector<ExpectedParameter> expected_parameters(const std::string& method) {
   }
   if (method == "model_stock") return {{"filter_wise", false, 0.0, false}};
   if (method == "passthrough") return {{"scale", true, {}, false}};
+  // The methods mergekit defines with its easy_define decorator and the two task classes
+  // (mergekit/merge_methods/{sce,karcher,multislerp,arcee_fusion,nearswap,ram}.py).
+  if (method == "sce") return {{"select_topk", false, 1.0, false}, {"int8_mask", false, 0.0, false}};
+  if (method == "karcher") return {{"max_iter", false, 10.0, false}, {"tol", false, 1e-5, false}};
+  if (method == "multislerp") {
+    return {{"weight", true, {}, true},
+            {"normalize_weights", false, 1.0, false},
+            {"eps", false, 1e-8, false}};
+  }
+  if (method == "arcee_fusion") return {};
+  if (method == "nearswap") return {{"t", false, {}, true}};
+  if (method == "ram") return {{"epsilon", false, 1e-5, false}};
   // The task-arithmetic family (mergekit's GeneralizedTaskArithmeticMerge and its registry).
   const std::map<std::string, std::pair<double, double>> normalize_rescale = {
       {"task_arithmetic", {0, 0}}, {"ties", {1, 0}},        {"dare_ties", {0, 1}},
@@ -95,9 +108,13 @@ TEST(MethodRegistry, ParametersDefaultsBaseAndCropAsMergekit) {
           << name << " " << actual[i].name;
       EXPECT_EQ(actual[i].required, expected[i].required) << name << " " << actual[i].name;
     }
-    const bool family = name != "linear" && name != "slerp" && name != "nuslerp" &&
-                        name != "model_stock" && name != "passthrough";
-    EXPECT_EQ(m->requires_base_model(), family || name == "slerp" || name == "model_stock") << name;
+    const std::set<std::string> others = {"linear",     "slerp",        "nuslerp",  "model_stock",
+                                          "passthrough", "sce",          "karcher",  "multislerp",
+                                          "arcee_fusion", "nearswap",    "ram"};
+    const bool family = others.count(name) == 0;
+    const bool needs_base = family || name == "slerp" || name == "model_stock" || name == "sce" ||
+                            name == "arcee_fusion" || name == "nearswap" || name == "ram";
+    EXPECT_EQ(m->requires_base_model(), needs_base) << name;
     const alloy::CropPolicy crop = family                  ? alloy::CropPolicy::kToBase
                                    : name == "passthrough" ? alloy::CropPolicy::kNone
                                                            : alloy::CropPolicy::kCommonPrefix;

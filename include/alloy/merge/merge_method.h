@@ -103,6 +103,10 @@ class MergeMethod {
   virtual std::vector<MethodParameter> parameters() const = 0;
   virtual bool requires_base_model() const { return false; }
   virtual CropPolicy crop_policy() const { return CropPolicy::kCommonPrefix; }
+  // The dtype the merge's result has in mergekit when the recipe sets no out_dtype: the compute
+  // dtype, except for a method whose torch code promotes it (arcee_fusion multiplies by a float32
+  // mask, so its tensors are float32 although config.json keeps the compute dtype's name).
+  virtual DType result_dtype(DType compute) const { return compute; }
   // Writes numel() values to out. Throws Error naming ctx.tensor_name on bad parameters.
   virtual void merge(const MergeContext& ctx, float* out) const = 0;
   // True when merge() gives the same bits with `out` equal to sources[0].values: element i of out

@@ -164,6 +164,12 @@ const MergeMethod& slerp_method();
 const MergeMethod& nuslerp_method();
 const MergeMethod& passthrough_method();
 const MergeMethod& model_stock_method();
+const MergeMethod& sce_method();
+const MergeMethod& karcher_method();
+const MergeMethod& multislerp_method();
+const MergeMethod& arcee_fusion_method();
+const MergeMethod& nearswap_method();
+const MergeMethod& ram_method();
 std::vector<const MergeMethod*> task_arithmetic_family();
 
 }  // namespace alloy::detail

@@ -48,7 +48,10 @@ const std::vector<const MergeMethod*>& all_methods() {
   static const std::vector<const MergeMethod*> methods = [] {
     std::vector<const MergeMethod*> list = {
         &detail::linear_method(), &detail::slerp_method(), &detail::nuslerp_method(),
-        &detail::passthrough_method(), &detail::model_stock_method()};
+        &detail::passthrough_method(), &detail::model_stock_method(),
+        &detail::sce_method(),         &detail::karcher_method(),
+        &detail::multislerp_method(),  &detail::arcee_fusion_method(),
+        &detail::nearswap_method(),    &detail::ram_method()};
     for (const MergeMethod* m : detail::task_arithmetic_family()) list.push_back(m);
     return list;
   }();
