@@ -11,6 +11,7 @@
 #include "alloy/core/error.h"
 #include "alloy/core/utf8.h"
 #include "alloy/merge/recipe.h"
+#include "chat_template.h"
 
 namespace alloy {
 namespace {
@@ -447,7 +448,11 @@ Recipe parse_structure(const Parser& p, const YAML::Node& root, const std::strin
       tokenizer_source(value);
     }
   }
-  if (const auto node = find("chat_template")) recipe.chat_template = p.scalar_string(*node, "chat_template");
+  if (const auto node = find("chat_template")) {
+    std::string problem;
+    recipe.chat_template = detail::chat_template_choice(p.scalar_string(*node, "chat_template"), &problem);
+    if (!recipe.chat_template) p.fail(*node, problem);
+  }
   if (const auto node = find("name")) recipe.name = p.scalar_string(*node, "name");
 
   const auto models_found = find("models"), slices_found = find("slices");

@@ -1,6 +1,7 @@
 // Planning: a parsed recipe + the models' headers -> every output tensor with its sources and
 // resolved parameters (mergekit's MergePlanner rules; docs/recipes.md). plan_merge runs the
 // stages declared in plan_internal.h in order.
+#include "chat_template.h"
 #include "plan_internal.h"
 
 namespace alloy {
@@ -71,6 +72,22 @@ MergePlan plan_merge(Recipe recipe, const PlanOptions& options) {
     plan.tokenizer_donor = context.model_index(*r.tokenizer_source, r.base_model_position);
   }
   plan.output_config = merged_config(plan);
+  if (plan.recipe.chat_template == "auto") {
+    // The template most inputs carry, the base model first, then in recipe order; none: nothing
+    // is written (mergekit keeps the donor tokenizer's own then).
+    std::vector<std::filesystem::path> dirs;
+    std::vector<size_t> order;
+    if (plan.base_model >= 0) order.push_back(static_cast<size_t>(plan.base_model));
+    for (size_t i = 0; i < plan.models.size(); ++i) {
+      if (static_cast<int>(i) != plan.base_model) order.push_back(i);
+    }
+    for (size_t i : order) {
+      if (plan.models[i]->is_directory()) dirs.push_back(plan.models[i]->path());
+    }
+    plan.recipe.chat_template = detail::most_common_chat_template(dirs);
+    plan.notices.push_back(plan.recipe.chat_template ? "chat_template auto: the template most input models carry"
+                                                     : "chat_template auto: no input model has a chat template");
+  }
   for (const auto& [model, skipped] : context.skipped_for_shape) {
     plan.warnings.push_back("model '" + plan.model_names[model] + "': " + std::to_string(skipped.first) +
                             " tensor(s) left out of the merge because their shape differs from the base model's (as "

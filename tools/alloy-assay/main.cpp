@@ -9,6 +9,7 @@
 #include "alloy/core/error.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/parallel.h"
+#include "../common/cli.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Recovers the recipe of SUSPECT from CANDIDATE models: which candidates, which weights, which merge "
@@ -29,7 +30,8 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet, "no summary on stdout");
   app.add_flag("--allow-unindexed-shards", options.open.allow_unindexed_shards,
                "open sharded models whose directory holds *.safetensors files the index does not name (or whose total_size disagrees), using the index's weights, with a warning");
-  CLI11_PARSE(app, argc, argv);
+  alloy::tool::add_version_flag(app, "alloy-assay");
+  if (const auto status = alloy::tool::parse_command_line(app, argc, argv)) return *status;
   try {
     alloy::set_thread_count(threads);
     options.suspect = suspect;

@@ -5,6 +5,7 @@
 
 #include "alloy/core/error.h"
 #include "alloy/core/inspect.h"
+#include "../common/cli.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Validate a Hugging Face model directory or safetensors file and list its tensors."};
@@ -16,7 +17,8 @@ int main(int argc, char** argv) {
   app.add_flag("--allow-unindexed-shards", open.allow_unindexed_shards,
                "open a sharded model whose directory holds *.safetensors files its index does not name (or whose "
                "total_size disagrees), using the index's weights, with a warning");
-  CLI11_PARSE(app, argc, argv);
+  alloy::tool::add_version_flag(app, "alloy-inspect");
+  if (const auto status = alloy::tool::parse_command_line(app, argc, argv)) return *status;
   try {
     const alloy::Model model = alloy::Model::open(path, open);
     for (const auto& warning : model.warnings()) std::fprintf(stderr, "alloy-inspect: warning: %s\n", warning.c_str());

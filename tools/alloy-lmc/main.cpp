@@ -11,6 +11,7 @@
 #include "alloy/core/parallel.h"
 #include "alloy/lmc/lmc.h"
 #include "alloy/lmc/plot.h"
+#include "../common/cli.h"
 
 namespace {
 
@@ -222,7 +223,8 @@ int main(int argc, char** argv) {
   std::string eval_report;
   eval->add_option("--report", eval_report, "write an HTML report");
 
-  CLI11_PARSE(app, argc, argv);
+  alloy::tool::add_version_flag(app, "alloy-lmc");
+  if (const auto status = alloy::tool::parse_command_line(app, argc, argv)) return *status;
   try {
     if (threads > 0) alloy::set_thread_count(threads);
     Bar bar;

@@ -11,6 +11,7 @@
 #include "alloy/merge/merge.h"
 #include "alloy/core/parallel.h"
 #include "alloy/core/writer.h"
+#include "../common/cli.h"
 
 namespace {
 
@@ -20,7 +21,10 @@ const char* kIgnoredFlags[] = {"--cuda", "--no-cuda", "--lazy-unpickle", "--no-l
                                "--trust-remote-code", "--no-trust-remote-code", "--clone-tensors",
                                "--no-clone-tensors", "--read-to-gpu", "--no-read-to-gpu", "--multi-gpu",
                                "--no-multi-gpu", "--async-write", "--no-async-write", "--verbose", "-v",
-                               "--lora-merge-cache", "--transformers-cache", "--gpu-rich"};
+                               "--gpu-rich"};
+// mergekit-yaml options that take a value and have no meaning for alloy (mergekit/options.py).
+const char* kIgnoredOptions[] = {"--transformers-cache", "--lora-merge-cache", "--lora-merge-dtype", "--device",
+                                 "--write-threads"};
 
 void show_progress(size_t done, size_t total, std::chrono::steady_clock::time_point start) {
   const int width = 40;
@@ -46,22 +50,28 @@ int main(int argc, char** argv) {
   app.add_option("--out-shard-size", shard_size, "shard byte budget, decimal (5B, 500M)")->capture_default_str();
   app.add_flag("--copy-tokenizer,!--no-copy-tokenizer", copy_tokenizer, "copy the tokenizer files (default on)");
   app.add_flag("--write-model-card,!--no-write-model-card", model_card, "write README.md (default on)");
-  app.add_flag("--allow-crimes", allow_crimes, "allow merging different architectures and shapes, and clamp values beyond out_dtype's range");
+  app.add_flag("--allow-crimes,!--no-allow-crimes", allow_crimes, "allow merging different architectures and shapes, and clamp values beyond out_dtype's range");
   app.add_option("--random-seed", seed, "seed for random methods (dare, della)")->capture_default_str();
-  app.add_option("-j,--threads", threads, "threads (default: all cores)");
+  app.add_option("-j,--threads,--num-threads", threads, "threads (default: all cores)");
   bool allow_unindexed_shards = false;
   app.add_flag("--allow-unindexed-shards", allow_unindexed_shards,
                "open sharded models whose directory holds *.safetensors files the index does not name (or whose total_size disagrees), using the index's weights, with a warning");
   app.add_flag("--dry-run", dry_run, "validate everything and print the plan as JSON; write nothing");
   app.add_flag("--overwrite", overwrite, "replace OUT_DIR if it exists and is not empty");
-  app.add_flag("-q,--quiet", quiet, "no progress bar");
+  app.add_flag("-q,--quiet,!--no-quiet", quiet, "no progress bar");
   app.add_flag("--provenance-hashes,!--no-provenance-hashes", provenance_hashes,
                "sha256 of every input and output file in alloy_provenance.json (default on; off: \"not hashed\")");
   std::vector<std::string> ignored;
   for (const char* flag : kIgnoredFlags) {
     app.add_flag(flag, [flag, &ignored](int64_t) { ignored.push_back(flag); })->group("");
   }
-  CLI11_PARSE(app, argc, argv);
+  for (const char* option : kIgnoredOptions) {
+    app.add_option_function<std::string>(option, [option, &ignored](const std::string& value) {
+      ignored.push_back(std::string(option) + " " + value);
+    })->group("");
+  }
+  alloy::tool::add_version_flag(app, "alloy-merge");
+  if (const auto status = alloy::tool::parse_command_line(app, argc, argv)) return *status;
   for (const auto& flag : ignored) {
     std::fprintf(stderr, "alloy-merge: note: %s has no effect in alloy (accepted for mergekit compatibility)\n",
                  flag.c_str());

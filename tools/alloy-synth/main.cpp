@@ -9,6 +9,7 @@
 #include "alloy/perturb/perturb.h"
 #include "alloy/synth/synth.h"
 #include "alloy/core/writer.h"
+#include "../common/cli.h"
 
 namespace {
 
@@ -166,7 +167,8 @@ int main(int argc, char** argv) {
     }
     break;
   }
-  CLI11_PARSE(app, argc, argv);
+  alloy::tool::add_version_flag(app, "alloy-synth");
+  if (const auto status = alloy::tool::parse_command_line(app, argc, argv)) return *status;
   try {
     alloy::set_thread_count(threads);
     if (base_cmd->parsed()) {

@@ -1,0 +1,49 @@
+// What every alloy tool's command line shares: --version, and one set of exit statuses.
+//
+// Exit statuses (README.md, "Exit statuses"):
+//   0  success (also --help and --version)
+//   1  a check the user asked for failed (alloy-assay --fail-on)
+//   2  a usage error (unknown flag, missing argument: CLI11 reports it) or an error in the input:
+//      a recipe, a model, a file; one line on stderr names it
+//   128 + N  killed by signal N (staging is removed first on SIGINT, SIGTERM, SIGHUP)
+// Not a public header: the tools include it as "../common/cli.h"; CLI11 stays out of include/.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+namespace alloy::tool {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitCheckFailed = 1;
+inline constexpr int kExitError = 2;
+
+// Adds --version, which prints "<tool> (alloy VERSION)" and exits 0.
+inline void add_version_flag(CLI::App& app, const std::string& tool) {
+  app.set_version_flag("--version", tool + " (alloy " ALLOY_VERSION ")", "print the version and exit");
+}
+
+// Parses the command line. Returns nothing when the tool should go on, else the status to exit
+// with: 0 after --help or --version, kExitError after a usage error (CLI11's own codes, 105 to
+// 115, are not used).
+inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv) {
+  // --version first: CLI11 2.1 checks a required subcommand before the flag's callback runs.
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--version") {
+      const std::string path = argv[0];
+      std::printf("%s (alloy " ALLOY_VERSION ")\n", path.substr(path.find_last_of('/') + 1).c_str());
+      return kExitOk;
+    }
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int status = app.exit(e);  // prints help, the version or the error
+    return status == 0 ? kExitOk : kExitError;
+  }
+  return std::nullopt;
+}
+
+}  // namespace alloy::tool
