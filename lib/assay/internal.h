@@ -9,6 +9,7 @@
 
 #include "alloy/assay/assay.h"
 #include "alloy/core/model.h"
+#include "alloy/core/units.h"
 
 namespace alloy::detail {
 
@@ -107,7 +108,7 @@ nlohmann::json rebuild_check(const nlohmann::json& recipe, const Model& suspect,
 nlohmann::json detect_layer_stacking(const Model& suspect, const std::vector<const Model*>& candidates,
                                      const std::vector<std::string>& paths, nlohmann::json* layer_map);
 
-// Decoder layer count from tensor names (model.layers.N.*).
+// Decoder layer count from tensor names (<layer prefix>N.*, alloy/core/architecture.h).
 int count_layers(const Model& model);
 
 }  // namespace alloy::detail
@@ -151,13 +152,12 @@ namespace alloy::detail {
 // key-value groups) by linear assignment against a reference candidate, before any fitting.
 struct AlignedTensor {
   std::string source;                  // suspect tensor holding this slot's data
-  std::vector<uint32_t> row_blocks;    // aligned row block j <- source row block row_blocks[j]
-  uint64_t row_block = 1;              // rows per block (head_dim for heads)
-  std::vector<uint32_t> col_blocks;    // aligned column block j <- source column block col_blocks[j]
-  uint64_t col_block = 1;
+  TensorGather gather;                 // aligned element <- source element (alloy/core/units.h)
   std::string candidate;               // the candidates' tensor it is compared with ("" = the slot's name)
-  std::vector<float> row_scale;        // after permuting: aligned row i divided by row_scale[i]
-  std::vector<float> col_scale;        // after permuting: aligned column j multiplied by col_scale[j]
+  // After the gather: aligned row i (of matrix m: index m * rows + i) divided by row_scale[i] (or
+  // multiplied, when !row_divides), aligned column j multiplied by col_scale[j] (or divided).
+  std::vector<float> row_scale, col_scale;
+  bool row_divides = true, col_divides = false;
 };
 struct Alignment {
   // By slot: each suspect tensor name once, holding (after alignment) the data that corresponds

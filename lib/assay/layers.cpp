@@ -1,7 +1,8 @@
 // Layer stacking (passthrough frankenmerges): map each decoder layer of the suspect to a candidate
 // layer whose tensors are bit-identical, by fingerprints of the raw bytes keyed by the tensor's
-// name within the layer. Reads every candidate layer once; run only when the names do not line up
-// (different layer counts) or the per-tensor fit found exact copies.
+// name within the layer (the layers as the architecture model finds them: "model.layers.",
+// "model.language_model.layers.", ...). Reads every candidate layer once; run only when the names
+// do not line up (different layer counts) or the per-tensor fit found exact copies.
 #include <map>
 
 #include "internal.h"
@@ -9,29 +10,14 @@
 namespace alloy::detail {
 namespace {
 
-constexpr const char* kLayerPrefix = "model.layers.";
-
-// "model.layers.12.mlp.up_proj.weight" -> (12, "mlp.up_proj.weight"); false outside the layers.
-bool split_layer(const std::string& name, int* layer, std::string* suffix) {
-  if (name.rfind(kLayerPrefix, 0) != 0) return false;
-  const size_t start = std::char_traits<char>::length(kLayerPrefix);
-  const size_t dot = name.find('.', start);
-  if (dot == std::string::npos || dot == start || dot - start > 9) return false;
-  for (size_t i = start; i < dot; ++i) {
-    if (name[i] < '0' || name[i] > '9') return false;
-  }
-  *layer = std::stoi(name.substr(start, dot - start));
-  *suffix = name.substr(dot + 1);
-  return true;
-}
-
 // layer -> (suffix -> fingerprint)
 std::map<int, std::map<std::string, uint64_t>> layer_fingerprints(const Model& model) {
   std::map<int, std::map<std::string, uint64_t>> out;
+  const ModelArchitecture arch = detect_architecture(model);
   for (const auto& t : model.tensors()) {
     int layer;
     std::string suffix;
-    if (!split_layer(t.name(), &layer, &suffix)) continue;
+    if (!arch.split_layer(t.name(), &layer, &suffix)) continue;
     out[layer][suffix] = tensor_fingerprint(t) ^ (uint64_t(t.info->dtype) << 56);
     t.shard->release(*t.info);
   }
@@ -41,12 +27,7 @@ std::map<int, std::map<std::string, uint64_t>> layer_fingerprints(const Model& m
 }  // namespace
 
 int count_layers(const Model& model) {
-  int count = 0, layer;
-  std::string suffix;
-  for (const auto& t : model.tensors()) {
-    if (split_layer(t.name(), &layer, &suffix)) count = std::max(count, layer + 1);
-  }
-  return count;
+  return named_layer_count(detect_architecture(model), model);
 }
 
 nlohmann::json detect_layer_stacking(const Model& suspect, const std::vector<const Model*>& candidates,

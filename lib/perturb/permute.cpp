@@ -1,7 +1,13 @@
 // Function-preserving permutations: routed experts, MLP neurons, attention heads within their
-// key-value groups (see alloy/perturb/perturb.h). Every permutation is drawn from a stream named after the
-// layer (and expert), so it does not depend on the order tensors are listed in.
+// key-value groups (see alloy/perturb/perturb.h), on every layout the architecture model knows
+// (alloy/core/units.h): experts apart or stacked in 3-D tensors (GPT-OSS's interleaved gate/up too),
+// fused gate_up and qkv, gated q, multi-head latent attention, under any layer prefix. Every
+// permutation is drawn from a stream named after the unit (the layer, the expert), so it does not
+// depend on the order tensors are listed in.
+#include <map>
+
 #include "alloy/core/error.h"
+#include "alloy/core/units.h"
 #include "internal.h"
 
 namespace alloy::detail {
@@ -9,142 +15,152 @@ namespace {
 
 using nlohmann::json;
 
-TensorTransform rows_by(std::vector<int> p, uint64_t block = 1) {
-  return [p = std::move(p), block](float* v, uint64_t rows, uint64_t cols) {
-    permute_rows(v, rows, cols, p, block);
-    return json(nullptr);
-  };
-}
+// What the plan does to each tensor: the tensor its data comes from and the reordering.
+struct Moves {
+  const Model& model;
+  std::map<std::string, std::pair<std::string, TensorGather>> by_tensor;  // output -> (source, gather)
 
-TensorTransform columns_by(std::vector<int> p, uint64_t block = 1) {
-  return [p = std::move(p), block](float* v, uint64_t rows, uint64_t cols) {
-    permute_columns(v, rows, cols, p, block);
-    return json(nullptr);
-  };
-}
-
-void require_moe(const PerturbInput& input, const Architecture& arch) {
-  if (arch.family != ModelFamily::kMoe) {
-    throw Error(ErrorCode::kInvalidArgument,
-                std::string("perturb: --kind ") + perturb_kind_name(input.options.kind) +
-                    " needs an MoE model " + "(routed experts mlp.experts.E.*), and " +
-                    input.model.path().string() + " is a dense (Llama-like) model");
+  TensorGather& gather(const std::string& name, bool stacked) {
+    auto it = by_tensor.find(name);
+    if (it == by_tensor.end()) {
+      const ModelTensor& t = require_tensor(model, name);
+      it = by_tensor.emplace(name, std::make_pair(name, TensorGather::of(t.info->shape, stacked))).first;
+    }
+    return it->second.second;
   }
-}
-
-// Permutes the neurons of one MLP (gate_proj and up_proj rows, down_proj columns) at `prefix`
-// ("...mlp." or "...mlp.experts.E." or "...mlp.shared_expert.").
-std::vector<int> permute_mlp(const PerturbInput& input, const std::string& prefix, uint64_t hidden,
-                             Overrides* overrides) {
-  const ModelTensor& gate = require_tensor(input.model, prefix + "gate_proj.weight");
-  const uint64_t width = gate.info->shape.empty() ? 0 : gate.info->shape[0];
-  require_shape(gate, {width, hidden});
-  require_shape(require_tensor(input.model, prefix + "up_proj.weight"), {width, hidden});
-  require_shape(require_tensor(input.model, prefix + "down_proj.weight"), {hidden, width});
-  const std::vector<int> p =
-      PerturbRng(input.options.seed, "permute-neurons:" + prefix).permutation(int(width));
-  for (const char* name : {"gate_proj.weight", "up_proj.weight"}) {
-    (*overrides)[prefix + name] = {prefix + name, prefix + name, rows_by(p)};
+  void items(const ItemSlice& s, const std::vector<int>& p) {
+    gather(s.tensor, s.matrix >= 0).permute_items(s, std::vector<uint32_t>(p.begin(), p.end()));
   }
-  (*overrides)[prefix + "down_proj.weight"] = {prefix + "down_proj.weight",
-                                               prefix + "down_proj.weight", columns_by(p)};
-  return p;
-}
+  Overrides overrides() const {
+    Overrides out;
+    for (const auto& [name, entry] : by_tensor) {
+      const TensorGather g = entry.second;
+      TensorTransform transform;
+      if (!g.identity()) {
+        transform = [g](float* v, uint64_t rows, uint64_t cols) {
+          if (g.matrices * g.rows * g.cols != rows * cols) {
+            throw Error(ErrorCode::kInternal, "perturb: a permutation does not match its tensor's shape");
+          }
+          const std::vector<float> in(v, v + rows * cols);
+          g.apply(in.data(), v);
+          return json(nullptr);
+        };
+      }
+      out[name] = {name, entry.first, std::move(transform)};
+    }
+    return out;
+  }
+};
 
-json permute_experts(const PerturbInput& input, const Architecture& arch, int layer,
-                     Overrides* overrides) {
-  const std::string p = layer_prefix(layer) + "mlp.";
-  const ModelTensor& router = require_tensor(input.model, p + "gate.weight");
-  require_shape(router, {uint64_t(arch.experts), uint64_t(arch.hidden)});
-  const std::vector<int> perm =
-      PerturbRng(input.options.seed, "permute-experts:" + p).permutation(arch.experts);
-  overrides->insert({router.name(), {router.name(), router.name(), rows_by(perm)}});
-  for (int e = 0; e < arch.experts; ++e) {
-    for (const char* part : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) {
-      const std::string out = p + "experts." + std::to_string(e) + "." + part;
-      const std::string source = p + "experts." + std::to_string(perm[e]) + "." + part;
-      require_tensor(input.model, out);
-      require_shape(require_tensor(input.model, source),
-                    require_tensor(input.model, out).info->shape);
-      (*overrides)[out] = {out, source, {}};
+// Throws the layer's reason when the unit the kind needs was not recognised there.
+void require_recognised(const PerturbInput& input, const LayerUnits& u, const std::vector<std::string>& units) {
+  for (const std::string& problem : u.problems) {
+    for (const std::string& unit : units) {
+      if (problem.rfind(unit + ":", 0) == 0) {
+        throw Error(ErrorCode::kShapeMismatch, "perturb: " + input.model.path().string() + ", layer " +
+                                                   std::to_string(u.layer) + ": " + problem);
+      }
     }
   }
-  return {{"layer", layer}, {"experts", perm}};
 }
 
-json permute_neurons(const PerturbInput& input, const Architecture& arch, int layer,
-                     Overrides* overrides) {
-  return visit_layer_mlps(arch, layer, [&](const std::string& prefix) {
-    return json(permute_mlp(input, prefix, uint64_t(arch.hidden), overrides));
-  });
-}
-
-json permute_heads(const PerturbInput& input, const Architecture& arch, int layer,
-                   Overrides* overrides) {
-  const std::string p = layer_prefix(layer) + "self_attn.";
-  const uint64_t heads = uint64_t(arch.heads), kv_heads = uint64_t(arch.kv_heads),
-                 group = heads / kv_heads;
-  const uint64_t hidden = uint64_t(arch.hidden);
-  const ModelTensor& q = require_tensor(input.model, p + "q_proj.weight");
-  const uint64_t q_rows = q.info->shape.empty() ? 0 : q.info->shape[0];
-  if (q_rows % heads != 0) {
-    throw Error(ErrorCode::kShapeMismatch,
-                "perturb: tensor '" + q.name() + "' has " + std::to_string(q_rows) +
-                    " rows, not a multiple of the " + std::to_string(heads) + " heads");
+json permute_experts(const PerturbInput& input, const LayerUnits& u, Moves* moves) {
+  const ExpertGroup& x = *u.experts;
+  const std::vector<int> perm = PerturbRng(input.options.seed, "permute-experts:" + x.key).permutation(int(x.experts.size()));
+  for (const ItemSlice& s : x.router) moves->items(s, perm);
+  for (const std::string& name : x.stacked) {
+    moves->gather(name, true).permute_matrices(std::vector<uint32_t>(perm.begin(), perm.end()));
   }
-  const uint64_t head_dim = q_rows / heads;
-  require_shape(q, {heads * head_dim, hidden});
-  require_shape(require_tensor(input.model, p + "k_proj.weight"), {kv_heads * head_dim, hidden});
-  require_shape(require_tensor(input.model, p + "v_proj.weight"), {kv_heads * head_dim, hidden});
-  require_shape(require_tensor(input.model, p + "o_proj.weight"), {hidden, heads * head_dim});
-
-  PerturbRng rng(input.options.seed, "permute-heads:" + p);
-  const std::vector<int> kv = rng.permutation(int(kv_heads));
-  std::vector<int> q_heads(heads);
-  for (uint64_t g = 0; g < kv_heads; ++g) {
-    const std::vector<int> inner = rng.permutation(int(group));
-    for (uint64_t j = 0; j < group; ++j)
-      q_heads[g * group + j] = int(uint64_t(kv[g]) * group + uint64_t(inner[j]));
-  }
-  const auto set = [&](const std::string& name, TensorTransform transform) {
-    if (input.model.find(name)) (*overrides)[name] = {name, name, std::move(transform)};
-  };
-  set(p + "q_proj.weight", rows_by(q_heads, head_dim));
-  set(p + "k_proj.weight", rows_by(kv, head_dim));
-  set(p + "v_proj.weight", rows_by(kv, head_dim));
-  set(p + "o_proj.weight", columns_by(q_heads, head_dim));
-  // Biases are 1-D: one row, so their head blocks are column blocks.
-  const std::pair<const char*, uint64_t> biases[] = {
-      {"q_proj.bias", heads}, {"k_proj.bias", kv_heads}, {"v_proj.bias", kv_heads}};
-  for (const auto& [name, count] : biases) {
-    if (const ModelTensor* b = input.model.find(p + name)) {
-      require_shape(*b, {count * head_dim});
-      set(p + name, columns_by(count == heads ? q_heads : kv, head_dim));
+  for (size_t e = 0; e < x.apart.size(); ++e) {
+    for (size_t k = 0; k < x.apart[e].size(); ++k) {
+      const std::string& out = x.apart[e][k];
+      const std::string& source = x.apart[size_t(perm[e])][k];
+      require_shape(require_tensor(input.model, source), require_tensor(input.model, out).info->shape);
+      moves->gather(out, false);
+      moves->by_tensor.at(out).first = source;
     }
   }
+  return {{"layer", u.layer}, {"experts", perm}};
+}
+
+// Permutes the neurons of one MLP (gate and up items, down items, neuron-indexed biases).
+json permute_mlp(const PerturbInput& input, const MlpUnit& m, Moves* moves) {
+  const std::vector<int> p = PerturbRng(input.options.seed, "permute-neurons:" + m.key).permutation(int(m.neurons));
+  for (const ItemSlice* s : {&m.gate, &m.up, &m.down}) moves->items(*s, p);
+  for (const ItemSlice& s : m.extra) moves->items(s, p);
+  return json(p);
+}
+
+json permute_neurons(const PerturbInput& input, const LayerUnits& u, Moves* moves) {
+  json record = {{"layer", u.layer}};
+  for (const MlpUnit& m : u.mlps) {
+    if (m.name == "mlp") record["mlp"] = permute_mlp(input, m, moves);
+  }
+  if (u.experts) {
+    json experts = json::array();
+    for (const MlpUnit& m : u.experts->experts) experts.push_back(permute_mlp(input, m, moves));
+    record["experts"] = std::move(experts);
+    record["shared_expert"] = nullptr;
+  }
+  for (const MlpUnit& m : u.mlps) {
+    if (m.name == "shared_expert") record["shared_expert"] = permute_mlp(input, m, moves);
+  }
+  return record;
+}
+
+json permute_heads(const PerturbInput& input, const AttentionUnit& a, int layer, Moves* moves) {
+  const int group = a.heads / a.kv_heads;
+  PerturbRng rng(input.options.seed, "permute-heads:" + a.key);
+  const std::vector<int> kv = rng.permutation(a.kv_heads);
+  std::vector<int> q_heads(size_t(a.heads));
+  for (int g = 0; g < a.kv_heads; ++g) {
+    const std::vector<int> inner = rng.permutation(group);
+    for (int j = 0; j < group; ++j) q_heads[size_t(g * group + j)] = kv[size_t(g)] * group + inner[size_t(j)];
+  }
+  for (const ItemSlice& s : a.q) moves->items(s, q_heads);
+  for (const ItemSlice& s : a.kv) moves->items(s, kv);
   return {{"layer", layer}, {"heads", q_heads}, {"kv_heads", kv}};
 }
 
 }  // namespace
 
 PerturbPlan plan_permutation(const PerturbInput& input) {
-  const Architecture& arch = require_architecture(input);
   const PerturbKind kind = input.options.kind;
-  if (kind == PerturbKind::kPermuteExperts) require_moe(input, arch);
-  PerturbPlan plan;
-  Overrides overrides;
-  json layers = json::array();
-  for (int l = 0; l < arch.layers; ++l) {
-    if (kind == PerturbKind::kPermuteExperts)
-      layers.push_back(permute_experts(input, arch, l, &overrides));
-    if (kind == PerturbKind::kPermuteNeurons)
-      layers.push_back(permute_neurons(input, arch, l, &overrides));
-    if (kind == PerturbKind::kPermuteHeads)
-      layers.push_back(permute_heads(input, arch, l, &overrides));
+  if (!input.model.has_config()) {
+    throw Error(ErrorCode::kInvalidArgument, std::string("perturb: --kind ") + perturb_kind_name(kind) + " needs " +
+                                                 input.model.path().string() + "/config.json to know the architecture");
   }
-  if (kind == PerturbKind::kPermuteHeads) plan.truth["group_size"] = arch.heads / arch.kv_heads;
+  const ModelArchitecture arch = detect_architecture(input.model);
+  const std::vector<LayerUnits> units = model_units(arch, input.model);
+  PerturbPlan plan;
+  Moves moves{input.model, {}};
+  json layers = json::array();
+  int group_size = 0;
+  for (const LayerUnits& u : units) {
+    if (kind == PerturbKind::kPermuteExperts) {
+      require_recognised(input, u, {"experts"});
+      if (u.experts) layers.push_back(permute_experts(input, u, &moves));
+    } else if (kind == PerturbKind::kPermuteNeurons) {
+      require_recognised(input, u, {"mlp", "shared_expert", "experts"});
+      if (!u.mlps.empty() || u.experts) layers.push_back(permute_neurons(input, u, &moves));
+    } else if (kind == PerturbKind::kPermuteHeads) {
+      require_recognised(input, u, {"attention"});
+      if (!u.attention) continue;
+      layers.push_back(permute_heads(input, *u.attention, u.layer, &moves));
+      if (group_size == 0) group_size = u.attention->heads / u.attention->kv_heads;
+    }
+  }
+  if (layers.empty()) {
+    const std::string what = kind == PerturbKind::kPermuteExperts  ? "an MoE model (routed experts)"
+                             : kind == PerturbKind::kPermuteHeads ? "attention layers"
+                                                                  : "MLP layers";
+    throw Error(ErrorCode::kInvalidArgument, std::string("perturb: --kind ") + perturb_kind_name(kind) + " needs " +
+                                                 what + ", and " + input.model.path().string() + " (" +
+                                                 arch.family() + ") has none");
+  }
+  if (kind == PerturbKind::kPermuteHeads) plan.truth["group_size"] = group_size;
   plan.truth["layers"] = std::move(layers);
-  plan.tensors = apply_overrides(input.model, overrides);
+  plan.tensors = apply_overrides(input.model, moves.overrides());
   return plan;
 }
 

@@ -394,7 +394,17 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
   if (!options.reference.empty()) reference.emplace(Model::open(options.reference, options.open));
   detail::PerturbInput input{model, reference ? &*reference : nullptr, options, strength,
                              std::nullopt};
-  if (model.has_config()) input.arch = architecture_from_config(model.config());
+  if (model.has_config()) {
+    // The permutations read the layout from the architecture model (alloy/core/units.h) and need
+    // none of synth's fields, which a real config (text_config, Mixtral's names) may lack.
+    const bool permutation = options.kind == PerturbKind::kPermuteExperts ||
+                             options.kind == PerturbKind::kPermuteNeurons || options.kind == PerturbKind::kPermuteHeads;
+    try {
+      input.arch = architecture_from_config(model.config());
+    } catch (const Error&) {
+      if (!permutation) throw;
+    }
+  }
 
   detail::PerturbPlan plan;
   switch (options.kind) {

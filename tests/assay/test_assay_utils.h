@@ -13,6 +13,7 @@
 #include "alloy/merge/merge.h"
 #include "alloy/core/model.h"
 #include "alloy/merge/recipe.h"
+#include "alloy/perturb/perturb.h"
 #include "alloy/synth/synth.h"
 #include "test_utils.h"
 
@@ -88,6 +89,55 @@ inline uint64_t max_ulp_difference(const std::filesystem::path& a, const std::fi
     }
   }
   return worst;
+}
+
+inline bool is_identity_permutation(const nlohmann::json& p) {
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (p[i] != i) return false;
+  }
+  return true;
+}
+
+// The assay's record of kind `kind` for `layer` (and `unit`), or null.
+inline nlohmann::json found_permutation(const AssayResult& r, int layer, const std::string& kind, const std::string& unit = "") {
+  for (const auto& p : r.permutations) {
+    if (p.value("layer", -1) == layer && p["kind"] == kind && (unit.empty() || p.value("unit", "") == unit)) return p;
+  }
+  return nlohmann::json();
+}
+
+// Checks that the assay found exactly the non-identity permutations of perturb's ground truth
+// (alloy_perturb.json of a permute kind); returns how many there were.
+inline size_t expect_permutations_found(const AssayResult& r, PerturbKind kind, const nlohmann::json& truth) {
+  const std::string what = perturb_kind_name(kind);
+  size_t expected = 0;
+  for (const auto& layer : truth["layers"]) {
+    const int l = layer["layer"];
+    if (kind == PerturbKind::kPermuteExperts) {
+      if (is_identity_permutation(layer["experts"])) continue;
+      ++expected;
+      EXPECT_EQ(found_permutation(r, l, "experts")["permutation"], layer["experts"]) << what << " layer " << l;
+    } else if (kind == PerturbKind::kPermuteHeads) {
+      if (is_identity_permutation(layer["heads"]) && is_identity_permutation(layer["kv_heads"])) continue;
+      ++expected;
+      const nlohmann::json p = found_permutation(r, l, "heads");
+      EXPECT_EQ(p["heads"], layer["heads"]) << what << " layer " << l;
+      EXPECT_EQ(p["kv_heads"], layer["kv_heads"]) << what << " layer " << l;
+    } else {
+      const auto unit = [&](const nlohmann::json& p, const std::string& name) {
+        if (p.is_null() || is_identity_permutation(p)) return;
+        ++expected;
+        EXPECT_EQ(found_permutation(r, l, "neurons", name)["permutation"], p) << what << " layer " << l << " " << name;
+      };
+      if (layer.contains("mlp")) unit(layer["mlp"], "mlp");
+      if (layer.contains("experts")) {
+        for (size_t e = 0; e < layer["experts"].size(); ++e) unit(layer["experts"][e], "experts." + std::to_string(e));
+      }
+      if (layer.contains("shared_expert")) unit(layer["shared_expert"], "shared_expert");
+    }
+  }
+  EXPECT_EQ(r.permutations.size(), expected) << what << ": " << r.permutations.dump();
+  return expected;
 }
 
 }  // namespace alloy::test

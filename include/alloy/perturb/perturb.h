@@ -7,8 +7,12 @@
 // files), plus OUT/alloy_perturb.json recording exactly what was applied, so that detectors can be
 // scored against it. OUT is built beside itself under a temporary name and renamed into place when
 // complete (nothing is left at OUT on failure); an existing non-empty OUT is refused (Error
-// kOutputExists) unless output.overwrite. Inputs must use the tensor names of alloy/synth/synth.h's two
-// families (real Llama and Qwen2-MoE checkpoints do) and store BF16, F16 or F32.
+// kOutputExists) unless output.overwrite. Inputs store BF16, F16 or F32. The three permute kinds
+// work on every layout the architecture model knows (alloy/core/units.h: Llama, Mistral, Gemma 2,
+// Phi-3's fused qkv/gate_up, Mixtral, Qwen2/3-MoE, Qwen3-Next's gated q, Qwen3.5's stacked experts
+// under model.language_model., GPT-OSS's interleaved experts, DeepSeek's MLA heads); the other
+// kinds need the tensor names of alloy/synth/synth.h's two families (real Llama and Qwen2-MoE
+// checkpoints have them).
 //
 // Kinds (docs/robustness.md, "Transforms", has the reasoning). "Preserving" kinds compute the same
 // function in exact arithmetic; in f32 the block output changes by rounding only (tested).
@@ -21,16 +25,21 @@
 //                    max|group| / 7, q in [-7, 7]). A 1-D tensor is one row. No strength.
 //   finetune         W + a low-rank plus dense delta, exactly synth_fine_tune's (same seed: same
 //                    bytes); strength = ||delta|| / ||W|| per tensor. Default 0.05.
-//   permute-experts  (MoE only) per layer a random permutation p of the routed experts: output
-//                    expert j holds input expert p[j]'s three matrices, router row j is input
-//                    row p[j]. Preserving. No strength.
+//   permute-experts  (MoE only) per MoE layer a random permutation p of the routed experts: output
+//                    expert j holds input expert p[j]'s matrices (whole tensors, or slice j of
+//                    stacked ones), router row j (and router bias j) is input's p[j].
+//                    Preserving. No strength.
 //   permute-neurons  per layer a permutation p of the MLP's intermediate neurons: gate_proj and
-//                    up_proj rows j <- rows p[j], down_proj column j <- column p[j]; dense MLP,
-//                    each routed expert (its own p) and the shared expert. Preserving. No strength.
+//                    up_proj rows j <- rows p[j], down_proj column j <- column p[j] (wherever a
+//                    layout keeps them: fused halves, interleaved columns, transposed stacks, and
+//                    the gate_up bias); dense MLP, each routed expert (its own p) and the shared
+//                    expert. Preserving. No strength.
 //   permute-heads    per layer a permutation of the key-value groups and, within each group, of
 //                    its query heads: q head h <- q head heads[h], k and v heads g <- kv_heads[g]
-//                    (head_dim rows at a time; q/k/v biases too), o_proj columns in the q heads'
-//                    blocks as q. heads[h] is always in group kv_heads[h / group size], so every
+//                    (head_dim rows at a time, 2 x head_dim for a gated q; q/k/v biases and
+//                    attention sinks too), o_proj columns in the q heads' blocks as q; fused
+//                    qkv_proj in its three parts; MLA: q_b_proj and kv_b_proj rows per head (one
+//                    head per group). heads[h] is always in group kv_heads[h / group size], so every
 //                    query head keeps its key and value. Preserving (also under RoPE: blocks move
 //                    whole). No strength.
 //   rescale-neurons  per intermediate neuron i a factor c_i = strength^u, u uniform in [-1, 1]:
@@ -57,10 +66,11 @@
 //                     (||W - R||, what the noise is relative to);
 //   reround:          "format", "group_size" (int4 only);
 //   finetune:         "low_rank_fraction", "rank";
-//   permute-experts:  "layers": [{"layer", "experts": p}];
+//   permute-experts:  "layers": [{"layer", "experts": p}] (the layers with routed experts);
 //   permute-neurons:  "layers": [{"layer", "mlp": p} or {"layer", "experts": [p per expert],
-//                     "shared_expert": p}];
-//   permute-heads:    "group_size", "layers": [{"layer", "heads": [...], "kv_heads": [...]}];
+//                     "shared_expert": p or null}] (a layer with both has both);
+//   permute-heads:    "group_size", "layers": [{"layer", "heads": [...], "kv_heads": [...]}] (the
+//                     layers with attention: a hybrid's linear-attention layers are left alone);
 //   rescale-neurons:  "layers": [{"layer", "mlp": c} or {"layer", "experts": [c...],
 //                     "shared_expert": c}];
 //   fold-norms:       "layers": [{"layer", "input_layernorm": gains, "post_attention_layernorm":
