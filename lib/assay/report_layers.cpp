@@ -121,15 +121,45 @@ std::string unlayered_table(const Page& page) {
   return o + "<th>Fit (cos)</th><th>z</th><th>Note</th></tr>\n" + rows + "</table>\n";
 }
 
+// Per layer, the suspect's mean correlation with each candidate (tensors' "correlation": {path: r}),
+// on the fixed scale [0, 1]: near 1 for a parent, flat at 0 for an unrelated model. Empty when the
+// document has no per-tensor correlations.
+std::string correlation_chart(const Page& page) {
+  std::vector<Series> series;
+  std::vector<std::pair<std::string, std::string>> items;
+  for (size_t i = 0; i < page.paths.size(); ++i) {
+    const LayerMeans means = layer_means(page, [&](const json& t) {
+      const json& r = field(t, "correlation");
+      return r.is_object() && r.contains(page.paths[i]) ? number_of(r[page.paths[i]]) : kNaN;
+    });
+    Series s;
+    s.label = page.names[i], s.color = kPalette[i % 8];
+    std::map<int, std::pair<double, int>> per_layer;  // over components
+    for (const auto& [comp, layers] : means)
+      for (const auto& [layer, v] : layers) per_layer[layer].first += v, ++per_layer[layer].second;
+    for (const auto& [layer, sum] : per_layer) s.x.push_back(layer), s.y.push_back(sum.first / sum.second);
+    if (s.x.empty()) continue;
+    items.push_back({s.label, s.color});
+    series.push_back(std::move(s));
+  }
+  if (series.empty()) return "";
+  ChartFrame frame;
+  frame.title = "How alike the suspect is to each candidate, per layer (correlation; 1 = the same, 0 = unrelated)";
+  frame.x_label = "layer", frame.height = 220;
+  return legend(items) + svg_chart(frame, series);
+}
+
 }  // namespace
 
 std::string per_layer_section(const Page& page) {
   std::string o = "<h2>Layer by layer</h2>\n";
   if (page.charted.empty())
-    return o + "<p>Not drawn: no candidate is related to the suspect, so per-layer blend weights would be noise. "
-               "(A blend of unrelated models always explains part of another unrelated model, because each "
-               "differs from the others by a whole model; the correlations above are the measure that "
-               "stays at 0.)</p>\n";
+    return o + correlation_chart(page) +
+           "<p>No blend weights are drawn: no candidate is related to the suspect, so per-layer blend weights "
+           "would be noise. (A blend of unrelated models always explains part of another unrelated model, "
+           "because each differs from the others by a whole model; the correlation is the measure that "
+           "stays at 0.)</p>\n";
+  o += correlation_chart(page);
   const LayerMeans fit = layer_means(page, [](const json& t) { return number(t, "cos_fit"); });
   const auto order = component_order(page, fit);
   if (!fit.empty()) {

@@ -208,8 +208,17 @@ TEST(AssayReport, NonMergeDrawsNoNoiseAsSignal) {
   EXPECT_NE(html.find("<span class=\"muted\">0.9 ± 0.5</span>"), std::string::npos);
   EXPECT_EQ(html.find("0.853"), std::string::npos);
   EXPECT_EQ(count(html, "<svg"), 1u);  // only the correlation bars, on [0, 1]: flat at 0
-  EXPECT_NE(html.find("Not drawn: no candidate is related"), std::string::npos);
+  EXPECT_NE(html.find("No blend weights are drawn: no candidate is related"), std::string::npos);
   EXPECT_EQ(html.find("Weight of"), std::string::npos);
+  // With per-tensor correlations, one line per candidate per layer on the fixed [0, 1] scale.
+  for (auto& t : doc["tensors"]) t["correlation"] = {{kModelA, 0.002}, {kModelB, -0.001}};
+  const std::string with_layers = alloy::assay_report_html(doc);
+  expect_safe_page(with_layers);
+  EXPECT_EQ(count(with_layers, "<svg"), 2u);
+  EXPECT_NE(with_layers.find("per layer (correlation; 1 = the same"), std::string::npos);
+  EXPECT_EQ(count(with_layers, "<polyline"), 2u);
+  EXPECT_EQ(count(with_layers, "text-anchor=\"end\">0.25</text>"), 1u);
+  EXPECT_NE(with_layers.find("layer 3: 0.002</title>"), std::string::npos);
 }
 
 TEST(AssayReport, PlainVerdicts) {
