@@ -8,6 +8,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(cd "${1:?usage: scripts/output-digest.sh BIN_DIR}" && pwd)
 work=$(mktemp -d)
+# The assay's audit record and the merge's provenance carry the time: fix it (reproducible-builds'
+# SOURCE_DATE_EPOCH) so that two runs can be compared byte for byte.
+export SOURCE_DATE_EPOCH=0
 trap 'rm -rf "$work"' EXIT
 
 "$bin/alloy-synth" family "$work/dense" --fine-tunes 3 --unrelated 1 >/dev/null

@@ -11,7 +11,19 @@
 #include "alloy/core/model.h"
 #include "alloy/core/units.h"
 
+namespace alloy {
+class FileHasher;
+struct MergePlan;
+}
+
 namespace alloy::detail {
+
+// The audit (lib/assay/audit.cpp): start_audit_hashes starts hashing every file of `models` (the
+// suspect first) unless options.hash_files is off; collect_audit waits for the hashes and returns
+// the record, with `started` as its time.
+void start_audit_hashes(const AssayOptions& options, const std::vector<const Model*>& models, FileHasher* hasher);
+AssayAudit collect_audit(const AssayOptions& options, const std::string& started,
+                         const std::vector<const Model*>& models, FileHasher* hasher);
 
 // At most this many candidates (the statistics are fixed-size per chunk).
 inline constexpr int kMaxCandidates = 8;
@@ -101,6 +113,8 @@ uint64_t tensor_fingerprint(const ModelTensor& tensor);
 // with the suspect: {"tensors", "elements", "exact_fraction", "max_ulp", "relative_error"}.
 nlohmann::json rebuild_check(const nlohmann::json& recipe, const Model& suspect,
                              const std::vector<std::string>& tensor_names);
+// The same with a plan already made (alloy-assay --verify-claim plans the claimed recipe itself).
+nlohmann::json rebuild_check_plan(const MergePlan& plan, const Model& suspect, const std::vector<std::string>& tensor_names);
 
 // Layer stacking: when every decoder layer of the suspect is a bit-exact copy of some candidate's
 // layer (all its tensors), returns the passthrough recipe's slices (runs of consecutive layers of

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "alloy/assay/assay.h"
+#include "alloy/core/error.h"
 
 namespace alloy {
 namespace {
@@ -152,7 +153,30 @@ json assay_to_json(const AssayResult& r) {
   }
   out["permutations"] = r.permutations;
   out["evidence"] = r.evidence;
+  out["audit"] = audit_to_json(r.audit);
   return out;
+}
+
+json audit_to_json(const AssayAudit& audit) {
+  json models = json::array();
+  for (const auto& m : audit.models) {
+    json files = json::array();
+    for (const auto& f : m.files) {
+      files.push_back({{"path", f.path}, {"size", f.size}, {"sha256", f.sha256.empty() ? json(nullptr) : json(f.sha256)}});
+    }
+    const json hub = m.hub_id.empty() ? json(nullptr) : json{{"id", m.hub_id}, {"revision", m.hub_revision}};
+    models.push_back({{"role", m.role}, {"path", m.path}, {"hub", hub}, {"files", files}});
+  }
+  return {{"alloy_version", audit.alloy_version}, {"time", audit.time}, {"command_line", audit.command_line},
+          {"models", models}};
+}
+
+bool verdict_matches(const AssayResult& r, const std::string& condition) {
+  const bool related = r.verdict == "merge" || r.verdict == "fine-tune" || r.verdict == "copy";
+  if (condition == "merge") return r.verdict == "merge";
+  if (condition == "related") return related;
+  if (condition == "any") return related || r.evidence.contains("confidence");
+  throw Error(ErrorCode::kInvalidArgument, "--fail-on takes merge, related or any, not '" + condition + "'");
 }
 
 std::string assay_summary(const AssayResult& r) {
@@ -179,6 +203,15 @@ std::string assay_summary(const AssayResult& r) {
   if (r.evidence.contains("unexplained_level") && r.evidence["unexplained_level"].is_number()) {
     out << "unexplained by the recipe: " << fixed(100 * r.evidence["unexplained_level"].get<double>(), 3)
         << "% of the weights' norm (rounding alone is ~0.1% in bf16; more means noise or further training)\n";
+  }
+  if (!r.audit.models.empty()) {
+    size_t files = 0, hashed = 0;
+    for (const auto& m : r.audit.models) {
+      files += m.files.size();
+      for (const auto& f : m.files) hashed += !f.sha256.empty();
+    }
+    out << "audit: alloy " << r.audit.alloy_version << ", " << r.audit.time << ", " << files << " files examined, "
+        << hashed << " with sha256 (see --json: audit)\n";
   }
   if (!r.permutations.empty()) out << "alignment: undid " << r.permutations.size() << " permutations (see --json)\n";
   for (const auto& n : r.evidence.value("notes", json::array())) out << "note: " << n.get<std::string>() << "\n";

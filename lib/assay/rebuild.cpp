@@ -30,8 +30,12 @@ uint64_t ulp_distance(float a, float b, DType dtype) {
 
 nlohmann::json rebuild_check(const nlohmann::json& recipe, const Model& suspect,
                              const std::vector<std::string>& tensor_names) {
+  return rebuild_check_plan(plan_merge(parse_recipe(recipe_to_yaml(recipe), "recovered recipe"), PlanOptions{}), suspect,
+                       tensor_names);
+}
+
+nlohmann::json rebuild_check_plan(const MergePlan& plan, const Model& suspect, const std::vector<std::string>& tensor_names) {
   nlohmann::json out = {{"tensors", 0}, {"elements", 0}};
-  MergePlan plan = plan_merge(parse_recipe(recipe_to_yaml(recipe), "recovered recipe"), PlanOptions{});
   uint64_t elements = 0, exact = 0, max_ulp = 0, tensors = 0;
   double err2 = 0, ref2 = 0;
   std::vector<std::vector<float>> inputs;

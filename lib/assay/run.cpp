@@ -7,6 +7,7 @@
 #include <set>
 
 #include "alloy/core/error.h"
+#include "alloy/core/evidence.h"
 #include "internal.h"
 
 namespace alloy {
@@ -138,6 +139,7 @@ AssayResult run_assay(const AssayOptions& options) {
     throw Error(ErrorCode::kInvalidArgument, "alloy-assay takes at most " + std::to_string(detail::kMaxCandidates) +
                                                  " candidates, got " + std::to_string(options.candidates.size()));
   }
+  const std::string started = utc_timestamp();
   const Model suspect = Model::open(options.suspect, options.open);
   std::vector<std::unique_ptr<Model>> owned;
   std::vector<const Model*> models;
@@ -145,6 +147,10 @@ AssayResult run_assay(const AssayOptions& options) {
     owned.push_back(std::make_unique<Model>(Model::open(path, options.open)));
     models.push_back(owned.back().get());
   }
+  std::vector<const Model*> examined{&suspect};
+  examined.insert(examined.end(), models.begin(), models.end());
+  FileHasher hasher;
+  detail::start_audit_hashes(options, examined, &hasher);
   const double resolve = resolve_fraction(models);
   const int k = int(models.size());
 
@@ -209,6 +215,7 @@ AssayResult run_assay(const AssayOptions& options) {
   for (const Model* m : models) {
     for (const std::string& warning : m->warnings()) result.evidence["notes"].push_back(warning);
   }
+  result.audit = detail::collect_audit(options, started, examined, &hasher);
   return result;
 }
 

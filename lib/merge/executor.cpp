@@ -8,10 +8,12 @@
 #include <optional>
 
 #include "alloy/core/error.h"
+#include "alloy/core/evidence.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/kernels.h"
 #include "alloy/merge/merge.h"
 #include "alloy/merge/model_card.h"
+#include "alloy/merge/provenance.h"
 #include "alloy/core/parallel.h"
 #include "alloy/core/safetensors.h"
 #include "alloy/core/sha256.h"
@@ -41,54 +43,6 @@ class BufferPool {
 
  private:
   std::vector<std::vector<float>> buffers_;
-};
-
-// SHA-256 of files on background threads, one per file, so that hashing the inputs overlaps with
-// the merge (it needs no merged byte) instead of following it. A shard is hashed through the
-// descriptor the merge reads it from (so the hash is of the same file, whatever the path names
-// later; run_merge then checks that its size and times did not change); other files by path. Each
-// is read with pread into one reused 1 MiB buffer. Destruction cancels the hashes still running.
-class FileHasher {
- public:
-  FileHasher() = default;
-  FileHasher(const FileHasher&) = delete;
-  FileHasher& operator=(const FileHasher&) = delete;
-  ~FileHasher() {
-    cancelled_ = true;
-    for (auto& [path, hash] : hashes_) {
-      if (hash.valid()) hash.wait();
-    }
-  }
-
-  // `file`: the open shard to hash, or null to open `path`.
-  void start(const fs::path& path, const MappedFile* file = nullptr) {
-    if (hashes_.count(path)) return;
-    hashes_.emplace(path, std::async(std::launch::async, [this, path, file] { return hash(path, file); }).share());
-  }
-  // The file's hex digest (waits for it); rethrows the hash's Error.
-  std::string get(const fs::path& path) {
-    start(path);
-    return hashes_.at(path).get();
-  }
-
- private:
-  std::string hash(const fs::path& path, const MappedFile* file) const {
-    std::optional<MappedFile> opened;
-    if (file == nullptr) file = &opened.emplace(path.string());
-    Sha256 hasher;
-    // 1 MiB: a sharded model hashes hundreds of files at once, one thread and one window each.
-    constexpr uint64_t kWindow = uint64_t{1} << 20;
-    std::vector<uint8_t> window(static_cast<size_t>(std::min<uint64_t>(kWindow, file->size())));
-    for (uint64_t offset = 0; offset < file->size() && !cancelled_; offset += kWindow) {
-      const uint64_t length = std::min<uint64_t>(kWindow, file->size() - offset);
-      file->read(offset, length, window.data());
-      hasher.update(window.data(), length);
-    }
-    return hasher.finish_hex();
-  }
-
-  std::atomic<bool> cancelled_{false};
-  std::map<fs::path, std::shared_future<std::string>> hashes_;  // a file may be asked for twice
 };
 
 uint64_t numel(const std::vector<uint64_t>& shape) {
@@ -340,18 +294,6 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
   writer.write(t.name, bytes, nbytes);
 }
 
-std::vector<fs::path> input_files(const Model& model) {
-  std::vector<fs::path> files;
-  for (const auto& shard : model.shards()) files.emplace_back(shard->path());
-  if (model.is_directory()) {
-    for (const char* extra : {"config.json", "model.safetensors.index.json"}) {
-      if (fs::exists(model.path() / extra)) files.push_back(model.path() / extra);
-    }
-    for (const auto& aux : model.auxiliary_files()) files.push_back(model.path() / aux);
-  }
-  return files;
-}
-
 nlohmann::json output_config(const MergePlan& plan) {
   // The donor's config with the layer count and per-layer lists remapped (plan_config.cpp).
   nlohmann::json config = plan.output_config.is_object() ? plan.output_config : merged_config(plan);
@@ -417,54 +359,84 @@ void write_side_files(const MergePlan& plan, const MergeOptions& options, const 
   }
 }
 
-// alloy_provenance.json: the recipe, the resolved plan, and the sha256 of every input file read
-// and every output file written (sorts result->files).
-nlohmann::json provenance_json(const MergePlan& plan, const MergeOptions& options, const fs::path& out,
-                               FileHasher& hasher, MergeResult* result) {
-  nlohmann::json provenance;
-  provenance["tool"] = "alloy";
-  provenance["version"] = ALLOY_VERSION;
-  provenance["merge_method"] = plan.recipe.merge_method;
-  provenance["random_seed"] = options.random_seed;
-  provenance["recipe"] = plan.recipe.text;
-  provenance["recipe_sha256"] = sha256_hex(plan.recipe.text.data(), plan.recipe.text.size());
-  nlohmann::json inputs = nlohmann::json::array();
+// The facts of alloy_provenance.json and the BOM: every input file read and every output file
+// written with its sha256 (sorts result->files).
+ProvenanceRecord provenance_record(const MergePlan& plan, const MergeOptions& options, const fs::path& out,
+                                   FileHasher& hasher, MergeResult* result, const std::string& started) {
+  ProvenanceRecord record;
+  record.started_on = started;
   for (size_t m = 0; m < plan.models.size(); ++m) {
-    nlohmann::json files = nlohmann::json::object();
-    for (const auto& file : input_files(*plan.models[m])) {
-      files[file.filename().string()] = options.hash_inputs ? hasher.get(file) : "not hashed";
+    ProvenanceInput input;
+    input.model = plan.model_names[m];
+    input.path = plan.model_paths[m].string();
+    const HubReference hub = hub_reference(plan.model_paths[m]);
+    input.hub_id = hub.id;
+    input.hub_revision = hub.revision;
+    for (const auto& file : model_files(*plan.models[m])) {
+      ProvenanceFile f;
+      f.name = file.filename().string();
+      f.path = file.string();
+      if (options.hash_inputs) {
+        const FileDigest digest = hasher.get(file);
+        f.size = digest.size;
+        f.sha256 = digest.sha256;
+      } else {
+        f.size = fs::file_size(file);
+      }
+      input.files.push_back(f);
     }
-    inputs.push_back({{"model", plan.model_names[m]}, {"path", plan.model_paths[m].string()}, {"files", files}});
+    record.inputs.push_back(input);
   }
-  provenance["inputs"] = inputs;
-  provenance["plan"] = plan_to_json(plan)["tensors"];
-  if (!plan.warnings.empty()) provenance["warnings"] = plan.warnings;
-  nlohmann::json outputs = nlohmann::json::object();
   std::sort(result->files.begin(), result->files.end());
   if (options.hash_outputs) {
     for (const auto& file : result->files) hasher.start(out / file);
   }
-  for (const auto& file : result->files)
-    outputs[file] = options.hash_outputs ? hasher.get(out / file) : "not hashed";
-  provenance["outputs"] = outputs;
-  return provenance;
+  for (const auto& file : result->files) {
+    ProvenanceFile f;
+    f.name = f.path = file;
+    if (options.hash_outputs) {
+      const FileDigest digest = hasher.get(out / file);
+      f.size = digest.size;
+      f.sha256 = digest.sha256;
+    } else {
+      f.size = fs::file_size(out / file);
+    }
+    record.outputs.push_back(f);
+  }
+  record.finished_on = utc_timestamp();
+  return record;
+}
+
+// alloy_bom.cdx.json (with --sbom), then alloy_provenance.json, whose subject includes the BOM.
+void write_provenance(const MergePlan& plan, const MergeOptions& options, const fs::path& out, FileHasher& hasher,
+                      MergeResult* result, const std::string& started) {
+  ProvenanceRecord record = provenance_record(plan, options, out, hasher, result, started);
+  if (options.write_sbom) {
+    const std::string name = plan.recipe.name.value_or(options.out_dir.filename().string());
+    const std::string bom = merge_sbom(plan, name, record).dump(2) + "\n";
+    write_file_atomic(out / kSbomFile, bom);
+    result->files.push_back(kSbomFile);
+    ProvenanceFile f;
+    f.name = f.path = kSbomFile;
+    f.size = bom.size();
+    if (options.hash_outputs) f.sha256 = sha256_hex(bom.data(), bom.size());
+    record.outputs.push_back(f);
+  }
+  write_file_atomic(out / kProvenanceFile, provenance_statement(plan, options, record).dump(2) + "\n");
+  result->files.push_back(kProvenanceFile);
 }
 
 }  // namespace
 
 MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
+  const std::string started = utc_timestamp();
   StagingDirectory staging(options.out_dir, options.overwrite, plan.model_paths);
   std::vector<TensorSpec> specs;
   for (const auto& t : plan.tensors) specs.push_back({t.name, t.out_dtype, t.shape});
   MergeResult result;
   FileHasher hasher;
   if (options.hash_inputs) {
-    for (const auto& model : plan.models) {
-      for (const auto& shard : model->shards()) hasher.start(shard->path(), &shard->file());
-      for (size_t i = 0; i < model->auxiliary_files().size(); ++i)
-        hasher.start(model->path() / model->auxiliary_files()[i], &model->auxiliary(i));
-      for (const auto& file : input_files(*model)) hasher.start(file);
-    }
+    for (const auto& model : plan.models) hasher.start_model(*model);
   }
   {
     ShardedWriter writer(staging.path(), specs, options.shard_bytes,
@@ -481,9 +453,7 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   result.output_bytes = plan.output_bytes();
   const fs::path out = staging.path();
   write_side_files(plan, options, out, &result);
-  const nlohmann::json provenance = provenance_json(plan, options, out, hasher, &result);
-  write_file_atomic(out / "alloy_provenance.json", provenance.dump(2) + "\n");
-  result.files.push_back("alloy_provenance.json");
+  write_provenance(plan, options, out, hasher, &result, started);
   // Every shard and tokenizer file was read (merged, copied and hashed) through the descriptor
   // opened at the start: if its size and times are unchanged now, the bytes used are the bytes hashed.
   for (const auto& model : plan.models) {

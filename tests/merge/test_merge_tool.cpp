@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -131,14 +133,23 @@ TEST(MergeTool, OutputIsAttributedAndReproducible) {
   EXPECT_NE(card.find("- alloy\n"), std::string::npos);
   EXPECT_NE(card.find("DARE TIES"), std::string::npos);
   EXPECT_EQ(alloy::test::read_bytes(out / "a" / "mergekit_config.yml"), alloy::test::read_bytes(recipe));
+  // alloy_provenance.json: an in-toto Statement with a SLSA Provenance v1 predicate
+  // (tests/merge/test_provenance.cpp validates it against the schema).
   const json provenance = json::parse(alloy::test::read_bytes(out / "a" / "alloy_provenance.json"));
-  EXPECT_EQ(provenance["merge_method"], "dare_ties");
-  EXPECT_EQ(provenance["random_seed"], 7);
-  EXPECT_EQ(provenance["inputs"].size(), 3u);
-  EXPECT_EQ(provenance["inputs"][0]["files"]["model.safetensors"],
-            alloy::sha256_file(fam / "base" / "model.safetensors"));
-  EXPECT_EQ(provenance["outputs"]["model.safetensors"], alloy::sha256_file(out / "a" / "model.safetensors"));
-  EXPECT_EQ(provenance["outputs"]["config.json"], alloy::sha256_file(out / "a" / "config.json"));
+  const json& build = provenance["predicate"]["buildDefinition"];
+  EXPECT_EQ(build["externalParameters"]["recipe"]["merge_method"], "dare_ties");
+  EXPECT_EQ(build["externalParameters"]["random_seed"], 7);
+  EXPECT_EQ(build["externalParameters"]["recipe"]["text"], alloy::test::read_bytes(recipe));
+  std::set<std::string> models;
+  for (const auto& d : build["resolvedDependencies"]) models.insert(d["annotations"]["model"].get<std::string>());
+  EXPECT_EQ(models, (std::set<std::string>{"base", "ft_1", "ft_2"}));
+  EXPECT_EQ(build["resolvedDependencies"][0]["name"], "base/model.safetensors");
+  EXPECT_EQ(build["resolvedDependencies"][0]["digest"]["sha256"], alloy::sha256_file(fam / "base" / "model.safetensors"));
+  std::map<std::string, std::string> subject;
+  for (const auto& s : provenance["subject"]) subject[s["name"]] = s["digest"]["sha256"];
+  EXPECT_EQ(subject["model.safetensors"], alloy::sha256_file(out / "a" / "model.safetensors"));
+  EXPECT_EQ(subject["config.json"], alloy::sha256_file(out / "a" / "config.json"));
+  EXPECT_FALSE(build["internalParameters"]["plan"].empty());
 }
 
 // The chunked path (linear, slerp, task_arithmetic; alloy/merge/merge_method.h): the same bytes for any
@@ -163,9 +174,16 @@ TEST(MergeTool, ChunkedMethodsAreThreadCountIndependentAndHashesCanBeOff) {
     }
     const json hashed = json::parse(alloy::test::read_bytes(out / "a" / "alloy_provenance.json"));
     const json unhashed = json::parse(alloy::test::read_bytes(out / "b" / "alloy_provenance.json"));
-    EXPECT_EQ(hashed["outputs"]["model.safetensors"], alloy::sha256_file(out / "a" / "model.safetensors"));
-    EXPECT_EQ(unhashed["outputs"]["model.safetensors"], "not hashed");
-    EXPECT_EQ(unhashed["inputs"][0]["files"]["model.safetensors"], "not hashed");
+    // Without hashes nothing can be a subject (it needs a digest): the outputs are byproducts, the
+    // inputs dependencies without a digest.
+    std::map<std::string, std::string> subject;
+    for (const auto& s : hashed["subject"]) subject[s["name"]] = s["digest"]["sha256"];
+    EXPECT_EQ(subject["config.json"], alloy::sha256_file(out / "a" / "config.json"));
+    EXPECT_TRUE(unhashed["subject"].empty());
+    EXPECT_FALSE(unhashed["predicate"]["runDetails"]["byproducts"].empty());
+    const json& dependency = unhashed["predicate"]["buildDefinition"]["resolvedDependencies"][0];
+    EXPECT_FALSE(dependency.contains("digest"));
+    EXPECT_EQ(dependency["annotations"]["hashed"], false);
   }
 }
 

@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
+#include <optional>
 
 #include "alloy/assay/assay.h"
 #include "alloy/core/error.h"
@@ -11,30 +13,76 @@
 #include "alloy/core/parallel.h"
 #include "../common/cli.h"
 
+namespace {
+
+// alloy-assay SUSPECT --verify-claim RECIPE.yml: 0 holds, 1 refuted, 3 unverifiable.
+int verify_claim(const alloy::AssayOptions& assay, const std::string& recipe, const std::string& json_path, bool quiet,
+                 std::optional<int> tensors) {
+  if (!assay.candidates.empty()) {
+    throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
+                       "--verify-claim takes no CANDIDATE: the models are the ones the recipe names");
+  }
+  if (!json_path.empty()) alloy::check_output_path(json_path);
+  alloy::ClaimOptions options;
+  options.suspect = assay.suspect;
+  options.recipe = recipe;
+  options.open = assay.open;
+  options.command_line = assay.command_line;
+  options.hash_files = assay.hash_files;
+  if (tensors) options.tensors = *tensors;
+  const alloy::ClaimResult claim = alloy::verify_claim(options);
+  if (!json_path.empty()) alloy::write_output_file(json_path, alloy::claim_to_json(claim).dump(2) + "\n");
+  if (!quiet) std::fputs(alloy::claim_summary(claim).c_str(), stdout);
+  return claim.verdict == "holds" ? 0 : claim.verdict == "refuted" ? 1 : 3;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"Recovers the recipe of SUSPECT from CANDIDATE models: which candidates, which weights, which merge "
                "method, with statistics."};
   alloy::AssayOptions options;
-  std::string suspect, json_path, recipe_path, report_path;
+  std::string suspect, json_path, recipe_path, report_path, fail_on;
   int threads = 0;
   bool quiet = false;
   app.add_option("SUSPECT", suspect, "the model under examination (directory or .safetensors)")->required();
-  app.add_option("CANDIDATE", options.candidates, "candidate parents, as many as needed")->required();
+  app.add_option("CANDIDATE", options.candidates, "candidate parents, as many as needed (none with --verify-claim)");
+  std::string claim_path;
+  app.add_option("--verify-claim", claim_path,
+                 "check a published recipe (e.g. a repository's mergekit_config.yml; model paths relative to the "
+                 "current directory) against SUSPECT's weights by rebuilding sampled tensors; exit 0 when it holds, "
+                 "1 when refuted, 3 when unverifiable");
   app.add_option("--json", json_path, "write the full result as JSON (- for standard output)");
   app.add_option("--recipe", recipe_path, "write the recovered recipe as YAML (alloy-merge runs it; - for standard output)");
   app.add_option("--report", report_path, "write a self-contained HTML report (- for standard output)");
   app.add_option("--rebuild-check", options.rebuild_check_tensors,
-                 "tensors re-merged from the recovered recipe to confirm it (0: none)")
+                 "tensors re-merged from the recovered recipe to confirm it (0: none); with --verify-claim: tensors rebuilt "
+                 "(default 16, 0: all)")
       ->capture_default_str();
+  app.add_option("--fail-on", fail_on,
+                 "exit with status 1 when the verdict matches: merge; related (merge, fine-tune or copy); any (all "
+                 "but a fully checked independent)")
+      ->check(CLI::IsMember({"merge", "related", "any"}));
+  bool no_file_hashes = false;
+  app.add_flag("--no-file-hashes", no_file_hashes, "do not hash the models' files for the audit record (sizes only)");
   app.add_option("-j,--threads", threads, "worker threads (default: all cores); results do not depend on it");
   app.add_flag("-q,--quiet", quiet, "no summary on stdout");
   app.add_flag("--allow-unindexed-shards", options.open.allow_unindexed_shards,
                "open sharded models whose directory holds *.safetensors files the index does not name (or whose total_size disagrees), using the index's weights, with a warning");
   alloy::tool::add_version_flag(app, "alloy-assay");
   if (const auto status = alloy::tool::parse_command_line(app, argc, argv)) return *status;
+  // The command line as run, with the tool's own path reduced to its name (the audit record).
+  options.command_line.push_back(std::filesystem::path(argv[0]).filename().string());
+  for (int i = 1; i < argc; ++i) options.command_line.push_back(argv[i]);
+  options.hash_files = !no_file_hashes;
   try {
     alloy::set_thread_count(threads);
     options.suspect = suspect;
+    if (!claim_path.empty()) {
+      const auto tensors = app.count("--rebuild-check") ? std::optional<int>(options.rebuild_check_tensors) : std::nullopt;
+      return verify_claim(options, claim_path, json_path, quiet || json_path == "-", tensors);
+    }
+    if (options.candidates.empty()) throw alloy::Error(alloy::ErrorCode::kInvalidArgument, "CANDIDATE is required");
     // Every output path is checked before the assay runs, not after its results exist.
     for (const std::string* path : {&json_path, &recipe_path, &report_path}) {
       if (!path->empty()) alloy::check_output_path(*path);
@@ -58,6 +106,11 @@ int main(int argc, char** argv) {
     }
     if (!report_path.empty()) alloy::write_output_file(report_path, alloy::assay_report_html(doc));
     if (!quiet) std::fputs(alloy::assay_summary(result).c_str(), stdout);
+    if (!fail_on.empty() && alloy::verdict_matches(result, fail_on)) {
+      std::fprintf(stderr, "alloy-assay: the verdict '%s' matches --fail-on %s\n", result.verdict.c_str(),
+                   fail_on.c_str());
+      return 1;
+    }
   } catch (const alloy::Error& e) {
     std::fprintf(stderr, "alloy-assay: error: %s [%s]\n", e.what(), alloy::error_code_name(e.code()));
     return 2;

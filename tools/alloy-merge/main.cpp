@@ -60,7 +60,10 @@ int main(int argc, char** argv) {
   app.add_flag("--overwrite", overwrite, "replace OUT_DIR if it exists and is not empty");
   app.add_flag("-q,--quiet,!--no-quiet", quiet, "no progress bar");
   app.add_flag("--provenance-hashes,!--no-provenance-hashes", provenance_hashes,
-               "sha256 of every input and output file in alloy_provenance.json (default on; off: \"not hashed\")");
+               "sha256 of every input and output file in alloy_provenance.json (default on; off: sizes only, no digests)");
+  bool sbom = false;
+  app.add_flag("--sbom", sbom,
+               "also write alloy_bom.cdx.json, a CycloneDX 1.6 ML-BOM with the parent models under pedigree.ancestors");
   std::vector<std::string> ignored;
   for (const char* flag : kIgnoredFlags) {
     app.add_flag(flag, [flag, &ignored](int64_t) { ignored.push_back(flag); })->group("");
@@ -99,6 +102,7 @@ int main(int argc, char** argv) {
     options.overwrite = overwrite;
     options.random_seed = seed;
     options.hash_inputs = options.hash_outputs = provenance_hashes;
+    options.write_sbom = sbom;
     options.clamp_overflow = allow_crimes;
     const auto start = std::chrono::steady_clock::now();
     if (!quiet && ::isatty(STDERR_FILENO)) {

@@ -38,6 +38,32 @@ struct AssayOptions {
   ModelOpenOptions open;  // how the models are opened (unindexed shards); warnings become notes
   // Called after each tensor with (done, total); may be empty.
   std::function<void(size_t, size_t)> progress;
+  // Recorded in the audit (the tool's arguments, argv[0] as its file name only).
+  std::vector<std::string> command_line;
+  // sha256 of every file of every model, on background threads beside the analysis (the audit).
+  bool hash_files = true;
+};
+
+// What was examined, so that a finding can be tied to the exact bytes it is about: the tool's
+// version, the time (UTC, RFC 3339), the command line, and per model its files with size and
+// sha256 (for a weight file, the Hub's LFS oid) and, for a folder inside a Hugging Face cache
+// (models--org--name/snapshots/REVISION), the Hub id and revision. docs/assay.md, "audit".
+struct ExaminedFile {
+  std::string path;               // the model path as given joined with the file name
+  uint64_t size = 0;
+  std::string sha256;             // "" when not hashed (--no-file-hashes)
+};
+struct ExaminedModel {
+  std::string role;               // "suspect" or "candidate"
+  std::string path;               // as given
+  std::string hub_id, hub_revision;  // "" when not in a Hub cache
+  std::vector<ExaminedFile> files;
+};
+struct AssayAudit {
+  std::string alloy_version;
+  std::string time;
+  std::vector<std::string> command_line;
+  std::vector<ExaminedModel> models;  // the suspect first, then the candidates in order
 };
 
 // The fit of one suspect tensor against the candidates.
@@ -115,6 +141,7 @@ struct AssayResult {
   nlohmann::json evidence;        // z-scores, bounds, rebuild check, notes
   nlohmann::json permutations = nlohmann::json::array();  // filled by the alignment stage
   std::string suspect;
+  AssayAudit audit;
 };
 
 // Component names in display order: "embeddings", "lm_head", "attention", "linear_attention",
@@ -131,9 +158,48 @@ std::string assay_component(const ModelArchitecture& arch, const std::string& te
 // Runs the assay. Throws Error naming the model or tensor on unreadable input.
 AssayResult run_assay(const AssayOptions& options);
 
+// alloy-assay SUSPECT --verify-claim RECIPE.yml: does a published recipe (a repository's
+// mergekit_config.yml, say) make these weights? The recipe is planned exactly as alloy-merge plans
+// it (model paths relative to the current directory); its tensor names and shapes must be the
+// suspect's; sampled tensors are merged again through the merge methods and compared with the
+// suspect's. The claim holds when they rebuild bit for bit, or, for the methods whose arithmetic
+// order alloy matches only to one unit in the last place (slerp, nuslerp, model_stock), when every
+// element is within one ulp and at most 1% differ; else it is refuted. A method that draws random
+// masks (dare_*, della*) cannot be rebuilt without the original seed: "unverifiable" unless exact.
+struct ClaimOptions {
+  std::filesystem::path suspect;
+  std::filesystem::path recipe;
+  // Tensors rebuilt, evenly spaced over the recipe's tensors of at most 2^24 elements (0: all).
+  int tensors = 16;
+  ModelOpenOptions open;
+  std::vector<std::string> command_line;  // for the audit
+  bool hash_files = true;
+};
+struct ClaimResult {
+  std::string verdict;            // "holds", "refuted", "unverifiable"
+  std::string statement;          // one sentence saying why, with the figures
+  std::string tolerance;          // "bit for bit" or "one ulp on at most 1% of the elements"
+  std::string recipe_path, recipe_sha256, merge_method;
+  std::vector<std::string> tensors;  // rebuilt
+  nlohmann::json rebuild;         // {"tensors", "elements", "exact_fraction", "max_ulp", "relative_error"}
+  AssayAudit audit;               // the suspect and every model the recipe names
+};
+ClaimResult verify_claim(const ClaimOptions& options);
+nlohmann::json claim_to_json(const ClaimResult& claim);
+std::string claim_summary(const ClaimResult& claim);
+
 // Output forms (docs/assay.md): the JSON document, the recipe as YAML that alloy-merge runs, a
 // readable text summary, and a self-contained HTML report.
 nlohmann::json assay_to_json(const AssayResult& result);
+nlohmann::json audit_to_json(const AssayAudit& audit);
+
+// alloy-assay --fail-on: whether the verdict matches `condition`, one of
+//   "merge":   the verdict is merge;
+//   "related": the suspect derives from a candidate (merge, fine-tune or copy);
+//   "any":     anything but a fully checked "independent" (related, or independent with the
+//              confidence lowered: part of the suspect could not be compared).
+// Throws Error(kInvalidArgument) on another condition.
+bool verdict_matches(const AssayResult& result, const std::string& condition);
 std::string recipe_to_yaml(const nlohmann::json& recipe);
 std::string assay_summary(const AssayResult& result);
 std::string assay_report_html(const nlohmann::json& assay_json);

@@ -9,7 +9,8 @@
 // provenance record) are computed on background threads while the merge runs. The output
 // directory is built under a temporary name and appears only when complete, with config.json,
 // tokenizer files, the recipe (mergekit_config.yml), a model card (README.md) and
-// alloy_provenance.json.
+// alloy_provenance.json (an in-toto Statement with a SLSA Provenance v1 predicate; with write_sbom
+// also alloy_bom.cdx.json, a CycloneDX ML-BOM: alloy/merge/provenance.h).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +32,7 @@ struct MergeOptions {
   uint64_t random_seed = 0;   // for random methods (dare, della): same seed, same bytes
   bool hash_inputs = true;    // sha256 of every input file in alloy_provenance.json
   bool hash_outputs = true;   // sha256 of every output file in alloy_provenance.json
+  bool write_sbom = false;    // alloy_bom.cdx.json, a CycloneDX 1.6 ML-BOM (alloy/merge/provenance.h)
   // Values beyond out_dtype's range (e.g. above 65504 for float16) are an error naming the tensor;
   // with clamp_overflow (alloy-merge --allow-crimes) they become +-the largest finite value.
   bool clamp_overflow = false;
