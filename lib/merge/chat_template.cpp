@@ -27,16 +27,20 @@ const std::map<std::string, std::string>& named_templates() {
       {"llama3",
        "{{ bos_token }}"
        "{% for message in messages %}"
-       "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+       "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+       "message['content'] | trim"
        " + '<|eot_id|>' }}"
        "{% endfor %}"
-       "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"},
-      // Mistral instruct: <s>[INST] USER [/INST] ASSISTANT</s>; a system message opens the next user turn.
+       "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' "
+       "}}{% endif %}"},
+      // Mistral instruct: <s>[INST] USER [/INST] ASSISTANT</s>; a system message opens the next
+      // user turn.
       {"mistral",
        "{{ bos_token }}{% set system = namespace(text='') %}"
        "{% for message in messages %}"
        "{% if message['role'] == 'system' %}{% set system.text = message['content'] + '\\n\\n' %}"
-       "{% elif message['role'] == 'user' %}{{ '[INST] ' + system.text + message['content'] + ' [/INST]' }}"
+       "{% elif message['role'] == 'user' %}{{ '[INST] ' + system.text + message['content'] + ' "
+       "[/INST]' }}"
        "{% set system.text = '' %}"
        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
        "{% endif %}"
@@ -45,17 +49,22 @@ const std::map<std::string, std::string>& named_templates() {
       {"alpaca",
        "{% for message in messages %}"
        "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-       "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
-       "{% elif message['role'] == 'assistant' %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}"
+       "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + "
+       "'\\n\\n' }}"
+       "{% elif message['role'] == 'assistant' %}{{ '### Response:\\n' + message['content'] + "
+       "eos_token + '\\n\\n' }}"
        "{% endif %}"
        "{% endfor %}"
        "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"},
-      // EXAONE (LG AI): [|system|]TEXT[|endofturn|]\n, [|user|]TEXT\n, [|assistant|]TEXT[|endofturn|]\n.
+      // EXAONE (LG AI): [|system|]TEXT[|endofturn|]\n, [|user|]TEXT\n,
+      // [|assistant|]TEXT[|endofturn|]\n.
       {"exaone",
        "{% for message in messages %}"
-       "{% if message['role'] == 'system' %}{{ '[|system|]' + message['content'] + '[|endofturn|]\\n' }}"
+       "{% if message['role'] == 'system' %}{{ '[|system|]' + message['content'] + "
+       "'[|endofturn|]\\n' }}"
        "{% elif message['role'] == 'user' %}{{ '[|user|]' + message['content'] + '\\n' }}"
-       "{% elif message['role'] == 'assistant' %}{{ '[|assistant|]' + message['content'] + '[|endofturn|]\\n' }}"
+       "{% elif message['role'] == 'assistant' %}{{ '[|assistant|]' + message['content'] + "
+       "'[|endofturn|]\\n' }}"
        "{% endif %}"
        "{% endfor %}"
        "{% if add_generation_prompt %}{{ '[|assistant|]' }}{% endif %}"},
@@ -80,7 +89,8 @@ std::vector<std::string> chat_template_names() {
 
 std::optional<std::string> chat_template_choice(const std::string& value, std::string* problem) {
   if (value == "auto") return value;
-  if (const auto it = named_templates().find(value); it != named_templates().end()) return it->second;
+  if (const auto it = named_templates().find(value); it != named_templates().end())
+    return it->second;
   if (value.size() < 20 || value.find('{') == std::string::npos) {
     std::string names;
     for (const auto& name : chat_template_names()) names += (names.empty() ? "" : ", ") + name;
@@ -111,12 +121,14 @@ std::string model_chat_template(const std::filesystem::path& model_dir) {
   return "";
 }
 
-std::optional<std::string> most_common_chat_template(const std::vector<std::filesystem::path>& model_dirs) {
+std::optional<std::string> most_common_chat_template(
+    const std::vector<std::filesystem::path>& model_dirs) {
   std::vector<std::pair<std::string, size_t>> counts;  // first-seen order breaks ties
   for (const auto& dir : model_dirs) {
     const std::string text = model_chat_template(dir);
     if (text.empty()) continue;
-    auto it = std::find_if(counts.begin(), counts.end(), [&](const auto& c) { return c.first == text; });
+    auto it =
+        std::find_if(counts.begin(), counts.end(), [&](const auto& c) { return c.first == text; });
     if (it == counts.end()) {
       counts.emplace_back(text, 1);
     } else {

@@ -19,7 +19,9 @@ std::optional<std::string> chat_template_choice(const std::string& value, std::s
 // "chat_template" (a string, or the entry named "default" of a list); "" when it has none.
 std::string model_chat_template(const std::filesystem::path& model_dir);
 
-// The template most of the models carry (ties: the first in the given order); nullopt if none has one.
-std::optional<std::string> most_common_chat_template(const std::vector<std::filesystem::path>& model_dirs);
+// The template most of the models carry (ties: the first in the given order); nullopt if none has
+// one.
+std::optional<std::string> most_common_chat_template(
+    const std::vector<std::filesystem::path>& model_dirs);
 
 }  // namespace alloy::detail

@@ -22,7 +22,8 @@ inline constexpr int kExitError = 2;
 
 // Adds --version, which prints "<tool> (alloy VERSION)" and exits 0.
 inline void add_version_flag(CLI::App& app, const std::string& tool) {
-  app.set_version_flag("--version", tool + " (alloy " ALLOY_VERSION ")", "print the version and exit");
+  app.set_version_flag("--version", tool + " (alloy " ALLOY_VERSION ")",
+                       "print the version and exit");
 }
 
 // Parses the command line. Returns nothing when the tool should go on, else the status to exit
@@ -33,7 +34,8 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--version") {
       const std::string path = argv[0];
-      std::printf("%s (alloy " ALLOY_VERSION ")\n", path.substr(path.find_last_of('/') + 1).c_str());
+      std::printf("%s (alloy " ALLOY_VERSION ")\n",
+                  path.substr(path.find_last_of('/') + 1).c_str());
       return kExitOk;
     }
   }

@@ -43,9 +43,9 @@ class ArceeFusionMethod final : public MergeMethod {
       fail_recipe(ctx, "arcee_fusion",
                   "merges exactly one model into the base; got " + std::to_string(others.size()));
     }
-    with_rounding(ctx.compute_dtype,
-                  [&](auto rnd) { run(ctx, rnd, ctx.sources[base_index].values,
-                                      ctx.sources[others[0]].values, out); });
+    with_rounding(ctx.compute_dtype, [&](auto rnd) {
+      run(ctx, rnd, ctx.sources[base_index].values, ctx.sources[others[0]].values, out);
+    });
   }
 
  private:

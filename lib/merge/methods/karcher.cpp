@@ -33,7 +33,9 @@ template <class Term>
 double element_sum(size_t n, Term&& term) {
   return parallel_reduce(
       n, kDefaultGrain, 0.0,
-      [&](size_t lo, size_t hi) { return lane_sum(hi - lo, [&](size_t j) { return term(lo + j); }); },
+      [&](size_t lo, size_t hi) {
+        return lane_sum(hi - lo, [&](size_t j) { return term(lo + j); });
+      },
       [](double a, double b) { return a + b; });
 }
 
@@ -119,9 +121,9 @@ class KarcherMethod final : public MergeMethod {
     for (long iteration = 0; iteration < max_iter; ++iteration) {
       std::fill(tangent.begin(), tangent.end(), 0.0f);
       for (size_t m : kept) {
-        const float dot = std::clamp(
-            rnd(static_cast<float>(element_sum(n, [&](size_t j) { return double(u[j]) * unit(m, j); }))),
-            -1.0f, 1.0f);
+        const float dot = std::clamp(rnd(static_cast<float>(element_sum(
+                                         n, [&](size_t j) { return double(u[j]) * unit(m, j); }))),
+                                     -1.0f, 1.0f);
         const float theta = rnd(std::acos(dot));
         if (theta < tol) continue;
         const float coefficient = rnd(a * rnd(theta / rnd(std::sin(theta))));

@@ -36,8 +36,7 @@ class NearSwapMethod final : public MergeMethod {
       t_ = rnd.param(require_param(ctx));
       min_distance_ = rnd.param(1e-6);
     }
-    size_t merge_chunk(const float* const* sources, size_t, size_t len,
-                       float* out) const override {
+    size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
       const R rnd = rnd_;
       const float* base = sources[base_];
       size_t bad = 0;

@@ -36,8 +36,7 @@ class RamMethod final : public MergeMethod {
     }
     // Blocks of elements, models outer, so that the loops vectorise and the float32 sum still
     // adds the models in source order.
-    size_t merge_chunk(const float* const* sources, size_t, size_t len,
-                       float* out) const override {
+    size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
       constexpr size_t kBlock = 256;
       const R rnd = rnd_;
       const float* base = sources[base_];

@@ -22,7 +22,7 @@
 namespace alloy::detail {
 namespace {
 
-thread_local std::vector<uint32_t> t_keys;     // the variance keys of one tensor, reused
+thread_local std::vector<uint32_t> t_keys;      // the variance keys of one tensor, reused
 thread_local std::vector<uint64_t> t_selected;  // the top-k mask, one bit per element
 
 class SceMethod final : public MergeMethod {
