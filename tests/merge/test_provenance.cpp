@@ -33,6 +33,15 @@ std::string joined(const std::vector<std::string>& errors) {
   return text;
 }
 
+// ENV alloy-merge -q --sbom FLAGS RECIPE OUT in the family's folder (the recipes name ft_1 and base
+// relative to it).
+std::string merge(const fs::path& family, const std::string& env, const std::string& flags, const fs::path& recipe,
+                  const fs::path& out, int* status) {
+  return run_command("cd " + quote(family) + " && " + env + " " + quote(alloy::test::bin("alloy-merge")) +
+                         " -q --sbom " + flags + " " + quote(recipe) + " " + quote(out) + " 2>&1",
+                     status);
+}
+
 constexpr const char* kSlsa = "slsa-provenance-v1.schema.json";
 constexpr const char* kCycloneDx = "bom-1.6.SNAPSHOT.schema.json";
 
@@ -48,10 +57,7 @@ TEST(Provenance, StatementAndBomValidateAndDescribeTheFiles) {
                              "\n    parameters: {weight: 0.4, density: 0.5}\ndtype: bfloat16\n";
   alloy::test::write_bytes(work / "r.yml", recipe);
   int status = -1;
-  const std::string out = run_command("cd " + quote(f.dir) + " && SOURCE_DATE_EPOCH=1700000000 " +
-                                          quote(alloy::test::bin("alloy-merge")) + " -q --sbom " + quote(work / "r.yml") +
-                                          " " + quote(work / "merged") + " 2>&1",
-                                      &status);
+  const std::string out = merge(f.dir, "SOURCE_DATE_EPOCH=1700000000", "", work / "r.yml", work / "merged", &status);
   ASSERT_EQ(status, 0) << out;
   const json statement = json::parse(alloy::test::read_bytes(work / "merged" / "alloy_provenance.json"));
   const json bom = json::parse(alloy::test::read_bytes(work / "merged" / "alloy_bom.cdx.json"));
@@ -100,9 +106,7 @@ TEST(Provenance, StatementAndBomValidateAndDescribeTheFiles) {
   }
   // Deterministic: the same merge at the same SOURCE_DATE_EPOCH gives the same bytes.
   fs::create_directories(work / "again");
-  ASSERT_EQ((run_command("cd " + quote(f.dir) + " && SOURCE_DATE_EPOCH=1700000000 " + quote(alloy::test::bin("alloy-merge")) +
-                             " -q --sbom " + quote(work / "r.yml") + " " + quote(work / "again" / "merged") + " 2>&1",
-                         &status), status), 0);
+  ASSERT_EQ((merge(f.dir, "SOURCE_DATE_EPOCH=1700000000", "", work / "r.yml", work / "again" / "merged", &status), status), 0);
   EXPECT_EQ(alloy::test::read_bytes(work / "again" / "merged" / "alloy_bom.cdx.json"), alloy::test::read_bytes(work / "merged" / "alloy_bom.cdx.json"));
   EXPECT_EQ(alloy::test::read_bytes(work / "again" / "merged" / "alloy_provenance.json"),
             alloy::test::read_bytes(work / "merged" / "alloy_provenance.json"));
@@ -152,10 +156,7 @@ TEST(Provenance, WithoutHashesTheDocumentsStayValid) {
   alloy::test::write_bytes(work / "r.yml", "merge_method: linear\nmodels:\n  - model: ft_1\n    parameters: {weight: 0.5}\n"
                                            "  - model: ft_2\n    parameters: {weight: 0.5}\ndtype: bfloat16\n");
   int status = -1;
-  const std::string out = run_command("cd " + quote(f.dir) + " && " + quote(alloy::test::bin("alloy-merge")) +
-                                          " -q --sbom --no-provenance-hashes " + quote(work / "r.yml") + " " +
-                                          quote(work / "merged") + " 2>&1",
-                                      &status);
+  const std::string out = merge(f.dir, "", "--no-provenance-hashes", work / "r.yml", work / "merged", &status);
   ASSERT_EQ(status, 0) << out;
   const json statement = json::parse(alloy::test::read_bytes(work / "merged" / "alloy_provenance.json"));
   const json bom = json::parse(alloy::test::read_bytes(work / "merged" / "alloy_bom.cdx.json"));
