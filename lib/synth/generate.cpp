@@ -187,6 +187,9 @@ void validate(const FineTuneOptions& o) {
   if (!(std::isfinite(o.relative_delta) && o.relative_delta >= 0)) {
     throw Error(ErrorCode::kInvalidArgument, "fine-tune: --delta must be a finite number >= 0");
   }
+  if (!(o.sibling_correlation >= 0 && o.sibling_correlation < 1)) {
+    throw Error(ErrorCode::kInvalidArgument, "fine-tune: --sibling-correlation must be in [0, 1)");
+  }
   if (!(o.low_rank_fraction >= 0 && o.low_rank_fraction <= 1)) {
     throw Error(ErrorCode::kInvalidArgument, "fine-tune: --low-rank-fraction must be in [0, 1]");
   }
@@ -196,6 +199,16 @@ void validate(const FineTuneOptions& o) {
 }  // namespace
 
 namespace detail {
+namespace {
+
+// A uniform draw in [0, 1) per (seed, tensor): the normal of that stream through its CDF.
+double shared_fraction_draw(uint64_t seed, const std::string& name) {
+  float z = 0;
+  synth_normal(seed, synth_stream_id("finetune.shared-fraction:" + name), 0, 1, &z);
+  return std::min(0.5 * std::erfc(-double(z) / std::sqrt(2.0)), 1.0 - 1e-12);
+}
+
+}  // namespace
 
 // Writes the weights of a fine-tune of `base` into `dir`. Per tensor, three passes over fixed
 // chunks: (1) D and the sums ||base||^2, ||D||^2; (2) delta0 = a0 D + b0 L in place, and
@@ -212,12 +225,15 @@ void write_fine_tune_weights(const Model& base, const fs::path& dir, const FineT
   }
   ShardedWriter writer(dir, specs, options.output.shard_bytes, {{"generator", "alloy-synth"}});
   WritePipeline pipeline(writer);
-  Buffer<float> delta_buffer, factors;
+  Buffer<float> delta_buffer, shared_buffer, factors;
   const double f = options.low_rank_fraction;
+  const bool correlated = options.sibling_correlation > 0;
   struct Sums {
-    double base = 0, other = 0;
+    double base = 0, other = 0, shared = 0;
   };
-  const auto add = [](Sums a, const Sums& b) { return Sums{a.base + b.base, a.other + b.other}; };
+  const auto add = [](Sums a, const Sums& b) {
+    return Sums{a.base + b.base, a.other + b.other, a.shared + b.shared};
+  };
   for (const auto& t : base.tensors()) {
     const uint64_t n = t.info->numel();
     const DType dtype = t.info->dtype;
@@ -232,8 +248,10 @@ void write_fine_tune_weights(const Model& base, const fs::path& dir, const FineT
     const bool dense = !low_rank || f < 1;
     const uint64_t dense_stream = synth_stream_id("finetune.dense:" + t.name());
     float* delta = delta_buffer.get(largest);
+    float* shared = correlated ? shared_buffer.get(largest) : nullptr;
+    const uint64_t shared_stream = synth_stream_id("finetune.shared:" + t.name());
 
-    // Pass 1: ||base||^2, and D with ||D||^2.
+    // Pass 1: ||base||^2, D with ||D||^2, and the siblings' shared direction with its norm.
     const Sums first = parallel_reduce(n, kDefaultGrain, Sums{}, [&](size_t b, size_t e) {
       Sums s;
       float* x = chunk_scratch();
@@ -242,6 +260,10 @@ void write_fine_tune_weights(const Model& base, const fs::path& dir, const FineT
       if (dense) {
         synth_normal(options.seed, dense_stream, b, e - b, delta + b);
         for (size_t i = b; i < e; ++i) s.other += double(delta[i]) * delta[i];
+      }
+      if (correlated) {
+        synth_normal(options.shared_seed, shared_stream, b, e - b, shared + b);
+        for (size_t i = b; i < e; ++i) s.shared += double(shared[i]) * shared[i];
       }
       return s;
     }, add);
@@ -263,16 +285,23 @@ void write_fine_tune_weights(const Model& base, const fs::path& dir, const FineT
       }
       return s;
     }, add);
-    const float scale = second.other > 0
-                            ? float(options.relative_delta * std::sqrt(first.base) / std::sqrt(second.other))
-                            : 0.0f;
+    const double target = options.relative_delta * std::sqrt(first.base);
+    const double rho = correlated ? options.sibling_correlation * shared_fraction_draw(options.shared_seed, t.name())
+                                  : 0.0;
+    const float scale = second.other > 0 ? float(std::sqrt(1 - rho) * target / std::sqrt(second.other)) : 0.0f;
+    const float shared_scale = correlated && first.shared > 0 ? float(std::sqrt(rho) * target / std::sqrt(first.shared))
+                                                              : 0.0f;
 
-    // Pass 3: base + scale * delta0, stored in the base's dtype.
+    // Pass 3: base + scale * delta0 (+ shared_scale * shared), stored in the base's dtype.
     uint8_t* out = pipeline.buffer(largest_bytes);
     parallel_for(n, kDefaultGrain, [&](size_t b, size_t e) {
       float* x = chunk_scratch();
       load_as_f32(dtype, stored + b * width, e - b, x);
-      for (size_t i = 0; i < e - b; ++i) x[i] = x[i] + scale * delta[b + i];
+      if (correlated) {
+        for (size_t i = 0; i < e - b; ++i) x[i] = x[i] + (scale * delta[b + i] + shared_scale * shared[b + i]);
+      } else {
+        for (size_t i = 0; i < e - b; ++i) x[i] = x[i] + scale * delta[b + i];
+      }
       store_from_f32(x, e - b, dtype, out + b * width);
     });
     t.shard->release(*t.info);
@@ -351,6 +380,9 @@ void synth_fine_tune(const fs::path& base_dir, const fs::path& out, const FineTu
                  {"relative_delta", options.relative_delta},
                  {"low_rank_fraction", options.low_rank_fraction},
                  {"rank", options.rank}});
+  if (options.sibling_correlation > 0) {
+    record.update({{"sibling_correlation", options.sibling_correlation}, {"shared_seed", options.shared_seed}});
+  }
   if (fs::exists(base_dir / "alloy_synth.json")) {
     try {
       record["base_generator"] = nlohmann::json::parse(read_text_file(base_dir / "alloy_synth.json"));
@@ -380,6 +412,7 @@ void synth_family(const fs::path& out, const BaseModelOptions& base, int fine_tu
   for (int i = 1; i <= fine_tunes; ++i) {
     FineTuneOptions ft = fine_tune;
     ft.seed = base.seed + 1000 + static_cast<uint64_t>(i);
+    if (ft.sibling_correlation > 0 && ft.shared_seed == 0) ft.shared_seed = base.seed + 3000;
     ft.output = inner.output;
     const std::string dir = "ft_" + std::to_string(i);
     synth_fine_tune(staging.path() / "base", staging.path() / dir, ft);
@@ -395,6 +428,10 @@ void synth_family(const fs::path& out, const BaseModelOptions& base, int fine_tu
   record["fine_tune"] = {{"relative_delta", fine_tune.relative_delta},
                          {"low_rank_fraction", fine_tune.low_rank_fraction},
                          {"rank", fine_tune.rank}};
+  if (fine_tune.sibling_correlation > 0) {
+    record["fine_tune"]["sibling_correlation"] = fine_tune.sibling_correlation;
+    record["fine_tune"]["shared_seed"] = fine_tune.shared_seed;
+  }
   write_json(staging.path() / "alloy_synth.json", record);
   staging.publish();
 }

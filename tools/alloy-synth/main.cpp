@@ -82,6 +82,11 @@ void add_fine_tune_flags(CLI::App* cmd, alloy::FineTuneOptions* o) {
   cmd->add_option("--low-rank-fraction", o->low_rank_fraction, "share of the delta's energy that is low-rank")
       ->capture_default_str();
   cmd->add_option("--rank", o->rank, "rank of the low-rank part")->capture_default_str();
+  cmd->add_option("--sibling-correlation", o->sibling_correlation,
+                  "correlated siblings: per tensor, a share rho uniform in [0, X] of the delta lies along a "
+                  "direction common to fine-tunes with the same --shared-seed (family: all fine-tunes)")
+      ->capture_default_str();
+  cmd->add_option("--shared-seed", o->shared_seed, "seed of the common direction (family default: seed + 3000)");
 }
 
 }  // namespace

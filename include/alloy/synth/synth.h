@@ -161,6 +161,14 @@ struct FineTuneOptions {
   double low_rank_fraction = 0.5;   // share of the delta's energy in the low-rank part, in [0, 1]
   int rank = 8;                     // rank of the low-rank part (capped by the tensor's shape)
   uint64_t seed = 2;
+  // Correlated siblings (a hard null for the assay): with sibling_correlation > 0, each tensor's
+  // delta is sqrt(1 - rho) * own + sqrt(rho) * shared (both of norm ||delta||), where `shared` is a
+  // dense normal direction drawn from shared_seed and rho is drawn per tensor, uniform in
+  // [0, sibling_correlation], from shared_seed and the tensor's name. Fine-tunes with the same
+  // shared_seed then have deltas whose cosine is about rho: it changes from tensor to tensor, as
+  // for two fine-tunes trained on similar data. 0 (the default) leaves the bytes as before.
+  double sibling_correlation = 0;   // in [0, 1)
+  uint64_t shared_seed = 0;
   SynthOutput output;
 };
 
