@@ -185,6 +185,32 @@ struct Unit {
   }
 };
 
+// The null's subjects: models that are not merges, each with the candidates it is assayed against.
+// "correlated" siblings come from a family whose fine-tunes share part of their deltas' direction
+// (alloy-synth --sibling-correlation 0.8: a cosine that changes from tensor to tensor, up to 0.8);
+// "no base": the siblings' common ancestor is not among the candidates.
+const char* const kNullSubjects[] = {"unrelated", "sibling", "sibling-no-base", "correlated-sibling",
+                                     "correlated-sibling-no-base"};
+constexpr double kSiblingCorrelation = 0.8;
+
+struct Subject {
+  fs::path model, base;  // the model assayed; the family's base (noise relative to it)
+  std::vector<std::string> candidates;
+};
+
+Subject subject_of(const Unit& u, const std::string& subject) {
+  if (subject == "merge") return {u.dir / "merged", u.dir / "base", u.candidates()};
+  if (subject == "unrelated") return {u.dir / "other", u.dir / "base", u.candidates()};
+  const bool correlated = subject.rfind("correlated", 0) == 0;
+  const fs::path family = correlated ? u.dir / "correlated" : u.dir;
+  const bool no_base = subject.find("no-base") != std::string::npos;
+  std::vector<std::string> candidates;
+  for (const char* member : {"base", "ft_1", "ft_2", "unrelated_1"}) {
+    if (!(no_base && std::string(member) == "base")) candidates.push_back((family / member).string());
+  }
+  return {family / "ft_3", family / "base", candidates};
+}
+
 void build_unit(const Unit& u, const Config& c) {
   // Distinct base seeds for every unit (sweep and null never share a family).
   const uint64_t seed = (u.null ? 50000 : 10000) + 1000 * uint64_t(u.family == ModelFamily::kMoe) +
@@ -196,6 +222,9 @@ void build_unit(const Unit& u, const Config& c) {
   if (u.null) {
     // The null's unrelated subject: same architecture, a seed no candidate uses.
     alloy::synth_base_model(u.dir / "other", base_options(u.family, c, seed + 900000));
+    alloy::FineTuneOptions correlated = ft;
+    correlated.sibling_correlation = kSiblingCorrelation;
+    alloy::synth_family(u.dir / "correlated", base_options(u.family, c, seed + 800000), 3, 1, correlated);
     return;
   }
   std::ostringstream yaml;
@@ -219,7 +248,7 @@ struct Result {
   // inputs
   const Unit* unit = nullptr;
   size_t transform = 0, setting = 0;
-  std::string subject;  // "merge" (sweep), "unrelated" or "sibling" (null)
+  std::string subject;  // "merge" (sweep) or one of kNullSubjects
   uint64_t seed = 0;
   // outputs
   std::string verdict, method, error;
@@ -291,7 +320,8 @@ void run_point(Result& r, const std::vector<Transform>& table, const fs::path& w
   const Unit& u = *r.unit;
   const Transform& t = table[r.transform];
   const Setting& s = t.settings[r.setting];
-  const fs::path in = r.subject == "merge" ? u.dir / "merged" : r.subject == "sibling" ? u.dir / "ft_3" : u.dir / "other";
+  const Subject subject = subject_of(u, r.subject);
+  const fs::path in = subject.model;
   fs::path suspect = in;
   nlohmann::json truth;
   try {
@@ -302,20 +332,20 @@ void run_point(Result& r, const std::vector<Transform>& table, const fs::path& w
       o.format = s.format;
       o.layer_map = s.layer_map;
       o.seed = r.seed;
-      if (t.relative_to_base) o.reference = u.dir / "base";
+      if (t.relative_to_base) o.reference = subject.base;
       o.output.overwrite = true;
       suspect = work;
       truth = alloy::perturb_model(in, suspect, o);
     }
     alloy::AssayOptions a;
     a.suspect = suspect;
-    a.candidates = u.candidates();
+    a.candidates = subject.candidates;
     const alloy::AssayResult res = alloy::run_assay(a);
     r.verdict = res.verdict;
     r.method = res.method;
     for (const auto& c : res.candidates) {
-      if (c.path == a.candidates[1]) r.w1 = c.weight;
-      if (c.path == a.candidates[2]) r.w2 = c.weight;
+      if (c.path == (u.dir / "ft_1").string()) r.w1 = c.weight;
+      if (c.path == (u.dir / "ft_2").string()) r.w2 = c.weight;
     }
     r.alpha_error = (std::fabs(r.w1 - kW1) + std::fabs(r.w2 - kW2)) / 2;
     r.cos_fit = number_or_nan(res.evidence, "cos_fit_median");
@@ -729,7 +759,7 @@ int main(int argc, char** argv) {
             results.push_back(r);
           }
         } else {
-          for (const char* subject : {"unrelated", "sibling"}) {
+          for (const char* subject : kNullSubjects) {
             Result r;
             r.unit = &u, r.transform = ti, r.setting = t.settings.size() - 1, r.subject = subject;
             r.seed = uint64_t(u.seed);
@@ -882,12 +912,14 @@ int main(int argc, char** argv) {
     }
     md << "\n## Null: transforms at their strongest setting on models that are not merges\n\n";
     md << "unrelated = a base model of another seed with the same architecture; sibling = ft_3, a fine-tune of "
-          "the candidates' base (parent delta cycling over the sweep's deltas with the seed). A `merge` verdict is a "
-          "false positive.\n\n";
+          "the candidates' base (parent delta cycling over the sweep's deltas with the seed); correlated-sibling = ft_3 "
+          "of a family whose fine-tunes share part of their deltas' direction (a cosine that changes from tensor to "
+          "tensor, up to 0.8); no-base = the base is not among the candidates. A `merge` verdict is a false "
+          "positive.\n\n";
     md << "| transform | setting | subject | family | runs | false positives | verdicts |\n|---|---|---|---|---|---|---|\n";
     int total_runs = 0, total_fp = 0;
     for (size_t ti = 0; ti < table.size(); ++ti) {
-      for (const char* subject : {"unrelated", "sibling"}) {
+      for (const char* subject : kNullSubjects) {
         for (ModelFamily f : {ModelFamily::kLlama, ModelFamily::kMoe}) {
           auto it = nulls.find({ti, subject, int(f)});
           if (it == nulls.end()) continue;

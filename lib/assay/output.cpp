@@ -137,6 +137,9 @@ json assay_to_json(const AssayResult& r) {
     }
     j["reference"] = t.reference >= 0 ? json(r.candidates[size_t(t.reference)].path) : json(nullptr);
     j["weights"] = weights;
+    json weight_se = json::object();
+    for (size_t i = 0; i < r.candidates.size(); ++i) weight_se[r.candidates[i].path] = number_or_null(t.weight_se[i]);
+    j["weight_se"] = weight_se;
     j["cos_fit"] = number_or_null(t.cos_fit);
     j["null_cos"] = number_or_null(t.null_cos);
     j["z"] = number_or_null(t.z);

@@ -2,6 +2,7 @@
 //   verdict.cpp           the entry point: the order in which the outcomes are tried;
 //   verdict_evidence.cpp  per-candidate statistics and the evidence the decisions read;
 //   verdict_bounds.cpp    per-component z and the false-positive bounds;
+//   verdict_signature.cpp significance and sameness of the per-tensor weights;
 //   verdict_outcomes.cpp  copy, layer stacking, fine-tune and independent;
 //   verdict_sparse.cpp    TIES / DARE;
 //   verdict_dense.cpp     slerp, linear and task arithmetic;
@@ -11,6 +12,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +24,13 @@ namespace alloy::detail {
 inline constexpr double kInvolvedWeight = 0.01;  // |mixing weight| of a candidate that takes part
 inline constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
 inline constexpr double kMergeLog10Bound = -6.0;
+
+// A number for a sentence: `significant` significant digits, no trailing zeros.
+inline std::string number_text(double value, int significant = 3) {
+  char buffer[40];
+  std::snprintf(buffer, sizeof buffer, "%.*g", significant, value);
+  return buffer;
+}
 
 // Numel-weighted values of one per-tensor statistic; non-finite values are left out.
 struct Weighted {
@@ -79,9 +88,34 @@ MajorEvidence major_evidence(const VerdictContext& v);
 // Records major_evidence() and tells whether it clears kMergeZ and kMergeLog10Bound.
 bool strong_evidence(VerdictContext& v);
 
+// --- the merge signature (verdict_signature.cpp) -------------------------------------------------
+inline constexpr double kMajorComponent = 0.05;  // share of the fitted elements
+struct WeightSignificance {
+  double weight = 0;  // inverse-variance mean over the fitted tensors
+  double z = 0;       // that mean over its standard error
+};
+// Per candidate.
+std::vector<WeightSignificance> weight_significance(const VerdictContext& v);
+struct ComponentSpread {
+  std::string component;
+  int candidate = -1;
+  double weight = 0;  // inverse-variance mean over the component's tensors
+  double spread = 0;  // between-tensor sd within a layer beyond the standard errors, / |weight|
+  int tensors = 0;    // tensors in layers with at least two of this component
+};
+// Per major component and candidate whose weight there is significant and >= kInvolvedWeight.
+std::vector<ComponentSpread> weight_spreads(const VerdictContext& v);
+// Whether at least two of `involved` carry significant weights (they are kept, the others
+// dropped) and every major component's weights are the same within a layer (kUntestable: no layer
+// has two tensors of a major component); records weight_z and weight_spread in the evidence and
+// notes a refusal.
+enum class Signature { kPresent, kAbsent, kUntestable };
+Signature consistent_weights(VerdictContext& v, std::vector<int>* involved);
+
 // --- outcomes (verdict_outcomes.cpp, verdict_sparse.cpp, verdict_dense.cpp) ----------------------
 void independent(VerdictContext& v, const std::string& why);
-void fine_tune(VerdictContext& v, int base);
+// `why`: what the merge hypothesis lacked (from the notes of the failed tests).
+void fine_tune(VerdictContext& v, int base, const std::string& why);
 bool try_copy(VerdictContext& v);
 bool try_stacking(VerdictContext& v);
 bool try_sparse(VerdictContext& v, int base);

@@ -9,8 +9,6 @@
 namespace alloy::detail {
 namespace {
 
-constexpr double kMajorComponent = 0.05;  // share of the fitted elements
-
 // log10 of C(n, h) p^h: a bound on the chance that at least h of n independent null tensors reach
 // z, with p = exp(-z^2 / 2) (sub-Gaussian null) or p = 1 / (1 + z^2) (Cantelli, any null with
 // that scale).

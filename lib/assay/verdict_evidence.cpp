@@ -16,7 +16,7 @@ constexpr double kRelated = 0.2;  // median Pearson correlation: shares weights
 // cos_fit ~ sqrt(p/n), which z already tests, and the bar only guards against degenerate fits:
 // a merge hidden under noise, int4 re-quantization or further training keeps cos_fit 0.35-0.7
 // (tests/assay/test_assay_robust.cpp). Otherwise a dense merge must explain at least 0.8.
-constexpr double kDenseMergeCosFit = 0.2;
+constexpr double kDenseMergeCosFit = 0.1;
 constexpr double kDenseMergeCosFitNoAncestor = 0.8;
 constexpr double kAncestorCos = 0.25;
 

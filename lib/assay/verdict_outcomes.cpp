@@ -27,7 +27,7 @@ void independent(VerdictContext& v, const std::string& why) {
   r.evidence["max_correlation"] = best;
 }
 
-void fine_tune(VerdictContext& v, int base) {
+void fine_tune(VerdictContext& v, int base, const std::string& why) {
   AssayResult& r = v.result;
   const auto& c = v.candidate(base);
   if (!c.related) {
@@ -42,8 +42,7 @@ void fine_tune(VerdictContext& v, int base) {
   const Weighted deviation = deviation_of_fits(v);
   r.evidence["summary"] = "derived from " + c.path + " (median correlation " + std::to_string(c.correlation) +
                           ", relative deviation " + std::to_string(deviation.median()) +
-                          "); its deviation is not explained by the other candidates (z_min " +
-                          std::to_string(e.z_min) + " < " + std::to_string(kMergeZ) + ")";
+                          "); not a merge of the candidates: " + why;
   r.evidence["z_min"] = e.z_min;
   r.evidence["log10_false_positive"] = e.log10_false_positive;
   r.evidence["deviation"] = deviation.median();

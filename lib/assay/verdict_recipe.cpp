@@ -76,6 +76,13 @@ bool better_check(const nlohmann::json& check, const nlohmann::json& best) {
           check["relative_error"].get<double>() < 0.999 * best["relative_error"].get<double>());
 }
 
+// Equally good up to rounding: at most half a percent fewer elements rebuilt exactly and an error
+// at most 1.5 times as large (two recipes that compute the same blend differ only in roundings).
+bool equivalent_check(const nlohmann::json& check, const nlohmann::json& best) {
+  return check["exact_fraction"].get<double>() >= best["exact_fraction"].get<double>() - 0.005 &&
+         check["relative_error"].get<double>() <= 1.5 * best["relative_error"].get<double>() + 1e-6;
+}
+
 }  // namespace
 
 std::string torch_dtype_of(const Model& model) {
@@ -97,22 +104,60 @@ double round_digits(double value, int digits) {
 void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses) {
   if (v.options.rebuild_check_tensors <= 0) return;
   const auto names = rebuild_sample(v);
-  nlohmann::json best_check, best_recipe;
-  for (const auto& recipe : recipe_variants(hypotheses, torch_dtype_of(v.suspect))) {
-    nlohmann::json check;
-    try {
-      check = rebuild_check(recipe, v.suspect, names);
-    } catch (const std::exception& e) {
-      v.note(std::string("rebuild check of a hypothesis failed: ") + e.what());
-      continue;
+  // The best variant of each hypothesis; hypotheses come in order of preference (the recipe a
+  // practitioner would write first: linear with weights summing to 1, fewer parameters first).
+  std::vector<nlohmann::json> checks(hypotheses.size()), recipes(hypotheses.size());
+  for (size_t h = 0; h < hypotheses.size(); ++h) {
+    for (const auto& recipe : recipe_variants({hypotheses[h]}, torch_dtype_of(v.suspect))) {
+      nlohmann::json check;
+      try {
+        check = rebuild_check(recipe, v.suspect, names);
+      } catch (const std::exception& e) {
+        v.note(std::string("rebuild check of a hypothesis failed: ") + e.what());
+        continue;
+      }
+      if (!check.contains("exact_fraction")) continue;
+      if (better_check(check, checks[h])) checks[h] = check, recipes[h] = recipe;
     }
-    if (!check.contains("exact_fraction")) continue;
-    if (better_check(check, best_check)) best_check = check, best_recipe = recipe;
   }
-  if (best_check.is_null()) return;
-  v.result.recipe = best_recipe;
-  best_check["merge_method"] = best_recipe["merge_method"];
-  best_check["compute_dtype"] = best_recipe["dtype"];
+  size_t best = hypotheses.size();
+  for (size_t h = 0; h < hypotheses.size(); ++h) {
+    if (!checks[h].is_null() && (best == hypotheses.size() || better_check(checks[h], checks[best]))) best = h;
+  }
+  if (best == hypotheses.size()) return;
+  // Canonical: the first hypothesis that rebuilds the suspect as well as the best one, up to
+  // rounding, is the one reported; the others are kept as rejected alternatives.
+  size_t chosen = best;
+  for (size_t h = 0; h < best; ++h) {
+    if (!checks[h].is_null() && equivalent_check(checks[h], checks[best])) {
+      chosen = h;
+      break;
+    }
+  }
+  if (hypotheses.size() > 1) {
+    nlohmann::json alternatives = nlohmann::json::array();
+    for (size_t h = 0; h < hypotheses.size(); ++h) {
+      if (h == chosen) continue;
+      nlohmann::json a = {{"merge_method", hypotheses[h]["merge_method"]}};
+      if (checks[h].is_null()) {
+        a["why_rejected"] = "its rebuild check could not run";
+      } else {
+        a["exact_fraction"] = checks[h]["exact_fraction"];
+        a["relative_error"] = checks[h]["relative_error"];
+        a["recipe"] = recipes[h];
+        a["why_rejected"] = equivalent_check(checks[h], checks[chosen])
+                                ? "rebuilds the suspect equally well; the reported recipe is the one a practitioner "
+                                  "would write (weights summing to 1, fewer parameters)"
+                                : "rebuilds the sampled tensors less well";
+      }
+      alternatives.push_back(a);
+    }
+    v.result.evidence["alternatives"] = alternatives;
+  }
+  nlohmann::json best_check = checks[chosen];
+  v.result.recipe = recipes[chosen];
+  best_check["merge_method"] = recipes[chosen]["merge_method"];
+  best_check["compute_dtype"] = recipes[chosen]["dtype"];
   if (v.result.method == "dare_ties") best_check["note"] = "DARE masks are random: only the error is meaningful";
   v.result.evidence["rebuild"] = best_check;
 }

@@ -1,7 +1,16 @@
 // The summary text of a merge verdict and the evidence it rests on.
+#include <algorithm>
+#include <cmath>
+
 #include "verdict.h"
 
 namespace alloy::detail {
+namespace {
+
+// |S - fit| / |C_ref| of a clean merge: rounding to bf16 leaves 0.001-0.002 (docs/assay.md).
+constexpr double kRoundingLevel = 0.005;
+
+}  // namespace
 
 // |S - fit| / |C_ref|: what the recipe leaves unexplained, relative to the weights; at rounding
 // level (~0.001 in bf16) for a clean merge, larger after added noise or further training.
@@ -20,7 +29,27 @@ void summarise_merge(VerdictContext& v) {
   const MajorEvidence e = major_evidence(v);
   r.evidence["z_min"] = e.z_min;
   r.evidence["log10_false_positive"] = e.log10_false_positive;
-  text += "; every major component fits with z >= " + std::to_string(e.z_min);
+  if (r.evidence.value("merge_signature", "") == "present") {
+    double z_low = INFINITY, spread_high = 0;
+    for (const auto& c : r.candidates) {
+      if (c.involved && r.evidence["weight_z"].contains(c.path)) {
+        z_low = std::min(z_low, std::fabs(r.evidence["weight_z"][c.path].get<double>()));
+      }
+    }
+    for (const auto& s : r.evidence["weight_spread"]) spread_high = std::max(spread_high, s["spread"].get<double>());
+    text += "; each weight is significant (|z| >= " + number_text(z_low) +
+            ") and the same in every tensor of a component within a layer (spread at most " +
+            number_text(spread_high, 2) + " of the weight; siblings vary by 0.3 or more)";
+  } else {
+    text += "; every major component fits with z >= " + number_text(e.z_min);
+  }
+  // What the recipe leaves unexplained beyond rounding (~0.001-0.002 of the norm in bf16).
+  const double unexplained = r.evidence.value("unexplained_level", 0.0);
+  if (unexplained > kRoundingLevel && r.method != "dare_ties") {
+    text += "; followed by further training or noise of about " + number_text(100 * unexplained, 2) +
+            "% of the weights' norm, which the recipe does not explain";
+    r.evidence["disguise_level"] = unexplained;
+  }
   r.evidence["summary"] = text;
 }
 

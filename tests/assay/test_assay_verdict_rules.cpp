@@ -1,0 +1,194 @@
+// The verdict's statistical rules (docs/assay.md, "The merge signature"):
+//  - correlated siblings (deltas sharing a direction with a cosine that changes from tensor to
+//    tensor, up to 0.8) are never merges, with the base among the candidates or without it
+//    (200 seeds, dense and MoE, deltas 0.5% to 10%);
+//  - a merge hidden under noise twice its own deviation, or under a further fine-tune, is still a
+//    merge with the right weights, and the summary names the disguise;
+//  - every number the summary cites is the one in the JSON;
+//  - a blend of a base and its fine-tune is reported as the linear recipe with both weights.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <regex>
+
+#include "alloy/perturb/perturb.h"
+#include "test_assay_utils.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using alloy::test::assay;
+using alloy::test::AssayFamily;
+using alloy::test::candidate;
+using alloy::test::merge_into;
+
+constexpr int kCorrelatedSeeds = 200;
+
+alloy::ModelFamily kind_for(int seed) { return seed % 2 ? alloy::ModelFamily::kMoe : alloy::ModelFamily::kLlama; }
+
+std::string linear_yaml(const std::string& a, double wa, const std::string& b, double wb) {
+  return "merge_method: linear\nmodels:\n  - model: " + a + "\n    parameters: {weight: " + std::to_string(wa) +
+         "}\n  - model: " + b + "\n    parameters: {weight: " + std::to_string(wb) + "}\ndtype: bfloat16\n";
+}
+
+double weight_of(const alloy::AssayResult& r, const std::string& path) {
+  for (const auto& c : r.candidates) {
+    if (c.path == path) return c.weight;
+  }
+  return NAN;
+}
+
+// The first number after `prefix` in `text` (NaN if absent).
+double number_after(const std::string& text, const std::string& prefix) {
+  const size_t at = text.find(prefix);
+  if (at == std::string::npos) return NAN;
+  return std::strtod(text.c_str() + at + prefix.size(), nullptr);
+}
+
+// Whether `printed` is `value` rounded to `significant` digits (as the summary prints numbers).
+bool rounds_to(double printed, double value, int significant) {
+  const double unit = std::pow(10.0, std::floor(std::log10(std::fabs(value))) - (significant - 1));
+  return std::fabs(printed - value) <= 0.5 * unit * (1 + 1e-9);
+}
+
+TEST(AssayNull, CorrelatedSiblingsAreNeverMerges) {
+  int with_base_fine_tunes = 0;
+  for (int seed = 1; seed <= kCorrelatedSeeds; ++seed) {
+    alloy::test::TempDir dir;
+    alloy::BaseModelOptions base;
+    base.arch.family = kind_for(seed);
+    base.arch.layers = 2;
+    base.arch.hidden = 64;
+    base.arch.intermediate = 96;
+    base.arch.experts = 2;
+    base.arch.moe_intermediate = 32;
+    base.arch.vocab = 128;
+    base.seed = uint64_t(seed) + 7000;
+    alloy::FineTuneOptions ft;
+    ft.relative_delta = 0.005 * std::pow(20.0, double((seed - 1) % 25) / 24.0);
+    ft.sibling_correlation = 0.8;
+    alloy::synth_family(dir / "fam", base, 3, 0, ft);
+    const std::string b = (dir / "fam" / "base").string(), a1 = (dir / "fam" / "ft_1").string(),
+                      a2 = (dir / "fam" / "ft_2").string();
+    const auto with_base = assay(dir / "fam" / "ft_3", {b, a1, a2});
+    EXPECT_NE(with_base.verdict, "merge") << "seed " << seed << ": " << with_base.evidence.dump();
+    with_base_fine_tunes += with_base.verdict == "fine-tune";
+    const auto without_base = assay(dir / "fam" / "ft_3", {a1, a2});
+    EXPECT_NE(without_base.verdict, "merge") << "seed " << seed << ": " << without_base.evidence.dump();
+  }
+  EXPECT_EQ(with_base_fine_tunes, kCorrelatedSeeds);
+}
+
+TEST(SynthSiblings, SharedDirectionGivesACosineThatVariesFromTensorToTensor) {
+  alloy::test::TempDir dir;
+  alloy::BaseModelOptions base;
+  base.arch.layers = 2;
+  base.arch.hidden = 64;
+  base.arch.intermediate = 128;
+  base.dtype = alloy::DType::F32;
+  alloy::FineTuneOptions ft;
+  ft.relative_delta = 0.05;
+  ft.sibling_correlation = 0.8;
+  alloy::synth_family(dir / "fam", base, 2, 0, ft);
+  const auto b = alloy::Model::open(dir / "fam" / "base");
+  const auto f1 = alloy::Model::open(dir / "fam" / "ft_1");
+  const auto f2 = alloy::Model::open(dir / "fam" / "ft_2");
+  double low = 1, high = 0;
+  for (const auto& t : b.tensors()) {
+    if (t.info->numel() < 4096) continue;  // the cosine of small tensors is noisy
+    const float* x = reinterpret_cast<const float*>(t.data());
+    const float* y1 = reinterpret_cast<const float*>(f1.find(t.name())->data());
+    const float* y2 = reinterpret_cast<const float*>(f2.find(t.name())->data());
+    double d12 = 0, d11 = 0, d22 = 0;
+    for (uint64_t i = 0; i < t.info->numel(); ++i) {
+      const double u = double(y1[i]) - x[i], v = double(y2[i]) - x[i];
+      d12 += u * v, d11 += u * u, d22 += v * v;
+    }
+    const double cos = d12 / std::sqrt(d11 * d22);
+    EXPECT_GT(cos, -0.1) << t.name();
+    EXPECT_LT(cos, 0.85) << t.name();
+    low = std::min(low, cos), high = std::max(high, cos);
+  }
+  EXPECT_GT(high - low, 0.3) << "the shared share must change from tensor to tensor";
+}
+
+TEST(AssayVerdict, MergeUnderNoiseTwiceItsDeviationIsStillAMerge) {
+  for (double delta : {0.01, 0.02}) {
+    AssayFamily f(alloy::ModelFamily::kLlama, 31, delta, 4);
+    alloy::test::TempDir out;
+    merge_into(linear_yaml(candidate(f, "ft_1"), 0.571, candidate(f, "ft_2"), 0.429), out / "merged");
+    alloy::PerturbOptions noise;
+    noise.kind = alloy::PerturbKind::kNoise;
+    noise.strength = 2.0;
+    noise.reference = f.dir / "base";
+    alloy::perturb_model(out / "merged", out / "hidden", noise);
+    const auto r = assay(out / "hidden", f.candidates());
+    ASSERT_EQ(r.verdict, "merge") << delta << ": " << r.evidence.dump();
+    EXPECT_EQ(r.method, "linear");
+    EXPECT_NEAR(weight_of(r, candidate(f, "ft_1")), 0.571, 0.02);
+    EXPECT_NEAR(weight_of(r, candidate(f, "ft_2")), 0.429, 0.02);
+    EXPECT_EQ(r.evidence["merge_signature"], "present");
+    const std::string summary = r.evidence["summary"];
+    EXPECT_NE(summary.find("followed by further training or noise"), std::string::npos) << summary;
+  }
+}
+
+TEST(AssayVerdict, SummaryCitesTheNumbersInTheJson) {
+  AssayFamily f(alloy::ModelFamily::kMoe, 32, 0.02, 4);
+  alloy::test::TempDir out;
+  merge_into(linear_yaml(candidate(f, "ft_1"), 0.571, candidate(f, "ft_2"), 0.429), out / "merged");
+  alloy::PerturbOptions tune;
+  tune.kind = alloy::PerturbKind::kFineTune;
+  tune.strength = 0.02;
+  alloy::perturb_model(out / "merged", out / "tuned", tune);
+  const auto r = assay(out / "tuned", f.candidates());
+  ASSERT_EQ(r.verdict, "merge") << r.evidence.dump();
+  const std::string summary = r.evidence["summary"];
+  // Weights as printed, z and spread bounds, and the disguise level.
+  for (const auto& c : r.candidates) {
+    if (!c.involved) continue;
+    EXPECT_NEAR(number_after(summary, c.path + " (weight "), c.weight, 1e-5) << summary;
+  }
+  double z_low = INFINITY, spread_high = 0;
+  for (const auto& c : r.candidates) {
+    if (c.involved) z_low = std::min(z_low, std::fabs(r.evidence["weight_z"][c.path].get<double>()));
+  }
+  for (const auto& s : r.evidence["weight_spread"]) spread_high = std::max(spread_high, s["spread"].get<double>());
+  EXPECT_TRUE(rounds_to(number_after(summary, "|z| >= "), z_low, 3)) << z_low << ": " << summary;
+  EXPECT_TRUE(rounds_to(number_after(summary, "spread at most "), spread_high, 2)) << spread_high << ": " << summary;
+  EXPECT_LE(spread_high, r.evidence["weight_spread_bar"].get<double>());
+  EXPECT_GE(z_low, 5.0);
+  const double disguise = 100 * r.evidence["disguise_level"].get<double>();
+  EXPECT_TRUE(rounds_to(number_after(summary, "noise of about "), disguise, 2)) << disguise << ": " << summary;
+
+  // A sibling: the fine-tune's reason is the test that failed, with its own numbers.
+  const auto s = assay(f.dir / "ft_3", f.candidates());
+  ASSERT_EQ(s.verdict, "fine-tune") << s.evidence.dump();
+  const std::string why = s.evidence["summary"];
+  EXPECT_EQ(why.find("z_min"), std::string::npos) << why;  // not a bar that passed
+  EXPECT_NE(why.find("not a merge of the candidates: "), std::string::npos) << why;
+}
+
+TEST(AssayVerdict, BlendOfBaseAndFineTuneIsTheLinearRecipeWithBothWeights) {
+  AssayFamily f(alloy::ModelFamily::kLlama, 33, 0.05, 2);
+  for (double w : {0.3, 0.6}) {
+    alloy::test::TempDir out;
+    merge_into(linear_yaml(candidate(f, "base"), w, candidate(f, "ft_1"), 1 - w), out / "blend");
+    const auto r = assay(out / "blend", f.candidates());
+    ASSERT_EQ(r.verdict, "merge") << r.evidence.dump();
+    EXPECT_EQ(r.method, "linear") << r.evidence.dump();
+    EXPECT_FALSE(r.recipe.contains("base_model")) << r.recipe.dump();
+    ASSERT_EQ(r.recipe["models"].size(), 2u) << r.recipe.dump();
+    double total = 0;
+    for (const auto& m : r.recipe["models"]) {
+      const double weight = m["parameters"]["weight"].get<double>();
+      total += weight;
+      EXPECT_NEAR(weight, m["model"] == candidate(f, "base") ? w : 1 - w, 0.005) << r.recipe.dump();
+    }
+    EXPECT_NEAR(total, 1.0, 1e-9);
+    ASSERT_TRUE(r.evidence.contains("alternatives")) << r.evidence.dump();
+    EXPECT_EQ(r.evidence["alternatives"][0]["merge_method"], "task_arithmetic");
+  }
+}
+
+}  // namespace
