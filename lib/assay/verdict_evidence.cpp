@@ -52,7 +52,13 @@ void aggregate_candidates(VerdictContext& v) {
 bool explains_deviation(VerdictContext& v) {
   const Weighted cos = v.over_fitted([](const TensorAssay& t) { return t.cos_fit; });
   const Weighted ancestor = v.over_fitted([](const TensorAssay& t) { return t.ancestor_cos; });
-  const bool has_ancestor = !ancestor.empty() && ancestor.median() < kAncestorCos;
+  // An ancestor is shown by two other candidates related to the suspect whose deltas from the
+  // reference are near-orthogonal. A candidate that is unrelated to the suspect as a whole can
+  // still pass the per-tensor correlation on a few tensors: it must not stand in for the second.
+  const int reference = majority_reference(v);
+  int others_related = 0;
+  for (int c = 0; c < v.k; ++c) others_related += c != reference && v.candidate(c).related;
+  const bool has_ancestor = others_related >= 2 && !ancestor.empty() && ancestor.median() < kAncestorCos;
   const double bar = has_ancestor ? kDenseMergeCosFit : kDenseMergeCosFitNoAncestor;
   const double median = cos.empty() ? 0 : cos.median();
   v.result.evidence["cos_fit_median"] = median;

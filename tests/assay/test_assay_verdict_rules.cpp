@@ -1,7 +1,8 @@
 // The verdict's statistical rules (docs/assay.md, "The merge signature"):
 //  - correlated siblings (deltas sharing a direction with a cosine that changes from tensor to
 //    tensor, up to 0.8) are never merges, with the base among the candidates or without it
-//    (200 seeds, dense and MoE, deltas 0.5% to 10%);
+//    (200 seeds, dense and MoE, deltas 0.5% to 10%), nor are independent siblings assayed without
+//    their base beside an unrelated decoy;
 //  - a merge hidden under noise twice its own deviation, or under a further fine-tune, is still a
 //    merge with the right weights, and the summary names the disguise;
 //  - every number the summary cites is the one in the JSON;
@@ -77,6 +78,17 @@ TEST(AssayNull, CorrelatedSiblingsAreNeverMerges) {
     EXPECT_NE(without_base.verdict, "merge") << "seed " << seed << ": " << without_base.evidence.dump();
   }
   EXPECT_EQ(with_base_fine_tunes, kCorrelatedSeeds);
+}
+
+// An unrelated decoy among the candidates must not stand in for the second related sibling that
+// shows the reference to be a common ancestor (it did: MoE siblings at 0.5% were then merges).
+TEST(AssayNull, SiblingsWithoutTheBaseBesideAnUnrelatedDecoyAreNeverMerges) {
+  for (int seed = 1; seed <= 20; ++seed) {
+    AssayFamily f(kind_for(seed), uint64_t(seed) + 51000, seed % 4 ? 0.005 : 0.02, 4);
+    const auto r = assay(f.dir / "ft_3", {candidate(f, "ft_1"), candidate(f, "ft_2"), candidate(f, "unrelated_1")});
+    EXPECT_NE(r.verdict, "merge") << "seed " << seed << ": " << r.evidence.dump();
+    EXPECT_FALSE(r.evidence.value("common_ancestor_among_candidates", true)) << "seed " << seed;
+  }
 }
 
 TEST(SynthSiblings, SharedDirectionGivesACosineThatVariesFromTensorToTensor) {
