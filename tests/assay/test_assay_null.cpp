@@ -3,6 +3,9 @@
 //  - sibling fine-tunes of one base, stored in bf16 from an float32 master (the shared-grid trap:
 //    rounding to one grid correlates siblings whose deltas are small), deltas from 0.5% to 10%,
 //    are never called merges, with the base among the candidates or without it (50 seeds);
+//  - correlated siblings (deltas sharing a direction with a cosine that changes from tensor to
+//    tensor, up to 0.8: alloy-synth --sibling-correlation) are never merges, with the base or
+//    without it (200 seeds, dense and MoE, deltas 0.5% to 10%);
 //  - an MoE model blended 0.571 / 0.429 in bf16 gives alpha 0.571 +/- 0.005 on every component.
 #include <gtest/gtest.h>
 
@@ -78,6 +81,26 @@ TEST(AssayNull, SiblingFineTunesAreNeverMerges) {
                                              << without_base.evidence.dump();
   }
   EXPECT_EQ(fine_tunes, kSeeds);
+}
+
+TEST(AssayNull, CorrelatedSiblingsAreNeverMerges) {
+  constexpr int kCorrelatedSeeds = 200;
+  int with_base_fine_tunes = 0;
+  for (int seed = 1; seed <= kCorrelatedSeeds; ++seed) {
+    alloy::test::TempDir dir;
+    alloy::FineTuneOptions ft;
+    ft.relative_delta = 0.005 * std::pow(20.0, double((seed - 1) % 25) / 24.0);
+    ft.sibling_correlation = 0.8;
+    alloy::synth_family(dir / "fam", tiny(kind_for(seed), uint64_t(seed) + 7000, alloy::DType::BF16), 3, 0, ft);
+    const std::string b = (dir / "fam" / "base").string(), a1 = (dir / "fam" / "ft_1").string(),
+                      a2 = (dir / "fam" / "ft_2").string();
+    const auto with_base = assay(dir / "fam" / "ft_3", {b, a1, a2});
+    EXPECT_NE(with_base.verdict, "merge") << "seed " << seed << ": " << with_base.evidence.dump();
+    with_base_fine_tunes += with_base.verdict == "fine-tune";
+    const auto without_base = assay(dir / "fam" / "ft_3", {a1, a2});
+    EXPECT_NE(without_base.verdict, "merge") << "seed " << seed << ": " << without_base.evidence.dump();
+  }
+  EXPECT_EQ(with_base_fine_tunes, kCorrelatedSeeds);
 }
 
 TEST(AssayRio, BlendOfTwoMoeModelsInBf16) {
