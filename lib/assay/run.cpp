@@ -8,6 +8,7 @@
 
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
+#include "alloy/core/hub_cache.h"
 #include "internal.h"
 
 namespace alloy {
@@ -140,11 +141,12 @@ AssayResult run_assay(const AssayOptions& options) {
                                                  " candidates, got " + std::to_string(options.candidates.size()));
   }
   const std::string started = utc_timestamp();
-  const Model suspect = Model::open(options.suspect, options.open);
+  // Local folders, else Hub ids found in the Hub cache (alloy/core/hub_cache.h).
+  const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
   std::vector<std::unique_ptr<Model>> owned;
   std::vector<const Model*> models;
   for (const auto& path : options.candidates) {
-    owned.push_back(std::make_unique<Model>(Model::open(path, options.open)));
+    owned.push_back(std::make_unique<Model>(Model::open(locate_model(path), options.open)));
     models.push_back(owned.back().get());
   }
   std::vector<const Model*> examined{&suspect};

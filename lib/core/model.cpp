@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "alloy/core/error.h"
+#include "alloy/core/hub_cache.h"
 #include "reader_text.h"
 
 namespace alloy {
@@ -278,7 +279,9 @@ Model Model::open(const fs::path& path, const ModelOpenOptions& options) {
     model.shards_.push_back(std::make_unique<SafetensorsFile>(path.string()));
   } else if (fs::is_directory(status)) {
     model.is_directory_ = true;
-    const fs::path real_dir = fs::canonical(path, ec);
+    // A Hub cache snapshot's files are links into its model folder's blobs/: that folder is the
+    // boundary then (alloy/core/hub_cache.h).
+    const fs::path real_dir = containment_root(fs::canonical(path, ec));
     if (ec) throw Error(ErrorCode::kIo, path.string() + ": cannot resolve: " + ec.message());
     auto exists = [&](const fs::path& file) {
       return exists_inside(real_dir, file, ErrorCode::kSymlinkEscape, file.string());

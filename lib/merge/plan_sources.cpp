@@ -1,6 +1,7 @@
 // Planner stage 1: the models a recipe names, the slices it is made of, and their consistency.
 #include <algorithm>
 
+#include "alloy/core/hub_cache.h"
 #include "plan_internal.h"
 
 namespace alloy::detail {
@@ -68,8 +69,9 @@ void check_slice(const PlanContext& context, SliceSpec* slice) {
 void open_models(PlanContext& context) {
   MergePlan& plan = context.plan;
   for (const auto& name : plan.recipe.referenced_models()) {
-    const fs::path path = fs::path(name).is_absolute() ? fs::path(name) : context.options.base_dir / name;
+    fs::path path = fs::path(name).is_absolute() ? fs::path(name) : context.options.base_dir / name;
     try {
+      path = locate_model(name, context.options.base_dir);  // a local folder, else a Hub id in the cache
       plan.models.push_back(std::make_unique<Model>(Model::open(path, context.options.open)));
     } catch (const Error& e) {
       std::string hint;

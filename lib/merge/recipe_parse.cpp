@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "alloy/core/error.h"
+#include "alloy/core/hub_cache.h"
 #include "alloy/core/utf8.h"
 #include "alloy/merge/recipe.h"
 #include "chat_template.h"
@@ -181,9 +182,10 @@ class Parser {
   std::string model_reference(const YAML::Node& node) const {
     const std::string model = scalar_string(node, "model");
     if (model.empty()) fail(node, "model path is empty");
-    if (model.find('@') != std::string::npos) {
-      fail(node, "model '" + model + "': revisions (model@revision) need the Hugging Face hub; alloy reads local "
-                 "directories only");
+    // org/name@revision resolves through the Hub cache (alloy/core/hub_cache.h) when no local
+    // folder has that name; '@' on anything else is a typo or a path we would not find.
+    if (model.find('@') != std::string::npos && !looks_like_hub_id(model)) {
+      fail(node, "model '" + model + "': '@revision' belongs to Hub ids (org/name@revision, found in the Hub cache)");
     }
     return model;
   }
