@@ -253,8 +253,9 @@ TEST_P(MethodGolden, MethodMatchesMergekit) {
     identical += tensor_identical;
     worse += tensor_worse;
     identical_tensors += tensor_identical == out.size();
-    if (known_gap_floor == 1.0)
+    if (known_gap_floor == 1.0) {
       EXPECT_EQ(tensor_worse, 0u) << name << ": " << tensor_worse << " elements more than 1 ulp away";
+    }
     if (exact) {
       EXPECT_EQ(tensor_identical, out.size()) << name << " is not bit-identical";
     }
