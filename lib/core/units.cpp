@@ -212,7 +212,10 @@ void expert_group(const LayerTensors& t, uint64_t hidden, LayerUnits* out) {
     if (apart.begin()->first != 0 || apart.rbegin()->first + 1 != int(apart.size())) {
       return refuse("expert indices are not 0.." + std::to_string(apart.size() - 1));
     }
-    for (auto& [x, tensors] : apart) {
+    for (auto& [x, expert_tensors] : apart) {
+      // A plain reference: lambdas may not capture structured bindings before C++20's P1091
+      // (clang 15, the fuzz build's compiler, refuses).
+      auto& tensors = expert_tensors;
       const auto part = [&](TensorRole role) -> const Entry* {
         for (const Entry* e : tensors) {
           if (e->place.role == role && e->shape.size() == 2) return e;
