@@ -155,7 +155,9 @@ TEST(AssayFailOn, ExitStatusForEachVerdict) {
     for (const auto& [condition, code] : expected) {
       out = run_command(assay_command(c.suspect, c.candidates, std::string("-q --fail-on ") + condition), &status);
       EXPECT_EQ(status, code) << condition << "\n" << out;
-      if (code == 1) EXPECT_NE(out.find("matches --fail-on"), std::string::npos) << out;
+      if (code == 1) {
+        EXPECT_NE(out.find("matches --fail-on"), std::string::npos) << out;
+      }
     }
   }
   int status = -1;

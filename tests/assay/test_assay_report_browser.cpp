@@ -147,7 +147,9 @@ TEST(AssayReportBrowser, FourReportsRenderInChromium) {
            " fam/base fam/ft_1 fam/ft_2 fam/unrelated_1 -q --json " + c.name + ".json --report " + c.name + ".html");
     const auto doc = nlohmann::json::parse(alloy::test::read_bytes(work / (c.name + ".json")));
     EXPECT_EQ(doc.value("verdict", ""), c.verdict) << c.name;
-    if (!c.method.empty()) EXPECT_EQ(doc.value("method", ""), c.method) << c.name;
+    if (!c.method.empty()) {
+      EXPECT_EQ(doc.value("method", ""), c.method) << c.name;
+    }
     // One browser per report, all four at once (start-up dominates), each with its own profile.
     browsers += "(timeout 120 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run "
                 "--user-data-dir=" + q(work / ("profile-" + c.name)) + " --window-size=" + std::to_string(kWidth) +
