@@ -44,7 +44,26 @@ struct TensorViews {
   std::vector<const ModelTensor*> inputs;  // [0] suspect, [1..k] candidates
   uint64_t numel = 0;
   const float* suspect_values = nullptr;   // when set: the aligned suspect, used instead of inputs[0]
+  // When set (one per input): every input's sampled rows in memory (alloy-assay --sample), used
+  // instead of `inputs` and `suspect_values`; numel is then the sampled element count.
+  std::vector<const float*> values;
 };
+
+// Elements [begin, begin + count) of input v of the views (sampled rows, the aligned suspect or the
+// mapped tensor, in that order of precedence) into `out`.
+void load_view(const TensorViews& views, size_t v, size_t begin, size_t count, float* out);
+
+// alloy-assay --sample (sample.cpp): the rows of a tensor of `shape` (rows: every axis but the
+// last) that a sampled assay reads, a seeded random subset of ceil(fraction x rows) rows (at least
+// kMinSampledRows, sorted), drawn from (seed, tensor name) so that every run and thread count
+// reads the same rows. Empty when the tensor is read whole: fraction >= 1, a 1-D tensor, or too
+// few rows to sample.
+inline constexpr uint64_t kMinSampledRows = 8;
+std::vector<uint64_t> sampled_rows(const std::vector<uint64_t>& shape, double fraction, uint64_t seed,
+                                   const std::string& tensor_name);
+// The given rows of one input of the views, gathered into `out` (rows x row length floats).
+void gather_rows(const TensorViews& views, size_t v, uint64_t row_length, const std::vector<uint64_t>& rows,
+                 std::vector<float>* out);
 
 // The full pass: statistics over the resolved elements in coordinates relative to a pivot candidate
 // P (the prefix pass's reference): Y_0 = S - P, Y_c = C_c - P (Y_pivot = 0), Y_{k+1} = P. In
@@ -65,6 +84,8 @@ struct ResolvedMoments {
 // their largest magnitude: there rounding the output cannot snap a blend onto one parent.
 ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fraction, int pivot,
                                     const std::vector<bool>& spread_members);
+// acc += part (same vectors and pivot): moments of disjoint element sets add.
+void add_into(ResolvedMoments& acc, const ResolvedMoments& part);
 
 // The prefix pass: raw Gram and sums of the first `count_limit` elements (all when larger than
 // the tensor), streamed chunk by chunk (no full-tensor float buffers). It tells related candidates
@@ -97,6 +118,16 @@ PrefixFit fit_prefix(const PrefixMoments& prefix, int candidates);
 // `prefix` gives the correlations, the reference and the angles; `full` the resolved-element fit
 // and the equality counts. k candidates.
 void fit_tensor(const PrefixMoments& prefix, const ResolvedMoments& full, int candidates, TensorAssay* out);
+
+// The full pass and the fit of a sampled tensor (views over `rows` gathered rows of `row_length`),
+// with standard errors that account for the sampling: the rows are split into kSampleGroups
+// groups, the fit is repeated leaving each group out (delete-a-group jackknife), and each weight's
+// standard error is the larger of the fit's own and the jackknife's, which also captures errors
+// that are correlated within a row. Returns the pooled moments, as accumulate_resolved would.
+inline constexpr int kSampleGroups = 16;
+ResolvedMoments fit_sampled(const TensorViews& views, uint64_t rows, uint64_t row_length, double resolve_fraction,
+                            int pivot, const std::vector<bool>& spread_members, const PrefixMoments& prefix,
+                            int candidates, TensorAssay* out);
 
 // Converts `count` elements of a tensor starting at element `begin` into `out`, on this thread.
 void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* out);

@@ -81,13 +81,25 @@ inline __attribute__((always_inline)) void load_range_inline(const ModelTensor& 
 
 void load_range(const ModelTensor& t, size_t begin, size_t count, float* out) { load_range_inline(t, begin, count, out); }
 
+void load_view(const TensorViews& views, size_t v, size_t begin, size_t count, float* out) {
+  if (!views.values.empty()) {
+    std::memcpy(out, views.values[v] + begin, count * sizeof(float));
+  } else if (v == 0 && views.suspect_values) {
+    std::memcpy(out, views.suspect_values + begin, count * sizeof(float));
+  } else {
+    load_range_inline(*views.inputs[v], begin, count, out);
+  }
+}
+
 // Every vector's elements [begin, begin + count) into the scratch rows x[v] (the aligned suspect's
 // values when the views carry them).
 inline __attribute__((always_inline)) void load_vectors(const TensorViews& views, size_t begin, size_t count,
                                                          float* base, float** x) {
   for (size_t v = 0; v < views.inputs.size(); ++v) {
     x[v] = base + v * kDefaultGrain;
-    if (v == 0 && views.suspect_values) {
+    if (!views.values.empty()) {
+      std::memcpy(x[v], views.values[v] + begin, count * sizeof(float));
+    } else if (v == 0 && views.suspect_values) {
       std::memcpy(x[v], views.suspect_values + begin, count * sizeof(float));
     } else {
       load_range_inline(*views.inputs[v], begin, count, x[v]);
@@ -189,6 +201,21 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   return part;
 }
 
+void add_into(ResolvedMoments& acc, const ResolvedMoments& part) {
+  const int m = acc.vectors;
+  acc.n += part.n;
+  acc.n_resolved += part.n_resolved;
+  acc.n_spread += part.n_spread;
+  for (int v = 0; v < m; ++v) {
+    acc.equal[v] += part.equal[v];
+    acc.equal_resolved[v] += part.equal_resolved[v];
+    acc.equal_all[v] += part.equal_all[v];
+  }
+  for (int a = 0; a <= m; ++a) {
+    for (int b = 0; b <= m; ++b) acc.gram[a][b] += part.gram[a][b];
+  }
+}
+
 ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fraction, int pivot,
                                     const std::vector<bool>& spread_members) {
   const int m = static_cast<int>(views.inputs.size());
@@ -212,18 +239,8 @@ ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fra
   init.pivot = pivot;
   ResolvedPass pass{&views, resolve_fraction, pivot, m, members, live};
   const auto chunk = [&](size_t begin, size_t end) { return resolved_chunk(pass, begin, end); };
-  return parallel_reduce(views.numel, kDefaultGrain, init, chunk, [m](ResolvedMoments acc, const ResolvedMoments& part) {
-    acc.n += part.n;
-    acc.n_resolved += part.n_resolved;
-    acc.n_spread += part.n_spread;
-    for (int v = 0; v < m; ++v) {
-      acc.equal[v] += part.equal[v];
-      acc.equal_resolved[v] += part.equal_resolved[v];
-      acc.equal_all[v] += part.equal_all[v];
-    }
-    for (int a = 0; a <= m; ++a) {
-      for (int b = 0; b <= m; ++b) acc.gram[a][b] += part.gram[a][b];
-    }
+  return parallel_reduce(views.numel, kDefaultGrain, init, chunk, [](ResolvedMoments acc, const ResolvedMoments& part) {
+    add_into(acc, part);
     return acc;
   });
 }

@@ -157,6 +157,11 @@ json assay_to_json(const AssayResult& r) {
   out["permutations"] = r.permutations;
   out["evidence"] = r.evidence;
   out["audit"] = audit_to_json(r.audit);
+  if (r.sampling.fraction > 0) {
+    out["sampling"] = {{"fraction", r.sampling.fraction}, {"seed", r.sampling.seed},
+                       {"tensors_sampled", r.sampling.tensors_sampled}, {"elements_read", r.sampling.elements_read},
+                       {"elements_total", r.sampling.elements_total}};
+  }
   return out;
 }
 
@@ -215,6 +220,12 @@ std::string assay_summary(const AssayResult& r) {
     }
     out << "audit: alloy " << r.audit.alloy_version << ", " << r.audit.time << ", " << files << " files examined, "
         << hashed << " with sha256 (see --json: audit)\n";
+  }
+  if (r.sampling.fraction > 0) {
+    const double share = r.sampling.elements_total ? double(r.sampling.elements_read) / double(r.sampling.elements_total) : 0;
+    out << "sampled: " << fixed(100 * r.sampling.fraction, 2) << "% of the rows of " << r.sampling.tensors_sampled
+        << " tensors (seed " << r.sampling.seed << "): " << fixed(100 * share, 2)
+        << "% of the fitted elements read; the weights' errors are those of the sample\n";
   }
   if (!r.permutations.empty()) out << "alignment: undid " << r.permutations.size() << " permutations (see --json)\n";
   for (const auto& n : r.evidence.value("notes", json::array())) out << "note: " << n.get<std::string>() << "\n";

@@ -2,6 +2,7 @@
 // the per-tensor fit (and, where exact equalities betray a sparsifying merge, the sparse pass),
 // releasing each tensor's pages after use, then hands the fits to the verdict stage.
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <memory>
 #include <set>
@@ -42,13 +43,12 @@ BlockTest test_blocks(const detail::TensorViews& views, const std::vector<uint64
   };
   bool tested = false;
   for (uint64_t b = 0; b < blocks; ++b) {
-    if (views.suspect_values) std::copy_n(views.suspect_values + b * stride, len, x.begin());
-    else detail::load_range(*views.inputs[0], b * stride, len, x.data());
+    detail::load_view(views, 0, b * stride, len, x.data());
     if (std::all_of(x.begin(), x.end(), [&](float v) { return v == x[0]; })) continue;  // shows no order
     tested = true;
     bool matched = false;
     for (size_t c = 1; c < views.inputs.size() && !matched; ++c) {
-      detail::load_range(*views.inputs[c], b * stride, len, y.data());
+      detail::load_view(views, c, b * stride, len, y.data());
       matched = correlation() >= kBlockCorrelation;
     }
     if (!matched) return BlockTest::kUnaligned;
@@ -161,6 +161,11 @@ AssayResult run_assay(const AssayOptions& options) {
   const detail::Alignment alignment = detail::align_suspect(suspect, models);
   result.permutations = alignment.permutations;
   std::vector<float> aligned_values;
+  std::vector<std::vector<float>> sampled_values;  // --sample: each input's rows, reused per tensor
+  if (options.sample_fraction > 0 && options.sample_fraction < 1) {
+    result.sampling.fraction = options.sample_fraction;
+    result.sampling.seed = options.sample_seed;
+  }
   for (const auto& path : options.candidates) result.candidates.push_back({path});
   const auto& tensors = suspect.tensors();
   const ModelArchitecture suspect_arch = detect_architecture(suspect);
@@ -189,6 +194,21 @@ AssayResult run_assay(const AssayOptions& options) {
         views.suspect_values = aligned_values.data();
         ta.aligned = true;
       }
+      // --sample: every pass below sees only the sampled rows, gathered once per input.
+      std::vector<uint64_t> shape = s.info->shape;
+      const std::vector<uint64_t> rows = detail::sampled_rows(shape, options.sample_fraction, options.sample_seed, ta.name);
+      result.sampling.elements_total += ta.numel;
+      if (!rows.empty()) {
+        const uint64_t row_length = shape.back();
+        sampled_values.resize(views.inputs.size());
+        for (size_t v = 0; v < views.inputs.size(); ++v) detail::gather_rows(views, v, row_length, rows, &sampled_values[v]);
+        views.values.clear();
+        for (const auto& values : sampled_values) views.values.push_back(values.data());
+        views.numel = rows.size() * row_length;
+        shape = {rows.size(), row_length};
+        ++result.sampling.tensors_sampled;
+      }
+      result.sampling.elements_read += views.numel;
       // A prefix pass tells related candidates from unrelated ones; only the related ones define
       // which elements are resolved (an unrelated candidate would make every element look so).
       const detail::PrefixMoments prefix = detail::accumulate_prefix(views, kPrefixElements);
@@ -196,13 +216,17 @@ AssayResult run_assay(const AssayOptions& options) {
       std::vector<bool> related(static_cast<size_t>(k), false);
       for (int c = 0; c < k; ++c) related[size_t(c)] = quick.correlation[size_t(c)] > 0.3;
       // The full pass, in coordinates relative to the prefix's reference (the likely base).
-      const detail::ResolvedMoments full = detail::accumulate_resolved(views, resolve, quick.reference + 1, related);
-      detail::fit_tensor(prefix, full, k, &ta);
+      if (rows.empty()) {
+        const detail::ResolvedMoments full = detail::accumulate_resolved(views, resolve, quick.reference + 1, related);
+        detail::fit_tensor(prefix, full, k, &ta);
+      } else {
+        detail::fit_sampled(views, rows.size(), shape.back(), resolve, quick.reference + 1, related, prefix, k, &ta);
+      }
       ta.fitted = true;
-      block_tests[index] = test_blocks(views, s.info->shape);
+      block_tests[index] = test_blocks(views, shape);
       double equal = ta.equal_reference;
       for (double e : ta.equal_candidate) equal = std::max(equal, e);
-      if (ta.numel >= 4096 && equal + ta.equal_reference > 0.1 && ta.copy_of < 0) fill_sparse(views, &ta);
+      if (views.numel >= 4096 && equal + ta.equal_reference > 0.1 && ta.copy_of < 0) fill_sparse(views, &ta);
     } else if (ta.skipped.empty()) {
       ta.skipped = "empty tensor";
     }
@@ -216,6 +240,14 @@ AssayResult run_assay(const AssayOptions& options) {
   for (const std::string& warning : suspect.warnings()) result.evidence["notes"].push_back(warning);
   for (const Model* m : models) {
     for (const std::string& warning : m->warnings()) result.evidence["notes"].push_back(warning);
+  }
+  if (result.sampling.fraction > 0) {
+    char share[32];
+    std::snprintf(share, sizeof share, "%.3g%%", 100 * result.sampling.fraction);
+    result.evidence["notes"].push_back(
+        std::string("sampled assay: every tensor of more than ") + std::to_string(detail::kMinSampledRows) +
+        " rows was judged on a seeded random " + share + " of its rows (seed " + std::to_string(result.sampling.seed) +
+        "); a copy or an equality holds on the rows read, and a full assay (without --sample) reads every element");
   }
   result.audit = detail::collect_audit(options, started, examined, &hasher);
   return result;

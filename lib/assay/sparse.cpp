@@ -62,11 +62,7 @@ void for_each_subchunk(const TensorViews& views, size_t begin, size_t end, Body&
     const size_t count = std::min(end - b, kDefaultGrain);
     for (size_t v = 0; v < m; ++v) {
       x[v] = base + v * kDefaultGrain;
-      if (v == 0 && views.suspect_values) {
-        std::memcpy(x[v], views.suspect_values + b, count * sizeof(float));
-      } else {
-        load_range(*views.inputs[v], b, count, x[v]);
-      }
+      load_view(views, v, b, count, x[v]);
     }
     body(x, count);
   }

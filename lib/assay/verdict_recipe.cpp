@@ -11,12 +11,17 @@ namespace alloy::detail {
 namespace {
 
 // The largest fitted tensor of each component, then the largest others, each at most 2^20
-// elements so that trying several hypotheses stays cheap whatever the model size.
+// elements so that trying several hypotheses stays cheap whatever the model size; a sampled assay
+// (--sample F) rebuilds tensors of at most max(4096, F x 2^22) elements, so that its rebuild check
+// costs about as much less as its statistics do.
 std::vector<std::string> rebuild_sample(const VerdictContext& v) {
   const int most = v.options.rebuild_check_tensors;
+  const double fraction = v.options.sample_fraction;
+  const uint64_t largest = fraction > 0 && fraction < 1 ? std::max<uint64_t>(4096, uint64_t(fraction * double(1 << 22)))
+                                                        : uint64_t(1) << 20;
   std::vector<const TensorAssay*> fitted;
   for (const auto& t : v.result.tensors) {
-    if (t.fitted && !t.aligned && t.numel <= (uint64_t(1) << 20)) fitted.push_back(&t);
+    if (t.fitted && !t.aligned && t.numel <= largest) fitted.push_back(&t);
   }
   std::stable_sort(fitted.begin(), fitted.end(), [](auto* a, auto* b) { return a->numel > b->numel; });
   std::vector<std::string> names, seen;

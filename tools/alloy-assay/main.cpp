@@ -63,6 +63,13 @@ int main(int argc, char** argv) {
                  "exit with status 1 when the verdict matches: merge; related (merge, fine-tune or copy); any (all "
                  "but a fully checked independent)")
       ->check(CLI::IsMember({"merge", "related", "any"}));
+  app.add_option("--sample", options.sample_fraction,
+                 "judge every tensor on a seeded random FRACTION of its rows (e.g. 0.01), reading about that share of "
+                 "the models' bytes; the weights' errors widen accordingly; implies --no-file-hashes (hashing reads "
+                 "every byte); default: every element")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--sample-seed", options.sample_seed, "the seed that draws the rows of --sample (same seed, same rows)")
+      ->capture_default_str();
   bool no_file_hashes = false;
   app.add_flag("--no-file-hashes", no_file_hashes, "do not hash the models' files for the audit record (sizes only)");
   app.add_option("-j,--threads", threads, "worker threads (default: all cores); results do not depend on it");
@@ -74,7 +81,7 @@ int main(int argc, char** argv) {
   // The command line as run, with the tool's own path reduced to its name (the audit record).
   options.command_line.push_back(std::filesystem::path(argv[0]).filename().string());
   for (int i = 1; i < argc; ++i) options.command_line.push_back(argv[i]);
-  options.hash_files = !no_file_hashes;
+  options.hash_files = !no_file_hashes && !(options.sample_fraction > 0 && options.sample_fraction < 1);
   try {
     alloy::set_thread_count(threads);
     options.suspect = suspect;

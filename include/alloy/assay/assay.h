@@ -42,6 +42,22 @@ struct AssayOptions {
   std::vector<std::string> command_line;
   // sha256 of every file of every model, on background threads beside the analysis (the audit).
   bool hash_files = true;
+  // alloy-assay --sample FRACTION: in (0, 1), every tensor's statistics come from a seeded random
+  // subset of ceil(FRACTION x rows) of its rows (at least 8; rows: every axis but the last; 1-D
+  // tensors and tensors of few rows are read whole), so that judging a model reads about FRACTION
+  // of its bytes. The fitted weights' standard errors come from the elements read, so they widen
+  // by about 1/sqrt(FRACTION). 0 (the default) or 1: every element. Same seed, same rows.
+  double sample_fraction = 0;
+  uint64_t sample_seed = 0;
+};
+
+// What a sampled assay read (AssayResult::sampling; fraction 0 when everything was read).
+struct AssaySampling {
+  double fraction = 0;
+  uint64_t seed = 0;
+  uint64_t tensors_sampled = 0;   // tensors of which a subset of rows was read
+  uint64_t elements_read = 0;     // per model, over the fitted tensors
+  uint64_t elements_total = 0;    // what a full assay would have read of the same tensors
 };
 
 // What was examined, so that a finding can be tied to the exact bytes it is about: the tool's
@@ -142,6 +158,7 @@ struct AssayResult {
   nlohmann::json permutations = nlohmann::json::array();  // filled by the alignment stage
   std::string suspect;
   AssayAudit audit;
+  AssaySampling sampling;
 };
 
 // Component names in display order: "embeddings", "lm_head", "attention", "linear_attention",
