@@ -110,6 +110,8 @@ TEST(AssaySample, OnePercentOfTheRowsGivesTheFullAssaysVerdictAndWeightsAndHones
   }
   EXPECT_LT(worst_weight_error, 0.002);
   const double coverage = double(covered) / intervals;
+  std::printf("sampled-assay coverage: %d of %d intervals (%.3f); worst weight error %.5f\n", covered, intervals,
+              coverage, worst_weight_error);
   // Nominal 95%; the sample is part of the full data, so slightly more is expected, never much less.
   EXPECT_GE(coverage, 0.92) << covered << " of " << intervals;
   EXPECT_LE(coverage, 0.995) << covered << " of " << intervals;  // errors not inflated out of meaning
