@@ -20,6 +20,7 @@
 #include "alloy/core/test_hooks.h"
 #include "alloy/core/writer.h"
 #include "methods/method_util.h"
+#include "tokenizer_plan.h"
 
 namespace alloy {
 namespace fs = std::filesystem;
@@ -235,10 +236,14 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   writer.write(t.name, bytes, n * element_bytes);
 }
 
+void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx);
+void map_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx);
+void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
+                  ShardedWriter& writer, MergeContext& ctx);
+
 void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
                   ShardedWriter& writer) {
   const uint64_t random_seed = options.random_seed;
-  const uint64_t n = numel(t.shape);
   MergeContext ctx = planned_context(t, random_seed);
   for (const PlannedSource& s : t.sources) {
     ctx.sources.push_back({nullptr, s.params, s.is_base, plan.model_names[s.model]});
@@ -248,10 +253,22 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
   bool convertible = can_store_from_f32(t.out_dtype);
   for (const PlannedSource& s : t.sources)
     convertible = convertible && can_load_as_f32(plan.models[s.model]->find(s.tensor)->info->dtype);
-  if (const auto chunked = convertible ? plan.method->chunked(ctx) : nullptr) {
+  // Embeddings under a tokenizer spec: every source read whole, then mapped token by token.
+  const bool mapped = plan.tokenizer && t.is_embedding;
+  if (const auto chunked = convertible && !mapped ? plan.method->chunked(ctx) : nullptr) {
     merge_chunked(plan, t, ctx, *chunked, pool, writer, options.clamp_overflow);
     return;
   }
+  if (mapped) {
+    map_sources(plan, t, pool, &ctx);
+  } else {
+    load_sources(plan, t, pool, &ctx);
+  }
+  merge_loaded(plan, t, options, pool, writer, ctx);
+}
+
+void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx) {
+  const uint64_t n = numel(t.shape);
   for (size_t k = 0; k < t.sources.size(); ++k) {
     const PlannedSource& s = t.sources[k];
     const ModelTensor* input = plan.models[s.model]->find(s.tensor);
@@ -268,8 +285,37 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
     }
     // "Each input tensor is cast to dtype when loaded."
     if (info.dtype != t.compute_dtype) round_to(t.compute_dtype, values, n);
-    ctx.sources[k].values = values;
+    ctx->sources[k].values = values;
   }
+}
+
+void map_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx) {
+  const size_t count = t.sources.size();
+  std::vector<std::vector<float>> whole(count);
+  std::vector<const float*> inputs;
+  std::vector<uint64_t> rows;
+  std::vector<size_t> models;
+  std::vector<float*> outputs;
+  for (size_t k = 0; k < count; ++k) {
+    const TensorInfo& info = *plan.models[t.sources[k].model]->find(t.sources[k].tensor)->info;
+    std::vector<uint8_t> raw(info.nbytes());
+    plan.models[t.sources[k].model]->find(t.sources[k].tensor)->shard->read(info, 0, info.nbytes(), raw.data());
+    whole[k].resize(info.numel());
+    load_as_f32(info.dtype, raw.data(), info.numel(), whole[k].data());
+    if (info.dtype != t.compute_dtype) round_to(t.compute_dtype, whole[k].data(), whole[k].size());
+    inputs.push_back(whole[k].data());
+    rows.push_back(info.shape[0]);
+    models.push_back(t.sources[k].model);
+  }
+  for (size_t k = 0; k < count; ++k) outputs.push_back(pool.get(k, numel(t.shape)));
+  map_embedding_rows(*plan.tokenizer, models, t.base_index, inputs, rows, t.shape[1], t.compute_dtype, outputs,
+                     plan.model_names, t.name);
+  for (size_t k = 0; k < count; ++k) ctx->sources[k].values = outputs[k];
+}
+
+void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
+                  ShardedWriter& writer, MergeContext& ctx) {
+  const uint64_t n = numel(t.shape);
   // In place, out is source 0's buffer; the output bytes then go to source 1's buffer (a new slot
   // for a single source), else to source 0's: the sources are dead once merged, and the bytes
   // never share a buffer with the floats they are converted from.
@@ -333,11 +379,21 @@ void write_side_files(const MergePlan& plan, const MergeOptions& options, const 
                       MergeResult* result) {
   write_file_atomic(out / "config.json", output_config(plan).dump(2) + "\n");
   result->files.push_back("config.json");
-  if (options.copy_tokenizer) {
+  if (options.copy_tokenizer || plan.tokenizer) {
+    // The donor's files; tokenizer.json and tokenizer_config.json rewritten when the output
+    // vocabulary is not the donor's own (tokenizer_build.cpp).
     const Model& donor = *plan.models[plan.tokenizer_donor];
     for (size_t i = 0; i < donor.auxiliary_files().size(); ++i) {
-      donor.auxiliary(i).copy_to(out / donor.auxiliary_files()[i]);
-      result->files.push_back(donor.auxiliary_files()[i]);
+      const std::string& name = donor.auxiliary_files()[i];
+      const bool rewritten = plan.tokenizer && ((name == "tokenizer.json" && !plan.tokenizer->tokenizer_json.empty()) ||
+                                                (name == "tokenizer_config.json" && !plan.tokenizer->tokenizer_config_json.empty()));
+      if (rewritten) {
+        write_file_atomic(out / name, name == "tokenizer.json" ? plan.tokenizer->tokenizer_json
+                                                               : plan.tokenizer->tokenizer_config_json);
+      } else {
+        donor.auxiliary(i).copy_to(out / name);
+      }
+      result->files.push_back(name);
     }
   }
   if (plan.recipe.chat_template) {

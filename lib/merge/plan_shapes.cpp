@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "plan_internal.h"
+#include "tokenizer_plan.h"
 
 namespace alloy::detail {
 namespace {
@@ -22,12 +23,23 @@ std::string describe_shapes(const PlanContext& context, const PlannedTensor& ten
   return text;
 }
 
+// Embeddings of differing vocabularies cropped without a tokenizer spec: rows past the cut are
+// lost and the rest are merged by id, not by token; said once per tensor, never silently.
+void warn_cropped(PlanContext& context, const PlannedTensor& tensor, const std::vector<const TensorInfo*>& infos,
+                  const std::vector<uint64_t>& shape) {
+  context.plan.warnings.push_back(
+      "tensor '" + tensor.name + "': the models' vocabularies differ (" + describe_shapes(context, tensor, infos) +
+      "); cropped to " + std::to_string(shape[0]) + " rows and merged row by row by id, as mergekit does without a "
+      "tokenizer spec; set tokenizer_source (base, union or a model) to map the rows token by token");
+}
+
 // kToBase: embeddings are cropped to the base's shape (every source must be at least as large);
 // any other tensor keeps only the sources whose shape is the base's, as mergekit skips the rest.
 void crop_to_base(PlanContext& context, PlannedTensor* tensor, std::vector<const TensorInfo*>& infos,
                   const SliceSpec& slice) {
   const auto& base_shape = infos[static_cast<size_t>(tensor->base_index)]->shape;
   if (tensor->is_embedding) {
+    warn_cropped(context, *tensor, infos, base_shape);
     for (const auto* info : infos) {
       for (size_t d = 0; d < base_shape.size(); ++d) {
         if (info->shape[d] < base_shape[d]) {
@@ -61,8 +73,20 @@ void crop_to_base(PlanContext& context, PlannedTensor* tensor, std::vector<const
 
 void reconcile_shapes(PlanContext& context, PlannedTensor* tensor, std::vector<const TensorInfo*>& infos,
                       const SliceSpec& slice) {
-  const CropPolicy policy = context.plan.method->crop_policy();
   std::vector<uint64_t> shape = infos[0]->shape;
+  if (context.plan.tokenizer && tensor->is_embedding) {
+    // Rows mapped token by token to the output vocabulary (tokenizer_embed.cpp); widths must agree.
+    for (const auto* info : infos) {
+      if (info->shape.size() != 2 || info->shape[1] != shape[1] || shape.size() != 2) {
+        context.fail(slice.position, "tensor '" + tensor->name + "': embeddings must be 2-D and of one width to map "
+                                     "their rows through the tokenizers: " + describe_shapes(context, *tensor, infos),
+                     ErrorCode::kShapeMismatch);
+      }
+    }
+    tensor->shape = {context.plan.tokenizer->rows, shape[1]};
+    return;
+  }
+  const CropPolicy policy = context.plan.method->crop_policy();
   bool mismatch = false;
   for (const auto* info : infos) mismatch |= info->shape != shape;
   if (!mismatch) {
@@ -89,6 +113,7 @@ void reconcile_shapes(PlanContext& context, PlannedTensor* tensor, std::vector<c
   for (const auto* info : infos) {
     for (size_t d = 0; d < shape.size(); ++d) shape[d] = std::min(shape[d], info->shape[d]);
   }
+  warn_cropped(context, *tensor, infos, shape);
   tensor->shape = shape;
 }
 

@@ -72,13 +72,13 @@ class Parser {
 
   // The map's entries, refusing keys outside `allowed` (with a suggestion) and repeated keys.
   std::vector<std::pair<YAML::Node, YAML::Node>> entries(const YAML::Node& map, const std::vector<std::string>& allowed,
-                                                         const std::string& what) const {
+                                                         const std::string& what, bool any_key = false) const {
     if (!map.IsMap()) fail(map, what + " must be a mapping of keys to values");
     std::vector<std::pair<YAML::Node, YAML::Node>> out;
     std::set<std::string> seen;
     for (const auto& entry : map) {
       const std::string key = entry.first.as<std::string>();
-      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+      if (!any_key && std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
         fail(entry.first, "unknown key '" + key + "' in " + what + suggestion(key, allowed) +
                               "; allowed: " + join(allowed));
       }
@@ -86,6 +86,10 @@ class Parser {
       out.emplace_back(entry.first, entry.second);
     }
     return out;
+  }
+  // The map's entries under any keys, each once.
+  std::vector<std::pair<YAML::Node, YAML::Node>> entries_any(const YAML::Node& map, const std::string& what) const {
+    return entries(map, {}, what, true);
   }
 
   std::string scalar_string(const YAML::Node& node, const std::string& what) const {
@@ -188,6 +192,84 @@ class Parser {
       fail(node, "model '" + model + "': '@revision' belongs to Hub ids (org/name@revision, found in the Hub cache)");
     }
     return model;
+  }
+
+  // tokenizer_source / tokenizer.source: base, union or a model reference.
+  std::string tokenizer_source(const YAML::Node& node) const {
+    const std::string source = scalar_string(node, "tokenizer source");
+    return source == "base" || source == "union" ? source : model_reference(node);
+  }
+
+  // One entry of tokenizer.tokens: {source: MODEL | {kind: zero} | {kind: model_token, model,
+  // token | token_id}, force: bool} (mergekit's TokenEmbeddingConfig).
+  TokenSourceSpec token_source(const YAML::Node& node, const std::string& token) const {
+    TokenSourceSpec spec;
+    spec.position = position(node);
+    const std::string what = "tokenizer.tokens['" + token + "']";
+    bool has_source = false;
+    for (const auto& [key_node, value] : entries(node, {"source", "force"}, what)) {
+      if (key_node.as<std::string>() == "force") {
+        bool force = false;
+        if (!value.IsScalar() || !YAML::convert<bool>::decode(value, force)) fail(value, what + ".force must be true or false");
+        spec.force = force;
+        continue;
+      }
+      has_source = true;
+      if (value.IsScalar()) {
+        spec.model = model_reference(value);
+        continue;
+      }
+      std::optional<std::string> kind;
+      for (const auto& [k, v] : entries(value, {"kind", "model", "token", "token_id"}, what + ".source")) {
+        const std::string key = k.as<std::string>();
+        if (key == "kind") kind = scalar_string(v, "kind");
+        if (key == "model") spec.model = model_reference(v);
+        if (key == "token") spec.token = scalar_string(v, "token");
+        if (key == "token_id") {
+          const double id = number(v, "token_id");
+          if (!(id >= 0 && id < 2147483648.0) || id != static_cast<double>(static_cast<int64_t>(id))) {
+            fail(v, "token_id must be a whole number from 0");
+          }
+          spec.token_id = static_cast<int64_t>(id);
+        }
+      }
+      if (kind == "zero") {
+        spec.kind = TokenSourceSpec::Kind::kZero;
+      } else if (kind == "model_token") {
+        spec.kind = TokenSourceSpec::Kind::kModelToken;
+        if (spec.model.empty()) fail(value, what + ": kind model_token needs a model");
+        if (spec.token.has_value() == spec.token_id.has_value()) fail(value, what + ": give exactly one of token or token_id");
+      } else {
+        fail(value, what + ".source needs kind: zero or kind: model_token (or a model path)");
+      }
+    }
+    if (!has_source) fail(node, what + " has no source (a model, {kind: zero} or {kind: model_token, ...})");
+    return spec;
+  }
+
+  TokenizerSpec tokenizer_block(const YAML::Node& node) const {
+    TokenizerSpec spec;  // source defaults to union, as in mergekit's TokenizerConfig
+    spec.position = position(node);
+    for (const auto& [key_node, value] : entries(node, {"source", "tokens", "pad_to_multiple_of"}, "tokenizer")) {
+      const std::string key = key_node.as<std::string>();
+      if (key == "source") {
+        spec.source = tokenizer_source(value);
+        spec.position = position(value);
+      } else if (key == "pad_to_multiple_of") {
+        const double n = number(value, "pad_to_multiple_of");
+        if (!(n >= 1 && n <= 1048576) || n != static_cast<double>(static_cast<uint64_t>(n))) {
+          fail(value, "pad_to_multiple_of must be a whole number from 1 to 1048576");
+        }
+        spec.pad_to_multiple_of = static_cast<uint64_t>(n);
+      } else if (!value.IsNull()) {
+        if (!value.IsMap()) fail(value, "tokenizer.tokens must map each token to its source");
+        for (const auto& [token_node, entry] : entries_any(value, "tokenizer.tokens")) {
+          const std::string token = scalar_string(token_node, "a token");
+          spec.tokens.emplace_back(token, token_source(entry, token));
+        }
+      }
+    }
+    return spec;
   }
 
   RecipeSource source(const YAML::Node& node, const MergeMethod* method, bool with_layer_range) const {
@@ -436,20 +518,17 @@ Recipe parse_structure(const Parser& p, const YAML::Node& root, const std::strin
       (std::string(key) == "dtype" ? recipe.dtype : recipe.out_dtype) = *dtype;
     }
   }
-  auto tokenizer_source = [&](const YAML::Node& node) {
-    const std::string source = p.scalar_string(node, "tokenizer source");
-    if (source == "union") {
-      p.fail(node, "tokenizer_source: union is not supported by alloy yet; use 'base' or a model path");
-    }
-    recipe.tokenizer_source = source;
-  };
-  if (const auto node = find("tokenizer_source")) tokenizer_source(*node);
-  if (const auto node = find("tokenizer")) {
-    for (const auto& [key, value] : p.entries(*node, {"source"}, "tokenizer")) {
-      (void)key;
-      tokenizer_source(value);
-    }
+  const auto source_found = find("tokenizer_source"), tokenizer_found = find("tokenizer");
+  if (source_found && tokenizer_found) {
+    p.fail(*tokenizer_found, "use either tokenizer_source or tokenizer, not both (mergekit refuses both too)");
   }
+  if (source_found) {
+    TokenizerSpec spec;
+    spec.source = p.tokenizer_source(*source_found);
+    spec.position = Parser::position(*source_found);
+    recipe.tokenizer = spec;
+  }
+  if (tokenizer_found) recipe.tokenizer = p.tokenizer_block(*tokenizer_found);
   if (const auto node = find("chat_template")) {
     std::string problem;
     recipe.chat_template = detail::chat_template_choice(p.scalar_string(*node, "chat_template"), &problem);

@@ -3,6 +3,7 @@
 // stages declared in plan_internal.h in order.
 #include "chat_template.h"
 #include "plan_internal.h"
+#include "tokenizer_plan.h"
 
 namespace alloy {
 namespace detail {
@@ -47,6 +48,20 @@ RecipePosition PlanContext::position_of(const std::string& model) const {
 
 }  // namespace detail
 
+namespace {
+
+// The output vocabulary's size where the config keeps it (mergekit's _update_config_vocab).
+void set_vocab_size(nlohmann::json& config, uint64_t rows) {
+  if (!config.contains("vocab_size") && config.contains("text_config") && config["text_config"].is_object() &&
+      config["text_config"].contains("vocab_size")) {
+    config["text_config"]["vocab_size"] = rows;
+  } else {
+    config["vocab_size"] = rows;
+  }
+}
+
+}  // namespace
+
 uint64_t MergePlan::output_bytes() const {
   uint64_t total = 0;
   for (const auto& t : tensors) {
@@ -63,15 +78,13 @@ MergePlan plan_merge(Recipe recipe, const PlanOptions& options) {
   detail::detect_architectures(context);
   detail::build_slices(context);
   detail::check_architectures(context);
-  detail::plan_tensors(context);
   MergePlan& plan = context.plan;
   plan.config_donor = plan.base_model >= 0 ? plan.base_model : 0;
   plan.tokenizer_donor = plan.config_donor;
-  const Recipe& r = plan.recipe;
-  if (r.tokenizer_source && *r.tokenizer_source != "base") {
-    plan.tokenizer_donor = context.model_index(*r.tokenizer_source, r.base_model_position);
-  }
+  if (plan.recipe.tokenizer) detail::plan_tokenizer(context);
+  detail::plan_tensors(context);
   plan.output_config = merged_config(plan);
+  if (plan.tokenizer) set_vocab_size(plan.output_config, plan.tokenizer->rows);
   if (plan.recipe.chat_template == "auto") {
     // The template most inputs carry, the base model first, then in recipe order; none: nothing
     // is written (mergekit keeps the donor tokenizer's own then).
@@ -104,6 +117,11 @@ nlohmann::json plan_to_json(const MergePlan& plan) {
   out["output_layers"] = plan.output_layers;
   if (!plan.notices.empty()) out["notices"] = plan.notices;
   if (!plan.warnings.empty()) out["warnings"] = plan.warnings;
+  if (plan.tokenizer) {
+    out["tokenizer"] = {{"source", plan.recipe.tokenizer->source}, {"tokens", plan.tokenizer->tokens.size()},
+                        {"rows", plan.tokenizer->rows}, {"donor", plan.model_names[plan.tokenizer_donor]},
+                        {"rewrites_files", !plan.tokenizer->tokenizer_json.empty()}};
+  }
   out["output_bytes"] = plan.output_bytes();
   out["tensors"] = nlohmann::json::array();
   for (const auto& t : plan.tensors) {

@@ -81,6 +81,13 @@ TEST_P(RecipeEndToEnd, RunsOnSyntheticModels) {
   for (const char* f : {"README.md", "mergekit_config.yml", "alloy_provenance.json", "tokenizer.json"}) {
     EXPECT_TRUE(fs::exists(out / "m" / f)) << f;
   }
+  if (recipe == "tokenizer_union.yml") {  // the base's vocabulary, one added token, padded to 64
+    const json tok = json::parse(alloy::test::read_bytes(out / "m" / "tokenizer.json"));
+    EXPECT_EQ(tok["added_tokens"].back()["content"], "<|im_end|>");
+    const uint64_t tokens = tok["added_tokens"].back()["id"].get<uint64_t>() + 1;
+    EXPECT_EQ(config["vocab_size"], (tokens + 63) / 64 * 64);
+    EXPECT_EQ(merged.find("model.embed_tokens.weight")->info->shape[0], (tokens + 63) / 64 * 64);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -89,7 +96,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          "task_arithmetic.yml", "breadcrumbs_ties.yml", "della.yml",
                                          "model_stock.yml", "nuslerp.yml", "passthrough_stack.yml",
                                          "sce.yml", "karcher.yml", "multislerp.yml", "arcee_fusion.yml",
-                                         "nearswap.yml", "ram.yml"),
+                                         "nearswap.yml", "ram.yml", "tokenizer_union.yml"),
                        ::testing::Values(alloy::ModelFamily::kLlama, alloy::ModelFamily::kMoe)),
     [](const auto& info) {
       std::string name = std::get<0>(info.param);
@@ -102,7 +109,7 @@ TEST(RecipeEndToEnd, EveryRecipeFileIsCovered) {
   for (const auto& e : fs::directory_iterator(std::string(ALLOY_SOURCE_DIR) + "/recipes")) {
     count += e.path().extension() == ".yml";
   }
-  EXPECT_EQ(count, 16u) << "add new recipes to the RecipeEndToEnd list";
+  EXPECT_EQ(count, 17u) << "add new recipes to the RecipeEndToEnd list";
 }
 
 TEST(MergeTool, OutputIsAttributedAndReproducible) {

@@ -51,8 +51,8 @@ std::vector<BadRecipe> bad_recipes() {
        6, "filter entry has no 'value'"},
       {"BadDtype", "merge_method: linear\nmodels: [models/ft_a]\ndtype: float8\n", 3,
        "dtype 'float8' is not one of"},
-      {"UnionTokenizer", "merge_method: linear\nmodels: [models/ft_a]\ntokenizer_source: union\n", 3,
-       "union is not supported"},
+      {"TokenizerSourceAndBlock", "merge_method: linear\nmodels: [models/ft_a]\ntokenizer_source: union\n"
+       "tokenizer: {source: base}\n", 4, "use either tokenizer_source or tokenizer"},
       {"RevisionOnAPath", "merge_method: linear\nmodels:\n  - model: ./models/ft_a@main\n", 3,
        "'@revision' belongs to Hub ids"},
       {"BadLayerRange",

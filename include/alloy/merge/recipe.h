@@ -6,6 +6,7 @@
 // plan_merge() opens the models' headers and configs only.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -60,6 +61,26 @@ struct RecipeSlice {
   RecipePosition position;
 };
 
+// One `tokenizer.tokens` entry: where a token's embedding row comes from (mergekit's
+// TokenEmbeddingConfig; docs/methods.md, "Tokenizers and vocabularies").
+struct TokenSourceSpec {
+  enum class Kind { kModel, kZero, kModelToken };
+  Kind kind = Kind::kModel;
+  std::string model;                  // kModel, kModelToken
+  std::optional<std::string> token;   // kModelToken: the token's text in `model`'s vocabulary...
+  std::optional<int64_t> token_id;    // ...or its id there
+  bool force = false;                 // use this row even in models that have the token
+  RecipePosition position;
+};
+
+// The output vocabulary: `tokenizer_source: X` or the `tokenizer:` block.
+struct TokenizerSpec {
+  std::string source = "union";       // "base", "union" or a model of the recipe
+  RecipePosition position;
+  std::vector<std::pair<std::string, TokenSourceSpec>> tokens;  // recipe order; each token once
+  std::optional<uint64_t> pad_to_multiple_of;
+};
+
 struct Recipe {
   std::string label;                        // file name used in messages
   std::string text;                         // the recipe exactly as given
@@ -72,7 +93,7 @@ struct Recipe {
   std::vector<RecipeSlice> slices;          // when uses_slices
   Parameters parameters;
   std::optional<DType> dtype, out_dtype;
-  std::optional<std::string> tokenizer_source;
+  std::optional<TokenizerSpec> tokenizer;  // absent: the base's (first model's) files, copied
   std::optional<std::string> chat_template;
   std::optional<std::string> name;
 
@@ -86,6 +107,8 @@ struct Recipe {
 // method). Throws Error(kRecipe) with the position of the first problem.
 Recipe parse_recipe(const std::string& text, const std::string& label);
 Recipe load_recipe(const std::filesystem::path& path);
+
+struct TokenizerPlan;  // lib/merge/tokenizer_plan.h
 
 struct PlanOptions {
   std::filesystem::path base_dir = ".";  // model paths resolve against it (mergekit: the cwd)
@@ -140,7 +163,9 @@ struct MergePlan {
   // What the merge leaves out that the recipe did not ask to leave out (a model's tensors skipped
   // for a shape that differs from the base's, as mergekit skips them), one sentence per model.
   std::vector<std::string> warnings;
-  int tokenizer_donor = 0;                // model whose tokenizer files are copied
+  int tokenizer_donor = 0;                // model whose tokenizer files are copied (or rewritten)
+  // With a tokenizer spec: the output vocabulary and each model's map into it (tokenizer_plan.h).
+  std::shared_ptr<const TokenizerPlan> tokenizer;
 
   uint64_t output_bytes() const;
 };
