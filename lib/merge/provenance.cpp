@@ -77,8 +77,11 @@ json provenance_statement(const MergePlan& plan, const MergeOptions& options, co
       {"clamp_overflow", options.clamp_overflow},
       {"sbom", options.write_sbom},
   };
-  json internal = {{"plan", plan_to_json(plan)["tensors"]}};
+  const json dry = plan_to_json(plan);
+  json internal = {{"plan", dry["tensors"]}};
   if (!plan.warnings.empty()) internal["warnings"] = plan.warnings;
+  if (!plan.notices.empty()) internal["notices"] = plan.notices;
+  if (dry.contains("tokenizer")) internal["tokenizer"] = dry["tokenizer"];
   json byproducts = json::array();
   for (const auto& f : record.outputs) {
     if (f.sha256.empty()) byproducts.push_back({{"name", f.name}, {"uri", "file:" + f.name}, {"annotations", {{"hashed", false}}}});

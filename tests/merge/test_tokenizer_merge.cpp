@@ -143,6 +143,12 @@ TEST_F(TokenizerMerge, UnionMapsRowsTokenByToken) {
   EXPECT_EQ(tok["added_tokens"][3]["special"], true);  // b's settings
   EXPECT_EQ(tok["model"]["vocab"].size(), 3u);
   EXPECT_EQ(out_json("tokenizer_config.json")["added_tokens_decoder"]["6"]["content"], "<x>");
+  const json internal = out_json("alloy_provenance.json")["predicate"]["buildDefinition"]["internalParameters"];
+  EXPECT_EQ(internal["tokenizer"]["rows"], 7);
+  EXPECT_EQ(internal["tokenizer"]["rewrites_files"], true);
+  bool c_reported = false;
+  for (const auto& n : internal["notices"]) c_reported |= n.get<std::string>().find("model 'c' lacks 5 of the 7") != std::string::npos;
+  EXPECT_TRUE(c_reported) << internal["notices"].dump();
 }
 
 TEST_F(TokenizerMerge, UnionLmHeadUsesTiedEmbeddings) {
