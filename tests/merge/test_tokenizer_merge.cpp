@@ -22,6 +22,7 @@ struct TinyModel {
   std::vector<std::pair<std::string, bool>> added;  // added tokens (content, special), ids after vocab
   Rows embed;                                  // one row of 2 per token
   bool lm_head = true;                         // lm_head = -embed; else tied (no lm_head tensor)
+  int64_t vocab_size = -1;                     // config.json's vocab_size (-1: the row count)
 };
 
 std::string floats(const Rows& rows, float scale) {
@@ -50,7 +51,7 @@ void write_model(const fs::path& dir, const TinyModel& m) {
   }
   alloy::test::write_safetensors(dir / "model.safetensors", header + "}", data);
   json config = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"num_hidden_layers", 1},
-                 {"hidden_size", 2}, {"vocab_size", v}, {"tie_word_embeddings", !m.lm_head}};
+                 {"hidden_size", 2}, {"vocab_size", m.vocab_size >= 0 ? m.vocab_size : static_cast<int64_t>(v)}, {"tie_word_embeddings", !m.lm_head}};
   alloy::test::write_bytes(dir / "config.json", config.dump());
   json vocab = json::object(), added = json::array(), decoder = json::object();
   for (size_t i = 0; i < m.vocab.size(); ++i) vocab[m.vocab[i]] = i;
@@ -217,6 +218,24 @@ TEST_F(TokenizerMerge, CropWithoutTokenizerIsAWarning) {
   bool reported = false;
   for (const auto& n : sourced.notices) reported |= n.find("model 'a' lacks 2 of the 5 output tokens") != std::string::npos;
   EXPECT_TRUE(reported);
+}
+
+TEST_F(TokenizerMerge, BaseIsStrippedOfIdsPastItsVocabSize) {
+  // a's config says 3 tokens: '<s>' (id 3) is stripped from the output vocabulary and its files;
+  // b's '<s>' then has no counterpart in the base, and b's a, b map to their ids in a.
+  TinyModel a = kA;
+  a.vocab_size = 3;
+  write_model(dir_ / "a", a);
+  const std::string recipe = "merge_method: linear\nbase_model: a\nmodels:\n  - model: a\n    parameters: {weight: 1}\n"
+                             "  - model: b\n    parameters: {weight: 1}\ntokenizer_source: base\n";
+  const alloy::MergePlan p = plan(recipe);
+  ASSERT_FALSE(p.warnings.empty());
+  EXPECT_NE(p.warnings[0].find("1 token(s) of 'a' have ids >= its config's vocab_size"), std::string::npos)
+      << p.warnings[0];
+  expect_rows(merge(recipe), {{250.5f, 301}, {51.5f, 102}, {5, 6}});
+  EXPECT_EQ(out_json("config.json")["vocab_size"], 3);
+  EXPECT_TRUE(out_json("tokenizer.json")["added_tokens"].empty());
+  EXPECT_TRUE(out_json("tokenizer_config.json")["added_tokens_decoder"].empty());
 }
 
 TEST_F(TokenizerMerge, BadTokenizerJsonNamesTheFile) {
