@@ -6,6 +6,9 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <regex>
+#include <array>
+#include <functional>
 
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
@@ -162,12 +165,18 @@ void check_overflow(const PlannedTensor& t, size_t overflows, bool clamped) {
                   "--allow-crimes to clamp them to the largest finite value");
 }
 
+// Where a merged tensor's bytes go: the writer under the tensor's name, or (fused experts) split
+// back into the per-expert tensors.
+using EmitBytes = std::function<void(const uint8_t* bytes, uint64_t nbytes)>;
+
 void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx, ChunkedMerge& merge,
-                   BufferPool& pool, ShardedWriter& writer, bool clamp_overflow) {
+                   BufferPool& pool, const EmitBytes& emit, bool clamp_overflow,
+                   const std::vector<SourceBytes>* given) {
   const uint64_t n = numel(t.shape);
   const size_t count = t.sources.size();
   std::vector<SourceBytes> inputs;
-  for (size_t k = 0; k < count; ++k) {
+  if (given != nullptr) inputs = *given;
+  for (size_t k = 0; given == nullptr && k < count; ++k) {
     const PlannedSource& s = t.sources[k];
     SourceBytes source{plan.models[s.model]->find(s.tensor)};
     const TensorInfo& info = *source.input->info;
@@ -233,16 +242,19 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
                             "check the weights and the inputs");
   }
   check_overflow(t, overflows, clamp_overflow);
-  writer.write(t.name, bytes, n * element_bytes);
+  emit(bytes, n * element_bytes);
 }
 
-void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx);
+void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx,
+                  const std::vector<SourceBytes>* given);
 void map_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx);
 void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
-                  ShardedWriter& writer, MergeContext& ctx);
+                  const EmitBytes& emit, MergeContext& ctx);
 
+// `given`: the sources' bytes already gathered (fused experts), one per source, each of t.shape;
+// null to read the planned source tensors.
 void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
-                  ShardedWriter& writer) {
+                  const EmitBytes& emit, const std::vector<SourceBytes>* given = nullptr) {
   const uint64_t random_seed = options.random_seed;
   MergeContext ctx = planned_context(t, random_seed);
   for (const PlannedSource& s : t.sources) {
@@ -251,31 +263,38 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
   // Chunked when the method allows it and every conversion exists (else the whole-tensor path
   // reports the dtype that cannot be converted: nothing may throw inside the parallel chunks).
   bool convertible = can_store_from_f32(t.out_dtype);
-  for (const PlannedSource& s : t.sources)
-    convertible = convertible && can_load_as_f32(plan.models[s.model]->find(s.tensor)->info->dtype);
+  for (size_t k = 0; k < t.sources.size(); ++k) {
+    const ModelTensor* input = given ? (*given)[k].input : plan.models[t.sources[k].model]->find(t.sources[k].tensor);
+    convertible = convertible && can_load_as_f32(input->info->dtype);
+  }
   // Embeddings under a tokenizer spec: every source read whole, then mapped token by token.
   const bool mapped = plan.tokenizer && t.is_embedding;
   if (const auto chunked = convertible && !mapped ? plan.method->chunked(ctx) : nullptr) {
-    merge_chunked(plan, t, ctx, *chunked, pool, writer, options.clamp_overflow);
+    merge_chunked(plan, t, ctx, *chunked, pool, emit, options.clamp_overflow, given);
     return;
   }
   if (mapped) {
     map_sources(plan, t, pool, &ctx);
   } else {
-    load_sources(plan, t, pool, &ctx);
+    load_sources(plan, t, pool, &ctx, given);
   }
-  merge_loaded(plan, t, options, pool, writer, ctx);
+  merge_loaded(plan, t, options, pool, emit, ctx);
 }
 
-void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx) {
+void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx,
+                  const std::vector<SourceBytes>* given) {
   const uint64_t n = numel(t.shape);
   for (size_t k = 0; k < t.sources.size(); ++k) {
     const PlannedSource& s = t.sources[k];
-    const ModelTensor* input = plan.models[s.model]->find(s.tensor);
+    const ModelTensor* input = given ? (*given)[k].input : plan.models[s.model]->find(s.tensor);
     const TensorInfo& info = *input->info;
     float* values = pool.get(k, n);
-    uint8_t* raw = pool.bytes(t.sources.size() + 2, info.nbytes());
-    input->shard->read(info, 0, info.nbytes(), raw);  // pread: see SourceBytes
+    const uint8_t* raw = given ? (*given)[k].whole : nullptr;
+    if (raw == nullptr) {
+      uint8_t* buffer = pool.bytes(t.sources.size() + 2, info.nbytes());
+      input->shard->read(info, 0, info.nbytes(), buffer);  // pread: see SourceBytes
+      raw = buffer;
+    }
     if (info.shape == t.shape) {
       load_as_f32(info.dtype, raw, n, values);
     } else {
@@ -314,7 +333,7 @@ void map_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool
 }
 
 void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
-                  ShardedWriter& writer, MergeContext& ctx) {
+                  const EmitBytes& emit, MergeContext& ctx) {
   const uint64_t n = numel(t.shape);
   // In place, out is source 0's buffer; the output bytes then go to source 1's buffer (a new slot
   // for a single source), else to source 0's: the sources are dead once merged, and the bytes
@@ -337,7 +356,113 @@ void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
   const uint64_t nbytes = n * dtype_bits(t.out_dtype) / 8;
   uint8_t* bytes = pool.bytes(in_place ? 1 : 0, nbytes);
   store_from_f32(out, n, t.out_dtype, bytes);
-  writer.write(t.name, bytes, nbytes);
+  emit(bytes, nbytes);
+}
+
+// --- Fused MoE experts (MergeOptions::fuse_moe_experts; docs/methods.md, "MoE experts") ---
+// A layer's per-expert tensors are merged as mergekit a6e4028 merges them after Transformers v5's
+// conversion: gate and up of every expert as one [E, 2I, H] tensor (per expert the gate rows, then
+// the up rows), down as one [E, H, I] tensor; the merged values are split back under the
+// per-expert names, so the output keeps the inputs' layout.
+struct FusedGroup {
+  std::string name;                 // mergekit's fused name: "<layer>mlp.experts.gate_up_proj"
+  std::vector<size_t> members;      // plan tensor indices, in fused order
+  std::vector<uint64_t> shape;      // [E, 2I, H] or [E, H, I]
+};
+
+std::vector<FusedGroup> fused_expert_groups(const MergePlan& plan) {
+  static const std::regex mixtral(R"(^(.*\.)block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$)");
+  static const std::regex qwen(R"(^(.*\.)mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$)");
+  // key (layer prefix, gate_up?) -> expert -> {gate or down, up}
+  std::map<std::pair<std::string, bool>, std::map<int, std::array<long, 2>>> found;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    std::smatch m;
+    const std::string& name = plan.tensors[i].name;
+    if (!std::regex_match(name, m, mixtral) && !std::regex_match(name, m, qwen)) continue;
+    const std::string part = m[3].str();
+    const bool down = part == "w2" || part == "down_proj";
+    const bool up = part == "w3" || part == "up_proj";
+    if (m[2].str().size() > 6) continue;
+    auto& experts = found[{m[1].str() + "mlp.", !down}];
+    auto slot = experts.emplace(std::stoi(m[2].str()), std::array<long, 2>{-1, -1}).first;
+    slot->second[up ? 1 : 0] = static_cast<long>(i);
+  }
+  std::vector<FusedGroup> groups;
+  for (const auto& [key, experts] : found) {
+    FusedGroup g;
+    g.name = key.first + (key.second ? "experts.gate_up_proj" : "experts.down_proj");
+    const PlannedTensor* first = nullptr;
+    int expected = 0;
+    for (const auto& [e, slot] : experts) {
+      if (e != expected++ || slot[0] < 0 || (key.second && slot[1] < 0)) {
+        throw Error(ErrorCode::kMissingTensor, "fused MoE experts: " + g.name + " lacks expert " +
+                                                   std::to_string(expected - 1) + "'s " +
+                                                   (key.second ? "gate or up" : "down") + " tensor");
+      }
+      for (long index : slot) {
+        if (index < 0) continue;
+        const PlannedTensor& t = plan.tensors[index];
+        if (first == nullptr) first = &t;
+        bool same = t.shape == first->shape && t.sources.size() == first->sources.size() &&
+                    t.base_index == first->base_index && t.method_params == first->method_params &&
+                    t.compute_dtype == first->compute_dtype && t.out_dtype == first->out_dtype &&
+                    t.layer_t == first->layer_t && t.shape.size() == 2;
+        for (size_t k = 0; same && k < t.sources.size(); ++k) {
+          same = t.sources[k].model == first->sources[k].model && t.sources[k].params == first->sources[k].params &&
+                 t.sources[k].is_base == first->sources[k].is_base;
+        }
+        if (!same) {
+          throw Error(ErrorCode::kRecipe, "fused MoE experts: '" + t.name + "' differs from '" + first->name +
+                                              "' in shape, sources or parameters, so " + g.name +
+                                              " cannot be merged as one tensor (use --moe-experts per-expert)");
+        }
+        g.members.push_back(static_cast<size_t>(index));
+      }
+    }
+    const uint64_t rows = first->shape[0], cols = first->shape[1];
+    g.shape = {static_cast<uint64_t>(experts.size()), key.second ? 2 * rows : rows, cols};
+    groups.push_back(std::move(g));
+  }
+  return groups;
+}
+
+void merge_fused_group(const MergePlan& plan, const FusedGroup& g, const MergeOptions& options, BufferPool& pool,
+                       ShardedWriter& writer) {
+  PlannedTensor fused = plan.tensors[g.members.front()];
+  fused.name = g.name;
+  fused.shape = g.shape;
+  // Each source's bytes, gathered in fused order.
+  std::vector<std::vector<uint8_t>> gathered(fused.sources.size());
+  std::vector<TensorInfo> infos(fused.sources.size());
+  std::vector<ModelTensor> views(fused.sources.size());
+  std::vector<SourceBytes> given(fused.sources.size());
+  for (size_t k = 0; k < fused.sources.size(); ++k) {
+    const Model& model = *plan.models[fused.sources[k].model];
+    for (size_t j = 0; j < g.members.size(); ++j) {
+      const PlannedTensor& member = plan.tensors[g.members[j]];
+      const ModelTensor* input = model.find(member.sources[k].tensor);
+      const TensorInfo& info = *input->info;
+      if (j == 0) {
+        infos[k].name = g.name;
+        infos[k].dtype = info.dtype;
+        infos[k].shape = g.shape;
+        gathered[k].resize(numel(g.shape) * dtype_bits(info.dtype) / 8);
+      }
+      if (info.dtype != infos[k].dtype || info.shape != member.shape) {
+        throw Error(ErrorCode::kShapeMismatch, plan.model_names[fused.sources[k].model] + ": '" + info.name +
+                                                   "' differs in dtype or shape from the other experts of " + g.name);
+      }
+      const uint64_t bytes = info.nbytes();
+      input->shard->read(info, 0, bytes, gathered[k].data() + j * bytes);
+    }
+    infos[k].data_end = gathered[k].size();
+    views[k].info = &infos[k];
+    given[k] = {&views[k], gathered[k].data()};
+  }
+  merge_tensor(plan, fused, options, pool, [&](const uint8_t* bytes, uint64_t nbytes) {
+    const uint64_t each = nbytes / g.members.size();
+    for (size_t j = 0; j < g.members.size(); ++j) writer.write(plan.tensors[g.members[j]].name, bytes + j * each, each);
+  }, &given);
 }
 
 nlohmann::json output_config(const MergePlan& plan) {
@@ -498,9 +623,27 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
     ShardedWriter writer(staging.path(), specs, options.shard_bytes,
                          {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}});
     BufferPool pool;
+    const std::vector<FusedGroup> groups = options.fuse_moe_experts ? fused_expert_groups(plan) : std::vector<FusedGroup>{};
+    std::vector<int> group_of(plan.tensors.size(), -1);
+    for (size_t g = 0; g < groups.size(); ++g) {
+      for (size_t member : groups[g].members) group_of[member] = static_cast<int>(g);
+    }
+    std::vector<bool> written(plan.tensors.size(), false);
+    size_t done = 0;
     for (size_t i = 0; i < plan.tensors.size(); ++i) {
-      merge_tensor(plan, plan.tensors[i], options, pool, writer);
-      if (options.progress) options.progress(i + 1, plan.tensors.size());
+      if (written[i]) continue;
+      if (group_of[i] >= 0) {
+        const FusedGroup& group = groups[group_of[i]];
+        merge_fused_group(plan, group, options, pool, writer);
+        for (size_t member : group.members) written[member] = true;
+        done += group.members.size();
+      } else {
+        merge_tensor(plan, plan.tensors[i], options, pool,
+                     [&](const uint8_t* bytes, uint64_t nbytes) { writer.write(plan.tensors[i].name, bytes, nbytes); });
+        written[i] = true;
+        ++done;
+      }
+      if (options.progress) options.progress(done, plan.tensors.size());
       if (i == 0) test_pause_point("after-first-tensor");
     }
     result.files = writer.finish();

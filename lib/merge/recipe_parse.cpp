@@ -13,6 +13,7 @@
 #include "alloy/core/utf8.h"
 #include "alloy/merge/recipe.h"
 #include "chat_template.h"
+#include "recipe_yaml.h"
 
 namespace alloy {
 namespace {
@@ -578,6 +579,16 @@ Recipe parse_structure(const Parser& p, const YAML::Node& root, const std::strin
 }
 
 }  // namespace
+
+namespace detail {
+
+YAML::Node load_guarded_yaml(const std::string& text, const std::string& label) {
+  Parser p(label);
+  check_recipe_text(p, text);
+  return load_document(p, text);
+}
+
+}  // namespace detail
 
 Recipe load_recipe(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);

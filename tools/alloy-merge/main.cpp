@@ -64,6 +64,13 @@ int main(int argc, char** argv) {
   bool sbom = false;
   app.add_flag("--sbom", sbom,
                "also write alloy_bom.cdx.json, a CycloneDX 1.6 ML-BOM with the parent models under pedigree.ancestors");
+  std::string moe_experts = "per-expert";
+  app.add_option("--moe-experts", moe_experts,
+                 "per-expert: merge MoE experts stored one tensor per expert as stored (mergekit releases up to "
+                 "v0.1.4); fused: per layer as one gate_up [E, 2I, H] and one down [E, H, I] tensor, as mergekit's "
+                 "main branch since its Transformers v5 port (docs/methods.md)")
+      ->check(CLI::IsMember({"per-expert", "fused"}))
+      ->capture_default_str();
   std::vector<std::string> ignored;
   for (const char* flag : kIgnoredFlags) {
     app.add_flag(flag, [flag, &ignored](int64_t) { ignored.push_back(flag); })->group("");
@@ -104,6 +111,7 @@ int main(int argc, char** argv) {
     options.hash_inputs = options.hash_outputs = provenance_hashes;
     options.write_sbom = sbom;
     options.clamp_overflow = allow_crimes;
+    options.fuse_moe_experts = moe_experts == "fused";
     const auto start = std::chrono::steady_clock::now();
     if (!quiet && ::isatty(STDERR_FILENO)) {
       options.progress = [start](size_t done, size_t total) { show_progress(done, total, start); };

@@ -36,6 +36,13 @@ struct MergeOptions {
   // Values beyond out_dtype's range (e.g. above 65504 for float16) are an error naming the tensor;
   // with clamp_overflow (alloy-merge --allow-crimes) they become +-the largest finite value.
   bool clamp_overflow = false;
+  // MoE experts stored one tensor per expert (Mixtral's block_sparse_moe.experts.E.w1/w2/w3,
+  // Qwen's mlp.experts.E.{gate,up,down}_proj) are merged as stored (false: every mergekit
+  // release up to v0.1.4), or, when true, as mergekit's main branch since its Transformers v5 port
+  // merges them: per layer one [E, 2I, H] tensor of every expert's gate rows then up rows, and one
+  // [E, H, I] down tensor, so whole-tensor statistics (slerp's angle, ties' top-k, ...) span all
+  // experts; the values are written back under the per-expert names (docs/methods.md, "MoE experts").
+  bool fuse_moe_experts = false;
   // Called after each tensor with (done, total); may be empty.
   std::function<void(size_t, size_t)> progress;
 };
