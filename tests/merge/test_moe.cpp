@@ -97,7 +97,9 @@ void expect_base_parts(const Model& base, const Model& out, const std::set<std::
   for (const auto& t : out.tensors()) {
     const bool moe_part = t.name().find(".mlp.") != std::string::npos ||
                           t.name().find(".block_sparse_moe.") != std::string::npos || added.count(t.name());
-    if (!moe_part) EXPECT_NE(base.find(t.name()), nullptr) << t.name() << " is neither the base's nor a MoE part";
+    if (!moe_part) {
+      EXPECT_NE(base.find(t.name()), nullptr) << t.name() << " is neither the base's nor a MoE part";
+    }
   }
 }
 

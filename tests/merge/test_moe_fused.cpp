@@ -121,7 +121,8 @@ TEST_P(FusedExperts, SlerpAndTiesDifferFromPerExpertAndMatchTheMergeOfAFusedCopy
        "  - model: ft_2\n    parameters: {weight: 0.6, density: 0.5}\ndtype: float32\n"},
   };
   const Names n = names_of(family);
-  for (const auto& [method, yaml] : recipes) {
+  for (const auto& entry : recipes) {
+    const std::string method = entry.first, yaml = entry.second;  // named copies: lambdas below use them
     SCOPED_TRACE(family + " " + method);
     auto run = [&](const fs::path& models, const fs::path& out, bool fused) {
       PlanOptions po;
