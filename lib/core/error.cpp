@@ -54,6 +54,9 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kOutputChanged: return "output-changed";
     case ErrorCode::kOutputIsInput: return "output-is-input";
     case ErrorCode::kInputChanged: return "input-changed";
+    case ErrorCode::kBadZip: return "bad-zip";
+    case ErrorCode::kBadPickle: return "bad-pickle";
+    case ErrorCode::kPickleForbidden: return "pickle-forbidden";
     case ErrorCode::kAssay: return "assay";
   }
   return "unknown";

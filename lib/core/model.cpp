@@ -25,6 +25,10 @@ namespace {
 
 constexpr const char* kIndexName = "model.safetensors.index.json";
 constexpr const char* kSingleName = "model.safetensors";
+// PyTorch checkpoints (alloy/core/torch_checkpoint.h), read when there are no safetensors weights,
+// as transformers prefers safetensors too.
+constexpr const char* kTorchIndexName = "pytorch_model.bin.index.json";
+constexpr const char* kTorchSingleName = "pytorch_model.bin";
 // Index and config files are small; the cap keeps a hostile one from exhausting memory.
 constexpr uint64_t kMaxJsonFileBytes = 100'000'000;
 // Real configs nest a few levels (text_config.rope_scaling...); the cap bounds the DOM's cost.
@@ -135,7 +139,8 @@ std::vector<std::unique_ptr<SafetensorsFile>> open_shards(const fs::path& dir,
     if (!exists_inside(real_dir, dir / shard_name, ErrorCode::kIndexShardSymlinkEscape, what)) {
       throw Error(ErrorCode::kIndexMissingShard, what + " does not exist");
     }
-    shards.push_back(std::make_unique<SafetensorsFile>((dir / shard_name).string()));
+    shards.push_back(std::make_unique<SafetensorsFile>((dir / shard_name).string(),
+                                                       SafetensorsFile::format_of(shard_name)));
   }
 
   std::unordered_map<std::string, const SafetensorsFile*> holder;
@@ -173,7 +178,16 @@ std::vector<std::unique_ptr<SafetensorsFile>> open_shards(const fs::path& dir,
   return shards;
 }
 
-// The orphan-shard family: *.safetensors files beside the index that it does not name, and a
+// Whether a file beside an index is a weights file a loader might glob: *.safetensors beside a
+// safetensors index; pytorch_model*.bin beside pytorch_model.bin.index.json (other *.bin files,
+// training_args.bin say, are no weights).
+bool is_weights_file(const fs::path& file, bool torch_index) {
+  const std::string name = file.filename().string();
+  if (!torch_index) return file.extension() == ".safetensors";
+  return name.starts_with("pytorch_model") && file.extension() == ".bin";
+}
+
+// The orphan-shard family: weights files beside the index that it does not name, and a
 // metadata.total_size that is not what the shards hold. Either means two loaders can see two
 // models in one directory; refused unless allowed, then reported in `warnings`.
 void check_unindexed(const fs::path& dir, const fs::path& index_path, const ShardIndex& index,
@@ -185,7 +199,8 @@ void check_unindexed(const fs::path& dir, const fs::path& index_path, const Shar
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (entry.path().extension() == ".safetensors" && !std::binary_search(listed.begin(), listed.end(), name)) {
+    if (is_weights_file(entry.path(), index_path.filename() == kTorchIndexName) &&
+        !std::binary_search(listed.begin(), listed.end(), name)) {
       unlisted.push_back(name);
     }
   }
@@ -199,7 +214,7 @@ void check_unindexed(const fs::path& dir, const fs::path& index_path, const Shar
   for (const auto& name : unlisted) {
     refuse_or_warn(ErrorCode::kIndexUnlistedShard,
                    label + ": " + quote_name(name) + " lies beside the index but is not one of its shards: a loader "
-                   "that globs *.safetensors would see other weights than one that follows the index");
+                   "that globs weights files would see other weights than one that follows the index");
   }
   if (const auto total = index.metadata.find("total_size");
       total != index.metadata.end() && total->is_number_unsigned()) {
@@ -276,7 +291,7 @@ Model Model::open(const fs::path& path, const ModelOpenOptions& options) {
   std::error_code ec;
   const auto status = fs::status(path, ec);
   if (fs::is_regular_file(status)) {
-    model.shards_.push_back(std::make_unique<SafetensorsFile>(path.string()));
+    model.shards_.push_back(std::make_unique<SafetensorsFile>(path.string(), SafetensorsFile::format_of(path)));
   } else if (fs::is_directory(status)) {
     model.is_directory_ = true;
     // A Hub cache snapshot's files are links into its model folder's blobs/: that folder is the
@@ -288,18 +303,25 @@ Model Model::open(const fs::path& path, const ModelOpenOptions& options) {
     };
     // With both an index and model.safetensors, the index wins (as transformers does); the single
     // file is then not read at all.
-    if (exists(path / kIndexName)) {
-      const fs::path index_path = path / kIndexName;
+    const auto open_index = [&](const fs::path& index_path) {
       const ShardIndex index =
           parse_shard_index(read_json_file(index_path, ErrorCode::kIndexNotJson), index_path.string());
       model.shards_ = open_shards(path, real_dir, index_path, index);
       check_unindexed(path, index_path, index, model.shards_, options, &model.warnings_);
+    };
+    if (exists(path / kIndexName)) {
+      open_index(path / kIndexName);
     } else if (exists(path / kSingleName)) {
       model.shards_.push_back(std::make_unique<SafetensorsFile>((path / kSingleName).string()));
+    } else if (exists(path / kTorchIndexName)) {
+      open_index(path / kTorchIndexName);
+    } else if (exists(path / kTorchSingleName)) {
+      model.shards_.push_back(
+          std::make_unique<SafetensorsFile>((path / kTorchSingleName).string(), WeightsFormat::kTorchZip));
     } else {
       throw Error(ErrorCode::kNotAModel,
-                  path.string() +
-                      ": no model.safetensors or model.safetensors.index.json in this directory");
+                  path.string() + ": no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+                                  "pytorch_model.bin.index.json in this directory");
     }
     if (exists(path / "config.json")) {
       model.config_ = parse_config(path / "config.json");

@@ -8,6 +8,7 @@
 
 #include "alloy/core/error.h"
 #include "alloy/core/safetensors.h"
+#include "alloy/core/torch_checkpoint.h"
 #include "alloy/core/utf8.h"
 #include "header_json.h"
 #include "reader_text.h"
@@ -209,8 +210,23 @@ SafetensorsHeader parse_safetensors(const uint8_t* bytes, size_t size, const std
   return header;
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path)
-    : file_(path), header_(parse_safetensors(file_.data(), file_.size(), path)) {
+uint64_t SafetensorsHeader::data_bytes() const {
+  if (format == WeightsFormat::kSafetensors) return tensors.empty() ? 0 : tensors.back().data_end;
+  uint64_t total = 0;
+  for (const auto& tensor : tensors) total += tensor.nbytes();  // each fits in the file
+  return total;
+}
+
+WeightsFormat SafetensorsFile::format_of(const std::filesystem::path& path) {
+  const std::string extension = path.extension().string();
+  return extension == ".bin" || extension == ".pt" || extension == ".pth" ? WeightsFormat::kTorchZip
+                                                                          : WeightsFormat::kSafetensors;
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path, WeightsFormat format)
+    : file_(path),
+      header_(format == WeightsFormat::kTorchZip ? parse_torch_checkpoint(file_.data(), file_.size(), path)
+                                                 : parse_safetensors(file_.data(), file_.size(), path)) {
   index_.reserve(header_.tensors.size());
   for (size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
 }

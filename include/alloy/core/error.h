@@ -59,6 +59,11 @@ enum class ErrorCode {
   kSymlinkEscape,         // a non-shard model file (weights, index, config, tokenizer...) is a symlink
                           // that leaves the model directory
 
+  // --- PyTorch zip checkpoints (alloy/core/torch_checkpoint.h) ---
+  kBadZip,                // the zip structure is malformed, truncated, compressed or encrypted
+  kBadPickle,             // data.pkl is malformed, or describes a tensor that does not fit its storage
+  kPickleForbidden,       // data.pkl uses an opcode or global outside the allow-list (never executed)
+
   // --- recipes and merging (alloy-merge) ---
   kRecipe,                // recipe error; message has "FILE:LINE:COLUMN: ..."
   kShapeMismatch,         // tensors that must agree in shape do not

@@ -1,6 +1,8 @@
-// alloy/core/model.h: a Hugging Face model directory (or a lone .safetensors file).
+// alloy/core/model.h: a Hugging Face model directory (or a lone .safetensors or .bin file).
 //
 // A directory holds either model.safetensors, or shards listed by model.safetensors.index.json
+// (or, when it has neither, pytorch_model.bin or shards listed by pytorch_model.bin.index.json:
+// PyTorch checkpoints read by alloy/core/torch_checkpoint.h, never unpickled)
 // ({"metadata": {...}, "weight_map": {"tensor": "shard file"}}), plus config.json and the tokenizer
 // and generation files. The index is untrusted: shard names that are absolute, contain "..", or are
 // symlinks leaving the directory are refused; a missing shard, a tensor the index names but the

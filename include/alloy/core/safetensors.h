@@ -49,13 +49,21 @@ struct TensorInfo {
   uint64_t nbytes() const { return data_end - data_begin; }
 };
 
-// The parsed, validated header of one safetensors file.
+// The two weight file formats alloy reads. A PyTorch zip checkpoint (alloy/core/torch_checkpoint.h)
+// is presented through the same header: its tensors' offsets are file offsets (data_start() 0),
+// and two tensors may share bytes (tied weights), which safetensors forbids.
+enum class WeightsFormat : uint8_t { kSafetensors, kTorchZip };
+
+// The parsed, validated header of one safetensors file (or of a PyTorch checkpoint, see above).
 struct SafetensorsHeader {
-  uint64_t header_bytes = 0;              // N
+  WeightsFormat format = WeightsFormat::kSafetensors;
+  uint64_t header_bytes = 0;              // N (0 for kTorchZip)
   std::vector<TensorInfo> tensors;        // sorted by data offset (file order)
   std::map<std::string, std::string> metadata;
-  uint64_t data_bytes() const { return tensors.empty() ? 0 : tensors.back().data_end; }
-  uint64_t data_start() const { return 8 + header_bytes; }
+  // Tensor bytes: the data buffer's length for safetensors, the sum of the tensors' sizes for a
+  // checkpoint.
+  uint64_t data_bytes() const;
+  uint64_t data_start() const { return format == WeightsFormat::kTorchZip ? 0 : 8 + header_bytes; }
   // Index into `tensors` by name, or -1. A linear scan: SafetensorsFile::find is the indexed lookup.
   long find(std::string_view name) const;
 };
@@ -118,10 +126,14 @@ class MappedFile {
   FileIdentity identity_;
 };
 
-// A validated safetensors file with zero-copy access to its tensors.
+// A validated safetensors file (or PyTorch zip checkpoint) with zero-copy access to its tensors.
 class SafetensorsFile {
  public:
-  explicit SafetensorsFile(const std::string& path);  // maps and validates; throws Error
+  // Maps and validates a file of the given format; throws Error.
+  explicit SafetensorsFile(const std::string& path, WeightsFormat format = WeightsFormat::kSafetensors);
+  // The format a weights file name implies: kTorchZip for *.bin, *.pt and *.pth, else kSafetensors.
+  static WeightsFormat format_of(const std::filesystem::path& path);
+  WeightsFormat format() const { return header_.format; }
   const std::string& path() const { return file_.path(); }
   const SafetensorsHeader& header() const { return header_; }
   const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
