@@ -170,6 +170,8 @@ AssayResult run_assay(const AssayOptions& options) {
   const auto& tensors = suspect.tensors();
   const ModelArchitecture suspect_arch = detect_architecture(suspect);
   std::vector<BlockTest> block_tests(tensors.size(), BlockTest::kUntested);
+  const uint64_t total_bytes = suspect.total_bytes();
+  uint64_t done_bytes = 0;
   for (size_t index = 0; index < tensors.size(); ++index) {
     const ModelTensor& s = tensors[index];
     TensorAssay ta;
@@ -232,7 +234,8 @@ AssayResult run_assay(const AssayOptions& options) {
     }
     for (const ModelTensor* v : views.inputs) v->shard->release(*v->info);
     result.tensors.push_back(std::move(ta));
-    if (options.progress) options.progress(index + 1, tensors.size());
+    done_bytes += s.info->nbytes();
+    if (options.progress) options.progress(done_bytes, total_bytes);
   }
   drop_unaligned(block_tests, &result);
   detail::decide_verdict(&result, suspect, models, options);

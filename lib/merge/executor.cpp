@@ -629,21 +629,29 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
       for (size_t member : groups[g].members) group_of[member] = static_cast<int>(g);
     }
     std::vector<bool> written(plan.tensors.size(), false);
-    size_t done = 0;
+    const uint64_t total_bytes = plan.output_bytes();
+    uint64_t done_bytes = 0;
+    const auto output_bytes = [&](size_t index) {
+      uint64_t numel = 1;
+      for (const uint64_t d : plan.tensors[index].shape) numel *= d;
+      return numel * dtype_bits(plan.tensors[index].out_dtype) / 8;
+    };
     for (size_t i = 0; i < plan.tensors.size(); ++i) {
       if (written[i]) continue;
       if (group_of[i] >= 0) {
         const FusedGroup& group = groups[group_of[i]];
         merge_fused_group(plan, group, options, pool, writer);
-        for (size_t member : group.members) written[member] = true;
-        done += group.members.size();
+        for (size_t member : group.members) {
+          written[member] = true;
+          done_bytes += output_bytes(member);
+        }
       } else {
         merge_tensor(plan, plan.tensors[i], options, pool,
                      [&](const uint8_t* bytes, uint64_t nbytes) { writer.write(plan.tensors[i].name, bytes, nbytes); });
         written[i] = true;
-        ++done;
+        done_bytes += output_bytes(i);
       }
-      if (options.progress) options.progress(done, plan.tensors.size());
+      if (options.progress) options.progress(done_bytes, total_bytes);
       if (i == 0) test_pause_point("after-first-tensor");
     }
     result.files = writer.finish();

@@ -51,7 +51,15 @@ class Buffer {
 // next one into the other byte buffer.
 class WritePipeline {
  public:
-  explicit WritePipeline(ShardedWriter& writer) : writer_(writer) {}
+  // `specs` sizes the progress reports (output.progress, called as each tensor is submitted).
+  WritePipeline(ShardedWriter& writer, const std::vector<TensorSpec>& specs, const SynthOutput& output)
+      : writer_(writer), progress_(output.progress) {
+    for (const auto& spec : specs) {
+      uint64_t n = 1;
+      for (const uint64_t d : spec.shape) n *= d;
+      total_bytes_ += n * dtype_bits(spec.dtype) / 8;
+    }
+  }
   ~WritePipeline() {
     if (pending_.valid()) pending_.wait();  // an exception is already on its way out
   }
@@ -63,6 +71,8 @@ class WritePipeline {
     const uint8_t* data = buffers_[current_].get(nbytes);
     pending_ = std::async(std::launch::async, [this, name, data, nbytes] { writer_.write(name, data, nbytes); });
     current_ ^= 1;
+    done_bytes_ += nbytes;
+    if (progress_) progress_(done_bytes_, total_bytes_);
   }
   // Waits for the write in flight; rethrows its error.
   void drain() {
@@ -71,6 +81,8 @@ class WritePipeline {
 
  private:
   ShardedWriter& writer_;
+  std::function<void(uint64_t, uint64_t)> progress_;
+  uint64_t total_bytes_ = 0, done_bytes_ = 0;
   std::array<Buffer<uint8_t>, 2> buffers_;
   int current_ = 0;
   std::future<void> pending_;
@@ -224,7 +236,7 @@ void write_fine_tune_weights(const Model& base, const fs::path& dir, const FineT
     largest_bytes = std::max(largest_bytes, t.info->nbytes());
   }
   ShardedWriter writer(dir, specs, options.output.shard_bytes, {{"generator", "alloy-synth"}});
-  WritePipeline pipeline(writer);
+  WritePipeline pipeline(writer, specs, options.output);
   Buffer<float> delta_buffer, shared_buffer, factors;
   const double f = options.low_rank_fraction;
   const bool correlated = options.sibling_correlation > 0;
@@ -338,7 +350,7 @@ void synth_base_model(const fs::path& out, const BaseModelOptions& options) {
   }
   {
     ShardedWriter writer(staging.path(), specs, options.output.shard_bytes, {{"generator", "alloy-synth"}});
-    WritePipeline pipeline(writer);
+    WritePipeline pipeline(writer, specs, options.output);
     const unsigned width = dtype_bits(options.dtype) / 8;
     for (const auto& t : tensors) {
       const uint64_t n = t.numel();

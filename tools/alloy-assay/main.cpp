@@ -11,6 +11,7 @@
 #include "alloy/core/error.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/parallel.h"
+#include "alloy/core/progress.h"
 #include "../common/cli.h"
 
 namespace {
@@ -73,7 +74,9 @@ int main(int argc, char** argv) {
   bool no_file_hashes = false;
   app.add_flag("--no-file-hashes", no_file_hashes, "do not hash the models' files for the audit record (sizes only)");
   app.add_option("-j,--threads", threads, "worker threads (default: all cores); results do not depend on it");
-  app.add_flag("-q,--quiet", quiet, "no summary on stdout");
+  bool progress = false;
+  app.add_flag("-q,--quiet", quiet, "no summary on stdout, no progress bar");
+  app.add_flag("--progress", progress, "draw the progress bar even when stderr is not a terminal (not with --quiet)");
   app.add_flag("--allow-unindexed-shards", options.open.allow_unindexed_shards,
                "open sharded models whose directory holds *.safetensors files the index does not name (or whose total_size disagrees), using the index's weights, with a warning");
   alloy::tool::add_version_flag(app, "alloy-assay");
@@ -95,13 +98,10 @@ int main(int argc, char** argv) {
       if (!path->empty()) alloy::check_output_path(*path);
       quiet |= *path == "-";  // standard output carries that file alone
     }
-    if (isatty(STDERR_FILENO) && !quiet) {
-      options.progress = [](size_t done, size_t total) {
-        std::fprintf(stderr, "\ralloy-assay: %zu/%zu tensors", done, total);
-        if (done == total) std::fprintf(stderr, "\n");
-      };
-    }
+    std::optional<alloy::ProgressBar> bar;
+    if (alloy::progress_enabled(quiet, progress)) options.progress = bar.emplace("alloy-assay", 0).callback();
     const alloy::AssayResult result = alloy::run_assay(options);
+    bar.reset();
     const nlohmann::json doc = alloy::assay_to_json(result);
     if (!json_path.empty()) alloy::write_output_file(json_path, doc.dump(2) + "\n");
     if (!recipe_path.empty()) {

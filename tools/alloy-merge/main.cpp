@@ -5,18 +5,20 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "alloy/core/file_util.h"
 #include "alloy/core/error.h"
 #include "alloy/merge/merge.h"
 #include "alloy/core/parallel.h"
+#include "alloy/core/progress.h"
 #include "alloy/core/writer.h"
 #include "../common/cli.h"
 
 namespace {
 
 // mergekit-yaml flags that have no meaning for alloy; accepted so existing command lines work.
-const char* kIgnoredFlags[] = {"--cuda", "--no-cuda", "--lazy-unpickle", "--no-lazy-unpickle", "--low-cpu-memory",
+const char* kIgnoredFlags[] = {"--cuda", "--no-cuda", "--low-cpu-memory",
                                "--no-low-cpu-memory", "--safe-serialization", "--no-safe-serialization",
                                "--trust-remote-code", "--no-trust-remote-code", "--clone-tensors",
                                "--no-clone-tensors", "--read-to-gpu", "--no-read-to-gpu", "--multi-gpu",
@@ -25,15 +27,6 @@ const char* kIgnoredFlags[] = {"--cuda", "--no-cuda", "--lazy-unpickle", "--no-l
 // mergekit-yaml options that take a value and have no meaning for alloy (mergekit/options.py).
 const char* kIgnoredOptions[] = {"--transformers-cache", "--lora-merge-cache", "--lora-merge-dtype", "--device",
                                  "--write-threads"};
-
-void show_progress(size_t done, size_t total, std::chrono::steady_clock::time_point start) {
-  const int width = 40;
-  const int filled = static_cast<int>(width * done / std::max<size_t>(total, 1));
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::fprintf(stderr, "\r[%.*s%*s] %zu/%zu tensors %.1fs", filled, "########################################",
-               width - filled, "", done, total, seconds);
-  if (done == total) std::fputc('\n', stderr);
-}
 
 }  // namespace
 
@@ -58,7 +51,10 @@ int main(int argc, char** argv) {
                "open sharded models whose directory holds *.safetensors files the index does not name (or whose total_size disagrees), using the index's weights, with a warning");
   app.add_flag("--dry-run", dry_run, "validate everything and print the plan as JSON; write nothing");
   app.add_flag("--overwrite", overwrite, "replace OUT_DIR if it exists and is not empty");
+  bool progress = false, lazy_unpickle = false;
   app.add_flag("-q,--quiet,!--no-quiet", quiet, "no progress bar");
+  app.add_flag("--progress", progress, "draw the progress bar even when stderr is not a terminal (not with --quiet)");
+  app.add_flag("--lazy-unpickle,!--no-lazy-unpickle", lazy_unpickle)->group("");
   app.add_flag("--provenance-hashes,!--no-provenance-hashes", provenance_hashes,
                "sha256 of every input and output file in alloy_provenance.json (default on; off: sizes only, no digests)");
   bool sbom = false;
@@ -82,6 +78,10 @@ int main(int argc, char** argv) {
   }
   alloy::tool::add_version_flag(app, "alloy-merge");
   if (const auto status = alloy::tool::parse_command_line(app, argc, argv)) return *status;
+  if (app.count("--lazy-unpickle") + app.count("--no-lazy-unpickle") > 0) {
+    std::fprintf(stderr, "alloy-merge: note: --lazy-unpickle changes nothing: alloy always reads .bin checkpoints "
+                         "lazily (their storages are memory-mapped and read tensor by tensor, never unpickled into memory)\n");
+  }
   for (const auto& flag : ignored) {
     std::fprintf(stderr, "alloy-merge: note: %s has no effect in alloy (accepted for mergekit compatibility)\n",
                  flag.c_str());
@@ -113,10 +113,10 @@ int main(int argc, char** argv) {
     options.clamp_overflow = allow_crimes;
     options.fuse_moe_experts = moe_experts == "fused";
     const auto start = std::chrono::steady_clock::now();
-    if (!quiet && ::isatty(STDERR_FILENO)) {
-      options.progress = [start](size_t done, size_t total) { show_progress(done, total, start); };
-    }
+    std::optional<alloy::ProgressBar> bar;
+    if (alloy::progress_enabled(quiet, progress)) options.progress = bar.emplace("alloy-merge", plan.output_bytes()).callback();
     const auto result = alloy::run_merge(plan, options);
+    bar.reset();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "alloy-merge: wrote %zu tensors (%.3f GB) with %s to %s in %.2fs\n", result.tensors,
                  static_cast<double>(result.output_bytes) / 1e9, plan.recipe.merge_method.c_str(), out_dir.c_str(),

@@ -2,10 +2,12 @@
 // Only flag parsing lives here; alloy/synth/synth.h does the work.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <optional>
 
 #include "alloy/core/file_util.h"
 #include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
+#include "alloy/core/progress.h"
 #include "alloy/perturb/perturb.h"
 #include "alloy/synth/synth.h"
 #include "alloy/core/writer.h"
@@ -15,7 +17,7 @@ namespace {
 
 struct OutputFlags {
   std::string shard_size = "5B";
-  bool overwrite = false;
+  bool overwrite = false, quiet = false, progress = false;
 };
 
 struct BaseFlags {
@@ -29,6 +31,17 @@ void add_output_flags(CLI::App* cmd, OutputFlags* f) {
   cmd->add_option("--shard-size", f->shard_size, "bytes per safetensors shard, decimal (5B, 500M, 1000000)")
       ->capture_default_str();
   cmd->add_flag("--overwrite", f->overwrite, "replace OUT if it exists and is not empty");
+}
+
+// base, finetune and family (perturb writes without a bar).
+void add_progress_flags(CLI::App* cmd, OutputFlags* f) {
+  cmd->add_flag("-q,--quiet", f->quiet, "no progress bar");
+  cmd->add_flag("--progress", f->progress, "draw the progress bar even when stderr is not a terminal (not with --quiet)");
+}
+
+// The bar for one command's writes, when wanted (alloy/core/progress.h).
+void attach_progress(const OutputFlags& f, std::optional<alloy::ProgressBar>* bar, alloy::SynthOutput* output) {
+  if (alloy::progress_enabled(f.quiet, f.progress)) output->progress = bar->emplace("alloy-synth", 0).callback();
 }
 
 uint64_t shard_bytes(const OutputFlags& f) { return alloy::parse_byte_size(f.shard_size); }
@@ -65,6 +78,7 @@ void add_base_flags(CLI::App* cmd, BaseFlags* f) {
                                "pick hidden, intermediate, heads, vocab and layers to reach about this many GB");
   for (auto* option : sizes) size->excludes(option);
   add_output_flags(cmd, &f->output);
+  add_progress_flags(cmd, &f->output);
 }
 
 void resolve(BaseFlags* f) {
@@ -114,6 +128,7 @@ int main(int argc, char** argv) {
   add_fine_tune_flags(ft_cmd, &ft);
   ft_cmd->add_option("--seed", ft.seed, "generator seed of the delta")->capture_default_str();
   add_output_flags(ft_cmd, &ft_output);
+  add_progress_flags(ft_cmd, &ft_output);
 
   int fine_tunes = 3, unrelated = 1;
   alloy::FineTuneOptions family_ft;
@@ -176,12 +191,15 @@ int main(int argc, char** argv) {
   if (const auto status = alloy::tool::parse_command_line(app, argc, argv)) return *status;
   try {
     alloy::set_thread_count(threads);
+    std::optional<alloy::ProgressBar> bar;
     if (base_cmd->parsed()) {
       resolve(&base);
+      attach_progress(base.output, &bar, &base.options.output);
       alloy::synth_base_model(out, base.options);
     } else if (ft_cmd->parsed()) {
       ft.output.shard_bytes = shard_bytes(ft_output);
       ft.output.overwrite = ft_output.overwrite;
+      attach_progress(ft_output, &bar, &ft.output);
       alloy::synth_fine_tune(base_dir, out, ft);
     } else if (perturb_cmd->parsed()) {
       const auto kind = alloy::perturb_kind_from_name(kind_name);
@@ -216,6 +234,7 @@ int main(int argc, char** argv) {
       alloy::perturb_model(perturb_in, out, perturb);
     } else {
       resolve(&family);
+      attach_progress(family.output, &bar, &family.options.output);
       alloy::synth_family(out, family.options, fine_tunes, unrelated, family_ft);
     }
   } catch (const alloy::Error& e) {

@@ -36,8 +36,9 @@ struct AssayOptions {
   // Tensors per model checked by re-running the recovered recipe through the merge methods.
   int rebuild_check_tensors = 6;
   ModelOpenOptions open;  // how the models are opened (unindexed shards); warnings become notes
-  // Called after each tensor with (done, total); may be empty.
-  std::function<void(size_t, size_t)> progress;
+  // Called after each tensor with (suspect bytes examined, the suspect's total bytes); may be
+  // empty (tools draw alloy/core/progress.h's bar with it).
+  std::function<void(uint64_t, uint64_t)> progress;
   // Recorded in the audit (the tool's arguments, argv[0] as its file name only).
   std::vector<std::string> command_line;
   // sha256 of every file of every model, on background threads beside the analysis (the audit).

@@ -43,8 +43,9 @@ struct MergeOptions {
   // [E, H, I] down tensor, so whole-tensor statistics (slerp's angle, ties' top-k, ...) span all
   // experts; the values are written back under the per-expert names (docs/methods.md, "MoE experts").
   bool fuse_moe_experts = false;
-  // Called after each tensor with (done, total); may be empty.
-  std::function<void(size_t, size_t)> progress;
+  // Called after each tensor with (output bytes written, total output bytes); may be empty
+  // (tools draw alloy/core/progress.h's bar with it).
+  std::function<void(uint64_t, uint64_t)> progress;
 };
 
 struct MergeResult {

@@ -40,6 +40,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -144,6 +145,9 @@ void base_tensor_values(const SynthTensor& tensor, uint64_t seed, uint64_t first
 struct SynthOutput {
   uint64_t shard_bytes = 5'000'000'000;  // budget per safetensors shard
   bool overwrite = false;                // replace an existing non-empty output directory
+  // Called as each tensor is handed to the writer with (bytes so far, the model's bytes); may be
+  // empty. A family calls it from 0 again for each model it writes.
+  std::function<void(uint64_t, uint64_t)> progress;
 };
 
 struct BaseModelOptions {
