@@ -18,6 +18,7 @@ trap 'rm -rf "$work"' EXIT
 
 for family in dense moe; do
   cd "$work/$family"
+  "$bin/alloy-extract-lora" -q base ft_1 ft_1_lora --rank 8 2>/dev/null  # recipes/lora.yml applies it
   for recipe in "$root"/recipes/*.yml; do
     name=$(basename "$recipe" .yml)
     "$bin/alloy-merge" "$recipe" "merged-$name" >/dev/null 2>&1

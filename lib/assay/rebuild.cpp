@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "alloy/core/error.h"
+#include "alloy/merge/lora.h"
 #include "alloy/merge/merge.h"
 #include "alloy/merge/recipe.h"
 #include "internal.h"
@@ -56,7 +57,16 @@ nlohmann::json rebuild_check_plan(const MergePlan& plan, const Model& suspect, c
       usable = in && in->info->shape == t.shape;
       if (!usable) break;
       inputs[k].resize(n);
-      load_as_f32(in->info->dtype, in->data(), n, inputs[k].data());
+      // A model with a LoRA adapter (`base+adapter` in the claim) is read with its change added.
+      const uint8_t* bytes = in->data();
+      std::vector<uint8_t> patched;
+      const LoraAdapter* adapter = s.model < plan.adapters.size() ? plan.adapters[s.model].get() : nullptr;
+      if (const LoraModule* lora = adapter ? adapter->find(s.tensor) : nullptr) {
+        patched.assign(bytes, bytes + in->info->nbytes());
+        adapter->patch(*lora, in->info->dtype, patched.data(), inputs[k].data());
+        bytes = patched.data();
+      }
+      load_as_f32(in->info->dtype, bytes, n, inputs[k].data());
       if (in->info->dtype != t.compute_dtype) round_to(t.compute_dtype, inputs[k].data(), n);
       ctx.sources.push_back({inputs[k].data(), s.params, s.is_base, plan.model_names[s.model]});
     }

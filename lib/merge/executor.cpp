@@ -14,6 +14,7 @@
 #include "alloy/core/evidence.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/kernels.h"
+#include "alloy/merge/lora.h"
 #include "alloy/merge/merge.h"
 #include "alloy/merge/model_card.h"
 #include "alloy/merge/provenance.h"
@@ -48,6 +49,11 @@ class BufferPool {
  private:
   std::vector<std::vector<float>> buffers_;
 };
+
+// The LoRA adapter applied to model `m`, or null (plans built by hand may have no adapter list).
+const LoraAdapter* adapter_of(const MergePlan& plan, size_t m) {
+  return m < plan.adapters.size() ? plan.adapters[m].get() : nullptr;
+}
 
 uint64_t numel(const std::vector<uint64_t>& shape) {
   uint64_t n = 1;
@@ -169,6 +175,23 @@ void check_overflow(const PlannedTensor& t, size_t overflows, bool clamped) {
 // back into the per-expert tensors.
 using EmitBytes = std::function<void(const uint8_t* bytes, uint64_t nbytes)>;
 
+// The LoRA change for source `s` (`model: base+adapter`), or null.
+const LoraModule* lora_for(const MergePlan& plan, const PlannedSource& s) {
+  const LoraAdapter* adapter = adapter_of(plan, s.model);
+  return adapter ? adapter->find(s.tensor) : nullptr;
+}
+
+// Reads a source tensor's whole bytes into `bytes`, with its LoRA change added (in its own dtype,
+// alloy/merge/lora.h) when its model has an adapter that changes it.
+void read_whole(const MergePlan& plan, const PlannedSource& s, const ModelTensor& input, uint8_t* bytes,
+                BufferPool& pool, size_t scratch_slot) {
+  const TensorInfo& info = *input.info;
+  input.shard->read(info, 0, info.nbytes(), bytes);  // pread: see SourceBytes
+  if (const LoraModule* lora = lora_for(plan, s)) {
+    adapter_of(plan, s.model)->patch(*lora, info.dtype, bytes, pool.get(scratch_slot, info.numel()));
+  }
+}
+
 void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx, ChunkedMerge& merge,
                    BufferPool& pool, const EmitBytes& emit, bool clamp_overflow,
                    const std::vector<SourceBytes>* given) {
@@ -180,9 +203,9 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     const PlannedSource& s = t.sources[k];
     SourceBytes source{plan.models[s.model]->find(s.tensor)};
     const TensorInfo& info = *source.input->info;
-    if (info.shape != t.shape) {
+    if (info.shape != t.shape || lora_for(plan, s) != nullptr) {
       uint8_t* whole = pool.bytes(1 + k, info.nbytes());
-      source.input->shard->read(info, 0, info.nbytes(), whole);
+      read_whole(plan, s, *source.input, whole, pool, count + 1);
       source.whole = whole;
     }
     inputs.push_back(source);
@@ -292,7 +315,7 @@ void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& poo
     const uint8_t* raw = given ? (*given)[k].whole : nullptr;
     if (raw == nullptr) {
       uint8_t* buffer = pool.bytes(t.sources.size() + 2, info.nbytes());
-      input->shard->read(info, 0, info.nbytes(), buffer);  // pread: see SourceBytes
+      read_whole(plan, s, *input, buffer, pool, t.sources.size() + 3);
       raw = buffer;
     }
     if (info.shape == t.shape) {
@@ -318,7 +341,8 @@ void map_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool
   for (size_t k = 0; k < count; ++k) {
     const TensorInfo& info = *plan.models[t.sources[k].model]->find(t.sources[k].tensor)->info;
     std::vector<uint8_t> raw(info.nbytes());
-    plan.models[t.sources[k].model]->find(t.sources[k].tensor)->shard->read(info, 0, info.nbytes(), raw.data());
+    read_whole(plan, t.sources[k], *plan.models[t.sources[k].model]->find(t.sources[k].tensor), raw.data(), pool,
+               count + 3);
     whole[k].resize(info.numel());
     load_as_f32(info.dtype, raw.data(), info.numel(), whole[k].data());
     if (info.dtype != t.compute_dtype) round_to(t.compute_dtype, whole[k].data(), whole[k].size());
@@ -453,7 +477,7 @@ void merge_fused_group(const MergePlan& plan, const FusedGroup& g, const MergeOp
                                                    "' differs in dtype or shape from the other experts of " + g.name);
       }
       const uint64_t bytes = info.nbytes();
-      input->shard->read(info, 0, bytes, gathered[k].data() + j * bytes);
+      read_whole(plan, member.sources[k], *input, gathered[k].data() + j * bytes, pool, fused.sources.size() + 3);
     }
     infos[k].data_end = gathered[k].size();
     views[k].info = &infos[k];
@@ -531,8 +555,18 @@ void write_side_files(const MergePlan& plan, const MergeOptions& options, const 
     ModelCardInfo card;
     card.name = plan.recipe.name.value_or(options.out_dir.filename().string());
     card.merge_method = plan.recipe.merge_method;
-    card.base_model = plan.base_model >= 0 ? plan.model_names[plan.base_model] : "";
-    card.models = plan.model_names;
+    // The card names models as the Hub knows them (card_model_name); a model with a LoRA adapter
+    // is "MODEL+ADAPTER" in the body and its base model among the parents.
+    for (size_t m = 0; m < plan.models.size(); ++m) {
+      const LoraAdapter* adapter = adapter_of(plan, m);
+      const ModelReference reference = adapter ? parse_model_reference(plan.model_names[m])
+                                               : ModelReference{plan.model_names[m], ""};
+      const std::string parent = card_model_name(reference.model, plan.model_paths[m]);
+      card.parents.push_back(parent);
+      card.models.push_back(adapter ? parent + "+" + card_model_name(reference.adapter, adapter->path()) : parent);
+    }
+    card.base_model = plan.base_model >= 0 ? card.models[plan.base_model] : "";
+    card.license = plan.license;
     card.recipe_yaml = plan.recipe.text;
     card.tool_version = ALLOY_VERSION;
     write_file_atomic(out / "README.md", render_model_card(card));
@@ -553,7 +587,11 @@ ProvenanceRecord provenance_record(const MergePlan& plan, const MergeOptions& op
     const HubReference hub = hub_reference(plan.model_paths[m]);
     input.hub_id = hub.id;
     input.hub_revision = hub.revision;
-    for (const auto& file : model_files(*plan.models[m])) {
+    std::vector<fs::path> files = model_files(*plan.models[m]);
+    if (const LoraAdapter* adapter = adapter_of(plan, m)) {
+      for (const auto& file : adapter->files()) files.push_back(file);
+    }
+    for (const auto& file : files) {
       ProvenanceFile f;
       f.name = file.filename().string();
       f.path = file.string();
@@ -611,7 +649,11 @@ void write_provenance(const MergePlan& plan, const MergeOptions& options, const 
 
 MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   const std::string started = utc_timestamp();
-  StagingDirectory staging(options.out_dir, options.overwrite, plan.model_paths);
+  std::vector<fs::path> inputs = plan.model_paths;
+  for (const auto& adapter : plan.adapters) {
+    if (adapter) inputs.push_back(adapter->path());
+  }
+  StagingDirectory staging(options.out_dir, options.overwrite, inputs);
   std::vector<TensorSpec> specs;
   for (const auto& t : plan.tensors) specs.push_back({t.name, t.out_dtype, t.shape});
   MergeResult result;

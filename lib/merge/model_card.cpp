@@ -6,7 +6,13 @@
 #include <map>
 #include <sstream>
 
+#include "alloy/core/error.h"
+#include "alloy/core/evidence.h"
+#include "alloy/core/hub_cache.h"
+#include "alloy/core/safetensors.h"
+
 namespace alloy {
+namespace fs = std::filesystem;
 namespace {
 
 bool is_control(char c) {
@@ -82,6 +88,74 @@ MethodReference method_reference(const std::string& method) {
   return {method, ""};
 }
 
+std::string card_model_name(const std::string& recipe_name, const fs::path& path) {
+  const HubReference hub = hub_reference(path);
+  if (!hub.id.empty()) return hub.id;
+  const fs::path normal = fs::path(recipe_name).lexically_normal();
+  std::string name = normal.filename().string();
+  if (name.empty() || name == "." || name == "..") name = fs::absolute(path).lexically_normal().filename().string();
+  return name.empty() ? recipe_name : name;
+}
+
+std::string front_matter_license(const std::string& readme_text) {
+  std::istringstream in(readme_text);
+  std::string line;
+  auto trim = [](std::string text) {
+    while (!text.empty() && (text.back() == '\r' || text.back() == ' ' || text.back() == '\t')) text.pop_back();
+    size_t start = 0;
+    while (start < text.size() && (text[start] == ' ' || text[start] == '\t')) ++start;
+    return text.substr(start);
+  };
+  if (!std::getline(in, line) || trim(line) != "---") return "";
+  while (std::getline(in, line)) {
+    if (trim(line) == "---" || trim(line) == "...") return "";
+    if (line.rfind("license:", 0) != 0) continue;
+    std::string value = trim(line.substr(8));
+    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front()) {
+      return value.substr(1, value.size() - 2);
+    }
+    const size_t comment = value.find(" #");
+    return trim(value.substr(0, comment));
+  }
+  return "";
+}
+
+InheritedLicense inherited_license(const std::vector<std::pair<std::string, fs::path>>& parents) {
+  constexpr size_t kMaxCardBytes = 1 << 20;  // the front matter is at the start
+  std::vector<std::string> licenses;
+  for (const auto& [name, folder] : parents) {
+    std::string license;
+    try {
+      std::error_code ec;
+      if (fs::is_regular_file(folder / "README.md", ec)) {
+        const fs::path real = fs::canonical(folder, ec);
+        if (!ec) {
+          const auto card = MappedFile::open_inside(containment_root(real), real / "README.md");
+          const size_t size = std::min(card->size(), kMaxCardBytes);
+          license = front_matter_license(std::string(reinterpret_cast<const char*>(card->data()), size));
+        }
+      }
+    } catch (const Error&) {
+      license.clear();  // unreadable, or a link leaving the folder: no license known
+    }
+    licenses.push_back(license);
+  }
+  InheritedLicense out;
+  const bool agree = !licenses.empty() && !licenses.front().empty() &&
+                     std::all_of(licenses.begin(), licenses.end(), [&](const std::string& l) { return l == licenses.front(); });
+  if (agree) {
+    out.license = licenses.front();
+    return out;
+  }
+  out.license = "other";
+  out.warning = "the parents' model cards do not declare one same license (";
+  for (size_t i = 0; i < parents.size(); ++i) {
+    out.warning += (i ? ", " : "") + parents[i].first + ": " + (licenses[i].empty() ? "none" : licenses[i]);
+  }
+  out.warning += "), so the model card says 'license: other'; set the right license before publishing";
+  return out;
+}
+
 std::string render_model_card(const ModelCardInfo& info) {
   std::ostringstream out;
   out << "---\nbase_model:\n";
@@ -95,8 +169,13 @@ std::string render_model_card(const ModelCardInfo& info) {
   };
   credit(info.base_model);
   for (const auto& model : info.models) credit(model);
-  for (const auto& model : credited) out << "- " << yaml_scalar(model) << "\n";
-  out << "library_name: transformers\ntags:\n- merge\n- mergekit\n- alloy\n---\n";
+  std::vector<std::string> parents;
+  for (const auto& parent : info.parents.empty() ? credited : info.parents) {
+    if (std::find(parents.begin(), parents.end(), parent) == parents.end()) parents.push_back(parent);
+  }
+  for (const auto& model : parents) out << "- " << yaml_scalar(model) << "\n";
+  out << "base_model_relation: merge\nlicense: " << yaml_scalar(info.license.empty() ? "other" : info.license)
+      << "\nlibrary_name: transformers\ntags:\n- merge\n- mergekit\n- alloy\n---\n";
 
   const MethodReference method = method_reference(info.merge_method);
   out << "# " << printable(info.name) << "\n\n"

@@ -2,6 +2,8 @@
 #include <algorithm>
 
 #include "alloy/core/hub_cache.h"
+#include "alloy/merge/lora.h"
+#include "alloy/merge/model_card.h"
 #include "plan_internal.h"
 
 namespace alloy::detail {
@@ -70,18 +72,40 @@ void open_models(PlanContext& context) {
   MergePlan& plan = context.plan;
   for (const auto& name : plan.recipe.referenced_models()) {
     fs::path path = fs::path(name).is_absolute() ? fs::path(name) : context.options.base_dir / name;
+    // MODEL+ADAPTER (mergekit's syntax) unless a model of that whole name exists.
+    ModelReference reference{name, ""};
     try {
-      path = locate_model(name, context.options.base_dir);  // a local folder, else a Hub id in the cache
+      if (!fs::exists(path)) reference = parse_model_reference(name);
+    } catch (const Error& e) {
+      context.fail(context.position_of(name), e.what());
+    }
+    try {
+      path = locate_model(reference.model, context.options.base_dir);  // a local folder, else a Hub id in the cache
       plan.models.push_back(std::make_unique<Model>(Model::open(path, context.options.open)));
     } catch (const Error& e) {
-      std::string hint;
-      if (name.find('+') != std::string::npos) hint = " (LoRA syntax model+lora is not supported)";
-      context.fail(context.position_of(name), "cannot use model '" + name + "'" + hint + ": " + e.what());
+      context.fail(context.position_of(name), "cannot use model '" + reference.model + "': " + e.what());
+    }
+    std::shared_ptr<const LoraAdapter> adapter;
+    if (!reference.adapter.empty()) {
+      try {
+        auto opened = LoraAdapter::open(locate_model(reference.adapter, context.options.base_dir));
+        opened->check_against(*plan.models.back());
+        adapter = std::move(opened);
+      } catch (const Error& e) {
+        context.fail(context.position_of(name), "cannot apply LoRA adapter '" + reference.adapter + "' to '" +
+                                                    reference.model + "': " + e.what(), e.code());
+      }
     }
     plan.model_names.push_back(name);
     plan.model_paths.push_back(path);
+    plan.adapters.push_back(std::move(adapter));
   }
   if (plan.recipe.base_model) plan.base_model = 0;  // referenced_models() lists the base first
+  std::vector<std::pair<std::string, fs::path>> parents;
+  for (size_t m = 0; m < plan.models.size(); ++m) parents.emplace_back(plan.model_names[m], plan.model_paths[m]);
+  const InheritedLicense license = inherited_license(parents);
+  plan.license = license.license;
+  if (!license.warning.empty()) plan.warnings.push_back(license.warning);
 }
 
 void detect_architectures(PlanContext& context) {

@@ -122,7 +122,8 @@ TEST(ModelCard, UntrustedNamesCannotBreakTheCard) {
   size_t fences = 0, position = 0;
   while ((position = card.find("\n---\n", position)) != std::string::npos) ++fences, ++position;
   EXPECT_EQ(fences, 1u) << "only the end of the front matter: " << card;
-  EXPECT_EQ(card.find("\nlicense:"), std::string::npos) << card;
+  EXPECT_EQ(card.find("\nlicense: stolen"), std::string::npos) << card;
+  EXPECT_NE(card.find("\nlicense: other\n"), std::string::npos) << card;
   EXPECT_NE(card.find("# merged\\x0A# injected heading\n"), std::string::npos) << card;
   EXPECT_NE(card.find("* models/a\\x0A---\\x0Alicense: stolen\n"), std::string::npos) << card;
   EXPECT_NE(card.find("````yaml\nmerge_method: linear\n# ```\n````\n"), std::string::npos) << card;

@@ -21,6 +21,8 @@
 
 namespace alloy {
 
+class LoraAdapter;  // alloy/merge/lora.h
+
 struct RecipePosition {
   int line = 0;    // 1-based
   int column = 0;  // 1-based
@@ -148,6 +150,8 @@ struct MergePlan {
   std::vector<std::string> model_names;   // as written in the recipe
   std::vector<std::filesystem::path> model_paths;
   std::vector<std::unique_ptr<Model>> models;
+  // Per model: the LoRA adapter applied to it (`model: base+adapter`, alloy/merge/lora.h), or null.
+  std::vector<std::shared_ptr<const LoraAdapter>> adapters;
   int base_model = -1;                    // index into models, or -1
   std::vector<PlannedTensor> tensors;
   std::vector<ModelArchitecture> architectures;  // one per model (alloy/core/architecture.h)
@@ -166,6 +170,9 @@ struct MergePlan {
   int tokenizer_donor = 0;                // model whose tokenizer files are copied (or rewritten)
   // With a tokenizer spec: the output vocabulary and each model's map into it (tokenizer_plan.h).
   std::shared_ptr<const TokenizerPlan> tokenizer;
+  // The model card's license: the one every model's README.md declares, else "other" (with a
+  // warning in `warnings`; alloy/merge/model_card.h, inherited_license).
+  std::string license = "other";
 
   uint64_t output_bytes() const;
 };
