@@ -148,6 +148,8 @@ InheritedLicense inherited_license(const std::vector<std::pair<std::string, fs::
     return out;
   }
   out.license = "other";
+  // Nothing to inherit and nothing contradicted: no parent declares a license.
+  if (std::all_of(licenses.begin(), licenses.end(), [](const std::string& l) { return l.empty(); })) return out;
   out.warning = "the parents' model cards do not declare one same license (";
   for (size_t i = 0; i < parents.size(); ++i) {
     out.warning += (i ? ", " : "") + parents[i].first + ": " + (licenses[i].empty() ? "none" : licenses[i]);

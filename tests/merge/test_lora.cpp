@@ -359,3 +359,46 @@ TEST(Lora, ExtractToolWritesAnAdapterAndFailsCleanly) {
 }
 
 }  // namespace
+
+namespace {
+
+// Embeddings take PEFT's lora_embedding_A [r, vocab] / lora_embedding_B [dim, r], and their change
+// is (B A)^T; extraction with --embeddings writes them back the same way.
+TEST(Lora, EmbeddingChangesAreTransposedBothWays) {
+  alloy::test::TempDir dir;
+  tiny_f32(dir / "base", 6);
+  const Change c = make_change(32, 64, {2.0, 1.0}, 13);  // B A is [dim 32, vocab 64]
+  fs::create_directories(dir / "adapter");
+  const std::vector<float> a = to_float(c.a), b = to_float(c.b);
+  alloy::write_safetensors_file(dir / "adapter" / "adapter_model.safetensors",
+                                {{"base_model.model.model.embed_tokens.lora_embedding_A", alloy::DType::F32, {2, 64}},
+                                 {"base_model.model.model.embed_tokens.lora_embedding_B", alloy::DType::F32, {32, 2}}},
+                                {a.data(), b.data()});
+  std::ofstream(dir / "adapter" / "adapter_config.json")
+      << nlohmann::json{{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 2}, {"target_modules", {"embed_tokens"}}}.dump();
+  const fs::path merged = apply(dir.path(), "base+adapter", "merged");
+  const std::string weight = "model.embed_tokens.weight";  // [64, 32]
+  const Values applied = difference(read_tensor(merged, weight), read_tensor(dir / "base", weight));
+  Values transposed(64 * 32);
+  for (size_t i = 0; i < 32; ++i) {
+    for (size_t j = 0; j < 64; ++j) transposed[j * 32 + i] = c.product[i * 64 + j];
+  }
+  EXPECT_LT(frobenius(minus(applied, transposed)), 1e-6 * frobenius(transposed));
+
+  alloy::LoraExtractOptions options;
+  options.rank = 2;
+  EXPECT_THROW(alloy::extract_lora(dir / "base", merged, dir / "none", options), alloy::Error)
+      << "without --embeddings there is nothing to extract";
+  options.embeddings = true;
+  alloy::extract_lora(dir / "base", merged, dir / "back", options);
+  const auto back = alloy::LoraAdapter::open(dir / "back");
+  const alloy::LoraModule* m = back->find(weight);
+  ASSERT_NE(m, nullptr);
+  EXPECT_TRUE(m->transposed);
+  EXPECT_EQ(m->a->shape, (std::vector<uint64_t>{2, 64}));
+  std::vector<float> zero(64 * 32, 0.0f);
+  back->add_change(*m, zero.data());
+  EXPECT_LT(frobenius(minus(Values(zero.begin(), zero.end()), transposed)), 2e-6 * frobenius(transposed));
+}
+
+}  // namespace

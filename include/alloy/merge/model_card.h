@@ -38,9 +38,10 @@ std::string card_model_name(const std::string& recipe_name, const std::filesyste
 std::string front_matter_license(const std::string& readme_text);
 
 // The license a merge inherits from its parents (name, model folder): the one every parent's
-// README.md declares, else "other" with a warning that lists what each declares ("none" for a
-// parent without a card or a license). A README that is a link leaving the model's folder counts
-// as none.
+// README.md declares, else "other", with a warning that lists what each declares ("none" for a
+// parent without a card or a license) when at least one declares one (when none does, there is
+// nothing to inherit or contradict, and no warning). A README that is a link leaving the model's
+// folder counts as none.
 struct InheritedLicense {
   std::string license;
   std::string warning;  // empty when inherited
