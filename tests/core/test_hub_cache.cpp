@@ -12,6 +12,7 @@
 #include "alloy/merge/recipe.h"
 #include "alloy/synth/synth.h"
 #include "test_utils.h"
+#include "tiny_model.h"
 
 namespace {
 
@@ -54,15 +55,7 @@ fs::path put_in_cache(const fs::path& model, const fs::path& cache, const std::s
   return snapshot;
 }
 
-alloy::BaseModelOptions tiny(uint64_t seed) {
-  alloy::BaseModelOptions o;
-  o.arch.layers = 2;
-  o.arch.hidden = 32;
-  o.arch.intermediate = 64;
-  o.arch.vocab = 64;
-  o.seed = seed;
-  return o;
-}
+alloy::BaseModelOptions tiny(uint64_t seed) { return alloy::test::tiny_model(seed); }
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p);

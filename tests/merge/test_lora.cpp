@@ -15,6 +15,7 @@
 #include "alloy/merge/recipe.h"
 #include "alloy/synth/synth.h"
 #include "test_utils.h"
+#include "tiny_model.h"
 
 namespace {
 
@@ -25,14 +26,7 @@ constexpr const char* kQ = "model.layers.0.self_attn.q_proj";  // [32, 32]
 constexpr const char* kUp = "model.layers.1.mlp.up_proj";      // [64, 32]
 
 void tiny_f32(const fs::path& dir, uint64_t seed) {
-  alloy::BaseModelOptions o;
-  o.arch.layers = 2;
-  o.arch.hidden = 32;
-  o.arch.intermediate = 64;
-  o.arch.vocab = 64;
-  o.dtype = alloy::DType::F32;
-  o.seed = seed;
-  alloy::synth_base_model(dir, o);
+  alloy::synth_base_model(dir, alloy::test::tiny_model(seed, alloy::DType::F32));
 }
 
 std::vector<float> read_tensor(const fs::path& model, const std::string& name) {

@@ -11,6 +11,7 @@
 #include "alloy/merge/recipe.h"
 #include "alloy/synth/synth.h"
 #include "test_utils.h"
+#include "tiny_model.h"
 
 namespace {
 
@@ -43,13 +44,7 @@ FrontMatter parse_front_matter(const std::string& card) {
 }
 
 void tiny(const fs::path& dir, uint64_t seed, const std::string& license) {
-  alloy::BaseModelOptions o;
-  o.arch.layers = 2;
-  o.arch.hidden = 32;
-  o.arch.intermediate = 64;
-  o.arch.vocab = 64;
-  o.seed = seed;
-  alloy::synth_base_model(dir, o);
+  alloy::synth_base_model(dir, alloy::test::tiny_model(seed));
   if (!license.empty()) std::ofstream(dir / "README.md") << "---\nlanguage: en\nlicense: " << license << "\n---\n# model\n";
 }
 
