@@ -216,10 +216,6 @@ TEST_P(MethodGolden, MethodMatchesMergekit) {
   }
 
   const bool exact = c.policy == "exact";
-  // The one case alloy does not meet in full (docs/methods.md, karcher): its Karcher iteration
-  // cancels almost to zero on some elements, where torch's MKL dot products (whose summation order
-  // alloy cannot reproduce) decide the last bits. Checked against the share measured, not the policy.
-  const double known_gap_floor = c.name == "karcher_f32" ? 0.85 : 1.0;
   size_t elements = 0, identical = 0, one_ulp = 0, worse = 0, identical_tensors = 0;
   for (const auto& entry : entries) {
     const std::string name = entry["out"];
@@ -253,17 +249,10 @@ TEST_P(MethodGolden, MethodMatchesMergekit) {
     identical += tensor_identical;
     worse += tensor_worse;
     identical_tensors += tensor_identical == out.size();
-    if (known_gap_floor == 1.0) {
-      EXPECT_EQ(tensor_worse, 0u) << name << ": " << tensor_worse << " elements more than 1 ulp away";
-    }
+    EXPECT_EQ(tensor_worse, 0u) << name << ": " << tensor_worse << " elements more than 1 ulp away";
     if (exact) {
       EXPECT_EQ(tensor_identical, out.size()) << name << " is not bit-identical";
     }
-  }
-  if (known_gap_floor < 1.0) {
-    EXPECT_GE(double(identical + one_ulp) / double(elements), known_gap_floor) << c.name;
-    std::cout << "[ golden   ] KNOWN GAP: " << c.name << " does not meet its policy (" << worse
-              << " elements more than 1 ulp away)\n";
   }
   std::cout << "[ golden   ] " << c.name << " (" << c.policy << "): " << entries.size()
             << " tensors, " << identical_tensors << " bit-identical; " << elements
