@@ -142,21 +142,6 @@ bool match_template(const std::string& pattern, std::string_view name, int* expe
   return true;
 }
 
-// "<prefix><digits>.<rest>" -> (digits, rest); at most 6 digits.
-bool split_indexed(std::string_view name, std::string_view prefix, int* index, std::string* rest) {
-  if (prefix.empty() || name.substr(0, prefix.size()) != prefix) return false;
-  size_t i = prefix.size();
-  int value = 0;
-  while (i < name.size() && name[i] >= '0' && name[i] <= '9' && i - prefix.size() < 7) {
-    value = value * 10 + (name[i] - '0');
-    ++i;
-  }
-  const size_t digits = i - prefix.size();
-  if (digits == 0 || digits > 6 || i >= name.size() || name[i] != '.' || i + 1 == name.size()) return false;
-  *index = value;
-  *rest = std::string(name.substr(i + 1));
-  return true;
-}
 
 // The role a name suggests when no definition covers it (inferred models, unknown tensors).
 TensorRole guess_role(std::string_view name) {
@@ -263,6 +248,21 @@ std::optional<int> config_int(const nlohmann::json* value) {
 
 }  // namespace
 
+bool split_indexed(std::string_view name, std::string_view prefix, int* index, std::string* rest) {
+  if (prefix.empty() || name.substr(0, prefix.size()) != prefix) return false;
+  size_t i = prefix.size();
+  int value = 0;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9' && i - prefix.size() < 7) {
+    value = value * 10 + (name[i] - '0');
+    ++i;
+  }
+  const size_t digits = i - prefix.size();
+  if (digits == 0 || digits > 6 || i >= name.size() || name[i] != '.' || i + 1 == name.size()) return false;
+  *index = value;
+  *rest = std::string(name.substr(i + 1));
+  return true;
+}
+
 const char* role_name(TensorRole role) {
   for (const auto& r : kRoles) {
     if (r.role == role) return r.name;
@@ -355,12 +355,31 @@ ArchitectureDef parse_architecture_def(const nlohmann::json& j, const std::strin
       sub.prefix = string_field(s, "prefix", label + " submodel", true);
       sub.layer_prefix = string_field(s, "layer_prefix", label + " submodel", false);
       sub.layer_count_key = string_field(s, "layer_count_key", label + " submodel", false);
+      sub.module = string_field(s, "module", label + " submodel", false);
       if (sub.prefix.empty()) bad(label, "submodel '" + sub.name + "' has an empty prefix");
       def.submodels.push_back(sub);
     }
   }
   def.notes = string_field(j, "notes", label, false);
+  for (const auto& sub : def.submodels) {
+    if (sub.module == "text_decoder" || sub.module == "default") {
+      bad(label, "submodel '" + sub.name + "': module '" + sub.module + "' is the language model's name");
+    }
+  }
   return def;
+}
+
+std::string ArchitectureDef::text_module() const {
+  const bool modular = std::any_of(submodels.begin(), submodels.end(), [](const SubModelDef& s) { return !s.module.empty(); });
+  return modular ? "text_decoder" : "default";
+}
+
+std::vector<std::string> ArchitectureDef::module_names() const {
+  std::vector<std::string> out = {text_module()};
+  for (const auto& sub : submodels) {
+    if (!sub.module.empty() && std::find(out.begin() + 1, out.end(), sub.module) == out.end()) out.push_back(sub.module);
+  }
+  return out;
 }
 
 const std::vector<ArchitectureDef>& architecture_definitions() {

@@ -120,6 +120,16 @@ nlohmann::json merged_config(const MergePlan& plan) {
       case LayerListDef::Kind::kDensePrefix: text[list.key] = remap_dense_prefix(plan, list.key); break;
     }
   }
+  // `modules:`: each merged module's own layer count ("vision_config.depth"), where the donor has it.
+  for (const auto& [key, layers] : plan.module_layer_counts) {
+    nlohmann::json* object = &config;
+    std::string_view rest = key;
+    for (size_t dot; object && (dot = rest.find('.')) != std::string_view::npos; rest.remove_prefix(dot + 1)) {
+      const std::string part(rest.substr(0, dot));
+      object = object->is_object() && object->contains(part) ? &(*object)[part] : nullptr;
+    }
+    if (object && object->is_object() && object->contains(std::string(rest))) (*object)[std::string(rest)] = layers;
+  }
   return config;
 }
 

@@ -18,9 +18,20 @@ namespace alloy::detail {
 struct SliceSpec {
   std::vector<RecipeSource> sources;
   const Parameters* parameters = nullptr;  // slice-level, may be null
+  const Parameters* module_parameters = nullptr;  // its module's under `modules:`, may be null
   std::optional<std::string> base_model;
   RecipePosition position;
   int length = 0;  // layers, the same for every source
+};
+
+// A module of `modules:` other than the language model (a vision tower, a projector): the family's
+// sub-model entries that make it (alternative prefixes of the same module) and its slices, whose
+// layer ranges count the module's own layers.
+struct ModuleSpec {
+  std::string name;
+  std::vector<const SubModelDef*> parts;
+  std::vector<SliceSpec> slices;
+  int output_layers = 0;
 };
 
 // What the stages read and build: the plan being filled in and the slices it is made of.
@@ -39,7 +50,9 @@ struct PlanContext {
 
   PlanOptions options;
   MergePlan plan;
-  std::vector<SliceSpec> slices;
+  std::vector<SliceSpec> slices;            // the language model's
+  bool uses_modules = false;                // the recipe has `modules:`
+  std::vector<ModuleSpec> modules;          // its modules other than the language model's
   // Per model index: how many of its tensors reconcile_shapes skipped, and the first one's story.
   std::map<int, std::pair<size_t, std::string>> skipped_for_shape;
 };
@@ -58,6 +71,15 @@ void detect_architectures(PlanContext& context);
 // suffixes of the layer its slice's first source names, renamed under the output's layer prefix),
 // then the rest, then lm_head where any source has one; and the output layers' origins.
 void plan_tensors(PlanContext& context);
+
+// plan_modules.cpp: the sub-model part of `module` that `model` has (the first whose prefix names
+// one of its tensors), or null; its layer count (the config's layer_count_key, else one more than
+// the highest block index); and every module's tensors, after the language model's.
+const SubModelDef* module_part(const Model& model, const ModuleSpec& module);
+int module_layer_count(const Model& model, const ModuleSpec& module);
+void plan_module_tensors(PlanContext& context);
+// The module name (mergekit's) of a sub-model tensor of `arch`, "" for the language model's.
+std::string module_of_tensor(const ModelArchitecture& arch, const std::string& name);
 
 // plan_tensor.cpp: one output tensor from the first `source_limit` sources of `slice`, reading
 // `input_for(source)` from each, with resolved parameters, shape and dtypes. An optional tensor

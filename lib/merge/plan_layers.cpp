@@ -25,14 +25,15 @@ struct TensorLayout {
   bool has_lm_head = false;
 };
 
-TensorLayout template_layout(const Model& model, const ModelArchitecture& arch) {
+// Under `modules:`, a tensor of another module (a vision tower) is that module's to plan.
+TensorLayout template_layout(const Model& model, const ModelArchitecture& arch, bool uses_modules) {
   TensorLayout layout;
   const std::string lm_head = arch.lm_head();
   for (const auto& t : model.tensors()) {
     int layer;
     std::string suffix;
-    if (arch.split_layer(t.name(), &layer, &suffix)) {
-      continue;  // planned layer by layer
+    if (arch.split_layer(t.name(), &layer, &suffix) || (uses_modules && !module_of_tensor(arch, t.name()).empty())) {
+      continue;  // planned layer by layer, or by its module
     } else if (t.name() == lm_head) {
       layout.has_lm_head = true;
     } else if (t.name().find("embed") != std::string::npos) {
@@ -91,7 +92,7 @@ void plan_tensors(PlanContext& context) {
   const SliceSpec& first = context.slices.front();
   const RecipeSource& template_source = first.sources.front();
   const ModelArchitecture& template_arch = context.architecture_of(template_source);
-  const TensorLayout layout = template_layout(context.model_of(template_source), template_arch);
+  const TensorLayout layout = template_layout(context.model_of(template_source), template_arch, context.uses_modules);
   const size_t first_count = first.sources.size();
   for (const auto& name : layout.pre) add_tensor(context, name, first, first_count, 0.0, same_name(name), false);
   int output_layer = 0;

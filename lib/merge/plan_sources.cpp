@@ -1,5 +1,6 @@
 // Planner stage 1: the models a recipe names, the slices it is made of, and their consistency.
 #include <algorithm>
+#include <functional>
 
 #include "alloy/core/hub_cache.h"
 #include "alloy/merge/lora.h"
@@ -17,38 +18,57 @@ int layer_count(const PlanContext& context, const RecipeSource& source) {
   return context.architecture_of(source).layer_count();
 }
 
-// A recipe without slices: one slice over every layer of every model, mergekit's way.
-SliceSpec whole_model_slice(const PlanContext& context) {
+using LayerCount = std::function<int(const RecipeSource&)>;
+
+// `models:` (the recipe's, or a module's): one slice over every layer of every model, mergekit's
+// way; `layers` counts a model's layers (the language model's, or the module's).
+SliceSpec whole_model_slice(const PlanContext& context, const std::vector<RecipeSource>& models,
+                            const LayerCount& layers) {
   const Recipe& r = context.plan.recipe;
   SliceSpec slice;
   slice.base_model = r.base_model;
-  for (RecipeSource s : r.models) {
-    s.layer_range = std::make_pair(0, layer_count(context, s));
+  for (RecipeSource s : models) {
+    s.layer_range = std::make_pair(0, layers(s));
     slice.sources.push_back(s);
   }
   // mergekit appends an unlisted base model as the last source, with no parameters.
-  if (r.base_model && std::none_of(r.models.begin(), r.models.end(),
+  if (r.base_model && std::none_of(models.begin(), models.end(),
                                    [&](const RecipeSource& s) { return s.model == *r.base_model; })) {
     RecipeSource base;
     base.model = *r.base_model;
     base.position = r.base_model_position;
-    base.layer_range = std::make_pair(0, context.plan.architectures[0].layer_count());
+    base.layer_range = std::make_pair(0, layers(base));
     slice.sources.push_back(base);
   }
   return slice;
 }
 
+// `slices:` (the recipe's, or a module's) as SliceSpecs.
+std::vector<SliceSpec> listed_slices(const Recipe& r, const std::vector<RecipeSlice>& slices) {
+  std::vector<SliceSpec> out;
+  for (const auto& s : slices) {
+    SliceSpec slice;
+    slice.sources = s.sources;
+    slice.parameters = &s.parameters;
+    slice.base_model = s.base_model ? s.base_model : r.base_model;
+    slice.position = s.position;
+    out.push_back(slice);
+  }
+  return out;
+}
+
 // Checks every source's layer range against its model and against the slice's other sources,
 // and the slice's base model where the method needs one; sets slice->length.
-void check_slice(const PlanContext& context, SliceSpec* slice) {
+void check_slice(const PlanContext& context, SliceSpec* slice, const LayerCount& layers,
+                 const char* layers_of = nullptr) {
   int length = -1;
   for (const auto& s : slice->sources) {
-    const int available = layer_count(context, s);
+    const int available = layers(s);
     const auto [begin, end] = *s.layer_range;
     if (end > available) {
       context.fail(s.position, "layer_range [" + std::to_string(begin) + ", " + std::to_string(end) + "] of '" +
                                    s.model + "' is out of bounds: the model has " + std::to_string(available) +
-                                   " layers");
+                                   " layers" + (layers_of ? std::string(" in module '") + layers_of + "'" : ""));
     }
     if (length >= 0 && end - begin != length) {
       context.fail(s.position, "all sources of a slice must have the same number of layers (" +
@@ -119,22 +139,79 @@ void detect_architectures(PlanContext& context) {
   }
 }
 
+namespace {
+
+// `modules:`: the language model's entry becomes context.slices, every other entry a ModuleSpec
+// over the family's sub-models of that name; a name the family does not have is refused.
+void build_module_slices(PlanContext& context) {
+  const MergePlan& plan = context.plan;
+  const Recipe& r = plan.recipe;
+  const ModelArchitecture& arch = plan.architectures.front();
+  static const ArchitectureDef kNoDefinition;
+  const ArchitectureDef& def = arch.definition() ? *arch.definition() : kNoDefinition;
+  const std::vector<std::string> names = def.module_names();
+  context.uses_modules = true;
+  const RecipeModule* text = nullptr;
+  for (const auto& m : r.modules) {
+    if (std::find(names.begin(), names.end(), m.name) == names.end()) {
+      std::string known;
+      for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+      context.fail(m.position, "module '" + m.name + "' is not a module of " +
+                                   (arch.definition() ? "the " + def.title + " architecture" : "this model") +
+                                   " (of '" + plan.model_names.front() + "'); its modules: " + known);
+    }
+    const bool uses_slices = m.uses_slices;
+    if (m.name == def.text_module()) {
+      text = &m;
+      context.slices = uses_slices ? listed_slices(r, m.slices)
+                                   : std::vector<SliceSpec>{whole_model_slice(context, m.models, [&](const RecipeSource& s) {
+                                       return layer_count(context, s);
+                                     })};
+      for (auto& slice : context.slices) slice.module_parameters = &m.parameters;
+      continue;
+    }
+    ModuleSpec module;
+    module.name = m.name;
+    for (const auto& sub : def.submodels) {
+      if (sub.module == m.name) module.parts.push_back(&sub);
+    }
+    const LayerCount layers = [&](const RecipeSource& s) { return module_layer_count(context.model_of(s), module); };
+    module.slices = uses_slices ? listed_slices(r, m.slices) : std::vector<SliceSpec>{whole_model_slice(context, m.models, layers)};
+    for (auto& slice : module.slices) {
+      slice.module_parameters = &m.parameters;
+      for (const auto& s : slice.sources) {
+        if (!module_part(context.model_of(s), module)) {
+          context.fail(s.position, "model '" + s.model + "' has no tensors of module '" + m.name + "'",
+                       ErrorCode::kMissingTensor);
+        }
+      }
+      check_slice(context, &slice, layers, m.name.c_str());
+      module.output_layers += slice.length;
+    }
+    context.modules.push_back(std::move(module));
+  }
+  if (!text) {
+    // mergekit would write the other modules alone; a model without its language model is no model.
+    context.fail(r.modules.front().position, "modules: has no '" + def.text_module() +
+                                                 "' (the language model); alloy writes whole models, so list it "
+                                                 "(with the models whose language model to keep)");
+  }
+}
+
+}  // namespace
+
 void build_slices(PlanContext& context) {
   const Recipe& r = context.plan.recipe;
-  if (!r.uses_slices) {
-    context.slices.push_back(whole_model_slice(context));
+  const LayerCount layers = [&](const RecipeSource& s) { return layer_count(context, s); };
+  if (!r.modules.empty()) {
+    build_module_slices(context);
+  } else if (!r.uses_slices) {
+    context.slices.push_back(whole_model_slice(context, r.models, layers));
   } else {
-    for (const auto& s : r.slices) {
-      SliceSpec slice;
-      slice.sources = s.sources;
-      slice.parameters = &s.parameters;
-      slice.base_model = s.base_model ? s.base_model : r.base_model;
-      slice.position = s.position;
-      context.slices.push_back(slice);
-    }
+    context.slices = listed_slices(r, r.slices);
   }
   for (auto& slice : context.slices) {
-    check_slice(context, &slice);
+    check_slice(context, &slice, layers);
     context.plan.output_layers += slice.length;
   }
 }

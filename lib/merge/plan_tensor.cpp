@@ -11,7 +11,7 @@ bool is_embedding_name(const std::string& name) {
 }
 
 // Resolves the method's parameters for one source of one tensor, mergekit's way: the model's own
-// parameters, then the slice's, then the recipe's, then the method's default; each evaluated at the
+// parameters, then the slice's, then its module's (`modules:`), then the recipe's, then the method's default; each evaluated at the
 // layer position t and against the tensor's name (input name for per-model parameters, output
 // name for method-level ones).
 void resolve_parameters(const PlanContext& context, const SliceSpec& slice, const RecipeSource& source, double t,
@@ -20,7 +20,8 @@ void resolve_parameters(const PlanContext& context, const SliceSpec& slice, cons
   for (const auto& p : context.plan.method->parameters()) {
     std::optional<double> value;
     const std::string& match = p.per_model ? input_name : tensor->name;
-    const Parameters* levels[] = {p.per_model ? &source.parameters : nullptr, slice.parameters, &r.parameters};
+    const Parameters* levels[] = {p.per_model ? &source.parameters : nullptr, slice.parameters,
+                                  slice.module_parameters, &r.parameters};
     for (const Parameters* level : levels) {
       if (value || !level) continue;
       const auto it = level->find(p.name);

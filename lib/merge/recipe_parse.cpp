@@ -345,9 +345,16 @@ std::vector<std::string> Recipe::referenced_models() const {
   };
   if (base_model) add(*base_model);
   for (const auto& s : models) add(s.model);
-  for (const auto& slice : slices) {
-    if (slice.base_model) add(*slice.base_model);
-    for (const auto& s : slice.sources) add(s.model);
+  auto add_slices = [&](const std::vector<RecipeSlice>& list) {
+    for (const auto& slice : list) {
+      if (slice.base_model) add(*slice.base_model);
+      for (const auto& s : slice.sources) add(s.model);
+    }
+  };
+  add_slices(slices);
+  for (const auto& module : modules) {
+    for (const auto& s : module.models) add(s.model);
+    add_slices(module.slices);
   }
   return out;
 }
@@ -473,6 +480,61 @@ Recipe parse_recipe(const std::string& text, const std::string& label) {
 
 namespace {
 
+// `models:` or `slices:` (exactly one of them present) into *uses_slices, *models, *slices: the
+// recipe's own, or those of one module of `modules:`.
+void parse_inputs(const Parser& p, const std::optional<YAML::Node>& models_node,
+                  const std::optional<YAML::Node>& slices_node, const MergeMethod* method, bool* uses_slices,
+                  std::vector<RecipeSource>* models, std::vector<RecipeSlice>* slices) {
+  if (models_node) {
+    const YAML::Node& list = *models_node;
+    if (!list.IsSequence() || list.size() == 0) p.fail(list, "models must be a non-empty list");
+    for (const auto& item : list) models->push_back(p.source(item, method, false));
+    return;
+  }
+  const YAML::Node& list = *slices_node;
+  *uses_slices = true;
+  if (!list.IsSequence() || list.size() == 0) p.fail(list, "slices must be a non-empty list");
+  for (const auto& item : list) {
+    RecipeSlice slice;
+    slice.position = Parser::position(item);
+    bool has_sources = false;
+    for (const auto& [key_node, value] :
+         p.entries(item, {"sources", "parameters", "base_model", "residual_weight"}, "a slice")) {
+      const std::string key = key_node.as<std::string>();
+      if (key == "sources") {
+        if (!value.IsSequence() || value.size() == 0) p.fail(value, "sources must be a non-empty list");
+        for (const auto& s : value) {
+          slice.sources.push_back(p.source(s, method, true));
+          if (!slice.sources.back().layer_range) p.fail(s, "a slice source needs layer_range: [begin, end]");
+        }
+        has_sources = true;
+      } else if (key == "parameters") {
+        slice.parameters = p.parameters(value, method, false);
+      } else if (key == "residual_weight") {
+        // mergekit's schema: Optional[float]; null is the same as absent.
+        if (!value.IsNull()) {
+          const double weight = p.number(value, "residual_weight");
+          if (!std::isfinite(weight)) p.fail(value, "residual_weight must be a finite number");
+          slice.residual_weight = weight;
+        }
+      } else {
+        slice.base_model = p.model_reference(value);
+      }
+    }
+    if (!has_sources) p.fail(item, "slice has no sources");
+    slices->push_back(std::move(slice));
+  }
+}
+
+// The map entry `key` of `entries`, if present.
+std::optional<YAML::Node> entry_of(const std::vector<std::pair<YAML::Node, YAML::Node>>& entries,
+                                   const std::string& key) {
+  for (const auto& [k, v] : entries) {
+    if (k.as<std::string>() == key) return v;
+  }
+  return std::nullopt;
+}
+
 Recipe parse_structure(const Parser& p, const YAML::Node& root, const std::string& text, const std::string& label) {
   Recipe recipe;
   recipe.label = label;
@@ -480,7 +542,8 @@ Recipe parse_structure(const Parser& p, const YAML::Node& root, const std::strin
   if (!root.IsMap()) p.fail_at({1, 1}, "a recipe is a YAML mapping with at least merge_method and models or slices");
 
   const std::vector<std::string> top_keys = {"merge_method", "base_model", "models", "slices", "parameters", "dtype",
-                                             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name"};
+                                             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name",
+                                             "modules"};
   const auto top = p.entries(root, top_keys, "the recipe");
   // yaml-cpp has no public "undefined" node to return, so absence is an empty optional.
   auto find = [&](const std::string& key) -> std::optional<YAML::Node> {
@@ -537,43 +600,42 @@ Recipe parse_structure(const Parser& p, const YAML::Node& root, const std::strin
   }
   if (const auto node = find("name")) recipe.name = p.scalar_string(*node, "name");
 
-  const auto models_found = find("models"), slices_found = find("slices");
-  if (models_found && slices_found) {
+  const auto models_found = find("models"), slices_found = find("slices"), modules_found = find("modules");
+  if (int(bool(models_found)) + int(bool(slices_found)) + int(bool(modules_found)) > 1) {
+    // mergekit: exactly one of 'models', 'slices', or 'modules'; the second one found is the error.
+    bool seen = false;
     for (const auto& [key, value] : top) {
-      if (key.as<std::string>() == "slices") p.fail(key, "use either models or slices, not both");
+      const std::string k = key.as<std::string>();
+      if (k != "models" && k != "slices" && k != "modules") continue;
+      if (seen) p.fail(key, "use one of models, slices or modules, not several ('" + k + "' after another)");
+      seen = true;
     }
   }
-  if (!models_found && !slices_found) p.fail_at({1, 1}, "the recipe lists no models: add models: or slices:");
-  if (models_found) {
-    const YAML::Node models = *models_found;
-    if (!models.IsSequence() || models.size() == 0) p.fail(models, "models must be a non-empty list");
-    for (const auto& item : models) recipe.models.push_back(p.source(item, method, false));
-  } else {
-    const YAML::Node slices = *slices_found;
-    recipe.uses_slices = true;
-    if (!slices.IsSequence() || slices.size() == 0) p.fail(slices, "slices must be a non-empty list");
-    for (const auto& item : slices) {
-      RecipeSlice slice;
-      slice.position = Parser::position(item);
-      bool has_sources = false;
-      for (const auto& [key_node, value] : p.entries(item, {"sources", "parameters", "base_model"}, "a slice")) {
-        const std::string key = key_node.as<std::string>();
-        if (key == "sources") {
-          if (!value.IsSequence() || value.size() == 0) p.fail(value, "sources must be a non-empty list");
-          for (const auto& s : value) {
-            slice.sources.push_back(p.source(s, method, true));
-            if (!slice.sources.back().layer_range) p.fail(s, "a slice source needs layer_range: [begin, end]");
-          }
-          has_sources = true;
-        } else if (key == "parameters") {
-          slice.parameters = p.parameters(value, method, false);
-        } else {
-          slice.base_model = p.model_reference(value);
-        }
-      }
-      if (!has_sources) p.fail(item, "slice has no sources");
-      recipe.slices.push_back(std::move(slice));
+  if (!models_found && !slices_found && !modules_found) {
+    p.fail_at({1, 1}, "the recipe lists no models: add models:, slices: or modules:");
+  }
+  if (!modules_found) {
+    parse_inputs(p, models_found, slices_found, method, &recipe.uses_slices, &recipe.models, &recipe.slices);
+    return recipe;
+  }
+  const YAML::Node& modules = *modules_found;
+  if (!modules.IsMap() || modules.size() == 0) {
+    p.fail(modules, "modules must be a mapping of module names (text_decoder, vision_tower, ...) to models or slices");
+  }
+  std::set<std::string> names;
+  for (const auto& entry : modules) {
+    RecipeModule module;
+    module.name = p.scalar_string(entry.first, "a module name");
+    module.position = Parser::position(entry.first);
+    if (!names.insert(module.name).second) p.fail(entry.first, "module '" + module.name + "' appears twice");
+    const auto fields = p.entries(entry.second, {"models", "slices", "parameters"}, "module '" + module.name + "'");
+    const auto module_models = entry_of(fields, "models"), module_slices = entry_of(fields, "slices");
+    if (bool(module_models) == bool(module_slices)) {
+      p.fail(entry.second, "module '" + module.name + "' needs either models or slices (one of them)");
     }
+    if (const auto params = entry_of(fields, "parameters")) module.parameters = p.parameters(*params, method, false);
+    parse_inputs(p, module_models, module_slices, method, &module.uses_slices, &module.models, &module.slices);
+    recipe.modules.push_back(std::move(module));
   }
   return recipe;
 }

@@ -43,6 +43,16 @@ RecipePosition PlanContext::position_of(const std::string& model) const {
       if (s.model == model) return s.position;
     }
   }
+  for (const auto& module : r.modules) {
+    for (const auto& s : module.models) {
+      if (s.model == model) return s.position;
+    }
+    for (const auto& slice : module.slices) {
+      for (const auto& s : slice.sources) {
+        if (s.model == model) return s.position;
+      }
+    }
+  }
   return {1, 1};
 }
 
@@ -83,6 +93,7 @@ MergePlan plan_merge(Recipe recipe, const PlanOptions& options) {
   plan.tokenizer_donor = plan.config_donor;
   if (plan.recipe.tokenizer) detail::plan_tokenizer(context);
   detail::plan_tensors(context);
+  detail::plan_module_tensors(context);
   plan.output_config = merged_config(plan);
   if (plan.tokenizer) set_vocab_size(plan.output_config, plan.tokenizer->rows);
   if (plan.recipe.chat_template == "auto") {
@@ -101,6 +112,16 @@ MergePlan plan_merge(Recipe recipe, const PlanOptions& options) {
     plan.notices.push_back(plan.recipe.chat_template ? "chat_template auto: the template most input models carry"
                                                      : "chat_template auto: no input model has a chat template");
   }
+  auto residual_weight_notice = [&](const std::vector<RecipeSlice>& slices) {
+    for (const auto& slice : slices) {
+      if (slice.residual_weight) {
+        plan.warnings.push_back(r.where(slice.position) + "residual_weight is accepted as mergekit accepts it, and "
+                                "changes nothing: no mergekit code reads it, and alloy follows");
+      }
+    }
+  };
+  residual_weight_notice(r.slices);
+  for (const auto& module : r.modules) residual_weight_notice(module.slices);
   for (const auto& [model, skipped] : context.skipped_for_shape) {
     plan.warnings.push_back("model '" + plan.model_names[model] + "': " + std::to_string(skipped.first) +
                             " tensor(s) left out of the merge because their shape differs from the base model's (as "

@@ -121,7 +121,12 @@ TEST(Architecture, LanguageModelPrefixTextConfigAndSubModels) {
   const TensorPlace mtp = arch.classify("mtp.layers.0.self_attn.q_proj.weight");
   EXPECT_EQ(mtp.submodel, "mtp");
   EXPECT_FALSE(arch.split_layer("mtp.layers.0.self_attn.q_proj.weight", &layer, &suffix));
-  EXPECT_EQ(arch.summary()["submodels"]["vision"], 2 * 12 + 9);
+  EXPECT_EQ(arch.summary()["submodels"]["vision"], 2 * 12 + 3);
+  // The merger is the projector, a module of its own in a recipe's `modules:` (mergekit's split).
+  EXPECT_EQ(arch.classify("model.visual.merger.linear_fc1.weight").submodel, "projector");
+  EXPECT_EQ(arch.summary()["submodels"]["projector"], 6);
+  const std::vector<std::string> modules = {"text_decoder", "multi_modal_projector", "vision_tower"};
+  EXPECT_EQ(arch.definition()->module_names(), modules);
   // Fused experts and the gated q are views of their roles.
   const TensorPlace gate_up = arch.classify("model.language_model.layers.2.mlp.experts.gate_up_proj");
   EXPECT_EQ(gate_up.role, TensorRole::kExpertGateUp);

@@ -116,7 +116,8 @@ TEST(RecipeEndToEnd, EveryRecipeFileIsCovered) {
   for (const auto& e : fs::directory_iterator(std::string(ALLOY_SOURCE_DIR) + "/recipes")) {
     count += e.path().extension() == ".yml";
   }
-  EXPECT_EQ(count, 18u) << "add new recipes to the RecipeEndToEnd list";
+  // modules_vision.yml needs a model with a vision tower: test_recipe_modules.cpp runs it.
+  EXPECT_EQ(count, 19u) << "add new recipes to the RecipeEndToEnd list";
 }
 
 TEST(MergeTool, OutputIsAttributedAndReproducible) {

@@ -85,6 +85,9 @@ struct SubModelDef {
   std::string prefix;           // "model.visual.", "mtp."
   std::string layer_prefix;     // its own blocks, "model.visual.blocks." (may be empty)
   std::string layer_count_key;  // dotted config path, "vision_config.depth" (may be empty)
+  // mergekit's module name for it ("vision_tower", "multi_modal_projector"): a recipe's `modules:`
+  // merges it on its own. Empty: it goes with the language model (an MTP head).
+  std::string module;
 };
 
 struct ArchitectureDef {
@@ -100,6 +103,13 @@ struct ArchitectureDef {
   std::vector<TensorDef> pre, layer, post;
   std::vector<SubModelDef> submodels;
   std::string notes;                       // what alloy does not support yet for this family
+
+  // The language model's module name in a recipe's `modules:`, mergekit's: "text_decoder" in a
+  // family with other modules (a vision tower), "default" otherwise.
+  std::string text_module() const;
+  // The recipe module names of the family: text_module() first, then the sub-models' modules in
+  // definition order, each once.
+  std::vector<std::string> module_names() const;
 };
 
 // Parses one definition file's JSON; throws Error(kBadConfig) naming `label` and the bad field.
@@ -174,6 +184,9 @@ class ModelArchitecture {
 // The architecture of a model from its config.json and tensor names (in the model's order).
 ModelArchitecture detect_architecture(const nlohmann::json& config, const std::vector<std::string>& names);
 ModelArchitecture detect_architecture(const Model& model);
+
+// "<prefix><digits>.<rest>" -> (digits, rest), at most 6 digits; false for any other name.
+bool split_indexed(std::string_view name, std::string_view prefix, int* index, std::string* rest);
 
 // Reads a dotted path ("text_config.num_hidden_layers") in a JSON object; null when absent.
 const nlohmann::json* json_path(const nlohmann::json& object, std::string_view dotted);

@@ -60,6 +60,9 @@ struct RecipeSlice {
   std::vector<RecipeSource> sources;
   Parameters parameters;
   std::optional<std::string> base_model;
+  // mergekit's OutputSliceDefinition.residual_weight: a number its schema accepts and no mergekit
+  // code reads; alloy accepts it too, and says (a plan warning) that it changes nothing.
+  std::optional<double> residual_weight;
   RecipePosition position;
 };
 
@@ -83,6 +86,19 @@ struct TokenizerSpec {
   std::optional<uint64_t> pad_to_multiple_of;
 };
 
+// One entry of `modules:` (mergekit's OutputModuleDefinition): a module of a multi-module
+// architecture (the text decoder, a vision tower, a projector; alloy/core/architecture.h
+// module_names()) merged by its own models or slices, with parameters between the slices' and
+// the recipe's.
+struct RecipeModule {
+  std::string name;
+  RecipePosition position;
+  bool uses_slices = false;
+  std::vector<RecipeSource> models;         // when !uses_slices
+  std::vector<RecipeSlice> slices;          // when uses_slices
+  Parameters parameters;
+};
+
 struct Recipe {
   std::string label;                        // file name used in messages
   std::string text;                         // the recipe exactly as given
@@ -93,6 +109,7 @@ struct Recipe {
   bool uses_slices = false;
   std::vector<RecipeSource> models;         // when !uses_slices
   std::vector<RecipeSlice> slices;          // when uses_slices
+  std::vector<RecipeModule> modules;        // `modules:` instead of models or slices (then both empty)
   Parameters parameters;
   std::optional<DType> dtype, out_dtype;
   std::optional<TokenizerSpec> tokenizer;  // absent: the base's (first model's) files, copied
@@ -173,6 +190,9 @@ struct MergePlan {
   // The model card's license: the one every model's README.md declares, else "other" (with a
   // warning in `warnings`; alloy/merge/model_card.h, inherited_license).
   std::string license = "other";
+  // `modules:`: each merged module's layer-count config key (dotted, "vision_config.depth") and
+  // its output layer count, which merged_config() writes where the donor's config has that key.
+  std::vector<std::pair<std::string, int>> module_layer_counts;
 
   uint64_t output_bytes() const;
 };
