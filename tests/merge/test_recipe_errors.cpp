@@ -31,7 +31,7 @@ std::vector<BadRecipe> bad_recipes() {
       {"ModelsAndSlices",
        "merge_method: passthrough\nmodels: [models/ft_a]\nslices:\n  - sources:\n      - model: models/ft_a\n"
        "        layer_range: [0, 2]\n",
-       3, "use either models or slices"},
+       3, "use one of models, slices or modules"},
       {"NoModels", "merge_method: linear\ndtype: bfloat16\n", 1, "lists no models"},
       {"UnknownParameter",
        "merge_method: linear\nmodels:\n  - model: models/ft_a\n    parameters:\n      wieght: 0.5\n", 5,
