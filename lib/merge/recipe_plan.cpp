@@ -112,6 +112,7 @@ MergePlan plan_merge(Recipe recipe, const PlanOptions& options) {
     plan.notices.push_back(plan.recipe.chat_template ? "chat_template auto: the template most input models carry"
                                                      : "chat_template auto: no input model has a chat template");
   }
+  const Recipe& r = plan.recipe;
   auto residual_weight_notice = [&](const std::vector<RecipeSlice>& slices) {
     for (const auto& slice : slices) {
       if (slice.residual_weight) {
