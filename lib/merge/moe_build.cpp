@@ -581,11 +581,13 @@ MoeResult build_moe(const MoeRecipe& r, const MoeOptions& options) {
                           {"gate_mode", moe_gate_mode_name(r.gate_mode)},
                           {"architecture", moe_architecture_name(arch)}});
     std::vector<uint8_t> bytes;
+    uint64_t written = 0;
     for (size_t i = 0; i < plan.size(); ++i) {
       produce(plan[i], &bytes);
       writer.write(plan[i].name, bytes.data(), bytes.size());
       if (plan[i].source) plan[i].source->shard->release(*plan[i].source->info);
-      if (options.progress) options.progress(i + 1, plan.size());
+      written += bytes.size();
+      if (options.progress) options.progress(written, result.output_bytes);
     }
     writer.finish();
   }

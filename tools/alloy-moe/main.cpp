@@ -3,10 +3,12 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <optional>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 
+#include "alloy/core/progress.h"
 #include "alloy/core/error.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/writer.h"
@@ -34,6 +36,8 @@ int main(int argc, char** argv) {
   app.add_flag("--overwrite", overwrite, "replace OUT_DIR if it exists and is not empty");
   app.add_flag("--dry-run", dry_run, "check everything and print the output's tensors and config; write nothing");
   app.add_flag("-q,--quiet,!--no-quiet", quiet, "no progress bar");
+  bool progress = false;
+  app.add_flag("--progress", progress, "draw the progress bar even when stderr is not a terminal (not with --quiet)");
   std::vector<std::string> ignored;
   for (const char* flag : {"--load-in-4bit", "--load-in-8bit", "--verbose", "-v", "--cuda", "--no-cuda",
                            "--lazy-unpickle", "--trust-remote-code", "--allow-crimes", "--low-cpu-memory"}) {
@@ -62,13 +66,10 @@ int main(int argc, char** argv) {
     options.overwrite = overwrite;
     options.dry_run = dry_run;
     const auto start = std::chrono::steady_clock::now();
-    if (!quiet && !dry_run && ::isatty(STDERR_FILENO)) {
-      options.progress = [](size_t done, size_t total) {
-        std::fprintf(stderr, "\r%zu/%zu tensors", done, total);
-        if (done == total) std::fputc('\n', stderr);
-      };
-    }
+    std::optional<alloy::ProgressBar> bar;
+    if (!dry_run && alloy::progress_enabled(quiet, progress)) options.progress = bar.emplace("alloy-moe", 0).callback();
     const alloy::MoeResult result = alloy::build_moe(recipe, options);
+    bar.reset();
     for (const auto& notice : result.notices) std::fprintf(stderr, "alloy-moe: note: %s\n", notice.c_str());
     if (dry_run) {
       nlohmann::json plan = {{"architecture", alloy::moe_architecture_name(result.architecture)},

@@ -1,4 +1,4 @@
-// alloy/core/progress.h: the one progress bar of every long job (alloy-merge, alloy-assay,
+// alloy/core/progress.h: the one progress bar of every long job (alloy-merge, alloy-assay, alloy-moe,
 // alloy-synth), on standard error:
 //
 //   alloy-merge [############............]  48%  1.21 GB / 2.52 GB  310.4 MB/s  ETA 0:04

@@ -79,7 +79,9 @@ struct MoeOptions {
   bool write_model_card = true;
   bool overwrite = false;
   bool dry_run = false;                    // check everything, write nothing
-  std::function<void(size_t done, size_t total)> progress;
+  // Called after each tensor with (output bytes written, total output bytes); may be empty
+  // (the tool draws alloy/core/progress.h's bar with it).
+  std::function<void(uint64_t, uint64_t)> progress;
 };
 
 struct MoeResult {
