@@ -81,7 +81,9 @@ inline __attribute__((always_inline)) void load_range_inline(const ModelTensor& 
 
 void load_range(const ModelTensor& t, size_t begin, size_t count, float* out) { load_range_inline(t, begin, count, out); }
 
-void load_view(const TensorViews& views, size_t v, size_t begin, size_t count, float* out) {
+// Inlined into the vectorised chunk functions, like load_range_inline.
+inline __attribute__((always_inline)) void load_view_inline(const TensorViews& views, size_t v, size_t begin,
+                                                             size_t count, float* out) {
   if (!views.values.empty()) {
     std::memcpy(out, views.values[v] + begin, count * sizeof(float));
   } else if (v == 0 && views.suspect_values) {
@@ -91,19 +93,17 @@ void load_view(const TensorViews& views, size_t v, size_t begin, size_t count, f
   }
 }
 
-// Every vector's elements [begin, begin + count) into the scratch rows x[v] (the aligned suspect's
-// values when the views carry them).
+void load_view(const TensorViews& views, size_t v, size_t begin, size_t count, float* out) {
+  load_view_inline(views, v, begin, count, out);
+}
+
+// Every vector's elements [begin, begin + count) into the scratch rows x[v] (the sampled rows or
+// the aligned suspect's values when the views carry them).
 inline __attribute__((always_inline)) void load_vectors(const TensorViews& views, size_t begin, size_t count,
                                                          float* base, float** x) {
   for (size_t v = 0; v < views.inputs.size(); ++v) {
     x[v] = base + v * kDefaultGrain;
-    if (!views.values.empty()) {
-      std::memcpy(x[v], views.values[v] + begin, count * sizeof(float));
-    } else if (v == 0 && views.suspect_values) {
-      std::memcpy(x[v], views.suspect_values + begin, count * sizeof(float));
-    } else {
-      load_range_inline(*views.inputs[v], begin, count, x[v]);
-    }
+    load_view_inline(views, v, begin, count, x[v]);
   }
 }
 

@@ -9,32 +9,16 @@
 #include <cmath>
 #include <unordered_set>
 
+#include "alloy/core/random.h"
 #include "alloy/core/parallel.h"
 #include "internal.h"
 
 namespace alloy::detail {
 namespace {
 
-// splitmix64: a small, fully specified generator, so that the same seed draws the same rows with
-// every compiler and standard library (std::uniform_int_distribution is implementation-defined).
-struct SplitMix64 {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, n) (Lemire's multiply-shift; the bias is below 2^-40 for the sizes here).
-  uint64_t below(uint64_t n) { return uint64_t((unsigned __int128)next() * n >> 64); }
-};
-
-// FNV-1a of the tensor name: each tensor draws its own rows from the one seed.
-uint64_t name_hash(const std::string& name) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : name) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
+// Uniform in [0, n) from splitmix64 (Lemire's multiply-shift; the bias is below 2^-40 for the
+// sizes here).
+uint64_t below(uint64_t& state, uint64_t n) { return uint64_t((unsigned __int128)splitmix64_next(state) * n >> 64); }
 
 }  // namespace
 
@@ -46,11 +30,11 @@ std::vector<uint64_t> sampled_rows(const std::vector<uint64_t>& shape, double fr
   const uint64_t wanted = std::max<uint64_t>(kMinSampledRows, uint64_t(std::ceil(fraction * double(rows))));
   if (wanted >= rows) return {};
   // Floyd's algorithm: `wanted` distinct rows in `wanted` draws, whatever the tensor's size.
-  SplitMix64 rng{seed ^ name_hash(tensor_name)};
+  uint64_t state = seed ^ fnv1a(tensor_name);  // each tensor draws its own rows from the one seed
   std::unordered_set<uint64_t> chosen;
   chosen.reserve(size_t(wanted) * 2);
   for (uint64_t j = rows - wanted; j < rows; ++j) {
-    const uint64_t t = rng.below(j + 1);
+    const uint64_t t = below(state, j + 1);
     if (!chosen.insert(t).second) chosen.insert(j);
   }
   std::vector<uint64_t> out(chosen.begin(), chosen.end());

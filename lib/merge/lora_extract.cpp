@@ -5,6 +5,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "alloy/core/random.h"
 #include "alloy/core/error.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/writer.h"
@@ -35,22 +36,11 @@ class Gaussian {
   }
 
  private:
-  uint64_t bits() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  uint64_t bits() { return splitmix64_next(state_); }
   uint64_t state_;
   double spare_ = 0;
   bool has_spare_ = false;
 };
-
-uint64_t name_seed(const std::string& name) {
-  uint64_t h = 0xCBF29CE484222325ull;
-  for (unsigned char c : name) h = (h ^ c) * 0x100000001B3ull;
-  return h;
-}
 
 Matrix orthonormal_columns(const Matrix& m) {
   Eigen::HouseholderQR<Matrix> qr(m);
@@ -78,7 +68,7 @@ Truncated truncated_svd(const Matrix& d, Eigen::Index rank, const LoraExtractOpt
     return out;
   }
   out.exact = false;
-  Gaussian gaussian(name_seed(name));
+  Gaussian gaussian(fnv1a(name));
   Matrix omega(d.cols(), probes);
   for (Eigen::Index j = 0; j < probes; ++j) {
     for (Eigen::Index i = 0; i < d.cols(); ++i) omega(i, j) = gaussian.next();

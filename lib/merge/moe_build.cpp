@@ -9,6 +9,7 @@
 #include <optional>
 #include <set>
 
+#include "alloy/core/random.h"
 #include "alloy/core/error.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/hub_cache.h"
@@ -23,12 +24,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kLayerPrefix = "model.layers.";
-
-uint64_t fnv1a(const std::string& text) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : text) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
 
 // Standard normal number `index` of stream `stream` (Box-Muller on two counter-based uniforms).
 double normal_at(uint64_t stream, uint64_t index) {

@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "alloy/core/random.h"
 #include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
 #include "alloy/synth/synth.h"
@@ -119,12 +120,7 @@ void normal_pairs(const StreamKey& key, uint64_t first_pair, size_t pairs, float
 }  // namespace
 
 uint64_t synth_stream_id(std::string_view name) {
-  uint64_t h = 0xCBF29CE484222325ull;  // FNV-1a
-  for (unsigned char c : name) {
-    h ^= c;
-    h *= 0x100000001B3ull;
-  }
-  return h;
+  return fnv1a(name);
 }
 
 void synth_normal(uint64_t seed, uint64_t stream, uint64_t first, size_t count, float* out, float std_dev,

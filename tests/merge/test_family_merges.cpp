@@ -20,6 +20,7 @@
 #include "alloy/merge/merge.h"
 #include "alloy/merge/recipe.h"
 #include "alloy/synth/synth.h"
+#include "tiny_model.h"
 #include "test_utils.h"
 
 namespace alloy {
@@ -40,16 +41,7 @@ struct FamilyCase {
 class FamilyDir {
  public:
   explicit FamilyDir(const FamilyCase& c) {
-    BaseModelOptions base;
-    base.arch.family = *family_from_name(c.family);
-    base.arch.layers = kLayers;
-    base.arch.hidden = 32;
-    base.arch.intermediate = 24;
-    base.arch.heads = 4;
-    base.arch.kv_heads = 2;
-    base.arch.vocab = 48;
-    base.arch.experts = 4;
-    base.arch.moe_intermediate = 8;
+    BaseModelOptions base = test::tiny_family_model(*family_from_name(c.family), kLayers);
     base.arch.tie_embeddings = c.tie;
     base.output.shard_bytes = c.shard_bytes;
     synth_base_model(dir_ / "base", base);

@@ -19,6 +19,7 @@
 #include "alloy/merge/merge.h"
 #include "alloy/merge/recipe.h"
 #include "alloy/synth/synth.h"
+#include "tiny_model.h"
 #include "test_utils.h"
 
 namespace alloy {
@@ -93,16 +94,8 @@ class FusedExperts : public ::testing::TestWithParam<std::string> {};
 TEST_P(FusedExperts, SlerpAndTiesDifferFromPerExpertAndMatchTheMergeOfAFusedCopy) {
   const std::string family = GetParam();
   test::TempDir dir;
-  BaseModelOptions base;
-  base.arch.family = *family_from_name(family);
-  base.arch.layers = kLayers;
-  base.arch.hidden = 32;
-  base.arch.intermediate = 24;
-  base.arch.heads = 4;
-  base.arch.kv_heads = 2;
-  base.arch.vocab = 48;
+  BaseModelOptions base = test::tiny_family_model(*family_from_name(family), kLayers);
   base.arch.experts = kExperts;
-  base.arch.moe_intermediate = 8;
   synth_base_model(dir / "per" / "base", base);
   for (int i = 1; i <= 2; ++i) {
     FineTuneOptions ft;

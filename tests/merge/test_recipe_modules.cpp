@@ -16,6 +16,7 @@
 #include "alloy/merge/merge.h"
 #include "alloy/merge/recipe.h"
 #include "alloy/synth/synth.h"
+#include "tiny_model.h"
 #include "test_utils.h"
 
 namespace alloy {
@@ -27,16 +28,7 @@ namespace fs = std::filesystem;
 class Models {
  public:
   explicit Models(const std::string& family) {
-    BaseModelOptions base;
-    base.arch.family = *family_from_name(family);
-    base.arch.layers = 4;
-    base.arch.hidden = 32;
-    base.arch.intermediate = 24;
-    base.arch.heads = 4;
-    base.arch.kv_heads = 2;
-    base.arch.vocab = 48;
-    base.arch.experts = 4;
-    base.arch.moe_intermediate = 8;
+    BaseModelOptions base = test::tiny_family_model(*family_from_name(family), 4);
     synth_base_model(dir_ / "base", base);
     for (int i = 1; i <= 2; ++i) {
       FineTuneOptions ft;
