@@ -106,6 +106,23 @@ struct SparseStats {
 };
 SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others);
 
+// DARE's kept sets element by element (sparse_subsets.cpp), given each other candidate's
+// approximate rescaled weight a_i (kept_scale): on well-resolved elements whose deltas share one
+// sign and whose subset sums are apart, the kept set that makes S; on opposite-sign elements,
+// whether only the plain sum (not sign consensus) can make S. At most kMaxSubsetCandidates
+// others (2^k kept sets per element); NaN densities when not measured.
+inline constexpr size_t kMaxSubsetCandidates = 4;
+struct SubsetStats {
+  std::vector<double> density;     // per other: share of matched elements whose kept set holds it
+  std::vector<double> scale;       // per other: a_i by least squares over the matched elements
+  uint64_t classifiable = 0;       // same-sign elements with separated subset sums
+  double matched_share = 0;        // of those, the share some kept set explains (NaN: none)
+  uint64_t opposite = 0;           // well-resolved elements with deltas of both signs
+  uint64_t sum_votes = 0;          // of those, made only by the plain sum of kept deltas
+};
+SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
+                              const std::vector<double>& scale);
+
 // What the prefix alone decides: each candidate's Pearson correlation with S and the reference
 // (candidate index: the medoid of the related candidates).
 struct PrefixFit {

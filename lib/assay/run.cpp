@@ -130,6 +130,18 @@ void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
     ta->solo_density[c] = s.solo_density[j];
     ta->ratio_weight[c] = s.ratio_weights[j];
   }
+  const detail::SubsetStats subsets = detail::subset_statistics(views, ta->reference + 1, others, s.kept_scale);
+  ta->subset_density.assign(k, std::nan(""));
+  ta->subset_scale.assign(k, std::nan(""));
+  for (size_t j = 0; j < others.size() && !subsets.density.empty(); ++j) {
+    const size_t c = size_t(others[j] - 1);
+    ta->subset_density[c] = subsets.density[j];
+    ta->subset_scale[c] = subsets.scale[j];
+  }
+  ta->subset_matched = subsets.matched_share;
+  ta->subset_classifiable = subsets.classifiable;
+  ta->opposite_elements = subsets.opposite;
+  ta->sum_votes = subsets.sum_votes;
 }
 
 }  // namespace

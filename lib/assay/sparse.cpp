@@ -17,6 +17,7 @@
 #include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
 #include "internal.h"
+#include "subchunks.h"
 
 namespace alloy::detail {
 namespace {
@@ -25,7 +26,6 @@ constexpr int kMagnitudeShift = 18;                  // keep exponent + 5 mantis
 constexpr size_t kMagnitudeBins = size_t(1) << (31 - kMagnitudeShift);
 constexpr double kRatioLow = -1.0, kRatioStep = 0.02;
 constexpr size_t kRatioBins = 400;                   // ratios in [-1, 7)
-constexpr size_t kMaxParts = 16;
 
 size_t magnitude_bin(float delta) { return (float_to_bits(delta) & 0x7FFFFFFFu) >> kMagnitudeShift; }
 
@@ -44,31 +44,6 @@ struct Histograms {
     for (size_t i = 0; i < ratio.size(); ++i) ratio[i] += o.ratio[i];
   }
 };
-
-// Scratch for one sub-chunk of every vector.
-float* scratch(size_t vectors) {
-  static thread_local std::vector<float> buffer;
-  if (buffer.size() < vectors * kDefaultGrain) buffer.resize(vectors * kDefaultGrain);
-  return buffer.data();
-}
-
-// Calls body(x, count) with x[v] the floats of vector v for each sub-chunk of [begin, end).
-template <class Body>
-void for_each_subchunk(const TensorViews& views, size_t begin, size_t end, Body&& body) {
-  const size_t m = views.inputs.size();
-  float* base = scratch(m);
-  std::vector<float*> x(m);
-  for (size_t b = begin; b < end; b += kDefaultGrain) {
-    const size_t count = std::min(end - b, kDefaultGrain);
-    for (size_t v = 0; v < m; ++v) {
-      x[v] = base + v * kDefaultGrain;
-      load_view(views, v, b, count, x[v]);
-    }
-    body(x, count);
-  }
-}
-
-size_t part_grain(uint64_t n) { return std::max<size_t>(kDefaultGrain, (n + kMaxParts - 1) / kMaxParts); }
 
 }  // namespace
 

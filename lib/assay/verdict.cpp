@@ -52,7 +52,7 @@ void qualify(VerdictContext& v) {
   // that part is reported as the disguise, and only a miss well beyond it lowers the verdict.
   const double unexplained = r.evidence.value("unexplained_level", 0.0);
   const double bar = std::max(kRebuildError, 1.5 * unexplained + 0.02);
-  if ((r.verdict == "merge" || r.verdict == "copy") && r.method != "dare_ties" && rebuild.contains("relative_error") &&
+  if ((r.verdict == "merge" || r.verdict == "copy") && r.method.rfind("dare", 0) != 0 && rebuild.contains("relative_error") &&
       rebuild["relative_error"].get<double>() > bar) {
     v.note("the recovered recipe rebuilds the sampled tensors only within relative error " +
            number_text(rebuild["relative_error"].get<double>()) + " (bar " + number_text(bar) +
@@ -83,7 +83,7 @@ void decide(VerdictContext& v) {
     independent(v, "no candidate correlates with the suspect beyond chance");
     return;
   }
-  if (sparse_fraction(v) > kSparseEquality && try_sparse(v, base)) return;
+  if ((sparse_fraction(v) > kSparseEquality || dare_signature(v)) && try_sparse(v, base)) return;
   std::vector<int> involved;
   for (int c = 0; c < v.k; ++c) {
     if (std::fabs(v.candidate(c).weight) >= kInvolvedWeight) involved.push_back(c);

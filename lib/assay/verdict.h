@@ -119,6 +119,9 @@ void fine_tune(VerdictContext& v, int base, const std::string& why);
 bool try_copy(VerdictContext& v);
 bool try_stacking(VerdictContext& v);
 bool try_sparse(VerdictContext& v, int base);
+// DARE at high densities, where few elements equal the base: nearly every element is made by a
+// kept set of rescaled deltas and some candidate is clearly not always kept (verdict_sparse.cpp).
+bool dare_signature(const VerdictContext& v);
 bool try_slerp(VerdictContext& v, const std::vector<int>& involved);
 void dense_merge(VerdictContext& v, const std::vector<int>& involved, int base);
 

@@ -122,6 +122,15 @@ struct TensorAssay {
   std::vector<double> kept_scale;       // (S - C_ref) / delta_i where i alone is kept (median)
   std::vector<double> solo_density;     // kept fraction from "kept alone" vs "nothing kept" counts
   std::vector<double> ratio_weight;     // TIES weight ratios (sum 1) where all kept agree
+  // DARE's kept sets read element by element (docs/assay.md "DARE densities and rules"): per
+  // candidate its keep rate and rescaled weight a_i = w_i / density_i (NaN where not measured);
+  // the share of classifiable elements some kept set explains; the well-resolved elements with
+  // deltas of both signs, and how many of them only the plain sum (no sign consensus) explains.
+  std::vector<double> subset_density;
+  std::vector<double> subset_scale;
+  double subset_matched = 0;
+  uint64_t subset_classifiable = 0;
+  uint64_t opposite_elements = 0, sum_votes = 0;
 };
 
 struct CandidateAssay {

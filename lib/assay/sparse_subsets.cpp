@@ -1,0 +1,160 @@
+// DARE's kept sets, read element by element. Under dare_ties / dare_linear, S - C_b is the sum of
+// a_i * delta_i over the candidates i whose entry was kept (a_i = w_i / density_i, the rescaled
+// weight), minus, under sign consensus, those whose sign lost the vote. With the scales a_i known
+// (approximately: the ratio histogram's mode, sparse.cpp), every element whose subset sums are far
+// enough apart names its kept set. Counting those sets gives each candidate's density and, on
+// opposite-sign elements, whether the plain sum (dare_linear) made some of them: sign consensus
+// (dare_ties) never can.
+//
+// Unbiasedness: DARE keeps each entry independently of its value, so restricting the count to
+// elements chosen by their values (well resolved, every delta of one sign, subset sums separated)
+// leaves each candidate's keep rate unchanged. docs/assay.md, "DARE densities and rules".
+#include <Eigen/Dense>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "alloy/core/dtype.h"
+#include "internal.h"
+#include "subchunks.h"
+
+namespace alloy::detail {
+namespace {
+
+// How far the binned mode (0.02 wide bins) may be from a_i, as a share of |delta_i|.
+constexpr double kScaleSlack = 0.015;
+
+double unit_roundoff(DType dtype) {
+  switch (dtype) {
+    case DType::BF16: return std::ldexp(1.0, -8);
+    case DType::F16: return std::ldexp(1.0, -11);
+    default: return std::ldexp(1.0, -24);
+  }
+}
+
+struct Counts {
+  std::vector<uint64_t> kept;  // [other]
+  uint64_t classifiable = 0, matched = 0, opposite = 0, sum = 0;
+  Eigen::MatrixXd normal;      // [k x (k + 1)]: the normal equations for a, then the right-hand side
+  void resize(size_t k) {
+    kept.assign(k, 0);
+    normal = Eigen::MatrixXd::Zero(Eigen::Index(k), Eigen::Index(k + 1));
+  }
+  void add(const Counts& o) {
+    for (size_t j = 0; j < kept.size(); ++j) kept[j] += o.kept[j];
+    classifiable += o.classifiable, matched += o.matched, opposite += o.opposite, sum += o.sum;
+    normal += o.normal;
+  }
+};
+
+// Sum of u over the set bits of `set`; under consensus only the entries whose sign agrees with
+// the sign of that sum (mergekit's "sum" sign election; a zero sum keeps nothing).
+double subset_sum(const double* u, size_t k, unsigned set, bool consensus) {
+  double total = 0;
+  for (size_t j = 0; j < k; ++j) total += (set >> j & 1u) ? u[j] : 0.0;
+  if (!consensus) return total;
+  double agreeing = 0;
+  for (size_t j = 0; j < k; ++j) {
+    if ((set >> j & 1u) && ((u[j] > 0 && total > 0) || (u[j] < 0 && total < 0))) agreeing += u[j];
+  }
+  return agreeing;
+}
+
+}  // namespace
+
+SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
+                              const std::vector<double>& scale) {
+  const size_t k = others.size();
+  SubsetStats out;
+  out.density.assign(k, std::numeric_limits<double>::quiet_NaN());
+  out.scale = out.density;
+  if (k == 0 || k > kMaxSubsetCandidates || views.numel == 0) return out;
+  for (double a : scale) {
+    if (!std::isfinite(a) || a == 0) return out;
+  }
+  const double eps = unit_roundoff(views.inputs[0]->info->dtype);
+  const unsigned sets = 1u << k;
+  Counts init;
+  init.resize(k);
+  const uint64_t n = views.numel;
+  const Counts total = parallel_reduce(n, part_grain(n), init, [&](size_t begin, size_t end) {
+    Counts part;
+    part.resize(k);
+    double d[kMaxSubsetCandidates], u[kMaxSubsetCandidates], lin[1u << kMaxSubsetCandidates];
+    for_each_subchunk(views, begin, end, [&](const std::vector<float*>& x, size_t count) {
+      for (size_t i = 0; i < count; ++i) {
+        const double b = x[base][i], s = x[0][i], r = s - b;
+        double slack = 0;
+        bool positive = false, negative = false, resolved = true;
+        for (size_t j = 0; j < k && resolved; ++j) {
+          d[j] = double(x[others[j]][i]) - b;
+          u[j] = scale[j] * d[j];
+          resolved = d[j] != 0 && std::fabs(d[j]) >= 0.125 * std::fabs(b);
+          slack += kScaleSlack * std::fabs(d[j]);
+          positive |= u[j] > 0, negative |= u[j] < 0;
+        }
+        if (!resolved) continue;
+        // Rounding of S and of the stored deltas, plus what the approximate scales may miss.
+        const double tol = 4 * eps * (std::fabs(b) + std::fabs(s)) + slack;
+        if (positive && negative) {
+          // Every value sign consensus makes, the plain sum makes too (with the losers dropped), so
+          // only the other direction is evidence: S made by the plain sum of kept deltas of both
+          // signs, and by no kept set under consensus. Under dare_linear that happens whenever
+          // deltas of both signs are kept; under dare_ties never.
+          bool by_sum = false, by_consensus = false;
+          for (unsigned set = 0; set < sets; ++set) {
+            by_sum |= std::fabs(r - subset_sum(u, k, set, false)) <= tol;
+            by_consensus |= std::fabs(r - subset_sum(u, k, set, true)) <= tol;
+          }
+          ++part.opposite;
+          part.sum += by_sum && !by_consensus;
+          continue;
+        }
+        // Same sign: both rules agree. Classifiable when every two subset sums are apart.
+        bool separated = true;
+        for (unsigned a = 0; a < sets; ++a) lin[a] = subset_sum(u, k, a, false);
+        for (unsigned a = 0; a < sets && separated; ++a) {
+          for (unsigned c = a + 1; c < sets && separated; ++c) separated = std::fabs(lin[a] - lin[c]) > 2 * tol;
+        }
+        if (!separated) continue;
+        ++part.classifiable;
+        for (unsigned set = 0; set < sets; ++set) {
+          if (std::fabs(r - lin[set]) > tol) continue;
+          ++part.matched;
+          for (size_t j = 0; j < k; ++j) {
+            if (!(set >> j & 1u)) continue;
+            ++part.kept[j];
+            for (size_t c = 0; c < k; ++c) {
+              if (set >> c & 1u) part.normal(Eigen::Index(j), Eigen::Index(c)) += d[j] * d[c];
+            }
+            part.normal(Eigen::Index(j), Eigen::Index(k)) += d[j] * r;
+          }
+          break;
+        }
+      }
+    });
+    return part;
+  }, [](Counts acc, const Counts& part) {
+    acc.add(part);
+    return acc;
+  });
+  out.classifiable = total.classifiable;
+  out.matched_share = total.classifiable ? double(total.matched) / double(total.classifiable)
+                                         : std::numeric_limits<double>::quiet_NaN();
+  out.opposite = total.opposite;
+  out.sum_votes = total.sum;
+  if (total.matched == 0) return out;
+  for (size_t j = 0; j < k; ++j) out.density[j] = double(total.kept[j]) / double(total.matched);
+  // The scales by least squares over the matched elements (each row: r = sum over its kept set).
+  const Eigen::Index p = Eigen::Index(k);
+  const Eigen::MatrixXd m = total.normal.leftCols(p);
+  if (m.trace() > 0) {
+    const Eigen::VectorXd a = (m + 1e-12 * m.trace() * Eigen::MatrixXd::Identity(p, p)).ldlt().solve(total.normal.col(p));
+    for (size_t j = 0; j < k; ++j) {
+      if (total.kept[j] > 0) out.scale[j] = a(Eigen::Index(j));
+    }
+  }
+  return out;
+}
+
+}  // namespace alloy::detail
