@@ -38,13 +38,13 @@ std::vector<std::vector<float>> family(DType d, size_t n, uint64_t seed) {
   return v;
 }
 
-struct Run {
+struct Inputs {
   MergeContext ctx;
   std::vector<std::vector<float>> values;
 };
 
-Run context(const std::string& method, DType d, const std::vector<uint64_t>& shape) {
-  Run run;
+Inputs context(const std::string& method, DType d, const std::vector<uint64_t>& shape) {
+  Inputs run;
   size_t n = 1;
   for (uint64_t s : shape) n *= s;
   run.values = family(d, n, n + static_cast<uint64_t>(d) * 1000 + method.size());
@@ -84,7 +84,7 @@ TEST_F(StreamingTies, StreamedOutputIsBitIdenticalToTheWholeTensorMerge) {
     ASSERT_NE(m, nullptr) << method;
     for (DType d : {DType::BF16, DType::F16, DType::F32}) {
       for (const auto& shape : shapes) {
-        Run run = context(method, d, shape);
+        Inputs run = context(method, d, shape);
         const size_t n = run.ctx.numel();
         for (int threads : {1, 2}) {
           alloy::set_thread_count(threads);
@@ -122,7 +122,7 @@ TEST_F(StreamingTies, StreamedOutputIsBitIdenticalToTheWholeTensorMerge) {
 // A refusal (a density that keeps no entry) is still reported, by prepare(), naming the tensor
 // and the model.
 TEST_F(StreamingTies, RefusalsComeFromPrepare) {
-  Run run = context("ties", DType::BF16, {7, 3});
+  Inputs run = context("ties", DType::BF16, {7, 3});
   run.ctx.sources[1].params["density"] = 0.01;
   const auto chunked = alloy::find_merge_method("ties")->chunked(run.ctx);
   ASSERT_NE(chunked, nullptr);
