@@ -24,6 +24,7 @@
 #include "alloy/core/test_hooks.h"
 #include "alloy/core/writer.h"
 #include "methods/method_util.h"
+#include "methods/sparsify.h"
 #include "tokenizer_plan.h"
 
 namespace alloy {
@@ -211,26 +212,41 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     inputs.push_back(source);
   }
   FirstError read_error;
+  // Whole-tensor work first (the sparsified task-arithmetic methods' streaming passes,
+  // lib/merge/methods/sparsify.h): any range of any source, read from its bytes as the chunks are.
+  merge.prepare([&](size_t k, uint64_t begin, size_t len, float* dst) {
+    bool loaded = false;
+    read_error.run([&] {
+      load_range(inputs[k], t.shape, t.compute_dtype, begin, len, dst);
+      loaded = true;
+    });
+    if (!loaded) std::fill(dst, dst + len, 0.0f);
+  });
+  read_error.rethrow();
+  // The merge's chunks: the sums pass needs the fixed kDefaultGrain chunks (its partial sums are
+  // added in their order); an element-wise merge takes any length (the streaming grain, which
+  // tests make small and odd).
+  const size_t grain = merge.sum_count() > 0 ? kDefaultGrain : detail::stream_grain();
   // Runs body(begin, len, sources, scratch_out) on every chunk, in parallel; a chunk whose source
   // cannot be read is skipped and its error rethrown after the loop.
-  auto for_each_chunk = [&](auto&& body) {
-    const size_t result = parallel_reduce(n, kDefaultGrain, size_t{0}, [&](size_t begin, size_t end) -> size_t {
+  auto for_each_chunk = [&](size_t chunk, auto&& body) {
+    const size_t result = parallel_reduce(n, chunk, size_t{0}, [&](size_t begin, size_t end) -> size_t {
       const size_t len = end - begin;
       std::vector<float>& scratch = t_chunk_scratch;
-      if (scratch.size() < (count + 1) * kDefaultGrain) scratch.resize((count + 1) * kDefaultGrain);
+      if (scratch.size() < (count + 1) * chunk) scratch.resize((count + 1) * chunk);
       const float* sources[64];
       std::vector<const float*> many(count > 64 ? count : 0);
       const float** ptrs = count > 64 ? many.data() : sources;
       bool loaded = false;
       read_error.run([&] {
         for (size_t k = 0; k < count; ++k) {
-          float* dst = scratch.data() + k * kDefaultGrain;
+          float* dst = scratch.data() + k * chunk;
           load_range(inputs[k], t.shape, t.compute_dtype, begin, len, dst);
           ptrs[k] = dst;
         }
         loaded = true;
       });
-      return loaded ? body(begin, len, ptrs, scratch.data() + count * kDefaultGrain) : size_t{0};
+      return loaded ? body(begin, len, ptrs, scratch.data() + count * chunk) : size_t{0};
     }, [](size_t a, size_t b) { return a + b; });
     read_error.rethrow();
     return result;
@@ -238,7 +254,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   if (const size_t sums = merge.sum_count(); sums > 0) {
     const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
     std::vector<double> partial(chunks * sums, 0.0);
-    for_each_chunk([&](size_t begin, size_t len, const float* const* sources, float*) -> size_t {
+    for_each_chunk(kDefaultGrain, [&](size_t begin, size_t len, const float* const* sources, float*) -> size_t {
       merge.chunk_sums(sources, len, partial.data() + begin / kDefaultGrain * sums);
       return 0;
     });
@@ -254,7 +270,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // methods round to the compute dtype, where an overflow is already a non-finite value).
   const bool narrowing = t.out_dtype != t.compute_dtype;
   std::atomic<size_t> overflows{0};
-  const size_t bad = for_each_chunk([&](size_t begin, size_t len, const float* const* sources, float* out) {
+  const size_t bad = for_each_chunk(grain, [&](size_t begin, size_t len, const float* const* sources, float* out) {
     const size_t chunk_bad = merge.merge_chunk(sources, begin, len, out);
     if (narrowing) overflows += overflow_on_store(t.out_dtype, out, len, clamp_overflow);
     store_from_f32(out, len, t.out_dtype, bytes + begin * element_bytes);

@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <limits>
@@ -70,15 +71,25 @@ struct MergeContext {
 // element i of each source and on per-tensor scalars. Made by MergeMethod::chunked() from the
 // context and its parameters; then, over the fixed chunks [c * kDefaultGrain, (c + 1) *
 // kDefaultGrain) of the tensor (alloy/core/parallel.h):
+//   0. prepare() once, with a loader of any element range of any source: the streaming passes of
+//      the sparsified task-arithmetic methods (TIES, DARE, breadcrumbs, DELLA) build their masks
+//      and rescale factors there, reading the sources range by range (lib/merge/methods/sparsify.h);
 //   1. if sum_count() > 0, chunk_sums() for every chunk (concurrently); the caller adds the partial
 //      sums in chunk order, starting from 0.0, and passes the totals to set_sums() once;
 //   2. merge_chunk() for every chunk (concurrently).
 // The chunking and the order of the combine are fixed, so the sums, and the result, do not depend
 // on the number of threads. sources[k] points at the chunk's first element of source k (its values
 // representable in D, as in MergeSource).
+// Reads elements [begin, begin + len) of source k into dst as float32 values representable in D.
+// Called concurrently; never throws (a read error is recorded and rethrown after prepare()).
+using SourceRangeLoader = std::function<void(size_t k, uint64_t begin, size_t len, float* dst)>;
+
 class ChunkedMerge {
  public:
   virtual ~ChunkedMerge() = default;
+  // Whole-tensor work done before the chunks, through `load` (may be called again for another
+  // tensor's merge object; not concurrently). Throws Error naming the tensor on bad parameters.
+  virtual void prepare(const SourceRangeLoader& /*load*/) {}
   // How many double sums over the whole tensor the merge needs before its first output element
   // (slerp: 3, the squared norms and the dot product); 0 when none.
   virtual size_t sum_count() const { return 0; }
@@ -94,7 +105,10 @@ class ChunkedMerge {
 // Runs `merge` over whole-tensor buffers (ctx.sources[k].values) into out, as the executor runs it
 // over chunks: the merge() of a method that has a chunked form. Throws kNonFinite naming the tensor
 // and `method` when an output value is NaN or infinite.
-void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* method, float* out);
+// `grain`: the length of the chunks of the merge (not of the sums pass, which is fixed); changes no
+// bit of the result (tests set small odd values).
+void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* method, float* out,
+                 size_t grain = 0);
 
 class MergeMethod {
  public:

@@ -14,9 +14,13 @@ uint64_t MergeContext::numel() const {
   return n;
 }
 
-void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* method, float* out) {
+void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* method, float* out,
+                 size_t grain) {
   const size_t n = ctx.numel();
   const size_t count = ctx.sources.size();
+  merge.prepare([&](size_t k, uint64_t begin, size_t len, float* dst) {
+    std::memcpy(dst, ctx.sources[k].values + begin, len * sizeof(float));
+  });
   // Pointers to the chunk's first element of each source (small: no allocation per chunk).
   auto at = [&](size_t begin, const float** sources) {
     for (size_t k = 0; k < count; ++k) sources[k] = ctx.sources[k].values + begin;
@@ -39,7 +43,7 @@ void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* metho
     std::vector<const float*> sources(count);
     at(begin, sources.data());
     return merge.merge_chunk(sources.data(), begin, end - begin, out + begin);
-  });
+  }, grain == 0 ? kDefaultGrain : grain);
 }
 
 namespace {

@@ -21,13 +21,29 @@ inline uint32_t magnitude_key(float d) {
   return u & 0x7FFFFFFFu;
 }
 
-template <class R>
-struct DeltaAt {
-  const float* x;
-  const float* base;
-  R rnd;
-  float operator()(size_t i) const { return rnd(x[i] - base[i]); }
-};
+std::atomic<size_t> g_stream_grain{0};
+
+thread_local std::vector<float> t_run;  // one run of x, then one of base (streamed views)
+
+// Calls fn(first, x, base, len) for consecutive runs covering [begin, end) in index order, x[j] and
+// base[j] being elements first + j: one run pointing into the buffers of a whole-tensor view, or
+// runs of stream_grain() elements loaded into this thread's scratch.
+template <class Fn>
+void for_each_run(const TaskVectorView& tv, size_t begin, size_t end, Fn&& fn) {
+  if (begin >= end) return;
+  if (!tv.load) {
+    fn(begin, tv.x + begin, tv.base + begin, end - begin);
+    return;
+  }
+  const size_t grain = stream_grain();
+  std::vector<float>& run = t_run;  // a worker's own instance: called inside the parallel loops
+  if (run.size() < 2 * grain) run.resize(2 * grain);
+  for (size_t first = begin; first < end; first += grain) {
+    const size_t len = std::min(grain, end - first);
+    tv.load(first, len, run.data(), run.data() + grain);
+    fn(first, run.data(), run.data() + grain, len);
+  }
+}
 
 // The rounding of mergekit's random masks' "work dtype": bf16 stays bf16, everything else is done
 // in float32 (torch.bernoulli has no CPU float16 kernel, so mergekit upcasts).
@@ -79,8 +95,7 @@ struct Cut {
 template <class R>
 class RankSelector {
  public:
-  RankSelector(const TaskVectorView& tv, R rnd)
-      : tv_(tv), delta_{tv.x, tv.base, rnd}, chunks_(tv.n) {}
+  RankSelector(const TaskVectorView& tv, R rnd) : tv_(tv), rnd_(rnd), chunks_(tv.n) {}
 
   void select(uint64_t lo, uint64_t hi, std::vector<uint64_t>& words) {
     const size_t n = tv_.n;
@@ -99,18 +114,22 @@ class RankSelector {
     parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
       for (size_t c = cb; c < ce; ++c) {
         uint64_t seen_low = low.equal_prefix[c], seen_high = high.equal_prefix[c];
-        const size_t begin = chunks_.begin(c), end = chunks_.end(c);
-        for (size_t w = begin / 64; w * 64 < end; ++w) {
-          uint64_t bits = 0;
-          const size_t stop = std::min(end, w * 64 + 64);
-          for (size_t i = w * 64; i < stop; ++i) {
-            const uint32_t k = magnitude_key(delta_(i));
-            const bool before_high = high.before(k, seen_high);
-            const bool before_low = low.before(k, seen_low);
-            bits |= uint64_t{before_high && !before_low} << (i - w * 64);
-          }
-          words[w] = bits;
-        }
+        const size_t end = chunks_.end(c);
+        uint64_t bits = 0;  // the word of element i, completed at its last element
+        for_each_run(tv_, chunks_.begin(c), end,
+                     [&](size_t first, const float* x, const float* b, size_t len) {
+                       for (size_t j = 0; j < len; ++j) {
+                         const size_t i = first + j;
+                         const uint32_t k = magnitude_key(rnd_(x[j] - b[j]));
+                         const bool before_high = high.before(k, seen_high);
+                         const bool before_low = low.before(k, seen_low);
+                         bits |= uint64_t{before_high && !before_low} << (i & 63);
+                         if ((i & 63) == 63 || i + 1 == end) {
+                           words[i >> 6] = bits;
+                           bits = 0;
+                         }
+                       }
+                     });
       }
     });
   }
@@ -127,8 +146,10 @@ class RankSelector {
       for (size_t c = cb; c < ce; ++c) {
         uint32_t* h = hist_ + c * kHighBins;
         std::fill(h, h + kHighBins, 0u);
-        for (size_t i = chunks_.begin(c), e = chunks_.end(c); i < e; ++i)
-          ++h[magnitude_key(delta_(i)) >> 16];
+        for_each_run(tv_, chunks_.begin(c), chunks_.end(c),
+                     [&](size_t, const float* x, const float* b, size_t len) {
+                       for (size_t j = 0; j < len; ++j) ++h[magnitude_key(rnd_(x[j] - b[j])) >> 16];
+                     });
       }
     });
     total_.assign(kHighBins, 0);
@@ -172,10 +193,13 @@ class RankSelector {
         for (size_t c = cb; c < ce; ++c) {
           if (offset[c + 1] == offset[c]) continue;
           uint16_t* out = candidates.data() + offset[c];
-          for (size_t i = chunks_.begin(c), e = chunks_.end(c); i < e; ++i) {
-            const uint32_t k = magnitude_key(delta_(i));
-            if ((k >> 16) == bin) *out++ = static_cast<uint16_t>(k & 0xFFFFu);
-          }
+          for_each_run(tv_, chunks_.begin(c), chunks_.end(c),
+                       [&](size_t, const float* x, const float* b, size_t len) {
+                         for (size_t j = 0; j < len; ++j) {
+                           const uint32_t k = magnitude_key(rnd_(x[j] - b[j]));
+                           if ((k >> 16) == bin) *out++ = static_cast<uint16_t>(k & 0xFFFFu);
+                         }
+                       });
         }
       });
       std::vector<uint64_t> low_hist(kLowBins, 0);
@@ -200,7 +224,7 @@ class RankSelector {
   }
 
   const TaskVectorView& tv_;
-  DeltaAt<R> delta_;
+  R rnd_;
   Chunks chunks_;
   uint32_t* hist_ = nullptr;     // chunks_.count histograms of kHighBins counts
   std::vector<uint64_t> total_;  // their sum
@@ -211,17 +235,20 @@ class RankSelector {
 // is below rnd_W(1e-7).
 template <class R, class W>
 void rescale_l1(const TaskVectorView& tv, R rnd, W work, DeltaMask& mask) {
-  const DeltaAt<R> delta{tv.x, tv.base, rnd};
   using Sums = std::pair<double, double>;
+  // Each fixed block of kDefaultGrain elements summed in index order (run after run when
+  // streamed), the blocks added in order: the same bits for any thread count and run length.
   const Sums sums = parallel_reduce(
       tv.n, kDefaultGrain, Sums{0.0, 0.0},
-      [&](size_t b, size_t e) {
+      [&](size_t begin, size_t end) {
         double all = 0, kept = 0;
-        for (size_t i = b; i < e; ++i) {
-          const float magnitude = std::fabs(delta(i));
-          all += magnitude;
-          kept += keep_or_zero(magnitude, mask.keep(i));
-        }
+        for_each_run(tv, begin, end, [&](size_t first, const float* x, const float* b, size_t len) {
+          for (size_t j = 0; j < len; ++j) {
+            const float magnitude = std::fabs(rnd(x[j] - b[j]));
+            all += magnitude;
+            kept += keep_or_zero(magnitude, mask.keep(first + j));
+          }
+        });
         return Sums{all, kept};
       },
       [](Sums a, Sums b) {
@@ -292,7 +319,6 @@ void della_mask(const TaskVectorView& tv, R rnd, const SparsifyOptions& o,
   }
   std::fill(words.begin(), words.end(), 0);
   if (length == 0 || n == 0 || inner == 0) return;
-  const DeltaAt<R> delta{tv.x, tv.base, rnd};
   const float low_p = work.param(o.density - o.epsilon), epsilon = work.param(o.epsilon);
   const float span = work(work(work(static_cast<float>(length - 1)) + 1.0f) - 1.0f);
   std::vector<double> probability(length);
@@ -307,12 +333,25 @@ void della_mask(const TaskVectorView& tv, R rnd, const SparsifyOptions& o,
   const size_t fibers = outer * inner;
   // bf16 deltas have zero low 16 bits: two radix passes instead of four.
   const unsigned first_shift = tv.dtype == DType::BF16 ? 16 : 0;
-  parallel_for(fibers, std::max<size_t>(1, kDefaultGrain / length), [&](size_t fb, size_t fe) {
+  // inner > 1: the fibers are strided, so the keys of one slab of the outer dimension (length *
+  // inner elements) are computed first, read in index order, and its fibers ranked from them.
+  std::vector<uint32_t> slab(inner > 1 ? length * inner : 0);
+  const size_t slab_elements = length * inner;
+  auto rank_fibers = [&](size_t f_begin, size_t f_end) {
+  parallel_for(f_end - f_begin, std::max<size_t>(1, kDefaultGrain / length), [&](size_t fb, size_t fe) {
     std::vector<uint32_t> keys(length), order(length), scratch(length);
     std::vector<uint64_t> local;  // contiguous fibers: their bits, then OR-ed into shared words
-    for (size_t f = fb; f < fe; ++f) {
-      const size_t start = (f / inner) * length * inner + f % inner;
-      for (size_t t = 0; t < length; ++t) keys[t] = magnitude_key(delta(start + t * inner));
+    for (size_t f = f_begin + fb; f < f_begin + fe; ++f) {
+      const size_t start = (f / inner) * slab_elements + f % inner;
+      if (inner == 1) {
+        for_each_run(tv, start, start + length,
+                     [&](size_t first, const float* x, const float* b, size_t len) {
+                       for (size_t j = 0; j < len; ++j)
+                         keys[first - start + j] = magnitude_key(rnd(x[j] - b[j]));
+                     });
+      } else {
+        for (size_t t = 0; t < length; ++t) keys[t] = slab[t * inner + f % inner];
+      }
       ascending_rank_order(keys, first_shift, order, scratch);
       if (inner == 1) {
         const size_t first_word = start >> 6, last_word = (start + length - 1) >> 6;
@@ -342,9 +381,32 @@ void della_mask(const TaskVectorView& tv, R rnd, const SparsifyOptions& o,
       }
     }
   });
+  };
+  if (inner == 1) {
+    rank_fibers(0, fibers);
+    return;
+  }
+  for (size_t slab_index = 0; slab_index < outer; ++slab_index) {
+    const size_t slab_start = slab_index * slab_elements;
+    parallel_for(slab_elements, kDefaultGrain, [&](size_t b, size_t e) {
+      for_each_run(tv, slab_start + b, slab_start + e,
+                   [&](size_t first, const float* x, const float* base, size_t len) {
+                     for (size_t j = 0; j < len; ++j)
+                       slab[first - slab_start + j] = magnitude_key(rnd(x[j] - base[j]));
+                   });
+    });
+    rank_fibers(slab_index * inner, (slab_index + 1) * inner);
+  }
 }
 
 }  // namespace
+
+void set_stream_grain(size_t elements) { g_stream_grain = elements; }
+
+size_t stream_grain() {
+  const size_t grain = g_stream_grain.load(std::memory_order_relaxed);
+  return grain == 0 ? kDefaultGrain : grain;
+}
 
 void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,
                        std::vector<uint64_t>& words) {

@@ -22,10 +22,22 @@
 // Random masks draw from uniform01(stream, flat index) (alloy/method_util.h): the same seed gives
 // the same mask for any thread count. They cannot reproduce torch's generator; the probabilities,
 // the rescale and the rounding follow mergekit, so the statistics match.
+//
+// Streaming (TaskVectorView::load set): no whole-tensor float buffer is needed. Every pass reads
+// the task vector in index order as runs of at most stream_grain() elements, loaded into
+// per-thread scratch from the inputs' bytes, inside the same fixed partitions as the whole-tensor
+// form: the high-bits histogram pass, the boundary-bin pass (not for bf16), the mask pass, and
+// the L1 pass of the rescale (double sums over fixed blocks of kDefaultGrain elements, each block
+// summed in index order, the blocks added in order: the same bits as the whole-tensor sums, for
+// any thread count and any run length). DELLA ranks each fiber along dim 1 whole: a row of a
+// matrix is loaded run by run into its keys; for tensors of rank >= 3 one slab of the outer
+// dimension at a time (its keys, 4 bytes per element). Memory: the mask (n / 8 bytes per model)
+// and per-thread scratch; the random masks need no delta at all.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,14 +47,27 @@ namespace alloy::detail {
 
 enum class Sparsification { kNone, kMagnitude, kMagnitudeOutliers, kRandom, kDellaMagprune };
 
-// One model's task vector delta[i] = rnd(x[i] - base[i]) in `dtype`, computed on the fly.
+// Reads elements [begin, begin + len) of the model (x) and of the base (base) as float32 values
+// representable in the compute dtype. Called concurrently from the selection's threads; must not
+// throw (the caller records a read error and reports it after the mask is built).
+using TaskVectorLoader = std::function<void(size_t begin, size_t len, float* x, float* base)>;
+
+// One model's task vector delta[i] = rnd(x[i] - base[i]) in `dtype`, computed on the fly: from the
+// whole-tensor buffers x and base, or, when `load` is set, streamed through it (x, base unused).
 struct TaskVectorView {
   const float* x = nullptr;
   const float* base = nullptr;
   size_t n = 0;
   DType dtype = DType::F32;
   std::vector<uint64_t> shape;  // della ranks along dim 1 (rows of a matrix)
+  TaskVectorLoader load;        // set: streamed in runs of stream_grain() elements
 };
+
+// The length of the runs a streamed task vector is read in (default kDefaultGrain elements, a few
+// hundred KiB of scratch per thread). Changes no bit of any result: tests set odd tiny values so
+// that small tensors span many runs with boundaries inside rows. 0 restores the default.
+void set_stream_grain(size_t elements);
+size_t stream_grain();
 
 struct SparsifyOptions {
   Sparsification method = Sparsification::kNone;

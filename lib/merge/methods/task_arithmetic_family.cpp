@@ -20,6 +20,14 @@
 // Memory: no copy of any task vector is kept. Each model's sparsification is a bit mask
 // (sparsify.h, n/8 bytes, thread_local scratch); the combine pass recomputes rnd(x_i - base) per
 // element, which is cheaper than storing it, and works on blocks so that its loops vectorise.
+//
+// Streaming: every method of the family has a chunked form, sparsified or not. Its prepare()
+// builds each model's mask and rescale factor from ranges of the sources that the executor reads
+// from the input bytes (sparsify.h: histogram, boundary, mask and L1 passes over runs of
+// stream_grain() elements), then the chunks combine as for task_arithmetic; no whole-tensor
+// float32 buffer is built. merge() (whole tensors) remains for the executor's whole-tensor path
+// (embeddings remapped by a tokenizer spec, dtypes without a chunk conversion) and as the
+// reference the streaming form is tested against bit for bit (tests/merge/test_streaming_ties.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -84,9 +92,6 @@ class TaskArithmeticMethod final : public MergeMethod {
       copy_source(ctx, base_index, out);
       return;
     }
-    SparsifyOptions options;
-    options.method = config_.sparsification;
-    options.rescale = method_flag(ctx, "rescale", config_.default_rescale);
     const Rounder rounder{ctx.compute_dtype};
 
     std::vector<std::vector<uint64_t>>& mask_words = t_mask_words;
@@ -95,14 +100,10 @@ class TaskArithmeticMethod final : public MergeMethod {
     for (size_t m = 0; m < others.size(); ++m) {
       const MergeSource& source = ctx.sources[others[m]];
       const float weight = rounder.param(require_source_param(ctx, source, "weight"));
-      options.density = source_param(source, "density", 1.0);
-      options.gamma = source_param(source, "gamma", 0.01);
-      options.epsilon = source_param(source, "epsilon", 0.15);
-      options.seed =
-          mix_bits(ctx.seed ^ mix_bits(others[m] + 1));  // one stream per source position
-      TaskVectorView tv{source.values, base, n, ctx.compute_dtype, ctx.shape};
+      TaskVectorView tv{source.values, base, n, ctx.compute_dtype, ctx.shape, {}};
       inputs.push_back({source.values,
-                        build_mask(tv, options, mask_words[m], ctx.tensor_name, source.model),
+                        build_mask(tv, sparsify_options(ctx, others[m]), mask_words[m],
+                                   ctx.tensor_name, source.model),
                         weight});
     }
     with_rounding(ctx.compute_dtype, [&](auto rnd) {
@@ -114,12 +115,25 @@ class TaskArithmeticMethod final : public MergeMethod {
     });
   }
 
-  // Chunked when no task vector is sparsified (task_arithmetic, or every density >= 1): then each
-  // output element needs only that element of every source.
+  // The chunked form, for every method and density: prepare() streams the sparsification, then
+  // each output element needs only that element of every source and the masks.
   // Defined after Chunk: clang instantiates the generic lambda where it stands.
   std::unique_ptr<ChunkedMerge> chunked(const MergeContext& ctx) const override;
 
  private:
+  // The sparsification of source `index` (a non-base source of ctx).
+  SparsifyOptions sparsify_options(const MergeContext& ctx, size_t index) const {
+    const MergeSource& source = ctx.sources[index];
+    SparsifyOptions options;
+    options.method = config_.sparsification;
+    options.rescale = method_flag(ctx, "rescale", config_.default_rescale);
+    options.density = source_param(source, "density", 1.0);
+    options.gamma = source_param(source, "gamma", 0.01);
+    options.epsilon = source_param(source, "epsilon", 0.15);
+    options.seed = mix_bits(ctx.seed ^ mix_bits(index + 1));  // one stream per source position
+    return options;
+  }
+
   // The combine of the task vectors for a range of elements, shared by merge() (whole tensors,
   // with masks) and the chunked form (no masks).
   template <class R>
@@ -140,6 +154,7 @@ class TaskArithmeticMethod final : public MergeMethod {
       plain_divisor_ = std::fabs(weight_sum) < rnd.param(1e-8) ? 1.0f : weight_sum;
     }
     const std::vector<TaskVectorInput>& inputs() const { return inputs_; }
+    void set_mask(size_t m, DeltaMask mask) { inputs_[m].mask = mask; }
     size_t base_index() const { return base_index_; }
     // inputs()[m].x + begin, for every model m.
     std::vector<const float*> inputs_at(size_t begin) const {
@@ -242,8 +257,33 @@ class TaskArithmeticMethod final : public MergeMethod {
   template <class R>
   class Chunk final : public ChunkedMerge {
    public:
-    Chunk(Combiner<R> combiner, std::vector<size_t> others)
-        : combiner_(std::move(combiner)), others_(std::move(others)) {}
+    Chunk(Combiner<R> combiner, std::vector<size_t> others, const MergeContext& ctx,
+          std::vector<SparsifyOptions> options)
+        : combiner_(std::move(combiner)),
+          others_(std::move(others)),
+          options_(std::move(options)),
+          tensor_(ctx.tensor_name),
+          n_(ctx.numel()),
+          dtype_(ctx.compute_dtype),
+          shape_(ctx.shape) {
+      for (size_t m : others_) models_.push_back(ctx.sources[m].model);
+    }
+    // Each model's mask and rescale factor, streamed through `load` (sparsify.h). The masks live
+    // in this (the calling) thread's t_mask_words until its next tensor.
+    void prepare(const SourceRangeLoader& load) override {
+      std::vector<std::vector<uint64_t>>& mask_words = t_mask_words;
+      if (mask_words.size() < others_.size()) mask_words.resize(others_.size());
+      const size_t base = combiner_.base_index();
+      for (size_t m = 0; m < others_.size(); ++m) {
+        const size_t k = others_[m];
+        TaskVectorView tv{nullptr, nullptr, n_, dtype_, shape_,
+                          [&load, k, base](size_t begin, size_t len, float* x, float* b) {
+                            load(k, begin, len, x);
+                            load(base, begin, len, b);
+                          }};
+        combiner_.set_mask(m, build_mask(tv, options_[m], mask_words[m], tensor_, models_[m]));
+      }
+    }
     size_t merge_chunk(const float* const* sources, size_t begin, size_t len,
                        float* out) const override {
       const float* base = sources[combiner_.base_index()];
@@ -268,6 +308,12 @@ class TaskArithmeticMethod final : public MergeMethod {
     static constexpr size_t kMaxInline = 16;
     Combiner<R> combiner_;
     std::vector<size_t> others_;
+    std::vector<SparsifyOptions> options_;  // per model in others_
+    std::string tensor_;
+    std::vector<std::string> models_;
+    size_t n_;
+    DType dtype_;
+    std::vector<uint64_t> shape_;
   };
 
   FamilyConfig config_;
@@ -277,18 +323,18 @@ std::unique_ptr<ChunkedMerge> TaskArithmeticMethod::chunked(const MergeContext& 
   const size_t base_index = require_base(ctx, config_.name);
   const std::vector<size_t> others = non_base_sources(ctx);
   std::vector<TaskVectorInput> inputs;
+  std::vector<SparsifyOptions> options;
   const Rounder rounder{ctx.compute_dtype};
   for (size_t m : others) {
     const MergeSource& source = ctx.sources[m];
     const float weight = rounder.param(require_source_param(ctx, source, "weight"));
-    if (config_.sparsification != Sparsification::kNone &&
-        !(source_param(source, "density", 1.0) >= 1.0))
-      return nullptr;  // a mask (or a refusal) needs the whole task vector: merge() does it
+    options.push_back(sparsify_options(ctx, m));
     inputs.push_back({nullptr, DeltaMask{}, weight});
   }
   return with_rounding(ctx.compute_dtype, [&](auto rnd) -> std::unique_ptr<ChunkedMerge> {
     return std::make_unique<Chunk<decltype(rnd)>>(
-        Combiner<decltype(rnd)>(ctx, config_, base_index, std::move(inputs)), others);
+        Combiner<decltype(rnd)>(ctx, config_, base_index, std::move(inputs)), others, ctx,
+        std::move(options));
   });
 }
 
