@@ -16,16 +16,8 @@ namespace {
 
 using alloy::detail::SimdPath;
 
-float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-uint32_t bits_of(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
+float from_bits(uint32_t u) { return alloy::bits_to_float(u); }
+uint32_t bits_of(float f) { return alloy::float_to_bits(f); }
 
 // Random bits, then cases built to hit each rule.
 std::vector<float> f32_cases() {
@@ -99,25 +91,21 @@ TEST_P(DTypeSimd, Float32StoresRoundAsTheScalarCode) {
   const std::vector<float> values = f32_cases();
   std::vector<uint8_t> storage(1 + 2 * values.size());
   uint8_t* dst = storage.data() + 1;
-  alloy::detail::f32_to_bf16_with(GetParam(), values.data(), values.size(), dst);
   size_t mismatches = 0;
-  for (size_t i = 0; i < values.size(); ++i) {
-    uint16_t got;
-    std::memcpy(&got, dst + 2 * i, 2);
-    const uint16_t want = alloy::f32_to_bf16(values[i]);
-    if (got != want && ++mismatches <= 5) {
-      ADD_FAILURE() << "bf16 of 0x" << std::hex << bits_of(values[i]) << ": got 0x" << got << ", want 0x" << want;
+  const auto check = [&](const char* what, void (*convert)(SimdPath, const float*, size_t, uint8_t*),
+                         uint16_t (*scalar)(float)) {
+    convert(GetParam(), values.data(), values.size(), dst);
+    for (size_t i = 0; i < values.size(); ++i) {
+      uint16_t got;
+      std::memcpy(&got, dst + 2 * i, 2);
+      const uint16_t want = scalar(values[i]);
+      if (got != want && ++mismatches <= 10) {
+        ADD_FAILURE() << what << " of 0x" << std::hex << bits_of(values[i]) << ": got 0x" << got << ", want 0x" << want;
+      }
     }
-  }
-  alloy::detail::f32_to_f16_with(GetParam(), values.data(), values.size(), dst);
-  for (size_t i = 0; i < values.size(); ++i) {
-    uint16_t got;
-    std::memcpy(&got, dst + 2 * i, 2);
-    const uint16_t want = alloy::f32_to_f16(values[i]);
-    if (got != want && ++mismatches <= 10) {
-      ADD_FAILURE() << "f16 of 0x" << std::hex << bits_of(values[i]) << ": got 0x" << got << ", want 0x" << want;
-    }
-  }
+  };
+  check("bf16", alloy::detail::f32_to_bf16_with, alloy::f32_to_bf16);
+  check("f16", alloy::detail::f32_to_f16_with, alloy::f32_to_f16);
   EXPECT_EQ(mismatches, 0u);
   // Every count from 0 to 40 (the vector loop and the scalar tail) from the same inputs.
   for (size_t n = 0; n <= 40; ++n) {
