@@ -4,7 +4,10 @@
 // scalar functions, which are the reference every path is tested against.
 #include "dtype_simd.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
+#endif
 
 #include <cstring>
 
@@ -106,6 +109,11 @@ ALLOY_AVX2 void f32_to_f16_avx2(const float* src, size_t count, uint8_t* dst) {
 }
 
 // --- AVX-512 (F, BW, VL, BF16) + F16C: 16 lanes ---
+// GCC 12 warns "'__Y' may be used uninitialized" inside its own AVX-512 headers (their unmasked
+// intrinsics pass _mm512_undefined_* as the unused merge source: GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #define ALLOY_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,f16c")))
 
 ALLOY_AVX512 void bf16_to_f32_avx512(const uint8_t* src, size_t count, float* dst) {
@@ -133,7 +141,7 @@ ALLOY_AVX512 void f32_to_bf16_avx512(const float* src, size_t count, uint8_t* ds
   for (; i + 16 <= count; i += 16) {
     const __m512 x = _mm512_loadu_ps(src + i);
     const __m512i u = _mm512_castps_si512(x);
-    __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));  // round to nearest even
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(x);  // round to nearest even
     const __m512i magnitude = _mm512_and_si512(u, abs_mask);
     const __mmask16 nan = _mm512_cmpgt_epi32_mask(magnitude, _mm512_set1_epi32(0x7F800000));
     h = _mm256_mask_mov_epi16(h, nan, _mm256_set1_epi16(0x7FC0));
@@ -203,7 +211,11 @@ const char* simd_path_name(SimdPath path) {
 bool simd_path_supported(SimdPath path) {
 #ifdef ALLOY_X86_SIMD
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  // F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c"); the AVX state
+  // being enabled by the OS is part of __builtin_cpu_supports("avx2").
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  const bool avx2 = __builtin_cpu_supports("avx2") && f16c;
   if (path == SimdPath::kAvx2) return avx2;
   if (path == SimdPath::kAvx512) {
     return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
