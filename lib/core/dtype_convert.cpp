@@ -2,7 +2,8 @@
 //
 // The scalar bf16/f16 conversions are inline in alloy/core/dtype.h (so that these loops vectorise); their
 // exact rules, PyTorch's, are documented there. This file holds the F8 decoders and the bulk,
-// parallel loops over raw (possibly unaligned) little-endian storage.
+// parallel loops over raw (possibly unaligned) little-endian storage; the bf16/f16 loops run the
+// vector kernels of dtype_simd.cpp (AVX-512 or AVX2, chosen at run time), which give the same bits.
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -10,6 +11,7 @@
 #include "alloy/core/dtype.h"
 #include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
+#include "dtype_simd.h"
 
 namespace alloy {
 namespace {
@@ -114,13 +116,12 @@ void load_as_f32(DType src_dtype, const void* src_ptr, size_t count, float* dst)
   const auto* src = static_cast<const uint8_t*>(src_ptr);
   switch (src_dtype) {
     case DType::BF16:
-      return convert_loop(src, dst, count, [](const uint8_t* s, float* d, size_t i) {
-        d[i] = bf16_to_f32(load_unaligned<uint16_t>(s + 2 * i));
-      });
-    case DType::F16:
-      return convert_loop(src, dst, count, [](const uint8_t* s, float* d, size_t i) {
-        d[i] = f16_to_f32(load_unaligned<uint16_t>(s + 2 * i));
-      });
+    case DType::F16: {
+      const detail::SimdPath path = detail::best_simd_path();
+      const auto kernel = src_dtype == DType::BF16 ? detail::bf16_to_f32_with : detail::f16_to_f32_with;
+      parallel_for(count, kDefaultGrain, [&](size_t b, size_t e) { kernel(path, src + 2 * b, e - b, dst + b); });
+      return;
+    }
     case DType::F32:
       parallel_for(count, kDefaultGrain,
                    [&](size_t b, size_t e) { std::memcpy(dst + b, src + 4 * b, (e - b) * 4); });
@@ -148,13 +149,12 @@ void store_from_f32(const float* src, size_t count, DType dst_dtype, void* dst_p
   auto* dst = static_cast<uint8_t*>(dst_ptr);
   switch (dst_dtype) {
     case DType::BF16:
-      return convert_loop(src, dst, count, [](const float* s, uint8_t* d, size_t i) {
-        store_unaligned<uint16_t>(d + 2 * i, f32_to_bf16(s[i]));
-      });
-    case DType::F16:
-      return convert_loop(src, dst, count, [](const float* s, uint8_t* d, size_t i) {
-        store_unaligned<uint16_t>(d + 2 * i, f32_to_f16(s[i]));
-      });
+    case DType::F16: {
+      const detail::SimdPath path = detail::best_simd_path();
+      const auto kernel = dst_dtype == DType::BF16 ? detail::f32_to_bf16_with : detail::f32_to_f16_with;
+      parallel_for(count, kDefaultGrain, [&](size_t b, size_t e) { kernel(path, src + b, e - b, dst + 2 * b); });
+      return;
+    }
     case DType::F32:
       parallel_for(count, kDefaultGrain,
                    [&](size_t b, size_t e) { std::memcpy(dst + 4 * b, src + b, (e - b) * 4); });

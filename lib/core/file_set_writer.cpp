@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "alloy/core/error.h"
@@ -20,21 +21,25 @@ namespace fs = std::filesystem;
 
 FileSetWriter::FileSetWriter(std::vector<TensorSpec> specs, std::vector<uint64_t> sizes,
                              std::vector<std::vector<size_t>> members, const std::vector<fs::path>& final_paths,
-                             const std::map<std::string, std::string>& metadata)
+                             const std::map<std::string, std::string>& metadata, bool hash_files)
     : specs_(std::move(specs)), sizes_(std::move(sizes)) {
   file_of_.assign(specs_.size(), 0);
   begin_of_.assign(specs_.size(), 0);
   written_ = std::make_unique<std::atomic<bool>[]>(specs_.size());
+  stored_ = std::make_unique<std::atomic<bool>[]>(specs_.size());
   for (size_t i = 0; i < specs_.size(); ++i) {
     index_of_.emplace(specs_[i].name, i);
     written_[i] = false;
+    stored_[i] = false;
   }
   try {
     for (size_t f = 0; f < members.size(); ++f) {
       File& file = files_.emplace_back();
       file.final_path = final_paths[f];
       file.temp_path = temp_sibling(file.final_path);
+      if (hash_files) file.hash = std::make_unique<Sha256>();
       const std::string header = file_header(specs_, &members[f], sizes_, metadata, &begin_of_);
+      file.members = members[f];
       if (header.size() > kMaxHeaderBytes) {
         throw Error(ErrorCode::kHeaderTooLarge, file.final_path.string() + ": header of " +
                                                     std::to_string(header.size()) +
@@ -72,6 +77,41 @@ void FileSetWriter::create_file(File& file, const std::string& header, uint64_t 
   if (const int err = pwrite_all(file.fd, prefix.data(), prefix.size(), 0)) {
     throw_io(file.temp_path, "cannot write header", err);
   }
+  if (file.hash) file.hash->update(prefix.data(), prefix.size());
+}
+
+std::vector<size_t> FileSetWriter::write_order() const {
+  std::vector<size_t> order;
+  order.reserve(specs_.size());
+  for (const File& file : files_) order.insert(order.end(), file.members.begin(), file.members.end());
+  return order;
+}
+
+void FileSetWriter::hash_in_order(File& file, size_t i, const void* data) {
+  const std::lock_guard<std::mutex> lock(*file.hash_mutex);
+  if (file.next_hashed < file.members.size() && file.members[file.next_hashed] == i) {
+    file.hash->update(data, sizes_[i]);
+    ++file.next_hashed;
+  }
+  // Tensors written before their turn: their bytes are on disk, read them back in order.
+  while (file.next_hashed < file.members.size() && stored_[file.members[file.next_hashed]]) {
+    hash_from_file(file, file.members[file.next_hashed], file.hash.get());
+    ++file.next_hashed;
+  }
+}
+
+void FileSetWriter::hash_from_file(const File& file, size_t i, Sha256* hash) const {
+  constexpr uint64_t kWindow = uint64_t{1} << 20;
+  std::vector<uint8_t> window(static_cast<size_t>(std::min<uint64_t>(kWindow, sizes_[i])));
+  for (uint64_t done = 0; done < sizes_[i];) {
+    const uint64_t want = std::min<uint64_t>(kWindow, sizes_[i] - done);
+    const ssize_t got = ::pread(file.fd, window.data(), want, static_cast<off_t>(file.data_start + begin_of_[i] + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) throw_io(file.temp_path, "cannot read back tensor '" + specs_[i].name + "' to hash it",
+                           got < 0 ? errno : EIO);
+    hash->update(window.data(), static_cast<size_t>(got));
+    done += static_cast<uint64_t>(got);
+  }
 }
 
 void FileSetWriter::write(const std::string& name, const void* data, uint64_t nbytes) {
@@ -87,11 +127,13 @@ void FileSetWriter::write(const std::string& name, const void* data, uint64_t nb
   }
   if (data == nullptr && nbytes > 0) throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "': no data");
   if (written_[i].exchange(true)) throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "' written twice");
-  const File& file = files_[file_of_[i]];
+  File& file = files_[file_of_[i]];
   if (const int err = pwrite_all(file.fd, data, nbytes, file.data_start + begin_of_[i])) {
     written_[i] = false;  // its bytes are incomplete: finish() must not publish the file
     throw_io(file.temp_path, "cannot write tensor '" + name + "'", err);
   }
+  stored_[i] = true;
+  if (file.hash) hash_in_order(file, i, data);
 }
 
 void FileSetWriter::check_all_written() const {
@@ -115,6 +157,10 @@ void FileSetWriter::close_and_rename(std::vector<std::string>* names) {
     }
     file.renamed = true;
     names->push_back(file.final_path.filename().string());
+    WrittenFile written{names->back(), file.data_start, ""};
+    for (size_t i : file.members) written.size += sizes_[i];
+    if (file.hash) written.sha256 = file.hash->finish_hex();
+    written_files_.push_back(written);
   }
 }
 
@@ -125,10 +171,20 @@ std::vector<std::string> FileSetWriter::commit(const std::optional<fs::path>& in
   std::vector<std::string> names;
   try {
     check_all_written();
+    for (const File& file : files_) {
+      if (file.hash && file.next_hashed != file.members.size()) {
+        throw Error(ErrorCode::kIo, file.temp_path.string() + ": internal error: " +
+                                        std::to_string(file.members.size() - file.next_hashed) +
+                                        " tensors written but not hashed");
+      }
+    }
     close_and_rename(&names);
     if (index_path) {
       write_file_atomic(*index_path, index_text);
       names.push_back(index_path->filename().string());
+      const bool hashing = !files_.empty() && files_[0].hash;
+      written_files_.push_back({names.back(), index_text.size(),
+                                hashing ? sha256_hex(index_text.data(), index_text.size()) : ""});
     }
   } catch (...) {
     discard();

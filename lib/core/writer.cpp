@@ -23,7 +23,8 @@ struct ShardedWriter::Impl {
 };
 
 ShardedWriter::ShardedWriter(const fs::path& directory, std::vector<TensorSpec> specs,
-                             uint64_t max_shard_bytes, std::map<std::string, std::string> metadata)
+                             uint64_t max_shard_bytes, std::map<std::string, std::string> metadata,
+                             bool hash_files)
     : impl_(std::make_unique<Impl>()) {
   if (max_shard_bytes == 0) throw Error(ErrorCode::kInvalidArgument, "shard size must be positive");
   std::vector<uint64_t> sizes = detail::validate_specs(specs);
@@ -44,7 +45,7 @@ ShardedWriter::ShardedWriter(const fs::path& directory, std::vector<TensorSpec> 
     paths.push_back(directory / detail::shard_file_name(f, members.size()));
   impl_->directory = directory;
   impl_->files = std::make_unique<FileSetWriter>(std::move(specs), std::move(sizes),
-                                                 std::move(members), paths, metadata);
+                                                 std::move(members), paths, metadata, hash_files);
 }
 
 ShardedWriter::~ShardedWriter() = default;
@@ -56,6 +57,10 @@ size_t ShardedWriter::shard_count() const {
 void ShardedWriter::write(const std::string& name, const void* data, uint64_t nbytes) {
   impl_->files->write(name, data, nbytes);
 }
+
+std::vector<size_t> ShardedWriter::write_order() const { return impl_->files->write_order(); }
+
+const std::vector<WrittenFile>& ShardedWriter::written_files() const { return impl_->files->written_files(); }
 
 std::vector<std::string> ShardedWriter::finish() {
   FileSetWriter& files = *impl_->files;

@@ -6,11 +6,13 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "alloy/core/sha256.h"
 #include "alloy/core/writer.h"
 
 namespace alloy::detail {
@@ -35,13 +37,14 @@ std::string shard_file_name(size_t index, size_t count);
 // file_set_writer.cpp: one or more safetensors files whose layout is fixed up front. Each file is
 // created under a temporary name with its final size and header; tensors are written straight to
 // their offsets, from any thread. Owns the temporaries: removed (with anything already renamed)
-// unless commit() succeeds.
+// unless commit() succeeds. With `hash_files`, each file's SHA-256 is fed from the bytes written,
+// in the file's byte order (see alloy/core/writer.h).
 class FileSetWriter {
  public:
   // `members[f]` lists the tensors of file f (indexes into `specs`), written to `final_paths[f]`.
   FileSetWriter(std::vector<TensorSpec> specs, std::vector<uint64_t> sizes,
                 std::vector<std::vector<size_t>> members, const std::vector<std::filesystem::path>& final_paths,
-                const std::map<std::string, std::string>& metadata);
+                const std::map<std::string, std::string>& metadata, bool hash_files = false);
   ~FileSetWriter();
   FileSetWriter(const FileSetWriter&) = delete;
   FileSetWriter& operator=(const FileSetWriter&) = delete;
@@ -50,6 +53,11 @@ class FileSetWriter {
   const std::vector<TensorSpec>& specs() const { return specs_; }
   uint64_t size_of(size_t tensor) const { return sizes_[tensor]; }
   const std::filesystem::path& final_path_of(size_t tensor) const { return files_[file_of_[tensor]].final_path; }
+
+  // The tensors in the order of their bytes on disk (file by file, each in its file order).
+  std::vector<size_t> write_order() const;
+  // After commit(): the files written, shards then index, with their sizes and (hashing) sha256.
+  const std::vector<WrittenFile>& written_files() const { return written_files_; }
 
   // Writes a declared tensor's bytes; each tensor exactly once, with its declared size.
   void write(const std::string& name, const void* data, uint64_t nbytes);
@@ -67,11 +75,20 @@ class FileSetWriter {
     int fd = -1;
     bool renamed = false;
     uint64_t data_start = 0;
+    std::vector<size_t> members;  // in file order
+    // Hashing: the bytes hashed so far are the header and members[0, next_hashed).
+    std::unique_ptr<std::mutex> hash_mutex = std::make_unique<std::mutex>();
+    std::unique_ptr<Sha256> hash;
+    size_t next_hashed = 0;
   };
 
   // Creates file f's temporary at its final size with `header` written.
   void create_file(File& file, const std::string& header, uint64_t data_bytes);
   void check_all_written() const;
+  // Feeds file f's hash with tensor i's bytes if they come next (from `data`), then with every
+  // tensor already on disk that now comes next (read back from the file).
+  void hash_in_order(File& file, size_t i, const void* data);
+  void hash_from_file(const File& file, size_t i, Sha256* hash) const;
   void close_and_rename(std::vector<std::string>* names);
   void discard();
 
@@ -82,6 +99,8 @@ class FileSetWriter {
   std::unordered_map<std::string, size_t> index_of_;
   std::vector<File> files_;
   std::unique_ptr<std::atomic<bool>[]> written_;
+  std::unique_ptr<std::atomic<bool>[]> stored_;  // its bytes are on disk (write() succeeded)
+  std::vector<WrittenFile> written_files_;
   std::atomic<bool> done_{false};  // commit() started, or the files were discarded
   bool discarded_ = false;
   bool committed_ = false;

@@ -592,8 +592,11 @@ void write_side_files(const MergePlan& plan, const MergeOptions& options, const 
 
 // The facts of alloy_provenance.json and the BOM: every input file read and every output file
 // written with its sha256 (sorts result->files).
+// `weights`: the files the ShardedWriter wrote, with the sha256 it computed as it wrote them (so
+// they are not read back).
 ProvenanceRecord provenance_record(const MergePlan& plan, const MergeOptions& options, const fs::path& out,
-                                   FileHasher& hasher, MergeResult* result, const std::string& started) {
+                                   FileHasher& hasher, const std::vector<WrittenFile>& weights,
+                                   MergeResult* result, const std::string& started) {
   ProvenanceRecord record;
   record.started_on = started;
   for (size_t m = 0; m < plan.models.size(); ++m) {
@@ -623,13 +626,20 @@ ProvenanceRecord provenance_record(const MergePlan& plan, const MergeOptions& op
     record.inputs.push_back(input);
   }
   std::sort(result->files.begin(), result->files.end());
+  std::map<std::string, const WrittenFile*> written;
+  for (const auto& w : weights) written[w.name] = &w;
   if (options.hash_outputs) {
-    for (const auto& file : result->files) hasher.start(out / file);
+    for (const auto& file : result->files) {
+      if (!written.count(file)) hasher.start(out / file);
+    }
   }
   for (const auto& file : result->files) {
     ProvenanceFile f;
     f.name = f.path = file;
-    if (options.hash_outputs) {
+    if (const auto w = written.find(file); w != written.end()) {
+      f.size = w->second->size;
+      f.sha256 = w->second->sha256;
+    } else if (options.hash_outputs) {
       const FileDigest digest = hasher.get(out / file);
       f.size = digest.size;
       f.sha256 = digest.sha256;
@@ -644,8 +654,8 @@ ProvenanceRecord provenance_record(const MergePlan& plan, const MergeOptions& op
 
 // alloy_bom.cdx.json (with --sbom), then alloy_provenance.json, whose subject includes the BOM.
 void write_provenance(const MergePlan& plan, const MergeOptions& options, const fs::path& out, FileHasher& hasher,
-                      MergeResult* result, const std::string& started) {
-  ProvenanceRecord record = provenance_record(plan, options, out, hasher, result, started);
+                      const std::vector<WrittenFile>& weights, MergeResult* result, const std::string& started) {
+  ProvenanceRecord record = provenance_record(plan, options, out, hasher, weights, result, started);
   if (options.write_sbom) {
     const std::string name = plan.recipe.name.value_or(options.out_dir.filename().string());
     const std::string bom = merge_sbom(plan, name, record).dump(2) + "\n";
@@ -677,9 +687,11 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   if (options.hash_inputs) {
     for (const auto& model : plan.models) hasher.start_model(*model);
   }
+  std::vector<WrittenFile> weights;
   {
     ShardedWriter writer(staging.path(), specs, options.shard_bytes,
-                         {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}});
+                         {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}},
+                         options.hash_outputs);
     BufferPool pool;
     const std::vector<FusedGroup> groups = options.fuse_moe_experts ? fused_expert_groups(plan) : std::vector<FusedGroup>{};
     std::vector<int> group_of(plan.tensors.size(), -1);
@@ -694,7 +706,10 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
       for (const uint64_t d : plan.tensors[index].shape) numel *= d;
       return numel * dtype_bits(plan.tensors[index].out_dtype) / 8;
     };
-    for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    // In the order of the bytes on disk, so that the writer hashes each file from the bytes as
+    // they are written (a tensor's bytes do not depend on when it is merged: its seed is its name's).
+    const std::vector<size_t> order = writer.write_order();
+    for (size_t i : order) {
       if (written[i]) continue;
       if (group_of[i] >= 0) {
         const FusedGroup& group = groups[group_of[i]];
@@ -710,15 +725,16 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
         done_bytes += output_bytes(i);
       }
       if (options.progress) options.progress(done_bytes, total_bytes);
-      if (i == 0) test_pause_point("after-first-tensor");
+      if (i == order.front()) test_pause_point("after-first-tensor");
     }
     result.files = writer.finish();
+    weights = writer.written_files();
   }
   result.tensors = plan.tensors.size();
   result.output_bytes = plan.output_bytes();
   const fs::path out = staging.path();
   write_side_files(plan, options, out, &result);
-  write_provenance(plan, options, out, hasher, &result, started);
+  write_provenance(plan, options, out, hasher, weights, &result, started);
   // Every shard and tokenizer file was read (merged, copied and hashed) through the descriptor
   // opened at the start: if its size and times are unchanged now, the bytes used are the bytes hashed.
   for (const auto& model : plan.models) {

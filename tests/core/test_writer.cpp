@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -139,6 +140,50 @@ TEST(Writer, ShardedBytesDoNotDependOnOrderWithinAShard) {
   for (const char* name : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
                            "model.safetensors.index.json"}) {
     EXPECT_EQ(alloy::test::read_bytes(a / name), alloy::test::read_bytes(b / name)) << name;
+  }
+}
+
+// Hashing as written: each file's sha256 equals the hash of the file on disk, whether the tensors
+// come in write_order() (hashed from the bytes given), reversed (every tensor read back from the
+// file when its turn comes), or from several threads; in one file or in shards with an index.
+TEST(Writer, HashesEveryFileAsWritten) {
+  const auto t = every_dtype(7);
+  for (const uint64_t budget : {alloy::parse_byte_size("5B"), uint64_t{300}}) {
+    for (const int mode : {0, 1, 2}) {
+      TempDir dir;
+      alloy::ShardedWriter writer(dir.path(), t.specs, budget, {{"source", "test"}}, true);
+      std::vector<size_t> order = writer.write_order();
+      ASSERT_EQ(order.size(), t.specs.size());
+      if (mode == 1) std::reverse(order.begin(), order.end());
+      const int threads = mode == 2 ? 3 : 1;
+      std::vector<std::thread> pool;
+      for (int w = 0; w < threads; ++w) {
+        pool.emplace_back([&, w] {
+          for (size_t k = static_cast<size_t>(w); k < order.size(); k += static_cast<size_t>(threads)) {
+            writer.write(t.specs[order[k]].name, t.bytes[order[k]].data(), t.bytes[order[k]].size());
+          }
+        });
+      }
+      for (auto& th : pool) th.join();
+      const std::vector<std::string> names = writer.finish();
+      const auto& files = writer.written_files();
+      ASSERT_EQ(files.size(), names.size());
+      EXPECT_EQ(files.size() > 1, budget == 300);
+      for (size_t f = 0; f < files.size(); ++f) {
+        EXPECT_EQ(files[f].name, names[f]);
+        EXPECT_EQ(files[f].size, fs::file_size(dir / names[f])) << names[f];
+        EXPECT_EQ(files[f].sha256, alloy::sha256_file(dir / names[f])) << names[f] << " mode " << mode;
+      }
+    }
+  }
+  // Without hashing: sizes, no digests.
+  TempDir dir;
+  alloy::ShardedWriter writer(dir.path(), t.specs, 300);
+  for (size_t i : writer.write_order()) writer.write(t.specs[i].name, t.bytes[i].data(), t.bytes[i].size());
+  writer.finish();
+  for (const auto& f : writer.written_files()) {
+    EXPECT_EQ(f.sha256, "");
+    EXPECT_EQ(f.size, fs::file_size(dir / f.name));
   }
 }
 

@@ -148,6 +148,41 @@ TEST(Provenance, StatementAndBomValidateAndDescribeTheFiles) {
   }
 }
 
+// The weight files are hashed as they are written (never read back): in sharded outputs too, every
+// subject's digest is what sha256sum computes from the published file.
+TEST(Provenance, ShardedOutputsHashedAsWrittenMatchTheFiles) {
+  alloy::test::AssayFamily f(alloy::ModelFamily::kLlama, 43, 0.05);
+  const fs::path work = f.temp.path();
+  for (const std::string method : {"linear", "slerp"}) {
+    const std::string recipe = method == "slerp"
+        ? "merge_method: slerp\nbase_model: ft_1\nmodels:\n  - model: ft_1\n  - model: ft_2\nparameters: {t: 0.3}\ndtype: bfloat16\n"
+        : "merge_method: linear\nmodels:\n  - model: ft_1\n    parameters: {weight: 0.5}\n"
+          "  - model: ft_2\n    parameters: {weight: 0.5}\ndtype: float16\n";
+    alloy::test::write_bytes(work / (method + ".yml"), recipe);
+    int status = -1;
+    const fs::path merged = work / ("merged-" + method);
+    const std::string out = merge(f.dir, "", "--out-shard-size 20K", work / (method + ".yml"), merged, &status);
+    ASSERT_EQ(status, 0) << out;
+    const json statement = json::parse(alloy::test::read_bytes(merged / "alloy_provenance.json"));
+    size_t shards = 0;
+    std::set<std::string> names, files;
+    for (const auto& s : statement["subject"]) {
+      const std::string name = s["name"].get<std::string>();
+      names.insert(name);
+      shards += name.find("-of-") != std::string::npos;
+      EXPECT_EQ(s["digest"]["sha256"], alloy::sha256_file(merged / name)) << method << " " << name;
+      int sum_status = -1;
+      const std::string sum = run_command("sha256sum " + quote(merged / name) + " 2>/dev/null", &sum_status);
+      if (sum_status == 0) EXPECT_EQ(sum.substr(0, 64), s["digest"]["sha256"].get<std::string>()) << name;
+    }
+    EXPECT_GT(shards, 2u) << method;
+    for (const auto& e : fs::directory_iterator(merged)) files.insert(e.path().filename().string());
+    files.erase("alloy_provenance.json");
+    EXPECT_EQ(names, files) << method;
+    EXPECT_TRUE(names.count("model.safetensors.index.json")) << method;
+  }
+}
+
 // --no-provenance-hashes: no digest anywhere, and both documents are still valid (the outputs are
 // byproducts and the inputs dependencies with a uri, since a subject needs a digest).
 TEST(Provenance, WithoutHashesTheDocumentsStayValid) {

@@ -40,6 +40,7 @@ int verify_claim(const alloy::AssayOptions& assay, const std::string& recipe, co
 }  // namespace
 
 int main(int argc, char** argv) {
+  alloy::tool::wait_passively_in_openmp(argv);  // first: re-executes the tool
   CLI::App app{"Recovers the recipe of SUSPECT from CANDIDATE models: which candidates, which weights, which merge "
                "method, with statistics."};
   alloy::AssayOptions options;

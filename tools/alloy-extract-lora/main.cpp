@@ -11,6 +11,7 @@
 #include "../common/cli.h"
 
 int main(int argc, char** argv) {
+  alloy::tool::wait_passively_in_openmp(argv);  // first: re-executes the tool
   alloy::remove_staging_on_signals();  // first: before any thread starts
   CLI::App app{"Extract a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) from the difference "
                "between a fine-tuned model and its base, by truncated SVD of every 2-D module weight."};

@@ -8,6 +8,7 @@
 #include "../common/cli.h"
 
 int main(int argc, char** argv) {
+  alloy::tool::wait_passively_in_openmp(argv);  // first: re-executes the tool
   CLI::App app{"Validate a Hugging Face model directory or safetensors file and list its tensors."};
   std::string path;
   bool json = false;

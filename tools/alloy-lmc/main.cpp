@@ -90,6 +90,7 @@ void write_text(const std::string& path, const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  alloy::tool::wait_passively_in_openmp(argv);  // first: re-executes the tool
   alloy::remove_staging_on_signals();  // first: before any thread starts
   CLI::App app{"Linear mode connectivity of MLPs on Fashion-MNIST (docs/classroom.md)."};
   app.require_subcommand(1);

@@ -31,6 +31,7 @@ const char* kIgnoredOptions[] = {"--transformers-cache", "--lora-merge-cache", "
 }  // namespace
 
 int main(int argc, char** argv) {
+  alloy::tool::wait_passively_in_openmp(argv);  // first: re-executes the tool
   alloy::remove_staging_on_signals();  // first: before any thread starts
   CLI::App app{"Merge models with a mergekit-style YAML recipe and write an attributed model directory."};
   std::string config_path, out_dir, shard_size = "5B";

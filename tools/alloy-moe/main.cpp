@@ -16,6 +16,7 @@
 #include "../common/cli.h"
 
 int main(int argc, char** argv) {
+  alloy::tool::wait_passively_in_openmp(argv);  // first: re-executes the tool
   alloy::remove_staging_on_signals();  // first: before any thread starts
   CLI::App app{"Assemble a mixture of experts from dense models with a mergekit-moe YAML recipe."};
   std::string config_path, out_dir, shard_size = "5B", hidden_states;

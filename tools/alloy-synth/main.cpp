@@ -106,6 +106,7 @@ void add_fine_tune_flags(CLI::App* cmd, alloy::FineTuneOptions* o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  alloy::tool::wait_passively_in_openmp(argv);  // first: re-executes the tool
   alloy::remove_staging_on_signals();  // first: before any thread starts
   CLI::App app{"Generates deterministic synthetic models in the Hugging Face layout (same flags and seed: "
                "same bytes)."};

@@ -9,8 +9,11 @@
 // Not a public header: the tools include it as "../common/cli.h"; CLI11 stays out of include/.
 #pragma once
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 
@@ -19,6 +22,19 @@ namespace alloy::tool {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitCheckFailed = 1;
 inline constexpr int kExitError = 2;
+
+// The first call of every tool's main(): OpenMP's idle threads sleep instead of spinning, so that
+// they never take a core from other work (this process's hashing threads, or other processes).
+// libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when it is loaded, before main() runs, so
+// setting them here would change nothing: the tool executes itself again (same pid, arguments and
+// descriptors) with OMP_WAIT_POLICY=passive in its environment. A user who set either variable
+// keeps it, and nothing is re-executed; if the exec fails the tool goes on with the default.
+inline void wait_passively_in_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  ::execv("/proc/self/exe", argv);
+  ::unsetenv("OMP_WAIT_POLICY");  // exec failed: run as we are, and children get the user's environment
+}
 
 // Adds --version, which prints "<tool> (alloy VERSION)" and exits 0.
 inline void add_version_flag(CLI::App& app, const std::string& tool) {

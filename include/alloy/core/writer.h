@@ -15,6 +15,11 @@
 // alloy::Error: kIo (naming the file, with the errno text) for create/size/write/close/rename
 // failures; kEmptyName, kReservedName, kDuplicateTensor, kShapeOverflow, kSubByteMisaligned for bad
 // specs; kInvalidArgument (naming the tensor) for misuse of write() and finish().
+//
+// With hashing on, each file's SHA-256 is computed from the bytes as they are written, never by
+// reading the file back: the header when the file is created, then each tensor's bytes as write()
+// receives them in the file's byte order (write_order() gives that order; a tensor written early is
+// held back and hashed, from the file, when the bytes before it have been hashed).
 #pragma once
 
 #include <cstdint>
@@ -32,6 +37,14 @@ namespace alloy {
 // suffix K, M, B or G, T (powers of 1000; "5B" = 5,000,000,000 bytes, "500M" = 500,000,000), or a
 // plain byte count. Throws Error(kInvalidArgument) naming the text; zero and overflow are refused.
 uint64_t parse_byte_size(const std::string& text);
+
+// A file written by ShardedWriter::finish(): its name (relative to the directory), size and, when
+// hashing was on, the SHA-256 of its bytes (lowercase hex; "" otherwise).
+struct WrittenFile {
+  std::string name;
+  uint64_t size = 0;
+  std::string sha256;
+};
 
 struct TensorSpec {
   std::string name;
@@ -53,7 +66,8 @@ void write_safetensors_file(const std::filesystem::path& path, const std::vector
 class ShardedWriter {
  public:
   ShardedWriter(const std::filesystem::path& directory, std::vector<TensorSpec> specs,
-                uint64_t max_shard_bytes, std::map<std::string, std::string> metadata = {});
+                uint64_t max_shard_bytes, std::map<std::string, std::string> metadata = {},
+                bool hash_files = false);
   ~ShardedWriter();
   ShardedWriter(const ShardedWriter&) = delete;
   ShardedWriter& operator=(const ShardedWriter&) = delete;
@@ -66,6 +80,12 @@ class ShardedWriter {
   // final file names (shards then index), relative to the directory. Call at most once.
   std::vector<std::string> finish();
   size_t shard_count() const;
+  // The declared tensors (indexes into the specs) in the order of their bytes on disk: the first
+  // file's tensors in their file order, then the next file's. Writing in this order lets the
+  // hashes be computed from the bytes written alone.
+  std::vector<size_t> write_order() const;
+  // After finish(): every file written (shards then index) with its size and sha256.
+  const std::vector<WrittenFile>& written_files() const;
 
  private:
   struct Impl;
