@@ -112,6 +112,7 @@ CandidateScreen screen_candidates(const Model& suspect, const std::vector<const 
   double n = 0;
   for (size_t r = 0; r < runs.size(); ++r) {
     first[r] = run_dots(runs[r], 0, true);
+    release_run(runs[r]);  // each run at once: the kernel may map far more than the run's pages
     const FirstPass& f = first[r];
     const double len = double(runs[r].count);
     const double v0 = f.self[0] - f.sum[0] * f.sum[0] / len;
@@ -126,10 +127,7 @@ CandidateScreen screen_candidates(const Model& suspect, const std::vector<const 
     out.elements += runs[r].count;
     for (size_t v = 0; v < m; ++v) sum[v] += f.sum[v], self[v] += f.self[v], g0[v] += f.with_suspect[v];
   }
-  if (out.elements == 0) {
-    for (const ScreenRun& run : runs) release_run(run);
-    return out;
-  }
+  if (out.elements == 0) return out;
   // The reference R: the candidate of highest Pearson correlation with S.
   const double v0 = self[0] - sum[0] * sum[0] / n;
   size_t ref = 1;
@@ -145,6 +143,7 @@ CandidateScreen screen_candidates(const Model& suspect, const std::vector<const 
     for (size_t r = 0; r < runs.size(); ++r) {
       if (!used[r]) continue;
       const FirstPass p = run_dots(runs[r], with, false);
+      release_run(runs[r]);
       for (size_t v = 0; v < m; ++v) col[v] += p.with_suspect[v];
     }
     return col;
@@ -208,7 +207,6 @@ CandidateScreen screen_candidates(const Model& suspect, const std::vector<const 
   for (size_t a : atoms) out.kept.push_back(a - 1);
   std::sort(out.kept.begin(), out.kept.end());
   out.residual = yy > 0 ? residual / yy : 0.0;
-  for (const ScreenRun& run : runs) release_run(run);
   return out;
 }
 
