@@ -135,6 +135,16 @@ void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
 // The assay of at most kMaxFitted candidates.
 AssayResult run_fitted(const AssayOptions& options);
 
+// Opens the candidates (local folders, else Hub ids found in the Hub cache), owned by `owned`.
+std::vector<const Model*> open_candidates(const AssayOptions& options, std::vector<std::unique_ptr<Model>>* owned) {
+  std::vector<const Model*> models;
+  for (const auto& path : options.candidates) {
+    owned->push_back(std::make_unique<Model>(Model::open(locate_model(path), options.open)));
+    models.push_back(owned->back().get());
+  }
+  return models;
+}
+
 // More than kMaxFitted candidates: the screen keeps at most kMaxFitted, the assay fits those, and
 // the JSON's evidence.screen says what was kept and what was set aside (docs/assay.md).
 AssayResult run_screened(const AssayOptions& options) {
@@ -143,11 +153,7 @@ AssayResult run_screened(const AssayOptions& options) {
   {
     const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
     std::vector<std::unique_ptr<Model>> owned;
-    std::vector<const Model*> models;
-    for (const auto& path : options.candidates) {
-      owned.push_back(std::make_unique<Model>(Model::open(locate_model(path), options.open)));
-      models.push_back(owned.back().get());
-    }
+    const std::vector<const Model*> models = open_candidates(options, &owned);
     const detail::CandidateScreen s = detail::screen_candidates(suspect, models, detail::kMaxFitted);
     if (s.kept.empty()) {
       throw Error(ErrorCode::kInvalidArgument,
@@ -202,11 +208,7 @@ AssayResult run_fitted(const AssayOptions& options) {
   // Local folders, else Hub ids found in the Hub cache (alloy/core/hub_cache.h).
   const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
   std::vector<std::unique_ptr<Model>> owned;
-  std::vector<const Model*> models;
-  for (const auto& path : options.candidates) {
-    owned.push_back(std::make_unique<Model>(Model::open(locate_model(path), options.open)));
-    models.push_back(owned.back().get());
-  }
+  const std::vector<const Model*> models = open_candidates(options, &owned);
   std::vector<const Model*> examined{&suspect};
   examined.insert(examined.end(), models.begin(), models.end());
   FileHasher hasher;
