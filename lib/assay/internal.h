@@ -158,6 +158,9 @@ ResolvedMoments fit_sampled(const TensorViews& views, uint64_t rows, uint64_t ro
 
 // Converts `count` elements of a tensor starting at element `begin` into `out`, on this thread.
 void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* out);
+// Drops the mapped pages wholly inside elements [begin, begin + count) of a tensor from the
+// resident set (they stay in the page cache; touching them again re-maps them).
+void release_elements(const ModelTensor& tensor, size_t begin, size_t count);
 
 // slerp coefficients of mergekit: (sin((1-t) theta) / sin theta, sin(t theta) / sin theta), or
 // (1 - t, t) when |cos theta| > 0.9995 (mergekit's DOT_THRESHOLD, where it falls back to lerp).

@@ -112,15 +112,18 @@ inline __attribute__((always_inline)) void load_vectors(const TensorViews& views
 // them). The full pass thereby holds a few chunks per thread instead of every input's whole
 // tensor, so peak memory no longer grows with the number of candidates. Inputs read from memory
 // (sampled rows, the aligned suspect) have nothing to drop.
+void release_elements(const ModelTensor& t, size_t begin, size_t count) {
+  const size_t bytes = dtype_bits(t.info->dtype) / 8;
+  const MappedFile& file = t.shard->file();
+  if (bytes == 0 || file.data() == nullptr) return;
+  file.release(uint64_t(t.data() - file.data()) + begin * bytes, count * bytes);
+}
+
 inline void release_chunk(const TensorViews& views, size_t begin, size_t count) {
   if (!views.values.empty()) return;
   for (size_t v = 0; v < views.inputs.size(); ++v) {
     if (v == 0 && views.suspect_values) continue;
-    const ModelTensor& t = *views.inputs[v];
-    const size_t bytes = dtype_bits(t.info->dtype) / 8;
-    const MappedFile& file = t.shard->file();
-    if (bytes == 0 || file.data() == nullptr) continue;
-    file.release(uint64_t(t.data() - file.data()) + begin * bytes, count * bytes);
+    release_elements(*views.inputs[v], begin, count);
   }
 }
 
