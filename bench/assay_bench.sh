@@ -5,6 +5,8 @@
 # prints both ratios, peak RSS and minor faults.
 #
 # Usage: bench/assay_bench.sh [SIZE_GB (default 1)] [WORK_DIR (default: a temp dir, removed after)]
+# CANDIDATES=N (default 2, at most 64): assay against ft_1, ft_2, then base, ft_3, ft_4, ... (the
+# family gets N - 1 fine-tunes); the floor and `cat` then read the suspect and all N candidates.
 # Target (issue 14): assay <= 2x a `cat` of its inputs; peak RSS flat in the number of candidates.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,6 +14,8 @@ size=${1:-1}
 work=${2:-$(mktemp -d /tmp/alloy-assay-bench.XXXXXX)}
 keep_work=${2:+1}
 repeat=${REPEAT:-2}
+candidates=${CANDIDATES:-2}
+fine_tunes=$(( candidates > 2 ? candidates - 1 : 2 ))
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh" "$root/build" >/dev/null
 bin="$root/build/bin"
@@ -19,8 +23,8 @@ cleanup() { [[ -n "${keep_work:-}" ]] || rm -rf "$work"; }
 trap cleanup EXIT
 
 echo "alloy assay benchmark: models of ${size} GB (bf16), $(nproc) cores, best of $repeat" >&2
-if [[ ! -d "$work/models/ft_2" ]]; then
-  "$bin/alloy-synth" family "$work/models" --overwrite --size-gb "$size" --fine-tunes 2 --unrelated 0 >&2
+if [[ ! -d "$work/models/ft_$fine_tunes" ]]; then
+  "$bin/alloy-synth" family "$work/models" --overwrite --size-gb "$size" --fine-tunes "$fine_tunes" --unrelated 0 >&2
 fi
 cd "$work/models"
 if [[ ! -d merged ]]; then
@@ -49,16 +53,21 @@ measure() {
   echo "$best"
 }
 
-files=(merged/*.safetensors ft_1/*.safetensors ft_2/*.safetensors)
+names=(ft_1 ft_2)
+(( candidates > 2 )) && names+=(base)
+for ((i = 3; i < candidates; ++i)); do names+=("ft_$i"); done
+files=(merged/*.safetensors)
+for n in "${names[@]}"; do files+=("$n"/*.safetensors); done
 cat "${files[@]}" >/dev/null  # warm the page cache once
-read -r read_s read_kb read_faults < <(measure "$bin/io_floor" merged ft_1 ft_2)
+read -r read_s read_kb read_faults < <(measure "$bin/io_floor" merged "${names[@]}")
 read -r cat_s _ _ < <(measure bash -c 'cat "$@" >/dev/null' _ "${files[@]}")
-read -r assay_s assay_kb assay_faults < <(measure "$bin/alloy-assay" -q merged ft_1 ft_2 --json "$work/assay.json")
+read -r assay_s assay_kb assay_faults < <(measure "$bin/alloy-assay" -q merged "${names[@]}" --json "$work/assay.json")
 ratio=$(awk -v m="$assay_s" -v c="$read_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
 ratio_cat=$(awk -v m="$assay_s" -v c="$cat_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
 printf "%-12s %10s %12s %12s\n" run seconds peak_rss_MB minor_faults
-printf "%-12s %10s %12d %12d\n" floor-read-3 "$read_s" $((read_kb / 1024)) "$read_faults"
-printf "%-12s %10s\n" cat-3 "$cat_s"
+echo "candidates: ${#names[@]}"
+printf "%-12s %10s %12d %12d\n" floor-read "$read_s" $((read_kb / 1024)) "$read_faults"
+printf "%-12s %10s\n" cat "$cat_s"
 printf "%-12s %10s %12d %12d\n" alloy-assay "$assay_s" $((assay_kb / 1024)) "$assay_faults"
 echo "ratio assay/floor: ${ratio}x  assay/cat: ${ratio_cat}x"
 python3 - "$work/assay.json" <<'PY'

@@ -25,9 +25,36 @@ void start_audit_hashes(const AssayOptions& options, const std::vector<const Mod
 AssayAudit collect_audit(const AssayOptions& options, const std::string& started,
                          const std::vector<const Model*>& models, FileHasher* hasher);
 
-// At most this many candidates (the statistics are fixed-size per chunk).
-inline constexpr int kMaxCandidates = 8;
-inline constexpr int kMaxVectors = kMaxCandidates + 1;  // suspect + candidates
+// The statistics are fixed-size per chunk: at most kMaxFitted candidates are fitted. alloy-assay
+// takes up to kMaxCandidates; with more than kMaxFitted, screen_candidates (screen.cpp) keeps at
+// most kMaxFitted of them first.
+inline constexpr int kMaxFitted = 8;
+inline constexpr int kMaxCandidates = 64;
+inline constexpr int kMaxVectors = kMaxFitted + 1;  // suspect + fitted candidates
+
+// The candidate screen (screen.cpp). On at most kScreenElements elements of the tensors every
+// candidate holds with the suspect's shape (a run from the middle of each, in proportion to its
+// size; a run where the suspect correlates with no candidate above kScreenTensorCorrelation is
+// left out), the reference R is the candidate most correlated with the suspect S; then, with
+// y = S - R and x_c = C_c - R, greedy forward selection (orthogonal matching pursuit) adds the
+// candidate whose x_c correlates best with the part of y the kept ones leave unexplained, while
+// that correlation is at least kScreenCorrelation, the unexplained part is more than
+// kScreenResidual of |y|^2, and fewer than `keep` are kept. Each step is one pass over the sample
+// computing one dot product per candidate: the work is linear in the number of candidates.
+inline constexpr uint64_t kScreenElements = 1 << 18;
+inline constexpr double kScreenTensorCorrelation = 0.5;
+inline constexpr double kScreenCorrelation = 0.05;
+inline constexpr double kScreenResidual = 1e-6;
+struct CandidateScreen {
+  std::vector<size_t> kept;         // candidate indices, ascending (the reference among them)
+  int reference = -1;               // candidate index of R (-1: nothing could be compared)
+  std::vector<double> correlation;  // per candidate: Pearson correlation with S on the sample
+  std::vector<double> score;        // per candidate: |correlation| of x_c with the unexplained part
+                                    // of y, at its selection (kept) or at the last step (set aside)
+  double residual = 1;              // unexplained share of |y|^2 after the kept ones
+  uint64_t elements = 0;            // sample elements per model
+};
+CandidateScreen screen_candidates(const Model& suspect, const std::vector<const Model*>& candidates, int keep);
 
 // The prefix pass's statistics of one tensor's first elements: index 0 is the suspect S, 1..k the
 // candidates. Enough for the correlations and the reference; the resolved-element statistics and
@@ -148,6 +175,9 @@ ResolvedMoments fit_sampled(const TensorViews& views, uint64_t rows, uint64_t ro
 
 // Converts `count` elements of a tensor starting at element `begin` into `out`, on this thread.
 void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* out);
+// Drops the mapped pages wholly inside elements [begin, begin + count) of a tensor from the
+// resident set (they stay in the page cache; touching them again re-maps them).
+void release_elements(const ModelTensor& tensor, size_t begin, size_t count);
 
 // slerp coefficients of mergekit: (sin((1-t) theta) / sin theta, sin(t theta) / sin theta), or
 // (1 - t, t) when |cos theta| > 0.9995 (mergekit's DOT_THRESHOLD, where it falls back to lerp).

@@ -107,6 +107,26 @@ inline __attribute__((always_inline)) void load_vectors(const TensorViews& views
   }
 }
 
+// Drops the mapped pages of elements [begin, begin + count) of every mapped input from the resident
+// set once the chunk has been converted (the bytes stay in the page cache; a later pass re-maps
+// them). The full pass thereby holds a few chunks per thread instead of every input's whole
+// tensor, so peak memory no longer grows with the number of candidates. Inputs read from memory
+// (sampled rows, the aligned suspect) have nothing to drop.
+void release_elements(const ModelTensor& t, size_t begin, size_t count) {
+  const size_t bytes = dtype_bits(t.info->dtype) / 8;
+  const MappedFile& file = t.shard->file();
+  if (bytes == 0 || file.data() == nullptr) return;
+  file.release(uint64_t(t.data() - file.data()) + begin * bytes, count * bytes);
+}
+
+inline void release_chunk(const TensorViews& views, size_t begin, size_t count) {
+  if (!views.values.empty()) return;
+  for (size_t v = 0; v < views.inputs.size(); ++v) {
+    if (v == 0 && views.suspect_values) continue;
+    release_elements(*views.inputs[v], begin, count);
+  }
+}
+
 // What one chunk of the full pass needs to know.
 struct ResolvedPass {
   const TensorViews* views;
@@ -133,6 +153,7 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   float* base = chunk_buffers();
   float* x[kMaxVectors];
   load_vectors(views, begin, count, base, x);
+  release_chunk(views, begin, count);
   // Loops over elements inside loops over vectors, branch-free, so that they vectorise.
   float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
   float* lo = base + size_t(kMaxVectors + 1) * kDefaultGrain;

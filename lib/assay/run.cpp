@@ -144,6 +144,63 @@ void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
   ta->sum_votes = subsets.sum_votes;
 }
 
+// The assay of at most kMaxFitted candidates.
+AssayResult run_fitted(const AssayOptions& options);
+
+// Opens the candidates (local folders, else Hub ids found in the Hub cache), owned by `owned`.
+std::vector<const Model*> open_candidates(const AssayOptions& options, std::vector<std::unique_ptr<Model>>* owned) {
+  std::vector<const Model*> models;
+  for (const auto& path : options.candidates) {
+    owned->push_back(std::make_unique<Model>(Model::open(locate_model(path), options.open)));
+    models.push_back(owned->back().get());
+  }
+  return models;
+}
+
+// More than kMaxFitted candidates: the screen keeps at most kMaxFitted, the assay fits those, and
+// the JSON's evidence.screen says what was kept and what was set aside (docs/assay.md).
+AssayResult run_screened(const AssayOptions& options) {
+  nlohmann::json screen;
+  AssayOptions fitted = options;
+  {
+    const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
+    std::vector<std::unique_ptr<Model>> owned;
+    const std::vector<const Model*> models = open_candidates(options, &owned);
+    const detail::CandidateScreen s = detail::screen_candidates(suspect, models, detail::kMaxFitted);
+    if (s.kept.empty()) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "alloy-assay: no tensor of " + options.suspect.string() + " is held with its shape by all " +
+                      std::to_string(options.candidates.size()) + " candidates, so the screen (more than " +
+                      std::to_string(detail::kMaxFitted) + " candidates) cannot choose; give at most " +
+                      std::to_string(detail::kMaxFitted));
+    }
+    fitted.candidates.clear();
+    screen = {{"candidates", options.candidates.size()},
+              {"elements", s.elements},
+              {"reference", options.candidates[size_t(s.reference)]},
+              {"residual", s.residual},
+              {"kept", nlohmann::json::array()},
+              {"set_aside", nlohmann::json::array()}};
+    for (size_t c = 0; c < options.candidates.size(); ++c) {
+      const bool kept = std::find(s.kept.begin(), s.kept.end(), c) != s.kept.end();
+      nlohmann::json entry = {{"path", options.candidates[c]}};
+      entry["correlation"] = std::isnan(s.correlation[c]) ? nlohmann::json(nullptr) : nlohmann::json(s.correlation[c]);
+      entry["score"] = std::isnan(s.score[c]) ? nlohmann::json(nullptr) : nlohmann::json(s.score[c]);
+      screen[kept ? "kept" : "set_aside"].push_back(entry);
+      if (kept) fitted.candidates.push_back(options.candidates[c]);
+    }
+  }
+  AssayResult result = run_fitted(fitted);
+  result.evidence["screen"] = screen;
+  result.evidence["notes"].push_back(
+      "candidate screen: " + std::to_string(options.candidates.size()) + " candidates, more than the " +
+      std::to_string(detail::kMaxFitted) + " the fit takes; " + std::to_string(fitted.candidates.size()) +
+      " kept by forward selection on " + std::to_string(screen["elements"].get<uint64_t>()) +
+      " elements per model (evidence.screen), the others set aside: a parent whose share of the suspect's "
+      "difference from the reference is below the screen's threshold would be missed");
+  return result;
+}
+
 }  // namespace
 
 AssayResult run_assay(const AssayOptions& options) {
@@ -152,15 +209,18 @@ AssayResult run_assay(const AssayOptions& options) {
     throw Error(ErrorCode::kInvalidArgument, "alloy-assay takes at most " + std::to_string(detail::kMaxCandidates) +
                                                  " candidates, got " + std::to_string(options.candidates.size()));
   }
+  if (int(options.candidates.size()) > detail::kMaxFitted) return run_screened(options);
+  return run_fitted(options);
+}
+
+namespace {
+
+AssayResult run_fitted(const AssayOptions& options) {
   const std::string started = utc_timestamp();
   // Local folders, else Hub ids found in the Hub cache (alloy/core/hub_cache.h).
   const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
   std::vector<std::unique_ptr<Model>> owned;
-  std::vector<const Model*> models;
-  for (const auto& path : options.candidates) {
-    owned.push_back(std::make_unique<Model>(Model::open(locate_model(path), options.open)));
-    models.push_back(owned.back().get());
-  }
+  const std::vector<const Model*> models = open_candidates(options, &owned);
   std::vector<const Model*> examined{&suspect};
   examined.insert(examined.end(), models.begin(), models.end());
   FileHasher hasher;
@@ -267,5 +327,7 @@ AssayResult run_assay(const AssayOptions& options) {
   result.audit = detail::collect_audit(options, started, examined, &hasher);
   return result;
 }
+
+}  // namespace
 
 }  // namespace alloy

@@ -104,9 +104,12 @@ TEST(AssayTool, BadInputFailsClearly) {
       {"/nonexistent/suspect " + base, "/nonexistent/suspect"},
       {base + " /nonexistent/candidate", "/nonexistent/candidate"},
       {base, "CANDIDATE"},
-      {base + " " + base + " " + base + " " + base + " " + base + " " + base + " " + base + " " + base + " " + base +
-           " " + base,
-       "at most 8 candidates"},
+      {[&] {
+         std::string many = base;  // the suspect and 65 candidates
+         for (int i = 0; i < 65; ++i) many += " " + base;
+         return many;
+       }(),
+       "at most 64 candidates, got 65"},
       {base + " " + base + " --json /nonexistent/dir/out.json", "/nonexistent/dir"},
   };
   for (const auto& c : cases) {
