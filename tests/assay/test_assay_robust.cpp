@@ -175,6 +175,9 @@ TEST_P(AssayRobust, RotatedResidualStreamIsUndone) {
     EXPECT_EQ(found["hadamard"].get<bool>(), kind == alloy::ResidualRotation::kHadamard) << what;
     EXPECT_GT(found["distance_from_identity"].get<double>(), 0.5) << what;
     EXPECT_EQ(found["hidden"], truth["rotation"]["hidden"]);
+    RecordProperty("rotation_" + what, found.dump() + " weights " +
+                                           std::to_string(weight_of(r, (m.family.dir / "ft_1").string())) + " " +
+                                           std::to_string(weight_of(r, (m.family.dir / "ft_2").string())));
   }
 }
 
