@@ -569,7 +569,11 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
     const double corr = a && b ? prefix_correlation(*a, *b) : -1.0;
     if (corr > best) best = corr, out.reference = int(c);
   }
-  if (out.reference < 0 || best < kAlignedCorrelation) return out;  // nothing to align to
+  if (out.reference < 0 || best < kAlignedCorrelation) {
+    // Nothing to align to, unless the residual stream was rotated (then no permutation is undone).
+    rotation_stage(suspect, candidates, &out);
+    return out;
+  }
   const Model& reference = *candidates[size_t(out.reference)];
   const ModelArchitecture ra = detect_architecture(reference);
   Context c{suspect, reference, out, candidates};
@@ -613,6 +617,7 @@ void load_aligned(const Model& suspect, const Alignment& alignment, const std::s
   const uint64_t n = t.info->numel();
   std::vector<float> src(n);
   load_as_f32(t.info->dtype, t.data(), n, src.data());
+  if (a.rotation) undo_rotation(a, t.info->shape, src.data());
   out->resize(n);
   const TensorGather& g = a.gather;
   if (g.matrices * g.rows * g.cols != n) {

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <map>
+#include <memory>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -250,6 +251,11 @@ struct AlignedTensor {
   // multiplied, when !row_divides), aligned column j multiplied by col_scale[j] (or divided).
   std::vector<float> row_scale, col_scale;
   bool row_divides = true, col_divides = false;
+  // Before everything else: an undone residual-stream rotation (rotation_stage below). kRight: the
+  // stored [rows, hidden] matrix times Q^T (embeddings and readers), kLeft: Q times the stored
+  // [hidden, cols] matrix (writers). `rotation` is Q, hidden x hidden, row-major.
+  enum class RotationSide { kNone, kRight, kLeft } rotation_side = RotationSide::kNone;
+  std::shared_ptr<const std::vector<double>> rotation;
 };
 struct Alignment {
   // By slot: each suspect tensor name once, holding (after alignment) the data that corresponds
@@ -259,6 +265,20 @@ struct Alignment {
   int reference = -1;                             // candidate aligned to
 };
 Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates);
+
+// The rotation stage (lib/assay/rotation.cpp), run by align_suspect when the suspect's embeddings
+// correlate with no candidate's: estimates an orthogonal Q with S = C Q on the residual stream
+// (alloy-synth perturb rotate-residual, QuaRot, SpinQuant) by orthogonal Procrustes, alternated
+// with a least-squares blend of the candidates, on the embeddings and, when they have fewer than
+// kRotationRowsPerHidden rows per hidden unit, also on the writers (o_proj, down_proj); accepts it
+// when the relative residual ||T Q - S|| / ||S|| is below kRotationResidual; then fills `out` with
+// the undo of every 2-D reader and writer and a {"kind": "rotation"} entry in its permutations.
+// Returns whether a rotation was accepted.
+inline constexpr double kRotationResidual = 0.5;
+inline constexpr uint64_t kRotationRowsPerHidden = 8;
+bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out);
+// Applies a slot's rotation undo to the stored values (a 2-D tensor of `shape`) in place.
+void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, float* values);
 
 // The suspect's slot `name` in candidate order, as float32 (into `out`, resized).
 void load_aligned(const Model& suspect, const Alignment& alignment, const std::string& name,

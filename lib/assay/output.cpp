@@ -227,7 +227,14 @@ std::string assay_summary(const AssayResult& r) {
         << " tensors (seed " << r.sampling.seed << "): " << fixed(100 * share, 2)
         << "% of the fitted elements read; the weights' errors are those of the sample\n";
   }
-  if (!r.permutations.empty()) out << "alignment: undid " << r.permutations.size() << " permutations (see --json)\n";
+  size_t undone = r.permutations.size();
+  for (const auto& p : r.permutations) {
+    if (!p.is_object() || p.value("kind", "") != "rotation") continue;
+    --undone;
+    out << "alignment: undid a rotation of the residual stream (" << (p.value("hadamard", false) ? "Hadamard, " : "")
+        << "Procrustes residual " << fixed(p.value("residual", 0.0), 4) << ")\n";
+  }
+  if (undone) out << "alignment: undid " << undone << " permutations (see --json)\n";
   for (const auto& n : r.evidence.value("notes", json::array())) out << "note: " << n.get<std::string>() << "\n";
   if (!r.recipe.empty()) {
     out << "\nrecovered recipe:\n";

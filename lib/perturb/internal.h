@@ -57,6 +57,7 @@ PerturbPlan plan_value_perturbation(const PerturbInput& input);  // noise, rerou
 PerturbPlan plan_permutation(const PerturbInput& input);         // permute-experts/-neurons/-heads
 PerturbPlan plan_rescaling(const PerturbInput& input);           // rescale-neurons, fold-norms
 PerturbPlan plan_layer_stack(const PerturbInput& input);         // stack-layers
+PerturbPlan plan_rotation(const PerturbInput& input);            // rotate-residual (rotate.cpp)
 
 // The architecture of IN, or Error(kInvalidArgument) saying the kind needs a config.json.
 const Architecture& require_architecture(const PerturbInput& input);

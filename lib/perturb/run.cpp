@@ -35,6 +35,7 @@ constexpr KindEntry kKinds[] = {
     {PerturbKind::kRescaleNeurons, "rescale-neurons", true, 2.0},
     {PerturbKind::kFoldNorms, "fold-norms", true, std::nullopt},
     {PerturbKind::kStackLayers, "stack-layers", false, std::nullopt},
+    {PerturbKind::kRotateResidual, "rotate-residual", true, std::nullopt},
 };
 
 const KindEntry& entry(PerturbKind kind) {
@@ -80,6 +81,10 @@ void validate(const PerturbOptions& o) {
   }
   if (o.kind != PerturbKind::kStackLayers && !o.layer_map.empty()) {
     throw invalid(std::string("--layer-map applies only to --kind stack-layers, not ") +
+                  perturb_kind_name(o.kind));
+  }
+  if (o.kind != PerturbKind::kRotateResidual && o.rotation != ResidualRotation::kRandom) {
+    throw invalid(std::string("--rotation applies only to --kind rotate-residual, not ") +
                   perturb_kind_name(o.kind));
   }
   if (o.kind == PerturbKind::kFineTune) {
@@ -424,6 +429,9 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
       break;
     case PerturbKind::kStackLayers:
       plan = detail::plan_layer_stack(input);
+      break;
+    case PerturbKind::kRotateResidual:
+      plan = detail::plan_rotation(input);
       break;
   }
 

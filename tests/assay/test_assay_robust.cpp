@@ -58,6 +58,7 @@ const Transform kTransforms[] = {
     {"int4", PerturbKind::kReround, NAN, false, alloy::ReroundFormat::kInt4},
     {"finetune_half", PerturbKind::kFineTune, 0.025},
     {"fold_norms", PerturbKind::kFoldNorms, NAN},
+    {"rotate_residual", PerturbKind::kRotateResidual, NAN},
 };
 
 alloy::PerturbOptions options_for(const Transform& t, const fs::path& base, uint64_t seed) {
@@ -144,6 +145,42 @@ TEST_P(AssayRobust, RescaledNeuronsAndStackedLayersAreUndone) {
   }
 }
 
+// The residual stream rotated (after folding the norms): the rotation is estimated, reported and
+// undone, and the blend is recovered as from the plain merge; the plain merge reports no rotation.
+TEST_P(AssayRobust, RotatedResidualStreamIsUndone) {
+  Merged m(GetParam());
+  const auto rotation_of = [](const alloy::AssayResult& r) {
+    for (const auto& p : r.permutations) {
+      if (p["kind"] == "rotation") return p;
+    }
+    return nlohmann::json();
+  };
+  const auto plain = assay(m.merged, m.family.candidates());
+  EXPECT_TRUE(rotation_of(plain).is_null()) << plain.permutations.dump();
+  for (const auto kind : {alloy::ResidualRotation::kRandom, alloy::ResidualRotation::kHadamard}) {
+    const std::string what = alloy::residual_rotation_name(kind);
+    alloy::PerturbOptions o;
+    o.kind = PerturbKind::kRotateResidual;
+    o.rotation = kind;
+    o.seed = 6;
+    nlohmann::json truth;
+    const auto r = assay(m.perturbed("rotated_" + what, o, &truth), m.family.candidates());
+    EXPECT_EQ(r.verdict, "merge") << what << ": " << r.evidence.dump();
+    EXPECT_EQ(r.method, "linear") << what;
+    EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_1").string()), 0.571, 0.01) << what;
+    EXPECT_NEAR(weight_of(r, (m.family.dir / "ft_2").string()), 0.429, 0.01) << what;
+    const nlohmann::json found = rotation_of(r);
+    ASSERT_TRUE(found.is_object()) << what << ": " << r.permutations.dump();
+    EXPECT_LT(found["residual"].get<double>(), 0.05) << what;
+    EXPECT_EQ(found["hadamard"].get<bool>(), kind == alloy::ResidualRotation::kHadamard) << what;
+    EXPECT_GT(found["distance_from_identity"].get<double>(), 0.5) << what;
+    EXPECT_EQ(found["hidden"], truth["rotation"]["hidden"]);
+    RecordProperty("rotation_" + what, found.dump() + " weights " +
+                                           std::to_string(weight_of(r, (m.family.dir / "ft_1").string())) + " " +
+                                           std::to_string(weight_of(r, (m.family.dir / "ft_2").string())));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, AssayRobust, ::testing::Values(alloy::ModelFamily::kLlama, alloy::ModelFamily::kMoe),
                          [](const auto& info) { return std::string(alloy::family_name(info.param)); });
 
@@ -174,6 +211,7 @@ TEST(AssayRobustNull, TransformedUnrelatedModelsAreNeverMerges) {
       alloy::perturb_model(dir / "unrelated", out, o);
       const auto r = assay(out, f.candidates());
       EXPECT_NE(r.verdict, "merge") << t.name << " seed " << seed << ": " << r.evidence.dump();
+      for (const auto& p : r.permutations) EXPECT_NE(p["kind"], "rotation") << t.name << " seed " << seed;
       fs::remove_all(out);
     }
   }

@@ -16,6 +16,7 @@
 #include "alloy/core/file_util.h"
 #include "alloy/core/model.h"
 #include "alloy/core/parallel.h"
+#include "alloy/core/sha256.h"
 #include "alloy/perturb/perturb.h"
 #include "alloy/synth/synth.h"
 #include "test_utils.h"
@@ -302,6 +303,98 @@ INSTANTIATE_TEST_SUITE_P(
         PreservingCase{PerturbKind::kFoldNorms, ModelFamily::kMoe,
                        "post_attention_layernorm.weight"}),
     case_name);
+
+// ---- rotate-residual: the whole model's logits, before and after ----
+
+// Token ids -> embeddings -> every decoder block -> final norm -> lm_head, in float64.
+Mat model_logits(const alloy::Architecture& arch, const Weights& w, const std::vector<int>& ids) {
+  const Mat embed = w("model.embed_tokens.weight");
+  Mat x(Eigen::Index(ids.size()), embed.cols());
+  for (size_t t = 0; t < ids.size(); ++t) x.row(Eigen::Index(t)) = embed.row(ids[t]);
+  for (int layer = 0; layer < arch.layers; ++layer) x = decoder_block(arch, w, layer, x);
+  return final_logits(w, x);
+}
+
+struct RotationCase {
+  ModelFamily family;
+  alloy::ResidualRotation rotation;
+};
+
+class PerturbRotation : public testing::TestWithParam<RotationCase> {};
+
+TEST_P(PerturbRotation, LogitsUnchangedAndTruthMatchesTheWeights) {
+  const RotationCase c = GetParam();
+  TempDir dir;
+  const fs::path base = make_base(dir, c.family);
+  alloy::PerturbOptions o = options(PerturbKind::kRotateResidual);
+  o.rotation = c.rotation;
+  const json truth = alloy::perturb_model(base, dir / "out", o);
+  EXPECT_EQ(truth, read_json(dir / "out" / "alloy_perturb.json"));
+  EXPECT_TRUE(truth["function_preserving"].get<bool>());
+  const auto before = alloy::Model::open(base), after = alloy::Model::open(dir / "out");
+  const auto arch = alloy::architecture_from_config(after.config());
+  const std::vector<int> ids = {3, 17, 0, 31, 8, 8, 22};
+  const Mat expected = model_logits(arch, weights_of(before), ids);
+  EXPECT_LT(relative_difference(model_logits(arch, weights_of(after), ids), expected), 1e-4);
+  // Q as documented: orthogonal, the embeddings are exactly E Q, its hash is recorded.
+  const std::vector<double> qv = alloy::residual_rotation(11, arch.hidden, c.rotation);
+  const Mat q = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+      qv.data(), arch.hidden, arch.hidden);
+  EXPECT_LT((q.transpose() * q - Mat::Identity(arch.hidden, arch.hidden)).norm(), 1e-12);
+  EXPECT_LT(relative_difference(matrix(after, "model.embed_tokens.weight"),
+                                matrix(before, "model.embed_tokens.weight") * q),
+            1e-6);
+  EXPECT_EQ(truth["rotation"]["sha256"], alloy::sha256_hex(qv.data(), qv.size() * sizeof(double)));
+  EXPECT_EQ(truth["rotation"]["kind"], alloy::residual_rotation_name(c.rotation));
+  if (c.rotation == alloy::ResidualRotation::kHadamard) {
+    EXPECT_LT((q.cwiseAbs().array() * std::sqrt(double(arch.hidden)) - 1).abs().maxCoeff(), 1e-12);
+    EXPECT_EQ(truth["rotation"]["signs"].size(), size_t(arch.hidden));
+  }
+  // Every norm gain is now 1 (RMSNorm commutes with Q only then), folded gains recorded.
+  EXPECT_EQ(truth["layers"].size(), size_t(arch.layers));
+  for (const auto& t : after.tensors()) {
+    if (t.name().find("norm.weight") == std::string::npos) continue;
+    EXPECT_EQ(matrix(after, t.name()).maxCoeff(), 1.0) << t.name();
+    EXPECT_EQ(matrix(after, t.name()).minCoeff(), 1.0) << t.name();
+  }
+  const size_t writers = truth["rotated"]["writers"].size(), readers = truth["rotated"]["readers"].size();
+  EXPECT_EQ(writers, size_t(arch.layers) * (c.family == ModelFamily::kMoe ? 2 + arch.experts : 2));
+  EXPECT_EQ(truth["rotated"]["embeddings"], json::array({"model.embed_tokens.weight"}));
+  EXPECT_GT(readers, writers);
+  // The control: one writer left unrotated breaks the function.
+  const std::string swapped = "model.layers.1.self_attn.o_proj.weight";
+  const Weights mixed = [&](const std::string& name) { return matrix(name == swapped ? before : after, name); };
+  EXPECT_GT(relative_difference(model_logits(arch, mixed, ids), expected), 1e-3);
+  // Another seed, another Q.
+  EXPECT_NE(alloy::residual_rotation(12, arch.hidden, c.rotation), qv);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Perturb, PerturbRotation,
+    testing::Values(RotationCase{ModelFamily::kLlama, alloy::ResidualRotation::kRandom},
+                    RotationCase{ModelFamily::kMoe, alloy::ResidualRotation::kRandom},
+                    RotationCase{ModelFamily::kLlama, alloy::ResidualRotation::kHadamard}),
+    [](const testing::TestParamInfo<RotationCase>& info) {
+      return std::string(alloy::family_name(info.param.family)) + "_" +
+             alloy::residual_rotation_name(info.param.rotation);
+    });
+
+TEST(PerturbRotation, RefusesWhatItCannotRotate) {
+  TempDir dir;
+  EXPECT_THROW(alloy::residual_rotation(1, 48, alloy::ResidualRotation::kHadamard), alloy::Error);
+  EXPECT_THROW(alloy::residual_rotation(1, 0, alloy::ResidualRotation::kRandom), alloy::Error);
+  // Tied embeddings: the final norm cannot be folded into lm_head.
+  alloy::BaseModelOptions b = small(ModelFamily::kLlama);
+  b.arch.tie_embeddings = true;
+  alloy::synth_base_model(dir / "tied", b);
+  try {
+    alloy::perturb_model(dir / "tied", dir / "out", options(PerturbKind::kRotateResidual));
+    ADD_FAILURE() << "no error";
+  } catch (const alloy::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.norm.weight"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
 
 // ---- the ground truth of the structural kinds matches the weights ----
 
@@ -614,13 +707,13 @@ TEST(PerturbDeterminism, SameSeedSameBytesOnAnyThreadCountOtherSeedOtherBytes) {
 // ---- errors ----
 
 TEST(PerturbErrors, KindAndFormatNamesRoundTrip) {
-  EXPECT_EQ(alloy::perturb_kinds().size(), 9u);
+  EXPECT_EQ(alloy::perturb_kinds().size(), 10u);
   int preserving = 0;
   for (const auto kind : alloy::perturb_kinds()) {
     EXPECT_EQ(alloy::perturb_kind_from_name(alloy::perturb_kind_name(kind)), kind);
     preserving += alloy::perturb_preserves_function(kind);
   }
-  EXPECT_EQ(preserving, 5);
+  EXPECT_EQ(preserving, 6);
   EXPECT_EQ(alloy::perturb_default_strength(PerturbKind::kNoise), 0.01);
   EXPECT_FALSE(alloy::perturb_default_strength(PerturbKind::kPermuteExperts));
   EXPECT_FALSE(alloy::perturb_kind_from_name("Noise"));
@@ -668,6 +761,9 @@ TEST(PerturbErrors, BadOptionsAreRefusedBeforeAnythingIsWritten) {
                    "--reference"});
   cases.push_back(
       {"bad rank", with(PerturbKind::kFineTune, [](auto& o) { o.rank = 0; }), "--rank"});
+  cases.push_back({"rotation on noise",
+                   with(PerturbKind::kNoise, [](auto& o) { o.rotation = alloy::ResidualRotation::kHadamard; }),
+                   "--rotation"});
   for (const auto& c : cases) {
     try {
       alloy::perturb_model(dense, dir / "out", c.options);

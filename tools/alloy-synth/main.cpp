@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
   add_base_flags(family_cmd, &family);
   add_fine_tune_flags(family_cmd, &family_ft);
 
-  std::string perturb_in, kind_name, format_name = "int8", relative_to = "rms", layer_map;
+  std::string perturb_in, kind_name, format_name = "int8", relative_to = "rms", layer_map, rotation_name;
   alloy::PerturbOptions perturb;
   double strength = 0;
   OutputFlags perturb_output;
@@ -154,7 +154,7 @@ int main(int argc, char** argv) {
   perturb_cmd->add_option("OUT", out, "output directory")->required();
   perturb_cmd->add_option("--kind", kind_name,
                           "noise, reround, finetune, permute-experts, permute-neurons, permute-heads, "
-                          "rescale-neurons, fold-norms or stack-layers")
+                          "rescale-neurons, fold-norms, stack-layers or rotate-residual")
       ->required();
   auto* strength_option = perturb_cmd->add_option(
       "--strength", strength,
@@ -170,6 +170,9 @@ int main(int argc, char** argv) {
   perturb_cmd->add_option("--layer-map", layer_map, "stack-layers: output layer i is input layer map[i], e.g. 0,1,1,2,3");
   perturb_cmd->add_option("--low-rank-fraction", perturb.low_rank_fraction, "finetune: share of the delta that is low-rank")
       ->capture_default_str();
+  perturb_cmd->add_option("--rotation", rotation_name,
+                          "rotate-residual: random (QR of a Gaussian matrix, default) or hadamard (H diag(+-1) / "
+                          "sqrt(n), hidden a power of two)");
   perturb_cmd->add_option("--rank", perturb.rank, "finetune: rank of the low-rank part")->capture_default_str();
   add_output_flags(perturb_cmd, &perturb_output);
 
@@ -208,9 +211,21 @@ int main(int argc, char** argv) {
         throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
                            "perturb: unknown --kind '" + kind_name +
                                "' (expected noise, reround, finetune, permute-experts, permute-neurons, "
-                               "permute-heads, rescale-neurons, fold-norms or stack-layers)");
+                               "permute-heads, rescale-neurons, fold-norms, stack-layers or rotate-residual)");
       }
       perturb.kind = *kind;
+      if (!rotation_name.empty()) {
+        const auto rotation = alloy::residual_rotation_from_name(rotation_name);
+        if (!rotation) {
+          throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
+                             "perturb: unknown --rotation '" + rotation_name + "' (expected random or hadamard)");
+        }
+        if (*kind != alloy::PerturbKind::kRotateResidual) {
+          throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
+                             "perturb: --rotation applies only to --kind rotate-residual, not " + kind_name);
+        }
+        perturb.rotation = *rotation;
+      }
       const auto format = alloy::reround_format_from_name(format_name);
       if (!format) {
         throw alloy::Error(alloy::ErrorCode::kInvalidArgument,

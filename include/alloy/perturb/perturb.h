@@ -54,6 +54,15 @@
 //   stack-layers     frankenmerge stacking: output layer i is input layer layer_map[i]
 //                    (duplicates and any order allowed), config.json num_hidden_layers =
 //                    layer_map.size(). Not preserving. No strength.
+//   rotate-residual  fold-norms, then an orthogonal Q (hidden x hidden, residual_rotation()) on the
+//                    residual stream, as QuaRot / SpinQuant / SliceGPT do: embeddings E Q, every
+//                    matrix that reads the stream (HF Linear [out, in]: q/k/v, gate/up, router,
+//                    shared_expert_gate, experts' gate/up, lm_head) W Q, every matrix that writes
+//                    it (o_proj, down_proj, experts' down_proj) Q^T W. RMSNorm commutes with Q
+//                    only with unit gains, hence the fold first; a tied lm_head (whose final norm
+//                    cannot be folded) is refused unless that norm is already all ones; any other
+//                    residual-stream tensor (a bias of o_proj, ...) is refused. Preserving. No
+//                    strength; --rotation random (default) or hadamard.
 //
 // alloy_perturb.json: {"generator": "alloy-synth", "version", "kind", "strength" (null where the
 // kind has none), "seed", "function_preserving", "source" (IN's directory name), "dtype",
@@ -75,7 +84,11 @@
 //                     "shared_expert": c}];
 //   fold-norms:       "layers": [{"layer", "input_layernorm": gains, "post_attention_layernorm":
 //                     gains}], "final_norm": gains or null (tied embeddings: left in place);
-//   stack-layers:     "layer_map", "source_layers".
+//   stack-layers:     "layer_map", "source_layers";
+//   rotate-residual:  fold-norms' fields plus "rotation": {"kind": "random" | "hadamard",
+//                     "hidden", "sha256" (of Q as row-major little-endian float64), "signs"
+//                     (hadamard: the diagonal's +-1)}, "rotated": {"embeddings", "readers",
+//                     "writers"} (tensor names).
 // Permutations p read "output index j holds input index p[j]"; scales c are the factors applied to
 // up_proj rows.
 //
@@ -105,6 +118,7 @@ enum class PerturbKind {
   kRescaleNeurons,
   kFoldNorms,
   kStackLayers,
+  kRotateResidual,
 };
 // "noise", "reround", "finetune", "permute-experts", ..., and back (nullopt for anything else).
 const char* perturb_kind_name(PerturbKind kind);
@@ -121,6 +135,17 @@ enum class ReroundFormat { kBf16, kF16, kInt8, kInt4 };
 const char* reround_format_name(ReroundFormat format);
 std::optional<ReroundFormat> reround_format_from_name(std::string_view name);
 
+// rotate-residual's Q. kRandom: QR of a Gaussian matrix from (seed, "rotate-residual") with the
+// signs fixed so that R has a positive diagonal (Haar-distributed). kHadamard: the randomised
+// Hadamard of QuaRot, Q = H diag(s) / sqrt(n), H the Sylvester Hadamard matrix (H_ij =
+// (-1)^popcount(i & j)), s_j = +-1 from the seed; n must be a power of two.
+enum class ResidualRotation { kRandom, kHadamard };
+const char* residual_rotation_name(ResidualRotation rotation);  // "random", "hadamard"
+std::optional<ResidualRotation> residual_rotation_from_name(std::string_view name);
+// Q (hidden x hidden, row-major), a function of (seed, hidden, kind) only. Throws
+// Error(kInvalidArgument) for hidden < 1, or a kHadamard hidden that is not a power of two.
+std::vector<double> residual_rotation(uint64_t seed, int hidden, ResidualRotation rotation);
+
 struct PerturbOptions {
   PerturbKind kind = PerturbKind::kNoise;
   ModelOpenOptions open;  // how IN and the reference are opened (unindexed shards)
@@ -136,6 +161,7 @@ struct PerturbOptions {
   std::vector<int> layer_map;                   // stack-layers: required, each in [0, layers)
   double low_rank_fraction = 0.5;               // finetune (as FineTuneOptions)
   int rank = 8;                                 // finetune
+  ResidualRotation rotation = ResidualRotation::kRandom;  // rotate-residual
   SynthOutput output;
 };
 

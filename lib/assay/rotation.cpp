@@ -1,0 +1,204 @@
+// The rotation stage: undo an orthogonal rotation of the residual stream (alloy-synth perturb
+// rotate-residual; QuaRot, SpinQuant and SliceGPT do the same after folding the norm gains). A
+// rotated suspect holds S_E = E Q (embeddings), S_R = R Q (every reader, [out, hidden]) and
+// S_W = Q^T W (every writer, [hidden, in]). Embeddings and writers carry no folded gain, so they
+// pin Q down: with T = sum_c w_c C_c (the candidates' blend, rows = embedding rows and writer
+// columns), min ||T Q - S|| over orthogonal Q is Q = U V^T from the SVD of T^T S (orthogonal
+// Procrustes, Schoenemann 1966), and for fixed Q the weights w are least squares. Both need only
+// the per-candidate M_c = C_c^T S (hidden x hidden) and the Gram <C_c, C_d>, so one pass over the
+// tensors is followed by a few alternations in memory. docs/assay.md, "Rotated residual stream".
+#include <Eigen/Dense>
+#include <cmath>
+
+#include "alloy/core/dtype.h"
+#include "alloy/core/units.h"
+#include "internal.h"
+
+namespace alloy::detail {
+namespace {
+
+using Mat = Eigen::MatrixXd;
+using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Side = AlignedTensor::RotationSide;
+
+constexpr int kAlternations = 8;
+
+Side side_of(TensorRole role) {
+  switch (role) {
+    case TensorRole::kEmbedding:
+    case TensorRole::kLmHead:
+    case TensorRole::kAttentionQ:
+    case TensorRole::kAttentionK:
+    case TensorRole::kAttentionV:
+    case TensorRole::kMlpGate:
+    case TensorRole::kMlpUp:
+    case TensorRole::kExpertGate:
+    case TensorRole::kExpertUp:
+    case TensorRole::kRouter:
+    case TensorRole::kSharedExpertGate:
+    case TensorRole::kSharedExpertUp:
+    case TensorRole::kSharedExpertRouter:
+      return Side::kRight;
+    case TensorRole::kAttentionO:
+    case TensorRole::kMlpDown:
+    case TensorRole::kExpertDown:
+    case TensorRole::kSharedExpertDown:
+      return Side::kLeft;
+    default:
+      return Side::kNone;
+  }
+}
+
+// A 2-D tensor as float64 [rows, cols].
+Mat load_matrix(const ModelTensor& t) {
+  const auto& s = t.info->shape;
+  std::vector<float> v(t.info->numel());
+  load_as_f32(t.info->dtype, t.data(), v.size(), v.data());
+  t.shard->release(*t.info);
+  return Eigen::Map<const RowMajorF>(v.data(), Eigen::Index(s[0]), Eigen::Index(s[1])).cast<double>();
+}
+
+// Whether Q is a randomised Hadamard, H diag(+-1) / sqrt(n) up to row and column signs: every entry
+// +-1/sqrt(n) within 20%.
+bool looks_hadamard(const Mat& q) {
+  const double scale = std::sqrt(double(q.rows()));
+  return (q.cwiseAbs().array() * scale - 1).abs().maxCoeff() < 0.2;
+}
+
+}  // namespace
+
+void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, float* values) {
+  if (!a.rotation || a.rotation_side == Side::kNone || shape.size() != 2) return;
+  const auto n = Eigen::Index(std::llround(std::sqrt(double(a.rotation->size()))));
+  const Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> q(a.rotation->data(), n, n);
+  Eigen::Map<RowMajorF> w(values, Eigen::Index(shape[0]), Eigen::Index(shape[1]));
+  const Mat in = w.cast<double>();
+  // S = C Q (reader) -> C = S Q^T;  S = Q^T C (writer) -> C = Q S.
+  const Mat out = a.rotation_side == Side::kRight ? Mat(in * q.transpose()) : Mat(q * in);
+  w = out.cast<float>();
+}
+
+bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out) {
+  const ModelArchitecture sa = detect_architecture(suspect);
+  const ModelTensor* embedding = suspect.find(embedding_name(sa, suspect));
+  if (!embedding || embedding->info->shape.size() != 2 || candidates.empty()) return false;
+  const uint64_t hidden = embedding->info->shape[1];
+  if (hidden < 2) return false;
+  // The candidates that have the suspect's embedding shape take part.
+  std::vector<const Model*> used;
+  std::vector<ModelArchitecture> archs;
+  for (const Model* m : candidates) {
+    ModelArchitecture ca = detect_architecture(*m);
+    const ModelTensor* e = m->find(embedding_name(ca, *m));
+    if (e && e->info->shape == embedding->info->shape) used.push_back(m), archs.push_back(std::move(ca));
+  }
+  if (used.empty()) return false;
+  // The tensors the estimate reads: the embeddings, and the writers when the embeddings alone have
+  // too few rows (each writer's columns are residual vectors: S_W^T = C_W^T Q).
+  struct Pair {
+    std::string suspect, candidate;
+    bool transpose;
+  };
+  std::vector<Pair> pairs;
+  pairs.push_back({embedding->name(), embedding_name(archs[0], *used[0]), false});
+  uint64_t rows = embedding->info->shape[0];
+  if (rows < kRotationRowsPerHidden * hidden) {
+    for (const auto& t : suspect.tensors()) {
+      if (t.info->shape.size() != 2 || t.info->shape[0] != hidden) continue;
+      if (side_of(sa.classify(t.name()).role) != Side::kLeft) continue;
+      bool everywhere = true;
+      for (const Model* m : used) {
+        const ModelTensor* ct = m->find(t.name());
+        everywhere &= ct && ct->info->shape == t.info->shape;
+      }
+      if (!everywhere) continue;
+      pairs.push_back({t.name(), t.name(), true});
+      rows += t.info->shape[1];
+    }
+  }
+  if (rows < 4 * hidden) return false;  // too few residual vectors to tell a rotation from a fit
+  const size_t k = used.size();
+  const auto n = Eigen::Index(hidden);
+  std::vector<Mat> m(k, Mat::Zero(n, n));
+  Mat gram = Mat::Zero(Eigen::Index(k), Eigen::Index(k));
+  double suspect_norm2 = 0;
+  for (const Pair& p : pairs) {
+    Mat s = load_matrix(*suspect.find(p.suspect));
+    if (p.transpose) s.transposeInPlace();
+    suspect_norm2 += s.squaredNorm();
+    std::vector<Mat> cs;
+    for (size_t c = 0; c < k; ++c) {
+      const std::string name = p.transpose ? p.candidate : embedding_name(archs[c], *used[c]);
+      Mat x = load_matrix(*used[c]->find(name));
+      if (p.transpose) x.transposeInPlace();
+      m[c] += x.transpose() * s;
+      cs.push_back(std::move(x));
+    }
+    for (size_t a = 0; a < k; ++a) {
+      for (size_t b = a; b < k; ++b) {
+        const double g = (cs[a].array() * cs[b].array()).sum();
+        gram(Eigen::Index(a), Eigen::Index(b)) += g;
+        if (a != b) gram(Eigen::Index(b), Eigen::Index(a)) += g;
+      }
+    }
+  }
+  if (!(suspect_norm2 > 0)) return false;
+  // Alternate: Q from the blend's Procrustes problem, then the blend's weights for that Q.
+  Eigen::VectorXd w = Eigen::VectorXd::Constant(Eigen::Index(k), 1.0 / double(k));
+  Mat q = Mat::Identity(n, n);
+  Eigen::VectorXd b = Eigen::VectorXd::Zero(static_cast<Eigen::Index>(k));
+  const Mat ridge = 1e-12 * (gram.trace() + 1e-300) * Mat::Identity(Eigen::Index(k), Eigen::Index(k));
+  for (int it = 0; it < kAlternations; ++it) {
+    Mat blend = Mat::Zero(n, n);
+    for (size_t c = 0; c < k; ++c) blend += w(Eigen::Index(c)) * m[c];
+    const Eigen::BDCSVD<Mat> svd(blend, Eigen::ComputeFullU | Eigen::ComputeFullV);
+    q = svd.matrixU() * svd.matrixV().transpose();
+    for (size_t c = 0; c < k; ++c) b(Eigen::Index(c)) = (q.array() * m[c].array()).sum();  // <C_c Q, S>
+    w = (gram + ridge).ldlt().solve(b);
+  }
+  const double residual2 = (suspect_norm2 - 2 * w.dot(b) + w.dot(gram * w)) / suspect_norm2;
+  const double residual = std::sqrt(std::max(0.0, residual2));
+  if (!(residual < kRotationResidual)) return false;
+  const bool hadamard = looks_hadamard(q);
+  if (hadamard) {
+    // Snap to the exact +-1/sqrt(n) entries (the estimate's noise then drops out entirely) when the
+    // snapped matrix is still orthogonal.
+    const double scale = 1 / std::sqrt(double(n));
+    const Mat snapped = q.unaryExpr([scale](double v) { return v < 0 ? -scale : scale; });
+    if ((snapped.transpose() * snapped - Mat::Identity(n, n)).norm() < 1e-9) q = snapped;
+  }
+  auto rotation = std::make_shared<std::vector<double>>(size_t(n * n));
+  for (Eigen::Index i = 0; i < n; ++i) {
+    for (Eigen::Index j = 0; j < n; ++j) (*rotation)[size_t(i * n + j)] = q(i, j);
+  }
+  const double distance_from_identity = (q - Mat::Identity(n, n)).norm() / std::sqrt(double(n));
+  std::vector<std::string> undone;
+  for (const auto& t : suspect.tensors()) {
+    if (t.info->shape.size() != 2) continue;
+    const Side side = side_of(sa.classify(t.name()).role);
+    if (side == Side::kNone) continue;
+    if ((side == Side::kRight && t.info->shape[1] != hidden) || (side == Side::kLeft && t.info->shape[0] != hidden)) {
+      continue;
+    }
+    AlignedTensor a;
+    a.source = t.name();
+    a.gather = TensorGather::of(t.info->shape, false);
+    a.rotation_side = side;
+    a.rotation = rotation;
+    out->tensors[t.name()] = std::move(a);
+    undone.push_back(t.name());
+  }
+  std::vector<double> weights(w.data(), w.data() + w.size());
+  out->permutations.push_back({{"kind", "rotation"},
+                               {"hidden", hidden},
+                               {"residual", residual},
+                               {"hadamard", hadamard},
+                               {"distance_from_identity", distance_from_identity},
+                               {"rows", rows},
+                               {"estimated_on", pairs.size()},
+                               {"blend_weights", weights},
+                               {"tensors_undone", undone.size()}});
+  return true;
+}
+
+}  // namespace alloy::detail
