@@ -10,6 +10,7 @@
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
 #include "alloy/core/hub_cache.h"
+#include "coverage.h"
 #include "internal.h"
 
 namespace alloy {
@@ -134,25 +135,32 @@ void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
 
 }  // namespace
 
-AssayResult run_assay(const AssayOptions& options) {
-  if (options.candidates.empty()) throw Error(ErrorCode::kInvalidArgument, "alloy-assay needs at least one candidate");
-  if (int(options.candidates.size()) > detail::kMaxCandidates) {
+AssayResult run_assay(const AssayOptions& given) {
+  if (given.candidates.empty()) throw Error(ErrorCode::kInvalidArgument, "alloy-assay needs at least one candidate");
+  if (int(given.candidates.size()) > detail::kMaxCandidates) {
     throw Error(ErrorCode::kInvalidArgument, "alloy-assay takes at most " + std::to_string(detail::kMaxCandidates) +
-                                                 " candidates, got " + std::to_string(options.candidates.size()));
+                                                 " candidates, got " + std::to_string(given.candidates.size()));
   }
   const std::string started = utc_timestamp();
   // Local folders, else Hub ids found in the Hub cache (alloy/core/hub_cache.h).
-  const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
+  const Model suspect = Model::open(locate_model(given.suspect.string()), given.open);
   std::vector<std::unique_ptr<Model>> owned;
-  std::vector<const Model*> models;
-  for (const auto& path : options.candidates) {
-    owned.push_back(std::make_unique<Model>(Model::open(locate_model(path), options.open)));
-    models.push_back(owned.back().get());
+  std::vector<const Model*> opened;
+  for (const auto& path : given.candidates) {
+    owned.push_back(std::make_unique<Model>(Model::open(locate_model(path), given.open)));
+    opened.push_back(owned.back().get());
   }
   std::vector<const Model*> examined{&suspect};
-  examined.insert(examined.end(), models.begin(), models.end());
+  examined.insert(examined.end(), opened.begin(), opened.end());
   FileHasher hasher;
-  detail::start_audit_hashes(options, examined, &hasher);
+  detail::start_audit_hashes(given, examined, &hasher);
+  // Candidates of another width or architecture are set aside (coverage.cpp), so that they cannot
+  // shrink what is compared for the others: from here on `models` and `options.candidates` are
+  // the compared candidates.
+  const detail::ComparableCandidates comparable = detail::select_comparable(suspect, opened, given.candidates);
+  const std::vector<const Model*>& models = comparable.models;
+  AssayOptions options = given;
+  options.candidates = comparable.paths;
   const double resolve = resolve_fraction(models);
   const int k = int(models.size());
 
@@ -239,6 +247,7 @@ AssayResult run_assay(const AssayOptions& options) {
   }
   drop_unaligned(block_tests, &result);
   detail::decide_verdict(&result, suspect, models, options);
+  detail::record_set_aside(comparable.set_aside, &result);
   // What the models were opened in spite of (unindexed shards) belongs beside the verdict.
   for (const std::string& warning : suspect.warnings()) result.evidence["notes"].push_back(warning);
   for (const Model* m : models) {
@@ -252,7 +261,7 @@ AssayResult run_assay(const AssayOptions& options) {
         " rows was judged on a seeded random " + share + " of its rows (seed " + std::to_string(result.sampling.seed) +
         "); a copy or an equality holds on the rows read, and a full assay (without --sample) reads every element");
   }
-  result.audit = detail::collect_audit(options, started, examined, &hasher);
+  result.audit = detail::collect_audit(given, started, examined, &hasher);
   return result;
 }
 
