@@ -135,32 +135,32 @@ void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
 
 }  // namespace
 
-AssayResult run_assay(const AssayOptions& given) {
-  if (given.candidates.empty()) throw Error(ErrorCode::kInvalidArgument, "alloy-assay needs at least one candidate");
-  if (int(given.candidates.size()) > detail::kMaxCandidates) {
+AssayResult run_assay(const AssayOptions& options) {
+  if (options.candidates.empty()) throw Error(ErrorCode::kInvalidArgument, "alloy-assay needs at least one candidate");
+  if (int(options.candidates.size()) > detail::kMaxCandidates) {
     throw Error(ErrorCode::kInvalidArgument, "alloy-assay takes at most " + std::to_string(detail::kMaxCandidates) +
-                                                 " candidates, got " + std::to_string(given.candidates.size()));
+                                                 " candidates, got " + std::to_string(options.candidates.size()));
   }
   const std::string started = utc_timestamp();
   // Local folders, else Hub ids found in the Hub cache (alloy/core/hub_cache.h).
-  const Model suspect = Model::open(locate_model(given.suspect.string()), given.open);
+  const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
   std::vector<std::unique_ptr<Model>> owned;
-  std::vector<const Model*> opened;
-  for (const auto& path : given.candidates) {
-    owned.push_back(std::make_unique<Model>(Model::open(locate_model(path), given.open)));
-    opened.push_back(owned.back().get());
+  std::vector<const Model*> models;
+  for (const auto& path : options.candidates) {
+    owned.push_back(std::make_unique<Model>(Model::open(locate_model(path), options.open)));
+    models.push_back(owned.back().get());
   }
   std::vector<const Model*> examined{&suspect};
-  examined.insert(examined.end(), opened.begin(), opened.end());
+  examined.insert(examined.end(), models.begin(), models.end());
   FileHasher hasher;
-  detail::start_audit_hashes(given, examined, &hasher);
+  detail::start_audit_hashes(options, examined, &hasher);
   // Candidates of another width or architecture are set aside (coverage.cpp), so that they cannot
-  // shrink what is compared for the others: from here on `models` and `options.candidates` are
-  // the compared candidates.
-  const detail::ComparableCandidates comparable = detail::select_comparable(suspect, opened, given.candidates);
-  const std::vector<const Model*>& models = comparable.models;
-  AssayOptions options = given;
-  options.candidates = comparable.paths;
+  // shrink what is compared for the others: from here on `models` and `kept.candidates` are
+  // the compared candidates (the audit keeps every model examined).
+  const detail::ComparableCandidates comparable = detail::select_comparable(suspect, models, options.candidates);
+  models = comparable.models;
+  AssayOptions kept = options;
+  kept.candidates = comparable.paths;
   const double resolve = resolve_fraction(models);
   const int k = int(models.size());
 
@@ -174,7 +174,7 @@ AssayResult run_assay(const AssayOptions& given) {
     result.sampling.fraction = options.sample_fraction;
     result.sampling.seed = options.sample_seed;
   }
-  for (const auto& path : options.candidates) result.candidates.push_back({path});
+  for (const auto& path : kept.candidates) result.candidates.push_back({path});
   const auto& tensors = suspect.tensors();
   const ModelArchitecture suspect_arch = detect_architecture(suspect);
   std::vector<BlockTest> block_tests(tensors.size(), BlockTest::kUntested);
@@ -196,7 +196,7 @@ AssayResult run_assay(const AssayOptions& given) {
                                      : ta.name;
     std::vector<const ModelTensor*> found;
     for (const Model* m : models) found.push_back(m->find(compared));
-    ta.skipped = unfit_reason(s, found, options.candidates);
+    ta.skipped = unfit_reason(s, found, kept.candidates);
     if (ta.skipped.empty() && ta.numel > 0) {
       for (const ModelTensor* f : found) views.inputs.push_back(f);
       if (entry != alignment.tensors.end()) {
@@ -246,7 +246,7 @@ AssayResult run_assay(const AssayOptions& given) {
     if (options.progress) options.progress(done_bytes, total_bytes);
   }
   drop_unaligned(block_tests, &result);
-  detail::decide_verdict(&result, suspect, models, options);
+  detail::decide_verdict(&result, suspect, models, kept);
   detail::record_set_aside(comparable.set_aside, &result);
   // What the models were opened in spite of (unindexed shards) belongs beside the verdict.
   for (const std::string& warning : suspect.warnings()) result.evidence["notes"].push_back(warning);
@@ -261,7 +261,7 @@ AssayResult run_assay(const AssayOptions& given) {
         " rows was judged on a seeded random " + share + " of its rows (seed " + std::to_string(result.sampling.seed) +
         "); a copy or an equality holds on the rows read, and a full assay (without --sample) reads every element");
   }
-  result.audit = detail::collect_audit(given, started, examined, &hasher);
+  result.audit = detail::collect_audit(options, started, examined, &hasher);
   return result;
 }
 
