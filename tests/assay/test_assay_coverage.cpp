@@ -11,6 +11,7 @@
 #include "assay/internal.h"
 #include "alloy/merge/moe.h"
 #include "test_assay_utils.h"
+#include "tiny_model.h"
 
 namespace alloy::test {
 namespace {
@@ -25,18 +26,22 @@ std::vector<size_t> candidate_counts() {
 }
 
 BaseModelOptions tiny(ModelFamily family, int hidden, uint64_t seed) {
-  BaseModelOptions o;
-  o.arch.family = family;
-  o.arch.layers = 2;
+  BaseModelOptions o = tiny_family_model(family, 2);
   o.arch.hidden = hidden;
-  o.arch.intermediate = 48;
-  o.arch.heads = 4;
-  o.arch.kv_heads = 2;
-  o.arch.vocab = 64;
-  o.arch.experts = 4;
-  o.arch.moe_intermediate = 16;
   o.seed = seed;
   return o;
+}
+
+// DIR/moe/ft_1, a Mixtral fine-tune whose 8 experts of width 16 hold about 70% of its weights, and
+// DIR/dense, a Mistral of the same hidden size (same attention and embedding names and shapes).
+void moe_and_dense(const std::filesystem::path& dir) {
+  FineTuneOptions ft;
+  ft.relative_delta = 0.05;
+  BaseModelOptions moe = tiny(ModelFamily::kMixtral, 32, 3);
+  moe.arch.experts = 8;
+  moe.arch.moe_intermediate = 16;
+  synth_family(dir / "moe", moe, 1, 0, ft);
+  synth_base_model(dir / "dense", tiny(ModelFamily::kMistral, 32, 3));
 }
 
 // A Rio-shaped linear merge of ft_1 and ft_2 and a pool of decoys of every kind, interleaved so
@@ -123,12 +128,7 @@ TEST(AssayCoverage, DecoysNeverChangeTheVerdictOrTheRecipe) {
 TEST(AssayCoverage, MoeAgainstDenseCandidatesIsInconclusive) {
   TempDir temp;
   const auto dir = temp.path();
-  FineTuneOptions ft;
-  ft.relative_delta = 0.05;
-  BaseModelOptions base = tiny(ModelFamily::kMixtral, 32, 3);
-  base.arch.experts = 8;  // the experts hold 70% of the weights
-  synth_family(dir / "moe", base, 1, 0, ft);  // a MoE suspect
-  synth_base_model(dir / "dense", tiny(ModelFamily::kMistral, 32, 3));
+  moe_and_dense(dir);
   const AssayResult r = assay(dir / "moe" / "ft_1", {(dir / "dense").string()});
   ASSERT_TRUE(r.evidence.contains("coverage")) << assay_summary(r);
   const auto& coverage = r.evidence["coverage"];
@@ -216,12 +216,7 @@ TEST(AssayCoverage, PartialCoverageNamesTheComponents) {
 TEST(AssayCoverage, ReportShowsCoverageAndSetAside) {
   TempDir temp;
   const auto dir = temp.path();
-  FineTuneOptions ft;
-  ft.relative_delta = 0.05;
-  BaseModelOptions base = tiny(ModelFamily::kMixtral, 32, 3);
-  base.arch.experts = 8;
-  synth_family(dir / "moe", base, 1, 0, ft);
-  synth_base_model(dir / "dense", tiny(ModelFamily::kMistral, 32, 3));
+  moe_and_dense(dir);
   synth_base_model(dir / "wide", tiny(ModelFamily::kMixtral, 64, 4));
   const AssayResult r = assay(dir / "moe" / "ft_1", {(dir / "dense").string(), (dir / "wide").string()});
   ASSERT_EQ(r.verdict, "inconclusive") << assay_summary(r);
