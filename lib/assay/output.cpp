@@ -180,10 +180,15 @@ json audit_to_json(const AssayAudit& audit) {
 }
 
 bool verdict_matches(const AssayResult& r, const std::string& condition) {
-  const bool related = r.verdict == "merge" || r.verdict == "fine-tune" || r.verdict == "copy";
-  if (condition == "merge") return r.verdict == "merge";
+  // An inconclusive verdict matches as its finding on the compared part would (a gate fails on
+  // what was found), and always matches "any".
+  const std::string finding = r.verdict == "inconclusive" && r.evidence.contains("finding_on_compared")
+                                  ? r.evidence["finding_on_compared"].value("verdict", "")
+                                  : r.verdict;
+  const bool related = finding == "merge" || finding == "fine-tune" || finding == "copy";
+  if (condition == "merge") return finding == "merge";
   if (condition == "related") return related;
-  if (condition == "any") return related || r.evidence.contains("confidence");
+  if (condition == "any") return related || r.verdict == "inconclusive" || r.evidence.contains("confidence");
   throw Error(ErrorCode::kInvalidArgument, "--fail-on takes merge, related or any, not '" + condition + "'");
 }
 
@@ -198,6 +203,20 @@ std::string assay_summary(const AssayResult& r) {
     out << "confidence: " << r.evidence["confidence"].get<std::string>() << " (see the notes)\n";
   }
   if (r.evidence.contains("summary")) out << "evidence: " << r.evidence["summary"].get<std::string>() << "\n";
+  if (r.evidence.contains("coverage")) {
+    const auto& c = r.evidence["coverage"];
+    out << "compared: " << fixed(100 * c.value("fraction", 0.0), 1) << "% of the suspect's parameters (";
+    bool first = true;
+    for (const auto& part : c.value("components", json::array())) {
+      out << (first ? "" : ", ") << part.value("name", "") << " " << fixed(100 * part.value("fraction", 0.0), 0) << "%";
+      first = false;
+    }
+    out << ")\n";
+  }
+  for (const auto& s : r.evidence.value("set_aside", json::array())) {
+    out << "set aside: " << s.value("path", "") << " (" << fixed(100 * s.value("shared", 0.0), 1)
+        << "% of the suspect's parameters share its names and shapes; not compared)\n";
+  }
   if (r.evidence.contains("log10_false_positive") && r.evidence["log10_false_positive"].is_number()) {
     out << "false-positive bound: 10^" << fixed(r.evidence["log10_false_positive"].get<double>(), 1)
         << " (sub-Gaussian null of the calibrated scale, weakest major component)\n";

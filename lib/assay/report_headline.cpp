@@ -55,6 +55,7 @@ std::string headline(const Page& page) {
   if (page.verdict == "fine-tune") return "A fine-tune of " + name_html(page, base) + ".";
   if (page.verdict == "copy") return "A copy of " + name_html(page, base) + ".";
   if (page.verdict == "independent") return "Not made from any of the candidates.";
+  if (page.verdict == "inconclusive") return "Too little of it could be compared with the candidates to say.";
   return "No verdict" + (page.verdict.empty() ? std::string() : ": " + html_escape(page.verdict)) + ".";
 }
 
@@ -82,6 +83,11 @@ std::string reason(const Page& page) {
                                                     fmt_percent(number(evidence, "deviation")) + ").";
   if (page.verdict == "fine-tune")
     return "It is close to this candidate, and no blend of the other candidates explains how it differs.";
+  if (page.verdict == "inconclusive")
+    return "Only " + fmt_percent(number(field(evidence, "coverage"), "fraction")) +
+           " of its weights have a counterpart of the same name and shape in the candidates, under the " +
+           fmt_percent(number(field(evidence, "coverage"), "min_fraction")) + " a verdict needs. " +
+           html_escape(tidy_numbers(text(evidence, "summary")));
   if (page.verdict != "merge") return "";
   std::string s = "Every major part of the model matches this blend of the candidates, far more closely than "
                   "unrelated models could by chance";
@@ -117,13 +123,26 @@ std::string facts(const Page& page) {
   const json& evidence = field(page.doc, "evidence");
   const Coverage c = coverage(page);
   std::string o = "<div class=\"facts\">\n";
+  // Per component (evidence.coverage), then the candidates set aside.
+  std::string parts;
+  for (const json& part : list(field(evidence, "coverage"), "components"))
+    parts += (parts.empty() ? "" : ", ") + html_escape(text(part, "name")) + " " + fmt_percent(number(part, "fraction"));
+  std::string aside;
+  for (const json& s : list(evidence, "set_aside"))
+    aside += (aside.empty() ? "" : ", ") + code(page.name_of(text(s, "path")));
   o += fact("Coverage", c.total > 0 ? fmt_percent(c.compared / c.total) : "—",
-            c.tensors ? "of the weights compared (" + fmt_count(double(c.tensors_compared)) + " of " +
-                            fmt_count(double(c.tensors)) + " tensors)"
-                      : "no per-tensor results");
+            (c.tensors ? "of the weights compared (" + fmt_count(double(c.tensors_compared)) + " of " +
+                             fmt_count(double(c.tensors)) + " tensors" + (parts.empty() ? "" : ": " + parts) + ")"
+                       : std::string("no per-tensor results")) +
+                (aside.empty() ? "" : "; set aside, another width or architecture: " + aside));
   const std::string confidence = text(evidence, "confidence");
   const json& unchecked = field(evidence, "unchecked");
-  if (confidence == "partial")
+  const json& not_compared = list(field(evidence, "coverage"), "not_compared");
+  if (confidence == "partial" && !not_compared.empty() && !unchecked.is_object()) {
+    std::string names;
+    for (const json& n : not_compared) names += (names.empty() ? "" : ", ") + html_escape(text_of(n));
+    o += fact("Confidence", "Partial", "not compared: " + names + " (no candidate tensor of that name and shape)");
+  } else if (confidence == "partial")
     o += fact("Confidence", "Partial",
               fmt_count(number(unchecked, "tensors")) + " tensors (" + fmt_percent(number(unchecked, "fraction")) +
                   ") could not be aligned; nothing is claimed about them");
@@ -154,7 +173,9 @@ std::string facts(const Page& page) {
 
 std::string headline_section(const Page& page) {
   const json& evidence = field(page.doc, "evidence");
-  std::string kind = page.verdict == "independent" || page.verdict == "copy" ? page.verdict : "merge";
+  std::string kind = page.verdict == "independent" || page.verdict == "copy" ? page.verdict
+                     : page.verdict == "inconclusive"                         ? "independent"
+                                                                              : "merge";
   if (text(evidence, "confidence") == "low") kind = "low";
   const std::string label = page.verdict == "independent" ? "NOT RELATED"
                             : page.verdict.empty()        ? "NO VERDICT"

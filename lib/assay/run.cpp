@@ -10,6 +10,7 @@
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
 #include "alloy/core/hub_cache.h"
+#include "coverage.h"
 #include "internal.h"
 
 namespace alloy {
@@ -225,6 +226,13 @@ AssayResult run_fitted(const AssayOptions& options) {
   examined.insert(examined.end(), models.begin(), models.end());
   FileHasher hasher;
   detail::start_audit_hashes(options, examined, &hasher);
+  // Candidates of another width or architecture are set aside (coverage.cpp), so that they cannot
+  // shrink what is compared for the others: from here on `models` and `kept.candidates` are
+  // the compared candidates (the audit keeps every model examined).
+  const detail::ComparableCandidates comparable = detail::select_comparable(suspect, models, options.candidates);
+  models = comparable.models;
+  AssayOptions kept = options;
+  kept.candidates = comparable.paths;
   const double resolve = resolve_fraction(models);
   const int k = int(models.size());
 
@@ -238,7 +246,7 @@ AssayResult run_fitted(const AssayOptions& options) {
     result.sampling.fraction = options.sample_fraction;
     result.sampling.seed = options.sample_seed;
   }
-  for (const auto& path : options.candidates) result.candidates.push_back({path});
+  for (const auto& path : kept.candidates) result.candidates.push_back({path});
   const auto& tensors = suspect.tensors();
   const ModelArchitecture suspect_arch = detect_architecture(suspect);
   std::vector<BlockTest> block_tests(tensors.size(), BlockTest::kUntested);
@@ -260,7 +268,7 @@ AssayResult run_fitted(const AssayOptions& options) {
                                      : ta.name;
     std::vector<const ModelTensor*> found;
     for (const Model* m : models) found.push_back(m->find(compared));
-    ta.skipped = unfit_reason(s, found, options.candidates);
+    ta.skipped = unfit_reason(s, found, kept.candidates);
     if (ta.skipped.empty() && ta.numel > 0) {
       for (const ModelTensor* f : found) views.inputs.push_back(f);
       if (entry != alignment.tensors.end()) {
@@ -310,7 +318,8 @@ AssayResult run_fitted(const AssayOptions& options) {
     if (options.progress) options.progress(done_bytes, total_bytes);
   }
   drop_unaligned(block_tests, &result);
-  detail::decide_verdict(&result, suspect, models, options);
+  detail::decide_verdict(&result, suspect, models, kept);
+  detail::record_set_aside(comparable.set_aside, &result);
   // What the models were opened in spite of (unindexed shards) belongs beside the verdict.
   for (const std::string& warning : suspect.warnings()) result.evidence["notes"].push_back(warning);
   for (const Model* m : models) {

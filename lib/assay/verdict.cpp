@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "coverage.h"
 #include "verdict.h"
 
 namespace alloy::detail {
@@ -126,6 +127,7 @@ void decide_verdict(AssayResult* result, const Model& suspect, const std::vector
   VerdictContext context{*result, suspect, candidates, options, int(candidates.size())};
   decide(context);
   qualify(context);
+  qualify_coverage(result);
 }
 
 }  // namespace alloy::detail

@@ -63,7 +63,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--fail-on", fail_on,
                  "exit with status 1 when the verdict matches: merge; related (merge, fine-tune or copy); any (all "
-                 "but a fully checked independent)")
+                 "but a fully checked independent); an inconclusive verdict matches as its finding on the compared "
+                 "part would, and always matches any")
       ->check(CLI::IsMember({"merge", "related", "any"}));
   app.add_option("--sample", options.sample_fraction,
                  "judge every tensor on a seeded random FRACTION of its rows (e.g. 0.01), reading about that share of "
