@@ -221,7 +221,7 @@ AssayResult run_fitted(const AssayOptions& options) {
   // Local folders, else Hub ids found in the Hub cache (alloy/core/hub_cache.h).
   const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
   std::vector<std::unique_ptr<Model>> owned;
-  const std::vector<const Model*> models = open_candidates(options, &owned);
+  std::vector<const Model*> models = open_candidates(options, &owned);
   std::vector<const Model*> examined{&suspect};
   examined.insert(examined.end(), models.begin(), models.end());
   FileHasher hasher;
