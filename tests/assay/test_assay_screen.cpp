@@ -56,7 +56,9 @@ TEST(AssayScreen, TwoParentMergeAmongSixtyTwoDecoysIsFound) {
   EXPECT_NEAR(find(r, a).weight, 0.65, 0.01);
   EXPECT_NEAR(find(r, b).weight, 0.35, 0.01);
   for (const auto& c : r.candidates) {
-    if (c.path != a && c.path != b) EXPECT_FALSE(c.involved) << c.path;
+    if (c.path != a && c.path != b) {
+      EXPECT_FALSE(c.involved) << c.path;
+    }
   }
   const auto& screen = r.evidence.at("screen");
   EXPECT_EQ(screen.at("candidates"), 64);

@@ -35,7 +35,7 @@ std::vector<bool> reference_keep(DType d, const std::vector<float>& x,
 
 std::vector<bool> actual_keep(DType d, const std::vector<float>& x, const std::vector<float>& base,
                               uint64_t lo, uint64_t hi) {
-  TaskVectorView tv{x.data(), base.data(), x.size(), d, {x.size()}};
+  TaskVectorView tv{x.data(), base.data(), x.size(), d, {x.size()}, {}};
   std::vector<uint64_t> words;
   select_rank_range(tv, lo, hi, words);
   EXPECT_EQ(words.size(), (x.size() + 63) / 64);
