@@ -90,8 +90,11 @@ ComparableCandidates select_comparable(const Model& suspect, const std::vector<c
 
 void record_set_aside(const json& set_aside, AssayResult* result) {
   if (set_aside.empty()) return;
-  result->evidence["set_aside"] = set_aside;
+  // Appended: a screened assay sets aside the incomparable candidates before its screen and the
+  // fitted assay may set aside more.
+  if (!result->evidence.contains("set_aside")) result->evidence["set_aside"] = json::array();
   for (const auto& s : set_aside) {
+    result->evidence["set_aside"].push_back(s);
     result->evidence["notes"].push_back("set aside " + s["path"].get<std::string>() + ": " +
                                         s["reason"].get<std::string>() + "; it takes no part in the verdict");
   }

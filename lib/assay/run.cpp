@@ -161,37 +161,52 @@ std::vector<const Model*> open_candidates(const AssayOptions& options, std::vect
 // More than kMaxFitted candidates: the screen keeps at most kMaxFitted, the assay fits those, and
 // the JSON's evidence.screen says what was kept and what was set aside (docs/assay.md).
 AssayResult run_screened(const AssayOptions& options) {
-  nlohmann::json screen;
+  nlohmann::json screen, set_aside;
   AssayOptions fitted = options;
+  bool screened = true;
   {
     const Model suspect = Model::open(locate_model(options.suspect.string()), options.open);
     std::vector<std::unique_ptr<Model>> owned;
-    const std::vector<const Model*> models = open_candidates(options, &owned);
-    const detail::CandidateScreen s = detail::screen_candidates(suspect, models, detail::kMaxFitted);
-    if (s.kept.empty()) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "alloy-assay: no tensor of " + options.suspect.string() + " is held with its shape by all " +
-                      std::to_string(options.candidates.size()) + " candidates, so the screen (more than " +
-                      std::to_string(detail::kMaxFitted) + " candidates) cannot choose; give at most " +
-                      std::to_string(detail::kMaxFitted));
+    const std::vector<const Model*> opened = open_candidates(options, &owned);
+    // Candidates of another width or architecture are set aside first (coverage.cpp): the screen
+    // compares only tensors every candidate holds, so one such decoy would leave it nothing.
+    const detail::ComparableCandidates comparable = detail::select_comparable(suspect, opened, options.candidates);
+    set_aside = comparable.set_aside;
+    if (comparable.models.size() <= size_t(detail::kMaxFitted)) {
+      fitted.candidates = comparable.paths;
+      screened = false;
     }
-    fitted.candidates.clear();
-    screen = {{"candidates", options.candidates.size()},
-              {"elements", s.elements},
-              {"reference", options.candidates[size_t(s.reference)]},
-              {"residual", s.residual},
-              {"kept", nlohmann::json::array()},
-              {"set_aside", nlohmann::json::array()}};
-    for (size_t c = 0; c < options.candidates.size(); ++c) {
-      const bool kept = std::find(s.kept.begin(), s.kept.end(), c) != s.kept.end();
-      nlohmann::json entry = {{"path", options.candidates[c]}};
-      entry["correlation"] = std::isnan(s.correlation[c]) ? nlohmann::json(nullptr) : nlohmann::json(s.correlation[c]);
-      entry["score"] = std::isnan(s.score[c]) ? nlohmann::json(nullptr) : nlohmann::json(s.score[c]);
-      screen[kept ? "kept" : "set_aside"].push_back(entry);
-      if (kept) fitted.candidates.push_back(options.candidates[c]);
+    const std::vector<const Model*>& models = comparable.models;
+    const std::vector<std::string>& paths = comparable.paths;
+    if (screened) {
+      const detail::CandidateScreen s = detail::screen_candidates(suspect, models, detail::kMaxFitted);
+      if (s.kept.empty()) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "alloy-assay: no tensor of " + options.suspect.string() + " is held with its shape by all " +
+                        std::to_string(paths.size()) + " comparable candidates, so the screen (more than " +
+                        std::to_string(detail::kMaxFitted) + " candidates) cannot choose; give at most " +
+                        std::to_string(detail::kMaxFitted));
+      }
+      fitted.candidates.clear();
+      screen = {{"candidates", paths.size()},
+                {"elements", s.elements},
+                {"reference", paths[size_t(s.reference)]},
+                {"residual", s.residual},
+                {"kept", nlohmann::json::array()},
+                {"set_aside", nlohmann::json::array()}};
+      for (size_t c = 0; c < paths.size(); ++c) {
+        const bool kept = std::find(s.kept.begin(), s.kept.end(), c) != s.kept.end();
+        nlohmann::json entry = {{"path", paths[c]}};
+        entry["correlation"] = std::isnan(s.correlation[c]) ? nlohmann::json(nullptr) : nlohmann::json(s.correlation[c]);
+        entry["score"] = std::isnan(s.score[c]) ? nlohmann::json(nullptr) : nlohmann::json(s.score[c]);
+        screen[kept ? "kept" : "set_aside"].push_back(entry);
+        if (kept) fitted.candidates.push_back(paths[c]);
+      }
     }
   }
   AssayResult result = run_fitted(fitted);
+  detail::record_set_aside(set_aside, &result);
+  if (!screened) return result;
   result.evidence["screen"] = screen;
   result.evidence["notes"].push_back(
       "candidate screen: " + std::to_string(options.candidates.size()) + " candidates, more than the " +
