@@ -103,7 +103,8 @@ ModelReference parse_model_reference(const std::string& name) {
 std::unique_ptr<LoraAdapter> LoraAdapter::open(const fs::path& dir) {
   auto adapter = std::unique_ptr<LoraAdapter>(new LoraAdapter());
   adapter->path_ = dir;
-  if (!fs::is_directory(dir)) {
+  std::error_code ec;  // error_code forms: an over-long or unreadable path is "not there", never a throw
+  if (!fs::is_directory(dir, ec)) {
     throw Error(ErrorCode::kNotAModel, dir.string() + ": no LoRA adapter directory there (it must hold " +
                                            kAdapterConfigFile + " and " + kAdapterWeightsFile + ")");
   }
@@ -162,7 +163,7 @@ std::unique_ptr<LoraAdapter> LoraAdapter::open(const fs::path& dir) {
   }
 
   const fs::path weights = dir / kAdapterWeightsFile;
-  if (!fs::exists(weights)) {
+  if (!fs::exists(weights, ec)) {
     throw Error(ErrorCode::kNotAModel, weights.string() + ": the LoRA adapter has no weights file (alloy reads " +
                                            std::string(kAdapterWeightsFile) + "; convert adapter_model.bin first)");
   }

@@ -95,7 +95,9 @@ void open_models(PlanContext& context) {
     // MODEL+ADAPTER (mergekit's syntax) unless a model of that whole name exists.
     ModelReference reference{name, ""};
     try {
-      if (!fs::exists(path)) reference = parse_model_reference(name);
+      // The error_code form: a name too long for a path is a recipe error, not a filesystem_error.
+      std::error_code ec;
+      if (!fs::exists(path, ec)) reference = parse_model_reference(name);
     } catch (const Error& e) {
       context.fail(context.position_of(name), e.what());
     }

@@ -105,6 +105,11 @@ std::vector<BadRecipe> bad_recipes() {
       // The rest need the models (planning), still before any tensor is read.
       {"MissingModel", "merge_method: linear\nmodels:\n  - model: models/nope\n    parameters:\n      weight: 1\n", 3,
        "cannot use model 'models/nope'"},
+      // Longer than a path may be (ENAMETOOLONG): a recipe error, not a std::filesystem_error (fuzzer).
+      {"ModelNameTooLongForAPath", "merge_method: linear\nmodels:\n  - model: models/" + std::string(5000, 'x') +
+       "\n    parameters:\n      weight: 1\n", 3, "cannot use model"},
+      {"AdapterNameTooLongForAPath", "merge_method: linear\nmodels:\n  - model: models/ft_a+" + std::string(5000, 'x') +
+       "\n    parameters:\n      weight: 1\n", 3, "cannot apply LoRA adapter"},
       {"LayerRangeOutOfBounds",
        "merge_method: passthrough\nslices:\n  - sources:\n      - model: models/ft_a\n        layer_range: [2, 6]\n",
        4, "out of bounds: the model has 4 layers"},
