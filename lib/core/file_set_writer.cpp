@@ -27,10 +27,12 @@ FileSetWriter::FileSetWriter(std::vector<TensorSpec> specs, std::vector<uint64_t
   begin_of_.assign(specs_.size(), 0);
   written_ = std::make_unique<std::atomic<bool>[]>(specs_.size());
   stored_ = std::make_unique<std::atomic<bool>[]>(specs_.size());
+  filled_ = std::make_unique<uint64_t[]>(specs_.size());
   for (size_t i = 0; i < specs_.size(); ++i) {
     index_of_.emplace(specs_[i].name, i);
     written_[i] = false;
     stored_[i] = false;
+    filled_[i] = 0;
   }
   try {
     for (size_t f = 0; f < members.size(); ++f) {
@@ -87,24 +89,37 @@ std::vector<size_t> FileSetWriter::write_order() const {
   return order;
 }
 
-void FileSetWriter::hash_in_order(File& file, size_t i, const void* data) {
+void FileSetWriter::hash_in_order(File& file, size_t i, uint64_t offset, const void* data, uint64_t nbytes) {
   const std::lock_guard<std::mutex> lock(*file.hash_mutex);
   if (file.next_hashed < file.members.size() && file.members[file.next_hashed] == i) {
-    file.hash->update(data, sizes_[i]);
-    ++file.next_hashed;
+    // Earlier parts written before i's turn came are on disk.
+    if (file.part_hashed < offset) {
+      hash_from_file(file, i, file.part_hashed, offset, file.hash.get());
+      file.part_hashed = offset;
+    }
+    if (file.part_hashed == offset) {
+      file.hash->update(data, nbytes);
+      file.part_hashed += nbytes;
+    }
+    if (file.part_hashed == sizes_[i]) {
+      ++file.next_hashed;
+      file.part_hashed = 0;
+    }
   }
   // Tensors written before their turn: their bytes are on disk, read them back in order.
   while (file.next_hashed < file.members.size() && stored_[file.members[file.next_hashed]]) {
-    hash_from_file(file, file.members[file.next_hashed], file.hash.get());
+    const size_t next = file.members[file.next_hashed];
+    hash_from_file(file, next, file.part_hashed, sizes_[next], file.hash.get());
     ++file.next_hashed;
+    file.part_hashed = 0;
   }
 }
 
-void FileSetWriter::hash_from_file(const File& file, size_t i, Sha256* hash) const {
+void FileSetWriter::hash_from_file(const File& file, size_t i, uint64_t from, uint64_t to, Sha256* hash) const {
   constexpr uint64_t kWindow = uint64_t{1} << 20;
-  std::vector<uint8_t> window(static_cast<size_t>(std::min<uint64_t>(kWindow, sizes_[i])));
-  for (uint64_t done = 0; done < sizes_[i];) {
-    const uint64_t want = std::min<uint64_t>(kWindow, sizes_[i] - done);
+  std::vector<uint8_t> window(static_cast<size_t>(std::min<uint64_t>(kWindow, to - from)));
+  for (uint64_t done = from; done < to;) {
+    const uint64_t want = std::min<uint64_t>(kWindow, to - done);
     const ssize_t got = ::pread(file.fd, window.data(), want, static_cast<off_t>(file.data_start + begin_of_[i] + done));
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) throw_io(file.temp_path, "cannot read back tensor '" + specs_[i].name + "' to hash it",
@@ -117,23 +132,40 @@ void FileSetWriter::hash_from_file(const File& file, size_t i, Sha256* hash) con
 void FileSetWriter::write(const std::string& name, const void* data, uint64_t nbytes) {
   if (done_) throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "' written after finish()");
   const auto it = index_of_.find(name);
+  if (it != index_of_.end() && nbytes != sizes_[it->second]) {
+    throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "': got " + std::to_string(nbytes) +
+                                                 " bytes, declared " + std::to_string(sizes_[it->second]));
+  }
+  write_part(name, 0, data, nbytes);
+}
+
+void FileSetWriter::write_part(const std::string& name, uint64_t offset, const void* data, uint64_t nbytes) {
+  if (done_) throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "' written after finish()");
+  const auto it = index_of_.find(name);
   if (it == index_of_.end()) {
     throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "' was not declared to the writer");
   }
   const size_t i = it->second;
-  if (nbytes != sizes_[i]) {
-    throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "': got " + std::to_string(nbytes) +
-                                                 " bytes, declared " + std::to_string(sizes_[i]));
+  if (offset > sizes_[i] || nbytes > sizes_[i] - offset) {
+    throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "': bytes [" + std::to_string(offset) + ", " +
+                                                 std::to_string(offset) + " + " + std::to_string(nbytes) +
+                                                 ") exceed its declared " + std::to_string(sizes_[i]));
   }
   if (data == nullptr && nbytes > 0) throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "': no data");
-  if (written_[i].exchange(true)) throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "' written twice");
+  if (offset == 0) {
+    if (written_[i].exchange(true)) throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "' written twice");
+  } else if (!written_[i] || stored_[i] || filled_[i] != offset) {
+    throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "': part at byte " + std::to_string(offset) +
+                                                 " out of order (" + std::to_string(filled_[i]) + " bytes written)");
+  }
   File& file = files_[file_of_[i]];
-  if (const int err = pwrite_all(file.fd, data, nbytes, file.data_start + begin_of_[i])) {
+  if (const int err = pwrite_all(file.fd, data, nbytes, file.data_start + begin_of_[i] + offset)) {
     written_[i] = false;  // its bytes are incomplete: finish() must not publish the file
     throw_io(file.temp_path, "cannot write tensor '" + name + "'", err);
   }
-  stored_[i] = true;
-  if (file.hash) hash_in_order(file, i, data);
+  filled_[i] = offset + nbytes;
+  if (filled_[i] == sizes_[i]) stored_[i] = true;
+  if (file.hash) hash_in_order(file, i, offset, data, nbytes);
 }
 
 void FileSetWriter::check_all_written() const {

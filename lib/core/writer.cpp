@@ -58,6 +58,10 @@ void ShardedWriter::write(const std::string& name, const void* data, uint64_t nb
   impl_->files->write(name, data, nbytes);
 }
 
+void ShardedWriter::write_part(const std::string& name, uint64_t offset, const void* data, uint64_t nbytes) {
+  impl_->files->write_part(name, offset, data, nbytes);
+}
+
 std::vector<size_t> ShardedWriter::write_order() const { return impl_->files->write_order(); }
 
 const std::vector<WrittenFile>& ShardedWriter::written_files() const { return impl_->files->written_files(); }

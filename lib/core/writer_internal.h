@@ -61,6 +61,10 @@ class FileSetWriter {
 
   // Writes a declared tensor's bytes; each tensor exactly once, with its declared size.
   void write(const std::string& name, const void* data, uint64_t nbytes);
+  // Writes bytes [offset, offset + nbytes) of a declared tensor: its parts in order from offset 0
+  // (each offset is the end of the previous part), one thread per tensor; the tensor counts as
+  // written when its last byte is.
+  void write_part(const std::string& name, uint64_t offset, const void* data, uint64_t nbytes);
 
   // Closes, checks every tensor was written, renames the files into place, then writes
   // `index_text` (if any) to `index_path`. Returns the final file names. On failure nothing is
@@ -76,19 +80,23 @@ class FileSetWriter {
     bool renamed = false;
     uint64_t data_start = 0;
     std::vector<size_t> members;  // in file order
-    // Hashing: the bytes hashed so far are the header and members[0, next_hashed).
+    // Hashing: the bytes hashed so far are the header, members[0, next_hashed) and the first
+    // `part_hashed` bytes of members[next_hashed].
     std::unique_ptr<std::mutex> hash_mutex = std::make_unique<std::mutex>();
     std::unique_ptr<Sha256> hash;
     size_t next_hashed = 0;
+    uint64_t part_hashed = 0;
   };
 
   // Creates file f's temporary at its final size with `header` written.
   void create_file(File& file, const std::string& header, uint64_t data_bytes);
   void check_all_written() const;
-  // Feeds file f's hash with tensor i's bytes if they come next (from `data`), then with every
-  // tensor already on disk that now comes next (read back from the file).
-  void hash_in_order(File& file, size_t i, const void* data);
-  void hash_from_file(const File& file, size_t i, Sha256* hash) const;
+  // Feeds file f's hash with tensor i's bytes [offset, offset + nbytes) if they come next (from
+  // `data`; any earlier bytes of i not hashed yet are read back from the file first), then with
+  // every tensor already on disk that now comes next (read back from the file).
+  void hash_in_order(File& file, size_t i, uint64_t offset, const void* data, uint64_t nbytes);
+  // Hashes bytes [from, to) of tensor i, read back from the file.
+  void hash_from_file(const File& file, size_t i, uint64_t from, uint64_t to, Sha256* hash) const;
   void close_and_rename(std::vector<std::string>* names);
   void discard();
 
@@ -100,6 +108,7 @@ class FileSetWriter {
   std::vector<File> files_;
   std::unique_ptr<std::atomic<bool>[]> written_;
   std::unique_ptr<std::atomic<bool>[]> stored_;  // its bytes are on disk (write() succeeded)
+  std::unique_ptr<uint64_t[]> filled_;           // bytes written so far (write_part)
   std::vector<WrittenFile> written_files_;
   std::atomic<bool> done_{false};  // commit() started, or the files were discarded
   bool discarded_ = false;

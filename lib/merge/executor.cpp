@@ -173,8 +173,9 @@ void check_overflow(const PlannedTensor& t, size_t overflows, bool clamped) {
 }
 
 // Where a merged tensor's bytes go: the writer under the tensor's name, or (fused experts) split
-// back into the per-expert tensors.
-using EmitBytes = std::function<void(const uint8_t* bytes, uint64_t nbytes)>;
+// back into the per-expert tensors. Called with consecutive parts [offset, offset + nbytes) of the
+// tensor's bytes, from offset 0 in order (the chunked path emits one output window at a time).
+using EmitBytes = std::function<void(uint64_t offset, const uint8_t* bytes, uint64_t nbytes)>;
 
 // The LoRA change for source `s` (`model: base+adapter`), or null.
 const LoraModule* lora_for(const MergePlan& plan, const PlannedSource& s) {
@@ -227,11 +228,13 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // added in their order); an element-wise merge takes any length (the streaming grain, which
   // tests make small and odd).
   const size_t grain = merge.sum_count() > 0 ? kDefaultGrain : detail::stream_grain();
-  // Runs body(begin, len, sources, scratch_out) on every chunk, in parallel; a chunk whose source
-  // cannot be read is skipped and its error rethrown after the loop.
-  auto for_each_chunk = [&](size_t chunk, auto&& body) {
-    const size_t result = parallel_reduce(n, chunk, size_t{0}, [&](size_t begin, size_t end) -> size_t {
-      const size_t len = end - begin;
+  // Runs body(begin, len, sources, scratch_out) on every chunk of elements [first, first + total),
+  // in parallel (chunk boundaries at first + a multiple of `chunk`); a chunk whose source cannot be
+  // read is skipped and its error rethrown after the loop.
+  auto for_each_chunk = [&](uint64_t first, size_t total, size_t chunk, auto&& body) {
+    const size_t result = parallel_reduce(total, chunk, size_t{0}, [&](size_t lo, size_t hi) -> size_t {
+      const size_t len = hi - lo;
+      const uint64_t begin = first + lo;
       std::vector<float>& scratch = t_chunk_scratch;
       if (scratch.size() < (count + 1) * chunk) scratch.resize((count + 1) * chunk);
       const float* sources[64];
@@ -254,7 +257,8 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   if (const size_t sums = merge.sum_count(); sums > 0) {
     const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
     std::vector<double> partial(chunks * sums, 0.0);
-    for_each_chunk(kDefaultGrain, [&](size_t begin, size_t len, const float* const* sources, float*) -> size_t {
+    for_each_chunk(0, static_cast<size_t>(n), kDefaultGrain,
+                   [&](uint64_t begin, size_t len, const float* const* sources, float*) -> size_t {
       merge.chunk_sums(sources, len, partial.data() + begin / kDefaultGrain * sums);
       return 0;
     });
@@ -265,23 +269,33 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     merge.set_sums(total.data());
   }
   const uint64_t element_bytes = dtype_bits(t.out_dtype) / 8;
-  uint8_t* bytes = pool.bytes(0, n * element_bytes);
+  // The output goes to the writer one window at a time, so the bytes held are a window's, not the
+  // tensor's. The chunks inside a window are those of the whole tensor wherever the window size is
+  // a multiple of the grain (the default), and merge_chunk is element-wise given the prepared state,
+  // so the bytes do not depend on the window. A tensor with non-finite or overflowing values is
+  // refused after its last window, as before (its bytes went to the staged file, which is removed).
+  const uint64_t window = detail::output_window();
+  uint8_t* bytes = pool.bytes(0, std::min(n, window) * element_bytes);
   // Overflow into out_dtype is possible only when it is narrower than the compute dtype (the
   // methods round to the compute dtype, where an overflow is already a non-finite value).
   const bool narrowing = t.out_dtype != t.compute_dtype;
   std::atomic<size_t> overflows{0};
-  const size_t bad = for_each_chunk(grain, [&](size_t begin, size_t len, const float* const* sources, float* out) {
-    const size_t chunk_bad = merge.merge_chunk(sources, begin, len, out);
-    if (narrowing) overflows += overflow_on_store(t.out_dtype, out, len, clamp_overflow);
-    store_from_f32(out, len, t.out_dtype, bytes + begin * element_bytes);
-    return chunk_bad;
-  });
+  size_t bad = 0;
+  for (uint64_t first = 0; first < n; first += window) {
+    const size_t len = static_cast<size_t>(std::min(window, n - first));
+    bad += for_each_chunk(first, len, grain, [&](uint64_t begin, size_t count, const float* const* sources, float* out) {
+      const size_t chunk_bad = merge.merge_chunk(sources, begin, count, out);
+      if (narrowing) overflows += overflow_on_store(t.out_dtype, out, count, clamp_overflow);
+      store_from_f32(out, count, t.out_dtype, bytes + (begin - first) * element_bytes);
+      return chunk_bad;
+    });
+    emit(first * element_bytes, bytes, len * element_bytes);
+  }
   if (bad > 0) {
     detail::fail_non_finite(ctx, std::string(plan.method->name()).c_str(), bad,
                             "check the weights and the inputs");
   }
   check_overflow(t, overflows, clamp_overflow);
-  emit(bytes, n * element_bytes);
 }
 
 void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx,
@@ -396,7 +410,7 @@ void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
   const uint64_t nbytes = n * dtype_bits(t.out_dtype) / 8;
   uint8_t* bytes = pool.bytes(in_place ? 1 : 0, nbytes);
   store_from_f32(out, n, t.out_dtype, bytes);
-  emit(bytes, nbytes);
+  emit(0, bytes, nbytes);
 }
 
 // --- Fused MoE experts (MergeOptions::fuse_moe_experts; docs/methods.md, "MoE experts") ---
@@ -499,9 +513,14 @@ void merge_fused_group(const MergePlan& plan, const FusedGroup& g, const MergeOp
     views[k].info = &infos[k];
     given[k] = {&views[k], gathered[k].data()};
   }
-  merge_tensor(plan, fused, options, pool, [&](const uint8_t* bytes, uint64_t nbytes) {
-    const uint64_t each = nbytes / g.members.size();
-    for (size_t j = 0; j < g.members.size(); ++j) writer.write(plan.tensors[g.members[j]].name, bytes + j * each, each);
+  // Each member's share of the fused bytes: member j holds fused bytes [j * each, (j + 1) * each).
+  const uint64_t each = numel(plan.tensors[g.members.front()].shape) * dtype_bits(fused.out_dtype) / 8;
+  merge_tensor(plan, fused, options, pool, [&](uint64_t offset, const uint8_t* bytes, uint64_t nbytes) {
+    for (uint64_t at = offset, end = offset + nbytes; at < end;) {
+      const uint64_t j = at / each, upto = std::min(end, (j + 1) * each);
+      writer.write_part(plan.tensors[g.members[j]].name, at - j * each, bytes + (at - offset), upto - at);
+      at = upto;
+    }
   }, &given);
 }
 
@@ -720,7 +739,9 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
         }
       } else {
         merge_tensor(plan, plan.tensors[i], options, pool,
-                     [&](const uint8_t* bytes, uint64_t nbytes) { writer.write(plan.tensors[i].name, bytes, nbytes); });
+                     [&](uint64_t offset, const uint8_t* bytes, uint64_t nbytes) {
+                       writer.write_part(plan.tensors[i].name, offset, bytes, nbytes);
+                     });
         written[i] = true;
         done_bytes += output_bytes(i);
       }

@@ -75,6 +75,12 @@ class ShardedWriter {
   // Throws Error naming the tensor when it was not declared, nbytes differs from its declared size,
   // it was already written, or the write failed (then it counts as not written).
   void write(const std::string& name, const void* data, uint64_t nbytes);
+  // Writes a tensor in parts: bytes [offset, offset + nbytes), the parts in order from offset 0
+  // (each starts where the previous ended), all from one thread at a time; the tensor counts as
+  // written when its last part is in. With hashing, parts of the tensor whose turn it is in the
+  // file are hashed as they come. Throws as write() does, and when a part is out of order or
+  // past the declared size.
+  void write_part(const std::string& name, uint64_t offset, const void* data, uint64_t nbytes);
   // Closes the files (checking close()), renames them into place, then writes the index. Throws if
   // any declared tensor was not written, or on an I/O error, leaving nothing behind. Returns the
   // final file names (shards then index), relative to the directory. Call at most once.

@@ -22,6 +22,7 @@ inline uint32_t magnitude_key(float d) {
 }
 
 std::atomic<size_t> g_stream_grain{0};
+std::atomic<size_t> g_output_window{0};
 
 thread_local std::vector<float> t_run;  // one run of x, then one of base (streamed views)
 
@@ -406,6 +407,13 @@ void set_stream_grain(size_t elements) { g_stream_grain = elements; }
 size_t stream_grain() {
   const size_t grain = g_stream_grain.load(std::memory_order_relaxed);
   return grain == 0 ? kDefaultGrain : grain;
+}
+
+void set_output_window(size_t elements) { g_output_window = elements; }
+
+size_t output_window() {
+  const size_t window = g_output_window.load(std::memory_order_relaxed);
+  return window == 0 ? kOutputWindow : window;
 }
 
 void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,

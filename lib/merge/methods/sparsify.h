@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "alloy/core/dtype.h"
+#include "alloy/core/parallel.h"
 
 namespace alloy::detail {
 
@@ -68,6 +69,15 @@ struct TaskVectorView {
 // that small tensors span many runs with boundaries inside rows. 0 restores the default.
 void set_stream_grain(size_t elements);
 size_t stream_grain();
+
+// The executor's output window (lib/merge/executor.cpp, merge_chunked): a chunked tensor's output
+// bytes are stored and handed to the writer this many elements at a time (default kOutputWindow,
+// 32 chunks of kDefaultGrain: 2 MiB of bf16), so its memory does not grow with the tensor. Changes
+// no output byte: tests set tiny odd values so that small tensors span many windows. 0 restores
+// the default.
+inline constexpr size_t kOutputWindow = size_t{32} * kDefaultGrain;
+void set_output_window(size_t elements);
+size_t output_window();
 
 struct SparsifyOptions {
   Sparsification method = Sparsification::kNone;
