@@ -291,6 +291,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     });
     emit(first * element_bytes, bytes, len * element_bytes);
   }
+  if (n == 0) emit(0, bytes, 0);  // an empty tensor is still written (its entry in the header)
   if (bad > 0) {
     detail::fail_non_finite(ctx, std::string(plan.method->name()).c_str(), bad,
                             "check the weights and the inputs");

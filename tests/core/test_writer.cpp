@@ -149,19 +149,26 @@ TEST(Writer, ShardedBytesDoNotDependOnOrderWithinAShard) {
 TEST(Writer, HashesEveryFileAsWritten) {
   const auto t = every_dtype(7);
   for (const uint64_t budget : {alloy::parse_byte_size("5B"), uint64_t{300}}) {
-    for (const int mode : {0, 1, 2}) {
+    // Modes 3 to 5 write each tensor in parts of 5 bytes (write_part), as the merge executor's
+    // output windows do: in order, in reverse order, and from 3 threads.
+    for (const int mode : {0, 1, 2, 3, 4, 5}) {
       TempDir dir;
       alloy::ShardedWriter writer(dir.path(), t.specs, budget, {{"source", "test"}}, true);
       std::vector<size_t> order = writer.write_order();
       ASSERT_EQ(order.size(), t.specs.size());
-      if (mode == 1) std::reverse(order.begin(), order.end());
-      const int threads = mode == 2 ? 3 : 1;
+      if (mode == 1 || mode == 4) std::reverse(order.begin(), order.end());
+      const int threads = mode == 2 || mode == 5 ? 3 : 1;
+      const auto put = [&](size_t i) {
+        const std::string& bytes = t.bytes[i];
+        if (mode < 3) return writer.write(t.specs[i].name, bytes.data(), bytes.size());
+        for (size_t at = 0; at == 0 || at < bytes.size(); at += 5) {  // an empty tensor: one empty part
+          writer.write_part(t.specs[i].name, at, bytes.data() + at, std::min<size_t>(5, bytes.size() - at));
+        }
+      };
       std::vector<std::thread> pool;
       for (int w = 0; w < threads; ++w) {
         pool.emplace_back([&, w] {
-          for (size_t k = static_cast<size_t>(w); k < order.size(); k += static_cast<size_t>(threads)) {
-            writer.write(t.specs[order[k]].name, t.bytes[order[k]].data(), t.bytes[order[k]].size());
-          }
+          for (size_t k = static_cast<size_t>(w); k < order.size(); k += static_cast<size_t>(threads)) put(order[k]);
         });
       }
       for (auto& th : pool) th.join();
@@ -407,8 +414,23 @@ TEST(Writer, RefusesBadSpecsAndWrites) {
   };
   expect_refusal("a", 4, "wrong size");
   expect_refusal("b", 8, "undeclared");
-  writer.write("a", values, 8);
+  // Parts: in order from 0, within the declared size.
+  const auto expect_part_refusal = [&](uint64_t offset, uint64_t nbytes, const char* why) {
+    try {
+      writer.write_part("a", offset, values, nbytes);
+      ADD_FAILURE() << why;
+    } catch (const alloy::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'a'"), std::string::npos) << e.what();
+    }
+  };
+  expect_part_refusal(4, 4, "a part before the first");
+  expect_part_refusal(0, 12, "past the declared size");
+  writer.write_part("a", 0, values, 2);
+  expect_part_refusal(4, 4, "a gap");
+  expect_part_refusal(0, 2, "the first part again");
+  writer.write_part("a", 2, reinterpret_cast<const uint8_t*>(values) + 2, 6);
   expect_refusal("a", 8, "written twice");
+  expect_part_refusal(8, 0, "a part after the last");
   EXPECT_EQ(writer.finish(), std::vector<std::string>{"model.safetensors"});
   EXPECT_THROW(writer.finish(), alloy::Error);
   expect_refusal("a", 8, "after finish");
