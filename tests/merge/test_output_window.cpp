@@ -15,6 +15,7 @@
 #include "alloy/synth/synth.h"
 #include "merge/methods/sparsify.h"
 #include "test_utils.h"
+#include "tiny_model.h"
 
 namespace alloy {
 namespace {
@@ -48,14 +49,7 @@ std::map<std::string, std::string> merged_files(const fs::path& dir) {
 TEST_F(OutputWindow, TensorsLargerThanTheWindowAreWrittenBitIdentically) {
   test::TempDir dir;
   for (const ModelFamily family : {ModelFamily::kLlama, ModelFamily::kMixtral}) {
-    BaseModelOptions base;
-    base.arch.family = family;
-    base.arch.layers = 2;
-    base.arch.hidden = 32;
-    base.arch.intermediate = 48;
-    base.arch.vocab = 96;
-    base.arch.experts = 4;
-    base.arch.moe_intermediate = 16;
+    BaseModelOptions base = test::tiny_family_model(family, 2);  // tensors of 32 to 1536 elements
     base.dtype = family == ModelFamily::kLlama ? DType::BF16 : DType::F32;
     const fs::path models = dir / (family == ModelFamily::kLlama ? "llama" : "mixtral");
     FineTuneOptions ft;
