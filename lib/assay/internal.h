@@ -283,11 +283,12 @@ bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candi
 // not, fits per column the gain g and a candidates' blend w with S_j = g_j sum_c w_c C_c,j over the
 // norm's readers (at most kGainRows evenly spaced rows of each), the scale fixed by matching g to
 // the candidates' gains blended by w; accepted when the relative residual is below kGainResidual
-// and at most half the unscaled fit's. Then the readers are compared as S diag(1/g), the norm as g,
+// and below kGainImprovement times the unscaled fit's. Then the readers are compared as S diag(1/g), the norm as g,
 // and `out->folded_norms` gets {"norm", "readers", "relative_error" (|g - h| / |h|, h the blended
 // candidates' gains), "residual_before", "residual_after", "gain_min", "gain_max",
 // "blend_weights", "gains" (when hidden <= kGainsReported)}.
 inline constexpr double kGainResidual = 0.5;
+inline constexpr double kGainImprovement = 0.9;
 inline constexpr uint64_t kGainRows = 1024;
 inline constexpr uint64_t kGainsReported = 1024;
 void gain_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out);
