@@ -572,6 +572,7 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
   if (out.reference < 0 || best < kAlignedCorrelation) {
     // Nothing to align to, unless the residual stream was rotated (then no permutation is undone).
     rotation_stage(suspect, candidates, &out);
+    gain_stage(suspect, candidates, &out);
     return out;
   }
   const Model& reference = *candidates[size_t(out.reference)];
@@ -604,6 +605,7 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
       c.compare_with(t.name(), ra.layer_tensor(lr, suffix), false);
     }
   }
+  gain_stage(suspect, candidates, &out);
   for (const auto& t : suspect.tensors()) t.shard->release(*t.info);
   for (const Model* m : candidates) {
     for (const auto& t : m->tensors()) t.shard->release(*t.info);

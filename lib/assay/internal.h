@@ -263,6 +263,7 @@ struct Alignment {
   std::map<std::string, AlignedTensor> tensors;
   nlohmann::json permutations = nlohmann::json::array();  // what was found (suspect j holds candidate p[j])
   int reference = -1;                             // candidate aligned to
+  nlohmann::json folded_norms = nlohmann::json::array();  // gain_stage's findings, one per norm
 };
 Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates);
 
@@ -277,6 +278,20 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
 inline constexpr double kRotationResidual = 0.5;
 inline constexpr uint64_t kRotationRowsPerHidden = 8;
 bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out);
+// The folded-gain stage (lib/assay/gains.cpp), run by align_suspect last (after any rotation is
+// undone): for each RMSNorm of the language model stored as all ones while some candidate's is
+// not, fits per column the gain g and a candidates' blend w with S_j = g_j sum_c w_c C_c,j over the
+// norm's readers (at most kGainRows evenly spaced rows of each), the scale fixed by matching g to
+// the candidates' gains blended by w; accepted when the relative residual is below kGainResidual
+// and below kGainImprovement times the unscaled fit's. Then the readers are compared as S diag(1/g), the norm as g,
+// and `out->folded_norms` gets {"norm", "readers", "relative_error" (|g - h| / |h|, h the blended
+// candidates' gains), "residual_before", "residual_after", "gain_min", "gain_max",
+// "blend_weights", "gains" (when hidden <= kGainsReported)}.
+inline constexpr double kGainResidual = 0.5;
+inline constexpr double kGainImprovement = 0.9;
+inline constexpr uint64_t kGainRows = 1024;
+inline constexpr uint64_t kGainsReported = 1024;
+void gain_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out);
 // Applies a slot's rotation undo to the stored values (a 2-D tensor of `shape`) in place.
 void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, float* values);
 

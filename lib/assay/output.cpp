@@ -254,6 +254,9 @@ std::string assay_summary(const AssayResult& r) {
         << "Procrustes residual " << fixed(p.value("residual", 0.0), 4) << ")\n";
   }
   if (undone) out << "alignment: undid " << undone << " permutations (see --json)\n";
+  if (r.evidence.contains("folded_norms") && r.evidence["folded_norms"].is_object()) {
+    out << "alignment: " << r.evidence["folded_norms"].value("summary", "") << " (see --json: evidence.folded_norms)\n";
+  }
   for (const auto& n : r.evidence.value("notes", json::array())) out << "note: " << n.get<std::string>() << "\n";
   if (!r.recipe.empty()) {
     out << "\nrecovered recipe:\n";

@@ -45,10 +45,31 @@ std::string hub_text(const json& hub) {
 
 }  // namespace
 
+// The norm gains folded into their readers (evidence.folded_norms), when the assay undid any.
+std::string folded_norms_part(const Page& page) {
+  const json& folded = field(field(page.doc, "evidence"), "folded_norms");
+  if (!folded.is_object()) return "";
+  std::string t = "<table>\n<tr><th>Norm</th><th>Readers</th><th>Gain range</th><th>vs blended candidates' gains"
+                  "</th><th>Residual before / after</th></tr>\n";
+  for (const json& n : list(folded, "norms")) {
+    t += "<tr>" + td(code(text(n, "norm"))) + td(html_escape(std::to_string(list(n, "readers").size())), true) +
+         td(fmt(number(n, "gain_min")) + " to " + fmt(number(n, "gain_max")), true) +
+         td(fmt_percent(number(n, "relative_error")), true) +
+         td(fmt(number(n, "residual_before")) + " / " + fmt(number(n, "residual_after")), true) + "</tr>\n";
+  }
+  t += "</table>\n";
+  const std::string read =
+      "<p>" + html_escape(text(folded, "summary")) + ". The suspect stores these norms as all ones and their readers' "
+      "columns multiplied by the gains (what QuaRot-style pipelines do before quantizing); the assay fitted the gain of "
+      "every column over all readers of the norm, divided it out, and compared the norm as the recovered gains.</p>";
+  return "<h3>Folded norm gains</h3>\n" + with_explanation(t, read);
+}
+
 std::string permutations_section(const Page& page) {
   std::string o = "<h2>Reordered units</h2>\n";
   if (list(page.doc, "permutations").empty())
-    return o + "<p>None: the suspect's heads, neurons and experts are in the candidates' order.</p>\n";
+    return o + "<p>None: the suspect's heads, neurons and experts are in the candidates' order.</p>\n" +
+           folded_norms_part(page);
   std::string t = "<table>\n<tr><th>Layer</th><th>What</th><th>Order found</th><th>Details</th></tr>\n";
   for (const json& p : list(page.doc, "permutations"))
     if (p.is_object()) t += permutation_row(p);
@@ -58,7 +79,7 @@ std::string permutations_section(const Page& page) {
       "candidates, which does not change what the model computes and is a way to hide a merge. The assay found "
       "the order and undid it before fitting. Read \"suspect unit j is candidate unit p[j]\"; scales are the "
       "factors found on rescaled neurons.</p>";
-  return o + with_explanation(t, read);
+  return o + with_explanation(t, read) + folded_norms_part(page);
 }
 
 std::string audit_section(const Page& page) {

@@ -335,6 +335,17 @@ AssayResult run_fitted(const AssayOptions& options) {
   drop_unaligned(block_tests, &result);
   detail::decide_verdict(&result, suspect, models, kept);
   detail::record_set_aside(comparable.set_aside, &result);
+  if (!alignment.folded_norms.empty()) {
+    // The gains folded into the readers (gain_stage): per norm, and a one-line summary.
+    double worst = 0;
+    for (const auto& n : alignment.folded_norms) worst = std::max(worst, n.value("relative_error", 0.0));
+    char line[160];
+    std::snprintf(line, sizeof line,
+                  "%zu norm gains were folded into their readers; recovered and undone before the fit (largest "
+                  "relative difference from the candidates' blended gains %.3g)",
+                  alignment.folded_norms.size(), worst);
+    result.evidence["folded_norms"] = {{"norms", alignment.folded_norms}, {"summary", line}};
+  }
   // What the models were opened in spite of (unindexed shards) belongs beside the verdict.
   for (const std::string& warning : suspect.warnings()) result.evidence["notes"].push_back(warning);
   for (const Model* m : models) {

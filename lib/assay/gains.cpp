@@ -1,0 +1,281 @@
+// The folded-gain stage: undo RMSNorm gains folded into the weights that read the normalised
+// vector (alloy-synth perturb fold-norms; QuaRot, SpinQuant and SliceGPT before their rotation).
+// A folded suspect holds the norm as all ones and every reader R (q/k/v; the MLP's, the router's
+// and the experts' gate/up; lm_head) as R diag(g). For each norm whose suspect copy is all ones
+// while some candidate's is not, the gain g and a blend w of the candidates are fitted jointly to
+// S_j = g_j sum_c w_c C_c,j over every column j of every reader of that norm (alternating least
+// squares: g_j = <S_j, F_j> / |F_j|^2 with F = sum_c w_c C_c, then w for S diag(1/g)), and the
+// scale left free by g w = (g/m)(m w) is fixed so that g matches the candidates' gains blended
+// with the same weights. When the gains explain the readers (the residual drops), the readers are
+// compared as S diag(1/g) and the norm as g. docs/assay.md, "Folded norm gains".
+#include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "alloy/core/dtype.h"
+#include "alloy/core/units.h"
+#include "internal.h"
+
+namespace alloy::detail {
+namespace {
+
+using Mat = Eigen::MatrixXd;
+using Vec = Eigen::VectorXd;
+
+constexpr int kAlternations = 10;
+
+struct NormGroup {
+  std::string norm;
+  std::vector<std::string> readers;
+};
+
+bool reads_attention(TensorRole r) {
+  return r == TensorRole::kAttentionQ || r == TensorRole::kAttentionK || r == TensorRole::kAttentionV ||
+         r == TensorRole::kAttentionQkv;
+}
+
+bool reads_mlp(TensorRole r) {
+  switch (r) {
+    case TensorRole::kMlpGate:
+    case TensorRole::kMlpUp:
+    case TensorRole::kMlpGateUp:
+    case TensorRole::kExpertGate:
+    case TensorRole::kExpertUp:
+    case TensorRole::kRouter:
+    case TensorRole::kSharedExpertGate:
+    case TensorRole::kSharedExpertUp:
+    case TensorRole::kSharedExpertRouter:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The norms of the language model and the 2-D tensors of `hidden` columns that read them:
+// input_layernorm -> the attention's q/k/v; pre_feedforward_layernorm (Gemma 2), else
+// post_attention_layernorm -> the MLP's, the router's and the experts' gate/up; the final norm ->
+// lm_head. Norms applied as (1 + w) are left out.
+std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture& arch, uint64_t hidden) {
+  struct Layer {
+    std::map<std::string, std::string> norms;  // suffix -> name
+    std::vector<std::string> attention, mlp;
+  };
+  std::map<int, Layer> layers;
+  std::vector<std::string> final_norms, heads;
+  for (const auto& t : suspect.tensors()) {
+    const TensorPlace p = arch.classify(t.name());
+    if (!p.submodel.empty()) continue;
+    const auto& shape = t.info->shape;
+    if (p.role == TensorRole::kNorm) {
+      if (p.view != TensorView::kPlain || shape != std::vector<uint64_t>{hidden}) continue;
+      if (p.layer >= 0) layers[p.layer].norms[p.suffix] = t.name();
+      else final_norms.push_back(t.name());
+      continue;
+    }
+    if (p.view != TensorView::kPlain || shape.size() != 2 || shape[1] != hidden) continue;
+    if (p.role == TensorRole::kLmHead) heads.push_back(t.name());
+    if (p.layer < 0) continue;
+    if (reads_attention(p.role)) layers[p.layer].attention.push_back(t.name());
+    if (reads_mlp(p.role)) layers[p.layer].mlp.push_back(t.name());
+  }
+  std::vector<NormGroup> out;
+  for (auto& entry : layers) {
+    const Layer& layer = entry.second;
+    const auto norm = [&layer](const char* suffix) {
+      const auto it = layer.norms.find(suffix);
+      return it == layer.norms.end() ? std::string() : it->second;
+    };
+    const std::string attention = norm("input_layernorm.weight");
+    std::string mlp = norm("pre_feedforward_layernorm.weight");
+    if (mlp.empty()) mlp = norm("post_attention_layernorm.weight");
+    if (!attention.empty() && !layer.attention.empty()) out.push_back({attention, layer.attention});
+    if (!mlp.empty() && !layer.mlp.empty()) out.push_back({mlp, layer.mlp});
+  }
+  if (final_norms.size() == 1 && heads.size() == 1) out.push_back({final_norms[0], heads});
+  return out;
+}
+
+std::vector<float> load_all(const ModelTensor& t) {
+  std::vector<float> v(t.info->numel());
+  load_as_f32(t.info->dtype, t.data(), v.size(), v.data());
+  t.shard->release(*t.info);
+  return v;
+}
+
+// The candidates' name of a suspect slot (another layer's after stacking), else the same name.
+std::string compared_name(const Alignment& a, const std::string& name) {
+  const auto it = a.tensors.find(name);
+  return it != a.tensors.end() && !it->second.candidate.empty() ? it->second.candidate : name;
+}
+
+// The slot of `name`, created as "the suspect's tensor as stored" on first use.
+AlignedTensor& slot_of(const Model& suspect, Alignment* out, const std::string& name) {
+  auto it = out->tensors.find(name);
+  if (it == out->tensors.end()) {
+    AlignedTensor a;
+    a.source = name;
+    a.gather = TensorGather::of(suspect.find(name)->info->shape, false);
+    it = out->tensors.emplace(name, std::move(a)).first;
+  }
+  return it->second;
+}
+
+bool all_ones(const std::vector<float>& v) {
+  return !v.empty() && std::all_of(v.begin(), v.end(), [](float x) { return x == 1.0f; });
+}
+
+// Per column j over the rows read: G_j = <C_a,j, C_b,j> (k x k), M_j = <C_c,j, S_j> and
+// SS_j = |S_j|^2.
+struct ColumnStats {
+  std::vector<Mat> gram;
+  std::vector<Vec> cross;
+  std::vector<double> ss;
+};
+
+// Relative residual of S diag(1/g) against sum_c w_c C_c over the accumulated columns.
+double relative_residual(const ColumnStats& s, const Vec& g, const Vec& w) {
+  double num = 0, den = 0;
+  for (size_t j = 0; j < s.ss.size(); ++j) {
+    const double inv = 1 / g(Eigen::Index(j));
+    num += s.ss[j] * inv * inv - 2 * inv * w.dot(s.cross[j]) + w.dot(s.gram[j] * w);
+    den += s.ss[j] * inv * inv;
+  }
+  return den > 0 ? std::sqrt(std::max(0.0, num) / den) : 1.0;
+}
+
+// Least-squares blend weights for fixed gains g.
+Vec blend_weights(const ColumnStats& s, const Vec& g) {
+  const Eigen::Index k = s.cross.empty() ? 0 : s.cross[0].size();
+  Mat a = Mat::Zero(k, k);
+  Vec b = Vec::Zero(k);
+  for (size_t j = 0; j < s.ss.size(); ++j) a += s.gram[j], b += s.cross[j] / g(Eigen::Index(j));
+  a += 1e-12 * (a.trace() + 1e-300) * Mat::Identity(k, k);
+  return a.ldlt().solve(b);
+}
+
+}  // namespace
+
+void gain_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out) {
+  const ModelArchitecture sa = detect_architecture(suspect);
+  const ModelTensor* embedding = suspect.find(embedding_name(sa, suspect));
+  if (!embedding || embedding->info->shape.size() != 2 || candidates.empty()) return;
+  const uint64_t hidden = embedding->info->shape[1];
+  for (const NormGroup& group : norm_groups(suspect, sa, hidden)) {
+    if (!all_ones(load_all(*suspect.find(group.norm)))) continue;
+    // The candidates holding the norm and every reader in the suspect's shapes.
+    std::vector<const Model*> used;
+    std::vector<std::vector<float>> gains;
+    bool folded_somewhere = false;
+    for (const Model* m : candidates) {
+      const ModelTensor* n = m->find(compared_name(*out, group.norm));
+      bool ok = n && n->info->shape == std::vector<uint64_t>{hidden};
+      for (const std::string& r : group.readers) {
+        const ModelTensor* t = m->find(compared_name(*out, r));
+        ok = ok && t && t->info->shape == suspect.find(r)->info->shape;
+      }
+      if (!ok) continue;
+      used.push_back(m);
+      gains.push_back(load_all(*n));
+      folded_somewhere |= !all_ones(gains.back());
+    }
+    if (used.empty() || !folded_somewhere) continue;  // candidates' gains all ones: nothing folded to find
+    // Any column scale already on a reader (none today) would be mixed up with the gain: skip.
+    bool scaled = false;
+    for (const std::string& r : group.readers) {
+      const auto slot = out->tensors.find(r);
+      scaled |= slot != out->tensors.end() && !slot->second.col_scale.empty();
+    }
+    if (scaled) continue;
+    const auto k = Eigen::Index(used.size());
+    ColumnStats s{std::vector<Mat>(hidden, Mat::Zero(k, k)), std::vector<Vec>(hidden, Vec::Zero(k)),
+                  std::vector<double>(hidden, 0.0)};
+    std::vector<float> values;
+    for (const std::string& r : group.readers) {
+      const ModelTensor& st = *suspect.find(r);
+      const auto slot = out->tensors.find(r);
+      if (slot != out->tensors.end()) load_aligned(suspect, *out, r, &values);
+      else values = load_all(st);
+      const std::string cname = compared_name(*out, r);
+      const uint64_t rows = st.info->shape[0];
+      const uint64_t step = std::max<uint64_t>(1, rows / kGainRows);
+      std::vector<std::vector<float>> crow(static_cast<size_t>(k), std::vector<float>(hidden));
+      std::vector<const ModelTensor*> ct;
+      for (const Model* m : used) ct.push_back(m->find(cname));
+      for (uint64_t i = 0; i < rows; i += step) {
+        for (Eigen::Index c = 0; c < k; ++c) load_range(*ct[size_t(c)], i * hidden, hidden, crow[size_t(c)].data());
+        const float* sv = values.data() + i * hidden;
+        for (uint64_t j = 0; j < hidden; ++j) {
+          s.ss[j] += double(sv[j]) * sv[j];
+          for (Eigen::Index a = 0; a < k; ++a) {
+            const double ca = crow[size_t(a)][j];
+            s.cross[j](a) += ca * sv[j];
+            for (Eigen::Index b = a; b < k; ++b) s.gram[j](a, b) += ca * crow[size_t(b)][j];
+          }
+        }
+      }
+      for (const ModelTensor* t : ct) t->shard->release(*t->info);
+      st.shard->release(*st.info);
+    }
+    for (Mat& g : s.gram) {
+      const Mat full = g.selfadjointView<Eigen::Upper>();
+      g = full;
+    }
+    // Alternate from g = 1: w for g, then g_j = <S_j, F_j> / |F_j|^2 for w.
+    Vec g = Vec::Ones(Eigen::Index(hidden));
+    const Vec w1 = blend_weights(s, g);
+    const double before = relative_residual(s, g, w1);
+    Vec w = w1;
+    bool finite = true;
+    for (int it = 0; it < kAlternations && finite; ++it) {
+      for (uint64_t j = 0; j < hidden; ++j) {
+        const double f2 = w.dot(s.gram[j] * w);
+        const double v = f2 > 0 ? w.dot(s.cross[j]) / f2 : 0;
+        finite &= std::isfinite(v) && v != 0;
+        g(Eigen::Index(j)) = v;
+      }
+      if (finite) w = blend_weights(s, g);
+    }
+    if (!finite) continue;
+    // Fix the free scale: g / m and m w fit the readers equally; choose m so that g matches the
+    // candidates' gains blended with w (least squares: m^2 = <g, h> / |h|^2).
+    Vec h = Vec::Zero(Eigen::Index(hidden));
+    for (Eigen::Index c = 0; c < k; ++c) {
+      h += w(c) * Eigen::Map<const Eigen::VectorXf>(gains[size_t(c)].data(), Eigen::Index(hidden)).cast<double>();
+    }
+    const double m2 = g.dot(h) / h.squaredNorm();
+    if (!(m2 > 0) || !std::isfinite(m2)) continue;
+    const double m = std::sqrt(m2);
+    g /= m, w *= m, h *= m;
+    const double after = relative_residual(s, g, w);
+    // Accept when the gains explain the readers: the fit is close, and the gains take away at least
+    // 19% of the unscaled fit's residual energy (a free gain per column removes about 1 / rows of it
+    // by chance; further training on top of a folded merge leaves the rest).
+    if (!(after < kGainResidual) || !(after < kGainImprovement * before)) continue;
+    const double relative_error = (g - h).norm() / h.norm();
+    std::vector<float> scale(hidden);
+    for (uint64_t j = 0; j < hidden; ++j) scale[j] = float(g(Eigen::Index(j)));
+    for (const std::string& r : group.readers) {
+      AlignedTensor& a = slot_of(suspect, out, r);
+      a.col_scale = scale, a.col_divides = true;
+    }
+    AlignedTensor& norm = slot_of(suspect, out, group.norm);
+    norm.col_scale = scale, norm.col_divides = false;  // the stored ones times g
+    nlohmann::json entry = {{"norm", group.norm},
+                            {"readers", group.readers},
+                            {"relative_error", relative_error},
+                            {"residual_before", before},
+                            {"residual_after", after},
+                            {"gain_min", g.minCoeff()},
+                            {"gain_max", g.maxCoeff()},
+                            {"blend_weights", std::vector<double>(w.data(), w.data() + w.size())}};
+    if (hidden <= kGainsReported) {
+      std::vector<double> rounded(hidden);
+      for (uint64_t j = 0; j < hidden; ++j) rounded[j] = std::round(g(Eigen::Index(j)) * 1e6) / 1e6;
+      entry["gains"] = rounded;
+    }
+    out->folded_norms.push_back(std::move(entry));
+  }
+}
+
+}  // namespace alloy::detail
