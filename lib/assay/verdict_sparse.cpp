@@ -36,6 +36,7 @@ constexpr double kDareUpperDrop = 0.85, kDellaUpperLow = 0.15, kDellaUpperHigh =
 // DELLA reaches the sparse path with fewer elements equal to the base than the other sparse
 // methods (its rescaled kept entries never equal a parent): 0.5 / 0.6 leaves ~20%.
 constexpr double kDellaEquality = 0.12;
+constexpr double kDellaTopDrop = 0.15;
 
 enum class SparseKind { kTies, kBreadcrumbs, kDare, kDella, kFamily };
 
@@ -149,7 +150,7 @@ nlohmann::json sparse_recipe(const VerdictContext& v, const SparseEvidence& e, i
 }
 
 // Which member of the TIES family the profile of `others` shows; `step` is their magnitude step.
-SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, double step) {
+SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, double step, bool dare_sets) {
   const double top = median_of(e.top_drop, others), upper = median_of(e.upper_drop, others);
   // Breadcrumbs first: its dropped top (about gamma / 0.1 of the upper band) lowers the magnitude
   // step below TIES's bar at gamma ~0.02, but the top band is dropped while most of the upper
@@ -161,8 +162,13 @@ SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, 
     if (!std::isfinite(top) || top < kTiesTopDrop) return SparseKind::kTies;
     return top > kBreadcrumbsTopDrop ? SparseKind::kBreadcrumbs : SparseKind::kFamily;
   }
-  if (!std::isfinite(upper) || upper >= kDareUpperDrop) return SparseKind::kDare;
-  return upper > kDellaUpperLow && upper < kDellaUpperHigh ? SparseKind::kDella : SparseKind::kFamily;
+  // DARE first by its kept sets (constant rescaled weights explain nearly every element); the
+  // profile alone does not separate it from DELLA: rounding makes "nothing kept" likelier among the
+  // smallest deltas, so DARE's measured upper is 0.4-0.75, not 1. DELLA's top is well above 0 (a
+  // linear merge's cancellations never happen at the largest deltas: top 0).
+  if (dare_sets || !std::isfinite(upper) || upper >= kDareUpperDrop) return SparseKind::kDare;
+  const bool della = upper > kDellaUpperLow && upper < kDellaUpperHigh && std::isfinite(top) && top >= kDellaTopDrop;
+  return della ? SparseKind::kDella : SparseKind::kFamily;
 }
 
 }  // namespace
@@ -183,17 +189,18 @@ bool dare_signature(const VerdictContext& v) {
 }
 
 bool della_signature(const VerdictContext& v) {
-  if (sparse_fraction(v) <= kDellaEquality) return false;
-  Weighted upper, step;
+  if (sparse_fraction(v) <= kDellaEquality || dare_signature(v)) return false;
+  Weighted upper, step, top;
   for (const auto& t : v.result.tensors) {
     if (!t.fitted || t.upper_drop.size() != size_t(v.k)) continue;
     for (size_t c = 0; c < size_t(v.k); ++c) {
       upper.add(t.upper_drop[c], double(t.numel));
+      top.add(t.top_drop[c], double(t.numel));
       step.add(t.magnitude_step[c], double(t.numel));
     }
   }
   return !upper.empty() && upper.median() > kDellaUpperLow && upper.median() < kDellaUpperHigh &&
-         step.median() <= kTiesMagnitudeStep;
+         top.median() >= kDellaTopDrop && step.median() <= kTiesMagnitudeStep;
 }
 
 bool try_sparse(VerdictContext& v, int base) {
@@ -209,7 +216,7 @@ bool try_sparse(VerdictContext& v, int base) {
     }
   }
   if (others.empty() || !strong_evidence(v)) return false;
-  const SparseKind kind = sparse_kind(e, others, all_steps.median());
+  const SparseKind kind = sparse_kind(e, others, all_steps.median(), dare_signature(v));
   const bool ties = kind == SparseKind::kTies || kind == SparseKind::kBreadcrumbs || kind == SparseKind::kFamily;
   AssayResult& r = v.result;
   r.verdict = "merge";
