@@ -131,6 +131,9 @@ struct SparseStats {
   std::vector<double> solo_density;    // solo_i / (solo_i + none): kept fraction, any method
   std::vector<double> kept_scale;      // mode of (S - C_b) / delta_i
   std::vector<double> ratio_weights;   // weights (sum 1) from elements where all kept agree
+  // The drop profile (TensorAssay::top_drop and the rest; NaN where the bottom 10% never shows
+  // "nothing kept").
+  std::vector<double> top_drop, upper_drop, outlier_share, profile_density;
 };
 SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others);
 

@@ -21,7 +21,8 @@ namespace report {
 Page::Page(const json& document) : doc(document) {
   verdict = text(doc, "verdict");
   method = text(doc, "method");
-  sparse = method == "ties" || method == "dare_ties";
+  sparse = method == "ties" || method == "dare_ties" || method == "dare_linear" || method == "breadcrumbs" ||
+           method == "breadcrumbs_ties" || method == "della" || method == "della_linear" || method == "ties_family";
   for (const json& c : list(doc, "candidates")) paths.push_back(text(c, "path"));
   names = short_names(paths);
   // The charts show the candidates the recipe blends; for task-vector methods not the base (its
@@ -45,6 +46,7 @@ std::string Page::name_of(const std::string& path) const {
 std::string Page::method_name() const {
   if (method == "ties") return "TIES";
   if (method == "dare_ties") return "DARE-TIES";
+  if (method == "ties_family") return "TIES-family (member not told apart)";
   if (method == "task_arithmetic") return "task-arithmetic";
   return html_escape(method);
 }

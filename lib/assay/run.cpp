@@ -121,6 +121,7 @@ void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
   const size_t k = ta->correlation.size();
   ta->solo_density.assign(k, std::nan(""));
   ta->ratio_weight.assign(k, std::nan(""));
+  for (auto* v : {&ta->top_drop, &ta->upper_drop, &ta->outlier_share, &ta->profile_density}) v->assign(k, std::nan(""));
   if (others.empty()) return;
   const detail::SparseStats s = detail::sparse_statistics(views, ta->reference + 1, others);
   for (size_t j = 0; j < others.size(); ++j) {
@@ -130,6 +131,10 @@ void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
     ta->kept_scale[c] = s.kept_scale[j];
     ta->solo_density[c] = s.solo_density[j];
     ta->ratio_weight[c] = s.ratio_weights[j];
+    ta->top_drop[c] = s.top_drop[j];
+    ta->upper_drop[c] = s.upper_drop[j];
+    ta->outlier_share[c] = s.outlier_share[j];
+    ta->profile_density[c] = s.profile_density[j];
   }
   const detail::SubsetStats subsets = detail::subset_statistics(views, ta->reference + 1, others, s.kept_scale);
   ta->subset_density.assign(k, std::nan(""));

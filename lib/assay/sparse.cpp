@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
@@ -45,6 +46,49 @@ struct Histograms {
   }
 };
 
+// "Nothing kept" at an element needs every candidate dropped there. Relative to the rate among
+// candidate j's smallest 10% of |delta_j| (j dropped there under TIES and breadcrumbs, so the rate
+// is the chance that the others are dropped, which does not depend on j's magnitude when their
+// masks do not), the rate in a band of j's magnitudes is the share of j's entries dropped there.
+// Bands are whole bins from the top (resp. bottom) until they hold the target count.
+void drop_profile(const uint64_t* all, const uint64_t* none, uint64_t n, size_t j, SparseStats& out) {
+  const auto band_from_bottom = [&](uint64_t target, size_t& end) {
+    uint64_t a = 0, e = 0;
+    for (end = 0; end < kMagnitudeBins && a < target; ++end) a += all[end], e += none[end];
+    return std::pair<uint64_t, uint64_t>(a, e);
+  };
+  const auto band_from_top = [&](uint64_t target, size_t& begin) {
+    uint64_t a = 0, e = 0;
+    for (begin = kMagnitudeBins; begin > 0 && a < target;) --begin, a += all[begin], e += none[begin];
+    return std::pair<uint64_t, uint64_t>(a, e);
+  };
+  size_t low_end = 0, top_begin = 0, upper_begin = 0;
+  const auto low = band_from_bottom(n / 10, low_end);
+  const auto top = band_from_top(std::max<uint64_t>(n / 200, 1), top_begin);
+  const auto upper = band_from_top(n / 10, upper_begin);
+  if (low.first == 0 || low.second == 0) return;
+  const double base_rate = double(low.second) / double(low.first);
+  const auto relative = [&](std::pair<uint64_t, uint64_t> band) {
+    return band.first ? double(band.second) / double(band.first) / base_rate : 0.0;
+  };
+  out.top_drop[j] = relative(top);
+  out.upper_drop[j] = relative(upper);
+  uint64_t none_total = 0;
+  for (size_t bin = 0; bin < kMagnitudeBins; ++bin) none_total += none[bin];
+  out.profile_density[j] = std::clamp(1 - double(none_total) / base_rate / double(n), 0.0, 1.0);
+  // Breadcrumbs' gamma: the dropped entries above the kept ones. Walk down from the top while the
+  // bins' drop rate stays above one half (the kept band below has ~0; TIES stops at once).
+  double dropped_top = 0;
+  for (size_t bin = kMagnitudeBins; bin > 0;) {
+    --bin;
+    if (all[bin] == 0) continue;
+    const double rate = double(none[bin]) / double(all[bin]) / base_rate;
+    if (rate < 0.5 && all[bin] >= 32) break;  // a bin of a few elements decides nothing
+    dropped_top += std::min(rate, 1.0) * double(all[bin]);
+  }
+  out.outlier_share[j] = dropped_top / double(n);
+}
+
 }  // namespace
 
 SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others) {
@@ -53,6 +97,7 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
   SparseStats out;
   out.density.assign(k, std::numeric_limits<double>::quiet_NaN());
   out.threshold = out.magnitude_step = out.solo_density = out.kept_scale = out.ratio_weights = out.density;
+  out.top_drop = out.upper_drop = out.outlier_share = out.profile_density = out.density;
   if (k == 0 || n == 0) return out;
   // Well resolved for the ratio: |delta| at least 1/8 of |C_b| (16 bf16 ulps), so rounding moves
   // the ratio by at most about 3%.
@@ -158,6 +203,7 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
     const double rate_top = top ? double(none_top) / double(top) : 0.0;
     const double rate_rest = n > top ? double(none_total - none_top) / double(n - top) : 0.0;
     out.magnitude_step[j] = rate_rest > 0 ? 1 - rate_top / rate_rest : 0.0;
+    drop_profile(all, none, n, j, out);
     // The scale of i when kept alone: the ratio histogram's mode away from 0.
     const uint64_t* ratio = h.ratio.data() + j * kRatioBins;
     size_t mode = 0;

@@ -84,7 +84,7 @@ void decide(VerdictContext& v) {
     independent(v, "no candidate correlates with the suspect beyond chance");
     return;
   }
-  if ((sparse_fraction(v) > kSparseEquality || dare_signature(v)) && try_sparse(v, base)) return;
+  if ((sparse_fraction(v) > kSparseEquality || dare_signature(v) || della_signature(v)) && try_sparse(v, base)) return;
   std::vector<int> involved;
   for (int c = 0; c < v.k; ++c) {
     if (std::fabs(v.candidate(c).weight) >= kInvolvedWeight) involved.push_back(c);

@@ -122,6 +122,9 @@ bool try_sparse(VerdictContext& v, int base);
 // DARE at high densities, where few elements equal the base: nearly every element is made by a
 // kept set of rescaled deltas and some candidate is clearly not always kept (verdict_sparse.cpp).
 bool dare_signature(const VerdictContext& v);
+// DELLA's: elements equal to the base beyond linear merges' share, and a drop profile between
+// DARE's flat one and TIES's step (verdict_sparse.cpp).
+bool della_signature(const VerdictContext& v);
 bool try_slerp(VerdictContext& v, const std::vector<int>& involved);
 void dense_merge(VerdictContext& v, const std::vector<int>& involved, int base);
 

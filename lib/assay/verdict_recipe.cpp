@@ -163,7 +163,10 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
   v.result.recipe = recipes[chosen];
   best_check["merge_method"] = recipes[chosen]["merge_method"];
   best_check["compute_dtype"] = recipes[chosen]["dtype"];
-  if (v.result.method == "dare_ties") best_check["note"] = "DARE masks are random: only the error is meaningful";
+  const std::string& method = v.result.method;
+  if (method.rfind("dare", 0) == 0 || method.rfind("della", 0) == 0 || method == "ties_family") {
+    best_check["note"] = "the masks may be random (DARE, DELLA): only the error is meaningful";
+  }
   v.result.evidence["rebuild"] = best_check;
 }
 

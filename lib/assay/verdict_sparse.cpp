@@ -1,8 +1,12 @@
 // The sparse merge methods: TIES (kept entries chosen by magnitude) and DARE (kept at random),
 // told apart by how the chance of keeping an entry depends on its magnitude; DARE's densities,
 // weights and combination rule (dare_ties: sign consensus; dare_linear: plain sum) from its kept
-// sets read element by element (sparse_subsets.cpp).
+// sets read element by element (sparse_subsets.cpp). Within the TIES family, breadcrumbs (the
+// largest deltas dropped too) and DELLA (keep chance rising with magnitude rank) by the drop
+// profile along each candidate's |delta| (sparse.cpp); "ties_family" where none of them fits.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "verdict.h"
 
@@ -22,17 +26,34 @@ constexpr uint64_t kSubsetMinElements = 256;
 // deltas of both signs are kept, 0.1-0.5 at usual densities; dare_ties: only coincidences).
 constexpr uint64_t kRuleMinVotes = 64;
 constexpr double kRuleMinShare = 0.02;
+// The drop profile (docs/assay.md "Breadcrumbs and DELLA"): the "nothing kept" rate in a
+// candidate's largest 0.5% (top) and 10% (upper) of |delta| relative to its smallest 10%.
+// TIES: top ~0; breadcrumbs: top ~1 (its largest gamma share is dropped). DARE: upper ~1 (flat);
+// DELLA: keep chances from density - epsilon to density + epsilon over the rank, so
+// upper = (1 - d - 0.9 e) / (1 - d + 0.9 e), 0.3-0.7 at the usual epsilon 0.1-0.2.
+constexpr double kBreadcrumbsTopDrop = 0.5, kTiesTopDrop = 0.2;
+constexpr double kDareUpperDrop = 0.85, kDellaUpperLow = 0.15, kDellaUpperHigh = 0.75;
+// DELLA reaches the sparse path with fewer elements equal to the base than the other sparse
+// methods (its rescaled kept entries never equal a parent): 0.5 / 0.6 leaves ~20%.
+constexpr double kDellaEquality = 0.12;
+constexpr double kDellaTopDrop = 0.15;
+
+enum class SparseKind { kTies, kBreadcrumbs, kDare, kDella, kFamily };
 
 // The sparse statistics of each candidate over the tensors fitted against `base`.
 struct SparseEvidence {
   std::vector<Weighted> density, solo, step, scale, ratio, subset_density, subset_scale;  // [candidate]
+  std::vector<Weighted> top_drop, upper_drop, outlier_share, profile_density;            // [candidate]
   uint64_t opposite = 0, sum_votes = 0;
 };
 
 SparseEvidence gather_sparse_evidence(const VerdictContext& v, int base) {
   const size_t k = size_t(v.k);
   SparseEvidence e;
-  for (auto* w : {&e.density, &e.solo, &e.step, &e.scale, &e.ratio, &e.subset_density, &e.subset_scale}) w->resize(k);
+  for (auto* w : {&e.density, &e.solo, &e.step, &e.scale, &e.ratio, &e.subset_density, &e.subset_scale, &e.top_drop,
+                  &e.upper_drop, &e.outlier_share, &e.profile_density}) {
+    w->resize(k);
+  }
   for (const auto& t : v.result.tensors) {
     if (!t.fitted || t.reference != base || t.solo_density.empty()) continue;
     e.opposite += t.opposite_elements;
@@ -50,6 +71,12 @@ SparseEvidence gather_sparse_evidence(const VerdictContext& v, int base) {
       e.step[c].add(t.magnitude_step[c], w);
       e.scale[c].add(t.kept_scale[c], w);
       e.ratio[c].add(t.ratio_weight[c], w);
+      if (t.top_drop.size() == k) {
+        e.top_drop[c].add(t.top_drop[c], w);
+        e.upper_drop[c].add(t.upper_drop[c], w);
+        e.outlier_share[c].add(t.outlier_share[c], w);
+        e.profile_density[c].add(t.profile_density[c], w);
+      }
     }
   }
   return e;
@@ -66,26 +93,82 @@ bool dare_linear(const SparseEvidence& e) {
   return e.sum_votes >= kRuleMinVotes && double(e.sum_votes) >= kRuleMinShare * double(e.opposite);
 }
 
+// The median over `others` of one per-candidate statistic.
+double median_of(const std::vector<Weighted>& stat, const std::vector<int>& others) {
+  Weighted all;
+  for (int c : others) {
+    for (const auto& value : stat[size_t(c)].values) all.add(value.first, value.second);
+  }
+  return all.empty() ? std::numeric_limits<double>::quiet_NaN() : all.median();
+}
+
+// The density of candidate c under each kind: TIES from the magnitude threshold, breadcrumbs from
+// its drop profile (the threshold also counts the dropped top), DARE and DELLA from the kept sets
+// or the "kept alone" counts (approximate for DELLA, whose rescaling varies with the rank).
+double kind_density(const SparseEvidence& e, int c, SparseKind kind) {
+  switch (kind) {
+    case SparseKind::kTies:
+    case SparseKind::kFamily: return e.density[size_t(c)].median();
+    case SparseKind::kBreadcrumbs: return e.profile_density[size_t(c)].median();
+    default: return dare_density(e, c);
+  }
+}
+
 // The recipe of the sparse merge of `others` onto `base`: TIES reads the density from the
 // magnitude threshold and the weights from the kept-set ratios, DARE the density from the kept
-// fraction and the weight from the rescaling of the kept entries.
+// fraction and the weight from the rescaling of the kept entries, breadcrumbs the density and
+// gamma from the drop profile and the weight from the unrescaled kept entries, DELLA epsilon from
+// the profile's slope. "ties_family" writes the TIES recipe (the closest one mergekit runs).
 nlohmann::json sparse_recipe(const VerdictContext& v, const SparseEvidence& e, int base,
-                             const std::vector<int>& others, bool ties) {
+                             const std::vector<int>& others, SparseKind kind) {
   nlohmann::json models = nlohmann::json::array();
   for (int c : others) {
-    double d = ties ? e.density[size_t(c)].median() : dare_density(e, c);
-    d = std::clamp(d, 0.01, 1.0);
+    const double d = std::clamp(kind_density(e, c, kind), 0.01, 1.0);
     double w = 1.0;
-    if (ties) {
+    nlohmann::json parameters;
+    if (kind == SparseKind::kTies || kind == SparseKind::kFamily) {
       w = others.size() >= 2 ? e.ratio[size_t(c)].median() : 1.0;
+    } else if (kind == SparseKind::kBreadcrumbs) {
+      w = e.scale[size_t(c)].median();
+      parameters["gamma"] = round_digits(std::clamp(e.outlier_share[size_t(c)].median(), 0.0, 1.0 - d), 4);
     } else {
       w = (e.subset_scale[size_t(c)].empty() ? e.scale[size_t(c)] : e.subset_scale[size_t(c)]).median() * d;
     }
-    models.push_back({{"model", v.result.candidates[size_t(c)].path},
-                      {"parameters", {{"weight", round_digits(w, 4)}, {"density", round_digits(d, 4)}}}});
+    if (kind == SparseKind::kDella) {
+      // upper = (1 - d - 0.9 eps) / (1 - d + 0.9 eps), solved for eps.
+      const double u = e.upper_drop[size_t(c)].median();
+      const double eps = (1 - d) * (1 - u) / (0.9 * (1 + u));
+      parameters["epsilon"] = round_digits(std::clamp(eps, 0.0, std::min(d, 1 - d) * 0.9), 4);
+    }
+    parameters["weight"] = round_digits(w, 4);
+    parameters["density"] = round_digits(d, 4);
+    models.push_back({{"model", v.result.candidates[size_t(c)].path}, {"parameters", parameters}});
   }
-  return {{"merge_method", v.result.method}, {"base_model", v.result.candidates[size_t(base)].path},
+  const std::string method = kind == SparseKind::kFamily ? "ties" : v.result.method;
+  return {{"merge_method", method}, {"base_model", v.result.candidates[size_t(base)].path},
           {"models", models}, {"dtype", torch_dtype_of(v.suspect)}};
+}
+
+// Which member of the TIES family the profile of `others` shows; `step` is their magnitude step.
+SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, double step, bool dare_sets) {
+  const double top = median_of(e.top_drop, others), upper = median_of(e.upper_drop, others);
+  // Breadcrumbs first: its dropped top (about gamma / 0.1 of the upper band) lowers the magnitude
+  // step below TIES's bar at gamma ~0.02, but the top band is dropped while most of the upper
+  // band is kept, which no other member shows (DELLA and DARE drop the top least).
+  if (std::isfinite(top) && top > kBreadcrumbsTopDrop && std::isfinite(upper) && upper < 0.5 * top) {
+    return SparseKind::kBreadcrumbs;
+  }
+  if (step > kTiesMagnitudeStep) {
+    if (!std::isfinite(top) || top < kTiesTopDrop) return SparseKind::kTies;
+    return top > kBreadcrumbsTopDrop ? SparseKind::kBreadcrumbs : SparseKind::kFamily;
+  }
+  // DARE first by its kept sets (constant rescaled weights explain nearly every element); the
+  // profile alone does not separate it from DELLA: rounding makes "nothing kept" likelier among the
+  // smallest deltas, so DARE's measured upper is 0.4-0.75, not 1. DELLA's top is well above 0 (a
+  // linear merge's cancellations never happen at the largest deltas: top 0).
+  if (dare_sets || !std::isfinite(upper) || upper >= kDareUpperDrop) return SparseKind::kDare;
+  const bool della = upper > kDellaUpperLow && upper < kDellaUpperHigh && std::isfinite(top) && top >= kDellaTopDrop;
+  return della ? SparseKind::kDella : SparseKind::kFamily;
 }
 
 }  // namespace
@@ -105,6 +188,21 @@ bool dare_signature(const VerdictContext& v) {
   return false;
 }
 
+bool della_signature(const VerdictContext& v) {
+  if (sparse_fraction(v) <= kDellaEquality || dare_signature(v)) return false;
+  Weighted upper, step, top;
+  for (const auto& t : v.result.tensors) {
+    if (!t.fitted || t.upper_drop.size() != size_t(v.k)) continue;
+    for (size_t c = 0; c < size_t(v.k); ++c) {
+      upper.add(t.upper_drop[c], double(t.numel));
+      top.add(t.top_drop[c], double(t.numel));
+      step.add(t.magnitude_step[c], double(t.numel));
+    }
+  }
+  return !upper.empty() && upper.median() > kDellaUpperLow && upper.median() < kDellaUpperHigh &&
+         top.median() >= kDellaTopDrop && step.median() <= kTiesMagnitudeStep;
+}
+
 bool try_sparse(VerdictContext& v, int base) {
   const SparseEvidence e = gather_sparse_evidence(v, base);
   // Which candidates contribute (kept alone often enough), and how: TIES or DARE.
@@ -118,28 +216,54 @@ bool try_sparse(VerdictContext& v, int base) {
     }
   }
   if (others.empty() || !strong_evidence(v)) return false;
-  const bool ties = all_steps.median() > kTiesMagnitudeStep;
+  const SparseKind kind = sparse_kind(e, others, all_steps.median(), dare_signature(v));
+  const bool ties = kind == SparseKind::kTies || kind == SparseKind::kBreadcrumbs || kind == SparseKind::kFamily;
   AssayResult& r = v.result;
   r.verdict = "merge";
-  r.method = ties ? "ties" : dare_linear(e) ? "dare_linear" : "dare_ties";
+  switch (kind) {
+    case SparseKind::kTies: r.method = "ties"; break;
+    case SparseKind::kBreadcrumbs: r.method = dare_linear(e) ? "breadcrumbs" : "breadcrumbs_ties"; break;
+    case SparseKind::kDare: r.method = dare_linear(e) ? "dare_linear" : "dare_ties"; break;
+    case SparseKind::kDella: r.method = "della"; break;
+    case SparseKind::kFamily: r.method = "ties_family"; break;
+  }
+  const double top = median_of(e.top_drop, others), upper = median_of(e.upper_drop, others);
+  v.note("drop profile (nothing-kept rate relative to the smallest 10% of each delta): largest 0.5% " +
+         std::to_string(top) + " (TIES ~0, breadcrumbs ~1), largest 10% " + std::to_string(upper) +
+         " (TIES 0, DELLA between, DARE 1)");
+  if (kind == SparseKind::kFamily) {
+    r.evidence["method_alternatives"] = ties ? nlohmann::json{"ties", "breadcrumbs_ties", "breadcrumbs"}
+                                             : nlohmann::json{"dare_ties", "della", "della_linear"};
+    r.evidence["confidence"] = "low";
+    v.note("a sparse merge of the TIES family whose drop profile fits none of its members clearly; the recipe "
+           "is written as ties, the closest mergekit runs");
+  } else if (kind == SparseKind::kDella) {
+    r.evidence["method_alternatives"] = nlohmann::json{"della", "della_linear"};
+    v.note("DELLA signature: the keep chance rises with the magnitude rank (between DARE's flat profile and "
+           "TIES's step); della and della_linear are not told apart, and the density is approximate");
+  }
   r.base = base;
   v.candidate(base).involved = true;
-  const std::vector<nlohmann::json> hypotheses = {sparse_recipe(v, e, base, others, ties)};
+  const std::vector<nlohmann::json> hypotheses = {sparse_recipe(v, e, base, others, kind)};
   for (int c : others) {
     auto& cand = v.candidate(c);
     cand.involved = true;
-    cand.density = ties ? e.density[size_t(c)].median() : dare_density(e, c);
+    cand.density = kind_density(e, c, kind);
   }
-  if (!ties) {
+  if (kind == SparseKind::kDare) {
     v.note("combination rule: " + std::to_string(e.sum_votes) + " of " + std::to_string(e.opposite) +
            " well-resolved elements with deltas of both signs are made only by the plain sum of the kept deltas " +
            (r.method == "dare_linear" ? "(dare_linear; sign consensus cannot make them)"
                                       : "(too few for dare_linear: sign consensus, dare_ties)"));
   }
-  v.note(std::string(ties ? "TIES" : "DARE") + " signature: " + std::to_string(sparse_fraction(v)) +
-         " of resolved elements equal the base or one parent exactly; the kept entries are " +
-         (ties ? "the largest-magnitude deltas (magnitude step " : "independent of magnitude (magnitude step ") +
-         std::to_string(all_steps.median()) + ")");
+  const char* kept = kind == SparseKind::kTies          ? "the largest-magnitude deltas"
+                     : kind == SparseKind::kBreadcrumbs ? "large-magnitude deltas below the largest (the outliers)"
+                     : kind == SparseKind::kDare        ? "independent of magnitude"
+                     : kind == SparseKind::kDella       ? "more often the larger, at random"
+                                                        : "chosen by magnitude in a way no member fits";
+  v.note(std::string(ties ? "TIES-family" : "DARE-family") + " signature: " + std::to_string(sparse_fraction(v)) +
+         " of resolved elements equal the base or one parent exactly; the kept entries are " + kept +
+         " (magnitude step " + std::to_string(all_steps.median()) + ")");
   r.recipe = hypotheses.front();
   confirm_by_rebuild(v, hypotheses);
   summarise_merge(v);

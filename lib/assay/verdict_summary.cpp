@@ -45,7 +45,9 @@ void summarise_merge(VerdictContext& v) {
   }
   // What the recipe leaves unexplained beyond rounding (~0.001-0.002 of the norm in bf16).
   const double unexplained = r.evidence.value("unexplained_level", 0.0);
-  if (unexplained > kRoundingLevel && r.method != "dare_ties") {
+  // Random masks (DARE, DELLA, and a family member not told apart) leave what no rebuild explains.
+  const bool random_masks = r.method.rfind("dare", 0) == 0 || r.method.rfind("della", 0) == 0 || r.method == "ties_family";
+  if (unexplained > kRoundingLevel && !random_masks) {
     text += "; followed by further training or noise of about " + number_text(100 * unexplained, 2) +
             "% of the weights' norm, which the recipe does not explain";
     r.evidence["disguise_level"] = unexplained;

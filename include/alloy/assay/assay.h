@@ -122,6 +122,12 @@ struct TensorAssay {
   std::vector<double> kept_scale;       // (S - C_ref) / delta_i where i alone is kept (median)
   std::vector<double> solo_density;     // kept fraction from "kept alone" vs "nothing kept" counts
   std::vector<double> ratio_weight;     // TIES weight ratios (sum 1) where all kept agree
+  // The drop profile of each candidate along its |delta| (docs/assay.md "Breadcrumbs and DELLA"),
+  // each "nothing kept" rate relative to the one among its smallest 10% of deltas (always
+  // dropped under TIES and breadcrumbs): in its largest 0.5% (TIES ~0, breadcrumbs ~1), in its
+  // largest 10% (TIES 0, DELLA between, DARE 1); the share of its elements dropped above its
+  // kept ones (breadcrumbs' gamma) and the kept share those rates imply.
+  std::vector<double> top_drop, upper_drop, outlier_share, profile_density;
   // DARE's kept sets read element by element (docs/assay.md "DARE densities and rules"): per
   // candidate its keep rate and rescaled weight a_i = w_i / density_i (NaN where not measured);
   // the share of classifiable elements some kept set explains; the well-resolved elements with
