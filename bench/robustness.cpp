@@ -9,13 +9,22 @@
 // models that are not merges (a base of another seed with the same architecture, and the sibling
 // fine-tune ft_3), several seeds: any "merge" verdict is a false positive.
 //
+// A row of the table is a chain of perturb steps applied in order (each one perturb_model call): a single
+// kind, or composites such as fold-norms + a permutation, noise + permute-neurons + int4, finetune +
+// every permutation. Null subjects: an unrelated base, the sibling ft_3, and ft_3 of a family of
+// correlated siblings (--sibling-correlation 0.8), each sibling with and without the base among the
+// candidates.
+//
 // Outputs (OUT, default bench-out/robustness): robustness.csv (one row per sweep point), null.csv,
 // one SVG per transform (alpha error, cos_fit, verdict accuracy and z_min versus strength, per family
 // and delta), summary.md (the tables docs/robustness.md shows). bench/robustness.sh builds and runs it.
 //
-// Usage: robustness [--out DIR] [--seeds N] [--null-seeds N] [--jobs N] [--layers N] [--hidden N] [--quick]
+// Usage: robustness [--out DIR] [--seeds N] [--null-seeds N | --null-runs N] [--only T1,T2,...] [--jobs N]
+//                   [--layers N] [--hidden N] [--quick]
 //   defaults: 5 seeds per sweep point, 20 null seeds per family, 4 layers of hidden 128; --quick is
-//   1 seed and 2 null seeds (a smoke test).
+//   1 seed and 2 null seeds (a smoke test). --null-runs N: as many null seeds as give at least N null
+//   runs. --only: these rows (and "none"). --seeds 0: the null only. --limit: noise-deviation up to
+//   128x and finetune up to 0.4 only, for the detection limit (bench/detection_limit.py).
 //   --jobs N runs N points at once (each single-threaded; default: the number of cores). Results do
 //   not depend on it: every point is a function of its seeds only.
 #include <algorithm>
@@ -217,6 +226,21 @@ std::vector<Transform> transforms(int layers) {
   return t;
 }
 
+// --limit: the rows whose accuracy falls to 0.5 within the range, for bench/detection_limit.py. Noise
+// relative to the merge's deviation up to 128x, further fine-tuning up to 40% of ||W||.
+std::vector<Transform> limit_transforms() {
+  using K = PerturbKind;
+  std::vector<Transform> t;
+  t.push_back({"none", {}, false, false, Scope::kAlways, "the merge as written", {once()}});
+  t.push_back({"noise-deviation", {swept(K::kNoise, true)}, false, true, Scope::kDeviation,
+               "Gaussian noise, ||N|| = strength x ||merge - base|| per tensor",
+               {num(2), num(4), num(8), num(16), num(32), num(64), num(128)}});
+  t.push_back({"finetune", {swept(K::kFineTune)}, false, true, Scope::kNorm,
+               "further fine-tune, ||delta|| = strength x ||W|| per tensor",
+               {num(0.01), num(0.025), num(0.05), num(0.1), num(0.2), num(0.4)}});
+  return t;
+}
+
 // The disguise of (transform, setting) as a multiple of a merge's deviation at parent delta d
 // (0.714 d ||W||); NaN for kAlways.
 double disguise_ratio(const Transform& t, const Setting& s, double delta) {
@@ -238,6 +262,7 @@ struct Config {
   int hidden = 128;
   int null_runs = 0;                // > 0: at least this many null runs (sets null_seeds)
   std::vector<std::string> only;    // non-empty: these transforms only ("none" is always kept)
+  bool limit = false;               // --limit: the detection-limit table (limit_transforms)
 };
 
 alloy::BaseModelOptions base_options(ModelFamily family, const Config& c, uint64_t seed) {
@@ -795,7 +820,7 @@ std::string machine() {
 int usage() {
   std::fprintf(stderr,
                "usage: robustness [--out DIR] [--seeds N] [--null-seeds N | --null-runs N] [--only T1,T2,...] [--jobs N] "
-               "[--layers N] [--hidden N] [--quick]\n");
+               "[--layers N] [--hidden N] [--quick] [--limit]\n");
   return 2;
 }
 
@@ -814,6 +839,7 @@ int main(int argc, char** argv) {
     else if (a == "--layers" && has) c.layers = std::atoi(argv[++i]);
     else if (a == "--hidden" && has) c.hidden = std::atoi(argv[++i]);
     else if (a == "--null-runs" && has) c.null_runs = std::atoi(argv[++i]);
+    else if (a == "--limit") c.limit = true;
     else if (a == "--only" && has) {
       std::stringstream list(argv[++i]);
       for (std::string name; std::getline(list, name, ',');) c.only.push_back(name);
@@ -839,7 +865,7 @@ int main(int argc, char** argv) {
         fs::remove_all(p, ec);
       }
     } cleanup{work};
-    auto table = transforms(c.layers);
+    auto table = c.limit ? limit_transforms() : transforms(c.layers);
     if (!c.only.empty()) {
       for (const std::string& name : c.only) {
         if (std::none_of(table.begin(), table.end(), [&](const Transform& t) { return t.name == name; })) {
