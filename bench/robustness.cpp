@@ -9,13 +9,22 @@
 // models that are not merges (a base of another seed with the same architecture, and the sibling
 // fine-tune ft_3), several seeds: any "merge" verdict is a false positive.
 //
+// A row of the table is a chain of perturb steps applied in order (each one perturb_model call): a single
+// kind, or composites such as fold-norms + a permutation, noise + permute-neurons + int4, finetune +
+// every permutation. Null subjects: an unrelated base, the sibling ft_3, and ft_3 of a family of
+// correlated siblings (--sibling-correlation 0.8), each sibling with and without the base among the
+// candidates.
+//
 // Outputs (OUT, default bench-out/robustness): robustness.csv (one row per sweep point), null.csv,
 // one SVG per transform (alpha error, cos_fit, verdict accuracy and z_min versus strength, per family
 // and delta), summary.md (the tables docs/robustness.md shows). bench/robustness.sh builds and runs it.
 //
-// Usage: robustness [--out DIR] [--seeds N] [--null-seeds N] [--jobs N] [--layers N] [--hidden N] [--quick]
+// Usage: robustness [--out DIR] [--seeds N] [--null-seeds N | --null-runs N] [--only T1,T2,...] [--jobs N]
+//                   [--layers N] [--hidden N] [--quick]
 //   defaults: 5 seeds per sweep point, 20 null seeds per family, 4 layers of hidden 128; --quick is
-//   1 seed and 2 null seeds (a smoke test).
+//   1 seed and 2 null seeds (a smoke test). --null-runs N: as many null seeds as give at least N null
+//   runs. --only: these rows (and "none"). --seeds 0: the null only. --limit: noise-deviation up to
+//   128x and finetune up to 0.4 only, for the detection limit (bench/detection_limit.py).
 //   --jobs N runs N points at once (each single-threaded; default: the number of cores). Results do
 //   not depend on it: every point is a function of its seeds only.
 #include <algorithm>
@@ -53,6 +62,7 @@ namespace fs = std::filesystem;
 using alloy::ModelFamily;
 using alloy::PerturbKind;
 using alloy::ReroundFormat;
+using alloy::ResidualRotation;
 
 constexpr double kW1 = 0.571, kW2 = 0.429;
 const double kDeltas[] = {0.005, 0.01, 0.02, 0.05, 0.1};
@@ -63,17 +73,37 @@ constexpr int kDeltaCount = int(std::size(kDeltas));
 
 struct Setting {
   std::string label;                 // as written in the CSV "strength" column and on the x axis
-  std::optional<double> strength;    // PerturbOptions::strength
+  std::optional<double> strength;    // PerturbOptions::strength of the chain's swept step
   ReroundFormat format = ReroundFormat::kInt8;
   std::vector<int> layer_map;
+  ResidualRotation rotation = ResidualRotation::kRandom;
+};
+
+// One perturb_model call of a chain. A swept step takes the row's Setting (strength, format, layer
+// map, rotation); the others use their own fields.
+struct Step {
+  PerturbKind kind = PerturbKind::kNoise;
+  bool swept = false;
+  bool relative_to_base = false;    // noise sized by ||W - base||
+  bool moe_only = false;            // skipped on dense models (permute-experts inside a chain)
+  std::optional<double> strength;
+  ReroundFormat format = ReroundFormat::kInt8;
+};
+
+// How big the row's disguise is, relative to the merge's own deviation from its base (0.714 delta
+// ||W||): what the acceptance's "at most 4x the merge's deviation" is measured on.
+enum class Scope {
+  kAlways,      // function-preserving, a re-rounding, stacking: always inside the acceptance
+  kDeviation,   // strength is already a multiple of ||merge - base||
+  kNorm,        // strength is relative to ||W||: divided by 0.714 delta
 };
 
 struct Transform {
   std::string name;                  // CSV "transform"
-  std::optional<PerturbKind> kind;   // nullopt: the untransformed merge ("none")
-  bool relative_to_base = false;     // noise sized by ||W - base||
+  std::vector<Step> steps;           // applied in order, each one perturb_model call; empty: "none"
   bool moe_only = false;
   bool numeric = true;               // settings are numbers (log x axis) rather than categories
+  Scope scope = Scope::kAlways;
   std::string what;                  // one line for the plot title
   std::vector<Setting> settings;     // weakest first; the null uses the last
 };
@@ -104,31 +134,82 @@ Setting map(const std::string& label) {
   s.layer_map = alloy::parse_layer_map(label);
   return s;
 }
+Setting rot(ResidualRotation r) {
+  Setting s;
+  s.label = alloy::residual_rotation_name(r);
+  s.rotation = r;
+  return s;
+}
+Step fixed_step(PerturbKind kind) {
+  Step s;
+  s.kind = kind;
+  return s;
+}
+Step swept(PerturbKind kind, bool relative_to_base = false) {
+  Step s = fixed_step(kind);
+  s.swept = true;
+  s.relative_to_base = relative_to_base;
+  return s;
+}
+Step int4() {
+  Step s = fixed_step(PerturbKind::kReround);
+  s.format = ReroundFormat::kInt4;
+  return s;
+}
+Step experts_if_moe() {
+  Step s = fixed_step(PerturbKind::kPermuteExperts);
+  s.moe_only = true;
+  return s;
+}
+
+bool is_permutation(PerturbKind k) {
+  return k == PerturbKind::kPermuteExperts || k == PerturbKind::kPermuteNeurons || k == PerturbKind::kPermuteHeads;
+}
 
 std::vector<Transform> transforms(int layers) {
+  using K = PerturbKind;
   std::vector<Transform> t;
-  t.push_back({"none", std::nullopt, false, false, false, "the merge as written", {once()}});
-  t.push_back({"noise-deviation", PerturbKind::kNoise, true, false, true,
-               "Gaussian noise, ||N|| = strength x ||merge - base|| per tensor",
-               {num(0.25), num(0.5), num(1), num(2), num(4)}});
-  t.push_back({"noise-rms", PerturbKind::kNoise, false, false, true, "Gaussian noise, element std = strength x RMS(W)",
-               {num(0.01), num(0.03), num(0.1)}});
-  t.push_back({"reround", PerturbKind::kReround, false, false, false, "quantization round trip back to bf16",
-               {fmt("bf16", ReroundFormat::kBf16), fmt("f16", ReroundFormat::kF16), fmt("int8", ReroundFormat::kInt8),
-                fmt("int4", ReroundFormat::kInt4)}});
-  t.push_back({"finetune", PerturbKind::kFineTune, false, false, true,
-               "further fine-tune, ||delta|| = strength x ||W|| per tensor",
-               {num(0.01), num(0.025), num(0.05), num(0.1)}});
-  t.push_back({"permute-experts", PerturbKind::kPermuteExperts, false, true, false, "routed experts permuted per layer",
-               {once()}});
-  t.push_back({"permute-neurons", PerturbKind::kPermuteNeurons, false, false, false,
-               "MLP neurons permuted per layer (dense, every expert, shared expert)", {once()}});
-  t.push_back({"permute-heads", PerturbKind::kPermuteHeads, false, false, false,
-               "kv groups and query heads within them permuted per layer", {once()}});
-  t.push_back({"rescale-neurons", PerturbKind::kRescaleNeurons, false, false, true,
-               "up row x c, down column / c, c = strength^u, u in [-1, 1]", {num(1.5), num(2), num(4)}});
-  t.push_back({"fold-norms", PerturbKind::kFoldNorms, false, false, false, "RMSNorm gains folded into the next weights",
-               {once()}});
+  const auto add = [&](std::string name, std::vector<Step> steps, bool moe_only, bool numeric, Scope scope,
+                       std::string what, std::vector<Setting> settings) {
+    t.push_back({std::move(name), std::move(steps), moe_only, numeric, scope, std::move(what), std::move(settings)});
+  };
+  add("none", {}, false, false, Scope::kAlways, "the merge as written", {once()});
+  add("noise-deviation", {swept(K::kNoise, true)}, false, true, Scope::kDeviation,
+      "Gaussian noise, ||N|| = strength x ||merge - base|| per tensor", {num(0.25), num(0.5), num(1), num(2), num(4)});
+  add("noise-rms", {swept(K::kNoise)}, false, true, Scope::kNorm, "Gaussian noise, element std = strength x RMS(W)",
+      {num(0.01), num(0.03), num(0.1)});
+  add("reround", {swept(K::kReround)}, false, false, Scope::kAlways, "quantization round trip back to bf16",
+      {fmt("bf16", ReroundFormat::kBf16), fmt("f16", ReroundFormat::kF16), fmt("int8", ReroundFormat::kInt8),
+       fmt("int4", ReroundFormat::kInt4)});
+  add("finetune", {swept(K::kFineTune)}, false, true, Scope::kNorm,
+      "further fine-tune, ||delta|| = strength x ||W|| per tensor", {num(0.01), num(0.025), num(0.05), num(0.1)});
+  add("permute-experts", {swept(K::kPermuteExperts)}, true, false, Scope::kAlways, "routed experts permuted per layer",
+      {once()});
+  add("permute-neurons", {swept(K::kPermuteNeurons)}, false, false, Scope::kAlways,
+      "MLP neurons permuted per layer (dense, every expert, shared expert)", {once()});
+  add("permute-heads", {swept(K::kPermuteHeads)}, false, false, Scope::kAlways,
+      "kv groups and query heads within them permuted per layer", {once()});
+  add("rescale-neurons", {swept(K::kRescaleNeurons)}, false, true, Scope::kAlways,
+      "up row x c, down column / c, c = strength^u, u in [-1, 1]", {num(1.5), num(2), num(4)});
+  add("fold-norms", {swept(K::kFoldNorms)}, false, false, Scope::kAlways, "RMSNorm gains folded into the next weights",
+      {once()});
+  add("rotate-residual", {swept(K::kRotateResidual)}, false, false, Scope::kAlways,
+      "fold-norms, then an orthogonal Q on the residual stream", {rot(ResidualRotation::kRandom),
+                                                                  rot(ResidualRotation::kHadamard)});
+  // Composites: each step one perturb_model call, in order.
+  add("fold-norms+permute-neurons", {fixed_step(K::kFoldNorms), fixed_step(K::kPermuteNeurons)}, false, false,
+      Scope::kAlways, "fold-norms, then MLP neurons permuted", {once()});
+  add("fold-norms+permute-heads", {fixed_step(K::kFoldNorms), fixed_step(K::kPermuteHeads)}, false, false,
+      Scope::kAlways, "fold-norms, then heads permuted", {once()});
+  add("fold-norms+permute-experts", {fixed_step(K::kFoldNorms), fixed_step(K::kPermuteExperts)}, true, false,
+      Scope::kAlways, "fold-norms, then routed experts permuted", {once()});
+  add("noise+permute-neurons+int4", {swept(K::kNoise, true), fixed_step(K::kPermuteNeurons), int4()}, false, true,
+      Scope::kDeviation, "noise (x ||merge - base||), then neurons permuted, then an int4 round trip",
+      {num(1), num(2), num(4)});
+  add("finetune+permutations",
+      {swept(K::kFineTune), fixed_step(K::kPermuteNeurons), fixed_step(K::kPermuteHeads), experts_if_moe()}, false,
+      true, Scope::kNorm, "further fine-tune (x ||W||), then neurons, heads and experts (MoE) permuted",
+      {num(0.01), num(0.025), num(0.05), num(0.1)});
   // Stacking maps for a model of `layers` layers: duplicate the last layer, duplicate every layer,
   // reverse the order.
   std::string dup_last, dup_all, reversed;
@@ -140,10 +221,33 @@ std::vector<Transform> transforms(int layers) {
   dup_last += std::to_string(layers - 1);
   dup_all.pop_back();
   reversed.pop_back();
-  t.push_back({"stack-layers", PerturbKind::kStackLayers, false, false, false,
-               "frankenmerge stacking with a layer map",
-               {map(dup_last), map(dup_all), map(reversed)}});
+  add("stack-layers", {swept(K::kStackLayers)}, false, false, Scope::kAlways, "frankenmerge stacking with a layer map",
+      {map(dup_last), map(dup_all), map(reversed)});
   return t;
+}
+
+// --limit: the rows whose accuracy falls to 0.5 within the range, for bench/detection_limit.py. Noise
+// relative to the merge's deviation up to 128x, further fine-tuning up to 40% of ||W||.
+std::vector<Transform> limit_transforms() {
+  using K = PerturbKind;
+  std::vector<Transform> t;
+  t.push_back({"none", {}, false, false, Scope::kAlways, "the merge as written", {once()}});
+  t.push_back({"noise-deviation", {swept(K::kNoise, true)}, false, true, Scope::kDeviation,
+               "Gaussian noise, ||N|| = strength x ||merge - base|| per tensor",
+               {num(2), num(4), num(8), num(16), num(32), num(64), num(128)}});
+  t.push_back({"finetune", {swept(K::kFineTune)}, false, true, Scope::kNorm,
+               "further fine-tune, ||delta|| = strength x ||W|| per tensor",
+               {num(0.01), num(0.025), num(0.05), num(0.1), num(0.2), num(0.4)}});
+  return t;
+}
+
+// The disguise of (transform, setting) as a multiple of a merge's deviation at parent delta d
+// (0.714 d ||W||); NaN for kAlways.
+double disguise_ratio(const Transform& t, const Setting& s, double delta) {
+  const double deviation = std::sqrt(kW1 * kW1 + kW2 * kW2) * delta;
+  if (t.scope == Scope::kDeviation) return s.strength.value_or(NAN);
+  if (t.scope == Scope::kNorm) return s.strength.value_or(NAN) / deviation;
+  return NAN;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +260,9 @@ struct Config {
   int jobs = 0;
   int layers = 4;
   int hidden = 128;
+  int null_runs = 0;                // > 0: at least this many null runs (sets null_seeds)
+  std::vector<std::string> only;    // non-empty: these transforms only ("none" is always kept)
+  bool limit = false;               // --limit: the detection-limit table (limit_transforms)
 };
 
 alloy::BaseModelOptions base_options(ModelFamily family, const Config& c, uint64_t seed) {
@@ -253,7 +360,8 @@ struct Result {
   // outputs
   std::string verdict, method, error;
   double w1 = NAN, w2 = NAN, alpha_error = NAN, cos_fit = NAN, z_min = NAN;
-  std::string permutation_exact;  // "true" / "false" for permutation kinds, else ""
+  std::string permutation_exact;  // "true" / "false" where the chain permutes, else ""
+  bool rotation_found = false;    // the assay reported a "rotation" entry
   size_t permutations_found = 0;
   double seconds = 0;
 };
@@ -267,7 +375,16 @@ bool identity(const nlohmann::json& p) {
 
 // Whether the assay reported exactly the ground truth's non-identity permutations (the matching of
 // tests/assay/test_assay_robust.cpp).
-bool permutation_exact(PerturbKind kind, const nlohmann::json& truth, const nlohmann::json& found_all) {
+// With several permutation steps in a chain, each is scored on the reported entries of its own kind
+// ("experts", "neurons", "heads"); other reported kinds (rotation, neuron scales) are not counted.
+const char* reported_kind(PerturbKind kind) {
+  return kind == PerturbKind::kPermuteExperts ? "experts" : kind == PerturbKind::kPermuteHeads ? "heads" : "neurons";
+}
+bool permutation_exact(PerturbKind kind, const nlohmann::json& truth, const nlohmann::json& reported) {
+  nlohmann::json found_all = nlohmann::json::array();
+  for (const auto& p : reported) {
+    if (p.is_object() && p.value("kind", "") == reported_kind(kind)) found_all.push_back(p);
+  }
   // The reported entry for (layer, kind, unit); an empty object when none.
   const auto found = [&](int layer, const std::string& kind_name, const std::string& unit) {
     for (const auto& p : found_all) {
@@ -323,19 +440,28 @@ void run_point(Result& r, const std::vector<Transform>& table, const fs::path& w
   const Subject subject = subject_of(u, r.subject);
   const fs::path in = subject.model;
   fs::path suspect = in;
-  nlohmann::json truth;
+  // (kind, ground truth) of the chain's permutation steps
+  std::vector<std::pair<PerturbKind, nlohmann::json>> truths;
+  std::vector<fs::path> written;
   try {
-    if (t.kind) {
+    for (size_t k = 0; k < t.steps.size(); ++k) {
+      const Step& step = t.steps[k];
+      if (step.moe_only && u.family != ModelFamily::kMoe) continue;
       alloy::PerturbOptions o;
-      o.kind = *t.kind;
-      o.strength = s.strength;
-      o.format = s.format;
-      o.layer_map = s.layer_map;
-      o.seed = r.seed;
-      if (t.relative_to_base) o.reference = subject.base;
+      o.kind = step.kind;
+      o.strength = step.swept ? s.strength : step.strength;
+      o.format = step.swept ? s.format : step.format;
+      if (step.swept) o.layer_map = s.layer_map, o.rotation = s.rotation;
+      // Each step its own stream: the same seed in every step would correlate their choices.
+      o.seed = r.seed + 7919 * uint64_t(k);
+      if (step.relative_to_base) o.reference = subject.base;
       o.output.overwrite = true;
-      suspect = work;
-      truth = alloy::perturb_model(in, suspect, o);
+      const fs::path out = work.string() + "." + std::to_string(k);
+      nlohmann::json truth = alloy::perturb_model(suspect, out, o);
+      if (is_permutation(step.kind)) truths.emplace_back(step.kind, std::move(truth));
+      if (suspect != in) fs::remove_all(suspect);
+      suspect = out;
+      written.push_back(out);
     }
     alloy::AssayOptions a;
     a.suspect = suspect;
@@ -360,16 +486,25 @@ void run_point(Result& r, const std::vector<Transform>& table, const fs::path& w
     }
     r.z_min = number_or_nan(res.evidence, "z_min");
     r.permutations_found = res.permutations.size();
-    if (t.kind == PerturbKind::kPermuteExperts || t.kind == PerturbKind::kPermuteNeurons ||
-        t.kind == PerturbKind::kPermuteHeads) {
-      r.permutation_exact = permutation_exact(*t.kind, truth, res.permutations) ? "true" : "false";
+    for (const auto& p : res.permutations) r.rotation_found |= p.is_object() && p.value("kind", "") == "rotation";
+    if (!truths.empty()) {
+      bool exact = true;
+      for (const auto& [kind, truth] : truths) exact = exact && permutation_exact(kind, truth, res.permutations);
+      // No permutation of a kind the chain did not apply.
+      for (PerturbKind kind : {PerturbKind::kPermuteExperts, PerturbKind::kPermuteNeurons, PerturbKind::kPermuteHeads}) {
+        const bool applied = std::any_of(truths.begin(), truths.end(), [&](const auto& x) { return x.first == kind; });
+        if (!applied && !permutation_exact(kind, nlohmann::json{{"layers", nlohmann::json::array()}}, res.permutations)) {
+          exact = false;
+        }
+      }
+      r.permutation_exact = exact ? "true" : "false";
     }
   } catch (const std::exception& e) {
     r.verdict = "error";
     r.error = e.what();
   }
   std::error_code ec;
-  if (suspect != in) fs::remove_all(suspect, ec);
+  for (const fs::path& w : written) fs::remove_all(w, ec);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -426,7 +561,8 @@ double median(std::vector<double> v) {
 struct Cell {
   std::vector<double> alpha, cos, z;
   int runs = 0, correct = 0;
-  int permutation_runs = 0, permutation_exact = 0;  // permutation kinds only
+  int permutation_runs = 0, permutation_exact = 0;  // chains with a permutation only
+  int rotation_found = 0;
   double accuracy() const { return runs ? double(correct) / runs : NAN; }
 };
 using CellKey = std::tuple<int, int, size_t, size_t>;  // family, delta index, transform, setting
@@ -682,7 +818,9 @@ std::string machine() {
 }
 
 int usage() {
-  std::fprintf(stderr, "usage: robustness [--out DIR] [--seeds N] [--null-seeds N] [--jobs N] [--layers N] [--hidden N] [--quick]\n");
+  std::fprintf(stderr,
+               "usage: robustness [--out DIR] [--seeds N] [--null-seeds N | --null-runs N] [--only T1,T2,...] [--jobs N] "
+               "[--layers N] [--hidden N] [--quick] [--limit]\n");
   return 2;
 }
 
@@ -700,9 +838,14 @@ int main(int argc, char** argv) {
     else if (a == "--quick") c.seeds = 1, c.null_seeds = 2;
     else if (a == "--layers" && has) c.layers = std::atoi(argv[++i]);
     else if (a == "--hidden" && has) c.hidden = std::atoi(argv[++i]);
-    else return usage();
+    else if (a == "--null-runs" && has) c.null_runs = std::atoi(argv[++i]);
+    else if (a == "--limit") c.limit = true;
+    else if (a == "--only" && has) {
+      std::stringstream list(argv[++i]);
+      for (std::string name; std::getline(list, name, ',');) c.only.push_back(name);
+    } else return usage();
   }
-  if (c.seeds < 1 || c.null_seeds < 0 || c.layers < 1 || c.hidden < 16) return usage();
+  if (c.seeds < 0 || c.null_runs < 0 || c.null_seeds < 0 || c.layers < 1 || c.hidden < 16) return usage();
   if (c.jobs <= 0) c.jobs = int(std::max(1u, std::thread::hardware_concurrency()));
   if (c.jobs > 1) alloy::set_thread_count(1);  // parallel across points instead
 
@@ -722,7 +865,23 @@ int main(int argc, char** argv) {
         fs::remove_all(p, ec);
       }
     } cleanup{work};
-    const auto table = transforms(c.layers);
+    auto table = c.limit ? limit_transforms() : transforms(c.layers);
+    if (!c.only.empty()) {
+      for (const std::string& name : c.only) {
+        if (std::none_of(table.begin(), table.end(), [&](const Transform& t) { return t.name == name; })) {
+          throw std::runtime_error("--only: no transform named '" + name + "'");
+        }
+      }
+      std::erase_if(table, [&](const Transform& t) {
+        return t.name != "none" && std::find(c.only.begin(), c.only.end(), t.name) == c.only.end();
+      });
+    }
+    if (c.null_runs > 0) {
+      // Runs per null seed: both families, every subject, every transform the family takes.
+      size_t per_seed = 0;
+      for (const Transform& t : table) per_seed += std::size(kNullSubjects) * (t.moe_only ? 1 : 2);
+      c.null_seeds = int((size_t(c.null_runs) + per_seed - 1) / per_seed);
+    }
 
     // Families.
     std::vector<Unit> units;
@@ -784,7 +943,7 @@ int main(int argc, char** argv) {
     // CSVs.
     std::ofstream csv(c.out / "robustness.csv"), null_csv(c.out / "null.csv");
     csv << "family,delta,transform,strength,seed,alpha_error,w_ft1,w_ft2,cos_fit,z_min,verdict,method,correct,"
-           "permutation_exact,permutations_found,seconds,error\n";
+           "permutation_exact,permutations_found,rotation_found,seconds,error\n";
     null_csv << "family,delta,subject,transform,strength,seed,verdict,method,false_positive,w_ft1,w_ft2,cos_fit,z_min,"
                 "permutations_found,seconds,error\n";
     std::map<CellKey, Cell> cells;
@@ -804,14 +963,15 @@ int main(int argc, char** argv) {
         csv << fam(u.family) << "," << u.delta << "," << t.name << "," << s.label << "," << r.seed << ","
             << csv_num(r.alpha_error) << "," << csv_num(r.w1) << "," << csv_num(r.w2) << "," << csv_num(r.cos_fit)
             << "," << csv_num(r.z_min) << "," << r.verdict << "," << r.method << "," << (correct ? "true" : "false")
-            << "," << r.permutation_exact << "," << r.permutations_found << "," << fixed(r.seconds, 3) << "," << err
-            << "\n";
+            << "," << r.permutation_exact << "," << r.permutations_found << "," << (r.rotation_found ? "true" : "false")
+            << "," << fixed(r.seconds, 3) << "," << err << "\n";
         Cell& cell = cells[{int(u.family), delta_index(u.delta), r.transform, r.setting}];
         cell.alpha.push_back(r.alpha_error);
         cell.cos.push_back(r.cos_fit);
         cell.z.push_back(r.z_min);
         ++cell.runs;
         cell.correct += correct;
+        cell.rotation_found += r.rotation_found;
         if (!r.permutation_exact.empty()) {
           ++cell.permutation_runs;
           cell.permutation_exact += r.permutation_exact == "true";
@@ -884,6 +1044,59 @@ int main(int argc, char** argv) {
         md << " |\n";
       }
     }
+    // Acceptance (issue 11): per row and parent delta, the accuracy over the settings whose disguise is
+    // at most 4x the merge's deviation (every setting of a function-preserving transform, a re-rounding
+    // or stacking); >= 0.95 at delta >= 1%, >= 0.8 at 0.5%; mean alpha error <= 0.02 over the row.
+    md << "\n## Acceptance (issue 11)\n\n";
+    md << "Accuracy per parent delta over the settings whose disguise is at most 4x the merge's own deviation "
+          "from its base (0.714 delta ||W||; noise-deviation: strength <= 4; noise-rms and finetune: strength <= "
+          "4 x 0.714 delta; every setting of the other rows), with the number of such points; bar: >= 0.95 at "
+          "delta >= 1%, >= 0.8 at 0.5%. alpha = mean alpha error over all the row's points (bar 0.02).\n\n";
+    md << "| transform | family";
+    for (double d : kDeltas) md << " | " << pct(d);
+    md << " | alpha | rotation reported | pass |\n|---|---|";
+    for (int d = 0; d < kDeltaCount; ++d) md << "---|";
+    md << "---|---|---|\n";
+    int rows_failed = 0;
+    for (size_t ti = 0; ti < table.size(); ++ti) {
+      const Transform& t = table[ti];
+      for (ModelFamily f : {ModelFamily::kLlama, ModelFamily::kMoe}) {
+        if (t.moe_only && f != ModelFamily::kMoe) continue;
+        bool pass = true, any = false;
+        std::vector<double> alpha;
+        int rot = 0, all_runs = 0;
+        md << "| " << t.name << " | " << fam(f);
+        for (int d = 0; d < kDeltaCount; ++d) {
+          int runs = 0, correct = 0;
+          for (size_t si = 0; si < t.settings.size(); ++si) {
+            auto it = cells.find({int(f), d, ti, si});
+            if (it == cells.end()) continue;
+            any = true;
+            alpha.insert(alpha.end(), it->second.alpha.begin(), it->second.alpha.end());
+            rot += it->second.rotation_found;
+            all_runs += it->second.runs;
+            const double ratio = disguise_ratio(t, t.settings[si], kDeltas[d]);
+            if (std::isfinite(ratio) && ratio > 4 + 1e-9) continue;
+            runs += it->second.runs;
+            correct += it->second.correct;
+          }
+          if (runs == 0) {
+            md << " | -";
+            continue;
+          }
+          const double acc = double(correct) / runs;
+          const bool ok = acc >= (kDeltas[d] >= 0.01 - 1e-12 ? 0.95 : 0.8);
+          pass &= ok;
+          md << " | " << fixed(acc, 2) << " (" << runs << ")" << (ok ? "" : " **x**");
+        }
+        const double a = mean(alpha);
+        pass &= !(a > 0.02);
+        if (any && !pass) ++rows_failed;
+        md << " | " << fixed(a, 4) << " | " << rot << "/" << all_runs << " | " << (!any ? "-" : pass ? "yes" : "**no**")
+           << " |\n";
+      }
+    }
+    md << "\nRows failing the acceptance: " << rows_failed << ".\n";
     md << "\nPer setting (accuracy / mean alpha error / median z_min, by parent delta):\n\n";
     md << "| transform | setting | family";
     for (double d : kDeltas) md << " | " << pct(d);
@@ -935,7 +1148,14 @@ int main(int argc, char** argv) {
       }
     }
     md << "\nFalse positives: " << total_fp << " of " << total_runs << ".\n";
-    std::ofstream(c.out / "summary.md") << md.str();
+    std::string text = md.str();
+    const std::string head = "# Robustness benchmark results\n\n";
+    text.insert(head.size(), "Null runs: " + std::to_string(total_runs) + "; false merges: " + std::to_string(total_fp) +
+                                 ". Sweep points: " + std::to_string(results.size() - size_t(total_runs)) + ".\n\n");
+    // Written under a temporary name, then renamed.
+    const fs::path tmp = c.out / "summary.md.tmp";
+    std::ofstream(tmp) << text;
+    fs::rename(tmp, c.out / "summary.md");
     std::fprintf(stderr, "robustness: %zu assays in %.1f s, %d false positives of %d null runs, %zu errors; wrote %s\n",
                  results.size(), wall, total_fp, total_runs, errors, c.out.string().c_str());
     return errors ? 1 : 0;
