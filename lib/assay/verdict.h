@@ -102,6 +102,13 @@ struct ComponentSpread {
   double weight = 0;  // inverse-variance mean over the component's tensors
   double spread = 0;  // between-tensor sd within a layer beyond the standard errors, / |weight|
   int tensors = 0;    // tensors in layers with at least two of this component
+  // Cochran's Q summed over the layers' cells against its chi-square null with sum (m - 1)
+  // degrees of freedom, as a normal z (Wilson-Hilferty): how surely the weights differ at all.
+  double heterogeneity_z = 0;
+  // How far into the lower tail of Q's distribution under siblings' spread (kSiblingSpread of the
+  // weight) the observed Q lies, as a normal z: large where the fit is precise enough to tell
+  // sameness from siblings.
+  double sibling_z = 0;
 };
 // Per major component and candidate whose weight there is significant and >= kInvolvedWeight.
 std::vector<ComponentSpread> weight_spreads(const VerdictContext& v);

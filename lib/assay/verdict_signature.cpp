@@ -18,27 +18,57 @@ namespace {
 // share of the weight: merges measure 0.00-0.05 under noise up to 4x their deviation and further
 // fine-tuning; correlated siblings 0.3-0.7 (tests/assay/test_assay_null.cpp, bench/robustness).
 constexpr double kHomogeneousSpread = 0.15;
+// ... and only where the excess is real: Cochran's Q beyond its chi-square null by this many
+// standard normal units (one-sided p ~ 1e-4). A merge under heavy disguise (int4 rounding at ten
+// times its deviation) has standard errors so wide that its point estimate of the spread scatters
+// past the bar by chance (0.2 measured on one 4-layer model) while Q stays at its null.
+constexpr double kHeterogeneityZ = 3.7;
+// Sameness is shown, not assumed: a component's weights are "the same" only where Q lies this far
+// (as a normal z; one-sided p ~ 1e-3) in the lower tail of its distribution under a siblings'
+// spread of kSiblingSpread x the weight. Where neither test decides, the fit is too weak to tell,
+// and the sameness is untestable (the verdict then needs the older z rule, which siblings fail).
+constexpr double kSiblingSpread = 0.3;
+constexpr double kSiblingZ = 3.0;
 // Standard errors are floored so that an exact float32 merge (zero residual) has finite weights.
 constexpr double kSeFloor = 1e-9;
 
 struct CellSums {
   double sw = 0, swx = 0, swxx = 0, sww = 0;  // sum of 1/se^2, of w/se^2, of w^2/se^2, of 1/se^4
+  double swww = 0;                            // sum of 1/se^6
   uint64_t numel = 0;
   int tensors = 0;
   void add(double w, double se, uint64_t n) {
     const double iv = 1 / std::max(se * se, kSeFloor * kSeFloor);
-    sw += iv, swx += iv * w, swxx += iv * w * w, sww += iv * iv;
+    sw += iv, swx += iv * w, swxx += iv * w * w, sww += iv * iv, swww += iv * iv * iv;
     numel += n;
     ++tensors;
+  }
+  // Cochran's Q = sum (w - mean)^2 / se^2, chi-square with m - 1 degrees of freedom under sameness.
+  double cochran_q() const { return tensors < 2 ? 0 : std::max(0.0, swxx - swx * swx / sw); }
+  // Q's mean and variance when the weights spread by tau^2 beyond their errors: the mean is exact,
+  // (m - 1) + tau^2 (S1 - S2/S1); the variance treats Q as sum_t (1 + tau^2 v_t)(1 - v_t/S1) chi2_1
+  // terms, exact at tau = 0 and for equal errors.
+  double expected_q(double tau2) const { return tensors < 2 ? 0 : (tensors - 1) + tau2 * (sw - sww / sw); }
+  double variance_q(double tau2) const {
+    if (tensors < 2) return 0;
+    return 2 * ((tensors - 1) + 2 * tau2 * (sw - sww / sw) + tau2 * tau2 * (sww - swww / sw));
   }
   // DerSimonian-Laird: the between-tensor variance tau^2 = max(0, (Q - (m - 1)) / (S1 - S2 / S1)).
   double excess_variance() const {
     if (tensors < 2) return 0;
-    const double q = std::max(0.0, swxx - swx * swx / sw);
+    const double q = cochran_q();
     const double denominator = sw - sww / sw;
     return denominator > 0 ? std::max(0.0, (q - (tensors - 1)) / denominator) : 0.0;
   }
 };
+
+// The upper tail of a chi-square with `df` degrees of freedom at `q`, as a standard normal z
+// (Wilson and Hilferty 1931: (q/df)^(1/3) is nearly normal with mean 1 - 2/(9 df), variance 2/(9 df)).
+double chi_square_z(double q, double df) {
+  if (df <= 0) return 0;
+  const double v = 2 / (9 * df);
+  return (std::cbrt(q / df) - (1 - v)) / std::sqrt(v);
+}
 
 Signature record(VerdictContext& v, Signature s) {
   v.result.evidence["merge_signature"] = s == Signature::kPresent ? "present" : s == Signature::kAbsent ? "absent" : "untestable";
@@ -78,16 +108,25 @@ std::vector<ComponentSpread> weight_spreads(const VerdictContext& v) {
       const double z = whole.swx / std::sqrt(whole.sw);
       // Only a weight the recipe clearly gives this component can be tested for sameness.
       if (std::fabs(mean) < kInvolvedWeight || std::fabs(z) < kMergeZ) continue;
-      double tau2 = 0, numel = 0;
+      const double sibling_tau2 = std::pow(kSiblingSpread * mean, 2);
+      double tau2 = 0, numel = 0, q = 0, df = 0, q_sibling = 0, var_sibling = 0;
       int compared = 0;
       for (const auto& [layer, cell] : cells) {
         if (cell.tensors < 2) continue;
         tau2 += double(cell.numel) * cell.excess_variance();
         numel += double(cell.numel);
+        q += cell.cochran_q();
+        df += cell.tensors - 1;
+        q_sibling += cell.expected_q(sibling_tau2);
+        var_sibling += cell.variance_q(sibling_tau2);
         compared += cell.tensors;
       }
       if (compared == 0) continue;
-      out.push_back({comp.name, c, mean, std::sqrt(tau2 / numel) / std::fabs(mean), compared});
+      // Q under the siblings' spread as a scaled chi-square c chi2_nu with its mean and variance
+      // (Satterthwaite), and how far into its lower tail the observed Q lies, as a normal z.
+      const double nu = var_sibling > 0 ? 2 * q_sibling * q_sibling / var_sibling : 0;
+      const double sibling_z = nu > 0 ? -chi_square_z(q * nu / q_sibling, nu) : 0;
+      out.push_back({comp.name, c, mean, std::sqrt(tau2 / numel) / std::fabs(mean), compared, chi_square_z(q, df), sibling_z});
     }
   }
   return out;
@@ -104,27 +143,47 @@ Signature consistent_weights(VerdictContext& v, std::vector<int>* involved) {
   v.result.evidence["weight_z"] = z;
   const auto spreads = weight_spreads(v);
   nlohmann::json table = nlohmann::json::array();
-  const ComponentSpread* worst = nullptr;
+  const ComponentSpread* worst = nullptr;  // the widest significant spread over the bar
+  const ComponentSpread* loose = nullptr;  // the widest spread whose sameness could not be told
+  bool any_same = false;
   for (const auto& s : spreads) {
+    const bool differs = s.spread > kHomogeneousSpread && s.heterogeneity_z >= kHeterogeneityZ;
+    const bool same = !differs && s.spread <= kHomogeneousSpread && s.sibling_z >= kSiblingZ;
     table.push_back({{"component", s.component}, {"candidate", v.candidate(s.candidate).path},
-                     {"weight", s.weight}, {"spread", s.spread}, {"tensors", s.tensors}});
-    if (!worst || s.spread > worst->spread) worst = &s;
+                     {"weight", s.weight}, {"spread", s.spread}, {"tensors", s.tensors},
+                     {"heterogeneity_z", s.heterogeneity_z}, {"sibling_z", s.sibling_z},
+                     {"sameness", differs ? "differs" : same ? "same" : "untestable"}});
+    any_same |= same;
+    if (differs && (!worst || s.spread > worst->spread)) worst = &s;
+    if (!differs && !same && (!loose || s.spread > loose->spread)) loose = &s;
   }
   v.result.evidence["weight_spread"] = table;
   v.result.evidence["weight_spread_bar"] = kHomogeneousSpread;
+  v.result.evidence["weight_heterogeneity_z_bar"] = kHeterogeneityZ;
+  v.result.evidence["weight_sibling_z_bar"] = kSiblingZ;
   if (kept.size() < 2) {
     v.note("fewer than two candidates carry a weight significantly different from 0 (|z| >= " +
            std::to_string(int(kMergeZ)) + ")");
     return record(v, Signature::kAbsent);
   }
-  if (worst && worst->spread > kHomogeneousSpread) {
+  if (worst) {
     v.note("the weight of " + v.candidate(worst->candidate).path + " on " + worst->component +
            " changes from tensor to tensor within a layer by " + number_text(worst->spread, 2) +
            " of its value (a recipe gives them one weight; bar " + number_text(kHomogeneousSpread) +
+           ", heterogeneity z " + number_text(worst->heterogeneity_z, 2) +
            "): the correlation of siblings trained on similar data, not a merge");
     return record(v, Signature::kAbsent);
   }
   *involved = kept;
+  if (!spreads.empty() && !any_same) {
+    v.note("the fit is too weak to tell the weights' sameness from siblings' spread: the weight of " +
+           v.candidate(loose->candidate).path + " on " + loose->component + " spreads by " +
+           number_text(loose->spread, 2) + " of its value between the tensors of a layer (heterogeneity z " +
+           number_text(loose->heterogeneity_z, 2) + ", " + number_text(loose->sibling_z, 2) +
+           " normal units into the lower tail of a sibling spread of " + number_text(kSiblingSpread) + "; needs " +
+           number_text(kSiblingZ) + ")");
+    return record(v, Signature::kUntestable);
+  }
   if (spreads.empty()) {
     v.note("no layer has two compared tensors of one component: the sameness of the weights could not be tested");
     return record(v, Signature::kUntestable);

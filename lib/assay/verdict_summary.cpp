@@ -36,10 +36,19 @@ void summarise_merge(VerdictContext& v) {
         z_low = std::min(z_low, std::fabs(r.evidence["weight_z"][c.path].get<double>()));
       }
     }
-    for (const auto& s : r.evidence["weight_spread"]) spread_high = std::max(spread_high, s["spread"].get<double>());
+    // The spread is quoted over the components whose sameness was shown; the others are named.
+    std::string untested;
+    for (const auto& s : r.evidence["weight_spread"]) {
+      if (s.value("sameness", "same") == "same") {
+        spread_high = std::max(spread_high, s["spread"].get<double>());
+      } else if (untested.find(s["component"].get<std::string>()) == std::string::npos) {
+        untested += (untested.empty() ? "" : ", ") + s["component"].get<std::string>();
+      }
+    }
     text += "; each weight is significant (|z| >= " + number_text(z_low) +
             ") and the same in every tensor of a component within a layer (spread at most " +
             number_text(spread_high, 2) + " of the weight; siblings vary by 0.3 or more)";
+    if (!untested.empty()) text += " where the fit could tell (not on " + untested + ")";
   } else {
     text += "; every major component fits with z >= " + number_text(e.z_min);
   }

@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "alloy/assay/assay.h"
+#include "alloy/perturb/perturb.h"
 #include "test_assay_utils.h"
 
 namespace {
@@ -101,6 +102,30 @@ TEST(AssayNull, CorrelatedSiblingsAreNeverMerges) {
     EXPECT_NE(without_base.verdict, "merge") << "seed " << seed << ": " << without_base.evidence.dump();
   }
   EXPECT_EQ(with_base_fine_tunes, kCorrelatedSeeds);
+}
+
+// The same correlated siblings rounded to int4 (groups of 32): the rounding widens every standard
+// error, so the sameness test of the weights (its heterogeneity z) and the lowered cos_fit bar
+// with the ancestor present must still never let a sibling through.
+TEST(AssayNull, CorrelatedSiblingsRoundedToInt4AreNeverMerges) {
+  constexpr int kInt4Seeds = 60;
+  for (int seed = 1; seed <= kInt4Seeds; ++seed) {
+    alloy::test::TempDir dir;
+    alloy::FineTuneOptions ft;
+    ft.relative_delta = 0.005 * std::pow(20.0, double((seed - 1) % 12) / 11.0);
+    ft.sibling_correlation = 0.8;
+    alloy::synth_family(dir / "fam", tiny(kind_for(seed), uint64_t(seed) + 9000, alloy::DType::BF16), 3, 0, ft);
+    alloy::PerturbOptions round;
+    round.kind = alloy::PerturbKind::kReround;
+    round.format = alloy::ReroundFormat::kInt4;
+    alloy::perturb_model(dir / "fam" / "ft_3", dir / "suspect", round);
+    const std::string b = (dir / "fam" / "base").string(), a1 = (dir / "fam" / "ft_1").string(),
+                      a2 = (dir / "fam" / "ft_2").string();
+    const auto with_base = assay(dir / "suspect", {b, a1, a2});
+    EXPECT_NE(with_base.verdict, "merge") << "seed " << seed << ": " << with_base.evidence.dump();
+    const auto without_base = assay(dir / "suspect", {a1, a2});
+    EXPECT_NE(without_base.verdict, "merge") << "seed " << seed << ": " << without_base.evidence.dump();
+  }
 }
 
 TEST(AssayRio, BlendOfTwoMoeModelsInBf16) {

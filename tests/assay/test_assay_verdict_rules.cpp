@@ -133,7 +133,10 @@ TEST(AssayVerdict, SummaryCitesTheNumbersInTheJson) {
   for (const auto& c : r.candidates) {
     if (c.involved) z_low = std::min(z_low, std::fabs(r.evidence["weight_z"][c.path].get<double>()));
   }
-  for (const auto& s : r.evidence["weight_spread"]) spread_high = std::max(spread_high, s["spread"].get<double>());
+  for (const auto& s : r.evidence["weight_spread"]) {
+    if (s["sameness"] == "same") spread_high = std::max(spread_high, s["spread"].get<double>());
+    else EXPECT_NE(summary.find("not on "), std::string::npos) << summary;  // untested components are named
+  }
   EXPECT_TRUE(rounds_to(number_after(summary, "|z| >= "), z_low, 3)) << z_low << ": " << summary;
   EXPECT_TRUE(rounds_to(number_after(summary, "spread at most "), spread_high, 2)) << spread_high << ": " << summary;
   EXPECT_LE(spread_high, r.evidence["weight_spread_bar"].get<double>());
