@@ -1,6 +1,7 @@
 // The summary text of a merge verdict and the evidence it rests on.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "verdict.h"
 
@@ -37,18 +38,22 @@ void summarise_merge(VerdictContext& v) {
       }
     }
     // The spread is quoted over the components whose sameness was shown; the others are named.
-    std::string untested;
+    std::vector<std::string> untested;
     for (const auto& s : r.evidence["weight_spread"]) {
       if (s.value("sameness", "same") == "same") {
         spread_high = std::max(spread_high, s["spread"].get<double>());
-      } else if (untested.find(s["component"].get<std::string>()) == std::string::npos) {
-        untested += (untested.empty() ? "" : ", ") + s["component"].get<std::string>();
+      } else if (std::find(untested.begin(), untested.end(), s["component"].get<std::string>()) == untested.end()) {
+        untested.push_back(s["component"].get<std::string>());  // by name: "experts" is inside "shared_experts"
       }
     }
     text += "; each weight is significant (|z| >= " + number_text(z_low) +
             ") and the same in every tensor of a component within a layer (spread at most " +
             number_text(spread_high, 2) + " of the weight; siblings vary by 0.3 or more)";
-    if (!untested.empty()) text += " where the fit could tell (not on " + untested + ")";
+    if (!untested.empty()) {
+      std::string list;
+      for (const auto& name : untested) list += (list.empty() ? "" : ", ") + name;
+      text += " where the fit could tell (not on " + list + ")";
+    }
   } else {
     text += "; every major component fits with z >= " + number_text(e.z_min);
   }
