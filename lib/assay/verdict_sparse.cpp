@@ -37,8 +37,13 @@ constexpr double kDareUpperDrop = 0.85, kDellaUpperLow = 0.15, kDellaUpperHigh =
 // methods (its rescaled kept entries never equal a parent): 0.5 / 0.6 leaves ~20%.
 constexpr double kDellaEquality = 0.12;
 constexpr double kDellaTopDrop = 0.15;
+// TIES at density d < 0.1: top ~0, upper ~(0.1 - d) / 0.1 (0.52 measured at d 0.05); DARE and
+// DELLA: |top - upper| <= 0.06 measured over DARE densities 0.1-0.9 and della(_linear) (hidden 64).
+constexpr double kLowDensityTiesGap = 0.25;
 
-enum class SparseKind { kTies, kBreadcrumbs, kDare, kDella, kFamily };
+// kFamily: a magnitude-chosen profile between TIES's members; kRandomFamily: a random-drop profile
+// that neither DARE's kept sets nor DELLA's slope explains.
+enum class SparseKind { kTies, kBreadcrumbs, kDare, kDella, kFamily, kRandomFamily };
 
 // The sparse statistics of each candidate over the tensors fitted against `base`.
 struct SparseEvidence {
@@ -108,7 +113,8 @@ double median_of(const std::vector<Weighted>& stat, const std::vector<int>& othe
 double kind_density(const SparseEvidence& e, int c, SparseKind kind) {
   switch (kind) {
     case SparseKind::kTies:
-    case SparseKind::kFamily: return e.density[size_t(c)].median();
+    case SparseKind::kFamily:
+    case SparseKind::kRandomFamily: return e.density[size_t(c)].median();
     case SparseKind::kBreadcrumbs: return e.profile_density[size_t(c)].median();
     default: return dare_density(e, c);
   }
@@ -126,7 +132,7 @@ nlohmann::json sparse_recipe(const VerdictContext& v, const SparseEvidence& e, i
     const double d = std::clamp(kind_density(e, c, kind), 0.01, 1.0);
     double w = 1.0;
     nlohmann::json parameters;
-    if (kind == SparseKind::kTies || kind == SparseKind::kFamily) {
+    if (kind == SparseKind::kTies || kind == SparseKind::kFamily || kind == SparseKind::kRandomFamily) {
       w = others.size() >= 2 ? e.ratio[size_t(c)].median() : 1.0;
     } else if (kind == SparseKind::kBreadcrumbs) {
       w = e.scale[size_t(c)].median();
@@ -144,7 +150,8 @@ nlohmann::json sparse_recipe(const VerdictContext& v, const SparseEvidence& e, i
     parameters["density"] = round_digits(d, 4);
     models.push_back({{"model", v.result.candidates[size_t(c)].path}, {"parameters", parameters}});
   }
-  const std::string method = kind == SparseKind::kFamily ? "ties" : v.result.method;
+  const bool family = kind == SparseKind::kFamily || kind == SparseKind::kRandomFamily;
+  const std::string method = family ? "ties" : v.result.method;
   return {{"merge_method", method}, {"base_model", v.result.candidates[size_t(base)].path},
           {"models", models}, {"dtype", torch_dtype_of(v.suspect)}};
 }
@@ -166,9 +173,16 @@ SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, 
   // profile alone does not separate it from DELLA: rounding makes "nothing kept" likelier among the
   // smallest deltas, so DARE's measured upper is 0.4-0.75, not 1. DELLA's top is well above 0 (a
   // linear merge's cancellations never happen at the largest deltas: top 0).
+  // TIES below 10% density first: the largest deltas are all kept (top ~0) while part of the
+  // largest 10% is dropped, so the step is at most ~0.5 and the kept sets read like DARE's; random
+  // drops (DARE, DELLA) never spare the top while dropping the band below it (top ~ upper, measured
+  // within 0.05).
+  if (std::isfinite(top) && std::isfinite(upper) && top < kTiesTopDrop && upper > top + kLowDensityTiesGap) {
+    return SparseKind::kTies;
+  }
   if (dare_sets || !std::isfinite(upper) || upper >= kDareUpperDrop) return SparseKind::kDare;
   const bool della = upper > kDellaUpperLow && upper < kDellaUpperHigh && std::isfinite(top) && top >= kDellaTopDrop;
-  return della ? SparseKind::kDella : SparseKind::kFamily;
+  return della ? SparseKind::kDella : SparseKind::kRandomFamily;
 }
 
 }  // namespace
@@ -218,29 +232,52 @@ bool try_sparse(VerdictContext& v, int base) {
   if (others.empty() || !strong_evidence(v)) return false;
   const SparseKind kind = sparse_kind(e, others, all_steps.median(), dare_signature(v));
   const bool ties = kind == SparseKind::kTies || kind == SparseKind::kBreadcrumbs || kind == SparseKind::kFamily;
+  // The combination rule, from the opposite-sign elements only the plain sum makes (sparse_subsets.cpp):
+  // it separates the *_linear / plain members from the sign-consensus ones wherever it was read.
+  const bool plain_sum = dare_linear(e);
   AssayResult& r = v.result;
   r.verdict = "merge";
   switch (kind) {
     case SparseKind::kTies: r.method = "ties"; break;
-    case SparseKind::kBreadcrumbs: r.method = dare_linear(e) ? "breadcrumbs" : "breadcrumbs_ties"; break;
-    case SparseKind::kDare: r.method = dare_linear(e) ? "dare_linear" : "dare_ties"; break;
-    case SparseKind::kDella: r.method = "della"; break;
-    case SparseKind::kFamily: r.method = "ties_family"; break;
+    case SparseKind::kBreadcrumbs: r.method = plain_sum ? "breadcrumbs" : "breadcrumbs_ties"; break;
+    case SparseKind::kDare: r.method = plain_sum ? "dare_linear" : "dare_ties"; break;
+    case SparseKind::kDella: r.method = plain_sum ? "della_linear" : "della"; break;
+    case SparseKind::kFamily:
+    case SparseKind::kRandomFamily: r.method = "ties_family"; break;
   }
   const double top = median_of(e.top_drop, others), upper = median_of(e.upper_drop, others);
   v.note("drop profile (nothing-kept rate relative to the smallest 10% of each delta): largest 0.5% " +
          std::to_string(top) + " (TIES ~0, breadcrumbs ~1), largest 10% " + std::to_string(upper) +
          " (TIES 0, DELLA between, DARE 1)");
   if (kind == SparseKind::kFamily) {
-    r.evidence["method_alternatives"] = ties ? nlohmann::json{"ties", "breadcrumbs_ties", "breadcrumbs"}
-                                             : nlohmann::json{"dare_ties", "della", "della_linear"};
+    // Without plain-sum elements, sign consensus: plain breadcrumbs is ruled out.
+    r.evidence["method_alternatives"] = plain_sum ? nlohmann::json{"ties", "breadcrumbs_ties", "breadcrumbs"}
+                                                  : nlohmann::json{"ties", "breadcrumbs_ties"};
     r.evidence["confidence"] = "low";
-    v.note("a sparse merge of the TIES family whose drop profile fits none of its members clearly; the recipe "
-           "is written as ties, the closest mergekit runs");
+    v.note("a sparse merge of the TIES family whose drop profile fits none of its members clearly (the "
+           "largest deltas partly dropped: a breadcrumbs gamma too small to read, or TIES); the recipe is "
+           "written as ties, the closest mergekit runs");
+  } else if (kind == SparseKind::kRandomFamily) {
+    r.evidence["method_alternatives"] = plain_sum ? nlohmann::json{"dare_linear", "della_linear"}
+                                                  : nlohmann::json{"dare_ties", "della"};
+    r.evidence["confidence"] = "low";
+    v.note("a sparse merge with entries dropped at random whose kept sets and drop profile fit neither DARE "
+           "nor DELLA clearly; the recipe is written as ties, the closest mergekit runs");
   } else if (kind == SparseKind::kDella) {
-    r.evidence["method_alternatives"] = nlohmann::json{"della", "della_linear"};
     v.note("DELLA signature: the keep chance rises with the magnitude rank (between DARE's flat profile and "
-           "TIES's step); della and della_linear are not told apart, and the density is approximate");
+           "TIES's step); the density is approximate");
+  } else if (kind == SparseKind::kDare && plain_sum) {
+    // della_linear rescales by one factor per tensor and sums without consensus or normalising, so
+    // its kept sets read exactly like dare_linear's; only the rank dependence of the keep chance
+    // differs, and the drop profile does not resolve it (both flat within 0.05, docs/assay.md).
+    r.evidence["method_alternatives"] = nlohmann::json{"dare_linear", "della_linear"};
+    v.note("dare_linear and della_linear are not told apart: both sum kept deltas rescaled by one factor "
+           "per tensor; DELLA's rank-dependent keep chance is not resolved by the drop profile");
+  }
+  if (kind != SparseKind::kTies) {
+    v.note("combination rule: " + std::to_string(e.sum_votes) + " of " + std::to_string(e.opposite) +
+           " well-resolved elements with deltas of both signs are made only by the plain sum of the kept deltas " +
+           (plain_sum ? "(no sign consensus)" : "(too few: sign consensus)"));
   }
   r.base = base;
   v.candidate(base).involved = true;
@@ -250,17 +287,12 @@ bool try_sparse(VerdictContext& v, int base) {
     cand.involved = true;
     cand.density = kind_density(e, c, kind);
   }
-  if (kind == SparseKind::kDare) {
-    v.note("combination rule: " + std::to_string(e.sum_votes) + " of " + std::to_string(e.opposite) +
-           " well-resolved elements with deltas of both signs are made only by the plain sum of the kept deltas " +
-           (r.method == "dare_linear" ? "(dare_linear; sign consensus cannot make them)"
-                                      : "(too few for dare_linear: sign consensus, dare_ties)"));
-  }
   const char* kept = kind == SparseKind::kTies          ? "the largest-magnitude deltas"
                      : kind == SparseKind::kBreadcrumbs ? "large-magnitude deltas below the largest (the outliers)"
                      : kind == SparseKind::kDare        ? "independent of magnitude"
                      : kind == SparseKind::kDella       ? "more often the larger, at random"
-                                                        : "chosen by magnitude in a way no member fits";
+                     : kind == SparseKind::kFamily      ? "chosen by magnitude in a way no member fits"
+                                                        : "dropped at random in a way no member fits";
   v.note(std::string(ties ? "TIES-family" : "DARE-family") + " signature: " + std::to_string(sparse_fraction(v)) +
          " of resolved elements equal the base or one parent exactly; the kept entries are " + kept +
          " (magnitude step " + std::to_string(all_steps.median()) + ")");

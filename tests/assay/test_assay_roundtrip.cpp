@@ -111,6 +111,37 @@ RoundTripCase dare_case(const char* name, const char* method, std::pair<double, 
           }};
 }
 
+// Whether evidence.method_alternatives names `method`.
+bool lists_alternative(const AssayResult& r, const std::string& method) {
+  if (!r.evidence.contains("method_alternatives")) return false;
+  for (const auto& m : r.evidence["method_alternatives"]) {
+    if (m == method) return true;
+  }
+  return false;
+}
+
+// A breadcrumbs merge of ft_1 (weight 0.6, density 0.5) and ft_2 (weight 0.4, density 0.7), both
+// with `gamma`, expected to be assayed as `expected`.
+RoundTripCase breadcrumbs_case(const char* name, const char* merge_method, const char* gamma, const char* expected,
+                               std::function<void(const AssayResult&, const AssayFamily&)> checks) {
+  static std::deque<std::string> recipes;  // the cases keep const char* into these (deque: never moved)
+  recipes.push_back("merge_method: " + std::string(merge_method) + "\nbase_model: $base\nmodels:\n  - model: $ft_1\n" +
+                    "    parameters: {weight: 0.6, density: 0.5, gamma: " + gamma + "}\n  - model: $ft_2\n" +
+                    "    parameters: {weight: 0.4, density: 0.7, gamma: " + gamma + "}\ndtype: bfloat16\n");
+  return {name, 0.05, recipes.back().c_str(), false, expected, "base", {}, kNoRebuild, std::move(checks)};
+}
+
+// Breadcrumbs' densities within `tolerance` and gamma 0.02 within 0.01 (issue 11, item 6).
+void check_breadcrumbs(const AssayResult& r, const AssayFamily& f, double tolerance) {
+  ASSERT_EQ(r.recipe["models"].size(), 2u) << r.recipe.dump();
+  for (const auto& m : r.recipe["models"]) {
+    const bool first = m["model"] == candidate(f, "ft_1");
+    EXPECT_NEAR(m["parameters"]["density"].get<double>(), first ? 0.5 : 0.7, tolerance) << m.dump();
+    EXPECT_NEAR(m["parameters"]["gamma"].get<double>(), 0.02, 0.01) << m.dump();
+  }
+  EXPECT_FALSE(r.evidence.contains("method_alternatives")) << r.evidence.dump();
+}
+
 const std::vector<RoundTripCase>& round_trip_cases() {
   static const std::vector<RoundTripCase> cases = {
       {"LinearTwoParents", 0.05,
@@ -160,6 +191,21 @@ const std::vector<RoundTripCase>& round_trip_cases() {
          EXPECT_NEAR(density[0], 0.5, 0.05);
          EXPECT_NEAR(density[1], 0.7, 0.05);
          EXPECT_NEAR(weight[0] / (weight[0] + weight[1]), 0.6, 0.02);  // normalize: only ratios matter
+         // Named outright: not "ties_family", no alternatives, no low confidence.
+         EXPECT_FALSE(r.evidence.contains("method_alternatives")) << r.evidence.dump();
+         EXPECT_FALSE(r.evidence.contains("confidence")) << r.evidence.dump();
+       }},
+      // TIES below 10% density keeps every one of the largest deltas but drops part of the largest
+      // 10%: its magnitude step is ~0.5 and its kept sets read like DARE's (it was dare_ties).
+      {"TiesLowDensity", 0.05,
+       "merge_method: ties\nbase_model: $base\nmodels:\n  - model: $ft_1\n"
+       "    parameters: {weight: 0.5, density: 0.05}\n  - model: $ft_2\n"
+       "    parameters: {weight: 0.5, density: 0.05}\ndtype: bfloat16\n",
+       false, "ties", "base", {}, kNoRebuild,
+       [](const AssayResult& r, const AssayFamily&) {
+         for (const auto& m : r.recipe["models"]) {
+           EXPECT_NEAR(m["parameters"]["density"].get<double>(), 0.05, 0.02) << m.dump();
+         }
        }},
       // DARE drops entries at random: a rebuild with other masks cannot match, so none is tried.
       // Densities within 0.05 (issue 11), from the kept sets read element by element; the old
@@ -170,27 +216,43 @@ const std::vector<RoundTripCase>& round_trip_cases() {
       dare_case("DareTiesHighDensity", "dare_ties", {0.7, 0.3}, {0.9, 0.2}),
       dare_case("DareLinear", "dare_linear", {0.6, 0.4}, {0.4, 0.6}),
       // Breadcrumbs drops the largest gamma share of each delta as well as the small ones (issue 11,
-      // item 6): named breadcrumbs_ties (never plain ties), densities within 0.05, gamma within 0.01.
-      {"BreadcrumbsTies", 0.05,
-       "merge_method: breadcrumbs_ties\nbase_model: $base\nmodels:\n  - model: $ft_1\n"
-       "    parameters: {weight: 0.6, density: 0.5, gamma: 0.02}\n  - model: $ft_2\n"
-       "    parameters: {weight: 0.4, density: 0.7, gamma: 0.02}\ndtype: bfloat16\n",
-       false, "breadcrumbs_ties", "base", {}, kNoRebuild,
-       [](const AssayResult& r, const AssayFamily& f) {
-         ASSERT_EQ(r.recipe["models"].size(), 2u) << r.recipe.dump();
-         for (const auto& m : r.recipe["models"]) {
-           const bool first = m["model"] == candidate(f, "ft_1");
-           EXPECT_NEAR(m["parameters"]["density"].get<double>(), first ? 0.5 : 0.7, 0.05) << m.dump();
-           EXPECT_NEAR(m["parameters"]["gamma"].get<double>(), 0.02, 0.01) << m.dump();
-         }
-       }},
+      // item 6): named breadcrumbs_ties (never plain ties), densities within 0.05, gamma within 0.01;
+      // plain breadcrumbs (no sign consensus) by the opposite-sign elements only a plain sum makes.
+      // Plain breadcrumbs' profile densities come back low (0.45-0.46 / 0.67-0.68 over seeds 11-13).
+      breadcrumbs_case("BreadcrumbsTies", "breadcrumbs_ties", "0.02", "breadcrumbs_ties",
+                       [](const AssayResult& r, const AssayFamily& f) { check_breadcrumbs(r, f, 0.05); }),
+      breadcrumbs_case("Breadcrumbs", "breadcrumbs", "0.02", "breadcrumbs",
+                       [](const AssayResult& r, const AssayFamily& f) { check_breadcrumbs(r, f, 0.06); }),
+      // gamma 0.002 drops ~40% of the largest 0.5%, between TIES (0) and breadcrumbs (1): the data
+      // do not tell the members apart, and the assay says so ("ties_family", low confidence).
+      breadcrumbs_case("BreadcrumbsTiesTinyGamma", "breadcrumbs_ties", "0.002", "ties_family",
+                       [](const AssayResult& r, const AssayFamily&) {
+                         EXPECT_TRUE(lists_alternative(r, "ties")) << r.evidence.dump();
+                         EXPECT_TRUE(lists_alternative(r, "breadcrumbs_ties")) << r.evidence.dump();
+                         // Sign consensus (no element is a plain sum): plain breadcrumbs is ruled out.
+                         EXPECT_FALSE(lists_alternative(r, "breadcrumbs")) << r.evidence.dump();
+                         EXPECT_EQ(r.evidence.value("confidence", ""), "low");
+                         EXPECT_EQ(r.recipe["merge_method"], "ties");  // the closest recipe mergekit runs
+                       }),
       // DELLA keeps entries at random with a probability rising with their magnitude rank in the
-      // row: della (or the honest "ties_family"), never a dense task_arithmetic.
+      // row: della by its profile and sign consensus (never a dense task_arithmetic).
       {"Della", 0.05,
        "merge_method: della\nbase_model: $base\nmodels:\n  - model: $ft_1\n"
        "    parameters: {weight: 0.5, density: 0.5, epsilon: 0.15}\n  - model: $ft_2\n"
        "    parameters: {weight: 0.5, density: 0.6, epsilon: 0.15}\ndtype: bfloat16\n",
-       false, "della|della_linear|ties_family", "base", {}, kNoRebuild, nullptr},
+       false, "della", "base", {}, kNoRebuild, nullptr},
+      // della_linear: one rescale factor per tensor, plain sum, no normalising, so its kept sets read
+      // like dare_linear's; the drop profile does not resolve the rank dependence. Whatever is named,
+      // della_linear must be it or be listed, and never a consensus member.
+      {"DellaLinear", 0.05,
+       "merge_method: della_linear\nbase_model: $base\nmodels:\n  - model: $ft_1\n"
+       "    parameters: {weight: 0.5, density: 0.5, epsilon: 0.15}\n  - model: $ft_2\n"
+       "    parameters: {weight: 0.5, density: 0.6, epsilon: 0.15}\ndtype: bfloat16\n",
+       false, "della_linear|dare_linear|ties_family", "base", {}, kNoRebuild,
+       [](const AssayResult& r, const AssayFamily&) {
+         EXPECT_TRUE(r.method == "della_linear" || lists_alternative(r, "della_linear")) << r.evidence.dump();
+         EXPECT_FALSE(lists_alternative(r, "della") || lists_alternative(r, "dare_ties")) << r.evidence.dump();
+       }},
       {"TaskArithmetic", 0.05,
        "merge_method: task_arithmetic\nbase_model: $base\nmodels:\n  - model: $ft_1\n"
        "    parameters: {weight: 0.7}\n  - model: $ft_2\n    parameters: {weight: 0.5}\ndtype: bfloat16\n",
