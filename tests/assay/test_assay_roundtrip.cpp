@@ -142,6 +142,17 @@ void check_breadcrumbs(const AssayResult& r, const AssayFamily& f, double tolera
   EXPECT_FALSE(r.evidence.contains("method_alternatives")) << r.evidence.dump();
 }
 
+// A DELLA merge (della or della_linear) of ft_1 (weight 0.5, density 0.5) and ft_2 (0.5, 0.6),
+// epsilon 0.15, expected to be assayed as one of `expected`.
+RoundTripCase della_case(const char* name, const char* merge_method, const char* expected,
+                         std::function<void(const AssayResult&, const AssayFamily&)> checks) {
+  static std::deque<std::string> recipes;  // the cases keep const char* into these (deque: never moved)
+  recipes.push_back("merge_method: " + std::string(merge_method) + "\nbase_model: $base\nmodels:\n  - model: $ft_1\n" +
+                    "    parameters: {weight: 0.5, density: 0.5, epsilon: 0.15}\n  - model: $ft_2\n" +
+                    "    parameters: {weight: 0.5, density: 0.6, epsilon: 0.15}\ndtype: bfloat16\n");
+  return {name, 0.05, recipes.back().c_str(), false, expected, "base", {}, kNoRebuild, std::move(checks)};
+}
+
 const std::vector<RoundTripCase>& round_trip_cases() {
   static const std::vector<RoundTripCase> cases = {
       {"LinearTwoParents", 0.05,
@@ -236,23 +247,15 @@ const std::vector<RoundTripCase>& round_trip_cases() {
                        }),
       // DELLA keeps entries at random with a probability rising with their magnitude rank in the
       // row: della by its profile and sign consensus (never a dense task_arithmetic).
-      {"Della", 0.05,
-       "merge_method: della\nbase_model: $base\nmodels:\n  - model: $ft_1\n"
-       "    parameters: {weight: 0.5, density: 0.5, epsilon: 0.15}\n  - model: $ft_2\n"
-       "    parameters: {weight: 0.5, density: 0.6, epsilon: 0.15}\ndtype: bfloat16\n",
-       false, "della", "base", {}, kNoRebuild, nullptr},
+      della_case("Della", "della", "della", nullptr),
       // della_linear: one rescale factor per tensor, plain sum, no normalising, so its kept sets read
       // like dare_linear's; the drop profile does not resolve the rank dependence. Whatever is named,
       // della_linear must be it or be listed, and never a consensus member.
-      {"DellaLinear", 0.05,
-       "merge_method: della_linear\nbase_model: $base\nmodels:\n  - model: $ft_1\n"
-       "    parameters: {weight: 0.5, density: 0.5, epsilon: 0.15}\n  - model: $ft_2\n"
-       "    parameters: {weight: 0.5, density: 0.6, epsilon: 0.15}\ndtype: bfloat16\n",
-       false, "della_linear|dare_linear|ties_family", "base", {}, kNoRebuild,
+      della_case("DellaLinear", "della_linear", "della_linear|dare_linear|ties_family",
        [](const AssayResult& r, const AssayFamily&) {
          EXPECT_TRUE(r.method == "della_linear" || lists_alternative(r, "della_linear")) << r.evidence.dump();
          EXPECT_FALSE(lists_alternative(r, "della") || lists_alternative(r, "dare_ties")) << r.evidence.dump();
-       }},
+       }),
       {"TaskArithmetic", 0.05,
        "merge_method: task_arithmetic\nbase_model: $base\nmodels:\n  - model: $ft_1\n"
        "    parameters: {weight: 0.7}\n  - model: $ft_2\n    parameters: {weight: 0.5}\ndtype: bfloat16\n",
