@@ -14,6 +14,7 @@
 #include <map>
 
 #include "alloy/core/dtype.h"
+#include "alloy/core/residual_stream.h"
 #include "alloy/core/units.h"
 #include "internal.h"
 
@@ -28,41 +29,28 @@ constexpr int kAlternations = 10;
 struct NormGroup {
   std::string norm;
   std::vector<std::string> readers;
+  std::vector<std::string> not_undone;  // readers whose stream axis is not the last: left folded
 };
 
-bool reads_attention(TensorRole r) {
-  return r == TensorRole::kAttentionQ || r == TensorRole::kAttentionK || r == TensorRole::kAttentionV ||
-         r == TensorRole::kAttentionQkv;
-}
-
-bool reads_mlp(TensorRole r) {
-  switch (r) {
-    case TensorRole::kMlpGate:
-    case TensorRole::kMlpUp:
-    case TensorRole::kMlpGateUp:
-    case TensorRole::kExpertGate:
-    case TensorRole::kExpertUp:
-    case TensorRole::kRouter:
-    case TensorRole::kSharedExpertGate:
-    case TensorRole::kSharedExpertUp:
-    case TensorRole::kSharedExpertRouter:
-      return true;
-    default:
-      return false;
-  }
-}
-
-// The norms of the language model and the 2-D tensors of `hidden` columns that read them:
-// input_layernorm -> the attention's q/k/v; pre_feedforward_layernorm (Gemma 2), else
-// post_attention_layernorm -> the MLP's, the router's and the experts' gate/up; the final norm ->
-// lm_head. Norms applied as (1 + w) are left out.
+// The norms of the language model and the tensors that read them through, by the role table of
+// alloy/core/residual_stream.h: input_layernorm -> the attention's readers (q/k/v, fused qkv,
+// latent q_a / kv_a, linear attention's in_proj); pre_feedforward_layernorm (Gemma 2), else
+// post_attention_layernorm -> the MLP's, the router's, the experts' and the shared expert's; the
+// final norm -> lm_head. A reader is divided by the gain along its last axis ([out, hidden], or
+// stacked [E, out, hidden]); one whose stream axis is elsewhere (GPT-OSS's [E, hidden, 2I]) is
+// listed as not undone. Norms applied as (1 + w) are left out.
 std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture& arch, uint64_t hidden) {
+  struct Reader {
+    std::string name;
+    bool undoable;
+  };
   struct Layer {
     std::map<std::string, std::string> norms;  // suffix -> name
-    std::vector<std::string> attention, mlp;
+    std::map<ResidualNorm, std::vector<Reader>> readers;
   };
   std::map<int, Layer> layers;
-  std::vector<std::string> final_norms, heads;
+  std::vector<std::string> final_norms;
+  std::vector<Reader> heads;
   for (const auto& t : suspect.tensors()) {
     const TensorPlace p = arch.classify(t.name());
     if (!p.submodel.empty()) continue;
@@ -73,26 +61,34 @@ std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture
       else final_norms.push_back(t.name());
       continue;
     }
-    if (p.view != TensorView::kPlain || shape.size() != 2 || shape[1] != hidden) continue;
-    if (p.role == TensorRole::kLmHead) heads.push_back(t.name());
-    if (p.layer < 0) continue;
-    if (reads_attention(p.role)) layers[p.layer].attention.push_back(t.name());
-    if (reads_mlp(p.role)) layers[p.layer].mlp.push_back(t.name());
+    const ResidualRole role = residual_role(p.role);
+    if (role.use != ResidualUse::kReads) continue;
+    const int axis = residual_axis(p.role, p.view, shape, hidden);
+    if (axis == kNoResidualAxis) continue;
+    const Reader r{t.name(), axis >= 0 && size_t(axis) + 1 == shape.size()};
+    if (role.norm == ResidualNorm::kFinal) heads.push_back(r);
+    else if (p.layer >= 0) layers[p.layer].readers[role.norm].push_back(r);
   }
+  const auto group = [](const std::string& norm, const std::vector<Reader>& readers) {
+    NormGroup g{norm, {}, {}};
+    for (const Reader& r : readers) (r.undoable ? g.readers : g.not_undone).push_back(r.name);
+    return g;
+  };
   std::vector<NormGroup> out;
   for (auto& entry : layers) {
     const Layer& layer = entry.second;
-    const auto norm = [&layer](const char* suffix) {
-      const auto it = layer.norms.find(suffix);
-      return it == layer.norms.end() ? std::string() : it->second;
-    };
-    const std::string attention = norm("input_layernorm.weight");
-    std::string mlp = norm("pre_feedforward_layernorm.weight");
-    if (mlp.empty()) mlp = norm("post_attention_layernorm.weight");
-    if (!attention.empty() && !layer.attention.empty()) out.push_back({attention, layer.attention});
-    if (!mlp.empty() && !layer.mlp.empty()) out.push_back({mlp, layer.mlp});
+    const auto has = [&layer](const char* suffix) { return layer.norms.count(suffix) > 0; };
+    for (const auto& [kind, readers] : layer.readers) {
+      const char* suffix = layer_norm_suffix(kind, has);
+      if (!has(suffix)) continue;
+      NormGroup g = group(layer.norms.at(suffix), readers);
+      if (!g.readers.empty()) out.push_back(std::move(g));
+    }
   }
-  if (final_norms.size() == 1 && heads.size() == 1) out.push_back({final_norms[0], heads});
+  if (final_norms.size() == 1 && !heads.empty()) {
+    NormGroup g = group(final_norms[0], heads);
+    if (!g.readers.empty()) out.push_back(std::move(g));
+  }
   return out;
 }
 
@@ -197,7 +193,7 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
       if (slot != out->tensors.end()) load_aligned(suspect, *out, r, &values);
       else values = load_all(st);
       const std::string cname = compared_name(*out, r);
-      const uint64_t rows = st.info->shape[0];
+      const uint64_t rows = st.info->numel() / hidden;  // [out, hidden], or stacked [E, out, hidden]
       const uint64_t step = std::max<uint64_t>(1, rows / kGainRows);
       std::vector<std::vector<float>> crow(static_cast<size_t>(k), std::vector<float>(hidden));
       std::vector<const ModelTensor*> ct;
@@ -257,12 +253,15 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
     for (uint64_t j = 0; j < hidden; ++j) scale[j] = float(g(Eigen::Index(j)));
     for (const std::string& r : group.readers) {
       AlignedTensor& a = slot_of(suspect, out, r);
-      a.col_scale = scale, a.col_divides = true;
+      a.col_scale.clear();
+      for (uint64_t m = 0; m < a.gather.matrices; ++m) a.col_scale.insert(a.col_scale.end(), scale.begin(), scale.end());
+      a.col_divides = true;
     }
     AlignedTensor& norm = slot_of(suspect, out, group.norm);
     norm.col_scale = scale, norm.col_divides = false;  // the stored ones times g
     nlohmann::json entry = {{"norm", group.norm},
                             {"readers", group.readers},
+                            {"not_undone", group.not_undone},
                             {"relative_error", relative_error},
                             {"residual_before", before},
                             {"residual_after", after},

@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "alloy/core/dtype.h"
+#include "alloy/core/residual_stream.h"
 #include "alloy/core/units.h"
 #include "internal.h"
 
@@ -23,30 +24,19 @@ using Side = AlignedTensor::RotationSide;
 
 constexpr int kAlternations = 8;
 
-Side side_of(TensorRole role) {
-  switch (role) {
-    case TensorRole::kEmbedding:
-    case TensorRole::kLmHead:
-    case TensorRole::kAttentionQ:
-    case TensorRole::kAttentionK:
-    case TensorRole::kAttentionV:
-    case TensorRole::kMlpGate:
-    case TensorRole::kMlpUp:
-    case TensorRole::kExpertGate:
-    case TensorRole::kExpertUp:
-    case TensorRole::kRouter:
-    case TensorRole::kSharedExpertGate:
-    case TensorRole::kSharedExpertUp:
-    case TensorRole::kSharedExpertRouter:
-      return Side::kRight;
-    case TensorRole::kAttentionO:
-    case TensorRole::kMlpDown:
-    case TensorRole::kExpertDown:
-    case TensorRole::kSharedExpertDown:
-      return Side::kLeft;
-    default:
-      return Side::kNone;
-  }
+// Which side of the stored tensor Q multiplies, from the stream axis of the role table
+// (alloy/core/residual_stream.h): the last axis (readers [out, hidden], embeddings, writer biases
+// [hidden], stacked [E, out, hidden]) is kRight, the one before it (writers [hidden, in], stacked
+// [E, hidden, in]) kLeft. *unknown is set for a tensor that meets the stream along an axis the
+// stage cannot tell or undo.
+Side side_of(const TensorPlace& p, const std::vector<uint64_t>& shape, uint64_t hidden, bool* unknown = nullptr) {
+  const int axis = residual_axis(p.role, p.view, shape, hidden);
+  if (unknown) *unknown = axis == kUnknownResidualAxis;
+  if (axis < 0) return Side::kNone;
+  if (size_t(axis) + 1 == shape.size()) return Side::kRight;
+  if (size_t(axis) + 2 == shape.size()) return Side::kLeft;
+  if (unknown) *unknown = true;
+  return Side::kNone;
 }
 
 // A 2-D tensor as float64 [rows, cols].
@@ -68,14 +58,27 @@ bool looks_hadamard(const Mat& q) {
 }  // namespace
 
 void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, float* values) {
-  if (!a.rotation || a.rotation_side == Side::kNone || shape.size() != 2) return;
+  if (!a.rotation || a.rotation_side == Side::kNone || shape.empty()) return;
   const auto n = Eigen::Index(std::llround(std::sqrt(double(a.rotation->size()))));
   const Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> q(a.rotation->data(), n, n);
-  Eigen::Map<RowMajorF> w(values, Eigen::Index(shape[0]), Eigen::Index(shape[1]));
-  const Mat in = w.cast<double>();
-  // S = C Q (reader) -> C = S Q^T;  S = Q^T C (writer) -> C = Q S.
-  const Mat out = a.rotation_side == Side::kRight ? Mat(in * q.transpose()) : Mat(q * in);
-  w = out.cast<float>();
+  uint64_t numel = 1;
+  for (uint64_t d : shape) numel *= d;
+  if (a.rotation_side == Side::kRight) {
+    // S = C Q on the last axis -> C = S Q^T.
+    if (shape.back() != uint64_t(n)) return;
+    Eigen::Map<RowMajorF> w(values, Eigen::Index(numel / uint64_t(n)), n);
+    const Mat in = w.cast<double>();
+    w = Mat(in * q.transpose()).cast<float>();
+    return;
+  }
+  // S = Q^T C on the axis before the last, per leading block [hidden, cols] -> C = Q S.
+  if (shape.size() < 2 || shape[shape.size() - 2] != uint64_t(n)) return;
+  const uint64_t cols = shape.back(), block = uint64_t(n) * cols;
+  for (uint64_t o = 0; o < numel / block; ++o) {
+    Eigen::Map<RowMajorF> w(values + o * block, n, Eigen::Index(cols));
+    const Mat in = w.cast<double>();
+    w = Mat(q * in).cast<float>();
+  }
 }
 
 bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out) {
@@ -105,7 +108,9 @@ bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candi
   if (rows < kRotationRowsPerHidden * hidden) {
     for (const auto& t : suspect.tensors()) {
       if (t.info->shape.size() != 2 || t.info->shape[0] != hidden) continue;
-      if (side_of(sa.classify(t.name()).role) != Side::kLeft) continue;
+      const TensorPlace place = sa.classify(t.name());
+      // Separate modules (an MTP head's blocks) are not the decoder's stream: perturb leaves them.
+      if (!place.submodel.empty() || side_of(place, t.info->shape, hidden) != Side::kLeft) continue;
       bool everywhere = true;
       for (const Model* m : used) {
         const ModelTensor* ct = m->find(t.name());
@@ -172,14 +177,14 @@ bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candi
     for (Eigen::Index j = 0; j < n; ++j) (*rotation)[size_t(i * n + j)] = q(i, j);
   }
   const double distance_from_identity = (q - Mat::Identity(n, n)).norm() / std::sqrt(double(n));
-  std::vector<std::string> undone;
+  std::vector<std::string> undone, not_undone;
   for (const auto& t : suspect.tensors()) {
-    if (t.info->shape.size() != 2) continue;
-    const Side side = side_of(sa.classify(t.name()).role);
+    const TensorPlace place = sa.classify(t.name());
+    if (!place.submodel.empty()) continue;
+    bool unknown = false;
+    const Side side = side_of(place, t.info->shape, hidden, &unknown);
+    if (unknown) not_undone.push_back(t.name());
     if (side == Side::kNone) continue;
-    if ((side == Side::kRight && t.info->shape[1] != hidden) || (side == Side::kLeft && t.info->shape[0] != hidden)) {
-      continue;
-    }
     AlignedTensor a;
     a.source = t.name();
     a.gather = TensorGather::of(t.info->shape, false);
@@ -197,7 +202,8 @@ bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candi
                                {"rows", rows},
                                {"estimated_on", pairs.size()},
                                {"blend_weights", weights},
-                               {"tensors_undone", undone.size()}});
+                               {"tensors_undone", undone.size()},
+                               {"not_undone", not_undone}});
   return true;
 }
 

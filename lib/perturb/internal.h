@@ -18,7 +18,9 @@
 #include <string>
 #include <vector>
 
+#include "alloy/core/architecture.h"
 #include "alloy/core/model.h"
+#include "alloy/core/residual_stream.h"
 #include "alloy/perturb/perturb.h"
 #include "alloy/synth/synth.h"
 
@@ -55,9 +57,36 @@ struct PerturbInput {
 // One planner per job, each in its own file.
 PerturbPlan plan_value_perturbation(const PerturbInput& input);  // noise, reround, finetune
 PerturbPlan plan_permutation(const PerturbInput& input);         // permute-experts/-neurons/-heads
-PerturbPlan plan_rescaling(const PerturbInput& input);           // rescale-neurons, fold-norms
+PerturbPlan plan_rescaling(const PerturbInput& input);           // rescale-neurons
 PerturbPlan plan_layer_stack(const PerturbInput& input);         // stack-layers
 PerturbPlan plan_rotation(const PerturbInput& input);            // rotate-residual (rotate.cpp)
+
+// The language model's tensors that meet the residual stream, by the role table of
+// alloy/core/residual_stream.h: each with the axis that runs along the stream.
+struct StreamTensor {
+  std::string name;
+  std::vector<uint64_t> shape;
+  ResidualRole role;  // a stacked down bias (kExpertBias) is recorded as a writer
+  int axis = 0;
+  int layer = -1;
+};
+struct StreamLayout {
+  ModelArchitecture arch;
+  uint64_t hidden = 0;              // the embeddings' width
+  std::vector<StreamTensor> tensors;  // embeddings, readers, writers (and writer biases), model order
+  std::string final_norm;           // the language model's one norm outside the layers ("" if not one)
+  std::string head;                 // lm_head ("" when tied)
+  std::vector<std::string> submodels;  // separate modules (vision tower, MTP head): left alone
+  // The norm a reader reads the stream through ("" when there is none).
+  std::string norm_of(const StreamTensor& t) const;
+};
+// Throws Error(kInvalidArgument) naming the tensor when a stream tensor's axis cannot be told, or a
+// norm applied as (1 + w) (Gemma) that fold-norms could not set to one without a change of function.
+StreamLayout stream_layout(const Model& model);
+// fold-norms (rescale.cpp): every reader of a norm scaled by its gain along the stream axis, the
+// norm set to ones; truth "norms" {name: gains}, "layers" [{"layer", "<norm suffix>": gains}],
+// "final_norm". `layout`, when given, receives the layout it used.
+PerturbPlan plan_fold_norms(const PerturbInput& input, StreamLayout* layout = nullptr);
 
 // The architecture of IN, or Error(kInvalidArgument) saying the kind needs a config.json.
 const Architecture& require_architecture(const PerturbInput& input);

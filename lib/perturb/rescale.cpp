@@ -1,7 +1,9 @@
 // Function-preserving rescalings: per-neuron factors moved between up_proj rows and down_proj
 // columns, and RMSNorm gains folded into the weights that read the normalised vector
 // (see alloy/perturb/perturb.h).
+#include <algorithm>
 #include <cmath>
+#include <map>
 #include "alloy/core/error.h"
 #include "internal.h"
 
@@ -42,6 +44,18 @@ TensorTransform set_to_one() {
   };
 }
 
+// Element i of the tensor's `axis` times factor[i] (a norm gain folded into a reader).
+TensorTransform scale_axis(std::vector<float> factor, std::vector<uint64_t> shape, int axis) {
+  return [factor = std::move(factor), shape = std::move(shape), axis](float* v, uint64_t rows, uint64_t cols) {
+    uint64_t inner = 1;
+    for (size_t d = size_t(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
+    const uint64_t n = shape[size_t(axis)];
+    if (n != factor.size() || rows * cols == 0) throw Error(ErrorCode::kInternal, "scale_axis: shape does not match");
+    for (uint64_t i = 0; i < rows * cols; ++i) v[i] *= factor[(i / inner) % n];
+    return json(nullptr);
+  };
+}
+
 void put(Overrides* overrides, const std::string& name, TensorTransform transform) {
   (*overrides)[name] = {name, name, std::move(transform)};
 }
@@ -70,75 +84,123 @@ json rescale_layer(const PerturbInput& input, const Architecture& arch, int laye
   });
 }
 
-// Folds the gain `norm` into the columns of every tensor in `readers` (those present), and sets
-// the gain to 1. Returns the gain.
-std::vector<float> fold(const PerturbInput& input, const std::string& norm,
-                        const std::vector<std::string>& readers, uint64_t hidden,
-                        Overrides* overrides) {
-  const ModelTensor& gain = require_tensor(input.model, norm);
-  require_shape(gain, {hidden});
-  std::vector<float> g = load_values(gain);
-  for (const auto& name : readers) {
-    if (const ModelTensor* t = input.model.find(name)) {
-      if (t->info->shape.size() != 2 || t->info->shape[1] != hidden) {
-        throw Error(ErrorCode::kShapeMismatch, "perturb: tensor '" + name + "' does not have " +
-                                                   std::to_string(hidden) + " columns to fold '" +
-                                                   norm + "' into");
-      }
-      put(overrides, name, scale_columns(g, false));
-    }
-  }
-  put(overrides, norm, set_to_one());
-  return g;
-}
-
-json fold_layer(const PerturbInput& input, const Architecture& arch, int layer,
-                Overrides* overrides) {
-  const std::string p = layer_prefix(layer);
-  const uint64_t hidden = uint64_t(arch.hidden);
-  const std::vector<std::string> attention = {
-      p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"};
-  std::vector<std::string> mlp;
-  if (arch.family == ModelFamily::kLlama) {
-    mlp = {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"};
-  } else {
-    mlp = {p + "mlp.gate.weight", p + "mlp.shared_expert.gate_proj.weight",
-           p + "mlp.shared_expert.up_proj.weight", p + "mlp.shared_expert_gate.weight"};
-    for (int e = 0; e < arch.experts; ++e) {
-      const std::string q = p + "mlp.experts." + std::to_string(e) + ".";
-      mlp.push_back(q + "gate_proj.weight");
-      mlp.push_back(q + "up_proj.weight");
-    }
-  }
-  for (const auto& name : attention) require_tensor(input.model, name);
-  return {
-      {"layer", layer},
-      {"input_layernorm", fold(input, p + "input_layernorm.weight", attention, hidden, overrides)},
-      {"post_attention_layernorm",
-       fold(input, p + "post_attention_layernorm.weight", mlp, hidden, overrides)}};
-}
-
 }  // namespace
 
 PerturbPlan plan_rescaling(const PerturbInput& input) {
   const Architecture& arch = require_architecture(input);
-  const bool rescale = input.options.kind == PerturbKind::kRescaleNeurons;
   PerturbPlan plan;
   Overrides overrides;
   json layers = json::array();
-  for (int l = 0; l < arch.layers; ++l) {
-    layers.push_back(rescale ? rescale_layer(input, arch, l, &overrides)
-                             : fold_layer(input, arch, l, &overrides));
-  }
+  for (int l = 0; l < arch.layers; ++l) layers.push_back(rescale_layer(input, arch, l, &overrides));
   plan.truth["layers"] = std::move(layers);
-  if (!rescale) {
-    // The final norm feeds lm_head only when the head is not tied to the embeddings.
-    const bool untied = input.model.find("lm_head.weight") != nullptr;
-    plan.truth["final_norm"] = untied ? json(fold(input, "model.norm.weight", {"lm_head.weight"},
-                                                  uint64_t(arch.hidden), &overrides))
-                                      : json(nullptr);
-  }
   plan.tensors = apply_overrides(input.model, overrides);
+  return plan;
+}
+
+StreamLayout stream_layout(const Model& model) {
+  StreamLayout s;
+  s.arch = detect_architecture(model);
+  const ModelArchitecture& arch = s.arch;
+  for (const auto& t : model.tensors()) {
+    const TensorPlace p = arch.classify(t.name());
+    if (p.submodel.empty() && p.role == TensorRole::kEmbedding && t.info->shape.size() == 2) {
+      s.hidden = t.info->shape[1];
+      break;
+    }
+  }
+  if (s.hidden == 0) {
+    throw Error(ErrorCode::kInvalidArgument, "perturb: " + model.path().string() +
+                                                 ": no 2-D embedding tensor tells the residual stream's width");
+  }
+  std::vector<std::string> final_norms;
+  for (const auto& t : model.tensors()) {
+    const TensorPlace p = arch.classify(t.name());
+    const auto& shape = t.info->shape;
+    if (!p.submodel.empty()) {
+      if (std::find(s.submodels.begin(), s.submodels.end(), p.submodel) == s.submodels.end()) {
+        s.submodels.push_back(p.submodel);
+      }
+      continue;
+    }
+    if (p.role == TensorRole::kLmHead) s.head = t.name();
+    if (p.role == TensorRole::kNorm && shape == std::vector<uint64_t>{s.hidden}) {
+      if (p.view != TensorView::kPlain) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "perturb: norm '" + t.name() + "' is applied as " + view_name(p.view) +
+                        " (Gemma's 1 + w, with post-norms on the writers): folding its gain or rotating the "
+                        "stream would change the function, so fold-norms and rotate-residual refuse this family");
+      }
+      if (p.layer < 0) final_norms.push_back(t.name());
+      continue;
+    }
+    const int axis = residual_axis(p.role, p.view, shape, s.hidden);
+    if (axis == kNoResidualAxis) continue;
+    if (axis == kUnknownResidualAxis) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "perturb: tensor '" + t.name() + "' (" + role_name(p.role) + ", " + view_name(p.view) +
+                      ") meets the residual stream, but its shape does not say which axis has the hidden size " +
+                      std::to_string(s.hidden) + "; fold-norms and rotate-residual cannot transform it");
+    }
+    ResidualRole role = residual_role(p.role);
+    if (p.role == TensorRole::kExpertBias) role = {ResidualUse::kWrites, ResidualNorm::kNone};
+    s.tensors.push_back({t.name(), shape, role, axis, p.layer});
+  }
+  if (final_norms.size() == 1) s.final_norm = final_norms[0];
+  return s;
+}
+
+std::string StreamLayout::norm_of(const StreamTensor& t) const {
+  if (t.role.norm == ResidualNorm::kFinal) return final_norm;
+  if (t.layer < 0) return "";
+  const auto& suffixes = arch.layer_suffixes(t.layer);
+  const auto has = [&suffixes](const char* suffix) {
+    return std::find(suffixes.begin(), suffixes.end(), suffix) != suffixes.end();
+  };
+  const char* suffix = layer_norm_suffix(t.role.norm, has);
+  return *suffix && has(suffix) ? arch.layer_tensor(t.layer, suffix) : std::string();
+}
+
+PerturbPlan plan_fold_norms(const PerturbInput& input, StreamLayout* layout) {
+  StreamLayout s = stream_layout(input.model);
+  // The readers of each norm, norms in the model's order.
+  std::vector<std::string> norms;
+  std::map<std::string, std::vector<const StreamTensor*>> readers;
+  for (const StreamTensor& t : s.tensors) {
+    if (t.role.use != ResidualUse::kReads) continue;
+    const std::string norm = s.norm_of(t);
+    if (norm.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, "perturb: fold-norms: no norm found that '" + t.name +
+                                                   "' reads the residual stream through");
+    }
+    if (!readers.count(norm)) norms.push_back(norm);
+    readers[norm].push_back(&t);
+  }
+  Overrides overrides;
+  json by_norm = json::object(), layers = json::array();
+  std::map<int, json> layer_records;
+  for (const std::string& norm : norms) {
+    const ModelTensor& gain = require_tensor(input.model, norm);
+    require_shape(gain, {s.hidden});
+    std::vector<float> g = load_values(gain);
+    for (const StreamTensor* t : readers[norm]) put(&overrides, t->name, scale_axis(g, t->shape, t->axis));
+    put(&overrides, norm, set_to_one());
+    by_norm[norm] = g;
+    int layer;
+    std::string suffix;
+    if (s.arch.split_layer(norm, &layer, &suffix)) {
+      json& record = layer_records[layer];
+      record["layer"] = layer;
+      record[suffix.substr(0, suffix.rfind(".weight"))] = g;
+    }
+  }
+  PerturbPlan plan;
+  for (auto& entry : layer_records) layers.push_back(std::move(entry.second));
+  plan.truth["layers"] = std::move(layers);
+  // The final norm feeds lm_head only when the head is not tied to the embeddings.
+  plan.truth["final_norm"] = by_norm.contains(s.final_norm) ? by_norm[s.final_norm] : json(nullptr);
+  plan.truth["norms"] = std::move(by_norm);
+  plan.tensors = apply_overrides(input.model, overrides);
+  if (layout) *layout = std::move(s);
   return plan;
 }
 

@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <memory>
 
 #include "alloy/core/error.h"
@@ -81,46 +82,30 @@ namespace {
 using nlohmann::json;
 using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-enum class Side { kNone, kReader, kWriter, kNorm };
-
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
-// How a tensor of synth's families meets the residual stream.
-Side side_of(const std::string& name) {
-  if (name == "model.embed_tokens.weight" || name == "lm_head.weight") return Side::kReader;
-  for (const char* reader : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                             "gate_proj.weight", "up_proj.weight", "mlp.gate.weight", "mlp.shared_expert_gate.weight"}) {
-    if (ends_with(name, reader)) return Side::kReader;
-  }
-  for (const char* writer : {"self_attn.o_proj.weight", "down_proj.weight"}) {
-    if (ends_with(name, writer)) return Side::kWriter;
-  }
-  if (ends_with(name, "layernorm.weight") || name == "model.norm.weight") return Side::kNorm;
-  for (const char* inner : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) {
-    if (ends_with(name, inner)) return Side::kNone;
-  }
-  throw Error(ErrorCode::kInvalidArgument,
-              "perturb: rotate-residual does not know how tensor '" + name +
-                  "' meets the residual stream (it rotates synth's Llama and Qwen2-MoE layouts)");
-}
-
-// readers (and embeddings, whose rows are residual vectors): W Q; writers: Q^T W.
-TensorTransform rotate(std::shared_ptr<const RowMajor> q, Side side, TensorTransform before) {
-  return [q = std::move(q), side, before = std::move(before)](float* v, uint64_t rows, uint64_t cols) {
+// The stream axis of the tensor contracted with Q: new[.., j, ..] = sum_i old[.., i, ..] Q[i, j]
+// (W Q for a reader [out, hidden], Q^T W for a writer [hidden, in], b Q for a bias [hidden]).
+TensorTransform rotate(std::shared_ptr<const RowMajor> q, std::vector<uint64_t> shape, int axis,
+                       TensorTransform before) {
+  return [q = std::move(q), shape = std::move(shape), axis, before = std::move(before)](float* v, uint64_t rows,
+                                                                                        uint64_t cols) {
     json extra = before ? before(v, rows, cols) : json(nullptr);
     const uint64_t n = uint64_t(q->rows());
-    if ((side == Side::kReader && cols != n) || (side == Side::kWriter && rows != n)) {
-      throw Error(ErrorCode::kShapeMismatch, "perturb: rotate-residual: a tensor of shape [" + std::to_string(rows) +
-                                                 ", " + std::to_string(cols) + "] does not have the hidden size " +
-                                                 std::to_string(n) + " on its residual axis");
+    uint64_t outer = 1, inner = 1;
+    for (size_t d = 0; d < shape.size(); ++d) {
+      if (int(d) < axis) outer *= shape[d];
+      if (int(d) > axis) inner *= shape[d];
     }
-    Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> w(v, Eigen::Index(rows),
-                                                                                        Eigen::Index(cols));
-    const RowMajor in = w.cast<double>();
-    const RowMajor out = side == Side::kReader ? RowMajor(in * *q) : RowMajor(q->transpose() * in);
-    w = out.cast<float>();
+    if (shape[size_t(axis)] != n || outer * n * inner != rows * cols) {
+      throw Error(ErrorCode::kShapeMismatch, "perturb: rotate-residual: a tensor of " + std::to_string(rows * cols) +
+                                                 " values does not have the hidden size " + std::to_string(n) +
+                                                 " on its residual axis");
+    }
+    using Block = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    for (uint64_t o = 0; o < outer; ++o) {
+      Eigen::Map<Block> w(v + o * n * inner, Eigen::Index(n), Eigen::Index(inner));  // [hidden, inner]
+      const RowMajor in = w.cast<double>();
+      w = RowMajor(q->transpose() * in).cast<float>();
+    }
     return extra;
   };
 }
@@ -128,29 +113,32 @@ TensorTransform rotate(std::shared_ptr<const RowMajor> q, Side side, TensorTrans
 }  // namespace
 
 PerturbPlan plan_rotation(const PerturbInput& input) {
-  const Architecture& arch = require_architecture(input);
-  PerturbPlan plan = plan_rescaling(input);  // fold-norms: the kind is not rescale-neurons
-  const int hidden = arch.hidden;
-  if (input.model.find("lm_head.weight") == nullptr) {
+  StreamLayout layout;
+  PerturbPlan plan = plan_fold_norms(input, &layout);
+  const int hidden = int(layout.hidden);
+  if (layout.head.empty() && !layout.final_norm.empty()) {
     // Tied: the final norm stays in place, and must already be all ones to commute with Q.
-    for (float g : load_values(require_tensor(input.model, "model.norm.weight"))) {
+    for (float g : load_values(require_tensor(input.model, layout.final_norm))) {
       if (g != 1.0f) {
         throw Error(ErrorCode::kInvalidArgument,
-                    "perturb: rotate-residual: " + input.model.path().string() +
-                        " ties lm_head to the embeddings, so model.norm.weight cannot be folded and is not all "
-                        "ones; the rotation would change the function");
+                    "perturb: rotate-residual: " + input.model.path().string() + " ties lm_head to the embeddings, so " +
+                        layout.final_norm + " cannot be folded and is not all ones; the rotation would change the function");
       }
     }
   }
   const std::vector<double> qv = residual_rotation(input.options.seed, hidden, input.options.rotation);
   auto q = std::make_shared<const RowMajor>(
       Eigen::Map<const RowMajor>(qv.data(), Eigen::Index(hidden), Eigen::Index(hidden)));
+  std::map<std::string, const StreamTensor*> by_name;
+  for (const StreamTensor& t : layout.tensors) by_name[t.name] = &t;
   json embeddings = json::array(), readers = json::array(), writers = json::array();
   for (PlannedTensor& t : plan.tensors) {
-    const Side side = side_of(t.name);
-    if (side == Side::kNone || side == Side::kNorm) continue;  // norms: all ones after the fold
-    (t.name == "model.embed_tokens.weight" ? embeddings : side == Side::kReader ? readers : writers).push_back(t.name);
-    t.transform = rotate(q, side, std::move(t.transform));
+    const auto it = by_name.find(t.source);
+    if (it == by_name.end()) continue;  // norms: all ones after the fold; the rest is off the stream
+    const StreamTensor& s = *it->second;
+    (s.role.use == ResidualUse::kEmbedding ? embeddings : s.role.use == ResidualUse::kReads ? readers : writers)
+        .push_back(t.name);
+    t.transform = rotate(q, s.shape, s.axis, std::move(t.transform));
   }
   json rotation = {{"kind", residual_rotation_name(input.options.rotation)},
                    {"hidden", hidden},
@@ -160,6 +148,9 @@ PerturbPlan plan_rotation(const PerturbInput& input) {
   }
   plan.truth["rotation"] = std::move(rotation);
   plan.truth["rotated"] = {{"embeddings", embeddings}, {"readers", readers}, {"writers", writers}};
+  // Separate modules (a vision tower feeding the stream, an MTP head reading it) are left as they
+  // are: the text function is preserved, theirs is not claimed.
+  plan.truth["unrotated_modules"] = layout.submodels;
   return plan;
 }
 

@@ -403,7 +403,8 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
     // The permutations read the layout from the architecture model (alloy/core/units.h) and need
     // none of synth's fields, which a real config (text_config, Mixtral's names) may lack.
     const bool permutation = options.kind == PerturbKind::kPermuteExperts ||
-                             options.kind == PerturbKind::kPermuteNeurons || options.kind == PerturbKind::kPermuteHeads;
+                             options.kind == PerturbKind::kPermuteNeurons || options.kind == PerturbKind::kPermuteHeads ||
+                             options.kind == PerturbKind::kFoldNorms || options.kind == PerturbKind::kRotateResidual;
     try {
       input.arch = architecture_from_config(model.config());
     } catch (const Error&) {
@@ -424,8 +425,10 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
       plan = detail::plan_permutation(input);
       break;
     case PerturbKind::kRescaleNeurons:
-    case PerturbKind::kFoldNorms:
       plan = detail::plan_rescaling(input);
+      break;
+    case PerturbKind::kFoldNorms:
+      plan = detail::plan_fold_norms(input);
       break;
     case PerturbKind::kStackLayers:
       plan = detail::plan_layer_stack(input);

@@ -23,14 +23,15 @@ namespace alloy::test {
 struct AssayFamily {
   TempDir temp;
   std::filesystem::path dir;
-  AssayFamily(ModelFamily kind, uint64_t seed, double delta, int layers = 2) : dir(temp.path() / "fam") {
+  AssayFamily(ModelFamily kind, uint64_t seed, double delta, int layers = 2, int moe_intermediate = 64)
+      : dir(temp.path() / "fam") {
     BaseModelOptions base;
     base.arch.family = kind;
     base.arch.layers = layers;
     base.arch.hidden = 64;
     base.arch.intermediate = 128;
     base.arch.experts = 4;
-    base.arch.moe_intermediate = 64;
+    base.arch.moe_intermediate = moe_intermediate;
     base.arch.vocab = 256;
     base.seed = seed;
     FineTuneOptions ft;

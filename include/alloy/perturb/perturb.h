@@ -46,23 +46,28 @@
 //                    up_proj row i times c_i, down_proj column i divided by c_i (gate_proj is left
 //                    alone: SiLU is not scale-equivariant); dense MLP, experts, shared expert.
 //                    Preserving. strength >= 1, default 2.
-//   fold-norms       RMSNorm gains folded into the next weights, the gains set to 1:
-//                    input_layernorm into q/k/v columns, post_attention_layernorm into gate/up
-//                    columns (MoE: router, every expert's gate/up, shared expert gate/up, and
-//                    shared_expert_gate columns), model.norm into lm_head columns (untied only).
-//                    Preserving. No strength.
+//   fold-norms       RMSNorm gains folded into the weights that read the normalised stream, the
+//                    gains set to 1, by the role table of alloy/core/residual_stream.h (any
+//                    family the architecture table knows): input_layernorm into the attention's
+//                    readers (q/k/v, fused qkv, MLA q_a / kv_a, linear attention's in_proj),
+//                    pre_feedforward_layernorm or post_attention_layernorm into the MLP's (gate/up,
+//                    fused gate_up, router, experts' gate/up including stacked ones,
+//                    shared expert's gate/up and shared_expert_gate), the final norm into lm_head
+//                    (untied only), each along the reader's stream axis. Norms applied as (1 + w)
+//                    (Gemma) and stacked experts whose stream axis the shape does not tell are
+//                    refused. Preserving. No strength.
 //   stack-layers     frankenmerge stacking: output layer i is input layer layer_map[i]
 //                    (duplicates and any order allowed), config.json num_hidden_layers =
 //                    layer_map.size(). Not preserving. No strength.
 //   rotate-residual  fold-norms, then an orthogonal Q (hidden x hidden, residual_rotation()) on the
-//                    residual stream, as QuaRot / SpinQuant / SliceGPT do: embeddings E Q, every
-//                    matrix that reads the stream (HF Linear [out, in]: q/k/v, gate/up, router,
-//                    shared_expert_gate, experts' gate/up, lm_head) W Q, every matrix that writes
-//                    it (o_proj, down_proj, experts' down_proj) Q^T W. RMSNorm commutes with Q
-//                    only with unit gains, hence the fold first; a tied lm_head (whose final norm
-//                    cannot be folded) is refused unless that norm is already all ones; any other
-//                    residual-stream tensor (a bias of o_proj, ...) is refused. Preserving. No
-//                    strength; --rotation random (default) or hadamard.
+//                    residual stream, as QuaRot / SpinQuant / SliceGPT do: every tensor the role
+//                    table puts on the stream has its stream axis contracted with Q (embeddings
+//                    E Q, readers [out, hidden] W Q, writers [hidden, in] Q^T W, writer biases
+//                    b Q, stacked experts per expert). RMSNorm commutes with Q only with unit
+//                    gains, hence the fold first; a tied lm_head (whose final norm cannot be
+//                    folded) is refused unless that norm is already all ones. Separate modules
+//                    (vision tower, MTP head) are left alone: the text function is preserved.
+//                    Preserving. No strength; --rotation random (default) or hadamard.
 //
 // alloy_perturb.json: {"generator": "alloy-synth", "version", "kind", "strength" (null where the
 // kind has none), "seed", "function_preserving", "source" (IN's directory name), "dtype",
@@ -82,13 +87,15 @@
 //                     layers with attention: a hybrid's linear-attention layers are left alone);
 //   rescale-neurons:  "layers": [{"layer", "mlp": c} or {"layer", "experts": [c...],
 //                     "shared_expert": c}];
-//   fold-norms:       "layers": [{"layer", "input_layernorm": gains, "post_attention_layernorm":
-//                     gains}], "final_norm": gains or null (tied embeddings: left in place);
+//   fold-norms:       "norms": {name: gains} (every folded norm), "layers": [{"layer",
+//                     "input_layernorm": gains, "post_attention_layernorm" (or
+//                     "pre_feedforward_layernorm"): gains}], "final_norm": gains or null (tied
+//                     embeddings: left in place);
 //   stack-layers:     "layer_map", "source_layers";
 //   rotate-residual:  fold-norms' fields plus "rotation": {"kind": "random" | "hadamard",
 //                     "hidden", "sha256" (of Q as row-major little-endian float64), "signs"
 //                     (hadamard: the diagonal's +-1)}, "rotated": {"embeddings", "readers",
-//                     "writers"} (tensor names).
+//                     "writers"} (tensor names), "unrotated_modules" (sub-model names).
 // Permutations p read "output index j holds input index p[j]"; scales c are the factors applied to
 // up_proj rows.
 //
