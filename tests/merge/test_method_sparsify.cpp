@@ -9,6 +9,7 @@
 #include <random>
 
 #include "alloy/core/parallel.h"
+#include "merge/methods/method_util.h"
 #include "merge/methods/sparsify.h"
 #include "test_method_utils.h"
 
@@ -122,3 +123,24 @@ TEST(MethodSparsify, SignedZerosAndInfinitiesRankByMagnitude) {
 }
 
 }  // namespace
+
+// The combine reads a model's mask bits for a block of elements as words (expand_mask_bits);
+// every start offset within and across 64-bit words, and every length up to three words.
+TEST(MethodSparsify, MaskBitsExpandToWordsAtAnyOffset) {
+  std::mt19937_64 gen(7);
+  std::vector<uint64_t> bits(5);
+  for (auto& w : bits) w = gen();
+  std::vector<uint32_t> out(200);
+  for (size_t start = 0; start < 130; ++start) {
+    for (size_t count = 0; start + count <= 320 && count <= 192; count += 7) {
+      std::fill(out.begin(), out.end(), 0x5A5A5A5Au);
+      alloy::detail::expand_mask_bits(bits.data(), start, count, out.data());
+      for (size_t j = 0; j < count; ++j) {
+        const size_t i = start + j;
+        const uint32_t expected = ((bits[i / 64] >> (i % 64)) & 1) ? 0xFFFFFFFFu : 0u;
+        ASSERT_EQ(out[j], expected) << "start " << start << " element " << j;
+      }
+      EXPECT_EQ(out[count], 0x5A5A5A5Au) << "wrote past the block at start " << start;
+    }
+  }
+}

@@ -71,6 +71,7 @@ constexpr size_t kLowBins = size_t{1} << 16;
 // Per-thread scratch of the selection (see method_util.h: reused across tensors).
 thread_local std::vector<uint32_t> t_high_hist;
 thread_local std::vector<uint16_t> t_candidates;
+thread_local std::vector<uint32_t> t_keys;  // one run's magnitude keys (RankSelector::mark)
 
 // A cut at descending rank r: the elements "before" it are the r first in the order (descending
 // key, then ascending index). With `key` the key of the element at rank r and `need` how many of
@@ -111,20 +112,40 @@ class RankSelector {
     }
     histogram_high();
     const Cut low = find_cut(lo), high = find_cut(hi);
-    // Keep ranks [lo, hi): before the high cut and not before the low one.
+    // Keep ranks [lo, hi): before the high cut and not before the low one. With lo == 0 (magnitude:
+    // keep the top k) nothing is before the low cut, and its test is skipped.
+    if (lo == 0) {
+      mark(high, nullptr, words);
+    } else {
+      mark(high, &low, words);
+    }
+  }
+
+ private:
+  // Sets the bits of `words` for the elements before `high` and not before `low` (if given). The
+  // keys of a run are computed first (a loop that vectorises); elements whose key equals a cut's
+  // are rare (one key value), and only they take the counted path of Cut::before.
+  void mark(const Cut& high, const Cut* low, std::vector<uint64_t>& words) {
     parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
+      std::vector<uint32_t>& keys = t_keys;  // this worker's own instance
       for (size_t c = cb; c < ce; ++c) {
-        uint64_t seen_low = low.equal_prefix[c], seen_high = high.equal_prefix[c];
+        uint64_t seen_low = low ? low->equal_prefix[c] : 0, seen_high = high.equal_prefix[c];
         const size_t end = chunks_.end(c);
         uint64_t bits = 0;  // the word of element i, completed at its last element
         for_each_run(tv_, chunks_.begin(c), end,
                      [&](size_t first, const float* x, const float* b, size_t len) {
+                       if (keys.size() < len) keys.resize(len);
+                       uint32_t* k = keys.data();
+                       for (size_t j = 0; j < len; ++j) k[j] = magnitude_key(rnd_(x[j] - b[j]));
                        for (size_t j = 0; j < len; ++j) {
                          const size_t i = first + j;
-                         const uint32_t k = magnitude_key(rnd_(x[j] - b[j]));
-                         const bool before_high = high.before(k, seen_high);
-                         const bool before_low = low.before(k, seen_low);
-                         bits |= uint64_t{before_high && !before_low} << (i & 63);
+                         bool keep = k[j] > high.key;
+                         if (k[j] == high.key) keep = high.before(k[j], seen_high);
+                         if (low != nullptr && k[j] >= low->key) {
+                           const bool before_low = low->before(k[j], seen_low);  // counts ties
+                           keep = keep && !before_low;
+                         }
+                         bits |= uint64_t{keep} << (i & 63);
                          if ((i & 63) == 63 || i + 1 == end) {
                            words[i >> 6] = bits;
                            bits = 0;
@@ -135,7 +156,6 @@ class RankSelector {
     });
   }
 
- private:
   // Per-chunk histograms of key >> 16, and their totals.
   // (thread_local buffers are bound here, in the calling thread: inside the parallel region the
   // name would denote each worker's own instance.)

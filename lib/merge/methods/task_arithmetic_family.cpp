@@ -177,6 +177,7 @@ class TaskArithmeticMethod final : public MergeMethod {
       const float lambda_d = lambda_d_, plain_divisor = plain_divisor_;
       std::vector<float> weighted(count * kBlock);  // v_m for the block, model-major
       float sign[kBlock], mixed[kBlock], divisor[kBlock];
+      uint32_t keep[kBlock];  // a model's mask bits for the block, as all-ones / zero words
       size_t bad = 0;
       for (size_t b0 = 0; b0 < len; b0 += kBlock) {
         const size_t block = std::min(kBlock, len - b0);
@@ -188,11 +189,8 @@ class TaskArithmeticMethod final : public MergeMethod {
           float* v = weighted.data() + m * kBlock;
           for (size_t j = 0; j < block; ++j) v[j] = rnd(x[j] - b[j]);
           if (in.mask.active) {
-            const uint64_t* bits = in.mask.bits;
-            for (size_t j = 0; j < block; ++j) {
-              const size_t i = first + b0 + j;
-              v[j] = keep_or_zero(v[j], (bits[i >> 6] >> (i & 63)) & 1u);
-            }
+            expand_mask_bits(in.mask.bits, first + b0, block, keep);
+            for (size_t j = 0; j < block; ++j) v[j] = and_bits(v[j], keep[j]);
             if (in.mask.rescaled) {
               const float ratio = in.mask.ratio;
               for (size_t j = 0; j < block; ++j) v[j] = rnd(v[j] * ratio);
@@ -233,13 +231,17 @@ class TaskArithmeticMethod final : public MergeMethod {
           }
           std::fill(divisor, divisor + block, plain_divisor);
         }
+        // The same operations per element as rnd(b + rnd(rnd(rnd(mixed) / divisor) * lambda)),
+        // one loop per step so that each vectorises (a branch inside the loop kept it scalar).
         float* o = out + b0;
-        for (size_t j = 0; j < block; ++j) {
-          float result = rnd(mixed[j]);
-          if (normalize) result = rnd(result / divisor[j]);
-          if (lambda != 1.0) result = rnd(result * lambda_d);
-          o[j] = rnd(b[j] + result);
+        for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j]);
+        if (normalize) {
+          for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j] / divisor[j]);
         }
+        if (lambda != 1.0) {
+          for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j] * lambda_d);
+        }
+        for (size_t j = 0; j < block; ++j) o[j] = rnd(b[j] + mixed[j]);
         for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
       }
       return bad;
