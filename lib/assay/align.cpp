@@ -618,7 +618,7 @@ void load_aligned(const Model& suspect, const Alignment& alignment, const std::s
   const ModelTensor& t = *suspect.find(a.source);
   const uint64_t n = t.info->numel();
   std::vector<float> src(n);
-  load_as_f32(t.info->dtype, t.data(), n, src.data());
+  load_range(t, 0, n, src.data());
   if (a.rotation) undo_rotation(a, t.info->shape, src.data());
   out->resize(n);
   const TensorGather& g = a.gather;

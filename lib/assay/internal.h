@@ -178,10 +178,13 @@ ResolvedMoments fit_sampled(const TensorViews& views, uint64_t rows, uint64_t ro
                             int candidates, TensorAssay* out);
 
 // Converts `count` elements of a tensor starting at element `begin` into `out`, on this thread.
+// The bytes are read with pread through a per-thread buffer of 128 KiB (never by touching the
+// mapping), so the assay's resident set does not grow with the model or the number of candidates.
+// A read error (a file that shrank) cannot leave a parallel region: the elements are then zeros
+// and rethrow_read_error() throws the first such error; every stage calls it after its reads.
 void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* out);
-// Drops the mapped pages wholly inside elements [begin, begin + count) of a tensor from the
-// resident set (they stay in the page cache; touching them again re-maps them).
-void release_elements(const ModelTensor& tensor, size_t begin, size_t count);
+void rethrow_read_error();
+void discard_read_error();  // a left-over error of an assay that failed otherwise
 
 // slerp coefficients of mergekit: (sin((1-t) theta) / sin theta, sin(t theta) / sin theta), or
 // (1 - t, t) when |cos theta| > 0.9995 (mergekit's DOT_THRESHOLD, where it falls back to lerp).

@@ -1,12 +1,16 @@
 // The assay's statistics pass: Gram matrices, sums and exact-equality counts of one tensor, in
-// one streaming pass over fixed chunks of the mapped bytes. Each chunk is converted into a
+// one streaming pass over fixed chunks of the files' bytes (read with pread through a per-thread
+// buffer, never by faulting the mapping in). Each chunk is converted into a
 // per-thread scratch of kDefaultGrain floats per vector and reduced in double; chunks combine in
 // order, so the result is bit-identical for any thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <optional>
 
 #include "alloy/core/dtype.h"
+#include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
 #include "internal.h"
 
@@ -52,13 +56,31 @@ void add_into(PrefixMoments& acc, const PrefixMoments& part) {
   }
 }
 
+// The first read error of a pass (a file that shrank under the assay): load_range may run inside a
+// parallel region, which an exception must not leave, so the error is kept here, the elements read
+// as zeros, and rethrow_read_error() throws it once the pass is over.
+std::mutex g_read_error_mutex;
+std::optional<Error> g_read_error;
+
+void note_read_error(const Error& e) {
+  std::lock_guard<std::mutex> lock(g_read_error_mutex);
+  if (!g_read_error) g_read_error.emplace(e);
+}
+
+// Per-thread buffer of raw bytes: every input is read with pread through it, kReadPiece bytes at a
+// time, instead of faulting the mapping in. The resident set then holds these few buffers, not the
+// mapped pages of every input's tensor (which grew with the candidates and the largest tensor), and
+// a read from the page cache costs a fraction of the page faults it replaces.
+constexpr size_t kReadPiece = size_t(1) << 17;
+uint8_t* read_buffer() {
+  static thread_local std::vector<uint8_t> buffer(kReadPiece);
+  return buffer.data();
+}
+
 }  // namespace
 
 // Inlined into the vectorised chunk functions (so it is compiled for their target too).
-inline __attribute__((always_inline)) void load_range_inline(const ModelTensor& t, size_t begin, size_t count,
-                                                              float* out) {
-  const DType dtype = t.info->dtype;
-  const uint8_t* src = t.data() + begin * (dtype_bits(dtype) / 8);
+inline __attribute__((always_inline)) void convert_inline(DType dtype, const uint8_t* src, size_t count, float* out) {
   // The common dtypes inline and on this thread: this runs inside parallel chunks already.
   if (dtype == DType::BF16) {
     for (size_t i = 0; i < count; ++i) {
@@ -79,7 +101,47 @@ inline __attribute__((always_inline)) void load_range_inline(const ModelTensor& 
   }
 }
 
+inline __attribute__((always_inline)) void load_range_inline(const ModelTensor& t, size_t begin, size_t count,
+                                                              float* out) {
+  const DType dtype = t.info->dtype;
+  const size_t bits = dtype_bits(dtype);
+  if (bits % 8 != 0) {  // sub-byte dtypes: converted from the mapping
+    convert_inline(dtype, t.data() + begin * (bits / 8), count, out);
+    return;
+  }
+  const size_t bytes = bits / 8, per_piece = kReadPiece / bytes;
+  try {
+    if (dtype == DType::F32) {
+      t.shard->read(*t.info, begin * 4, count * 4, out);
+      return;
+    }
+    uint8_t* raw = read_buffer();
+    for (size_t done = 0; done < count; done += per_piece) {
+      const size_t n = std::min(per_piece, count - done);
+      t.shard->read(*t.info, (begin + done) * bytes, n * bytes, raw);
+      convert_inline(dtype, raw, n, out + done);
+    }
+  } catch (const Error& e) {
+    note_read_error(e);
+    std::fill(out, out + count, 0.0f);
+  }
+}
+
 void load_range(const ModelTensor& t, size_t begin, size_t count, float* out) { load_range_inline(t, begin, count, out); }
+
+void rethrow_read_error() {
+  std::optional<Error> error;
+  {
+    std::lock_guard<std::mutex> lock(g_read_error_mutex);
+    error.swap(g_read_error);
+  }
+  if (error) throw *error;
+}
+
+void discard_read_error() {
+  std::lock_guard<std::mutex> lock(g_read_error_mutex);
+  g_read_error.reset();
+}
 
 // Inlined into the vectorised chunk functions, like load_range_inline.
 inline __attribute__((always_inline)) void load_view_inline(const TensorViews& views, size_t v, size_t begin,
@@ -104,26 +166,6 @@ inline __attribute__((always_inline)) void load_vectors(const TensorViews& views
   for (size_t v = 0; v < views.inputs.size(); ++v) {
     x[v] = base + v * kDefaultGrain;
     load_view_inline(views, v, begin, count, x[v]);
-  }
-}
-
-// Drops the mapped pages of elements [begin, begin + count) of every mapped input from the resident
-// set once the chunk has been converted (the bytes stay in the page cache; a later pass re-maps
-// them). The full pass thereby holds a few chunks per thread instead of every input's whole
-// tensor, so peak memory no longer grows with the number of candidates. Inputs read from memory
-// (sampled rows, the aligned suspect) have nothing to drop.
-void release_elements(const ModelTensor& t, size_t begin, size_t count) {
-  const size_t bytes = dtype_bits(t.info->dtype) / 8;
-  const MappedFile& file = t.shard->file();
-  if (bytes == 0 || file.data() == nullptr) return;
-  file.release(uint64_t(t.data() - file.data()) + begin * bytes, count * bytes);
-}
-
-inline void release_chunk(const TensorViews& views, size_t begin, size_t count) {
-  if (!views.values.empty()) return;
-  for (size_t v = 0; v < views.inputs.size(); ++v) {
-    if (v == 0 && views.suspect_values) continue;
-    release_elements(*views.inputs[v], begin, count);
   }
 }
 
@@ -153,7 +195,6 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   float* base = chunk_buffers();
   float* x[kMaxVectors];
   load_vectors(views, begin, count, base, x);
-  release_chunk(views, begin, count);
   // Loops over elements inside loops over vectors, branch-free, so that they vectorise.
   float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
   float* lo = base + size_t(kMaxVectors + 1) * kDefaultGrain;

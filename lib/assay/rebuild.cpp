@@ -41,6 +41,7 @@ nlohmann::json rebuild_check_plan(const MergePlan& plan, const Model& suspect, c
   double err2 = 0, ref2 = 0;
   std::vector<std::vector<float>> inputs;
   std::vector<float> merged, expected;
+  std::vector<uint8_t> raw;  // a tensor's bytes, read with pread (the mapping is never faulted in)
   for (const auto& name : tensor_names) {
     const auto it = std::find_if(plan.tensors.begin(), plan.tensors.end(),
                                  [&](const PlannedTensor& t) { return t.name == name; });
@@ -58,15 +59,13 @@ nlohmann::json rebuild_check_plan(const MergePlan& plan, const Model& suspect, c
       if (!usable) break;
       inputs[k].resize(n);
       // A model with a LoRA adapter (`base+adapter` in the claim) is read with its change added.
-      const uint8_t* bytes = in->data();
-      std::vector<uint8_t> patched;
+      raw.resize(in->info->nbytes());
+      in->shard->read(*in->info, 0, raw.size(), raw.data());
       const LoraAdapter* adapter = s.model < plan.adapters.size() ? plan.adapters[s.model].get() : nullptr;
       if (const LoraModule* lora = adapter ? adapter->find(s.tensor) : nullptr) {
-        patched.assign(bytes, bytes + in->info->nbytes());
-        adapter->patch(*lora, in->info->dtype, patched.data(), inputs[k].data());
-        bytes = patched.data();
+        adapter->patch(*lora, in->info->dtype, raw.data(), inputs[k].data());
       }
-      load_as_f32(in->info->dtype, bytes, n, inputs[k].data());
+      load_as_f32(in->info->dtype, raw.data(), n, inputs[k].data());
       if (in->info->dtype != t.compute_dtype) round_to(t.compute_dtype, inputs[k].data(), n);
       ctx.sources.push_back({inputs[k].data(), s.params, s.is_base, plan.model_names[s.model]});
     }
@@ -75,7 +74,9 @@ nlohmann::json rebuild_check_plan(const MergePlan& plan, const Model& suspect, c
     expected.resize(n);
     plan.method->merge(ctx, merged.data());
     round_to(t.out_dtype, merged.data(), n);
-    load_as_f32(target->info->dtype, target->data(), n, expected.data());
+    raw.resize(target->info->nbytes());
+    target->shard->read(*target->info, 0, raw.size(), raw.data());
+    load_as_f32(target->info->dtype, raw.data(), n, expected.data());
     for (uint64_t i = 0; i < n; ++i) {
       exact += merged[i] == expected[i];
       max_ulp = std::max(max_ulp, ulp_distance(merged[i], expected[i], target->info->dtype));

@@ -43,7 +43,7 @@ Side side_of(const TensorPlace& p, const std::vector<uint64_t>& shape, uint64_t 
 Mat load_matrix(const ModelTensor& t) {
   const auto& s = t.info->shape;
   std::vector<float> v(t.info->numel());
-  load_as_f32(t.info->dtype, t.data(), v.size(), v.data());
+  load_range(t, 0, v.size(), v.data());
   t.shard->release(*t.info);
   return Eigen::Map<const RowMajorF>(v.data(), Eigen::Index(s[0]), Eigen::Index(s[1])).cast<double>();
 }

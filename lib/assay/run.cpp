@@ -185,6 +185,7 @@ AssayResult run_screened(const AssayOptions& options) {
     const std::vector<std::string>& paths = comparable.paths;
     if (screened) {
       const detail::CandidateScreen s = detail::screen_candidates(suspect, models, detail::kMaxFitted);
+      detail::rethrow_read_error();
       if (s.kept.empty()) {
         throw Error(ErrorCode::kInvalidArgument,
                     "alloy-assay: no tensor of " + options.suspect.string() + " is held with its shape by all " +
@@ -225,6 +226,7 @@ AssayResult run_screened(const AssayOptions& options) {
 }  // namespace
 
 AssayResult run_assay(const AssayOptions& options) {
+  detail::discard_read_error();
   if (options.candidates.empty()) throw Error(ErrorCode::kInvalidArgument, "alloy-assay needs at least one candidate");
   if (int(options.candidates.size()) > detail::kMaxCandidates) {
     throw Error(ErrorCode::kInvalidArgument, "alloy-assay takes at most " + std::to_string(detail::kMaxCandidates) +
@@ -259,6 +261,7 @@ AssayResult run_fitted(const AssayOptions& options) {
   AssayResult result;
   result.suspect = options.suspect.string();
   const detail::Alignment alignment = detail::align_suspect(suspect, models);
+  detail::rethrow_read_error();  // reads run inside parallel regions: errors surface after each stage
   result.permutations = alignment.permutations;
   std::vector<float> aligned_values;
   std::vector<std::vector<float>> sampled_values;  // --sample: each input's rows, reused per tensor
@@ -333,12 +336,14 @@ AssayResult run_fitted(const AssayOptions& options) {
       ta.skipped = "empty tensor";
     }
     for (const ModelTensor* v : views.inputs) v->shard->release(*v->info);
+    detail::rethrow_read_error();
     result.tensors.push_back(std::move(ta));
     done_bytes += s.info->nbytes();
     if (options.progress) options.progress(done_bytes, total_bytes);
   }
   drop_unaligned(block_tests, &result);
   detail::decide_verdict(&result, suspect, models, kept);
+  detail::rethrow_read_error();
   detail::record_set_aside(comparable.set_aside, &result);
   if (!alignment.folded_norms.empty()) {
     // The gains folded into the readers (gain_stage): per norm, and a one-line summary.

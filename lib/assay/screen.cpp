@@ -44,7 +44,6 @@ FirstPass run_dots(const ScreenRun& run, size_t with, bool first) {
     load_range(*run.inputs[with], run.begin + b, count, w.data());
     for (size_t v = 0; v < m; ++v) {
       load_range(*run.inputs[v], run.begin + b, count, x.data());
-      release_elements(*run.inputs[v], run.begin + b, count);  // else k runs' worth of mapped folios
       double d = 0, s = 0, q = 0;
       for (size_t i = 0; i < count; ++i) {
         const double xi = x[i];

@@ -101,39 +101,51 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
   if (k == 0 || n == 0) return out;
   // Well resolved for the ratio: |delta| at least 1/8 of |C_b| (16 bf16 ulps), so rounding moves
   // the ratio by at most about 3%.
-  Histograms init;
-  init.resize(k);
-  const Histograms h = parallel_reduce(n, part_grain(n), init, [&](size_t begin, size_t end) {
-    Histograms part;
-    part.resize(k);
-    for_each_subchunk(views, begin, end, [&](const std::vector<float*>& x, size_t count) {
-      const float* s = x[0];
-      const float* b = x[base];
-      for (size_t j = 0; j < k; ++j) {
-        const float* c = x[others[j]];
-        uint64_t* all = part.all.data() + j * kMagnitudeBins;
-        uint64_t* none = part.none.data() + j * kMagnitudeBins;
-        uint64_t* self = part.self.data() + j * kMagnitudeBins;
-        uint64_t* ratio = part.ratio.data() + j * kRatioBins;
-        for (size_t i = 0; i < count; ++i) {
-          const float delta = c[i] - b[i];
-          const size_t bin = magnitude_bin(delta);
-          ++all[bin];
-          none[bin] += s[i] == b[i];
-          self[bin] += delta != 0 && s[i] == c[i];
-          if (std::fabs(delta) >= 0.125f * std::fabs(b[i]) && delta != 0) {
-            const double r = (double(s[i]) - double(b[i])) / double(delta);
-            const double pos = (r - kRatioLow) / kRatioStep;
-            if (pos >= 0 && pos < double(kRatioBins)) ++ratio[size_t(pos)];
+  // The histograms of every part: integer counts, so their sum does not depend on the order or the
+  // threads. Parts run in waves of one per thread, each into a set of histograms that the waves
+  // reuse (zeroed), added into `h` in place: a set is 3 x k x 64 KiB, and copying it per part and
+  // per combine step (parallel_reduce) cost more than the counting and grew the resident set with
+  // the candidates.
+  const std::vector<bool> used = used_vectors(views, base, others);
+  Histograms h;
+  h.resize(k);
+  const size_t grain = part_grain(n), parts = (n + grain - 1) / grain;
+  const size_t wave = std::max<size_t>(1, std::min<size_t>(parts, size_t(thread_count())));
+  std::vector<Histograms> sets(wave);
+  for (size_t first = 0; first < parts; first += wave) {
+    const size_t count_parts = std::min(wave, parts - first);
+    parallel_for(count_parts, 1, [&](size_t lo, size_t hi) {
+      for (size_t w = lo; w < hi; ++w) {
+        Histograms& part = sets[w];
+        part.resize(k);
+        const size_t begin = (first + w) * grain, end = std::min<size_t>(n, begin + grain);
+        for_each_subchunk(views, begin, end, [&](const std::vector<float*>& x, size_t count) {
+          const float* s = x[0];
+          const float* b = x[base];
+          for (size_t j = 0; j < k; ++j) {
+            const float* c = x[others[j]];
+            uint64_t* all = part.all.data() + j * kMagnitudeBins;
+            uint64_t* none = part.none.data() + j * kMagnitudeBins;
+            uint64_t* self = part.self.data() + j * kMagnitudeBins;
+            uint64_t* ratio = part.ratio.data() + j * kRatioBins;
+            for (size_t i = 0; i < count; ++i) {
+              const float delta = c[i] - b[i];
+              const size_t bin = magnitude_bin(delta);
+              ++all[bin];
+              none[bin] += s[i] == b[i];
+              self[bin] += delta != 0 && s[i] == c[i];
+              if (std::fabs(delta) >= 0.125f * std::fabs(b[i]) && delta != 0) {
+                const double r = (double(s[i]) - double(b[i])) / double(delta);
+                const double pos = (r - kRatioLow) / kRatioStep;
+                if (pos >= 0 && pos < double(kRatioBins)) ++ratio[size_t(pos)];
+              }
+            }
           }
-        }
+        }, used);
       }
     });
-    return part;
-  }, [](Histograms acc, const Histograms& part) {
-    acc.add(part);
-    return acc;
-  });
+    for (size_t w = 0; w < count_parts; ++w) h.add(sets[w]);
+  }
 
   for (size_t j = 0; j < k; ++j) {
     const uint64_t* all = h.all.data() + j * kMagnitudeBins;
@@ -253,7 +265,7 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
             part(a, p) += ua * (r - pivot);
           }
         }
-      });
+      }, used);
       return part;
     }, [](Matrix acc, const Matrix& part) { return Matrix(acc + part); });
     const Matrix m = normal.leftCols(p);

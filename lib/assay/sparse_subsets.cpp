@@ -74,6 +74,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   }
   const double eps = unit_roundoff(views.inputs[0]->info->dtype);
   const unsigned sets = 1u << k;
+  const std::vector<bool> used = used_vectors(views, base, others);
   Counts init;
   init.resize(k);
   const uint64_t n = views.numel;
@@ -132,7 +133,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
           break;
         }
       }
-    });
+    }, used);
     return part;
   }, [](Counts acc, const Counts& part) {
     acc.add(part);

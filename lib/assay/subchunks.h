@@ -23,20 +23,30 @@ inline float* subchunk_scratch(size_t vectors) {
   return buffer.data();
 }
 
-// Calls body(x, count) with x[v] the floats of vector v for each sub-chunk of [begin, end).
+// Calls body(x, count) with x[v] the floats of vector v for each sub-chunk of [begin, end). Only
+// the vectors `used` marks are read (all when it is empty); the others' x[v] hold no data.
 template <class Body>
-void for_each_subchunk(const TensorViews& views, size_t begin, size_t end, Body&& body) {
+void for_each_subchunk(const TensorViews& views, size_t begin, size_t end, Body&& body,
+                       const std::vector<bool>& used = {}) {
   const size_t m = views.inputs.size();
   float* base = subchunk_scratch(m);
   std::vector<float*> x(m);
+  for (size_t v = 0; v < m; ++v) x[v] = base + v * kDefaultGrain;
   for (size_t b = begin; b < end; b += kDefaultGrain) {
     const size_t count = std::min(end - b, kDefaultGrain);
     for (size_t v = 0; v < m; ++v) {
-      x[v] = base + v * kDefaultGrain;
-      load_view(views, v, b, count, x[v]);
+      if (used.empty() || used[v]) load_view(views, v, b, count, x[v]);
     }
     body(x, count);
   }
+}
+
+// The vectors a statistic relative to base b over `others` reads: the suspect, b and the others.
+inline std::vector<bool> used_vectors(const TensorViews& views, int base, const std::vector<int>& others) {
+  std::vector<bool> used(views.inputs.size(), false);
+  used[0] = used[size_t(base)] = true;
+  for (int v : others) used[size_t(v)] = true;
+  return used;
 }
 
 }  // namespace alloy::detail
