@@ -108,14 +108,6 @@ void parallel_for_checked(const MergeContext& ctx, const char* method, size_t n,
       parallel_reduce(n, grain, size_t{0}, body, [](size_t a, size_t b) { return a + b; });
   if (bad > 0) fail_non_finite(ctx, method, bad, "check the weights and the inputs");
 }
-// x where keep is true, else +0, without a branch (random masks defeat branch prediction).
-inline float keep_or_zero(float x, bool keep) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u &= 0u - static_cast<uint32_t>(keep);
-  std::memcpy(&x, &u, 4);
-  return x;
-}
 // x with its bits ANDed with `mask` (all ones: x; zero: +0).
 inline float and_bits(float x, uint32_t mask) {
   uint32_t u;
@@ -124,6 +116,8 @@ inline float and_bits(float x, uint32_t mask) {
   std::memcpy(&x, &u, 4);
   return x;
 }
+// x where keep is true, else +0, without a branch (random masks defeat branch prediction).
+inline float keep_or_zero(float x, bool keep) { return and_bits(x, 0u - static_cast<uint32_t>(keep)); }
 // out[j] = all ones where bit start + j of `bits` is set, else 0, for j < count: the mask of a
 // block as words, 32 at a time from one shifted 32-bit piece, tested against a table of single
 // bits so that the loop vectorises without per-lane shifts (SSE2 has none).
