@@ -637,7 +637,12 @@ void load_aligned(const Model& suspect, const Alignment& alignment, const std::s
       }
       if (!a.col_scale.empty()) {
         const float* f = a.col_scale.data() + m * g.cols;
-        for (uint64_t col = 0; col < g.cols; ++col) o[col] = a.col_divides ? o[col] / f[col] : o[col] * f[col];
+        const float off = a.col_offset;
+        for (uint64_t col = 0; col < g.cols; ++col) {
+          if (off != 0) o[col] += off;
+          o[col] = a.col_divides ? o[col] / f[col] : o[col] * f[col];
+          if (off != 0) o[col] -= off;
+        }
       }
     }
   }

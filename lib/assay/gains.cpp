@@ -28,6 +28,7 @@ constexpr int kAlternations = 10;
 
 struct NormGroup {
   std::string norm;
+  float offset = 0;  // 1 for a norm applied as (1 + w) (Qwen3-Next, Qwen3.5): its gain is 1 + w
   std::vector<std::string> readers;
   std::vector<std::string> not_undone;  // readers whose stream axis is not the last: left folded
 };
@@ -38,7 +39,7 @@ struct NormGroup {
 // post_attention_layernorm -> the MLP's, the router's, the experts' and the shared expert's; the
 // final norm -> lm_head. A reader is divided by the gain along its last axis ([out, hidden], or
 // stacked [E, out, hidden]); one whose stream axis is elsewhere (GPT-OSS's [E, hidden, 2I]) is
-// listed as not undone. Norms applied as (1 + w) are left out.
+// listed as not undone. A norm applied as (1 + w) has the gain 1 + w (NormGroup::offset).
 std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture& arch, uint64_t hidden) {
   struct Reader {
     std::string name;
@@ -50,13 +51,16 @@ std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture
   };
   std::map<int, Layer> layers;
   std::vector<std::string> final_norms;
+  std::map<std::string, float> offsets;  // norm name -> NormGroup::offset
   std::vector<Reader> heads;
   for (const auto& t : suspect.tensors()) {
     const TensorPlace p = arch.classify(t.name());
     if (!p.submodel.empty()) continue;
     const auto& shape = t.info->shape;
     if (p.role == TensorRole::kNorm) {
-      if (p.view != TensorView::kPlain || shape != std::vector<uint64_t>{hidden}) continue;
+      const bool offset_one = p.view == TensorView::kNormOffsetOne;
+      if ((p.view != TensorView::kPlain && !offset_one) || shape != std::vector<uint64_t>{hidden}) continue;
+      offsets[t.name()] = offset_one ? 1.0f : 0.0f;
       if (p.layer >= 0) layers[p.layer].norms[p.suffix] = t.name();
       else final_norms.push_back(t.name());
       continue;
@@ -69,8 +73,8 @@ std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture
     if (role.norm == ResidualNorm::kFinal) heads.push_back(r);
     else if (p.layer >= 0) layers[p.layer].readers[role.norm].push_back(r);
   }
-  const auto group = [](const std::string& norm, const std::vector<Reader>& readers) {
-    NormGroup g{norm, {}, {}};
+  const auto group = [&offsets](const std::string& norm, const std::vector<Reader>& readers) {
+    NormGroup g{norm, offsets[norm], {}, {}};
     for (const Reader& r : readers) (r.undoable ? g.readers : g.not_undone).push_back(r.name);
     return g;
   };
@@ -96,6 +100,13 @@ std::vector<float> load_all(const ModelTensor& t) {
   std::vector<float> v(t.info->numel());
   load_range(t, 0, v.size(), v.data());
   t.shard->release(*t.info);
+  return v;
+}
+
+// The gains a norm applies: its stored weights plus the group's offset.
+std::vector<float> load_gains(const ModelTensor& t, float offset) {
+  std::vector<float> v = load_all(t);
+  for (float& x : v) x += offset;
   return v;
 }
 
@@ -158,7 +169,7 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
   if (!embedding || embedding->info->shape.size() != 2 || candidates.empty()) return;
   const uint64_t hidden = embedding->info->shape[1];
   for (const NormGroup& group : norm_groups(suspect, sa, hidden)) {
-    if (!all_ones(load_all(*suspect.find(group.norm)))) continue;
+    if (!all_ones(load_gains(*suspect.find(group.norm), group.offset))) continue;
     // The candidates holding the norm and every reader in the suspect's shapes.
     std::vector<const Model*> used;
     std::vector<std::vector<float>> gains;
@@ -172,7 +183,7 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
       }
       if (!ok) continue;
       used.push_back(m);
-      gains.push_back(load_all(*n));
+      gains.push_back(load_gains(*n, group.offset));
       folded_somewhere |= !all_ones(gains.back());
     }
     if (used.empty() || !folded_somewhere) continue;  // candidates' gains all ones: nothing folded to find
@@ -258,7 +269,8 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
       a.col_divides = true;
     }
     AlignedTensor& norm = slot_of(suspect, out, group.norm);
-    norm.col_scale = scale, norm.col_divides = false;  // the stored ones times g
+    norm.col_scale = scale, norm.col_divides = false;  // the stored unit gains times g
+    norm.col_offset = group.offset;
     nlohmann::json entry = {{"norm", group.norm},
                             {"readers", group.readers},
                             {"not_undone", group.not_undone},

@@ -257,6 +257,9 @@ struct AlignedTensor {
   // multiplied, when !row_divides), aligned column j multiplied by col_scale[j] (or divided).
   std::vector<float> row_scale, col_scale;
   bool row_divides = true, col_divides = false;
+  // A norm applied as (1 + w): col_scale scales its gain col_offset + w, so the column becomes
+  // (col_offset + w) * col_scale - col_offset (the gain times the scale, stored as the norm stores it).
+  float col_offset = 0;
   // Before everything else: an undone residual-stream rotation (rotation_stage below). kRight: the
   // stored [rows, hidden] matrix times Q^T (embeddings and readers), kLeft: Q times the stored
   // [hidden, cols] matrix (writers). `rotation` is Q, hidden x hidden, row-major.

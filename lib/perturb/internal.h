@@ -15,6 +15,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -77,15 +78,20 @@ struct StreamLayout {
   std::string final_norm;           // the language model's one norm outside the layers ("" if not one)
   std::string head;                 // lm_head ("" when tied)
   std::vector<std::string> submodels;  // separate modules (vision tower, MTP head): left alone
+  std::set<std::string> offset_one_norms;  // norms applied as (1 + w) (Qwen3-Next, Qwen3.5)
   // The norm a reader reads the stream through ("" when there is none).
   std::string norm_of(const StreamTensor& t) const;
+  // What the stored weight of `norm` is added to for its gain: 1 for a (1 + w) norm, else 0.
+  float norm_offset(const std::string& norm) const;
 };
 // Throws Error(kInvalidArgument) naming the tensor when a stream tensor's axis cannot be told, or a
-// norm applied as (1 + w) (Gemma) that fold-norms could not set to one without a change of function.
+// norm normalises a writer's output (Gemma's sandwich norms, kWriterPostNorm): then folding or
+// rotating would change the function.
 StreamLayout stream_layout(const Model& model);
-// fold-norms (rescale.cpp): every reader of a norm scaled by its gain along the stream axis, the
-// norm set to ones; truth "norms" {name: gains}, "layers" [{"layer", "<norm suffix>": gains}],
-// "final_norm". `layout`, when given, receives the layout it used.
+// fold-norms (rescale.cpp): every reader of a norm scaled by its gain g along the stream axis (g = w,
+// or 1 + w for a (1 + w) norm), the norm set to a unit gain (1, or 0 for a (1 + w) norm); truth
+// "norms" {name: g}, "layers" [{"layer", "<norm suffix>": g}], "final_norm". `layout`, when given,
+// receives the layout it used.
 PerturbPlan plan_fold_norms(const PerturbInput& input, StreamLayout* layout = nullptr);
 
 // The architecture of IN, or Error(kInvalidArgument) saying the kind needs a config.json.

@@ -37,9 +37,9 @@ TensorTransform scale_columns(std::vector<float> factor, bool divide) {
   };
 }
 
-TensorTransform set_to_one() {
-  return [](float* v, uint64_t rows, uint64_t cols) {
-    std::fill(v, v + rows * cols, 1.0f);
+TensorTransform set_to(float value) {
+  return [value](float* v, uint64_t rows, uint64_t cols) {
+    std::fill(v, v + rows * cols, value);
     return json(nullptr);
   };
 }
@@ -124,11 +124,19 @@ StreamLayout stream_layout(const Model& model) {
     }
     if (p.role == TensorRole::kLmHead) s.head = t.name();
     if (p.role == TensorRole::kNorm && shape == std::vector<uint64_t>{s.hidden}) {
-      if (p.view != TensorView::kPlain) {
+      // Gemma's sandwich norms also normalise the writers' outputs before the residual add: no gain
+      // can be folded past them and RMSNorm(o Q) g != RMSNorm(o) g Q, so the family is refused.
+      // A (1 + w) norm without them (Qwen3-Next, Qwen3.5) folds 1 + w and is stored as 0 after.
+      if (p.suffix == kWriterPostNorm) {
         throw Error(ErrorCode::kInvalidArgument,
-                    "perturb: norm '" + t.name() + "' is applied as " + view_name(p.view) +
-                        " (Gemma's 1 + w, with post-norms on the writers): folding its gain or rotating the "
-                        "stream would change the function, so fold-norms and rotate-residual refuse this family");
+                    "perturb: norm '" + t.name() + "' normalises a writer's output before the residual add "
+                        "(Gemma's sandwich norms): folding the gains or rotating the stream would change the "
+                        "function, so fold-norms and rotate-residual refuse this family");
+      }
+      if (p.view == TensorView::kNormOffsetOne) s.offset_one_norms.insert(t.name());
+      else if (p.view != TensorView::kPlain) {
+        throw Error(ErrorCode::kInvalidArgument, "perturb: norm '" + t.name() + "' is stored as " +
+                                                     view_name(p.view) + ", which fold-norms does not know how to fold");
       }
       if (p.layer < 0) final_norms.push_back(t.name());
       continue;
@@ -147,6 +155,10 @@ StreamLayout stream_layout(const Model& model) {
   }
   if (final_norms.size() == 1) s.final_norm = final_norms[0];
   return s;
+}
+
+float StreamLayout::norm_offset(const std::string& norm) const {
+  return offset_one_norms.count(norm) ? 1.0f : 0.0f;
 }
 
 std::string StreamLayout::norm_of(const StreamTensor& t) const {
@@ -181,9 +193,11 @@ PerturbPlan plan_fold_norms(const PerturbInput& input, StreamLayout* layout) {
   for (const std::string& norm : norms) {
     const ModelTensor& gain = require_tensor(input.model, norm);
     require_shape(gain, {s.hidden});
+    const float offset = s.norm_offset(norm);
     std::vector<float> g = load_values(gain);
+    for (float& x : g) x += offset;  // the gain applied: w, or 1 + w
     for (const StreamTensor* t : readers[norm]) put(&overrides, t->name, scale_axis(g, t->shape, t->axis));
-    put(&overrides, norm, set_to_one());
+    put(&overrides, norm, set_to(1.0f - offset));  // a unit gain as this norm stores it
     by_norm[norm] = g;
     int layer;
     std::string suffix;

@@ -117,12 +117,13 @@ PerturbPlan plan_rotation(const PerturbInput& input) {
   PerturbPlan plan = plan_fold_norms(input, &layout);
   const int hidden = int(layout.hidden);
   if (layout.head.empty() && !layout.final_norm.empty()) {
-    // Tied: the final norm stays in place, and must already be all ones to commute with Q.
-    for (float g : load_values(require_tensor(input.model, layout.final_norm))) {
-      if (g != 1.0f) {
+    // Tied: the final norm stays in place, and must already be a unit gain to commute with Q.
+    const float offset = layout.norm_offset(layout.final_norm);
+    for (float w : load_values(require_tensor(input.model, layout.final_norm))) {
+      if (w + offset != 1.0f) {
         throw Error(ErrorCode::kInvalidArgument,
                     "perturb: rotate-residual: " + input.model.path().string() + " ties lm_head to the embeddings, so " +
-                        layout.final_norm + " cannot be folded and is not all ones; the rotation would change the function");
+                        layout.final_norm + " cannot be folded and is not a unit gain; the rotation would change the function");
       }
     }
   }

@@ -19,6 +19,7 @@
 #include "alloy/core/sha256.h"
 #include "alloy/perturb/perturb.h"
 #include "alloy/synth/synth.h"
+#include "reference_forward.h"
 #include "test_utils.h"
 
 namespace {
@@ -28,7 +29,7 @@ using alloy::ModelFamily;
 using alloy::PerturbKind;
 using alloy::test::TempDir;
 using nlohmann::json;
-using Mat = Eigen::MatrixXd;
+using namespace alloy::test::ref;
 
 alloy::BaseModelOptions small(ModelFamily family, uint64_t seed = 7) {
   alloy::BaseModelOptions o;
@@ -67,28 +68,6 @@ json read_json(const fs::path& path) {
   return json::parse(alloy::read_text_file(path));
 }
 
-std::vector<float> values(const alloy::Model& m, const std::string& name) {
-  const auto* t = m.find(name);
-  EXPECT_NE(t, nullptr) << name;
-  if (!t) return {};
-  std::vector<float> v(t->info->numel());
-  alloy::load_as_f32(t->info->dtype, t->data(), v.size(), v.data());
-  return v;
-}
-
-// A tensor as a matrix: [rows, cols] for 2-D, one row for 1-D.
-Mat matrix(const alloy::Model& m, const std::string& name) {
-  const auto* t = m.find(name);
-  if (!t) throw std::runtime_error("no tensor " + name);
-  const auto v = values(m, name);
-  const auto& s = t->info->shape;
-  const Eigen::Index rows = s.size() >= 2 ? Eigen::Index(s[0]) : 1;
-  const Eigen::Index cols = Eigen::Index(v.size()) / rows;
-  return Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-             v.data(), rows, cols)
-      .cast<double>();
-}
-
 bool same_bytes(const alloy::Model& a, const alloy::Model& b, const std::string& name) {
   const auto *x = a.find(name), *y = b.find(name);
   return x && y && x->info->nbytes() == y->info->nbytes() &&
@@ -97,44 +76,9 @@ bool same_bytes(const alloy::Model& a, const alloy::Model& b, const std::string&
 
 // ---- the reference forward pass of one decoder block ----
 
-using Weights = std::function<Mat(const std::string&)>;
-
-Mat rms_norm(const Mat& x, const Mat& gain) {
-  Mat out(x.rows(), x.cols());
-  for (Eigen::Index t = 0; t < x.rows(); ++t) {
-    const double scale = 1.0 / std::sqrt(x.row(t).squaredNorm() / double(x.cols()) + 1e-6);
-    out.row(t) = (x.row(t) * scale).cwiseProduct(gain.row(0));
-  }
-  return out;
-}
-
-Mat linear(const Mat& x, const Mat& w) {
-  return x * w.transpose();
-}
-
-Mat silu(const Mat& x) {
-  return x.unaryExpr([](double v) { return v / (1 + std::exp(-v)); });
-}
-
-// Rotary embedding on each head_dim block (pairs i, i + d/2), position = token index.
-void rope(Mat* x, int heads, int head_dim) {
-  for (Eigen::Index t = 0; t < x->rows(); ++t) {
-    for (int h = 0; h < heads; ++h) {
-      for (int i = 0; i < head_dim / 2; ++i) {
-        const double angle = double(t) * std::pow(10000.0, -2.0 * i / head_dim);
-        double& a = (*x)(t, h * head_dim + i);
-        double& b = (*x)(t, h * head_dim + i + head_dim / 2);
-        const double ra = a * std::cos(angle) - b * std::sin(angle),
-                     rb = a * std::sin(angle) + b * std::cos(angle);
-        a = ra, b = rb;
-      }
-    }
-  }
-}
-
 Mat attention(const alloy::Architecture& arch, const Weights& w, const std::string& p,
               const Mat& h) {
-  const int heads = arch.heads, group = arch.heads / arch.kv_heads, d = arch.head_dim();
+  const int heads = arch.heads, d = arch.head_dim();
   Mat q = linear(h, w(p + "q_proj.weight")), k = linear(h, w(p + "k_proj.weight")),
       v = linear(h, w(p + "v_proj.weight"));
   if (arch.attention_bias) {
@@ -142,26 +86,9 @@ Mat attention(const alloy::Architecture& arch, const Weights& w, const std::stri
     k.rowwise() += w(p + "k_proj.bias").row(0);
     v.rowwise() += w(p + "v_proj.bias").row(0);
   }
-  rope(&q, heads, d);
-  rope(&k, arch.kv_heads, d);
-  const Eigen::Index tokens = h.rows();
-  Mat context(tokens, heads * d);
-  for (int head = 0; head < heads; ++head) {
-    const int kv = head / group;
-    const Mat qh = q.middleCols(head * d, d), kh = k.middleCols(kv * d, d),
-              vh = v.middleCols(kv * d, d);
-    Mat scores = qh * kh.transpose() / std::sqrt(double(d));
-    for (Eigen::Index t = 0; t < tokens; ++t) {
-      const double top = scores.row(t).head(t + 1).maxCoeff();
-      double sum = 0;
-      for (Eigen::Index s = 0; s < tokens; ++s) {
-        scores(t, s) = s <= t ? std::exp(scores(t, s) - top) : 0.0;  // causal
-        sum += scores(t, s);
-      }
-      scores.row(t) /= sum;
-    }
-    context.middleCols(head * d, d) = scores * vh;
-  }
+  rope(&q, heads, d, d);
+  rope(&k, arch.kv_heads, d, d);
+  const Mat context = attend(q, k, v, heads, arch.kv_heads, d);
   return linear(context, w(p + "o_proj.weight"));
 }
 
@@ -178,15 +105,9 @@ Mat moe(const alloy::Architecture& arch, const Weights& w, const std::string& p,
   Mat out = Mat::Zero(h.rows(), h.cols());
   std::vector<Mat> experts(arch.experts);
   for (Eigen::Index t = 0; t < h.rows(); ++t) {
-    Eigen::VectorXd prob = (logits.row(t).array() - logits.row(t).maxCoeff()).exp();
-    prob /= prob.sum();
-    std::vector<int> order(arch.experts);
-    for (int e = 0; e < arch.experts; ++e) order[e] = e;
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return prob[a] > prob[b]; });
-    for (int k = 0; k < arch.experts_per_token; ++k) {
-      const int e = order[k];
+    for (const auto& [e, p_e] : route(logits.row(t), arch.experts_per_token, false)) {
       if (experts[e].size() == 0) experts[e] = mlp(w, p + "experts." + std::to_string(e) + ".", h);
-      out.row(t) += prob[e] * experts[e].row(t);
+      out.row(t) += p_e * experts[e].row(t);
     }
   }
   if (arch.shared_expert) {
@@ -209,22 +130,6 @@ Mat decoder_block(const alloy::Architecture& arch, const Weights& w, int layer, 
 
 Mat final_logits(const Weights& w, const Mat& x) {
   return linear(rms_norm(x, w("model.norm.weight")), w("lm_head.weight"));
-}
-
-Mat random_tokens(int tokens, int hidden, uint64_t seed) {
-  std::vector<float> z(size_t(tokens) * hidden);
-  alloy::synth_normal(seed, alloy::synth_stream_id("test.tokens"), 0, z.size(), z.data());
-  return Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-             z.data(), tokens, hidden)
-      .cast<double>();
-}
-
-Weights weights_of(const alloy::Model& m) {
-  return [&m](const std::string& name) { return matrix(m, name); };
-}
-
-double relative_difference(const Mat& a, const Mat& b) {
-  return (a - b).norm() / b.norm();
 }
 
 // ---- function preservation ----

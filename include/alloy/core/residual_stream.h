@@ -106,4 +106,9 @@ const char* layer_norm_suffix(ResidualNorm norm, const Has& has) {
                                                  : "post_attention_layernorm.weight";
 }
 
+// The suffix of a norm that normalises a writer's output before the residual add (Gemma 2 and 3's
+// sandwich norms). No gain can be folded past it and it does not commute with a rotation of the
+// stream, so a family that has one is refused by fold-norms and rotate-residual.
+inline constexpr const char* kWriterPostNorm = "post_feedforward_layernorm.weight";
+
 }  // namespace alloy

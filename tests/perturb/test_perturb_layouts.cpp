@@ -1,0 +1,280 @@
+// fold-norms and rotate-residual on real checkpoint layouts: the logits of a whole model, computed
+// from its stored tensors by a float64 reference written per family from the Hugging Face modeling
+// code, are unchanged by the transform. Phi-3 (fused qkv_proj and gate_up_proj), Mixtral
+// (block_sparse_moe, w1/w3/w2 experts, renormalised top-k) and Qwen3.5-MoE (the language model
+// under model.language_model., hybrid Gated DeltaNet / gated full-attention layers, stacked
+// gate_up_proj experts, and RMSNorms applied as (1 + w), which must be folded as 1 + w).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "alloy/core/file_util.h"
+#include "alloy/core/model.h"
+#include "alloy/perturb/perturb.h"
+#include "alloy/synth/synth.h"
+#include "reference_forward.h"
+#include "test_utils.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using alloy::ModelFamily;
+using alloy::PerturbKind;
+using nlohmann::json;
+using namespace alloy::test::ref;
+
+// The text model's config (Qwen3.5 nests it under text_config).
+json text_config(const alloy::Model& m) {
+  const json& c = m.config();
+  return c.contains("text_config") ? c["text_config"] : c;
+}
+
+// What a family's forward pass needs beyond the tensors.
+struct Shape {
+  std::string prefix;  // "model." or "model.language_model."
+  int layers, heads, kv_heads, head_dim, rotary, experts_per_token;
+  bool offset_norms;   // RMSNorm gains applied as (1 + w)
+  std::vector<std::string> layer_types;
+};
+
+Shape shape_of(const alloy::Model& m, ModelFamily family) {
+  const json c = text_config(m);
+  Shape s;
+  s.prefix = family == ModelFamily::kQwen35Moe ? "model.language_model." : "model.";
+  s.layers = c["num_hidden_layers"];
+  s.heads = c["num_attention_heads"];
+  s.kv_heads = c["num_key_value_heads"];
+  s.head_dim = c.value("head_dim", int(c["hidden_size"]) / s.heads);
+  s.rotary = int(s.head_dim * c.value("partial_rotary_factor", 1.0));
+  s.experts_per_token = c.value("num_experts_per_tok", 0);
+  s.offset_norms = family == ModelFamily::kQwen35Moe;
+  s.layer_types = c.value("layer_types", std::vector<std::string>(size_t(s.layers), "full_attention"));
+  return s;
+}
+
+class Forward {
+ public:
+  Forward(Weights w, ModelFamily family, Shape shape) : w_(std::move(w)), family_(family), s_(std::move(shape)) {}
+
+  Mat logits(const std::vector<int>& ids) const {
+    const Mat embed = w_(s_.prefix + "embed_tokens.weight");
+    Mat x(Eigen::Index(ids.size()), embed.cols());
+    for (size_t t = 0; t < ids.size(); ++t) x.row(Eigen::Index(t)) = embed.row(ids[t]);
+    for (int layer = 0; layer < s_.layers; ++layer) {
+      const std::string p = s_.prefix + "layers." + std::to_string(layer) + ".";
+      x += mixer(p, norm(x, p + "input_layernorm.weight"), layer);
+      x += mlp(p, norm(x, p + "post_attention_layernorm.weight"));
+    }
+    return linear(norm(x, s_.prefix + "norm.weight"), w_("lm_head.weight"));
+  }
+
+ private:
+  Mat norm(const Mat& x, const std::string& name) const {
+    Mat g = w_(name);
+    if (s_.offset_norms) g.array() += 1;
+    return rms_norm(x, g);
+  }
+  // A per-head norm (Qwen3.5's q_norm / k_norm) over each head_dim block.
+  Mat head_norm(const Mat& x, int heads, const std::string& name) const {
+    Mat out(x.rows(), x.cols());
+    for (int h = 0; h < heads; ++h) {
+      out.middleCols(h * s_.head_dim, s_.head_dim) = norm(x.middleCols(h * s_.head_dim, s_.head_dim), name);
+    }
+    return out;
+  }
+
+  Mat mixer(const std::string& p, const Mat& h, int layer) const {
+    if (s_.layer_types[size_t(layer)] == "linear_attention") return gated_delta_net(p + "linear_attn.", h);
+    const int d = s_.head_dim, q_width = s_.heads * d, kv_width = s_.kv_heads * d;
+    const std::string a = p + "self_attn.";
+    Mat q, k, v, gate;
+    if (family_ == ModelFamily::kPhi3) {  // qkv_proj rows: q, then k, then v
+      const Mat qkv = linear(h, w_(a + "qkv_proj.weight"));
+      q = qkv.leftCols(q_width), k = qkv.middleCols(q_width, kv_width), v = qkv.rightCols(kv_width);
+    } else {
+      q = linear(h, w_(a + "q_proj.weight")), k = linear(h, w_(a + "k_proj.weight")), v = linear(h, w_(a + "v_proj.weight"));
+    }
+    if (family_ == ModelFamily::kQwen35Moe) {  // per head [query d; gate d], q/k normed per head
+      const Mat both = q;
+      q.resize(h.rows(), q_width), gate.resize(h.rows(), q_width);
+      for (int head = 0; head < s_.heads; ++head) {
+        q.middleCols(head * d, d) = both.middleCols(2 * head * d, d);
+        gate.middleCols(head * d, d) = both.middleCols(2 * head * d + d, d);
+      }
+      q = head_norm(q, s_.heads, a + "q_norm.weight");
+      k = head_norm(k, s_.kv_heads, a + "k_norm.weight");
+    }
+    rope(&q, s_.heads, d, s_.rotary);
+    rope(&k, s_.kv_heads, d, s_.rotary);
+    Mat context = attend(q, k, v, s_.heads, s_.kv_heads, d);
+    if (gate.size()) context = context.cwiseProduct(sigmoid(gate));
+    return linear(context, w_(a + "o_proj.weight"));
+  }
+
+  // Qwen3.5's Gated DeltaNet, recurrent form: causal depthwise conv + SiLU on the qkv projection,
+  // L2-normed q and k shared by groups of value heads, decay g = -exp(A_log) softplus(a + dt_bias),
+  // write strength sigmoid(b), the delta rule S <- S e^g + k (beta (v - S^T k))^T, o = S^T q / sqrt(dk),
+  // then RMSNorm(o) w * silu(z) per value head and out_proj.
+  Mat gated_delta_net(const std::string& p, const Mat& h) const {
+    const Mat conv = w_(p + "conv1d.weight");  // [channels, kernel] (in-channels 1)
+    const Mat a_log = w_(p + "A_log"), dt_bias = w_(p + "dt_bias"), gain = w_(p + "norm.weight");
+    const Mat mixed = linear(h, w_(p + "in_proj_qkv.weight")), z = linear(h, w_(p + "in_proj_z.weight"));
+    const Mat a = linear(h, w_(p + "in_proj_a.weight")), b = linear(h, w_(p + "in_proj_b.weight"));
+    const int value_heads = int(a.cols()), dv = int(gain.cols()), kernel = int(conv.cols());
+    const int dk = dv, key_heads = int(mixed.cols() - value_heads * dv) / (2 * dk);
+    const Eigen::Index tokens = h.rows();
+    Mat c = Mat::Zero(tokens, mixed.cols());
+    for (Eigen::Index t = 0; t < tokens; ++t) {
+      for (int j = 0; j < kernel; ++j) {
+        const Eigen::Index src = t - (kernel - 1) + j;
+        if (src >= 0) c.row(t) += mixed.row(src).cwiseProduct(conv.col(j).transpose());
+      }
+    }
+    c = silu(c);
+    Mat out(tokens, value_heads * dv);
+    for (int vh = 0; vh < value_heads; ++vh) {
+      const int kh = vh / (value_heads / key_heads);
+      Mat state = Mat::Zero(dk, dv);
+      for (Eigen::Index t = 0; t < tokens; ++t) {
+        Eigen::VectorXd q = c.row(t).segment(kh * dk, dk).transpose();
+        Eigen::VectorXd k = c.row(t).segment(key_heads * dk + kh * dk, dk).transpose();
+        const Eigen::VectorXd v = c.row(t).segment(2 * key_heads * dk + vh * dv, dv).transpose();
+        q /= std::sqrt(q.squaredNorm() + 1e-6), k /= std::sqrt(k.squaredNorm() + 1e-6);
+        const double x = a(t, vh) + dt_bias(0, vh);
+        const double g = -std::exp(a_log(0, vh)) * (x > 20 ? x : std::log1p(std::exp(x)));
+        const double beta = 1 / (1 + std::exp(-b(t, vh)));
+        state *= std::exp(g);
+        const Eigen::VectorXd delta = beta * (v - state.transpose() * k);
+        state += k * delta.transpose();
+        const Eigen::RowVectorXd o = (state.transpose() * q).transpose() / std::sqrt(double(dk));
+        const double inv = 1 / std::sqrt(o.squaredNorm() / dv + 1e-6);
+        out.block(t, vh * dv, 1, dv) =
+            (o * inv).cwiseProduct(gain.row(0)).cwiseProduct(silu(z.block(t, vh * dv, 1, dv)));
+      }
+    }
+    return linear(out, w_(p + "out_proj.weight"));
+  }
+
+  Mat mlp(const std::string& p, const Mat& h) const {
+    if (family_ == ModelFamily::kPhi3) {  // gate_up_proj rows: gate, then up
+      const Mat gu = linear(h, w_(p + "mlp.gate_up_proj.weight"));
+      const Eigen::Index width = gu.cols() / 2;
+      return linear(silu(gu.leftCols(width)).cwiseProduct(gu.rightCols(width)), w_(p + "mlp.down_proj.weight"));
+    }
+    if (family_ == ModelFamily::kMixtral) return mixtral_moe(p + "block_sparse_moe.", h);
+    return qwen35_moe(p + "mlp.", h);
+  }
+
+  Mat swiglu(const Mat& h, const Mat& gate, const Mat& up, const Mat& down) const {
+    return linear(silu(linear(h, gate)).cwiseProduct(linear(h, up)), down);
+  }
+
+  Mat mixtral_moe(const std::string& p, const Mat& h) const {
+    const Mat logits = linear(h, w_(p + "gate.weight"));
+    Mat out = Mat::Zero(h.rows(), h.cols());
+    for (Eigen::Index t = 0; t < h.rows(); ++t) {
+      for (const auto& [e, weight] : route(logits.row(t), s_.experts_per_token, true)) {
+        const std::string x = p + "experts." + std::to_string(e) + ".";
+        out.row(t) += weight * swiglu(h.row(t), w_(x + "w1.weight"), w_(x + "w3.weight"), w_(x + "w2.weight"));
+      }
+    }
+    return out;
+  }
+
+  // Stacked experts: gate_up_proj [E, 2I, H] (rows: gate, then up), down_proj [E, H, I]; softmax
+  // top-k renormalised; a shared expert gated by sigmoid(shared_expert_gate h).
+  Mat qwen35_moe(const std::string& p, const Mat& h) const {
+    const Mat logits = linear(h, w_(p + "gate.weight"));
+    const Mat gate_up = w_(p + "experts.gate_up_proj"), down = w_(p + "experts.down_proj");
+    const Eigen::Index experts = logits.cols(), width = gate_up.rows() / experts / 2, hidden = h.cols();
+    Mat out = Mat::Zero(h.rows(), hidden);
+    for (Eigen::Index t = 0; t < h.rows(); ++t) {
+      for (const auto& [e, weight] : route(logits.row(t), s_.experts_per_token, true)) {
+        out.row(t) += weight * swiglu(h.row(t), gate_up.middleRows(2 * e * width, width),
+                                      gate_up.middleRows((2 * e + 1) * width, width), down.middleRows(e * hidden, hidden));
+      }
+    }
+    const std::string s = p + "shared_expert.";
+    const Mat shared = swiglu(h, w_(s + "gate_proj.weight"), w_(s + "up_proj.weight"), w_(s + "down_proj.weight"));
+    return out + sigmoid(linear(h, w_(p + "shared_expert_gate.weight"))).col(0).asDiagonal() * shared;
+  }
+
+  Weights w_;
+  ModelFamily family_;
+  Shape s_;
+};
+
+struct LayoutCase {
+  ModelFamily family;
+  PerturbKind kind;
+};
+
+class PerturbRealLayouts : public testing::TestWithParam<LayoutCase> {};
+
+TEST_P(PerturbRealLayouts, LogitsUnchanged) {
+  const LayoutCase c = GetParam();
+  alloy::test::TempDir dir;
+  alloy::BaseModelOptions o;
+  o.arch.family = c.family;
+  o.arch.layers = 4;  // Qwen3.5: three Gated DeltaNet layers, then full attention
+  o.arch.hidden = 64;
+  o.arch.vocab = 64;
+  o.dtype = alloy::DType::F32;
+  o.seed = 5;
+  alloy::synth_base_model(dir / "base", o);
+  alloy::PerturbOptions p;
+  p.kind = c.kind;
+  p.seed = 9;
+  const json truth = alloy::perturb_model(dir / "base", dir / "out", p);
+  const auto before = alloy::Model::open(dir / "base"), after = alloy::Model::open(dir / "out");
+  const std::vector<int> ids = {3, 17, 0, 31, 8, 8, 22, 63};
+  const Shape s = shape_of(before, c.family);
+  const Mat expected = Forward(weights_of(before), c.family, s).logits(ids);
+  EXPECT_LT(relative_difference(Forward(weights_of(after), c.family, s).logits(ids), expected), 1e-4);
+
+  // The folded norms hold a unit gain as the family stores it (0 for a (1 + w) norm), and the truth
+  // records the gain that was folded (1 + w there).
+  const double unit = s.offset_norms ? 0.0 : 1.0, offset = s.offset_norms ? 1.0 : 0.0;
+  const std::string norm = s.prefix + "layers.1.post_attention_layernorm.weight";
+  EXPECT_EQ(matrix(after, norm).maxCoeff(), unit);
+  EXPECT_EQ(matrix(after, norm).minCoeff(), unit);
+  const Mat stored = matrix(before, norm);
+  ASSERT_TRUE(truth["norms"].contains(norm)) << truth["norms"].dump();
+  for (Eigen::Index j = 0; j < stored.cols(); ++j) {
+    EXPECT_FLOAT_EQ(truth["norms"][norm][size_t(j)].get<float>(), float(stored(0, j) + offset)) << j;
+  }
+
+  // The controls: one transformed reader put back as it was, or the (1 + w) norms read as plain
+  // gains, breaks the function.
+  const std::string reader = c.family == ModelFamily::kPhi3      ? "model.layers.2.mlp.gate_up_proj.weight"
+                             : c.family == ModelFamily::kMixtral ? "model.layers.2.block_sparse_moe.gate.weight"
+                                                                 : s.prefix + "layers.2.linear_attn.in_proj_qkv.weight";
+  const Weights mixed = [&](const std::string& name) { return matrix(name == reader ? before : after, name); };
+  EXPECT_GT(relative_difference(Forward(mixed, c.family, s).logits(ids), expected), 1e-3) << reader;
+  if (s.offset_norms) {
+    Shape plain = s;
+    plain.offset_norms = false;
+    EXPECT_GT(relative_difference(Forward(weights_of(after), c.family, plain).logits(ids),
+                                  Forward(weights_of(before), c.family, plain).logits(ids)),
+              1e-3);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Perturb, PerturbRealLayouts,
+    testing::Values(LayoutCase{ModelFamily::kPhi3, PerturbKind::kFoldNorms},
+                    LayoutCase{ModelFamily::kPhi3, PerturbKind::kRotateResidual},
+                    LayoutCase{ModelFamily::kMixtral, PerturbKind::kFoldNorms},
+                    LayoutCase{ModelFamily::kMixtral, PerturbKind::kRotateResidual},
+                    LayoutCase{ModelFamily::kQwen35Moe, PerturbKind::kFoldNorms},
+                    LayoutCase{ModelFamily::kQwen35Moe, PerturbKind::kRotateResidual}),
+    [](const testing::TestParamInfo<LayoutCase>& info) {
+      std::string name = std::string(alloy::family_name(info.param.family)) + "_" +
+                         alloy::perturb_kind_name(info.param.kind);
+      for (char& ch : name) {
+        if (ch == '-') ch = '_';
+      }
+      return name;
+    });
+
+}  // namespace
