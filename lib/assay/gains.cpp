@@ -29,21 +29,24 @@ constexpr int kAlternations = 10;
 struct NormGroup {
   std::string norm;
   float offset = 0;  // 1 for a norm applied as (1 + w) (Qwen3-Next, Qwen3.5): its gain is 1 + w
-  std::vector<std::string> readers;
-  std::vector<std::string> not_undone;  // readers whose stream axis is not the last: left folded
+  std::vector<std::string> readers;       // stream on the last axis: [out, hidden], [E, out, hidden]
+  std::vector<std::string> inner_readers;  // stacked [E, hidden, out] (GPT-OSS's gate_up_proj)
+  std::vector<std::string> not_undone;     // readers whose stream axis is not known: left folded
 };
 
 // The norms of the language model and the tensors that read them through, by the role table of
 // alloy/core/residual_stream.h: input_layernorm -> the attention's readers (q/k/v, fused qkv,
 // latent q_a / kv_a, linear attention's in_proj); pre_feedforward_layernorm (Gemma 2), else
 // post_attention_layernorm -> the MLP's, the router's, the experts' and the shared expert's; the
-// final norm -> lm_head. A reader is divided by the gain along its last axis ([out, hidden], or
-// stacked [E, out, hidden]); one whose stream axis is elsewhere (GPT-OSS's [E, hidden, 2I]) is
-// listed as not undone. A norm applied as (1 + w) has the gain 1 + w (NormGroup::offset).
+// final norm -> lm_head. A reader is divided by the gain along its stream axis: the last
+// ([out, hidden], or stacked [E, out, hidden]) or the middle of stacked [E, hidden, out] (GPT-OSS's
+// gate_up_proj); any other is listed as not undone. A norm applied as (1 + w) has the gain 1 + w
+// (NormGroup::offset).
 std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture& arch, uint64_t hidden) {
   struct Reader {
     std::string name;
-    bool undoable;
+    int axis;
+    size_t dims;
   };
   struct Layer {
     std::map<std::string, std::string> norms;  // suffix -> name
@@ -69,13 +72,16 @@ std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture
     if (role.use != ResidualUse::kReads) continue;
     const int axis = residual_axis(p.role, p.view, shape, hidden);
     if (axis == kNoResidualAxis) continue;
-    const Reader r{t.name(), axis >= 0 && size_t(axis) + 1 == shape.size()};
+    const Reader r{t.name(), axis, shape.size()};
     if (role.norm == ResidualNorm::kFinal) heads.push_back(r);
     else if (p.layer >= 0) layers[p.layer].readers[role.norm].push_back(r);
   }
   const auto group = [&offsets](const std::string& norm, const std::vector<Reader>& readers) {
-    NormGroup g{norm, offsets[norm], {}, {}};
-    for (const Reader& r : readers) (r.undoable ? g.readers : g.not_undone).push_back(r.name);
+    NormGroup g{norm, offsets[norm], {}, {}, {}};
+    for (const Reader& r : readers) {
+      const bool last = r.axis >= 0 && size_t(r.axis) + 1 == r.dims, inner = r.axis == 1 && r.dims == 3;
+      (last ? g.readers : inner ? g.inner_readers : g.not_undone).push_back(r.name);
+    }
     return g;
   };
   std::vector<NormGroup> out;
@@ -86,7 +92,7 @@ std::vector<NormGroup> norm_groups(const Model& suspect, const ModelArchitecture
       const char* suffix = layer_norm_suffix(kind, has);
       if (!has(suffix)) continue;
       NormGroup g = group(layer.norms.at(suffix), readers);
-      if (!g.readers.empty()) out.push_back(std::move(g));
+      if (!g.readers.empty() || !g.inner_readers.empty()) out.push_back(std::move(g));
     }
   }
   if (final_norms.size() == 1 && !heads.empty()) {
@@ -140,6 +146,19 @@ struct ColumnStats {
   std::vector<double> ss;
 };
 
+// Adds column j's `count` elements of the suspect (s) and of every candidate (c[a]) to the stats.
+void add_column(ColumnStats* stats, size_t j, const float* s, const std::vector<const float*>& c, size_t count) {
+  const auto k = Eigen::Index(c.size());
+  for (size_t x = 0; x < count; ++x) {
+    stats->ss[j] += double(s[x]) * s[x];
+    for (Eigen::Index a = 0; a < k; ++a) {
+      const double ca = c[size_t(a)][x];
+      stats->cross[j](a) += ca * s[x];
+      for (Eigen::Index b = a; b < k; ++b) stats->gram[j](a, b) += ca * c[size_t(b)][x];
+    }
+  }
+}
+
 // Relative residual of S diag(1/g) against sum_c w_c C_c over the accumulated columns.
 double relative_residual(const ColumnStats& s, const Vec& g, const Vec& w) {
   double num = 0, den = 0;
@@ -177,9 +196,11 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
     for (const Model* m : candidates) {
       const ModelTensor* n = m->find(compared_name(*out, group.norm));
       bool ok = n && n->info->shape == std::vector<uint64_t>{hidden};
-      for (const std::string& r : group.readers) {
-        const ModelTensor* t = m->find(compared_name(*out, r));
-        ok = ok && t && t->info->shape == suspect.find(r)->info->shape;
+      for (const auto* list : {&group.readers, &group.inner_readers}) {
+        for (const std::string& r : *list) {
+          const ModelTensor* t = m->find(compared_name(*out, r));
+          ok = ok && t && t->info->shape == suspect.find(r)->info->shape;
+        }
       }
       if (!ok) continue;
       used.push_back(m);
@@ -187,11 +208,15 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
       folded_somewhere |= !all_ones(gains.back());
     }
     if (used.empty() || !folded_somewhere) continue;  // candidates' gains all ones: nothing folded to find
-    // Any column scale already on a reader (none today) would be mixed up with the gain: skip.
+    // Any scale already on a reader's stream axis (none today) would be mixed up with the gain: skip.
     bool scaled = false;
     for (const std::string& r : group.readers) {
       const auto slot = out->tensors.find(r);
       scaled |= slot != out->tensors.end() && !slot->second.col_scale.empty();
+    }
+    for (const std::string& r : group.inner_readers) {
+      const auto slot = out->tensors.find(r);
+      scaled |= slot != out->tensors.end() && !slot->second.row_scale.empty();
     }
     if (scaled) continue;
     const auto k = Eigen::Index(used.size());
@@ -207,22 +232,42 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
       const uint64_t rows = st.info->numel() / hidden;  // [out, hidden], or stacked [E, out, hidden]
       const uint64_t step = std::max<uint64_t>(1, rows / kGainRows);
       std::vector<std::vector<float>> crow(static_cast<size_t>(k), std::vector<float>(hidden));
+      std::vector<const float*> cj(static_cast<size_t>(k));
       std::vector<const ModelTensor*> ct;
       for (const Model* m : used) ct.push_back(m->find(cname));
       for (uint64_t i = 0; i < rows; i += step) {
         for (Eigen::Index c = 0; c < k; ++c) load_range(*ct[size_t(c)], i * hidden, hidden, crow[size_t(c)].data());
         const float* sv = values.data() + i * hidden;
         for (uint64_t j = 0; j < hidden; ++j) {
-          s.ss[j] += double(sv[j]) * sv[j];
-          for (Eigen::Index a = 0; a < k; ++a) {
-            const double ca = crow[size_t(a)][j];
-            s.cross[j](a) += ca * sv[j];
-            for (Eigen::Index b = a; b < k; ++b) s.gram[j](a, b) += ca * crow[size_t(b)][j];
-          }
+          for (Eigen::Index c = 0; c < k; ++c) cj[size_t(c)] = crow[size_t(c)].data() + j;
+          add_column(&s, j, sv + j, cj, 1);
         }
       }
       for (const ModelTensor* t : ct) t->shard->release(*t->info);
       st.shard->release(*st.info);
+    }
+    // Stacked [E, hidden, out]: column j of the fit is row j of each expert's matrix. Whole experts,
+    // evenly spaced, about kGainRows x hidden elements in all.
+    for (const std::string& r : group.inner_readers) {
+      const ModelTensor& st = *suspect.find(r);
+      const auto slot = out->tensors.find(r);
+      if (slot != out->tensors.end()) load_aligned(suspect, *out, r, &values);
+      else values = load_all(st);
+      const uint64_t experts = st.info->shape[0], width = st.info->shape[2];
+      const uint64_t step = std::max<uint64_t>(1, experts / std::max<uint64_t>(1, kGainRows / std::max<uint64_t>(1, width)));
+      std::vector<std::vector<float>> crow(static_cast<size_t>(k), std::vector<float>(width));
+      std::vector<const float*> cj(static_cast<size_t>(k));
+      for (Eigen::Index c = 0; c < k; ++c) cj[size_t(c)] = crow[size_t(c)].data();
+      std::vector<const ModelTensor*> ct;
+      for (const Model* m : used) ct.push_back(m->find(compared_name(*out, r)));
+      for (uint64_t e = 0; e < experts; e += step) {
+        for (uint64_t j = 0; j < hidden; ++j) {
+          const uint64_t at = (e * hidden + j) * width;
+          for (Eigen::Index c = 0; c < k; ++c) load_range(*ct[size_t(c)], at, width, crow[size_t(c)].data());
+          add_column(&s, j, values.data() + at, cj, width);
+        }
+      }
+      for (const ModelTensor* t : ct) t->shard->release(*t->info);
     }
     for (Mat& g : s.gram) {
       const Mat full = g.selfadjointView<Eigen::Upper>();
@@ -268,11 +313,20 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
       for (uint64_t m = 0; m < a.gather.matrices; ++m) a.col_scale.insert(a.col_scale.end(), scale.begin(), scale.end());
       a.col_divides = true;
     }
+    for (const std::string& r : group.inner_readers) {
+      AlignedTensor& a = slot_of(suspect, out, r);
+      const uint64_t experts = suspect.find(r)->info->shape[0];
+      a.row_scale.clear();
+      for (uint64_t e = 0; e < experts; ++e) a.row_scale.insert(a.row_scale.end(), scale.begin(), scale.end());
+      a.row_divides = true;
+    }
+    std::vector<std::string> readers = group.readers;
+    readers.insert(readers.end(), group.inner_readers.begin(), group.inner_readers.end());
     AlignedTensor& norm = slot_of(suspect, out, group.norm);
     norm.col_scale = scale, norm.col_divides = false;  // the stored unit gains times g
     norm.col_offset = group.offset;
     nlohmann::json entry = {{"norm", group.norm},
-                            {"readers", group.readers},
+                            {"readers", readers},
                             {"not_undone", group.not_undone},
                             {"relative_error", relative_error},
                             {"residual_before", before},
