@@ -3,7 +3,9 @@
 // code, are unchanged by the transform. Phi-3 (fused qkv_proj and gate_up_proj), Mixtral
 // (block_sparse_moe, w1/w3/w2 experts, renormalised top-k) and Qwen3.5-MoE (the language model
 // under model.language_model., hybrid Gated DeltaNet / gated full-attention layers, stacked
-// gate_up_proj experts, and RMSNorms applied as (1 + w), which must be folded as 1 + w).
+// gate_up_proj experts, and RMSNorms applied as (1 + w), which must be folded as 1 + w) and GPT-OSS
+// (biases on every projection, attention sinks, stacked [E, hidden, 2I] experts with interleaved
+// gate / up columns, top-k then softmax routing).
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -94,6 +96,11 @@ class Forward {
     } else {
       q = linear(h, w_(a + "q_proj.weight")), k = linear(h, w_(a + "k_proj.weight")), v = linear(h, w_(a + "v_proj.weight"));
     }
+    if (family_ == ModelFamily::kGptOss) {
+      q.rowwise() += w_(a + "q_proj.bias").row(0);
+      k.rowwise() += w_(a + "k_proj.bias").row(0);
+      v.rowwise() += w_(a + "v_proj.bias").row(0);
+    }
     if (family_ == ModelFamily::kQwen35Moe) {  // per head [query d; gate d], q/k normed per head
       const Mat both = q;
       q.resize(h.rows(), q_width), gate.resize(h.rows(), q_width);
@@ -106,9 +113,31 @@ class Forward {
     }
     rope(&q, s_.heads, d, s_.rotary);
     rope(&k, s_.kv_heads, d, s_.rotary);
-    Mat context = attend(q, k, v, s_.heads, s_.kv_heads, d);
+    Mat context = family_ == ModelFamily::kGptOss ? attend_with_sinks(q, k, v, w_(a + "sinks"))
+                                                  : attend(q, k, v, s_.heads, s_.kv_heads, d);
     if (gate.size()) context = context.cwiseProduct(sigmoid(gate));
-    return linear(context, w_(a + "o_proj.weight"));
+    Mat out = linear(context, w_(a + "o_proj.weight"));
+    if (family_ == ModelFamily::kGptOss) out.rowwise() += w_(a + "o_proj.bias").row(0);
+    return out;
+  }
+
+  // GPT-OSS: each head's softmax also spreads over a learned sink logit, which takes no value.
+  Mat attend_with_sinks(const Mat& q, const Mat& k, const Mat& v, const Mat& sinks) const {
+    const int d = s_.head_dim, group = s_.heads / s_.kv_heads;
+    const Eigen::Index tokens = q.rows();
+    Mat context(tokens, s_.heads * d);
+    for (int head = 0; head < s_.heads; ++head) {
+      const int kv = head / group;
+      const Mat scores = q.middleCols(head * d, d) * k.middleCols(kv * d, d).transpose() / std::sqrt(double(d));
+      for (Eigen::Index t = 0; t < tokens; ++t) {
+        const double top = std::max(scores.row(t).head(t + 1).maxCoeff(), sinks(0, head));
+        Eigen::RowVectorXd p = Eigen::RowVectorXd::Zero(tokens);
+        double sum = std::exp(sinks(0, head) - top);
+        for (Eigen::Index u = 0; u <= t; ++u) sum += p(u) = std::exp(scores(t, u) - top);
+        context.block(t, head * d, 1, d) = p / sum * v.middleCols(kv * d, d);
+      }
+    }
+    return context;
   }
 
   // Qwen3.5's Gated DeltaNet, recurrent form: causal depthwise conv + SiLU on the qkv projection,
@@ -162,6 +191,7 @@ class Forward {
       return linear(silu(gu.leftCols(width)).cwiseProduct(gu.rightCols(width)), w_(p + "mlp.down_proj.weight"));
     }
     if (family_ == ModelFamily::kMixtral) return mixtral_moe(p + "block_sparse_moe.", h);
+    if (family_ == ModelFamily::kGptOss) return gpt_oss_moe(p + "mlp.", h);
     return qwen35_moe(p + "mlp.", h);
   }
 
@@ -197,6 +227,37 @@ class Forward {
     const std::string s = p + "shared_expert.";
     const Mat shared = swiglu(h, w_(s + "gate_proj.weight"), w_(s + "up_proj.weight"), w_(s + "down_proj.weight"));
     return out + sigmoid(linear(h, w_(p + "shared_expert_gate.weight"))).col(0).asDiagonal() * shared;
+  }
+
+  // GPT-OSS: router logits with a bias, softmax over the top k; experts h G_e + b_e (G_e [hidden, 2I],
+  // gate and up interleaved), gate and up clamped at 7, (up + 1) gate sigmoid(1.702 gate), then
+  // times D_e [I, hidden] plus its bias.
+  Mat gpt_oss_moe(const std::string& p, const Mat& h) const {
+    Mat logits = linear(h, w_(p + "router.weight"));
+    logits.rowwise() += w_(p + "router.bias").row(0);
+    const Mat gate_up = w_(p + "experts.gate_up_proj"), gate_up_bias = w_(p + "experts.gate_up_proj_bias");
+    const Mat down = w_(p + "experts.down_proj"), down_bias = w_(p + "experts.down_proj_bias");
+    const Eigen::Index hidden = h.cols(), width = gate_up.cols() / 2;
+    Mat out = Mat::Zero(h.rows(), hidden);
+    for (Eigen::Index t = 0; t < h.rows(); ++t) {
+      std::vector<int> order(size_t(logits.cols()));
+      for (size_t e = 0; e < order.size(); ++e) order[e] = int(e);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits(t, a) > logits(t, b); });
+      Eigen::RowVectorXd top(s_.experts_per_token);
+      for (int i = 0; i < s_.experts_per_token; ++i) top(i) = logits(t, order[size_t(i)]);
+      const auto chosen = route(top, s_.experts_per_token, false);  // softmax over the k chosen
+      for (const auto& [i, weight] : chosen) {
+        const int e = order[size_t(i)];
+        const Eigen::RowVectorXd x = h.row(t) * gate_up.middleRows(e * hidden, hidden) + gate_up_bias.row(e);
+        Eigen::RowVectorXd act(width);
+        for (Eigen::Index j = 0; j < width; ++j) {
+          const double g = std::min(x(2 * j), 7.0), u = std::clamp(x(2 * j + 1), -7.0, 7.0);
+          act(j) = (u + 1) * g / (1 + std::exp(-1.702 * g));
+        }
+        out.row(t) += weight * (act * down.middleRows(e * width, width) + down_bias.row(e));
+      }
+    }
+    return out;
   }
 
   Weights w_;
@@ -248,6 +309,7 @@ TEST_P(PerturbRealLayouts, LogitsUnchanged) {
   // gains, breaks the function.
   const std::string reader = c.family == ModelFamily::kPhi3      ? "model.layers.2.mlp.gate_up_proj.weight"
                              : c.family == ModelFamily::kMixtral ? "model.layers.2.block_sparse_moe.gate.weight"
+                             : c.family == ModelFamily::kGptOss  ? "model.layers.2.mlp.experts.gate_up_proj"
                                                                  : s.prefix + "layers.2.linear_attn.in_proj_qkv.weight";
   const Weights mixed = [&](const std::string& name) { return matrix(name == reader ? before : after, name); };
   EXPECT_GT(relative_difference(Forward(mixed, c.family, s).logits(ids), expected), 1e-3) << reader;
@@ -267,7 +329,9 @@ INSTANTIATE_TEST_SUITE_P(
                     LayoutCase{ModelFamily::kMixtral, PerturbKind::kFoldNorms},
                     LayoutCase{ModelFamily::kMixtral, PerturbKind::kRotateResidual},
                     LayoutCase{ModelFamily::kQwen35Moe, PerturbKind::kFoldNorms},
-                    LayoutCase{ModelFamily::kQwen35Moe, PerturbKind::kRotateResidual}),
+                    LayoutCase{ModelFamily::kQwen35Moe, PerturbKind::kRotateResidual},
+                    LayoutCase{ModelFamily::kGptOss, PerturbKind::kFoldNorms},
+                    LayoutCase{ModelFamily::kGptOss, PerturbKind::kRotateResidual}),
     [](const testing::TestParamInfo<LayoutCase>& info) {
       std::string name = std::string(alloy::family_name(info.param.family)) + "_" +
                          alloy::perturb_kind_name(info.param.kind);
