@@ -1,7 +1,7 @@
 // The executor's write-behind (lib/merge/write_behind.h): jobs run in the order queued, a slot's
 // buffer is handed out again only after the job that read it is done, the first exception a job
-// throws reaches the caller (and the jobs after it are dropped), and destruction with jobs queued
-// neither runs them nor hangs.
+// throws reaches the caller (and the jobs after it are dropped), and destruction lets the running
+// job finish but runs none of the queued ones.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -49,12 +49,17 @@ TEST(WriteBehind, WaitWithoutJobsReturns) {
 TEST(WriteBehind, FirstErrorReachesTheCallerAndLaterJobsAreDropped) {
   WriteBehind behind(2);
   std::atomic<int> ran{0};
+  std::atomic<bool> go{false};
   behind.buffer(8);
   behind.write([&] { ++ran; });
   behind.buffer(8);
-  behind.write([] { throw Error(ErrorCode::kIo, "out: cannot write tensor 'x': No space left on device"); });
+  behind.write([&] {
+    while (!go) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    throw Error(ErrorCode::kIo, "out: cannot write tensor 'x': No space left on device");
+  });
   behind.buffer(8);
-  behind.write([&] { ++ran; });  // may be refused already: the error may have been seen
+  behind.write([&] { ++ran; });  // queued before the error: dropped
+  go = true;
   try {
     behind.wait();
     FAIL() << "no error";
@@ -70,9 +75,10 @@ TEST(WriteBehind, FirstErrorReachesTheCallerAndLaterJobsAreDropped) {
 
 TEST(WriteBehind, DestructionDropsQueuedJobs) {
   std::atomic<int> ran{0};
-  std::atomic<bool> release{false};
+  std::atomic<bool> started{false}, release{false};
   // Releases the first job only once the destructor has begun (it waits for the running job).
   std::thread releaser([&] {
+    while (!started) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     release = true;
   });
@@ -80,6 +86,7 @@ TEST(WriteBehind, DestructionDropsQueuedJobs) {
     WriteBehind behind(4);
     behind.buffer(8);
     behind.write([&] {
+      started = true;
       while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
       ++ran;
     });
@@ -87,6 +94,7 @@ TEST(WriteBehind, DestructionDropsQueuedJobs) {
       behind.buffer(8);
       behind.write([&] { ++ran; });
     }
+    while (!started) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   releaser.join();
   EXPECT_EQ(ran, 1);  // the running job finished; the queued ones were dropped
