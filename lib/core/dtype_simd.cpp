@@ -208,20 +208,33 @@ const char* simd_path_name(SimdPath path) {
   }
 }
 
-bool simd_path_supported(SimdPath path) {
+namespace {
+
+// What this CPU (and OS) supports, detected once: CPUID is a VM exit under a hypervisor (tens of
+// microseconds), and the bulk loops ask for every chunk they convert.
+struct CpuPaths {
+  bool avx2 = false;
+  bool avx512 = false;
+  CpuPaths() {
 #ifdef ALLOY_X86_SIMD
-  __builtin_cpu_init();
-  // F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c"); the AVX state
-  // being enabled by the OS is part of __builtin_cpu_supports("avx2").
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
-  const bool avx2 = __builtin_cpu_supports("avx2") && f16c;
-  if (path == SimdPath::kAvx2) return avx2;
-  if (path == SimdPath::kAvx512) {
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-  }
+    __builtin_cpu_init();
+    // F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c"); the AVX state
+    // being enabled by the OS is part of __builtin_cpu_supports("avx2").
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+    avx2 = __builtin_cpu_supports("avx2") && f16c;
+    avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 #endif
+  }
+};
+
+}  // namespace
+
+bool simd_path_supported(SimdPath path) {
+  static const CpuPaths cpu;
+  if (path == SimdPath::kAvx2) return cpu.avx2;
+  if (path == SimdPath::kAvx512) return cpu.avx512;
   return path == SimdPath::kScalar;
 }
 

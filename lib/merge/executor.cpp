@@ -26,9 +26,11 @@
 #include "methods/method_util.h"
 #include "methods/sparsify.h"
 #include "tokenizer_plan.h"
+#include "write_behind.h"
 
 namespace alloy {
 namespace fs = std::filesystem;
+using detail::WriteBehind;
 namespace {
 
 // Float buffers reused across tensors; each grows to the largest tensor it has held. Memory that a
@@ -174,7 +176,9 @@ void check_overflow(const PlannedTensor& t, size_t overflows, bool clamped) {
 
 // Where a merged tensor's bytes go: the writer under the tensor's name, or (fused experts) split
 // back into the per-expert tensors. Called with consecutive parts [offset, offset + nbytes) of the
-// tensor's bytes, from offset 0 in order (the chunked path emits one output window at a time).
+// tensor's bytes, from offset 0 in order (the chunked path emits one output window at a time, on
+// the write-behind thread: an EmitBytes is copied into its jobs, so it captures nothing that
+// changes or dies before WriteBehind::wait()).
 using EmitBytes = std::function<void(uint64_t offset, const uint8_t* bytes, uint64_t nbytes)>;
 
 // The LoRA change for source `s` (`model: base+adapter`), or null.
@@ -195,7 +199,7 @@ void read_whole(const MergePlan& plan, const PlannedSource& s, const ModelTensor
 }
 
 void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx, ChunkedMerge& merge,
-                   BufferPool& pool, const EmitBytes& emit, bool clamp_overflow,
+                   BufferPool& pool, WriteBehind& behind, const EmitBytes& emit, bool clamp_overflow,
                    const std::vector<SourceBytes>* given) {
   const uint64_t n = numel(t.shape);
   const size_t count = t.sources.size();
@@ -272,10 +276,11 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // The output goes to the writer one window at a time, so the bytes held are a window's, not the
   // tensor's. The chunks inside a window are those of the whole tensor wherever the window size is
   // a multiple of the grain (the default), and merge_chunk is element-wise given the prepared state,
-  // so the bytes do not depend on the window. A tensor with non-finite or overflowing values is
-  // refused after its last window, as before (its bytes went to the staged file, which is removed).
+  // so the bytes do not depend on the window. Each window is written (and hashed) behind, while the
+  // next one is merged (write_behind.h). A tensor with non-finite or overflowing values is refused
+  // after its last window, as before (its bytes went to the staged file, which is removed).
   const uint64_t window = detail::output_window();
-  uint8_t* bytes = pool.bytes(0, std::min(n, window) * element_bytes);
+  const uint64_t window_bytes = std::min(n, window) * element_bytes;
   // Overflow into out_dtype is possible only when it is narrower than the compute dtype (the
   // methods round to the compute dtype, where an overflow is already a non-finite value).
   const bool narrowing = t.out_dtype != t.compute_dtype;
@@ -283,15 +288,21 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   size_t bad = 0;
   for (uint64_t first = 0; first < n; first += window) {
     const size_t len = static_cast<size_t>(std::min(window, n - first));
+    uint8_t* bytes = behind.buffer(window_bytes);
     bad += for_each_chunk(first, len, grain, [&](uint64_t begin, size_t count, const float* const* sources, float* out) {
       const size_t chunk_bad = merge.merge_chunk(sources, begin, count, out);
       if (narrowing) overflows += overflow_on_store(t.out_dtype, out, count, clamp_overflow);
       store_from_f32(out, count, t.out_dtype, bytes + (begin - first) * element_bytes);
       return chunk_bad;
     });
-    emit(first * element_bytes, bytes, len * element_bytes);
+    behind.write([emit, bytes, offset = first * element_bytes, nbytes = len * element_bytes] {
+      emit(offset, bytes, nbytes);
+    });
   }
-  if (n == 0) emit(0, bytes, 0);  // an empty tensor is still written (its entry in the header)
+  if (n == 0) {  // an empty tensor is still written (its entry in the header)
+    uint8_t* bytes = behind.buffer(0);
+    behind.write([emit, bytes] { emit(0, bytes, 0); });
+  }
   if (bad > 0) {
     detail::fail_non_finite(ctx, std::string(plan.method->name()).c_str(), bad,
                             "check the weights and the inputs");
@@ -303,12 +314,12 @@ void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& poo
                   const std::vector<SourceBytes>* given);
 void map_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx);
 void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
-                  const EmitBytes& emit, MergeContext& ctx);
+                  WriteBehind& behind, const EmitBytes& emit, MergeContext& ctx);
 
 // `given`: the sources' bytes already gathered (fused experts), one per source, each of t.shape;
 // null to read the planned source tensors.
 void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
-                  const EmitBytes& emit, const std::vector<SourceBytes>* given = nullptr) {
+                  WriteBehind& behind, const EmitBytes& emit, const std::vector<SourceBytes>* given = nullptr) {
   const uint64_t random_seed = options.random_seed;
   MergeContext ctx = planned_context(t, random_seed);
   for (const PlannedSource& s : t.sources) {
@@ -324,7 +335,7 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
   // Embeddings under a tokenizer spec: every source read whole, then mapped token by token.
   const bool mapped = plan.tokenizer && t.is_embedding;
   if (const auto chunked = convertible && !mapped ? plan.method->chunked(ctx) : nullptr) {
-    merge_chunked(plan, t, ctx, *chunked, pool, emit, options.clamp_overflow, given);
+    merge_chunked(plan, t, ctx, *chunked, pool, behind, emit, options.clamp_overflow, given);
     return;
   }
   if (mapped) {
@@ -332,7 +343,7 @@ void merge_tensor(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
   } else {
     load_sources(plan, t, pool, &ctx, given);
   }
-  merge_loaded(plan, t, options, pool, emit, ctx);
+  merge_loaded(plan, t, options, pool, behind, emit, ctx);
 }
 
 void load_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool, MergeContext* ctx,
@@ -388,7 +399,7 @@ void map_sources(const MergePlan& plan, const PlannedTensor& t, BufferPool& pool
 }
 
 void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOptions& options, BufferPool& pool,
-                  const EmitBytes& emit, MergeContext& ctx) {
+                  WriteBehind& behind, const EmitBytes& emit, MergeContext& ctx) {
   const uint64_t n = numel(t.shape);
   // In place, out is source 0's buffer; the output bytes then go to source 1's buffer (a new slot
   // for a single source), else to source 0's: the sources are dead once merged, and the bytes
@@ -411,6 +422,7 @@ void merge_loaded(const MergePlan& plan, const PlannedTensor& t, const MergeOpti
   const uint64_t nbytes = n * dtype_bits(t.out_dtype) / 8;
   uint8_t* bytes = pool.bytes(in_place ? 1 : 0, nbytes);
   store_from_f32(out, n, t.out_dtype, bytes);
+  behind.wait();  // the windows queued before these bytes are written first, as before
   emit(0, bytes, nbytes);
 }
 
@@ -482,7 +494,7 @@ std::vector<FusedGroup> fused_expert_groups(const MergePlan& plan) {
 }
 
 void merge_fused_group(const MergePlan& plan, const FusedGroup& g, const MergeOptions& options, BufferPool& pool,
-                       ShardedWriter& writer) {
+                       WriteBehind& behind, ShardedWriter& writer) {
   PlannedTensor fused = plan.tensors[g.members.front()];
   fused.name = g.name;
   fused.shape = g.shape;
@@ -516,7 +528,7 @@ void merge_fused_group(const MergePlan& plan, const FusedGroup& g, const MergeOp
   }
   // Each member's share of the fused bytes: member j holds fused bytes [j * each, (j + 1) * each).
   const uint64_t each = numel(plan.tensors[g.members.front()].shape) * dtype_bits(fused.out_dtype) / 8;
-  merge_tensor(plan, fused, options, pool, [&](uint64_t offset, const uint8_t* bytes, uint64_t nbytes) {
+  merge_tensor(plan, fused, options, pool, behind, [&plan, &g, &writer, each](uint64_t offset, const uint8_t* bytes, uint64_t nbytes) {
     for (uint64_t at = offset, end = offset + nbytes; at < end;) {
       const uint64_t j = at / each, upto = std::min(end, (j + 1) * each);
       writer.write_part(plan.tensors[g.members[j]].name, at - j * each, bytes + (at - offset), upto - at);
@@ -713,6 +725,7 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
                          {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}},
                          options.hash_outputs);
     BufferPool pool;
+    WriteBehind behind;  // after the writer: stops before the writer and the plan go
     const std::vector<FusedGroup> groups = options.fuse_moe_experts ? fused_expert_groups(plan) : std::vector<FusedGroup>{};
     std::vector<int> group_of(plan.tensors.size(), -1);
     for (size_t g = 0; g < groups.size(); ++g) {
@@ -733,22 +746,26 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
       if (written[i]) continue;
       if (group_of[i] >= 0) {
         const FusedGroup& group = groups[group_of[i]];
-        merge_fused_group(plan, group, options, pool, writer);
+        merge_fused_group(plan, group, options, pool, behind, writer);
         for (size_t member : group.members) {
           written[member] = true;
           done_bytes += output_bytes(member);
         }
       } else {
-        merge_tensor(plan, plan.tensors[i], options, pool,
-                     [&](uint64_t offset, const uint8_t* bytes, uint64_t nbytes) {
+        merge_tensor(plan, plan.tensors[i], options, pool, behind,
+                     [&plan, &writer, i](uint64_t offset, const uint8_t* bytes, uint64_t nbytes) {
                        writer.write_part(plan.tensors[i].name, offset, bytes, nbytes);
                      });
         written[i] = true;
         done_bytes += output_bytes(i);
       }
       if (options.progress) options.progress(done_bytes, total_bytes);
-      if (i == order.front()) test_pause_point("after-first-tensor");
+      if (i == order.front()) {
+        behind.wait();  // paused with the first tensor on disk
+        test_pause_point("after-first-tensor");
+      }
     }
+    behind.wait();
     result.files = writer.finish();
     weights = writer.written_files();
   }

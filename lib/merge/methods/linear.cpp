@@ -4,12 +4,64 @@
 //   normalize (default): out = rnd(out / W),  W = rnd(sum_i wD(w_i))
 // W == 0 makes mergekit write inf/NaN; alloy refuses the tensor (kNonFinite) instead.
 #include <algorithm>
+#include <type_traits>
 
 #include "alloy/core/parallel.h"
 #include "method_util.h"
 
 namespace alloy::detail {
 namespace {
+
+// One chunk of the merge: its inputs and the prepared weights.
+struct LinearBlocks {
+  const float* const* inputs;
+  const float* weights;
+  size_t count;
+  bool normalize;
+  float weight_sum;
+};
+
+// Blocks of elements, models in the outer loop: the element loops vectorise, and the float32 sum
+// still adds the products in source order. Returns the number of non-finite outputs.
+template <class R>
+[[gnu::always_inline]] inline size_t linear_blocks(const LinearBlocks& chunk, size_t len, float* out) {
+  constexpr size_t kBlock = 512;
+  const R rnd;
+  const size_t count = chunk.count;
+  const bool normalize = chunk.normalize;
+  const float weight_sum = chunk.weight_sum;
+  size_t bad = 0;
+  float acc[kBlock];
+  for (size_t b0 = 0; b0 < len; b0 += kBlock) {
+    const size_t block = std::min(kBlock, len - b0);
+    std::fill(acc, acc + block, 0.0f);
+    for (size_t k = 0; k < count; ++k) {
+      const float w = chunk.weights[k];
+      const float* x = chunk.inputs[k] + b0;
+      for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * x[j]);
+    }
+    float* o = out + b0;
+    for (size_t j = 0; j < block; ++j) o[j] = normalize ? rnd(rnd(acc[j]) / weight_sum) : rnd(acc[j]);
+    for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
+  }
+  return bad;
+}
+
+// linear_blocks per compute dtype, compiled for AVX2 and for the baseline and chosen at load time:
+// the same float32 operations in the same order (no FMA: the avx2 target does not enable it, and
+// ISO C++ mode does not contract), so both give the same bits, in twice the lanes.
+__attribute__((target_clones("avx2", "default"))) size_t linear_blocks_f32(const LinearBlocks& chunk, size_t len,
+                                                                            float* out) {
+  return linear_blocks<RoundF32>(chunk, len, out);
+}
+__attribute__((target_clones("avx2", "default"))) size_t linear_blocks_bf16(const LinearBlocks& chunk, size_t len,
+                                                                             float* out) {
+  return linear_blocks<RoundBF16>(chunk, len, out);
+}
+__attribute__((target_clones("avx2", "default"))) size_t linear_blocks_f16(const LinearBlocks& chunk, size_t len,
+                                                                            float* out) {
+  return linear_blocks<RoundF16>(chunk, len, out);
+}
 
 class LinearMethod final : public MergeMethod {
  public:
@@ -29,7 +81,7 @@ class LinearMethod final : public MergeMethod {
   template <class R>
   class Chunk final : public ChunkedMerge {
    public:
-    Chunk(const MergeContext& ctx, R rnd) : rnd_(rnd) {
+    Chunk(const MergeContext& ctx, R rnd) {
       for (const auto& source : ctx.sources)
         weights_.push_back(rnd.param(require_source_param(ctx, source, "weight")));
       normalize_ = method_flag(ctx, "normalize", true);
@@ -42,34 +94,14 @@ class LinearMethod final : public MergeMethod {
       }
     }
 
-    // Blocks of elements, models in the outer loop: the element loops vectorise, and the float32
-    // sum still adds the products in source order.
     size_t merge_chunk(const float* const* inputs, size_t, size_t len, float* out) const override {
-      constexpr size_t kBlock = 512;
-      const R rnd = rnd_;
-      const size_t count = weights_.size();
-      const bool normalize = normalize_;
-      const float weight_sum = weight_sum_;
-      size_t bad = 0;
-      float acc[kBlock];
-      for (size_t b0 = 0; b0 < len; b0 += kBlock) {
-        const size_t block = std::min(kBlock, len - b0);
-        std::fill(acc, acc + block, 0.0f);
-        for (size_t k = 0; k < count; ++k) {
-          const float w = weights_[k];
-          const float* x = inputs[k] + b0;
-          for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * x[j]);
-        }
-        float* o = out + b0;
-        for (size_t j = 0; j < block; ++j)
-          o[j] = normalize ? rnd(rnd(acc[j]) / weight_sum) : rnd(acc[j]);
-        for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
-      }
-      return bad;
+      const LinearBlocks blocks{inputs, weights_.data(), weights_.size(), normalize_, weight_sum_};
+      if constexpr (std::is_same_v<R, RoundBF16>) return linear_blocks_bf16(blocks, len, out);
+      if constexpr (std::is_same_v<R, RoundF16>) return linear_blocks_f16(blocks, len, out);
+      return linear_blocks_f32(blocks, len, out);
     }
 
    private:
-    R rnd_;
     std::vector<float> weights_;
     bool normalize_ = true;
     float weight_sum_ = 0.0f;

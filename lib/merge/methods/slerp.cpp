@@ -11,12 +11,50 @@
 // t = 1 give the endpoints exactly (s0, s1 are exactly 1 and 0).
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "alloy/core/parallel.h"
 #include "method_util.h"
 
 namespace alloy::detail {
 namespace {
+
+// The element step of slerp: out = rnd(s0 * a + s1 * b).
+struct Blend {
+  const float* a;
+  const float* b;
+  float s0, s1;
+};
+
+// Returns the number of non-finite outputs.
+template <class R>
+[[gnu::always_inline]] inline size_t blend_elements(const Blend& blend, size_t len, float* out) {
+  const float* a = blend.a;
+  const float* b = blend.b;
+  const float s0 = blend.s0, s1 = blend.s1;
+  const R rnd;
+  size_t bad = 0;
+  for (size_t i = 0; i < len; ++i) {
+    const float first = s0 * a[i];
+    const float second = s1 * b[i];
+    out[i] = rnd(first + second);
+    bad += is_non_finite(out[i]);
+  }
+  return bad;
+}
+
+// blend_elements per compute dtype, compiled for AVX2 and for the baseline and chosen at load time:
+// the same float32 operations (no FMA: the avx2 target does not enable it, and ISO C++ mode does
+// not contract), so both give the same bits.
+__attribute__((target_clones("avx2", "default"))) size_t blend_f32(const Blend& blend, size_t len, float* out) {
+  return blend_elements<RoundF32>(blend, len, out);
+}
+__attribute__((target_clones("avx2", "default"))) size_t blend_bf16(const Blend& blend, size_t len, float* out) {
+  return blend_elements<RoundBF16>(blend, len, out);
+}
+__attribute__((target_clones("avx2", "default"))) size_t blend_f16(const Blend& blend, size_t len, float* out) {
+  return blend_elements<RoundF16>(blend, len, out);
+}
 
 // The chunked form: the sums |a|^2, |b|^2 and <a, b> per chunk (three interleaved-lane sums in
 // double, combined in chunk order: the same bits for any thread count), then the blend.
@@ -51,18 +89,10 @@ class SlerpChunk final : public ChunkedMerge {
     }
   }
   size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
-    const float* a = sources[base_];
-    const float* b = sources[1 - base_];
-    const float s0 = s0_, s1 = s1_;
-    const R rnd;
-    size_t bad = 0;
-    for (size_t i = 0; i < len; ++i) {
-      const float first = s0 * a[i];
-      const float second = s1 * b[i];
-      out[i] = rnd(first + second);
-      bad += is_non_finite(out[i]);
-    }
-    return bad;
+    const Blend blend{sources[base_], sources[1 - base_], s0_, s1_};
+    if constexpr (std::is_same_v<R, RoundBF16>) return blend_bf16(blend, len, out);
+    if constexpr (std::is_same_v<R, RoundF16>) return blend_f16(blend, len, out);
+    return blend_f32(blend, len, out);
   }
 
  private:

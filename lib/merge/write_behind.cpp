@@ -1,0 +1,78 @@
+// Write-behind: a ring of reused window buffers and one thread that runs the write jobs in order
+// (see write_behind.h).
+#include "write_behind.h"
+
+namespace alloy::detail {
+
+WriteBehind::WriteBehind(size_t slots) : slots_(slots == 0 ? 1 : slots), slot_ticket_(slots_.size(), 0) {}
+
+WriteBehind::~WriteBehind() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_worker_.notify_one();
+  if (worker_.joinable()) worker_.join();
+}
+
+void WriteBehind::rethrow_locked() {
+  if (error_) std::rethrow_exception(error_);
+}
+
+uint8_t* WriteBehind::buffer(uint64_t nbytes) {
+  const size_t slot = next_slot_;
+  next_slot_ = (next_slot_ + 1) % slots_.size();
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    wake_caller_.wait(lock, [&] { return done_ >= slot_ticket_[slot] || error_; });
+    rethrow_locked();
+  }
+  // Grows only (a resize zero-fills the new bytes once; later windows reuse the touched pages).
+  if (slots_[slot].size() < nbytes) slots_[slot].resize(static_cast<size_t>(nbytes));
+  return slots_[slot].data();
+}
+
+void WriteBehind::write(std::function<void()> job) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rethrow_locked();
+    jobs_.push_back(std::move(job));
+    // The job reads the buffer last handed out: that slot is free again once this job is done.
+    slot_ticket_[(next_slot_ + slots_.size() - 1) % slots_.size()] = ++queued_;
+    // Started with the first job, so a merge that never writes behind starts no thread.
+    if (!worker_.joinable()) worker_ = std::thread([this] { run(); });
+  }
+  wake_worker_.notify_one();
+}
+
+void WriteBehind::wait() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  wake_caller_.wait(lock, [&] { return done_ == queued_; });
+  rethrow_locked();
+}
+
+void WriteBehind::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    wake_worker_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+    if (stopping_) return;
+    std::function<void()> job = std::move(jobs_.front());
+    jobs_.pop_front();
+    if (!error_) {
+      lock.unlock();
+      std::exception_ptr failed;
+      try {
+        job();
+      } catch (...) {
+        failed = std::current_exception();
+      }
+      job = nullptr;  // its captures are released before the caller hears it is done
+      lock.lock();
+      if (failed && !error_) error_ = failed;
+    }
+    ++done_;
+    wake_caller_.notify_one();
+  }
+}
+
+}  // namespace alloy::detail
