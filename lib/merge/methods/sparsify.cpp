@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -180,8 +181,8 @@ class RankSelector {
  private:
   // Sets the bits of each active model's words for the elements before its high cut and not
   // before its low one. The keys of a run are computed first (a loop that vectorises); full words
-  // are then decided 32 elements at a time from comparisons (vectorised), and only the elements of
-  // a word that hold a cut's key (rare: one key value) take the counted path of Cut::before.
+  // are then decided 32 elements at a time from comparisons (vectorised), and only the elements
+  // that hold a cut's key (one key value) take the counted path of Cut::before.
   void mark() {
     const size_t models = active_.size();
     parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
@@ -214,15 +215,20 @@ class RankSelector {
   static void mark_run(size_t first, const uint32_t* k, size_t len, size_t end, const Cut& high,
                        const Cut* low, uint64_t& seen_high, uint64_t& seen_low, uint64_t& bits,
                        std::vector<uint64_t>& words) {
-    auto one = [&](size_t j) {
-      const size_t i = first + j;
-      bool keep = k[j] > high.key;
-      if (k[j] == high.key) keep = high.before(k[j], seen_high);
-      if (low != nullptr && k[j] >= low->key) {
-        const bool before_low = low->before(k[j], seen_low);  // counts ties
+    // Whether the element of key `key` is kept, counting it if it holds a cut's key: called for
+    // those elements in index order.
+    auto decide = [&](uint32_t key) {
+      bool keep = key > high.key;
+      if (key == high.key) keep = high.before(key, seen_high);
+      if (low != nullptr && key >= low->key) {
+        const bool before_low = low->before(key, seen_low);  // counts ties
         keep = keep && !before_low;
       }
-      bits |= uint64_t{keep} << (i & 63);
+      return keep;
+    };
+    auto one = [&](size_t j) {
+      const size_t i = first + j;
+      bits |= uint64_t{decide(k[j])} << (i & 63);
       if ((i & 63) == 63 || i + 1 == end) {
         words[i >> 6] = bits;
         bits = 0;
@@ -234,21 +240,21 @@ class RankSelector {
         one(j++);
         continue;
       }
-      // A whole word (bits is 0 here: the previous word is complete).
-      uint64_t keep = 0;
-      bool tie = false;
+      // A whole word (bits is 0 here: the previous word is complete). The elements that hold a
+      // cut's key (a few per word at most) are then decided one by one, in index order.
+      uint64_t keep = 0, ties = 0;
       for (unsigned half = 0; half < 2; ++half) {
         uint32_t eq_high, eq_low = 0;
         uint32_t word = above_bits(k + j + 32 * half, high.key, eq_high);
         if (low != nullptr) word &= ~above_bits(k + j + 32 * half, low->key, eq_low);
-        tie = tie || (eq_high | eq_low) != 0;
         keep |= uint64_t{word} << (32 * half);
+        ties |= uint64_t{eq_high | eq_low} << (32 * half);
       }
-      if (tie) {
-        for (size_t t = 0; t < 64; ++t) one(j + t);
-      } else {
-        words[i >> 6] = keep;
+      for (; ties != 0; ties &= ties - 1) {
+        const unsigned t = static_cast<unsigned>(std::countr_zero(ties));
+        keep = (keep & ~(uint64_t{1} << t)) | (uint64_t{decide(k[j + t])} << t);
       }
+      words[i >> 6] = keep;
       j += 64;
     }
   }
