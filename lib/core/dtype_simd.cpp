@@ -210,23 +210,17 @@ const char* simd_path_name(SimdPath path) {
 
 bool simd_path_supported(SimdPath path) {
 #ifdef ALLOY_X86_SIMD
-  // Asked once: every conversion picks its kernel through here, and CPUID is slow (under a
-  // hypervisor each one is a VM exit: asked per converted run, it was 12% of the CPU time of a
-  // ties merge).
-  static const bool avx2 = [] {
-    __builtin_cpu_init();
-    // F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c"); the AVX state
-    // being enabled by the OS is part of __builtin_cpu_supports("avx2").
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
-    return __builtin_cpu_supports("avx2") && f16c;
-  }();
-  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-                             __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl") &&
-                             __builtin_cpu_supports("avx512bf16");
+  __builtin_cpu_init();
+  // F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c"); the AVX state
+  // being enabled by the OS is part of __builtin_cpu_supports("avx2").
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  const bool avx2 = __builtin_cpu_supports("avx2") && f16c;
   if (path == SimdPath::kAvx2) return avx2;
-  if (path == SimdPath::kAvx512) return avx512;
+  if (path == SimdPath::kAvx512) {
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  }
 #endif
   return path == SimdPath::kScalar;
 }
