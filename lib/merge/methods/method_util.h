@@ -118,21 +118,22 @@ inline float and_bits(float x, uint32_t mask) {
 }
 // x where keep is true, else +0, without a branch (random masks defeat branch prediction).
 inline float keep_or_zero(float x, bool keep) { return and_bits(x, 0u - static_cast<uint32_t>(keep)); }
+// kLaneBit[j] = 1 << j: a table instead of the shift lets loops over 32 lanes that test or set
+// lane j's bit vectorise without per-lane shifts (SSE2 has none).
+inline constexpr uint32_t kLaneBit[32] = {
+    1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+    1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+    1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+    1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
 // out[j] = all ones where bit start + j of `bits` is set, else 0, for j < count: the mask of a
-// block as words, 32 at a time from one shifted 32-bit piece, tested against a table of single
-// bits so that the loop vectorises without per-lane shifts (SSE2 has none).
+// block as words, 32 at a time from one shifted 32-bit piece, tested against kLaneBit.
 inline void expand_mask_bits(const uint64_t* bits, size_t start, size_t count, uint32_t* out) {
-  static constexpr uint32_t kBit[32] = {
-      1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
-      1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
-      1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
-      1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
   for (size_t j = 0; j < count;) {
     const size_t i = start + j;
     const unsigned offset = static_cast<unsigned>(i & 31);
     const uint32_t piece = static_cast<uint32_t>(bits[i >> 6] >> (i & 32)) >> offset;
     const size_t take = std::min<size_t>(32 - offset, count - j);
-    for (size_t t = 0; t < take; ++t) out[j + t] = 0u - static_cast<uint32_t>((piece & kBit[t]) != 0);
+    for (size_t t = 0; t < take; ++t) out[j + t] = 0u - static_cast<uint32_t>((piece & kLaneBit[t]) != 0);
     j += take;
   }
 }

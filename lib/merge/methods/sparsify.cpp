@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -70,8 +71,38 @@ constexpr size_t kLowBins = size_t{1} << 16;
 
 // Per-thread scratch of the selection (see method_util.h: reused across tensors).
 thread_local std::vector<uint32_t> t_high_hist;
-thread_local std::vector<uint16_t> t_candidates;
+thread_local std::vector<std::vector<uint16_t>> t_candidates;  // per boundary cut
 thread_local std::vector<uint32_t> t_keys;  // one run's magnitude keys (RankSelector::mark)
+
+// Calls fn(first, base, xs, len) for consecutive runs covering [begin, end) of the set in index
+// order, base[j] and xs[p][j] being element first + j of the base and of model models[p]: one run
+// into the whole-tensor buffers, or runs of stream_grain() elements loaded into this thread's
+// scratch, the base once for all the models.
+template <class Fn>
+void for_each_run(const TaskVectorSet& set, const std::vector<size_t>& models, size_t begin,
+                  size_t end, Fn&& fn) {
+  if (begin >= end) return;
+  const size_t count = models.size();
+  std::vector<const float*> xs(count);
+  if (!set.load) {
+    for (size_t p = 0; p < count; ++p) xs[p] = set.xs[models[p]] + begin;
+    fn(begin, set.base + begin, xs.data(), end - begin);
+    return;
+  }
+  const size_t grain = stream_grain();
+  std::vector<float>& run = t_run;  // a worker's own instance: called inside the parallel loops
+  if (run.size() < (count + 1) * grain) run.resize((count + 1) * grain);
+  for (size_t first = begin; first < end; first += grain) {
+    const size_t len = std::min(grain, end - first);
+    set.load(set.count, first, len, run.data());
+    for (size_t p = 0; p < count; ++p) {
+      float* x = run.data() + (p + 1) * grain;
+      set.load(models[p], first, len, x);
+      xs[p] = x;
+    }
+    fn(first, run.data(), xs.data(), len);
+  }
+}
 
 // A cut at descending rank r: the elements "before" it are the r first in the order (descending
 // key, then ascending index). With `key` the key of the element at rank r and `need` how many of
@@ -94,189 +125,325 @@ struct Cut {
   }
 };
 
+// Bit j set where k[j] > key, and (in `equal`) where k[j] == key, for j < 32: compares against a
+// table of single bits, so that the loop vectorises (see expand_mask_bits).
+inline uint32_t above_bits(const uint32_t* k, uint32_t key, uint32_t& equal) {
+  uint32_t above = 0, same = 0;
+  for (unsigned j = 0; j < 32; ++j) {
+    above |= k[j] > key ? kLaneBit[j] : 0u;
+    same |= k[j] == key ? kLaneBit[j] : 0u;
+  }
+  equal = same;
+  return above;
+}
+
+// Radix selection of descending rank ranges, for several models of a set at once: every pass
+// reads each run of the base and of the models once (for_each_run above), then works model by
+// model on it. A model's bits are those select_rank_range gives it alone.
 template <class R>
 class RankSelector {
  public:
-  RankSelector(const TaskVectorView& tv, R rnd) : tv_(tv), rnd_(rnd), chunks_(tv.n) {}
+  // Model `model` of the set keeps ranks [lo, hi) into *words.
+  struct Target {
+    size_t model;
+    uint64_t lo, hi;
+    std::vector<uint64_t>* words;
+  };
 
-  void select(uint64_t lo, uint64_t hi, std::vector<uint64_t>& words) {
-    const size_t n = tv_.n;
-    words.resize((n + 63) / 64);
-    if (lo >= hi || n == 0) {
-      std::fill(words.begin(), words.end(), 0);
-      return;
+  RankSelector(const TaskVectorSet& set, R rnd) : set_(set), rnd_(rnd), chunks_(set.n) {}
+
+  void select(const std::vector<Target>& targets) {
+    const size_t n = set_.n;
+    for (const Target& t : targets) {
+      t.words->resize((n + 63) / 64);
+      if (t.lo >= t.hi || n == 0) {
+        std::fill(t.words->begin(), t.words->end(), 0);
+      } else if (t.lo == 0 && t.hi >= n) {
+        std::fill(t.words->begin(), t.words->end(), ~uint64_t{0});
+      } else {
+        active_.push_back(t);
+        models_.push_back(t.model);
+      }
     }
-    if (lo == 0 && hi >= n) {
-      std::fill(words.begin(), words.end(), ~uint64_t{0});
-      return;
-    }
+    if (active_.empty()) return;
     histogram_high();
-    const Cut low = find_cut(lo), high = find_cut(hi);
-    // Keep ranks [lo, hi): before the high cut and not before the low one. With lo == 0 (magnitude:
-    // keep the top k) nothing is before the low cut, and its test is skipped.
-    if (lo == 0) {
-      mark(high, nullptr, words);
-    } else {
-      mark(high, &low, words);
+    // Cuts 2p (at lo) and 2p + 1 (at hi) of active model p. With lo == 0 (magnitude: keep the top
+    // k) nothing is before the low cut, and its test is skipped.
+    std::vector<uint64_t> ranks;
+    for (const Target& t : active_) {
+      ranks.push_back(t.lo);
+      ranks.push_back(t.hi);
     }
+    find_cuts(ranks);
+    mark();
   }
 
  private:
-  // Sets the bits of `words` for the elements before `high` and not before `low` (if given). The
-  // keys of a run are computed first (a loop that vectorises); elements whose key equals a cut's
-  // are rare (one key value), and only they take the counted path of Cut::before.
-  void mark(const Cut& high, const Cut* low, std::vector<uint64_t>& words) {
+  // Sets the bits of each active model's words for the elements before its high cut and not
+  // before its low one. The keys of a run are computed first (a loop that vectorises); full words
+  // are then decided 32 elements at a time from comparisons (vectorised), and only the elements
+  // that hold a cut's key (one key value) take the counted path of Cut::before.
+  void mark() {
+    const size_t models = active_.size();
     parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
       std::vector<uint32_t>& keys = t_keys;  // this worker's own instance
+      std::vector<uint64_t> seen(2 * models), bits(models);
       for (size_t c = cb; c < ce; ++c) {
-        uint64_t seen_low = low ? low->equal_prefix[c] : 0, seen_high = high.equal_prefix[c];
+        for (size_t p = 0; p < models; ++p) {
+          seen[2 * p] = cuts_[2 * p].equal_prefix[c];
+          seen[2 * p + 1] = cuts_[2 * p + 1].equal_prefix[c];
+          bits[p] = 0;  // the word of element i, completed at its last element
+        }
         const size_t end = chunks_.end(c);
-        uint64_t bits = 0;  // the word of element i, completed at its last element
-        for_each_run(tv_, chunks_.begin(c), end,
-                     [&](size_t first, const float* x, const float* b, size_t len) {
+        for_each_run(set_, models_, chunks_.begin(c), end,
+                     [&](size_t first, const float* b, const float* const* xs, size_t len) {
                        if (keys.size() < len) keys.resize(len);
                        uint32_t* k = keys.data();
-                       for (size_t j = 0; j < len; ++j) k[j] = magnitude_key(rnd_(x[j] - b[j]));
-                       for (size_t j = 0; j < len; ++j) {
-                         const size_t i = first + j;
-                         bool keep = k[j] > high.key;
-                         if (k[j] == high.key) keep = high.before(k[j], seen_high);
-                         if (low != nullptr && k[j] >= low->key) {
-                           const bool before_low = low->before(k[j], seen_low);  // counts ties
-                           keep = keep && !before_low;
-                         }
-                         bits |= uint64_t{keep} << (i & 63);
-                         if ((i & 63) == 63 || i + 1 == end) {
-                           words[i >> 6] = bits;
-                           bits = 0;
-                         }
+                       for (size_t p = 0; p < models; ++p) {
+                         const float* x = xs[p];
+                         for (size_t j = 0; j < len; ++j) k[j] = magnitude_key(rnd_(x[j] - b[j]));
+                         const Cut* low = active_[p].lo == 0 ? nullptr : &cuts_[2 * p];
+                         mark_run(first, k, len, end, cuts_[2 * p + 1], low, seen[2 * p + 1],
+                                  seen[2 * p], bits[p], *active_[p].words);
                        }
                      });
       }
     });
   }
 
-  // Per-chunk histograms of key >> 16, and their totals.
+  // One model's bits for elements [first, first + len) of a chunk ending at `end`, from their keys.
+  static void mark_run(size_t first, const uint32_t* k, size_t len, size_t end, const Cut& high,
+                       const Cut* low, uint64_t& seen_high, uint64_t& seen_low, uint64_t& bits,
+                       std::vector<uint64_t>& words) {
+    // Whether the element of key `key` is kept, counting it if it holds a cut's key: called for
+    // those elements in index order.
+    auto decide = [&](uint32_t key) {
+      bool keep = key > high.key;
+      if (key == high.key) keep = high.before(key, seen_high);
+      if (low != nullptr && key >= low->key) {
+        const bool before_low = low->before(key, seen_low);  // counts ties
+        keep = keep && !before_low;
+      }
+      return keep;
+    };
+    auto one = [&](size_t j) {
+      const size_t i = first + j;
+      bits |= uint64_t{decide(k[j])} << (i & 63);
+      if ((i & 63) == 63 || i + 1 == end) {
+        words[i >> 6] = bits;
+        bits = 0;
+      }
+    };
+    for (size_t j = 0; j < len;) {
+      const size_t i = first + j;
+      if ((i & 63) != 0 || len - j < 64) {
+        one(j++);
+        continue;
+      }
+      // A whole word (bits is 0 here: the previous word is complete). The elements that hold a
+      // cut's key (a few per word at most) are then decided one by one, in index order.
+      uint64_t keep = 0, ties = 0;
+      for (unsigned half = 0; half < 2; ++half) {
+        uint32_t eq_high, eq_low = 0;
+        uint32_t word = above_bits(k + j + 32 * half, high.key, eq_high);
+        if (low != nullptr) word &= ~above_bits(k + j + 32 * half, low->key, eq_low);
+        keep |= uint64_t{word} << (32 * half);
+        ties |= uint64_t{eq_high | eq_low} << (32 * half);
+      }
+      for (; ties != 0; ties &= ties - 1) {
+        const unsigned t = static_cast<unsigned>(std::countr_zero(ties));
+        keep = (keep & ~(uint64_t{1} << t)) | (uint64_t{decide(k[j + t])} << t);
+      }
+      words[i >> 6] = keep;
+      j += 64;
+    }
+  }
+
+  // Per-chunk histograms of key >> 16 of every active model, and their totals.
   // (thread_local buffers are bound here, in the calling thread: inside the parallel region the
   // name would denote each worker's own instance.)
   void histogram_high() {
+    const size_t models = active_.size(), stride = chunks_.count * kHighBins;
     std::vector<uint32_t>& hist = t_high_hist;
-    hist.resize(chunks_.count * kHighBins);
+    hist.resize(models * stride);
     hist_ = hist.data();
     parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
       for (size_t c = cb; c < ce; ++c) {
-        uint32_t* h = hist_ + c * kHighBins;
-        std::fill(h, h + kHighBins, 0u);
-        for_each_run(tv_, chunks_.begin(c), chunks_.end(c),
-                     [&](size_t, const float* x, const float* b, size_t len) {
-                       for (size_t j = 0; j < len; ++j) ++h[magnitude_key(rnd_(x[j] - b[j])) >> 16];
+        for (size_t p = 0; p < models; ++p) {
+          uint32_t* h = hist_ + p * stride + c * kHighBins;
+          std::fill(h, h + kHighBins, 0u);
+        }
+        for_each_run(set_, models_, chunks_.begin(c), chunks_.end(c),
+                     [&](size_t, const float* b, const float* const* xs, size_t len) {
+                       for (size_t p = 0; p < models; ++p) {
+                         uint32_t* h = hist_ + p * stride + c * kHighBins;
+                         const float* x = xs[p];
+                         for (size_t j = 0; j < len; ++j) ++h[magnitude_key(rnd_(x[j] - b[j])) >> 16];
+                       }
                      });
       }
     });
-    total_.assign(kHighBins, 0);
-    for (size_t c = 0; c < chunks_.count; ++c) {
-      const uint32_t* h = hist_ + c * kHighBins;
-      for (size_t b = 0; b < kHighBins; ++b) total_[b] += h[b];
+    total_.assign(models * kHighBins, 0);
+    for (size_t p = 0; p < models; ++p) {
+      for (size_t c = 0; c < chunks_.count; ++c) {
+        const uint32_t* h = hist_ + p * stride + c * kHighBins;
+        for (size_t b = 0; b < kHighBins; ++b) total_[p * kHighBins + b] += h[b];
+      }
     }
   }
 
-  uint32_t chunk_count_in_bin(size_t c, size_t bin) const { return hist_[c * kHighBins + bin]; }
+  uint32_t chunk_count_in_bin(size_t p, size_t c, size_t bin) const {
+    return hist_[(p * chunks_.count + c) * kHighBins + bin];
+  }
 
-  Cut find_cut(uint64_t r) {
-    Cut cut;
-    cut.equal_prefix.assign(chunks_.count, 0);
-    if (r == 0) return cut;
-    if (r >= tv_.n) {
-      cut.key = 0;
-      cut.need = UINT64_MAX;
-      return cut;
+  // cuts_[q] := the cut at descending rank ranks[q] of active model q / 2.
+  void find_cuts(const std::vector<uint64_t>& ranks) {
+    const size_t n = set_.n, cut_count = ranks.size();
+    cuts_.assign(cut_count, Cut{});
+    std::vector<size_t> bins(cut_count);
+    std::vector<uint64_t> above(cut_count, 0);
+    std::vector<size_t> boundary;  // cuts that need the low bits of their bin
+    for (size_t q = 0; q < cut_count; ++q) {
+      Cut& cut = cuts_[q];
+      cut.equal_prefix.assign(chunks_.count, 0);
+      const uint64_t r = ranks[q];
+      if (r == 0) continue;
+      if (r >= n) {
+        cut.key = 0;
+        cut.need = UINT64_MAX;
+        continue;
+      }
+      const uint64_t* total = total_.data() + q / 2 * kHighBins;
+      size_t bin = kHighBins;
+      while (bin-- > 0) {
+        if (above[q] + total[bin] > r) break;
+        above[q] += total[bin];
+      }
+      bins[q] = bin;
+      if (set_.dtype == DType::BF16) {
+        // bf16 deltas have zero low 16 bits: the bin is one key.
+        cut.key = static_cast<uint32_t>(bin << 16);
+        cut.need = r - above[q];
+        std::vector<uint64_t> equal_per_chunk(chunks_.count);
+        for (size_t c = 0; c < chunks_.count; ++c)
+          equal_per_chunk[c] = chunk_count_in_bin(q / 2, c, bin);
+        set_prefix(cut, equal_per_chunk);
+      } else {
+        boundary.push_back(q);
+      }
     }
-    uint64_t above = 0;
-    size_t bin = kHighBins;
-    while (bin-- > 0) {
-      if (above + total_[bin] > r) break;
-      above += total_[bin];
-    }
-    std::vector<uint64_t> equal_per_chunk(chunks_.count);
-    if (tv_.dtype == DType::BF16) {
-      // bf16 deltas have zero low 16 bits: the bin is one key.
-      cut.key = static_cast<uint32_t>(bin << 16);
-      cut.need = r - above;
-      for (size_t c = 0; c < chunks_.count; ++c) equal_per_chunk[c] = chunk_count_in_bin(c, bin);
-    } else {
-      // Gather the low 16 bits of the keys in this bin, chunk by chunk in index order.
-      std::vector<uint64_t> offset(chunks_.count + 1, 0);
+    if (boundary.empty()) return;
+    // Gather the low 16 bits of the keys in each boundary cut's bin, chunk by chunk in index
+    // order, in one pass for all of them.
+    const size_t cuts = boundary.size();
+    std::vector<std::vector<uint64_t>> offset(cuts, std::vector<uint64_t>(chunks_.count + 1, 0));
+    std::vector<std::vector<uint16_t>>& candidates = t_candidates;
+    if (candidates.size() < cuts) candidates.resize(cuts);
+    for (size_t e = 0; e < cuts; ++e) {
+      const size_t q = boundary[e];
       for (size_t c = 0; c < chunks_.count; ++c)
-        offset[c + 1] = offset[c] + chunk_count_in_bin(c, bin);
-      std::vector<uint16_t>& candidates = t_candidates;
-      candidates.resize(offset.back());
-      parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
-        for (size_t c = cb; c < ce; ++c) {
-          if (offset[c + 1] == offset[c]) continue;
-          uint16_t* out = candidates.data() + offset[c];
-          for_each_run(tv_, chunks_.begin(c), chunks_.end(c),
-                       [&](size_t, const float* x, const float* b, size_t len) {
+        offset[e][c + 1] = offset[e][c] + chunk_count_in_bin(q / 2, c, bins[q]);
+      candidates[e].resize(offset[e].back());
+    }
+    parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
+      std::vector<uint16_t*> out(cuts);
+      for (size_t c = cb; c < ce; ++c) {
+        for (size_t e = 0; e < cuts; ++e) out[e] = candidates[e].data() + offset[e][c];
+        for_each_run(set_, models_, chunks_.begin(c), chunks_.end(c),
+                     [&](size_t, const float* b, const float* const* xs, size_t len) {
+                       for (size_t e = 0; e < cuts; ++e) {
+                         const size_t q = boundary[e], bin = bins[q];
+                         if (offset[e][c + 1] == offset[e][c]) continue;
+                         const float* x = xs[q / 2];
                          for (size_t j = 0; j < len; ++j) {
                            const uint32_t k = magnitude_key(rnd_(x[j] - b[j]));
-                           if ((k >> 16) == bin) *out++ = static_cast<uint16_t>(k & 0xFFFFu);
+                           if ((k >> 16) == bin) *out[e]++ = static_cast<uint16_t>(k & 0xFFFFu);
                          }
-                       });
-        }
-      });
+                       }
+                     });
+      }
+    });
+    for (size_t e = 0; e < cuts; ++e) {
+      const size_t q = boundary[e];
+      const std::vector<uint16_t>& mine = candidates[e];
       std::vector<uint64_t> low_hist(kLowBins, 0);
-      for (uint16_t v : candidates) ++low_hist[v];
+      for (uint16_t v : mine) ++low_hist[v];
       size_t low = kLowBins;
       while (low-- > 0) {
-        if (above + low_hist[low] > r) break;
-        above += low_hist[low];
+        if (above[q] + low_hist[low] > ranks[q]) break;
+        above[q] += low_hist[low];
       }
-      cut.key = static_cast<uint32_t>((bin << 16) | low);
-      cut.need = r - above;
+      Cut& cut = cuts_[q];
+      cut.key = static_cast<uint32_t>((bins[q] << 16) | low);
+      cut.need = ranks[q] - above[q];
+      std::vector<uint64_t> equal_per_chunk(chunks_.count);
       for (size_t c = 0; c < chunks_.count; ++c) {
         equal_per_chunk[c] = static_cast<uint64_t>(
-            std::count(candidates.begin() + static_cast<ptrdiff_t>(offset[c]),
-                       candidates.begin() + static_cast<ptrdiff_t>(offset[c + 1]),
+            std::count(mine.begin() + static_cast<ptrdiff_t>(offset[e][c]),
+                       mine.begin() + static_cast<ptrdiff_t>(offset[e][c + 1]),
                        static_cast<uint16_t>(low)));
       }
+      set_prefix(cut, equal_per_chunk);
     }
-    for (size_t c = 1; c < chunks_.count; ++c)
-      cut.equal_prefix[c] = cut.equal_prefix[c - 1] + equal_per_chunk[c - 1];
-    return cut;
   }
 
-  const TaskVectorView& tv_;
+  void set_prefix(Cut& cut, const std::vector<uint64_t>& equal_per_chunk) const {
+    for (size_t c = 1; c < chunks_.count; ++c)
+      cut.equal_prefix[c] = cut.equal_prefix[c - 1] + equal_per_chunk[c - 1];
+  }
+
+  const TaskVectorSet& set_;
   R rnd_;
   Chunks chunks_;
-  uint32_t* hist_ = nullptr;     // chunks_.count histograms of kHighBins counts
-  std::vector<uint64_t> total_;  // their sum
+  std::vector<Target> active_;   // the targets that need the passes
+  std::vector<size_t> models_;   // their models
+  uint32_t* hist_ = nullptr;     // per active model, chunks_.count histograms of kHighBins counts
+  std::vector<uint64_t> total_;  // per active model, their sum
+  std::vector<Cut> cuts_;        // per active model, its cuts at lo and hi
 };
+
+// The L1 sums of mergekit's rescaled_masked_tensor for the models `models` of the set, masks[p]
+// being the mask of models[p]: {sum |delta|, sum |kept delta|} per model, from one pass. Each
+// fixed block of kDefaultGrain elements summed in index order (run after run when streamed), the
+// blocks added in order: the same bits for any thread count and run length.
+template <class R>
+std::vector<double> l1_sums(const TaskVectorSet& set, R rnd, const std::vector<size_t>& models,
+                            const std::vector<const DeltaMask*>& masks) {
+  using Sums = std::vector<double>;  // all, kept: per model
+  const size_t count = models.size();
+  return parallel_reduce(
+      set.n, kDefaultGrain, Sums(2 * count, 0.0),
+      [&](size_t begin, size_t end) {
+        Sums sums(2 * count, 0.0);
+        for_each_run(set, models, begin, end,
+                     [&](size_t first, const float* b, const float* const* xs, size_t len) {
+                       for (size_t p = 0; p < count; ++p) {
+                         const float* x = xs[p];
+                         const DeltaMask& mask = *masks[p];
+                         double all = sums[2 * p], kept = sums[2 * p + 1];
+                         for (size_t j = 0; j < len; ++j) {
+                           const float magnitude = std::fabs(rnd(x[j] - b[j]));
+                           all += magnitude;
+                           kept += keep_or_zero(magnitude, mask.keep(first + j));
+                         }
+                         sums[2 * p] = all;
+                         sums[2 * p + 1] = kept;
+                       }
+                     });
+        return sums;
+      },
+      [](Sums a, const Sums& b) {
+        for (size_t j = 0; j < a.size(); ++j) a[j] += b[j];
+        return a;
+      });
+}
 
 // mergekit's rescaled_masked_tensor with the L1 norm: kept entries are multiplied by
 // rnd_W(before / after), before = rnd_W(sum |delta|), after = rnd_W(sum |kept|), unless either
 // is below rnd_W(1e-7).
-template <class R, class W>
-void rescale_l1(const TaskVectorView& tv, R rnd, W work, DeltaMask& mask) {
-  using Sums = std::pair<double, double>;
-  // Each fixed block of kDefaultGrain elements summed in index order (run after run when
-  // streamed), the blocks added in order: the same bits for any thread count and run length.
-  const Sums sums = parallel_reduce(
-      tv.n, kDefaultGrain, Sums{0.0, 0.0},
-      [&](size_t begin, size_t end) {
-        double all = 0, kept = 0;
-        for_each_run(tv, begin, end, [&](size_t first, const float* x, const float* b, size_t len) {
-          for (size_t j = 0; j < len; ++j) {
-            const float magnitude = std::fabs(rnd(x[j] - b[j]));
-            all += magnitude;
-            kept += keep_or_zero(magnitude, mask.keep(first + j));
-          }
-        });
-        return Sums{all, kept};
-      },
-      [](Sums a, Sums b) {
-        return Sums{a.first + b.first, a.second + b.second};
-      });
-  const float before = work(static_cast<float>(sums.first)),
-              after = work(static_cast<float>(sums.second));
+template <class W>
+void set_rescale(double all, double kept, W work, DeltaMask& mask) {
+  const float before = work(static_cast<float>(all)), after = work(static_cast<float>(kept));
   const float eps = work.param(1e-7);
   if (before < eps || after < eps) return;
   mask.rescaled = true;
@@ -285,9 +452,8 @@ void rescale_l1(const TaskVectorView& tv, R rnd, W work, DeltaMask& mask) {
 
 // DARE: keep with probability p = the density in the work dtype.
 template <class R>
-void random_mask(const TaskVectorView& tv, const SparsifyOptions& o, std::vector<uint64_t>& words) {
+void random_mask(size_t n, const SparsifyOptions& o, std::vector<uint64_t>& words) {
   const double p = WorkRounding<R>{}.param(o.density);
-  const size_t n = tv.n;
   parallel_for(words.size(), kDefaultGrain / 64, [&](size_t wb, size_t we) {
     for (size_t w = wb; w < we; ++w) {
       uint64_t bits = 0;
@@ -438,81 +604,124 @@ size_t output_window() {
 
 void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,
                        std::vector<uint64_t>& words) {
-  with_rounding(tv.dtype,
-                [&](auto rnd) { RankSelector<decltype(rnd)>(tv, rnd).select(lo, hi, words); });
+  TaskVectorSet set{tv.base, {tv.x}, 1, tv.n, tv.dtype, tv.shape, {}};
+  if (tv.load) {
+    set.load = [&tv](size_t source, size_t begin, size_t len, float* dst) {
+      std::vector<float> other(len);  // the half of the view's run this call does not want
+      if (source == 0) {
+        tv.load(begin, len, dst, other.data());
+      } else {
+        tv.load(begin, len, other.data(), dst);
+      }
+    };
+  }
+  with_rounding(tv.dtype, [&](auto rnd) {
+    RankSelector<decltype(rnd)>(set, rnd).select({{0, lo, hi, &words}});
+  });
 }
 
-DeltaMask build_mask(const TaskVectorView& tv, const SparsifyOptions& o,
-                     std::vector<uint64_t>& words, const std::string& tensor,
-                     const std::string& model) {
-  DeltaMask mask;
-  if (o.method == Sparsification::kNone || o.density >= 1.0 || tv.n == 0) return mask;
-  auto refuse = [&](const std::string& what) {
-    throw Error(ErrorCode::kRecipe, "tensor '" + tensor + "': model " + model + ": " + what);
-  };
-  if (std::isnan(o.density)) refuse("density is NaN");
-  const size_t n = tv.n;
-  words.resize((n + 63) / 64);
-  mask.active = true;
-  mask.bits = words.data();
-  with_rounding(tv.dtype, [&](auto rnd) {
+std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
+                                   const std::vector<SparsifyOptions>& options,
+                                   std::vector<std::vector<uint64_t>>& words,
+                                   const std::string& tensor,
+                                   const std::vector<std::string>& models) {
+  const size_t n = set.n;
+  std::vector<DeltaMask> masks(set.count);
+  if (words.size() < set.count) words.resize(set.count);
+  with_rounding(set.dtype, [&](auto rnd) {
     using R = decltype(rnd);
-    switch (o.method) {
-      case Sparsification::kMagnitude: {
-        const double k = o.density * static_cast<double>(n);
-        if (!(k >= 1.0)) {
-          refuse("density " + std::to_string(o.density) + " keeps no entry of " +
-                 std::to_string(n) + " (int(density * numel) is 0)");
+    // Random and della masks are built model by model (they need no pass shared with another
+    // model); the rank selections, then the L1 sums, run once for all the models that need them.
+    std::vector<typename RankSelector<R>::Target> selections;
+    std::vector<size_t> rescaled;
+    for (size_t m = 0; m < set.count; ++m) {
+      const SparsifyOptions& o = options[m];
+      DeltaMask& mask = masks[m];
+      if (o.method == Sparsification::kNone || o.density >= 1.0 || n == 0) continue;
+      auto refuse = [&](const std::string& what) {
+        throw Error(ErrorCode::kRecipe, "tensor '" + tensor + "': model " + models[m] + ": " + what);
+      };
+      if (std::isnan(o.density)) refuse("density is NaN");
+      words[m].resize((n + 63) / 64);
+      mask.active = true;
+      mask.bits = words[m].data();
+      switch (o.method) {
+        case Sparsification::kMagnitude: {
+          const double k = o.density * static_cast<double>(n);
+          if (!(k >= 1.0)) {
+            refuse("density " + std::to_string(o.density) + " keeps no entry of " +
+                   std::to_string(n) + " (int(density * numel) is 0)");
+          }
+          selections.push_back({m, 0, static_cast<uint64_t>(k), &words[m]});
+          break;
         }
-        RankSelector<R>(tv, rnd).select(0, static_cast<uint64_t>(k), words);
-        if (o.rescale) rescale_l1(tv, rnd, rnd, mask);
-        return;
+        case Sparsification::kMagnitudeOutliers: {
+          if (o.density < 0 || !(o.gamma >= 0)) refuse("density and gamma must not be negative");
+          const int64_t total = static_cast<int64_t>(n);
+          const int64_t target = static_cast<int64_t>(o.density * static_cast<double>(n));
+          int64_t n_top = static_cast<int64_t>(o.gamma * static_cast<double>(n));
+          int64_t n_bot = total - target - n_top;
+          if (n_bot < 0) {
+            n_top += n_bot;
+            n_bot = 0;
+          }
+          // mergekit keeps ascending positions [n_bot, n - n_top), i.e. descending ranks
+          // [n_top, n - n_bot); with n_top == 0 its slice [n_bot:-0] is empty: nothing is kept.
+          if (n_top <= 0) {
+            std::fill(words[m].begin(), words[m].end(), 0);
+          } else {
+            selections.push_back({m, static_cast<uint64_t>(n_top),
+                                  static_cast<uint64_t>(total - n_bot), &words[m]});
+          }
+          break;
+        }
+        case Sparsification::kRandom: {
+          if (o.density < 0) refuse("density must not be negative");
+          random_mask<R>(n, o, words[m]);
+          break;
+        }
+        case Sparsification::kDellaMagprune: {
+          if (o.density <= 0) {  // mergekit returns zeros, without rescaling
+            std::fill(words[m].begin(), words[m].end(), 0);
+            continue;
+          }
+          if (o.density + o.epsilon >= 1 || o.density - o.epsilon <= 0) {
+            refuse("della needs density - epsilon > 0 and density + epsilon < 1 (density " +
+                   std::to_string(o.density) + ", epsilon " + std::to_string(o.epsilon) + ")");
+          }
+          TaskVectorView tv{set.load ? nullptr : set.xs[m], set.base, n, set.dtype, set.shape, {}};
+          if (set.load) {
+            tv.load = [&set, m](size_t begin, size_t len, float* x, float* base) {
+              set.load(m, begin, len, x);
+              set.load(set.count, begin, len, base);
+            };
+          }
+          della_mask(tv, rnd, o, words[m], tensor);
+          break;
+        }
+        case Sparsification::kNone:
+          break;
       }
-      case Sparsification::kMagnitudeOutliers: {
-        if (o.density < 0 || !(o.gamma >= 0)) refuse("density and gamma must not be negative");
-        const int64_t total = static_cast<int64_t>(n);
-        const int64_t target = static_cast<int64_t>(o.density * static_cast<double>(n));
-        int64_t n_top = static_cast<int64_t>(o.gamma * static_cast<double>(n));
-        int64_t n_bot = total - target - n_top;
-        if (n_bot < 0) {
-          n_top += n_bot;
-          n_bot = 0;
-        }
-        // mergekit keeps ascending positions [n_bot, n - n_top), i.e. descending ranks
-        // [n_top, n - n_bot); with n_top == 0 its slice [n_bot:-0] is empty: nothing is kept.
-        if (n_top <= 0) {
-          std::fill(words.begin(), words.end(), 0);
-        } else {
-          RankSelector<R>(tv, rnd).select(static_cast<uint64_t>(n_top),
-                                          static_cast<uint64_t>(total - n_bot), words);
-        }
-        if (o.rescale) rescale_l1(tv, rnd, rnd, mask);
-        return;
+      if (o.rescale) rescaled.push_back(m);
+    }
+    RankSelector<R>(set, rnd).select(selections);
+    if (rescaled.empty()) return;
+    std::vector<const DeltaMask*> kept;
+    for (size_t m : rescaled) kept.push_back(&masks[m]);
+    const std::vector<double> sums = l1_sums(set, rnd, rescaled, kept);
+    for (size_t p = 0; p < rescaled.size(); ++p) {
+      DeltaMask& mask = masks[rescaled[p]];
+      // The magnitude selections rescale in the compute dtype, the random ones (DARE, DELLA) in
+      // their work dtype, as mergekit does.
+      const Sparsification method = options[rescaled[p]].method;
+      if (method == Sparsification::kMagnitude || method == Sparsification::kMagnitudeOutliers) {
+        set_rescale(sums[2 * p], sums[2 * p + 1], rnd, mask);
+      } else {
+        set_rescale(sums[2 * p], sums[2 * p + 1], WorkRounding<R>{}, mask);
       }
-      case Sparsification::kRandom: {
-        if (o.density < 0) refuse("density must not be negative");
-        random_mask<R>(tv, o, words);
-        if (o.rescale) rescale_l1(tv, rnd, WorkRounding<R>{}, mask);
-        return;
-      }
-      case Sparsification::kDellaMagprune: {
-        if (o.density <= 0) {  // mergekit returns zeros, without rescaling
-          std::fill(words.begin(), words.end(), 0);
-          return;
-        }
-        if (o.density + o.epsilon >= 1 || o.density - o.epsilon <= 0) {
-          refuse("della needs density - epsilon > 0 and density + epsilon < 1 (density " +
-                 std::to_string(o.density) + ", epsilon " + std::to_string(o.epsilon) + ")");
-        }
-        della_mask(tv, rnd, o, words, tensor);
-        if (o.rescale) rescale_l1(tv, rnd, WorkRounding<R>{}, mask);
-        return;
-      }
-      case Sparsification::kNone:
-        return;
     }
   });
-  return mask;
+  return masks;
 }
 
 }  // namespace alloy::detail

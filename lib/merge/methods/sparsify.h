@@ -23,16 +23,19 @@
 // the same mask for any thread count. They cannot reproduce torch's generator; the probabilities,
 // the rescale and the rounding follow mergekit, so the statistics match.
 //
-// Streaming (TaskVectorView::load set): no whole-tensor float buffer is needed. Every pass reads
-// the task vector in index order as runs of at most stream_grain() elements, loaded into
+// Streaming (TaskVectorSet::load set): no whole-tensor float buffer is needed. Every pass reads
+// the task vectors in index order as runs of at most stream_grain() elements, loaded into
 // per-thread scratch from the inputs' bytes, inside the same fixed partitions as the whole-tensor
 // form: the high-bits histogram pass, the boundary-bin pass (not for bf16), the mask pass, and
 // the L1 pass of the rescale (double sums over fixed blocks of kDefaultGrain elements, each block
 // summed in index order, the blocks added in order: the same bits as the whole-tensor sums, for
 // any thread count and any run length). DELLA ranks each fiber along dim 1 whole: a row of a
 // matrix is loaded run by run into its keys; for tensors of rank >= 3 one slab of the outer
-// dimension at a time (its keys, 4 bytes per element). Memory: the mask (n / 8 bytes per model)
-// and per-thread scratch; the random masks need no delta at all.
+// dimension at a time (its keys, 4 bytes per element). The selection and L1 passes serve all the
+// models of a tensor at once: each run of the base is read and converted once per pass, not once
+// per model and pass. Memory: the mask (n / 8 bytes per model), the selection's per-chunk
+// histograms (at most 64 x 128 KiB per model), and per-thread scratch (one run per model and one
+// of the base); the random masks need no delta at all.
 #pragma once
 
 #include <cstddef>
@@ -79,6 +82,23 @@ inline constexpr size_t kOutputWindow = size_t{32} * kDefaultGrain;
 void set_output_window(size_t elements);
 size_t output_window();
 
+// Several models' task vectors against one base, delta_m[i] = rnd(x_m[i] - base[i]): from the
+// whole-tensor buffers base and xs, or, when `load` is set, streamed through it. The selection and
+// L1 passes of build_masks read each range once for all models, so the base is converted once per
+// pass instead of once per model and pass.
+// load(source, begin, len, dst): elements [begin, begin + len) of model `source` (< count), or of
+// the base (source == count), as in TaskVectorLoader (concurrent, never throws).
+using TaskVectorsLoader = std::function<void(size_t source, size_t begin, size_t len, float* dst)>;
+struct TaskVectorSet {
+  const float* base = nullptr;
+  std::vector<const float*> xs;  // one per model (whole-tensor form)
+  size_t count = 0;              // models
+  size_t n = 0;
+  DType dtype = DType::F32;
+  std::vector<uint64_t> shape;
+  TaskVectorsLoader load;  // set: streamed in runs of stream_grain() elements
+};
+
 struct SparsifyOptions {
   Sparsification method = Sparsification::kNone;
   double density = 1.0;
@@ -97,12 +117,16 @@ struct DeltaMask {
   bool keep(size_t i) const { return (bits[i >> 6] >> (i & 63)) & 1u; }
 };
 
-// Builds the mask of `tv` into `words` (resized to (n + 63) / 64). Throws Error(kRecipe) naming
-// `tensor` and `model` for parameters mergekit refuses (a density that keeps no entry, della's
-// density +- epsilon outside (0, 1), a negative density or gamma).
-DeltaMask build_mask(const TaskVectorView& tv, const SparsifyOptions& options,
-                     std::vector<uint64_t>& words, const std::string& tensor,
-                     const std::string& model);
+// Builds the mask of each model's task vector: for model m of `set`, with options[m], into
+// words[m] (`words` grown to at least set.count masks, each resized to (n + 63) / 64 words). The
+// passes that read the task vectors (histogram, boundary, mark, L1) serve all models at once. Throws Error(kRecipe) naming
+// `tensor` and models[m] for parameters mergekit refuses (a density that keeps no entry, della's
+// density +- epsilon outside (0, 1), a negative density or gamma), the first in model order.
+std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
+                                   const std::vector<SparsifyOptions>& options,
+                                   std::vector<std::vector<uint64_t>>& words,
+                                   const std::string& tensor,
+                                   const std::vector<std::string>& models);
 
 // Keeps the entries whose rank (descending |delta|, ties to the lower index) is in [lo, hi):
 // sets bit i of `words` exactly for those. The selection primitive behind magnitude and

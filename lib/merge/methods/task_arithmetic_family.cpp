@@ -95,17 +95,21 @@ class TaskArithmeticMethod final : public MergeMethod {
     const Rounder rounder{ctx.compute_dtype};
 
     std::vector<std::vector<uint64_t>>& mask_words = t_mask_words;
-    if (mask_words.size() < others.size()) mask_words.resize(others.size());
     std::vector<TaskVectorInput> inputs;
+    TaskVectorSet set{base, {}, others.size(), n, ctx.compute_dtype, ctx.shape, {}};
+    std::vector<SparsifyOptions> options;
+    std::vector<std::string> models;
     for (size_t m = 0; m < others.size(); ++m) {
       const MergeSource& source = ctx.sources[others[m]];
       const float weight = rounder.param(require_source_param(ctx, source, "weight"));
-      TaskVectorView tv{source.values, base, n, ctx.compute_dtype, ctx.shape, {}};
-      inputs.push_back({source.values,
-                        build_mask(tv, sparsify_options(ctx, others[m]), mask_words[m],
-                                   ctx.tensor_name, source.model),
-                        weight});
+      inputs.push_back({source.values, DeltaMask{}, weight});
+      set.xs.push_back(source.values);
+      options.push_back(sparsify_options(ctx, others[m]));
+      models.push_back(source.model);
     }
+    const std::vector<DeltaMask> masks =
+        build_masks(set, options, mask_words, ctx.tensor_name, models);
+    for (size_t m = 0; m < others.size(); ++m) inputs[m].mask = masks[m];
     with_rounding(ctx.compute_dtype, [&](auto rnd) {
       const Combiner<decltype(rnd)> combiner(ctx, config_, base_index, std::move(inputs));
       parallel_for_checked(ctx, config_.name, n, [&](size_t begin, size_t end) {
@@ -270,21 +274,18 @@ class TaskArithmeticMethod final : public MergeMethod {
           shape_(ctx.shape) {
       for (size_t m : others_) models_.push_back(ctx.sources[m].model);
     }
-    // Each model's mask and rescale factor, streamed through `load` (sparsify.h). The masks live
-    // in this (the calling) thread's t_mask_words until its next tensor.
+    // Each model's mask and rescale factor, streamed through `load` (sparsify.h; its passes read
+    // the base once for all models). The masks live in this (the calling) thread's t_mask_words
+    // until its next tensor.
     void prepare(const SourceRangeLoader& load) override {
-      std::vector<std::vector<uint64_t>>& mask_words = t_mask_words;
-      if (mask_words.size() < others_.size()) mask_words.resize(others_.size());
-      const size_t base = combiner_.base_index();
-      for (size_t m = 0; m < others_.size(); ++m) {
-        const size_t k = others_[m];
-        TaskVectorView tv{nullptr, nullptr, n_, dtype_, shape_,
-                          [&load, k, base](size_t begin, size_t len, float* x, float* b) {
-                            load(k, begin, len, x);
-                            load(base, begin, len, b);
-                          }};
-        combiner_.set_mask(m, build_mask(tv, options_[m], mask_words[m], tensor_, models_[m]));
-      }
+      const size_t count = others_.size(), base = combiner_.base_index();
+      TaskVectorSet set{nullptr, {}, count, n_, dtype_, shape_,
+                        [&](size_t source, size_t begin, size_t len, float* dst) {
+                          load(source == count ? base : others_[source], begin, len, dst);
+                        }};
+      const std::vector<DeltaMask> masks =
+          build_masks(set, options_, t_mask_words, tensor_, models_);
+      for (size_t m = 0; m < count; ++m) combiner_.set_mask(m, masks[m]);
     }
     size_t merge_chunk(const float* const* sources, size_t begin, size_t len,
                        float* out) const override {
