@@ -138,6 +138,12 @@ bool all_ones(const std::vector<float>& v) {
   return !v.empty() && std::all_of(v.begin(), v.end(), [](float x) { return x == 1.0f; });
 }
 
+// A reader of the suspect as compared: through its slot (permutations, rotation) when it has one.
+void load_reader(const Model& suspect, const Alignment& a, const std::string& name, std::vector<float>* values) {
+  if (a.tensors.count(name)) load_aligned(suspect, a, name, values);
+  else *values = load_all(*suspect.find(name));
+}
+
 // Per column j over the rows read: G_j = <C_a,j, C_b,j> (k x k), M_j = <C_c,j, S_j> and
 // SS_j = |S_j|^2.
 struct ColumnStats {
@@ -225,9 +231,7 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
     std::vector<float> values;
     for (const std::string& r : group.readers) {
       const ModelTensor& st = *suspect.find(r);
-      const auto slot = out->tensors.find(r);
-      if (slot != out->tensors.end()) load_aligned(suspect, *out, r, &values);
-      else values = load_all(st);
+      load_reader(suspect, *out, r, &values);
       const std::string cname = compared_name(*out, r);
       const uint64_t rows = st.info->numel() / hidden;  // [out, hidden], or stacked [E, out, hidden]
       const uint64_t step = std::max<uint64_t>(1, rows / kGainRows);
@@ -250,9 +254,7 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
     // evenly spaced, about kGainRows x hidden elements in all.
     for (const std::string& r : group.inner_readers) {
       const ModelTensor& st = *suspect.find(r);
-      const auto slot = out->tensors.find(r);
-      if (slot != out->tensors.end()) load_aligned(suspect, *out, r, &values);
-      else values = load_all(st);
+      load_reader(suspect, *out, r, &values);
       const uint64_t experts = st.info->shape[0], width = st.info->shape[2];
       const uint64_t step = std::max<uint64_t>(1, experts / std::max<uint64_t>(1, kGainRows / std::max<uint64_t>(1, width)));
       std::vector<std::vector<float>> crow(static_cast<size_t>(k), std::vector<float>(width));
@@ -268,6 +270,7 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
         }
       }
       for (const ModelTensor* t : ct) t->shard->release(*t->info);
+      st.shard->release(*st.info);
     }
     for (Mat& g : s.gram) {
       const Mat full = g.selfadjointView<Eigen::Upper>();
