@@ -150,6 +150,14 @@ struct SubsetStats {
   double matched_share = 0;        // of those, the share some kept set explains (NaN: none)
   uint64_t opposite = 0;           // well-resolved elements with deltas of both signs
   uint64_t sum_votes = 0;          // of those, made only by the plain sum of kept deltas
+  // The same elements read under a normalised combination (della, ties: S - C_b is the
+  // weight-averaged mean of the kept u_i, so every kept set of one member reads as under the plain
+  // sum, and a larger set lies between its members' values). Per other: its keep rate, from
+  // "nothing kept", "kept alone" and, with two others, "between the two" (both kept); with two
+  // others also the relative weights w_i / (w_1 + w_2) by least squares over "between" elements
+  // (NaN where not measured).
+  std::vector<double> normalized_density;
+  std::vector<double> normalized_weight;
 };
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
                               const std::vector<double>& scale);

@@ -139,10 +139,14 @@ void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
   const detail::SubsetStats subsets = detail::subset_statistics(views, ta->reference + 1, others, s.kept_scale);
   ta->subset_density.assign(k, std::nan(""));
   ta->subset_scale.assign(k, std::nan(""));
+  ta->normalized_density.assign(k, std::nan(""));
+  ta->normalized_weight.assign(k, std::nan(""));
   for (size_t j = 0; j < others.size() && !subsets.density.empty(); ++j) {
     const size_t c = size_t(others[j] - 1);
     ta->subset_density[c] = subsets.density[j];
     ta->subset_scale[c] = subsets.scale[j];
+    ta->normalized_density[c] = subsets.normalized_density[j];
+    ta->normalized_weight[c] = subsets.normalized_weight[j];
   }
   ta->subset_matched = subsets.matched_share;
   ta->subset_classifiable = subsets.classifiable;

@@ -10,6 +10,8 @@
 // elements chosen by their values (well resolved, every delta of one sign, subset sums separated)
 // leaves each candidate's keep rate unchanged. docs/assay.md, "DARE densities and rules".
 #include <Eigen/Dense>
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -34,18 +36,58 @@ double unit_roundoff(DType dtype) {
 
 struct Counts {
   std::vector<uint64_t> kept;  // [other]
+  std::vector<uint64_t> solo;  // [other]: matched by that other alone
   uint64_t classifiable = 0, matched = 0, opposite = 0, sum = 0;
+  uint64_t none = 0, between = 0;  // matched by no kept delta; (two others) strictly between u_1, u_2
+  double lambda_num = 0, lambda_den = 0;  // sum (r - u_2)(u_1 - u_2), sum (u_1 - u_2)^2 over "between"
   Eigen::MatrixXd normal;      // [k x (k + 1)]: the normal equations for a, then the right-hand side
   void resize(size_t k) {
     kept.assign(k, 0);
+    solo.assign(k, 0);
     normal = Eigen::MatrixXd::Zero(Eigen::Index(k), Eigen::Index(k + 1));
   }
   void add(const Counts& o) {
-    for (size_t j = 0; j < kept.size(); ++j) kept[j] += o.kept[j];
+    for (size_t j = 0; j < kept.size(); ++j) kept[j] += o.kept[j], solo[j] += o.solo[j];
     classifiable += o.classifiable, matched += o.matched, opposite += o.opposite, sum += o.sum;
+    none += o.none, between += o.between, lambda_num += o.lambda_num, lambda_den += o.lambda_den;
     normal += o.normal;
   }
 };
+
+// Under a normalised combination with two others, both kept makes S - C_b = l u_1 + (1 - l) u_2
+// (l = w_1 / (w_1 + w_2)): strictly between the two, away from both by more than `tol`. The plain
+// sum u_1 + u_2 of same-sign deltas lies outside that interval, so such an element is never one
+// the plain-sum kept sets matched.
+void count_between(const double* u, double r, double tol, Counts& part) {
+  const double low = std::min(u[0], u[1]), high = std::max(u[0], u[1]);
+  if (!(r > low + tol && r < high - tol)) return;
+  ++part.between;
+  part.lambda_num += (r - u[1]) * (u[0] - u[1]);
+  part.lambda_den += (u[0] - u[1]) * (u[0] - u[1]);
+}
+
+// The keep rates under a normalised combination (SubsetStats::normalized_density): independent
+// masks make P(none) = prod (1 - d_i) and P(i alone) = d_i prod_{j != i} (1 - d_j), so
+// d_i = solo_i / (solo_i + none) for any number of others; with two, "between" counts the
+// elements both kept, and d_i = (solo_i + between) / (none + solo_1 + solo_2 + between).
+void normalized_estimates(const Counts& total, size_t k, SubsetStats& out) {
+  out.normalized_density.assign(k, std::numeric_limits<double>::quiet_NaN());
+  out.normalized_weight = out.normalized_density;
+  if (k == 2) {
+    const double all = double(total.none + total.solo[0] + total.solo[1] + total.between);
+    if (all == 0) return;
+    for (size_t j = 0; j < 2; ++j) out.normalized_density[j] = double(total.solo[j] + total.between) / all;
+    if (total.lambda_den > 0) {
+      const double l = std::clamp(total.lambda_num / total.lambda_den, 0.0, 1.0);
+      out.normalized_weight = {l, 1 - l};
+    }
+    return;
+  }
+  for (size_t j = 0; j < k; ++j) {
+    const uint64_t seen = total.solo[j] + total.none;
+    if (seen > 0) out.normalized_density[j] = double(total.solo[j]) / double(seen);
+  }
+}
 
 // Sum of u over the set bits of `set`; under consensus only the entries whose sign agrees with
 // the sign of that sum (mergekit's "sum" sign election; a zero sum keeps nothing).
@@ -67,7 +109,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   const size_t k = others.size();
   SubsetStats out;
   out.density.assign(k, std::numeric_limits<double>::quiet_NaN());
-  out.scale = out.density;
+  out.scale = out.normalized_density = out.normalized_weight = out.density;
   if (k == 0 || k > kMaxSubsetCandidates || views.numel == 0) return out;
   for (double a : scale) {
     if (!std::isfinite(a) || a == 0) return out;
@@ -119,9 +161,13 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
         }
         if (!separated) continue;
         ++part.classifiable;
+        bool found = false;
         for (unsigned set = 0; set < sets; ++set) {
           if (std::fabs(r - lin[set]) > tol) continue;
+          found = true;
           ++part.matched;
+          if (set == 0) ++part.none;
+          if (std::has_single_bit(set)) ++part.solo[size_t(std::countr_zero(set))];
           for (size_t j = 0; j < k; ++j) {
             if (!(set >> j & 1u)) continue;
             ++part.kept[j];
@@ -132,6 +178,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
           }
           break;
         }
+        if (!found && k == 2) count_between(u, r, tol, part);
       }
     }, used);
     return part;
@@ -144,6 +191,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
                                          : std::numeric_limits<double>::quiet_NaN();
   out.opposite = total.opposite;
   out.sum_votes = total.sum;
+  normalized_estimates(total, k, out);
   if (total.matched == 0) return out;
   for (size_t j = 0; j < k; ++j) out.density[j] = double(total.kept[j]) / double(total.matched);
   // The scales by least squares over the matched elements (each row: r = sum over its kept set).

@@ -48,6 +48,7 @@ enum class SparseKind { kTies, kBreadcrumbs, kDare, kDella, kFamily, kRandomFami
 // The sparse statistics of each candidate over the tensors fitted against `base`.
 struct SparseEvidence {
   std::vector<Weighted> density, solo, step, scale, ratio, subset_density, subset_scale;  // [candidate]
+  std::vector<Weighted> normalized_density, normalized_weight;                            // [candidate]
   std::vector<Weighted> top_drop, upper_drop, outlier_share, profile_density;            // [candidate]
   uint64_t opposite = 0, sum_votes = 0;
 };
@@ -55,7 +56,8 @@ struct SparseEvidence {
 SparseEvidence gather_sparse_evidence(const VerdictContext& v, int base) {
   const size_t k = size_t(v.k);
   SparseEvidence e;
-  for (auto* w : {&e.density, &e.solo, &e.step, &e.scale, &e.ratio, &e.subset_density, &e.subset_scale, &e.top_drop,
+  for (auto* w : {&e.density, &e.solo, &e.step, &e.scale, &e.ratio, &e.subset_density, &e.subset_scale,
+                  &e.normalized_density, &e.normalized_weight, &e.top_drop,
                   &e.upper_drop, &e.outlier_share, &e.profile_density}) {
     w->resize(k);
   }
@@ -67,6 +69,10 @@ SparseEvidence gather_sparse_evidence(const VerdictContext& v, int base) {
       for (size_t c = 0; c < k; ++c) {
         e.subset_density[c].add(t.subset_density[c], double(t.numel));
         e.subset_scale[c].add(t.subset_scale[c], double(t.numel));
+        if (t.normalized_density.size() == k) {
+          e.normalized_density[c].add(t.normalized_density[c], double(t.numel));
+          e.normalized_weight[c].add(t.normalized_weight[c], double(t.numel));
+        }
       }
     }
     for (size_t c = 0; c < k; ++c) {
@@ -128,11 +134,18 @@ double kind_density(const SparseEvidence& e, int c, SparseKind kind) {
 nlohmann::json sparse_recipe(const VerdictContext& v, const SparseEvidence& e, int base,
                              const std::vector<int>& others, SparseKind kind) {
   nlohmann::json models = nlohmann::json::array();
+  // della normalises by the weights that took part (the sum of the kept ones): its kept sets of
+  // two or more read as weighted means, not sums, and only the weights' ratios matter.
+  const bool normalized = kind == SparseKind::kDella && v.result.method == "della";
   for (int c : others) {
-    const double d = std::clamp(kind_density(e, c, kind), 0.01, 1.0);
+    const Weighted& nd = e.normalized_density[size_t(c)];
+    const Weighted& nw = e.normalized_weight[size_t(c)];
+    const double d = std::clamp(normalized && !nd.empty() ? nd.median() : kind_density(e, c, kind), 0.01, 1.0);
     double w = 1.0;
     nlohmann::json parameters;
-    if (kind == SparseKind::kTies || kind == SparseKind::kFamily || kind == SparseKind::kRandomFamily) {
+    if (normalized && !nw.empty()) {
+      w = nw.median();
+    } else if (kind == SparseKind::kTies || kind == SparseKind::kFamily || kind == SparseKind::kRandomFamily) {
       w = others.size() >= 2 ? e.ratio[size_t(c)].median() : 1.0;
     } else if (kind == SparseKind::kBreadcrumbs) {
       w = e.scale[size_t(c)].median();

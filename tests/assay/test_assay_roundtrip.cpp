@@ -142,15 +142,44 @@ void check_breadcrumbs(const AssayResult& r, const AssayFamily& f, double tolera
   EXPECT_FALSE(r.evidence.contains("method_alternatives")) << r.evidence.dump();
 }
 
-// A DELLA merge (della or della_linear) of ft_1 (weight 0.5, density 0.5) and ft_2 (0.5, 0.6),
-// epsilon 0.15, expected to be assayed as one of `expected`.
+// The parameters of one parent of a DELLA merge.
+struct DellaParent {
+  double weight, density, epsilon;
+};
+
+// A DELLA merge (della or della_linear) of ft_1 and ft_2 onto the base, expected to be assayed as
+// one of `expected`.
 RoundTripCase della_case(const char* name, const char* merge_method, const char* expected,
-                         std::function<void(const AssayResult&, const AssayFamily&)> checks) {
+                         std::function<void(const AssayResult&, const AssayFamily&)> checks,
+                         DellaParent first = {0.5, 0.5, 0.15}, DellaParent second = {0.5, 0.6, 0.15}) {
   static std::deque<std::string> recipes;  // the cases keep const char* into these (deque: never moved)
+  auto parameters = [](const DellaParent& p) {
+    return "{weight: " + std::to_string(p.weight) + ", density: " + std::to_string(p.density) +
+           ", epsilon: " + std::to_string(p.epsilon) + "}";
+  };
   recipes.push_back("merge_method: " + std::string(merge_method) + "\nbase_model: $base\nmodels:\n  - model: $ft_1\n" +
-                    "    parameters: {weight: 0.5, density: 0.5, epsilon: 0.15}\n  - model: $ft_2\n" +
-                    "    parameters: {weight: 0.5, density: 0.6, epsilon: 0.15}\ndtype: bfloat16\n");
+                    "    parameters: " + parameters(first) + "\n  - model: $ft_2\n" +
+                    "    parameters: " + parameters(second) + "\ndtype: bfloat16\n");
   return {name, 0.05, recipes.back().c_str(), false, expected, "base", {}, kNoRebuild, std::move(checks)};
+}
+
+// della normalises by the kept weights, so its kept sets of both parents read as weighted means:
+// each parent's relative weight must come back within 0.03, its density within 0.1 (they came
+// back as 0.30 / 0.44 for 0.5 / 0.6 while the sets were read as sums) and epsilon within 0.06.
+// The density is read on the elements whose deltas are large enough to classify, where DELLA's
+// keep chance is above its mean: biased up by 0.02-0.05 at epsilon 0.15-0.2 (docs/assay.md), and
+// the recipe may then round it to the next tenth (0.55 -> 0.6) when no variant rebuilds exactly.
+std::function<void(const AssayResult&, const AssayFamily&)> della_checks(DellaParent first, DellaParent second) {
+  return [first, second](const AssayResult& r, const AssayFamily& f) {
+    ASSERT_EQ(r.recipe["models"].size(), 2u) << r.recipe.dump();
+    const double total = first.weight + second.weight;
+    for (const auto& m : r.recipe["models"]) {
+      const DellaParent& truth = m["model"] == candidate(f, "ft_1") ? first : second;
+      EXPECT_NEAR(m["parameters"]["density"].get<double>(), truth.density, 0.1 + 1e-9) << m.dump();
+      EXPECT_NEAR(m["parameters"]["weight"].get<double>(), truth.weight / total, 0.03) << m.dump();
+      EXPECT_NEAR(m["parameters"]["epsilon"].get<double>(), truth.epsilon, 0.06) << m.dump();
+    }
+  };
 }
 
 const std::vector<RoundTripCase>& round_trip_cases() {
@@ -247,7 +276,9 @@ const std::vector<RoundTripCase>& round_trip_cases() {
                        }),
       // DELLA keeps entries at random with a probability rising with their magnitude rank in the
       // row: della by its profile and sign consensus (never a dense task_arithmetic).
-      della_case("Della", "della", "della", nullptr),
+      della_case("Della", "della", "della", della_checks({0.5, 0.5, 0.15}, {0.5, 0.6, 0.15})),
+      della_case("DellaUnevenWeights", "della", "della", della_checks({0.3, 0.4, 0.2}, {0.7, 0.5, 0.2}),
+                 {0.3, 0.4, 0.2}, {0.7, 0.5, 0.2}),
       // della_linear: one rescale factor per tensor, plain sum, no normalising, so its kept sets read
       // like dare_linear's; the drop profile does not resolve the rank dependence. Whatever is named,
       // della_linear must be it or be listed, and never a consensus member.

@@ -134,6 +134,10 @@ struct TensorAssay {
   // deltas of both signs, and how many of them only the plain sum (no sign consensus) explains.
   std::vector<double> subset_density;
   std::vector<double> subset_scale;
+  // The same read under a normalised combination (della): keep rates and, with two candidates
+  // besides the base, their relative weights (sum 1). NaN where not measured.
+  std::vector<double> normalized_density;
+  std::vector<double> normalized_weight;
   double subset_matched = 0;
   uint64_t subset_classifiable = 0;
   uint64_t opposite_elements = 0, sum_votes = 0;
