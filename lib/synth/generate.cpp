@@ -326,7 +326,7 @@ void write_fine_tune_weights(const Model& base, const fs::path& dir, const FineT
 }  // namespace detail
 
 InitStats base_init(const SynthTensor& t) {
-  if (t.component == Component::kNorm) return {1.0f, 0.05f};
+  if (t.component == Component::kNorm) return {t.offset_one ? 0.0f : 1.0f, 0.05f};
   if (t.component == Component::kEmbedding || t.component == Component::kLmHead || t.shape.size() < 2) {
     return {0.0f, 0.02f};  // embeddings, lm_head, biases
   }

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include "alloy/core/architecture.h"
+
 namespace alloy::detail {
 namespace {
 
@@ -197,6 +199,30 @@ void linear_fields(nlohmann::json& c, const Architecture& a) {
   c["partial_rotary_factor"] = 0.25;
 }
 
+// Gemma 2, Qwen3-Next and Qwen3.5 apply their norms as (1 + w), and their checkpoints store w
+// around 0, not 1: the tensors whose view in the family's architecture definition is
+// norm_offset_one are marked so that the base stores them zero-centred, as the real ones are.
+// The definition gives the MTP head (a sub-model, merged tensor by tensor) no views, but its norms
+// are the same zero-centred RMSNorm (vLLM's qwen3_next_mtp); the gated norm inside linear
+// attention and the vision tower's LayerNorms store plain gains around 1.
+void mark_offset_one_norms(const Architecture& a, std::vector<SynthTensor>& tensors) {
+  std::vector<std::string> names;
+  for (const auto& t : tensors) names.push_back(t.name);
+  const ModelArchitecture arch = detect_architecture(layout_config(a, DType::BF16), names);
+  bool any = false;
+  for (auto& t : tensors) {
+    t.offset_one = arch.classify(t.name).view == TensorView::kNormOffsetOne;
+    any |= t.offset_one;
+  }
+  for (auto& t : tensors) {
+    const TensorPlace p = arch.classify(t.name);
+    if (any && p.submodel == "mtp" && t.component == Component::kNorm &&
+        t.name.find("linear_attn.") == std::string::npos) {
+      t.offset_one = true;
+    }
+  }
+}
+
 }  // namespace
 
 bool has_real_layout(ModelFamily family) {
@@ -318,6 +344,7 @@ std::vector<SynthTensor> layout_tensors(const Architecture& a) {
     mtp_head(b, "mtp.", a, true);
   }
   if (!a.tie_embeddings && a.family != ModelFamily::kGemma2) b.add("lm_head.weight", {v, h}, Component::kLmHead);
+  mark_offset_one_norms(a, b.out);
   return b.out;
 }
 

@@ -99,6 +99,7 @@ struct SynthTensor {
   Component component = Component::kNorm;
   int layer = -1;   // -1 outside the layers
   int expert = -1;  // routed expert index, -1 otherwise
+  bool offset_one = false;  // a norm applied as (1 + w): stored around 0 (Gemma 2, Qwen3-Next, Qwen3.5)
   uint64_t numel() const;
 };
 
