@@ -287,7 +287,11 @@ INSTANTIATE_TEST_SUITE_P(Families, AssayRobust, ::testing::Values(alloy::ModelFa
 // The residual-stream transforms on the real layouts, through the role table of
 // alloy/core/residual_stream.h: Phi-3's fused qkv_proj / gate_up_proj, Mixtral's
 // block_sparse_moe experts, Qwen3.5-MoE's model.language_model. prefix with hybrid layers and
-// stacked [E, 2I, H] / [E, H, I] experts, GPT-OSS's [E, H, 2I] / [E, I, H] experts with biases.
+// stacked [E, 2I, H] / [E, H, I] experts, Qwen3-Next's fused in_proj_qkvz / in_proj_ba and
+// per-expert modules (both with zero-centred (1 + w) norms), GPT-OSS's [E, H, 2I] / [E, I, H]
+// experts with biases, DeepSeek-V3's multi-head latent attention (q_a_proj and
+// kv_a_proj_with_mqa read the stream; their own latent norms are not the stream's) and dense first
+// layer before the routed ones.
 class AssayRobustStream : public ::testing::TestWithParam<alloy::ModelFamily> {};
 
 TEST_P(AssayRobustStream, RotatedResidualStreamIsUndone) {
@@ -302,7 +306,8 @@ TEST_P(AssayRobustStream, FoldedNormGainsAreRecovered) {
 
 INSTANTIATE_TEST_SUITE_P(Families, AssayRobustStream,
                          ::testing::Values(alloy::ModelFamily::kPhi3, alloy::ModelFamily::kMixtral,
-                                           alloy::ModelFamily::kQwen35Moe, alloy::ModelFamily::kGptOss),
+                                           alloy::ModelFamily::kQwen35Moe, alloy::ModelFamily::kQwen3Next,
+                                           alloy::ModelFamily::kGptOss, alloy::ModelFamily::kDeepseekV3),
                          [](const auto& info) { return std::string(alloy::family_name(info.param)); });
 
 // GPT-OSS's stacked experts read the stream on an inner axis ([E, hidden, 2I]): their folded gain

@@ -1,9 +1,11 @@
 // fold-norms and rotate-residual on real checkpoint layouts: the logits of a whole model, computed
 // from its stored tensors by a float64 reference written per family from the Hugging Face modeling
 // code, are unchanged by the transform. Phi-3 (fused qkv_proj and gate_up_proj), Mixtral
-// (block_sparse_moe, w1/w3/w2 experts, renormalised top-k) and Qwen3.5-MoE (the language model
+// (block_sparse_moe, w1/w3/w2 experts, renormalised top-k), Qwen3.5-MoE (the language model
 // under model.language_model., hybrid Gated DeltaNet / gated full-attention layers, stacked
-// gate_up_proj experts, and RMSNorms applied as (1 + w), which must be folded as 1 + w) and GPT-OSS
+// gate_up_proj experts, and RMSNorms applied as (1 + w), which must be folded as 1 + w), Qwen3-Next
+// (the same hybrid with its fused in_proj_qkvz / in_proj_ba grouped per key head, and one module
+// per expert) and GPT-OSS
 // (biases on every projection, attention sinks, stacked [E, hidden, 2I] experts with interleaved
 // gate / up columns, top-k then softmax routing).
 #include <gtest/gtest.h>
@@ -35,7 +37,7 @@ json text_config(const alloy::Model& m) {
 struct Shape {
   std::string prefix;  // "model." or "model.language_model."
   int layers, heads, kv_heads, head_dim, rotary, experts_per_token;
-  bool offset_norms;   // RMSNorm gains applied as (1 + w)
+  bool offset_norms;   // RMSNorm gains applied as (1 + w) (Qwen3-Next, Qwen3.5)
   std::vector<std::string> layer_types;
 };
 
@@ -49,7 +51,7 @@ Shape shape_of(const alloy::Model& m, ModelFamily family) {
   s.head_dim = c.value("head_dim", int(c["hidden_size"]) / s.heads);
   s.rotary = int(s.head_dim * c.value("partial_rotary_factor", 1.0));
   s.experts_per_token = c.value("num_experts_per_tok", 0);
-  s.offset_norms = family == ModelFamily::kQwen35Moe;
+  s.offset_norms = family == ModelFamily::kQwen35Moe || family == ModelFamily::kQwen3Next;
   s.layer_types = c.value("layer_types", std::vector<std::string>(size_t(s.layers), "full_attention"));
   return s;
 }
@@ -101,7 +103,7 @@ class Forward {
       k.rowwise() += w_(a + "k_proj.bias").row(0);
       v.rowwise() += w_(a + "v_proj.bias").row(0);
     }
-    if (family_ == ModelFamily::kQwen35Moe) {  // per head [query d; gate d], q/k normed per head
+    if (hybrid()) {  // per head [query d; gate d], q/k normed per head
       const Mat both = q;
       q.resize(h.rows(), q_width), gate.resize(h.rows(), q_width);
       for (int head = 0; head < s_.heads; ++head) {
@@ -140,17 +142,47 @@ class Forward {
     return context;
   }
 
-  // Qwen3.5's Gated DeltaNet, recurrent form: causal depthwise conv + SiLU on the qkv projection,
+  bool hybrid() const { return family_ == ModelFamily::kQwen35Moe || family_ == ModelFamily::kQwen3Next; }
+
+  // The Gated DeltaNet's projections in Qwen3.5's order: mixed = [q of every key head, k of every
+  // key head, v of every value head], z per value head, a and b per value head. Qwen3-Next fuses
+  // them per key-head group g: in_proj_qkvz rows [q_g (dk), k_g (dk), v_g (r dv), z_g (r dv)] and
+  // in_proj_ba rows [b_g (r), a_g (r)], r value heads per key head (its fix_query_key_value_ordering).
+  struct DeltaInputs {
+    Mat mixed, z, a, b;
+  };
+  DeltaInputs delta_inputs(const std::string& p, const Mat& h, int key_heads, int value_heads, int dk, int dv) const {
+    if (family_ != ModelFamily::kQwen3Next) {
+      return {linear(h, w_(p + "in_proj_qkv.weight")), linear(h, w_(p + "in_proj_z.weight")),
+              linear(h, w_(p + "in_proj_a.weight")), linear(h, w_(p + "in_proj_b.weight"))};
+    }
+    const Mat qkvz = linear(h, w_(p + "in_proj_qkvz.weight")), ba = linear(h, w_(p + "in_proj_ba.weight"));
+    const int r = value_heads / key_heads, group = 2 * dk + 2 * r * dv;
+    const Eigen::Index tokens = h.rows();
+    DeltaInputs in{Mat(tokens, 2 * key_heads * dk + value_heads * dv), Mat(tokens, value_heads * dv),
+                   Mat(tokens, value_heads), Mat(tokens, value_heads)};
+    for (int g = 0; g < key_heads; ++g) {
+      in.mixed.middleCols(g * dk, dk) = qkvz.middleCols(g * group, dk);
+      in.mixed.middleCols(key_heads * dk + g * dk, dk) = qkvz.middleCols(g * group + dk, dk);
+      in.mixed.middleCols(2 * key_heads * dk + g * r * dv, r * dv) = qkvz.middleCols(g * group + 2 * dk, r * dv);
+      in.z.middleCols(g * r * dv, r * dv) = qkvz.middleCols(g * group + 2 * dk + r * dv, r * dv);
+      in.b.middleCols(g * r, r) = ba.middleCols(g * 2 * r, r);
+      in.a.middleCols(g * r, r) = ba.middleCols(g * 2 * r + r, r);
+    }
+    return in;
+  }
+
+  // Qwen3.5's and Qwen3-Next's Gated DeltaNet, recurrent form: causal depthwise conv + SiLU on the qkv projection,
   // L2-normed q and k shared by groups of value heads, decay g = -exp(A_log) softplus(a + dt_bias),
   // write strength sigmoid(b), the delta rule S <- S e^g + k (beta (v - S^T k))^T, o = S^T q / sqrt(dk),
   // then RMSNorm(o) w * silu(z) per value head and out_proj.
   Mat gated_delta_net(const std::string& p, const Mat& h) const {
     const Mat conv = w_(p + "conv1d.weight");  // [channels, kernel] (in-channels 1)
     const Mat a_log = w_(p + "A_log"), dt_bias = w_(p + "dt_bias"), gain = w_(p + "norm.weight");
-    const Mat mixed = linear(h, w_(p + "in_proj_qkv.weight")), z = linear(h, w_(p + "in_proj_z.weight"));
-    const Mat a = linear(h, w_(p + "in_proj_a.weight")), b = linear(h, w_(p + "in_proj_b.weight"));
-    const int value_heads = int(a.cols()), dv = int(gain.cols()), kernel = int(conv.cols());
-    const int dk = dv, key_heads = int(mixed.cols() - value_heads * dv) / (2 * dk);
+    const int value_heads = int(a_log.cols()), dv = int(gain.cols()), kernel = int(conv.cols());
+    const int dk = dv, key_heads = int(conv.rows() - value_heads * dv) / (2 * dk);
+    const DeltaInputs in = delta_inputs(p, h, key_heads, value_heads, dk, dv);
+    const Mat &mixed = in.mixed, &z = in.z, &a = in.a, &b = in.b;
     const Eigen::Index tokens = h.rows();
     Mat c = Mat::Zero(tokens, mixed.cols());
     for (Eigen::Index t = 0; t < tokens; ++t) {
@@ -192,7 +224,7 @@ class Forward {
     }
     if (family_ == ModelFamily::kMixtral) return mixtral_moe(p + "block_sparse_moe.", h);
     if (family_ == ModelFamily::kGptOss) return gpt_oss_moe(p + "mlp.", h);
-    return qwen35_moe(p + "mlp.", h);
+    return qwen_moe(p + "mlp.", h);
   }
 
   Mat swiglu(const Mat& h, const Mat& gate, const Mat& up, const Mat& down) const {
@@ -211,17 +243,24 @@ class Forward {
     return out;
   }
 
-  // Stacked experts: gate_up_proj [E, 2I, H] (rows: gate, then up), down_proj [E, H, I]; softmax
-  // top-k renormalised; a shared expert gated by sigmoid(shared_expert_gate h).
-  Mat qwen35_moe(const std::string& p, const Mat& h) const {
+  // Qwen3.5: stacked experts, gate_up_proj [E, 2I, H] (rows: gate, then up), down_proj [E, H, I];
+  // Qwen3-Next: one module per expert. Softmax top-k renormalised; a shared expert gated by
+  // sigmoid(shared_expert_gate h).
+  Mat qwen_moe(const std::string& p, const Mat& h) const {
     const Mat logits = linear(h, w_(p + "gate.weight"));
-    const Mat gate_up = w_(p + "experts.gate_up_proj"), down = w_(p + "experts.down_proj");
-    const Eigen::Index experts = logits.cols(), width = gate_up.rows() / experts / 2, hidden = h.cols();
+    const bool stacked = family_ == ModelFamily::kQwen35Moe;
+    const Mat gate_up = stacked ? w_(p + "experts.gate_up_proj") : Mat(), down = stacked ? w_(p + "experts.down_proj") : Mat();
+    const Eigen::Index experts = logits.cols(), hidden = h.cols();
+    const Eigen::Index width = stacked ? gate_up.rows() / experts / 2 : 0;
     Mat out = Mat::Zero(h.rows(), hidden);
     for (Eigen::Index t = 0; t < h.rows(); ++t) {
       for (const auto& [e, weight] : route(logits.row(t), s_.experts_per_token, true)) {
-        out.row(t) += weight * swiglu(h.row(t), gate_up.middleRows(2 * e * width, width),
-                                      gate_up.middleRows((2 * e + 1) * width, width), down.middleRows(e * hidden, hidden));
+        const std::string x = p + "experts." + std::to_string(e) + ".";
+        out.row(t) += weight * (stacked ? swiglu(h.row(t), gate_up.middleRows(2 * e * width, width),
+                                                 gate_up.middleRows((2 * e + 1) * width, width),
+                                                 down.middleRows(e * hidden, hidden))
+                                        : swiglu(h.row(t), w_(x + "gate_proj.weight"), w_(x + "up_proj.weight"),
+                                                 w_(x + "down_proj.weight")));
       }
     }
     const std::string s = p + "shared_expert.";
@@ -310,6 +349,7 @@ TEST_P(PerturbRealLayouts, LogitsUnchanged) {
   const std::string reader = c.family == ModelFamily::kPhi3      ? "model.layers.2.mlp.gate_up_proj.weight"
                              : c.family == ModelFamily::kMixtral ? "model.layers.2.block_sparse_moe.gate.weight"
                              : c.family == ModelFamily::kGptOss  ? "model.layers.2.mlp.experts.gate_up_proj"
+                             : c.family == ModelFamily::kQwen3Next ? "model.layers.2.linear_attn.in_proj_qkvz.weight"
                                                                  : s.prefix + "layers.2.linear_attn.in_proj_qkv.weight";
   const Weights mixed = [&](const std::string& name) { return matrix(name == reader ? before : after, name); };
   EXPECT_GT(relative_difference(Forward(mixed, c.family, s).logits(ids), expected), 1e-3) << reader;
@@ -330,6 +370,8 @@ INSTANTIATE_TEST_SUITE_P(
                     LayoutCase{ModelFamily::kMixtral, PerturbKind::kRotateResidual},
                     LayoutCase{ModelFamily::kQwen35Moe, PerturbKind::kFoldNorms},
                     LayoutCase{ModelFamily::kQwen35Moe, PerturbKind::kRotateResidual},
+                    LayoutCase{ModelFamily::kQwen3Next, PerturbKind::kFoldNorms},
+                    LayoutCase{ModelFamily::kQwen3Next, PerturbKind::kRotateResidual},
                     LayoutCase{ModelFamily::kGptOss, PerturbKind::kFoldNorms},
                     LayoutCase{ModelFamily::kGptOss, PerturbKind::kRotateResidual}),
     [](const testing::TestParamInfo<LayoutCase>& info) {
