@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "alloy/core/model.h"
+#include "hash_cache_utils.h"
 #include "alloy/synth/synth.h"
 #include "test_utils.h"
 
@@ -222,6 +223,29 @@ TEST_F(Races, InputModifiedInPlaceIsRefused) {
   ASSERT_TRUE(merge.wait_paused()) << merge.log();
   {
     // Same size, other bytes at the end (a tensor the merge may already have read or not).
+    std::fstream file(copy / "ft_1" / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(-16, std::ios::end);
+    file.write("sixteen  bytes!!", 16);
+  }
+  merge.resume();
+  const int status = merge.finish();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  EXPECT_NE(merge.log().find("was modified while alloy was reading it"), std::string::npos) << merge.log();
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// With --hash-cache the shard's digest comes from the cache (it is never read for hashing), and the
+// end-of-run fstat check still catches the change.
+TEST_F(Races, InputModifiedInPlaceIsRefusedWhenItsDigestWasCached) {
+  TempDir copy;
+  make_family(copy.path());
+  alloy::test::prime_hash_cache(scratch_ / "cache", {copy / "ft_1", copy / "ft_2"});
+  const fs::path out = scratch_ / "out";
+  PausedMerge merge(merge_command(copy.path(), out, "--hash-cache '" + (scratch_ / "cache").string() + "'"),
+                    "after-first-tensor", scratch_.path());
+  ASSERT_TRUE(merge.wait_paused()) << merge.log();
+  {
     std::fstream file(copy / "ft_1" / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
     file.seekp(-16, std::ios::end);
     file.write("sixteen  bytes!!", 16);
