@@ -48,6 +48,7 @@ inline void add_hash_cache_option(CLI::App& app, std::string& dir) {
                  "look up and store the input files' sha256 in DIR, keyed by device, inode, size, mtime and ctime "
                  "(the record marks digests taken from it; trust DIR as you would the digests; default: "
                  "$ALLOY_HASH_CACHE, else none)")
+      ->type_name("DIR")
       ->envname("ALLOY_HASH_CACHE");
 }
 
