@@ -11,6 +11,9 @@
 # timed run, so that one run's write-back does not throttle the next.
 # MERGE_FLAGS="--no-provenance-hashes" passes extra flags to alloy-merge (here: skip the sha256 of
 # the input and output files, to see what the hashing costs).
+# HASH_CACHE=1 adds two rows each for linear and slerp: alloy-merge --hash-cache DIR with an empty
+# DIR (cold: one run, which hashes and stores every input) and then with the filled DIR (warm: best
+# of REPEAT; the inputs' digests come from the cache, the outputs are still hashed as written).
 # Targets (issue 14): linear and slerp <= 2.5x the floor with provenance hashes, <= 1.5x without;
 # ties and dare_ties <= 3x, peak RSS < 1 GiB.
 set -euo pipefail
@@ -78,7 +81,16 @@ models:
 dtype: bfloat16
 YAML
 
-printf "%-8s %8s %8s %8s %11s %11s %12s %12s\n" method floor_s catcp_s merge_s ratio_floor ratio_catcp peak_rss_MB minor_faults
+# row NAME MERGE_S PEAK_KB FAULTS: one line of the table, with floor_s and catcp_s of this method.
+row() {
+  local ratio_floor ratio_catcp
+  ratio_floor=$(awk -v m="$2" -v c="$floor_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
+  ratio_catcp=$(awk -v m="$2" -v c="$catcp_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
+  printf "%-14s %8s %8s %8s %11s %11s %12d %12d\n" "$1" "$floor_s" "$catcp_s" "$2" "${ratio_floor}x" "${ratio_catcp}x" \
+    $(($3 / 1024)) "$4"
+}
+
+printf "%-14s %8s %8s %8s %11s %11s %12s %12s\n" method floor_s catcp_s merge_s ratio_floor ratio_catcp peak_rss_MB minor_faults
 for method in linear slerp ties; do
   case $method in
     linear) inputs=(ft_1 ft_2) ;;
@@ -97,8 +109,16 @@ for method in linear slerp ties; do
   rm -f "$work/copy.bin"
   read -r merge_s peak_kb faults < <(measure "$bin/alloy-merge" -q --overwrite "${merge_flags[@]}" "$method.yml" "$work/out-$method")
   rm -rf "$work/out-$method"
-  ratio_floor=$(awk -v m="$merge_s" -v c="$floor_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
-  ratio_catcp=$(awk -v m="$merge_s" -v c="$catcp_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')
-  printf "%-8s %8s %8s %8s %11s %11s %12d %12d\n" "$method" "$floor_s" "$catcp_s" "$merge_s" "${ratio_floor}x" "${ratio_catcp}x" \
-    $((peak_kb / 1024)) "$faults"
+  row "$method" "$merge_s" "$peak_kb" "$faults"
+  if [[ "${HASH_CACHE:-0}" == 1 && $method != ties ]]; then
+    cache="$work/hash-cache"
+    rm -rf "$cache"
+    read -r merge_s peak_kb faults < <(repeat=1 measure "$bin/alloy-merge" -q --overwrite --hash-cache "$cache" \
+      "${merge_flags[@]}" "$method.yml" "$work/out-$method")
+    row "$method/hc-cold" "$merge_s" "$peak_kb" "$faults"
+    read -r merge_s peak_kb faults < <(measure "$bin/alloy-merge" -q --overwrite --hash-cache "$cache" \
+      "${merge_flags[@]}" "$method.yml" "$work/out-$method")
+    row "$method/hc-warm" "$merge_s" "$peak_kb" "$faults"
+    rm -rf "$work/out-$method" "$cache"
+  fi
 done

@@ -32,6 +32,7 @@ AssayAudit collect_audit(const AssayOptions& options, const std::string& started
         const FileDigest digest = hasher->get(file);
         f.size = digest.size;
         f.sha256 = digest.sha256;
+        f.sha256_from_cache = digest.from_cache;
       } else {
         std::error_code ec;
         f.size = std::filesystem::file_size(file, ec);
@@ -40,6 +41,7 @@ AssayAudit collect_audit(const AssayOptions& options, const std::string& started
     }
     audit.models.push_back(std::move(examined));
   }
+  audit.notices = hasher->notices();
   return audit;
 }
 

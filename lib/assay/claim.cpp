@@ -7,6 +7,7 @@
 
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
+#include "alloy/core/hash_cache.h"
 #include "alloy/core/sha256.h"
 #include "alloy/merge/recipe.h"
 #include "internal.h"
@@ -84,7 +85,7 @@ ClaimResult verify_claim(const ClaimOptions& options) {
   AssayOptions audit_options;
   audit_options.command_line = options.command_line;
   audit_options.hash_files = options.hash_files;
-  FileHasher hasher;
+  FileHasher hasher(hash_cache_at(options.hash_cache));
   detail::start_audit_hashes(audit_options, examined, &hasher);
 
   const bool one_ulp = kOneUlpMethods.count(recipe.merge_method) > 0;

@@ -170,7 +170,9 @@ json audit_to_json(const AssayAudit& audit) {
   for (const auto& m : audit.models) {
     json files = json::array();
     for (const auto& f : m.files) {
-      files.push_back({{"path", f.path}, {"size", f.size}, {"sha256", f.sha256.empty() ? json(nullptr) : json(f.sha256)}});
+      json file = {{"path", f.path}, {"size", f.size}, {"sha256", f.sha256.empty() ? json(nullptr) : json(f.sha256)}};
+      if (f.sha256_from_cache) file["sha256_source"] = "cache";
+      files.push_back(file);
     }
     const json hub = m.hub_id.empty() ? json(nullptr) : json{{"id", m.hub_id}, {"revision", m.hub_revision}};
     models.push_back({{"role", m.role}, {"path", m.path}, {"hub", hub}, {"files", files}});

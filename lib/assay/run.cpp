@@ -9,6 +9,7 @@
 
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
+#include "alloy/core/hash_cache.h"
 #include "alloy/core/hub_cache.h"
 #include "coverage.h"
 #include "internal.h"
@@ -250,7 +251,7 @@ AssayResult run_fitted(const AssayOptions& options) {
   std::vector<const Model*> models = open_candidates(options, &owned);
   std::vector<const Model*> examined{&suspect};
   examined.insert(examined.end(), models.begin(), models.end());
-  FileHasher hasher;
+  FileHasher hasher(hash_cache_at(options.hash_cache));
   detail::start_audit_hashes(options, examined, &hasher);
   // Candidates of another width or architecture are set aside (coverage.cpp), so that they cannot
   // shrink what is compared for the others: from here on `models` and `kept.candidates` are

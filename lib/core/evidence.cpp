@@ -6,10 +6,18 @@
 #include <ctime>
 #include <optional>
 
+#include "alloy/core/error.h"
+#include "alloy/core/hash_cache.h"
 #include "alloy/core/sha256.h"
 
 namespace alloy {
 namespace fs = std::filesystem;
+
+FileHasher::FileHasher(std::unique_ptr<HashCache> cache) : cache_(std::move(cache)) {}
+
+std::vector<std::string> FileHasher::notices() const {
+  return cache_ ? cache_->notices() : std::vector<std::string>{};
+}
 
 FileHasher::~FileHasher() {
   cancelled_ = true;
@@ -38,6 +46,9 @@ FileDigest FileHasher::get(const fs::path& path) {
 FileDigest FileHasher::hash(const fs::path& path, const MappedFile* file) const {
   std::optional<MappedFile> opened;
   if (file == nullptr) file = &opened.emplace(path.string());
+  if (cache_ != nullptr) {
+    if (auto cached = cache_->lookup(file->identity())) return {std::move(*cached), file->size(), true};
+  }
   Sha256 hasher;
   // 1 MiB: a sharded model hashes hundreds of files at once, one thread and one window each.
   constexpr uint64_t kWindow = uint64_t{1} << 20;
@@ -47,7 +58,17 @@ FileDigest FileHasher::hash(const fs::path& path, const MappedFile* file) const 
     file->read(offset, length, window.data());
     hasher.update(window.data(), length);
   }
-  return {hasher.finish_hex(), file->size()};
+  FileDigest digest{hasher.finish_hex(), file->size()};
+  if (cache_ != nullptr && !cancelled_) {
+    // Stored only if the file did not change while it was read: else the digest is of no one
+    // version of it (the run itself fails at its end-of-run check).
+    try {
+      file->check_unchanged();
+      cache_->store(file->identity(), digest.sha256);
+    } catch (const Error&) {
+    }
+  }
+  return digest;
 }
 
 std::vector<fs::path> model_files(const Model& model) {

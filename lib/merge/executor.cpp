@@ -13,6 +13,7 @@
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
 #include "alloy/core/file_util.h"
+#include "alloy/core/hash_cache.h"
 #include "alloy/core/kernels.h"
 #include "alloy/merge/lora.h"
 #include "alloy/merge/merge.h"
@@ -650,6 +651,7 @@ ProvenanceRecord provenance_record(const MergePlan& plan, const MergeOptions& op
         const FileDigest digest = hasher.get(file);
         f.size = digest.size;
         f.sha256 = digest.sha256;
+        f.sha256_from_cache = digest.from_cache;
       } else {
         f.size = fs::file_size(file);
       }
@@ -660,9 +662,10 @@ ProvenanceRecord provenance_record(const MergePlan& plan, const MergeOptions& op
   std::sort(result->files.begin(), result->files.end());
   std::map<std::string, const WrittenFile*> written;
   for (const auto& w : weights) written[w.name] = &w;
+  FileHasher output_hasher;  // never the input hash cache: outputs are always hashed
   if (options.hash_outputs) {
     for (const auto& file : result->files) {
-      if (!written.count(file)) hasher.start(out / file);
+      if (!written.count(file)) output_hasher.start(out / file);
     }
   }
   for (const auto& file : result->files) {
@@ -672,7 +675,7 @@ ProvenanceRecord provenance_record(const MergePlan& plan, const MergeOptions& op
       f.size = w->second->size;
       f.sha256 = w->second->sha256;
     } else if (options.hash_outputs) {
-      const FileDigest digest = hasher.get(out / file);
+      const FileDigest digest = output_hasher.get(out / file);
       f.size = digest.size;
       f.sha256 = digest.sha256;
     } else {
@@ -715,7 +718,7 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   std::vector<TensorSpec> specs;
   for (const auto& t : plan.tensors) specs.push_back({t.name, t.out_dtype, t.shape});
   MergeResult result;
-  FileHasher hasher;
+  FileHasher hasher(hash_cache_at(options.hash_cache));
   if (options.hash_inputs) {
     for (const auto& model : plan.models) hasher.start_model(*model);
   }
@@ -774,8 +777,10 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
   const fs::path out = staging.path();
   write_side_files(plan, options, out, &result);
   write_provenance(plan, options, out, hasher, weights, &result, started);
+  result.notices = hasher.notices();
   // Every shard and tokenizer file was read (merged, copied and hashed) through the descriptor
   // opened at the start: if its size and times are unchanged now, the bytes used are the bytes hashed.
+  // A digest from the hash cache matched these same size and times at open, so this covers it too.
   for (const auto& model : plan.models) {
     for (const auto& shard : model->shards()) shard->file().check_unchanged();
     for (size_t i = 0; i < model->auxiliary_files().size(); ++i) model->auxiliary(i).check_unchanged();

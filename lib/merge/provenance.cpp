@@ -62,6 +62,7 @@ json provenance_statement(const MergePlan& plan, const MergeOptions& options, co
       json annotations = {{"model", input.model}, {"model_path", input.path}, {"path", f.path}, {"size", f.size}};
       if (!input.hub_id.empty()) annotations["hub"] = {{"id", input.hub_id}, {"revision", input.hub_revision}};
       if (f.sha256.empty()) annotations["hashed"] = false;
+      if (f.sha256_from_cache) annotations["sha256_source"] = "cache";
       d["annotations"] = annotations;
       dependencies.push_back(d);
     }

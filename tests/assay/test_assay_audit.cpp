@@ -9,6 +9,7 @@
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
 #include "alloy/core/sha256.h"
+#include "hash_cache_utils.h"
 #include "test_assay_utils.h"
 #include "test_utils.h"
 
@@ -97,6 +98,33 @@ TEST(AssayAudit, RecordsVersionTimeCommandLineAndEveryFileExamined) {
   // The summary names the audit.
   out = run_command(assay_command(work / "suspect", candidates, "-j 1"), &status);
   EXPECT_NE(out.find("audit: alloy " ALLOY_VERSION), std::string::npos) << out;
+}
+
+// --hash-cache: the candidates' digests come from the cache and are marked; the suspect (not in the
+// cache) is hashed and unmarked; every digest is the file's.
+TEST(AssayAudit, CachedDigestsAreMarked) {
+  alloy::test::AssayFamily f(alloy::ModelFamily::kLlama, 23, 0.05);
+  const fs::path work = f.temp.path();
+  alloy::test::merge_into("merge_method: linear\nmodels:\n  - model: " + (f.dir / "ft_1").string() +
+                              "\n    parameters: {weight: 0.4}\n  - model: " + (f.dir / "ft_2").string() +
+                              "\n    parameters: {weight: 0.6}\ndtype: bfloat16\n",
+                          work / "suspect");
+  alloy::test::prime_hash_cache(work / "cache", {f.dir / "ft_1", f.dir / "ft_2"});
+  const std::vector<std::string> candidates = {(f.dir / "ft_1").string(), (f.dir / "ft_2").string()};
+  int status = -1;
+  const std::string out = run_command("ALLOY_HASH_CACHE=" + quote(work / "cache") + " " +
+                                          assay_command(work / "suspect", candidates, "-q -j 1 --json " + quote(work / "a.json")),
+                                      &status);
+  ASSERT_EQ(status, 0) << out;
+  const json audit = json::parse(alloy::test::read_bytes(work / "a.json"))["audit"];
+  ASSERT_EQ(audit["models"].size(), 3u);
+  for (size_t m = 0; m < 3; ++m) {
+    for (const auto& file : audit["models"][m]["files"]) {
+      EXPECT_EQ(file["sha256"], alloy::sha256_file(file["path"].get<std::string>())) << file;
+      EXPECT_EQ(file.contains("sha256_source"), m > 0) << file;
+      if (m > 0) EXPECT_EQ(file["sha256_source"], "cache");
+    }
+  }
 }
 
 TEST(AssayFailOn, MatchesEachVerdict) {

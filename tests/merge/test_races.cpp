@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "alloy/core/model.h"
+#include "hash_cache_utils.h"
 #include "alloy/synth/synth.h"
 #include "test_utils.h"
 
@@ -214,11 +215,17 @@ TEST_F(Races, TruncatedInputIsAnErrorNotASignal) {
   EXPECT_TRUE(leftovers(scratch_.path()).empty());
 }
 
-TEST_F(Races, InputModifiedInPlaceIsRefused) {
+// Runs alloy-merge FLAGS on a copy of the family (with `prime`: its digests cached in DIR, passed
+// as --hash-cache DIR), overwrites ft_1's last bytes after the first tensor, and expects the run
+// refused with nothing published.
+void expect_modified_in_place_refused(const fs::path& scratch, bool prime) {
   TempDir copy;
   make_family(copy.path());
-  const fs::path out = scratch_ / "out";
-  PausedMerge merge(merge_command(copy.path(), out), "after-first-tensor", scratch_.path());
+  const fs::path cache = scratch / "cache";
+  if (prime) alloy::test::prime_hash_cache(cache, {copy / "ft_1", copy / "ft_2"});
+  const fs::path out = scratch / "out";
+  PausedMerge merge(merge_command(copy.path(), out, prime ? "--hash-cache '" + cache.string() + "'" : ""),
+                    "after-first-tensor", scratch);
   ASSERT_TRUE(merge.wait_paused()) << merge.log();
   {
     // Same size, other bytes at the end (a tensor the merge may already have read or not).
@@ -232,6 +239,14 @@ TEST_F(Races, InputModifiedInPlaceIsRefused) {
   EXPECT_NE(WEXITSTATUS(status), 0);
   EXPECT_NE(merge.log().find("was modified while alloy was reading it"), std::string::npos) << merge.log();
   EXPECT_FALSE(fs::exists(out));
+}
+
+TEST_F(Races, InputModifiedInPlaceIsRefused) { expect_modified_in_place_refused(scratch_.path(), false); }
+
+// With --hash-cache the shard's digest comes from the cache (it is never read for hashing), and the
+// end-of-run fstat check still catches the change.
+TEST_F(Races, InputModifiedInPlaceIsRefusedWhenItsDigestWasCached) {
+  expect_modified_in_place_refused(scratch_.path(), true);
 }
 
 TEST_F(Races, TokenizerSwappedForASymlinkIsNotPublished) {

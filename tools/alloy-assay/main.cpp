@@ -30,8 +30,10 @@ int verify_claim(const alloy::AssayOptions& assay, const std::string& recipe, co
   options.open = assay.open;
   options.command_line = assay.command_line;
   options.hash_files = assay.hash_files;
+  options.hash_cache = assay.hash_cache;
   if (tensors) options.tensors = *tensors;
   const alloy::ClaimResult claim = alloy::verify_claim(options);
+  for (const auto& notice : claim.audit.notices) std::fprintf(stderr, "alloy-assay: note: %s\n", notice.c_str());
   if (!json_path.empty()) alloy::write_output_file(json_path, alloy::claim_to_json(claim).dump(2) + "\n");
   if (!quiet) std::fputs(alloy::claim_summary(claim).c_str(), stdout);
   return claim.verdict == "holds" ? 0 : claim.verdict == "refuted" ? 1 : 3;
@@ -75,6 +77,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bool no_file_hashes = false;
   app.add_flag("--no-file-hashes", no_file_hashes, "do not hash the models' files for the audit record (sizes only)");
+  std::string hash_cache;
+  alloy::tool::add_hash_cache_option(app, hash_cache);
   app.add_option("-j,--threads", threads, "worker threads (default: all cores); results do not depend on it");
   bool progress = false;
   app.add_flag("-q,--quiet", quiet, "no summary on stdout, no progress bar");
@@ -87,6 +91,7 @@ int main(int argc, char** argv) {
   options.command_line.push_back(std::filesystem::path(argv[0]).filename().string());
   for (int i = 1; i < argc; ++i) options.command_line.push_back(argv[i]);
   options.hash_files = !no_file_hashes && !(options.sample_fraction > 0 && options.sample_fraction < 1);
+  options.hash_cache = hash_cache;
   try {
     alloy::set_thread_count(threads);
     options.suspect = suspect;
@@ -104,6 +109,7 @@ int main(int argc, char** argv) {
     if (alloy::progress_enabled(quiet, progress)) options.progress = bar.emplace("alloy-assay", 0).callback();
     const alloy::AssayResult result = alloy::run_assay(options);
     bar.reset();
+    for (const auto& notice : result.audit.notices) std::fprintf(stderr, "alloy-assay: note: %s\n", notice.c_str());
     const nlohmann::json doc = alloy::assay_to_json(result);
     if (!json_path.empty()) alloy::write_output_file(json_path, doc.dump(2) + "\n");
     if (!recipe_path.empty()) {

@@ -58,6 +58,8 @@ int main(int argc, char** argv) {
   app.add_flag("--lazy-unpickle,!--no-lazy-unpickle", lazy_unpickle)->group("");
   app.add_flag("--provenance-hashes,!--no-provenance-hashes", provenance_hashes,
                "sha256 of every input and output file in alloy_provenance.json (default on; off: sizes only, no digests)");
+  std::string hash_cache;
+  alloy::tool::add_hash_cache_option(app, hash_cache);
   bool sbom = false;
   app.add_flag("--sbom", sbom,
                "also write alloy_bom.cdx.json, a CycloneDX 1.6 ML-BOM with the parent models under pedigree.ancestors");
@@ -110,6 +112,7 @@ int main(int argc, char** argv) {
     options.overwrite = overwrite;
     options.random_seed = seed;
     options.hash_inputs = options.hash_outputs = provenance_hashes;
+    options.hash_cache = hash_cache;
     options.write_sbom = sbom;
     options.clamp_overflow = allow_crimes;
     options.fuse_moe_experts = moe_experts == "fused";
@@ -118,6 +121,7 @@ int main(int argc, char** argv) {
     if (alloy::progress_enabled(quiet, progress)) options.progress = bar.emplace("alloy-merge", plan.output_bytes()).callback();
     const auto result = alloy::run_merge(plan, options);
     bar.reset();
+    for (const auto& notice : result.notices) std::fprintf(stderr, "alloy-merge: note: %s\n", notice.c_str());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "alloy-merge: wrote %zu tensors (%.3f GB) with %s to %s in %.2fs\n", result.tensors,
                  static_cast<double>(result.output_bytes) / 1e9, plan.recipe.merge_method.c_str(), out_dir.c_str(),

@@ -42,6 +42,16 @@ inline void add_version_flag(CLI::App& app, const std::string& tool) {
                        "print the version and exit");
 }
 
+// Adds --hash-cache DIR (alloy/core/hash_cache.h), whose default is $ALLOY_HASH_CACHE when set.
+inline void add_hash_cache_option(CLI::App& app, std::string& dir) {
+  app.add_option("--hash-cache", dir,
+                 "look up and store the input files' sha256 in DIR, keyed by device, inode, size, mtime and ctime "
+                 "(the record marks digests taken from it; trust DIR as you would the digests; default: "
+                 "$ALLOY_HASH_CACHE, else none)")
+      ->type_name("DIR")
+      ->envname("ALLOY_HASH_CACHE");
+}
+
 // Parses the command line. Returns nothing when the tool should go on, else the status to exit
 // with: 0 after --help or --version, kExitError after a usage error (CLI11's own codes, 105 to
 // 115, are not used).

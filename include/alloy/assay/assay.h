@@ -43,6 +43,9 @@ struct AssayOptions {
   std::vector<std::string> command_line;
   // sha256 of every file of every model, on background threads beside the analysis (the audit).
   bool hash_files = true;
+  // A directory of digests keyed by fstat (alloy/core/hash_cache.h, which says how far to trust it);
+  // empty: none. The audit marks digests taken from it ("sha256_source": "cache").
+  std::filesystem::path hash_cache;
   // alloy-assay --sample FRACTION: in (0, 1), every tensor's statistics come from a seeded random
   // subset of ceil(FRACTION x rows) of its rows (at least 8; rows: every axis but the last; 1-D
   // tensors and tensors of few rows are read whole), so that judging a model reads about FRACTION
@@ -69,6 +72,7 @@ struct ExaminedFile {
   std::string path;               // the model path as given joined with the file name
   uint64_t size = 0;
   std::string sha256;             // "" when not hashed (--no-file-hashes)
+  bool sha256_from_cache = false; // the digest came from --hash-cache ("sha256_source": "cache")
 };
 struct ExaminedModel {
   std::string role;               // "suspect" or "candidate"
@@ -81,6 +85,7 @@ struct AssayAudit {
   std::string time;
   std::vector<std::string> command_line;
   std::vector<ExaminedModel> models;  // the suspect first, then the candidates in order
+  std::vector<std::string> notices;   // e.g. a hash cache that could not be written (stderr, not JSON)
 };
 
 // The fit of one suspect tensor against the candidates.
@@ -211,6 +216,7 @@ struct ClaimOptions {
   ModelOpenOptions open;
   std::vector<std::string> command_line;  // for the audit
   bool hash_files = true;
+  std::filesystem::path hash_cache;  // as AssayOptions::hash_cache
 };
 struct ClaimResult {
   std::string verdict;            // "holds", "refuted", "unverifiable"

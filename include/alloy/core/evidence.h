@@ -7,6 +7,8 @@
 // that reads the same files: one thread per file, each reading with pread into one reused 1 MiB
 // window. A shard or tokenizer file is hashed through the descriptor the model opened it with (so
 // the hash is of the file that was read, whatever the path names later); other files by path.
+// With a HashCache (alloy/core/hash_cache.h, opt-in) a file whose open descriptor's fstat matches
+// a stored entry is not read: its digest comes from the cache, and says so (FileDigest::from_cache).
 #pragma once
 
 #include <atomic>
@@ -14,6 +16,7 @@
 #include <filesystem>
 #include <future>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,11 +28,15 @@ namespace alloy {
 struct FileDigest {
   std::string sha256;  // lowercase hex (the Hugging Face Hub's LFS oid of a weight file)
   uint64_t size = 0;   // bytes hashed
+  bool from_cache = false;  // taken from the HashCache, not computed from the bytes in this run
 };
+
+class HashCache;
 
 class FileHasher {
  public:
-  FileHasher() = default;
+  // `cache`: where digests are looked up before hashing and stored after (null: none).
+  explicit FileHasher(std::unique_ptr<HashCache> cache = nullptr);
   FileHasher(const FileHasher&) = delete;
   FileHasher& operator=(const FileHasher&) = delete;
   ~FileHasher();  // cancels the hashes still running and waits for them
@@ -41,10 +48,13 @@ class FileHasher {
   void start_model(const Model& model);
   // The file's digest; waits for it (starts it if needed). Rethrows the hash's Error (kIo).
   FileDigest get(const std::filesystem::path& path);
+  // The cache's notices (e.g. it could not be written), for the tools to print; none without one.
+  std::vector<std::string> notices() const;
 
  private:
   FileDigest hash(const std::filesystem::path& path, const MappedFile* file) const;
 
+  std::unique_ptr<HashCache> cache_;  // destroyed after the hashes: ~FileHasher waits for them
   std::atomic<bool> cancelled_{false};
   std::map<std::filesystem::path, std::shared_future<FileDigest>> hashes_;
 };

@@ -32,6 +32,9 @@ struct MergeOptions {
   uint64_t random_seed = 0;   // for random methods (dare, della): same seed, same bytes
   bool hash_inputs = true;    // sha256 of every input file in alloy_provenance.json
   bool hash_outputs = true;   // sha256 of every output file in alloy_provenance.json
+  // With hash_inputs: a directory of input digests keyed by fstat (alloy/core/hash_cache.h, which
+  // says how far to trust it); empty: none. Digests taken from it are marked in the provenance.
+  std::filesystem::path hash_cache;
   bool write_sbom = false;    // alloy_bom.cdx.json, a CycloneDX 1.6 ML-BOM (alloy/merge/provenance.h)
   // Values beyond out_dtype's range (e.g. above 65504 for float16) are an error naming the tensor;
   // with clamp_overflow (alloy-merge --allow-crimes) they become +-the largest finite value.
@@ -52,6 +55,7 @@ struct MergeResult {
   std::vector<std::string> files;   // written files, relative to out_dir
   uint64_t output_bytes = 0;
   size_t tensors = 0;
+  std::vector<std::string> notices;  // e.g. a hash cache that could not be written; for the tools to print
 };
 
 // Runs the plan. Throws Error naming the tensor on any failure; nothing is left at out_dir then.

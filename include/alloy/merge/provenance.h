@@ -29,6 +29,7 @@ struct ProvenanceFile {
   std::string path;     // as read (input) or relative to the output directory
   uint64_t size = 0;
   std::string sha256;   // "" when not hashed (--no-provenance-hashes)
+  bool sha256_from_cache = false;  // the digest came from --hash-cache, not from reading the file
 };
 struct ProvenanceInput {
   std::string model;    // the recipe's name for it
