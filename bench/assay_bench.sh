@@ -7,6 +7,8 @@
 # Usage: bench/assay_bench.sh [SIZE_GB (default 1)] [WORK_DIR (default: a temp dir, removed after)]
 # CANDIDATES=N (default 2, at most 64): assay against ft_1, ft_2, then base, ft_3, ft_4, ... (the
 # family gets N - 1 fine-tunes); the floor and `cat` then read the suspect and all N candidates.
+# HASH_CACHE=1 adds a row: alloy-assay --hash-cache DIR with a warm cache (filled by one run first),
+# so the audit record's sha256 of every input comes from the cache instead of a second read.
 # Target (issue 14): assay <= 2x a `cat` of its inputs; peak RSS flat in the number of candidates.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -70,6 +72,15 @@ printf "%-12s %10s %12d %12d\n" floor-read "$read_s" $((read_kb / 1024)) "$read_
 printf "%-12s %10s\n" cat "$cat_s"
 printf "%-12s %10s %12d %12d\n" alloy-assay "$assay_s" $((assay_kb / 1024)) "$assay_faults"
 echo "ratio assay/floor: ${ratio}x  assay/cat: ${ratio_cat}x"
+if [[ "${HASH_CACHE:-0}" == 1 ]]; then
+  cache="$work/hash-cache"
+  rm -rf "$cache"
+  "$bin/alloy-assay" -q merged "${names[@]}" --hash-cache "$cache" >/dev/null  # fills the cache
+  read -r warm_s warm_kb warm_faults < <(measure "$bin/alloy-assay" -q merged "${names[@]}" --hash-cache "$cache")
+  printf "%-12s %10s %12d %12d\n" assay/hc-warm "$warm_s" $((warm_kb / 1024)) "$warm_faults"
+  echo "ratio assay/hc-warm over cat: $(awk -v m="$warm_s" -v c="$cat_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')x"
+  rm -rf "$cache"
+fi
 python3 - "$work/assay.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
