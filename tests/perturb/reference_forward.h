@@ -1,7 +1,8 @@
 // Pieces of a reference forward pass in Eigen, float64, shared by the perturb tests: a
 // function-preserving transform must leave the logits of a model computed from its stored tensors
 // unchanged. Each family's block is written in the test from the Hugging Face modeling code; these
-// are the parts they share (RMSNorm, RoPE, causal grouped-query attention, top-k routing).
+// are the parts they share (RMSNorm, RoPE, causal grouped-query and per-head attention, top-k
+// routing).
 #pragma once
 
 #include <Eigen/Dense>
@@ -87,6 +88,19 @@ inline void rope(Mat* x, int heads, int head_dim, int rotary) {
   }
 }
 
+// Each row t of `scores` (query t over keys 0..tokens-1) to a softmax over keys 0..t; later keys 0.
+inline void causal_softmax(Mat* scores) {
+  for (Eigen::Index t = 0; t < scores->rows(); ++t) {
+    const double top = scores->row(t).head(t + 1).maxCoeff();
+    double sum = 0;
+    for (Eigen::Index s = 0; s < scores->cols(); ++s) {
+      (*scores)(t, s) = s <= t ? std::exp((*scores)(t, s) - top) : 0.0;
+      sum += (*scores)(t, s);
+    }
+    scores->row(t) /= sum;
+  }
+}
+
 // Causal softmax attention of q [tokens, heads * d] over k, v [tokens, kv_heads * d], query heads
 // grouped onto the kv heads in order. Returns the context [tokens, heads * d].
 inline Mat attend(const Mat& q, const Mat& k, const Mat& v, int heads, int kv_heads, int d) {
@@ -97,16 +111,23 @@ inline Mat attend(const Mat& q, const Mat& k, const Mat& v, int heads, int kv_he
     const int kv = head / group;
     const Mat qh = q.middleCols(head * d, d), kh = k.middleCols(kv * d, d), vh = v.middleCols(kv * d, d);
     Mat scores = qh * kh.transpose() / std::sqrt(double(d));
-    for (Eigen::Index t = 0; t < tokens; ++t) {
-      const double top = scores.row(t).head(t + 1).maxCoeff();
-      double sum = 0;
-      for (Eigen::Index s = 0; s < tokens; ++s) {
-        scores(t, s) = s <= t ? std::exp(scores(t, s) - top) : 0.0;
-        sum += scores(t, s);
-      }
-      scores.row(t) /= sum;
-    }
+    causal_softmax(&scores);
     context.middleCols(head * d, d) = scores * vh;
+  }
+  return context;
+}
+
+// Causal softmax attention with one key / value head per query head, keys of width qk_dim and
+// values of width v_dim (multi-head latent attention after its up-projections). Returns the
+// context [tokens, heads * v_dim].
+inline Mat attend_heads(const Mat& q, const Mat& k, const Mat& v, int heads, int qk_dim, int v_dim) {
+  const Eigen::Index tokens = q.rows();
+  Mat context(tokens, heads * v_dim);
+  for (int head = 0; head < heads; ++head) {
+    Mat scores = q.middleCols(head * qk_dim, qk_dim) * k.middleCols(head * qk_dim, qk_dim).transpose() /
+                 std::sqrt(double(qk_dim));
+    causal_softmax(&scores);
+    context.middleCols(head * v_dim, v_dim) = scores * v.middleCols(head * v_dim, v_dim);
   }
   return context;
 }

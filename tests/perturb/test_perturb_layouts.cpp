@@ -5,7 +5,8 @@
 // under model.language_model., hybrid Gated DeltaNet / gated full-attention layers, stacked
 // gate_up_proj experts, and RMSNorms applied as (1 + w), which must be folded as 1 + w), Qwen3-Next
 // (the same hybrid with its fused in_proj_qkvz / in_proj_ba grouped per key head, and one module
-// per expert) and GPT-OSS
+// per expert), DeepSeek-V3 (multi-head latent attention with its own latent norms, a dense first
+// layer, sigmoid routing with a score-correction bias, shared experts) and GPT-OSS
 // (biases on every projection, attention sinks, stacked [E, hidden, 2I] experts with interleaved
 // gate / up columns, top-k then softmax routing).
 #include <gtest/gtest.h>
@@ -39,6 +40,7 @@ struct Shape {
   int layers, heads, kv_heads, head_dim, rotary, experts_per_token;
   bool offset_norms;   // RMSNorm gains applied as (1 + w) (Qwen3-Next, Qwen3.5)
   std::vector<std::string> layer_types;
+  json config;         // the text config, for the family-specific fields (DeepSeek's MLA and routing)
 };
 
 Shape shape_of(const alloy::Model& m, ModelFamily family) {
@@ -53,6 +55,7 @@ Shape shape_of(const alloy::Model& m, ModelFamily family) {
   s.experts_per_token = c.value("num_experts_per_tok", 0);
   s.offset_norms = family == ModelFamily::kQwen35Moe || family == ModelFamily::kQwen3Next;
   s.layer_types = c.value("layer_types", std::vector<std::string>(size_t(s.layers), "full_attention"));
+  s.config = c;
   return s;
 }
 
@@ -67,7 +70,7 @@ class Forward {
     for (int layer = 0; layer < s_.layers; ++layer) {
       const std::string p = s_.prefix + "layers." + std::to_string(layer) + ".";
       x += mixer(p, norm(x, p + "input_layernorm.weight"), layer);
-      x += mlp(p, norm(x, p + "post_attention_layernorm.weight"));
+      x += mlp(p, norm(x, p + "post_attention_layernorm.weight"), layer);
     }
     return linear(norm(x, s_.prefix + "norm.weight"), w_("lm_head.weight"));
   }
@@ -89,6 +92,7 @@ class Forward {
 
   Mat mixer(const std::string& p, const Mat& h, int layer) const {
     if (s_.layer_types[size_t(layer)] == "linear_attention") return gated_delta_net(p + "linear_attn.", h);
+    if (family_ == ModelFamily::kDeepseekV3) return latent_attention(p + "self_attn.", h);
     const int d = s_.head_dim, q_width = s_.heads * d, kv_width = s_.kv_heads * d;
     const std::string a = p + "self_attn.";
     Mat q, k, v, gate;
@@ -141,6 +145,35 @@ class Forward {
     }
     return context;
   }
+
+  // DeepSeek-V3's multi-head latent attention: q = q_b(RMSNorm(q_a h)) per head [nope; rope],
+  // kv_a h = [latent (kv_lora_rank); k_rope (shared by the heads)], kv_b(RMSNorm(latent)) per head
+  // [k_nope; v]; RoPE on the rope parts (here in the half-rotation form; the released checkpoints'
+  // interleaved form only permutes those dims inside q_b / kv_a's rope rows, which the stream
+  // transforms do not touch), softmax scale 1 / sqrt(nope + rope). Its two latent norms normalise
+  // the latents, not the stream: a fold into them, or a rotation through them, changes the logits.
+  Mat latent_attention(const std::string& a, const Mat& h) const {
+    const int heads = s_.heads, nope = s_.config["qk_nope_head_dim"], rope_dim = s_.config["qk_rope_head_dim"];
+    const int vd = s_.config["v_head_dim"], kv_rank = s_.config["kv_lora_rank"], qk = nope + rope_dim;
+    const Mat q = linear(norm_plain(linear(h, w_(a + "q_a_proj.weight")), a + "q_a_layernorm.weight"), w_(a + "q_b_proj.weight"));
+    const Mat kv_a = linear(h, w_(a + "kv_a_proj_with_mqa.weight"));
+    Mat k_rope = kv_a.rightCols(rope_dim);
+    rope(&k_rope, 1, rope_dim, rope_dim);
+    const Mat kv = linear(norm_plain(kv_a.leftCols(kv_rank), a + "kv_a_layernorm.weight"), w_(a + "kv_b_proj.weight"));
+    Mat queries = q, keys(h.rows(), heads * qk), values(h.rows(), heads * vd);
+    for (int head = 0; head < heads; ++head) {
+      Mat q_rope = q.middleCols(head * qk + nope, rope_dim);
+      rope(&q_rope, 1, rope_dim, rope_dim);
+      queries.middleCols(head * qk + nope, rope_dim) = q_rope;
+      keys.middleCols(head * qk, nope) = kv.middleCols(head * (nope + vd), nope);
+      keys.middleCols(head * qk + nope, rope_dim) = k_rope;
+      values.middleCols(head * vd, vd) = kv.middleCols(head * (nope + vd) + nope, vd);
+    }
+    return linear(attend_heads(queries, keys, values, heads, qk, vd), w_(a + "o_proj.weight"));
+  }
+
+  // A norm inside a block (DeepSeek's latent norms): always a plain gain.
+  Mat norm_plain(const Mat& x, const std::string& name) const { return rms_norm(x, w_(name)); }
 
   bool hybrid() const { return family_ == ModelFamily::kQwen35Moe || family_ == ModelFamily::kQwen3Next; }
 
@@ -216,7 +249,7 @@ class Forward {
     return linear(out, w_(p + "out_proj.weight"));
   }
 
-  Mat mlp(const std::string& p, const Mat& h) const {
+  Mat mlp(const std::string& p, const Mat& h, int layer) const {
     if (family_ == ModelFamily::kPhi3) {  // gate_up_proj rows: gate, then up
       const Mat gu = linear(h, w_(p + "mlp.gate_up_proj.weight"));
       const Eigen::Index width = gu.cols() / 2;
@@ -224,6 +257,7 @@ class Forward {
     }
     if (family_ == ModelFamily::kMixtral) return mixtral_moe(p + "block_sparse_moe.", h);
     if (family_ == ModelFamily::kGptOss) return gpt_oss_moe(p + "mlp.", h);
+    if (family_ == ModelFamily::kDeepseekV3) return deepseek_moe(p + "mlp.", h, layer);
     return qwen_moe(p + "mlp.", h);
   }
 
@@ -266,6 +300,37 @@ class Forward {
     const std::string s = p + "shared_expert.";
     const Mat shared = swiglu(h, w_(s + "gate_proj.weight"), w_(s + "up_proj.weight"), w_(s + "down_proj.weight"));
     return out + sigmoid(linear(h, w_(p + "shared_expert_gate.weight"))).col(0).asDiagonal() * shared;
+  }
+
+  // DeepSeek-V3: the first first_k_dense_replace layers are a dense SwiGLU; then sigmoid scores,
+  // the top k chosen by score + e_score_correction_bias (one group here), weighted by their scores
+  // renormalised (norm_topk_prob) times routed_scaling_factor, plus the shared experts.
+  Mat deepseek_moe(const std::string& p, const Mat& h, int layer) const {
+    if (layer < s_.config.value("first_k_dense_replace", 0)) {
+      return swiglu(h, w_(p + "gate_proj.weight"), w_(p + "up_proj.weight"), w_(p + "down_proj.weight"));
+    }
+    const Mat scores = sigmoid(linear(h, w_(p + "gate.weight")));
+    const Mat bias = w_(p + "gate.e_score_correction_bias");
+    const double scaling = s_.config.value("routed_scaling_factor", 2.5);
+    const bool renormalise = s_.config.value("norm_topk_prob", true);
+    Mat out = swiglu(h, w_(p + "shared_experts.gate_proj.weight"), w_(p + "shared_experts.up_proj.weight"),
+                     w_(p + "shared_experts.down_proj.weight"));
+    for (Eigen::Index t = 0; t < h.rows(); ++t) {
+      std::vector<int> order(size_t(scores.cols()));
+      for (size_t e = 0; e < order.size(); ++e) order[e] = int(e);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+        return scores(t, a) + bias(0, a) > scores(t, b) + bias(0, b);
+      });
+      double sum = 0;
+      for (int i = 0; i < s_.experts_per_token; ++i) sum += scores(t, order[size_t(i)]);
+      for (int i = 0; i < s_.experts_per_token; ++i) {
+        const int e = order[size_t(i)];
+        const double weight = scores(t, e) / (renormalise ? sum : 1.0) * scaling;
+        const std::string x = p + "experts." + std::to_string(e) + ".";
+        out.row(t) += weight * swiglu(h.row(t), w_(x + "gate_proj.weight"), w_(x + "up_proj.weight"), w_(x + "down_proj.weight"));
+      }
+    }
+    return out;
   }
 
   // GPT-OSS: router logits with a bias, softmax over the top k; experts h G_e + b_e (G_e [hidden, 2I],
@@ -350,6 +415,7 @@ TEST_P(PerturbRealLayouts, LogitsUnchanged) {
                              : c.family == ModelFamily::kMixtral ? "model.layers.2.block_sparse_moe.gate.weight"
                              : c.family == ModelFamily::kGptOss  ? "model.layers.2.mlp.experts.gate_up_proj"
                              : c.family == ModelFamily::kQwen3Next ? "model.layers.2.linear_attn.in_proj_qkvz.weight"
+                             : c.family == ModelFamily::kDeepseekV3 ? "model.layers.2.self_attn.kv_a_proj_with_mqa.weight"
                                                                  : s.prefix + "layers.2.linear_attn.in_proj_qkv.weight";
   const Weights mixed = [&](const std::string& name) { return matrix(name == reader ? before : after, name); };
   EXPECT_GT(relative_difference(Forward(mixed, c.family, s).logits(ids), expected), 1e-3) << reader;
@@ -373,7 +439,9 @@ INSTANTIATE_TEST_SUITE_P(
                     LayoutCase{ModelFamily::kQwen3Next, PerturbKind::kFoldNorms},
                     LayoutCase{ModelFamily::kQwen3Next, PerturbKind::kRotateResidual},
                     LayoutCase{ModelFamily::kGptOss, PerturbKind::kFoldNorms},
-                    LayoutCase{ModelFamily::kGptOss, PerturbKind::kRotateResidual}),
+                    LayoutCase{ModelFamily::kGptOss, PerturbKind::kRotateResidual},
+                    LayoutCase{ModelFamily::kDeepseekV3, PerturbKind::kFoldNorms},
+                    LayoutCase{ModelFamily::kDeepseekV3, PerturbKind::kRotateResidual}),
     [](const testing::TestParamInfo<LayoutCase>& info) {
       std::string name = std::string(alloy::family_name(info.param.family)) + "_" +
                          alloy::perturb_kind_name(info.param.kind);
