@@ -37,6 +37,12 @@ constexpr double kDareUpperDrop = 0.85, kDellaUpperLow = 0.15, kDellaUpperHigh =
 // methods (its rescaled kept entries never equal a parent): 0.5 / 0.6 leaves ~20%.
 constexpr double kDellaEquality = 0.12;
 constexpr double kDellaTopDrop = 0.15;
+// DELLA's magnitude step: the drop chance runs from 1 - d + eps (smallest) to 1 - d - eps
+// (largest), so the step is about eps / (1 - d + 0.1 eps), up to ~0.9 as eps nears 1 - d (0.59
+// measured at density 0.6, epsilon 0.25). Above TIES's 0.5 it is told from TIES by its top drop
+// (TIES keeps its largest deltas: top ~0) and from breadcrumbs by top ~ upper (a random drop
+// spares no band: within 0.1).
+constexpr double kDellaMagnitudeStep = 0.8, kDellaTopUpperGap = 0.1;
 // TIES at density d < 0.1: top ~0, upper ~(0.1 - d) / 0.1 (0.52 measured at d 0.05); DARE and
 // DELLA: |top - upper| <= 0.06 measured over DARE densities 0.1-0.9 and della(_linear) (hidden 64).
 constexpr double kLowDensityTiesGap = 0.25;
@@ -178,7 +184,11 @@ SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, 
   if (std::isfinite(top) && top > kBreadcrumbsTopDrop && std::isfinite(upper) && upper < 0.5 * top) {
     return SparseKind::kBreadcrumbs;
   }
+  const bool della_profile = std::isfinite(top) && std::isfinite(upper) && top >= kDellaTopDrop &&
+                             upper > kDellaUpperLow && upper < kDellaUpperHigh &&
+                             std::fabs(top - upper) <= kDellaTopUpperGap;
   if (step > kTiesMagnitudeStep) {
+    if (della_profile && step <= kDellaMagnitudeStep && !dare_sets) return SparseKind::kDella;
     if (!std::isfinite(top) || top < kTiesTopDrop) return SparseKind::kTies;
     return top > kBreadcrumbsTopDrop ? SparseKind::kBreadcrumbs : SparseKind::kFamily;
   }
@@ -227,7 +237,7 @@ bool della_signature(const VerdictContext& v) {
     }
   }
   return !upper.empty() && upper.median() > kDellaUpperLow && upper.median() < kDellaUpperHigh &&
-         top.median() >= kDellaTopDrop && step.median() <= kTiesMagnitudeStep;
+         top.median() >= kDellaTopDrop && step.median() <= kDellaMagnitudeStep;
 }
 
 bool try_sparse(VerdictContext& v, int base) {

@@ -279,6 +279,11 @@ const std::vector<RoundTripCase>& round_trip_cases() {
       della_case("Della", "della", "della", della_checks({0.5, 0.5, 0.15}, {0.5, 0.6, 0.15})),
       della_case("DellaUnevenWeights", "della", "della", della_checks({0.3, 0.4, 0.2}, {0.7, 0.5, 0.2}),
                  {0.3, 0.4, 0.2}, {0.7, 0.5, 0.2}),
+      // Keep chances 0.35-0.85: a magnitude step above TIES's 0.5 bar, but the top of the profile
+      // is dropped as often as the band below it (no TIES, no breadcrumbs): della, not a dense
+      // task_arithmetic followed by noise (as it was reported).
+      della_case("DellaWideEpsilon", "della", "della", della_checks({0.5, 0.6, 0.25}, {0.5, 0.6, 0.25}),
+                 {0.5, 0.6, 0.25}, {0.5, 0.6, 0.25}),
       // della_linear: one rescale factor per tensor, plain sum, no normalising, so its kept sets read
       // like dare_linear's; the drop profile does not resolve the rank dependence. Whatever is named,
       // della_linear must be it or be listed, and never a consensus member.
