@@ -175,6 +175,12 @@ nlohmann::json sparse_recipe(const VerdictContext& v, const SparseEvidence& e, i
           {"models", models}, {"dtype", torch_dtype_of(v.suspect)}};
 }
 
+// DELLA's drop profile: part of the top dropped (TIES keeps it) and the upper band between DARE's
+// flat profile and TIES's step. NaN (not measured) is never DELLA's.
+bool della_drops(double top, double upper) {
+  return std::isfinite(top) && top >= kDellaTopDrop && upper > kDellaUpperLow && upper < kDellaUpperHigh;
+}
+
 // Which member of the TIES family the profile of `others` shows; `step` is their magnitude step.
 SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, double step, bool dare_sets) {
   const double top = median_of(e.top_drop, others), upper = median_of(e.upper_drop, others);
@@ -184,9 +190,7 @@ SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, 
   if (std::isfinite(top) && top > kBreadcrumbsTopDrop && std::isfinite(upper) && upper < 0.5 * top) {
     return SparseKind::kBreadcrumbs;
   }
-  const bool della_profile = std::isfinite(top) && std::isfinite(upper) && top >= kDellaTopDrop &&
-                             upper > kDellaUpperLow && upper < kDellaUpperHigh &&
-                             std::fabs(top - upper) <= kDellaTopUpperGap;
+  const bool della_profile = della_drops(top, upper) && std::fabs(top - upper) <= kDellaTopUpperGap;
   if (step > kTiesMagnitudeStep) {
     if (della_profile && step <= kDellaMagnitudeStep && !dare_sets) return SparseKind::kDella;
     if (!std::isfinite(top) || top < kTiesTopDrop) return SparseKind::kTies;
@@ -204,8 +208,7 @@ SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, 
     return SparseKind::kTies;
   }
   if (dare_sets || !std::isfinite(upper) || upper >= kDareUpperDrop) return SparseKind::kDare;
-  const bool della = upper > kDellaUpperLow && upper < kDellaUpperHigh && std::isfinite(top) && top >= kDellaTopDrop;
-  return della ? SparseKind::kDella : SparseKind::kRandomFamily;
+  return della_drops(top, upper) ? SparseKind::kDella : SparseKind::kRandomFamily;
 }
 
 }  // namespace
@@ -236,8 +239,7 @@ bool della_signature(const VerdictContext& v) {
       step.add(t.magnitude_step[c], double(t.numel));
     }
   }
-  return !upper.empty() && upper.median() > kDellaUpperLow && upper.median() < kDellaUpperHigh &&
-         top.median() >= kDellaTopDrop && step.median() <= kDellaMagnitudeStep;
+  return !upper.empty() && della_drops(top.median(), upper.median()) && step.median() <= kDellaMagnitudeStep;
 }
 
 bool try_sparse(VerdictContext& v, int base) {
