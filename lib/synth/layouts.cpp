@@ -209,17 +209,17 @@ void mark_offset_one_norms(const Architecture& a, std::vector<SynthTensor>& tens
   std::vector<std::string> names;
   for (const auto& t : tensors) names.push_back(t.name);
   const ModelArchitecture arch = detect_architecture(layout_config(a, DType::BF16), names);
+  std::vector<TensorPlace> places;
   bool any = false;
-  for (auto& t : tensors) {
-    t.offset_one = arch.classify(t.name).view == TensorView::kNormOffsetOne;
-    any |= t.offset_one;
+  for (const auto& t : tensors) {
+    places.push_back(arch.classify(t.name));
+    any |= places.back().view == TensorView::kNormOffsetOne;
   }
-  for (auto& t : tensors) {
-    const TensorPlace p = arch.classify(t.name);
-    if (any && p.submodel == "mtp" && t.component == Component::kNorm &&
-        t.name.find("linear_attn.") == std::string::npos) {
-      t.offset_one = true;
-    }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    SynthTensor& t = tensors[i];
+    const bool mtp_norm = places[i].submodel == "mtp" && t.component == Component::kNorm &&
+                          t.name.find("linear_attn.") == std::string::npos;
+    t.offset_one = places[i].view == TensorView::kNormOffsetOne || (any && mtp_norm);
   }
 }
 
