@@ -33,7 +33,7 @@ int verify_claim(const alloy::AssayOptions& assay, const std::string& recipe, co
   options.hash_cache = assay.hash_cache;
   if (tensors) options.tensors = *tensors;
   const alloy::ClaimResult claim = alloy::verify_claim(options);
-  for (const auto& notice : claim.audit.notices) std::fprintf(stderr, "alloy-assay: note: %s\n", notice.c_str());
+  alloy::tool::print_notes("alloy-assay", claim.audit.notices);
   if (!json_path.empty()) alloy::write_output_file(json_path, alloy::claim_to_json(claim).dump(2) + "\n");
   if (!quiet) std::fputs(alloy::claim_summary(claim).c_str(), stdout);
   return claim.verdict == "holds" ? 0 : claim.verdict == "refuted" ? 1 : 3;
@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
     if (alloy::progress_enabled(quiet, progress)) options.progress = bar.emplace("alloy-assay", 0).callback();
     const alloy::AssayResult result = alloy::run_assay(options);
     bar.reset();
-    for (const auto& notice : result.audit.notices) std::fprintf(stderr, "alloy-assay: note: %s\n", notice.c_str());
+    alloy::tool::print_notes("alloy-assay", result.audit.notices);
     const nlohmann::json doc = alloy::assay_to_json(result);
     if (!json_path.empty()) alloy::write_output_file(json_path, doc.dump(2) + "\n");
     if (!recipe_path.empty()) {

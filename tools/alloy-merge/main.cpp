@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
     for (const auto& model : plan.models) {
       for (const auto& warning : model->warnings()) std::fprintf(stderr, "alloy-merge: warning: %s\n", warning.c_str());
     }
-    for (const auto& notice : plan.notices) std::fprintf(stderr, "alloy-merge: note: %s\n", notice.c_str());
+    alloy::tool::print_notes("alloy-merge", plan.notices);
     for (const auto& warning : plan.warnings) std::fprintf(stderr, "alloy-merge: warning: %s\n", warning.c_str());
     if (dry_run) {
       std::cout << alloy::plan_to_json(plan).dump(2) << "\n";
@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
     if (alloy::progress_enabled(quiet, progress)) options.progress = bar.emplace("alloy-merge", plan.output_bytes()).callback();
     const auto result = alloy::run_merge(plan, options);
     bar.reset();
-    for (const auto& notice : result.notices) std::fprintf(stderr, "alloy-merge: note: %s\n", notice.c_str());
+    alloy::tool::print_notes("alloy-merge", result.notices);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "alloy-merge: wrote %zu tensors (%.3f GB) with %s to %s in %.2fs\n", result.tensors,
                  static_cast<double>(result.output_bytes) / 1e9, plan.recipe.merge_method.c_str(), out_dir.c_str(),

@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     if (!dry_run && alloy::progress_enabled(quiet, progress)) options.progress = bar.emplace("alloy-moe", 0).callback();
     const alloy::MoeResult result = alloy::build_moe(recipe, options);
     bar.reset();
-    for (const auto& notice : result.notices) std::fprintf(stderr, "alloy-moe: note: %s\n", notice.c_str());
+    alloy::tool::print_notes("alloy-moe", result.notices);
     if (dry_run) {
       nlohmann::json plan = {{"architecture", alloy::moe_architecture_name(result.architecture)},
                              {"tensors", result.tensor_names},

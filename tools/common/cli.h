@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace alloy::tool {
 
@@ -50,6 +51,12 @@ inline void add_hash_cache_option(CLI::App& app, std::string& dir) {
                  "$ALLOY_HASH_CACHE, else none)")
       ->type_name("DIR")
       ->envname("ALLOY_HASH_CACHE");
+}
+
+// Prints what the library noted on the run (a plan's or a result's notices, AssayAudit::notices) as
+// "<tool>: note: ..." lines on standard error.
+inline void print_notes(const char* tool, const std::vector<std::string>& notes) {
+  for (const auto& note : notes) std::fprintf(stderr, "%s: note: %s\n", tool, note.c_str());
 }
 
 // Parses the command line. Returns nothing when the tool should go on, else the status to exit
