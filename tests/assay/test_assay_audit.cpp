@@ -51,10 +51,7 @@ TEST(AssayAudit, HubReferenceFromCachePaths) {
 TEST(AssayAudit, RecordsVersionTimeCommandLineAndEveryFileExamined) {
   alloy::test::AssayFamily f(alloy::ModelFamily::kLlama, 21, 0.05);
   const fs::path work = f.temp.path();
-  alloy::test::merge_into("merge_method: linear\nmodels:\n  - model: " + (f.dir / "ft_1").string() +
-                              "\n    parameters: {weight: 0.4}\n  - model: " + (f.dir / "ft_2").string() +
-                              "\n    parameters: {weight: 0.6}\ndtype: bfloat16\n",
-                          work / "suspect");
+  alloy::test::merge_linear_blend(f, "0.4", "0.6", work / "suspect");
   // One candidate from a Hub cache: its id and revision are recorded.
   const fs::path cached = hub_copy(f.dir / "ft_2", work / "hub", "models--acme--ft-two", "5d2c0ffee");
   const std::vector<std::string> candidates = {(f.dir / "base").string(), (f.dir / "ft_1").string(), cached.string()};
@@ -105,10 +102,7 @@ TEST(AssayAudit, RecordsVersionTimeCommandLineAndEveryFileExamined) {
 TEST(AssayAudit, CachedDigestsAreMarked) {
   alloy::test::AssayFamily f(alloy::ModelFamily::kLlama, 23, 0.05);
   const fs::path work = f.temp.path();
-  alloy::test::merge_into("merge_method: linear\nmodels:\n  - model: " + (f.dir / "ft_1").string() +
-                              "\n    parameters: {weight: 0.4}\n  - model: " + (f.dir / "ft_2").string() +
-                              "\n    parameters: {weight: 0.6}\ndtype: bfloat16\n",
-                          work / "suspect");
+  alloy::test::merge_linear_blend(f, "0.4", "0.6", work / "suspect");
   alloy::test::prime_hash_cache(work / "cache", {f.dir / "ft_1", f.dir / "ft_2"});
   const std::vector<std::string> candidates = {(f.dir / "ft_1").string(), (f.dir / "ft_2").string()};
   int status = -1;
@@ -155,10 +149,7 @@ TEST(AssayFailOn, MatchesEachVerdict) {
 TEST(AssayFailOn, ExitStatusForEachVerdict) {
   alloy::test::AssayFamily f(alloy::ModelFamily::kLlama, 22, 0.05);
   const fs::path work = f.temp.path();
-  alloy::test::merge_into("merge_method: linear\nmodels:\n  - model: " + (f.dir / "ft_1").string() +
-                              "\n    parameters: {weight: 0.3}\n  - model: " + (f.dir / "ft_2").string() +
-                              "\n    parameters: {weight: 0.7}\ndtype: bfloat16\n",
-                          work / "merged");
+  alloy::test::merge_linear_blend(f, "0.3", "0.7", work / "merged");
   const std::string base = (f.dir / "base").string(), ft1 = (f.dir / "ft_1").string(), ft2 = (f.dir / "ft_2").string(),
                     unrelated = (f.dir / "unrelated_1").string();
   struct Case {

@@ -27,10 +27,7 @@ json without_audit(const std::string& text) {
 TEST(AssayTool, OutputsRoundTripThroughAlloyMerge) {
   alloy::test::AssayFamily f(alloy::ModelFamily::kMoe, 5, 0.05);
   const fs::path work = f.temp.path();
-  alloy::test::merge_into("merge_method: linear\nmodels:\n  - model: " + (f.dir / "ft_1").string() +
-                              "\n    parameters: {weight: 0.3}\n  - model: " + (f.dir / "ft_2").string() +
-                              "\n    parameters: {weight: 0.7}\ndtype: bfloat16\n",
-                          work / "suspect");
+  alloy::test::merge_linear_blend(f, "0.3", "0.7", work / "suspect");
   std::string args;
   for (const auto& c : f.candidates()) args += " " + shell_quote(c);
   int status = -1;

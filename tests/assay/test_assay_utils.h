@@ -60,6 +60,15 @@ inline void merge_into(const std::string& yaml, const std::filesystem::path& out
   run_merge(plan, options);
 }
 
+// A bf16 linear merge of the family's ft_1 and ft_2 with weights `w1` and `w2` (YAML numbers, as
+// written in a recipe) into `out`.
+inline void merge_linear_blend(const AssayFamily& f, const std::string& w1, const std::string& w2,
+                               const std::filesystem::path& out) {
+  merge_into("merge_method: linear\nmodels:\n  - model: " + candidate(f, "ft_1") + "\n    parameters: {weight: " + w1 +
+                 "}\n  - model: " + candidate(f, "ft_2") + "\n    parameters: {weight: " + w2 + "}\ndtype: bfloat16\n",
+             out);
+}
+
 inline AssayResult assay(const std::filesystem::path& suspect, const std::vector<std::string>& candidates) {
   AssayOptions options;
   options.suspect = suspect;
