@@ -154,8 +154,11 @@ struct SubsetStats {
   // weight-averaged mean of the kept u_i, so every kept set of one member reads as under the plain
   // sum, and a larger set lies between its members' values). Per other: its keep rate, from
   // "nothing kept", "kept alone" and, with two others, "between the two" (both kept); with two
-  // others also the relative weights w_i / (w_1 + w_2) by least squares over "between" elements
-  // (NaN where not measured).
+  // others also the relative weights w_i / (w_1 + w_2) by least squares over "between" elements;
+  // with three or four, the weights (summing to 1) from each pair's l = w_i / (w_i + w_j), the mode
+  // of l over the elements between u_i and u_j (NaN where not measured). With three or more, an
+  // opposite-sign element inside the range of one sign's deltas counts as made by consensus (a
+  // weighted mean of that sign's kept deltas), not as a plain-sum vote.
   std::vector<double> normalized_density;
   std::vector<double> normalized_weight;
 };

@@ -25,6 +25,10 @@ namespace {
 
 // How far the binned mode (0.02 wide bins) may be from a_i, as a share of |delta_i|.
 constexpr double kScaleSlack = 0.015;
+// With three or more others, the relative weight l = w_i / (w_i + w_j) of each pair is read as the
+// mode of a histogram over (0, 1) in bins this many; a mode needs this many elements around it.
+constexpr size_t kLambdaBins = 100;
+constexpr uint64_t kLambdaMinCount = 8;
 
 double unit_roundoff(DType dtype) {
   switch (dtype) {
@@ -40,17 +44,25 @@ struct Counts {
   uint64_t classifiable = 0, matched = 0, opposite = 0, sum = 0;
   uint64_t none = 0, between = 0;  // matched by no kept delta; (two others) strictly between u_1, u_2
   double lambda_num = 0, lambda_den = 0;  // sum (r - u_2)(u_1 - u_2), sum (u_1 - u_2)^2 over "between"
+  // Three or more others: per pair (i < j, in pair_index order), the elements strictly between u_i
+  // and u_j by bin of l = (r - u_j) / (u_i - u_j), and the sum of l per bin.
+  std::vector<uint64_t> pair_bins;
+  std::vector<double> pair_sums;
   Eigen::MatrixXd normal;      // [k x (k + 1)]: the normal equations for a, then the right-hand side
   void resize(size_t k) {
     kept.assign(k, 0);
     solo.assign(k, 0);
     normal = Eigen::MatrixXd::Zero(Eigen::Index(k), Eigen::Index(k + 1));
+    const size_t pairs = k >= 3 ? k * (k - 1) / 2 : 0;
+    pair_bins.assign(pairs * kLambdaBins, 0);
+    pair_sums.assign(pairs * kLambdaBins, 0.0);
   }
   void add(const Counts& o) {
     for (size_t j = 0; j < kept.size(); ++j) kept[j] += o.kept[j], solo[j] += o.solo[j];
     classifiable += o.classifiable, matched += o.matched, opposite += o.opposite, sum += o.sum;
     none += o.none, between += o.between, lambda_num += o.lambda_num, lambda_den += o.lambda_den;
     normal += o.normal;
+    for (size_t j = 0; j < pair_bins.size(); ++j) pair_bins[j] += o.pair_bins[j], pair_sums[j] += o.pair_sums[j];
   }
 };
 
@@ -64,6 +76,58 @@ void count_between(const double* u, double r, double tol, Counts& part) {
   ++part.between;
   part.lambda_num += (r - u[1]) * (u[0] - u[1]);
   part.lambda_den += (u[0] - u[1]) * (u[0] - u[1]);
+}
+
+// With three or more others an element whose kept set is the pair {i, j} is r = l u_i + (1 - l) u_j
+// with l = w_i / (w_i + w_j), the same l for every such element: it lands in one bin of the pair's
+// histogram. Elements kept in other sets that happen to lie between u_i and u_j spread over all
+// bins, so the pair's l is the mode.
+void count_pairs_between(const double* u, size_t k, double r, double tol, Counts& part) {
+  size_t pair = 0;
+  for (size_t i = 0; i < k; ++i) {
+    for (size_t j = i + 1; j < k; ++j, ++pair) {
+      const double low = std::min(u[i], u[j]), high = std::max(u[i], u[j]);
+      if (!(r > low + tol && r < high - tol)) continue;
+      const double l = (r - u[j]) / (u[i] - u[j]);
+      const size_t bin = std::min(size_t(l * double(kLambdaBins)), kLambdaBins - 1);
+      ++part.pair_bins[pair * kLambdaBins + bin];
+      part.pair_sums[pair * kLambdaBins + bin] += l;
+    }
+  }
+}
+
+// The relative weights w_i (summing to 1) of three or more others from their pairs' modes:
+// log w_i - log w_j = log(l_ij / (1 - l_ij)) by least squares, with sum log w = 0. Empty when some
+// pair has no clear mode (too few elements: its weights are not read).
+std::vector<double> weights_from_pairs(const Counts& total, size_t k) {
+  const size_t pairs = k * (k - 1) / 2;
+  Eigen::MatrixXd a = Eigen::MatrixXd::Zero(Eigen::Index(pairs + 1), Eigen::Index(k));
+  Eigen::VectorXd b = Eigen::VectorXd::Zero(Eigen::Index(pairs + 1));
+  size_t pair = 0;
+  for (size_t i = 0; i < k; ++i) {
+    for (size_t j = i + 1; j < k; ++j, ++pair) {
+      const uint64_t* bins = total.pair_bins.data() + pair * kLambdaBins;
+      const double* sums = total.pair_sums.data() + pair * kLambdaBins;
+      const size_t mode = size_t(std::max_element(bins, bins + kLambdaBins) - bins);
+      uint64_t count = 0;
+      double sum = 0;
+      for (size_t bin = mode == 0 ? 0 : mode - 1; bin <= std::min(mode + 1, kLambdaBins - 1); ++bin) {
+        count += bins[bin], sum += sums[bin];
+      }
+      const double l = count ? sum / double(count) : 0.0;
+      if (count < kLambdaMinCount || !(l > 0 && l < 1)) return {};
+      a(Eigen::Index(pair), Eigen::Index(i)) = 1;
+      a(Eigen::Index(pair), Eigen::Index(j)) = -1;
+      b(Eigen::Index(pair)) = std::log(l / (1 - l));
+    }
+  }
+  a.row(Eigen::Index(pairs)).setOnes();
+  const Eigen::VectorXd x = a.colPivHouseholderQr().solve(b);
+  std::vector<double> w(k);
+  double total_w = 0;
+  for (size_t j = 0; j < k; ++j) total_w += w[j] = std::exp(x(Eigen::Index(j)));
+  for (double& v : w) v /= total_w;
+  return w;
 }
 
 // The keep rates under a normalised combination (SubsetStats::normalized_density): independent
@@ -87,6 +151,20 @@ void normalized_estimates(const Counts& total, size_t k, SubsetStats& out) {
     const uint64_t seen = total.solo[j] + total.none;
     if (seen > 0) out.normalized_density[j] = double(total.solo[j]) / double(seen);
   }
+  const std::vector<double> w = weights_from_pairs(total, k);
+  if (!w.empty()) out.normalized_weight = w;
+}
+
+// Under a normalised sign consensus (della) with three or more others, the kept deltas of the
+// elected sign make a weighted mean: a value inside the range of that sign's deltas.
+bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double tol) {
+  double low = std::numeric_limits<double>::infinity(), high = -low;
+  size_t same = 0;
+  for (size_t j = 0; j < k; ++j) {
+    if ((u[j] > 0) != (r > 0) || u[j] == 0) continue;
+    ++same, low = std::min(low, u[j]), high = std::max(high, u[j]);
+  }
+  return same >= 2 && r > low + tol && r < high - tol;
 }
 
 // Sum of u over the set bits of `set`; under consensus only the entries whose sign agrees with
@@ -149,6 +227,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
             by_sum |= std::fabs(r - subset_sum(u, k, set, false)) <= tol;
             by_consensus |= std::fabs(r - subset_sum(u, k, set, true)) <= tol;
           }
+          if (k >= 3 && !by_consensus) by_consensus = normalized_mean_of_one_sign(u, k, r, tol);
           ++part.opposite;
           part.sum += by_sum && !by_consensus;
           continue;
@@ -179,6 +258,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
           break;
         }
         if (!found && k == 2) count_between(u, r, tol, part);
+        if (!found && k >= 3) count_pairs_between(u, k, r, tol, part);
       }
     }, used);
     return part;

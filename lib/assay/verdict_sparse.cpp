@@ -291,6 +291,15 @@ bool try_sparse(VerdictContext& v, int base) {
   } else if (kind == SparseKind::kDella) {
     v.note("DELLA signature: the keep chance rises with the magnitude rank (between DARE's flat profile and "
            "TIES's step); the density is approximate");
+    // della's weights come only from elements kept by two or more parents (weighted means); where
+    // too few were classifiable (small tensors, several parents) the recipe's weights are not della's.
+    const bool weights_read = std::all_of(others.begin(), others.end(),
+                                          [&](int c) { return !e.normalized_weight[size_t(c)].empty(); });
+    if (r.method == "della" && !weights_read) {
+      r.evidence["confidence"] = "low";
+      v.note("della's relative weights could not be read (too few elements kept by two parents could be "
+             "classified); the recipe's weights and densities are those of a plain sum and are not della's");
+    }
   } else if (kind == SparseKind::kDare && plain_sum) {
     // della_linear rescales by one factor per tensor and sums without consensus or normalising, so
     // its kept sets read exactly like dare_linear's; only the rank dependence of the keep chance
