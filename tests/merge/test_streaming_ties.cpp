@@ -135,18 +135,21 @@ TEST_F(StreamingTies, ThresholdTiesAcrossChunksMatchAFullSort) {
       // exact in every dtype, so |delta| takes exactly these values.
       std::mt19937_64 gen(static_cast<uint64_t>(d) * 17 + std::string(method).size());
       std::vector<std::vector<float>> values(3, std::vector<float>(n));
-      for (size_t i = 0; i < n; ++i) values[0][i] = static_cast<float>(static_cast<int>(gen() % 129) - 64) / 256.0f;
+      for (size_t i = 0; i < n; ++i)
+        values[0][i] = static_cast<float>(static_cast<int>(gen() % 129) - 64) / 256.0f;
       for (size_t m = 1; m < 3; ++m) {
         for (size_t i = 0; i < n; ++i) {
           const uint64_t r = gen();
           const float sign = (r >> 20) & 1 ? 1.0f : -1.0f;
           const uint64_t bucket = r % 10;
-          const float delta = bucket == 0 ? 0.5f : bucket < 8 ? 0.25f : static_cast<float>((r >> 8) % 15) / 64.0f;
+          const float delta = bucket == 0  ? 0.5f
+                              : bucket < 8 ? 0.25f
+                                           : static_cast<float>((r >> 8) % 15) / 64.0f;
           values[m][i] = values[0][i] + sign * delta;
         }
       }
       const double density[2] = {0.4, 0.55}, gamma[2] = {0.15, 0.07};
-      // The kept entries of each model by a full sort (descending |delta|, ties to the lower index).
+      // Each model's kept entries by a full sort (descending |delta|, ties to the lower index).
       std::vector<std::vector<float>> masked = values;
       for (size_t m = 1; m < 3; ++m) {
         std::vector<size_t> order(n);

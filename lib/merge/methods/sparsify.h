@@ -32,9 +32,9 @@
 // the task vectors in index order as runs of at most stream_grain() elements, loaded into
 // per-thread scratch from the inputs' bytes, inside the same fixed partitions as the whole-tensor
 // form: the high-bits histogram pass, the boundary-bin pass (not for bf16), the cut's one chunk,
-// and the L1 pass of the rescale (double sums over fixed blocks of kDefaultGrain elements, each block
-// summed in index order, the blocks added in order: the same bits as the whole-tensor sums, for
-// any thread count and any run length). DELLA ranks each fiber along dim 1 whole: a row of a
+// and the L1 pass of the rescale (double sums over fixed blocks of kDefaultGrain elements, each
+// block summed in index order, the blocks added in order: the same bits as the whole-tensor sums,
+// for any thread count and any run length). DELLA ranks each fiber along dim 1 whole: a row of a
 // matrix is loaded run by run into its keys; for tensors of rank >= 3 one slab of the outer
 // dimension at a time (its keys, 4 bytes per element). The selection and L1 passes serve all the
 // models of a tensor at once: each run of the base is read and converted once per pass, not once

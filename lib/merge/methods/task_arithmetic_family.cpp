@@ -25,10 +25,11 @@
 // Streaming: every method of the family has a chunked form, sparsified or not. Its prepare()
 // builds each model's mask rule and rescale factor from ranges of the sources that the executor
 // reads from the input bytes (sparsify.h: histogram, boundary and L1 passes over runs of
-// stream_grain() elements, and the one chunk that holds a cut's last kept tie), then the chunks combine as for task_arithmetic; no whole-tensor
-// float32 buffer is built. merge() (whole tensors) remains for the executor's whole-tensor path
-// (embeddings remapped by a tokenizer spec, dtypes without a chunk conversion) and as the
-// reference the streaming form is tested against bit for bit (tests/merge/test_streaming_ties.cpp).
+// stream_grain() elements, and the one chunk that holds a cut's last kept tie), then the chunks
+// combine as for task_arithmetic; no whole-tensor float32 buffer is built. merge() (whole tensors)
+// remains for the executor's whole-tensor path (embeddings remapped by a tokenizer spec, dtypes
+// without a chunk conversion) and as the reference the streaming form is tested against bit for bit
+// (tests/merge/test_streaming_ties.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
