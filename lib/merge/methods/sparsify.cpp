@@ -46,7 +46,7 @@ template <class R>
 using WorkRounding = std::conditional_t<R::dtype == DType::BF16, RoundBF16, RoundF32>;
 
 // A fixed partition of [0, n) for the selection passes: at most 64 chunks (so that the per-chunk
-// histograms stay small), each a whole number of 64-bit mask words, each below 2^31 elements.
+// histograms stay small), each a multiple of 64 elements, each below 2^31 elements.
 struct Chunks {
   size_t n, size, count;
   explicit Chunks(size_t total) : n(total) {
