@@ -122,6 +122,29 @@ TEST(MethodSparsify, SignedZerosAndInfinitiesRankByMagnitude) {
             (std::vector<bool>{true, false, false, false, false, false}));
 }
 
+// One magnitude for every entry: the selection is the index range itself, across many chunks
+// (the cuts' ties end inside chunks); and NaNs, whose keys rank above the infinities, tie with each
+// other (a NaN's sign is cleared as any other's), the lower index first.
+TEST(MethodSparsify, AllEqualMagnitudesAndNaNsFollowTheTieRule) {
+  const size_t n = 200003;
+  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = i % 3 == 0 ? -0.5f : 0.5f;
+    const std::vector<float> base(n, 0.0f);
+    for (auto [lo, hi] : {std::pair<uint64_t, uint64_t>{0, 77777}, {12345, 150001}, {99999, n}}) {
+      const auto keep = actual_keep(d, x, base, lo, hi);
+      size_t wrong = 0;
+      for (size_t i = 0; i < n; ++i) wrong += keep[i] != (i >= lo && i < hi);
+      EXPECT_EQ(wrong, 0u) << dtype_name(d) << " [" << lo << ", " << hi << ")";
+    }
+  }
+  const std::vector<float> x = {1.0f, NAN, INFINITY, -NAN};
+  const std::vector<float> base(x.size(), 0.0f);
+  EXPECT_EQ(actual_keep(DType::F32, x, base, 0, 1), (std::vector<bool>{false, true, false, false}));
+  EXPECT_EQ(actual_keep(DType::F32, x, base, 1, 2), (std::vector<bool>{false, false, false, true}));
+  EXPECT_EQ(actual_keep(DType::F32, x, base, 2, 3), (std::vector<bool>{false, false, true, false}));
+}
+
 }  // namespace
 
 // The combine reads a model's mask bits for a block of elements as words (expand_mask_bits);

@@ -15,13 +15,6 @@
 namespace alloy::detail {
 namespace {
 
-// |d| as an integer whose order is the numeric order of |d| (sign bit cleared).
-inline uint32_t magnitude_key(float d) {
-  uint32_t u;
-  std::memcpy(&u, &d, 4);
-  return u & 0x7FFFFFFFu;
-}
-
 std::atomic<size_t> g_stream_grain{0};
 std::atomic<size_t> g_output_window{0};
 
@@ -53,7 +46,7 @@ template <class R>
 using WorkRounding = std::conditional_t<R::dtype == DType::BF16, RoundBF16, RoundF32>;
 
 // A fixed partition of [0, n) for the selection passes: at most 64 chunks (so that the per-chunk
-// histograms stay small), each a whole number of 64-bit mask words, each below 2^31 elements.
+// histograms stay small), each a multiple of 64 elements, each below 2^31 elements.
 struct Chunks {
   size_t n, size, count;
   explicit Chunks(size_t total) : n(total) {
@@ -72,7 +65,6 @@ constexpr size_t kLowBins = size_t{1} << 16;
 // Per-thread scratch of the selection (see method_util.h: reused across tensors).
 thread_local std::vector<uint32_t> t_high_hist;
 thread_local std::vector<std::vector<uint16_t>> t_candidates;  // per boundary cut
-thread_local std::vector<uint32_t> t_keys;  // one run's magnitude keys (RankSelector::mark)
 
 // Calls fn(first, base, xs, len) for consecutive runs covering [begin, end) of the set in index
 // order, base[j] and xs[p][j] being element first + j of the base and of model models[p]: one run
@@ -104,50 +96,31 @@ void for_each_run(const TaskVectorSet& set, const std::vector<size_t>& models, s
   }
 }
 
-// A cut at descending rank r: the elements "before" it are the r first in the order (descending
-// key, then ascending index). With `key` the key of the element at rank r and `need` how many of
-// the elements with that key come before the cut, an element is before the cut iff its key is
-// larger, or equal and among the first `need` such elements in index order. The cut at rank 0 is
-// key 0xFFFFFFFF (above every key, which has 31 bits); the cut at rank n is key 0 with an
-// unlimited need.
+// A cut at descending rank r, while it is found: with `key` the key of the element at rank r and
+// `need` how many of the elements with that key come before the cut (those first in index order),
+// an element is before the cut iff its key is larger, or equal and among the first `need` such
+// elements. equal_prefix[c]: the elements with key == `key` in the chunks before chunk c (c up to
+// the chunk count). The cut at rank 0 is key 0xFFFFFFFF with need 0; the one at rank n, key 0
+// with an unlimited need.
 struct Cut {
   uint32_t key = 0xFFFFFFFFu;
   uint64_t need = 0;
-  std::vector<uint64_t> equal_prefix;  // per chunk: elements with key == `key` in earlier chunks
-
-  // `seen` counts the elements with key == `key` met so far (starts at equal_prefix[chunk]).
-  // Branch-free: the comparisons are unpredictable.
-  bool before(uint32_t k, uint64_t& seen) const {
-    const bool equal = k == key;
-    const bool result = (k > key) | (equal & (seen < need));
-    seen += equal;
-    return result;
-  }
+  std::vector<uint64_t> equal_prefix;
 };
-
-// Bit j set where k[j] > key, and (in `equal`) where k[j] == key, for j < 32: compares against a
-// table of single bits, so that the loop vectorises (see expand_mask_bits).
-inline uint32_t above_bits(const uint32_t* k, uint32_t key, uint32_t& equal) {
-  uint32_t above = 0, same = 0;
-  for (unsigned j = 0; j < 32; ++j) {
-    above |= k[j] > key ? kLaneBit[j] : 0u;
-    same |= k[j] == key ? kLaneBit[j] : 0u;
-  }
-  equal = same;
-  return above;
-}
 
 // Radix selection of descending rank ranges, for several models of a set at once: every pass
 // reads each run of the base and of the models once (for_each_run above), then works model by
-// model on it. A model's bits are those select_rank_range gives it alone.
+// model on it. The result is each model's implicit rule (DeltaMask: the cuts at lo and hi as
+// RankCuts), found without a pass that marks the elements: the histogram pass gives each chunk's
+// count of a cut's key, so only the one chunk where the cut's ties end is read again.
 template <class R>
 class RankSelector {
  public:
-  // Model `model` of the set keeps ranks [lo, hi) into *words.
+  // Model `model` of the set keeps ranks [lo, hi): its rule is set in *mask.
   struct Target {
     size_t model;
     uint64_t lo, hi;
-    std::vector<uint64_t>* words;
+    DeltaMask* mask;
   };
 
   RankSelector(const TaskVectorSet& set, R rnd) : set_(set), rnd_(rnd), chunks_(set.n) {}
@@ -155,108 +128,87 @@ class RankSelector {
   void select(const std::vector<Target>& targets) {
     const size_t n = set_.n;
     for (const Target& t : targets) {
-      t.words->resize((n + 63) / 64);
-      if (t.lo >= t.hi || n == 0) {
-        std::fill(t.words->begin(), t.words->end(), 0);
-      } else if (t.lo == 0 && t.hi >= n) {
-        std::fill(t.words->begin(), t.words->end(), ~uint64_t{0});
-      } else {
-        active_.push_back(t);
-        models_.push_back(t.model);
+      DeltaMask& mask = *t.mask;
+      mask.bits = nullptr;
+      mask.has_low = false;
+      mask.high = RankCut{};  // keeps nothing
+      if (t.lo >= t.hi || n == 0) continue;
+      if (t.lo == 0 && t.hi >= n) {
+        mask.high = RankCut{0, UINT64_MAX};  // keeps everything
+        continue;
       }
+      active_.push_back(t);
+      models_.push_back(t.model);
     }
     if (active_.empty()) return;
     histogram_high();
     // Cuts 2p (at lo) and 2p + 1 (at hi) of active model p. With lo == 0 (magnitude: keep the top
-    // k) nothing is before the low cut, and its test is skipped.
+    // k) nothing is before the low cut, and the rule skips it.
     std::vector<uint64_t> ranks;
     for (const Target& t : active_) {
       ranks.push_back(t.lo);
       ranks.push_back(t.hi);
     }
     find_cuts(ranks);
-    mark();
+    const std::vector<RankCut> found = locate_cuts();
+    for (size_t p = 0; p < active_.size(); ++p) {
+      DeltaMask& mask = *active_[p].mask;
+      mask.high = found[2 * p + 1];
+      mask.low = found[2 * p];
+      mask.has_low = active_[p].lo > 0;
+    }
   }
 
  private:
-  // Sets the bits of each active model's words for the elements before its high cut and not
-  // before its low one. The keys of a run are computed first (a loop that vectorises); full words
-  // are then decided 32 elements at a time from comparisons (vectorised), and only the elements
-  // that hold a cut's key (one key value) take the counted path of Cut::before.
-  void mark() {
-    const size_t models = active_.size();
-    parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
-      std::vector<uint32_t>& keys = t_keys;  // this worker's own instance
-      std::vector<uint64_t> seen(2 * models), bits(models);
-      for (size_t c = cb; c < ce; ++c) {
-        for (size_t p = 0; p < models; ++p) {
-          seen[2 * p] = cuts_[2 * p].equal_prefix[c];
-          seen[2 * p + 1] = cuts_[2 * p + 1].equal_prefix[c];
-          bits[p] = 0;  // the word of element i, completed at its last element
-        }
-        const size_t end = chunks_.end(c);
-        for_each_run(set_, models_, chunks_.begin(c), end,
-                     [&](size_t first, const float* b, const float* const* xs, size_t len) {
-                       if (keys.size() < len) keys.resize(len);
-                       uint32_t* k = keys.data();
-                       for (size_t p = 0; p < models; ++p) {
-                         const float* x = xs[p];
-                         for (size_t j = 0; j < len; ++j) k[j] = magnitude_key(rnd_(x[j] - b[j]));
-                         const Cut* low = active_[p].lo == 0 ? nullptr : &cuts_[2 * p];
-                         mark_run(first, k, len, end, cuts_[2 * p + 1], low, seen[2 * p + 1],
-                                  seen[2 * p], bits[p], *active_[p].words);
-                       }
-                     });
-      }
-    });
-  }
-
-  // One model's bits for elements [first, first + len) of a chunk ending at `end`, from their keys.
-  static void mark_run(size_t first, const uint32_t* k, size_t len, size_t end, const Cut& high,
-                       const Cut* low, uint64_t& seen_high, uint64_t& seen_low, uint64_t& bits,
-                       std::vector<uint64_t>& words) {
-    // Whether the element of key `key` is kept, counting it if it holds a cut's key: called for
-    // those elements in index order.
-    auto decide = [&](uint32_t key) {
-      bool keep = key > high.key;
-      if (key == high.key) keep = high.before(key, seen_high);
-      if (low != nullptr && key >= low->key) {
-        const bool before_low = low->before(key, seen_low);  // counts ties
-        keep = keep && !before_low;
-      }
-      return keep;
-    };
-    auto one = [&](size_t j) {
-      const size_t i = first + j;
-      bits |= uint64_t{decide(k[j])} << (i & 63);
-      if ((i & 63) == 63 || i + 1 == end) {
-        words[i >> 6] = bits;
-        bits = 0;
-      }
-    };
-    for (size_t j = 0; j < len;) {
-      const size_t i = first + j;
-      if ((i & 63) != 0 || len - j < 64) {
-        one(j++);
+  // Each cut as a RankCut: the index of its first tie that is not before it (the need-th element
+  // of key `key` in index order). The chunk c that holds it is the one with equal_prefix[c] <=
+  // need < equal_prefix[c + 1]; when need == equal_prefix[c], the chunk's first index serves and
+  // nothing is read; otherwise only chunk c of that model (and of the base) is read again.
+  std::vector<RankCut> locate_cuts() {
+    const size_t cut_count = cuts_.size();
+    std::vector<RankCut> found(cut_count);
+    std::vector<std::pair<size_t, size_t>> scans;  // (cut, chunk) to read
+    for (size_t q = 0; q < cut_count; ++q) {
+      const Cut& cut = cuts_[q];
+      found[q].key = cut.key;
+      if (cut.need == 0) continue;  // index 0: no tie is before the cut
+      const std::vector<uint64_t>& prefix = cut.equal_prefix;
+      if (prefix.empty() || cut.need >= prefix.back()) {  // every tie (the cut at rank n)
+        found[q].index = UINT64_MAX;
         continue;
       }
-      // A whole word (bits is 0 here: the previous word is complete). The elements that hold a
-      // cut's key (a few per word at most) are then decided one by one, in index order.
-      uint64_t keep = 0, ties = 0;
-      for (unsigned half = 0; half < 2; ++half) {
-        uint32_t eq_high, eq_low = 0;
-        uint32_t word = above_bits(k + j + 32 * half, high.key, eq_high);
-        if (low != nullptr) word &= ~above_bits(k + j + 32 * half, low->key, eq_low);
-        keep |= uint64_t{word} << (32 * half);
-        ties |= uint64_t{eq_high | eq_low} << (32 * half);
-      }
-      for (; ties != 0; ties &= ties - 1) {
-        const unsigned t = static_cast<unsigned>(std::countr_zero(ties));
-        keep = (keep & ~(uint64_t{1} << t)) | (uint64_t{decide(k[j + t])} << t);
-      }
-      words[i >> 6] = keep;
-      j += 64;
+      const size_t c = static_cast<size_t>(
+          std::upper_bound(prefix.begin(), prefix.end(), cut.need) - prefix.begin() - 1);
+      found[q].index = chunks_.begin(c);
+      if (prefix[c] != cut.need) scans.emplace_back(q, c);
     }
+    parallel_for(scans.size(), 1, [&](size_t sb, size_t se) {
+      for (size_t s = sb; s < se; ++s) {
+        const size_t c = scans[s].second;
+        const Cut& cut = cuts_[scans[s].first];
+        RankCut& result = found[scans[s].first];
+        const std::vector<size_t> model = {models_[scans[s].first / 2]};
+        uint64_t ahead = cut.need - cut.equal_prefix[c];  // ties of chunk c before the cut
+        const size_t end = chunks_.end(c), grain = stream_grain();
+        // Run by run, so that the reading stops at the run that holds the index.
+        for (size_t first = chunks_.begin(c); first < end && ahead != UINT64_MAX; first += grain) {
+          for_each_run(set_, model, first, std::min(end, first + grain),
+                       [&](size_t at, const float* b, const float* const* xs, size_t len) {
+                         const float* x = xs[0];
+                         for (size_t j = 0; j < len && ahead != UINT64_MAX; ++j) {
+                           if (magnitude_key(rnd_(x[j] - b[j])) != cut.key) continue;
+                           if (ahead == 0) {
+                             result.index = at + j;
+                             ahead = UINT64_MAX;  // found
+                           } else {
+                             --ahead;
+                           }
+                         }
+                       });
+        }
+      }
+    });
+    return found;
   }
 
   // Per-chunk histograms of key >> 16 of every active model, and their totals.
@@ -305,7 +257,6 @@ class RankSelector {
     std::vector<size_t> boundary;  // cuts that need the low bits of their bin
     for (size_t q = 0; q < cut_count; ++q) {
       Cut& cut = cuts_[q];
-      cut.equal_prefix.assign(chunks_.count, 0);
       const uint64_t r = ranks[q];
       if (r == 0) continue;
       if (r >= n) {
@@ -388,8 +339,9 @@ class RankSelector {
   }
 
   void set_prefix(Cut& cut, const std::vector<uint64_t>& equal_per_chunk) const {
-    for (size_t c = 1; c < chunks_.count; ++c)
-      cut.equal_prefix[c] = cut.equal_prefix[c - 1] + equal_per_chunk[c - 1];
+    cut.equal_prefix.assign(chunks_.count + 1, 0);
+    for (size_t c = 0; c < chunks_.count; ++c)
+      cut.equal_prefix[c + 1] = cut.equal_prefix[c] + equal_per_chunk[c];
   }
 
   const TaskVectorSet& set_;
@@ -422,9 +374,10 @@ std::vector<double> l1_sums(const TaskVectorSet& set, R rnd, const std::vector<s
                          const DeltaMask& mask = *masks[p];
                          double all = sums[2 * p], kept = sums[2 * p + 1];
                          for (size_t j = 0; j < len; ++j) {
-                           const float magnitude = std::fabs(rnd(x[j] - b[j]));
+                           const float delta = rnd(x[j] - b[j]);
+                           const float magnitude = std::fabs(delta);
                            all += magnitude;
-                           kept += keep_or_zero(magnitude, mask.keep(first + j));
+                           kept += keep_or_zero(magnitude, mask.keep(first + j, delta));
                          }
                          sums[2 * p] = all;
                          sums[2 * p + 1] = kept;
@@ -615,8 +568,21 @@ void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,
       }
     };
   }
+  DeltaMask mask;
+  mask.active = true;
+  words.assign((tv.n + 63) / 64, 0);
   with_rounding(tv.dtype, [&](auto rnd) {
-    RankSelector<decltype(rnd)>(set, rnd).select({{0, lo, hi, &words}});
+    RankSelector<decltype(rnd)>(set, rnd).select({{0, lo, hi, &mask}});
+    // The rule as bits (the merge applies the rule itself; the tests read bits).
+    parallel_for(words.size(), kDefaultGrain / 64, [&](size_t wb, size_t we) {
+      for_each_run(tv, wb * 64, std::min(tv.n, we * 64),
+                   [&](size_t first, const float* x, const float* b, size_t len) {
+                     for (size_t j = 0; j < len; ++j) {
+                       const size_t i = first + j;
+                       words[i >> 6] |= uint64_t{mask.keep(i, rnd(x[j] - b[j]))} << (i & 63);
+                     }
+                   });
+    });
   });
 }
 
@@ -642,9 +608,14 @@ std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
         throw Error(ErrorCode::kRecipe, "tensor '" + tensor + "': model " + models[m] + ": " + what);
       };
       if (std::isnan(o.density)) refuse("density is NaN");
-      words[m].resize((n + 63) / 64);
       mask.active = true;
-      mask.bits = words[m].data();
+      // Random and della masks are explicit bits in words[m]; the magnitude selections set the
+      // implicit rule (RankSelector).
+      auto explicit_bits = [&]() -> std::vector<uint64_t>& {
+        words[m].resize((n + 63) / 64);
+        mask.bits = words[m].data();
+        return words[m];
+      };
       switch (o.method) {
         case Sparsification::kMagnitude: {
           const double k = o.density * static_cast<double>(n);
@@ -652,7 +623,7 @@ std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
             refuse("density " + std::to_string(o.density) + " keeps no entry of " +
                    std::to_string(n) + " (int(density * numel) is 0)");
           }
-          selections.push_back({m, 0, static_cast<uint64_t>(k), &words[m]});
+          selections.push_back({m, 0, static_cast<uint64_t>(k), &mask});
           break;
         }
         case Sparsification::kMagnitudeOutliers: {
@@ -667,22 +638,20 @@ std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
           }
           // mergekit keeps ascending positions [n_bot, n - n_top), i.e. descending ranks
           // [n_top, n - n_bot); with n_top == 0 its slice [n_bot:-0] is empty: nothing is kept.
-          if (n_top <= 0) {
-            std::fill(words[m].begin(), words[m].end(), 0);
-          } else {
-            selections.push_back({m, static_cast<uint64_t>(n_top),
-                                  static_cast<uint64_t>(total - n_bot), &words[m]});
-          }
+          if (n_top <= 0) n_top = n_bot = total;  // the empty range [n, 0)
+          selections.push_back(
+              {m, static_cast<uint64_t>(n_top), static_cast<uint64_t>(total - n_bot), &mask});
           break;
         }
         case Sparsification::kRandom: {
           if (o.density < 0) refuse("density must not be negative");
-          random_mask<R>(n, o, words[m]);
+          random_mask<R>(n, o, explicit_bits());
           break;
         }
         case Sparsification::kDellaMagprune: {
           if (o.density <= 0) {  // mergekit returns zeros, without rescaling
-            std::fill(words[m].begin(), words[m].end(), 0);
+            std::vector<uint64_t>& bits = explicit_bits();
+            std::fill(bits.begin(), bits.end(), 0);
             continue;
           }
           if (o.density + o.epsilon >= 1 || o.density - o.epsilon <= 0) {
@@ -696,7 +665,7 @@ std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
               set.load(set.count, begin, len, base);
             };
           }
-          della_mask(tv, rnd, o, words[m], tensor);
+          della_mask(tv, rnd, o, explicit_bits(), tensor);
           break;
         }
         case Sparsification::kNone:

@@ -1,7 +1,7 @@
 // Sparsification of task vectors (mergekit/sparsify.py), deterministic, O(n), and without copies
-// of the tensor: each method turns one model's task vector delta = rnd(x - base) into a bit mask
-// (one bit per element: kept or dropped) and an optional rescale factor; the merge then applies
-// mask and factor while it combines the models.
+// of the tensor: each method turns one model's task vector delta = rnd(x - base) into a mask rule
+// (which entries are kept: DeltaMask below) and an optional rescale factor; the merge then applies
+// rule and factor while it combines the models.
 //
 //   magnitude          keep the k = int(density * n) largest |delta|.
 //   magnitude_outliers drop the int(gamma * n) largest, then the smallest down to the density
@@ -18,6 +18,11 @@
 // integer order is their numeric order): one parallel histogram pass on the high 16 bits, which
 // for bf16 deltas is exact; for other dtypes a second pass over only the elements of the boundary
 // bin resolves the low 16 bits. Counts are integers, so the result does not depend on the threads.
+// Its result is not a bit per element but the cuts at the range's two ranks, each a key T and a
+// cutoff index I (RankCut): the entries of key T kept by a cut are the first ones in index order,
+// i.e. those below I. The passes count a cut's key per fixed chunk of the tensor, so I is found by
+// reading again only the one chunk where the kept ties end. The combine pass applies the rule to
+// the delta it computes anyway: no pass over the tensor marks the kept entries.
 //
 // Random masks draw from uniform01(stream, flat index) (alloy/method_util.h): the same seed gives
 // the same mask for any thread count. They cannot reproduce torch's generator; the probabilities,
@@ -26,26 +31,30 @@
 // Streaming (TaskVectorSet::load set): no whole-tensor float buffer is needed. Every pass reads
 // the task vectors in index order as runs of at most stream_grain() elements, loaded into
 // per-thread scratch from the inputs' bytes, inside the same fixed partitions as the whole-tensor
-// form: the high-bits histogram pass, the boundary-bin pass (not for bf16), the mask pass, and
-// the L1 pass of the rescale (double sums over fixed blocks of kDefaultGrain elements, each block
-// summed in index order, the blocks added in order: the same bits as the whole-tensor sums, for
-// any thread count and any run length). DELLA ranks each fiber along dim 1 whole: a row of a
+// form: the high-bits histogram pass, the boundary-bin pass (not for bf16), the cut's one chunk,
+// and the L1 pass of the rescale (double sums over fixed blocks of kDefaultGrain elements, each
+// block summed in index order, the blocks added in order: the same bits as the whole-tensor sums,
+// for any thread count and any run length). DELLA ranks each fiber along dim 1 whole: a row of a
 // matrix is loaded run by run into its keys; for tensors of rank >= 3 one slab of the outer
 // dimension at a time (its keys, 4 bytes per element). The selection and L1 passes serve all the
 // models of a tensor at once: each run of the base is read and converted once per pass, not once
-// per model and pass. Memory: the mask (n / 8 bytes per model), the selection's per-chunk
-// histograms (at most 64 x 128 KiB per model), and per-thread scratch (one run per model and one
-// of the base); the random masks need no delta at all.
+// per model and pass. Memory: the random and della masks (n / 8 bytes per model; the magnitude
+// rules have no per-element state), the selection's per-chunk histograms (at most 64 x 128 KiB
+// per model), and per-thread scratch (one run per model and one of the base); the random masks
+// need no delta at all.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
+#include "method_util.h"
 
 namespace alloy::detail {
 
@@ -108,18 +117,83 @@ struct SparsifyOptions {
   uint64_t seed = 0;      // random, della: the mask's stream
 };
 
-// The outcome of sparsifying one task vector.
-struct DeltaMask {
-  bool active = false;             // false: every entry kept unchanged (density >= 1, no method)
-  const uint64_t* bits = nullptr;  // active: bit i set when entry i is kept
-  bool rescaled = false;           // kept entries become rnd(delta * ratio)
-  float ratio = 1.0f;              // rnd_W(rnd_W(sum |delta|) / rnd_W(sum |kept delta|))
-  bool keep(size_t i) const { return (bits[i >> 6] >> (i & 63)) & 1u; }
+// A cut in the descending order of a task vector's entries (|delta| descending, equal |delta| by
+// ascending flat index): entry i, of key k = the bits of |delta_i| (magnitude_key), is before the
+// cut iff k > key, or k == key and i < index. The entries of key `key` before the cut are a prefix
+// of them in index order, so one index bounds them. The default cut is the one at rank 0 (no key
+// reaches 0xFFFFFFFF: keys have 31 bits); {0, UINT64_MAX} is the one at rank n.
+struct RankCut {
+  uint32_t key = 0xFFFFFFFFu;
+  uint64_t index = 0;
+  bool before(uint32_t k, uint64_t i) const { return k > key || (k == key && i < index); }
 };
 
-// Builds the mask of each model's task vector: for model m of `set`, with options[m], into
-// words[m] (`words` grown to at least set.count masks, each resized to (n + 63) / 64 words). The
-// passes that read the task vectors (histogram, boundary, mark, L1) serve all models at once. Throws Error(kRecipe) naming
+// |d| as an integer whose order is the numeric order of |d| (sign bit cleared). NaNs rank above
+// the infinities, -0 with +0: the selection compares these integers, never the floats.
+inline uint32_t magnitude_key(float d) {
+  uint32_t u;
+  std::memcpy(&u, &d, 4);
+  return u & 0x7FFFFFFFu;
+}
+
+// The outcome of sparsifying one task vector: which entries are kept (the mask rule) and an
+// optional rescale factor. The rule is one of two forms:
+//   explicit  bits != nullptr: bit i set when entry i is kept (random, della).
+//   implicit  bits == nullptr: the kept entries are the rank range [lo, hi) of the magnitude
+//             selections, i.e. those before the cut `high` (at rank hi) and, when has_low, not
+//             before the cut `low` (at rank lo); decided from delta_i itself, so the merge's
+//             combine pass, which computes delta anyway, needs no mask pass and no bits.
+struct DeltaMask {
+  bool active = false;             // false: every entry kept unchanged (density >= 1, no method)
+  const uint64_t* bits = nullptr;  // the explicit rule
+  RankCut high, low;               // the implicit rule (the default high cut keeps nothing)
+  bool has_low = false;
+  bool rescaled = false;           // kept entries become rnd(delta * ratio)
+  float ratio = 1.0f;              // rnd_W(rnd_W(sum |delta|) / rnd_W(sum |kept delta|))
+
+  // Whether entry i, of task-vector value delta, is kept (active masks).
+  bool keep(size_t i, float delta) const {
+    if (bits != nullptr) return (bits[i >> 6] >> (i & 63)) & 1u;
+    const uint32_t k = magnitude_key(delta);
+    return high.before(k, i) && !(has_low && low.before(k, i));
+  }
+
+  // out[j] = all ones where entry first + j, of value delta[j], is kept, else 0, for j < len <
+  // 2^32 (active masks). Branch-free compares on the keys: the loops vectorise.
+  void keep_words(const float* delta, size_t first, size_t len, uint32_t* out) const {
+    if (bits != nullptr) {
+      expand_mask_bits(bits, first, len, out);
+      return;
+    }
+    const Before high_rule(high, first, len);
+    for (uint32_t j = 0; j < static_cast<uint32_t>(len); ++j) out[j] = high_rule(delta[j], j);
+    if (!has_low) return;
+    const Before low_rule(low, first, len);
+    for (uint32_t j = 0; j < static_cast<uint32_t>(len); ++j) out[j] &= ~low_rule(delta[j], j);
+  }
+
+ private:
+  // A cut's test on the entries first + j of a run of len: the tie test i < cut.index becomes
+  // j < limit on 32-bit lanes.
+  struct Before {
+    uint32_t key, limit;
+    Before(const RankCut& cut, size_t first, size_t len)
+        : key(cut.key),
+          limit(static_cast<uint32_t>(
+              std::min<uint64_t>(cut.index > first ? cut.index - first : 0, len))) {}
+    // All ones when the entry is before the cut, else 0.
+    uint32_t operator()(float delta, uint32_t j) const {
+      const uint32_t k = magnitude_key(delta);
+      return (0u - static_cast<uint32_t>(k > key)) |
+             ((0u - static_cast<uint32_t>(k == key)) & (0u - static_cast<uint32_t>(j < limit)));
+    }
+  };
+};
+
+// Builds the mask rule of each model's task vector: for model m of `set`, with options[m]; the
+// explicit rules (random, della) in words[m] (`words` grown to at least set.count masks, those
+// resized to (n + 63) / 64 words). The passes that read the task vectors (histogram, boundary,
+// L1) serve all models at once. Throws Error(kRecipe) naming
 // `tensor` and models[m] for parameters mergekit refuses (a density that keeps no entry, della's
 // density +- epsilon outside (0, 1), a negative density or gamma), the first in model order.
 std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
@@ -129,8 +203,8 @@ std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
                                    const std::vector<std::string>& models);
 
 // Keeps the entries whose rank (descending |delta|, ties to the lower index) is in [lo, hi):
-// sets bit i of `words` exactly for those. The selection primitive behind magnitude and
-// magnitude_outliers, exposed for tests.
+// sets bit i of `words` exactly for those (the implicit rule, turned into bits). The selection
+// primitive behind magnitude and magnitude_outliers, exposed for tests.
 void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,
                        std::vector<uint64_t>& words);
 

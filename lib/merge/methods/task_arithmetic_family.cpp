@@ -17,17 +17,19 @@
 // arXiv:2306.01708; DARE, Yu et al. 2023, arXiv:2311.03099; Model Breadcrumbs, Davari &
 // Belilovsky 2023, arXiv:2312.06795; DELLA, Deep et al. 2024, arXiv:2406.11617.
 //
-// Memory: no copy of any task vector is kept. Each model's sparsification is a bit mask
-// (sparsify.h, n/8 bytes, thread_local scratch); the combine pass recomputes rnd(x_i - base) per
-// element, which is cheaper than storing it, and works on blocks so that its loops vectorise.
+// Memory: no copy of any task vector is kept. Each model's sparsification is a mask rule
+// (sparsify.h): two rank cuts for the magnitude selections, a bit mask for the random ones (n/8
+// bytes, thread_local scratch); the combine pass recomputes rnd(x_i - base) per element, which is
+// cheaper than storing it, applies the rule to it, and works on blocks so that its loops vectorise.
 //
 // Streaming: every method of the family has a chunked form, sparsified or not. Its prepare()
-// builds each model's mask and rescale factor from ranges of the sources that the executor reads
-// from the input bytes (sparsify.h: histogram, boundary, mask and L1 passes over runs of
-// stream_grain() elements), then the chunks combine as for task_arithmetic; no whole-tensor
-// float32 buffer is built. merge() (whole tensors) remains for the executor's whole-tensor path
-// (embeddings remapped by a tokenizer spec, dtypes without a chunk conversion) and as the
-// reference the streaming form is tested against bit for bit (tests/merge/test_streaming_ties.cpp).
+// builds each model's mask rule and rescale factor from ranges of the sources that the executor
+// reads from the input bytes (sparsify.h: histogram, boundary and L1 passes over runs of
+// stream_grain() elements, and the one chunk that holds a cut's last kept tie), then the chunks
+// combine as for task_arithmetic; no whole-tensor float32 buffer is built. merge() (whole tensors)
+// remains for the executor's whole-tensor path (embeddings remapped by a tokenizer spec, dtypes
+// without a chunk conversion) and as the reference the streaming form is tested against bit for bit
+// (tests/merge/test_streaming_ties.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -181,7 +183,7 @@ class TaskArithmeticMethod final : public MergeMethod {
       const float lambda_d = lambda_d_, plain_divisor = plain_divisor_;
       std::vector<float> weighted(count * kBlock);  // v_m for the block, model-major
       float sign[kBlock], mixed[kBlock], divisor[kBlock];
-      uint32_t keep[kBlock];  // a model's mask bits for the block, as all-ones / zero words
+      uint32_t keep[kBlock];  // a model's mask rule for the block, as all-ones / zero words
       size_t bad = 0;
       for (size_t b0 = 0; b0 < len; b0 += kBlock) {
         const size_t block = std::min(kBlock, len - b0);
@@ -193,7 +195,7 @@ class TaskArithmeticMethod final : public MergeMethod {
           float* v = weighted.data() + m * kBlock;
           for (size_t j = 0; j < block; ++j) v[j] = rnd(x[j] - b[j]);
           if (in.mask.active) {
-            expand_mask_bits(in.mask.bits, first + b0, block, keep);
+            in.mask.keep_words(v, first + b0, block, keep);
             for (size_t j = 0; j < block; ++j) v[j] = and_bits(v[j], keep[j]);
             if (in.mask.rescaled) {
               const float ratio = in.mask.ratio;
