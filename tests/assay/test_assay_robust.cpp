@@ -98,15 +98,7 @@ TEST_P(AssayRobust, TransformedMergesAreStillMerges) {
 // guessing (correlated siblings rounded the same way: AssayNull.CorrelatedSiblingsRoundedToInt4*).
 TEST_P(AssayRobust, Int4RoundingOfASmallMergeIsStillAMerge) {
   alloy::test::TempDir dir;
-  alloy::BaseModelOptions base;
-  base.arch.family = GetParam();
-  base.arch.layers = 4;
-  base.arch.hidden = 256;
-  base.arch.intermediate = 512;
-  base.arch.experts = 4;
-  base.arch.moe_intermediate = 256;
-  base.arch.vocab = 256;
-  base.seed = 23;
+  const alloy::BaseModelOptions base = alloy::test::small_base(GetParam(), 4, 256, 256, 23);
   alloy::FineTuneOptions ft;
   ft.relative_delta = 0.01;
   alloy::synth_family(dir / "fam", base, 2, 0, ft);

@@ -374,13 +374,7 @@ INSTANTIATE_TEST_SUITE_P(Families, AssayCopyAndFineTune,
 TEST(AssayDella, ThreeParentsWeightsFromTheirPairs) {
   alloy::test::TempDir temp;
   const fs::path dir = temp.path() / "fam";
-  alloy::BaseModelOptions base;
-  base.arch.family = alloy::ModelFamily::kLlama;
-  base.arch.layers = 2;
-  base.arch.hidden = 256;
-  base.arch.intermediate = 512;
-  base.arch.vocab = 256;
-  base.seed = 5;
+  const alloy::BaseModelOptions base = alloy::test::small_base(alloy::ModelFamily::kLlama, 2, 256, 64, 5);
   alloy::FineTuneOptions ft;
   ft.relative_delta = 0.05;
   alloy::synth_family(dir, base, 3, 0, ft);

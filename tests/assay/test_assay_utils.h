@@ -19,21 +19,28 @@
 
 namespace alloy::test {
 
+// The base of a small test family: `layers` layers of width `hidden`, MLPs twice as wide, 4 experts
+// of width `moe_intermediate` (MoE kinds), vocabulary 256.
+inline BaseModelOptions small_base(ModelFamily kind, int layers, int hidden, int moe_intermediate, uint64_t seed) {
+  BaseModelOptions base;
+  base.arch.family = kind;
+  base.arch.layers = layers;
+  base.arch.hidden = hidden;
+  base.arch.intermediate = 2 * hidden;
+  base.arch.experts = 4;
+  base.arch.moe_intermediate = moe_intermediate;
+  base.arch.vocab = 256;
+  base.seed = seed;
+  return base;
+}
+
 // A small family in a temporary directory: base, ft_1..ft_3, unrelated_1 (bf16).
 struct AssayFamily {
   TempDir temp;
   std::filesystem::path dir;
   AssayFamily(ModelFamily kind, uint64_t seed, double delta, int layers = 2, int moe_intermediate = 64)
       : dir(temp.path() / "fam") {
-    BaseModelOptions base;
-    base.arch.family = kind;
-    base.arch.layers = layers;
-    base.arch.hidden = 64;
-    base.arch.intermediate = 128;
-    base.arch.experts = 4;
-    base.arch.moe_intermediate = moe_intermediate;
-    base.arch.vocab = 256;
-    base.seed = seed;
+    const BaseModelOptions base = small_base(kind, layers, 64, moe_intermediate, seed);
     FineTuneOptions ft;
     ft.relative_delta = delta;
     synth_family(dir, base, 3, 1, ft);
