@@ -205,6 +205,62 @@ inline __attribute__((always_inline)) const float* source_floats(const ChunkSour
 // same way, so the bits do not depend on the instruction set).
 typedef float Lanes8 __attribute__((vector_size(32)));
 
+// Per element of one sub-block: whether the members spread (hi > lo) and whether that spread is
+// resolved (at least fraction * the largest |member|), as 1.0f / 0.0f in spreads[] and mask[], and
+// how many of each. Eight elements at a time with the members' min / max / |max| in registers
+// (std::min and std::max written out, NaN cases included), the tail one by one as before.
+struct SpreadCounts {
+  uint32_t resolved = 0, spread = 0;
+};
+typedef int32_t Ints8 __attribute__((vector_size(32)));
+
+inline __attribute__((always_inline)) SpreadCounts spread_masks(const float* const* x, const std::vector<int>& members,
+                                                                size_t n, float fraction, float* mask, float* spreads) {
+  const float* first = x[members.front()];
+  Ints8 n_resolved = {}, n_spread = {};
+  const Ints8 one = Ints8(Lanes8{} + 1.0f), no_sign = Ints8{} + 0x7FFFFFFF;  // |v| = v & no_sign
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Lanes8 lo, hi, mag;
+    std::memcpy(&lo, first + i, sizeof lo);
+    hi = lo, mag = Lanes8(Ints8(lo) & no_sign);
+    for (int v : members) {
+      Lanes8 xv;
+      std::memcpy(&xv, x[v] + i, sizeof xv);
+      const Lanes8 a = Lanes8(Ints8(xv) & no_sign);
+      lo = xv < lo ? xv : lo;     // std::min(lo, xv)
+      hi = hi < xv ? xv : hi;     // std::max(hi, xv)
+      mag = mag < a ? a : mag;  // std::max(mag, |xv|)
+    }
+    const Lanes8 spread = hi - lo;
+    const Ints8 spreading = spread > 0.0f;
+    const Ints8 resolved = spreading & (spread >= fraction * mag);
+    const Lanes8 mask8 = Lanes8(resolved & one), spread8 = Lanes8(spreading & one);
+    std::memcpy(mask + i, &mask8, sizeof mask8);
+    std::memcpy(spreads + i, &spread8, sizeof spread8);
+    n_resolved -= resolved;
+    n_spread -= spreading;
+  }
+  SpreadCounts counts;
+  for (int l = 0; l < 8; ++l) counts.resolved += uint32_t(n_resolved[l]), counts.spread += uint32_t(n_spread[l]);
+  for (; i < n; ++i) {
+    float lo = first[i], hi = first[i], mag = std::fabs(first[i]);
+    for (int v : members) {
+      lo = std::min(lo, x[v][i]);
+      hi = std::max(hi, x[v][i]);
+      mag = std::max(mag, std::fabs(x[v][i]));
+    }
+    const float spread = hi - lo;
+    const bool spreading = spread > 0.0f;
+    const bool resolved = spreading && spread >= fraction * mag;
+    mask[i] = resolved ? 1.0f : 0.0f;
+    spreads[i] = spreading ? 1.0f : 0.0f;
+    counts.resolved += resolved;
+    counts.spread += spreading;
+  }
+  return counts;
+}
+
 // One Gram entry's share of a block: rows a and b, added into gram[row][col].
 struct GramPair {
   int a, b, row, col;
@@ -264,8 +320,8 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   // The sub-block rows, in the scratch's last four chunk rows: the per-element work rows, then
   // every vector's floats (when converted) and its Y coordinates.
   float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
-  float *lo = mask + kSubBlock, *hi = lo + kSubBlock, *mag = hi + kSubBlock;
-  float* converted = mag + kSubBlock;
+  float* spreads = mask + kSubBlock;
+  float* converted = spreads + kSubBlock;
   const float* x[kMaxVectors];
   float* y[kMaxVectors];
   for (int v = 0; v < m; ++v) y[v] = converted + size_t(kMaxVectors + v) * kSubBlock;
@@ -275,28 +331,9 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   for (size_t at = 0; at < count; at += kSubBlock) {
     const size_t n = std::min(kSubBlock, count - at);
     for (int v = 0; v < m; ++v) x[v] = source_floats(source[v], at, n, converted + size_t(v) * kSubBlock);
-    // Loops over elements inside loops over vectors, branch-free, so that they vectorise.
-    const float* first = x[members.front()];
-    for (size_t i = 0; i < n; ++i) lo[i] = hi[i] = first[i], mag[i] = std::fabs(first[i]);
-    for (int v : members) {
-      const float* xv = x[v];
-      for (size_t i = 0; i < n; ++i) {
-        lo[i] = std::min(lo[i], xv[i]);
-        hi[i] = std::max(hi[i], xv[i]);
-        mag[i] = std::max(mag[i], std::fabs(xv[i]));
-      }
-    }
-    for (size_t i = 0; i < n; ++i) {
-      const float spread = hi[i] - lo[i];
-      const bool spreads = spread > 0.0f;
-      const bool resolved = spreads & (spread >= fraction * mag[i]);  // no short circuit: vectorises
-      mask[i] = resolved ? 1.0f : 0.0f;
-      lo[i] = spreads ? 1.0f : 0.0f;  // reused: the "spread" indicator
-    }
-    for (size_t i = 0; i < n; ++i) {
-      n_resolved += mask[i] != 0.0f;
-      n_spread += lo[i] != 0.0f;
-    }
+    const SpreadCounts counts = spread_masks(x, members, n, fraction, mask, spreads);
+    n_resolved += counts.resolved;
+    n_spread += counts.spread;
     for (int v = 1; v < m; ++v) {
       const float* s0 = x[0];
       const float* xv = x[v];
@@ -304,7 +341,7 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
       for (size_t i = 0; i < n; ++i) {
         const uint32_t same = s0[i] == xv[i];
         all += same;
-        spread += same & (lo[i] != 0);
+        spread += same & (spreads[i] != 0);
         resolved += same & (mask[i] != 0);
       }
       equal_all[v] += all;
