@@ -266,10 +266,16 @@ struct GramPair {
   int a, b, row, col;
 };
 
+// A pair's eight lanes combined in double, in a fixed order.
+inline __attribute__((always_inline)) double lane_sum(const Lanes8& l) {
+  return (double(l[0]) + double(l[1])) + (double(l[2]) + double(l[3])) +
+         ((double(l[4]) + double(l[5])) + (double(l[6]) + double(l[7])));
+}
+
 // The sums of a[i] * b[i] over one block of n elements for Q pairs, side by side: each pair keeps
-// eight float lanes (element i in lane i % 8, the tail in lane 0), combined in double in a fixed
-// order; running several pairs at once lets their additions overlap instead of waiting on one
-// chain. The lanes are explicit, so every clone gives the same bits.
+// eight float lanes (element i in lane i % 8, the tail in lane 0), combined by lane_sum; running
+// several pairs at once lets their additions overlap instead of waiting on one chain. The lanes are
+// explicit, so every clone gives the same bits.
 template <int Q>
 inline __attribute__((always_inline)) void block_dots(const GramPair* pairs, const float* const* y, size_t n,
                                                        decltype(ResolvedMoments::gram)& gram) {
@@ -288,9 +294,39 @@ inline __attribute__((always_inline)) void block_dots(const GramPair* pairs, con
   }
   for (int q = 0; q < Q; ++q) {
     for (size_t t = i; t < n; ++t) acc[q][0] += a[q][t] * b[q][t];
-    const Lanes8 l = acc[q];
-    gram[pairs[q].row][pairs[q].col] += (double(l[0]) + double(l[1])) + (double(l[2]) + double(l[3])) +
-                                        ((double(l[4]) + double(l[5])) + (double(l[6]) + double(l[7])));
+    gram[pairs[q].row][pairs[q].col] += lane_sum(acc[q]);
+  }
+}
+
+// The same sums for every pair of L rows (few enough that all L * (L + 1) / 2 pairs' lanes fit in
+// registers): each row is loaded once per eight elements and feeds all of its pairs. Pair p is
+// (a, b), a <= b, in the order of `pairs` (rows a, b are its a-th and b-th live rows).
+template <int L>
+inline __attribute__((always_inline)) void block_gram(const GramPair* pairs, const float* const* y, size_t n,
+                                                       decltype(ResolvedMoments::gram)& gram) {
+  constexpr int P = L * (L + 1) / 2;
+  const float* row[L];
+  for (int r = 0; r < L; ++r) row[r] = y[pairs[r].b];  // pairs 0 .. L-1 are (first, r)
+  Lanes8 acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = Lanes8{};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Lanes8 v[L];
+#pragma GCC unroll 4
+    for (int r = 0; r < L; ++r) std::memcpy(&v[r], row[r] + i, sizeof v[r]);
+    int p = 0;
+#pragma GCC unroll 4
+    for (int a = 0; a < L; ++a) {
+#pragma GCC unroll 4
+      for (int b = a; b < L; ++b, ++p) acc[p] += v[a] * v[b];
+    }
+  }
+  int p = 0;
+  for (int a = 0; a < L; ++a) {
+    for (int b = a; b < L; ++b, ++p) {
+      for (size_t t = i; t < n; ++t) acc[p][0] += row[a][t] * row[b][t];
+      gram[pairs[p].row][pairs[p].col] += lane_sum(acc[p]);
+    }
   }
 }
 
@@ -364,11 +400,19 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
       const float* yb[kMaxVectors];
       for (int v = 0; v < m; ++v) yb[v] = y[v] + b;
       const GramPair* p = pass.pairs.data();
-      size_t left = pass.pairs.size();
-      for (; left >= 4; left -= 4, p += 4) block_dots<4>(p, yb, len, part.gram);
-      if (left == 3) block_dots<3>(p, yb, len, part.gram);
-      if (left == 2) block_dots<2>(p, yb, len, part.gram);
-      if (left == 1) block_dots<1>(p, yb, len, part.gram);
+      if (m == 2) {
+        block_gram<2>(p, yb, len, part.gram);
+      } else if (m == 3) {
+        block_gram<3>(p, yb, len, part.gram);
+      } else if (m == 4) {
+        block_gram<4>(p, yb, len, part.gram);
+      } else {
+        size_t left = pass.pairs.size();
+        for (; left >= 4; left -= 4, p += 4) block_dots<4>(p, yb, len, part.gram);
+        if (left == 3) block_dots<3>(p, yb, len, part.gram);
+        if (left == 2) block_dots<2>(p, yb, len, part.gram);
+        if (left == 1) block_dots<1>(p, yb, len, part.gram);
+      }
     }
   }
   part.n = count;
