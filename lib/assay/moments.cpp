@@ -1,8 +1,9 @@
 // The assay's statistics pass: Gram matrices, sums and exact-equality counts of one tensor, in
 // one streaming pass over fixed chunks of the files' bytes (read with pread through a per-thread
-// buffer, never by faulting the mapping in). Each chunk is converted into a
-// per-thread scratch of kDefaultGrain floats per vector and reduced in double; chunks combine in
-// order, so the result is bit-identical for any thread count.
+// buffer, never by faulting the mapping in). Each chunk of kDefaultGrain elements is read into a
+// per-thread scratch row per vector, then reduced a sub-block at a time (converted to floats there
+// while it is in L1) into double sums over fixed blocks; chunks combine in order, so the result is
+// bit-identical for any thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -204,6 +205,7 @@ inline __attribute__((always_inline)) const float* source_floats(const ChunkSour
 // Eight float lanes, added lane by lane (GCC vector extension: each clone computes every lane the
 // same way, so the bits do not depend on the instruction set).
 typedef float Lanes8 __attribute__((vector_size(32)));
+typedef int32_t Ints8 __attribute__((vector_size(32)));  // a comparison's lanes: -1 true, 0 false
 
 // Per element of one sub-block: whether the members spread (hi > lo) and whether that spread is
 // resolved (at least fraction * the largest |member|), as 1.0f / 0.0f in spreads[] and mask[], and
@@ -212,7 +214,6 @@ typedef float Lanes8 __attribute__((vector_size(32)));
 struct SpreadCounts {
   uint32_t resolved = 0, spread = 0;
 };
-typedef int32_t Ints8 __attribute__((vector_size(32)));
 
 inline __attribute__((always_inline)) SpreadCounts spread_masks(const float* const* x, const std::vector<int>& members,
                                                                 size_t n, float fraction, float* mask, float* spreads) {
@@ -228,8 +229,8 @@ inline __attribute__((always_inline)) SpreadCounts spread_masks(const float* con
       Lanes8 xv;
       std::memcpy(&xv, x[v] + i, sizeof xv);
       const Lanes8 a = Lanes8(Ints8(xv) & no_sign);
-      lo = xv < lo ? xv : lo;     // std::min(lo, xv)
-      hi = hi < xv ? xv : hi;     // std::max(hi, xv)
+      lo = xv < lo ? xv : lo;   // std::min(lo, xv)
+      hi = hi < xv ? xv : hi;   // std::max(hi, xv)
       mag = mag < a ? a : mag;  // std::max(mag, |xv|)
     }
     const Lanes8 spread = hi - lo;
