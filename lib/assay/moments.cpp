@@ -1,8 +1,9 @@
 // The assay's statistics pass: Gram matrices, sums and exact-equality counts of one tensor, in
 // one streaming pass over fixed chunks of the files' bytes (read with pread through a per-thread
-// buffer, never by faulting the mapping in). Each chunk is converted into a
-// per-thread scratch of kDefaultGrain floats per vector and reduced in double; chunks combine in
-// order, so the result is bit-identical for any thread count.
+// buffer, never by faulting the mapping in). Each chunk of kDefaultGrain elements is read into a
+// per-thread scratch row per vector, then reduced a sub-block at a time (converted to floats there
+// while it is in L1) into double sums over fixed blocks; chunks combine in order, so the result is
+// bit-identical for any thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -34,18 +35,6 @@ double lane_dot(const float* a, const float* b, size_t n) {
   }
   for (; i < n; ++i) lanes[0] += double(a[i]) * double(b[i]);
   return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-}
-
-// Sum of a[i] * b[i] over one block: 8 float lanes (vectorised), combined in a fixed order.
-inline __attribute__((always_inline)) double block_dot(const float* a, const float* b, size_t n) {
-  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int l = 0; l < 8; ++l) lanes[l] += a[i + l] * b[i + l];
-  }
-  for (; i < n; ++i) lanes[0] += a[i] * b[i];
-  return (double(lanes[0]) + double(lanes[1])) + (double(lanes[2]) + double(lanes[3])) +
-         ((double(lanes[4]) + double(lanes[5])) + (double(lanes[6]) + double(lanes[7])));
 }
 
 void add_into(PrefixMoments& acc, const PrefixMoments& part) {
@@ -169,97 +158,273 @@ inline __attribute__((always_inline)) void load_vectors(const TensorViews& views
   }
 }
 
+// The full pass works on one chunk a sub-block at a time: every step (spread, counts, Y
+// coordinates, Gram blocks) runs on kSubBlock elements while their rows sit in L1, instead of
+// streaming whole-chunk rows (128 KiB each) through L2 a dozen times. kSubBlock is a multiple of
+// kGramBlock, so the Gram blocks, and the order their sums are added in, are the whole chunk's.
+constexpr size_t kGramBlock = 256;
+constexpr size_t kSubBlock = 512;
+static_assert(kSubBlock % kGramBlock == 0 && kDefaultGrain % kSubBlock == 0);
+
+// One vector's elements of a chunk: floats (in memory already, or loaded into the thread's row),
+// or the raw bf16/f16 values read into that row, converted a sub-block at a time.
+struct ChunkSource {
+  const float* values = nullptr;  // when set: the floats
+  const uint8_t* raw = nullptr;   // else: 2-byte values of `dtype`
+  DType dtype = DType::F32;
+};
+
+inline __attribute__((always_inline)) ChunkSource chunk_source(const TensorViews& views, size_t v, size_t begin,
+                                                               size_t count, float* row) {
+  if (!views.values.empty()) return {views.values[v] + begin};
+  if (v == 0 && views.suspect_values) return {views.suspect_values + begin};
+  const ModelTensor& t = *views.inputs[v];
+  const DType dtype = t.info->dtype;
+  if (dtype != DType::BF16 && dtype != DType::F16) {
+    load_range_inline(t, begin, count, row);
+    return {row};
+  }
+  try {
+    t.shard->read(*t.info, begin * 2, count * 2, row);
+    return {nullptr, reinterpret_cast<const uint8_t*>(row), dtype};
+  } catch (const Error& e) {  // as load_range_inline: noted, read as zeros
+    note_read_error(e);
+    std::fill(row, row + count, 0.0f);
+    return {row};
+  }
+}
+
+// The floats of elements [at, at + n) of a source: in place, or converted into out.
+inline __attribute__((always_inline)) const float* source_floats(const ChunkSource& s, size_t at, size_t n,
+                                                                  float* out) {
+  if (s.values) return s.values + at;
+  convert_inline(s.dtype, s.raw + 2 * at, n, out);
+  return out;
+}
+
+// Eight float lanes, added lane by lane (GCC vector extension: each clone computes every lane the
+// same way, so the bits do not depend on the instruction set).
+typedef float Lanes8 __attribute__((vector_size(32)));
+typedef int32_t Ints8 __attribute__((vector_size(32)));  // a comparison's lanes: -1 true, 0 false
+
+// Per element of one sub-block: whether the members spread (hi > lo) and whether that spread is
+// resolved (at least fraction * the largest |member|), as 1.0f / 0.0f in spreads[] and mask[], and
+// how many of each. Eight elements at a time with the members' min / max / |max| in registers
+// (std::min and std::max written out, NaN cases included), the tail one by one as before.
+struct SpreadCounts {
+  uint32_t resolved = 0, spread = 0;
+};
+
+inline __attribute__((always_inline)) SpreadCounts spread_masks(const float* const* x, const std::vector<int>& members,
+                                                                size_t n, float fraction, float* mask, float* spreads) {
+  const float* first = x[members.front()];
+  Ints8 n_resolved = {}, n_spread = {};
+  const Ints8 one = Ints8(Lanes8{} + 1.0f), no_sign = Ints8{} + 0x7FFFFFFF;  // |v| = v & no_sign
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Lanes8 lo, hi, mag;
+    std::memcpy(&lo, first + i, sizeof lo);
+    hi = lo, mag = Lanes8(Ints8(lo) & no_sign);
+    for (int v : members) {
+      Lanes8 xv;
+      std::memcpy(&xv, x[v] + i, sizeof xv);
+      const Lanes8 a = Lanes8(Ints8(xv) & no_sign);
+      lo = xv < lo ? xv : lo;   // std::min(lo, xv)
+      hi = hi < xv ? xv : hi;   // std::max(hi, xv)
+      mag = mag < a ? a : mag;  // std::max(mag, |xv|)
+    }
+    const Lanes8 spread = hi - lo;
+    const Ints8 spreading = spread > 0.0f;
+    const Ints8 resolved = spreading & (spread >= fraction * mag);
+    const Lanes8 mask8 = Lanes8(resolved & one), spread8 = Lanes8(spreading & one);
+    std::memcpy(mask + i, &mask8, sizeof mask8);
+    std::memcpy(spreads + i, &spread8, sizeof spread8);
+    n_resolved -= resolved;
+    n_spread -= spreading;
+  }
+  SpreadCounts counts;
+  for (int l = 0; l < 8; ++l) counts.resolved += uint32_t(n_resolved[l]), counts.spread += uint32_t(n_spread[l]);
+  for (; i < n; ++i) {
+    float lo = first[i], hi = first[i], mag = std::fabs(first[i]);
+    for (int v : members) {
+      lo = std::min(lo, x[v][i]);
+      hi = std::max(hi, x[v][i]);
+      mag = std::max(mag, std::fabs(x[v][i]));
+    }
+    const float spread = hi - lo;
+    const bool spreading = spread > 0.0f;
+    const bool resolved = spreading && spread >= fraction * mag;
+    mask[i] = resolved ? 1.0f : 0.0f;
+    spreads[i] = spreading ? 1.0f : 0.0f;
+    counts.resolved += resolved;
+    counts.spread += spreading;
+  }
+  return counts;
+}
+
+// One Gram entry's share of a block: rows a and b, added into gram[row][col].
+struct GramPair {
+  int a, b, row, col;
+};
+
+// A pair's eight lanes combined in double, in a fixed order.
+inline __attribute__((always_inline)) double lane_sum(const Lanes8& l) {
+  return (double(l[0]) + double(l[1])) + (double(l[2]) + double(l[3])) +
+         ((double(l[4]) + double(l[5])) + (double(l[6]) + double(l[7])));
+}
+
+// The sums of a[i] * b[i] over one block of n elements for Q pairs, side by side: each pair keeps
+// eight float lanes (element i in lane i % 8, the tail in lane 0), combined by lane_sum; running
+// several pairs at once lets their additions overlap instead of waiting on one chain. The lanes are
+// explicit, so every clone gives the same bits.
+template <int Q>
+inline __attribute__((always_inline)) void block_dots(const GramPair* pairs, const float* const* y, size_t n,
+                                                       decltype(ResolvedMoments::gram)& gram) {
+  Lanes8 acc[Q];
+  const float* a[Q];
+  const float* b[Q];
+  for (int q = 0; q < Q; ++q) acc[q] = Lanes8{}, a[q] = y[pairs[q].a], b[q] = y[pairs[q].b];
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int q = 0; q < Q; ++q) {
+      Lanes8 va, vb;
+      std::memcpy(&va, a[q] + i, sizeof va);
+      std::memcpy(&vb, b[q] + i, sizeof vb);
+      acc[q] += va * vb;
+    }
+  }
+  for (int q = 0; q < Q; ++q) {
+    for (size_t t = i; t < n; ++t) acc[q][0] += a[q][t] * b[q][t];
+    gram[pairs[q].row][pairs[q].col] += lane_sum(acc[q]);
+  }
+}
+
+// The same sums for every pair of L rows (few enough that all L * (L + 1) / 2 pairs' lanes fit in
+// registers): each row is loaded once per eight elements and feeds all of its pairs. Pair p is
+// (a, b), a <= b, in the order of `pairs` (rows a, b are its a-th and b-th live rows).
+template <int L>
+inline __attribute__((always_inline)) void block_gram(const GramPair* pairs, const float* const* y, size_t n,
+                                                       decltype(ResolvedMoments::gram)& gram) {
+  constexpr int P = L * (L + 1) / 2;
+  const float* row[L];
+  for (int r = 0; r < L; ++r) row[r] = y[pairs[r].b];  // pairs 0 .. L-1 are (first, r)
+  Lanes8 acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = Lanes8{};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Lanes8 v[L];
+#pragma GCC unroll 4
+    for (int r = 0; r < L; ++r) std::memcpy(&v[r], row[r] + i, sizeof v[r]);
+    int p = 0;
+#pragma GCC unroll 4
+    for (int a = 0; a < L; ++a) {
+#pragma GCC unroll 4
+      for (int b = a; b < L; ++b, ++p) acc[p] += v[a] * v[b];
+    }
+  }
+  int p = 0;
+  for (int a = 0; a < L; ++a) {
+    for (int b = a; b < L; ++b, ++p) {
+      for (size_t t = i; t < n; ++t) acc[p][0] += row[a][t] * row[b][t];
+      gram[pairs[p].row][pairs[p].col] += lane_sum(acc[p]);
+    }
+  }
+}
+
 // What one chunk of the full pass needs to know.
 struct ResolvedPass {
   const TensorViews* views;
   double resolve_fraction;
   int pivot, m;
-  std::vector<int> members;               // candidates whose spread decides "resolved"
-  std::vector<std::pair<int, int>> live;  // (x buffer, Y index) of the vectors not identically 0
+  std::vector<int> members;    // candidates whose spread decides "resolved"
+  std::vector<GramPair> pairs;  // the Gram entries (upper triangle of the live Y vectors), in order
 };
 
 // One chunk of the full pass. Compiled for AVX2 and for the baseline, chosen at load time; the
 // float lanes are explicit, so both give the same bits.
 __attribute__((target_clones("avx2", "default")))
 ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t end) {
-  constexpr size_t kBlock = 256;
   const int m = pass.m, pivot = pass.pivot;
   const auto& members = pass.members;
-  const auto& live = pass.live;
-  const double resolve_fraction = pass.resolve_fraction;
   const TensorViews& views = *pass.views;
   ResolvedMoments part;
   part.vectors = m;
   part.pivot = pivot;
   const size_t count = end - begin;
   float* base = chunk_buffers();
-  float* x[kMaxVectors];
-  load_vectors(views, begin, count, base, x);
-  // Loops over elements inside loops over vectors, branch-free, so that they vectorise.
+  ChunkSource source[kMaxVectors];
+  for (int v = 0; v < m; ++v) source[v] = chunk_source(views, size_t(v), begin, count, base + size_t(v) * kDefaultGrain);
+  // The sub-block rows, in the scratch's last four chunk rows: the per-element work rows, then
+  // every vector's floats (when converted) and its Y coordinates.
   float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
-  float* lo = base + size_t(kMaxVectors + 1) * kDefaultGrain;
-  float* hi = base + size_t(kMaxVectors + 2) * kDefaultGrain;
-  float* mag = base + size_t(kMaxVectors + 3) * kDefaultGrain;
-  const float* first = x[members.front()];
-  for (size_t i = 0; i < count; ++i) lo[i] = hi[i] = first[i], mag[i] = std::fabs(first[i]);
-  for (int v : members) {
-    const float* xv = x[v];
-    for (size_t i = 0; i < count; ++i) {
-      lo[i] = std::min(lo[i], xv[i]);
-      hi[i] = std::max(hi[i], xv[i]);
-      mag[i] = std::max(mag[i], std::fabs(xv[i]));
-    }
-  }
-  const float fraction = float(resolve_fraction);
+  float* spreads = mask + kSubBlock;
+  float* converted = spreads + kSubBlock;
+  const float* x[kMaxVectors];
+  float* y[kMaxVectors];
+  for (int v = 0; v < m; ++v) y[v] = converted + size_t(kMaxVectors + v) * kSubBlock;
+  const float fraction = float(pass.resolve_fraction);
   uint32_t n_resolved = 0, n_spread = 0;
-  for (size_t i = 0; i < count; ++i) {
-    const float spread = hi[i] - lo[i];
-    const bool spreads = spread > 0.0f;
-    const bool resolved = spreads & (spread >= fraction * mag[i]);  // no short circuit: vectorises
-    mask[i] = resolved ? 1.0f : 0.0f;
-    lo[i] = spreads ? 1.0f : 0.0f;  // reused: the "spread" indicator
-  }
-  for (size_t i = 0; i < count; ++i) {
-    n_resolved += mask[i] != 0.0f;
-    n_spread += lo[i] != 0.0f;
-  }
-  part.n_resolved = n_resolved;
-  part.n_spread = n_spread;
-  for (int v = 1; v < m; ++v) {
-    const float* s0 = x[0];
-    const float* xv = x[v];
-    uint32_t all = 0, spread = 0, resolved = 0;
-    for (size_t i = 0; i < count; ++i) {
-      const uint32_t same = s0[i] == xv[i];
-      all += same;
-      spread += same & (lo[i] != 0);
-      resolved += same & (mask[i] != 0);
+  uint32_t equal_all[kMaxVectors] = {}, equal_spread[kMaxVectors] = {}, equal_resolved[kMaxVectors] = {};
+  for (size_t at = 0; at < count; at += kSubBlock) {
+    const size_t n = std::min(kSubBlock, count - at);
+    for (int v = 0; v < m; ++v) x[v] = source_floats(source[v], at, n, converted + size_t(v) * kSubBlock);
+    const SpreadCounts counts = spread_masks(x, members, n, fraction, mask, spreads);
+    n_resolved += counts.resolved;
+    n_spread += counts.spread;
+    for (int v = 1; v < m; ++v) {
+      const float* s0 = x[0];
+      const float* xv = x[v];
+      uint32_t all = 0, spread = 0, resolved = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const uint32_t same = s0[i] == xv[i];
+        all += same;
+        spread += same & (spreads[i] != 0);
+        resolved += same & (mask[i] != 0);
+      }
+      equal_all[v] += all;
+      equal_spread[v] += spread;
+      equal_resolved[v] += resolved;
     }
-    part.equal_all[v] = all;
-    part.equal[v] = spread;
-    part.equal_resolved[v] = resolved;
-  }
-  // To Y coordinates, unresolved elements zeroed (P last: the others need it).
-  const float* pv = x[pivot];
-  for (int v = 0; v < m; ++v) {
-    if (v == pivot) continue;
-    float* y = x[v];
-    for (size_t i = 0; i < count; ++i) y[i] = (y[i] - pv[i]) * mask[i];
-  }
-  for (size_t i = 0; i < count; ++i) x[pivot][i] *= mask[i];
-  part.n = count;
-  for (size_t b = 0; b < count; b += kBlock) {
-    const size_t len = std::min(kBlock, count - b);
-    for (size_t i = 0; i < live.size(); ++i) {
-      for (size_t j = i; j < live.size(); ++j) {
-        const double d = block_dot(x[live[i].first] + b, x[live[j].first] + b, len);
-        part.gram[live[i].second][live[j].second] += d;
+    // To Y coordinates, unresolved elements zeroed.
+    const float* pv = x[pivot];
+    for (int v = 0; v < m; ++v) {
+      const float* xv = x[v];
+      float* yv = y[v];
+      if (v == pivot) {
+        for (size_t i = 0; i < n; ++i) yv[i] = xv[i] * mask[i];
+      } else {
+        for (size_t i = 0; i < n; ++i) yv[i] = (xv[i] - pv[i]) * mask[i];
+      }
+    }
+    for (size_t b = 0; b < n; b += kGramBlock) {
+      const size_t len = std::min(kGramBlock, n - b);
+      const float* yb[kMaxVectors];
+      for (int v = 0; v < m; ++v) yb[v] = y[v] + b;
+      const GramPair* p = pass.pairs.data();
+      if (m == 2) {
+        block_gram<2>(p, yb, len, part.gram);
+      } else if (m == 3) {
+        block_gram<3>(p, yb, len, part.gram);
+      } else if (m == 4) {
+        block_gram<4>(p, yb, len, part.gram);
+      } else {
+        size_t left = pass.pairs.size();
+        for (; left >= 4; left -= 4, p += 4) block_dots<4>(p, yb, len, part.gram);
+        if (left == 3) block_dots<3>(p, yb, len, part.gram);
+        if (left == 2) block_dots<2>(p, yb, len, part.gram);
+        if (left == 1) block_dots<1>(p, yb, len, part.gram);
       }
     }
   }
-  for (size_t i = 0; i < live.size(); ++i) {
-    for (size_t j = i + 1; j < live.size(); ++j) part.gram[live[j].second][live[i].second] = part.gram[live[i].second][live[j].second];
+  part.n = count;
+  part.n_resolved = n_resolved;
+  part.n_spread = n_spread;
+  for (int v = 1; v < m; ++v) {
+    part.equal_all[v] = equal_all[v];
+    part.equal[v] = equal_spread[v];
+    part.equal_resolved[v] = equal_resolved[v];
   }
+  for (const GramPair& p : pass.pairs) part.gram[p.col][p.row] = part.gram[p.row][p.col];
   return part;
 }
 
@@ -299,7 +464,10 @@ ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fra
   ResolvedMoments init;
   init.vectors = m;
   init.pivot = pivot;
-  ResolvedPass pass{&views, resolve_fraction, pivot, m, members, live};
+  ResolvedPass pass{&views, resolve_fraction, pivot, m, members, {}};
+  for (size_t i = 0; i < live.size(); ++i) {
+    for (size_t j = i; j < live.size(); ++j) pass.pairs.push_back({live[i].first, live[j].first, live[i].second, live[j].second});
+  }
   const auto chunk = [&](size_t begin, size_t end) { return resolved_chunk(pass, begin, end); };
   return parallel_reduce(views.numel, kDefaultGrain, init, chunk, [](ResolvedMoments acc, const ResolvedMoments& part) {
     add_into(acc, part);
