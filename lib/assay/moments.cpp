@@ -340,9 +340,10 @@ struct ResolvedPass {
   std::vector<GramPair> pairs;  // the Gram entries (upper triangle of the live Y vectors), in order
 };
 
-// One chunk of the full pass. Compiled for AVX2 and for the baseline, chosen at load time; the
-// float lanes are explicit, so both give the same bits.
-__attribute__((target_clones("avx2", "default")))
+// One chunk of the full pass. Compiled for AVX-512, AVX2 and the baseline, chosen at load time; the
+// float lanes are explicit (and nothing is contracted, CMakeLists.txt), so every clone gives the
+// same bits.
+__attribute__((target_clones("avx512f", "avx2", "default")))
 ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t end) {
   const int m = pass.m, pivot = pass.pivot;
   const auto& members = pass.members;

@@ -47,19 +47,14 @@ template <class R>
   return bad;
 }
 
-// linear_blocks per compute dtype, compiled for AVX2 and for the baseline and chosen at load time:
-// the same float32 operations in the same order (no FMA: the avx2 target does not enable it, and
-// ISO C++ mode does not contract), so both give the same bits, in twice the lanes.
-__attribute__((target_clones("avx2", "default"))) size_t linear_blocks_f32(const LinearBlocks& chunk, size_t len,
-                                                                            float* out) {
+// linear_blocks per compute dtype, one clone per instruction set (ALLOY_ELEMENT_KERNEL).
+ALLOY_ELEMENT_KERNEL size_t linear_blocks_f32(const LinearBlocks& chunk, size_t len, float* out) {
   return linear_blocks<RoundF32>(chunk, len, out);
 }
-__attribute__((target_clones("avx2", "default"))) size_t linear_blocks_bf16(const LinearBlocks& chunk, size_t len,
-                                                                             float* out) {
+ALLOY_ELEMENT_KERNEL size_t linear_blocks_bf16(const LinearBlocks& chunk, size_t len, float* out) {
   return linear_blocks<RoundBF16>(chunk, len, out);
 }
-__attribute__((target_clones("avx2", "default"))) size_t linear_blocks_f16(const LinearBlocks& chunk, size_t len,
-                                                                            float* out) {
+ALLOY_ELEMENT_KERNEL size_t linear_blocks_f16(const LinearBlocks& chunk, size_t len, float* out) {
   return linear_blocks<RoundF16>(chunk, len, out);
 }
 

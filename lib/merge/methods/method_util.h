@@ -26,11 +26,17 @@
 #include "alloy/merge/merge_method.h"
 #include "alloy/core/parallel.h"
 
-// Bit-exactness needs every float operation rounded on its own: no fused multiply-add. GCC does
-// not contract in ISO mode (-std=c++20, which CMakeLists.txt sets); clang needs to be told.
+// Bit-exactness needs every float operation rounded on its own: no fused multiply-add. GCC
+// contracts a * b + c by default even in ISO mode wherever the target has FMA, so CMakeLists.txt
+// passes -ffp-contract=off; clang is told here as well.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
+
+// An element kernel compiled for AVX-512, AVX2 and the baseline, the clone chosen at load time by
+// the CPU (GCC/clang function multiversioning). Every clone does the same float32 operations in
+// the same order (no contraction, above), so all give the same bits, in 16, 8 or 4 lanes.
+#define ALLOY_ELEMENT_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace alloy::detail {
 

@@ -43,16 +43,14 @@ template <class R>
   return bad;
 }
 
-// blend_elements per compute dtype, compiled for AVX2 and for the baseline and chosen at load time:
-// the same float32 operations (no FMA: the avx2 target does not enable it, and ISO C++ mode does
-// not contract), so both give the same bits.
-__attribute__((target_clones("avx2", "default"))) size_t blend_f32(const Blend& blend, size_t len, float* out) {
+// blend_elements per compute dtype, one clone per instruction set (ALLOY_ELEMENT_KERNEL).
+ALLOY_ELEMENT_KERNEL size_t blend_f32(const Blend& blend, size_t len, float* out) {
   return blend_elements<RoundF32>(blend, len, out);
 }
-__attribute__((target_clones("avx2", "default"))) size_t blend_bf16(const Blend& blend, size_t len, float* out) {
+ALLOY_ELEMENT_KERNEL size_t blend_bf16(const Blend& blend, size_t len, float* out) {
   return blend_elements<RoundBF16>(blend, len, out);
 }
-__attribute__((target_clones("avx2", "default"))) size_t blend_f16(const Blend& blend, size_t len, float* out) {
+ALLOY_ELEMENT_KERNEL size_t blend_f16(const Blend& blend, size_t len, float* out) {
   return blend_elements<RoundF16>(blend, len, out);
 }
 

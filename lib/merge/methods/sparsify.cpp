@@ -228,9 +228,7 @@ class RankSelector {
         for_each_run(set_, models_, chunks_.begin(c), chunks_.end(c),
                      [&](size_t, const float* b, const float* const* xs, size_t len) {
                        for (size_t p = 0; p < models; ++p) {
-                         uint32_t* h = hist_ + p * stride + c * kHighBins;
-                         const float* x = xs[p];
-                         for (size_t j = 0; j < len; ++j) ++h[magnitude_key(rnd_(x[j] - b[j])) >> 16];
+                         count_high_bins(xs[p], b, len, hist_ + p * stride + c * kHighBins);
                        }
                      });
       }
@@ -241,6 +239,20 @@ class RankSelector {
         const uint32_t* h = hist_ + p * stride + c * kHighBins;
         for (size_t b = 0; b < kHighBins; ++b) total_[p * kHighBins + b] += h[b];
       }
+    }
+  }
+
+  // ++h[bin] for every entry's bin (the high 15 bits of its key). The bins of a block are computed
+  // first, in a loop that vectorises (one clone per instruction set, ALLOY_ELEMENT_KERNEL), then
+  // counted one by one.
+  ALLOY_ELEMENT_KERNEL void count_high_bins(const float* x, const float* b, size_t len,
+                                            uint32_t* h) const {
+    constexpr size_t kBlock = 256;
+    uint32_t bins[kBlock];
+    for (size_t j0 = 0; j0 < len; j0 += kBlock) {
+      const size_t block = std::min(kBlock, len - j0);
+      for (size_t j = 0; j < block; ++j) bins[j] = magnitude_key(rnd_(x[j0 + j] - b[j0 + j])) >> 16;
+      for (size_t j = 0; j < block; ++j) ++h[bins[j]];
     }
   }
 

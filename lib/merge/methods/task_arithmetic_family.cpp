@@ -172,9 +172,9 @@ class TaskArithmeticMethod final : public MergeMethod {
     // Writes out[0, len), output elements [first, first + len), from base[0, len) and xs[m][0,
     // len); returns the number of non-finite values written. Blocks of elements; every loop runs
     // over the elements of the block (models outer), so the loops vectorise, and the float32 sums
-    // still add the models in source order.
-    size_t combine(const float* base, const float* const* xs, size_t first, size_t len,
-                   float* out) const {
+    // still add the models in source order. One clone per instruction set (ALLOY_ELEMENT_KERNEL).
+    ALLOY_ELEMENT_KERNEL size_t combine(const float* base, const float* const* xs, size_t first,
+                                        size_t len, float* out) const {
       const R rnd;
       constexpr size_t kBlock = 256;
       const size_t count = inputs_.size();
