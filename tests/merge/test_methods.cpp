@@ -794,6 +794,31 @@ TEST(MethodSlerp, NearlyColinearTensorsAreLerpedInFloat32) {
   }
 }
 
+// Bit-exact in every dtype over enough elements to fill every vector width: a clone that fused
+// f32(1-t) a + f32(t) b into one FMA (GCC does by default on FMA targets, see CMakeLists.txt)
+// differs from the two rounded products in many float32 elements.
+TEST(MethodSlerp, ColinearLerpIsTheTwoRoundedProductsInEveryDtype) {
+  for (DType d : kDtypes) {
+    const auto a = alloy::test::random_values(d, 4099, 52, 0.1, 1.0);
+    std::vector<float> b(a.size());
+    for (size_t i = 0; i < a.size(); ++i) b[i] = rnd(d, a[i] * 1.03f);
+    MethodCall c{"slerp", d};
+    c.base = 0;
+    c.sources = {{a, {}}, {b, {}}};
+    c.params["t"] = 0.3;
+    const auto out = c.run();
+    const float s0 = wd(DType::F32, 0.7), s1 = wd(DType::F32, 0.3);
+    size_t fused_differs = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      const float first = s0 * a[i], second = s1 * b[i];
+      ASSERT_TRUE(alloy::test::same_bits(out[i], rnd(d, first + second))) << dtype_name(d) << " element " << i;
+      fused_differs += rnd(d, std::fma(s0, a[i], second)) != out[i];
+    }
+    // The data can tell the two apart (in float32 at least).
+    if (d == DType::F32) EXPECT_GT(fused_differs, a.size() / 20);
+  }
+}
+
 TEST(MethodSlerp, SourceCountAndParameterChecks) {
   MethodCall c{"slerp"};
   c.base = 0;
