@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "coverage.h"
+#include "quantization.h"
 #include "verdict.h"
 
 namespace alloy::detail {
@@ -16,6 +17,40 @@ constexpr double kSparseEquality = 0.25;  // linear merges: ~0.08 from cancellat
 // ~1e-3 in bf16); noise or further training on top leaves a few percent. Above this the recipe
 // does not make the suspect, whatever the fit says.
 constexpr double kRebuildError = 0.1;
+
+// A suspect stored after a quantization round trip (quantization.h) carries rounding noise that
+// no recipe explains. Reported always; and a fine-tune verdict whose merge test found nothing
+// positive (the weights' sameness untestable, or fewer than two significant weights) only because
+// that noise swamps the fit is not evidence against a merge: with the grid on at least
+// kQuantizedShare of the parameters, it is lowered (the fine-tune is a guess between the two).
+constexpr double kQuantizedShare = 0.5;
+bool undecided_under_quantization(VerdictContext& v) {
+  AssayResult& r = v.result;
+  const nlohmann::json grid = quantization_finding(v.suspect);
+  if (grid.is_null()) return false;
+  r.evidence["quantization"] = grid;
+  const double share = grid["share"].get<double>();
+  const uint64_t group = grid["group_size"].get<uint64_t>();
+  v.note("the suspect's matrices lie on an " + grid["format"].get<std::string>() + " grid (" +
+         grid["scheme"].get<std::string>() + ", " + std::to_string(grid["levels"].get<int>()) + " levels, one scale per " +
+         (group == 0 ? std::string("row") : std::to_string(group) + " elements") + ") in " +
+         std::to_string(grid["tensors"].get<size_t>()) + " of " + std::to_string(grid["tested"].get<size_t>()) +
+         " (" + number_text(100 * share, 3) + "% of the parameters): a quantization round trip, whose rounding is "
+         "noise that no recipe explains");
+  if (r.verdict != "fine-tune" || share < kQuantizedShare) return false;
+  size_t significant = 0;
+  const nlohmann::json weight_z = r.evidence.value("weight_z", nlohmann::json::object());
+  for (const auto& [path, z] : weight_z.items()) {
+    significant += z.is_number() && std::fabs(z.get<double>()) >= kMergeZ;  // NaN is stored as null
+  }
+  const std::string signature = r.evidence.value("merge_signature", "");
+  if (signature != "untestable" && !(signature == "absent" && significant < 2)) return false;
+  v.note("the " + grid["format"].get<std::string>() + " rounding (" +
+         number_text(100 * r.evidence.value("unexplained_level", 0.0), 2) +
+         "% of the weights' norm left unexplained) is what leaves the merge test undecided: a merge of the "
+         "candidates that moved the weights less than this noise cannot be told from a fine-tune here");
+  return true;
+}
 
 // Refuse to guess: what the verdict could not check lowers it. Tensors the alignment could not
 // undo (run.cpp leaves them out of the fit, so no candidate carries a weight on them) are listed
@@ -35,7 +70,7 @@ void qualify(VerdictContext& v) {
       components.push_back(t.component);
     }
   }
-  std::string confidence;
+  std::string confidence, prefix;
   if (count > 0) {
     const double fraction = double(unaligned) / double(unaligned + compared);
     r.evidence["unchecked"] = {{"tensors", count}, {"elements", unaligned}, {"fraction", fraction},
@@ -47,6 +82,7 @@ void qualify(VerdictContext& v) {
            "): part of each correlates with no candidate, a permutation or layout the assay cannot undo; "
            "they are left out of the fit and nothing is claimed about them");
     confidence = "partial";
+    prefix = "partly checked (" + std::to_string(count) + " tensors could not be aligned): ";
   }
   const auto& rebuild = r.evidence.contains("rebuild") ? r.evidence["rebuild"] : nlohmann::json();
   // A merge followed by further training rebuilds only up to what the fit leaves unexplained:
@@ -59,12 +95,14 @@ void qualify(VerdictContext& v) {
            number_text(rebuild["relative_error"].get<double>()) + " (bar " + number_text(bar) +
            "): the verdict is not confirmed");
     confidence = "low";
+    prefix = "not confirmed by the rebuild check: ";
+  }
+  if (undecided_under_quantization(v)) {
+    confidence = "low";
+    prefix = "undecided under the quantization noise: ";
   }
   if (confidence.empty()) return;
   r.evidence["confidence"] = confidence;
-  const std::string prefix = confidence == "low"
-                                 ? "not confirmed by the rebuild check: "
-                                 : "partly checked (" + std::to_string(count) + " tensors could not be aligned): ";
   r.evidence["summary"] = prefix + r.evidence.value("summary", "");
 }
 

@@ -98,20 +98,9 @@ TEST_P(AssayRobust, TransformedMergesAreStillMerges) {
 // guessing (correlated siblings rounded the same way: AssayNull.CorrelatedSiblingsRoundedToInt4*).
 TEST_P(AssayRobust, Int4RoundingOfASmallMergeIsStillAMerge) {
   alloy::test::TempDir dir;
-  const alloy::BaseModelOptions base = alloy::test::small_base(GetParam(), 4, 256, 256, 23);
-  alloy::FineTuneOptions ft;
-  ft.relative_delta = 0.01;
-  alloy::synth_family(dir / "fam", base, 2, 0, ft);
-  const std::string b = (dir / "fam" / "base").string(), a1 = (dir / "fam" / "ft_1").string(),
-                    a2 = (dir / "fam" / "ft_2").string();
-  alloy::test::merge_into("merge_method: linear\nmodels:\n  - model: " + a1 + "\n    parameters: {weight: 0.571}\n  - model: " +
-                              a2 + "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
-                          dir / "merged");
-  alloy::PerturbOptions round;
-  round.kind = alloy::PerturbKind::kReround;
-  round.format = alloy::ReroundFormat::kInt4;
-  alloy::perturb_model(dir / "merged", dir / "int4", round);
-  const auto r = assay(dir / "int4", {b, a1, a2});
+  const auto candidates = alloy::test::int4_rounded_merge(alloy::test::small_base(GetParam(), 4, 256, 256, 23), dir.path());
+  const std::string a1 = candidates[1], a2 = candidates[2];
+  const auto r = assay(dir / "int4", candidates);
   EXPECT_EQ(r.verdict, "merge") << r.evidence.dump();
   EXPECT_LT(r.evidence.value("cos_fit_median", 1.0), 0.2);  // the regime the old 0.1 bar refused
   EXPECT_NEAR(weight_of(r, a1), 0.571, 0.03);

@@ -1,0 +1,134 @@
+// Quantization grids in the suspect's stored weights (see quantization.h).
+#include "quantization.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "internal.h"
+
+namespace alloy::detail {
+namespace {
+
+// The relative rounding of one stored value: half an ulp, at most 2^-8 in bf16, 2^-11 in f16 and
+// 2^-24 in f32 of its magnitude.
+double storage_rounding(DType dtype) {
+  switch (dtype) {
+    case DType::BF16: return std::ldexp(1.0, -8);
+    case DType::F16: return std::ldexp(1.0, -11);
+    case DType::F32: return std::ldexp(1.0, -24);
+    default: return 0;
+  }
+}
+
+// Whether one group of values lies on `grid`'s points, the stored values rounded by at most `u`
+// of their magnitude. A value x = origin + q step is read back as r = (x - origin) / step with the
+// origin (0, or the group's minimum) and the step (recovered from the group's extremes, which are
+// grid points themselves) rounded too: |r - q| <= u (|x| + |origin|) / step + |r| u (|extreme| +
+// |origin|) / range, allowed 25% more. Elements whose allowance reaches a quarter of a step say
+// nothing and are skipped (each of the others passes by chance with probability at most 1/2); a
+// group with fewer than 16 (or an eighth of its elements) that say something, or of zeros (no
+// step), says nothing: nullopt.
+std::optional<bool> group_on_grid(const float* x, size_t n, const QuantizationGrid& grid, double u) {
+  double lo = x[0], hi = x[0];
+  for (size_t i = 1; i < n; ++i) lo = std::min(lo, double(x[i])), hi = std::max(hi, double(x[i]));
+  const double origin = grid.absmax ? 0.0 : lo;
+  const double extreme = std::max(std::fabs(lo), std::fabs(hi));
+  const double range = grid.absmax ? extreme : hi - lo;
+  const double step = range / grid.levels;
+  if (!(step > 0) || !std::isfinite(step)) return std::nullopt;
+  const double step_error = u * (extreme + std::fabs(origin)) / range;
+  size_t informative = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double r = (double(x[i]) - origin) / step;
+    const double allowed =
+        1.25 * (u * (std::fabs(double(x[i])) + std::fabs(origin)) / step + std::fabs(r) * step_error) + 1e-9;
+    if (allowed > 0.25) continue;
+    ++informative;
+    if (std::fabs(r - std::nearbyint(r)) > allowed) return false;
+  }
+  if (informative < std::max<size_t>(16, n / 8)) return std::nullopt;
+  return true;
+}
+
+// The candidate grids, in the order they are tried: int4 before int8 (a finer grid would also
+// accept coarse data at whole rows), small groups before large.
+std::vector<QuantizationGrid> candidate_grids() {
+  std::vector<QuantizationGrid> grids;
+  for (const auto& [absmax, levels] : {std::pair{true, 7}, {false, 15}, {true, 127}, {false, 255}}) {
+    for (uint64_t group : {32, 64, 128, 0}) grids.push_back({absmax, levels, group});
+  }
+  return grids;
+}
+
+}  // namespace
+
+std::string QuantizationGrid::format() const { return levels <= 15 ? "int4" : "int8"; }
+
+std::optional<QuantizationGrid> detect_grid(const ModelTensor& tensor) {
+  const TensorInfo& info = *tensor.info;
+  const double u = storage_rounding(info.dtype);
+  const uint64_t n = info.numel();
+  if (u == 0 || info.shape.size() < 2 || n < 1024 || info.shape.back() < 32) return std::nullopt;
+  const uint64_t cols = info.shape.back(), rows = n / cols;
+  const uint64_t sampled = std::min(rows, kGridRows);
+  std::vector<float> values(size_t(sampled * cols));
+  for (uint64_t s = 0; s < sampled; ++s) {
+    const uint64_t row = s * rows / sampled;  // evenly spaced, the first row included
+    load_range(tensor, size_t(row * cols), size_t(cols), values.data() + s * cols);
+  }
+  rethrow_read_error();
+  for (const QuantizationGrid& grid : candidate_grids()) {
+    const uint64_t width = grid.group == 0 ? cols : grid.group;
+    if (cols % width != 0) continue;
+    size_t on = 0, tested = 0;
+    for (uint64_t start = 0; start < sampled * cols; start += width) {
+      const auto result = group_on_grid(values.data() + start, size_t(width), grid, u);
+      if (!result) continue;
+      ++tested;
+      on += *result;
+    }
+    if (tested > 0 && double(on) >= kGridGroupShare * double(tested)) return grid;
+  }
+  return std::nullopt;
+}
+
+nlohmann::json quantization_finding(const Model& suspect) {
+  uint64_t total = 0;
+  size_t tested = 0;
+  struct Count {
+    QuantizationGrid grid;
+    size_t tensors = 0;
+    uint64_t elements = 0;
+  };
+  std::vector<Count> counts;
+  for (const ModelTensor& t : suspect.tensors()) {
+    total += t.info->numel();
+    if (t.info->shape.size() < 2) continue;
+    ++tested;
+    const auto grid = detect_grid(t);
+    if (!grid) continue;
+    auto it = std::find_if(counts.begin(), counts.end(), [&](const Count& c) { return c.grid == *grid; });
+    if (it == counts.end()) it = counts.insert(counts.end(), Count{*grid});
+    ++it->tensors;
+    it->elements += t.info->numel();
+  }
+  if (counts.empty()) return nullptr;
+  // The grid named is the one holding most elements; the counts cover every grid found (a row of 32
+  // elements quantized in groups of 32 reads as either).
+  const Count& top = *std::max_element(counts.begin(), counts.end(),
+                                       [](const Count& a, const Count& b) { return a.elements < b.elements; });
+  size_t tensors = 0;
+  uint64_t elements = 0;
+  for (const Count& c : counts) tensors += c.tensors, elements += c.elements;
+  return {{"format", top.grid.format()},
+          {"scheme", top.grid.absmax ? "absmax" : "min-max"},
+          {"levels", top.grid.levels},
+          {"group_size", top.grid.group},
+          {"tensors", tensors},
+          {"tested", tested},
+          {"share", total > 0 ? double(elements) / double(total) : 0.0}};
+}
+
+}  // namespace alloy::detail
