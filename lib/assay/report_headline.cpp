@@ -146,6 +146,10 @@ std::string facts(const Page& page) {
     o += fact("Confidence", "Partial",
               fmt_count(number(unchecked, "tensors")) + " tensors (" + fmt_percent(number(unchecked, "fraction")) +
                   ") could not be aligned; nothing is claimed about them");
+  else if (confidence == "low" && page.verdict == "fine-tune" && field(evidence, "quantization").is_object())
+    o += fact("Confidence", "Low",
+              "the suspect is an " + html_escape(text(field(evidence, "quantization"), "format")) +
+                  " round trip whose rounding leaves the merge test undecided");
   else if (confidence == "low")
     o += fact("Confidence", "Low", "the recovered recipe does not rebuild the suspect");
   else if (!confidence.empty())

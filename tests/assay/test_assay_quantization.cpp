@@ -121,6 +121,9 @@ TEST(AssayQuantization, AnInt4MergeTooSmallToSeeIsAnUndecidedFineTune) {
   EXPECT_EQ(r.evidence.value("confidence", ""), "low") << r.evidence.dump();
   EXPECT_EQ(r.evidence["quantization"]["format"], "int4");
   EXPECT_EQ(r.evidence["summary"].get<std::string>().rfind("undecided under the quantization noise: ", 0), 0u);
+  // The report says why the confidence is low (not "the recipe does not rebuild").
+  const std::string html = alloy::assay_report_html(alloy::assay_to_json(r));
+  EXPECT_NE(html.find("int4 round trip whose rounding leaves the merge test undecided"), std::string::npos);
   // Without the rounding the same merge is found: the grid, not the recipe, hid it.
   const auto plain = alloy::test::assay(dir / "merged", candidates);
   EXPECT_EQ(plain.verdict, "merge") << plain.evidence.dump();
