@@ -30,20 +30,36 @@ double storage_rounding(DType dtype) {
 // nothing and are skipped (each of the others passes by chance with probability at most 1/2); a
 // group with fewer than 16 (or an eighth of its elements) that say something, or of zeros (no
 // step), says nothing: nullopt.
-std::optional<bool> group_on_grid(const float* x, size_t n, const QuantizationGrid& grid, double u) {
+// A group's grid: origin, step and the step's own relative error (from the extremes).
+struct GroupGrid {
+  double origin = 0, step = 0, step_error = 0;
+};
+std::optional<GroupGrid> group_grid(const float* x, size_t n, const QuantizationGrid& grid, double u) {
   double lo = x[0], hi = x[0];
   for (size_t i = 1; i < n; ++i) lo = std::min(lo, double(x[i])), hi = std::max(hi, double(x[i]));
-  const double origin = grid.absmax ? 0.0 : lo;
+  GroupGrid g;
+  g.origin = grid.absmax ? 0.0 : lo;
   const double extreme = std::max(std::fabs(lo), std::fabs(hi));
   const double range = grid.absmax ? extreme : hi - lo;
-  const double step = range / grid.levels;
-  if (!(step > 0) || !std::isfinite(step)) return std::nullopt;
-  const double step_error = u * (extreme + std::fabs(origin)) / range;
+  g.step = range / grid.levels;
+  if (!(g.step > 0) || !std::isfinite(g.step)) return std::nullopt;
+  g.step_error = u * (extreme + std::fabs(g.origin)) / range;
+  return g;
+}
+
+// How far (in steps) a stored value x may sit from its grid point: 1.25 x the bound above.
+double allowance(const GroupGrid& g, double x, double u) {
+  const double r = (x - g.origin) / g.step;
+  return 1.25 * (u * (std::fabs(x) + std::fabs(g.origin)) / g.step + std::fabs(r) * g.step_error) + 1e-9;
+}
+
+std::optional<bool> group_on_grid(const float* x, size_t n, const QuantizationGrid& grid, double u) {
+  const auto g = group_grid(x, n, grid, u);
+  if (!g) return std::nullopt;
   size_t informative = 0;
   for (size_t i = 0; i < n; ++i) {
-    const double r = (double(x[i]) - origin) / step;
-    const double allowed =
-        1.25 * (u * (std::fabs(double(x[i])) + std::fabs(origin)) / step + std::fabs(r) * step_error) + 1e-9;
+    const double r = (double(x[i]) - g->origin) / g->step;
+    const double allowed = allowance(*g, double(x[i]), u);
     if (allowed > 0.25) continue;
     ++informative;
     if (std::fabs(r - std::nearbyint(r)) > allowed) return false;
@@ -92,6 +108,25 @@ std::optional<QuantizationGrid> detect_grid(const ModelTensor& tensor) {
     if (tested > 0 && double(on) >= kGridGroupShare * double(tested)) return grid;
   }
   return std::nullopt;
+}
+
+void grid_cells(const QuantizationGrid& grid, DType dtype, const float* row, size_t cols, float* lo, float* hi) {
+  const double u = storage_rounding(dtype);
+  const size_t width = grid.group == 0 ? cols : size_t(grid.group);
+  for (size_t start = 0; start < cols; start += width) {
+    const size_t n = std::min(width, cols - start);
+    const auto g = group_grid(row + start, n, grid, u);
+    for (size_t i = start; i < start + n; ++i) {
+      if (!g) {  // a group of zeros: every value was 0 before rounding, or its cell says nothing
+        lo[i] = -INFINITY, hi[i] = INFINITY;
+        continue;
+      }
+      const double x = row[i], q = std::nearbyint((x - g->origin) / g->step);
+      const double margin = (0.5 + allowance(*g, x, u)) * g->step;
+      lo[i] = float(g->origin + q * g->step - margin);
+      hi[i] = float(g->origin + q * g->step + margin);
+    }
+  }
 }
 
 nlohmann::json quantization_finding(const Model& suspect) {

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "alloy/core/dtype.h"
 #include "alloy/core/model.h"
 
 namespace alloy::detail {
@@ -36,6 +37,11 @@ inline constexpr double kGridGroupShare = 0.9;
 // point. Tensors of fewer than 2 axes or 1024 elements, or a last axis under 32, have none. By
 // chance a group of 32 unquantized bf16 values passes the int4 test with probability ~1e-39.
 std::optional<QuantizationGrid> detect_grid(const ModelTensor& tensor);
+
+// The cell of each value of one stored row (`cols` values in `dtype`) on `grid`: every value before
+// the rounding that lands on the same grid point, widened by the storage rounding allowed when
+// testing the grid: [lo[i], hi[i]]. A group of zeros has no step: its cells are unbounded.
+void grid_cells(const QuantizationGrid& grid, DType dtype, const float* row, size_t cols, float* lo, float* hi);
 
 // Over the suspect's matrices: when some lie on a grid, {"format", "scheme", "levels",
 // "group_size" (of the grid holding most elements), "tensors" (on any grid), "tested", "share" (of

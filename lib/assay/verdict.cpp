@@ -19,25 +19,29 @@ constexpr double kSparseEquality = 0.25;  // linear merges: ~0.08 from cancellat
 constexpr double kRebuildError = 0.1;
 
 // A suspect stored after a quantization round trip (quantization.h) carries rounding noise that
-// no recipe explains. Reported always; and a fine-tune verdict whose merge test found nothing
-// positive (the weights' sameness untestable, or fewer than two significant weights) only because
-// that noise swamps the fit is not evidence against a merge: with the grid on at least
-// kQuantizedShare of the parameters, it is lowered (the fine-tune is a guess between the two).
-constexpr double kQuantizedShare = 0.5;
-bool undecided_under_quantization(VerdictContext& v) {
-  AssayResult& r = v.result;
+// no recipe explains: evidence["quantization"] and a note report the grid, for any verdict.
+void record_quantization(VerdictContext& v) {
   const nlohmann::json grid = quantization_finding(v.suspect);
-  if (grid.is_null()) return false;
-  r.evidence["quantization"] = grid;
-  const double share = grid["share"].get<double>();
+  if (grid.is_null()) return;
+  v.result.evidence["quantization"] = grid;
   const uint64_t group = grid["group_size"].get<uint64_t>();
   v.note("the suspect's matrices lie on an " + grid["format"].get<std::string>() + " grid (" +
          grid["scheme"].get<std::string>() + ", " + std::to_string(grid["levels"].get<int>()) + " levels, one scale per " +
          (group == 0 ? std::string("row") : std::to_string(group) + " elements") + ") in " +
          std::to_string(grid["tensors"].get<size_t>()) + " of " + std::to_string(grid["tested"].get<size_t>()) +
-         " (" + number_text(100 * share, 3) + "% of the parameters): a quantization round trip, whose rounding is "
-         "noise that no recipe explains");
-  if (r.verdict != "fine-tune" || share < kQuantizedShare) return false;
+         " (" + number_text(100 * grid["share"].get<double>(), 3) +
+         "% of the parameters): a quantization round trip, whose rounding is noise that no recipe explains");
+}
+
+// A fine-tune verdict whose merge test found nothing positive (the weights' sameness untestable, or
+// fewer than two significant weights) only because the rounding noise swamps the fit is not
+// evidence against a merge: with a grid on at least kQuantizedShare of the parameters, it is
+// lowered (the fine-tune is a guess between the two).
+bool undecided_under_quantization(VerdictContext& v) {
+  AssayResult& r = v.result;
+  if (r.verdict != "fine-tune" || !r.evidence.contains("quantization")) return false;
+  const nlohmann::json& grid = r.evidence["quantization"];
+  if (grid["share"].get<double>() < kQuantizedShare) return false;
   size_t significant = 0;
   const nlohmann::json weight_z = r.evidence.value("weight_z", nlohmann::json::object());
   for (const auto& [path, z] : weight_z.items()) {
@@ -110,6 +114,7 @@ void decide(VerdictContext& v) {
   aggregate_candidates(v);
   aggregate_components(v);
   v.result.evidence = {{"notes", nlohmann::json::array()}};
+  record_quantization(v);
   if (v.fitted_numel == 0 || try_stacking(v)) {
     if (v.fitted_numel == 0 && v.result.verdict.empty()) independent(v, "no tensor of the suspect could be compared");
     return;
@@ -150,6 +155,12 @@ void decide(VerdictContext& v) {
     for (int c : involved) v.candidate(c).involved = true;
     if (involved.size() == 2 && try_slerp(v, involved)) return;
     dense_merge(v, involved, base);
+    return;
+  }
+  // Too weak to test under a quantization grid's rounding: the grid itself can confirm the blend.
+  if (signature == Signature::kUntestable && confirmed_through_grid(v, involved, base)) {
+    for (int c : involved) v.candidate(c).involved = true;
+    if (!(involved.size() == 2 && try_slerp(v, involved))) dense_merge(v, involved, base);
     return;
   }
   fine_tune(v, base, signature == Signature::kAbsent ? signature_why

@@ -6,6 +6,7 @@
 //   verdict_outcomes.cpp  copy, layer stacking, fine-tune and independent;
 //   verdict_sparse.cpp    TIES / DARE;
 //   verdict_dense.cpp     slerp, linear and task arithmetic;
+//   verdict_grid.cpp      a merge confirmed through the suspect's quantization grid;
 //   verdict_recipe.cpp    recipe helpers and the rebuild check that picks among hypotheses;
 //   verdict_summary.cpp   the summary text of a merge.
 // docs/assay.md, "Verdicts", states every threshold used here and why.
@@ -134,6 +135,19 @@ bool dare_signature(const VerdictContext& v);
 bool della_signature(const VerdictContext& v);
 bool try_slerp(VerdictContext& v, const std::vector<int>& involved);
 void dense_merge(VerdictContext& v, const std::vector<int>& involved, int base);
+
+// --- the quantization grid (verdict_grid.cpp) -----------------------------------------------------
+// With a quantization grid on at least kQuantizedShare of the suspect's parameters (recorded in
+// evidence["quantization"]), a fine-tune whose merge test the rounding left undecided is lowered
+// (verdict.cpp, qualify), unless the blend of `involved` (their inverse-variance weights scaled to
+// sum 1) confirms the merge through the grid: over kGridTestRows rows of every fitted tensor stored
+// on a grid, the blended values outside the suspect's cells are at most kGridRebuildRatio of the
+// reference candidate's (the base, else the heaviest), which must number kGridRebuildMinOutside or
+// more. Records evidence["grid_rebuild"] and a note.
+inline constexpr double kQuantizedShare = 0.5;
+inline constexpr double kGridRebuildRatio = 0.1;
+inline constexpr uint64_t kGridRebuildMinOutside = 200;
+bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved, int base);
 
 // --- recipes (verdict_recipe.cpp) ----------------------------------------------------------------
 // The torch name of the dtype holding most of the model's bytes (the recipe's dtype).

@@ -54,6 +54,12 @@ void summarise_merge(VerdictContext& v) {
       for (const auto& name : untested) list += (list.empty() ? "" : ", ") + name;
       text += " where the fit could tell (not on " + list + ")";
     }
+  } else if (r.evidence.contains("grid_rebuild") && r.evidence["grid_rebuild"].value("confirmed", false)) {
+    const auto& g = r.evidence["grid_rebuild"];
+    text += "; confirmed through the suspect's " + r.evidence["quantization"]["format"].get<std::string>() +
+            " grid (" + std::to_string(g["outside_blend"].get<uint64_t>()) + " of " +
+            std::to_string(g["elements"].get<uint64_t>()) + " blended values outside the suspect's cells, against " +
+            std::to_string(g["outside_reference"].get<uint64_t>()) + " for the reference alone)";
   } else {
     text += "; every major component fits with z >= " + number_text(e.z_min);
   }
@@ -61,7 +67,11 @@ void summarise_merge(VerdictContext& v) {
   const double unexplained = r.evidence.value("unexplained_level", 0.0);
   // Random masks (DARE, DELLA, and a family member not told apart) leave what no rebuild explains.
   const bool random_masks = r.method.rfind("dare", 0) == 0 || r.method.rfind("della", 0) == 0 || r.method == "ties_family";
-  if (unexplained > kRoundingLevel && !random_masks) {
+  if (unexplained > kRoundingLevel && !random_masks && r.evidence.contains("grid_rebuild") &&
+      r.evidence["grid_rebuild"].value("confirmed", false)) {
+    text += "; then rounded to that grid, which adds " + number_text(100 * unexplained, 2) +
+            "% of the weights' norm that the recipe does not explain";
+  } else if (unexplained > kRoundingLevel && !random_masks) {
     text += "; followed by further training or noise of about " + number_text(100 * unexplained, 2) +
             "% of the weights' norm, which the recipe does not explain";
     r.evidence["disguise_level"] = unexplained;

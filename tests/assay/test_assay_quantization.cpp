@@ -1,7 +1,8 @@
 // Quantization grids in the suspect (lib/assay/quantization.cpp): int4 and int8 round trips of
 // synthetic models in every storage dtype are found with their group size and scheme, min-max
 // (asymmetric) groups are told from absmax ones, unquantized models never show a grid, and an int4
-// merge too small to be seen through the rounding gets a lowered fine-tune verdict that says why.
+// merge too small for the sameness test is confirmed through the grid, and one hidden by noise
+// before the rounding gets a lowered fine-tune verdict that says why.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -110,17 +111,46 @@ TEST(AssayQuantization, MinMaxGroupsAreToldFromAbsmax) {
 }
 
 // int4 rounding of a 0.571 / 0.429 merge of parents 1% from their base, hidden 64: the rounding
-// (~10% of the weights' norm) is 13x the merge's own deviation, and the merge test cannot decide.
-// The verdict stays the fine-tune the statistics allow, but says it is a guess and why.
-TEST(AssayQuantization, AnInt4MergeTooSmallToSeeIsAnUndecidedFineTune) {
+// (~10% of the weights' norm) is 13x the merge's own deviation, and the sameness test of the
+// weights cannot decide. Through the grid it can: the blend rounds to the suspect's grid points.
+TEST(AssayQuantization, AnInt4MergeTooSmallForTheSamenessTestIsConfirmedThroughTheGrid) {
   alloy::test::TempDir dir;
   const auto candidates =
       alloy::test::int4_rounded_merge(alloy::test::small_base(alloy::ModelFamily::kLlama, 4, 64, 64, 23), dir.path());
   const auto r = alloy::test::assay(dir / "int4", candidates);
+  ASSERT_EQ(r.verdict, "merge") << r.evidence.dump();
+  EXPECT_EQ(r.method, "linear");
+  EXPECT_EQ(r.evidence["merge_signature"], "untestable");  // the path this test is about
+  EXPECT_EQ(r.evidence["quantization"]["format"], "int4");
+  const auto& g = r.evidence["grid_rebuild"];
+  EXPECT_TRUE(g["confirmed"].get<bool>()) << g;
+  EXPECT_LT(g["ratio"].get<double>(), 0.05) << g;
+  EXPECT_NEAR(alloy::test::weight_of(r, candidates[1]), 0.571, 0.04);
+  EXPECT_NEAR(alloy::test::weight_of(r, candidates[2]), 0.429, 0.04);
+}
+
+// Noise of twice the merge's deviation before the int4 rounding: the blend no longer rounds to the
+// suspect (the noise moves values across cell edges), so the grid cannot confirm the merge and
+// the fine-tune the statistics allow is lowered, with the reason, in the summary and the report.
+TEST(AssayQuantization, NoiseBeforeTheRoundingLeavesAnUndecidedFineTune) {
+  alloy::test::TempDir dir;
+  const auto candidates =
+      alloy::test::int4_rounded_merge(alloy::test::small_base(alloy::ModelFamily::kLlama, 4, 64, 64, 23), dir.path());
+  alloy::PerturbOptions noise;
+  noise.kind = alloy::PerturbKind::kNoise;
+  noise.strength = 2.0;
+  noise.reference = candidates[0];
+  alloy::perturb_model(dir / "merged", dir / "noisy", noise);
+  alloy::PerturbOptions round;
+  round.kind = alloy::PerturbKind::kReround;
+  round.format = alloy::ReroundFormat::kInt4;
+  alloy::perturb_model(dir / "noisy", dir / "noisy_int4", round);
+  const auto r = alloy::test::assay(dir / "noisy_int4", candidates);
   ASSERT_EQ(r.verdict, "fine-tune") << r.evidence.dump();
   EXPECT_EQ(r.evidence.value("confidence", ""), "low") << r.evidence.dump();
   EXPECT_EQ(r.evidence["quantization"]["format"], "int4");
   EXPECT_EQ(r.evidence["summary"].get<std::string>().rfind("undecided under the quantization noise: ", 0), 0u);
+  if (r.evidence.contains("grid_rebuild")) EXPECT_FALSE(r.evidence["grid_rebuild"]["confirmed"].get<bool>());
   // The report says why the confidence is low (not "the recipe does not rebuild").
   const std::string html = alloy::assay_report_html(alloy::assay_to_json(r));
   EXPECT_NE(html.find("int4 round trip whose rounding leaves the merge test undecided"), std::string::npos);

@@ -19,12 +19,7 @@ using alloy::PerturbKind;
 using alloy::test::assay;
 using alloy::test::AssayFamily;
 
-double weight_of(const alloy::AssayResult& r, const std::string& path) {
-  for (const auto& c : r.candidates) {
-    if (c.path == path) return c.weight;
-  }
-  return NAN;
-}
+using alloy::test::weight_of;
 
 struct Merged {
   AssayFamily family;

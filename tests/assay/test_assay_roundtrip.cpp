@@ -32,14 +32,7 @@ using alloy::test::assay;
 using alloy::test::candidate;
 using alloy::test::merge_into;
 
-// The weight the assay measured for a candidate path.
-double weight_of(const AssayResult& r, const std::string& path) {
-  for (const auto& c : r.candidates) {
-    if (c.path == path) return c.weight;
-  }
-  ADD_FAILURE() << "no candidate " << path;
-  return NAN;
-}
+using alloy::test::weight_of;
 
 // Rebuilds the suspect from the recovered recipe (as YAML, through the parser and planner) and
 // returns the largest difference in units of the last place over every tensor.

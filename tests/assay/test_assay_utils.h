@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -93,6 +94,15 @@ inline std::vector<std::string> int4_rounded_merge(const BaseModelOptions& base,
   round.format = ReroundFormat::kInt4;
   perturb_model(dir / "merged", dir / "int4", round);
   return {b, a1, a2};
+}
+
+// The weight the assay measured for a candidate path (NaN, and a test failure, when absent).
+inline double weight_of(const AssayResult& r, const std::string& path) {
+  for (const auto& c : r.candidates) {
+    if (c.path == path) return c.weight;
+  }
+  ADD_FAILURE() << "no candidate " << path;
+  return NAN;
 }
 
 inline AssayResult assay(const std::filesystem::path& suspect, const std::vector<std::string>& candidates) {

@@ -28,12 +28,7 @@ std::string linear_yaml(const std::string& a, double wa, const std::string& b, d
          "}\n  - model: " + b + "\n    parameters: {weight: " + std::to_string(wb) + "}\ndtype: bfloat16\n";
 }
 
-double weight_of(const alloy::AssayResult& r, const std::string& path) {
-  for (const auto& c : r.candidates) {
-    if (c.path == path) return c.weight;
-  }
-  return NAN;
-}
+using alloy::test::weight_of;
 
 // The first number after `prefix` in `text` (NaN if absent).
 double number_after(const std::string& text, const std::string& prefix) {
