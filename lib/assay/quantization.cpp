@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 #include <vector>
 
 #include "internal.h"
@@ -22,14 +21,6 @@ double storage_rounding(DType dtype) {
   }
 }
 
-// Whether one group of values lies on `grid`'s points, the stored values rounded by at most `u`
-// of their magnitude. A value x = origin + q step is read back as r = (x - origin) / step with the
-// origin (0, or the group's minimum) and the step (recovered from the group's extremes, which are
-// grid points themselves) rounded too: |r - q| <= u (|x| + |origin|) / step + |r| u (|extreme| +
-// |origin|) / range, allowed 25% more. Elements whose allowance reaches a quarter of a step say
-// nothing and are skipped (each of the others passes by chance with probability at most 1/2); a
-// group with fewer than 16 (or an eighth of its elements) that say something, or of zeros (no
-// step), says nothing: nullopt.
 // A group's grid: origin, step and the step's own relative error (from the extremes).
 struct GroupGrid {
   double origin = 0, step = 0, step_error = 0;
@@ -47,12 +38,21 @@ std::optional<GroupGrid> group_grid(const float* x, size_t n, const Quantization
   return g;
 }
 
-// How far (in steps) a stored value x may sit from its grid point: 1.25 x the bound above.
+// How far (in steps) a stored value x may sit from its grid point: 1.25 x the bound stated at
+// group_on_grid below.
 double allowance(const GroupGrid& g, double x, double u) {
   const double r = (x - g.origin) / g.step;
   return 1.25 * (u * (std::fabs(x) + std::fabs(g.origin)) / g.step + std::fabs(r) * g.step_error) + 1e-9;
 }
 
+// Whether one group of values lies on `grid`'s points, the stored values rounded by at most `u`
+// of their magnitude. A value x = origin + q step is read back as r = (x - origin) / step with the
+// origin (0, or the group's minimum) and the step (recovered from the group's extremes, which are
+// grid points themselves) rounded too: |r - q| <= u (|x| + |origin|) / step + |r| u (|extreme| +
+// |origin|) / range, allowed 25% more. Elements whose allowance reaches a quarter of a step say
+// nothing and are skipped (each of the others passes by chance with probability at most 1/2); a
+// group with fewer than 16 (or an eighth of its elements) that say something, or of zeros (no
+// step), says nothing: nullopt.
 std::optional<bool> group_on_grid(const float* x, size_t n, const QuantizationGrid& grid, double u) {
   const auto g = group_grid(x, n, grid, u);
   if (!g) return std::nullopt;
@@ -129,7 +129,15 @@ void grid_cells(const QuantizationGrid& grid, DType dtype, const float* row, siz
   }
 }
 
-nlohmann::json quantization_finding(const Model& suspect) {
+TensorGrids detect_grids(const Model& model) {
+  TensorGrids grids;
+  for (const ModelTensor& t : model.tensors()) {
+    if (const auto grid = detect_grid(t)) grids.emplace(t.name(), *grid);
+  }
+  return grids;
+}
+
+nlohmann::json quantization_finding(const Model& suspect, const TensorGrids& grids) {
   uint64_t total = 0;
   size_t tested = 0;
   struct Count {
@@ -142,10 +150,11 @@ nlohmann::json quantization_finding(const Model& suspect) {
     total += t.info->numel();
     if (t.info->shape.size() < 2) continue;
     ++tested;
-    const auto grid = detect_grid(t);
-    if (!grid) continue;
-    auto it = std::find_if(counts.begin(), counts.end(), [&](const Count& c) { return c.grid == *grid; });
-    if (it == counts.end()) it = counts.insert(counts.end(), Count{*grid});
+    const auto found = grids.find(t.name());
+    if (found == grids.end()) continue;
+    const QuantizationGrid& grid = found->second;
+    auto it = std::find_if(counts.begin(), counts.end(), [&](const Count& c) { return c.grid == grid; });
+    if (it == counts.end()) it = counts.insert(counts.end(), Count{grid});
     ++it->tensors;
     it->elements += t.info->numel();
   }
@@ -164,6 +173,10 @@ nlohmann::json quantization_finding(const Model& suspect) {
           {"tensors", tensors},
           {"tested", tested},
           {"share", total > 0 ? double(elements) / double(total) : 0.0}};
+}
+
+nlohmann::json quantization_finding(const Model& suspect) {
+  return quantization_finding(suspect, detect_grids(suspect));
 }
 
 }  // namespace alloy::detail

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -43,9 +44,15 @@ std::optional<QuantizationGrid> detect_grid(const ModelTensor& tensor);
 // testing the grid: [lo[i], hi[i]]. A group of zeros has no step: its cells are unbounded.
 void grid_cells(const QuantizationGrid& grid, DType dtype, const float* row, size_t cols, float* lo, float* hi);
 
-// Over the suspect's matrices: when some lie on a grid, {"format", "scheme", "levels",
-// "group_size" (of the grid holding most elements), "tensors" (on any grid), "tested", "share" (of
-// the suspect's parameters on any grid)}; else null.
+// Every tensor of `model` that lies on a grid (detect_grid), by name.
+using TensorGrids = std::map<std::string, QuantizationGrid>;
+TensorGrids detect_grids(const Model& model);
+
+// Over the suspect's matrices, given their grids: when some lie on a grid, {"format", "scheme",
+// "levels", "group_size" (of the grid holding most elements), "tensors" (on any grid), "tested",
+// "share" (of the suspect's parameters on any grid)}; else null. The one-argument form detects the
+// grids itself.
+nlohmann::json quantization_finding(const Model& suspect, const TensorGrids& grids);
 nlohmann::json quantization_finding(const Model& suspect);
 
 }  // namespace alloy::detail

@@ -6,7 +6,6 @@
 #include <cmath>
 
 #include "coverage.h"
-#include "quantization.h"
 #include "verdict.h"
 
 namespace alloy::detail {
@@ -21,7 +20,8 @@ constexpr double kRebuildError = 0.1;
 // A suspect stored after a quantization round trip (quantization.h) carries rounding noise that
 // no recipe explains: evidence["quantization"] and a note report the grid, for any verdict.
 void record_quantization(VerdictContext& v) {
-  const nlohmann::json grid = quantization_finding(v.suspect);
+  v.grids = detect_grids(v.suspect);
+  const nlohmann::json grid = quantization_finding(v.suspect, v.grids);
   if (grid.is_null()) return;
   v.result.evidence["quantization"] = grid;
   const uint64_t group = grid["group_size"].get<uint64_t>();
@@ -173,7 +173,7 @@ void decide(VerdictContext& v) {
 
 void decide_verdict(AssayResult* result, const Model& suspect, const std::vector<const Model*>& candidates,
                     const AssayOptions& options) {
-  VerdictContext context{*result, suspect, candidates, options, int(candidates.size())};
+  VerdictContext context{*result, suspect, candidates, options, int(candidates.size()), 0, {}};
   decide(context);
   qualify(context);
   qualify_coverage(result);

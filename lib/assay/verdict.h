@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "internal.h"
+#include "quantization.h"
 
 namespace alloy::detail {
 
@@ -53,6 +54,7 @@ struct VerdictContext {
   const AssayOptions& options;
   int k = 0;                  // candidates
   uint64_t fitted_numel = 0;  // elements of the fitted tensors (set by aggregate_candidates)
+  TensorGrids grids;          // the suspect's tensors on a quantization grid (set by decide)
 
   CandidateAssay& candidate(int c) { return result.candidates[size_t(c)]; }
   void note(const std::string& text) { result.evidence["notes"].push_back(text); }

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <vector>
 
-#include "quantization.h"
 #include "verdict.h"
 
 namespace alloy::detail {
@@ -77,10 +76,9 @@ bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved,
   for (const auto& t : r.tensors) {
     // Only tensors compared as stored: an aligned slot's elements are not in the grid's order.
     if (!t.fitted || t.aligned) continue;
+    const auto grid = v.grids.find(t.name);
     const ModelTensor* s = v.suspect.find(t.name);
-    if (s == nullptr) continue;
-    const auto grid = detect_grid(*s);
-    if (!grid) continue;
+    if (grid == v.grids.end() || s == nullptr) continue;
     std::vector<const ModelTensor*> inputs;
     for (int c : members) {
       const ModelTensor* ct = v.models[size_t(c)]->find(t.name);
@@ -88,7 +86,7 @@ bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved,
       inputs.push_back(ct);
     }
     if (inputs.size() != members.size()) continue;
-    count_outside(*s, *grid, inputs, weights, reference_index, &counts);
+    count_outside(*s, grid->second, inputs, weights, reference_index, &counts);
   }
   const double ratio = counts.reference > 0 ? double(counts.blend) / double(counts.reference) : 1.0;
   const bool confirmed = counts.reference >= kGridRebuildMinOutside && ratio <= kGridRebuildRatio;

@@ -30,6 +30,9 @@ void summarise_merge(VerdictContext& v) {
   const MajorEvidence e = major_evidence(v);
   r.evidence["z_min"] = e.z_min;
   r.evidence["log10_false_positive"] = e.log10_false_positive;
+  // The merge was confirmed through the suspect's quantization grid (verdict_grid.cpp).
+  const bool grid_confirmed =
+      r.evidence.contains("grid_rebuild") && r.evidence["grid_rebuild"].value("confirmed", false);
   if (r.evidence.value("merge_signature", "") == "present") {
     double z_low = INFINITY, spread_high = 0;
     for (const auto& c : r.candidates) {
@@ -54,7 +57,7 @@ void summarise_merge(VerdictContext& v) {
       for (const auto& name : untested) list += (list.empty() ? "" : ", ") + name;
       text += " where the fit could tell (not on " + list + ")";
     }
-  } else if (r.evidence.contains("grid_rebuild") && r.evidence["grid_rebuild"].value("confirmed", false)) {
+  } else if (grid_confirmed) {
     const auto& g = r.evidence["grid_rebuild"];
     text += "; confirmed through the suspect's " + r.evidence["quantization"]["format"].get<std::string>() +
             " grid (" + std::to_string(g["outside_blend"].get<uint64_t>()) + " of " +
@@ -67,8 +70,7 @@ void summarise_merge(VerdictContext& v) {
   const double unexplained = r.evidence.value("unexplained_level", 0.0);
   // Random masks (DARE, DELLA, and a family member not told apart) leave what no rebuild explains.
   const bool random_masks = r.method.rfind("dare", 0) == 0 || r.method.rfind("della", 0) == 0 || r.method == "ties_family";
-  if (unexplained > kRoundingLevel && !random_masks && r.evidence.contains("grid_rebuild") &&
-      r.evidence["grid_rebuild"].value("confirmed", false)) {
+  if (unexplained > kRoundingLevel && !random_masks && grid_confirmed) {
     text += "; then rounded to that grid, which adds " + number_text(100 * unexplained, 2) +
             "% of the weights' norm that the recipe does not explain";
   } else if (unexplained > kRoundingLevel && !random_masks) {

@@ -150,7 +150,9 @@ TEST(AssayQuantization, NoiseBeforeTheRoundingLeavesAnUndecidedFineTune) {
   EXPECT_EQ(r.evidence.value("confidence", ""), "low") << r.evidence.dump();
   EXPECT_EQ(r.evidence["quantization"]["format"], "int4");
   EXPECT_EQ(r.evidence["summary"].get<std::string>().rfind("undecided under the quantization noise: ", 0), 0u);
-  if (r.evidence.contains("grid_rebuild")) EXPECT_FALSE(r.evidence["grid_rebuild"]["confirmed"].get<bool>());
+  if (r.evidence.contains("grid_rebuild")) {
+    EXPECT_FALSE(r.evidence["grid_rebuild"]["confirmed"].get<bool>());
+  }
   // The report says why the confidence is low (not "the recipe does not rebuild").
   const std::string html = alloy::assay_report_html(alloy::assay_to_json(r));
   EXPECT_NE(html.find("int4 round trip whose rounding leaves the merge test undecided"), std::string::npos);
