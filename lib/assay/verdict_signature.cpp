@@ -31,6 +31,12 @@ constexpr double kSiblingSpread = 0.3;
 constexpr double kSiblingZ = 3.0;
 // Standard errors are floored so that an exact float32 merge (zero residual) has finite weights.
 constexpr double kSeFloor = 1e-9;
+// Cochran's Q treats each standard error as known. One estimated from d residual degrees of freedom
+// makes (w - mean)^2 / se^2 an F(1, d), whose mean d / (d - 2) is infinite for d <= 2: a 4-element
+// tensor (gpt-oss attention sinks, Qwen3-Next's A_log and dt_bias) fitted on three candidates
+// alone put Q of a rounded merge's attention at heterogeneity z 3.8. From 30 residual degrees of
+// freedom on, the term's mean is within 7% of 1 and Q keeps its chi-square null.
+constexpr double kSpreadMinResidualDf = 30;
 
 struct CellSums {
   double sw = 0, swx = 0, swxx = 0, sww = 0;  // sum of 1/se^2, of w/se^2, of w^2/se^2, of 1/se^4
@@ -99,6 +105,7 @@ std::vector<ComponentSpread> weight_spreads(const VerdictContext& v) {
       int outside = 0;
       for (const auto& t : v.result.tensors) {
         if (!t.fitted || t.component != comp.name || !std::isfinite(t.weights[size_t(c)])) continue;
+        if (double(t.numel) < kSpreadMinResidualDf + v.k) continue;  // se too uncertain for Q (above)
         const double w = t.weights[size_t(c)], se = t.weight_se[size_t(c)];
         whole.add(w, se, t.numel);
         cells[t.layer >= 0 ? t.layer : -1 - outside++].add(w, se, t.numel);

@@ -52,7 +52,8 @@ struct PerturbInput {
   const Model* reference = nullptr;  // noise --reference, else null
   const PerturbOptions& options;
   double strength = 0;               // resolved; 0 for kinds without one
-  std::optional<Architecture> arch;  // from IN's config.json, when it has one
+  std::optional<Architecture> arch;  // from IN's config.json, when synth's reader understands it
+  std::string arch_error;            // why arch is empty when IN has a config.json
 };
 
 // One planner per job, each in its own file.

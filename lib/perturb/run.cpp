@@ -257,8 +257,9 @@ namespace detail {
 
 const Architecture& require_architecture(const PerturbInput& input) {
   if (!input.arch) {
-    throw invalid(std::string("--kind ") + perturb_kind_name(input.options.kind) + " needs " +
-                  input.model.path().string() + "/config.json to know the architecture");
+    std::string why = input.model.path().string() + "/config.json to know the architecture";
+    if (!input.arch_error.empty()) why += ", and that file could not be read as one: " + input.arch_error;
+    throw invalid(std::string("--kind ") + perturb_kind_name(input.options.kind) + " needs " + why);
   }
   return *input.arch;
 }
@@ -400,15 +401,13 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
   detail::PerturbInput input{model, reference ? &*reference : nullptr, options, strength,
                              std::nullopt};
   if (model.has_config()) {
-    // The permutations read the layout from the architecture model (alloy/core/units.h) and need
-    // none of synth's fields, which a real config (text_config, Mixtral's names) may lack.
-    const bool permutation = options.kind == PerturbKind::kPermuteExperts ||
-                             options.kind == PerturbKind::kPermuteNeurons || options.kind == PerturbKind::kPermuteHeads ||
-                             options.kind == PerturbKind::kFoldNorms || options.kind == PerturbKind::kRotateResidual;
+    // Only rescale-neurons needs synth's fields; the permutations read the layout from the
+    // architecture model (alloy/core/units.h) and the value kinds need none, so a real config that
+    // synth's reader does not know (text_config, Mixtral's names) must not stop them.
     try {
       input.arch = architecture_from_config(model.config());
-    } catch (const Error&) {
-      if (!permutation) throw;
+    } catch (const Error& e) {
+      input.arch_error = e.what();
     }
   }
 

@@ -77,13 +77,14 @@ inline void merge_linear_blend(const AssayFamily& f, const std::string& w1, cons
              out);
 }
 
-// A family of `base` with two fine-tunes 1% from it under `dir`/fam, their bf16 linear merge
-// 0.571 / 0.429 in `dir`/merged and its int4 round trip (groups of 32) in `dir`/int4. Returns the
-// candidates: base, ft_1, ft_2.
-inline std::vector<std::string> int4_rounded_merge(const BaseModelOptions& base, const std::filesystem::path& dir) {
+// A family of `base` with `fine_tunes` (>= 2) fine-tunes 1% from it under `dir`/fam, the bf16
+// linear merge 0.571 / 0.429 of ft_1 and ft_2 in `dir`/merged and its int4 round trip (groups of
+// 32) in `dir`/int4. Returns the candidates: base, ft_1, ft_2.
+inline std::vector<std::string> int4_rounded_merge(const BaseModelOptions& base, const std::filesystem::path& dir,
+                                                   int fine_tunes = 2) {
   FineTuneOptions ft;
   ft.relative_delta = 0.01;
-  synth_family(dir / "fam", base, 2, 0, ft);
+  synth_family(dir / "fam", base, fine_tunes, 0, ft);
   const std::string b = (dir / "fam" / "base").string(), a1 = (dir / "fam" / "ft_1").string(),
                     a2 = (dir / "fam" / "ft_2").string();
   merge_into("merge_method: linear\nmodels:\n  - model: " + a1 + "\n    parameters: {weight: 0.571}\n  - model: " + a2 +
