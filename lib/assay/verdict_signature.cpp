@@ -31,12 +31,22 @@ constexpr double kSiblingSpread = 0.3;
 constexpr double kSiblingZ = 3.0;
 // Standard errors are floored so that an exact float32 merge (zero residual) has finite weights.
 constexpr double kSeFloor = 1e-9;
-// Cochran's Q treats each standard error as known. One estimated from d residual degrees of freedom
-// makes (w - mean)^2 / se^2 an F(1, d), whose mean d / (d - 2) is infinite for d <= 2: a 4-element
-// tensor (gpt-oss attention sinks, Qwen3-Next's A_log and dt_bias) fitted on three candidates
-// alone put Q of a rounded merge's attention at heterogeneity z 3.8. From 30 residual degrees of
-// freedom on, the term's mean is within 7% of 1 and Q keeps its chi-square null.
-constexpr double kSpreadMinResidualDf = 30;
+// The weights' tests treat each standard error as known. One estimated from d residual degrees of
+// freedom makes (w - mean)^2 / se^2 an F(1, d), whose mean d / (d - 2) is infinite for d <= 2, and
+// at d = 0 the residual, and so the error, is 0: a 4-element tensor (gpt-oss attention sinks,
+// Qwen3-Next's A_log and dt_bias) fitted on four candidates then outweighs every matrix in the
+// inverse-variance mean, and one equal to its reference has no error at all (either once made both
+// weights' z 0 and a clean gpt-oss merge a fine-tune); on three candidates such tensors put Q of a
+// rounded merge's attention at heterogeneity z 3.8. From 30 residual degrees of freedom on, the
+// term's mean is within 7% of 1 and Q keeps its chi-square null.
+constexpr double kMinResidualDf = 30;
+
+// Whether tensor t's weight for candidate c enters the weights' tests: fitted, with a finite weight
+// and standard error, and enough elements (above).
+bool weighs_in(const TensorAssay& t, int c, int k) {
+  return t.fitted && std::isfinite(t.weights[size_t(c)]) && std::isfinite(t.weight_se[size_t(c)]) &&
+         double(t.numel) >= kMinResidualDf + k;
+}
 
 struct CellSums {
   double sw = 0, swx = 0, swxx = 0, sww = 0;  // sum of 1/se^2, of w/se^2, of w^2/se^2, of 1/se^4
@@ -88,7 +98,7 @@ std::vector<WeightSignificance> weight_significance(const VerdictContext& v) {
   for (int c = 0; c < v.k; ++c) {
     CellSums all;
     for (const auto& t : v.result.tensors) {
-      if (t.fitted && std::isfinite(t.weights[size_t(c)])) all.add(t.weights[size_t(c)], t.weight_se[size_t(c)], t.numel);
+      if (weighs_in(t, c, v.k)) all.add(t.weights[size_t(c)], t.weight_se[size_t(c)], t.numel);
     }
     if (all.sw > 0) out[size_t(c)] = {all.swx / all.sw, all.swx / std::sqrt(all.sw)};
   }
@@ -104,8 +114,7 @@ std::vector<ComponentSpread> weight_spreads(const VerdictContext& v) {
       CellSums whole;
       int outside = 0;
       for (const auto& t : v.result.tensors) {
-        if (!t.fitted || t.component != comp.name || !std::isfinite(t.weights[size_t(c)])) continue;
-        if (double(t.numel) < kSpreadMinResidualDf + v.k) continue;  // se too uncertain for Q (above)
+        if (t.component != comp.name || !weighs_in(t, c, v.k)) continue;
         const double w = t.weights[size_t(c)], se = t.weight_se[size_t(c)];
         whole.add(w, se, t.numel);
         cells[t.layer >= 0 ? t.layer : -1 - outside++].add(w, se, t.numel);

@@ -115,5 +115,36 @@ INSTANTIATE_TEST_SUITE_P(Families, AssayRealLayouts,
                                            LayoutCase{"gpt_oss"}, LayoutCase{"deepseek_v3"}),
                          [](const auto& info) { return info.param.label(); });
 
+// GPT-OSS's attention sinks are 4 elements per layer. With parents 1% from their base, a bf16
+// merge's sinks can round back onto the base's exactly: that tensor has no deviation to fit and no
+// standard error, and another with 4 elements and 4 candidates has no residual degrees of freedom.
+// Neither may enter the inverse-variance mean of the weights (it once made both weights' z 0 and a
+// clean merge a fine-tune, folded norms or not) nor the sameness test.
+TEST(AssayRealLayoutsTiny, TensorsWithoutStandardErrorsDoNotOutweighTheMatrices) {
+  test::TempDir dir;
+  BaseModelOptions base = test::small_base(ModelFamily::kGptOss, 2, 128, 64, 3);
+  FineTuneOptions ft;
+  ft.relative_delta = 0.01;
+  synth_family(dir / "fam", base, 2, 1, ft);
+  const auto fam = [&](const char* m) { return (dir / "fam" / m).string(); };
+  test::merge_into("merge_method: linear\nmodels:\n  - model: " + fam("ft_1") + "\n    parameters: {weight: 0.571}\n  - model: " +
+                       fam("ft_2") + "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
+                   dir / "merged");
+  PerturbOptions fold;
+  fold.kind = PerturbKind::kFoldNorms;
+  perturb_model(dir / "merged", dir / "folded", fold);
+  const std::vector<std::string> candidates = {fam("base"), fam("ft_1"), fam("ft_2"), fam("unrelated_1")};
+  for (const char* suspect : {"merged", "folded"}) {
+    const AssayResult r = test::assay(dir / suspect, candidates);
+    size_t without_error = 0;
+    for (const auto& t : r.tensors) without_error += t.fitted && !std::isfinite(t.weight_se[1]);
+    EXPECT_GT(without_error, 0u) << suspect << ": the case this test is about (a tensor equal to its reference)";
+    EXPECT_EQ(r.verdict, "merge") << suspect << ": " << r.evidence["summary"];
+    EXPECT_EQ(r.method, "linear") << suspect;
+    EXPECT_NEAR(test::weight_of(r, candidates[1]), 0.571, 0.005) << suspect;
+    EXPECT_NEAR(test::weight_of(r, candidates[2]), 0.429, 0.005) << suspect;
+  }
+}
+
 }  // namespace
 }  // namespace alloy
