@@ -150,6 +150,10 @@ std::string facts(const Page& page) {
     o += fact("Confidence", "Low",
               "the suspect is an " + html_escape(text(field(evidence, "quantization"), "format")) +
                   " round trip whose rounding leaves the merge test undecided");
+  else if (confidence == "low" && page.verdict == "fine-tune" && text(evidence, "merge_signature") == "untestable")
+    o += fact("Confidence", "Low",
+              "two candidates carry significant weights, but the fit is too weak to tell a recipe's one weight "
+              "per layer from siblings' spread");
   else if (confidence == "low")
     o += fact("Confidence", "Low", "the recovered recipe does not rebuild the suspect");
   else if (!confidence.empty())

@@ -56,6 +56,25 @@ bool undecided_under_quantization(VerdictContext& v) {
   return true;
 }
 
+// A fine-tune verdict whose sameness test could not decide, while at least two candidates carry a
+// significant weight, is a guess too: the fit is too weak to tell a recipe's one weight per layer
+// from siblings' spread (a 2-layer Phi-3 merge under noise twice its deviation: weights 0.56 /
+// 0.43, both |z| > 5, z_min 3.9; with 4 layers the same merge is found). It is lowered.
+bool undecided_sameness(VerdictContext& v) {
+  AssayResult& r = v.result;
+  if (r.verdict != "fine-tune" || r.evidence.value("merge_signature", "") != "untestable") return false;
+  std::vector<std::string> significant;
+  const nlohmann::json weight_z = r.evidence.value("weight_z", nlohmann::json::object());
+  for (const auto& [path, z] : weight_z.items()) {
+    if (z.is_number() && std::fabs(z.get<double>()) >= kMergeZ) significant.push_back(path);
+  }
+  if (significant.size() < 2) return false;
+  v.note("the weights of " + significant[0] + " and " + significant[1] +
+         " are significant, but the fit is too weak to test whether they are one weight per layer (a recipe) or "
+         "spread from tensor to tensor (siblings): a merge of them cannot be told from a fine-tune here");
+  return true;
+}
+
 // Refuse to guess: what the verdict could not check lowers it. Tensors the alignment could not
 // undo (run.cpp leaves them out of the fit, so no candidate carries a weight on them) are listed
 // in evidence["unchecked"] and make the confidence "partial"; a rebuild check that misses what a
@@ -104,6 +123,9 @@ void qualify(VerdictContext& v) {
   if (undecided_under_quantization(v)) {
     confidence = "low";
     prefix = "undecided under the quantization noise: ";
+  } else if (undecided_sameness(v)) {
+    confidence = "low";
+    prefix = "undecided, the weights' sameness untestable: ";
   }
   if (confidence.empty()) return;
   r.evidence["confidence"] = confidence;

@@ -79,6 +79,12 @@ bool explains_deviation(VerdictContext& v);
 int majority_reference(const VerdictContext& v);
 // Mean fraction of resolved elements equal to the reference or to one candidate (tensors >= 4096).
 double sparse_fraction(const VerdictContext& v);
+// How much more often the suspect equals its reference than the candidate it equals most often
+// otherwise (resolved elements, tensors of 4096 elements or more): the weighted mean of
+// equal_reference over the largest weighted mean of equal_candidate. Elements made by dropping
+// every delta equal the base; bf16 rounding of a suspect a few units in the last place from
+// every candidate makes about as many chance equalities with each (docs/assay.md, "DELLA").
+double reference_equality_concentration(const VerdictContext& v);
 
 // --- false-positive bounds (verdict_bounds.cpp) --------------------------------------------------
 // Per component: tensors, median z, cos_fit, weights and the two false-positive bounds.

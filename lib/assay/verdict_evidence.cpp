@@ -90,4 +90,20 @@ double sparse_fraction(const VerdictContext& v) {
   return f.empty() ? 0 : f.mean();
 }
 
+double reference_equality_concentration(const VerdictContext& v) {
+  Weighted reference;
+  std::vector<Weighted> others(size_t(v.k));
+  for (const auto& t : v.result.tensors) {
+    if (!t.fitted || t.numel < 4096) continue;
+    reference.add(t.equal_reference, double(t.numel));
+    for (size_t c = 0; c < t.equal_candidate.size(); ++c) {
+      if (int(c) != t.reference) others[c].add(t.equal_candidate[c], double(t.numel));
+    }
+  }
+  double most = 0;
+  for (const auto& o : others) most = std::max(most, o.empty() ? 0.0 : o.mean());
+  if (reference.empty()) return 0;
+  return most > 0 ? reference.mean() / most : INFINITY;
+}
+
 }  // namespace alloy::detail

@@ -36,6 +36,12 @@ constexpr double kDareUpperDrop = 0.85, kDellaUpperLow = 0.15, kDellaUpperHigh =
 // DELLA reaches the sparse path with fewer elements equal to the base than the other sparse
 // methods (its rescaled kept entries never equal a parent): 0.5 / 0.6 leaves ~20%.
 constexpr double kDellaEquality = 0.12;
+// ... and those equalities are with the base: DELLA rescales what it keeps, so its elements equal a
+// parent only by chance (measured 0.24 equal to the base against 0.02 to each parent, hidden 128,
+// density 0.5). A linear merge trained further by ~1% of the weights' norm in bf16 equals each of
+// base and parents by chance about as often (0.03-0.05 each, 0.12 together: ratio 1.1-1.6),
+// which once passed for DELLA's share and drop profile on gpt-oss and Gemma 2 layouts.
+constexpr double kDellaConcentration = 3;
 constexpr double kDellaTopDrop = 0.15;
 // DELLA's magnitude step: the drop chance runs from 1 - d + eps (smallest) to 1 - d - eps
 // (largest), so the step is about eps / (1 - d + 0.1 eps), up to ~0.9 as eps nears 1 - d (0.59
@@ -229,7 +235,10 @@ bool dare_signature(const VerdictContext& v) {
 }
 
 bool della_signature(const VerdictContext& v) {
-  if (sparse_fraction(v) <= kDellaEquality || dare_signature(v)) return false;
+  if (sparse_fraction(v) <= kDellaEquality || reference_equality_concentration(v) < kDellaConcentration ||
+      dare_signature(v)) {
+    return false;
+  }
   Weighted upper, step, top;
   for (const auto& t : v.result.tensors) {
     if (!t.fitted || t.upper_drop.size() != size_t(v.k)) continue;
