@@ -39,13 +39,13 @@ Side side_of(const TensorPlace& p, const std::vector<uint64_t>& shape, uint64_t 
   return Side::kNone;
 }
 
-// A 2-D tensor as float64 [rows, cols].
+// A tensor as float64 [rows, last axis] (a stacked [E, in, out] as [E * in, out]).
 Mat load_matrix(const ModelTensor& t) {
   const auto& s = t.info->shape;
   std::vector<float> v(t.info->numel());
   load_range(t, 0, v.size(), v.data());
   t.shard->release(*t.info);
-  return Eigen::Map<const RowMajorF>(v.data(), Eigen::Index(s[0]), Eigen::Index(s[1])).cast<double>();
+  return Eigen::Map<const RowMajorF>(v.data(), Eigen::Index(v.size() / s.back()), Eigen::Index(s.back())).cast<double>();
 }
 
 // Whether Q is a randomised Hadamard, H diag(+-1) / sqrt(n) up to row and column signs: every entry
@@ -97,28 +97,35 @@ bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candi
   }
   if (used.empty()) return false;
   // The tensors the estimate reads: the embeddings, and the writers when the embeddings alone have
-  // too few rows (each writer's columns are residual vectors: S_W^T = C_W^T Q).
+  // too few rows. Each writer's output vectors are residual vectors: a [hidden, in] writer's
+  // columns (S_W^T = C_W^T Q), a stacked [E, in, hidden] one's rows (GPT-OSS's expert down
+  // projections: S_W = C_W Q, as the embeddings), a writer bias itself. Readers are left out: a
+  // folded norm scales their hidden axis, so they are not rotations of the candidates' readers.
   struct Pair {
-    std::string suspect, candidate;
+    std::string suspect, candidate;  // candidate empty: each candidate's embedding
     bool transpose;
   };
   std::vector<Pair> pairs;
-  pairs.push_back({embedding->name(), embedding_name(archs[0], *used[0]), false});
+  pairs.push_back({embedding->name(), "", false});
   uint64_t rows = embedding->info->shape[0];
   if (rows < kRotationRowsPerHidden * hidden) {
     for (const auto& t : suspect.tensors()) {
-      if (t.info->shape.size() != 2 || t.info->shape[0] != hidden) continue;
       const TensorPlace place = sa.classify(t.name());
       // Separate modules (an MTP head's blocks) are not the decoder's stream: perturb leaves them.
-      if (!place.submodel.empty() || side_of(place, t.info->shape, hidden) != Side::kLeft) continue;
+      if (!place.submodel.empty()) continue;
+      const bool writer = residual_role(place.role).use == ResidualUse::kWrites || place.role == TensorRole::kExpertBias;
+      const auto& shape = t.info->shape;
+      const Side side = side_of(place, shape, hidden);
+      const bool columns = side == Side::kLeft && shape.size() == 2;  // [hidden, in]
+      if (!writer || !(columns || side == Side::kRight)) continue;
       bool everywhere = true;
       for (const Model* m : used) {
         const ModelTensor* ct = m->find(t.name());
-        everywhere &= ct && ct->info->shape == t.info->shape;
+        everywhere &= ct && ct->info->shape == shape;
       }
       if (!everywhere) continue;
-      pairs.push_back({t.name(), t.name(), true});
-      rows += t.info->shape[1];
+      pairs.push_back({t.name(), t.name(), columns});
+      rows += columns ? shape[1] : t.info->numel() / hidden;
     }
   }
   if (rows < 4 * hidden) return false;  // too few residual vectors to tell a rotation from a fit
@@ -133,7 +140,7 @@ bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candi
     suspect_norm2 += s.squaredNorm();
     std::vector<Mat> cs;
     for (size_t c = 0; c < k; ++c) {
-      const std::string name = p.transpose ? p.candidate : embedding_name(archs[c], *used[c]);
+      const std::string name = p.candidate.empty() ? embedding_name(archs[c], *used[c]) : p.candidate;
       Mat x = load_matrix(*used[c]->find(name));
       if (p.transpose) x.transposeInPlace();
       m[c] += x.transpose() * s;

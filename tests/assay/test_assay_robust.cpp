@@ -312,6 +312,41 @@ TEST(AssayRobustStreamLimits, GptOssStackedExpertsAreUnfoldedOnTheirInnerAxis) {
   EXPECT_EQ(experts, 4u) << r.evidence["folded_norms"].dump();
 }
 
+// At hidden 128 with 2 layers and a vocabulary of 128, a GPT-OSS model's embeddings (128 rows) and
+// o_proj columns (2 x 128) are too few residual vectors to estimate a rotation (4 per hidden
+// unit); its stacked expert down projections [E, I, hidden] write the stream with one residual
+// vector per row (S = C Q, as the embeddings) and make up the rest. Before they counted, the
+// rotated merge was "inconclusive".
+TEST(AssayRobustStreamLimits, GptOssStackedDownProjectionsAreResidualRows) {
+  alloy::test::TempDir dir;
+  alloy::BaseModelOptions base = alloy::test::small_base(alloy::ModelFamily::kGptOss, 2, 128, 32, 21);
+  base.arch.vocab = 128;
+  base.arch.heads = 4;
+  base.arch.kv_heads = 2;
+  alloy::FineTuneOptions ft;
+  synth_family(dir / "fam", base, 2, 1, ft);
+  const auto fam = [&](const char* m) { return (dir / "fam" / m).string(); };
+  alloy::test::merge_into("merge_method: linear\nmodels:\n  - model: " + fam("ft_1") +
+                              "\n    parameters: {weight: 0.571}\n  - model: " + fam("ft_2") +
+                              "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
+                          dir / "merged");
+  alloy::PerturbOptions o;
+  o.kind = PerturbKind::kRotateResidual;
+  o.seed = 6;
+  alloy::perturb_model(dir / "merged", dir / "rotated", o);
+  const auto r = assay(dir / "rotated", {fam("base"), fam("ft_1"), fam("ft_2"), fam("unrelated_1")});
+  EXPECT_EQ(r.verdict, "merge") << r.evidence["summary"];
+  EXPECT_NEAR(weight_of(r, fam("ft_1")), 0.571, 0.01);
+  EXPECT_NEAR(weight_of(r, fam("ft_2")), 0.429, 0.01);
+  nlohmann::json rotation;
+  for (const auto& p : r.permutations) {
+    if (p["kind"] == "rotation") rotation = p;
+  }
+  ASSERT_TRUE(rotation.is_object()) << r.permutations.dump();
+  EXPECT_LT(rotation["residual"].get<double>(), 0.05);
+  EXPECT_GE(rotation["rows"].get<uint64_t>(), 4u * 128u);
+}
+
 // Gemma 2's norms are applied as (1 + w) and it normalises the writers' outputs: neither a fold nor
 // a rotation preserves its function, so perturb refuses, naming the norm, and writes nothing.
 TEST(AssayRobustStreamLimits, Gemma2IsRefusedByTheStreamTransforms) {
