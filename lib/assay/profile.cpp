@@ -16,6 +16,8 @@ namespace {
 const char* const kGroups[] = {"embed_tokens", "lm_head", "model.norm.", "self_attn",
                                "mlp",          "input_layernorm", "post_attention_layernorm"};
 constexpr int kGroupCount = int(sizeof(kGroups) / sizeof(kGroups[0]));
+// Tensors with fewer elements than this decide nothing about the encoding (see encode_profile).
+constexpr uint64_t kCheckedNumel = 1024;
 
 int group_of(const std::string& name) {
   for (int g = 0; g < kGroupCount; ++g) {
@@ -57,9 +59,10 @@ nlohmann::json encode_profile(const std::vector<ParameterSample>& samples, int l
   for (const auto& s : samples) {
     all.push_back({s.value, double(s.numel)});
     // Small tensors (norms) are noisy: they neither force nor block a finer encoding.
-    if (s.numel >= 1024) checked.push_back({s.value, double(s.numel)});
+    if (s.numel >= kCheckedNumel) checked.push_back({s.value, double(s.numel)});
   }
-  if (checked.empty()) checked = all;
+  const bool only_small = checked.empty();
+  if (only_small) checked = all;
   const double global = weighted_median(all);
   if (!std::isfinite(global)) return nullptr;
   if (within(checked, global, tolerance)) return round_to_digits(global, digits);
@@ -69,7 +72,9 @@ nlohmann::json encode_profile(const std::vector<ParameterSample>& samples, int l
     std::vector<std::pair<double, double>> in_group;
     std::vector<std::vector<std::pair<double, double>>> per_layer(size_t(std::max(layers, 0)));
     for (const auto& s : samples) {
-      if (group_of(s.tensor) != g) continue;
+      // ... nor a filter of their own (a base + fine-tune blend's 64-element norms in bf16 scatter
+      // by 0.1 and wrote {filter: input_layernorm, value: [0.6, 0.7]} beside a default of 0.6).
+      if (group_of(s.tensor) != g || (!only_small && s.numel < kCheckedNumel)) continue;
       in_group.push_back({s.value, double(s.numel)});
       if (s.layer >= 0 && s.layer < layers) per_layer[size_t(s.layer)].push_back({s.value, double(s.numel)});
     }
@@ -82,10 +87,13 @@ nlohmann::json encode_profile(const std::vector<ParameterSample>& samples, int l
       layer_values.push_back(round_to_digits(v, digits));
       varies |= std::fabs(v - centre) > tolerance;
     }
+    // A filter that writes the default again once rounded says nothing.
+    const double rounded_global = round_to_digits(global, digits);
+    const bool all_default = std::all_of(layer_values.begin(), layer_values.end(), [&](double v) { return v == rounded_global; });
     nlohmann::json value;
-    if (varies && layers > 1) {
+    if (varies && layers > 1 && !all_default) {
       value = layer_values;
-    } else if (std::fabs(centre - global) > tolerance) {
+    } else if (std::fabs(centre - global) > tolerance && round_to_digits(centre, digits) != rounded_global) {
       value = round_to_digits(centre, digits);
     } else {
       continue;  // the default covers it

@@ -38,11 +38,39 @@ std::vector<std::string> rebuild_sample(const VerdictContext& v) {
   return names;
 }
 
-// Every number under a "parameters" key rounded to `digits` decimals.
+// A mergekit setting (number, gradient, or filters ending in a default) whose parts say the same
+// number once rounded, as that number: a gradient of equal values, filters that repeat the default.
+// (The norms of a base + fine-tune blend scatter past the profile's tolerance and, rounded to one
+// decimal, came out as {filter: input_layernorm, value: [0.3, 0.3]} beside a default of 0.3.)
+nlohmann::json collapsed(nlohmann::json s) {
+  const auto uniform = [](const nlohmann::json& g) {
+    return g.is_array() && !g.empty() && std::all_of(g.begin(), g.end(), [&](const auto& x) { return x.is_number() && x == g[0]; });
+  };
+  if (uniform(s)) return s[0];
+  const bool filters = s.is_array() && !s.empty() && s.back().is_object() && s.back().contains("value") && !s.back().contains("filter");
+  if (!filters) return s;
+  for (auto& f : s) {
+    if (f.is_object() && f.contains("value") && uniform(f["value"])) f["value"] = f["value"][0];
+  }
+  const nlohmann::json fallback = s.back()["value"];
+  nlohmann::json kept = nlohmann::json::array();
+  for (const auto& f : s) {
+    if (&f == &s.back() || !f.is_object() || !f.contains("filter") || f["value"] != fallback) kept.push_back(f);
+  }
+  return kept.size() == 1 ? fallback : kept;
+}
+
+// Every number under a "parameters" key rounded to `digits` decimals, each setting collapsed.
 nlohmann::json snapped(nlohmann::json j, int digits, bool inside = false) {
   if (j.is_number_float() && inside) return round_digits(j.get<double>(), digits);
   if (j.is_object()) {
-    for (auto& [key, value] : j.items()) value = snapped(value, digits, inside || key == "parameters");
+    for (auto& [key, value] : j.items()) {
+      if (key == "parameters" && value.is_object()) {
+        for (auto& [name, setting] : value.items()) setting = collapsed(snapped(setting, digits, true));
+      } else {
+        value = snapped(value, digits, inside);
+      }
+    }
   } else if (j.is_array()) {
     for (auto& value : j) value = snapped(value, digits, inside);
   }

@@ -228,8 +228,11 @@ bool dare_signature(const VerdictContext& v) {
     for (size_t c = 0; c < size_t(v.k); ++c) density[c].add(t.subset_density[c], double(t.numel));
   }
   if (matched.empty() || matched.median() < kSubsetMatched) return false;
+  // A candidate kept (almost) nowhere is not in the merge at all, not one DARE drops from: a blend
+  // of the base and ft_1 is made by {ft_1} everywhere and ft_2's density is 0 (read as DARE on
+  // GPT-OSS and Qwen3.5-MoE layouts before this bound).
   for (const auto& d : density) {
-    if (!d.empty() && d.median() < kSubsetSparseDensity) return true;
+    if (!d.empty() && d.median() < kSubsetSparseDensity && d.median() >= kContributingSoloDensity) return true;
   }
   return false;
 }

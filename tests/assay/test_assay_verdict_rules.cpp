@@ -147,8 +147,12 @@ TEST(AssayVerdict, SummaryCitesTheNumbersInTheJson) {
   EXPECT_NE(why.find("not a merge of the candidates: "), std::string::npos) << why;
 }
 
-TEST(AssayVerdict, BlendOfBaseAndFineTuneIsTheLinearRecipeWithBothWeights) {
-  AssayFamily f(alloy::ModelFamily::kLlama, 33, 0.05, 2);
+// On every layout: the blend is made by {ft_1} alone in every element, so ft_2's kept-set density
+// is 0; that once read as "a candidate DARE drops from" on GPT-OSS and Qwen3.5-MoE (dare_ties).
+class AssayVerdictLayouts : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(AssayVerdictLayouts, BlendOfBaseAndFineTuneIsTheLinearRecipeWithBothWeights) {
+  AssayFamily f(*alloy::family_from_name(GetParam()), 33, 0.02, 2);
   for (double w : {0.3, 0.6}) {
     alloy::test::TempDir out;
     merge_into(linear_yaml(candidate(f, "base"), w, candidate(f, "ft_1"), 1 - w), out / "blend");
@@ -168,5 +172,7 @@ TEST(AssayVerdict, BlendOfBaseAndFineTuneIsTheLinearRecipeWithBothWeights) {
     EXPECT_EQ(r.evidence["alternatives"][0]["merge_method"], "task_arithmetic");
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Families, AssayVerdictLayouts, ::testing::Values("llama", "gpt_oss", "qwen3_5_moe", "mixtral"));
 
 }  // namespace
