@@ -117,6 +117,21 @@ INSTANTIATE_TEST_SUITE_P(Families, AssayRealLayouts,
                                            LayoutCase{"gpt_oss"}, LayoutCase{"deepseek_v3"}),
                          [](const auto& info) { return info.param.label(); });
 
+// A 2-layer, hidden-128 family of `kind` (seed `seed`) with two fine-tunes 1% from the base and an
+// unrelated model under `dir`/fam, and the bf16 linear merge 0.571 / 0.429 of ft_1 and ft_2 in
+// `dir`/merged. Returns the candidates: base, ft_1, ft_2, unrelated_1.
+std::vector<std::string> blend_of_small_parents(ModelFamily kind, uint64_t seed, const fs::path& dir) {
+  FineTuneOptions ft;
+  ft.relative_delta = 0.01;
+  synth_family(dir / "fam", test::small_base(kind, 2, 128, 64, seed), 2, 1, ft);
+  std::vector<std::string> candidates;
+  for (const char* m : {"base", "ft_1", "ft_2", "unrelated_1"}) candidates.push_back((dir / "fam" / m).string());
+  test::merge_into("merge_method: linear\nmodels:\n  - model: " + candidates[1] + "\n    parameters: {weight: 0.571}\n  - model: " +
+                       candidates[2] + "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
+                   dir / "merged");
+  return candidates;
+}
+
 // GPT-OSS's attention sinks are 4 elements per layer. With parents 1% from their base, a bf16
 // merge's sinks can round back onto the base's exactly: that tensor has no deviation to fit and no
 // standard error, and another with 4 elements and 4 candidates has no residual degrees of freedom.
@@ -124,18 +139,10 @@ INSTANTIATE_TEST_SUITE_P(Families, AssayRealLayouts,
 // clean merge a fine-tune, folded norms or not) nor the sameness test.
 TEST(AssayRealLayoutsTiny, TensorsWithoutStandardErrorsDoNotOutweighTheMatrices) {
   test::TempDir dir;
-  BaseModelOptions base = test::small_base(ModelFamily::kGptOss, 2, 128, 64, 3);
-  FineTuneOptions ft;
-  ft.relative_delta = 0.01;
-  synth_family(dir / "fam", base, 2, 1, ft);
-  const auto fam = [&](const char* m) { return (dir / "fam" / m).string(); };
-  test::merge_into("merge_method: linear\nmodels:\n  - model: " + fam("ft_1") + "\n    parameters: {weight: 0.571}\n  - model: " +
-                       fam("ft_2") + "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
-                   dir / "merged");
+  const std::vector<std::string> candidates = blend_of_small_parents(ModelFamily::kGptOss, 3, dir.path());
   PerturbOptions fold;
   fold.kind = PerturbKind::kFoldNorms;
   perturb_model(dir / "merged", dir / "folded", fold);
-  const std::vector<std::string> candidates = {fam("base"), fam("ft_1"), fam("ft_2"), fam("unrelated_1")};
   for (const char* suspect : {"merged", "folded"}) {
     const AssayResult r = test::assay(dir / suspect, candidates);
     size_t without_error = 0;
@@ -158,19 +165,11 @@ class AssayFurtherTrained : public ::testing::TestWithParam<const char*> {};
 TEST_P(AssayFurtherTrained, ChanceEqualitiesAreNotReadAsASparseMerge) {
   for (uint64_t seed = 3; seed <= 6; ++seed) {
     test::TempDir dir;
-    BaseModelOptions base = test::small_base(*family_from_name(GetParam()), 2, 128, 64, seed);
-    FineTuneOptions ft;
-    ft.relative_delta = 0.01;
-    synth_family(dir / "fam", base, 2, 1, ft);
-    const auto fam = [&](const char* m) { return (dir / "fam" / m).string(); };
-    test::merge_into("merge_method: linear\nmodels:\n  - model: " + fam("ft_1") + "\n    parameters: {weight: 0.571}\n  - model: " +
-                         fam("ft_2") + "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
-                     dir / "merged");
+    const std::vector<std::string> candidates = blend_of_small_parents(*family_from_name(GetParam()), seed, dir.path());
     PerturbOptions train;
     train.kind = PerturbKind::kFineTune;
     train.strength = 0.01;
     perturb_model(dir / "merged", dir / "trained", train);
-    const std::vector<std::string> candidates = {fam("base"), fam("ft_1"), fam("ft_2"), fam("unrelated_1")};
     const AssayResult r = test::assay(dir / "trained", candidates);
     EXPECT_EQ(r.verdict, "merge") << "seed " << seed << ": " << r.evidence["summary"];
     EXPECT_EQ(r.method, "linear") << "seed " << seed << ": " << r.evidence["summary"];
@@ -190,20 +189,13 @@ TEST(AssayUndecided, AnUntestableSamenessWithTwoSignificantWeightsLowersAFineTun
   int undecided = 0;
   for (uint64_t seed = 1; seed <= 6; ++seed) {
     test::TempDir dir;
-    BaseModelOptions base = test::small_base(ModelFamily::kPhi3, 2, 128, 64, seed);
-    FineTuneOptions ft;
-    ft.relative_delta = 0.01;
-    synth_family(dir / "fam", base, 2, 1, ft);
-    const auto fam = [&](const char* m) { return (dir / "fam" / m).string(); };
-    test::merge_into("merge_method: linear\nmodels:\n  - model: " + fam("ft_1") + "\n    parameters: {weight: 0.571}\n  - model: " +
-                         fam("ft_2") + "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
-                     dir / "merged");
+    const std::vector<std::string> candidates = blend_of_small_parents(ModelFamily::kPhi3, seed, dir.path());
     PerturbOptions noise;
     noise.kind = PerturbKind::kNoise;
     noise.strength = 2.0;
-    noise.reference = fam("base");
+    noise.reference = candidates[0];
     perturb_model(dir / "merged", dir / "noisy", noise);
-    const AssayResult r = test::assay(dir / "noisy", {fam("base"), fam("ft_1"), fam("ft_2"), fam("unrelated_1")});
+    const AssayResult r = test::assay(dir / "noisy", candidates);
     if (r.verdict == "merge") continue;
     ASSERT_EQ(r.verdict, "fine-tune") << "seed " << seed << ": " << r.evidence["summary"];
     if (r.evidence["merge_signature"] != "untestable") continue;
