@@ -52,7 +52,8 @@ struct CandidateScreen {
   std::vector<double> correlation;  // per candidate: Pearson correlation with S on the sample
   std::vector<double> score;        // per candidate: |correlation| of x_c with the unexplained part
                                     // of y, at its selection (kept) or at the last step (set aside)
-  double residual = 1;              // unexplained share of |y|^2 after the kept ones
+  double residual = 1;              // unexplained share of |y|^2 after the selected ones
+  int ancestor = -1;                // candidate index kept as the likely common base (see screen.cpp)
   uint64_t elements = 0;            // sample elements per model
 };
 CandidateScreen screen_candidates(const Model& suspect, const std::vector<const Model*>& candidates, int keep);

@@ -203,6 +203,7 @@ AssayResult run_screened(const AssayOptions& options) {
                 {"elements", s.elements},
                 {"reference", paths[size_t(s.reference)]},
                 {"residual", s.residual},
+                {"ancestor", s.ancestor >= 0 ? nlohmann::json(paths[size_t(s.ancestor)]) : nlohmann::json(nullptr)},
                 {"kept", nlohmann::json::array()},
                 {"set_aside", nlohmann::json::array()}};
       for (size_t c = 0; c < paths.size(); ++c) {
@@ -223,8 +224,10 @@ AssayResult run_screened(const AssayOptions& options) {
       "candidate screen: " + std::to_string(options.candidates.size()) + " candidates, more than the " +
       std::to_string(detail::kMaxFitted) + " the fit takes; " + std::to_string(fitted.candidates.size()) +
       " kept by forward selection on " + std::to_string(screen["elements"].get<uint64_t>()) +
-      " elements per model (evidence.screen), the others set aside: a parent whose share of the suspect's "
-      "difference from the reference is below the screen's threshold would be missed");
+      " elements per model (evidence.screen" +
+      (screen["ancestor"].is_string() ? ", with the candidate nearest the suspect as the likely common base" : "") +
+      "), the others set aside: a parent whose share of the suspect's difference from the reference is below the "
+      "screen's threshold would be missed");
   return result;
 }
 

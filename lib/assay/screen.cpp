@@ -202,6 +202,25 @@ CandidateScreen screen_candidates(const Model& suspect, const std::vector<const 
     cols.push_back(column(best));
     refit();
   }
+  // The ancestor: the verdict judges a merge of siblings from their common base (how much of the
+  // suspect's deviation the recipe explains, the fine-tune's base), which the selection never
+  // picks, since the base explains nothing the parents do not. So once two candidates are kept, the
+  // one nearest the suspect of those left is kept too: the base of a merge of its fine-tunes is
+  // nearer than any other fine-tune (|S - B| ~ 0.7 delta against ~1.2 delta). Without it a noisy
+  // merge of ft_1 and ft_2 screened from 12 candidates read as a fine-tune of ft_1.
+  if (atoms.size() >= 2 && int(atoms.size()) < keep) {
+    size_t nearest = 0;
+    double best = INFINITY;
+    for (size_t c = 1; c < m; ++c) {
+      if (std::find(atoms.begin(), atoms.end(), c) != atoms.end()) continue;
+      const double d2 = self[0] - 2 * g0[c] + self[c];
+      if (d2 < best) best = d2, nearest = c;
+    }
+    if (nearest != 0) {
+      atoms.push_back(nearest);
+      out.ancestor = int(nearest - 1);
+    }
+  }
   atoms.erase(atoms.begin());
   out.kept.push_back(ref - 1);
   for (size_t a : atoms) out.kept.push_back(a - 1);

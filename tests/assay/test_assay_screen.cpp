@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "alloy/core/error.h"
+#include "alloy/perturb/perturb.h"
 #include "test_assay_utils.h"
 
 namespace alloy {
@@ -86,6 +87,34 @@ TEST(AssayScreen, TiesMergeKeepsItsBaseAndMatchesTheSmallAssay) {
   EXPECT_NO_THROW(find(big, base));
   EXPECT_NEAR(find(big, a).weight, find(small, a).weight, 0.01);
   EXPECT_NEAR(find(big, b).weight, find(small, b).weight, 0.01);
+}
+
+// A merge under noise as large as its own deviation from the base is judged from that base (how
+// much of the deviation the recipe explains), which forward selection never picks: the base
+// explains nothing the parents do not. The screen keeps the candidate nearest the suspect as the
+// likely common base, so 16 candidates give the answer of the base and the parents alone (without
+// it, a fine-tune of one parent).
+TEST(AssayScreen, NoisyMergeKeepsItsBaseAsTheAncestor) {
+  test::TempDir temp;
+  const auto dir = make_family(temp / "fam", 14, 1, 33);
+  const std::string base = (dir / "base").string(), a = (dir / "ft_5").string(), b = (dir / "ft_9").string();
+  test::merge_into("merge_method: linear\nmodels:\n  - model: " + a + "\n    parameters: {weight: 0.571}\n  - model: " + b +
+                       "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
+                   temp / "merged");
+  PerturbOptions noise;
+  noise.kind = PerturbKind::kNoise;
+  noise.strength = 1.0;
+  noise.reference = base;
+  perturb_model(temp / "merged", temp / "noisy", noise);
+  const AssayResult big = test::assay(temp / "noisy", members(dir, 14, 1));
+  const AssayResult small = test::assay(temp / "noisy", {base, a, b});
+  ASSERT_EQ(small.verdict, "merge") << small.evidence["summary"];
+  EXPECT_EQ(big.verdict, "merge") << big.evidence["summary"];
+  EXPECT_EQ(big.method, small.method);
+  EXPECT_EQ(big.recipe, small.recipe);
+  EXPECT_EQ(big.evidence["screen"]["ancestor"], base) << big.evidence["screen"];
+  EXPECT_NEAR(find(big, a).weight, 0.571, 0.01);
+  EXPECT_NEAR(find(big, b).weight, 0.429, 0.01);
 }
 
 // Up to 8 candidates there is no screen (the assay is today's); above 64 the assay refuses, naming
