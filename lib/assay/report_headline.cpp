@@ -154,6 +154,10 @@ std::string facts(const Page& page) {
     o += fact("Confidence", "Low",
               "two candidates carry significant weights, but the fit is too weak to tell a recipe's one weight "
               "per layer from siblings' spread");
+  else if (confidence == "low" && field(evidence, "method_established").is_boolean())
+    o += fact("Confidence", "Low",
+              "a merge, but its residual depends on the parents' delta magnitudes: a sparse (TIES-family) merge "
+              "under noise, whose method the noise hides");
   else if (confidence == "low")
     o += fact("Confidence", "Low", "the recovered recipe does not rebuild the suspect");
   else if (!confidence.empty())

@@ -120,6 +120,10 @@ void qualify(VerdictContext& v) {
     confidence = "low";
     prefix = "not confirmed by the rebuild check: ";
   }
+  if (!r.evidence.value("method_established", true)) {
+    confidence = "low";
+    prefix = "a merge, but not by the method named (a sparse merge under noise): ";
+  }
   if (undecided_under_quantization(v)) {
     confidence = "low";
     prefix = "undecided under the quantization noise: ";
@@ -177,6 +181,10 @@ void decide(VerdictContext& v) {
     for (int c : involved) v.candidate(c).involved = true;
     if (involved.size() == 2 && try_slerp(v, involved)) return;
     dense_merge(v, involved, base);
+    // Under noise the exact equalities of a sparse merge are gone; its magnitude trimming is not.
+    if (v.result.evidence.value("unexplained_level", 0.0) > kRoundingLevel && sparse_under_noise(v, involved, base)) {
+      v.result.evidence["method_established"] = false;
+    }
     return;
   }
   // Too weak to test under a quantization grid's rounding: the grid itself can confirm the blend.

@@ -7,6 +7,7 @@
 //   verdict_sparse.cpp    TIES / DARE;
 //   verdict_dense.cpp     slerp, linear and task arithmetic;
 //   verdict_grid.cpp      a merge confirmed through the suspect's quantization grid;
+//   verdict_sparse_noise.cpp  a sparse merge under noise read as a dense one;
 //   verdict_recipe.cpp    recipe helpers and the rebuild check that picks among hypotheses;
 //   verdict_summary.cpp   the summary text of a merge.
 // docs/assay.md, "Verdicts", states every threshold used here and why.
@@ -26,6 +27,9 @@ namespace alloy::detail {
 inline constexpr double kInvolvedWeight = 0.01;  // |mixing weight| of a candidate that takes part
 inline constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
 inline constexpr double kMergeLog10Bound = -6.0;
+// |S - fit| / |C_ref| of a clean merge: rounding to bf16 leaves 0.001-0.002 (docs/assay.md); above
+// this the recipe leaves noise or further training unexplained.
+inline constexpr double kRoundingLevel = 0.005;
 
 // A number for a sentence: `significant` significant digits, no trailing zeros.
 inline std::string number_text(double value, int significant = 3) {
@@ -156,6 +160,15 @@ inline constexpr double kQuantizedShare = 0.5;
 inline constexpr double kGridRebuildRatio = 0.1;
 inline constexpr uint64_t kGridRebuildMinOutside = 200;
 bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved, int base);
+
+// A dense verdict (the base among `involved`) whose residual depends on the parents' delta
+// magnitudes: the slope of e = (S - B) - sum w_c delta_c on delta_c among the smaller half of
+// |delta_c| and among the larger half differ by |z| >= 5 and by a fifth of w_c, over 64 rows of the
+// largest fitted tensors (2^20 elements in all). A dense merge under isotropic noise has slope 0
+// in both; a magnitude-trimmed one (TIES family) under noise has not. Records
+// evidence["residual_by_magnitude"]; when it finds the dependence, notes it and returns true (the
+// verdict's method is then not established: verdict.cpp lowers it).
+bool sparse_under_noise(VerdictContext& v, const std::vector<int>& involved, int base);
 
 // --- recipes (verdict_recipe.cpp) ----------------------------------------------------------------
 // The torch name of the dtype holding most of the model's bytes (the recipe's dtype).

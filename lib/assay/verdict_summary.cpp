@@ -8,8 +8,6 @@
 namespace alloy::detail {
 namespace {
 
-// |S - fit| / |C_ref| of a clean merge: rounding to bf16 leaves 0.001-0.002 (docs/assay.md).
-constexpr double kRoundingLevel = 0.005;
 
 }  // namespace
 

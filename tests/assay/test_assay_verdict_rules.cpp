@@ -175,4 +175,41 @@ TEST_P(AssayVerdictLayouts, BlendOfBaseAndFineTuneIsTheLinearRecipeWithBothWeigh
 
 INSTANTIATE_TEST_SUITE_P(Families, AssayVerdictLayouts, ::testing::Values("llama", "gpt_oss", "qwen3_5_moe", "mixtral"));
 
+// Noise on a sparse merge removes its exact equalities, and the dense fit reads it as task
+// arithmetic; its residual still depends on the parents' delta magnitudes, so the verdict stays a
+// merge whose method is not established (confidence low, the reason in summary and report). A
+// task arithmetic merge under the same noise keeps its method and full confidence.
+TEST_P(AssayVerdictLayouts, ASparseMergeUnderNoiseIsNotCalledDense) {
+  AssayFamily f(*alloy::family_from_name(GetParam()), 34, 0.02, 2);
+  const auto merged_with_noise = [&](const std::string& method, const std::string& params1, const std::string& params2,
+                                     const fs::path& out) {
+    merge_into("merge_method: " + method + "\nbase_model: " + candidate(f, "base") + "\nmodels:\n  - model: " +
+                   candidate(f, "ft_1") + "\n    parameters: " + params1 + "\n  - model: " + candidate(f, "ft_2") +
+                   "\n    parameters: " + params2 + "\ndtype: bfloat16\n",
+               out / "merged");
+    alloy::PerturbOptions noise;
+    noise.kind = alloy::PerturbKind::kNoise;
+    noise.strength = 0.5;
+    noise.reference = candidate(f, "base");
+    alloy::perturb_model(out / "merged", out / "noisy", noise);
+    return assay(out / "noisy", f.candidates());
+  };
+  for (const char* method : {"ties", "dare_ties", "della"}) {
+    alloy::test::TempDir out;
+    const auto r = merged_with_noise(method, "{weight: 0.6, density: 0.5}", "{weight: 0.4, density: 0.5}", out.path());
+    ASSERT_EQ(r.verdict, "merge") << method << ": " << r.evidence["summary"];
+    EXPECT_EQ(r.evidence.value("confidence", ""), "low") << method << ": " << r.evidence["summary"];
+    EXPECT_EQ(r.evidence.value("method_established", true), false) << method;
+    EXPECT_EQ(r.evidence["summary"].get<std::string>().rfind("a merge, but not by the method named", 0), 0u) << method;
+    EXPECT_NE(alloy::assay_report_html(alloy::assay_to_json(r)).find("whose method the noise hides"), std::string::npos);
+  }
+  alloy::test::TempDir out;
+  const auto dense = merged_with_noise("task_arithmetic", "{weight: 0.7}", "{weight: 0.5}", out.path());
+  ASSERT_EQ(dense.verdict, "merge") << dense.evidence["summary"];
+  EXPECT_EQ(dense.method, "task_arithmetic");
+  EXPECT_FALSE(dense.evidence.contains("confidence")) << dense.evidence["summary"];
+  ASSERT_TRUE(dense.evidence.contains("residual_by_magnitude")) << dense.evidence.dump();
+  for (const auto& row : dense.evidence["residual_by_magnitude"]) EXPECT_FALSE(row["magnitude_dependent"].get<bool>()) << row;
+}
+
 }  // namespace
