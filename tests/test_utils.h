@@ -14,6 +14,19 @@
 
 namespace alloy::test {
 
+// How many seeds a statistical sweep runs: all of them in the Release suite, where the sweep's claim
+// ("never a merge in N runs") is measured, and an eighth of them (at least two, so that a sweep
+// alternating dense and MoE families still runs both) in the sanitizer build, whose job is to find
+// memory errors and undefined behaviour on every code path the sweep takes, not to repeat its
+// statistics five times slower (CI runs both builds within its time limit).
+constexpr int sweep_seeds(int n) {
+#ifdef ALLOY_SANITIZED
+  return n / 8 > 2 ? n / 8 : (n < 2 ? n : 2);
+#else
+  return n;
+#endif
+}
+
 // A fresh directory for one test, removed when the object goes out of scope.
 class TempDir {
  public:

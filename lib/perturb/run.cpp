@@ -399,7 +399,7 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
   std::optional<Model> reference;
   if (!options.reference.empty()) reference.emplace(Model::open(options.reference, options.open));
   detail::PerturbInput input{model, reference ? &*reference : nullptr, options, strength,
-                             std::nullopt};
+                             std::nullopt, {}};
   if (model.has_config()) {
     // Only rescale-neurons needs synth's fields; the permutations read the layout from the
     // architecture model (alloy/core/units.h) and the value kinds need none, so a real config that

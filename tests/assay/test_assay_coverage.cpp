@@ -88,7 +88,8 @@ TEST(AssayCoverage, DecoysNeverChangeTheVerdictOrTheRecipe) {
   const std::vector<size_t> counts = candidate_counts();
   ASSERT_GE(counts.size(), 3u);
   int merges = 0;
-  for (uint64_t seed = 1; seed <= 50; ++seed) {
+  constexpr int kSeeds = alloy::test::sweep_seeds(50);
+  for (uint64_t seed = 1; seed <= uint64_t(kSeeds); ++seed) {
     DecoyScene scene(seed);
     std::string first;
     for (size_t n : counts) {
@@ -123,7 +124,7 @@ TEST(AssayCoverage, DecoysNeverChangeTheVerdictOrTheRecipe) {
           << assay_summary(r);
     }
   }
-  EXPECT_EQ(merges, 50);
+  EXPECT_EQ(merges, kSeeds);
 }
 
 // A Mixtral assembled by alloy-moe from dense models has their attention and embeddings, but its

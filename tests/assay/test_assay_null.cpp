@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 using alloy::test::assay;
 using alloy::test::merge_into;
 
-constexpr int kSeeds = 50;
+constexpr int kSeeds = alloy::test::sweep_seeds(50);
 
 alloy::BaseModelOptions tiny(alloy::ModelFamily kind, uint64_t seed, alloy::DType dtype) {
   alloy::BaseModelOptions o;
@@ -85,7 +85,7 @@ TEST(AssayNull, SiblingFineTunesAreNeverMerges) {
 }
 
 TEST(AssayNull, CorrelatedSiblingsAreNeverMerges) {
-  constexpr int kCorrelatedSeeds = 200;
+  constexpr int kCorrelatedSeeds = alloy::test::sweep_seeds(200);
   int with_base_fine_tunes = 0;
   for (int seed = 1; seed <= kCorrelatedSeeds; ++seed) {
     alloy::test::TempDir dir;
@@ -108,7 +108,7 @@ TEST(AssayNull, CorrelatedSiblingsAreNeverMerges) {
 // error, so the sameness test of the weights (its heterogeneity z) and the lowered cos_fit bar
 // with the ancestor present must still never let a sibling through.
 TEST(AssayNull, CorrelatedSiblingsRoundedToInt4AreNeverMerges) {
-  constexpr int kInt4Seeds = 60;
+  constexpr int kInt4Seeds = alloy::test::sweep_seeds(60);
   for (int seed = 1; seed <= kInt4Seeds; ++seed) {
     alloy::test::TempDir dir;
     alloy::FineTuneOptions ft;

@@ -366,7 +366,7 @@ TEST(AssayRobustStreamLimits, Gemma2IsRefusedByTheStreamTransforms) {
 
 // Every transform applied to an unrelated model: never a merge (50 seeds per transform).
 TEST(AssayRobustNull, TransformedUnrelatedModelsAreNeverMerges) {
-  constexpr int kSeeds = 50;
+  constexpr int kSeeds = alloy::test::sweep_seeds(50);
   std::vector<Transform> all(std::begin(kTransforms), std::end(kTransforms));
   all.push_back({"permute_neurons", PerturbKind::kPermuteNeurons, NAN});
   all.push_back({"permute_heads", PerturbKind::kPermuteHeads, NAN});

@@ -27,7 +27,7 @@
 namespace alloy {
 namespace {
 
-constexpr int kSeeds = 50;          // per family
+constexpr int kSeeds = test::sweep_seeds(50);  // per family
 constexpr int kSeedsPerFamily = 5;  // shuffles per drawn family (ten families drawn per family kind)
 
 bool ends_with(const std::string& s, const std::string& tail) {

@@ -46,7 +46,7 @@ bool rounds_to(double printed, double value, int significant) {
 // An unrelated decoy among the candidates must not stand in for the second related sibling that
 // shows the reference to be a common ancestor (it did: MoE siblings at 0.5% were then merges).
 TEST(AssayNull, SiblingsWithoutTheBaseBesideAnUnrelatedDecoyAreNeverMerges) {
-  for (int seed = 1; seed <= 20; ++seed) {
+  for (int seed = 1; seed <= alloy::test::sweep_seeds(20); ++seed) {
     AssayFamily f(kind_for(seed), uint64_t(seed) + 51000, seed % 4 ? 0.005 : 0.02, 4);
     const auto r = assay(f.dir / "ft_3", {candidate(f, "ft_1"), candidate(f, "ft_2"), candidate(f, "unrelated_1")});
     EXPECT_NE(r.verdict, "merge") << "seed " << seed << ": " << r.evidence.dump();

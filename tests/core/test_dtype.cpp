@@ -164,6 +164,9 @@ TEST(DTypeBf16, RoundsToNearestEvenAroundEveryPattern) {
   EXPECT_EQ(alloy::f32_to_bf16(-std::nanf("")), 0x7FC0);          // sign dropped, as c10
 }
 
+// The compiler's _Float16 is the reference; clang before 15 has none on x86 (the sanitizer build),
+// where these three tests are left out and the Release build (GCC) runs them.
+#ifdef __FLT16_MAX__
 TEST(DTypeF16, EveryPatternAgainstFloat16) {
   for (uint32_t h = 0; h < 65536; ++h) {
     _Float16 reference;
@@ -241,6 +244,7 @@ TEST(DTypeF16, RoundsToNearestEvenAtEveryMidpoint) {
   EXPECT_EQ(alloy::f32_to_f16(from_bits(0x7F800001)), 0x7E00);  // signalling NaN, payload dropped
   EXPECT_EQ(alloy::f32_to_f16(from_bits(0xFFFFFFFF)), 0xFE00);
 }
+#endif  // __FLT16_MAX__
 
 float e4m3_formula(uint8_t b, int bias, bool fnuz) {
   if (fnuz && b == 0x80) return NAN;
