@@ -154,6 +154,10 @@ std::string facts(const Page& page) {
     o += fact("Confidence", "Low",
               "two candidates carry significant weights, but the fit is too weak to tell a recipe's one weight "
               "per layer from siblings' spread");
+  else if (confidence == "low" && page.verdict == "fine-tune" && field(evidence, "sparse_merge_possible").is_boolean())
+    o += fact("Confidence", "Low",
+              "the weights differ between tensors as siblings' do, but the residual depends on the deltas' "
+              "magnitudes as a sparse (TIES-family) merge under noise leaves it: the fine-tune is not established");
   else if (confidence == "low" && field(evidence, "method_established").is_boolean())
     o += fact("Confidence", "Low",
               "a merge, but its residual depends on the parents' delta magnitudes: a sparse (TIES-family) merge "

@@ -130,6 +130,9 @@ void qualify(VerdictContext& v) {
   } else if (undecided_sameness(v)) {
     confidence = "low";
     prefix = "undecided, the weights' sameness untestable: ";
+  } else if (r.evidence.value("sparse_merge_possible", false)) {
+    confidence = "low";
+    prefix = "undecided, possibly a sparse merge under noise: ";
   }
   if (confidence.empty()) return;
   r.evidence["confidence"] = confidence;
@@ -184,6 +187,11 @@ void decide(VerdictContext& v) {
     // Under noise the exact equalities of a sparse merge are gone; its magnitude trimming is not.
     if (v.result.evidence.value("unexplained_level", 0.0) > kRoundingLevel && sparse_under_noise(v, involved, base)) {
       v.result.evidence["method_established"] = false;
+      v.note("the residual of the dense reading depends on the parents' delta magnitudes (its slope on a "
+             "parent's delta, or its size, differs between the smaller and the larger half of them; "
+             "evidence.residual_by_magnitude): a magnitude-trimmed merge (the TIES family) under noise or "
+             "further training, whose exact equalities the noise removed, not a dense one; the method is not "
+             "established and the weights are those of the dense reading");
     }
     return;
   }
@@ -197,6 +205,19 @@ void decide(VerdictContext& v) {
                      : !explained                    ? explained_why
                                                      : signature_why + "; z_min " + number_text(v.result.evidence["z_min"].get<double>()) +
                                                            " < " + number_text(kMergeZ));
+  // Read densely, a sparse merge under noise gives the base a weight that is an artefact of the
+  // trimming and differs from tensor to tensor, so the sameness test takes it for siblings (GPT-OSS,
+  // breadcrumbs_ties under noise half its deviation: the base's weight on experts spread 0.17, bar
+  // 0.15). Siblings' residuals do not depend on the deltas' magnitudes; a trimmed merge's do.
+  if (signature == Signature::kAbsent && v.result.evidence.value("unexplained_level", 0.0) > kRoundingLevel &&
+      sparse_under_noise(v, involved, base)) {
+    v.result.evidence["sparse_merge_possible"] = true;
+    v.note("the residual of the dense reading depends on the candidates' delta magnitudes (its slope on a "
+           "delta, or its size, differs between the smaller and the larger half of them; "
+           "evidence.residual_by_magnitude), as a magnitude-trimmed merge (the TIES family) under noise or "
+           "further training leaves it and siblings do not: the weights that differ between tensors may be "
+           "that merge's trimming, so the fine-tune is not established");
+  }
 }
 
 }  // namespace

@@ -166,8 +166,9 @@ bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved,
 // |delta_c| and among the larger half differ by |z| >= 5 and by a fifth of w_c, over 64 rows of the
 // largest fitted tensors (2^20 elements in all). A dense merge under isotropic noise has slope 0
 // in both; a magnitude-trimmed one (TIES family) under noise has not. Records
-// evidence["residual_by_magnitude"]; when it finds the dependence, notes it and returns true (the
-// verdict's method is then not established: verdict.cpp lowers it).
+// evidence["residual_by_magnitude"] and returns whether it found the dependence (verdict.cpp then
+// notes it and lowers the verdict: a dense merge's method is not established, a fine-tune read from
+// weights that differ between tensors is undecided).
 bool sparse_under_noise(VerdictContext& v, const std::vector<int>& involved, int base);
 
 // --- recipes (verdict_recipe.cpp) ----------------------------------------------------------------

@@ -134,13 +134,7 @@ bool sparse_under_noise(VerdictContext& v, const std::vector<int>& involved, int
   }
   if (table.empty()) return false;
   r.evidence["residual_by_magnitude"] = table;
-  if (!sparse) return false;
-  v.note("the residual of the dense reading depends on the parents' delta magnitudes (its slope on a "
-         "parent's delta, or its size, differs between the smaller and the larger half of them; "
-         "evidence.residual_by_magnitude): a magnitude-trimmed merge (the TIES family) under noise or "
-         "further training, whose exact equalities the noise removed, not a dense one; the method is not "
-         "established and the weights are those of the dense reading");
-  return true;
+  return sparse;
 }
 
 }  // namespace alloy::detail
