@@ -157,11 +157,11 @@ std::string facts(const Page& page) {
   else if (confidence == "low" && page.verdict == "fine-tune" && field(evidence, "sparse_merge_possible").is_boolean())
     o += fact("Confidence", "Low",
               "the weights differ between tensors as siblings' do, but the residual depends on the deltas' "
-              "magnitudes as a sparse (TIES-family) merge under noise leaves it: the fine-tune is not established");
+              "magnitudes as a sparse (TIES or DARE family) merge under noise leaves it: the fine-tune is not established");
   else if (confidence == "low" && field(evidence, "method_established").is_boolean())
     o += fact("Confidence", "Low",
-              "a merge, but its residual depends on the parents' delta magnitudes: a sparse (TIES-family) merge "
-              "under noise, whose method the noise hides");
+              "a merge, but its residual depends on the parents' delta magnitudes: a sparse (TIES or DARE family) "
+              "merge under noise, whose method the noise hides");
   else if (confidence == "low")
     o += fact("Confidence", "Low", "the recovered recipe does not rebuild the suspect");
   else if (!confidence.empty())

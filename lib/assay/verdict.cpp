@@ -189,8 +189,8 @@ void decide(VerdictContext& v) {
       v.result.evidence["method_established"] = false;
       v.note("the residual of the dense reading depends on the parents' delta magnitudes (its slope on a "
              "parent's delta, or its size, differs between the smaller and the larger half of them; "
-             "evidence.residual_by_magnitude): a magnitude-trimmed merge (the TIES family) under noise or "
-             "further training, whose exact equalities the noise removed, not a dense one; the method is not "
+             "evidence.residual_by_magnitude): a magnitude-trimmed (TIES family) or randomly dropped (DARE) merge "
+             "under noise or further training, whose exact equalities the noise removed, not a dense one; the method is not "
              "established and the weights are those of the dense reading");
     }
     return;
@@ -214,8 +214,8 @@ void decide(VerdictContext& v) {
     v.result.evidence["sparse_merge_possible"] = true;
     v.note("the residual of the dense reading depends on the candidates' delta magnitudes (its slope on a "
            "delta, or its size, differs between the smaller and the larger half of them; "
-           "evidence.residual_by_magnitude), as a magnitude-trimmed merge (the TIES family) under noise or "
-           "further training leaves it and siblings do not: the weights that differ between tensors may be "
+           "evidence.residual_by_magnitude), as a magnitude-trimmed (TIES family) or randomly dropped (DARE) "
+           "merge under noise or further training leaves it and siblings do not: the weights that differ between tensors may be "
            "that merge's trimming, so the fine-tune is not established");
   }
 }

@@ -161,11 +161,13 @@ inline constexpr double kGridRebuildRatio = 0.1;
 inline constexpr uint64_t kGridRebuildMinOutside = 200;
 bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved, int base);
 
-// A dense verdict (the base among `involved`) whose residual depends on the parents' delta
-// magnitudes: the slope of e = (S - B) - sum w_c delta_c on delta_c among the smaller half of
-// |delta_c| and among the larger half differ by |z| >= 5 and by a fifth of w_c, over 64 rows of the
-// largest fitted tensors (2^20 elements in all). A dense merge under isotropic noise has slope 0
-// in both; a magnitude-trimmed one (TIES family) under noise has not. Records
+// A dense reading whose residual depends on the parents' delta magnitudes (the parents: `involved`
+// without `base`; the base, the reference of every delta, need not carry a weight): the slope of
+// e = (S - B) - sum w_c delta_c on delta_c among the smaller half of |delta_c| and among the larger
+// half differ by |z| >= 5 and by a fifth of w_c, or the mean |e| of the larger half exceeds the
+// smaller's by |z| >= 5 and 10%, over 64 rows of the largest fitted tensors (2^20 elements in all).
+// A dense merge under isotropic noise shows neither; a magnitude-trimmed (TIES family) or randomly
+// dropped (DARE) one under noise does. Records
 // evidence["residual_by_magnitude"] and returns whether it found the dependence (verdict.cpp then
 // notes it and lowers the verdict: a dense merge's method is not established, a fine-tune read from
 // weights that differ between tensors is undecided).

@@ -41,7 +41,11 @@ struct SlopeSums {
 
 bool sparse_under_noise(VerdictContext& v, const std::vector<int>& involved, int base) {
   AssayResult& r = v.result;
-  if (base < 0 || std::find(involved.begin(), involved.end(), base) == involved.end()) return false;
+  // The residual is read against the base whether or not the dense reading gives it a weight: the
+  // per-tensor weights are affine (sum 1), so S - sum_c w_c X_c = (S - B) - sum_{c != B} w_c (X_c - B),
+  // and a DARE merge with weights summing to 1 (dare_linear 0.6 / 0.4) reads as a linear blend of
+  // the parents alone.
+  if (base < 0) return false;
   std::vector<int> parents;
   for (int c : involved) {
     if (c != base) parents.push_back(c);

@@ -183,7 +183,8 @@ TEST_P(AssayVerdictLayouts, ASparseMergeUnderNoiseIsNotCalledDense) {
   AssayFamily f(*alloy::family_from_name(GetParam()), 34, 0.02, 2);
   const auto merged_with_noise = [&](const std::string& method, const std::string& params1, const std::string& params2,
                                      const fs::path& out) {
-    merge_into("merge_method: " + method + "\nbase_model: " + candidate(f, "base") + "\nmodels:\n  - model: " +
+    const std::string base_model = method == "linear" ? "" : "\nbase_model: " + candidate(f, "base");
+    merge_into("merge_method: " + method + base_model + "\nmodels:\n  - model: " +
                    candidate(f, "ft_1") + "\n    parameters: " + params1 + "\n  - model: " + candidate(f, "ft_2") +
                    "\n    parameters: " + params2 + "\ndtype: bfloat16\n",
                out / "merged");
@@ -194,7 +195,9 @@ TEST_P(AssayVerdictLayouts, ASparseMergeUnderNoiseIsNotCalledDense) {
     alloy::perturb_model(out / "merged", out / "noisy", noise);
     return assay(out / "noisy", f.candidates());
   };
-  for (const char* method : {"ties", "dare_ties", "della"}) {
+  // dare_linear's weights sum to 1: its dense reading is a linear blend of the parents alone, the
+  // base carrying no weight, and the residual is still read against the base.
+  for (const char* method : {"ties", "dare_ties", "della", "dare_linear"}) {
     alloy::test::TempDir out;
     const auto r = merged_with_noise(method, "{weight: 0.6, density: 0.5}", "{weight: 0.4, density: 0.5}", out.path());
     ASSERT_EQ(r.verdict, "merge") << method << ": " << r.evidence["summary"];
@@ -210,6 +213,14 @@ TEST_P(AssayVerdictLayouts, ASparseMergeUnderNoiseIsNotCalledDense) {
   EXPECT_FALSE(dense.evidence.contains("confidence")) << dense.evidence["summary"];
   ASSERT_TRUE(dense.evidence.contains("residual_by_magnitude")) << dense.evidence.dump();
   for (const auto& row : dense.evidence["residual_by_magnitude"]) EXPECT_FALSE(row["magnitude_dependent"].get<bool>()) << row;
+  // The Rio blend (base not involved) under the same noise: linear, full confidence, tested.
+  alloy::test::TempDir out_linear;
+  const auto rio = merged_with_noise("linear", "{weight: 0.571}", "{weight: 0.429}", out_linear.path());
+  ASSERT_EQ(rio.verdict, "merge") << rio.evidence["summary"];
+  EXPECT_EQ(rio.method, "linear");
+  EXPECT_FALSE(rio.evidence.contains("confidence")) << rio.evidence["summary"];
+  ASSERT_TRUE(rio.evidence.contains("residual_by_magnitude")) << rio.evidence.dump();
+  for (const auto& row : rio.evidence["residual_by_magnitude"]) EXPECT_FALSE(row["magnitude_dependent"].get<bool>()) << row;
 }
 
 // Read densely, breadcrumbs_ties under noise gives the base a weight that the trimming makes differ
