@@ -14,7 +14,13 @@ for name in "${fuzzers[@]}"; do
   work=$(mktemp -d)
   cp -r "$root/fuzz/corpus/$corpus/." "$work/"
   echo "alloy: fuzzing $corpus for ${seconds}s" >&2
-  (cd "$work" && "$root/build-asan/bin/$name" -max_total_time="$seconds" -timeout=10 -max_len=65536 \
-      -print_final_stats=1 "$work" 2>&1 | tail -n 12)
+  # A crashing input is kept in build-asan/ (the work folder goes): rerun it with
+  # build-asan/bin/NAME_fuzzer FILE.
+  if ! (cd "$work" && "$root/build-asan/bin/$name" -max_total_time="$seconds" -timeout=10 -max_len=65536 \
+      -artifact_prefix="$root/build-asan/$corpus-" -print_final_stats=1 "$work" 2>&1 | tail -n 12); then
+    rm -rf "$work"
+    echo "alloy: $name failed; its input: $(ls -t "$root"/build-asan/"$corpus"-* 2>/dev/null | head -n 1)" >&2
+    exit 1
+  fi
   rm -rf "$work"
 done

@@ -293,8 +293,10 @@ class Parser {
       } else {
         if (!value.IsSequence() || value.size() != 2) fail(value, "layer_range must be [begin, end]");
         const double begin = number(value[0], "layer_range begin"), end = number(value[1], "layer_range end");
-        if (begin != static_cast<int>(begin) || end != static_cast<int>(end) || begin < 0 || end <= begin) {
-          fail(value, "layer_range must be two whole numbers with 0 <= begin < end");
+        // Range first: converting a double outside int's range (1e32, NaN) is undefined behaviour.
+        const auto whole = [](double x) { return x >= 0 && x <= 1048576 && x == std::floor(x); };
+        if (!whole(begin) || !whole(end) || end <= begin) {
+          fail(value, "layer_range must be two whole numbers with 0 <= begin < end <= 1048576");
         }
         s.layer_range = std::make_pair(static_cast<int>(begin), static_cast<int>(end));
       }

@@ -58,6 +58,14 @@ std::vector<BadRecipe> bad_recipes() {
       {"BadLayerRange",
        "merge_method: passthrough\nslices:\n  - sources:\n      - model: models/ft_a\n        layer_range: [3, 1]\n",
        5, "layer_range must be two whole numbers"},
+      // Found by the recipe fuzzer: 1e32 was converted to int before the range was checked (UB).
+      {"HugeLayerRange",
+       "merge_method: passthrough\nslices:\n  - sources:\n      - model: models/ft_a\n"
+       "        layer_range: [0, 111111111111111111111111111111111]\n",
+       5, "layer_range must be two whole numbers with 0 <= begin < end <= 1048576"},
+      {"NanLayerRange",
+       "merge_method: passthrough\nslices:\n  - sources:\n      - model: models/ft_a\n        layer_range: [.nan, 2]\n",
+       5, "layer_range must be two whole numbers"},
       {"SliceSourceWithoutRange", "merge_method: passthrough\nslices:\n  - sources:\n      - model: models/ft_a\n", 4,
        "needs layer_range"},
       // Values out of range, refused at parse time rather than at the last tensor.
