@@ -206,21 +206,21 @@ TEST_P(AssayVerdictLayouts, ASparseMergeUnderNoiseIsNotCalledDense) {
     EXPECT_EQ(r.evidence["summary"].get<std::string>().rfind("a merge, but not by the method named", 0), 0u) << method;
     EXPECT_NE(alloy::assay_report_html(alloy::assay_to_json(r)).find("whose method the noise hides"), std::string::npos);
   }
-  alloy::test::TempDir out;
-  const auto dense = merged_with_noise("task_arithmetic", "{weight: 0.7}", "{weight: 0.5}", out.path());
-  ASSERT_EQ(dense.verdict, "merge") << dense.evidence["summary"];
-  EXPECT_EQ(dense.method, "task_arithmetic");
-  EXPECT_FALSE(dense.evidence.contains("confidence")) << dense.evidence["summary"];
-  ASSERT_TRUE(dense.evidence.contains("residual_by_magnitude")) << dense.evidence.dump();
-  for (const auto& row : dense.evidence["residual_by_magnitude"]) EXPECT_FALSE(row["magnitude_dependent"].get<bool>()) << row;
-  // The Rio blend (base not involved) under the same noise: linear, full confidence, tested.
-  alloy::test::TempDir out_linear;
-  const auto rio = merged_with_noise("linear", "{weight: 0.571}", "{weight: 0.429}", out_linear.path());
-  ASSERT_EQ(rio.verdict, "merge") << rio.evidence["summary"];
-  EXPECT_EQ(rio.method, "linear");
-  EXPECT_FALSE(rio.evidence.contains("confidence")) << rio.evidence["summary"];
-  ASSERT_TRUE(rio.evidence.contains("residual_by_magnitude")) << rio.evidence.dump();
-  for (const auto& row : rio.evidence["residual_by_magnitude"]) EXPECT_FALSE(row["magnitude_dependent"].get<bool>()) << row;
+  // Dense merges under the same noise keep their method and full confidence, the test having run:
+  // task arithmetic (the base involved) and the Rio blend (linear, the base carrying no weight).
+  const std::pair<const char*, std::pair<const char*, const char*>> dense_merges[] = {
+      {"task_arithmetic", {"{weight: 0.7}", "{weight: 0.5}"}}, {"linear", {"{weight: 0.571}", "{weight: 0.429}"}}};
+  for (const auto& [method, params] : dense_merges) {
+    alloy::test::TempDir out;
+    const auto dense = merged_with_noise(method, params.first, params.second, out.path());
+    ASSERT_EQ(dense.verdict, "merge") << method << ": " << dense.evidence["summary"];
+    EXPECT_EQ(dense.method, method);
+    EXPECT_FALSE(dense.evidence.contains("confidence")) << method << ": " << dense.evidence["summary"];
+    ASSERT_TRUE(dense.evidence.contains("residual_by_magnitude")) << method << ": " << dense.evidence.dump();
+    for (const auto& row : dense.evidence["residual_by_magnitude"]) {
+      EXPECT_FALSE(row["magnitude_dependent"].get<bool>()) << method << ": " << row;
+    }
+  }
 }
 
 // Read densely, breadcrumbs_ties under noise gives the base a weight that the trimming makes differ
