@@ -185,7 +185,7 @@ void decide(VerdictContext& v) {
     if (involved.size() == 2 && try_slerp(v, involved)) return;
     dense_merge(v, involved, base);
     // Under noise the exact equalities of a sparse merge are gone; its magnitude trimming is not.
-    if (v.result.evidence.value("unexplained_level", 0.0) > kRoundingLevel && sparse_under_noise(v, involved, base)) {
+    if (sparse_under_noise(v, involved, base)) {
       v.result.evidence["method_established"] = false;
       v.note("the residual of the dense reading depends on the parents' delta magnitudes (its slope on a "
              "parent's delta, or its size, differs between the smaller and the larger half of them; "
@@ -209,8 +209,7 @@ void decide(VerdictContext& v) {
   // trimming and differs from tensor to tensor, so the sameness test takes it for siblings (GPT-OSS,
   // breadcrumbs_ties under noise half its deviation: the base's weight on experts spread 0.17, bar
   // 0.15). Siblings' residuals do not depend on the deltas' magnitudes; a trimmed merge's do.
-  if (signature == Signature::kAbsent && v.result.evidence.value("unexplained_level", 0.0) > kRoundingLevel &&
-      sparse_under_noise(v, involved, base)) {
+  if (signature == Signature::kAbsent && sparse_under_noise(v, involved, base)) {
     v.result.evidence["sparse_merge_possible"] = true;
     v.note("the residual of the dense reading depends on the candidates' delta magnitudes (its slope on a "
            "delta, or its size, differs between the smaller and the larger half of them; "

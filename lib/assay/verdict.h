@@ -166,7 +166,8 @@ bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved,
 // e = (S - B) - sum w_c delta_c on delta_c among the smaller half of |delta_c| and among the larger
 // half differ by |z| >= 5 and by a fifth of w_c, or the mean |e| of the larger half exceeds the
 // smaller's by |z| >= 5 and 10%, over 64 rows of the largest fitted tensors (2^20 elements in all).
-// A dense merge under isotropic noise shows neither; a magnitude-trimmed (TIES family) or randomly
+// Only where the unexplained level is above rounding (kRoundingLevel). A dense merge under isotropic
+// noise shows neither; a magnitude-trimmed (TIES family) or randomly
 // dropped (DARE) one under noise does. Records
 // evidence["residual_by_magnitude"] and returns whether it found the dependence (verdict.cpp then
 // notes it and lowers the verdict: a dense merge's method is not established, a fine-tune read from

@@ -41,6 +41,9 @@ struct SlopeSums {
 
 bool sparse_under_noise(VerdictContext& v, const std::vector<int>& involved, int base) {
   AssayResult& r = v.result;
+  // At the rounding level there is no noise to hide a sparse merge's exact equalities, which the
+  // sparse detectors read directly.
+  if (!(r.evidence.value("unexplained_level", 0.0) > kRoundingLevel)) return false;
   // The residual is read against the base whether or not the dense reading gives it a weight: the
   // per-tensor weights are affine (sum 1), so S - sum_c w_c X_c = (S - B) - sum_{c != B} w_c (X_c - B),
   // and a DARE merge with weights summing to 1 (dare_linear 0.6 / 0.4) reads as a linear blend of
