@@ -50,7 +50,11 @@ double pearson(const std::vector<float>& x, const std::vector<float>& y) {
 double prefix_correlation(const ModelTensor& a, const ModelTensor& b) {
   const uint64_t n = std::min<uint64_t>(a.info->numel(), kPrefix);
   if (n == 0 || a.info->numel() != b.info->numel()) return 0;
-  std::vector<float> x(n), y(n);
+  // Reused by every call on this thread: vectors made afresh for each tensor pair cost a page fault
+  // per 4 KiB each time (malloc returns the freed top of the heap to the system).
+  static thread_local std::vector<float> x, y;
+  x.resize(n);
+  y.resize(n);
   load_range(a, 0, n, x.data());
   load_range(b, 0, n, y.data());
   return pearson(x, y);

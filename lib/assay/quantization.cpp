@@ -89,7 +89,8 @@ std::optional<QuantizationGrid> detect_grid(const ModelTensor& tensor) {
   if (u == 0 || info.shape.size() < 2 || n < 1024 || info.shape.back() < 32) return std::nullopt;
   const uint64_t cols = info.shape.back(), rows = n / cols;
   const uint64_t sampled = std::min(rows, kGridRows);
-  std::vector<float> values(size_t(sampled * cols));
+  static thread_local std::vector<float> values;  // reused: a fresh one per tensor cost a page fault per 4 KiB
+  values.resize(size_t(sampled * cols));
   for (uint64_t s = 0; s < sampled; ++s) {
     const uint64_t row = s * rows / sampled;  // evenly spaced, the first row included
     load_range(tensor, size_t(row * cols), size_t(cols), values.data() + s * cols);
