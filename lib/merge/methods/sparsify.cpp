@@ -233,13 +233,20 @@ class RankSelector {
                      });
       }
     });
+    // The totals over bin ranges in parallel (integer sums: the same for any split): summed on
+    // one thread they were a serial read of every chunk's histograms, 4% of a 1 GB ties merge.
     total_.assign(models * kHighBins, 0);
-    for (size_t p = 0; p < models; ++p) {
-      for (size_t c = 0; c < chunks_.count; ++c) {
-        const uint32_t* h = hist_ + p * stride + c * kHighBins;
-        for (size_t b = 0; b < kHighBins; ++b) total_[p * kHighBins + b] += h[b];
+    constexpr size_t kBinGrain = 4096;  // divides kHighBins: a range of bins is one model's
+    parallel_for(models * kHighBins, kBinGrain, [&](size_t ib, size_t ie) {
+      for (size_t first = ib; first < ie; first += kBinGrain) {
+        const size_t p = first / kHighBins, b0 = first % kHighBins, len = std::min(kBinGrain, ie - first);
+        uint64_t* total = total_.data() + first;
+        for (size_t c = 0; c < chunks_.count; ++c) {
+          const uint32_t* h = hist_ + p * stride + c * kHighBins + b0;
+          for (size_t b = 0; b < len; ++b) total[b] += h[b];
+        }
       }
-    }
+    });
   }
 
   // ++h[bin] for every entry's bin (the high 15 bits of its key). The bins of a block are computed
