@@ -188,6 +188,9 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
       }
       if (!check.contains("exact_fraction")) continue;
       if (better_check(check, checks[h])) checks[h] = check, recipes[h] = recipe;
+      // Every element rebuilt: no later variant can be strictly better (better_check), so the
+      // rest of this hypothesis's variants need not be merged.
+      if (checks[h]["exact_fraction"].get<double>() >= 1.0) break;
     }
   }
   size_t best = hypotheses.size();
