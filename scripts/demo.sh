@@ -50,7 +50,8 @@ if [[ -x "$bin/alloy-assay" ]]; then
     --reference "$out/models/base" --seed 9
   "$bin/alloy-synth" perturb "$out/noisy" "$out/hidden" --overwrite --kind permute-experts --seed 7
   "$bin/alloy-synth" perturb "$out/hidden" "$out/disguised" --overwrite --kind permute-neurons --seed 8
-  (cd "$out" && "$bin/alloy-assay" disguised models/base models/ft_1 models/ft_2 models/unrelated_1 | sed -n '2,8p')
+  (cd "$out" && "$bin/alloy-assay" disguised models/base models/ft_1 models/ft_2 models/unrelated_1 |
+     grep -E '^(verdict|evidence|compared|rebuild check|unexplained by the recipe|alignment):')
   echo "(full report: $out/assay.html, recovered recipe: $out/recovered.yml)"
 fi
 echo
