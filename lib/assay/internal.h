@@ -32,6 +32,9 @@ AssayAudit collect_audit(const AssayOptions& options, const std::string& started
 inline constexpr int kMaxFitted = 8;
 inline constexpr int kMaxCandidates = 64;
 inline constexpr int kMaxVectors = kMaxFitted + 1;  // suspect + fitted candidates
+// |mixing weight| of a candidate that takes part in a merge (the verdict's involved set; a tensor's
+// sparse statistics leave out the candidates below it).
+inline constexpr double kInvolvedWeight = 0.01;
 
 // The candidate screen (screen.cpp). On at most kScreenElements elements of the tensors every
 // candidate holds with the suspect's shape (a run from the middle of each, in proportion to its

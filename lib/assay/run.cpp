@@ -115,9 +115,13 @@ std::string unfit_reason(const ModelTensor& s, const std::vector<const ModelTens
 }
 
 void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
+  // The related candidates that carry a weight in this tensor's fit. A decoy (a sibling of the
+  // parents) is related but weightless; left in, its "kept alone" share and the kept-set subsets
+  // it spoils turned a dare_ties merge into della when a sibling joined the candidates.
   std::vector<int> others;  // vector indices (candidate + 1)
   for (size_t c = 0; c < ta->correlation.size(); ++c) {
-    if (int(c) != ta->reference && ta->correlation[c] > 0.3) others.push_back(int(c) + 1);
+    const bool weightless = c < ta->weights.size() && std::fabs(ta->weights[c]) < detail::kInvolvedWeight;
+    if (int(c) != ta->reference && ta->correlation[c] > 0.3 && !weightless) others.push_back(int(c) + 1);
   }
   const size_t k = ta->correlation.size();
   ta->solo_density.assign(k, std::nan(""));

@@ -122,7 +122,7 @@ void qualify(VerdictContext& v) {
   }
   if (!r.evidence.value("method_established", true)) {
     confidence = "low";
-    prefix = "a merge, but not by the method named (a sparse merge under noise): ";
+    prefix = "a merge, but not by the method named (its residual depends on the deltas' magnitudes, as a sparse merge's does): ";
   }
   if (undecided_under_quantization(v)) {
     confidence = "low";
@@ -190,7 +190,8 @@ void decide(VerdictContext& v) {
       v.note("the residual of the dense reading depends on the parents' delta magnitudes (its slope on a "
              "parent's delta, or its size, differs between the smaller and the larger half of them; "
              "evidence.residual_by_magnitude): a magnitude-trimmed (TIES family) or randomly dropped (DARE) merge "
-             "under noise or further training, whose exact equalities the noise removed, not a dense one; the method is not "
+             "whose exact equalities noise, further training or the compute dtype's rounding removed (a kept delta "
+             "multiplied and divided by its weight in bf16 rarely comes back exactly), not a dense one; the method is not "
              "established and the weights are those of the dense reading");
     }
     return;

@@ -24,7 +24,6 @@
 
 namespace alloy::detail {
 
-inline constexpr double kInvolvedWeight = 0.01;  // |mixing weight| of a candidate that takes part
 inline constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
 inline constexpr double kMergeLog10Bound = -6.0;
 // |S - fit| / |C_ref| of a clean merge: rounding to bf16 leaves 0.001-0.002 (docs/assay.md); above

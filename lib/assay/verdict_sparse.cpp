@@ -261,6 +261,10 @@ bool try_sparse(VerdictContext& v, int base) {
   Weighted all_steps;
   for (int c = 0; c < v.k; ++c) {
     if (c == base || e.density[size_t(c)].empty()) continue;
+    // A decoy that slipped into some tensors' statistics (run.cpp leaves out a tensor's weightless
+    // candidates, but a small tensor's weights scatter): its overall dense weight is nil, a
+    // parent's is not. Kept, it entered the recipe with weight 0 and shifted the others'.
+    if (std::fabs(v.candidate(c).weight) < kInvolvedWeight) continue;
     if (e.solo[size_t(c)].median() >= kContributingSoloDensity) {
       others.push_back(c);
       for (const auto& value : e.step[size_t(c)].values) all_steps.add(value.first, value.second);

@@ -127,6 +127,34 @@ TEST(AssayCoverage, DecoysNeverChangeTheVerdictOrTheRecipe) {
   EXPECT_EQ(merges, kSeeds);
 }
 
+// The same for the sparse members of the task-arithmetic family: a sibling decoy (ft_3) is related
+// to the suspect but carries no weight. Before, it entered the kept-set statistics (its "kept
+// alone" share is the mode of a spread-out ratio) and the recipe (weight -0.0): dare_ties and
+// dare_linear were read as della and della_linear, ties and della got a third model and shifted
+// weights.
+TEST(AssayCoverage, SiblingDecoysNeverChangeASparseMergesMethodOrRecipe) {
+  for (ModelFamily kind : {ModelFamily::kLlama, ModelFamily::kMoe}) {
+    AssayFamily f(kind, 1, 0.02);
+    const auto recipe = [&](const std::string& method, const std::string& params) {
+      return "merge_method: " + method + "\nbase_model: " + candidate(f, "base") + "\nmodels:\n  - model: " +
+             candidate(f, "ft_1") + "\n    parameters: {weight: 0.6" + params + "}\n  - model: " + candidate(f, "ft_2") +
+             "\n    parameters: {weight: 0.4" + params + "}\ndtype: bfloat16\n";
+    };
+    const std::vector<std::pair<std::string, std::string>> methods = {
+        {"dare_ties", ", density: 0.5"}, {"dare_linear", ", density: 0.6"}, {"ties", ", density: 0.5"},
+        {"della", ", density: 0.5, epsilon: 0.1"}};
+    for (const auto& [method, params] : methods) {
+      const auto merged = f.temp.path() / method;
+      merge_into(recipe(method, params), merged);
+      const AssayResult plain = assay(merged, {candidate(f, "base"), candidate(f, "ft_1"), candidate(f, "ft_2")});
+      EXPECT_EQ(plain.verdict, "merge") << method << "\n" << assay_summary(plain);
+      EXPECT_EQ(plain.method, method) << assay_summary(plain);
+      const AssayResult decoys = assay(merged, f.candidates_with_ft3());
+      EXPECT_EQ(answer(decoys), answer(plain)) << family_name(kind) << " " << method << "\n" << assay_summary(decoys);
+    }
+  }
+}
+
 // A Mixtral assembled by alloy-moe from dense models has their attention and embeddings, but its
 // experts (most of its weights here) have no counterpart among the dense candidates: not a "copy".
 TEST(AssayCoverage, MoeAgainstDenseCandidatesIsInconclusive) {
