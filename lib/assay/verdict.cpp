@@ -139,6 +139,30 @@ void qualify(VerdictContext& v) {
   r.evidence["summary"] = prefix + r.evidence.value("summary", "");
 }
 
+// A clean sparse merge can have too few exact equalities for decide()'s sparse gate (a
+// breadcrumbs_ties merge at density 0.5: a delta kept alone is multiplied and divided by its weight
+// in bf16 and rarely comes back exactly, so only the elements that both parents dropped equal the
+// base, about 10% of them against the gate's 25%), and is then read densely with a residual that
+// depends on the delta magnitudes. Read once more as a sparse merge from `undecided` (the result
+// before the dense reading), that reading is kept only when its recipe rebuilds the sampled
+// tensors almost exactly (kSparseRebuildExact): noise, further training or a non-merge never does.
+bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) {
+  AssayResult dense = v.result;
+  const nlohmann::json by_magnitude = dense.evidence.value("residual_by_magnitude", nlohmann::json());
+  v.result = undecided;
+  if (try_sparse(v, base) && v.result.verdict == "merge" && v.result.evidence.contains("rebuild") &&
+      v.result.evidence["rebuild"].value("exact_fraction", 0.0) >= kSparseRebuildExact) {
+    v.result.evidence["residual_by_magnitude"] = by_magnitude;
+    v.note("read densely first, the residual depended on the parents' delta magnitudes (evidence.residual_by_magnitude); "
+           "read as a sparse merge, its recipe rebuilds " +
+           number_text(100 * v.result.evidence["rebuild"]["exact_fraction"].get<double>()) +
+           "% of the sampled elements exactly, which the dense recipe did not");
+    return true;
+  }
+  v.result = std::move(dense);
+  return false;
+}
+
 void decide(VerdictContext& v) {
   aggregate_candidates(v);
   aggregate_components(v);
@@ -181,11 +205,13 @@ void decide(VerdictContext& v) {
   const bool explained = explains_deviation(v);
   const std::string explained_why = note_of(before);
   if ((signature == Signature::kPresent || (signature == Signature::kUntestable && strong)) && explained) {
+    const AssayResult undecided = v.result;  // for a sparse reading after the dense one
     for (int c : involved) v.candidate(c).involved = true;
     if (involved.size() == 2 && try_slerp(v, involved)) return;
     dense_merge(v, involved, base);
     // Under noise the exact equalities of a sparse merge are gone; its magnitude trimming is not.
     if (sparse_under_noise(v, involved, base)) {
+      if (sparse_rebuilds(v, undecided, base)) return;
       v.result.evidence["method_established"] = false;
       v.note("the residual of the dense reading depends on the parents' delta magnitudes (its slope on a "
              "parent's delta, or its size, differs between the smaller and the larger half of them; "

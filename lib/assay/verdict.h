@@ -24,6 +24,8 @@
 
 namespace alloy::detail {
 
+// Exact share of a sparse recipe's rebuild that lets it replace a dense reading (sparse_rebuilds).
+inline constexpr double kSparseRebuildExact = 0.9;
 inline constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
 inline constexpr double kMergeLog10Bound = -6.0;
 // |S - fit| / |C_ref| of a clean merge: rounding to bf16 leaves 0.001-0.002 (docs/assay.md); above
