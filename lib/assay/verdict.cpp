@@ -139,6 +139,13 @@ void qualify(VerdictContext& v) {
   r.evidence["summary"] = prefix + r.evidence.value("summary", "");
 }
 
+// The share of the rebuild check's sampled elements that a result's recipe rebuilt exactly (0 when
+// no check ran: a hypothesis whose parameters mergekit refuses, for one).
+double rebuilt_exactly(const AssayResult& r) {
+  const auto it = r.evidence.find("rebuild");
+  return it != r.evidence.end() && it->is_object() ? it->value("exact_fraction", 0.0) : 0.0;
+}
+
 // A clean sparse merge can have too few exact equalities for decide()'s sparse gate (a
 // breadcrumbs_ties merge at density 0.5: a delta kept alone is multiplied and divided by its weight
 // in bf16 and rarely comes back exactly, so only the elements that both parents dropped equal the
@@ -150,16 +157,42 @@ bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) 
   AssayResult dense = v.result;
   const nlohmann::json by_magnitude = dense.evidence.value("residual_by_magnitude", nlohmann::json());
   v.result = undecided;
-  if (try_sparse(v, base) && v.result.verdict == "merge" && v.result.evidence.contains("rebuild") &&
-      v.result.evidence["rebuild"].value("exact_fraction", 0.0) >= kSparseRebuildExact) {
+  if (try_sparse(v, base) && v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact) {
     v.result.evidence["residual_by_magnitude"] = by_magnitude;
     v.note("read densely first, the residual depended on the parents' delta magnitudes (evidence.residual_by_magnitude); "
            "read as a sparse merge, its recipe rebuilds " +
-           number_text(100 * v.result.evidence["rebuild"]["exact_fraction"].get<double>()) +
+           number_text(100 * rebuilt_exactly(v.result)) +
            "% of the sampled elements exactly, which the dense recipe did not");
     return true;
   }
   v.result = std::move(dense);
+  return false;
+}
+
+void decide_dense(VerdictContext& v, int base);
+
+// The converse of sparse_rebuilds: equalities to the base are counted where the related candidates
+// spread, so sibling decoys (which spread where the parents agree with the base, and the suspect
+// with them) inflate them; with five siblings among 8 candidates a linear merge passed the sparse
+// gate and was read as ties, its recipe rebuilding 6% of the sample exactly. A deterministic
+// sparse reading (the TIES family; DARE's and DELLA's masks are random and never rebuild) that
+// rebuilds less than kSparseRebuildExact gives way to the dense reading from `undecided` when that
+// one is a merge that does. Returns whether it did (v.result is then the dense verdict).
+bool dense_rebuilds_instead(VerdictContext& v, const AssayResult& undecided, int base) {
+  const std::string method = v.result.method;
+  const bool random = method.rfind("dare", 0) == 0 || method.rfind("della", 0) == 0;
+  if (random || rebuilt_exactly(v.result) >= kSparseRebuildExact) return false;
+  AssayResult sparse = v.result;
+  v.result = undecided;
+  decide_dense(v, base);
+  if (v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact) {
+    v.note("the equalities to the base first suggested a sparse merge (" + sparse.method + "), whose recipe rebuilds only " +
+           number_text(100 * rebuilt_exactly(sparse)) + "% of the sampled elements exactly; the dense recipe rebuilds " +
+           number_text(100 * rebuilt_exactly(v.result)) +
+           "% (equalities where decoys spread and the parents agree with the base say nothing)");
+    return true;
+  }
+  v.result = std::move(sparse);
   return false;
 }
 
@@ -180,7 +213,16 @@ void decide(VerdictContext& v) {
     independent(v, "no candidate correlates with the suspect beyond chance");
     return;
   }
-  if ((sparse_fraction(v) > kSparseEquality || dare_signature(v) || della_signature(v)) && try_sparse(v, base)) return;
+  if (sparse_fraction(v) > kSparseEquality || dare_signature(v) || della_signature(v)) {
+    const AssayResult undecided = v.result;
+    if (try_sparse(v, base) && !dense_rebuilds_instead(v, undecided, base)) return;
+  }
+  decide_dense(v, base);
+}
+
+// The dense verdicts: a merge with one weight per candidate and layer (linear, task arithmetic,
+// slerp), a fine-tune, or a merge whose method is not established.
+void decide_dense(VerdictContext& v, int base) {
   std::vector<int> involved;
   for (int c = 0; c < v.k; ++c) {
     if (std::fabs(v.candidate(c).weight) >= kInvolvedWeight) involved.push_back(c);

@@ -158,6 +158,34 @@ TEST(AssayCoverage, SiblingDecoysNeverChangeASparseMergesMethodOrRecipe) {
   }
 }
 
+// A family screen's case: the suspect, a linear merge of ft_1 and ft_2, among 8 candidates that are
+// its base and five more siblings. The siblings spread where the parents agree with the base (and
+// the suspect with them), which counted as exact equalities to the base: the sparse gate passed
+// and every seed was read as ties, its recipe rebuilding a few percent of the sample. The dense
+// recipe rebuilds it exactly and now wins (dense_rebuilds_instead in verdict.cpp).
+TEST(AssayCoverage, ALinearMergeAmongItsSiblingsIsNotReadAsASparseOne) {
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    TempDir temp;
+    const auto dir = temp.path();
+    FineTuneOptions ft;
+    ft.relative_delta = 0.05;
+    synth_family(dir / "fam", small_base(ModelFamily::kLlama, 2, 64, 64, seed), 7, 0, ft);
+    const auto member = [&](const std::string& name) { return (dir / "fam" / name).string(); };
+    merge_into("merge_method: linear\nmodels:\n  - model: " + member("ft_1") + "\n    parameters: {weight: 0.571}\n"
+               "  - model: " + member("ft_2") + "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
+               dir / "merged");
+    const AssayResult two = assay(dir / "merged", {member("ft_1"), member("ft_2")});
+    std::vector<std::string> eight = {member("ft_1"), member("ft_2"), member("base")};
+    for (int i = 3; i <= 7; ++i) eight.push_back(member("ft_" + std::to_string(i)));
+    const AssayResult r = assay(dir / "merged", eight);
+    EXPECT_EQ(r.verdict, "merge") << "seed " << seed << "\n" << assay_summary(r);
+    EXPECT_EQ(r.method, "linear") << "seed " << seed << "\n" << assay_summary(r);
+    EXPECT_EQ(answer(r), answer(two)) << "seed " << seed;
+    EXPECT_NEAR(weight_of(r, member("ft_1")), 0.571, 0.01);
+    EXPECT_NEAR(weight_of(r, member("ft_2")), 0.429, 0.01);
+  }
+}
+
 // A Mixtral assembled by alloy-moe from dense models has their attention and embeddings, but its
 // experts (most of its weights here) have no counterpart among the dense candidates: not a "copy".
 TEST(AssayCoverage, MoeAgainstDenseCandidatesIsInconclusive) {
