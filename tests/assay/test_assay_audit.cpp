@@ -116,7 +116,9 @@ TEST(AssayAudit, CachedDigestsAreMarked) {
     for (const auto& file : audit["models"][m]["files"]) {
       EXPECT_EQ(file["sha256"], alloy::sha256_file(file["path"].get<std::string>())) << file;
       EXPECT_EQ(file.contains("sha256_source"), m > 0) << file;
-      if (m > 0) EXPECT_EQ(file["sha256_source"], "cache");
+      if (m > 0) {
+        EXPECT_EQ(file["sha256_source"], "cache");
+      }
     }
   }
 }
