@@ -151,7 +151,7 @@ void check_in_windows(const CheckedTensor& check, ChunkedMerge& merge, const std
   merge.prepare(load);
   rethrow_read_error();
   if (const size_t sums = merge.sum_count(); sums > 0) {
-    // Partial sums per fixed chunk, added in chunk order from 0.0 (ChunkedMerge's contract).
+    // Partial sums per fixed chunk, added in chunk order (ChunkedMerge's contract).
     const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
     std::vector<double> partial(chunks * sums, 0.0);
     over_chunks(0, static_cast<size_t>(n), [&](const float* const* sources, size_t lo, size_t len) -> size_t {
@@ -159,11 +159,7 @@ void check_in_windows(const CheckedTensor& check, ChunkedMerge& merge, const std
       return 0;
     });
     rethrow_read_error();
-    std::vector<double> total(sums, 0.0);
-    for (size_t ch = 0; ch < chunks; ++ch) {
-      for (size_t j = 0; j < sums; ++j) total[j] += partial[ch * sums + j];
-    }
-    merge.set_sums(total.data());
+    set_sums_in_chunk_order(merge, partial);
   }
   float* merged = at_least(merged_buffer, kWindow);
   float* expected = at_least(expected_buffer, kWindow);

@@ -267,11 +267,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
       merge.chunk_sums(sources, len, partial.data() + begin / kDefaultGrain * sums);
       return 0;
     });
-    std::vector<double> total(sums, 0.0);  // in chunk order, from 0.0, as run_chunked adds them
-    for (size_t c = 0; c < chunks; ++c) {
-      for (size_t j = 0; j < sums; ++j) total[j] += partial[c * sums + j];
-    }
-    merge.set_sums(total.data());
+    set_sums_in_chunk_order(merge, partial);
   }
   const uint64_t element_bytes = dtype_bits(t.out_dtype) / 8;
   // The output goes to the writer one window at a time, so the bytes held are a window's, not the

@@ -102,6 +102,12 @@ class ChunkedMerge {
                              float* out) const = 0;
 };
 
+// Step 1's combine: adds the per-chunk partial sums (sum_count() values per chunk, chunk after
+// chunk) in chunk order, starting from 0.0, and passes the totals to merge.set_sums(). Every runner
+// of a ChunkedMerge (run_chunked, the executor, the assay's rebuild check) adds them this way, so
+// their results are the same bits.
+void set_sums_in_chunk_order(ChunkedMerge& merge, const std::vector<double>& partial);
+
 // Runs `merge` over whole-tensor buffers (ctx.sources[k].values) into out, as the executor runs it
 // over chunks: the merge() of a method that has a chunked form. Throws kNonFinite naming the tensor
 // and `method` when an output value is NaN or infinite.

@@ -14,6 +14,15 @@ uint64_t MergeContext::numel() const {
   return n;
 }
 
+void set_sums_in_chunk_order(ChunkedMerge& merge, const std::vector<double>& partial) {
+  const size_t sums = merge.sum_count();
+  std::vector<double> total(sums, 0.0);
+  for (size_t at = 0; at + sums <= partial.size(); at += sums) {
+    for (size_t j = 0; j < sums; ++j) total[j] += partial[at + j];
+  }
+  merge.set_sums(total.data());
+}
+
 void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* method, float* out,
                  size_t grain) {
   const size_t n = ctx.numel();
@@ -33,11 +42,7 @@ void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* metho
       at(begin, sources.data());
       merge.chunk_sums(sources.data(), end - begin, partial.data() + begin / kDefaultGrain * sums);
     });
-    std::vector<double> total(sums, 0.0);
-    for (size_t c = 0; c < chunks; ++c) {
-      for (size_t j = 0; j < sums; ++j) total[j] += partial[c * sums + j];
-    }
-    merge.set_sums(total.data());
+    set_sums_in_chunk_order(merge, partial);
   }
   detail::parallel_for_checked(ctx, method, n, [&](size_t begin, size_t end) {
     std::vector<const float*> sources(count);
