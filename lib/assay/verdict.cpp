@@ -154,7 +154,7 @@ double rebuilt_exactly(const AssayResult& r) {
 // before the dense reading), that reading is kept only when its recipe rebuilds the sampled
 // tensors almost exactly (kSparseRebuildExact): noise, further training or a non-merge never does.
 bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) {
-  AssayResult dense = v.result;
+  AssayResult dense = std::move(v.result);
   const nlohmann::json by_magnitude = dense.evidence.value("residual_by_magnitude", nlohmann::json());
   v.result = undecided;
   if (try_sparse(v, base) && v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact) {
@@ -182,7 +182,7 @@ bool dense_rebuilds_instead(VerdictContext& v, const AssayResult& undecided, int
   const std::string method = v.result.method;
   const bool random = method.rfind("dare", 0) == 0 || method.rfind("della", 0) == 0;
   if (random || rebuilt_exactly(v.result) >= kSparseRebuildExact) return false;
-  AssayResult sparse = v.result;
+  AssayResult sparse = std::move(v.result);
   v.result = undecided;
   decide_dense(v, base);
   if (v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact) {
