@@ -41,10 +41,14 @@ read -r read_buffer write_buffer < <(python3 -c 'import json,sys; d=json.loads(o
 echo "io_floor --sweep: fastest read buffer $read_buffer, write buffer $write_buffer bytes" >&2
 
 # measure COMMAND...: runs the command under /usr/bin/time $repeat times (after a sync each);
-# prints "seconds peak_kb minor_faults" of the fastest run.
+# prints "seconds peak_kb minor_faults" of the fastest run. FRESH=PATH removes PATH (the run's
+# output) before each run, outside the clock: every run, the floor's and the merge's alike, writes
+# a new file. Overwriting the last run's synced output instead put the truncation of 1 GB of
+# written blocks on the clock (0.3-2 s here), which inflated the floor 2-3x and made it swing.
 measure() {
   local log="$work/time.log" best=""
   for ((r = 0; r < repeat; ++r)); do
+    [[ -z "${FRESH:-}" ]] || rm -rf "$FRESH"
     sync
     /usr/bin/time -f "%e %M %R" -o "$log" "$@" >/dev/null 2>"$work/stderr.log" || { cat "$work/stderr.log" >&2; return 1; }
     if [[ -z "$best" ]] || awk -v a="$(cut -d' ' -f1 "$log")" -v b="${best%% *}" 'BEGIN { exit !(a < b) }'; then
@@ -103,20 +107,20 @@ for method in linear slerp ties; do
   # Warm the page cache once so every run reads from memory, then time the floor, cat + cp and
   # the merge.
   cat "${files[@]}" >/dev/null
-  read -r floor_s _ _ < <(measure "$bin/io_floor" --read-buffer "$read_buffer" --write-buffer "$write_buffer" \
+  read -r floor_s _ _ < <(FRESH="$work/copy.bin" measure "$bin/io_floor" --read-buffer "$read_buffer" --write-buffer "$write_buffer" \
     --out "$work/copy.bin" --out-bytes "$out_bytes" "${inputs[@]}")
-  read -r catcp_s _ _ < <(measure bash -c 'cat "${@:2}" >/dev/null && cp ft_1/model.safetensors "$1"' _ "$work/copy.bin" "${files[@]}")
+  read -r catcp_s _ _ < <(FRESH="$work/copy.bin" measure bash -c 'cat "${@:2}" >/dev/null && cp ft_1/model.safetensors "$1"' _ "$work/copy.bin" "${files[@]}")
   rm -f "$work/copy.bin"
-  read -r merge_s peak_kb faults < <(measure "$bin/alloy-merge" -q --overwrite "${merge_flags[@]}" "$method.yml" "$work/out-$method")
+  read -r merge_s peak_kb faults < <(FRESH="$work/out-$method" measure "$bin/alloy-merge" -q --overwrite "${merge_flags[@]}" "$method.yml" "$work/out-$method")
   rm -rf "$work/out-$method"
   row "$method" "$merge_s" "$peak_kb" "$faults"
   if [[ "${HASH_CACHE:-0}" == 1 && $method != ties ]]; then
     cache="$work/hash-cache"
     rm -rf "$cache"
-    read -r merge_s peak_kb faults < <(repeat=1 measure "$bin/alloy-merge" -q --overwrite --hash-cache "$cache" \
+    read -r merge_s peak_kb faults < <(FRESH="$work/out-$method" repeat=1 measure "$bin/alloy-merge" -q --overwrite --hash-cache "$cache" \
       "${merge_flags[@]}" "$method.yml" "$work/out-$method")
     row "$method/hc-cold" "$merge_s" "$peak_kb" "$faults"
-    read -r merge_s peak_kb faults < <(measure "$bin/alloy-merge" -q --overwrite --hash-cache "$cache" \
+    read -r merge_s peak_kb faults < <(FRESH="$work/out-$method" measure "$bin/alloy-merge" -q --overwrite --hash-cache "$cache" \
       "${merge_flags[@]}" "$method.yml" "$work/out-$method")
     row "$method/hc-warm" "$merge_s" "$peak_kb" "$faults"
     rm -rf "$work/out-$method" "$cache"
