@@ -18,7 +18,7 @@ namespace {
 
 // alloy-assay SUSPECT --verify-claim RECIPE.yml: 0 holds, 1 refuted, 3 unverifiable.
 int verify_claim(const alloy::AssayOptions& assay, const std::string& recipe, const std::string& json_path, bool quiet,
-                 std::optional<int> tensors) {
+                 int tensors) {
   if (!assay.candidates.empty()) {
     throw alloy::Error(alloy::ErrorCode::kInvalidArgument,
                        "--verify-claim takes no CANDIDATE: the models are the ones the recipe names");
@@ -31,7 +31,7 @@ int verify_claim(const alloy::AssayOptions& assay, const std::string& recipe, co
   options.command_line = assay.command_line;
   options.hash_files = assay.hash_files;
   options.hash_cache = assay.hash_cache;
-  if (tensors) options.tensors = *tensors;
+  options.tensors = tensors;
   const alloy::ClaimResult claim = alloy::verify_claim(options);
   alloy::tool::print_notes("alloy-assay", claim.audit.notices);
   if (!json_path.empty()) alloy::write_output_file(json_path, alloy::claim_to_json(claim).dump(2) + "\n");
@@ -96,7 +96,8 @@ int main(int argc, char** argv) {
     alloy::set_thread_count(threads);
     options.suspect = suspect;
     if (!claim_path.empty()) {
-      const auto tensors = app.count("--rebuild-check") ? std::optional<int>(options.rebuild_check_tensors) : std::nullopt;
+      // --rebuild-check's own default is the assay's; a claim's is ClaimOptions'.
+      const int tensors = app.count("--rebuild-check") ? options.rebuild_check_tensors : alloy::ClaimOptions{}.tensors;
       return verify_claim(options, claim_path, json_path, quiet || json_path == "-", tensors);
     }
     if (options.candidates.empty()) throw alloy::Error(alloy::ErrorCode::kInvalidArgument, "CANDIDATE is required");
