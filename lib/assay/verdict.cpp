@@ -4,6 +4,7 @@
 // docs/assay.md, "Verdicts", states every threshold used here and why.
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "coverage.h"
 #include "verdict.h"
@@ -146,27 +147,34 @@ double rebuilt_exactly(const AssayResult& r) {
   return it != r.evidence.end() && it->is_object() ? it->value("exact_fraction", 0.0) : 0.0;
 }
 
+// Runs `reading` (which sets v.result and returns whether it reached a verdict) from `undecided`,
+// the result before the first reading, and keeps its result when that is a merge whose recipe
+// rebuilds the sampled tensors almost exactly (kSparseRebuildExact); returns the first reading's
+// result, set aside, in that case. Otherwise v.result is the first reading's again.
+template <class Reading>
+std::optional<AssayResult> replaced_if_rebuilt(VerdictContext& v, const AssayResult& undecided, Reading&& reading) {
+  AssayResult first = std::move(v.result);
+  v.result = undecided;
+  if (reading() && v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact) return first;
+  v.result = std::move(first);
+  return std::nullopt;
+}
+
 // A clean sparse merge can have too few exact equalities for decide()'s sparse gate (a
 // breadcrumbs_ties merge at density 0.5: a delta kept alone is multiplied and divided by its weight
 // in bf16 and rarely comes back exactly, so only the elements that both parents dropped equal the
 // base, about 10% of them against the gate's 25%), and is then read densely with a residual that
 // depends on the delta magnitudes. Read once more as a sparse merge from `undecided` (the result
 // before the dense reading), that reading is kept only when its recipe rebuilds the sampled
-// tensors almost exactly (kSparseRebuildExact): noise, further training or a non-merge never does.
+// tensors almost exactly: noise, further training or a non-merge never does.
 bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) {
-  AssayResult dense = std::move(v.result);
-  const nlohmann::json by_magnitude = dense.evidence.value("residual_by_magnitude", nlohmann::json());
-  v.result = undecided;
-  if (try_sparse(v, base) && v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact) {
-    v.result.evidence["residual_by_magnitude"] = by_magnitude;
-    v.note("read densely first, the residual depended on the parents' delta magnitudes (evidence.residual_by_magnitude); "
-           "read as a sparse merge, its recipe rebuilds " +
-           number_text(100 * rebuilt_exactly(v.result)) +
-           "% of the sampled elements exactly, which the dense recipe did not");
-    return true;
-  }
-  v.result = std::move(dense);
-  return false;
+  const auto dense = replaced_if_rebuilt(v, undecided, [&] { return try_sparse(v, base); });
+  if (!dense) return false;
+  v.result.evidence["residual_by_magnitude"] = dense->evidence.value("residual_by_magnitude", nlohmann::json());
+  v.note("read densely first, the residual depended on the parents' delta magnitudes (evidence.residual_by_magnitude); "
+         "read as a sparse merge, its recipe rebuilds " +
+         number_text(100 * rebuilt_exactly(v.result)) + "% of the sampled elements exactly, which the dense recipe did not");
+  return true;
 }
 
 void decide_dense(VerdictContext& v, int base);
@@ -182,18 +190,16 @@ bool dense_rebuilds_instead(VerdictContext& v, const AssayResult& undecided, int
   const std::string method = v.result.method;
   const bool random = method.rfind("dare", 0) == 0 || method.rfind("della", 0) == 0;
   if (random || rebuilt_exactly(v.result) >= kSparseRebuildExact) return false;
-  AssayResult sparse = std::move(v.result);
-  v.result = undecided;
-  decide_dense(v, base);
-  if (v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact) {
-    v.note("the equalities to the base first suggested a sparse merge (" + sparse.method + "), whose recipe rebuilds only " +
-           number_text(100 * rebuilt_exactly(sparse)) + "% of the sampled elements exactly; the dense recipe rebuilds " +
-           number_text(100 * rebuilt_exactly(v.result)) +
-           "% (equalities where decoys spread and the parents agree with the base say nothing)");
+  const auto sparse = replaced_if_rebuilt(v, undecided, [&] {
+    decide_dense(v, base);
     return true;
-  }
-  v.result = std::move(sparse);
-  return false;
+  });
+  if (!sparse) return false;
+  v.note("the equalities to the base first suggested a sparse merge (" + sparse->method + "), whose recipe rebuilds only " +
+         number_text(100 * rebuilt_exactly(*sparse)) + "% of the sampled elements exactly; the dense recipe rebuilds " +
+         number_text(100 * rebuilt_exactly(v.result)) +
+         "% (equalities where decoys spread and the parents agree with the base say nothing)");
+  return true;
 }
 
 void decide(VerdictContext& v) {
