@@ -105,7 +105,7 @@ class ChunkedMerge {
 // Step 1's combine: adds the per-chunk partial sums (sum_count() values per chunk, chunk after
 // chunk) in chunk order, starting from 0.0, and passes the totals to merge.set_sums(). Every runner
 // of a ChunkedMerge (run_chunked, the executor, the assay's rebuild check) adds them this way, so
-// their results are the same bits.
+// their results are the same bits. A merge without sums (sum_count() == 0) gets no call.
 void set_sums_in_chunk_order(ChunkedMerge& merge, const std::vector<double>& partial);
 
 // Runs `merge` over whole-tensor buffers (ctx.sources[k].values) into out, as the executor runs it

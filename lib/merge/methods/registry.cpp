@@ -16,6 +16,7 @@ uint64_t MergeContext::numel() const {
 
 void set_sums_in_chunk_order(ChunkedMerge& merge, const std::vector<double>& partial) {
   const size_t sums = merge.sum_count();
+  if (sums == 0) return;  // nothing to add (and the loop below would not advance)
   std::vector<double> total(sums, 0.0);
   for (size_t at = 0; at + sums <= partial.size(); at += sums) {
     for (size_t j = 0; j < sums; ++j) total[j] += partial[at + j];
