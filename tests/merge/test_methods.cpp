@@ -798,7 +798,9 @@ TEST(MethodSlerp, NearlyColinearTensorsAreLerpedInFloat32) {
       fused_differs += rnd(d, std::fma(s0, a[i], second)) != out[i];
     }
     // The data can tell the two apart (in float32 at least).
-    if (d == DType::F32) EXPECT_GT(fused_differs, a.size() / 20);
+    if (d == DType::F32) {
+      EXPECT_GT(fused_differs, a.size() / 20);
+    }
   }
 }
 
