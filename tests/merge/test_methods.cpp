@@ -745,6 +745,27 @@ TEST(MethodSlerp, EndpointsMidpointAndColinearFallback) {
   EXPECT_EQ(c.run()[1], 0.75f * 2 + 0.25f * 4);
 }
 
+// The sums |a|^2, |b|^2 and <a, b> are taken four elements at a time; the last 1-3 elements of a
+// chunk take another path. Here only such elements are nonzero: a = (1, 0, 1), b = (0, 1, 1) there
+// are 60 degrees apart (cos 1/2), so t = 1/2 gives s0 = s1 = sin(30) / sin(60) = 1/sqrt(3); a
+// sum that dropped or misweighted those elements would see 90 degrees or another angle.
+TEST(MethodSlerp, SumsCountTheElementsPastTheLastFullLane) {
+  for (size_t before : {size_t{4}, alloy::kDefaultGrain + 4}) {  // in the first chunk, in the second
+    std::vector<float> a(before + 3, 0.0f), b(before + 3, 0.0f);
+    a[before] = 1, a[before + 2] = 1;
+    b[before + 1] = 1, b[before + 2] = 1;
+    MethodCall c{"slerp"};
+    c.base = 0;
+    c.sources = {{a, {}}, {b, {}}};
+    c.params["t"] = 0.5;
+    const auto out = c.run();
+    const double s = 1 / std::sqrt(3.0);
+    EXPECT_NEAR(out[before], s, 1e-7) << before;
+    EXPECT_NEAR(out[before + 1], s, 1e-7) << before;
+    EXPECT_NEAR(out[before + 2], 2 * s, 1e-7) << before;
+  }
+}
+
 TEST(MethodSlerp, WithinOneUlpOfDoubleReferenceAndExactEndpoints) {
   for (DType d : kDtypes) {
     const size_t n = 20000;

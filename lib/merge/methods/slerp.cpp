@@ -54,6 +54,38 @@ ALLOY_ELEMENT_KERNEL size_t blend_f16(const Blend& blend, size_t len, float* out
   return blend_elements<RoundF16>(blend, len, out);
 }
 
+// The three sums of one chunk, |x|^2, |y|^2 and <x, y>, in one pass over x and y. Each keeps
+// lane_sum's four lanes and order (method_util.h: element j into lane j % 4, the tail likewise,
+// then (l0 + l1) + (l2 + l3)), so the doubles are those of three separate lane_sums; in one loop
+// the three chains of additions run side by side where three passes each waited on their own.
+// Written with vector types: GCC pairs the three scalar forms badly (slower than three passes).
+typedef float Floats4 __attribute__((vector_size(16)));
+typedef double Doubles4 __attribute__((vector_size(32)));
+
+ALLOY_ELEMENT_KERNEL void slerp_sums(const float* x, const float* y, size_t len, double* partial) {
+  Doubles4 xx = {0, 0, 0, 0}, yy = {0, 0, 0, 0}, xy = {0, 0, 0, 0};
+  size_t j = 0;
+  for (; j + 4 <= len; j += 4) {
+    Floats4 xf, yf;
+    std::memcpy(&xf, x + j, sizeof xf);
+    std::memcpy(&yf, y + j, sizeof yf);
+    const Doubles4 a = __builtin_convertvector(xf, Doubles4);
+    const Doubles4 b = __builtin_convertvector(yf, Doubles4);
+    xx += a * a;
+    yy += b * b;
+    xy += a * b;
+  }
+  for (size_t k = 0; j < len; ++j, ++k) {
+    const double a = x[j], b = y[j];
+    xx[k] += a * a;
+    yy[k] += b * b;
+    xy[k] += a * b;
+  }
+  partial[0] = (xx[0] + xx[1]) + (xx[2] + xx[3]);
+  partial[1] = (yy[0] + yy[1]) + (yy[2] + yy[3]);
+  partial[2] = (xy[0] + xy[1]) + (xy[2] + xy[3]);
+}
+
 // The chunked form: the sums |a|^2, |b|^2 and <a, b> per chunk (three interleaved-lane sums in
 // double, combined in chunk order: the same bits for any thread count), then the blend.
 template <class R>
@@ -62,13 +94,7 @@ class SlerpChunk final : public ChunkedMerge {
   SlerpChunk(size_t base, double t) : base_(base), t_(t) {}
   size_t sum_count() const override { return 3; }
   void chunk_sums(const float* const* sources, size_t len, double* partial) const override {
-    // The terms capture their pointers by value: reached by reference, GCC leaves these loops
-    // scalar (see lib/core/kernels.cpp).
-    const float* x = sources[base_];
-    const float* y = sources[1 - base_];
-    partial[0] = lane_sum(len, [x](size_t j) { return double(x[j]) * x[j]; });
-    partial[1] = lane_sum(len, [y](size_t j) { return double(y[j]) * y[j]; });
-    partial[2] = lane_sum(len, [x, y](size_t j) { return double(x[j]) * y[j]; });
+    slerp_sums(sources[base_], sources[1 - base_], len, partial);
   }
   void set_sums(const double* sums) override {
     const double norm_a = std::sqrt(sums[0]), norm_b = std::sqrt(sums[1]);
