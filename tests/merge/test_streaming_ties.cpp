@@ -123,11 +123,12 @@ TEST_F(StreamingTies, StreamedOutputIsBitIdenticalToTheWholeTensorMerge) {
 
 // The magnitude selections keep the ties at their threshold |delta| up to one cutoff index, found
 // from per-chunk counts and one chunk read again. Here most entries share the threshold |delta|
-// and spread over every selection chunk (n > 5 x 65536), and each bound of [lo, hi) falls in the
-// middle of a chunk: the streamed and whole-tensor merges must equal a merge of inputs masked by
-// a full sort (entries not kept set to the base, density 1), so a cutoff one tie off fails.
+// and spread over every selection chunk (5: chunks are at least 2^18 entries), and each bound of
+// [lo, hi) falls in the middle of a chunk: the streamed and whole-tensor merges must equal a merge
+// of inputs masked by a full sort (entries not kept set to the base, density 1), so a cutoff one
+// tie off fails.
 TEST_F(StreamingTies, ThresholdTiesAcrossChunksMatchAFullSort) {
-  const size_t n = 5 * 65536 + 12345;
+  const size_t n = 5 * 212184;  // > 4 x 2^18, and a multiple of the inner dimension
   const std::vector<uint64_t> shape = {n / 5, 5};
   for (const char* method : {"ties", "breadcrumbs", "breadcrumbs_ties"}) {
     for (DType d : {DType::BF16, DType::F16, DType::F32}) {

@@ -45,12 +45,13 @@ void for_each_run(const TaskVectorView& tv, size_t begin, size_t end, Fn&& fn) {
 template <class R>
 using WorkRounding = std::conditional_t<R::dtype == DType::BF16, RoundBF16, RoundF32>;
 
-// A fixed partition of [0, n) for the selection passes: at most 64 chunks (so that the per-chunk
-// histograms stay small), each a multiple of 64 elements, each below 2^31 elements.
+// A fixed partition of [0, n) for the selection passes: at most 16 chunks of at least 2^18
+// elements (each chunk has its own histograms, zeroed and summed whole: with 64 chunks of 2^16 that
+// cost half as much as counting the entries), each a multiple of 64 elements, each below 2^31.
 struct Chunks {
   size_t n, size, count;
   explicit Chunks(size_t total) : n(total) {
-    size_t target = std::min<size_t>(64, (n + 65535) / 65536);
+    size_t target = std::min<size_t>(16, (n + 262143) / 262144);
     target = std::max<size_t>({target, size_t{1}, (n >> 31) + 1});
     size = ((n + target - 1) / target + 63) / 64 * 64;
     count = (n + size - 1) / size;
@@ -195,6 +196,13 @@ class RankSelector {
           for_each_run(set_, model, first, std::min(end, first + grain),
                        [&](size_t at, const float* b, const float* const* xs, size_t len) {
                          const float* x = xs[0];
+                         if (ahead == UINT64_MAX) return;
+                         // A run with no more ties than are still ahead is passed over by a
+                         // count that vectorises; only the run that holds the index is scanned.
+                         if (const uint64_t ties = count_key(x, b, len, cut.key); ties <= ahead) {
+                           ahead -= ties;
+                           return;
+                         }
                          for (size_t j = 0; j < len && ahead != UINT64_MAX; ++j) {
                            if (magnitude_key(rnd_(x[j] - b[j])) != cut.key) continue;
                            if (ahead == 0) {
@@ -261,6 +269,14 @@ class RankSelector {
       for (size_t j = 0; j < block; ++j) bins[j] = magnitude_key(rnd_(x[j0 + j] - b[j0 + j])) >> 16;
       for (size_t j = 0; j < block; ++j) ++h[bins[j]];
     }
+  }
+
+  // How many entries of a run have key `key`.
+  ALLOY_ELEMENT_KERNEL uint64_t count_key(const float* x, const float* b, size_t len,
+                                          uint32_t key) const {
+    uint32_t count = 0;  // a run lies in one chunk: below 2^31 entries
+    for (size_t j = 0; j < len; ++j) count += magnitude_key(rnd_(x[j] - b[j])) == key;
+    return count;
   }
 
   uint32_t chunk_count_in_bin(size_t p, size_t c, size_t bin) const {

@@ -39,7 +39,7 @@
 // dimension at a time (its keys, 4 bytes per element). The selection and L1 passes serve all the
 // models of a tensor at once: each run of the base is read and converted once per pass, not once
 // per model and pass. Memory: the random and della masks (n / 8 bytes per model; the magnitude
-// rules have no per-element state), the selection's per-chunk histograms (at most 64 x 128 KiB
+// rules have no per-element state), the selection's per-chunk histograms (at most 16 x 128 KiB
 // per model), and per-thread scratch (one run per model and one of the base); the random masks
 // need no delta at all.
 #pragma once
