@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Merge benchmark: times alloy-merge (linear, slerp, ties) against two yardsticks measured in the
-# same run: the honest floor (io_floor: every input byte read and the output's bytes written the
-# fastest way this machine allows, with the buffer sizes measured by `io_floor --sweep` at the
-# start) and `cat` of the inputs plus `cp` of one input of the output's size. It reports each
-# merge's time as a ratio to both, its peak RSS and minor faults.
+# Merge benchmark: times alloy-merge (linear, slerp, ties, dare_ties) against two yardsticks
+# measured in the same run: the honest floor (io_floor: every input byte read and the output's
+# bytes written the fastest way this machine allows, with the buffer sizes measured by
+# `io_floor --sweep` at the start) and `cat` of the inputs plus `cp` of one input of the output's
+# size. It reports each merge's time as a ratio to both, its peak RSS and minor faults.
 #
 # Usage: bench/merge_bench.sh [SIZE_GB (default 2)] [WORK_DIR (default: a temp dir, removed after)]
 # REPEAT=N (default 2) times every copy and merge N times and reports the fastest of each (the
@@ -84,6 +84,7 @@ models:
     parameters: {weight: 0.5, density: 0.5}
 dtype: bfloat16
 YAML
+sed 's/^merge_method: ties$/merge_method: dare_ties/' "$work/models/ties.yml" > "$work/models/dare_ties.yml"
 
 # row NAME MERGE_S PEAK_KB FAULTS: one line of the table, with floor_s and catcp_s of this method.
 row() {
@@ -95,11 +96,11 @@ row() {
 }
 
 printf "%-14s %8s %8s %8s %11s %11s %12s %12s\n" method floor_s catcp_s merge_s ratio_floor ratio_catcp peak_rss_MB minor_faults
-for method in linear slerp ties; do
+for method in linear slerp ties dare_ties; do
   case $method in
     linear) inputs=(ft_1 ft_2) ;;
     slerp) inputs=(base ft_1) ;;
-    ties) inputs=(base ft_1 ft_2) ;;
+    ties | dare_ties) inputs=(base ft_1 ft_2) ;;
   esac
   cd "$work/models"
   files=()
@@ -114,7 +115,7 @@ for method in linear slerp ties; do
   read -r merge_s peak_kb faults < <(FRESH="$work/out-$method" measure "$bin/alloy-merge" -q --overwrite "${merge_flags[@]}" "$method.yml" "$work/out-$method")
   rm -rf "$work/out-$method"
   row "$method" "$merge_s" "$peak_kb" "$faults"
-  if [[ "${HASH_CACHE:-0}" == 1 && $method != ties ]]; then
+  if [[ "${HASH_CACHE:-0}" == 1 && $method != *ties ]]; then
     cache="$work/hash-cache"
     rm -rf "$cache"
     read -r merge_s peak_kb faults < <(FRESH="$work/out-$method" repeat=1 measure "$bin/alloy-merge" -q --overwrite --hash-cache "$cache" \

@@ -167,3 +167,36 @@ TEST(MethodSparsify, MaskBitsExpandToWordsAtAnyOffset) {
     }
   }
 }
+
+// DARE keeps entry i when uniform01(seed, i) < p; the mask compares random53(seed, i) with
+// uniform01_below(p) instead, on integers. Both tests must agree for every p: at the boundaries
+// (p a multiple of 2^-53, or one ulp either side of one; 0, 1, beyond) the threshold is exact,
+// and over many draws at ordinary densities (including bf16-rounded ones) every bit is the same.
+TEST(MethodSparsify, RandomMaskIntegerThresholdEqualsTheDoubleCompare) {
+  using alloy::detail::random53;
+  using alloy::detail::uniform01;
+  using alloy::detail::uniform01_below;
+  // (Below 1/2 the doubles are finer than 2^-53, so a neighbour of k * 2^-53 is not a multiple.)
+  for (uint64_t k : {uint64_t{1}, uint64_t{3}, uint64_t{1} << 20, (uint64_t{1} << 52) - 1}) {
+    const double p = std::ldexp(static_cast<double>(k), -53);
+    EXPECT_EQ(uniform01_below(p), k);  // random53 < k, exactly as r * 2^-53 < k * 2^-53
+    EXPECT_EQ(uniform01_below(std::nextafter(p, 2.0)), k + 1);
+    EXPECT_EQ(uniform01_below(std::nextafter(p, 0.0)), k);
+  }
+  EXPECT_EQ(uniform01_below(0.0), 0u);
+  EXPECT_EQ(uniform01_below(-0.5), 0u);
+  EXPECT_EQ(uniform01_below(1e-300), 1u);  // only r = 0 is below
+  EXPECT_EQ(uniform01_below(1.0 - 0x1p-53), (uint64_t{1} << 53) - 1);  // the largest p below 1
+  EXPECT_EQ(uniform01_below(1.0), uint64_t{1} << 53);
+  EXPECT_EQ(uniform01_below(2.0), uint64_t{1} << 53);
+  for (double p : {0.1, 0.3, 0.5, 0.90625, 0.999, double{alloy::detail::RoundBF16{}.param(0.3)}}) {
+    const uint64_t below = uniform01_below(p);
+    size_t kept = 0;
+    for (uint64_t i = 0; i < 200000; ++i) {
+      const bool by_double = uniform01(12345, i) < p;
+      ASSERT_EQ(random53(12345, i) < below, by_double) << "p " << p << " entry " << i;
+      kept += by_double;
+    }
+    EXPECT_NEAR(static_cast<double>(kept) / 200000, p, 0.005) << p;  // the draws are uniform
+  }
+}

@@ -389,12 +389,57 @@ class RankSelector {
   std::vector<Cut> cuts_;        // per active model, its cuts at lo and hi
 };
 
+// The terms of the L1 sums over one block (len <= kL1Block entries, first + j) of one model:
+// magnitude[j] = |rnd(x[j] - b[j])|, kept[j] = magnitude[j] where the mask keeps the entry, else
+// 0. Branch-free, so that the loops vectorise (one clone per instruction set).
+constexpr size_t kL1Block = 256;
+template <class R>
+struct L1Terms {
+  ALLOY_ELEMENT_KERNEL static void of(const float* x, const float* b, const DeltaMask& mask,
+                                      size_t first, size_t len, float* magnitude, float* kept) {
+    const R rnd;
+    uint32_t keep[kL1Block];
+    for (size_t j = 0; j < len; ++j) magnitude[j] = rnd(x[j] - b[j]);
+    mask.keep_words(magnitude, first, len, keep);  // on the signed deltas, as keep() takes them
+    for (size_t j = 0; j < len; ++j) {
+      magnitude[j] = std::fabs(magnitude[j]);
+      kept[j] = and_bits(magnitude[j], keep[j]);
+    }
+  }
+};
+
+// Adds to sums[2p] and sums[2p + 1] the |delta| and the kept |delta| of models p < N over one run
+// (entries first + j, j < len). The terms come from L1Terms a block at a time; each double sum
+// then adds them one by one in index order, as a plain loop per entry would (the same bits), and
+// the N models' chains of additions are interleaved so that they overlap.
+template <size_t N, class R>
+void add_l1_run(size_t first, const float* b, const float* const* xs, const DeltaMask* const* masks,
+                size_t len, double* sums) {
+  float magnitude[N][kL1Block], kept[N][kL1Block];
+  double all_sum[N], kept_sum[N];
+  for (size_t p = 0; p < N; ++p) all_sum[p] = sums[2 * p], kept_sum[p] = sums[2 * p + 1];
+  for (size_t b0 = 0; b0 < len; b0 += kL1Block) {
+    const size_t block = std::min(kL1Block, len - b0);
+    for (size_t p = 0; p < N; ++p) {
+      L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, magnitude[p], kept[p]);
+    }
+    for (size_t j = 0; j < block; ++j) {
+      for (size_t p = 0; p < N; ++p) {
+        all_sum[p] += magnitude[p][j];
+        kept_sum[p] += kept[p][j];
+      }
+    }
+  }
+  for (size_t p = 0; p < N; ++p) sums[2 * p] = all_sum[p], sums[2 * p + 1] = kept_sum[p];
+}
+
 // The L1 sums of mergekit's rescaled_masked_tensor for the models `models` of the set, masks[p]
 // being the mask of models[p]: {sum |delta|, sum |kept delta|} per model, from one pass. Each
 // fixed block of kDefaultGrain elements summed in index order (run after run when streamed), the
 // blocks added in order: the same bits for any thread count and run length.
 template <class R>
-std::vector<double> l1_sums(const TaskVectorSet& set, R rnd, const std::vector<size_t>& models,
+std::vector<double> l1_sums(const TaskVectorSet& set, R /*rounding: by type*/,
+                            const std::vector<size_t>& models,
                             const std::vector<const DeltaMask*>& masks) {
   using Sums = std::vector<double>;  // all, kept: per model
   const size_t count = models.size();
@@ -404,18 +449,16 @@ std::vector<double> l1_sums(const TaskVectorSet& set, R rnd, const std::vector<s
         Sums sums(2 * count, 0.0);
         for_each_run(set, models, begin, end,
                      [&](size_t first, const float* b, const float* const* xs, size_t len) {
-                       for (size_t p = 0; p < count; ++p) {
-                         const float* x = xs[p];
-                         const DeltaMask& mask = *masks[p];
-                         double all = sums[2 * p], kept = sums[2 * p + 1];
-                         for (size_t j = 0; j < len; ++j) {
-                           const float delta = rnd(x[j] - b[j]);
-                           const float magnitude = std::fabs(delta);
-                           all += magnitude;
-                           kept += keep_or_zero(magnitude, mask.keep(first + j, delta));
+                       for (size_t p = 0; p < count; p += 4) {
+                         const float* const* x = xs + p;
+                         const DeltaMask* const* m = masks.data() + p;
+                         double* s = sums.data() + 2 * p;
+                         switch (std::min<size_t>(4, count - p)) {
+                           case 1: add_l1_run<1, R>(first, b, x, m, len, s); break;
+                           case 2: add_l1_run<2, R>(first, b, x, m, len, s); break;
+                           case 3: add_l1_run<3, R>(first, b, x, m, len, s); break;
+                           default: add_l1_run<4, R>(first, b, x, m, len, s); break;
                          }
-                         sums[2 * p] = all;
-                         sums[2 * p + 1] = kept;
                        }
                      });
         return sums;
@@ -438,18 +481,25 @@ void set_rescale(double all, double kept, W work, DeltaMask& mask) {
   mask.ratio = work(before / after);
 }
 
-// DARE: keep with probability p = the density in the work dtype.
+// Words [wb, we) of a mask of n entries whose entry i is kept when random53(seed, i) < below.
+// Branch-free integer work on each word's 64 draws: the loop vectorises (one clone per
+// instruction set): 7x faster than the draws compared one by one as doubles.
+ALLOY_INTEGER_KERNEL void random_words(uint64_t seed, uint64_t below, size_t n, size_t wb, size_t we,
+                                       uint64_t* words) {
+  for (size_t w = wb; w < we; ++w) {
+    const size_t first = w * 64, len = std::min<size_t>(64, n - first);
+    uint64_t bits = 0;
+    for (size_t t = 0; t < len; ++t) bits |= uint64_t{random53(seed, first + t) < below} << t;
+    words[w] = bits;
+  }
+}
+
+// DARE: keep with probability p = the density in the work dtype (uniform01(seed, i) < p).
 template <class R>
 void random_mask(size_t n, const SparsifyOptions& o, std::vector<uint64_t>& words) {
-  const double p = WorkRounding<R>{}.param(o.density);
+  const uint64_t below = uniform01_below(WorkRounding<R>{}.param(o.density));
   parallel_for(words.size(), kDefaultGrain / 64, [&](size_t wb, size_t we) {
-    for (size_t w = wb; w < we; ++w) {
-      uint64_t bits = 0;
-      const size_t stop = std::min(n, w * 64 + 64);
-      for (size_t i = w * 64; i < stop; ++i)
-        bits |= uint64_t{uniform01(o.seed, i) < p} << (i - w * 64);
-      words[w] = bits;
-    }
+    random_words(o.seed, below, n, wb, we, words.data());
   });
 }
 
