@@ -184,17 +184,18 @@ inline uint64_t mix_bits(uint64_t z) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
-// Uniform in [0, 1) with 53 random bits, for element `index` of stream `stream`.
+// 53 random bits for element `index` of stream `stream`.
 inline uint64_t random53(uint64_t stream, uint64_t index) {
   return mix_bits(stream + (index + 1) * 0x9E3779B97F4A7C15ull) >> 11;
 }
+// Uniform in [0, 1) with 53 random bits, for element `index` of stream `stream`.
 inline double uniform01(uint64_t stream, uint64_t index) {
   return static_cast<double>(random53(stream, index)) * 0x1p-53;
 }
-// uniform01(stream, i) < p exactly when random53(stream, i) < below(p): the scaling by 2^-53 is
-// exact, so the test is random53 < p * 2^53 on the reals, i.e. < ceil(p * 2^53) on integers. An
-// integer compare vectorises where the 64-bit integer-to-double conversion has no instruction
-// (AVX2, AVX-512F without DQ).
+// uniform01(stream, i) < p exactly when random53(stream, i) < uniform01_below(p): the scaling by
+// 2^-53 is exact, so the test is random53 < p * 2^53 on the reals, i.e. < ceil(p * 2^53) on
+// integers. An integer compare vectorises where the 64-bit integer-to-double conversion has no
+// instruction (AVX2, AVX-512F without DQ).
 inline uint64_t uniform01_below(double p) {
   if (!(p > 0)) return 0;
   return p >= 1 ? uint64_t{1} << 53 : static_cast<uint64_t>(std::ceil(std::ldexp(p, 53)));
