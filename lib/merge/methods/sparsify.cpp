@@ -391,37 +391,43 @@ class RankSelector {
 
 // The terms of the L1 sums over one block (len <= kL1Block entries, first + j) of one model:
 // magnitude[j] = |rnd(x[j] - b[j])|, kept[j] = magnitude[j] where the mask keeps the entry, else
-// 0. Branch-free, so that the loops vectorise (one clone per instruction set).
+// 0, both already widened to double (exactly); `delta` is scratch for the block's deltas.
+// Branch-free, so that the loops vectorise (one clone per instruction set).
 constexpr size_t kL1Block = 256;
 template <class R>
 struct L1Terms {
   ALLOY_ELEMENT_KERNEL static void of(const float* x, const float* b, const DeltaMask& mask,
-                                      size_t first, size_t len, float* magnitude, float* kept) {
+                                      size_t first, size_t len, float* delta, double* magnitude,
+                                      double* kept) {
     const R rnd;
     uint32_t keep[kL1Block];
-    for (size_t j = 0; j < len; ++j) magnitude[j] = rnd(x[j] - b[j]);
-    mask.keep_words(magnitude, first, len, keep);  // on the signed deltas, as keep() takes them
+    for (size_t j = 0; j < len; ++j) delta[j] = rnd(x[j] - b[j]);
+    mask.keep_words(delta, first, len, keep);
     for (size_t j = 0; j < len; ++j) {
-      magnitude[j] = std::fabs(magnitude[j]);
-      kept[j] = and_bits(magnitude[j], keep[j]);
+      const float m = std::fabs(delta[j]);
+      magnitude[j] = m;
+      kept[j] = and_bits(m, keep[j]);
     }
   }
 };
 
 // Adds to sums[2p] and sums[2p + 1] the |delta| and the kept |delta| of models p < N over one run
 // (entries first + j, j < len). The terms come from L1Terms a block at a time; each double sum
-// then adds them one by one in index order, as a plain loop per entry would (the same bits), and
-// the N models' chains of additions are interleaved so that they overlap.
+// then adds them one by one in index order, as a plain loop per entry would (the same bits). That
+// in-order loop is all that stays scalar, one load and one addition per term; the models' chains
+// are interleaved.
 template <size_t N, class R>
 void add_l1_run(size_t first, const float* b, const float* const* xs, const DeltaMask* const* masks,
                 size_t len, double* sums) {
-  float magnitude[N][kL1Block], kept[N][kL1Block];
+  float delta[kL1Block];
+  double magnitude[N][kL1Block], kept[N][kL1Block];
   double all_sum[N], kept_sum[N];
   for (size_t p = 0; p < N; ++p) all_sum[p] = sums[2 * p], kept_sum[p] = sums[2 * p + 1];
   for (size_t b0 = 0; b0 < len; b0 += kL1Block) {
     const size_t block = std::min(kL1Block, len - b0);
     for (size_t p = 0; p < N; ++p) {
-      L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, magnitude[p], kept[p]);
+      L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, delta, magnitude[p],
+                     kept[p]);
     }
     for (size_t j = 0; j < block; ++j) {
       for (size_t p = 0; p < N; ++p) {
