@@ -196,7 +196,6 @@ class RankSelector {
           for_each_run(set_, model, first, std::min(end, first + grain),
                        [&](size_t at, const float* b, const float* const* xs, size_t len) {
                          const float* x = xs[0];
-                         if (ahead == UINT64_MAX) return;
                          // A run with no more ties than are still ahead is passed over by a
                          // count that vectorises; only the run that holds the index is scanned.
                          if (const uint64_t ties = count_key(x, b, len, cut.key); ties <= ahead) {
