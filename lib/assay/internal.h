@@ -118,6 +118,9 @@ ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fra
                                     const std::vector<bool>& spread_members);
 // acc += part (same vectors and pivot): moments of disjoint element sets add.
 void add_into(ResolvedMoments& acc, const ResolvedMoments& part);
+// For tests: whether accumulate_resolved may use its fused sub-block steps (default true). The
+// fused and the separate steps give the same bits; tests compare them.
+void set_fused_statistics(bool enabled);
 
 // The prefix pass: raw Gram and sums of the first `count_limit` elements (all when larger than
 // the tensor), streamed chunk by chunk (no full-tensor float buffers). It tells related candidates

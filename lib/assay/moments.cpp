@@ -5,6 +5,7 @@
 // while it is in L1) into double sums over fixed blocks; chunks combine in order, so the result is
 // bit-identical for any thread count.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -340,10 +341,120 @@ struct ResolvedPass {
   std::vector<GramPair> pairs;  // the Gram entries (upper triangle of the live Y vectors), in order
 };
 
+namespace {
+
+// Per-sub-block counts of the full pass: resolved and spread elements, and per vector how often it
+// equals the suspect anywhere, where the members spread, and where they resolve.
+struct SubBlockCounts {
+  uint32_t resolved = 0, spread = 0;
+  uint32_t equal_all[kMaxVectors] = {}, equal_spread[kMaxVectors] = {}, equal_resolved[kMaxVectors] = {};
+};
+
+// The steps of one sub-block of n elements (a multiple of 8) fused, for M vectors with the pivot
+// Pivot and every candidate a spread member (the usual full pass; m = 2 to 4, block_gram<M>'s
+// case): eight elements at a time, the spread, the equality counts, the Y coordinates and every
+// Gram pair's products are computed in registers instead of being stored to rows and read back by
+// the next step. Each value is the separate steps' (the same operations per lane, the members in
+// the same order; the Gram lanes and blocks, and the order they are added in, are block_gram's),
+// so the sums are the same bits; the counts are integers. M and Pivot are template parameters so
+// that every vector index is a constant and the rows stay in registers.
+template <int M, int Pivot>
+inline __attribute__((always_inline)) void fused_sub_block(const GramPair* pairs, const float* const* x, size_t n,
+                                                            float fraction, decltype(ResolvedMoments::gram)& gram,
+                                                            SubBlockCounts& counts) {
+  constexpr int P = M * (M + 1) / 2;
+  // Row r of block_gram<M> (the live Y vectors: the suspect, the other candidates in order, the
+  // pivot last) holds the Y of vector row_vector(r).
+  constexpr auto row_vector = [](int r) { return r == M - 1 ? Pivot : (r == 0 || r < Pivot ? r : r + 1); };
+  const Ints8 one = Ints8(Lanes8{} + 1.0f), no_sign = Ints8{} + 0x7FFFFFFF;
+  Ints8 n_resolved = {}, n_spread = {};
+  Ints8 eq_all[M] = {}, eq_spread[M] = {}, eq_resolved[M] = {};
+  for (size_t b0 = 0; b0 < n; b0 += kGramBlock) {
+    const size_t end = std::min(n, b0 + kGramBlock);
+    Lanes8 acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = Lanes8{};
+    for (size_t i = b0; i < end; i += 8) {
+      Lanes8 xv[M];
+#pragma GCC unroll 4
+      for (int v = 0; v < M; ++v) std::memcpy(&xv[v], x[v] + i, sizeof xv[v]);
+      // spread_masks' lanes, the members (vectors 1 .. M-1) in order.
+      Lanes8 lo = xv[1];
+      Lanes8 hi = lo, mag = Lanes8(Ints8(lo) & no_sign);
+#pragma GCC unroll 4
+      for (int v = 1; v < M; ++v) {
+        const Lanes8 a = Lanes8(Ints8(xv[v]) & no_sign);
+        lo = xv[v] < lo ? xv[v] : lo;
+        hi = hi < xv[v] ? xv[v] : hi;
+        mag = mag < a ? a : mag;
+      }
+      const Lanes8 spread = hi - lo;
+      const Ints8 spreading = spread > 0.0f;
+      const Ints8 resolved = spreading & (spread >= fraction * mag);
+      const Lanes8 mask = Lanes8(resolved & one);
+      n_resolved -= resolved;
+      n_spread -= spreading;
+#pragma GCC unroll 4
+      for (int v = 1; v < M; ++v) {
+        const Ints8 same = xv[0] == xv[v];
+        eq_all[v] -= same;
+        eq_spread[v] -= same & spreading;
+        eq_resolved[v] -= same & resolved;
+      }
+      // The Y coordinates, unresolved elements zeroed (by the multiply, as the separate step).
+      Lanes8 y[M];
+#pragma GCC unroll 4
+      for (int r = 0; r < M - 1; ++r) y[r] = (xv[row_vector(r)] - xv[Pivot]) * mask;
+      y[M - 1] = xv[Pivot] * mask;
+      int p = 0;
+#pragma GCC unroll 4
+      for (int a = 0; a < M; ++a) {
+#pragma GCC unroll 4
+        for (int b = a; b < M; ++b, ++p) acc[p] += y[a] * y[b];
+      }
+    }
+    for (int p = 0; p < P; ++p) gram[pairs[p].row][pairs[p].col] += lane_sum(acc[p]);
+  }
+  for (int l = 0; l < 8; ++l) {
+    counts.resolved += uint32_t(n_resolved[l]);
+    counts.spread += uint32_t(n_spread[l]);
+    for (int v = 1; v < M; ++v) {
+      counts.equal_all[v] += uint32_t(eq_all[v][l]);
+      counts.equal_spread[v] += uint32_t(eq_spread[v][l]);
+      counts.equal_resolved[v] += uint32_t(eq_resolved[v][l]);
+    }
+  }
+}
+
+std::atomic<bool> g_fused_statistics{true};  // set_fused_statistics
+
+// Whether fused_sub_block has an instance for the pass: m from 2 to 4, a candidate as the pivot,
+// every candidate a member.
+bool has_fused_sub_block(const ResolvedPass& pass) {
+  return g_fused_statistics.load(std::memory_order_relaxed) && pass.m >= 2 && pass.m <= 4 && pass.pivot >= 1 &&
+         pass.pivot < pass.m && int(pass.members.size()) == pass.m - 1;
+}
+
+// fused_sub_block for the pass's m and pivot (has_fused_sub_block).
+inline __attribute__((always_inline)) void fused_sub_block(const ResolvedPass& pass, const float* const* x, size_t n,
+                                                            float fraction, decltype(ResolvedMoments::gram)& gram,
+                                                            SubBlockCounts& counts) {
+  const GramPair* pairs = pass.pairs.data();
+  switch (pass.m * 8 + pass.pivot) {
+    case 2 * 8 + 1: return fused_sub_block<2, 1>(pairs, x, n, fraction, gram, counts);
+    case 3 * 8 + 1: return fused_sub_block<3, 1>(pairs, x, n, fraction, gram, counts);
+    case 3 * 8 + 2: return fused_sub_block<3, 2>(pairs, x, n, fraction, gram, counts);
+    case 4 * 8 + 1: return fused_sub_block<4, 1>(pairs, x, n, fraction, gram, counts);
+    case 4 * 8 + 2: return fused_sub_block<4, 2>(pairs, x, n, fraction, gram, counts);
+    case 4 * 8 + 3: return fused_sub_block<4, 3>(pairs, x, n, fraction, gram, counts);
+  }
+}
+
+}  // namespace
+
 // One chunk of the full pass. Compiled for AVX-512, AVX2 and the baseline, chosen at load time; the
 // float lanes are explicit (and nothing is contracted, CMakeLists.txt), so every clone gives the
 // same bits.
-__attribute__((target_clones("avx512f", "avx2", "default")))
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t end) {
   const int m = pass.m, pivot = pass.pivot;
   const auto& members = pass.members;
@@ -366,9 +477,22 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   const float fraction = float(pass.resolve_fraction);
   uint32_t n_resolved = 0, n_spread = 0;
   uint32_t equal_all[kMaxVectors] = {}, equal_spread[kMaxVectors] = {}, equal_resolved[kMaxVectors] = {};
+  const bool fused = has_fused_sub_block(pass);
   for (size_t at = 0; at < count; at += kSubBlock) {
     const size_t n = std::min(kSubBlock, count - at);
     for (int v = 0; v < m; ++v) x[v] = source_floats(source[v], at, n, converted + size_t(v) * kSubBlock);
+    if (fused && n % 8 == 0) {
+      SubBlockCounts sub;
+      fused_sub_block(pass, x, n, fraction, part.gram, sub);
+      n_resolved += sub.resolved;
+      n_spread += sub.spread;
+      for (int v = 1; v < m; ++v) {
+        equal_all[v] += sub.equal_all[v];
+        equal_spread[v] += sub.equal_spread[v];
+        equal_resolved[v] += sub.equal_resolved[v];
+      }
+      continue;
+    }
     const SpreadCounts counts = spread_masks(x, members, n, fraction, mask, spreads);
     n_resolved += counts.resolved;
     n_spread += counts.spread;
@@ -428,6 +552,8 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   for (const GramPair& p : pass.pairs) part.gram[p.col][p.row] = part.gram[p.row][p.col];
   return part;
 }
+
+void set_fused_statistics(bool enabled) { g_fused_statistics = enabled; }
 
 void add_into(ResolvedMoments& acc, const ResolvedMoments& part) {
   const int m = acc.vectors;
