@@ -121,83 +121,98 @@ TEST_F(StreamingTies, StreamedOutputIsBitIdenticalToTheWholeTensorMerge) {
   EXPECT_EQ(sparsified, 7u * 3 * 3 * 2);
 }
 
-// The magnitude selections keep the ties at their threshold |delta| up to one cutoff index, found
-// from per-chunk counts and one chunk read again. Here most entries share the threshold |delta|
-// and spread over every selection chunk (5: chunks are at least 2^18 entries), and each bound of
-// [lo, hi) falls in the middle of a chunk: the streamed and whole-tensor merges must equal a merge
-// of inputs masked by a full sort (entries not kept set to the base, density 1), so a cutoff one
-// tie off fails.
-TEST_F(StreamingTies, ThresholdTiesAcrossChunksMatchAFullSort) {
-  const size_t n = 5 * 212184;  // > 4 x 2^18, and a multiple of the inner dimension
+// The magnitude selections of `method` in dtype d on n = 5 x 212184 entries (> 4 x 2^18: five
+// selection chunks; > 2^20: the bracketed histogram) against a full sort: base on a grid of 2^-8,
+// deltas 0.5 (10%), 0.25 (70%: the threshold), smaller (20%), all exact in every dtype, so that
+// |delta| takes exactly these values and most entries share the threshold |delta| across every
+// chunk. With `skewed`, the first 2048 entries of every chunk (the bracket's sample) have deltas
+// 64 times larger, so the sample puts the bracket far above the cuts. The streamed and
+// whole-tensor merges must equal a merge of inputs masked by a full sort (entries not kept set to
+// the base, density 1), so a cutoff one tie off fails.
+void expect_full_sort_selection(const char* method, DType d, bool skewed) {
+  const size_t n = 5 * 212184;  // a multiple of the inner dimension
+  const size_t chunk = ((n + 4) / 5 + 63) / 64 * 64;  // the selection's chunks (sparsify.cpp, Chunks)
   const std::vector<uint64_t> shape = {n / 5, 5};
-  for (const char* method : {"ties", "breadcrumbs", "breadcrumbs_ties"}) {
-    for (DType d : {DType::BF16, DType::F16, DType::F32}) {
-      // base on a grid of 2^-8, deltas 0.5 (10%), 0.25 (70%: the threshold), smaller (20%): all
-      // exact in every dtype, so |delta| takes exactly these values.
-      std::mt19937_64 gen(static_cast<uint64_t>(d) * 17 + std::string(method).size());
-      std::vector<std::vector<float>> values(3, std::vector<float>(n));
-      for (size_t i = 0; i < n; ++i)
-        values[0][i] = static_cast<float>(static_cast<int>(gen() % 129) - 64) / 256.0f;
-      for (size_t m = 1; m < 3; ++m) {
-        for (size_t i = 0; i < n; ++i) {
-          const uint64_t r = gen();
-          const float sign = (r >> 20) & 1 ? 1.0f : -1.0f;
-          const uint64_t bucket = r % 10;
-          const float delta = bucket == 0  ? 0.5f
-                              : bucket < 8 ? 0.25f
-                                           : static_cast<float>((r >> 8) % 15) / 64.0f;
-          values[m][i] = values[0][i] + sign * delta;
-        }
-      }
-      const double density[2] = {0.4, 0.55}, gamma[2] = {0.15, 0.07};
-      // Each model's kept entries by a full sort (descending |delta|, ties to the lower index).
-      std::vector<std::vector<float>> masked = values;
-      for (size_t m = 1; m < 3; ++m) {
-        std::vector<size_t> order(n);
-        std::iota(order.begin(), order.end(), 0);
-        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-          return std::fabs(values[m][a] - values[0][a]) > std::fabs(values[m][b] - values[0][b]);
-        });
-        uint64_t lo = 0, hi = static_cast<uint64_t>(density[m - 1] * static_cast<double>(n));
-        if (std::string(method) != "ties") {
-          lo = static_cast<uint64_t>(gamma[m - 1] * static_cast<double>(n));
-          hi = n - (n - hi - lo);
-        }
-        for (uint64_t r = 0; r < n; ++r) {
-          if (r < lo || r >= hi) masked[m][order[r]] = values[0][order[r]];
-        }
-      }
-      auto context = [&](const std::vector<std::vector<float>>& v, bool dense) {
-        MergeContext ctx;
-        ctx.tensor_name = "model.layers.0.mlp.up_proj.weight";
-        ctx.compute_dtype = d;
-        ctx.shape = shape;
-        ctx.base_index = 0;
-        ctx.sources.push_back({v[0].data(), {}, true, "base"});
-        for (size_t m = 1; m < 3; ++m) {
-          std::map<std::string, double> p = {{"weight", m == 1 ? 0.6 : 0.5},
-                                             {"density", dense ? 1.0 : density[m - 1]},
-                                             {"gamma", gamma[m - 1]}};
-          ctx.sources.push_back({v[m].data(), p, false, m == 1 ? "ft_1" : "ft_2"});
-        }
-        return ctx;
-      };
-      const alloy::MergeMethod* merge = alloy::find_merge_method(method);
-      std::vector<float> expected(n), whole(n), streamed(n);
-      merge->merge(context(masked, true), expected.data());
-      const MergeContext ctx = context(values, false);
-      merge->merge(ctx, whole.data());
-      alloy::detail::set_stream_grain(997);
-      alloy::run_chunked(*merge->chunked(ctx), ctx, method, streamed.data(), 1013);
-      alloy::detail::set_stream_grain(0);
-      size_t whole_differ = 0, streamed_differ = 0;
-      for (size_t i = 0; i < n; ++i) {
-        whole_differ += !alloy::test::same_bits(expected[i], whole[i]);
-        streamed_differ += !alloy::test::same_bits(expected[i], streamed[i]);
-      }
-      EXPECT_EQ(whole_differ, 0u) << method << " " << alloy::dtype_name(d);
-      EXPECT_EQ(streamed_differ, 0u) << method << " " << alloy::dtype_name(d);
+  std::mt19937_64 gen(static_cast<uint64_t>(d) * 17 + std::string(method).size());
+  std::vector<std::vector<float>> values(3, std::vector<float>(n));
+  for (size_t i = 0; i < n; ++i) values[0][i] = static_cast<float>(static_cast<int>(gen() % 129) - 64) / 256.0f;
+  for (size_t m = 1; m < 3; ++m) {
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t r = gen();
+      const float sign = (r >> 20) & 1 ? 1.0f : -1.0f;
+      const uint64_t bucket = r % 10;
+      float delta = bucket == 0 ? 0.5f : bucket < 8 ? 0.25f : static_cast<float>((r >> 8) % 15) / 64.0f;
+      if (skewed && i % chunk < 2048) delta *= 64.0f;
+      values[m][i] = values[0][i] + sign * delta;
     }
+  }
+  const double density[2] = {0.4, 0.55}, gamma[2] = {0.15, 0.07};
+  // Each model's kept entries by a full sort (descending |delta|, ties to the lower index).
+  std::vector<std::vector<float>> masked = values;
+  for (size_t m = 1; m < 3; ++m) {
+    std::vector<size_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return std::fabs(values[m][a] - values[0][a]) > std::fabs(values[m][b] - values[0][b]);
+    });
+    uint64_t lo = 0, hi = static_cast<uint64_t>(density[m - 1] * static_cast<double>(n));
+    if (std::string(method) != "ties") {
+      lo = static_cast<uint64_t>(gamma[m - 1] * static_cast<double>(n));
+      hi = n - (n - hi - lo);
+    }
+    for (uint64_t r = 0; r < n; ++r) {
+      if (r < lo || r >= hi) masked[m][order[r]] = values[0][order[r]];
+    }
+  }
+  auto context = [&](const std::vector<std::vector<float>>& v, bool dense) {
+    MergeContext ctx;
+    ctx.tensor_name = "model.layers.0.mlp.up_proj.weight";
+    ctx.compute_dtype = d;
+    ctx.shape = shape;
+    ctx.base_index = 0;
+    ctx.sources.push_back({v[0].data(), {}, true, "base"});
+    for (size_t m = 1; m < 3; ++m) {
+      std::map<std::string, double> p = {{"weight", m == 1 ? 0.6 : 0.5},
+                                         {"density", dense ? 1.0 : density[m - 1]},
+                                         {"gamma", gamma[m - 1]}};
+      ctx.sources.push_back({v[m].data(), p, false, m == 1 ? "ft_1" : "ft_2"});
+    }
+    return ctx;
+  };
+  const alloy::MergeMethod* merge = alloy::find_merge_method(method);
+  std::vector<float> expected(n), whole(n), streamed(n);
+  merge->merge(context(masked, true), expected.data());
+  const MergeContext ctx = context(values, false);
+  const auto before = alloy::detail::selection_bracket_counts();
+  merge->merge(ctx, whole.data());
+  alloy::detail::set_stream_grain(997);
+  alloy::run_chunked(*merge->chunked(ctx), ctx, method, streamed.data(), 1013);
+  alloy::detail::set_stream_grain(0);
+  const auto after = alloy::detail::selection_bracket_counts();
+  // Both merges select through a bracket: a sample that lies makes every bracket miss (then all
+  // bins are counted), an honest one none.
+  EXPECT_EQ(after.bracketed - before.bracketed, skewed ? 0u : 2u) << method << " " << alloy::dtype_name(d);
+  EXPECT_EQ(after.misses - before.misses, skewed ? 2u : 0u) << method << " " << alloy::dtype_name(d);
+  size_t whole_differ = 0, streamed_differ = 0;
+  for (size_t i = 0; i < n; ++i) {
+    whole_differ += !alloy::test::same_bits(expected[i], whole[i]);
+    streamed_differ += !alloy::test::same_bits(expected[i], streamed[i]);
+  }
+  EXPECT_EQ(whole_differ, 0u) << method << " " << alloy::dtype_name(d) << (skewed ? " skewed" : "");
+  EXPECT_EQ(streamed_differ, 0u) << method << " " << alloy::dtype_name(d) << (skewed ? " skewed" : "");
+}
+
+TEST_F(StreamingTies, ThresholdTiesAcrossChunksMatchAFullSort) {
+  for (const char* method : {"ties", "breadcrumbs", "breadcrumbs_ties"}) {
+    for (DType d : {DType::BF16, DType::F16, DType::F32}) expect_full_sort_selection(method, d, false);
+  }
+}
+
+// A bracket fixed from a sample that misrepresents the tensor misses its cut; the histogram then
+// counts every bin, and the selection is still the full sort's.
+TEST_F(StreamingTies, BracketMissedByASkewedSampleStillMatchesAFullSort) {
+  for (const char* method : {"ties", "breadcrumbs"}) {
+    for (DType d : {DType::BF16, DType::F32}) expect_full_sort_selection(method, d, true);
   }
 }
 

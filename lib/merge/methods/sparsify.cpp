@@ -8,11 +8,54 @@
 #include <cstring>
 #include <utility>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
 #include "method_util.h"
 
 namespace alloy::detail {
+
+// The entries of bins[0, n) in [lo, lo + width], packed in order into out (room for n + 16
+// entries); returns how many. Versioned by instruction set on x86 (GCC/clang function
+// multiversioning): AVX-512 packs 16 entries per compress; the default is a branch-free filter.
+#if defined(__x86_64__) || defined(__i386__)
+#define ALLOY_DEFAULT_VERSION __attribute__((target("default")))
+#else
+#define ALLOY_DEFAULT_VERSION
+#endif
+ALLOY_DEFAULT_VERSION size_t pack_bins_inside(const uint32_t* bins, size_t n, uint32_t lo,
+                                                            uint32_t width, uint32_t* out) {
+  size_t k = 0;
+  for (size_t j = 0; j < n; ++j) {
+    out[k] = bins[j];
+    k += bins[j] - lo <= width;
+  }
+  return k;
+}
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx512f"))) size_t pack_bins_inside(const uint32_t* bins, size_t n, uint32_t lo,
+                                                            uint32_t width, uint32_t* out) {
+  size_t k = 0, j = 0;
+  const __m512i low = _mm512_set1_epi32(static_cast<int>(lo)), span = _mm512_set1_epi32(static_cast<int>(width));
+  for (; j + 16 <= n; j += 16) {
+    const __m512i v = _mm512_loadu_si512(bins + j);
+    const __mmask16 inside = _mm512_cmple_epu32_mask(_mm512_sub_epi32(v, low), span);
+    // Compressed in a register, then stored whole: the compress-to-memory form is microcoded and
+    // slow on some cores (AMD Zen 4).
+    _mm512_storeu_si512(out + k, _mm512_maskz_compress_epi32(inside, v));
+    k += static_cast<size_t>(__builtin_popcount(inside));
+  }
+  for (; j < n; ++j) {
+    out[k] = bins[j];
+    k += bins[j] - lo <= width;
+  }
+  return k;
+}
+#endif
+
 namespace {
 
 std::atomic<size_t> g_stream_grain{0};
@@ -61,10 +104,16 @@ struct Chunks {
 };
 
 constexpr size_t kHighBins = size_t{1} << 15;  // key >> 16: the key has 31 significant bits
+// The bracketed histogram (RankSelector::choose_brackets): tensors of at least 2^20 entries, a
+// sample of the first 2048 entries of each selection chunk (at most 16 chunks of at least 2^18).
+constexpr size_t kBracketMinEntries = size_t{1} << 20;
+constexpr size_t kSamplePerChunk = 2048;
+std::atomic<uint64_t> g_bracketed{0}, g_bracket_misses{0};  // selection_bracket_counts()
 constexpr size_t kLowBins = size_t{1} << 16;
 
 // Per-thread scratch of the selection (see method_util.h: reused across tensors).
 thread_local std::vector<uint32_t> t_high_hist;
+thread_local std::vector<uint32_t> t_sample_hist;  // the bracket's sample, one model at a time
 thread_local std::vector<std::vector<uint16_t>> t_candidates;  // per boundary cut
 
 // Calls fn(first, base, xs, len) for consecutive runs covering [begin, end) of the set in index
@@ -142,7 +191,6 @@ class RankSelector {
       models_.push_back(t.model);
     }
     if (active_.empty()) return;
-    histogram_high();
     // Cuts 2p (at lo) and 2p + 1 (at hi) of active model p. With lo == 0 (magnitude: keep the top
     // k) nothing is before the low cut, and the rule skips it.
     std::vector<uint64_t> ranks;
@@ -150,6 +198,14 @@ class RankSelector {
       ranks.push_back(t.lo);
       ranks.push_back(t.hi);
     }
+    bracketed_ = choose_brackets(ranks);
+    histogram_high();
+    if (bracketed_ && !brackets_hold(ranks)) {  // the sample misled: count every bin
+      g_bracket_misses.fetch_add(1, std::memory_order_relaxed);
+      bracketed_ = false;
+      histogram_high();
+    }
+    if (bracketed_) g_bracketed.fetch_add(1, std::memory_order_relaxed);
     find_cuts(ranks);
     const std::vector<RankCut> found = locate_cuts();
     for (size_t p = 0; p < active_.size(); ++p) {
@@ -218,7 +274,90 @@ class RankSelector {
     return found;
   }
 
-  // Per-chunk histograms of key >> 16 of every active model, and their totals.
+  // The bins each model's histogram counts (bracketed_): from a sample of every chunk's first
+  // kSamplePerChunk entries, the bins around each of its cuts' ranks, wide enough that the cut
+  // falls inside unless the sample is far from the whole (then brackets_hold() fails and every bin
+  // is counted). Entries above the bracket are only counted, entries below it only compared, so
+  // the scattered increments are those of the few entries near the cut. False (count every bin)
+  // for tensors too small for the sample to pay.
+  bool choose_brackets(const std::vector<uint64_t>& ranks) {
+    const size_t n = set_.n, models = active_.size();
+    if (n < kBracketMinEntries) return false;
+    // The chunks' samples side by side, in parallel: sample[p][c * kSamplePerChunk + j].
+    std::vector<std::vector<uint16_t>> sample(models, std::vector<uint16_t>(chunks_.count * kSamplePerChunk));
+    std::vector<size_t> taken(chunks_.count);
+    parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
+      for (size_t c = cb; c < ce; ++c) {
+        const size_t begin = chunks_.begin(c), end = std::min(chunks_.end(c), begin + kSamplePerChunk);
+        taken[c] = end - begin;
+        for_each_run(set_, models_, begin, end, [&](size_t first, const float* b, const float* const* xs, size_t len) {
+          for (size_t p = 0; p < models; ++p) {
+            sample_bins(xs[p], b, len, sample[p].data() + c * kSamplePerChunk + (first - begin));
+          }
+        });
+      }
+    });
+    for (auto& keys : sample) {  // close the gaps that short chunks leave
+      size_t kept = 0;
+      for (size_t c = 0; c < chunks_.count; ++c) {
+        std::copy_n(keys.begin() + static_cast<ptrdiff_t>(c * kSamplePerChunk), taken[c],
+                    keys.begin() + static_cast<ptrdiff_t>(kept));
+        kept += taken[c];
+      }
+      keys.resize(kept);
+    }
+    bracket_lo_.assign(models, 1);
+    bracket_hi_.assign(models, 0);  // empty: a model without a cut to find counts no bin
+    parallel_for(models, 1, [&](size_t pb, size_t pe) {
+      std::vector<uint32_t>& count = t_sample_hist;  // a worker's own instance
+      count.resize(kHighBins);
+      for (size_t p = pb; p < pe; ++p) {
+        const std::vector<uint16_t>& keys = sample[p];
+        std::fill(count.begin(), count.end(), 0u);
+        for (uint16_t key : keys) ++count[key];
+        // The bin of the sample's entry at descending rank i: where the counts from the top bin
+        // down first exceed i.
+        const auto bin_at = [&](size_t i) {
+          size_t bin = kHighBins, seen = 0;
+          while (bin-- > 1 && seen + count[bin] <= i) seen += count[bin];
+          return static_cast<uint32_t>(bin);
+        };
+        const double size = static_cast<double>(keys.size());
+        for (size_t q = 2 * p; q < 2 * p + 2; ++q) {
+          if (ranks[q] == 0 || ranks[q] >= n) continue;  // found without the histogram
+          const double share = static_cast<double>(ranks[q]) / static_cast<double>(n);
+          // Four standard deviations of a sampled rank, plus 0.5% of the sample for the chunks'
+          // first entries not being a random sample.
+          const double margin = 4.0 * std::sqrt(size * share * (1.0 - share)) + 0.005 * size + 8.0;
+          const double at = share * size;
+          const uint32_t hi = bin_at(static_cast<size_t>(std::max(0.0, at - margin)));
+          const uint32_t lo = bin_at(static_cast<size_t>(std::min(size - 1.0, at + margin)));
+          if (bracket_lo_[p] > bracket_hi_[p]) {
+            bracket_lo_[p] = lo, bracket_hi_[p] = hi;
+          } else {
+            bracket_lo_[p] = std::min(bracket_lo_[p], lo), bracket_hi_[p] = std::max(bracket_hi_[p], hi);
+          }
+        }
+      }
+    });
+    return true;
+  }
+
+  // Whether every cut to find lies in its model's bracket: more entries above or in the bracket
+  // than its rank, and no more above it than its rank.
+  bool brackets_hold(const std::vector<uint64_t>& ranks) const {
+    for (size_t q = 0; q < ranks.size(); ++q) {
+      if (ranks[q] == 0 || ranks[q] >= set_.n) continue;
+      const size_t p = q / 2;
+      uint64_t inside = 0;
+      for (uint32_t bin = bracket_lo_[p]; bin <= bracket_hi_[p]; ++bin) inside += total_[p * kHighBins + bin];
+      if (above_[p] > ranks[q] || above_[p] + inside <= ranks[q]) return false;
+    }
+    return true;
+  }
+
+  // Per-chunk histograms of key >> 16 of every active model, and their totals: of every bin, or
+  // (bracketed_) of the bins of each model's bracket, with above_ the entries above it.
   // (thread_local buffers are bound here, in the calling thread: inside the parallel region the
   // name would denote each worker's own instance.)
   void histogram_high() {
@@ -226,23 +365,44 @@ class RankSelector {
     std::vector<uint32_t>& hist = t_high_hist;
     hist.resize(models * stride);
     hist_ = hist.data();
+    std::vector<uint64_t> above(models * chunks_.count, 0);  // per model and chunk
     parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
       for (size_t c = cb; c < ce; ++c) {
         for (size_t p = 0; p < models; ++p) {
           uint32_t* h = hist_ + p * stride + c * kHighBins;
-          std::fill(h, h + kHighBins, 0u);
+          if (!bracketed_) {
+            std::fill(h, h + kHighBins, 0u);
+          } else if (bracket_lo_[p] <= bracket_hi_[p]) {
+            std::fill(h + bracket_lo_[p], h + bracket_hi_[p] + 1, 0u);
+          }
         }
         for_each_run(set_, models_, chunks_.begin(c), chunks_.end(c),
                      [&](size_t, const float* b, const float* const* xs, size_t len) {
                        for (size_t p = 0; p < models; ++p) {
-                         count_high_bins(xs[p], b, len, hist_ + p * stride + c * kHighBins);
+                         uint32_t* h = hist_ + p * stride + c * kHighBins;
+                         if (bracketed_) {
+                           above[p * chunks_.count + c] += count_bracket_bins(xs[p], b, len, bracket_lo_[p], bracket_hi_[p], h);
+                         } else {
+                           count_high_bins(xs[p], b, len, h);
+                         }
                        }
                      });
       }
     });
+    total_.assign(models * kHighBins, 0);
+    above_.assign(models, 0);
+    if (bracketed_) {
+      for (size_t p = 0; p < models; ++p) {
+        for (size_t c = 0; c < chunks_.count; ++c) {
+          above_[p] += above[p * chunks_.count + c];
+          const uint32_t* h = hist_ + p * stride + c * kHighBins;
+          for (uint32_t bin = bracket_lo_[p]; bin <= bracket_hi_[p]; ++bin) total_[p * kHighBins + bin] += h[bin];
+        }
+      }
+      return;
+    }
     // The totals over bin ranges in parallel (integer sums: the same for any split): summed on
     // one thread they were a serial read of every chunk's histograms, 4% of a 1 GB ties merge.
-    total_.assign(models * kHighBins, 0);
     constexpr size_t kBinGrain = 4096;  // divides kHighBins: a range of bins is one model's
     parallel_for(models * kHighBins, kBinGrain, [&](size_t ib, size_t ie) {
       for (size_t first = ib; first < ie; first += kBinGrain) {
@@ -268,6 +428,60 @@ class RankSelector {
       for (size_t j = 0; j < block; ++j) bins[j] = magnitude_key(rnd_(x[j0 + j] - b[j0 + j])) >> 16;
       for (size_t j = 0; j < block; ++j) ++h[bins[j]];
     }
+  }
+
+  // out[j] = the bin of entry j (the high 15 bits of its key), in a loop that vectorises.
+  ALLOY_ELEMENT_KERNEL void sample_bins(const float* x, const float* b, size_t len, uint16_t* out) const {
+    for (size_t j = 0; j < len; ++j) out[j] = static_cast<uint16_t>(magnitude_key(rnd_(x[j] - b[j])) >> 16);
+  }
+
+  // ++h[bin] for every entry whose bin lies in [lo, hi] (none when lo > hi); returns how many lie
+  // above hi. The bins and the count above come from a loop that vectorises; the bins inside are
+  // packed (pack_bins_inside) and only those are counted one by one.
+  ALLOY_ELEMENT_KERNEL uint64_t count_bracket_bins(const float* x, const float* b, size_t len, uint32_t lo,
+                                                   uint32_t hi, uint32_t* h) const {
+    constexpr size_t kBlock = 256;
+    uint32_t bins[kBlock], inside[kBlock + 16];
+    // A narrow bracket holds few bins, so consecutive entries often share one and their increments
+    // wait on each other; four interleaved counts per bin, added into h at the end, break the
+    // chains. (A wide one has few repeats and counts into h directly.)
+    constexpr uint32_t kSplitBins = 512;
+    const bool split = lo <= hi && hi - lo < kSplitBins;
+    uint32_t counts[4][kSplitBins];
+    if (split) {
+      for (auto& c : counts) std::fill(c, c + (hi - lo + 1), 0u);
+    }
+    uint64_t above = 0;
+    for (size_t j0 = 0; j0 < len; j0 += kBlock) {
+      const size_t block = std::min(kBlock, len - j0);
+      uint32_t above_block = 0;
+      for (size_t j = 0; j < block; ++j) {
+        const uint32_t bin = magnitude_key(rnd_(x[j0 + j] - b[j0 + j])) >> 16;
+        bins[j] = bin;
+        above_block += bin > hi;
+      }
+      above += above_block;
+      if (lo > hi) continue;
+      const size_t count = pack_bins_inside(bins, block, lo, hi - lo, inside);
+      if (!split) {
+        for (size_t k = 0; k < count; ++k) ++h[inside[k]];
+        continue;
+      }
+      size_t k = 0;
+      for (; k + 4 <= count; k += 4) {
+        ++counts[0][inside[k] - lo];
+        ++counts[1][inside[k + 1] - lo];
+        ++counts[2][inside[k + 2] - lo];
+        ++counts[3][inside[k + 3] - lo];
+      }
+      for (; k < count; ++k) ++counts[0][inside[k] - lo];
+    }
+    if (split) {
+      for (uint32_t bin = 0; bin <= hi - lo; ++bin) {
+        h[lo + bin] += counts[0][bin] + counts[1][bin] + counts[2][bin] + counts[3][bin];
+      }
+    }
+    return above;
   }
 
   // How many entries of a run have key `key`.
@@ -299,7 +513,13 @@ class RankSelector {
         continue;
       }
       const uint64_t* total = total_.data() + q / 2 * kHighBins;
+      // From the top bin down, or (bracketed_) from the top of the bracket, past the entries above
+      // it (brackets_hold: the cut's bin is in the bracket).
       size_t bin = kHighBins;
+      if (bracketed_) {
+        above[q] = above_[q / 2];
+        bin = bracket_hi_[q / 2] + size_t{1};
+      }
       while (bin-- > 0) {
         if (above[q] + total[bin] > r) break;
         above[q] += total[bin];
@@ -385,6 +605,11 @@ class RankSelector {
   std::vector<size_t> models_;   // their models
   uint32_t* hist_ = nullptr;     // per active model, chunks_.count histograms of kHighBins counts
   std::vector<uint64_t> total_;  // per active model, their sum
+  // choose_brackets(): whether the histograms count only each model's bins [lo, hi], and the
+  // entries above hi (above_).
+  bool bracketed_ = false;
+  std::vector<uint32_t> bracket_lo_, bracket_hi_;
+  std::vector<uint64_t> above_;
   std::vector<Cut> cuts_;        // per active model, its cuts at lo and hi
 };
 
@@ -643,6 +868,10 @@ void set_output_window(size_t elements) { g_output_window = elements; }
 size_t output_window() {
   const size_t window = g_output_window.load(std::memory_order_relaxed);
   return window == 0 ? kOutputWindow : window;
+}
+
+SelectionBracketCounts selection_bracket_counts() {
+  return {g_bracketed.load(std::memory_order_relaxed), g_bracket_misses.load(std::memory_order_relaxed)};
 }
 
 void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,

@@ -17,7 +17,10 @@
 // Selection (magnitude, magnitude_outliers) is a radix select on the bits of |delta| (their
 // integer order is their numeric order): one parallel histogram pass on the high 16 bits, which
 // for bf16 deltas is exact; for other dtypes a second pass over only the elements of the boundary
-// bin resolves the low 16 bits. Counts are integers, so the result does not depend on the threads.
+// bin resolves the low 16 bits. On tensors of at least 2^20 entries the histogram counts only a
+// bracket of bins around each cut, fixed from a sample of 2048 entries per chunk (the entries
+// above the bracket are counted, not binned: the scattered increments were most of the pass); a
+// bracket that misses its cut is found out from the counts, and every bin is counted then. Counts are integers, so the result does not depend on the threads.
 // Its result is not a bit per element but the cuts at the range's two ranks, each a key T and a
 // cutoff index I (RankCut): the entries of key T kept by a cut are the first ones in index order,
 // i.e. those below I. The passes count a cut's key per fixed chunk of the tensor, so I is found by
@@ -90,6 +93,14 @@ size_t stream_grain();
 inline constexpr size_t kOutputWindow = size_t{32} * kDefaultGrain;
 void set_output_window(size_t elements);
 size_t output_window();
+
+// For tests: how many selections so far counted only a bracket of histogram bins around their cuts
+// (tensors of at least 2^20 entries), and how many brackets missed a cut, so that every bin was
+// counted after all (the results are the same either way; only the time differs).
+struct SelectionBracketCounts {
+  uint64_t bracketed = 0, misses = 0;
+};
+SelectionBracketCounts selection_bracket_counts();
 
 // Several models' task vectors against one base, delta_m[i] = rnd(x_m[i] - base[i]): from the
 // whole-tensor buffers base and xs, or, when `load` is set, streamed through it. The selection and
