@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prints one sha256 line per file that alloy writes for a fixed set of inputs: every recipe in
-# recipes/ on a dense and a MoE synthetic family, the assay's JSON, recipe and report, and every
+# recipes/ on a dense and a MoE synthetic family (the multi-module ones on a Qwen3.5-MoE with its
+# vision tower), the assay's JSON, recipe and report, and every
 # perturb transform. Run it before and after a change that must not change behaviour and diff the
 # two listings (they are identical when every output byte is).
 # Usage: scripts/output-digest.sh BIN_DIR > digest.txt
@@ -21,6 +22,7 @@ for family in dense moe; do
   "$bin/alloy-extract-lora" -q base ft_1 ft_1_lora --rank 8 2>/dev/null  # recipes/lora.yml applies it
   for recipe in "$root"/recipes/*.yml; do
     name=$(basename "$recipe" .yml)
+    [[ $name == modules_* ]] && continue  # multi-module recipes: the vision family below
     "$bin/alloy-merge" "$recipe" "merged-$name" >/dev/null 2>&1
   done
   "$bin/alloy-assay" merged-linear base ft_1 ft_2 ft_3 unrelated_1 --json assay.json \
@@ -35,6 +37,13 @@ for family in dense moe; do
     "$bin/alloy-synth" perturb merged-linear "perturbed-$kind" --kind "$kind" --seed 5 \
       "${extra[@]}" >/dev/null
   done
+done
+
+# The multi-module recipes (modules:) need a model with modules: a Qwen3.5-MoE with its vision tower.
+"$bin/alloy-synth" family "$work/vision" --family qwen3_5_moe --fine-tunes 2 --unrelated 0 >/dev/null
+cd "$work/vision"
+for recipe in "$root"/recipes/modules_*.yml; do
+  "$bin/alloy-merge" "$recipe" "merged-$(basename "$recipe" .yml)" >/dev/null 2>&1
 done
 
 # The assay's and the merge's outputs carry the working directory's paths in places; listing the
