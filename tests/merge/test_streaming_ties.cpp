@@ -121,28 +121,38 @@ TEST_F(StreamingTies, StreamedOutputIsBitIdenticalToTheWholeTensorMerge) {
   EXPECT_EQ(sparsified, 7u * 3 * 3 * 2);
 }
 
+// The task vectors of expect_full_sort_selection: kTies, most entries share the threshold |delta|
+// in every chunk (the histogram then counts every bin: a bracket would hold most entries); kSpread,
+// 255 magnitudes of about 0.4% of the entries each (a narrow bracket holds the cut); kSkewed, as
+// kSpread with the first 2048 entries of every chunk (the bracket's sample) 64 times larger, so
+// that the sample puts the bracket far above the cut.
+enum class Deltas { kTies, kSpread, kSkewed };
+
 // The magnitude selections of `method` in dtype d on n = 5 x 212184 entries (> 4 x 2^18: five
-// selection chunks; > 2^20: the bracketed histogram) against a full sort: base on a grid of 2^-8,
-// deltas 0.5 (10%), 0.25 (70%: the threshold), smaller (20%), all exact in every dtype, so that
-// |delta| takes exactly these values and most entries share the threshold |delta| across every
-// chunk. With `skewed`, the first 2048 entries of every chunk (the bracket's sample) have deltas
-// 64 times larger, so the sample puts the bracket far above the cuts. The streamed and
-// whole-tensor merges must equal a merge of inputs masked by a full sort (entries not kept set to
-// the base, density 1), so a cutoff one tie off fails.
-void expect_full_sort_selection(const char* method, DType d, bool skewed) {
+// selection chunks; > 2^20: the bracketed histogram) against a full sort. Every |delta| is exact in
+// every dtype. The streamed and whole-tensor merges must equal a merge of inputs masked by a full
+// sort (entries not kept set to the base, density 1), so a cutoff one tie off fails; `bracketed`
+// and `misses`: how many of the two merges' selections must have gone through a bracket, and how
+// many brackets must have missed.
+void expect_full_sort_selection(const char* method, DType d, Deltas kind, uint64_t bracketed, uint64_t misses) {
   const size_t n = 5 * 212184;  // a multiple of the inner dimension
   const size_t chunk = ((n + 4) / 5 + 63) / 64 * 64;  // the selection's chunks (sparsify.cpp, Chunks)
   const std::vector<uint64_t> shape = {n / 5, 5};
-  std::mt19937_64 gen(static_cast<uint64_t>(d) * 17 + std::string(method).size());
-  std::vector<std::vector<float>> values(3, std::vector<float>(n));
-  for (size_t i = 0; i < n; ++i) values[0][i] = static_cast<float>(static_cast<int>(gen() % 129) - 64) / 256.0f;
+  std::mt19937_64 gen(static_cast<uint64_t>(d) * 17 + std::string(method).size() + static_cast<uint64_t>(kind));
+  std::vector<std::vector<float>> values(3, std::vector<float>(n, 0.0f));
+  // kTies: base on a grid of 2^-8; deltas 0.5 (10%), 0.25 (70%: the threshold), smaller (20%).
+  // kSpread, kSkewed: base 0, deltas k * 2^-13 for k in 1..255.
+  if (kind == Deltas::kTies) {
+    for (size_t i = 0; i < n; ++i) values[0][i] = static_cast<float>(static_cast<int>(gen() % 129) - 64) / 256.0f;
+  }
   for (size_t m = 1; m < 3; ++m) {
     for (size_t i = 0; i < n; ++i) {
       const uint64_t r = gen();
       const float sign = (r >> 20) & 1 ? 1.0f : -1.0f;
       const uint64_t bucket = r % 10;
       float delta = bucket == 0 ? 0.5f : bucket < 8 ? 0.25f : static_cast<float>((r >> 8) % 15) / 64.0f;
-      if (skewed && i % chunk < 2048) delta *= 64.0f;
+      if (kind != Deltas::kTies) delta = static_cast<float>((r >> 8) % 255 + 1) / 8192.0f;
+      if (kind == Deltas::kSkewed && i % chunk < 2048) delta *= 64.0f;
       values[m][i] = values[0][i] + sign * delta;
     }
   }
@@ -189,31 +199,39 @@ void expect_full_sort_selection(const char* method, DType d, bool skewed) {
   alloy::run_chunked(*merge->chunked(ctx), ctx, method, streamed.data(), 1013);
   alloy::detail::set_stream_grain(0);
   const auto after = alloy::detail::selection_bracket_counts();
-  // Both merges select through a bracket: a sample that lies makes every bracket miss (then all
-  // bins are counted), an honest one none.
-  EXPECT_EQ(after.bracketed - before.bracketed, skewed ? 0u : 2u) << method << " " << alloy::dtype_name(d);
-  EXPECT_EQ(after.misses - before.misses, skewed ? 2u : 0u) << method << " " << alloy::dtype_name(d);
+  const std::string what = std::string(method) + " " + alloy::dtype_name(d) + " deltas " +
+                           std::to_string(static_cast<int>(kind));
+  EXPECT_EQ(after.bracketed - before.bracketed, bracketed) << what;
+  EXPECT_EQ(after.misses - before.misses, misses) << what;
   size_t whole_differ = 0, streamed_differ = 0;
   for (size_t i = 0; i < n; ++i) {
     whole_differ += !alloy::test::same_bits(expected[i], whole[i]);
     streamed_differ += !alloy::test::same_bits(expected[i], streamed[i]);
   }
-  EXPECT_EQ(whole_differ, 0u) << method << " " << alloy::dtype_name(d) << (skewed ? " skewed" : "");
-  EXPECT_EQ(streamed_differ, 0u) << method << " " << alloy::dtype_name(d) << (skewed ? " skewed" : "");
+  EXPECT_EQ(whole_differ, 0u) << what;
+  EXPECT_EQ(streamed_differ, 0u) << what;
 }
 
 TEST_F(StreamingTies, ThresholdTiesAcrossChunksMatchAFullSort) {
   for (const char* method : {"ties", "breadcrumbs", "breadcrumbs_ties"}) {
-    for (DType d : {DType::BF16, DType::F16, DType::F32}) expect_full_sort_selection(method, d, false);
+    for (DType d : {DType::BF16, DType::F16, DType::F32}) expect_full_sort_selection(method, d, Deltas::kTies, 0, 0);
+  }
+}
+
+// With spread magnitudes a narrow bracket holds the TIES cut (both merges select through it); the
+// breadcrumbs' two cuts lie far apart, so a bracket around both would hold much of the tensor, and
+// every bin is counted. The ties at the cut still span every chunk.
+TEST_F(StreamingTies, BracketedSelectionMatchesAFullSort) {
+  for (DType d : {DType::BF16, DType::F16, DType::F32}) {
+    expect_full_sort_selection("ties", d, Deltas::kSpread, 2, 0);
+    expect_full_sort_selection("breadcrumbs", d, Deltas::kSpread, 0, 0);
   }
 }
 
 // A bracket fixed from a sample that misrepresents the tensor misses its cut; the histogram then
 // counts every bin, and the selection is still the full sort's.
 TEST_F(StreamingTies, BracketMissedByASkewedSampleStillMatchesAFullSort) {
-  for (const char* method : {"ties", "breadcrumbs"}) {
-    for (DType d : {DType::BF16, DType::F32}) expect_full_sort_selection(method, d, true);
-  }
+  for (DType d : {DType::BF16, DType::F32}) expect_full_sort_selection("ties", d, Deltas::kSkewed, 0, 2);
 }
 
 // A refusal (a density that keeps no entry) is still reported, by prepare(), naming the tensor

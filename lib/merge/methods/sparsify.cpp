@@ -338,10 +338,22 @@ class RankSelector {
             bracket_lo_[p] = std::min(bracket_lo_[p], lo), bracket_hi_[p] = std::max(bracket_hi_[p], hi);
           }
         }
+        // A bracket that holds much of the sample saves nothing (Model Breadcrumbs' two cuts far
+        // apart): that model counts every bin.
+        uint64_t inside = 0;
+        for (uint32_t bin = bracket_lo_[p]; bin <= bracket_hi_[p]; ++bin) inside += count[bin];
+        if (4 * inside > keys.size()) bracket_lo_[p] = 0, bracket_hi_[p] = kHighBins - 1;
       }
     });
-    return true;
+    for (size_t p = 0; p < models; ++p) {
+      if (!every_bin_bracket(p)) return true;
+    }
+    return false;  // no model gains: the plain pass
   }
+
+  bool every_bin_bracket(size_t p) const { return bracket_lo_[p] == 0 && bracket_hi_[p] == kHighBins - 1; }
+  // Whether model p's histogram counts every bin (not bracketed_, or its bracket is every bin).
+  bool counts_every_bin(size_t p) const { return !bracketed_ || every_bin_bracket(p); }
 
   // Whether every cut to find lies in its model's bracket: more entries above or in the bracket
   // than its rank, and no more above it than its rank.
@@ -370,7 +382,7 @@ class RankSelector {
       for (size_t c = cb; c < ce; ++c) {
         for (size_t p = 0; p < models; ++p) {
           uint32_t* h = hist_ + p * stride + c * kHighBins;
-          if (!bracketed_) {
+          if (counts_every_bin(p)) {
             std::fill(h, h + kHighBins, 0u);
           } else if (bracket_lo_[p] <= bracket_hi_[p]) {
             std::fill(h + bracket_lo_[p], h + bracket_hi_[p] + 1, 0u);
@@ -380,10 +392,10 @@ class RankSelector {
                      [&](size_t, const float* b, const float* const* xs, size_t len) {
                        for (size_t p = 0; p < models; ++p) {
                          uint32_t* h = hist_ + p * stride + c * kHighBins;
-                         if (bracketed_) {
-                           above[p * chunks_.count + c] += count_bracket_bins(xs[p], b, len, bracket_lo_[p], bracket_hi_[p], h);
-                         } else {
+                         if (counts_every_bin(p)) {
                            count_high_bins(xs[p], b, len, h);
+                         } else {
+                           above[p * chunks_.count + c] += count_bracket_bins(xs[p], b, len, bracket_lo_[p], bracket_hi_[p], h);
                          }
                        }
                      });

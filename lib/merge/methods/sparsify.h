@@ -19,8 +19,9 @@
 // for bf16 deltas is exact; for other dtypes a second pass over only the elements of the boundary
 // bin resolves the low 16 bits. On tensors of at least 2^20 entries the histogram counts only a
 // bracket of bins around each cut, fixed from a sample of 2048 entries per chunk (the entries
-// above the bracket are counted, not binned: the scattered increments were most of the pass); a
-// bracket that misses its cut is found out from the counts, and every bin is counted then. Counts are integers, so the result does not depend on the threads.
+// above the bracket are counted, not binned: the scattered increments were most of the pass),
+// unless the bracket would hold over a quarter of the sample; a bracket that misses its cut is
+// found out from the counts, and every bin is counted then. Counts are integers, so the result does not depend on the threads.
 // Its result is not a bit per element but the cuts at the range's two ranks, each a key T and a
 // cutoff index I (RankCut): the entries of key T kept by a cut are the first ones in index order,
 // i.e. those below I. The passes count a cut's key per fixed chunk of the tensor, so I is found by
