@@ -175,8 +175,16 @@ struct ChunkSource {
   DType dtype = DType::F32;
 };
 
+// Whether vector v of the views is read as raw 2-byte values (chunk_source's pread case).
+inline bool reads_raw(const TensorViews& views, size_t v) {
+  if (!views.values.empty() || (v == 0 && views.suspect_values)) return false;
+  const DType dtype = views.inputs[v]->info->dtype;
+  return dtype == DType::BF16 || dtype == DType::F16;
+}
+
+// `read`: the chunk's raw bytes when the caller read them already (read_group), else null.
 inline __attribute__((always_inline)) ChunkSource chunk_source(const TensorViews& views, size_t v, size_t begin,
-                                                               size_t count, float* row) {
+                                                               size_t count, float* row, const uint8_t* read) {
   if (!views.values.empty()) return {views.values[v] + begin};
   if (v == 0 && views.suspect_values) return {views.suspect_values + begin};
   const ModelTensor& t = *views.inputs[v];
@@ -185,6 +193,7 @@ inline __attribute__((always_inline)) ChunkSource chunk_source(const TensorViews
     load_range_inline(t, begin, count, row);
     return {row};
   }
+  if (read != nullptr) return {nullptr, read, dtype};
   try {
     t.shard->read(*t.info, begin * 2, count * 2, row);
     return {nullptr, reinterpret_cast<const uint8_t*>(row), dtype};
@@ -451,11 +460,37 @@ inline __attribute__((always_inline)) void fused_sub_block(const ResolvedPass& p
 
 }  // namespace
 
+// The full pass's grouped reads (accumulate_resolved): at most kMaxGroupChunks chunks, and
+// kGroupReadBytes of raw values per thread (so that the scratch does not grow with the vectors).
+constexpr size_t kMaxGroupChunks = 4;
+constexpr size_t kGroupReadBytes = size_t(3) * kMaxGroupChunks * 2 * kDefaultGrain;  // 768 KiB
+
+// Reads elements [begin, begin + count) of every vector that chunk_source would read as raw 2-byte
+// values, one pread each, into this thread's group buffer; read[v] points at them, or stays null
+// (values in memory, another dtype, or a failed read: chunk_source then reads or reports it).
+void read_group(const TensorViews& views, size_t begin, size_t count, const uint8_t** read) {
+  static thread_local std::vector<uint8_t> buffer;
+  size_t need = 0;
+  for (size_t v = 0; v < views.inputs.size(); ++v) need += reads_raw(views, v) ? 2 * count : 0;
+  if (buffer.size() < need) buffer.resize(need);
+  size_t at = 0;
+  for (size_t v = 0; v < views.inputs.size(); ++v) {
+    if (!reads_raw(views, v)) continue;
+    const ModelTensor& t = *views.inputs[v];
+    try {
+      t.shard->read(*t.info, begin * 2, count * 2, buffer.data() + at);
+      read[v] = buffer.data() + at;
+    } catch (const Error&) {  // chunk_source reads the chunk again and notes the error
+    }
+    at += 2 * count;
+  }
+}
+
 // One chunk of the full pass. Compiled for AVX-512, AVX2 and the baseline, chosen at load time; the
 // float lanes are explicit (and nothing is contracted, CMakeLists.txt), so every clone gives the
 // same bits.
 __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t end) {
+ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t end, const uint8_t* const* read) {
   const int m = pass.m, pivot = pass.pivot;
   const auto& members = pass.members;
   const TensorViews& views = *pass.views;
@@ -465,7 +500,9 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   const size_t count = end - begin;
   float* base = chunk_buffers();
   ChunkSource source[kMaxVectors];
-  for (int v = 0; v < m; ++v) source[v] = chunk_source(views, size_t(v), begin, count, base + size_t(v) * kDefaultGrain);
+  for (int v = 0; v < m; ++v) {
+    source[v] = chunk_source(views, size_t(v), begin, count, base + size_t(v) * kDefaultGrain, read[v]);
+  }
   // The sub-block rows, in the scratch's last four chunk rows: the per-element work rows, then
   // every vector's floats (when converted) and its Y coordinates.
   float* mask = base + size_t(kMaxVectors) * kDefaultGrain;
@@ -595,11 +632,26 @@ ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fra
   for (size_t i = 0; i < live.size(); ++i) {
     for (size_t j = i; j < live.size(); ++j) pass.pairs.push_back({live[i].first, live[j].first, live[i].second, live[j].second});
   }
-  const auto chunk = [&](size_t begin, size_t end) { return resolved_chunk(pass, begin, end); };
-  return parallel_reduce(views.numel, kDefaultGrain, init, chunk, [](ResolvedMoments acc, const ResolvedMoments& part) {
-    add_into(acc, part);
-    return acc;
+  // Each task reads the raw bytes of a few consecutive chunks with one pread per vector (64 KiB
+  // reads cost a system call each, which is dear on these VMs), at most kGroupReadBytes per thread;
+  // the chunks are still reduced one by one and added in chunk order, so the sums are the same bits.
+  const size_t chunks = (views.numel + kDefaultGrain - 1) / kDefaultGrain;
+  const size_t group = std::clamp<size_t>(kGroupReadBytes / (size_t(m) * 2 * kDefaultGrain), 1, kMaxGroupChunks);
+  std::vector<ResolvedMoments> part(chunks, init);
+  parallel_for(chunks, group, [&](size_t cb, size_t ce) {
+    const size_t begin = cb * kDefaultGrain, end = std::min<size_t>(views.numel, ce * kDefaultGrain);
+    const uint8_t* read[kMaxVectors] = {};
+    read_group(views, begin, end - begin, read);
+    for (size_t c = cb; c < ce; ++c) {
+      const size_t first = c * kDefaultGrain, last = std::min<size_t>(views.numel, first + kDefaultGrain);
+      const uint8_t* chunk_read[kMaxVectors] = {};
+      for (int v = 0; v < m; ++v) chunk_read[v] = read[v] ? read[v] + 2 * (first - begin) : nullptr;
+      part[c] = resolved_chunk(pass, first, last, chunk_read);
+    }
   });
+  ResolvedMoments acc = init;
+  for (const ResolvedMoments& p : part) add_into(acc, p);
+  return acc;
 }
 
 PrefixMoments accumulate_prefix(const TensorViews& views, uint64_t count_limit) {
