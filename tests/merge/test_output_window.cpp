@@ -4,7 +4,7 @@
 // the norms' few) is written in many parts whose boundaries fall inside rows and chunks, in a
 // sharded output whose tensors straddle the hashing order; every byte of every file, and every
 // hash the provenance records, must be those of the default window. Fused MoE experts split each
-// window over the member tensors.
+// window over the member tensors. Small chunks inside a larger window exercise the grouped reads.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -69,13 +69,17 @@ TEST_F(OutputWindow, TensorsLargerThanTheWindowAreWrittenBitIdentically) {
       for (const bool fused : {false, true}) {
         if (fused && family == ModelFamily::kLlama) continue;
         std::map<std::string, std::string> reference;
-        for (const size_t window : {size_t{0}, size_t{7}, size_t{1000}}) {
+        // (window, grain): a window of 1000 with chunks of 61 reads up to four chunks of every
+        // source at once (the executor's grouped reads) and ends on a short group.
+        const std::pair<size_t, size_t> settings[] = {{0, 0}, {7, 61}, {1000, 0}, {1000, 61}};
+        for (const auto& [window, grain] : settings) {
           detail::set_output_window(window);
-          detail::set_stream_grain(window == 7 ? 61 : 0);
+          detail::set_stream_grain(grain);
           PlanOptions po;
           po.base_dir = models;
           MergeOptions mo;
-          mo.out_dir = models / ("out-" + method + (fused ? "-fused-" : "-") + std::to_string(window));
+          mo.out_dir = models / ("out-" + method + (fused ? "-fused-" : "-") + std::to_string(window) + "-" +
+                                 std::to_string(grain));
           mo.shard_bytes = 4000;  // several shards, tensors out of their file's order
           mo.fuse_moe_experts = fused;
           mo.hash_inputs = false;
@@ -90,7 +94,8 @@ TEST_F(OutputWindow, TensorsLargerThanTheWindowAreWrittenBitIdentically) {
             const auto it = files.find(name);
             ASSERT_NE(it, files.end()) << name;
             EXPECT_TRUE(it->second == bytes) << models.filename() << " " << method << (fused ? " fused" : "")
-                                             << " window " << window << ": " << name << " differs";
+                                             << " window " << window << " grain " << grain << ": " << name
+                                             << " differs";
           }
         }
       }
