@@ -188,11 +188,11 @@ inline __attribute__((always_inline)) ChunkSource chunk_source(const TensorViews
   if (!views.values.empty()) return {views.values[v] + begin};
   if (v == 0 && views.suspect_values) return {views.suspect_values + begin};
   const ModelTensor& t = *views.inputs[v];
-  const DType dtype = t.info->dtype;
-  if (dtype != DType::BF16 && dtype != DType::F16) {
+  if (!reads_raw(views, v)) {  // another dtype: converted as it is read
     load_range_inline(t, begin, count, row);
     return {row};
   }
+  const DType dtype = t.info->dtype;
   if (read != nullptr) return {nullptr, read, dtype};
   try {
     t.shard->read(*t.info, begin * 2, count * 2, row);
@@ -460,11 +460,6 @@ inline __attribute__((always_inline)) void fused_sub_block(const ResolvedPass& p
 
 }  // namespace
 
-// The full pass's grouped reads (accumulate_resolved): at most kMaxGroupChunks chunks, and
-// kGroupReadBytes of raw values per thread (so that the scratch does not grow with the vectors).
-constexpr size_t kMaxGroupChunks = 4;
-constexpr size_t kGroupReadBytes = size_t(3) * kMaxGroupChunks * 2 * kDefaultGrain;  // 768 KiB
-
 // Reads elements [begin, begin + count) of every vector that chunk_source would read as raw 2-byte
 // values, one pread each, into this thread's group buffer; read[v] points at them, or stays null
 // (values in memory, another dtype, or a failed read: chunk_source then reads or reports it).
@@ -632,11 +627,11 @@ ResolvedMoments accumulate_resolved(const TensorViews& views, double resolve_fra
   for (size_t i = 0; i < live.size(); ++i) {
     for (size_t j = i; j < live.size(); ++j) pass.pairs.push_back({live[i].first, live[j].first, live[i].second, live[j].second});
   }
-  // Each task reads the raw bytes of a few consecutive chunks with one pread per vector (64 KiB
-  // reads cost a system call each, which is dear on these VMs), at most kGroupReadBytes per thread;
-  // the chunks are still reduced one by one and added in chunk order, so the sums are the same bits.
+  // Each task reads the raw bytes of a few consecutive chunks with one pread per vector
+  // (chunks_per_read: the scratch does not grow with the vectors); the chunks are still reduced one
+  // by one and added in chunk order, so the sums are the same bits.
   const size_t chunks = (views.numel + kDefaultGrain - 1) / kDefaultGrain;
-  const size_t group = std::clamp<size_t>(kGroupReadBytes / (size_t(m) * 2 * kDefaultGrain), 1, kMaxGroupChunks);
+  const size_t group = chunks_per_read(size_t(m) * 2 * kDefaultGrain);
   std::vector<ResolvedMoments> part(chunks, init);
   parallel_for(chunks, group, [&](size_t cb, size_t ce) {
     const size_t begin = cb * kDefaultGrain, end = std::min<size_t>(views.numel, ce * kDefaultGrain);

@@ -177,11 +177,8 @@ class FirstError {
 
 // Per-thread float32 scratch of the chunked path: one chunk per source and one for the output.
 thread_local std::vector<float> t_chunk_scratch;
-// The chunked path's grouped reads: up to kMaxGroupChunks chunks of every source per pread, at
-// most kGroupReadBytes of them per thread.
+// The chunked path's grouped reads: a few chunks of every source per pread (chunks_per_read).
 thread_local std::vector<uint8_t> t_group_bytes;
-constexpr size_t kMaxGroupChunks = 4;
-constexpr size_t kGroupReadBytes = size_t{768} << 10;
 
 // The chunked path (alloy/merge/merge_method.h, ChunkedMerge): every fixed chunk of kDefaultGrain
 // elements of each source is converted from the mapped bytes into per-thread scratch, merged and
@@ -259,13 +256,11 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // read is skipped and its error rethrown after the loop.
   auto for_each_chunk = [&](uint64_t first, size_t total, size_t chunk, auto&& body) {
     if (total == 0) return size_t{0};
-    // Each task reads a few consecutive chunks of every source with one pread (a 64 KiB read costs
-    // a system call, dear on these VMs), at most kGroupReadBytes per thread, then converts and
-    // merges them chunk by chunk as before: the same chunks, so the same bytes.
+    // Each task reads a few consecutive chunks of every source with one pread (chunks_per_read),
+    // then converts and merges them chunk by chunk as before: the same chunks, so the same bytes.
     size_t element_bytes = 0;  // of all the sources together
     for (const SourceBytes& source : inputs) element_bytes += dtype_bits(source.input->info->dtype) / 8;
-    const size_t group =
-        std::clamp<size_t>(kGroupReadBytes / std::max<size_t>(1, element_bytes * chunk), 1, kMaxGroupChunks);
+    const size_t group = chunks_per_read(element_bytes * chunk);
     const size_t chunks = (total + chunk - 1) / chunk;
     const size_t result = parallel_reduce(chunks, group, size_t{0}, [&](size_t cb, size_t ce) -> size_t {
       const size_t group_first = cb * chunk, group_len = std::min(total, ce * chunk) - group_first;

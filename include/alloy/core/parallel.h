@@ -5,6 +5,7 @@
 // (parallel_reduce), this makes every reduction in alloy bit-identical for any thread count.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
@@ -17,6 +18,15 @@ void set_thread_count(int n);
 
 // Fixed chunk size used by default for element-wise work and reductions.
 inline constexpr size_t kDefaultGrain = 1 << 15;
+
+// Chunks per task for a pass whose tasks read the inputs of consecutive chunks with one pread per
+// input (a 64 KiB read is a system call, and system calls are dear on VMs), `chunk_bytes` being
+// one chunk's bytes of all the inputs together: at most 4 chunks and 768 KiB per task, at least 1.
+// The chunks are still processed, and their results combined, one by one.
+inline size_t chunks_per_read(size_t chunk_bytes) {
+  constexpr size_t kMostChunks = 4, kMostBytes = size_t{768} << 10;
+  return std::clamp<size_t>(kMostBytes / std::max<size_t>(1, chunk_bytes), 1, kMostChunks);
+}
 
 namespace detail {
 void parallel_for_impl(size_t chunk_count, void* ctx, void (*call)(void*, size_t));

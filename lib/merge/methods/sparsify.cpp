@@ -283,7 +283,7 @@ class RankSelector {
   bool choose_brackets(const std::vector<uint64_t>& ranks) {
     const size_t n = set_.n, models = active_.size();
     if (n < kBracketMinEntries) return false;
-    // The chunks' samples side by side, in parallel: sample[p][c * kSamplePerChunk + j].
+    // The chunks' samples side by side, in parallel: sample[p][c * kSamplePerChunk + j], j < taken[c].
     std::vector<std::vector<uint16_t>> sample(models, std::vector<uint16_t>(chunks_.count * kSamplePerChunk));
     std::vector<size_t> taken(chunks_.count);
     parallel_for(chunks_.count, 1, [&](size_t cb, size_t ce) {
@@ -297,24 +297,21 @@ class RankSelector {
         });
       }
     });
-    for (auto& keys : sample) {  // close the gaps that short chunks leave
-      size_t kept = 0;
-      for (size_t c = 0; c < chunks_.count; ++c) {
-        std::copy_n(keys.begin() + static_cast<ptrdiff_t>(c * kSamplePerChunk), taken[c],
-                    keys.begin() + static_cast<ptrdiff_t>(kept));
-        kept += taken[c];
-      }
-      keys.resize(kept);
-    }
-    bracket_lo_.assign(models, 1);
-    bracket_hi_.assign(models, 0);  // empty: a model without a cut to find counts no bin
+    size_t sampled = 0;  // per model: the chunks' first kSamplePerChunk entries, or all of a short one
+    for (size_t c = 0; c < chunks_.count; ++c) sampled += taken[c];
+    // Every active model has a cut to find (select(): 0 < lo, or hi < n), so every bracket below
+    // ends up with lo <= hi.
+    bracket_lo_.assign(models, kHighBins - 1);
+    bracket_hi_.assign(models, 0);
     parallel_for(models, 1, [&](size_t pb, size_t pe) {
       std::vector<uint32_t>& count = t_sample_hist;  // a worker's own instance
       count.resize(kHighBins);
       for (size_t p = pb; p < pe; ++p) {
-        const std::vector<uint16_t>& keys = sample[p];
         std::fill(count.begin(), count.end(), 0u);
-        for (uint16_t key : keys) ++count[key];
+        for (size_t c = 0; c < chunks_.count; ++c) {
+          const uint16_t* keys = sample[p].data() + c * kSamplePerChunk;
+          for (size_t j = 0; j < taken[c]; ++j) ++count[keys[j]];
+        }
         // The bin of the sample's entry at descending rank i: where the counts from the top bin
         // down first exceed i.
         const auto bin_at = [&](size_t i) {
@@ -322,7 +319,7 @@ class RankSelector {
           while (bin-- > 1 && seen + count[bin] <= i) seen += count[bin];
           return static_cast<uint32_t>(bin);
         };
-        const double size = static_cast<double>(keys.size());
+        const double size = static_cast<double>(sampled);
         for (size_t q = 2 * p; q < 2 * p + 2; ++q) {
           if (ranks[q] == 0 || ranks[q] >= n) continue;  // found without the histogram
           const double share = static_cast<double>(ranks[q]) / static_cast<double>(n);
@@ -332,17 +329,13 @@ class RankSelector {
           const double at = share * size;
           const uint32_t hi = bin_at(static_cast<size_t>(std::max(0.0, at - margin)));
           const uint32_t lo = bin_at(static_cast<size_t>(std::min(size - 1.0, at + margin)));
-          if (bracket_lo_[p] > bracket_hi_[p]) {
-            bracket_lo_[p] = lo, bracket_hi_[p] = hi;
-          } else {
-            bracket_lo_[p] = std::min(bracket_lo_[p], lo), bracket_hi_[p] = std::max(bracket_hi_[p], hi);
-          }
+          bracket_lo_[p] = std::min(bracket_lo_[p], lo), bracket_hi_[p] = std::max(bracket_hi_[p], hi);
         }
         // A bracket that holds much of the sample saves nothing (Model Breadcrumbs' two cuts far
         // apart): that model counts every bin.
         uint64_t inside = 0;
         for (uint32_t bin = bracket_lo_[p]; bin <= bracket_hi_[p]; ++bin) inside += count[bin];
-        if (4 * inside > keys.size()) bracket_lo_[p] = 0, bracket_hi_[p] = kHighBins - 1;
+        if (4 * inside > sampled) bracket_lo_[p] = 0, bracket_hi_[p] = kHighBins - 1;
       }
     });
     for (size_t p = 0; p < models; ++p) {
@@ -428,6 +421,9 @@ class RankSelector {
     });
   }
 
+  // The histogram bin of an entry: the high 15 bits of its key.
+  [[gnu::always_inline]] uint32_t high_bin(float x, float b) const { return magnitude_key(rnd_(x - b)) >> 16; }
+
   // ++h[bin] for every entry's bin (the high 15 bits of its key). The bins of a block are computed
   // first, in a loop that vectorises (one clone per instruction set, ALLOY_ELEMENT_KERNEL), then
   // counted one by one.
@@ -437,14 +433,14 @@ class RankSelector {
     uint32_t bins[kBlock];
     for (size_t j0 = 0; j0 < len; j0 += kBlock) {
       const size_t block = std::min(kBlock, len - j0);
-      for (size_t j = 0; j < block; ++j) bins[j] = magnitude_key(rnd_(x[j0 + j] - b[j0 + j])) >> 16;
+      for (size_t j = 0; j < block; ++j) bins[j] = high_bin(x[j0 + j], b[j0 + j]);
       for (size_t j = 0; j < block; ++j) ++h[bins[j]];
     }
   }
 
-  // out[j] = the bin of entry j (the high 15 bits of its key), in a loop that vectorises.
+  // out[j] = the bin of entry j, in a loop that vectorises.
   ALLOY_ELEMENT_KERNEL void sample_bins(const float* x, const float* b, size_t len, uint16_t* out) const {
-    for (size_t j = 0; j < len; ++j) out[j] = static_cast<uint16_t>(magnitude_key(rnd_(x[j] - b[j])) >> 16);
+    for (size_t j = 0; j < len; ++j) out[j] = static_cast<uint16_t>(high_bin(x[j], b[j]));
   }
 
   // ++h[bin] for every entry whose bin lies in [lo, hi] (none when lo > hi); returns how many lie
@@ -468,7 +464,7 @@ class RankSelector {
       const size_t block = std::min(kBlock, len - j0);
       uint32_t above_block = 0;
       for (size_t j = 0; j < block; ++j) {
-        const uint32_t bin = magnitude_key(rnd_(x[j0 + j] - b[j0 + j])) >> 16;
+        const uint32_t bin = high_bin(x[j0 + j], b[j0 + j]);
         bins[j] = bin;
         above_block += bin > hi;
       }
