@@ -4,11 +4,13 @@
 #include <array>
 #include <map>
 #include <memory>
+#include <optional>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "alloy/assay/assay.h"
+#include "alloy/core/error.h"
 #include "alloy/core/model.h"
 #include "alloy/core/units.h"
 
@@ -203,6 +205,22 @@ ResolvedMoments fit_sampled(const TensorViews& views, uint64_t rows, uint64_t ro
 void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* out);
 void rethrow_read_error();
 void discard_read_error();  // a left-over error of an assay that failed otherwise
+
+// While it lives, this thread's read errors (load_range, rethrow_read_error, discard_read_error)
+// go to a slot of its own instead of the assay's shared one: for whole stages run concurrently,
+// one per thread (the rebuild checks of confirm_by_rebuild), whose parallel regions are then nested
+// and run on that one thread. A check must neither throw another check's error nor lose its own.
+class ReadErrorScope {
+ public:
+  ReadErrorScope();
+  ~ReadErrorScope();
+  ReadErrorScope(const ReadErrorScope&) = delete;
+  ReadErrorScope& operator=(const ReadErrorScope&) = delete;
+
+ private:
+  std::optional<Error> slot_;
+  std::optional<Error>* previous_;
+};
 
 // slerp coefficients of mergekit: (sin((1-t) theta) / sin theta, sin(t theta) / sin theta), or
 // (1 - t, t) when |cos theta| > 0.9995 (mergekit's DOT_THRESHOLD, where it falls back to lerp).

@@ -51,8 +51,13 @@ void add_into(PrefixMoments& acc, const PrefixMoments& part) {
 // as zeros, and rethrow_read_error() throws it once the pass is over.
 std::mutex g_read_error_mutex;
 std::optional<Error> g_read_error;
+thread_local std::optional<Error>* t_read_error = nullptr;  // a ReadErrorScope's slot, if any
 
 void note_read_error(const Error& e) {
+  if (t_read_error) {
+    if (!*t_read_error) t_read_error->emplace(e);
+    return;
+  }
   std::lock_guard<std::mutex> lock(g_read_error_mutex);
   if (!g_read_error) g_read_error.emplace(e);
 }
@@ -121,7 +126,9 @@ void load_range(const ModelTensor& t, size_t begin, size_t count, float* out) { 
 
 void rethrow_read_error() {
   std::optional<Error> error;
-  {
+  if (t_read_error) {
+    error.swap(*t_read_error);
+  } else {
     std::lock_guard<std::mutex> lock(g_read_error_mutex);
     error.swap(g_read_error);
   }
@@ -129,9 +136,16 @@ void rethrow_read_error() {
 }
 
 void discard_read_error() {
+  if (t_read_error) {
+    t_read_error->reset();
+    return;
+  }
   std::lock_guard<std::mutex> lock(g_read_error_mutex);
   g_read_error.reset();
 }
+
+ReadErrorScope::ReadErrorScope() : previous_(t_read_error) { t_read_error = &slot_; }
+ReadErrorScope::~ReadErrorScope() { t_read_error = previous_; }
 
 // Inlined into the vectorised chunk functions, like load_range_inline.
 inline __attribute__((always_inline)) void load_view_inline(const TensorViews& views, size_t v, size_t begin,

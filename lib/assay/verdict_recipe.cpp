@@ -5,6 +5,7 @@
 #include <map>
 
 #include "alloy/core/dtype.h"
+#include "alloy/core/parallel.h"
 #include "verdict.h"
 
 namespace alloy::detail {
@@ -153,6 +154,27 @@ bool equivalent_check(const nlohmann::json& check, const nlohmann::json& best) {
          check["relative_error"].get<double>() <= 1.5 * best["relative_error"].get<double>() + 1e-6;
 }
 
+// One rebuild check, as one task of a parallel region: its result, or the message of the error it
+// failed with (an exception must not leave the region). Its read errors are its own
+// (ReadErrorScope), and its passes, nested in the region, run on this thread.
+struct CheckOutcome {
+  nlohmann::json check;
+  std::string error;
+};
+CheckOutcome run_check(const nlohmann::json& recipe, const VerdictContext& v, const std::vector<std::string>& names) {
+  ReadErrorScope scope;
+  CheckOutcome outcome;
+  try {
+    outcome.check = rebuild_check(recipe, v.suspect, names);
+  } catch (const std::exception& e) {
+    outcome.error = e.what();
+    if (outcome.error.empty()) outcome.error = "unknown error";
+  } catch (...) {
+    outcome.error = "unknown error";
+  }
+  return outcome;
+}
+
 }  // namespace
 
 std::string torch_dtype_of(const Model& model) {
@@ -176,22 +198,46 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
   const auto names = rebuild_sample(v);
   // The best variant of each hypothesis; hypotheses come in order of preference (the recipe a
   // practitioner would write first: linear with weights summing to 1, fewer parameters first).
-  std::vector<nlohmann::json> checks(hypotheses.size()), recipes(hypotheses.size());
-  for (size_t h = 0; h < hypotheses.size(); ++h) {
-    for (const auto& recipe : recipe_variants({hypotheses[h]}, torch_dtype_of(v.suspect))) {
-      nlohmann::json check;
-      try {
-        check = rebuild_check(recipe, v.suspect, names);
-      } catch (const std::exception& e) {
-        v.note(std::string("rebuild check of a hypothesis failed: ") + e.what());
+  // A hypothesis's variants are tried in order until one rebuilds every element: no later variant
+  // can then be strictly better (better_check). The checks run in rounds, one check per thread: a
+  // round takes the next `width` variants of every hypothesis still open, and its outcomes are
+  // then taken in the serial order, those after a hypothesis's first exact rebuild discarded. So
+  // the result, and the notes, are those of running the variants one by one; only some work is
+  // speculative. (One check's passes are small, a few tensors each: run with every thread on one
+  // check, the comparison and the reads left one thread busy and the other mostly idle.)
+  const size_t count = hypotheses.size();
+  const size_t width = static_cast<size_t>(std::max(1, thread_count()));
+  std::vector<nlohmann::json> checks(count), recipes(count);
+  std::vector<std::vector<nlohmann::json>> variants(count);
+  for (size_t h = 0; h < count; ++h) variants[h] = recipe_variants({hypotheses[h]}, torch_dtype_of(v.suspect));
+  std::vector<size_t> next(count, 0);
+  std::vector<std::vector<std::string>> notes(count);
+  for (;;) {
+    std::vector<std::pair<size_t, size_t>> round;  // (hypothesis, variant), in the serial order
+    for (size_t h = 0; h < count; ++h) {
+      for (size_t k = next[h]; k < std::min(variants[h].size(), next[h] + width); ++k) round.emplace_back(h, k);
+    }
+    if (round.empty()) break;
+    std::vector<CheckOutcome> outcomes(round.size());
+    parallel_for(round.size(), 1, [&](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) outcomes[i] = run_check(variants[round[i].first][round[i].second], v, names);
+    });
+    for (size_t i = 0; i < round.size(); ++i) {
+      const auto [h, k] = round[i];
+      if (next[h] != k) continue;  // after this hypothesis's exact rebuild
+      next[h] = k + 1;
+      const CheckOutcome& outcome = outcomes[i];
+      if (!outcome.error.empty()) {
+        notes[h].push_back("rebuild check of a hypothesis failed: " + outcome.error);
         continue;
       }
-      if (!check.contains("exact_fraction")) continue;
-      if (better_check(check, checks[h])) checks[h] = check, recipes[h] = recipe;
-      // Every element rebuilt: no later variant can be strictly better (better_check), so the
-      // rest of this hypothesis's variants need not be merged.
-      if (checks[h]["exact_fraction"].get<double>() >= 1.0) break;
+      if (!outcome.check.contains("exact_fraction")) continue;
+      if (better_check(outcome.check, checks[h])) checks[h] = outcome.check, recipes[h] = variants[h][k];
+      if (checks[h]["exact_fraction"].get<double>() >= 1.0) next[h] = variants[h].size();
     }
+  }
+  for (const auto& hypothesis_notes : notes) {
+    for (const std::string& note : hypothesis_notes) v.note(note);
   }
   size_t best = hypotheses.size();
   for (size_t h = 0; h < hypotheses.size(); ++h) {

@@ -3,7 +3,9 @@
 // shrank under the assay is an Error naming it, raised after the stage, never a crash.
 #include <cstring>
 #include <fstream>
+#include <latch>
 #include <string>
+#include <thread>
 
 #include "alloy/core/error.h"
 #include "alloy/core/model.h"
@@ -100,6 +102,57 @@ TEST(AssayReads, AFileThatShrankIsAnErrorAfterTheStageNotACrash) {
     EXPECT_NE(std::string(e.what()).find("model.safetensors"), std::string::npos) << e.what();
   }
   EXPECT_NO_THROW(detail::rethrow_read_error());  // reported once
+}
+
+// Concurrent stages (the rebuild checks) each keep their read errors: one thread's error is thrown
+// on that thread only, never on another running beside it, and never left in the shared slot.
+TEST(AssayReads, ReadErrorScopeKeepsEachThreadsErrorApart) {
+  TempDir shrunk_dir, intact_dir;
+  const auto shrunk_path = write_model(shrunk_dir);
+  const Model shrunk = Model::open(shrunk_path), intact = Model::open(write_model(intact_dir));
+  std::filesystem::resize_file(shrunk_path, 8 + 1000);
+  std::latch noted(1), checked(1);
+  std::string failing_thread, other_thread = "not run";
+  std::thread failing([&] {
+    detail::ReadErrorScope scope;
+    std::vector<float> out(1000);
+    detail::load_range(*shrunk.find("w"), kElements - 1000, 1000, out.data());
+    noted.count_down();
+    checked.wait();  // the other thread has looked for an error meanwhile
+    try {
+      detail::rethrow_read_error();
+      failing_thread = "no error";
+    } catch (const Error& e) {
+      failing_thread = e.what();
+    }
+  });
+  std::thread other([&] {
+    detail::ReadErrorScope scope;
+    noted.wait();  // the failing thread's error is noted by now
+    std::vector<float> out(1000);
+    detail::load_range(*intact.find("w"), 0, 1000, out.data());
+    try {
+      detail::rethrow_read_error();
+      other_thread = out[999] == bf16_value(bf16_pattern(999)) ? "ok" : "wrong values";
+    } catch (const Error& e) {
+      other_thread = std::string("took the error: ") + e.what();
+    }
+    checked.count_down();
+  });
+  failing.join();
+  other.join();
+  EXPECT_EQ(other_thread, "ok");
+  EXPECT_NE(failing_thread.find(shrunk_path.string()), std::string::npos) << failing_thread;
+  EXPECT_NO_THROW(detail::rethrow_read_error());  // nothing went to the shared slot
+  // Scopes nest: the inner one's error is its own, the outer one's slot stays as it was.
+  detail::ReadErrorScope outer;
+  {
+    detail::ReadErrorScope inner;
+    std::vector<float> out(10);
+    detail::load_range(*shrunk.find("w"), kElements - 10, 10, out.data());
+    EXPECT_THROW(detail::rethrow_read_error(), Error);
+  }
+  EXPECT_NO_THROW(detail::rethrow_read_error());
 }
 
 }  // namespace

@@ -1,0 +1,57 @@
+// The assay's result does not depend on the number of threads. Its stages run work concurrently in
+// ways a wrong merge of the results would show: the alignment's quick tests run layer by layer in
+// parallel (a layer found quiet is skipped), the candidates' embeddings are compared in parallel,
+// and the rebuild checks of the hypotheses' recipe variants run in rounds, one check per thread,
+// their outcomes taken in the serial order. One thread runs everything in the serial order.
+#include <string>
+
+#include "alloy/core/parallel.h"
+#include "alloy/perturb/perturb.h"
+#include "test_assay_utils.h"
+
+namespace alloy::test {
+namespace {
+
+// The assay's JSON without its audit record (timings, hashes, the thread count).
+nlohmann::json assay_json(const std::filesystem::path& suspect, const std::vector<std::string>& candidates) {
+  nlohmann::json out = assay_to_json(assay(suspect, candidates));
+  out.erase("audit");
+  return out;
+}
+
+class AssayThreads : public ::testing::TestWithParam<ModelFamily> {
+ protected:
+  void TearDown() override { set_thread_count(0); }
+};
+
+TEST_P(AssayThreads, OneTwoAndThreeThreadsGiveTheSameResult) {
+  const AssayFamily f(GetParam(), 23, 0.05);
+  TempDir work;
+  merge_linear_blend(f, "0.571", "0.429", work.path() / "merged");
+  // The same merge with its neurons and heads permuted: the alignment has layers to undo.
+  PerturbOptions permute;
+  permute.kind = PerturbKind::kPermuteNeurons;
+  permute.seed = 4;
+  perturb_model(work.path() / "merged", work.path() / "neurons", permute);
+  permute.kind = PerturbKind::kPermuteHeads;
+  perturb_model(work.path() / "neurons", work.path() / "permuted", permute);
+  for (const char* suspect : {"merged", "permuted"}) {
+    set_thread_count(1);
+    const nlohmann::json serial = assay_json(work.path() / suspect, f.candidates());
+    // The linear recipe came back, confirmed by its rebuild after trying rounder weights first.
+    ASSERT_EQ(serial["verdict"], "merge") << suspect;
+    EXPECT_EQ(serial["evidence"]["rebuild"]["exact_fraction"], 1.0) << suspect;
+    if (std::string(suspect) == "permuted") EXPECT_FALSE(serial["permutations"].empty());
+    for (int threads : {2, 3}) {
+      set_thread_count(threads);
+      const nlohmann::json parallel = assay_json(work.path() / suspect, f.candidates());
+      EXPECT_EQ(parallel, serial) << suspect << " with " << threads << " threads";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, AssayThreads, ::testing::Values(ModelFamily::kLlama, ModelFamily::kMoe),
+                         [](const auto& info) { return info.param == ModelFamily::kMoe ? "Moe" : "Llama"; });
+
+}  // namespace
+}  // namespace alloy::test
