@@ -306,23 +306,28 @@ std::vector<uint32_t> align_experts(Context& c, int layer, const ExpertGroup& sx
 // norms of up_proj, relative to the reference's, spread by more than 2% on a sample of rows (a
 // blend moves them far less). `qinv`: aligned neuron i is the source's neuron qinv[i]. Returns the
 // scales, or an empty vector.
+// The cheap test of estimate_neuron_scales: whether the row norms of up_proj, relative to the
+// reference's, spread by more than 2% on up to 64 rows.
+bool up_norms_spread(Reader& sr, Reader& rr, const MlpUnit& source, const MlpUnit& ref,
+                     const std::vector<uint32_t>& qinv) {
+  const size_t inter = ref.neurons, hidden = ref.hidden;
+  std::vector<double> log_ratio;
+  for (size_t i = 0; i < inter; i += std::max<size_t>(1, inter / 64)) {
+    const std::vector<float> x = sr.item(source.up, qinv[i]), y = rr.item(ref.up, i);
+    double a = 0, b = 0;
+    for (size_t h = 0; h < hidden; ++h) a += double(x[h]) * x[h], b += double(y[h]) * y[h];
+    log_ratio.push_back(a > 0 && b > 0 ? 0.5 * std::log(a / b) : 0.0);
+  }
+  double mean = 0, var = 0;
+  for (double v : log_ratio) mean += v / double(log_ratio.size());
+  for (double v : log_ratio) var += (v - mean) * (v - mean) / double(log_ratio.size());
+  return std::sqrt(var) >= 0.02;
+}
+
 std::vector<float> estimate_neuron_scales(Context& c, const MlpUnit& source, const MlpUnit& ref,
                                           const std::vector<uint32_t>& qinv) {
   const size_t inter = ref.neurons, hidden = ref.hidden;
-  // The cheap test first, on up to 64 rows.
-  {
-    std::vector<double> log_ratio;
-    for (size_t i = 0; i < inter; i += std::max<size_t>(1, inter / 64)) {
-      const std::vector<float> x = c.sr.item(source.up, qinv[i]), y = c.rr.item(ref.up, i);
-      double a = 0, b = 0;
-      for (size_t h = 0; h < hidden; ++h) a += double(x[h]) * x[h], b += double(y[h]) * y[h];
-      log_ratio.push_back(a > 0 && b > 0 ? 0.5 * std::log(a / b) : 0.0);
-    }
-    double mean = 0, var = 0;
-    for (double v : log_ratio) mean += v / double(log_ratio.size());
-    for (double v : log_ratio) var += (v - mean) * (v - mean) / double(log_ratio.size());
-    if (std::sqrt(var) < 0.02) return {};
-  }
+  if (!up_norms_spread(c.sr, c.rr, source, ref, qinv)) return {};
   const MlpData raw = read_mlp(c.sr, source);
   std::vector<float> sg(inter * hidden), su(inter * hidden), sd(inter * hidden);
   for (size_t i = 0; i < inter; ++i) {
@@ -390,12 +395,16 @@ void scale_items(AlignedTensor& a, const ItemSlice& s, const std::vector<float>&
 
 // The neurons of one MLP unit: the suspect's `slot` unit (where the aligned data goes) holds the
 // data of its `source` unit, compared with the reference's `ref`.
+// Whether the suspect's MLP unit and the reference's have the same neurons and tensor shapes: if
+// not, align_neurons leaves the unit as it is.
+bool neurons_comparable(const Model& s, const MlpUnit& source, const Model& r, const MlpUnit& ref) {
+  return same_shapes(s, mlp_slices(source), r, mlp_slices(ref)) && source.neurons == ref.neurons &&
+         source.hidden == ref.hidden;
+}
+
 void align_neurons(Context& c, int layer, const std::string& unit, const MlpUnit& slot, const MlpUnit& source,
                    const MlpUnit& ref) {
-  if (!same_shapes(c.s, mlp_slices(source), c.r, mlp_slices(ref)) || source.neurons != ref.neurons ||
-      source.hidden != ref.hidden) {
-    return;
-  }
+  if (!neurons_comparable(c.s, source, c.r, ref)) return;
   const size_t inter = ref.neurons, hidden = ref.hidden;
   const auto descriptors = [&](Reader& m, const MlpUnit& u) {
     const MlpData d = read_mlp(m, u);
@@ -466,16 +475,23 @@ std::vector<const ItemSlice*> pointers(const std::vector<ItemSlice>& v) {
 
 // Attention heads of one layer: key-value groups by their signature slices (k and v rows), then
 // query heads within the matched group by theirs (q rows, o columns).
+// Whether the suspect's attention unit and the reference's have the same heads and tensor shapes:
+// if not, align_heads leaves the heads as they are.
+bool heads_comparable(const Model& s, const AttentionUnit& sa, const Model& r, const AttentionUnit& ra) {
+  return sa.heads == ra.heads && sa.kv_heads == ra.kv_heads && sa.q.size() == ra.q.size() &&
+         sa.kv.size() == ra.kv.size() && same_shapes(s, pointers(sa.q), r, pointers(ra.q)) &&
+         same_shapes(s, pointers(sa.kv), r, pointers(ra.kv));
+}
+
+// Whether some query or key-value head of the suspect no longer correlates with the reference's.
+bool heads_shuffled(Reader& sr, const AttentionUnit& sa, Reader& rr, const AttentionUnit& ra) {
+  return items_shuffled(sr, sa.q[0], rr, ra.q[0], uint64_t(sa.heads)) ||
+         items_shuffled(sr, sa.kv[0], rr, ra.kv[0], uint64_t(sa.kv_heads));
+}
+
 void align_heads(Context& c, int layer, const AttentionUnit& sa, const AttentionUnit& ra) {
-  if (sa.heads != ra.heads || sa.kv_heads != ra.kv_heads || sa.q.size() != ra.q.size() ||
-      sa.kv.size() != ra.kv.size() || !same_shapes(c.s, pointers(sa.q), c.r, pointers(ra.q)) ||
-      !same_shapes(c.s, pointers(sa.kv), c.r, pointers(ra.kv))) {
-    return;
-  }
+  if (!heads_comparable(c.s, sa, c.r, ra) || !heads_shuffled(c.sr, sa, c.rr, ra)) return;
   const size_t heads = size_t(sa.heads), kv_heads = size_t(sa.kv_heads), group = heads / kv_heads;
-  if (!items_shuffled(c.sr, sa.q[0], c.rr, ra.q[0], heads) && !items_shuffled(c.sr, sa.kv[0], c.rr, ra.kv[0], kv_heads)) {
-    return;
-  }
   size_t dim = 0;
   double parts = 0;
   const std::vector<double> ks = item_descriptors(c.sr, sa.kv, kv_heads, &dim, &parts);
@@ -538,7 +554,14 @@ std::vector<int> match_layers(Context& c, const ModelArchitecture& sa, const Mod
     return best;
   };
   bool moved = layers != ref_layers;
-  for (int l = 0; l < layers && !moved; ++l) moved = score(l, l) < kAlignedCorrelation;
+  if (!moved) {
+    // Every layer against its namesake, in parallel (each score reads a few tensor prefixes).
+    std::vector<double> own(map.size());
+    parallel_for(own.size(), 1, [&](size_t begin, size_t end) {
+      for (size_t l = begin; l < end; ++l) own[l] = score(int(l), int(l));
+    });
+    moved = std::any_of(own.begin(), own.end(), [](double s) { return s < kAlignedCorrelation; });
+  }
   if (!moved) return map;
   bool changed = false;
   for (int l = 0; l < layers; ++l) {
@@ -560,6 +583,29 @@ const MlpUnit* find_unit(const std::vector<MlpUnit>& units, const std::string& n
   return nullptr;
 }
 
+// Whether the alignment would leave suspect layer `l` as it is, compared with reference layer `l`
+// (the common case: nothing was permuted or rescaled): its dense MLPs' neurons and its heads
+// correlate with the reference's where they are (the same quick tests align_neurons and
+// align_heads start with), and no neuron rescaling shows. Layers with routed experts are left to
+// align_experts. Reads through readers of its own, so layers are tested concurrently.
+bool layer_is_quiet(const Model& suspect, const LayerUnits& s, const Model& reference, const LayerUnits& r) {
+  if (s.experts || r.experts) return false;
+  Reader sr(suspect), rr(reference);
+  for (const char* name : {"mlp", "shared_expert"}) {
+    const MlpUnit *x = find_unit(s.mlps, name), *y = find_unit(r.mlps, name);
+    if (!x || !y || !neurons_comparable(suspect, *x, reference, *y)) continue;
+    if (items_shuffled(sr, x->gate, rr, y->gate, y->neurons)) return false;
+    std::vector<uint32_t> identity(y->neurons);
+    std::iota(identity.begin(), identity.end(), 0u);
+    if (up_norms_spread(sr, rr, *x, *y, identity)) return false;
+  }
+  if (s.attention && r.attention && heads_comparable(suspect, *s.attention, reference, *r.attention) &&
+      heads_shuffled(sr, *s.attention, rr, *r.attention)) {
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates) {
@@ -568,10 +614,15 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
   // The reference: the candidate whose embeddings correlate best with the suspect's.
   double best = -2;
   const ModelTensor* a = suspect.find(embedding_name(sa, suspect));
+  std::vector<double> correlation(candidates.size(), -1.0);  // computed in parallel, compared in order
+  parallel_for(candidates.size(), 1, [&](size_t begin, size_t end) {
+    for (size_t c = begin; c < end; ++c) {
+      const ModelTensor* b = candidates[c]->find(embedding_name(detect_architecture(*candidates[c]), *candidates[c]));
+      if (a && b) correlation[c] = prefix_correlation(*a, *b);
+    }
+  });
   for (size_t c = 0; c < candidates.size(); ++c) {
-    const ModelTensor* b = candidates[c]->find(embedding_name(detect_architecture(*candidates[c]), *candidates[c]));
-    const double corr = a && b ? prefix_correlation(*a, *b) : -1.0;
-    if (corr > best) best = corr, out.reference = int(c);
+    if (correlation[c] > best) best = correlation[c], out.reference = int(c);
   }
   if (out.reference < 0 || best < kAlignedCorrelation) {
     // Nothing to align to, unless the residual stream was rotated (then no permutation is undone).
@@ -585,7 +636,17 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
   const std::vector<LayerUnits> su = model_units(sa, suspect), ru = model_units(ra, reference);
   const int layers = int(su.size());
   const std::vector<int> layer_map = match_layers(c, sa, ra, layers, int(ru.size()));
+  // The quick tests of every layer in parallel first: a quiet layer needs none of the (serial)
+  // alignment below, which would only repeat them. The tests read tensors item by item (small
+  // preads), and run serially they were the assay's first single-threaded stretch.
+  std::vector<char> quiet(size_t(std::max(layers, 0)), 0);
+  parallel_for(quiet.size(), 1, [&](size_t begin, size_t end) {
+    for (size_t l = begin; l < end; ++l) {
+      quiet[l] = layer_map[l] == int(l) && l < ru.size() && layer_is_quiet(suspect, su[l], reference, ru[l]);
+    }
+  });
   for (int l = 0; l < layers; ++l) {
+    if (quiet[size_t(l)]) continue;
     const int lr = layer_map[size_t(l)];
     const LayerUnits &s = su[size_t(l)], &r = ru[size_t(lr)];
     if (s.experts && r.experts) {
