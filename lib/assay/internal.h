@@ -210,6 +210,8 @@ void discard_read_error();  // a left-over error of an assay that failed otherwi
 // go to a slot of its own instead of the assay's shared one: for whole stages run concurrently,
 // one per thread (the rebuild checks of confirm_by_rebuild), whose parallel regions are then nested
 // and run on that one thread. A check must neither throw another check's error nor lose its own.
+// Open it only where every read of the stage stays on this thread (in_parallel_region()): the
+// reads of other threads still report to the shared slot.
 class ReadErrorScope {
  public:
   ReadErrorScope();

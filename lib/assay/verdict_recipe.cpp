@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 
 #include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
@@ -155,14 +156,17 @@ bool equivalent_check(const nlohmann::json& check, const nlohmann::json& best) {
 }
 
 // One rebuild check, as one task of a parallel region: its result, or the message of the error it
-// failed with (an exception must not leave the region). Its read errors are its own
-// (ReadErrorScope), and its passes, nested in the region, run on this thread.
+// failed with (an exception must not leave the region). Inside a region its passes, nested, run on
+// this thread, and its read errors are its own (ReadErrorScope). A round of one check, or one
+// thread, runs it outside any region: its passes then spread over the threads as usual, whose read
+// errors go to the shared slot, so no scope is opened.
 struct CheckOutcome {
   nlohmann::json check;
   std::string error;
 };
 CheckOutcome run_check(const nlohmann::json& recipe, const VerdictContext& v, const std::vector<std::string>& names) {
-  ReadErrorScope scope;
+  std::optional<ReadErrorScope> scope;
+  if (in_parallel_region()) scope.emplace();
   CheckOutcome outcome;
   try {
     outcome.check = rebuild_check(recipe, v.suspect, names);

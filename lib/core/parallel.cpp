@@ -16,6 +16,8 @@ int thread_count() {
 
 void set_thread_count(int n) { g_thread_count.store(n > 0 ? n : 0); }
 
+bool in_parallel_region() { return omp_in_parallel() != 0; }
+
 namespace detail {
 void parallel_for_impl(size_t chunk_count, void* ctx, void (*call)(void*, size_t)) {
   const int threads = thread_count();

@@ -16,6 +16,10 @@ int thread_count();
 // Sets the number of threads for subsequent parallel regions; n <= 0 restores the default.
 void set_thread_count(int n);
 
+// Whether the caller runs inside a parallel region. parallel_for and parallel_reduce called there
+// run their chunks serially on the calling thread (a region is never split again), so everything
+// the caller does stays on its thread.
+bool in_parallel_region();
 // Fixed chunk size used by default for element-wise work and reductions.
 inline constexpr size_t kDefaultGrain = 1 << 15;
 
