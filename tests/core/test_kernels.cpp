@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "alloy/core/kernels.h"
@@ -127,6 +128,23 @@ TEST(Kernels, ParallelForCoversEveryChunkOnce) {
     for (size_t i = b; i < e; ++i) hits[i]++;
   });
   for (int h : hits) ASSERT_EQ(h, 1);
+}
+
+// in_parallel_region: false outside; inside a region true, and a nested parallel_for runs all its
+// chunks on the calling thread (what the assay's concurrent rebuild checks rely on).
+TEST(Kernels, NestedParallelForStaysOnTheCallingThread) {
+  EXPECT_FALSE(alloy::in_parallel_region());
+  alloy::set_thread_count(2);
+  std::vector<int> inside(2, 0), nested_elsewhere(2, 0);
+  alloy::parallel_for(2, 1, [&](size_t b, size_t) {
+    inside[b] = alloy::in_parallel_region();
+    const std::thread::id me = std::this_thread::get_id();
+    alloy::parallel_for(64, 1, [&](size_t, size_t) { nested_elsewhere[b] += std::this_thread::get_id() != me; });
+  });
+  alloy::set_thread_count(0);
+  EXPECT_EQ(inside, (std::vector<int>{1, 1}));
+  EXPECT_EQ(nested_elsewhere, (std::vector<int>{0, 0}));
+  EXPECT_FALSE(alloy::in_parallel_region());
 }
 
 }  // namespace
