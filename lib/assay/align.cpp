@@ -298,14 +298,6 @@ std::vector<uint32_t> align_experts(Context& c, int layer, const ExpertGroup& sx
   return qinv;
 }
 
-// Per-neuron rescaling (up_proj row i times c_i, down_proj column i divided by c_i, which SiLU
-// gating leaves the function unchanged by): gate_proj is untouched, so the unit's mixing weights
-// are fitted on it (affine least squares against every candidate's gate_proj); the fitted blend
-// F of the candidates' up and down then gives c_i = <S_up_i, F_up_i> / |F_up_i|^2 and
-// 1/c_i = <S_down_i, F_down_i> / |F_down_i|^2, combined as a geometric mean. Only when the row
-// norms of up_proj, relative to the reference's, spread by more than 2% on a sample of rows (a
-// blend moves them far less). `qinv`: aligned neuron i is the source's neuron qinv[i]. Returns the
-// scales, or an empty vector.
 // The cheap test of estimate_neuron_scales: whether the row norms of up_proj, relative to the
 // reference's, spread by more than 2% on up to 64 rows.
 bool up_norms_spread(Reader& sr, Reader& rr, const MlpUnit& source, const MlpUnit& ref,
@@ -324,6 +316,14 @@ bool up_norms_spread(Reader& sr, Reader& rr, const MlpUnit& source, const MlpUni
   return std::sqrt(var) >= 0.02;
 }
 
+// Per-neuron rescaling (up_proj row i times c_i, down_proj column i divided by c_i, which SiLU
+// gating leaves the function unchanged by): gate_proj is untouched, so the unit's mixing weights
+// are fitted on it (affine least squares against every candidate's gate_proj); the fitted blend
+// F of the candidates' up and down then gives c_i = <S_up_i, F_up_i> / |F_up_i|^2 and
+// 1/c_i = <S_down_i, F_down_i> / |F_down_i|^2, combined as a geometric mean. Only when the row
+// norms of up_proj, relative to the reference's, spread by more than 2% on a sample of rows (a
+// blend moves them far less). `qinv`: aligned neuron i is the source's neuron qinv[i]. Returns the
+// scales, or an empty vector.
 std::vector<float> estimate_neuron_scales(Context& c, const MlpUnit& source, const MlpUnit& ref,
                                           const std::vector<uint32_t>& qinv) {
   const size_t inter = ref.neurons, hidden = ref.hidden;
@@ -393,8 +393,6 @@ void scale_items(AlignedTensor& a, const ItemSlice& s, const std::vector<float>&
   }
 }
 
-// The neurons of one MLP unit: the suspect's `slot` unit (where the aligned data goes) holds the
-// data of its `source` unit, compared with the reference's `ref`.
 // Whether the suspect's MLP unit and the reference's have the same neurons and tensor shapes: if
 // not, align_neurons leaves the unit as it is.
 bool neurons_comparable(const Model& s, const MlpUnit& source, const Model& r, const MlpUnit& ref) {
@@ -402,6 +400,8 @@ bool neurons_comparable(const Model& s, const MlpUnit& source, const Model& r, c
          source.hidden == ref.hidden;
 }
 
+// The neurons of one MLP unit: the suspect's `slot` unit (where the aligned data goes) holds the
+// data of its `source` unit, compared with the reference's `ref`.
 void align_neurons(Context& c, int layer, const std::string& unit, const MlpUnit& slot, const MlpUnit& source,
                    const MlpUnit& ref) {
   if (!neurons_comparable(c.s, source, c.r, ref)) return;
@@ -473,8 +473,6 @@ std::vector<const ItemSlice*> pointers(const std::vector<ItemSlice>& v) {
   return out;
 }
 
-// Attention heads of one layer: key-value groups by their signature slices (k and v rows), then
-// query heads within the matched group by theirs (q rows, o columns).
 // Whether the suspect's attention unit and the reference's have the same heads and tensor shapes:
 // if not, align_heads leaves the heads as they are.
 bool heads_comparable(const Model& s, const AttentionUnit& sa, const Model& r, const AttentionUnit& ra) {
@@ -489,6 +487,8 @@ bool heads_shuffled(Reader& sr, const AttentionUnit& sa, Reader& rr, const Atten
          items_shuffled(sr, sa.kv[0], rr, ra.kv[0], uint64_t(sa.kv_heads));
 }
 
+// Attention heads of one layer: key-value groups by their signature slices (k and v rows), then
+// query heads within the matched group by theirs (q rows, o columns).
 void align_heads(Context& c, int layer, const AttentionUnit& sa, const AttentionUnit& ra) {
   if (!heads_comparable(c.s, sa, c.r, ra) || !heads_shuffled(c.sr, sa, c.rr, ra)) return;
   const size_t heads = size_t(sa.heads), kv_heads = size_t(sa.kv_heads), group = heads / kv_heads;

@@ -213,7 +213,8 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
   const size_t width = static_cast<size_t>(std::max(1, thread_count()));
   std::vector<nlohmann::json> checks(count), recipes(count);
   std::vector<std::vector<nlohmann::json>> variants(count);
-  for (size_t h = 0; h < count; ++h) variants[h] = recipe_variants({hypotheses[h]}, torch_dtype_of(v.suspect));
+  const std::string out_dtype = torch_dtype_of(v.suspect);
+  for (size_t h = 0; h < count; ++h) variants[h] = recipe_variants({hypotheses[h]}, out_dtype);
   std::vector<size_t> next(count, 0);
   std::vector<std::vector<std::string>> notes(count);
   for (;;) {

@@ -20,6 +20,7 @@ void set_thread_count(int n);
 // run their chunks serially on the calling thread (a region is never split again), so everything
 // the caller does stays on its thread.
 bool in_parallel_region();
+
 // Fixed chunk size used by default for element-wise work and reductions.
 inline constexpr size_t kDefaultGrain = 1 << 15;
 
