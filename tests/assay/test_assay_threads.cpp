@@ -41,7 +41,9 @@ TEST_P(AssayThreads, OneTwoAndThreeThreadsGiveTheSameResult) {
     // The linear recipe came back, confirmed by its rebuild after trying rounder weights first.
     ASSERT_EQ(serial["verdict"], "merge") << suspect;
     EXPECT_EQ(serial["evidence"]["rebuild"]["exact_fraction"], 1.0) << suspect;
-    if (std::string(suspect) == "permuted") EXPECT_FALSE(serial["permutations"].empty());
+    if (std::string(suspect) == "permuted") {
+      EXPECT_FALSE(serial["permutations"].empty());
+    }
     for (int threads : {2, 3}) {
       set_thread_count(threads);
       const nlohmann::json parallel = assay_json(work.path() / suspect, f.candidates());

@@ -116,6 +116,39 @@ TEST_P(DTypeSimd, Float32StoresRoundAsTheScalarCode) {
   }
 }
 
+// Values already rounded to bf16 (low 16 bits zero), as a merge's outputs are: stored unchanged,
+// except every NaN (whatever its sign and payload) as 0x7FC0. Every bf16 pattern, then runs of
+// rounded finite values with one NaN or one unrounded value at every position of 64, so that a
+// kernel that takes a shortcut for vectors of rounded values is checked on both sides of it.
+TEST_P(DTypeSimd, RoundedFloat32StoresAsTheScalarCode) {
+  SKIP_IF_UNSUPPORTED(GetParam());
+  std::vector<float> values;
+  for (uint32_t h = 0; h < 65536; ++h) values.push_back(alloy::bf16_to_f32(static_cast<uint16_t>(h)));
+  std::mt19937 rng(20261205);
+  const auto rounded_finite = [&] {
+    uint32_t u = static_cast<uint32_t>(rng()) & 0xFFFF0000u;
+    if ((u & 0x7F800000u) == 0x7F800000u) u &= 0xBFFF0000u;  // not Inf/NaN
+    return from_bits(u);
+  };
+  for (const uint32_t odd : {0x7FC00000u, 0xFFC00000u, 0x7F810000u, 0xFFFF0000u, 0x3F808000u, 0x00000001u,
+                             0x3F800001u}) {
+    for (size_t at = 0; at < 64; ++at) {
+      for (size_t j = 0; j < 64; ++j) values.push_back(j == at ? from_bits(odd) : rounded_finite());
+    }
+  }
+  for (int i = 0; i < 100'000; ++i) values.push_back(rounded_finite());
+  for (const size_t offset : {size_t{0}, size_t{1}, size_t{7}}) {
+    const size_t n = values.size() - offset;
+    std::vector<uint8_t> got(2 * n + 1, 0xAB), want(2 * n + 1, 0xAB);
+    alloy::detail::f32_to_bf16_with(GetParam(), values.data() + offset, n, got.data() + 1);
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = alloy::f32_to_bf16(values[offset + i]);
+      std::memcpy(want.data() + 1 + 2 * i, &h, 2);
+    }
+    ASSERT_EQ(got, want) << "offset " << offset;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Paths, DTypeSimd, ::testing::ValuesIn(all_paths()),
                          [](const auto& info) { return std::string(alloy::detail::simd_path_name(info.param)); });
 

@@ -194,6 +194,45 @@ TEST(MethodLinear, RoundingChainAgainstReferenceInEveryDtype) {
   }
 }
 
+// normalize divides by W = rnd(sum of the weights); where W is a power of two with a normal
+// reciprocal the kernel multiplies by 1 / W instead, and where W == 1 it skips the step. Both must
+// be the division's bits: for every dtype, on random values, subnormals and values near the
+// dtype's largest, with W = 1, 0.5, 2, 0.25, -0.5, 2^-59 (multiplied), 3 and 2^127 (whose
+// reciprocal is subnormal: divided).
+TEST(MethodLinear, NormalizeByAPowerOfTwoIsTheDivision) {
+  const std::vector<std::pair<double, double>> weight_pairs = {
+      {0.5, 0.5}, {0.25, 0.25}, {1.5, 0.5}, {0.125, 0.125}, {-0.25, -0.25},
+      {std::ldexp(1.0, -60), std::ldexp(1.0, -60)}, {1.0, 2.0}, {std::ldexp(1.0, 126), std::ldexp(1.0, 126)}};
+  for (DType d : kDtypes) {
+    const float largest = d == DType::F16 ? 65504.0f : d == DType::BF16 ? 3.3e38f : 3.4e38f;
+    for (const auto& [w0, w1] : weight_pairs) {
+      const float weight_sum = rnd(d, wd(d, w0) + wd(d, w1));
+      if (weight_sum == 0.0f || !std::isfinite(weight_sum)) continue;  // out of this dtype's range
+      MethodCall c{"linear", d};
+      std::vector<float> a = alloy::test::random_values(d, 2000, 7), b = alloy::test::random_values(d, 2000, 8);
+      for (const float x : {1e-40f, -3e-42f, 6e-8f, -6e-5f, largest / 4, -largest / 3, 0.0f, -0.0f}) {
+        a.push_back(rnd(d, x));
+        b.push_back(rnd(d, x / 2));
+      }
+      c.sources = {{a, {{"weight", w0}}}, {b, {{"weight", w1}}}};
+      std::vector<float> out;
+      try {
+        out = c.run();
+      } catch (const alloy::Error&) {
+        continue;  // a sum past the dtype's range: refused as non-finite, whatever the step
+      }
+      for (size_t i = 0; i < a.size(); ++i) {
+        float s = 0.0f;  // the float32 sum from +0, in source order (a -0 sum is +0)
+        s += rnd(d, wd(d, w0) * a[i]);
+        s += rnd(d, wd(d, w1) * b[i]);
+        s = rnd(d, s);
+        ASSERT_TRUE(alloy::test::same_bits(out[i], rnd(d, s / weight_sum)))
+            << dtype_name(d) << " W " << weight_sum << " element " << i << ": " << a[i] << ", " << b[i];
+      }
+    }
+  }
+}
+
 TEST(MethodLinear, WeightsSummingToZeroAreRefused) {
   MethodCall c{"linear"};
   c.tensor = "model.layers.3.self_attn.o_proj.weight";

@@ -12,13 +12,29 @@
 namespace alloy::detail {
 namespace {
 
+// How normalize divides by W: x / W and x * (1 / W) are the same real number, hence the same
+// rounded float, when 1 / W is exact, i.e. W is a power of two whose reciprocal is a normal
+// float; and W == 1 leaves rnd(x) as it is (rnd is idempotent). Weights summing to 1 are the
+// usual recipe, and a vector division costs as much as the rest of the element's steps together.
+enum class Normalize { kNone, kDivide, kMultiply };
+
+// The step for a normalize flag and the rounded weight sum W (for kMultiply, 1 / W in *factor).
+Normalize normalize_step(bool normalize, float weight_sum, float* factor) {
+  *factor = weight_sum;
+  if (!normalize || weight_sum == 1.0f) return Normalize::kNone;
+  const uint32_t bits = float_to_bits(weight_sum), exponent = bits >> 23 & 0xFFu;
+  if ((bits & 0x7FFFFFu) != 0 || exponent < 1 || exponent > 253) return Normalize::kDivide;
+  *factor = 1.0f / weight_sum;  // exact
+  return Normalize::kMultiply;
+}
+
 // One chunk of the merge: its inputs and the prepared weights.
 struct LinearBlocks {
   const float* const* inputs;
   const float* weights;
   size_t count;
-  bool normalize;
-  float weight_sum;
+  Normalize normalize;
+  float factor;  // W (kDivide) or 1 / W (kMultiply)
 };
 
 // Blocks of elements, models in the outer loop: the element loops vectorise, and the float32 sum
@@ -28,8 +44,8 @@ template <class R>
   constexpr size_t kBlock = 512;
   const R rnd;
   const size_t count = chunk.count;
-  const bool normalize = chunk.normalize;
-  const float weight_sum = chunk.weight_sum;
+  const Normalize normalize = chunk.normalize;
+  const float factor = chunk.factor;
   size_t bad = 0;
   float acc[kBlock];
   for (size_t b0 = 0; b0 < len; b0 += kBlock) {
@@ -41,7 +57,12 @@ template <class R>
       for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * x[j]);
     }
     float* o = out + b0;
-    for (size_t j = 0; j < block; ++j) o[j] = normalize ? rnd(rnd(acc[j]) / weight_sum) : rnd(acc[j]);
+    for (size_t j = 0; j < block; ++j) o[j] = rnd(acc[j]);
+    if (normalize == Normalize::kDivide) {
+      for (size_t j = 0; j < block; ++j) o[j] = rnd(o[j] / factor);
+    } else if (normalize == Normalize::kMultiply) {
+      for (size_t j = 0; j < block; ++j) o[j] = rnd(o[j] * factor);
+    }
     for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
   }
   return bad;
@@ -79,18 +100,19 @@ class LinearMethod final : public MergeMethod {
     Chunk(const MergeContext& ctx, R rnd) {
       for (const auto& source : ctx.sources)
         weights_.push_back(rnd.param(require_source_param(ctx, source, "weight")));
-      normalize_ = method_flag(ctx, "normalize", true);
+      const bool normalize = method_flag(ctx, "normalize", true);
       float weight_sum = 0.0f;  // torch sums the stacked weights in float32 and rounds once
       for (float w : weights_) weight_sum += w;
-      weight_sum_ = rnd(weight_sum);
-      if (normalize_ && weight_sum_ == 0.0f) {
+      weight_sum = rnd(weight_sum);
+      if (normalize && weight_sum == 0.0f) {
         fail_non_finite(ctx, "linear", 0,
                         "the weights sum to zero in the compute dtype, so normalize divides by 0");
       }
+      step_ = normalize_step(normalize, weight_sum, &factor_);
     }
 
     size_t merge_chunk(const float* const* inputs, size_t, size_t len, float* out) const override {
-      const LinearBlocks blocks{inputs, weights_.data(), weights_.size(), normalize_, weight_sum_};
+      const LinearBlocks blocks{inputs, weights_.data(), weights_.size(), step_, factor_};
       if constexpr (std::is_same_v<R, RoundBF16>) return linear_blocks_bf16(blocks, len, out);
       if constexpr (std::is_same_v<R, RoundF16>) return linear_blocks_f16(blocks, len, out);
       return linear_blocks_f32(blocks, len, out);
@@ -98,8 +120,8 @@ class LinearMethod final : public MergeMethod {
 
    private:
     std::vector<float> weights_;
-    bool normalize_ = true;
-    float weight_sum_ = 0.0f;
+    Normalize step_ = Normalize::kNone;
+    float factor_ = 1.0f;
   };
 };
 
