@@ -15,6 +15,7 @@
 #include "alloy/core/file_util.h"
 #include "alloy/core/hash_cache.h"
 #include "alloy/core/kernels.h"
+#include "alloy/core/page_buffer.h"
 #include "alloy/merge/lora.h"
 #include "alloy/merge/merge.h"
 #include "alloy/merge/model_card.h"
@@ -176,9 +177,10 @@ class FirstError {
 };
 
 // Per-thread float32 scratch of the chunked path: one chunk per source and one for the output.
-thread_local std::vector<float> t_chunk_scratch;
+// Huge pages (PageBuffer): a few faults per thread instead of hundreds.
+thread_local PageBuffer t_chunk_scratch;
 // The chunked path's grouped reads: a few chunks of every source per pread (chunks_per_read).
-thread_local std::vector<uint8_t> t_group_bytes;
+thread_local PageBuffer t_group_bytes;
 
 // The chunked path (alloy/merge/merge_method.h, ChunkedMerge): every fixed chunk of kDefaultGrain
 // elements of each source is converted from the mapped bytes into per-thread scratch, merged and
@@ -264,10 +266,8 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     const size_t chunks = (total + chunk - 1) / chunk;
     const size_t result = parallel_reduce(chunks, group, size_t{0}, [&](size_t cb, size_t ce) -> size_t {
       const size_t group_first = cb * chunk, group_len = std::min(total, ce * chunk) - group_first;
-      std::vector<float>& scratch = t_chunk_scratch;
-      if (scratch.size() < (count + 1) * chunk) scratch.resize((count + 1) * chunk);
-      std::vector<uint8_t>& group_bytes = t_group_bytes;
-      if (group_bytes.size() < element_bytes * group_len) group_bytes.resize(element_bytes * group_len);
+      float* scratch = reinterpret_cast<float*>(t_chunk_scratch.reserve((count + 1) * chunk * sizeof(float)));
+      uint8_t* group_bytes = t_group_bytes.reserve(element_bytes * group_len);
       const uint8_t* bytes_of[64];
       const float* sources[64];
       std::vector<const uint8_t*> many_bytes(count > 64 ? count : 0);
@@ -277,22 +277,22 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
       size_t sum = 0;
       read_error.run([&] {
         for (size_t k = 0, at = 0; k < count; ++k) {
-          bytes[k] = source_range_bytes(inputs[k], t.shape, first + group_first, group_len, group_bytes.data() + at);
+          bytes[k] = source_range_bytes(inputs[k], t.shape, first + group_first, group_len, group_bytes + at);
           at += group_len * (dtype_bits(inputs[k].input->info->dtype) / 8);
-          ptrs[k] = scratch.data() + k * chunk;
+          ptrs[k] = scratch + k * chunk;
         }
         for (size_t c = cb; c < ce; ++c) {
           const size_t lo = c * chunk, len = std::min(chunk, total - lo);
           for (size_t k = 0; k < count; ++k) {
             const DType dtype = inputs[k].input->info->dtype;
-            float* dst = scratch.data() + k * chunk;
+            float* dst = scratch + k * chunk;
             if (bytes[k] != nullptr) {
               convert_range(dtype, bytes[k] + (lo - group_first) * (dtype_bits(dtype) / 8), len, t.compute_dtype, dst);
             } else {
               load_range(inputs[k], t.shape, t.compute_dtype, first + lo, len, dst);
             }
           }
-          sum += body(first + lo, len, ptrs, scratch.data() + count * chunk);
+          sum += body(first + lo, len, ptrs, scratch + count * chunk);
         }
       });
       return sum;

@@ -27,9 +27,8 @@ uint8_t* WriteBehind::buffer(uint64_t nbytes) {
     wake_caller_.wait(lock, [&] { return done_ >= slot_ticket_[slot] || error_; });
     rethrow_locked();
   }
-  // Grows only (a resize zero-fills the new bytes once; later windows reuse the touched pages).
-  if (slots_[slot].size() < nbytes) slots_[slot].resize(static_cast<size_t>(nbytes));
-  return slots_[slot].data();
+  // Grows only: later windows reuse the touched pages.
+  return slots_[slot].reserve(static_cast<size_t>(nbytes));
 }
 
 void WriteBehind::write(std::function<void()> job) {

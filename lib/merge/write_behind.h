@@ -4,7 +4,7 @@
 // the merge, nor the merge for them.
 //
 // The windows go through a fixed ring of reused byte buffers (fresh pages cost a fault each, about
-// 2.6 s per GiB here, so nothing is allocated per window), and the jobs run one at a time in the
+// 2.6 s per GiB here, so nothing is allocated per window, and the buffers ask for huge pages), and the jobs run one at a time in the
 // order they were queued, so the writer sees exactly the calls it saw when they ran inline. The
 // first exception a job throws is rethrown to the merging thread by the next buffer(), write() or
 // wait(); the jobs queued after it are dropped (the run fails, and the staged files are removed).
@@ -19,6 +19,8 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "alloy/core/page_buffer.h"
 
 namespace alloy::detail {
 
@@ -46,7 +48,7 @@ class WriteBehind {
   void run();
   void rethrow_locked();
 
-  std::vector<std::vector<uint8_t>> slots_;
+  std::vector<PageBuffer> slots_;  // huge pages: a 2 MiB window is one fault, not 512
   std::vector<uint64_t> slot_ticket_;  // the job that last used each slot (0: none)
   size_t next_slot_ = 0;
   uint64_t queued_ = 0;  // jobs queued so far; job k (from 1) has ticket k
