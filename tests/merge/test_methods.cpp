@@ -233,6 +233,44 @@ TEST(MethodLinear, NormalizeByAPowerOfTwoIsTheDivision) {
   }
 }
 
+// The kernel keeps the sums of two and three models in registers and takes other counts through a
+// buffer; either way the bits are the reference chain's, also when the merge runs in place (the
+// executor passes source 0's buffer as the output: merges_in_place()).
+TEST(MethodLinear, EveryModelCountInPlaceAndNot) {
+  const std::vector<double> weights = {0.3, 0.7, -0.15, 0.45, 0.2};
+  for (DType d : {DType::BF16, DType::F32}) {
+    for (size_t count = 1; count <= weights.size(); ++count) {
+      MethodCall c{"linear", d};
+      for (size_t k = 0; k < count; ++k) {
+        c.sources.push_back({alloy::test::random_values(d, 1500, 40 + k), {{"weight", weights[k]}}});
+      }
+      const std::vector<float> out = c.run();
+      float weight_sum = 0.0f;
+      for (size_t k = 0; k < count; ++k) weight_sum += wd(d, weights[k]);
+      weight_sum = rnd(d, weight_sum);
+      for (size_t i = 0; i < out.size(); ++i) {
+        float s = 0.0f;
+        for (size_t k = 0; k < count; ++k) s += rnd(d, wd(d, weights[k]) * c.sources[k].values[i]);
+        ASSERT_TRUE(alloy::test::same_bits(out[i], rnd(d, rnd(d, s) / weight_sum)))
+            << dtype_name(d) << " " << count << " models, element " << i;
+      }
+      const alloy::MergeMethod* method = alloy::find_merge_method("linear");
+      ASSERT_TRUE(method->merges_in_place());
+      alloy::MergeContext ctx;
+      ctx.tensor_name = c.tensor;
+      ctx.compute_dtype = d;
+      ctx.shape = {out.size()};
+      std::vector<std::vector<float>> values;
+      for (const auto& source : c.sources) values.push_back(source.values);
+      for (size_t k = 0; k < count; ++k) ctx.sources.push_back({values[k].data(), c.sources[k].params, false, "m"});
+      method->merge(ctx, values[0].data());
+      for (size_t i = 0; i < out.size(); ++i) {
+        ASSERT_TRUE(alloy::test::same_bits(values[0][i], out[i])) << dtype_name(d) << " " << count << " in place " << i;
+      }
+    }
+  }
+}
+
 TEST(MethodLinear, WeightsSummingToZeroAreRefused) {
   MethodCall c{"linear"};
   c.tensor = "model.layers.3.self_attn.o_proj.weight";

@@ -37,46 +37,81 @@ struct LinearBlocks {
   float factor;  // W (kDivide) or 1 / W (kMultiply)
 };
 
-// Blocks of elements, models in the outer loop: the element loops vectorise, and the float32 sum
-// still adds the products in source order. Returns the number of non-finite outputs.
-template <class R>
+// o[j] = rnd(sum_k rnd(w_k * x_k[j])) for one block (the float32 sum from +0, in source order).
+// With the model count N known at compile time, each sum stays in a register; otherwise (N == 0)
+// the models go in the outer loop and the sums through acc. No dependence crosses elements: the
+// merge may run in place (o equal to x_0), every element's inputs being read before it is written.
+template <class R, size_t N>
+[[gnu::always_inline]] inline void block_sums(const LinearBlocks& chunk, size_t b0, size_t block, float* acc,
+                                              float* o) {
+  const R rnd;
+  if constexpr (N > 0) {
+    const float* x[N];
+    float w[N];
+    for (size_t k = 0; k < N; ++k) x[k] = chunk.inputs[k] + b0, w[k] = chunk.weights[k];
+#pragma GCC ivdep
+    for (size_t j = 0; j < block; ++j) {
+      float sum = 0.0f;
+      for (size_t k = 0; k < N; ++k) sum += rnd(w[k] * x[k][j]);
+      o[j] = rnd(sum);
+    }
+  } else {
+    std::fill(acc, acc + block, 0.0f);
+    for (size_t k = 0; k < chunk.count; ++k) {
+      const float w = chunk.weights[k];
+      const float* x = chunk.inputs[k] + b0;
+      for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * x[j]);
+    }
+    for (size_t j = 0; j < block; ++j) o[j] = rnd(acc[j]);
+  }
+}
+
+// Blocks of elements: the sums (block_sums), then normalize, then the count of non-finite
+// outputs, each a loop that vectorises. Returns that count.
+template <class R, size_t N>
 [[gnu::always_inline]] inline size_t linear_blocks(const LinearBlocks& chunk, size_t len, float* out) {
   constexpr size_t kBlock = 512;
   const R rnd;
-  const size_t count = chunk.count;
   const Normalize normalize = chunk.normalize;
   const float factor = chunk.factor;
   size_t bad = 0;
   float acc[kBlock];
   for (size_t b0 = 0; b0 < len; b0 += kBlock) {
     const size_t block = std::min(kBlock, len - b0);
-    std::fill(acc, acc + block, 0.0f);
-    for (size_t k = 0; k < count; ++k) {
-      const float w = chunk.weights[k];
-      const float* x = chunk.inputs[k] + b0;
-      for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * x[j]);
-    }
     float* o = out + b0;
-    for (size_t j = 0; j < block; ++j) o[j] = rnd(acc[j]);
+    block_sums<R, N>(chunk, b0, block, acc, o);
     if (normalize == Normalize::kDivide) {
       for (size_t j = 0; j < block; ++j) o[j] = rnd(o[j] / factor);
     } else if (normalize == Normalize::kMultiply) {
       for (size_t j = 0; j < block; ++j) o[j] = rnd(o[j] * factor);
     }
-    for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
+    uint32_t block_bad = 0;  // 32-bit lanes: a size_t count made the loop widen every lane
+    for (size_t j = 0; j < block; ++j) block_bad += static_cast<uint32_t>(is_non_finite(o[j]));
+    bad += block_bad;
   }
   return bad;
 }
 
-// linear_blocks per compute dtype, one clone per instruction set (ALLOY_ELEMENT_KERNEL).
+// linear_blocks for the model count: two and three models (the usual recipes) with the sums in
+// registers, any other count through the generic form.
+template <class R>
+[[gnu::always_inline]] inline size_t linear_any(const LinearBlocks& chunk, size_t len, float* out) {
+  switch (chunk.count) {
+    case 2: return linear_blocks<R, 2>(chunk, len, out);
+    case 3: return linear_blocks<R, 3>(chunk, len, out);
+    default: return linear_blocks<R, 0>(chunk, len, out);
+  }
+}
+
+// linear_any per compute dtype, one clone per instruction set (ALLOY_ELEMENT_KERNEL).
 ALLOY_ELEMENT_KERNEL size_t linear_blocks_f32(const LinearBlocks& chunk, size_t len, float* out) {
-  return linear_blocks<RoundF32>(chunk, len, out);
+  return linear_any<RoundF32>(chunk, len, out);
 }
 ALLOY_ELEMENT_KERNEL size_t linear_blocks_bf16(const LinearBlocks& chunk, size_t len, float* out) {
-  return linear_blocks<RoundBF16>(chunk, len, out);
+  return linear_any<RoundBF16>(chunk, len, out);
 }
 ALLOY_ELEMENT_KERNEL size_t linear_blocks_f16(const LinearBlocks& chunk, size_t len, float* out) {
-  return linear_blocks<RoundF16>(chunk, len, out);
+  return linear_any<RoundF16>(chunk, len, out);
 }
 
 class LinearMethod final : public MergeMethod {
