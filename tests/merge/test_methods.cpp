@@ -505,6 +505,58 @@ TEST(MethodTies, SignElectionDivisorAndZeroWeightModel) {
   EXPECT_EQ(c.run(), (std::vector<float>{2.0f, -2.5f, 1.5f}));
 }
 
+// The combine against an element-by-element reference, for 1, 2, 9 and 10 models (the kernel keeps
+// up to 8 models' block on the stack and more on the heap), with and without sign consensus.
+// Every sum starts at +0 (as a zeroed buffer): where every term is -0 (base and model -0, weight
+// negative), task_arithmetic's output is rnd(-0 + +0) = +0, not -0.
+TEST(MethodTies, ManyModelsAgainstAnElementReference) {
+  for (const char* method : {"ties", "task_arithmetic"}) {
+    const bool consensus = std::string(method) == "ties";
+    for (DType d : {DType::BF16, DType::F32}) {
+      for (size_t count : {1, 2, 9, 10}) {
+        MethodCall c{method, d};
+        c.base = 0;
+        std::vector<float> base = alloy::test::random_values(d, 600, 90);
+        base.push_back(-0.0f);
+        c.sources.push_back({base, {}});
+        std::vector<float> weights;
+        for (size_t m = 0; m < count; ++m) {
+          std::vector<float> x = alloy::test::random_values(d, 600, 91 + m);
+          x.push_back(-0.0f);
+          // One model of negative weight: its -0 term (from the delta +0 = -0 - -0) alone makes
+          // the sum +0 only when the sum starts at +0.
+          const double w = count == 1 ? -0.5 : 0.2 + 0.15 * static_cast<double>(m % 4) - (m == 5 ? 0.9 : 0.0);
+          c.sources.push_back({x, {{"weight", w}, {"density", 1.0}}});
+          weights.push_back(wd(d, w));
+        }
+        const std::vector<float> out = c.run();
+        for (size_t i = 0; i < base.size(); ++i) {
+          std::vector<float> v;
+          float vote = 0.0f;
+          for (size_t m = 0; m < count; ++m) {
+            v.push_back(rnd(d, rnd(d, c.sources[m + 1].values[i] - base[i]) * weights[m]));
+            vote += v.back();
+          }
+          const float sign = rnd(d, vote) >= 0.0f ? 1.0f : -1.0f;
+          float mixed = 0.0f, divisor = 0.0f;
+          for (size_t m = 0; m < count; ++m) {
+            if (consensus && !(v[m] * sign > 0.0f)) continue;
+            mixed += v[m];
+            divisor += weights[m];
+          }
+          float change = rnd(d, mixed);
+          if (consensus) {  // normalize (ties' default): by the weights that took part, 0 -> 1
+            const float by = rnd(d, divisor) == 0.0f ? 1.0f : rnd(d, divisor);
+            change = rnd(d, change / by);
+          }
+          ASSERT_TRUE(alloy::test::same_bits(out[i], rnd(d, base[i] + change)))
+              << method << " " << dtype_name(d) << " " << count << " models, element " << i;
+        }
+      }
+    }
+  }
+}
+
 TEST(MethodTies, TheVoteUsesWeightedDeltasAndZeroVotesPlus) {
   MethodCall c{"ties"};
   c.base = 0;
