@@ -200,3 +200,67 @@ TEST(MethodSparsify, RandomMaskIntegerThresholdEqualsTheDoubleCompare) {
     EXPECT_NEAR(static_cast<double>(kept) / 200000, p, 0.005) << p;  // the draws are uniform
   }
 }
+
+// The rescale's L1 sums (l1_sums_of) sum the blocks whose additions are all exact in vector lanes
+// and every other block term by term: either way the bits must be those of one double sum per
+// fixed chunk in index order, the chunks added in order. Most blocks here are ordinary deltas;
+// some hold a term of 2^53 among ones, where the lanes' order would keep the ones that the index
+// order rounds away, some hold subnormal deltas next to large ones, and one block of large deltas
+// follows a running sum with bits far below them. Every compute dtype, an explicit mask keeping
+// about half of the entries.
+TEST(MethodSparsify, L1SumsAreThoseOfTheIndexOrderLoop) {
+  const size_t n = 3 * alloy::kDefaultGrain + 777;
+  for (DType d : {DType::BF16, DType::F16, DType::F32}) {
+    std::mt19937 rng(20261205);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> base(n), x0(n), x1(n);
+    for (size_t i = 0; i < n; ++i) {
+      base[i] = alloy::round_to(d, 0.02f * normal(rng));
+      x0[i] = alloy::round_to(d, base[i] + 1e-3f * normal(rng));
+      x1[i] = alloy::round_to(d, base[i] + 3e-4f * normal(rng));
+    }
+    // A block (of 256 entries) with one delta of 2^53 (2^15 in f16) among deltas of 1, and one
+    // with subnormal deltas next to a delta of 1000.
+    const float huge = d == DType::F16 ? 32768.0f : 9007199254740992.0f;
+    for (size_t i = 5 * 256; i < 6 * 256; ++i) base[i] = 0.0f, x0[i] = i == 5 * 256 + 3 ? huge : 1.0f;
+    const float tiny = d == DType::F16 ? 6e-8f : d == DType::BF16 ? 1e-39f : 1e-44f;
+    for (size_t i = alloy::kDefaultGrain + 512; i < alloy::kDefaultGrain + 768; ++i) {
+      base[i] = 0.0f, x1[i] = alloy::round_to(d, i % 7 == 0 ? 1000.0f : tiny * static_cast<float>(1 + i % 5));
+    }
+    // Model 1's third chunk ends on a block of deltas 2^24 after a running sum of 2^-21 + 2^-29
+    // (the chunk's other deltas 0): the index order rounds
+    // the sum at each addition, to 2^32; the lanes would round it once, to 2^32 + 2^-20. At the
+    // chunk's end, so that no later addition's tie can hide the difference. Not in f16's range.
+    if (d != DType::F16) {
+      const size_t end = 3 * alloy::kDefaultGrain;
+      for (size_t i = end - alloy::kDefaultGrain; i < end; ++i) base[i] = 0.0f, x1[i] = i < end - 256 ? 0.0f : 16777216.0f;
+      x1[end - 500] = std::ldexp(1.0f, -21);
+      x1[end - 499] = std::ldexp(1.0f, -29);
+    }
+    std::vector<std::vector<uint64_t>> words(2, std::vector<uint64_t>((n + 63) / 64));
+    for (auto& mask_words : words) {
+      for (uint64_t& w : mask_words) w = (static_cast<uint64_t>(rng()) << 32) | rng();
+    }
+    std::vector<alloy::detail::DeltaMask> masks(2);
+    for (size_t m = 0; m < 2; ++m) masks[m].active = true, masks[m].bits = words[m].data();
+    alloy::detail::TaskVectorSet set{base.data(), {x0.data(), x1.data()}, 2, n, d, {n}, {}};
+    const std::vector<double> sums = alloy::detail::l1_sums_of(set, masks);
+    ASSERT_EQ(sums.size(), 4u);
+    for (size_t m = 0; m < 2; ++m) {
+      const std::vector<float>& x = m == 0 ? x0 : x1;
+      double all = 0.0, kept = 0.0;
+      for (size_t c0 = 0; c0 < n; c0 += alloy::kDefaultGrain) {
+        double chunk_all = 0.0, chunk_kept = 0.0;
+        for (size_t i = c0; i < std::min(n, c0 + alloy::kDefaultGrain); ++i) {
+          const double magnitude = std::fabs(alloy::round_to(d, x[i] - base[i]));
+          chunk_all += magnitude;
+          if ((words[m][i >> 6] >> (i & 63)) & 1u) chunk_kept += magnitude;
+        }
+        all += chunk_all;
+        kept += chunk_kept;
+      }
+      EXPECT_EQ(sums[2 * m], all) << alloy::dtype_name(d) << " model " << m;
+      EXPECT_EQ(sums[2 * m + 1], kept) << alloy::dtype_name(d) << " model " << m;
+    }
+  }
+}

@@ -623,48 +623,121 @@ class RankSelector {
 
 // The terms of the L1 sums over one block (len <= kL1Block entries, first + j) of one model:
 // magnitude[j] = |rnd(x[j] - b[j])|, kept[j] = magnitude[j] where the mask keeps the entry, else
-// 0, both already widened to double (exactly); `delta` is scratch for the block's deltas.
+// 0; `delta` is scratch for the block's deltas. Also the block's range (the smallest exponent
+// field of a nonzero magnitude, 255 when there is none, and the largest magnitude's bits) and
+// both sums added in vector lanes, which are the index order's bits where exact_block_sums holds.
 // Branch-free, so that the loops vectorise (one clone per instruction set).
 constexpr size_t kL1Block = 256;
+struct L1Range {
+  uint32_t min_exponent = 255, max_bits = 0;
+  double all = 0.0, kept = 0.0;  // the block's sums, in lanes (exact where exact_block_sums says so)
+};
 template <class R>
 struct L1Terms {
-  ALLOY_ELEMENT_KERNEL static void of(const float* x, const float* b, const DeltaMask& mask,
-                                      size_t first, size_t len, float* delta, double* magnitude,
-                                      double* kept) {
+  ALLOY_ELEMENT_KERNEL static L1Range of(const float* x, const float* b, const DeltaMask& mask, size_t first,
+                                         size_t len, float* delta, float* magnitude, float* kept) {
     const R rnd;
     uint32_t keep[kL1Block];
     for (size_t j = 0; j < len; ++j) delta[j] = rnd(x[j] - b[j]);
     mask.keep_words(delta, first, len, keep);
+    uint32_t min_exponent = 255, max_bits = 0;
     for (size_t j = 0; j < len; ++j) {
       const float m = std::fabs(delta[j]);
       magnitude[j] = m;
       kept[j] = and_bits(m, keep[j]);
+      uint32_t bits;
+      std::memcpy(&bits, &m, 4);
+      const uint32_t exponent = bits == 0 ? 255u : bits >> 23;
+      min_exponent = exponent < min_exponent ? exponent : min_exponent;
+      max_bits = bits > max_bits ? bits : max_bits;
     }
+    return {min_exponent, max_bits, lane_sum(magnitude, len), lane_sum(kept, len)};
+  }
+  // The sum of t[0, len) in double, in four vectors of eight lanes (so that the additions do not
+  // wait on each other), reduced pairwise: only called where every partial sum in any order is
+  // exact (exact_block_sums), so the order is free.
+  [[gnu::always_inline]] static double lane_sum(const float* t, size_t len) {
+    typedef float Floats8 __attribute__((vector_size(32)));
+    typedef double Doubles8 __attribute__((vector_size(64)));
+    Doubles8 lane[4] = {};
+    size_t j = 0;
+    for (; j + 32 <= len; j += 32) {
+      for (size_t k = 0; k < 4; ++k) {
+        Floats8 f;
+        std::memcpy(&f, t + j + 8 * k, sizeof f);
+        lane[k] += __builtin_convertvector(f, Doubles8);
+      }
+    }
+    double tail = 0.0;
+    for (; j < len; ++j) tail += static_cast<double>(t[j]);
+    const Doubles8 v = (lane[0] + lane[1]) + (lane[2] + lane[3]);
+    return (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) + tail;
   }
 };
 
+// The exponent of the lowest set bit of a finite nonzero double (its value is a multiple of 2 to
+// that power, and of no higher power).
+inline int lowest_bit_exponent(double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, 8);
+  const int field = static_cast<int>(bits >> 52 & 0x7FF);
+  const uint64_t mantissa = (bits & ((uint64_t{1} << 52) - 1)) | (field == 0 ? 0 : uint64_t{1} << 52);
+  return std::max(field, 1) - 1075 + __builtin_ctzll(mantissa);
+}
+
+// Whether adding a block's terms to the running double sums `all` and `kept` one by one, in index
+// order, makes no rounding error at all, so that any order gives the same bits. Every term is a
+// value of the compute dtype: a multiple of 2^(its exponent - the dtype's mantissa bits), so of
+// 2^L for the block's smallest exponent; the sums are multiples of their lowest set bit. With U the
+// smallest of these units, when no partial sum can reach 2^(U + 52) (the sum so far plus len terms
+// each at most the largest), every partial sum is a multiple of 2^U below 2^53 units: exact.
+// Subnormal exponents count as the smallest normal one; a block with an infinite or NaN term is
+// summed in index order.
+template <class R>
+bool exact_block_sums(const L1Range& range, size_t len, double all, double kept) {
+  if (range.min_exponent == 255) return true;  // every term 0: nothing is added
+  if (range.max_bits >= 0x7F800000u) return false;
+  constexpr int kMantissaBits = R::dtype == DType::BF16 ? 7 : R::dtype == DType::F16 ? 10 : 23;
+  int unit = std::max<int>(static_cast<int>(range.min_exponent), 1) - 127 - kMantissaBits;
+  if (all != 0.0) unit = std::min(unit, lowest_bit_exponent(all));
+  if (kept != 0.0) unit = std::min(unit, lowest_bit_exponent(kept));
+  if (unit + 52 < -1022) return false;  // (sums with bits that fine: not worth a subnormal bound)
+  float largest;
+  std::memcpy(&largest, &range.max_bits, 4);
+  const uint64_t limit_bits = static_cast<uint64_t>(unit + 52 + 1023) << 52;  // 2^(unit + 52)
+  double limit;
+  std::memcpy(&limit, &limit_bits, 8);
+  return all + static_cast<double>(len) * static_cast<double>(largest) < limit;
+}
+
 // Adds to sums[2p] and sums[2p + 1] the |delta| and the kept |delta| of models p < N over one run
-// (entries first + j, j < len). The terms come from L1Terms a block at a time; each double sum
-// then adds them one by one in index order, as a plain loop per entry would (the same bits). That
-// in-order loop is all that stays scalar, one load and one addition per term; the models' chains
-// are interleaved.
+// (entries first + j, j < len), as a plain loop per entry in index order would (the same bits).
+// The terms come from L1Terms a block at a time. A block whose additions are all exact
+// (exact_block_sums: the usual case) is summed in vector lanes; any other block one term at a
+// time in index order, the models' chains interleaved.
 template <size_t N, class R>
 void add_l1_run(size_t first, const float* b, const float* const* xs, const DeltaMask* const* masks,
                 size_t len, double* sums) {
   float delta[kL1Block];
-  double magnitude[N][kL1Block], kept[N][kL1Block];
+  float magnitude[N][kL1Block], kept[N][kL1Block];
   double all_sum[N], kept_sum[N];
   for (size_t p = 0; p < N; ++p) all_sum[p] = sums[2 * p], kept_sum[p] = sums[2 * p + 1];
   for (size_t b0 = 0; b0 < len; b0 += kL1Block) {
     const size_t block = std::min(kL1Block, len - b0);
+    bool exact = true;
+    L1Range ranges[N];
     for (size_t p = 0; p < N; ++p) {
-      L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, delta, magnitude[p],
-                     kept[p]);
+      ranges[p] = L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, delta, magnitude[p], kept[p]);
+      exact = exact && exact_block_sums<R>(ranges[p], block, all_sum[p], kept_sum[p]);
+    }
+    if (exact) {
+      for (size_t p = 0; p < N; ++p) all_sum[p] += ranges[p].all, kept_sum[p] += ranges[p].kept;
+      continue;
     }
     for (size_t j = 0; j < block; ++j) {
       for (size_t p = 0; p < N; ++p) {
-        all_sum[p] += magnitude[p][j];
-        kept_sum[p] += kept[p][j];
+        all_sum[p] += static_cast<double>(magnitude[p][j]);
+        kept_sum[p] += static_cast<double>(kept[p][j]);
       }
     }
   }
@@ -880,6 +953,13 @@ size_t output_window() {
 
 SelectionBracketCounts selection_bracket_counts() {
   return {g_bracketed.load(std::memory_order_relaxed), g_bracket_misses.load(std::memory_order_relaxed)};
+}
+
+std::vector<double> l1_sums_of(const TaskVectorSet& set, const std::vector<DeltaMask>& masks) {
+  std::vector<size_t> models;
+  std::vector<const DeltaMask*> mask_of;
+  for (size_t m = 0; m < set.count; ++m) models.push_back(m), mask_of.push_back(&masks[m]);
+  return with_rounding(set.dtype, [&](auto rnd) { return l1_sums(set, rnd, models, mask_of); });
 }
 
 void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,

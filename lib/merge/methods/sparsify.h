@@ -214,6 +214,11 @@ std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
                                    const std::string& tensor,
                                    const std::vector<std::string>& models);
 
+// For tests: the L1 sums of the rescale, {sum |delta_m|, sum |kept delta_m|} for every model m of
+// `set` with masks[m], from the pass build_masks runs (each fixed chunk of kDefaultGrain entries
+// summed in index order, the chunks added in order).
+std::vector<double> l1_sums_of(const TaskVectorSet& set, const std::vector<DeltaMask>& masks);
+
 // Keeps the entries whose rank (descending |delta|, ties to the lower index) is in [lo, hi):
 // sets bit i of `words` exactly for those (the implicit rule, turned into bits). The selection
 // primitive behind magnitude and magnitude_outliers, exposed for tests.
