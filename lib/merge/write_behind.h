@@ -4,10 +4,11 @@
 // the merge, nor the merge for them.
 //
 // The windows go through a fixed ring of reused byte buffers (fresh pages cost a fault each, about
-// 2.6 s per GiB here, so nothing is allocated per window, and the buffers ask for huge pages), and the jobs run one at a time in the
-// order they were queued, so the writer sees exactly the calls it saw when they ran inline. The
-// first exception a job throws is rethrown to the merging thread by the next buffer(), write() or
-// wait(); the jobs queued after it are dropped (the run fails, and the staged files are removed).
+// 2.6 s per GiB here, so nothing is allocated per window, and the buffers ask for huge pages), and
+// the jobs run one at a time in the order they were queued, so the writer sees exactly the calls it
+// saw when they ran inline. The first exception a job throws is rethrown to the merging thread by
+// the next buffer(), write() or wait(); the jobs queued after it are dropped (the run fails, and
+// the staged files are removed).
 // Waiting is passive (a condition variable), never spinning: the machines have few cores.
 #pragma once
 

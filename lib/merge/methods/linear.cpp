@@ -85,9 +85,7 @@ template <class R, size_t N>
     } else if (normalize == Normalize::kMultiply) {
       for (size_t j = 0; j < block; ++j) o[j] = rnd(o[j] * factor);
     }
-    uint32_t block_bad = 0;  // 32-bit lanes: a size_t count made the loop widen every lane
-    for (size_t j = 0; j < block; ++j) block_bad += static_cast<uint32_t>(is_non_finite(o[j]));
-    bad += block_bad;
+    bad += chunk_non_finite(o, block);
   }
   return bad;
 }

@@ -152,6 +152,22 @@ inline size_t is_non_finite(float x) {
   std::memcpy(&u, &x, 4);
   return (u & 0x7F800000u) == 0x7F800000u;
 }
+// How many of v[0, n) are NaN or infinite, for a chunk inside an element kernel (serial; the
+// whole-buffer count is alloy::count_non_finite, alloy/core/kernels.h, in parallel). Counted in
+// 32-bit lanes a block at a time, since a size_t count made the vectorised loop widen every lane
+// to 64 bits. Always inlined, so that the element kernels' clones (ALLOY_ELEMENT_KERNEL) compile it
+// for their instruction set.
+[[gnu::always_inline]] inline size_t chunk_non_finite(const float* v, size_t n) {
+  constexpr size_t kCountBlock = 4096;
+  size_t bad = 0;
+  for (size_t b0 = 0; b0 < n; b0 += kCountBlock) {
+    const size_t end = std::min(n, b0 + kCountBlock);
+    uint32_t block_bad = 0;
+    for (size_t i = b0; i < end; ++i) block_bad += static_cast<uint32_t>(is_non_finite(v[i]));
+    bad += block_bad;
+  }
+  return bad;
+}
 
 // sum of term(j) for j in [0, len) in double, with four interleaved accumulators (a fixed order,
 // so the result is deterministic; the lanes hide the latency of the additions).

@@ -112,7 +112,7 @@ class ModelStockMethod final : public MergeMethod {
         float* o = out + b0;
         for (size_t j = 0; j < len; ++j)
           o[j] = rnd(rnd(t * rnd(sum[j] / n_d)) + rnd(one_minus_t * base[b0 + j]));
-        for (size_t j = 0; j < len; ++j) bad += is_non_finite(o[j]);
+        bad += chunk_non_finite(o, len);
       }
       return bad;
     };

@@ -66,7 +66,7 @@ class RamMethod final : public MergeMethod {
         }
         float* o = out + b0;
         for (size_t j = 0; j < block; ++j) o[j] = rnd(b[j] + rnd(sum[j]));
-        for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
+        bad += chunk_non_finite(o, block);
       }
       return bad;
     }

@@ -9,7 +9,6 @@
 // the trigonometry in double, rounds the two coefficients to float32 and does the element
 // arithmetic in float32: within 1 ulp of mergekit (the reduction order and libm differ). t = 0 and
 // t = 1 give the endpoints exactly (s0, s1 are exactly 1 and 0).
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -28,7 +27,6 @@ struct Blend {
 };
 
 // Returns the number of non-finite outputs.
-constexpr size_t kCountBlock = 4096;
 template <class R>
 [[gnu::always_inline]] inline size_t blend_elements(const Blend& blend, size_t len, float* out) {
   const float* a = blend.a;
@@ -40,15 +38,7 @@ template <class R>
     const float second = s1 * b[i];
     out[i] = rnd(first + second);
   }
-  // Counted in 32-bit lanes, a block at a time: a size_t count widened every lane to 64 bits.
-  size_t bad = 0;
-  for (size_t b0 = 0; b0 < len; b0 += kCountBlock) {
-    const size_t end = std::min(len, b0 + kCountBlock);
-    uint32_t block_bad = 0;
-    for (size_t i = b0; i < end; ++i) block_bad += static_cast<uint32_t>(is_non_finite(out[i]));
-    bad += block_bad;
-  }
-  return bad;
+  return chunk_non_finite(out, len);
 }
 
 // blend_elements per compute dtype, one clone per instruction set (ALLOY_ELEMENT_KERNEL).
@@ -138,9 +128,7 @@ class PassChunk final : public ChunkedMerge {
  public:
   size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
     if (sources[0] != out) std::memcpy(out, sources[0], len * sizeof(float));
-    size_t bad = 0;
-    for (size_t i = 0; i < len; ++i) bad += is_non_finite(out[i]);
-    return bad;
+    return chunk_non_finite(out, len);
   }
 };
 

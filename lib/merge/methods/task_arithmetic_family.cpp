@@ -262,7 +262,7 @@ class TaskArithmeticMethod final : public MergeMethod {
           for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j] * lambda_d);
         }
         for (size_t j = 0; j < block; ++j) o[j] = rnd(b[j] + mixed[j]);
-        for (size_t j = 0; j < block; ++j) bad += is_non_finite(o[j]);
+        bad += chunk_non_finite(o, block);
       }
       return bad;
     }
@@ -308,9 +308,7 @@ class TaskArithmeticMethod final : public MergeMethod {
       const float* base = sources[combiner_.base_index()];
       if (others_.empty()) {  // mergekit returns the base when there is no task vector
         if (base != out) std::memcpy(out, base, len * sizeof(float));
-        size_t bad = 0;
-        for (size_t i = 0; i < len; ++i) bad += is_non_finite(out[i]);
-        return bad;
+        return chunk_non_finite(out, len);
       }
       const float* xs[kMaxInline];
       std::vector<const float*> many;
