@@ -53,7 +53,15 @@ struct RoundF32 {
 };
 struct RoundBF16 {
   static constexpr DType dtype = DType::BF16;
-  float operator()(float x) const { return round_to(DType::BF16, x); }
+  // round_to(BF16, x), in 32-bit lanes: f32_to_bf16's sum u + 0x7FFF + bit 16 of u with its low
+  // half cleared (no non-NaN u carries out of 32 bits), and any NaN as 0x7FC0 << 16. Through
+  // f32_to_bf16's uint16_t, GCC narrowed every lane to 16 bits and widened it back, in 256-bit
+  // vectors (the AVX-512 clones have no 16-bit lanes without AVX-512BW).
+  [[gnu::always_inline]] float operator()(float x) const {
+    const uint32_t u = float_to_bits(x);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    return bits_to_float((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC00000u : rounded);
+  }
   float param(double v) const { return round_to(DType::BF16, static_cast<float>(v)); }
 };
 struct RoundF16 {
