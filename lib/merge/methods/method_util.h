@@ -66,7 +66,21 @@ struct RoundBF16 {
 };
 struct RoundF16 {
   static constexpr DType dtype = DType::F16;
-  float operator()(float x) const { return round_to(DType::F16, x); }
+  // round_to(F16, x) on the float32 bits, in 32-bit lanes (as RoundBF16, above). For a magnitude
+  // m: from 2^-14 up to 65520 the f16 mantissa's 13 dropped bits rounded to nearest even by the
+  // integer trick on m itself (the rebias of f32_to_f16 and its undoing cancel; a carry runs into
+  // the exponent); below 2^-14 the f16 subnormal grid, (m + 0.5) - 0.5 (the sum rounds to a
+  // multiple of 2^-24, the difference is exact); from 65520 up +-Inf, and any NaN 0x7FC00000
+  // with its sign (f32_to_f16's 0x7E00 | sign widened).
+  [[gnu::always_inline]] float operator()(float x) const {
+    const uint32_t u = float_to_bits(x);
+    const uint32_t sign = u & 0x80000000u, m = u & 0x7FFFFFFFu;
+    const uint32_t normal = (m + 0xFFFu + ((m >> 13) & 1u)) & 0xFFFFE000u;
+    const uint32_t subnormal = float_to_bits((bits_to_float(m) + 0.5f) - 0.5f);
+    const uint32_t finite = m < 0x38800000u ? subnormal : normal;
+    const uint32_t special = m > 0x7F800000u ? 0x7FC00000u : 0x7F800000u;
+    return bits_to_float(sign | (m >= 0x477FF000u ? special : finite));
+  }
   float param(double v) const { return round_to(DType::F16, static_cast<float>(v)); }
 };
 
