@@ -4,6 +4,7 @@
 // exact rules, PyTorch's, are documented there. This file holds the F8 decoders and the bulk,
 // parallel loops over raw (possibly unaligned) little-endian storage; the bf16/f16 loops run the
 // vector kernels of dtype_simd.cpp (AVX-512 or AVX2, chosen at run time), which give the same bits.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -169,15 +170,28 @@ void store_from_f32(const float* src, size_t count, DType dst_dtype, void* dst_p
   }
 }
 
-size_t overflow_on_store(DType dtype, float* values, size_t count, bool clamp) {
+// A finite x overflows on the store exactly when its magnitude's bits m lie in [threshold,
+// 0x7F800000): bf16 0x7F7F8000, the tie above the largest finite 0x7F7F, whose odd last bit sends it
+// up to Inf; f16 0x477FF000 = 65520. One unsigned compare per lane, counted a block at a time in
+// 32-bit lanes (one clone per instruction set); only a block with an overflow is clamped, element by
+// element. The loop through round_to with a branch per element was 16% of a float32 TIES merge
+// stored as bf16.
+__attribute__((target_clones("avx512f", "avx2", "default"))) size_t overflow_on_store(DType dtype, float* values,
+                                                                                       size_t count, bool clamp) {
   if (dtype != DType::BF16 && dtype != DType::F16) return 0;  // F32/F64 hold every finite float
   const float largest = dtype == DType::F16 ? 65504.0f : bits_to_float(0x7F7F0000u);  // bf16 max
+  const uint32_t threshold = dtype == DType::F16 ? 0x477FF000u : 0x7F7F8000u;
+  const uint32_t span = 0x7F800000u - threshold;
+  constexpr size_t kBlock = 4096;
   size_t overflows = 0;
-  for (size_t i = 0; i < count; ++i) {
-    const float x = values[i];
-    if (std::isfinite(x) && !std::isfinite(round_to(dtype, x))) {
-      ++overflows;
-      if (clamp) values[i] = std::copysign(largest, x);
+  for (size_t b0 = 0; b0 < count; b0 += kBlock) {
+    const size_t end = std::min(count, b0 + kBlock);
+    uint32_t block_overflows = 0;
+    for (size_t i = b0; i < end; ++i) block_overflows += (float_to_bits(values[i]) & 0x7FFFFFFFu) - threshold < span;
+    overflows += block_overflows;
+    if (block_overflows == 0 || !clamp) continue;
+    for (size_t i = b0; i < end; ++i) {
+      if ((float_to_bits(values[i]) & 0x7FFFFFFFu) - threshold < span) values[i] = std::copysign(largest, values[i]);
     }
   }
   return overflows;

@@ -344,6 +344,44 @@ TEST(DTypeBulk, RoundToBuffer) {
   alloy::round_to(alloy::DType::BF16, nullptr, 0);
 }
 
+// overflow_on_store counts (and, clamping, replaces by the dtype's largest finite value with the
+// sign kept) exactly the finite values that round_to turns into an infinity: every pattern within
+// 300 ulps of each dtype's threshold (the bf16 tie 0x7F7F8000, f16 65520) and of the largest
+// finite float, both signs, infinities and NaNs (left alone), and random values, over several
+// of the function's 4096-element blocks, some with no overflow at all.
+TEST(DTypeBulk, OverflowOnStoreIsWhatRoundsToInfinity) {
+  std::vector<float> values;
+  for (uint32_t centre : {0x7F7F8000u, 0x477FF000u, 0x7F7FFFFFu, 0x7F800000u, 0x7FC00000u}) {
+    for (uint32_t d = 0; d < 600; ++d) {
+      const uint32_t bits = centre - 300 + d;
+      values.push_back(from_bits(bits));
+      values.push_back(from_bits(bits | 0x80000000u));
+    }
+  }
+  for (uint32_t i = 0; i < 9000; ++i) values.push_back(from_bits(i * 2654435761u));  // blocks with none, mostly
+  for (auto dtype : {alloy::DType::BF16, alloy::DType::F16}) {
+    const float largest = dtype == alloy::DType::F16 ? 65504.0f : from_bits(0x7F7F0000u);
+    size_t expected = 0;
+    for (float x : values) expected += std::isfinite(x) && !std::isfinite(alloy::round_to(dtype, x));
+    ASSERT_GT(expected, 100u);
+    std::vector<float> counted = values;
+    EXPECT_EQ(alloy::overflow_on_store(dtype, counted.data(), counted.size(), false), expected);
+    for (size_t i = 0; i < values.size(); ++i) ASSERT_EQ(bits_of(counted[i]), bits_of(values[i]));
+    std::vector<float> clamped = values;
+    EXPECT_EQ(alloy::overflow_on_store(dtype, clamped.data(), clamped.size(), true), expected);
+    for (size_t i = 0; i < values.size(); ++i) {
+      const float x = values[i];
+      const bool overflows = std::isfinite(x) && !std::isfinite(alloy::round_to(dtype, x));
+      ASSERT_EQ(bits_of(clamped[i]), bits_of(overflows ? std::copysign(largest, x) : x))
+          << alloy::dtype_name(dtype) << " " << std::hex << bits_of(x);
+    }
+  }
+  for (auto dtype : {alloy::DType::F32, alloy::DType::F64}) {
+    std::vector<float> copy = values;
+    EXPECT_EQ(alloy::overflow_on_store(dtype, copy.data(), copy.size(), true), 0u);
+  }
+}
+
 TEST(DTypeBulk, F64StoreWidensAndLoadRounds) {
   const float values[] = {1.0f, -0.0f, 0x1p-149f, 3.4028235e38f, -INFINITY, 0.1f};
   uint8_t storage[8 * 6 + 3];
