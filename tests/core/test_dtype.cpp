@@ -326,6 +326,39 @@ TEST(DTypeBulk, LoadStoreMatchScalarOnUnalignedBuffers) {
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(rounded[i], alloy::bf16_to_f32(alloy::f32_to_bf16(values[i])));
 }
 
+// round_to_bf16 and round_to_f16 (the kernels' rnd(), in 32-bit lanes) against the compositions
+// through the 16-bit values: every one of the 2^16 high halves, with low halves at and around
+// each dtype's rounding boundaries (bf16: the tie 0x8000; f16 normals: the tie 0x1000 below an
+// even and an odd last bit; subnormals and the largest values fall in the high halves) and a
+// random one; every NaN and infinity included. In scalar calls, in a loop that vectorises, and
+// through the bulk round_to.
+TEST(DTypeBulk, RoundingInLanesIsTheStoreAndLoad) {
+  std::vector<uint32_t> patterns;
+  uint32_t state = 12345;
+  for (uint32_t high = 0; high <= 0xFFFFu; ++high) {
+    state = state * 1664525u + 1013904223u;
+    for (uint32_t low : {0x0u, 0x1u, 0x0FFFu, 0x1000u, 0x1001u, 0x2FFFu, 0x3000u, 0x3001u, 0x7FFFu, 0x8000u,
+                         0x8001u, 0xFFFFu, state >> 16}) {
+      patterns.push_back(high << 16 | low);
+    }
+  }
+  const size_t n = patterns.size();
+  std::vector<float> in(n);
+  for (size_t i = 0; i < n; ++i) in[i] = from_bits(patterns[i]);
+  for (auto dtype : {alloy::DType::BF16, alloy::DType::F16}) {
+    const bool bf16 = dtype == alloy::DType::BF16;
+    std::vector<float> lanes(n), bulk = in;
+    for (size_t i = 0; i < n; ++i) lanes[i] = bf16 ? alloy::round_to_bf16(in[i]) : alloy::round_to_f16(in[i]);
+    alloy::round_to(dtype, bulk.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const float want = bf16 ? alloy::bf16_to_f32(alloy::f32_to_bf16(in[i])) : alloy::f16_to_f32(alloy::f32_to_f16(in[i]));
+      ASSERT_EQ(bits_of(lanes[i]), bits_of(want)) << alloy::dtype_name(dtype) << std::hex << " 0x" << patterns[i];
+      ASSERT_EQ(bits_of(bulk[i]), bits_of(want)) << alloy::dtype_name(dtype) << std::hex << " 0x" << patterns[i];
+      ASSERT_EQ(bits_of(alloy::round_to(dtype, in[i])), bits_of(want)) << alloy::dtype_name(dtype) << std::hex << " 0x" << patterns[i];
+    }
+  }
+}
+
 TEST(DTypeBulk, RoundToBuffer) {
   const size_t n = 70001;
   std::vector<float> values(n);

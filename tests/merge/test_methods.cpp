@@ -9,7 +9,6 @@
 #include <set>
 
 #include "alloy/core/parallel.h"
-#include "merge/methods/method_util.h"
 #include "test_method_utils.h"
 
 namespace {
@@ -23,42 +22,6 @@ using alloy::test::ulp_distance;
 using alloy::test::wd;
 
 constexpr DType kDtypes[] = {DType::F32, DType::BF16, DType::F16};
-
-// ---------------------------------------------------------------------------------------------
-// The kernels' rounding
-
-// The kernels' rnd() for bf16 and f16 (detail::RoundBF16, RoundF16) compute in 32-bit lanes what
-// round_to computes through a 16-bit value. Every one of the 2^16 high halves, with low halves at
-// and around each dtype's rounding boundaries (bf16: the tie 0x8000; f16 normals: the tie 0x1000
-// below an even and an odd last bit; subnormals and the largest values fall in the high halves)
-// and a random one: the same bits, every NaN and infinity included, in a loop that vectorises as
-// the kernels' do and in scalar calls.
-template <class Rounding>
-void expect_lanes_round_as_round_to(DType dtype) {
-  std::vector<uint32_t> patterns;
-  uint32_t state = 12345;
-  for (uint32_t high = 0; high <= 0xFFFFu; ++high) {
-    state = state * 1664525u + 1013904223u;
-    for (uint32_t low : {0x0u, 0x1u, 0x0FFFu, 0x1000u, 0x1001u, 0x2FFFu, 0x3000u, 0x3001u, 0x7FFFu, 0x8000u,
-                         0x8001u, 0xFFFFu, state >> 16}) {
-      patterns.push_back(high << 16 | low);
-    }
-  }
-  std::vector<float> in(patterns.size()), out(patterns.size());
-  std::memcpy(in.data(), patterns.data(), in.size() * sizeof(float));
-  const Rounding rounding;
-  for (size_t i = 0; i < in.size(); ++i) out[i] = rounding(in[i]);
-  for (size_t i = 0; i < in.size(); ++i) {
-    const float expected = alloy::round_to(dtype, in[i]);
-    ASSERT_TRUE(alloy::test::same_bits(out[i], expected)) << dtype_name(dtype) << std::hex << " 0x" << patterns[i];
-    ASSERT_TRUE(alloy::test::same_bits(rounding(in[i]), expected)) << dtype_name(dtype) << std::hex << " 0x" << patterns[i];
-  }
-}
-
-TEST(MethodRounding, Bf16AndF16InLanesAreRoundTo) {
-  expect_lanes_round_as_round_to<alloy::detail::RoundBF16>(DType::BF16);
-  expect_lanes_round_as_round_to<alloy::detail::RoundF16>(DType::F16);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Registry and declared parameters

@@ -53,34 +53,13 @@ struct RoundF32 {
 };
 struct RoundBF16 {
   static constexpr DType dtype = DType::BF16;
-  // round_to(BF16, x), in 32-bit lanes: f32_to_bf16's sum u + 0x7FFF + bit 16 of u with its low
-  // half cleared (no non-NaN u carries out of 32 bits), and any NaN as 0x7FC0 << 16. Through
-  // f32_to_bf16's uint16_t, GCC narrowed every lane to 16 bits and widened it back, in 256-bit
-  // vectors (the AVX-512 clones have no 16-bit lanes without AVX-512BW).
-  [[gnu::always_inline]] float operator()(float x) const {
-    const uint32_t u = float_to_bits(x);
-    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    return bits_to_float((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC00000u : rounded);
-  }
+  // In 32-bit lanes (alloy/core/dtype.h), inlined into the element kernels' clones.
+  [[gnu::always_inline]] float operator()(float x) const { return round_to_bf16(x); }
   float param(double v) const { return round_to(DType::BF16, static_cast<float>(v)); }
 };
 struct RoundF16 {
   static constexpr DType dtype = DType::F16;
-  // round_to(F16, x) on the float32 bits, in 32-bit lanes (as RoundBF16, above). For a magnitude
-  // m: from 2^-14 up to 65520 the f16 mantissa's 13 dropped bits rounded to nearest even by the
-  // integer trick on m itself (the rebias of f32_to_f16 and its undoing cancel; a carry runs into
-  // the exponent); below 2^-14 the f16 subnormal grid, (m + 0.5) - 0.5 (the sum rounds to a
-  // multiple of 2^-24, the difference is exact); from 65520 up +-Inf, and any NaN 0x7FC00000
-  // with its sign (f32_to_f16's 0x7E00 | sign widened).
-  [[gnu::always_inline]] float operator()(float x) const {
-    const uint32_t u = float_to_bits(x);
-    const uint32_t sign = u & 0x80000000u, m = u & 0x7FFFFFFFu;
-    const uint32_t normal = (m + 0xFFFu + ((m >> 13) & 1u)) & 0xFFFFE000u;
-    const uint32_t subnormal = float_to_bits((bits_to_float(m) + 0.5f) - 0.5f);
-    const uint32_t finite = m < 0x38800000u ? subnormal : normal;
-    const uint32_t special = m > 0x7F800000u ? 0x7FC00000u : 0x7F800000u;
-    return bits_to_float(sign | (m >= 0x477FF000u ? special : finite));
-  }
+  [[gnu::always_inline]] float operator()(float x) const { return round_to_f16(x); }
   float param(double v) const { return round_to(DType::F16, static_cast<float>(v)); }
 };
 
