@@ -14,6 +14,9 @@
 # HASH_CACHE=1 adds two rows each for linear and slerp: alloy-merge --hash-cache DIR with an empty
 # DIR (cold: one run, which hashes and stores every input) and then with the filled DIR (warm: best
 # of REPEAT; the inputs' digests come from the cache, the outputs are still hashed as written).
+# COMPUTE_DTYPE=float16 or float32 sets the recipes' dtype (default bfloat16); with float32 the
+# output stays bf16 (out_dtype), so that every row writes the same bytes as the floor. The models
+# are bf16 either way: float16 converts and rounds every input on load, float32 widens it.
 # Targets (issue 14): linear and slerp <= 2.5x the floor with provenance hashes, <= 1.5x without;
 # ties and dare_ties <= 3x, peak RSS < 1 GiB.
 set -euo pipefail
@@ -22,6 +25,12 @@ size=${1:-2}
 work=${2:-$(mktemp -d /tmp/alloy-bench.XXXXXX)}
 keep_work=${2:+1}
 repeat=${REPEAT:-2}
+compute_dtype=${COMPUTE_DTYPE:-bfloat16}
+case $compute_dtype in
+  bfloat16 | float16) dtype_lines="dtype: $compute_dtype" ;;
+  float32) dtype_lines=$'dtype: float32\nout_dtype: bfloat16' ;;
+  *) echo "merge_bench.sh: COMPUTE_DTYPE must be bfloat16, float16 or float32, not '$compute_dtype'" >&2; exit 2 ;;
+esac
 read -r -a merge_flags <<< "${MERGE_FLAGS:-}"
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh" "$root/build" >/dev/null
@@ -29,7 +38,7 @@ bin="$root/build/bin"
 cleanup() { [[ -n "${keep_work:-}" ]] || rm -rf "$work"; }
 trap cleanup EXIT
 
-echo "alloy merge benchmark: models of ${size} GB (bf16), $(nproc) cores, best of $repeat${MERGE_FLAGS:+, alloy-merge $MERGE_FLAGS}" >&2
+echo "alloy merge benchmark: models of ${size} GB (bf16), compute dtype $compute_dtype, $(nproc) cores, best of $repeat${MERGE_FLAGS:+, alloy-merge $MERGE_FLAGS}" >&2
 if [[ ! -d "$work/models/ft_2" ]]; then
   "$bin/alloy-synth" family "$work/models" --overwrite --size-gb "$size" --fine-tunes 2 --unrelated 0 >&2
 fi
@@ -65,14 +74,14 @@ models:
     parameters: {weight: 0.571}
   - model: ft_2
     parameters: {weight: 0.429}
-dtype: bfloat16
+$dtype_lines
 YAML
 cat > "$work/models/slerp.yml" <<YAML
 merge_method: slerp
 base_model: base
 models: [base, ft_1]
 parameters: {t: 0.4}
-dtype: bfloat16
+$dtype_lines
 YAML
 cat > "$work/models/ties.yml" <<YAML
 merge_method: ties
@@ -82,7 +91,7 @@ models:
     parameters: {weight: 0.5, density: 0.5}
   - model: ft_2
     parameters: {weight: 0.5, density: 0.5}
-dtype: bfloat16
+$dtype_lines
 YAML
 sed 's/^merge_method: ties$/merge_method: dare_ties/' "$work/models/ties.yml" > "$work/models/dare_ties.yml"
 
