@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints one sha256 line per file that alloy writes for a fixed set of inputs: every recipe in
 # recipes/ on a dense and a MoE synthetic family (the multi-module ones on a Qwen3.5-MoE with its
-# vision tower), the assay's JSON, recipe and report, and every
+# vision tower; the bf16 ones also in float16 and float32, and on a float16 family), the assay's
+# JSON, recipe and report, and every
 # perturb transform. Run it before and after a change that must not change behaviour and diff the
 # two listings (they are identical when every output byte is).
 # Usage: scripts/output-digest.sh BIN_DIR > digest.txt
@@ -39,6 +40,28 @@ for family in dense moe; do
   done
 done
 
+# The same recipes in the other compute dtypes: the bf16 models merged in float16 (every input
+# rounded on load) and in float32, and a float16 family merged in float16. A recipe that fails
+# there is listed as failed: refusing is behaviour too.
+other_dtypes() {  # other_dtypes DIR DTYPE...: each bf16 recipe in each DTYPE, merged in DIR
+  local dir=$1 dtype recipe name
+  shift
+  cd "$dir"
+  for recipe in "$root"/recipes/*.yml; do
+    name=$(basename "$recipe" .yml)
+    [[ $name == modules_* ]] && continue
+    grep -q '^dtype: bfloat16$' "$recipe" || continue
+    for dtype in "$@"; do
+      sed "s/^dtype: bfloat16$/dtype: $dtype/" "$recipe" > "$work/recipe-$dtype.yml"
+      "$bin/alloy-merge" "$work/recipe-$dtype.yml" "merged-$name-$dtype" >/dev/null 2>&1 || echo "$name in $dtype: refused"
+    done
+  done
+}
+other_dtypes "$work/dense" float16 float32
+"$bin/alloy-synth" family "$work/dense16" --dtype f16 --fine-tunes 3 --unrelated 0 >/dev/null
+(cd "$work/dense16" && "$bin/alloy-extract-lora" -q base ft_1 ft_1_lora --rank 8 2>/dev/null)
+other_dtypes "$work/dense16" float16
+
 # The multi-module recipes (modules:) need a model with modules: a Qwen3.5-MoE with its vision tower.
 "$bin/alloy-synth" family "$work/vision" --family qwen3_5_moe --fine-tunes 2 --unrelated 0 >/dev/null
 cd "$work/vision"
@@ -49,5 +72,5 @@ done
 # The assay's and the merge's outputs carry the working directory's paths in places; listing the
 # files relative to the work directory keeps the digest independent of where it ran.
 cd "$work"
-find . -type f ! -path './*/base/*' ! -path './*/ft_*' ! -path './*/unrelated_*' -print0 |
+find . -type f ! -path './*/base/*' ! -path './*/ft_*' ! -path './*/unrelated_*' ! -name 'recipe-*.yml' -print0 |
   sort -z | xargs -0 sha256sum | sed "s#$work#WORK#g"
