@@ -373,58 +373,105 @@ struct SubBlockCounts {
   uint32_t equal_all[kMaxVectors] = {}, equal_spread[kMaxVectors] = {}, equal_resolved[kMaxVectors] = {};
 };
 
-// The steps of one sub-block of n elements (a multiple of 8) fused, for M vectors with the pivot
-// Pivot and every candidate a spread member (the usual full pass; m = 2 to 4, block_gram<M>'s
-// case): eight elements at a time, the spread, the equality counts, the Y coordinates and every
+// The fused steps' lanes: W = 8 (one Gram block at a time) or 16 (two Gram blocks side by side:
+// lanes 0-7 work on elements [i, i + 8) of one block, lanes 8-15 on the same elements of the next
+// block). Each lane does what it does in the 8-lane form, and the two blocks' sums are added in
+// block order, so both widths give the same bits; 16 lanes halve the instructions where the CPU
+// runs 512-bit vectors at full width.
+template <int W>
+struct LaneTypes;
+template <>
+struct LaneTypes<8> {
+  using Floats = Lanes8;
+  using Ints = Ints8;
+};
+template <>
+struct LaneTypes<16> {
+  typedef float Floats __attribute__((vector_size(64)));
+  typedef int32_t Ints __attribute__((vector_size(64)));
+};
+
+// Row x's elements [0, 8), and with 16 lanes also [kGramBlock, kGramBlock + 8). (Out-parameters
+// rather than vector return values: those change the ABI between the clones, which GCC warns of.)
+template <int W>
+inline __attribute__((always_inline)) void load_lanes(const float* x, typename LaneTypes<W>::Floats& out) {
+  if constexpr (W == 8) {
+    std::memcpy(&out, x, sizeof out);
+  } else {  // a shuffle of the two halves: stores of them and a wide load would stall on the stack
+    Lanes8 first, next;
+    std::memcpy(&first, x, sizeof first);
+    std::memcpy(&next, x + kGramBlock, sizeof next);
+    out = __builtin_shufflevector(first, next, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  }
+}
+
+// lane_sum of the eight lanes of Gram block h (0, or 1 with 16 lanes).
+template <int W>
+inline __attribute__((always_inline)) double block_sum(const typename LaneTypes<W>::Floats& l, int h) {
+  if constexpr (W == 8) {
+    return lane_sum(l);
+  } else {
+    return h == 0 ? lane_sum(__builtin_shufflevector(l, l, 0, 1, 2, 3, 4, 5, 6, 7))
+                  : lane_sum(__builtin_shufflevector(l, l, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
+}
+
+// The steps of one sub-block of n elements fused, for M vectors with the pivot Pivot and every
+// candidate a spread member (the usual full pass; m = 2 to 4, block_gram<M>'s case): eight
+// elements at a time per Gram block, the spread, the equality counts, the Y coordinates and every
 // Gram pair's products are computed in registers instead of being stored to rows and read back by
 // the next step. Each value is the separate steps' (the same operations per lane, the members in
 // the same order; the Gram lanes and blocks, and the order they are added in, are block_gram's),
 // so the sums are the same bits; the counts are integers. M and Pivot are template parameters so
-// that every vector index is a constant and the rows stay in registers.
-template <int M, int Pivot>
+// that every vector index is a constant and the rows stay in registers. n: a multiple of 8 (W = 8)
+// or of 2 * kGramBlock (W = 16).
+template <int M, int Pivot, int W>
 inline __attribute__((always_inline)) void fused_sub_block(const GramPair* pairs, const float* const* x, size_t n,
                                                             float fraction, decltype(ResolvedMoments::gram)& gram,
                                                             SubBlockCounts& counts) {
+  using Floats = typename LaneTypes<W>::Floats;
+  using Ints = typename LaneTypes<W>::Ints;
   constexpr int P = M * (M + 1) / 2;
+  constexpr int kBlocks = W / 8;  // Gram blocks side by side
   // Row r of block_gram<M> (the live Y vectors: the suspect, the other candidates in order, the
   // pivot last) holds the Y of vector row_vector(r).
   constexpr auto row_vector = [](int r) { return r == M - 1 ? Pivot : (r == 0 || r < Pivot ? r : r + 1); };
-  const Ints8 one = Ints8(Lanes8{} + 1.0f), no_sign = Ints8{} + 0x7FFFFFFF;
-  Ints8 n_resolved = {}, n_spread = {};
-  Ints8 eq_all[M] = {}, eq_spread[M] = {}, eq_resolved[M] = {};
-  for (size_t b0 = 0; b0 < n; b0 += kGramBlock) {
+  const Ints one = Ints(Floats{} + 1.0f), no_sign = Ints{} + 0x7FFFFFFF;
+  Ints n_resolved = {}, n_spread = {};
+  Ints eq_all[M] = {}, eq_spread[M] = {}, eq_resolved[M] = {};
+  for (size_t b0 = 0; b0 < n; b0 += kBlocks * kGramBlock) {
     const size_t end = std::min(n, b0 + kGramBlock);
-    Lanes8 acc[P];
-    for (int p = 0; p < P; ++p) acc[p] = Lanes8{};
+    Floats acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = Floats{};
     for (size_t i = b0; i < end; i += 8) {
-      Lanes8 xv[M];
+      Floats xv[M];
 #pragma GCC unroll 4
-      for (int v = 0; v < M; ++v) std::memcpy(&xv[v], x[v] + i, sizeof xv[v]);
+      for (int v = 0; v < M; ++v) load_lanes<W>(x[v] + i, xv[v]);
       // spread_masks' lanes, the members (vectors 1 .. M-1) in order.
-      Lanes8 lo = xv[1];
-      Lanes8 hi = lo, mag = Lanes8(Ints8(lo) & no_sign);
+      Floats lo = xv[1];
+      Floats hi = lo, mag = Floats(Ints(lo) & no_sign);
 #pragma GCC unroll 4
       for (int v = 1; v < M; ++v) {
-        const Lanes8 a = Lanes8(Ints8(xv[v]) & no_sign);
+        const Floats a = Floats(Ints(xv[v]) & no_sign);
         lo = xv[v] < lo ? xv[v] : lo;
         hi = hi < xv[v] ? xv[v] : hi;
         mag = mag < a ? a : mag;
       }
-      const Lanes8 spread = hi - lo;
-      const Ints8 spreading = spread > 0.0f;
-      const Ints8 resolved = spreading & (spread >= fraction * mag);
-      const Lanes8 mask = Lanes8(resolved & one);
+      const Floats spread = hi - lo;
+      const Ints spreading = spread > 0.0f;
+      const Ints resolved = spreading & (spread >= fraction * mag);
+      const Floats mask = Floats(resolved & one);
       n_resolved -= resolved;
       n_spread -= spreading;
 #pragma GCC unroll 4
       for (int v = 1; v < M; ++v) {
-        const Ints8 same = xv[0] == xv[v];
+        const Ints same = xv[0] == xv[v];
         eq_all[v] -= same;
         eq_spread[v] -= same & spreading;
         eq_resolved[v] -= same & resolved;
       }
       // The Y coordinates, unresolved elements zeroed (by the multiply, as the separate step).
-      Lanes8 y[M];
+      Floats y[M];
 #pragma GCC unroll 4
       for (int r = 0; r < M - 1; ++r) y[r] = (xv[row_vector(r)] - xv[Pivot]) * mask;
       y[M - 1] = xv[Pivot] * mask;
@@ -435,9 +482,11 @@ inline __attribute__((always_inline)) void fused_sub_block(const GramPair* pairs
         for (int b = a; b < M; ++b, ++p) acc[p] += y[a] * y[b];
       }
     }
-    for (int p = 0; p < P; ++p) gram[pairs[p].row][pairs[p].col] += lane_sum(acc[p]);
+    for (int h = 0; h < kBlocks; ++h) {
+      for (int p = 0; p < P; ++p) gram[pairs[p].row][pairs[p].col] += block_sum<W>(acc[p], h);
+    }
   }
-  for (int l = 0; l < 8; ++l) {
+  for (int l = 0; l < W; ++l) {
     counts.resolved += uint32_t(n_resolved[l]);
     counts.spread += uint32_t(n_spread[l]);
     for (int v = 1; v < M; ++v) {
@@ -457,19 +506,36 @@ bool has_fused_sub_block(const ResolvedPass& pass) {
          pass.pivot < pass.m && int(pass.members.size()) == pass.m - 1;
 }
 
-// fused_sub_block for the pass's m and pivot (has_fused_sub_block).
+// fused_sub_block for the pass's m and pivot (has_fused_sub_block), in W lanes.
+template <int W>
 inline __attribute__((always_inline)) void fused_sub_block(const ResolvedPass& pass, const float* const* x, size_t n,
                                                             float fraction, decltype(ResolvedMoments::gram)& gram,
                                                             SubBlockCounts& counts) {
   const GramPair* pairs = pass.pairs.data();
   switch (pass.m * 8 + pass.pivot) {
-    case 2 * 8 + 1: return fused_sub_block<2, 1>(pairs, x, n, fraction, gram, counts);
-    case 3 * 8 + 1: return fused_sub_block<3, 1>(pairs, x, n, fraction, gram, counts);
-    case 3 * 8 + 2: return fused_sub_block<3, 2>(pairs, x, n, fraction, gram, counts);
-    case 4 * 8 + 1: return fused_sub_block<4, 1>(pairs, x, n, fraction, gram, counts);
-    case 4 * 8 + 2: return fused_sub_block<4, 2>(pairs, x, n, fraction, gram, counts);
-    case 4 * 8 + 3: return fused_sub_block<4, 3>(pairs, x, n, fraction, gram, counts);
+    case 2 * 8 + 1: return fused_sub_block<2, 1, W>(pairs, x, n, fraction, gram, counts);
+    case 3 * 8 + 1: return fused_sub_block<3, 1, W>(pairs, x, n, fraction, gram, counts);
+    case 3 * 8 + 2: return fused_sub_block<3, 2, W>(pairs, x, n, fraction, gram, counts);
+    case 4 * 8 + 1: return fused_sub_block<4, 1, W>(pairs, x, n, fraction, gram, counts);
+    case 4 * 8 + 2: return fused_sub_block<4, 2, W>(pairs, x, n, fraction, gram, counts);
+    case 4 * 8 + 3: return fused_sub_block<4, 3, W>(pairs, x, n, fraction, gram, counts);
   }
+}
+
+// Whether the fused steps run in 16 lanes: where the CPU has AVX-512 (the x86-64-v4 clone of
+// resolved_chunk then runs). Elsewhere 16 lanes would be split into narrower vectors than the
+// registers can hold side by side, and spill.
+bool sixteen_lanes() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool avx512 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  }();
+  return avx512;
+#else
+  return false;
+#endif
 }
 
 }  // namespace
@@ -523,13 +589,18 @@ ResolvedMoments resolved_chunk(const ResolvedPass& pass, size_t begin, size_t en
   const float fraction = float(pass.resolve_fraction);
   uint32_t n_resolved = 0, n_spread = 0;
   uint32_t equal_all[kMaxVectors] = {}, equal_spread[kMaxVectors] = {}, equal_resolved[kMaxVectors] = {};
-  const bool fused = has_fused_sub_block(pass);
+  const bool fused = has_fused_sub_block(pass), wide = fused && sixteen_lanes();
   for (size_t at = 0; at < count; at += kSubBlock) {
     const size_t n = std::min(kSubBlock, count - at);
     for (int v = 0; v < m; ++v) x[v] = source_floats(source[v], at, n, converted + size_t(v) * kSubBlock);
     if (fused && n % 8 == 0) {
       SubBlockCounts sub;
-      fused_sub_block(pass, x, n, fraction, part.gram, sub);
+      static_assert(kSubBlock == 2 * kGramBlock);
+      if (wide && n == kSubBlock) {
+        fused_sub_block<16>(pass, x, n, fraction, part.gram, sub);
+      } else {
+        fused_sub_block<8>(pass, x, n, fraction, part.gram, sub);
+      }
       n_resolved += sub.resolved;
       n_spread += sub.spread;
       for (int v = 1; v < m; ++v) {

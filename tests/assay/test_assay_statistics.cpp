@@ -70,25 +70,30 @@ void expect_same_bits(const detail::ResolvedMoments& a, const detail::ResolvedMo
 }
 
 TEST(AssayStatistics, FusedStepsGiveTheSeparateStepsBitsForEveryVectorCountAndPivot) {
-  // Several chunks, and a last sub-block whose length is not a multiple of 8 (the separate steps).
-  const size_t n = 3 * kDefaultGrain + 1237;
-  for (int candidates = 1; candidates <= 3; ++candidates) {
-    const auto rows = blend_rows(std::max(candidates, 2), n, uint32_t(17 + candidates));
-    std::vector<std::vector<float>> used(rows.begin(), rows.begin() + candidates + 1);
-    if (candidates == 1) used[0] = rows[0];  // suspect and one candidate
-    for (int pivot = 1; pivot <= candidates; ++pivot) {
-      const auto fused = statistics(used, pivot, true);
-      const auto separate = statistics(used, pivot, false);
-      expect_same_bits(fused, separate, std::to_string(candidates) + " candidates, pivot " + std::to_string(pivot));
-      if (candidates == 1) continue;  // one candidate never spreads
-      // The data exercise every count: equalities, unspread and unresolved elements.
-      EXPECT_GT(separate.n_spread, separate.n_resolved);
-      EXPECT_LT(separate.n_spread, separate.n);
-      EXPECT_GT(separate.equal_all[1], separate.equal[1]);
-      EXPECT_GT(separate.equal_resolved[1], 0u);
-      EXPECT_NE(separate.gram[0][size_t(separate.vectors)], 0.0);  // Y_0 . P
+  // Several chunks of full sub-blocks (16 lanes where the CPU has AVX-512), then a last sub-block
+  // of 216 elements (a multiple of 8: the fused steps in 8 lanes) or of 213 (the separate steps).
+  for (const size_t n : {3 * kDefaultGrain + 1240, 3 * kDefaultGrain + 1237}) {
+    for (int candidates = 1; candidates <= 3; ++candidates) {
+      const auto rows = blend_rows(std::max(candidates, 2), n, uint32_t(17 + candidates));
+      std::vector<std::vector<float>> used(rows.begin(), rows.begin() + candidates + 1);
+      if (candidates == 1) used[0] = rows[0];  // suspect and one candidate
+      for (int pivot = 1; pivot <= candidates; ++pivot) {
+        const auto fused = statistics(used, pivot, true);
+        const auto separate = statistics(used, pivot, false);
+        expect_same_bits(fused, separate,
+                         std::to_string(n) + " elements, " + std::to_string(candidates) + " candidates, pivot " +
+                             std::to_string(pivot));
+        if (candidates == 1) continue;  // one candidate never spreads
+        // The data exercise every count: equalities, unspread and unresolved elements.
+        EXPECT_GT(separate.n_spread, separate.n_resolved);
+        EXPECT_LT(separate.n_spread, separate.n);
+        EXPECT_GT(separate.equal_all[1], separate.equal[1]);
+        EXPECT_GT(separate.equal_resolved[1], 0u);
+        EXPECT_NE(separate.gram[0][size_t(separate.vectors)], 0.0);  // Y_0 . P
+      }
     }
   }
+  const size_t n = 3 * kDefaultGrain + 1237;
   // A spread over some candidates only takes the separate steps either way.
   const auto rows = blend_rows(3, n, 5);
   expect_same_bits(statistics(rows, 2, true, {true, false, true}), statistics(rows, 2, false, {true, false, true}),
