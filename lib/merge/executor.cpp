@@ -253,9 +253,17 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // added in their order); an element-wise merge takes any length (the streaming grain, which
   // tests make small and odd).
   const size_t grain = merge.sum_count() > 0 ? kDefaultGrain : detail::stream_grain();
-  // Runs body(begin, len, sources, scratch_out) on every chunk of elements [first, first + total),
-  // in parallel (chunk boundaries at first + a multiple of `chunk`); a chunk whose source cannot be
-  // read is skipped and its error rethrown after the loop.
+  // bf16 in, bf16 out, and a merge with kernels for that (ChunkedMerge::merges_bf16): the chunks'
+  // bytes go to the merge as read, and its bytes to the output, with no float32 rows. Every source
+  // must be one run of bytes (not cropped).
+  bool bf16_bits = merge.merges_bf16() && t.compute_dtype == DType::BF16 && t.out_dtype == DType::BF16;
+  for (const SourceBytes& source : inputs) {
+    bf16_bits = bf16_bits && source.input->info->dtype == DType::BF16 && source.input->info->shape == t.shape;
+  }
+  // Runs body(begin, len, sources, scratch_out, bits) on every chunk of elements [first, first +
+  // total), in parallel (chunk boundaries at first + a multiple of `chunk`): sources are the
+  // chunk's float32 rows, or with bf16_bits null and bits the sources' bf16 values. A chunk whose
+  // source cannot be read is skipped and its error rethrown after the loop.
   auto for_each_chunk = [&](uint64_t first, size_t total, size_t chunk, auto&& body) {
     if (total == 0) return size_t{0};
     // Each task reads a few consecutive chunks of every source with one pread (chunks_per_read),
@@ -266,23 +274,34 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     const size_t chunks = (total + chunk - 1) / chunk;
     const size_t result = parallel_reduce(chunks, group, size_t{0}, [&](size_t cb, size_t ce) -> size_t {
       const size_t group_first = cb * chunk, group_len = std::min(total, ce * chunk) - group_first;
-      float* scratch = reinterpret_cast<float*>(t_chunk_scratch.reserve((count + 1) * chunk * sizeof(float)));
+      float* scratch =
+          bf16_bits ? nullptr : reinterpret_cast<float*>(t_chunk_scratch.reserve((count + 1) * chunk * sizeof(float)));
       uint8_t* group_bytes = t_group_bytes.reserve(element_bytes * group_len);
       const uint8_t* bytes_of[64];
       const float* sources[64];
+      const uint16_t* bits_of[64];
       std::vector<const uint8_t*> many_bytes(count > 64 ? count : 0);
       std::vector<const float*> many(count > 64 ? count : 0);
+      std::vector<const uint16_t*> many_bits(count > 64 && bf16_bits ? count : 0);
       const uint8_t** bytes = count > 64 ? many_bytes.data() : bytes_of;
       const float** ptrs = count > 64 ? many.data() : sources;
+      const uint16_t** bits = count > 64 ? many_bits.data() : bits_of;
       size_t sum = 0;
       read_error.run([&] {
         for (size_t k = 0, at = 0; k < count; ++k) {
           bytes[k] = source_range_bytes(inputs[k], t.shape, first + group_first, group_len, group_bytes + at);
           at += group_len * (dtype_bits(inputs[k].input->info->dtype) / 8);
-          ptrs[k] = scratch + k * chunk;
+          if (!bf16_bits) ptrs[k] = scratch + k * chunk;
         }
         for (size_t c = cb; c < ce; ++c) {
           const size_t lo = c * chunk, len = std::min(chunk, total - lo);
+          if (bf16_bits) {
+            for (size_t k = 0; k < count; ++k) {
+              bits[k] = reinterpret_cast<const uint16_t*>(bytes[k] + (lo - group_first) * 2);
+            }
+            sum += body(first + lo, len, static_cast<const float* const*>(nullptr), static_cast<float*>(nullptr), bits);
+            continue;
+          }
           for (size_t k = 0; k < count; ++k) {
             const DType dtype = inputs[k].input->info->dtype;
             float* dst = scratch + k * chunk;
@@ -292,7 +311,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
               load_range(inputs[k], t.shape, t.compute_dtype, first + lo, len, dst);
             }
           }
-          sum += body(first + lo, len, ptrs, scratch + count * chunk);
+          sum += body(first + lo, len, ptrs, scratch + count * chunk, static_cast<const uint16_t* const*>(nullptr));
         }
       });
       return sum;
@@ -304,9 +323,14 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
     std::vector<double> partial(chunks * sums, 0.0);
     for_each_chunk(0, static_cast<size_t>(n), kDefaultGrain,
-                   [&](uint64_t begin, size_t len, const float* const* sources, float*) -> size_t {
-      merge.chunk_sums(sources, len, partial.data() + begin / kDefaultGrain * sums);
-      return 0;
+                   [&](uint64_t begin, size_t len, const float* const* sources, float*, const uint16_t* const* bits) {
+      double* chunk_partial = partial.data() + begin / kDefaultGrain * sums;
+      if (bits != nullptr) {
+        merge.chunk_sums_bf16(bits, len, chunk_partial);
+      } else {
+        merge.chunk_sums(sources, len, chunk_partial);
+      }
+      return size_t{0};
     });
     set_sums_in_chunk_order(merge, partial);
   }
@@ -327,7 +351,11 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   for (uint64_t first = 0; first < n; first += window) {
     const size_t len = static_cast<size_t>(std::min(window, n - first));
     uint8_t* bytes = behind.buffer(window_bytes);
-    bad += for_each_chunk(first, len, grain, [&](uint64_t begin, size_t count, const float* const* sources, float* out) {
+    bad += for_each_chunk(first, len, grain, [&](uint64_t begin, size_t count, const float* const* sources, float* out,
+                                                 const uint16_t* const* bits) {
+      if (bits != nullptr) {  // bf16_bits: out_dtype is the compute dtype, so nothing can overflow
+        return merge.merge_chunk_bf16(bits, begin, count, reinterpret_cast<uint16_t*>(bytes + (begin - first) * 2));
+      }
       const size_t chunk_bad = merge.merge_chunk(sources, begin, count, out);
       if (narrowing) overflows += overflow_on_store(t.out_dtype, out, count, clamp_overflow);
       store_from_f32(out, count, t.out_dtype, bytes + (begin - first) * element_bytes);

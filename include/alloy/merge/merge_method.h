@@ -100,6 +100,17 @@ class ChunkedMerge {
   // or infinite (the caller refuses the tensor then).
   virtual size_t merge_chunk(const float* const* sources, size_t begin, size_t len,
                              float* out) const = 0;
+
+  // Steps 1 and 2 on bfloat16 bits, for a tensor whose sources, compute dtype and output dtype are
+  // all bfloat16: the executor hands over the sources' bytes as read and takes the output's bytes,
+  // with no float32 rows in between (converting them in and out cost as much as a linear merge's
+  // arithmetic). Each gives the bits of its float32 form: a bf16 value is the float32 with a zero
+  // low half, and merge_chunk's outputs, rounded to bf16, are stored by dropping that zero half
+  // (NaN as 0x7FC0 either way). merges_bf16(): whether the merge has these forms; the executor
+  // calls them only then (the defaults throw std::logic_error).
+  virtual bool merges_bf16() const { return false; }
+  virtual void chunk_sums_bf16(const uint16_t* const* sources, size_t len, double* partial) const;
+  virtual size_t merge_chunk_bf16(const uint16_t* const* sources, size_t begin, size_t len, uint16_t* out) const;
 };
 
 // Step 1's combine: adds the per-chunk partial sums (sum_count() values per chunk, chunk after

@@ -28,9 +28,11 @@ Normalize normalize_step(bool normalize, float weight_sum, float* factor) {
   return Normalize::kMultiply;
 }
 
-// One chunk of the merge: its inputs and the prepared weights.
+// One chunk of the merge: its inputs (float32 rows, or bf16 rows: source_value) and the prepared
+// weights.
+template <class In>
 struct LinearBlocks {
-  const float* const* inputs;
+  const In* const* inputs;
   const float* weights;
   size_t count;
   Normalize normalize;
@@ -41,44 +43,47 @@ struct LinearBlocks {
 // With the model count N known at compile time, each sum stays in a register; otherwise (N == 0)
 // the models go in the outer loop and the sums through acc. No dependence crosses elements: the
 // merge may run in place (o equal to x_0), every element's inputs being read before it is written.
-template <class R, size_t N>
-[[gnu::always_inline]] inline void block_sums(const LinearBlocks& chunk, size_t b0, size_t block, float* acc,
+template <class R, size_t N, class In>
+[[gnu::always_inline]] inline void block_sums(const LinearBlocks<In>& chunk, size_t b0, size_t block, float* acc,
                                               float* o) {
   const R rnd;
   if constexpr (N > 0) {
-    const float* x[N];
+    const In* x[N];
     float w[N];
     for (size_t k = 0; k < N; ++k) x[k] = chunk.inputs[k] + b0, w[k] = chunk.weights[k];
 #pragma GCC ivdep
     for (size_t j = 0; j < block; ++j) {
       float sum = 0.0f;
-      for (size_t k = 0; k < N; ++k) sum += rnd(w[k] * x[k][j]);
+      for (size_t k = 0; k < N; ++k) sum += rnd(w[k] * source_value(x[k], j));
       o[j] = rnd(sum);
     }
   } else {
     std::fill(acc, acc + block, 0.0f);
     for (size_t k = 0; k < chunk.count; ++k) {
       const float w = chunk.weights[k];
-      const float* x = chunk.inputs[k] + b0;
-      for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * x[j]);
+      const In* x = chunk.inputs[k] + b0;
+      for (size_t j = 0; j < block; ++j) acc[j] += rnd(w * source_value(x, j));
     }
     for (size_t j = 0; j < block; ++j) o[j] = rnd(acc[j]);
   }
 }
 
 // Blocks of elements: the sums (block_sums), then normalize, then the count of non-finite
-// outputs, each a loop that vectorises. Returns that count.
-template <class R, size_t N>
-[[gnu::always_inline]] inline size_t linear_blocks(const LinearBlocks& chunk, size_t len, float* out) {
+// outputs, each a loop that vectorises; bf16 outputs (Out = uint16_t) are merged into a float32
+// block on the stack and stored from it. Returns that count.
+template <class R, size_t N, class In, class Out>
+[[gnu::always_inline]] inline size_t linear_blocks(const LinearBlocks<In>& chunk, size_t len, Out* out) {
   constexpr size_t kBlock = 512;
   const R rnd;
   const Normalize normalize = chunk.normalize;
   const float factor = chunk.factor;
   size_t bad = 0;
   float acc[kBlock];
+  float merged[kBlock];
   for (size_t b0 = 0; b0 < len; b0 += kBlock) {
     const size_t block = std::min(kBlock, len - b0);
-    float* o = out + b0;
+    float* o = merged;
+    if constexpr (std::is_same_v<Out, float>) o = out + b0;
     block_sums<R, N>(chunk, b0, block, acc, o);
     if (normalize == Normalize::kDivide) {
       for (size_t j = 0; j < block; ++j) o[j] = rnd(o[j] / factor);
@@ -86,14 +91,15 @@ template <class R, size_t N>
       for (size_t j = 0; j < block; ++j) o[j] = rnd(o[j] * factor);
     }
     bad += chunk_non_finite(o, block);
+    if constexpr (std::is_same_v<Out, uint16_t>) store_rounded_bf16(o, block, out + b0);
   }
   return bad;
 }
 
 // linear_blocks for the model count: two and three models (the usual recipes) with the sums in
 // registers, any other count through the generic form.
-template <class R>
-[[gnu::always_inline]] inline size_t linear_any(const LinearBlocks& chunk, size_t len, float* out) {
+template <class R, class In, class Out>
+[[gnu::always_inline]] inline size_t linear_any(const LinearBlocks<In>& chunk, size_t len, Out* out) {
   switch (chunk.count) {
     case 2: return linear_blocks<R, 2>(chunk, len, out);
     case 3: return linear_blocks<R, 3>(chunk, len, out);
@@ -102,14 +108,18 @@ template <class R>
 }
 
 // linear_any per compute dtype, one clone per instruction set (ALLOY_ELEMENT_KERNEL).
-ALLOY_ELEMENT_KERNEL size_t linear_blocks_f32(const LinearBlocks& chunk, size_t len, float* out) {
+ALLOY_ELEMENT_KERNEL size_t linear_blocks_f32(const LinearBlocks<float>& chunk, size_t len, float* out) {
   return linear_any<RoundF32>(chunk, len, out);
 }
-ALLOY_ELEMENT_KERNEL size_t linear_blocks_bf16(const LinearBlocks& chunk, size_t len, float* out) {
+ALLOY_ELEMENT_KERNEL size_t linear_blocks_bf16(const LinearBlocks<float>& chunk, size_t len, float* out) {
   return linear_any<RoundBF16>(chunk, len, out);
 }
-ALLOY_ELEMENT_KERNEL size_t linear_blocks_f16(const LinearBlocks& chunk, size_t len, float* out) {
+ALLOY_ELEMENT_KERNEL size_t linear_blocks_f16(const LinearBlocks<float>& chunk, size_t len, float* out) {
   return linear_any<RoundF16>(chunk, len, out);
+}
+// bf16 rows in, bf16 bits out (ChunkedMerge::merge_chunk_bf16).
+ALLOY_BF16_BITS_KERNEL size_t linear_blocks_bf16_bits(const LinearBlocks<uint16_t>& chunk, size_t len, uint16_t* out) {
+  return linear_any<RoundBF16>(chunk, len, out);
 }
 
 class LinearMethod final : public MergeMethod {
@@ -145,10 +155,19 @@ class LinearMethod final : public MergeMethod {
     }
 
     size_t merge_chunk(const float* const* inputs, size_t, size_t len, float* out) const override {
-      const LinearBlocks blocks{inputs, weights_.data(), weights_.size(), step_, factor_};
+      const LinearBlocks<float> blocks{inputs, weights_.data(), weights_.size(), step_, factor_};
       if constexpr (std::is_same_v<R, RoundBF16>) return linear_blocks_bf16(blocks, len, out);
       if constexpr (std::is_same_v<R, RoundF16>) return linear_blocks_f16(blocks, len, out);
       return linear_blocks_f32(blocks, len, out);
+    }
+    bool merges_bf16() const override { return std::is_same_v<R, RoundBF16>; }
+    size_t merge_chunk_bf16(const uint16_t* const* inputs, size_t, size_t len, uint16_t* out) const override {
+      if constexpr (std::is_same_v<R, RoundBF16>) {
+        const LinearBlocks<uint16_t> blocks{inputs, weights_.data(), weights_.size(), step_, factor_};
+        return linear_blocks_bf16_bits(blocks, len, out);
+      } else {
+        return ChunkedMerge::merge_chunk_bf16(inputs, 0, len, out);
+      }
     }
 
    private:

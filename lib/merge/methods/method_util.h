@@ -41,6 +41,9 @@
 // BW, DQ, VL), since the 64-bit multiply (vpmullq) is AVX-512DQ; with F alone GCC builds it from
 // three 32-bit multiplies (the DARE draws: 2.4x slower).
 #define ALLOY_INTEGER_KERNEL __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+// And for kernels that read or write bf16 bits (ChunkedMerge::merge_chunk_bf16): 16-bit lanes in
+// 512-bit registers need AVX-512BW; with F alone GCC ran the whole loop in 256-bit vectors.
+#define ALLOY_BF16_BITS_KERNEL __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 
 namespace alloy::detail {
 
@@ -168,6 +171,19 @@ inline size_t is_non_finite(float x) {
     bad += block_bad;
   }
   return bad;
+}
+
+// Element j of a source row for the element kernels, as float32: a float32 row's value, or a bf16
+// row's bits widened (exact; ChunkedMerge::merge_chunk_bf16).
+[[gnu::always_inline]] inline float source_value(const float* row, size_t j) { return row[j]; }
+[[gnu::always_inline]] inline float source_value(const uint16_t* row, size_t j) {
+  return bits_to_float(uint32_t(row[j]) << 16);
+}
+
+// Stores n merged values, each already rounded by RoundBF16, as bf16 bits: the high halves, since
+// the low halves are zero (a NaN is 0x7FC00000, whose high half is f32_to_bf16's NaN).
+[[gnu::always_inline]] inline void store_rounded_bf16(const float* v, size_t n, uint16_t* out) {
+  for (size_t j = 0; j < n; ++j) out[j] = static_cast<uint16_t>(float_to_bits(v[j]) >> 16);
 }
 
 // sum of term(j) for j in [0, len) in double, with four interleaved accumulators (a fixed order,

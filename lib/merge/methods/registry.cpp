@@ -2,6 +2,7 @@
 // static library would silently drop), looked up by name; and the helpers of method_util.h.
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 
 #include "alloy/core/parallel.h"
 #include "method_util.h"
@@ -22,6 +23,14 @@ void set_sums_in_chunk_order(ChunkedMerge& merge, const std::vector<double>& par
     for (size_t j = 0; j < sums; ++j) total[j] += partial[at + j];
   }
   merge.set_sums(total.data());
+}
+
+void ChunkedMerge::chunk_sums_bf16(const uint16_t* const*, size_t, double*) const {
+  throw std::logic_error("chunk_sums_bf16 called on a merge without a bf16 form");
+}
+
+size_t ChunkedMerge::merge_chunk_bf16(const uint16_t* const*, size_t, size_t, uint16_t*) const {
+  throw std::logic_error("merge_chunk_bf16 called on a merge without a bf16 form");
 }
 
 void run_chunked(ChunkedMerge& merge, const MergeContext& ctx, const char* method, float* out,

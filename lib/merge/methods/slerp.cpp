@@ -9,6 +9,7 @@
 // the trigonometry in double, rounds the two coefficients to float32 and does the element
 // arithmetic in float32: within 1 ulp of mergekit (the reduction order and libm differ). t = 0 and
 // t = 1 give the endpoints exactly (s0, s1 are exactly 1 and 0).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -19,37 +20,54 @@
 namespace alloy::detail {
 namespace {
 
-// The element step of slerp: out = rnd(s0 * a + s1 * b).
+// The element step of slerp: out = rnd(s0 * a + s1 * b), on float32 rows or bf16 rows
+// (source_value).
+template <class In>
 struct Blend {
-  const float* a;
-  const float* b;
+  const In* a;
+  const In* b;
   float s0, s1;
 };
 
-// Returns the number of non-finite outputs.
-template <class R>
-[[gnu::always_inline]] inline size_t blend_elements(const Blend& blend, size_t len, float* out) {
-  const float* a = blend.a;
-  const float* b = blend.b;
+// Returns the number of non-finite outputs. bf16 outputs (Out = uint16_t) are blended into a
+// float32 block on the stack and stored from it.
+template <class R, class In, class Out>
+[[gnu::always_inline]] inline size_t blend_elements(const Blend<In>& blend, size_t len, Out* out) {
+  constexpr size_t kBlock = 512;
   const float s0 = blend.s0, s1 = blend.s1;
   const R rnd;
-  for (size_t i = 0; i < len; ++i) {
-    const float first = s0 * a[i];
-    const float second = s1 * b[i];
-    out[i] = rnd(first + second);
+  size_t bad = 0;
+  float merged[kBlock];
+  for (size_t b0 = 0; b0 < len; b0 += kBlock) {
+    const size_t block = std::min(kBlock, len - b0);
+    const In* a = blend.a + b0;
+    const In* b = blend.b + b0;
+    float* o = merged;
+    if constexpr (std::is_same_v<Out, float>) o = out + b0;
+    for (size_t i = 0; i < block; ++i) {
+      const float first = s0 * source_value(a, i);
+      const float second = s1 * source_value(b, i);
+      o[i] = rnd(first + second);
+    }
+    bad += chunk_non_finite(o, block);
+    if constexpr (std::is_same_v<Out, uint16_t>) store_rounded_bf16(o, block, out + b0);
   }
-  return chunk_non_finite(out, len);
+  return bad;
 }
 
 // blend_elements per compute dtype, one clone per instruction set (ALLOY_ELEMENT_KERNEL).
-ALLOY_ELEMENT_KERNEL size_t blend_f32(const Blend& blend, size_t len, float* out) {
+ALLOY_ELEMENT_KERNEL size_t blend_f32(const Blend<float>& blend, size_t len, float* out) {
   return blend_elements<RoundF32>(blend, len, out);
 }
-ALLOY_ELEMENT_KERNEL size_t blend_bf16(const Blend& blend, size_t len, float* out) {
+ALLOY_ELEMENT_KERNEL size_t blend_bf16(const Blend<float>& blend, size_t len, float* out) {
   return blend_elements<RoundBF16>(blend, len, out);
 }
-ALLOY_ELEMENT_KERNEL size_t blend_f16(const Blend& blend, size_t len, float* out) {
+ALLOY_ELEMENT_KERNEL size_t blend_f16(const Blend<float>& blend, size_t len, float* out) {
   return blend_elements<RoundF16>(blend, len, out);
+}
+// bf16 rows in, bf16 bits out (ChunkedMerge::merge_chunk_bf16).
+ALLOY_BF16_BITS_KERNEL size_t blend_bf16_bits(const Blend<uint16_t>& blend, size_t len, uint16_t* out) {
+  return blend_elements<RoundBF16>(blend, len, out);
 }
 
 // The three sums of one chunk, |x|^2, |y|^2 and <x, y>, in one pass over x and y. Each keeps
@@ -59,14 +77,26 @@ ALLOY_ELEMENT_KERNEL size_t blend_f16(const Blend& blend, size_t len, float* out
 // Written with vector types: GCC pairs the three scalar forms badly (slower than three passes).
 typedef float Floats4 __attribute__((vector_size(16)));
 typedef double Doubles4 __attribute__((vector_size(32)));
+typedef uint32_t Words4 __attribute__((vector_size(16)));
 
-ALLOY_ELEMENT_KERNEL void slerp_sums(const float* x, const float* y, size_t len, double* partial) {
+// Elements [j, j + 4) of a row as four float lanes (out-parameter: a vector return value changes
+// the ABI between the clones).
+[[gnu::always_inline]] inline void four_values(const float* row, size_t j, Floats4& out) {
+  std::memcpy(&out, row + j, sizeof out);
+}
+[[gnu::always_inline]] inline void four_values(const uint16_t* row, size_t j, Floats4& out) {
+  const Words4 bits = {row[j], row[j + 1], row[j + 2], row[j + 3]};
+  out = Floats4(bits << 16);  // a vector cast keeps the bits
+}
+
+template <class In>
+[[gnu::always_inline]] inline void slerp_sums_of(const In* x, const In* y, size_t len, double* partial) {
   Doubles4 xx = {0, 0, 0, 0}, yy = {0, 0, 0, 0}, xy = {0, 0, 0, 0};
   size_t j = 0;
   for (; j + 4 <= len; j += 4) {
     Floats4 xf, yf;
-    std::memcpy(&xf, x + j, sizeof xf);
-    std::memcpy(&yf, y + j, sizeof yf);
+    four_values(x, j, xf);
+    four_values(y, j, yf);
     const Doubles4 a = __builtin_convertvector(xf, Doubles4);
     const Doubles4 b = __builtin_convertvector(yf, Doubles4);
     xx += a * a;
@@ -74,7 +104,7 @@ ALLOY_ELEMENT_KERNEL void slerp_sums(const float* x, const float* y, size_t len,
     xy += a * b;
   }
   for (size_t k = 0; j < len; ++j, ++k) {
-    const double a = x[j], b = y[j];
+    const double a = source_value(x, j), b = source_value(y, j);
     xx[k] += a * a;
     yy[k] += b * b;
     xy[k] += a * b;
@@ -82,6 +112,13 @@ ALLOY_ELEMENT_KERNEL void slerp_sums(const float* x, const float* y, size_t len,
   partial[0] = (xx[0] + xx[1]) + (xx[2] + xx[3]);
   partial[1] = (yy[0] + yy[1]) + (yy[2] + yy[3]);
   partial[2] = (xy[0] + xy[1]) + (xy[2] + xy[3]);
+}
+
+ALLOY_ELEMENT_KERNEL void slerp_sums(const float* x, const float* y, size_t len, double* partial) {
+  slerp_sums_of(x, y, len, partial);
+}
+ALLOY_BF16_BITS_KERNEL void slerp_sums_bf16_bits(const uint16_t* x, const uint16_t* y, size_t len, double* partial) {
+  slerp_sums_of(x, y, len, partial);
 }
 
 // The chunked form: the sums |a|^2, |b|^2 and <a, b> per chunk (three interleaved-lane sums in
@@ -93,6 +130,10 @@ class SlerpChunk final : public ChunkedMerge {
   size_t sum_count() const override { return 3; }
   void chunk_sums(const float* const* sources, size_t len, double* partial) const override {
     slerp_sums(sources[base_], sources[1 - base_], len, partial);
+  }
+  bool merges_bf16() const override { return std::is_same_v<R, RoundBF16>; }
+  void chunk_sums_bf16(const uint16_t* const* sources, size_t len, double* partial) const override {
+    slerp_sums_bf16_bits(sources[base_], sources[1 - base_], len, partial);
   }
   void set_sums(const double* sums) override {
     const double norm_a = std::sqrt(sums[0]), norm_b = std::sqrt(sums[1]);
@@ -111,10 +152,17 @@ class SlerpChunk final : public ChunkedMerge {
     }
   }
   size_t merge_chunk(const float* const* sources, size_t, size_t len, float* out) const override {
-    const Blend blend{sources[base_], sources[1 - base_], s0_, s1_};
+    const Blend<float> blend{sources[base_], sources[1 - base_], s0_, s1_};
     if constexpr (std::is_same_v<R, RoundBF16>) return blend_bf16(blend, len, out);
     if constexpr (std::is_same_v<R, RoundF16>) return blend_f16(blend, len, out);
     return blend_f32(blend, len, out);
+  }
+  size_t merge_chunk_bf16(const uint16_t* const* sources, size_t, size_t len, uint16_t* out) const override {
+    if constexpr (std::is_same_v<R, RoundBF16>) {
+      return blend_bf16_bits(Blend<uint16_t>{sources[base_], sources[1 - base_], s0_, s1_}, len, out);
+    } else {
+      return ChunkedMerge::merge_chunk_bf16(sources, 0, len, out);
+    }
   }
 
  private:

@@ -1,0 +1,159 @@
+// The merges' bf16-bits forms (ChunkedMerge::merges_bf16, chunk_sums_bf16, merge_chunk_bf16), which
+// the executor runs when the sources, the compute dtype and the output are all bfloat16: each must
+// give the bits of the float32 form followed by the bf16 store, on ordinary values and on every
+// special pattern (NaN payloads, infinities, subnormals, signed zeros, values that overflow).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "alloy/core/dtype.h"
+#include "alloy/core/parallel.h"
+#include "alloy/merge/merge_method.h"
+
+namespace alloy::test {
+namespace {
+
+// n bf16 patterns: mostly normal values of a spread of magnitudes, about one in twenty special.
+std::vector<uint16_t> bf16_patterns(size_t n, uint64_t seed) {
+  static const uint16_t kSpecial[] = {0x7FC0, 0x7FC1, 0xFF81, 0x7F80, 0xFF80, 0x0000, 0x8000, 0x0001,
+                                      0x807F, 0x0040, 0x7F7F, 0xFF7F, 0x0080, 0x3F80};
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<uint16_t> bits(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (gen() % 20 == 0) {
+      bits[i] = kSpecial[gen() % (sizeof kSpecial / sizeof kSpecial[0])];
+    } else {
+      bits[i] = f32_to_bf16(normal(gen) * float(1 << (gen() % 12)));
+    }
+  }
+  return bits;
+}
+
+struct Bf16Case {
+  std::string method;
+  std::vector<std::map<std::string, double>> source_params;
+  std::map<std::string, double> params;
+  int base = -1;
+};
+
+// Runs one case on `sources` (bf16 rows): the float32 form and the bits form over the same chunks,
+// sums first where the merge has them; stops at the first difference. `specials`: the rows hold
+// special patterns, so some outputs must be non-finite.
+void expect_same_bits(const Bf16Case& c, const std::vector<std::vector<uint16_t>>& sources, DType compute,
+                      bool specials = true) {
+  SCOPED_TRACE(c.method + " with " + std::to_string(sources.size()) + " sources, " + dtype_name(compute));
+  const size_t n = sources[0].size();
+  std::vector<std::vector<float>> floats(sources.size(), std::vector<float>(n));
+  for (size_t k = 0; k < sources.size(); ++k) {
+    for (size_t i = 0; i < n; ++i) floats[k][i] = bf16_to_f32(sources[k][i]);
+  }
+  MergeContext ctx;
+  ctx.tensor_name = "model.layers.0.mlp.down_proj.weight";
+  ctx.compute_dtype = compute;
+  ctx.shape = {n};
+  ctx.base_index = c.base;
+  ctx.params = c.params;
+  for (size_t k = 0; k < sources.size(); ++k) {
+    ctx.sources.push_back({floats[k].data(), c.source_params[k], int(k) == c.base, "m" + std::to_string(k)});
+  }
+  const MergeMethod* method = find_merge_method(c.method);
+  ASSERT_NE(method, nullptr);
+  const std::unique_ptr<ChunkedMerge> merge = method->chunked(ctx);
+  ASSERT_EQ(merge->merges_bf16(), compute == DType::BF16);
+  if (!merge->merges_bf16()) return;
+  // Chunks of odd lengths at odd offsets: the kernels' blocks and vector tails everywhere.
+  const size_t chunk = 1237;
+  std::vector<const float*> float_rows(sources.size());
+  std::vector<const uint16_t*> bit_rows(sources.size());
+  auto at = [&](size_t begin) {
+    for (size_t k = 0; k < sources.size(); ++k) float_rows[k] = floats[k].data() + begin, bit_rows[k] = sources[k].data() + begin;
+  };
+  if (const size_t sums = merge->sum_count(); sums > 0) {
+    std::vector<double> partial_floats(sums), partial_bits(sums), total(sums, 0.0);
+    for (size_t begin = 0; begin < n; begin += chunk) {
+      const size_t len = std::min(chunk, n - begin);
+      at(begin);
+      merge->chunk_sums(float_rows.data(), len, partial_floats.data());
+      merge->chunk_sums_bf16(bit_rows.data(), len, partial_bits.data());
+      for (size_t j = 0; j < sums; ++j) {
+        // A NaN sum's sign depends on which operand the compiled addition names first (x86 keeps the
+        // first NaN), which differs between clones; the merge refuses such a tensor either way.
+        if (std::isnan(partial_floats[j]) && std::isnan(partial_bits[j])) continue;
+        ASSERT_EQ(std::memcmp(&partial_floats[j], &partial_bits[j], sizeof(double)), 0)
+            << "sum " << j << " of the chunk at " << begin << ": " << partial_floats[j] << " vs " << partial_bits[j];
+        total[j] += partial_floats[j];
+      }
+    }
+    merge->set_sums(total.data());
+  }
+  std::vector<float> merged(chunk);
+  std::vector<uint16_t> expected(chunk), got(chunk);
+  size_t non_finite = 0;
+  for (size_t begin = 0; begin < n; begin += chunk) {
+    const size_t len = std::min(chunk, n - begin);
+    at(begin);
+    const size_t bad_floats = merge->merge_chunk(float_rows.data(), begin, len, merged.data());
+    store_from_f32(merged.data(), len, DType::BF16, expected.data());
+    const size_t bad_bits = merge->merge_chunk_bf16(bit_rows.data(), begin, len, got.data());
+    ASSERT_EQ(bad_floats, bad_bits) << "non-finite count of the chunk at " << begin;
+    for (size_t i = 0; i < len; ++i) {
+      ASSERT_EQ(expected[i], got[i]) << "element " << begin + i << ": float32 form " << merged[i];
+    }
+    non_finite += bad_bits;
+  }
+  if (specials) {
+    EXPECT_GT(non_finite, 0u);  // the specials reached the outputs
+  }
+  EXPECT_LT(non_finite, n / 2);
+}
+
+std::vector<std::vector<uint16_t>> rows(size_t count, size_t n, uint64_t seed) {
+  std::vector<std::vector<uint16_t>> out;
+  for (size_t k = 0; k < count; ++k) out.push_back(bf16_patterns(n, seed + k));
+  return out;
+}
+
+TEST(MergeBf16Bits, LinearGivesTheFloatFormsBitsForEveryModelCountAndNormalization) {
+  const size_t n = 3 * 1237 + 611;
+  const std::vector<double> weights = {0.571, 0.429, -0.15, 0.45, 0.2};
+  for (size_t count = 1; count <= weights.size(); ++count) {
+    Bf16Case c{"linear", {}, {}, -1};
+    for (size_t k = 0; k < count; ++k) c.source_params.push_back({{"weight", weights[k]}});
+    for (DType compute : {DType::BF16, DType::F32}) expect_same_bits(c, rows(count, n, 100 + count), compute);
+    c.params["normalize"] = 0;  // no division
+    expect_same_bits(c, rows(count, n, 200 + count), DType::BF16);
+  }
+  // Weights summing to 2 (normalize multiplies by 1/2) and to 3 (it divides).
+  Bf16Case twice{"linear", {{{"weight", 1.5}}, {{"weight", 0.5}}}, {}, -1};
+  expect_same_bits(twice, rows(2, n, 300), DType::BF16);
+  Bf16Case thrice{"linear", {{{"weight", 1.0}}, {{"weight", 1.25}}, {{"weight", 0.75}}}, {}, -1};
+  expect_same_bits(thrice, rows(3, n, 400), DType::BF16);
+}
+
+TEST(MergeBf16Bits, SlerpGivesTheFloatFormsSumsAndBits) {
+  const size_t n = 4 * 1237 + 3;
+  for (int base : {0, 1}) {
+    for (double t : {0.4, 0.0, 1.0}) {
+      Bf16Case c{"slerp", {{}, {}}, {{"t", t}}, base};
+      for (DType compute : {DType::BF16, DType::F32}) expect_same_bits(c, rows(2, n, 500 + base), compute);
+    }
+  }
+  // Without specials the sums are finite: the blend's coefficients come from a real angle.
+  auto plain = rows(2, n, 600);
+  for (auto& row : plain) {
+    for (auto& b : row) {
+      if ((b & 0x7F80) == 0x7F80) b = 0x3C00;
+    }
+  }
+  Bf16Case c{"slerp", {{}, {}}, {{"t", 0.3}}, 0};
+  expect_same_bits(c, plain, DType::BF16, false);
+}
+
+}  // namespace
+}  // namespace alloy::test
