@@ -34,6 +34,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 #include "alloy/core/parallel.h"
@@ -170,11 +171,26 @@ class TaskArithmeticMethod final : public MergeMethod {
     }
 
     // Writes out[0, len), output elements [first, first + len), from base[0, len) and xs[m][0,
-    // len); returns the number of non-finite values written. Blocks of elements; every loop runs
-    // over the elements of the block (models outer), so the loops vectorise, and the float32 sums
-    // still add the models in source order. One clone per instruction set (ALLOY_ELEMENT_KERNEL).
+    // len); returns the number of non-finite values written. One clone per instruction set
+    // (ALLOY_ELEMENT_KERNEL); combine_bf16_bits: bf16 rows in, bf16 bits out
+    // (ChunkedMerge::merge_chunk_bf16).
     ALLOY_ELEMENT_KERNEL size_t combine(const float* base, const float* const* xs, size_t first,
                                         size_t len, float* out) const {
+      return combine_blocks(base, xs, first, len, out);
+    }
+    ALLOY_BF16_BITS_KERNEL size_t combine_bf16_bits(const uint16_t* base, const uint16_t* const* xs, size_t first,
+                                                    size_t len, uint16_t* out) const {
+      return combine_blocks(base, xs, first, len, out);
+    }
+
+   private:
+    // combine's blocks of elements; every loop runs over the elements of the block (models outer),
+    // so the loops vectorise, and the float32 sums still add the models in source order. Rows of
+    // float32 values or of bf16 bits (source_value); bf16 outputs are combined into a float32
+    // block on the stack and stored from it.
+    template <class In, class Out>
+    [[gnu::always_inline]] inline size_t combine_blocks(const In* base, const In* const* xs, size_t first,
+                                                        size_t len, Out* out) const {
       const R rnd;
       constexpr size_t kBlock = 256;
       const size_t count = inputs_.size();
@@ -189,18 +205,18 @@ class TaskArithmeticMethod final : public MergeMethod {
       std::unique_ptr<float[]> many_weighted;
       if (count > kInlineModels) many_weighted.reset(new float[count * kBlock]);
       float* const weighted = count > kInlineModels ? many_weighted.get() : inline_weighted;
-      float sign[kBlock], mixed[kBlock], divisor[kBlock];
+      float sign[kBlock], mixed[kBlock], divisor[kBlock], merged[kBlock];
       uint32_t keep[kBlock];  // a model's mask rule for the block, as all-ones / zero words
       size_t bad = 0;
       for (size_t b0 = 0; b0 < len; b0 += kBlock) {
         const size_t block = std::min(kBlock, len - b0);
-        const float* b = base + b0;
+        const In* b = base + b0;
         // v_m = rnd(sparsified(delta_m) * wD(w_m)), delta_m = rnd(x_m - base).
         for (size_t m = 0; m < count; ++m) {
           const TaskVectorInput& in = inputs_[m];
-          const float* x = xs[m] + b0;
+          const In* x = xs[m] + b0;
           float* v = weighted + m * kBlock;
-          for (size_t j = 0; j < block; ++j) v[j] = rnd(x[j] - b[j]);
+          for (size_t j = 0; j < block; ++j) v[j] = rnd(source_value(x, j) - source_value(b, j));
           if (in.mask.active) {
             in.mask.keep_words(v, first + b0, block, keep);
             for (size_t j = 0; j < block; ++j) v[j] = and_bits(v[j], keep[j]);
@@ -253,7 +269,8 @@ class TaskArithmeticMethod final : public MergeMethod {
         }
         // The same operations per element as rnd(b + rnd(rnd(rnd(mixed) / divisor) * lambda)),
         // one loop per step so that each vectorises (a branch inside the loop kept it scalar).
-        float* o = out + b0;
+        float* o = merged;
+        if constexpr (std::is_same_v<Out, float>) o = out + b0;
         for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j]);
         if (normalize) {
           for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j] / divisor[j]);
@@ -261,13 +278,13 @@ class TaskArithmeticMethod final : public MergeMethod {
         if (lambda != 1.0) {
           for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j] * lambda_d);
         }
-        for (size_t j = 0; j < block; ++j) o[j] = rnd(b[j] + mixed[j]);
+        for (size_t j = 0; j < block; ++j) o[j] = rnd(source_value(b, j) + mixed[j]);
         bad += chunk_non_finite(o, block);
+        if constexpr (std::is_same_v<Out, uint16_t>) store_rounded_bf16(o, block, out + b0);
       }
       return bad;
     }
 
-   private:
     std::vector<TaskVectorInput> inputs_;
     size_t base_index_;
     bool consensus_;
@@ -310,19 +327,30 @@ class TaskArithmeticMethod final : public MergeMethod {
         if (base != out) std::memcpy(out, base, len * sizeof(float));
         return chunk_non_finite(out, len);
       }
-      const float* xs[kMaxInline];
-      std::vector<const float*> many;
-      const float** x = xs;
-      if (others_.size() > kMaxInline) {
-        many.resize(others_.size());
-        x = many.data();
-      }
-      for (size_t m = 0; m < others_.size(); ++m) x[m] = sources[others_[m]];
-      return combiner_.combine(base, x, begin, len, out);
+      return with_others(sources, [&](const float* const* x) { return combiner_.combine(base, x, begin, len, out); });
+    }
+    // Without task vectors the base passes through merge_chunk alone.
+    bool merges_bf16() const override { return std::is_same_v<R, RoundBF16> && !others_.empty(); }
+    size_t merge_chunk_bf16(const uint16_t* const* sources, size_t begin, size_t len, uint16_t* out) const override {
+      if (!merges_bf16()) return ChunkedMerge::merge_chunk_bf16(sources, begin, len, out);
+      const uint16_t* base = sources[combiner_.base_index()];
+      return with_others(sources, [&](const uint16_t* const* x) {
+        return combiner_.combine_bf16_bits(base, x, begin, len, out);
+      });
     }
 
    private:
     static constexpr size_t kMaxInline = 16;
+    // fn(rows of the other models among `sources`, in others_' order), on the stack up to
+    // kMaxInline models.
+    template <class T, class Fn>
+    size_t with_others(const T* const* sources, Fn&& fn) const {
+      const T* inline_rows[kMaxInline];
+      std::vector<const T*> many(others_.size() > kMaxInline ? others_.size() : 0);
+      const T** x = many.empty() ? inline_rows : many.data();
+      for (size_t m = 0; m < others_.size(); ++m) x[m] = sources[others_[m]];
+      return fn(x);
+    }
     Combiner<R> combiner_;
     std::vector<size_t> others_;
     std::vector<SparsifyOptions> options_;  // per model in others_
