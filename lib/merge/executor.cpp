@@ -50,9 +50,13 @@ class BufferPool {
   uint8_t* bytes(size_t slot, uint64_t count) {
     return reinterpret_cast<uint8_t*>(get(slot, static_cast<size_t>((count + 3) / 4)));
   }
+  // The sources held for a merge with a sums pass (hold_sources): grown to the largest held
+  // tensor, in huge pages, so that its first touch costs a few faults instead of one per 4 KiB.
+  PageBuffer& held_sources() { return held_sources_; }
 
  private:
   std::vector<std::vector<float>> buffers_;
+  PageBuffer held_sources_;
 };
 
 // The LoRA adapter applied to model `m`, or null (plans built by hand may have no adapter list).
@@ -219,6 +223,39 @@ void read_whole(const MergePlan& plan, const PlannedSource& s, const ModelTensor
   }
 }
 
+// Reads the sources of a tensor into `held` (chunks of kDefaultGrain elements in parallel, a few per
+// pread) and points their `whole` there, when every source has the planned shape and no whole
+// bytes yet, and all of them fit detail::held_source_bytes() together; else does nothing. A read
+// error is recorded in `errors`.
+void hold_sources(const PlannedTensor& t, std::vector<SourceBytes>& inputs, PageBuffer& held_buffer,
+                  FirstError& errors) {
+  uint64_t total = 0;
+  for (const SourceBytes& source : inputs) {
+    const TensorInfo& info = *source.input->info;
+    if (source.whole != nullptr || info.shape != t.shape) return;
+    total += info.nbytes();
+  }
+  if (total == 0 || total > detail::held_source_bytes()) return;
+  uint8_t* held = held_buffer.reserve(static_cast<size_t>(total));
+  const uint64_t n = numel(t.shape);
+  const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
+  uint64_t at = 0;
+  for (SourceBytes& source : inputs) {
+    const TensorInfo& info = *source.input->info;
+    const uint64_t element_bytes = dtype_bits(info.dtype) / 8;
+    uint8_t* dst = held + at;
+    const size_t group = chunks_per_read(static_cast<size_t>(element_bytes * kDefaultGrain));
+    parallel_for(chunks, group, [&](size_t cb, size_t ce) {
+      errors.run([&] {
+        const uint64_t begin = cb * kDefaultGrain, end = std::min<uint64_t>(n, ce * kDefaultGrain);
+        source.input->shard->read(info, begin * element_bytes, (end - begin) * element_bytes, dst + begin * element_bytes);
+      });
+    });
+    source.whole = dst;
+    at += info.nbytes();
+  }
+}
+
 void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx, ChunkedMerge& merge,
                    BufferPool& pool, WriteBehind& behind, const EmitBytes& emit, bool clamp_overflow,
                    const std::vector<SourceBytes>* given) {
@@ -238,6 +275,12 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     inputs.push_back(source);
   }
   FirstError read_error;
+  // A merge with a sums pass reads every source twice (the sums, then the output). Where the
+  // sources fit detail::held_source_bytes() together they are read once, in parallel, into a held
+  // buffer, and both passes convert from it: the second copy out of the page cache cost a slerp
+  // as much as its arithmetic.
+  if (merge.sum_count() > 0 && given == nullptr) hold_sources(t, inputs, pool.held_sources(), read_error);
+  read_error.rethrow();
   // Whole-tensor work first (the sparsified task-arithmetic methods' streaming passes,
   // lib/merge/methods/sparsify.h): any range of any source, read from its bytes as the chunks are.
   merge.prepare([&](size_t k, uint64_t begin, size_t len, float* dst) {

@@ -7,6 +7,8 @@
 // window over the member tensors. Small chunks inside a larger window exercise the grouped reads.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include <nlohmann/json.hpp>
 
 #include "alloy/core/sha256.h"
@@ -27,6 +29,7 @@ class OutputWindow : public ::testing::Test {
   void TearDown() override {
     detail::set_output_window(0);
     detail::set_stream_grain(0);
+    detail::set_held_source_bytes(0);
   }
 };
 
@@ -69,24 +72,28 @@ TEST_F(OutputWindow, TensorsLargerThanTheWindowAreWrittenBitIdentically) {
       for (const bool fused : {false, true}) {
         if (fused && family == ModelFamily::kLlama) continue;
         std::map<std::string, std::string> reference;
-        // (window, grain): a window of 1000 with chunks of 61 reads up to four chunks of every
-        // source at once (the executor's grouped reads) and ends on a short group.
-        const std::pair<size_t, size_t> settings[] = {{0, 0}, {7, 61}, {1000, 0}, {1000, 61}};
-        for (const auto& [window, grain] : settings) {
+        // (window, grain, held bytes): a window of 1000 with chunks of 61 reads up to four chunks
+        // of every source at once (the executor's grouped reads) and ends on a short group. By
+        // default slerp's sources are held for its two passes; with a limit of 1 byte nothing is,
+        // and both passes read the file.
+        const std::tuple<size_t, size_t, uint64_t> settings[] = {{0, 0, 0}, {7, 61, 0}, {1000, 0, 0}, {1000, 61, 0},
+                                                                 {0, 0, 1}, {7, 61, 1}};
+        for (const auto& [window, grain, held] : settings) {
           detail::set_output_window(window);
           detail::set_stream_grain(grain);
+          detail::set_held_source_bytes(held);
           PlanOptions po;
           po.base_dir = models;
           MergeOptions mo;
           mo.out_dir = models / ("out-" + method + (fused ? "-fused-" : "-") + std::to_string(window) + "-" +
-                                 std::to_string(grain));
+                                 std::to_string(grain) + "-" + std::to_string(held));
           mo.shard_bytes = 4000;  // several shards, tensors out of their file's order
           mo.fuse_moe_experts = fused;
           mo.hash_inputs = false;
           run_merge(plan_merge(parse_recipe(yaml, method + ".yml"), po), mo);
           const auto files = merged_files(mo.out_dir);
           EXPECT_GT(files.size(), 3u) << method;
-          if (window == 0) {
+          if (window == 0 && held == 0) {
             reference = files;
             continue;
           }
@@ -94,7 +101,7 @@ TEST_F(OutputWindow, TensorsLargerThanTheWindowAreWrittenBitIdentically) {
             const auto it = files.find(name);
             ASSERT_NE(it, files.end()) << name;
             EXPECT_TRUE(it->second == bytes) << models.filename() << " " << method << (fused ? " fused" : "")
-                                             << " window " << window << " grain " << grain << ": " << name
+                                             << " window " << window << " grain " << grain << " held " << held << ": " << name
                                              << " differs";
           }
         }

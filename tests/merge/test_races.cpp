@@ -40,11 +40,15 @@ void make_family(const fs::path& dir) {
   base.output.overwrite = true;
   alloy::synth_family(dir, base, 2, 1, alloy::FineTuneOptions{});
   write_bytes(dir / "linear.yml", kRecipe);
+  // Two passes over the sources, which the executor holds in memory between them.
+  write_bytes(dir / "slerp.yml",
+              "merge_method: slerp\nbase_model: ft_1\nmodels: [ft_1, ft_2]\nparameters: {t: 0.4}\ndtype: bfloat16\n");
 }
 
-std::string merge_command(const fs::path& dir, const fs::path& out, const std::string& flags = "") {
-  return "cd '" + dir.string() + "' && exec '" + alloy::test::bin("alloy-merge") + "' -q " + flags +
-         " linear.yml '" + out.string() + "'";
+std::string merge_command(const fs::path& dir, const fs::path& out, const std::string& flags = "",
+                          const std::string& recipe = "linear.yml") {
+  return "cd '" + dir.string() + "' && exec '" + alloy::test::bin("alloy-merge") + "' -q " + flags + " " + recipe +
+         " '" + out.string() + "'";
 }
 
 // alloy-merge started in the background, paused at `point` (test_hooks.h) once running.
@@ -200,19 +204,22 @@ TEST_F(Races, OverwriteOntoAnInputOrItsParentIsRefused) {
 }
 
 TEST_F(Races, TruncatedInputIsAnErrorNotASignal) {
-  TempDir copy;
-  make_family(copy.path());
-  const fs::path out = scratch_ / "out";
-  PausedMerge merge(merge_command(copy.path(), out), "after-first-tensor", scratch_.path());
-  ASSERT_TRUE(merge.wait_paused()) << merge.log();
-  fs::resize_file(copy / "ft_2" / "model.safetensors", 4096);
-  merge.resume();
-  const int status = merge.finish();
-  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
-  EXPECT_NE(WEXITSTATUS(status), 0);
-  EXPECT_NE(merge.log().find("changed while alloy was reading it"), std::string::npos) << merge.log();
-  EXPECT_FALSE(fs::exists(out));
-  EXPECT_TRUE(leftovers(scratch_.path()).empty());
+  for (const char* recipe : {"linear.yml", "slerp.yml"}) {
+    SCOPED_TRACE(recipe);
+    TempDir copy;
+    make_family(copy.path());
+    const fs::path out = scratch_ / "out";
+    PausedMerge merge(merge_command(copy.path(), out, "", recipe), "after-first-tensor", scratch_.path());
+    ASSERT_TRUE(merge.wait_paused()) << merge.log();
+    fs::resize_file(copy / "ft_2" / "model.safetensors", 4096);
+    merge.resume();
+    const int status = merge.finish();
+    ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
+    EXPECT_NE(WEXITSTATUS(status), 0);
+    EXPECT_NE(merge.log().find("changed while alloy was reading it"), std::string::npos) << merge.log();
+    EXPECT_FALSE(fs::exists(out));
+    EXPECT_TRUE(leftovers(scratch_.path()).empty());
+  }
 }
 
 // Runs alloy-merge FLAGS on a copy of the family (with `prime`: its digests cached in DIR, passed

@@ -60,6 +60,7 @@ namespace {
 
 std::atomic<size_t> g_stream_grain{0};
 std::atomic<size_t> g_output_window{0};
+std::atomic<uint64_t> g_held_source_bytes{0};  // set_held_source_bytes
 
 thread_local std::vector<float> t_run;  // one run of x, then one of base (streamed views)
 
@@ -965,6 +966,13 @@ void set_output_window(size_t elements) { g_output_window = elements; }
 size_t output_window() {
   const size_t window = g_output_window.load(std::memory_order_relaxed);
   return window == 0 ? kOutputWindow : window;
+}
+
+void set_held_source_bytes(uint64_t bytes) { g_held_source_bytes = bytes; }
+
+uint64_t held_source_bytes() {
+  const uint64_t bytes = g_held_source_bytes.load(std::memory_order_relaxed);
+  return bytes == 0 ? kHeldSourceBytes : bytes;
 }
 
 SelectionBracketCounts selection_bracket_counts() {

@@ -95,6 +95,16 @@ inline constexpr size_t kOutputWindow = size_t{32} * kDefaultGrain;
 void set_output_window(size_t elements);
 size_t output_window();
 
+// The most bytes of source tensors the executor holds in memory for a merge with a sums pass
+// (slerp and its kin, ChunkedMerge::sum_count): when a tensor's sources fit together, they are
+// read once, in parallel, and both passes convert from memory instead of reading everything
+// twice. Default kHeldSourceBytes (256 MiB: a 7B model's attention and smaller tensors, a small
+// model's every tensor; the bytes are held in huge pages and reused). Changes no output byte:
+// tests set 1 so that nothing is held. 0 restores the default.
+inline constexpr uint64_t kHeldSourceBytes = uint64_t{256} << 20;
+void set_held_source_bytes(uint64_t bytes);
+uint64_t held_source_bytes();
+
 // For tests: how many selections so far counted only a bracket of histogram bins around their cuts
 // (tensors of at least 2^20 entries), and how many brackets missed a cut, so that every bin was
 // counted after all (the results are the same either way; only the time differs).
