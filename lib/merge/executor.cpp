@@ -275,34 +275,55 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     inputs.push_back(source);
   }
   FirstError read_error;
-  // A merge with a sums pass reads every source twice (the sums, then the output). Where the
-  // sources fit detail::held_source_bytes() together they are read once, in parallel, into a held
-  // buffer, and both passes convert from it: the second copy out of the page cache cost a slerp
-  // as much as its arithmetic.
-  if (merge.sum_count() > 0 && given == nullptr) hold_sources(t, inputs, pool.held_sources(), read_error);
+  // A merge with a sums pass, or a prepare() that reads the sources, reads every source twice or
+  // more (the sums or the selection passes, then the output). Where the sources fit
+  // detail::held_source_bytes() together they are read once, in parallel, into a held buffer, and
+  // every pass converts from it: the second copy out of the page cache cost a slerp as much as its
+  // arithmetic, and a TIES merge a fifth of its CPU time.
+  const bool reads_twice = merge.sum_count() > 0 || merge.prepare_reads_sources();
+  if (reads_twice && given == nullptr) hold_sources(t, inputs, pool.held_sources(), read_error);
   read_error.rethrow();
+  // bf16 sources, each one run of bytes (not cropped), merged in bf16: their bytes are the values
+  // the merge computes with, and its passes can read them with no float32 rows in between.
+  bool bf16_sources = t.compute_dtype == DType::BF16;
+  for (const SourceBytes& source : inputs) {
+    bf16_sources = bf16_sources && source.input->info->dtype == DType::BF16 &&
+                   source.input->info->shape == t.shape;
+  }
   // Whole-tensor work first (the sparsified task-arithmetic methods' streaming passes,
-  // lib/merge/methods/sparsify.h): any range of any source, read from its bytes as the chunks are.
-  merge.prepare([&](size_t k, uint64_t begin, size_t len, float* dst) {
+  // lib/merge/methods/sparsify.h): any range of any source, read from its bytes as the chunks are
+  // (as float32 rows, or as the bytes themselves where the sources are bf16: prepare_bf16).
+  const SourceRangeLoader load = [&](size_t k, uint64_t begin, size_t len, float* dst) {
     bool loaded = false;
     read_error.run([&] {
       load_range(inputs[k], t.shape, t.compute_dtype, begin, len, dst);
       loaded = true;
     });
     if (!loaded) std::fill(dst, dst + len, 0.0f);
-  });
+  };
+  if (bf16_sources) {
+    merge.prepare_bf16(
+        load, [&](size_t k, uint64_t begin, size_t len, uint16_t* scratch) -> const uint16_t* {
+          const uint8_t* bytes = nullptr;
+          read_error.run([&] {
+            bytes = source_range_bytes(inputs[k], t.shape, begin, len,
+                                       reinterpret_cast<uint8_t*>(scratch));
+          });
+          if (bytes != nullptr) return reinterpret_cast<const uint16_t*>(bytes);
+          std::fill(scratch, scratch + len, uint16_t{0});
+          return scratch;
+        });
+  } else {
+    merge.prepare(load);
+  }
   read_error.rethrow();
   // The merge's chunks: the sums pass needs the fixed kDefaultGrain chunks (its partial sums are
   // added in their order); an element-wise merge takes any length (the streaming grain, which
   // tests make small and odd).
   const size_t grain = merge.sum_count() > 0 ? kDefaultGrain : detail::stream_grain();
   // bf16 in, bf16 out, and a merge with kernels for that (ChunkedMerge::merges_bf16): the chunks'
-  // bytes go to the merge as read, and its bytes to the output, with no float32 rows. Every source
-  // must be one run of bytes (not cropped).
-  bool bf16_bits = merge.merges_bf16() && t.compute_dtype == DType::BF16 && t.out_dtype == DType::BF16;
-  for (const SourceBytes& source : inputs) {
-    bf16_bits = bf16_bits && source.input->info->dtype == DType::BF16 && source.input->info->shape == t.shape;
-  }
+  // bytes go to the merge as read, and its bytes to the output, with no float32 rows.
+  const bool bf16_bits = bf16_sources && merge.merges_bf16() && t.out_dtype == DType::BF16;
   // Runs body(begin, len, sources, scratch_out, bits) on every chunk of elements [first, first +
   // total), in parallel (chunk boundaries at first + a multiple of `chunk`): sources are the
   // chunk's float32 rows, or with bf16_bits null and bits the sources' bf16 values. A chunk whose

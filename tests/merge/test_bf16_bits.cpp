@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -16,6 +17,7 @@
 #include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
 #include "alloy/merge/merge_method.h"
+#include "merge/methods/sparsify.h"
 
 namespace alloy::test {
 namespace {
@@ -198,6 +200,88 @@ TEST(MergeBf16Bits, TaskArithmeticFamilyGivesTheFloatFormsBits) {
         }
       }
       expect_same_bits(c, sources, DType::BF16, false);
+    }
+  }
+}
+
+// The sparsified methods' prepare passes on the sources' bf16 bits (prepare_bf16, the executor's
+// path for bf16 sources) build the masks and rescale factors that the float32 rows give: the
+// outputs of both prepared merges are the same bits. A tensor above 2^20 entries takes the
+// selection's bracketed histogram; a small odd stream grain puts run boundaries everywhere. The
+// bits come from memory for some sources and through the scratch for others, as the executor's
+// held and read sources do.
+TEST(MergeBf16Bits, PreparingFromTheBitsGivesTheFloatRowsMasks) {
+  const size_t n = (size_t{1} << 20) + 4321;
+  // A base of one magnitude (bf16_patterns spreads its values over 2^11, and against the large
+  // ones most deltas round away, so every cut fell among zero deltas, where a wrong cut changes no
+  // output), with a few specials.
+  std::vector<std::vector<uint16_t>> sources(1, bf16_patterns(n / 64, 900));
+  {
+    std::mt19937_64 gen(901);
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    while (sources[0].size() < n) sources[0].push_back(f32_to_bf16(normal(gen)));
+    std::shuffle(sources[0].begin(), sources[0].end(), gen);
+  }
+  for (size_t m = 0; m < 3; ++m) {
+    std::vector<uint16_t> tuned = sources[0];
+    std::mt19937_64 gen(910 + m);
+    std::normal_distribution<float> delta(0.0f, 0.01f);
+    for (auto& v : tuned) {
+      if ((v & 0x7F80) != 0x7F80 && gen() % 50 != 0) v = f32_to_bf16(bf16_to_f32(v) + delta(gen));
+    }
+    sources.push_back(tuned);
+  }
+  std::vector<std::vector<float>> floats(sources.size(), std::vector<float>(n));
+  for (size_t k = 0; k < sources.size(); ++k) {
+    for (size_t i = 0; i < n; ++i) floats[k][i] = bf16_to_f32(sources[k][i]);
+  }
+  const std::map<std::string, double> a = {{"weight", 0.5}, {"density", 0.3}, {"gamma", 0.02}};
+  const std::map<std::string, double> b = {{"weight", 0.3}, {"density", 0.6}, {"epsilon", 0.1}};
+  const std::map<std::string, double> c = {{"weight", 0.2}, {"density", 0.8}};
+  for (const char* method : {"ties", "dare_ties", "dare_linear", "breadcrumbs_ties", "della"}) {
+    for (const size_t grain : {size_t{0}, size_t{4099}}) {
+      SCOPED_TRACE(std::string(method) + ", stream grain " + std::to_string(grain));
+      detail::set_stream_grain(grain);
+      MergeContext ctx;
+      ctx.tensor_name = "model.layers.0.mlp.down_proj.weight";
+      ctx.compute_dtype = DType::BF16;
+      ctx.shape = {n};
+      ctx.base_index = 0;
+      const std::map<std::string, double> params[] = {{}, a, b, c};
+      for (size_t k = 0; k < sources.size(); ++k) {
+        ctx.sources.push_back({floats[k].data(), params[k], k == 0, "m" + std::to_string(k)});
+      }
+      const MergeMethod* m = find_merge_method(method);
+      ASSERT_NE(m, nullptr);
+      const std::unique_ptr<ChunkedMerge> from_floats = m->chunked(ctx),
+                                          from_bits = m->chunked(ctx);
+      const SourceRangeLoader load = [&](size_t k, uint64_t begin, size_t len, float* dst) {
+        std::copy(floats[k].begin() + begin, floats[k].begin() + begin + len, dst);
+      };
+      from_floats->prepare(load);
+      std::atomic<size_t> bit_reads{0};
+      from_bits->prepare_bf16(
+          load, [&](size_t k, uint64_t begin, size_t len, uint16_t* scratch) -> const uint16_t* {
+            ++bit_reads;
+            if (k % 2 == 0) return sources[k].data() + begin;
+            std::copy(sources[k].begin() + begin, sources[k].begin() + begin + len, scratch);
+            return scratch;
+          });
+      detail::set_stream_grain(0);
+      // Every method here reads the task vectors in its passes (della through the float rows, for
+      // its per-row ranks, and the bits for its rescale).
+      EXPECT_GT(bit_reads.load(), 0u);
+      const size_t chunk = 65536;
+      std::vector<const float*> at(sources.size());
+      std::vector<float> expected(chunk), got(chunk);
+      for (size_t begin = 0; begin < n; begin += chunk) {
+        const size_t len = std::min(chunk, n - begin);
+        for (size_t k = 0; k < sources.size(); ++k) at[k] = floats[k].data() + begin;
+        EXPECT_EQ(from_floats->merge_chunk(at.data(), begin, len, expected.data()),
+                  from_bits->merge_chunk(at.data(), begin, len, got.data()));
+        ASSERT_EQ(std::memcmp(expected.data(), got.data(), len * sizeof(float)), 0)
+            << "the chunk at " << begin;
+      }
     }
   }
 }

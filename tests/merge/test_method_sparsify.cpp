@@ -243,7 +243,7 @@ TEST(MethodSparsify, L1SumsAreThoseOfTheIndexOrderLoop) {
     }
     std::vector<alloy::detail::DeltaMask> masks(2);
     for (size_t m = 0; m < 2; ++m) masks[m].active = true, masks[m].bits = words[m].data();
-    alloy::detail::TaskVectorSet set{base.data(), {x0.data(), x1.data()}, 2, n, d, {n}, {}};
+    alloy::detail::TaskVectorSet set{base.data(), {x0.data(), x1.data()}, 2, n, d, {n}, {}, {}};
     const std::vector<double> sums = alloy::detail::l1_sums_of(set, masks);
     ASSERT_EQ(sums.size(), 4u);
     for (size_t m = 0; m < 2; ++m) {

@@ -74,8 +74,9 @@ TEST_F(OutputWindow, TensorsLargerThanTheWindowAreWrittenBitIdentically) {
         std::map<std::string, std::string> reference;
         // (window, grain, held bytes): a window of 1000 with chunks of 61 reads up to four chunks
         // of every source at once (the executor's grouped reads) and ends on a short group. By
-        // default slerp's sources are held for its two passes; with a limit of 1 byte nothing is,
-        // and both passes read the file.
+        // default the sources of slerp (two passes), ties and dare_ties (selection or L1 passes,
+        // then the chunks) are held; with a limit of 1 byte nothing is, and every pass reads the
+        // file.
         const std::tuple<size_t, size_t, uint64_t> settings[] = {{0, 0, 0}, {7, 61, 0}, {1000, 0, 0}, {1000, 61, 0},
                                                                  {0, 0, 1}, {7, 61, 1}};
         for (const auto& [window, grain, held] : settings) {

@@ -40,9 +40,13 @@ void make_family(const fs::path& dir) {
   base.output.overwrite = true;
   alloy::synth_family(dir, base, 2, 1, alloy::FineTuneOptions{});
   write_bytes(dir / "linear.yml", kRecipe);
-  // Two passes over the sources, which the executor holds in memory between them.
+  // Two passes over the sources, which the executor holds in memory between them: slerp's sums
+  // and chunks, TIES's selection passes and chunks.
   write_bytes(dir / "slerp.yml",
               "merge_method: slerp\nbase_model: ft_1\nmodels: [ft_1, ft_2]\nparameters: {t: 0.4}\ndtype: bfloat16\n");
+  write_bytes(dir / "ties.yml",
+              "merge_method: ties\nbase_model: base\nmodels:\n  - model: ft_1\n    parameters: {weight: 0.6, density: 0.5}\n"
+              "  - model: ft_2\n    parameters: {weight: 0.4, density: 0.3}\ndtype: bfloat16\n");
 }
 
 std::string merge_command(const fs::path& dir, const fs::path& out, const std::string& flags = "",
@@ -204,7 +208,7 @@ TEST_F(Races, OverwriteOntoAnInputOrItsParentIsRefused) {
 }
 
 TEST_F(Races, TruncatedInputIsAnErrorNotASignal) {
-  for (const char* recipe : {"linear.yml", "slerp.yml"}) {
+  for (const char* recipe : {"linear.yml", "slerp.yml", "ties.yml"}) {
     SCOPED_TRACE(recipe);
     TempDir copy;
     make_family(copy.path());

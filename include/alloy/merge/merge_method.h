@@ -83,6 +83,13 @@ struct MergeContext {
 // Reads elements [begin, begin + len) of source k into dst as float32 values representable in D.
 // Called concurrently; never throws (a read error is recorded and rethrown after prepare()).
 using SourceRangeLoader = std::function<void(size_t k, uint64_t begin, size_t len, float* dst)>;
+// Elements [begin, begin + len) of source k as bfloat16 bits: a pointer to them, in memory the
+// caller holds or in `scratch` (room for len values) after reading them. Offered only where every
+// source is bfloat16 with the tensor's shape and the compute dtype is bfloat16, so that the
+// SourceRangeLoader's float32 rows are exactly these bits widened. Concurrent; never throws (a
+// read error is recorded, and scratch comes back zero-filled).
+using SourceBitsLoader =
+    std::function<const uint16_t*(size_t k, uint64_t begin, size_t len, uint16_t* scratch)>;
 
 class ChunkedMerge {
  public:
@@ -90,6 +97,16 @@ class ChunkedMerge {
   // Whole-tensor work done before the chunks, through `load` (may be called again for another
   // tensor's merge object; not concurrently). Throws Error naming the tensor on bad parameters.
   virtual void prepare(const SourceRangeLoader& /*load*/) {}
+  // prepare() where the sources' bf16 bits are on offer (SourceBitsLoader): a merge whose passes
+  // can read the bits skips converting every element to float32 first. Gives what prepare(load)
+  // gives; the default calls it.
+  virtual void prepare_bf16(const SourceRangeLoader& load, const SourceBitsLoader& /*bits*/) {
+    prepare(load);
+  }
+  // Whether prepare() reads the sources through `load` (the sparsified task-arithmetic methods'
+  // selection and L1 passes): the executor then holds a tensor's sources in memory when they fit
+  // (detail::held_source_bytes), so that prepare() and the chunks read them from the file once.
+  virtual bool prepare_reads_sources() const { return false; }
   // How many double sums over the whole tensor the merge needs before its first output element
   // (slerp: 3, the squared norms and the dot product); 0 when none.
   virtual size_t sum_count() const { return 0; }

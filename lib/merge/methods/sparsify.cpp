@@ -63,6 +63,7 @@ std::atomic<size_t> g_output_window{0};
 std::atomic<uint64_t> g_held_source_bytes{0};  // set_held_source_bytes
 
 thread_local std::vector<float> t_run;  // one run of x, then one of base (streamed views)
+thread_local std::vector<uint16_t> t_bits_run;  // the same as bf16 bits (TaskVectorSet::bits)
 
 // Calls fn(first, x, base, len) for consecutive runs covering [begin, end) in index order, x[j] and
 // base[j] being elements first + j: one run pointing into the buffers of a whole-tensor view, or
@@ -120,12 +121,27 @@ thread_local std::vector<std::vector<uint16_t>> t_candidates;  // per boundary c
 // Calls fn(first, base, xs, len) for consecutive runs covering [begin, end) of the set in index
 // order, base[j] and xs[p][j] being element first + j of the base and of model models[p]: one run
 // into the whole-tensor buffers, or runs of stream_grain() elements loaded into this thread's
-// scratch, the base once for all the models.
+// scratch, the base once for all the models. The rows are float32 values, or (set.bits) bf16
+// bits, which fn widens with source_value: fn is called with either pointer type.
 template <class Fn>
 void for_each_run(const TaskVectorSet& set, const std::vector<size_t>& models, size_t begin,
                   size_t end, Fn&& fn) {
   if (begin >= end) return;
   const size_t count = models.size();
+  if (set.bits) {
+    const size_t grain = stream_grain();
+    std::vector<uint16_t>& run = t_bits_run;  // a worker's own instance
+    if (run.size() < (count + 1) * grain) run.resize((count + 1) * grain);
+    std::vector<const uint16_t*> xs(count);
+    for (size_t first = begin; first < end; first += grain) {
+      const size_t len = std::min(grain, end - first);
+      const uint16_t* base = set.bits(set.count, first, len, run.data());
+      for (size_t p = 0; p < count; ++p)
+        xs[p] = set.bits(models[p], first, len, run.data() + (p + 1) * grain);
+      fn(first, base, xs.data(), len);
+    }
+    return;
+  }
   std::vector<const float*> xs(count);
   if (!set.load) {
     for (size_t p = 0; p < count; ++p) xs[p] = set.xs[models[p]] + begin;
@@ -250,25 +266,27 @@ class RankSelector {
         const size_t end = chunks_.end(c), grain = stream_grain();
         // Run by run, so that the reading stops at the run that holds the index.
         for (size_t first = chunks_.begin(c); first < end && ahead != UINT64_MAX; first += grain) {
-          for_each_run(set_, model, first, std::min(end, first + grain),
-                       [&](size_t at, const float* b, const float* const* xs, size_t len) {
-                         const float* x = xs[0];
-                         // A run with no more ties than are still ahead is passed over by a
-                         // count that vectorises; only the run that holds the index is scanned.
-                         if (const uint64_t ties = count_key(x, b, len, cut.key); ties <= ahead) {
-                           ahead -= ties;
-                           return;
-                         }
-                         for (size_t j = 0; j < len && ahead != UINT64_MAX; ++j) {
-                           if (magnitude_key(rnd_(x[j] - b[j])) != cut.key) continue;
-                           if (ahead == 0) {
-                             result.index = at + j;
-                             ahead = UINT64_MAX;  // found
-                           } else {
-                             --ahead;
-                           }
-                         }
-                       });
+          for_each_run(
+              set_, model, first, std::min(end, first + grain),
+              [&](size_t at, const auto* b, const auto* const* xs, size_t len) {
+                const auto* x = xs[0];
+                // A run with no more ties than are still ahead is passed over by a
+                // count that vectorises; only the run that holds the index is scanned.
+                if (const uint64_t ties = count_key(x, b, len, cut.key); ties <= ahead) {
+                  ahead -= ties;
+                  return;
+                }
+                for (size_t j = 0; j < len && ahead != UINT64_MAX; ++j) {
+                  if (magnitude_key(rnd_(source_value(x, j) - source_value(b, j))) != cut.key)
+                    continue;
+                  if (ahead == 0) {
+                    result.index = at + j;
+                    ahead = UINT64_MAX;  // found
+                  } else {
+                    --ahead;
+                  }
+                }
+              });
         }
       }
     });
@@ -291,11 +309,13 @@ class RankSelector {
       for (size_t c = cb; c < ce; ++c) {
         const size_t begin = chunks_.begin(c), end = std::min(chunks_.end(c), begin + kSamplePerChunk);
         taken[c] = end - begin;
-        for_each_run(set_, models_, begin, end, [&](size_t first, const float* b, const float* const* xs, size_t len) {
-          for (size_t p = 0; p < models; ++p) {
-            sample_bins(xs[p], b, len, sample[p].data() + c * kSamplePerChunk + (first - begin));
-          }
-        });
+        for_each_run(set_, models_, begin, end,
+                     [&](size_t first, const auto* b, const auto* const* xs, size_t len) {
+                       for (size_t p = 0; p < models; ++p) {
+                         sample_bins(xs[p], b, len,
+                                     sample[p].data() + c * kSamplePerChunk + (first - begin));
+                       }
+                     });
       }
     });
     size_t sampled = 0;  // per model: the chunks' first kSamplePerChunk entries, or all of a short one
@@ -383,7 +403,7 @@ class RankSelector {
           }
         }
         for_each_run(set_, models_, chunks_.begin(c), chunks_.end(c),
-                     [&](size_t, const float* b, const float* const* xs, size_t len) {
+                     [&](size_t, const auto* b, const auto* const* xs, size_t len) {
                        for (size_t p = 0; p < models; ++p) {
                          uint32_t* h = hist_ + p * stride + c * kHighBins;
                          if (counts_every_bin(p)) {
@@ -428,27 +448,34 @@ class RankSelector {
   // ++h[bin] for every entry's bin (the high 15 bits of its key). The bins of a block are computed
   // first, in a loop that vectorises (one clone per instruction set, ALLOY_ELEMENT_KERNEL), then
   // counted one by one.
-  ALLOY_ELEMENT_KERNEL void count_high_bins(const float* x, const float* b, size_t len,
-                                            uint32_t* h) const {
+  template <class In>
+  [[gnu::always_inline]] inline void count_high_bins_rows(const In* x, const In* b, size_t len,
+                                                          uint32_t* h) const {
     constexpr size_t kBlock = 256;
     uint32_t bins[kBlock];
     for (size_t j0 = 0; j0 < len; j0 += kBlock) {
       const size_t block = std::min(kBlock, len - j0);
-      for (size_t j = 0; j < block; ++j) bins[j] = high_bin(x[j0 + j], b[j0 + j]);
+      for (size_t j = 0; j < block; ++j)
+        bins[j] = high_bin(source_value(x, j0 + j), source_value(b, j0 + j));
       for (size_t j = 0; j < block; ++j) ++h[bins[j]];
     }
   }
 
   // out[j] = the bin of entry j, in a loop that vectorises.
-  ALLOY_ELEMENT_KERNEL void sample_bins(const float* x, const float* b, size_t len, uint16_t* out) const {
-    for (size_t j = 0; j < len; ++j) out[j] = static_cast<uint16_t>(high_bin(x[j], b[j]));
+  template <class In>
+  [[gnu::always_inline]] inline void sample_bins_rows(const In* x, const In* b, size_t len,
+                                                      uint16_t* out) const {
+    for (size_t j = 0; j < len; ++j)
+      out[j] = static_cast<uint16_t>(high_bin(source_value(x, j), source_value(b, j)));
   }
 
   // ++h[bin] for every entry whose bin lies in [lo, hi] (none when lo > hi); returns how many lie
   // above hi. The bins and the count above come from a loop that vectorises; the bins inside are
   // packed (pack_bins_inside) and only those are counted one by one.
-  ALLOY_ELEMENT_KERNEL uint64_t count_bracket_bins(const float* x, const float* b, size_t len, uint32_t lo,
-                                                   uint32_t hi, uint32_t* h) const {
+  template <class In>
+  [[gnu::always_inline]] inline uint64_t count_bracket_bins_rows(const In* x, const In* b,
+                                                                 size_t len, uint32_t lo,
+                                                                 uint32_t hi, uint32_t* h) const {
     constexpr size_t kBlock = 256;
     uint32_t bins[kBlock], inside[kBlock + 16];
     // A narrow bracket holds few bins, so consecutive entries often share one and their increments
@@ -465,7 +492,7 @@ class RankSelector {
       const size_t block = std::min(kBlock, len - j0);
       uint32_t above_block = 0;
       for (size_t j = 0; j < block; ++j) {
-        const uint32_t bin = high_bin(x[j0 + j], b[j0 + j]);
+        const uint32_t bin = high_bin(source_value(x, j0 + j), source_value(b, j0 + j));
         bins[j] = bin;
         above_block += bin > hi;
       }
@@ -498,14 +525,16 @@ class RankSelector {
   // (pack_bins_inside, on the keys: bin << 16 up to 0xFFFF more) into a block of the stack, so
   // nothing is written past the entries the histogram counted. A scalar loop with a conditional
   // store per entry took 36% of a float16 TIES merge.
-  ALLOY_ELEMENT_KERNEL size_t gather_low_halves(const float* x, const float* b, size_t len, uint32_t bin,
-                                                uint16_t* out) const {
+  template <class In>
+  [[gnu::always_inline]] inline size_t gather_low_halves_rows(const In* x, const In* b, size_t len,
+                                                              uint32_t bin, uint16_t* out) const {
     constexpr size_t kBlock = 256;
     uint32_t keys[kBlock], inside[kBlock + 16];
     size_t total = 0;
     for (size_t j0 = 0; j0 < len; j0 += kBlock) {
       const size_t block = std::min(kBlock, len - j0);
-      for (size_t j = 0; j < block; ++j) keys[j] = magnitude_key(rnd_(x[j0 + j] - b[j0 + j]));
+      for (size_t j = 0; j < block; ++j)
+        keys[j] = magnitude_key(rnd_(source_value(x, j0 + j) - source_value(b, j0 + j)));
       const size_t count = pack_bins_inside(keys, block, bin << 16, 0xFFFFu, inside);
       for (size_t k = 0; k < count; ++k) out[total + k] = static_cast<uint16_t>(inside[k]);
       total += count;
@@ -514,11 +543,57 @@ class RankSelector {
   }
 
   // How many entries of a run have key `key`.
+  template <class In>
+  [[gnu::always_inline]] inline uint64_t count_key_rows(const In* x, const In* b, size_t len,
+                                                        uint32_t key) const {
+    uint32_t count = 0;  // a run lies in one chunk: below 2^31 entries
+    for (size_t j = 0; j < len; ++j)
+      count += magnitude_key(rnd_(source_value(x, j) - source_value(b, j))) == key;
+    return count;
+  }
+
+  // The kernels above on float32 rows and on bf16 bits (TaskVectorSet::bits), one clone per
+  // instruction set each.
+  ALLOY_ELEMENT_KERNEL void count_high_bins(const float* x, const float* b, size_t len,
+                                            uint32_t* h) const {
+    count_high_bins_rows(x, b, len, h);
+  }
+  ALLOY_BF16_BITS_KERNEL void count_high_bins(const uint16_t* x, const uint16_t* b, size_t len,
+                                              uint32_t* h) const {
+    count_high_bins_rows(x, b, len, h);
+  }
+  ALLOY_ELEMENT_KERNEL void sample_bins(const float* x, const float* b, size_t len,
+                                        uint16_t* out) const {
+    sample_bins_rows(x, b, len, out);
+  }
+  ALLOY_BF16_BITS_KERNEL void sample_bins(const uint16_t* x, const uint16_t* b, size_t len,
+                                          uint16_t* out) const {
+    sample_bins_rows(x, b, len, out);
+  }
+  ALLOY_ELEMENT_KERNEL uint64_t count_bracket_bins(const float* x, const float* b, size_t len,
+                                                   uint32_t lo, uint32_t hi, uint32_t* h) const {
+    return count_bracket_bins_rows(x, b, len, lo, hi, h);
+  }
+  ALLOY_BF16_BITS_KERNEL uint64_t count_bracket_bins(const uint16_t* x, const uint16_t* b,
+                                                     size_t len, uint32_t lo, uint32_t hi,
+                                                     uint32_t* h) const {
+    return count_bracket_bins_rows(x, b, len, lo, hi, h);
+  }
+  ALLOY_ELEMENT_KERNEL size_t gather_low_halves(const float* x, const float* b, size_t len,
+                                                uint32_t bin, uint16_t* out) const {
+    return gather_low_halves_rows(x, b, len, bin, out);
+  }
+  ALLOY_BF16_BITS_KERNEL size_t gather_low_halves(const uint16_t* x, const uint16_t* b, size_t len,
+                                                  uint32_t bin, uint16_t* out) const {
+    return gather_low_halves_rows(x, b, len, bin, out);
+  }
   ALLOY_ELEMENT_KERNEL uint64_t count_key(const float* x, const float* b, size_t len,
                                           uint32_t key) const {
-    uint32_t count = 0;  // a run lies in one chunk: below 2^31 entries
-    for (size_t j = 0; j < len; ++j) count += magnitude_key(rnd_(x[j] - b[j])) == key;
-    return count;
+    return count_key_rows(x, b, len, key);
+  }
+  ALLOY_BF16_BITS_KERNEL uint64_t count_key(const uint16_t* x, const uint16_t* b, size_t len,
+                                            uint32_t key) const {
+    return count_key_rows(x, b, len, key);
   }
 
   uint32_t chunk_count_in_bin(size_t p, size_t c, size_t bin) const {
@@ -584,7 +659,7 @@ class RankSelector {
       for (size_t c = cb; c < ce; ++c) {
         for (size_t e = 0; e < cuts; ++e) out[e] = candidates[e].data() + offset[e][c];
         for_each_run(set_, models_, chunks_.begin(c), chunks_.end(c),
-                     [&](size_t, const float* b, const float* const* xs, size_t len) {
+                     [&](size_t, const auto* b, const auto* const* xs, size_t len) {
                        for (size_t e = 0; e < cuts; ++e) {
                          const size_t q = boundary[e], bin = bins[q];
                          if (offset[e][c + 1] == offset[e][c]) continue;
@@ -643,7 +718,8 @@ class RankSelector {
 // 0; `delta` is scratch for the block's deltas. Also the block's range (the smallest exponent
 // field of a nonzero magnitude, 255 when there is none, and the largest magnitude's bits) and
 // both sums added in vector lanes, which are the index order's bits where exact_block_sums holds.
-// Branch-free, so that the loops vectorise (one clone per instruction set).
+// Branch-free, so that the loops vectorise (one clone per instruction set); on float32 rows or bf16
+// bits (TaskVectorSet::bits).
 constexpr size_t kL1Block = 256;
 struct L1Range {
   uint32_t min_exponent = 255, max_bits = 0;
@@ -653,9 +729,21 @@ template <class R>
 struct L1Terms {
   ALLOY_ELEMENT_KERNEL static L1Range of(const float* x, const float* b, const DeltaMask& mask, size_t first,
                                          size_t len, float* delta, float* magnitude, float* kept) {
+    return of_rows(x, b, mask, first, len, delta, magnitude, kept);
+  }
+  ALLOY_BF16_BITS_KERNEL static L1Range of(const uint16_t* x, const uint16_t* b,
+                                           const DeltaMask& mask, size_t first, size_t len,
+                                           float* delta, float* magnitude, float* kept) {
+    return of_rows(x, b, mask, first, len, delta, magnitude, kept);
+  }
+  template <class In>
+  [[gnu::always_inline]] static inline L1Range of_rows(const In* x, const In* b,
+                                                       const DeltaMask& mask, size_t first,
+                                                       size_t len, float* delta, float* magnitude,
+                                                       float* kept) {
     const R rnd;
     uint32_t keep[kL1Block];
-    for (size_t j = 0; j < len; ++j) delta[j] = rnd(x[j] - b[j]);
+    for (size_t j = 0; j < len; ++j) delta[j] = rnd(source_value(x, j) - source_value(b, j));
     mask.keep_words(delta, first, len, keep);
     uint32_t min_exponent = 255, max_bits = 0;
     for (size_t j = 0; j < len; ++j) {
@@ -732,8 +820,8 @@ bool exact_block_sums(const L1Range& range, size_t len, double all, double kept)
 // The terms come from L1Terms a block at a time. A block whose additions are all exact
 // (exact_block_sums: the usual case) is summed in vector lanes; any other block one term at a
 // time in index order, the models' chains interleaved.
-template <size_t N, class R>
-void add_l1_run(size_t first, const float* b, const float* const* xs, const DeltaMask* const* masks,
+template <size_t N, class R, class In>
+void add_l1_run(size_t first, const In* b, const In* const* xs, const DeltaMask* const* masks,
                 size_t len, double* sums) {
   float delta[kL1Block];
   float magnitude[N][kL1Block], kept[N][kL1Block];
@@ -776,9 +864,9 @@ std::vector<double> l1_sums(const TaskVectorSet& set, R /*rounding: by type*/,
       [&](size_t begin, size_t end) {
         Sums sums(2 * count, 0.0);
         for_each_run(set, models, begin, end,
-                     [&](size_t first, const float* b, const float* const* xs, size_t len) {
+                     [&](size_t first, const auto* b, const auto* const* xs, size_t len) {
                        for (size_t p = 0; p < count; p += 4) {
-                         const float* const* x = xs + p;
+                         const auto* const* x = xs + p;
                          const DeltaMask* const* m = masks.data() + p;
                          double* s = sums.data() + 2 * p;
                          switch (std::min<size_t>(4, count - p)) {
@@ -988,7 +1076,7 @@ std::vector<double> l1_sums_of(const TaskVectorSet& set, const std::vector<Delta
 
 void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,
                        std::vector<uint64_t>& words) {
-  TaskVectorSet set{tv.base, {tv.x}, 1, tv.n, tv.dtype, tv.shape, {}};
+  TaskVectorSet set{tv.base, {tv.x}, 1, tv.n, tv.dtype, tv.shape, {}, {}};
   if (tv.load) {
     set.load = [&tv](size_t source, size_t begin, size_t len, float* dst) {
       std::vector<float> other(len);  // the half of the view's run this call does not want
@@ -1014,6 +1102,13 @@ void select_rank_range(const TaskVectorView& tv, uint64_t lo, uint64_t hi,
                      }
                    });
     });
+  });
+}
+
+bool masks_read_sources(const std::vector<SparsifyOptions>& options) {
+  return std::any_of(options.begin(), options.end(), [](const SparsifyOptions& o) {
+    if (o.method == Sparsification::kNone || o.density >= 1.0) return false;
+    return o.method != Sparsification::kRandom || o.rescale;
   });
 }
 

@@ -96,11 +96,12 @@ void set_output_window(size_t elements);
 size_t output_window();
 
 // The most bytes of source tensors the executor holds in memory for a merge with a sums pass
-// (slerp and its kin, ChunkedMerge::sum_count): when a tensor's sources fit together, they are
-// read once, in parallel, and both passes convert from memory instead of reading everything
-// twice. Default kHeldSourceBytes (256 MiB: a 7B model's attention and smaller tensors, a small
-// model's every tensor; the bytes are held in huge pages and reused). Changes no output byte:
-// tests set 1 so that nothing is held. 0 restores the default.
+// (slerp and its kin, ChunkedMerge::sum_count) or a prepare() that reads them (TIES, DARE and the
+// other sparsified methods, ChunkedMerge::prepare_reads_sources): when a tensor's sources fit
+// together, they are read once, in parallel, and every pass converts from memory instead of
+// reading everything again. Default kHeldSourceBytes (256 MiB: a 7B model's attention and smaller
+// tensors, a small model's every tensor; the bytes are held in huge pages and reused). Changes no
+// output byte: tests set 1 so that nothing is held. 0 restores the default.
 inline constexpr uint64_t kHeldSourceBytes = uint64_t{256} << 20;
 void set_held_source_bytes(uint64_t bytes);
 uint64_t held_source_bytes();
@@ -120,6 +121,10 @@ SelectionBracketCounts selection_bracket_counts();
 // load(source, begin, len, dst): elements [begin, begin + len) of model `source` (< count), or of
 // the base (source == count), as in TaskVectorLoader (concurrent, never throws).
 using TaskVectorsLoader = std::function<void(size_t source, size_t begin, size_t len, float* dst)>;
+// The same elements as bf16 bits (ChunkedMerge's SourceBitsLoader): a pointer to len values, in
+// memory the caller holds or in `scratch`.
+using TaskVectorsBitsLoader =
+    std::function<const uint16_t*(size_t source, size_t begin, size_t len, uint16_t* scratch)>;
 struct TaskVectorSet {
   const float* base = nullptr;
   std::vector<const float*> xs;  // one per model (whole-tensor form)
@@ -128,6 +133,9 @@ struct TaskVectorSet {
   DType dtype = DType::F32;
   std::vector<uint64_t> shape;
   TaskVectorsLoader load;  // set: streamed in runs of stream_grain() elements
+  // Also set (with `load`, dtype BF16, and bf16 sources): the selection and L1 passes stream the
+  // bits instead, and widen them as they compute delta (the same values, no float32 rows).
+  TaskVectorsBitsLoader bits;
 };
 
 struct SparsifyOptions {
@@ -194,11 +202,11 @@ struct DeltaMask {
     for (uint32_t j = 0; j < static_cast<uint32_t>(len); ++j) out[j] &= ~low_rule(delta[j], j);
   }
 
- private:
   // A cut's test on the entries first + j of a run of len: the tie test i < cut.index becomes
-  // j < limit on 32-bit lanes.
+  // j < limit on 32-bit lanes. (Also used by the task-arithmetic family's fused combine.)
   struct Before {
-    uint32_t key, limit;
+    uint32_t key = 0xFFFFFFFFu, limit = 0;  // the cut at rank 0: nothing is before it
+    Before() = default;
     Before(const RankCut& cut, size_t first, size_t len)
         : key(cut.key),
           limit(static_cast<uint32_t>(
@@ -223,6 +231,11 @@ std::vector<DeltaMask> build_masks(const TaskVectorSet& set,
                                    std::vector<std::vector<uint64_t>>& words,
                                    const std::string& tensor,
                                    const std::vector<std::string>& models);
+
+// Whether build_masks with these options reads the task vectors (a magnitude, outlier or della
+// selection, or a rescaled random mask, that keeps less than everything); a random mask without
+// rescale is drawn without reading them.
+bool masks_read_sources(const std::vector<SparsifyOptions>& options);
 
 // For tests: the L1 sums of the rescale, {sum |delta_m|, sum |kept delta_m|} for every model m of
 // `set` with masks[m], from the pass build_masks runs (each fixed chunk of kDefaultGrain entries

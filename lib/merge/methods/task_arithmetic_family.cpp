@@ -99,7 +99,7 @@ class TaskArithmeticMethod final : public MergeMethod {
 
     std::vector<std::vector<uint64_t>>& mask_words = t_mask_words;
     std::vector<TaskVectorInput> inputs;
-    TaskVectorSet set{base, {}, others.size(), n, ctx.compute_dtype, ctx.shape, {}};
+    TaskVectorSet set{base, {}, others.size(), n, ctx.compute_dtype, ctx.shape, {}, {}};
     std::vector<SparsifyOptions> options;
     std::vector<std::string> models;
     for (size_t m = 0; m < others.size(); ++m) {
@@ -310,16 +310,30 @@ class TaskArithmeticMethod final : public MergeMethod {
     // Each model's mask and rescale factor, streamed through `load` (sparsify.h; its passes read
     // the base once for all models). The masks live in this (the calling) thread's t_mask_words
     // until its next tensor.
-    void prepare(const SourceRangeLoader& load) override {
+    void prepare(const SourceRangeLoader& load) override { prepare_from(load, nullptr); }
+    // The selection and L1 passes on the sources' bf16 bits (TaskVectorSet::bits).
+    void prepare_bf16(const SourceRangeLoader& load, const SourceBitsLoader& bits) override {
+      prepare_from(load, dtype_ == DType::BF16 ? &bits : nullptr);
+    }
+    void prepare_from(const SourceRangeLoader& load, const SourceBitsLoader* bits) {
       const size_t count = others_.size(), base = combiner_.base_index();
-      TaskVectorSet set{nullptr, {}, count, n_, dtype_, shape_,
-                        [&](size_t source, size_t begin, size_t len, float* dst) {
-                          load(source == count ? base : others_[source], begin, len, dst);
-                        }};
+      const auto source_index = [&](size_t source) {
+        return source == count ? base : others_[source];
+      };
+      TaskVectorSet set{nullptr, {}, count, n_, dtype_, shape_, {}, {}};
+      set.load = [&](size_t source, size_t begin, size_t len, float* dst) {
+        load(source_index(source), begin, len, dst);
+      };
+      if (bits != nullptr) {
+        set.bits = [&](size_t source, size_t begin, size_t len, uint16_t* scratch) {
+          return (*bits)(source_index(source), begin, len, scratch);
+        };
+      }
       const std::vector<DeltaMask> masks =
           build_masks(set, options_, t_mask_words, tensor_, models_);
       for (size_t m = 0; m < count; ++m) combiner_.set_mask(m, masks[m]);
     }
+    bool prepare_reads_sources() const override { return masks_read_sources(options_); }
     size_t merge_chunk(const float* const* sources, size_t begin, size_t len,
                        float* out) const override {
       const float* base = sources[combiner_.base_index()];
