@@ -857,7 +857,10 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
                          {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}},
                          options.hash_outputs);
     BufferPool pool;
-    WriteBehind behind;  // after the writer: stops before the writer and the plan go
+    // Eight output windows may wait (16 MiB of bf16): the output's SHA-256 runs on the
+    // write-behind thread, and with two it sat idle through each tensor's held read and its sums
+    // or selection passes. A 1 GB slerp with hashes: 1.16-1.26 -> 1.02-1.11 s (docs/performance.md).
+    WriteBehind behind(8);  // after the writer: stops before the writer and the plan go
     const std::vector<FusedGroup> groups = options.fuse_moe_experts ? fused_expert_groups(plan) : std::vector<FusedGroup>{};
     std::vector<int> group_of(plan.tensors.size(), -1);
     for (size_t g = 0; g < groups.size(); ++g) {
