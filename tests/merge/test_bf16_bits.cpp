@@ -127,6 +127,18 @@ void expect_same_bits(const Bf16Case& c, const std::vector<std::vector<uint16_t>
   }
 }
 
+// A fine-tune of `base`: a N(0, 0.01) delta added to its finite values, except about one in fifty
+// left as they are (task vectors of the usual size, with some exact zeros).
+std::vector<uint16_t> fine_tune(const std::vector<uint16_t>& base, uint64_t seed) {
+  std::vector<uint16_t> tuned = base;
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<float> delta(0.0f, 0.01f);
+  for (auto& v : tuned) {
+    if ((v & 0x7F80) != 0x7F80 && gen() % 50 != 0) v = f32_to_bf16(bf16_to_f32(v) + delta(gen));
+  }
+  return tuned;
+}
+
 std::vector<std::vector<uint16_t>> rows(size_t count, size_t n, uint64_t seed) {
   std::vector<std::vector<uint16_t>> out;
   for (size_t k = 0; k < count; ++k) out.push_back(bf16_patterns(n, seed + k));
@@ -180,15 +192,7 @@ TEST(MergeBf16Bits, TaskArithmeticFamilyGivesTheFloatFormsBits) {
   for (const char* method : {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs_ties"}) {
     for (size_t others : {2, 3}) {
       auto sources = rows(1, n, 700);
-      for (size_t m = 0; m < others; ++m) {
-        std::vector<uint16_t> tuned = sources[0];
-        std::mt19937_64 gen(800 + m);
-        std::normal_distribution<float> delta(0.0f, 0.01f);
-        for (auto& v : tuned) {
-          if ((v & 0x7F80) != 0x7F80 && gen() % 50 != 0) v = f32_to_bf16(bf16_to_f32(v) + delta(gen));
-        }
-        sources.push_back(tuned);
-      }
+      for (size_t m = 0; m < others; ++m) sources.push_back(fine_tune(sources[0], 800 + m));
       Bf16Case c{method, {{}, a, b}, {}, 0};
       if (others == 3) c.source_params.push_back(c3);
       for (DType compute : {DType::BF16, DType::F32}) expect_same_bits(c, sources, compute);
@@ -222,15 +226,7 @@ TEST(MergeBf16Bits, PreparingFromTheBitsGivesTheFloatRowsMasks) {
     while (sources[0].size() < n) sources[0].push_back(f32_to_bf16(normal(gen)));
     std::shuffle(sources[0].begin(), sources[0].end(), gen);
   }
-  for (size_t m = 0; m < 3; ++m) {
-    std::vector<uint16_t> tuned = sources[0];
-    std::mt19937_64 gen(910 + m);
-    std::normal_distribution<float> delta(0.0f, 0.01f);
-    for (auto& v : tuned) {
-      if ((v & 0x7F80) != 0x7F80 && gen() % 50 != 0) v = f32_to_bf16(bf16_to_f32(v) + delta(gen));
-    }
-    sources.push_back(tuned);
-  }
+  for (size_t m = 0; m < 3; ++m) sources.push_back(fine_tune(sources[0], 910 + m));
   std::vector<std::vector<float>> floats(sources.size(), std::vector<float>(n));
   for (size_t k = 0; k < sources.size(); ++k) {
     for (size_t i = 0; i < n; ++i) floats[k][i] = bf16_to_f32(sources[k][i]);
