@@ -553,7 +553,8 @@ class RankSelector {
   }
 
   // The kernels above on float32 rows and on bf16 bits (TaskVectorSet::bits), one clone per
-  // instruction set each.
+  // instruction set each. (gather_low_halves' bits form is never called: a bf16 bin is one key, so
+  // find_cuts has no boundary pass for bf16; it exists because the passes' lambdas take either row.)
   ALLOY_ELEMENT_KERNEL void count_high_bins(const float* x, const float* b, size_t len,
                                             uint32_t* h) const {
     count_high_bins_rows(x, b, len, h);

@@ -202,11 +202,11 @@ struct DeltaMask {
     for (uint32_t j = 0; j < static_cast<uint32_t>(len); ++j) out[j] &= ~low_rule(delta[j], j);
   }
 
+ private:
   // A cut's test on the entries first + j of a run of len: the tie test i < cut.index becomes
-  // j < limit on 32-bit lanes. (Also used by the task-arithmetic family's fused combine.)
+  // j < limit on 32-bit lanes.
   struct Before {
-    uint32_t key = 0xFFFFFFFFu, limit = 0;  // the cut at rank 0: nothing is before it
-    Before() = default;
+    uint32_t key, limit;
     Before(const RankCut& cut, size_t first, size_t len)
         : key(cut.key),
           limit(static_cast<uint32_t>(
