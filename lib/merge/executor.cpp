@@ -1,14 +1,14 @@
 // The merge executor: streams a MergePlan through the methods into a staged output directory.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <regex>
-#include <array>
-#include <functional>
 
 #include "alloy/core/error.h"
 #include "alloy/core/evidence.h"
@@ -16,15 +16,16 @@
 #include "alloy/core/hash_cache.h"
 #include "alloy/core/kernels.h"
 #include "alloy/core/page_buffer.h"
-#include "alloy/merge/lora.h"
-#include "alloy/merge/merge.h"
-#include "alloy/merge/model_card.h"
-#include "alloy/merge/provenance.h"
 #include "alloy/core/parallel.h"
 #include "alloy/core/safetensors.h"
 #include "alloy/core/sha256.h"
 #include "alloy/core/test_hooks.h"
 #include "alloy/core/writer.h"
+#include "alloy/merge/lora.h"
+#include "alloy/merge/merge.h"
+#include "alloy/merge/model_card.h"
+#include "alloy/merge/provenance.h"
+#include "held_budget.h"
 #include "methods/method_util.h"
 #include "methods/sparsify.h"
 #include "tokenizer_plan.h"
@@ -53,10 +54,18 @@ class BufferPool {
   // The sources held for a merge with a sums pass (hold_sources): grown to the largest held
   // tensor, in huge pages, so that its first touch costs a few faults instead of one per 4 KiB.
   PageBuffer& held_sources() { return held_sources_; }
+  // The most bytes held_sources() may hold: detail::held_source_bytes() where a test fixed it,
+  // else the merge's own choice (set_held_limit, held_budget.h); kHeldSourceBytes until then.
+  uint64_t held_limit() const {
+    const uint64_t fixed = detail::held_source_bytes();
+    return fixed != 0 ? fixed : held_limit_;
+  }
+  void set_held_limit(uint64_t bytes) { held_limit_ = bytes; }
 
  private:
   std::vector<std::vector<float>> buffers_;
   PageBuffer held_sources_;
+  uint64_t held_limit_ = detail::kHeldSourceBytes;
 };
 
 // The LoRA adapter applied to model `m`, or null (plans built by hand may have no adapter list).
@@ -223,19 +232,19 @@ void read_whole(const MergePlan& plan, const PlannedSource& s, const ModelTensor
   }
 }
 
-// Reads the sources of a tensor into `held` (chunks of kDefaultGrain elements in parallel, a few per
-// pread) and points their `whole` there, when every source has the planned shape and no whole
-// bytes yet, and all of them fit detail::held_source_bytes() together; else does nothing. A read
-// error is recorded in `errors`.
-void hold_sources(const PlannedTensor& t, std::vector<SourceBytes>& inputs, PageBuffer& held_buffer,
-                  FirstError& errors) {
+// Reads the sources of a tensor into `held` (chunks of kDefaultGrain elements in parallel, a few
+// per pread) and points their `whole` there, when every source has the planned shape and no whole
+// bytes yet, and all of them fit `limit` together; else does nothing. A read error is recorded
+// in `errors`.
+void hold_sources(const PlannedTensor& t, std::vector<SourceBytes>& inputs, uint64_t limit,
+                  PageBuffer& held_buffer, FirstError& errors) {
   uint64_t total = 0;
   for (const SourceBytes& source : inputs) {
     const TensorInfo& info = *source.input->info;
     if (source.whole != nullptr || info.shape != t.shape) return;
     total += info.nbytes();
   }
-  if (total == 0 || total > detail::held_source_bytes()) return;
+  if (total == 0 || total > limit) return;
   uint8_t* held = held_buffer.reserve(static_cast<size_t>(total));
   const uint64_t n = numel(t.shape);
   const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
@@ -277,11 +286,13 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   FirstError read_error;
   // A merge with a sums pass, or a prepare() that reads the sources, reads every source twice or
   // more (the sums or the selection passes, then the output). Where the sources fit
-  // detail::held_source_bytes() together they are read once, in parallel, into a held buffer, and
+  // the pool's held_limit() together they are read once, in parallel, into a held buffer, and
   // every pass converts from it: the second copy out of the page cache cost a slerp as much as its
   // arithmetic, and a TIES merge a fifth of its CPU time.
   const bool reads_twice = merge.sum_count() > 0 || merge.prepare_reads_sources();
-  if (reads_twice && given == nullptr) hold_sources(t, inputs, pool.held_sources(), read_error);
+  if (reads_twice && given == nullptr) {
+    hold_sources(t, inputs, pool.held_limit(), pool.held_sources(), read_error);
+  }
   read_error.rethrow();
   // bf16 sources, each one run of bytes (not cropped), merged in bf16: their bytes are the values
   // the merge computes with, and its passes can read them with no float32 rows in between.
@@ -857,6 +868,9 @@ MergeResult run_merge(const MergePlan& plan, const MergeOptions& options) {
                          {{"merge_method", plan.recipe.merge_method}, {"generator", "alloy " ALLOY_VERSION}},
                          options.hash_outputs);
     BufferPool pool;
+    // Held sources save a second read only where the buffer's page faults are worth it: a 1 GB
+    // slerp no longer holds its embeddings (held_budget.h).
+    pool.set_held_limit(detail::held_budget(plan, detail::kHeldSourceBytes));
     // Eight output windows may wait (16 MiB of bf16): the output's SHA-256 runs on the
     // write-behind thread, and with two it sat idle through each tensor's held read and its sums
     // or selection passes. A 1 GB slerp with hashes: 1.16-1.26 -> 1.02-1.11 s (docs/performance.md).

@@ -73,12 +73,14 @@ TEST_F(OutputWindow, TensorsLargerThanTheWindowAreWrittenBitIdentically) {
         if (fused && family == ModelFamily::kLlama) continue;
         std::map<std::string, std::string> reference;
         // (window, grain, held bytes): a window of 1000 with chunks of 61 reads up to four chunks
-        // of every source at once (the executor's grouped reads) and ends on a short group. By
-        // default the sources of slerp (two passes), ties and dare_ties (selection or L1 passes,
-        // then the chunks) are held; with a limit of 1 byte nothing is, and every pass reads the
-        // file.
-        const std::tuple<size_t, size_t, uint64_t> settings[] = {{0, 0, 0}, {7, 61, 0}, {1000, 0, 0}, {1000, 61, 0},
-                                                                 {0, 0, 1}, {7, 61, 1}};
+        // of every source at once (the executor's grouped reads) and ends on a short group. With
+        // a limit of kHeldSourceBytes the sources of slerp (two passes), ties and dare_ties
+        // (selection or L1 passes, then the chunks) are held; with 1 byte nothing is, and every
+        // pass reads the file; 0 is the merge's own choice (held_budget.h).
+        const uint64_t all = detail::kHeldSourceBytes;
+        const std::tuple<size_t, size_t, uint64_t> settings[] = {
+            {0, 0, 0},       {0, 0, all}, {7, 61, all}, {1000, 0, all},
+            {1000, 61, all}, {0, 0, 1},   {7, 61, 1}};
         for (const auto& [window, grain, held] : settings) {
           detail::set_output_window(window);
           detail::set_stream_grain(grain);

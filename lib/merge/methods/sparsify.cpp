@@ -1060,8 +1060,7 @@ size_t output_window() {
 void set_held_source_bytes(uint64_t bytes) { g_held_source_bytes = bytes; }
 
 uint64_t held_source_bytes() {
-  const uint64_t bytes = g_held_source_bytes.load(std::memory_order_relaxed);
-  return bytes == 0 ? kHeldSourceBytes : bytes;
+  return g_held_source_bytes.load(std::memory_order_relaxed);
 }
 
 SelectionBracketCounts selection_bracket_counts() {

@@ -99,9 +99,11 @@ size_t output_window();
 // (slerp and its kin, ChunkedMerge::sum_count) or a prepare() that reads them (TIES, DARE and the
 // other sparsified methods, ChunkedMerge::prepare_reads_sources): when a tensor's sources fit
 // together, they are read once, in parallel, and every pass converts from memory instead of
-// reading everything again. Default kHeldSourceBytes (256 MiB: a 7B model's attention and smaller
-// tensors, a small model's every tensor; the bytes are held in huge pages and reused). Changes no
-// output byte: tests set 1 so that nothing is held. 0 restores the default.
+// reading everything again. By default each merge chooses its own limit, at most kHeldSourceBytes
+// (256 MiB: a 7B model's attention and smaller tensors), where the reads it saves best outweigh
+// the held buffer's page faults (lib/merge/held_budget.h). set_held_source_bytes fixes the limit
+// instead, for tests: 1 holds nothing, kHeldSourceBytes every tensor that fits; 0 restores the
+// default. Changes no output byte. held_source_bytes() is the fixed limit, or 0 by default.
 inline constexpr uint64_t kHeldSourceBytes = uint64_t{256} << 20;
 void set_held_source_bytes(uint64_t bytes);
 uint64_t held_source_bytes();
