@@ -233,36 +233,47 @@ void read_whole(const MergePlan& plan, const PlannedSource& s, const ModelTensor
 }
 
 // Reads the sources of a tensor into `held` (chunks of kDefaultGrain elements in parallel, a few
-// per pread) and points their `whole` there, when every source has the planned shape and no whole
-// bytes yet, and all of them fit `limit` together; else does nothing. A read error is recorded
-// in `errors`.
-void hold_sources(const PlannedTensor& t, std::vector<SourceBytes>& inputs, uint64_t limit,
-                  PageBuffer& held_buffer, FirstError& errors) {
-  uint64_t total = 0;
+// per task, every source's bytes of them with one pread each) and points their `whole` there, when
+// every source has the planned shape and no whole bytes yet, and all of them fit `limit` together;
+// else does nothing and returns false. `on_chunks(cb, ce)`, if given, runs once chunks [cb, ce) of
+// every source are held, on the thread that read them, while their bytes are still in that core's
+// cache. A read error is recorded in `errors` (on_chunks does not run for a failed read's chunks).
+bool hold_sources(const PlannedTensor& t, std::vector<SourceBytes>& inputs, uint64_t limit,
+                  PageBuffer& held_buffer, FirstError& errors,
+                  const std::function<void(size_t, size_t)>& on_chunks = nullptr) {
+  uint64_t total = 0, chunk_bytes = 0;
   for (const SourceBytes& source : inputs) {
     const TensorInfo& info = *source.input->info;
-    if (source.whole != nullptr || info.shape != t.shape) return;
+    if (source.whole != nullptr || info.shape != t.shape) return false;
     total += info.nbytes();
+    chunk_bytes += dtype_bits(info.dtype) / 8 * kDefaultGrain;
   }
-  if (total == 0 || total > limit) return;
+  if (total == 0 || total > limit) return false;
   uint8_t* held = held_buffer.reserve(static_cast<size_t>(total));
-  const uint64_t n = numel(t.shape);
-  const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
+  std::vector<uint8_t*> dst;
   uint64_t at = 0;
   for (SourceBytes& source : inputs) {
-    const TensorInfo& info = *source.input->info;
-    const uint64_t element_bytes = dtype_bits(info.dtype) / 8;
-    uint8_t* dst = held + at;
-    const size_t group = chunks_per_read(static_cast<size_t>(element_bytes * kDefaultGrain));
-    parallel_for(chunks, group, [&](size_t cb, size_t ce) {
-      errors.run([&] {
-        const uint64_t begin = cb * kDefaultGrain, end = std::min<uint64_t>(n, ce * kDefaultGrain);
-        source.input->shard->read(info, begin * element_bytes, (end - begin) * element_bytes, dst + begin * element_bytes);
-      });
-    });
-    source.whole = dst;
-    at += info.nbytes();
+    dst.push_back(held + at);
+    source.whole = dst.back();
+    at += source.input->info->nbytes();
   }
+  const uint64_t n = numel(t.shape);
+  const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
+  parallel_for(
+      chunks, chunks_per_read(static_cast<size_t>(chunk_bytes)), [&](size_t cb, size_t ce) {
+        errors.run([&] {
+          const uint64_t begin = cb * kDefaultGrain,
+                         end = std::min<uint64_t>(n, ce * kDefaultGrain);
+          for (size_t k = 0; k < inputs.size(); ++k) {
+            const TensorInfo& info = *inputs[k].input->info;
+            const uint64_t element_bytes = dtype_bits(info.dtype) / 8;
+            inputs[k].input->shard->read(info, begin * element_bytes, (end - begin) * element_bytes,
+                                         dst[k] + begin * element_bytes);
+          }
+          if (on_chunks) on_chunks(cb, ce);
+        });
+      });
+  return true;
 }
 
 void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx, ChunkedMerge& merge,
@@ -284,16 +295,6 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     inputs.push_back(source);
   }
   FirstError read_error;
-  // A merge with a sums pass, or a prepare() that reads the sources, reads every source twice or
-  // more (the sums or the selection passes, then the output). Where the sources fit
-  // the pool's held_limit() together they are read once, in parallel, into a held buffer, and
-  // every pass converts from it: the second copy out of the page cache cost a slerp as much as its
-  // arithmetic, and a TIES merge a fifth of its CPU time.
-  const bool reads_twice = merge.sum_count() > 0 || merge.prepare_reads_sources();
-  if (reads_twice && given == nullptr) {
-    hold_sources(t, inputs, pool.held_limit(), pool.held_sources(), read_error);
-  }
-  read_error.rethrow();
   // bf16 sources, each one run of bytes (not cropped), merged in bf16: their bytes are the values
   // the merge computes with, and its passes can read them with no float32 rows in between.
   bool bf16_sources = t.compute_dtype == DType::BF16;
@@ -301,6 +302,54 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     bf16_sources = bf16_sources && source.input->info->dtype == DType::BF16 &&
                    source.input->info->shape == t.shape;
   }
+  // bf16 in, bf16 out, and a merge with kernels for that (ChunkedMerge::merges_bf16): the chunks'
+  // bytes go to the merge as read, and its bytes to the output, with no float32 rows.
+  const bool bf16_bits = bf16_sources && merge.merges_bf16() && t.out_dtype == DType::BF16;
+  // The sums pass's partial sums, per kDefaultGrain chunk (added in chunk order below).
+  const size_t sums = merge.sum_count();
+  std::vector<double> partial(
+      sums > 0 ? static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain) * sums : 0);
+  // A merge with a sums pass, or a prepare() that reads the sources, reads every source twice or
+  // more (the sums or the selection passes, then the output). Where the sources fit
+  // the pool's held_limit() together they are read once, in parallel, into a held buffer, and
+  // every pass converts from it: the second copy out of the page cache cost a slerp as much as its
+  // arithmetic, and a TIES merge a fifth of its CPU time. On bf16 bits the sums are taken as each
+  // chunk is read, while its bytes are in the reading core's cache, not in a pass of their own
+  // over memory.
+  const bool reads_twice = sums > 0 || merge.prepare_reads_sources();
+  bool summed = false;
+  if (reads_twice && given == nullptr) {
+    std::function<void(size_t, size_t)> sum_chunks;
+    if (sums > 0 && bf16_bits) {
+      // Two chunks of the same length at a time (ChunkedMerge::chunk_pair_sums_bf16).
+      sum_chunks = [&](size_t cb, size_t ce) {
+        std::vector<const uint16_t*> bits(2 * count);
+        const auto point = [&](size_t c, const uint16_t** at) {
+          for (size_t k = 0; k < count; ++k) {
+            at[k] = reinterpret_cast<const uint16_t*>(inputs[k].whole) + c * kDefaultGrain;
+          }
+          return static_cast<size_t>(std::min<uint64_t>(kDefaultGrain, n - c * kDefaultGrain));
+        };
+        for (size_t c = cb; c < ce; c += 2) {
+          const size_t len = point(c, bits.data());
+          const size_t next_len = c + 1 < ce ? point(c + 1, bits.data() + count) : 0;
+          if (next_len == len) {
+            merge.chunk_pair_sums_bf16(bits.data(), bits.data() + count, len,
+                                       partial.data() + c * sums, partial.data() + (c + 1) * sums);
+          } else {  // the last chunk, alone or after a longer one
+            merge.chunk_sums_bf16(bits.data(), len, partial.data() + c * sums);
+            if (next_len > 0) {
+              merge.chunk_sums_bf16(bits.data() + count, next_len, partial.data() + (c + 1) * sums);
+            }
+          }
+        }
+      };
+    }
+    summed =
+        hold_sources(t, inputs, pool.held_limit(), pool.held_sources(), read_error, sum_chunks) &&
+        sum_chunks;
+  }
+  read_error.rethrow();
   // Whole-tensor work first (the sparsified task-arithmetic methods' streaming passes,
   // lib/merge/methods/sparsify.h): any range of any source, read from its bytes as the chunks are
   // (as float32 rows, or as the bytes themselves where the sources are bf16: prepare_bf16).
@@ -332,9 +381,6 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // added in their order); an element-wise merge takes any length (the streaming grain, which
   // tests make small and odd).
   const size_t grain = merge.sum_count() > 0 ? kDefaultGrain : detail::stream_grain();
-  // bf16 in, bf16 out, and a merge with kernels for that (ChunkedMerge::merges_bf16): the chunks'
-  // bytes go to the merge as read, and its bytes to the output, with no float32 rows.
-  const bool bf16_bits = bf16_sources && merge.merges_bf16() && t.out_dtype == DType::BF16;
   // Runs body(begin, len, sources, scratch_out, bits) on every chunk of elements [first, first +
   // total), in parallel (chunk boundaries at first + a multiple of `chunk`): sources are the
   // chunk's float32 rows, or with bf16_bits null and bits the sources' bf16 values. A chunk whose
@@ -394,9 +440,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     read_error.rethrow();
     return result;
   };
-  if (const size_t sums = merge.sum_count(); sums > 0) {
-    const size_t chunks = static_cast<size_t>((n + kDefaultGrain - 1) / kDefaultGrain);
-    std::vector<double> partial(chunks * sums, 0.0);
+  if (sums > 0 && !summed) {
     for_each_chunk(0, static_cast<size_t>(n), kDefaultGrain,
                    [&](uint64_t begin, size_t len, const float* const* sources, float*, const uint16_t* const* bits) {
       double* chunk_partial = partial.data() + begin / kDefaultGrain * sums;
@@ -407,8 +451,8 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
       }
       return size_t{0};
     });
-    set_sums_in_chunk_order(merge, partial);
   }
+  if (sums > 0) set_sums_in_chunk_order(merge, partial);
   const uint64_t element_bytes = dtype_bits(t.out_dtype) / 8;
   // The output goes to the writer one window at a time, so the bytes held are a window's, not the
   // tensor's. The chunks inside a window are those of the whole tensor wherever the window size is

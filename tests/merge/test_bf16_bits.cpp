@@ -102,6 +102,28 @@ void expect_same_bits(const Bf16Case& c, const std::vector<std::vector<uint16_t>
       }
     }
     merge->set_sums(total.data());
+    // Two chunks at once (chunk_pair_sums_bf16, the executor's held slerp): each chunk's doubles
+    // as alone, at a length of whole groups of four and at one with a tail.
+    for (const size_t len : {chunk - 1, chunk}) {
+      for (size_t begin = 0; begin + 2 * len <= n; begin += 2 * len) {
+        std::vector<const uint16_t*> a(sources.size()), b(sources.size());
+        for (size_t k = 0; k < sources.size(); ++k)
+          a[k] = sources[k].data() + begin, b[k] = a[k] + len;
+        std::vector<double> pair_a(sums), pair_b(sums), alone_a(sums), alone_b(sums);
+        merge->chunk_pair_sums_bf16(a.data(), b.data(), len, pair_a.data(), pair_b.data());
+        merge->chunk_sums_bf16(a.data(), len, alone_a.data());
+        merge->chunk_sums_bf16(b.data(), len, alone_b.data());
+        for (size_t j = 0; j < sums; ++j) {
+          for (const auto& [pair, alone] :
+               {std::pair{pair_a[j], alone_a[j]}, std::pair{pair_b[j], alone_b[j]}}) {
+            if (std::isnan(pair) && std::isnan(alone)) continue;
+            ASSERT_EQ(std::memcmp(&pair, &alone, sizeof(double)), 0)
+                << "sum " << j << " of the chunk pair at " << begin << ", length " << len << ": "
+                << pair << " vs " << alone;
+          }
+        }
+      }
+    }
   }
   std::vector<float> merged(chunk);
   std::vector<uint16_t> expected(chunk), got(chunk);
@@ -179,6 +201,45 @@ TEST(MergeBf16Bits, SlerpGivesTheFloatFormsSumsAndBits) {
   }
   Bf16Case c{"slerp", {{}, {}}, {{"t", 0.3}}, 0};
   expect_same_bits(c, plain, DType::BF16, false);
+}
+
+// The executor's held slerp sums two chunks at once (chunk_pair_sums_bf16): over many chunk pairs
+// each chunk's three doubles are the bits of its sums alone, to the last rounding of the lanes'
+// order. The values spread over 2^32, so that the sums round (sums of the squares of weights of
+// one spread are often exact, and then any order gives the same bits).
+TEST(MergeBf16Bits, SlerpPairSumsAreEachChunksOwnSums) {
+  const size_t len = 4096, pairs = 64;
+  std::mt19937_64 gen(950);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> exponent(-24, 8);
+  std::vector<std::vector<uint16_t>> sources(2, std::vector<uint16_t>(2 * pairs * len));
+  for (auto& row : sources) {
+    for (auto& v : row) v = f32_to_bf16(std::ldexp(normal(gen), exponent(gen)));
+  }
+  std::vector<float> zeros(len, 0.0f);
+  MergeContext ctx;
+  ctx.tensor_name = "model.layers.0.mlp.down_proj.weight";
+  ctx.compute_dtype = DType::BF16;
+  ctx.shape = {len};
+  ctx.base_index = 1;
+  ctx.params = {{"t", 0.3}};
+  ctx.sources = {{zeros.data(), {}, false, "a"}, {zeros.data(), {}, true, "b"}};
+  const std::unique_ptr<ChunkedMerge> merge = find_merge_method("slerp")->chunked(ctx);
+  ASSERT_TRUE(merge->merges_bf16());
+  for (size_t p = 0; p < pairs; ++p) {
+    const uint16_t* a[2] = {sources[0].data() + 2 * p * len, sources[1].data() + 2 * p * len};
+    const uint16_t* b[2] = {a[0] + len, a[1] + len};
+    double pair_a[3], pair_b[3], alone_a[3], alone_b[3];
+    merge->chunk_pair_sums_bf16(a, b, len, pair_a, pair_b);
+    merge->chunk_sums_bf16(a, len, alone_a);
+    merge->chunk_sums_bf16(b, len, alone_b);
+    for (size_t j = 0; j < 3; ++j) {
+      ASSERT_EQ(std::memcmp(&pair_a[j], &alone_a[j], sizeof(double)), 0)
+          << "pair " << p << ", sum " << j;
+      ASSERT_EQ(std::memcmp(&pair_b[j], &alone_b[j], sizeof(double)), 0)
+          << "pair " << p << ", sum " << j;
+    }
+  }
 }
 
 TEST(MergeBf16Bits, TaskArithmeticFamilyGivesTheFloatFormsBits) {

@@ -127,6 +127,15 @@ class ChunkedMerge {
   // calls them only then (the defaults throw std::logic_error).
   virtual bool merges_bf16() const { return false; }
   virtual void chunk_sums_bf16(const uint16_t* const* sources, size_t len, double* partial) const;
+  // chunk_sums_bf16 of two chunks of the same length at once (a and b: each chunk's sources),
+  // writing the same doubles to partial_a and partial_b; a merge whose sums are bound by their
+  // chains of additions runs the two chunks' chains side by side. The default calls
+  // chunk_sums_bf16 twice.
+  virtual void chunk_pair_sums_bf16(const uint16_t* const* a, const uint16_t* const* b, size_t len,
+                                    double* partial_a, double* partial_b) const {
+    chunk_sums_bf16(a, len, partial_a);
+    chunk_sums_bf16(b, len, partial_b);
+  }
   virtual size_t merge_chunk_bf16(const uint16_t* const* sources, size_t begin, size_t len, uint16_t* out) const;
 };
 

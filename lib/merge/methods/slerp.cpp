@@ -114,6 +114,54 @@ template <class In>
   partial[2] = (xy[0] + xy[1]) + (xy[2] + xy[3]);
 }
 
+// The sums of two chunks of len elements at once (len % 4 == 0): chunk a's four lanes in lanes 0-3
+// of eight-lane vectors, chunk b's in lanes 4-7. Each lane takes the additions it takes in
+// slerp_sums_of, in the same order, so the doubles are the same; but the two chunks' chains of
+// additions run side by side in one vector, where one chunk alone left the adder waiting on each
+// addition (the sums cost twice a bf16 blend's time).
+typedef float Floats8 __attribute__((vector_size(32)));
+typedef double Doubles8 __attribute__((vector_size(64)));
+typedef uint16_t Halves8 __attribute__((vector_size(16)));
+typedef uint16_t Halves16 __attribute__((vector_size(32)));
+typedef uint64_t Longs2 __attribute__((vector_size(16)));
+
+// Elements [j, j + 4) of row a, then of row b, as eight double lanes (out-parameter, as
+// four_values).
+[[gnu::always_inline]] inline void four_and_four(const uint16_t* a, const uint16_t* b, size_t j,
+                                                 Doubles8& out) {
+  uint64_t low, high;  // four bf16 values each
+  std::memcpy(&low, a + j, 8);
+  std::memcpy(&high, b + j, 8);
+  const Longs2 both = {low, high};
+  // A bf16 value is the high half of its float32: each value goes above a zero half. (Casts
+  // between vector types of one size keep the bits.)
+  const Halves8 values = reinterpret_cast<const Halves8&>(both), zeros = {};
+  const Halves16 halves =
+      __builtin_shufflevector(zeros, values, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  out = __builtin_convertvector(reinterpret_cast<const Floats8&>(halves), Doubles8);
+}
+
+ALLOY_BF16_BITS_KERNEL void slerp_pair_sums_bf16_bits(const uint16_t* xa, const uint16_t* ya,
+                                                      const uint16_t* xb, const uint16_t* yb,
+                                                      size_t len, double* partial_a,
+                                                      double* partial_b) {
+  Doubles8 xx = {}, yy = {}, xy = {};
+  for (size_t j = 0; j + 4 <= len; j += 4) {
+    Doubles8 a, b;
+    four_and_four(xa, xb, j, a);
+    four_and_four(ya, yb, j, b);
+    xx += a * a;
+    yy += b * b;
+    xy += a * b;
+  }
+  partial_a[0] = (xx[0] + xx[1]) + (xx[2] + xx[3]);
+  partial_a[1] = (yy[0] + yy[1]) + (yy[2] + yy[3]);
+  partial_a[2] = (xy[0] + xy[1]) + (xy[2] + xy[3]);
+  partial_b[0] = (xx[4] + xx[5]) + (xx[6] + xx[7]);
+  partial_b[1] = (yy[4] + yy[5]) + (yy[6] + yy[7]);
+  partial_b[2] = (xy[4] + xy[5]) + (xy[6] + xy[7]);
+}
+
 ALLOY_ELEMENT_KERNEL void slerp_sums(const float* x, const float* y, size_t len, double* partial) {
   slerp_sums_of(x, y, len, partial);
 }
@@ -134,6 +182,12 @@ class SlerpChunk final : public ChunkedMerge {
   bool merges_bf16() const override { return std::is_same_v<R, RoundBF16>; }
   void chunk_sums_bf16(const uint16_t* const* sources, size_t len, double* partial) const override {
     slerp_sums_bf16_bits(sources[base_], sources[1 - base_], len, partial);
+  }
+  void chunk_pair_sums_bf16(const uint16_t* const* a, const uint16_t* const* b, size_t len,
+                            double* partial_a, double* partial_b) const override {
+    if (len % 4 != 0) return ChunkedMerge::chunk_pair_sums_bf16(a, b, len, partial_a, partial_b);
+    slerp_pair_sums_bf16_bits(a[base_], a[1 - base_], b[base_], b[1 - base_], len, partial_a,
+                              partial_b);
   }
   void set_sums(const double* sums) override {
     const double norm_a = std::sqrt(sums[0]), norm_b = std::sqrt(sums[1]);
