@@ -146,11 +146,10 @@ TEST(Writer, ShardedBytesDoNotDependOnOrderWithinAShard) {
 // Hashing as written: each file's sha256 equals the hash of the file on disk, whether the tensors
 // come in write_order() (hashed from the bytes given), reversed (every tensor read back from the
 // file when its turn comes), or from several threads; in one file or in shards with an index.
-TEST(Writer, HashesEveryFileAsWritten) {
-  const auto t = every_dtype(7);
-  for (const uint64_t budget : {alloy::parse_byte_size("5B"), uint64_t{300}}) {
-    // Modes 3 to 5 write each tensor in parts of 5 bytes (write_part), as the merge executor's
-    // output windows do: in order, in reverse order, and from 3 threads.
+// Modes 3 to 5 write each tensor in parts of `part` bytes (write_part), as the merge executor's
+// output windows do: in order, in reverse order, and from 3 threads.
+void expect_hashes_as_written(const Tensors& t, const std::vector<uint64_t>& budgets, size_t part) {
+  for (const uint64_t budget : budgets) {
     for (const int mode : {0, 1, 2, 3, 4, 5}) {
       TempDir dir;
       alloy::ShardedWriter writer(dir.path(), t.specs, budget, {{"source", "test"}}, true);
@@ -161,8 +160,10 @@ TEST(Writer, HashesEveryFileAsWritten) {
       const auto put = [&](size_t i) {
         const std::string& bytes = t.bytes[i];
         if (mode < 3) return writer.write(t.specs[i].name, bytes.data(), bytes.size());
-        for (size_t at = 0; at == 0 || at < bytes.size(); at += 5) {  // an empty tensor: one empty part
-          writer.write_part(t.specs[i].name, at, bytes.data() + at, std::min<size_t>(5, bytes.size() - at));
+        // An empty tensor: one empty part.
+        for (size_t at = 0; at == 0 || at < bytes.size(); at += part) {
+          writer.write_part(t.specs[i].name, at, bytes.data() + at,
+                            std::min(part, bytes.size() - at));
         }
       };
       std::vector<std::thread> pool;
@@ -175,7 +176,7 @@ TEST(Writer, HashesEveryFileAsWritten) {
       const std::vector<std::string> names = writer.finish();
       const auto& files = writer.written_files();
       ASSERT_EQ(files.size(), names.size());
-      EXPECT_EQ(files.size() > 1, budget == 300);
+      EXPECT_EQ(files.size() > 1, budget == budgets.back());
       for (size_t f = 0; f < files.size(); ++f) {
         EXPECT_EQ(files[f].name, names[f]);
         EXPECT_EQ(files[f].size, fs::file_size(dir / names[f])) << names[f];
@@ -183,6 +184,11 @@ TEST(Writer, HashesEveryFileAsWritten) {
       }
     }
   }
+}
+
+TEST(Writer, HashesEveryFileAsWritten) {
+  const auto t = every_dtype(7);
+  expect_hashes_as_written(t, {alloy::parse_byte_size("5B"), uint64_t{300}}, 5);
   // Without hashing: sizes, no digests.
   TempDir dir;
   alloy::ShardedWriter writer(dir.path(), t.specs, 300);
@@ -192,6 +198,21 @@ TEST(Writer, HashesEveryFileAsWritten) {
     EXPECT_EQ(f.sha256, "");
     EXPECT_EQ(f.size, fs::file_size(dir / f.name));
   }
+}
+
+// Parts of the merge's sizes (its 2 MiB output windows; here 300 KiB) of tensors of 0.3 to 1.5
+// MiB: the same digests in order, reversed (read back in windows of 1 MiB) and from several
+// threads. Odd sizes, so that parts straddle the sha256 blocks and the read-back windows.
+TEST(Writer, HashesLargePartsAsWritten) {
+  Tensors t;
+  std::mt19937 rng(11);
+  for (const size_t n : {size_t{1} << 20, (size_t{3} << 19) + 7, size_t{300} << 10}) {
+    t.specs.push_back({"w" + std::to_string(t.specs.size()), alloy::DType::U8, {n}});
+    std::string bytes(n, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    t.bytes.push_back(bytes);
+  }
+  expect_hashes_as_written(t, {uint64_t{1} << 30, uint64_t{2} << 20}, (size_t{300} << 10) + 3);
 }
 
 TEST(Writer, ExactBytesOfASmallFile) {
@@ -478,6 +499,22 @@ TEST(Writer, FailedTensorWriteLeavesNothing) {
     EXPECT_EQ(entries(dir.path()), 0u);
   }
   EXPECT_EQ(entries(dir.path()), 0u);
+}
+
+// A write that fails leaves the file's hash as it was: written again, the tensor is hashed once.
+TEST(Writer, HashAfterAFailedWriteCountsTheRewrittenBytesOnce) {
+  TempDir dir;
+  Tensors t;
+  t.specs = {{"small", alloy::DType::U8, {16}}, {"large", alloy::DType::U8, {1 << 20}}};
+  t.bytes = {std::string(16, 's'), std::string(1 << 20, 'L')};
+  alloy::ShardedWriter writer(dir.path(), t.specs, 1 << 30, {}, true);
+  with_file_size_limit(4096, [&] {
+    EXPECT_THROW(writer.write("large", t.bytes[1].data(), t.bytes[1].size()), alloy::Error);
+  });
+  writer.write("large", t.bytes[1].data(), t.bytes[1].size());
+  writer.write("small", t.bytes[0].data(), t.bytes[0].size());
+  ASSERT_EQ(writer.finish(), std::vector<std::string>{"model.safetensors"});
+  EXPECT_EQ(writer.written_files().at(0).sha256, alloy::sha256_file(dir / "model.safetensors"));
 }
 
 TEST(Writer, FileThatCannotBeSizedLeavesNothing) {
