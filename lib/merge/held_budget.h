@@ -5,12 +5,12 @@
 // with a sums or selection pass reads them twice or more). But the held buffer is fresh memory for
 // every run, and fresh memory costs page faults whose price swings on these virtual machines:
 // measured here, the first touch of a 192 MiB huge-page buffer in a fresh process took 0.017 s when
-// the host still backed recently freed memory and 0.12-0.34 s when it did not (up to 1.7 s per
-// GiB; 2.6 s per GiB with 4 KiB pages). A read out of the page cache costs about 0.17 s per GiB
+// the host still backed recently freed memory and 0.12-0.34 s when it did not (up to 1.8 s per
+// GiB; 2.8 s per GiB with 4 KiB pages). A read out of the page cache costs about 0.17 s per GiB
 // (pread's copy and its page-cache lookups). So a held byte pays for itself for certain only when
 // about 16 bytes pass through it. Merges held their embedding matrices for a second read of two or
 // three tensors: a 0.5 GB ties merge's held buffer was 188 MiB, and one run of it took 2.94 s,
-// 3.1 s of it system time, against 1.2 s without holding them; peak RSS 215 MB against 57 MB.
+// 3.1 s of it system time, against 1.2 s without holding them; peak RSS 210 MiB against 55 MiB.
 #pragma once
 
 #include <cstdint>
