@@ -15,8 +15,8 @@
 // beat the serial floor (0.39 s against 0.45 s): `--overlap` reads on one thread while a second
 // writes, and the benchmarks take the faster of the two floors.
 //
-// Usage: io_floor [--out FILE --out-bytes N] [--read-buffer B] [--write-buffer B] [--overlap]
-// INPUT...
+// Usage: io_floor [--overlap] [--out FILE --out-bytes N] [--read-buffer B] [--write-buffer B]
+//                 INPUT...
 //        io_floor --sweep [--out FILE --out-bytes N] INPUT...
 // Prints one JSON line per run (seconds, bytes), and for --sweep one line per buffer size and a
 // final {"best_read_buffer": ..., "best_write_buffer": ...} line.
@@ -241,9 +241,8 @@ int main(int argc, char** argv) {
     const double seconds = run_floor(options, files, options.read_buffer, options.write_buffer,
                                      read_bytes, options.overlap);
     std::printf(
-        "{\"read_bytes\": %llu, \"written_bytes\": %llu, \"read_buffer\": %zu, \"write_buffer\": "
-        "%zu, "
-        "\"overlap\": %s, \"seconds\": %.3f}\n",
+        "{\"read_bytes\": %llu, \"written_bytes\": %llu, \"read_buffer\": %zu, "
+        "\"write_buffer\": %zu, \"overlap\": %s, \"seconds\": %.3f}\n",
         static_cast<unsigned long long>(read_bytes),
         static_cast<unsigned long long>(options.out_bytes), options.read_buffer,
         options.write_buffer, options.overlap ? "true" : "false", seconds);

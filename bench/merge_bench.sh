@@ -8,8 +8,9 @@
 #
 # Usage: bench/merge_bench.sh [SIZE_GB (default 2)] [WORK_DIR (default: a temp dir, removed after)]
 # REPEAT=N (default 2) times every copy and merge N times, in N interleaved rounds (floor, cat + cp,
-# merge), and reports the fastest of each (the peak RSS and faults are those of the fastest merge). Dirty pages are flushed (sync) before each
-# timed run, so that one run's write-back does not throttle the next.
+# merge), and reports the fastest of each (the peak RSS and faults are those of the fastest
+# merge). Dirty pages are flushed (sync) before each timed run, so that one run's write-back does
+# not throttle the next.
 # MERGE_FLAGS="--no-provenance-hashes" passes extra flags to alloy-merge (here: skip the sha256 of
 # the input and output files, to see what the hashing costs).
 # HASH_CACHE=1 adds two rows each for linear and slerp: alloy-merge --hash-cache DIR with an empty
@@ -50,6 +51,9 @@ cat "$work"/models/{base,ft_1,ft_2}/*.safetensors >/dev/null
 read -r read_buffer write_buffer < <(python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print(d["best_read_buffer"], d["best_write_buffer"])' "$work/sweep.json")
 echo "io_floor --sweep: fastest read buffer $read_buffer, write buffer $write_buffer bytes" >&2
 
+# faster A B: whether A seconds is less than B seconds, or B is empty (nothing timed yet).
+faster() { [[ -z "$2" ]] || awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+
 # measure COMMAND...: runs the command under /usr/bin/time $repeat times (after a sync each);
 # prints "seconds peak_kb minor_faults" of the fastest run. FRESH=PATH removes PATH (the run's
 # output) before each run, outside the clock: every run, the floor's and the merge's alike, writes
@@ -61,9 +65,7 @@ measure() {
     [[ -z "${FRESH:-}" ]] || rm -rf "$FRESH"
     sync
     /usr/bin/time -f "%e %M %R" -o "$log" "$@" >/dev/null 2>"$work/stderr.log" || { cat "$work/stderr.log" >&2; return 1; }
-    if [[ -z "$best" ]] || awk -v a="$(cut -d' ' -f1 "$log")" -v b="${best%% *}" 'BEGIN { exit !(a < b) }'; then
-      best=$(cat "$log")
-    fi
+    if faster "$(cut -d' ' -f1 "$log")" "${best%% *}"; then best=$(cat "$log"); fi
   done
   echo "$best"
 }
@@ -130,16 +132,14 @@ for method in linear slerp ties dare_ties; do
       --write-buffer "$write_buffer" --out "$work/copy.bin" --out-bytes "$out_bytes" "${inputs[@]}")
     read -r o _ _ < <(FRESH="$work/copy.bin" repeat=1 measure "$bin/io_floor" --overlap --read-buffer "$read_buffer" \
       --write-buffer "$write_buffer" --out "$work/copy.bin" --out-bytes "$out_bytes" "${inputs[@]}")
-    if awk -v a="$o" -v b="$f" 'BEGIN { exit !(a < b) }'; then f=$o; fi
+    if faster "$o" "$f"; then f=$o; fi
     read -r c _ _ < <(FRESH="$work/copy.bin" repeat=1 measure bash -c 'cat "${@:2}" >/dev/null && cp ft_1/model.safetensors "$1"' \
       _ "$work/copy.bin" "${files[@]}")
     read -r m kb fl < <(FRESH="$work/out-$method" repeat=1 measure "$bin/alloy-merge" -q --overwrite "${merge_flags[@]}" \
       "$method.yml" "$work/out-$method")
-    if [[ -z "$floor_s" ]] || awk -v a="$f" -v b="$floor_s" 'BEGIN { exit !(a < b) }'; then floor_s=$f; fi
-    if [[ -z "$catcp_s" ]] || awk -v a="$c" -v b="$catcp_s" 'BEGIN { exit !(a < b) }'; then catcp_s=$c; fi
-    if [[ -z "$merge_s" ]] || awk -v a="$m" -v b="$merge_s" 'BEGIN { exit !(a < b) }'; then
-      merge_s=$m peak_kb=$kb faults=$fl
-    fi
+    if faster "$f" "$floor_s"; then floor_s=$f; fi
+    if faster "$c" "$catcp_s"; then catcp_s=$c; fi
+    if faster "$m" "$merge_s"; then merge_s=$m peak_kb=$kb faults=$fl; fi
   done
   rm -rf "$work/copy.bin" "$work/out-$method"
   row "$method" "$merge_s" "$peak_kb" "$faults"
