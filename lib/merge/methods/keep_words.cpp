@@ -1,0 +1,90 @@
+// The DARE keep mask's words, versioned by instruction set: see keep_words.h.
+#include "keep_words.h"
+
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "method_util.h"
+
+namespace alloy::detail {
+
+// Bits of words [wb, we): the comparison of each entry's draw shifted into place. Branch-free, so
+// the compiler vectorises it, in each of its clones.
+ALLOY_INTEGER_KERNEL void random_keep_words_loop(uint64_t seed, uint64_t below, size_t n, size_t wb,
+                                                 size_t we, uint64_t* words) {
+  for (size_t w = wb; w < we; ++w) {
+    const size_t first = w * 64, len = std::min<size_t>(64, n - first);
+    uint64_t bits = 0;
+    for (size_t t = 0; t < len; ++t) bits |= uint64_t{random53(seed, first + t) < below} << t;
+    words[w] = bits;
+  }
+}
+
+void random_keep_words_reference(uint64_t seed, uint64_t below, size_t n, size_t wb, size_t we,
+                                 uint64_t* words) {
+  for (size_t w = wb; w < we; ++w) {
+    words[w] = 0;
+    for (size_t i = w * 64; i < std::min<size_t>(n, w * 64 + 64); ++i) {
+      if (random53(seed, i) < below) words[w] |= uint64_t{1} << (i - w * 64);
+    }
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+namespace {
+
+// x86-64-v4 (AVX-512 F, BW, DQ, VL): the 64-bit multiply is vpmullq (DQ). The loop's vectorised
+// clone turns each comparison into a 0/1 lane, shifts it to its bit and ORs the lanes together;
+// here the comparison's mask register is the eight bits: 1.5x faster on AMD Zen 5.
+__attribute__((target("arch=x86-64-v4"))) void keep_words_avx512(uint64_t seed, uint64_t below,
+                                                                 size_t n, size_t wb, size_t we,
+                                                                 uint64_t* words) {
+  // The arithmetic in GCC vector types (vpmullq, vpsrlq); only the comparison needs its intrinsic,
+  // for the mask register.
+  typedef uint64_t Lanes __attribute__((vector_size(64)));
+  const uint64_t golden = 0x9E3779B97F4A7C15ull;  // random53's step per index, modulo 2^64
+  const Lanes lane_steps = Lanes{0, 1, 2, 3, 4, 5, 6, 7} * golden;
+  const __m512i limit = _mm512_set1_epi64(static_cast<long long>(below));
+  const size_t whole_end = std::min(we, n / 64);  // words with all 64 entries
+  size_t w = wb;
+  for (; w < whole_end; ++w) {
+    // random53's argument for entries 64 w + t: seed + (64 w + t + 1) * golden, modulo 2^64.
+    Lanes z = (seed + (w * 64 + 1) * golden) + lane_steps;
+    uint64_t bits = 0;
+    for (unsigned group = 0; group < 8; ++group) {
+      Lanes x = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;  // mix_bits, lane by lane
+      x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+      x = (x ^ (x >> 31)) >> 11;
+      bits |= uint64_t{_mm512_cmplt_epu64_mask(reinterpret_cast<__m512i>(x), limit)} << (8 * group);
+      z += 8 * golden;
+    }
+    words[w] = bits;
+  }
+  random_keep_words_loop(seed, below, n, w, we, words);  // the last, partial word
+}
+
+bool cpu_has_x86_64_v4() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+}
+
+}  // namespace
+
+void random_keep_words(uint64_t seed, uint64_t below, size_t n, size_t wb, size_t we,
+                       uint64_t* words) {
+  static const bool avx512 = cpu_has_x86_64_v4();
+  if (avx512) return keep_words_avx512(seed, below, n, wb, we, words);
+  random_keep_words_loop(seed, below, n, wb, we, words);
+}
+#else
+void random_keep_words(uint64_t seed, uint64_t below, size_t n, size_t wb, size_t we,
+                       uint64_t* words) {
+  random_keep_words_loop(seed, below, n, wb, we, words);
+}
+#endif
+
+}  // namespace alloy::detail
