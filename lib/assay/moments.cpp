@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 
+#include "alloy/core/cpu_features.h"
 #include "alloy/core/dtype.h"
 #include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
@@ -526,16 +527,7 @@ inline __attribute__((always_inline)) void fused_sub_block(const ResolvedPass& p
 // resolved_chunk then runs). Elsewhere 16 lanes would be split into narrower vectors than the
 // registers can hold side by side, and spill.
 bool sixteen_lanes() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool avx512 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  }();
-  return avx512;
-#else
-  return false;
-#endif
+  return cpu_has_x86_64_v4();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #endif
 
+#include "alloy/core/cpu_features.h"
 #include "method_util.h"
 
 namespace alloy::detail {
@@ -66,18 +67,11 @@ __attribute__((target("arch=x86-64-v4"))) void keep_words_avx512(uint64_t seed, 
   random_keep_words_loop(seed, below, n, w, we, words);  // the last, partial word
 }
 
-bool cpu_has_x86_64_v4() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-}
-
 }  // namespace
 
 void random_keep_words(uint64_t seed, uint64_t below, size_t n, size_t wb, size_t we,
                        uint64_t* words) {
-  static const bool avx512 = cpu_has_x86_64_v4();
-  if (avx512) return keep_words_avx512(seed, below, n, wb, we, words);
+  if (cpu_has_x86_64_v4()) return keep_words_avx512(seed, below, n, wb, we, words);
   random_keep_words_loop(seed, below, n, wb, we, words);
 }
 #else
