@@ -22,10 +22,13 @@ using EmitBytes = std::function<void(uint64_t offset, const uint8_t* bytes, uint
 // Refuses (or, clamping, reports nothing for) merged values that out_dtype cannot hold.
 void check_overflow(const PlannedTensor& t, size_t overflows, bool clamped);
 
-// The chunked path (alloy/merge/merge_method.h, ChunkedMerge): every fixed chunk of kDefaultGrain
-// elements of each source is converted from the mapped bytes into per-thread scratch, merged and
-// stored as output bytes, so no whole-tensor float32 buffer is built; the sums pass, when the
-// method needs one, converts the chunks once more. Only the output bytes take a pool slot.
+// The chunked path (alloy/merge/merge_method.h, ChunkedMerge): each task reads a few chunks of
+// every source with one pread each (or finds them held, hold_sources, or in `given`), converts
+// them into per-thread scratch (or passes bf16 sources to the method's bf16-bits kernels as they
+// were read), merges them and stores the output bytes in a window that is written behind while the
+// next is merged: no whole-tensor buffer is built. A method with a sums pass, or a prepare() that
+// reads the sources, gets them held across its passes where they fit the pool's held_limit(). A
+// tensor with non-finite or overflowing merged values is refused after its last window.
 // `given`: the sources' bytes already gathered (fused experts), one per source, each of t.shape;
 // null to read the planned source tensors.
 void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& ctx,
