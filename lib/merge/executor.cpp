@@ -1,13 +1,7 @@
 // The merge executor: streams a MergePlan through the methods into a staged output directory.
 #include <algorithm>
 #include <array>
-#include <atomic>
-#include <cstring>
-#include <functional>
-#include <future>
 #include <map>
-#include <mutex>
-#include <optional>
 #include <regex>
 
 #include "alloy/core/error.h"
@@ -15,7 +9,6 @@
 #include "alloy/core/file_util.h"
 #include "alloy/core/hash_cache.h"
 #include "alloy/core/kernels.h"
-#include "alloy/core/page_buffer.h"
 #include "alloy/core/parallel.h"
 #include "alloy/core/safetensors.h"
 #include "alloy/core/sha256.h"

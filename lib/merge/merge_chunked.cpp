@@ -4,11 +4,10 @@
 #include <algorithm>
 #include <atomic>
 
+#include "alloy/core/dtype.h"
 #include "alloy/core/error.h"
-#include "alloy/core/kernels.h"
 #include "alloy/core/page_buffer.h"
 #include "alloy/core/parallel.h"
-#include "alloy/core/test_hooks.h"
 #include "methods/method_util.h"
 #include "methods/sparsify.h"
 

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "alloy/core/kernels.h"
+#include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
 #include "alloy/core/safetensors.h"
 
