@@ -46,21 +46,20 @@ __attribute__((target("arch=x86-64-v4"))) void keep_words_avx512(uint64_t seed, 
   // The arithmetic in GCC vector types (vpmullq, vpsrlq); only the comparison needs its intrinsic,
   // for the mask register.
   typedef uint64_t Lanes __attribute__((vector_size(64)));
-  const uint64_t golden = 0x9E3779B97F4A7C15ull;  // random53's step per index, modulo 2^64
-  const Lanes lane_steps = Lanes{0, 1, 2, 3, 4, 5, 6, 7} * golden;
+  const Lanes lane_steps = Lanes{0, 1, 2, 3, 4, 5, 6, 7} * kDrawStep;
   const __m512i limit = _mm512_set1_epi64(static_cast<long long>(below));
   const size_t whole_end = std::min(we, n / 64);  // words with all 64 entries
   size_t w = wb;
   for (; w < whole_end; ++w) {
-    // random53's argument for entries 64 w + t: seed + (64 w + t + 1) * golden, modulo 2^64.
-    Lanes z = (seed + (w * 64 + 1) * golden) + lane_steps;
+    // random53's argument for entries 64 w + t: seed + (64 w + t + 1) * kDrawStep, modulo 2^64.
+    Lanes z = (seed + (w * 64 + 1) * kDrawStep) + lane_steps;
     uint64_t bits = 0;
     for (unsigned group = 0; group < 8; ++group) {
-      Lanes x = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;  // mix_bits, lane by lane
-      x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-      x = (x ^ (x >> 31)) >> 11;
+      Lanes x = z;  // random53 of the eight entries
+      mix_in_place(x);
+      x >>= 11;
       bits |= uint64_t{_mm512_cmplt_epu64_mask(reinterpret_cast<__m512i>(x), limit)} << (8 * group);
-      z += 8 * golden;
+      z += 8 * kDrawStep;
     }
     words[w] = bits;
   }

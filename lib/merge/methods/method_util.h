@@ -212,14 +212,23 @@ void copy_source(const MergeContext& ctx, size_t index, float* out);
 // Counter-based random numbers for the random masks (DARE, DELLA): splitmix64's finaliser applied
 // to stream + index * golden-ratio constant. A value depends only on (stream, index), never on the
 // thread that draws it or the order of the draws.
-inline uint64_t mix_bits(uint64_t z) {
+// The finaliser, in place, on a uint64_t or lane by lane on a GCC vector of them (the DARE draws
+// eight at a time, keep_words.cpp; by reference, so that no 512-bit vector crosses a call's ABI).
+template <class U>
+[[gnu::always_inline]] inline void mix_in_place(U& z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  z = z ^ (z >> 31);
 }
+inline uint64_t mix_bits(uint64_t z) {
+  mix_in_place(z);
+  return z;
+}
+// The step between consecutive indices' arguments to the finaliser (2^64 / the golden ratio).
+constexpr uint64_t kDrawStep = 0x9E3779B97F4A7C15ull;
 // 53 random bits for element `index` of stream `stream`.
 inline uint64_t random53(uint64_t stream, uint64_t index) {
-  return mix_bits(stream + (index + 1) * 0x9E3779B97F4A7C15ull) >> 11;
+  return mix_bits(stream + (index + 1) * kDrawStep) >> 11;
 }
 // Uniform in [0, 1) with 53 random bits, for element `index` of stream `stream`.
 inline double uniform01(uint64_t stream, uint64_t index) {
