@@ -29,15 +29,8 @@
 #include "internal.h"
 
 namespace alloy::detail {
-namespace {
 
-constexpr uint64_t kPrefix = 1 << 16;
-constexpr double kAlignedCorrelation = 0.3;
-
-// Pearson correlation of the first elements of two tensors of equal size: near 1 for a tensor and
-// a blend of its namesakes, near 0 once rows are shuffled.
-double pearson(const std::vector<float>& x, const std::vector<float>& y) {
-  const uint64_t n = std::min(x.size(), y.size());
+double pearson(const float* x, const float* y, uint64_t n) {
   if (n == 0) return 0;
   double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
   for (uint64_t i = 0; i < n; ++i) {
@@ -47,17 +40,27 @@ double pearson(const std::vector<float>& x, const std::vector<float>& y) {
   return vx > 0 && vy > 0 ? (sxy - sx * sy / double(n)) / std::sqrt(vx * vy) : 0.0;
 }
 
+namespace {
+
+constexpr uint64_t kPrefix = 1 << 16;
+constexpr double kAlignedCorrelation = 0.3;
+
+// pearson over the common length of two items.
+double pearson(const std::vector<float>& x, const std::vector<float>& y) {
+  return detail::pearson(x.data(), y.data(), std::min(x.size(), y.size()));
+}
+
 double prefix_correlation(const ModelTensor& a, const ModelTensor& b) {
   const uint64_t n = std::min<uint64_t>(a.info->numel(), kPrefix);
   if (n == 0 || a.info->numel() != b.info->numel()) return 0;
   // Reused by every call on this thread: vectors made afresh for each tensor pair cost a page fault
   // per 4 KiB each time (malloc returns the freed top of the heap to the system).
   static thread_local std::vector<float> x, y;
-  x.resize(n);
-  y.resize(n);
-  load_range(a, 0, n, x.data());
-  load_range(b, 0, n, y.data());
-  return pearson(x, y);
+  float* xs = at_least(x, n);
+  float* ys = at_least(y, n);
+  load_range(a, 0, n, xs);
+  load_range(b, 0, n, ys);
+  return detail::pearson(xs, ys, n);
 }
 
 bool is_identity(const std::vector<uint32_t>& p) {

@@ -206,6 +206,20 @@ void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* ou
 void rethrow_read_error();
 void discard_read_error();  // a left-over error of an assay that failed otherwise
 
+// Pearson correlation of x[0, n) and y[0, n) (sums in double, in element order); 0 where either is
+// constant. Near 1 for a tensor and a blend of its namesakes, near 0 once rows are shuffled.
+double pearson(const float* x, const float* y, uint64_t n);
+
+// Grows `v` to at least n elements (never shrinks it) and returns its data: the per-thread scratch
+// of the assay's stages. resize() to each tensor's size instead zero-fills the grown part again
+// whenever a larger tensor follows a smaller one (a memset of every prefix and sample read, 2-3%
+// of a 1 GB assay's CPU time), and vectors made afresh paid a page fault per 4 KiB as well.
+template <class T>
+T* at_least(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
 // While it lives, this thread's read errors (load_range, rethrow_read_error, discard_read_error)
 // go to a slot of its own instead of the assay's shared one: for whole stages run concurrently,
 // one per thread (the rebuild checks of confirm_by_rebuild), whose parallel regions are then nested

@@ -94,10 +94,10 @@ std::optional<QuantizationGrid> grid_of(const ModelTensor& tensor) {
   const uint64_t cols = info.shape.back(), rows = n / cols;
   const uint64_t sampled = std::min(rows, kGridRows);
   static thread_local std::vector<float> values;  // reused: a fresh one per tensor cost a page fault per 4 KiB
-  values.resize(size_t(sampled * cols));
+  float* sample = at_least(values, size_t(sampled * cols));
   for (uint64_t s = 0; s < sampled; ++s) {
     const uint64_t row = s * rows / sampled;  // evenly spaced, the first row included
-    load_range(tensor, size_t(row * cols), size_t(cols), values.data() + s * cols);
+    load_range(tensor, size_t(row * cols), size_t(cols), sample + s * cols);
   }
   for (const QuantizationGrid& grid : candidate_grids()) {
     const uint64_t width = grid.group == 0 ? cols : grid.group;
@@ -105,7 +105,7 @@ std::optional<QuantizationGrid> grid_of(const ModelTensor& tensor) {
     size_t on = 0, tested = 0;
     const uint64_t total = sampled * cols;
     for (uint64_t start = 0; start < total; start += width) {
-      const auto result = group_on_grid(values.data() + start, size_t(width), grid, u);
+      const auto result = group_on_grid(sample + start, size_t(width), grid, u);
       if (!result) continue;
       ++tested;
       on += *result;

@@ -58,15 +58,6 @@ __attribute__((target_clones("avx2", "default"))) void compare(const float* merg
   out = c;
 }
 
-// Grows `v` to at least n elements (never shrinks it) and returns its data. The check runs once per
-// hypothesis, several per assay: vectors made afresh for each paid a zero-fill and a page fault per
-// 4 KiB of every tensor each time (18% of the CPU samples of a 1 GB assay).
-template <class T>
-T* at_least(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
-
 // One sampled tensor of the check: the planned merge, the suspect's tensor, and each source's
 // tensor with its LoRA change (`base+adapter` in a claim), if any.
 struct Patch {

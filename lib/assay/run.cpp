@@ -41,23 +41,17 @@ BlockTest test_blocks(const detail::TensorViews& views, const std::vector<uint64
   enum : size_t { kSkipped = 0, kBlockMatched = 1, kUnmatched = 2 };
   const size_t worst = parallel_reduce(size_t(blocks), 1, size_t{kSkipped}, [&](size_t b0, size_t b1) -> size_t {
     static thread_local std::vector<float> x, y;
-    x.resize(len), y.resize(len);
-    const auto correlation = [&]() {
-      double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
-      for (uint64_t i = 0; i < len; ++i) {
-        sx += x[i], sy += y[i], sxx += double(x[i]) * x[i], syy += double(y[i]) * y[i], sxy += double(x[i]) * y[i];
-      }
-      const double n = double(len), vx = sxx - sx * sx / n, vy = syy - sy * sy / n;
-      return vx > 0 && vy > 0 ? (sxy - sx * sy / n) / std::sqrt(vx * vy) : 0.0;
-    };
+    float* xs = detail::at_least(x, len);
+    float* ys = detail::at_least(y, len);
     size_t result = kSkipped;
     for (uint64_t b = b0; b < b1; ++b) {
-      detail::load_view(views, 0, b * stride, len, x.data());
-      if (std::all_of(x.begin(), x.end(), [&](float v) { return v == x[0]; })) continue;  // shows no order
+      detail::load_view(views, 0, b * stride, len, xs);
+      if (std::all_of(xs, xs + len, [&](float v) { return v == xs[0]; }))
+        continue;  // shows no order
       bool matched = false;
       for (size_t c = 1; c < views.inputs.size() && !matched; ++c) {
-        detail::load_view(views, c, b * stride, len, y.data());
-        matched = correlation() >= kBlockCorrelation;
+        detail::load_view(views, c, b * stride, len, ys);
+        matched = detail::pearson(xs, ys, len) >= kBlockCorrelation;
       }
       result = std::max<size_t>(result, matched ? kBlockMatched : kUnmatched);
     }
