@@ -501,15 +501,18 @@ TEST(Writer, FailedTensorWriteLeavesNothing) {
   EXPECT_EQ(entries(dir.path()), 0u);
 }
 
-// A write that fails leaves the file's hash as it was: written again, the tensor is hashed once.
+// A write that fails leaves the file's hash as it was: written again, the tensor is hashed once,
+// with the bytes written the second time (the failed attempt's bytes differ, so a hash fed before
+// the copy succeeded would show).
 TEST(Writer, HashAfterAFailedWriteCountsTheRewrittenBytesOnce) {
   TempDir dir;
   Tensors t;
   t.specs = {{"small", alloy::DType::U8, {16}}, {"large", alloy::DType::U8, {1 << 20}}};
   t.bytes = {std::string(16, 's'), std::string(1 << 20, 'L')};
   alloy::ShardedWriter writer(dir.path(), t.specs, 1 << 30, {}, true);
+  const std::string failed(1 << 20, 'X');
   with_file_size_limit(4096, [&] {
-    EXPECT_THROW(writer.write("large", t.bytes[1].data(), t.bytes[1].size()), alloy::Error);
+    EXPECT_THROW(writer.write("large", failed.data(), failed.size()), alloy::Error);
   });
   writer.write("large", t.bytes[1].data(), t.bytes[1].size());
   writer.write("small", t.bytes[0].data(), t.bytes[0].size());
