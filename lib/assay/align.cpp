@@ -84,22 +84,6 @@ void append_unit(const float* v, size_t len, size_t stride, double* out) {
   for (size_t i = 0; i < len; ++i) out[i] = double(v[i * stride]) * inv;
 }
 
-// Cost[i][j] = 1 - <a_i, b_j> / (parts) over item descriptors of `dim` doubles each.
-std::vector<double> cosine_cost(const std::vector<double>& a, const std::vector<double>& b, size_t n, size_t dim,
-                                double parts) {
-  std::vector<double> cost(n * n);
-  parallel_for(n, 1, [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) {
-      for (size_t j = 0; j < n; ++j) {
-        double d = 0;
-        for (size_t t = 0; t < dim; ++t) d += a[i * dim + t] * b[j * dim + t];
-        cost[i * n + j] = 1 - d / parts;
-      }
-    }
-  });
-  return cost;
-}
-
 // Reads the items of unit slices from one model: a slice's matrix (its expert's, for a stacked
 // tensor) is loaded once and kept until clear().
 class Reader {
@@ -155,16 +139,23 @@ struct MlpData {
   std::vector<float> gate, up, down;
 };
 
-MlpData read_mlp(Reader& m, const MlpUnit& u) {
-  MlpData d;
-  d.inter = u.neurons, d.hidden = u.hidden;
-  for (const auto& [s, into] : {std::pair{&u.gate, &d.gate}, std::pair{&u.up, &d.up}, std::pair{&u.down, &d.down}}) {
-    into->reserve(d.inter * d.hidden);
-    for (uint64_t i = 0; i < d.inter; ++i) {
+// Into `d`, whose vectors keep their storage: refilled for every layer, they touch no fresh pages
+// (a fresh 25 MB vector per matrix, model and layer cost a page fault per 4 KiB).
+void read_mlp(Reader& m, const MlpUnit& u, MlpData* d) {
+  d->inter = u.neurons, d->hidden = u.hidden;
+  for (const auto& [s, into] :
+       {std::pair{&u.gate, &d->gate}, std::pair{&u.up, &d->up}, std::pair{&u.down, &d->down}}) {
+    into->clear();
+    into->reserve(d->inter * d->hidden);
+    for (uint64_t i = 0; i < d->inter; ++i) {
       const std::vector<float> v = m.item(*s, i);
       into->insert(into->end(), v.begin(), v.end());
     }
   }
+}
+MlpData read_mlp(Reader& m, const MlpUnit& u) {
+  MlpData d;
+  read_mlp(m, u, &d);
   return d;
 }
 
@@ -409,11 +400,16 @@ void align_neurons(Context& c, int layer, const std::string& unit, const MlpUnit
                    const MlpUnit& ref) {
   if (!neurons_comparable(c.s, source, c.r, ref)) return;
   const size_t inter = ref.neurons, hidden = ref.hidden;
-  const auto descriptors = [&](Reader& m, const MlpUnit& u) {
-    const MlpData d = read_mlp(m, u);
-    std::vector<double> out(inter * 3 * hidden);
+  // The descriptors, their weights and the cost matrix in buffers reused for every layer: fresh,
+  // they were about 0.6 GB of page faults and zero-fills per layer of the benchmark model.
+  static thread_local MlpData weights;
+  static thread_local std::vector<double> suspect_items, reference_items, cost;
+  const auto descriptors = [&](Reader& m, const MlpUnit& u, std::vector<double>* items) {
+    MlpData& d = weights;
+    read_mlp(m, u, &d);
+    double* out = at_least(*items, inter * 3 * hidden);
     for (size_t i = 0; i < inter; ++i) {
-      double* o = out.data() + i * 3 * hidden;
+      double* o = out + i * 3 * hidden;
       append_unit(d.gate.data() + i * hidden, hidden, 1, o);
       append_unit(d.up.data() + i * hidden, hidden, 1, o + hidden);
       append_unit(d.down.data() + i * hidden, hidden, 1, o + 2 * hidden);
@@ -423,7 +419,10 @@ void align_neurons(Context& c, int layer, const std::string& unit, const MlpUnit
   std::vector<uint32_t> q(inter);
   std::iota(q.begin(), q.end(), 0u);
   if (items_shuffled(c.sr, source.gate, c.rr, ref.gate, inter)) {
-    q = linear_assignment(cosine_cost(descriptors(c.sr, source), descriptors(c.rr, ref), inter, 3 * hidden, 3), inter);
+    const double* a = descriptors(c.sr, source, &suspect_items);
+    const double* b = descriptors(c.rr, ref, &reference_items);
+    cosine_cost(a, b, inter, 3 * hidden, 3, at_least(cost, inter * inter));
+    q = linear_assignment(cost, inter);
   }
   const std::vector<uint32_t> qinv = inverse(q);
   const bool permuted = !is_identity(q);

@@ -206,6 +206,16 @@ void load_range(const ModelTensor& tensor, size_t begin, size_t count, float* ou
 void rethrow_read_error();
 void discard_read_error();  // a left-over error of an assay that failed otherwise
 
+// The cost matrix of an alignment's assignment: cost[i * n + j] = 1 - <a_i, b_j> / parts for i, j <
+// n, over descriptors of `dim` doubles (a and b row-major [n, dim]; `parts` unit vectors each, so
+// that the cost is 1 - their mean cosine). Each dot product is one fixed sum whatever the thread
+// count: per tile of 512 terms, term t in lane t mod 8 from +0, the lanes added pairwise; the tiles
+// added in order (cosine_cost.cpp).
+void cosine_cost(const double* a, const double* b, size_t n, size_t dim, double parts,
+                 double* cost);
+std::vector<double> cosine_cost(const std::vector<double>& a, const std::vector<double>& b,
+                                size_t n, size_t dim, double parts);
+
 // Pearson correlation of x[0, n) and y[0, n) (sums in double, in element order); 0 where either is
 // constant. Near 1 for a tensor and a blend of its namesakes, near 0 once rows are shuffled.
 double pearson(const float* x, const float* y, uint64_t n);
