@@ -2,8 +2,7 @@
 # Prints one sha256 line per file that alloy writes for a fixed set of inputs: every recipe in
 # recipes/ on a dense and a MoE synthetic family (the multi-module ones on a Qwen3.5-MoE with its
 # vision tower; the bf16 ones also in float16 and float32, and on a float16 family), the assay's
-# JSON, recipe and report, and every
-# perturb transform. Run it before and after a change that must not change behaviour and diff the
+# JSON, recipe and report, and every perturb transform with the assay's JSON of its output. Run it before and after a change that must not change behaviour and diff the
 # two listings (they are identical when every output byte is).
 # Usage: scripts/output-digest.sh BIN_DIR > digest.txt
 set -euo pipefail
@@ -37,6 +36,10 @@ for family in dense moe; do
     if [[ $kind == stack-layers ]]; then extra=(--layer-map 0,1,1,2,3); fi
     "$bin/alloy-synth" perturb merged-linear "perturbed-$kind" --kind "$kind" --seed 5 \
       "${extra[@]}" >/dev/null
+    # The assay of each disguise: its alignment (permutations, scales, rotations, stacking) and
+    # verdict. A nonzero exit is listed: it is behaviour too.
+    "$bin/alloy-assay" -q "perturbed-$kind" base ft_1 ft_2 ft_3 unrelated_1 --json "assay-perturbed-$kind.json" \
+      >/dev/null 2>&1 || echo "assay of $family perturbed-$kind: exit $?"
   done
 done
 
