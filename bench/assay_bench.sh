@@ -9,6 +9,9 @@
 # family gets N - 1 fine-tunes); the floor and `cat` then read the suspect and all N candidates.
 # HASH_CACHE=1 adds a row: alloy-assay --hash-cache DIR with a warm cache (filled by one run first),
 # so the audit record's sha256 of every input comes from the cache instead of a second read.
+# DISGUISE=KIND adds a row: the assay of the merge disguised by `alloy-synth perturb --kind KIND`
+# (permute-neurons, permute-heads, rescale-neurons, rotate-residual, ...), whose alignment is the
+# extra work, and the share of the disguise's permutations it undid.
 # Target (issue 14): assay <= 2x a `cat` of its inputs; peak RSS flat in the number of candidates.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -87,3 +90,23 @@ d = json.load(open(sys.argv[1]))
 w = {c["path"]: round(c["weight"], 4) for c in d["candidates"]}
 print("verdict:", d["verdict"], d["method"], "weights:", w)
 PY
+if [[ -n "${DISGUISE:-}" ]]; then
+  disguised="disguised-$DISGUISE"
+  [[ -d "$disguised" ]] || "$bin/alloy-synth" perturb merged "$disguised" --kind "$DISGUISE" --seed 5 >&2
+  files_d=("$disguised"/*.safetensors)
+  for n in "${names[@]}"; do files_d+=("$n"/*.safetensors); done
+  cat "${files_d[@]}" >/dev/null
+  read -r dcat_s _ _ < <(measure bash -c 'cat "$@" >/dev/null' _ "${files_d[@]}")
+  read -r d_s d_kb d_faults < <(measure "$bin/alloy-assay" -q "$disguised" "${names[@]}" --json "$work/assay-disguised.json")
+  printf "%-12s %10s %12d %12d\n" "assay/$DISGUISE" "$d_s" $((d_kb / 1024)) "$d_faults"
+  echo "ratio assay/$DISGUISE over cat: $(awk -v m="$d_s" -v c="$dcat_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')x"
+  python3 - "$work/assay-disguised.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+w = {c["path"]: round(c["weight"], 4) for c in d["candidates"]}
+kinds = {}
+for p in d.get("permutations", []):
+    kinds[p["kind"]] = kinds.get(p["kind"], 0) + 1
+print("disguised verdict:", d["verdict"], d["method"], "weights:", w, "alignment:", kinds)
+PY
+fi
