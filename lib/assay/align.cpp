@@ -159,6 +159,15 @@ MlpData read_mlp(Reader& m, const MlpUnit& u) {
   return d;
 }
 
+// This thread's MlpData buffers, reused for every layer: slot 0 for the suspect's unit (or one
+// unit at a time), 1.. for the candidates'.
+MlpData& mlp_scratch(size_t slot) {
+  static thread_local std::vector<std::unique_ptr<MlpData>>
+      buffers;  // stable addresses as it grows
+  while (buffers.size() <= slot) buffers.push_back(std::make_unique<MlpData>());
+  return *buffers[slot];
+}
+
 // Whether the unit's slices have the same tensors' shapes in both models (so item descriptors
 // compare).
 bool same_shapes(const Model& a, const std::vector<const ItemSlice*>& sa, const Model& b,
@@ -322,27 +331,34 @@ std::vector<float> estimate_neuron_scales(Context& c, const MlpUnit& source, con
                                           const std::vector<uint32_t>& qinv) {
   const size_t inter = ref.neurons, hidden = ref.hidden;
   if (!up_norms_spread(c.sr, c.rr, source, ref, qinv)) return {};
-  const MlpData raw = read_mlp(c.sr, source);
-  std::vector<float> sg(inter * hidden), su(inter * hidden), sd(inter * hidden);
+  // Every buffer here is reused for every layer: fresh, they were about 300 MB of page faults and
+  // zero-fills per layer of the benchmark model (2 candidates).
+  MlpData& raw = mlp_scratch(0);
+  read_mlp(c.sr, source, &raw);
+  static thread_local std::vector<float> gate_rows, up_rows, down_rows;
+  float* const sg = at_least(gate_rows, inter * hidden);
+  float* const su = at_least(up_rows, inter * hidden);
+  float* const sd = at_least(down_rows, inter * hidden);
   for (size_t i = 0; i < inter; ++i) {
     const size_t from = size_t(qinv[i]) * hidden;
-    std::copy_n(raw.gate.data() + from, hidden, sg.data() + i * hidden);
-    std::copy_n(raw.up.data() + from, hidden, su.data() + i * hidden);
-    std::copy_n(raw.down.data() + from, hidden, sd.data() + i * hidden);
+    std::copy_n(raw.gate.data() + from, hidden, sg + i * hidden);
+    std::copy_n(raw.up.data() + from, hidden, su + i * hidden);
+    std::copy_n(raw.down.data() + from, hidden, sd + i * hidden);
   }
   // Mixing weights from gate_proj: min |S - sum w_k C_k|^2, sum w = 1, relative to the reference.
-  std::vector<std::vector<float>> cg, cu, cd;
+  std::vector<const float*> cg, cu, cd;
   for (const Model* m : c.candidates) {
     if (!same_shapes(c.r, mlp_slices(ref), *m, mlp_slices(ref))) return {};
     Reader reader(*m);
-    MlpData d = read_mlp(reader, ref);
-    cg.push_back(std::move(d.gate)), cu.push_back(std::move(d.up)), cd.push_back(std::move(d.down));
+    MlpData& d = mlp_scratch(1 + cg.size());
+    read_mlp(reader, ref, &d);
+    cg.push_back(d.gate.data()), cu.push_back(d.up.data()), cd.push_back(d.down.data());
   }
   const size_t k = cg.size();
   const size_t ref_index = size_t(std::find(c.candidates.begin(), c.candidates.end(), &c.r) - c.candidates.begin());
   Eigen::MatrixXd a = Eigen::MatrixXd::Zero(Eigen::Index(k), Eigen::Index(k));
   Eigen::VectorXd y = Eigen::VectorXd::Zero(Eigen::Index(k));
-  for (size_t e = 0; e < sg.size(); ++e) {
+  for (size_t e = 0; e < inter * hidden; ++e) {
     const double t = double(sg[e]) - cg[ref_index][e];
     for (size_t i = 0; i < k; ++i) {
       const double di = double(cg[i][e]) - cg[ref_index][e];
@@ -354,7 +370,7 @@ std::vector<float> estimate_neuron_scales(Context& c, const MlpUnit& source, con
   a += 1e-12 * a.trace() * Eigen::MatrixXd::Identity(Eigen::Index(k), Eigen::Index(k));
   Eigen::VectorXd w = a.ldlt().solve(y);
   w(Eigen::Index(ref_index)) = 1 - (w.sum() - w(Eigen::Index(ref_index)));
-  const auto blend = [&](const std::vector<std::vector<float>>& ts, size_t e) {
+  const auto blend = [&](const std::vector<const float*>& ts, size_t e) {
     double v = 0;
     for (size_t i = 0; i < k; ++i) v += w(Eigen::Index(i)) * ts[i][e];
     return v;
@@ -402,10 +418,9 @@ void align_neurons(Context& c, int layer, const std::string& unit, const MlpUnit
   const size_t inter = ref.neurons, hidden = ref.hidden;
   // The descriptors, their weights and the cost matrix in buffers reused for every layer: fresh,
   // they were about 0.6 GB of page faults and zero-fills per layer of the benchmark model.
-  static thread_local MlpData weights;
   static thread_local std::vector<double> suspect_items, reference_items, cost;
   const auto descriptors = [&](Reader& m, const MlpUnit& u, std::vector<double>* items) {
-    MlpData& d = weights;
+    MlpData& d = mlp_scratch(0);  // used up before the next call
     read_mlp(m, u, &d);
     double* out = at_least(*items, inter * 3 * hidden);
     for (size_t i = 0; i < inter; ++i) {
@@ -684,15 +699,17 @@ void load_aligned(const Model& suspect, const Alignment& alignment, const std::s
   const AlignedTensor& a = alignment.tensors.at(name);
   const ModelTensor& t = *suspect.find(a.source);
   const uint64_t n = t.info->numel();
-  std::vector<float> src(n);
-  load_range(t, 0, n, src.data());
-  if (a.rotation) undo_rotation(a, t.info->shape, src.data());
+  static thread_local std::vector<float>
+      stored;  // reused for every tensor: fresh, a page fault per 4 KiB
+  float* const src = at_least(stored, n);
+  load_range(t, 0, n, src);
+  if (a.rotation) undo_rotation(a, t.info->shape, src);
   out->resize(n);
   const TensorGather& g = a.gather;
   if (g.matrices * g.rows * g.cols != n) {
-    std::copy(src.begin(), src.end(), out->begin());
+    std::copy_n(src, n, out->begin());
   } else {
-    g.apply(src.data(), out->data());
+    g.apply(src, out->data());
   }
   if (a.row_scale.empty() && a.col_scale.empty()) return;
   for (uint64_t m = 0; m < g.matrices; ++m) {
