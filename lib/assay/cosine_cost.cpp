@@ -1,11 +1,12 @@
-// The cost matrices of the alignment's assignments (see internal.h, cosine_cost).
+// The products of rows behind the alignment: its assignments' cost matrices and the undoing of a
+// rotated residual stream (see internal.h, cosine_cost and row_dots).
 //
 // The matrix is a product of two [n, dim] matrices: for the MLP neurons of a model like the
 // benchmark's (4096 neurons, descriptors of 3 x 1536 doubles) 7.7e10 products per layer. Summed
 // one term after another per pair, each addition waited on the last: 460 s for the 16 layers of the
 // 1 GB benchmark model with its neurons permuted, 95% of it here. Now each pair's terms go into
 // eight lanes, and a kernel keeps 4 x 4 pairs in registers over tiles of the rows that stay in
-// cache.
+// cache. A rotated model's tensors times the rotation are the same product (row_dots).
 #include <algorithm>
 #include <cstring>
 
@@ -94,6 +95,15 @@ __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void block_d
 }
 
 }  // namespace
+
+void row_dots(const double* a, size_t m, const double* b, size_t n, size_t dim, double* out) {
+  parallel_for((m + kRows - 1) / kRows, 1, [&](size_t begin, size_t end) {
+    for (size_t block = begin; block < end; ++block) {
+      const size_t i0 = block * kRows, i1 = std::min(m, i0 + kRows);
+      block_dots(a, b, n, dim, i0, i1, out + i0 * n);
+    }
+  });
+}
 
 void cosine_cost(const double* a, const double* b, size_t n, size_t dim, double parts,
                  double* cost) {

@@ -215,6 +215,9 @@ void cosine_cost(const double* a, const double* b, size_t n, size_t dim, double 
                  double* cost);
 std::vector<double> cosine_cost(const std::vector<double>& a, const std::vector<double>& b,
                                 size_t n, size_t dim, double parts);
+// out[i * n + j] = <a_i, b_j> for the m rows of a and the n rows of b (row-major, `dim` doubles
+// each), in parallel over blocks of a's rows; each sum in cosine_cost's fixed order.
+void row_dots(const double* a, size_t m, const double* b, size_t n, size_t dim, double* out);
 
 // Pearson correlation of x[0, n) and y[0, n) (sums in double, in element order); 0 where either is
 // constant. Near 1 for a tensor and a blend of its namesakes, near 0 once rows are shuffled.

@@ -1,7 +1,7 @@
-// cosine_cost (lib/assay/cosine_cost.cpp): the alignment's cost matrices, in register tiles.
-// Checked against a plain loop, on sizes whose rows and terms fall short of every tile (n not a
-// multiple of 4 or of the 128-row tasks, dim not a multiple of the 8 lanes or the 512-term tiles),
-// and the same bits for any thread count.
+// cosine_cost and row_dots (lib/assay/cosine_cost.cpp): the alignment's products of rows, in
+// register tiles. Checked against a plain loop, on sizes whose rows and terms fall short of every
+// tile (n not a multiple of 4 or of the 128-row tasks, dim not a multiple of the 8 lanes or the
+// 512-term tiles), and the same bits for any thread count.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -38,6 +38,25 @@ TEST(CosineCost, MatchesAPlainLoopOnEverySize) {
           ASSERT_NEAR(cost[i * n + j], 1 - d / 3.0, 1e-14 * (scale + 1))
               << "n " << n << " dim " << dim << " i " << i << " j " << j;
         }
+      }
+    }
+  }
+}
+
+// row_dots on rectangular sides (the rotation's products: a tensor's rows against the rotation's).
+TEST(CosineCost, RowDotsOfUnequalSides) {
+  for (const auto& [m, n] : {std::pair<size_t, size_t>{13, 70}, {200, 3}, {1, 1}}) {
+    const size_t dim = 515;
+    const std::vector<double> a = random_rows(m, dim, 5), b = random_rows(n, dim, 6);
+    std::vector<double> out(m * n);
+    alloy::detail::row_dots(a.data(), m, b.data(), n, dim, out.data());
+    for (size_t i = 0; i < m; ++i) {
+      for (size_t j = 0; j < n; ++j) {
+        double d = 0, scale = 0;
+        for (size_t t = 0; t < dim; ++t)
+          d += a[i * dim + t] * b[j * dim + t], scale += std::fabs(a[i * dim + t] * b[j * dim + t]);
+        ASSERT_NEAR(out[i * n + j], d, 1e-14 * (scale + 1))
+            << m << " x " << n << " i " << i << " j " << j;
       }
     }
   }
