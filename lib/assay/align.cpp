@@ -162,8 +162,8 @@ MlpData read_mlp(Reader& m, const MlpUnit& u) {
 // This thread's MlpData buffers, reused for every layer: slot 0 for the suspect's unit (or one
 // unit at a time), 1.. for the candidates'.
 MlpData& mlp_scratch(size_t slot) {
-  static thread_local std::vector<std::unique_ptr<MlpData>>
-      buffers;  // stable addresses as it grows
+  // Pointers, so that a slot's address stays put as the list grows.
+  static thread_local std::vector<std::unique_ptr<MlpData>> buffers;
   while (buffers.size() <= slot) buffers.push_back(std::make_unique<MlpData>());
   return *buffers[slot];
 }
@@ -699,8 +699,8 @@ void load_aligned(const Model& suspect, const Alignment& alignment, const std::s
   const AlignedTensor& a = alignment.tensors.at(name);
   const ModelTensor& t = *suspect.find(a.source);
   const uint64_t n = t.info->numel();
-  static thread_local std::vector<float>
-      stored;  // reused for every tensor: fresh, a page fault per 4 KiB
+  // Reused for every tensor: a fresh vector cost a page fault per 4 KiB of it.
+  static thread_local std::vector<float> stored;
   float* const src = at_least(stored, n);
   load_range(t, 0, n, src);
   if (a.rotation) undo_rotation(a, t.info->shape, src);
