@@ -107,13 +107,9 @@ void row_dots(const double* a, size_t m, const double* b, size_t n, size_t dim, 
 
 void cosine_cost(const double* a, const double* b, size_t n, size_t dim, double parts,
                  double* cost) {
-  parallel_for((n + kRows - 1) / kRows, 1, [&](size_t begin, size_t end) {
-    for (size_t block = begin; block < end; ++block) {
-      const size_t i0 = block * kRows, i1 = std::min(n, i0 + kRows);
-      double* rows = cost + i0 * n;
-      block_dots(a, b, n, dim, i0, i1, rows);
-      for (size_t k = 0; k < (i1 - i0) * n; ++k) rows[k] = 1 - rows[k] / parts;
-    }
+  row_dots(a, n, b, n, dim, cost);
+  parallel_for(n, kRows, [&](size_t begin, size_t end) {
+    for (size_t k = begin * n; k < end * n; ++k) cost[k] = 1 - cost[k] / parts;
   });
 }
 
