@@ -2,7 +2,8 @@
 # Prints one sha256 line per file that alloy writes for a fixed set of inputs: every recipe in
 # recipes/ on a dense and a MoE synthetic family (the multi-module ones on a Qwen3.5-MoE with its
 # vision tower; the bf16 ones also in float16 and float32, and on a float16 family), the assay's
-# JSON, recipe and report, and every perturb transform with the assay's JSON of its output. Run it before and after a change that must not change behaviour and diff the
+# JSON, recipe and report, a sampled assay's JSON, and every perturb transform with the assay's
+# JSON of its output. Run it before and after a change that must not change behaviour and diff the
 # two listings (they are identical when every output byte is).
 # Usage: scripts/output-digest.sh BIN_DIR > digest.txt
 set -euo pipefail
@@ -28,6 +29,7 @@ for family in dense moe; do
   "$bin/alloy-assay" merged-linear base ft_1 ft_2 ft_3 unrelated_1 --json assay.json \
     --recipe recovered.yml --report assay.html >/dev/null
   "$bin/alloy-assay" merged-ties base ft_1 ft_2 ft_3 unrelated_1 --json assay-ties.json >/dev/null
+  "$bin/alloy-assay" -q merged-linear base ft_1 ft_2 ft_3 unrelated_1 --sample 0.05 --json assay-sampled.json >/dev/null
   for kind in noise reround finetune permute-experts permute-neurons permute-heads \
               rescale-neurons fold-norms stack-layers; do
     if [[ $family == dense && $kind == permute-experts ]]; then continue; fi

@@ -2,16 +2,17 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
-#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "alloy/assay/assay.h"
 #include "alloy/core/error.h"
 #include "alloy/core/model.h"
+#include "alloy/core/page_buffer.h"
 #include "alloy/core/units.h"
 
 namespace alloy {
@@ -95,9 +96,10 @@ void load_view(const TensorViews& views, size_t v, size_t begin, size_t count, f
 inline constexpr uint64_t kMinSampledRows = 8;
 std::vector<uint64_t> sampled_rows(const std::vector<uint64_t>& shape, double fraction, uint64_t seed,
                                    const std::string& tensor_name);
-// The given rows of one input of the views, gathered into `out` (rows x row length floats).
-void gather_rows(const TensorViews& views, size_t v, uint64_t row_length, const std::vector<uint64_t>& rows,
-                 std::vector<float>* out);
+// The given rows of every input of the views, gathered into `buffer` (grown if needed, never
+// shrunk): input v's rows x row length floats start at the v-th pointer returned.
+std::vector<const float*> gather_rows(const TensorViews& views, uint64_t row_length,
+                                      const std::vector<uint64_t>& rows, PageBuffer* buffer);
 
 // The full pass: statistics over the resolved elements in coordinates relative to a pivot candidate
 // P (the prefix pass's reference): Y_0 = S - P, Y_c = C_c - P (Y_pivot = 0), Y_{k+1} = P. In

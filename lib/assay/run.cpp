@@ -279,7 +279,7 @@ AssayResult run_fitted(const AssayOptions& options) {
   detail::rethrow_read_error();  // reads run inside parallel regions: errors surface after each stage
   result.permutations = alignment.permutations;
   std::vector<float> aligned_values;
-  std::vector<std::vector<float>> sampled_values;  // --sample: each input's rows, reused per tensor
+  PageBuffer sampled_buffer;  // --sample: every input's rows, reused per tensor
   if (options.sample_fraction > 0 && options.sample_fraction < 1) {
     result.sampling.fraction = options.sample_fraction;
     result.sampling.seed = options.sample_seed;
@@ -320,10 +320,7 @@ AssayResult run_fitted(const AssayOptions& options) {
       result.sampling.elements_total += ta.numel;
       if (!rows.empty()) {
         const uint64_t row_length = shape.back();
-        sampled_values.resize(views.inputs.size());
-        for (size_t v = 0; v < views.inputs.size(); ++v) detail::gather_rows(views, v, row_length, rows, &sampled_values[v]);
-        views.values.clear();
-        for (const auto& values : sampled_values) views.values.push_back(values.data());
+        views.values = detail::gather_rows(views, row_length, rows, &sampled_buffer);
         views.numel = rows.size() * row_length;
         shape = {rows.size(), row_length};
         ++result.sampling.tensors_sampled;
