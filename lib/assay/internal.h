@@ -5,11 +5,13 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "alloy/assay/assay.h"
+#include "alloy/core/architecture.h"
 #include "alloy/core/error.h"
 #include "alloy/core/model.h"
 #include "alloy/core/page_buffer.h"
@@ -374,5 +376,49 @@ void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, f
 // The suspect's slot `name` in candidate order, as float32 (into `out`, resized).
 void load_aligned(const Model& suspect, const Alignment& alignment, const std::string& name,
                   std::vector<float>* out);
+
+// The per-tensor assay (tensor_pass.cpp). What every tensor of one assay shares:
+struct TensorPass {
+  const Model& suspect;
+  ModelArchitecture arch;  // the suspect's
+  const Alignment& alignment;
+  const std::vector<const Model*>& models;  // the compared candidates
+  const std::vector<std::string>& paths;    // their paths, for the reasons a tensor is not fitted
+  double sample_fraction = 0;               // AssayOptions::sample_fraction and sample_seed
+  uint64_t sample_seed = 0;
+  double resolve = 0;  // accumulate_resolved's resolve fraction
+};
+// The buffers one tensor's assay fills: the aligned suspect's floats and the sampled rows.
+struct TensorScratch {
+  std::vector<float> aligned;
+  PageBuffer sampled;
+};
+// Scratch for tensors assayed concurrently: a task takes one and gives it back, so at most one per
+// thread is ever made, and each is reused by the tensors that follow.
+class TensorScratchPool {
+ public:
+  std::unique_ptr<TensorScratch> take();
+  void give(std::unique_ptr<TensorScratch> scratch);
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<TensorScratch>> free_;
+};
+// The block test's outcome (tensor_pass.cpp, test_blocks_of): whether some block of the suspect's
+// tensor correlates with the same block of no candidate, a permutation the alignment did not undo.
+enum class BlockTest { kUntested, kMatched, kUnaligned };
+struct TensorOutcome {
+  TensorAssay assay;
+  BlockTest blocks = BlockTest::kUntested;
+  uint64_t elements_total = 0;  // the tensor's elements, when it was fitted
+  uint64_t elements_read = 0;   // those the fit saw (the sampled rows' under --sample)
+  bool sampled = false;         // whether a subset of its rows was read
+};
+// One suspect tensor's fit against the candidates' (the prefix pass, the full or sampled fit, the
+// block test and, where exact equalities betray a sparsifying merge, the sparse statistics); its
+// pages are released after. Safe to call for several tensors at once, each with its own scratch;
+// read errors go to the read-error slot (rethrow_read_error).
+TensorOutcome assay_tensor(const TensorPass& pass, const ModelTensor& tensor,
+                           TensorScratch* scratch);
 
 }  // namespace alloy::detail

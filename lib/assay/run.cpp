@@ -2,8 +2,9 @@
 // the per-tensor fit (and, where exact equalities betray a sparsifying merge, the sparse pass),
 // releasing each tensor's pages after use, then hands the fits to the verdict stage.
 #include <algorithm>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
+#include <exception>
 #include <memory>
 #include <set>
 
@@ -18,59 +19,20 @@
 namespace alloy {
 namespace {
 
-constexpr uint64_t kPrefixElements = 1 << 16;
-constexpr double kBlockCorrelation = 0.3;  // a block that keeps its place correlates far above this
-
-// Whether some block of the suspect's tensor correlates with the same block of no candidate: a
-// permutation the alignment stage did not undo (a fused or interleaved layout it cannot align).
-// The rows (axis 0: experts of a fused 3-D tensor, neurons, heads) are split into up to 64 blocks
-// of at least 64 elements and the first 4096 elements of each are compared; a blend keeps every
-// block in place, a permutation moves blocks or the elements inside them. Tensors of one row or
-// fewer than 256 elements (norms, biases) are not tested, nor are constant blocks.
-enum class BlockTest { kUntested, kMatched, kUnaligned };
-BlockTest test_blocks(const detail::TensorViews& views, const std::vector<uint64_t>& shape) {
-  if (shape.size() < 2 || shape[0] < 2 || views.numel < 256) return BlockTest::kUntested;
-  const uint64_t rows = shape[0], cols = views.numel / rows;
-  const uint64_t rows_per_block = std::max<uint64_t>({1, rows / 64, (64 + cols - 1) / cols});
-  const uint64_t blocks = rows / rows_per_block, stride = rows_per_block * cols;
-  const uint64_t len = std::min<uint64_t>(stride, 4096);
-  if (blocks < 2) return BlockTest::kUntested;
-  // The blocks are tested in parallel (each reads its own 4096 elements of every input, one pread
-  // each: serial, they were a tenth of a 1 GB assay's time on its main thread alone); a block is
-  // skipped (constant), matched, or unmatched, and any unmatched block makes the tensor unaligned.
-  enum : size_t { kSkipped = 0, kBlockMatched = 1, kUnmatched = 2 };
-  const size_t worst = parallel_reduce(size_t(blocks), 1, size_t{kSkipped}, [&](size_t b0, size_t b1) -> size_t {
-    static thread_local std::vector<float> x, y;
-    float* xs = detail::at_least(x, len);
-    float* ys = detail::at_least(y, len);
-    size_t result = kSkipped;
-    for (uint64_t b = b0; b < b1; ++b) {
-      detail::load_view(views, 0, b * stride, len, xs);
-      if (std::all_of(xs, xs + len, [&](float v) { return v == xs[0]; }))
-        continue;  // shows no order
-      bool matched = false;
-      for (size_t c = 1; c < views.inputs.size() && !matched; ++c) {
-        detail::load_view(views, c, b * stride, len, ys);
-        matched = detail::pearson(xs, ys, len) >= kBlockCorrelation;
-      }
-      result = std::max<size_t>(result, matched ? kBlockMatched : kUnmatched);
-    }
-    return result;
-  }, [](size_t a, size_t b) { return std::max(a, b); });
-  if (worst == kUnmatched) return BlockTest::kUnaligned;
-  return worst == kBlockMatched ? BlockTest::kMatched : BlockTest::kUntested;
-}
+// Tensors per batch of a sampled assay (see run_fitted): enough to keep every core busy, few
+// enough for progress to move.
+constexpr size_t kSampledBatch = 64;
 
 // Tensors with an unaligned block are left out of the fit when the suspect is otherwise related to
 // a candidate (some other tensor's every block matched one): there the block should have matched,
 // so whatever the fit would say about it is a guess. A suspect related to no candidate keeps its
 // fits (and is found independent).
-void drop_unaligned(const std::vector<BlockTest>& tests, AssayResult* result) {
+void drop_unaligned(const std::vector<detail::BlockTest>& tests, AssayResult* result) {
   std::vector<bool> unaligned(tests.size());
   bool related = false;
   for (size_t i = 0; i < tests.size(); ++i) {
-    unaligned[i] = tests[i] == BlockTest::kUnaligned;
-    related |= tests[i] == BlockTest::kMatched;
+    unaligned[i] = tests[i] == detail::BlockTest::kUnaligned;
+    related |= tests[i] == detail::BlockTest::kMatched;
   }
   if (!related) return;
   // A permutation moves a whole unit: its biases and norms (too small to test) go with it, so the
@@ -103,63 +65,6 @@ double resolve_fraction(const std::vector<const Model*>& models) {
     }
   }
   return 4.0 * std::ldexp(1.0, -mantissa);
-}
-
-// Why the tensor cannot be fitted against the candidates, or "" when it can.
-std::string unfit_reason(const ModelTensor& s, const std::vector<const ModelTensor*>& found,
-                         const std::vector<std::string>& paths) {
-  if (!can_load_as_f32(s.info->dtype)) return std::string("dtype ") + dtype_name(s.info->dtype) + " is not numeric";
-  for (size_t c = 0; c < found.size(); ++c) {
-    if (!found[c]) return "missing in candidate " + paths[c];
-    if (found[c]->info->shape != s.info->shape) return "shape differs in candidate " + paths[c];
-    if (!can_load_as_f32(found[c]->info->dtype)) return "candidate " + paths[c] + " stores it as a non-float dtype";
-  }
-  return "";
-}
-
-void fill_sparse(const detail::TensorViews& views, TensorAssay* ta) {
-  // The related candidates that carry a weight in this tensor's fit. A decoy (a sibling of the
-  // parents) is related but weightless; left in, its "kept alone" share and the kept-set subsets
-  // it spoils turned a dare_ties merge into della when a sibling joined the candidates.
-  std::vector<int> others;  // vector indices (candidate + 1)
-  for (size_t c = 0; c < ta->correlation.size(); ++c) {
-    const bool weightless = c < ta->weights.size() && std::fabs(ta->weights[c]) < detail::kInvolvedWeight;
-    if (int(c) != ta->reference && ta->correlation[c] > 0.3 && !weightless) others.push_back(int(c) + 1);
-  }
-  const size_t k = ta->correlation.size();
-  ta->solo_density.assign(k, std::nan(""));
-  ta->ratio_weight.assign(k, std::nan(""));
-  for (auto* v : {&ta->top_drop, &ta->upper_drop, &ta->outlier_share, &ta->profile_density}) v->assign(k, std::nan(""));
-  if (others.empty()) return;
-  const detail::SparseStats s = detail::sparse_statistics(views, ta->reference + 1, others);
-  for (size_t j = 0; j < others.size(); ++j) {
-    const size_t c = size_t(others[j] - 1);
-    ta->density[c] = s.density[j];
-    ta->magnitude_step[c] = s.magnitude_step[j];
-    ta->kept_scale[c] = s.kept_scale[j];
-    ta->solo_density[c] = s.solo_density[j];
-    ta->ratio_weight[c] = s.ratio_weights[j];
-    ta->top_drop[c] = s.top_drop[j];
-    ta->upper_drop[c] = s.upper_drop[j];
-    ta->outlier_share[c] = s.outlier_share[j];
-    ta->profile_density[c] = s.profile_density[j];
-  }
-  const detail::SubsetStats subsets = detail::subset_statistics(views, ta->reference + 1, others, s.kept_scale);
-  ta->subset_density.assign(k, std::nan(""));
-  ta->subset_scale.assign(k, std::nan(""));
-  ta->normalized_density.assign(k, std::nan(""));
-  ta->normalized_weight.assign(k, std::nan(""));
-  for (size_t j = 0; j < others.size() && !subsets.density.empty(); ++j) {
-    const size_t c = size_t(others[j] - 1);
-    ta->subset_density[c] = subsets.density[j];
-    ta->subset_scale[c] = subsets.scale[j];
-    ta->normalized_density[c] = subsets.normalized_density[j];
-    ta->normalized_weight[c] = subsets.normalized_weight[j];
-  }
-  ta->subset_matched = subsets.matched_share;
-  ta->subset_classifiable = subsets.classifiable;
-  ta->opposite_elements = subsets.opposite;
-  ta->sum_votes = subsets.sum_votes;
 }
 
 // The assay of at most kMaxFitted candidates.
@@ -271,86 +176,65 @@ AssayResult run_fitted(const AssayOptions& options) {
   AssayOptions kept = options;
   kept.candidates = comparable.paths;
   const double resolve = resolve_fraction(models);
-  const int k = int(models.size());
 
   AssayResult result;
   result.suspect = options.suspect.string();
   const detail::Alignment alignment = detail::align_suspect(suspect, models);
   detail::rethrow_read_error();  // reads run inside parallel regions: errors surface after each stage
   result.permutations = alignment.permutations;
-  std::vector<float> aligned_values;
-  PageBuffer sampled_buffer;  // --sample: every input's rows, reused per tensor
-  if (options.sample_fraction > 0 && options.sample_fraction < 1) {
+  const bool sampling = options.sample_fraction > 0 && options.sample_fraction < 1;
+  if (sampling) {
     result.sampling.fraction = options.sample_fraction;
     result.sampling.seed = options.sample_seed;
   }
   for (const auto& path : kept.candidates) result.candidates.push_back({path});
   const auto& tensors = suspect.tensors();
-  const ModelArchitecture suspect_arch = detect_architecture(suspect);
-  std::vector<BlockTest> block_tests(tensors.size(), BlockTest::kUntested);
+  const detail::TensorPass pass{.suspect = suspect,
+                                .arch = detect_architecture(suspect),
+                                .alignment = alignment,
+                                .models = models,
+                                .paths = kept.candidates,
+                                .sample_fraction = options.sample_fraction,
+                                .sample_seed = options.sample_seed,
+                                .resolve = resolve};
+  std::vector<detail::BlockTest> block_tests;
   const uint64_t total_bytes = suspect.total_bytes();
   uint64_t done_bytes = 0;
-  for (size_t index = 0; index < tensors.size(); ++index) {
-    const ModelTensor& s = tensors[index];
-    TensorAssay ta;
-    ta.name = s.name();
-    ta.component = assay_component(suspect_arch, ta.name, &ta.layer, &ta.expert);
-    ta.numel = s.info->numel();
-    detail::TensorViews views;
-    views.inputs.push_back(&s);
-    views.numel = ta.numel;
-    // The candidates' tensor this slot is compared with (another layer's, after stacking).
-    const auto entry = alignment.tensors.find(ta.name);
-    const std::string compared = entry != alignment.tensors.end() && !entry->second.candidate.empty()
-                                     ? entry->second.candidate
-                                     : ta.name;
-    std::vector<const ModelTensor*> found;
-    for (const Model* m : models) found.push_back(m->find(compared));
-    ta.skipped = unfit_reason(s, found, kept.candidates);
-    if (ta.skipped.empty() && ta.numel > 0) {
-      for (const ModelTensor* f : found) views.inputs.push_back(f);
-      if (entry != alignment.tensors.end()) {
-        detail::load_aligned(suspect, alignment, ta.name, &aligned_values);
-        views.suspect_values = aligned_values.data();
-        ta.aligned = true;
+  // A full assay takes the tensors one at a time, each pass spread over the cores. A sampled one
+  // reads a few rows of each tensor, too few to split: its passes' parallel regions were mostly
+  // threads waking up, so it takes batches of tensors, one tensor per task, every pass of a tensor
+  // on its task's thread. The bits are the same either way (a pass's chunks do not depend on the
+  // threads), and so is the order the fits are kept in.
+  const size_t batch = sampling ? kSampledBatch : 1;
+  detail::TensorScratchPool scratch;
+  for (size_t first = 0; first < tensors.size(); first += batch) {
+    const size_t count = std::min(batch, tensors.size() - first);
+    std::vector<detail::TensorOutcome> outcomes(count);
+    std::vector<std::exception_ptr> failures(count);  // an exception must not leave the region
+    parallel_for(count, 1, [&](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) {
+        try {
+          std::unique_ptr<detail::TensorScratch> lease = scratch.take();
+          outcomes[i] = detail::assay_tensor(pass, tensors[first + i], lease.get());
+          scratch.give(std::move(lease));
+        } catch (...) {
+          failures[i] = std::current_exception();
+        }
       }
-      // --sample: every pass below sees only the sampled rows, gathered once per input.
-      std::vector<uint64_t> shape = s.info->shape;
-      const std::vector<uint64_t> rows = detail::sampled_rows(shape, options.sample_fraction, options.sample_seed, ta.name);
-      result.sampling.elements_total += ta.numel;
-      if (!rows.empty()) {
-        const uint64_t row_length = shape.back();
-        views.values = detail::gather_rows(views, row_length, rows, &sampled_buffer);
-        views.numel = rows.size() * row_length;
-        shape = {rows.size(), row_length};
-        ++result.sampling.tensors_sampled;
-      }
-      result.sampling.elements_read += views.numel;
-      // A prefix pass tells related candidates from unrelated ones; only the related ones define
-      // which elements are resolved (an unrelated candidate would make every element look so).
-      const detail::PrefixMoments prefix = detail::accumulate_prefix(views, kPrefixElements);
-      const detail::PrefixFit quick = detail::fit_prefix(prefix, k);
-      std::vector<bool> related(static_cast<size_t>(k), false);
-      for (int c = 0; c < k; ++c) related[size_t(c)] = quick.correlation[size_t(c)] > 0.3;
-      // The full pass, in coordinates relative to the prefix's reference (the likely base).
-      if (rows.empty()) {
-        const detail::ResolvedMoments full = detail::accumulate_resolved(views, resolve, quick.reference + 1, related);
-        detail::fit_tensor(prefix, full, k, &ta);
-      } else {
-        detail::fit_sampled(views, rows.size(), shape.back(), resolve, quick.reference + 1, related, prefix, k, &ta);
-      }
-      ta.fitted = true;
-      block_tests[index] = test_blocks(views, shape);
-      double equal = ta.equal_reference;
-      for (double e : ta.equal_candidate) equal = std::max(equal, e);
-      if (views.numel >= 4096 && equal + ta.equal_reference > 0.1 && ta.copy_of < 0) fill_sparse(views, &ta);
-    } else if (ta.skipped.empty()) {
-      ta.skipped = "empty tensor";
+    });
+    for (const std::exception_ptr& failure : failures) {
+      if (failure) std::rethrow_exception(failure);
     }
-    for (const ModelTensor* v : views.inputs) v->shard->release(*v->info);
     detail::rethrow_read_error();
-    result.tensors.push_back(std::move(ta));
-    done_bytes += s.info->nbytes();
+    for (size_t i = 0; i < count; ++i) {
+      detail::TensorOutcome& o = outcomes[i];
+      result.sampling.elements_total += o.elements_total;
+      result.sampling.elements_read += o.elements_read;
+      result.sampling.tensors_sampled += o.sampled;
+      block_tests.push_back(o.blocks);
+      result.tensors.push_back(std::move(o.assay));
+      done_bytes += tensors[first + i].info->nbytes();
+    }
     if (options.progress) options.progress(done_bytes, total_bytes);
   }
   drop_unaligned(block_tests, &result);
