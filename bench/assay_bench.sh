@@ -9,10 +9,14 @@
 # family gets N - 1 fine-tunes); the floor and `cat` then read the suspect and all N candidates.
 # HASH_CACHE=1 adds a row: alloy-assay --hash-cache DIR with a warm cache (filled by one run first),
 # so the audit record's sha256 of every input comes from the cache instead of a second read.
+# SAMPLE=FRACTION adds a row: alloy-assay --sample FRACTION (a seeded random share of every
+# tensor's rows, no file hashes), its ratio to the full assay's time (and to the warm-cache full
+# assay's when HASH_CACHE=1), and whether its verdict and method are the full assay's.
 # DISGUISE=KIND adds a row: the assay of the merge disguised by `alloy-synth perturb --kind KIND`
 # (permute-neurons, permute-heads, rescale-neurons, rotate-residual, ...), whose alignment is the
 # extra work, and the share of the disguise's permutations it undid.
-# Target (issue 14): assay <= 2x a `cat` of its inputs; peak RSS flat in the number of candidates.
+# Targets (issue 14): assay <= 2x a `cat` of its inputs; peak RSS flat in the number of candidates;
+# a 1% sampled assay <= 0.1x the full assay's time, with the same verdict.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 size=${1:-1}
@@ -90,6 +94,23 @@ d = json.load(open(sys.argv[1]))
 w = {c["path"]: round(c["weight"], 4) for c in d["candidates"]}
 print("verdict:", d["verdict"], d["method"], "weights:", w)
 PY
+if [[ -n "${SAMPLE:-}" ]]; then
+  read -r s_s s_kb s_faults < <(measure "$bin/alloy-assay" -q merged "${names[@]}" --sample "$SAMPLE" --json "$work/assay-sampled.json")
+  printf "%-12s %10s %12d %12d\n" "assay/$SAMPLE" "$s_s" $((s_kb / 1024)) "$s_faults"
+  echo "ratio sampled/full assay: $(awk -v m="$s_s" -v c="$assay_s" 'BEGIN { printf "%.3f", (c > 0 ? m / c : 0) }')x"
+  if [[ -n "${warm_s:-}" ]]; then
+    echo "ratio sampled/hc-warm full assay: $(awk -v m="$s_s" -v c="$warm_s" 'BEGIN { printf "%.3f", (c > 0 ? m / c : 0) }')x"
+  fi
+  python3 - "$work/assay.json" "$work/assay-sampled.json" <<'PY'
+import json, sys
+full, sampled = (json.load(open(p)) for p in sys.argv[1:3])
+w = {c["path"]: round(c["weight"], 4) for c in sampled["candidates"]}
+same = (full["verdict"], full["method"]) == (sampled["verdict"], sampled["method"])
+print("sampled verdict:", sampled["verdict"], sampled["method"], "weights:", w,
+      "read:", sampled["sampling"]["elements_read"], "of", sampled["sampling"]["elements_total"], "elements;",
+      "same verdict as the full assay" if same else "VERDICT DIFFERS from the full assay")
+PY
+fi
 if [[ -n "${DISGUISE:-}" ]]; then
   disguised="disguised-$DISGUISE"
   [[ -d "$disguised" ]] || "$bin/alloy-synth" perturb merged "$disguised" --kind "$DISGUISE" --seed 5 >&2
