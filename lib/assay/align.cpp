@@ -202,6 +202,7 @@ struct Context {
   const Model& r;
   Alignment& out;
   const std::vector<const Model*>& candidates;
+  const AlignOptions& options;
   Reader sr{s}, rr{r};
 
   // The slot's entry, created as "the suspect's tensor as stored" on first use.
@@ -419,15 +420,28 @@ void align_neurons(Context& c, int layer, const std::string& unit, const MlpUnit
   // The descriptors, their weights and the cost matrix in buffers reused for every layer: fresh,
   // they were about 0.6 GB of page faults and zero-fills per layer of the benchmark model.
   static thread_local std::vector<double> suspect_items, reference_items, cost;
+  // The coordinates compared: all, or a sampled assay's sketch (AlignOptions), drawn per unit.
+  const std::vector<uint64_t> sketch =
+      c.options.sketch_coordinates > 0
+          ? sampled_rows({hidden, 1}, double(c.options.sketch_coordinates) / double(hidden),
+                         c.options.seed, "alignment sketch " + std::to_string(layer) + " " + unit)
+          : std::vector<uint64_t>{};
+  const size_t dim = sketch.empty() ? hidden : sketch.size();
   const auto descriptors = [&](Reader& m, const MlpUnit& u, std::vector<double>* items) {
     MlpData& d = mlp_scratch(0);  // used up before the next call
     read_mlp(m, u, &d);
-    double* out = at_least(*items, inter * 3 * hidden);
+    double* out = at_least(*items, inter * 3 * dim);
+    std::vector<float> picked(sketch.size());
+    const auto part = [&](const float* row, double* o) {
+      if (sketch.empty()) return append_unit(row, hidden, 1, o);
+      for (size_t j = 0; j < sketch.size(); ++j) picked[j] = row[sketch[j]];
+      append_unit(picked.data(), dim, 1, o);
+    };
     for (size_t i = 0; i < inter; ++i) {
-      double* o = out + i * 3 * hidden;
-      append_unit(d.gate.data() + i * hidden, hidden, 1, o);
-      append_unit(d.up.data() + i * hidden, hidden, 1, o + hidden);
-      append_unit(d.down.data() + i * hidden, hidden, 1, o + 2 * hidden);
+      double* o = out + i * 3 * dim;
+      part(d.gate.data() + i * hidden, o);
+      part(d.up.data() + i * hidden, o + dim);
+      part(d.down.data() + i * hidden, o + 2 * dim);
     }
     return out;
   };
@@ -436,12 +450,17 @@ void align_neurons(Context& c, int layer, const std::string& unit, const MlpUnit
   if (items_shuffled(c.sr, source.gate, c.rr, ref.gate, inter)) {
     const double* a = descriptors(c.sr, source, &suspect_items);
     const double* b = descriptors(c.rr, ref, &reference_items);
-    cosine_cost(a, b, inter, 3 * hidden, 3, at_least(cost, inter * inter));
+    cosine_cost(a, b, inter, 3 * dim, 3, at_least(cost, inter * inter));
     q = linear_assignment(cost, inter);
   }
   const std::vector<uint32_t> qinv = inverse(q);
   const bool permuted = !is_identity(q);
-  if (permuted) c.out.permutations.push_back({{"layer", layer}, {"kind", "neurons"}, {"unit", unit}, {"permutation", q}});
+  if (permuted) {
+    nlohmann::json record = {
+        {"layer", layer}, {"kind", "neurons"}, {"unit", unit}, {"permutation", q}};
+    if (!sketch.empty()) record["compared_coordinates"] = {{"sketch", dim}, {"hidden", hidden}};
+    c.out.permutations.push_back(std::move(record));
+  }
   const std::vector<float> scales = estimate_neuron_scales(c, source, ref, qinv);
   c.sr.clear(), c.rr.clear();
   if (!scales.empty()) {
@@ -625,7 +644,8 @@ bool layer_is_quiet(const Model& suspect, const LayerUnits& s, const Model& refe
 
 }  // namespace
 
-Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates) {
+Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates,
+                        const AlignOptions& options) {
   Alignment out;
   const ModelArchitecture sa = detect_architecture(suspect);
   // The reference: the candidate whose embeddings correlate best with the suspect's.
@@ -649,7 +669,7 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
   }
   const Model& reference = *candidates[size_t(out.reference)];
   const ModelArchitecture ra = detect_architecture(reference);
-  Context c{suspect, reference, out, candidates};
+  Context c{suspect, reference, out, candidates, options};
   const std::vector<LayerUnits> su = model_units(sa, suspect), ru = model_units(ra, reference);
   const int layers = int(su.size());
   const std::vector<int> layer_map = match_layers(c, sa, ra, layers, int(ru.size()));

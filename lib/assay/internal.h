@@ -343,7 +343,23 @@ struct Alignment {
   int reference = -1;                             // candidate aligned to
   nlohmann::json folded_norms = nlohmann::json::array();  // gain_stage's findings, one per norm
 };
-Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates);
+// How align_suspect compares neurons. With sketch_coordinates > 0 (a sampled assay), each
+// neuron's descriptor (its gate and up rows and down column, each a unit vector) is taken on a
+// seeded subset of that many coordinates of the hidden width, the same for both models, instead
+// of all of them: the cost matrices, n^2 x 3 x hidden products per layer, were nearly all of a
+// permuted model's assay, and the subset cuts them by hidden / sketch_coordinates. The assignment
+// is then optimal for the sketch, not proven so for the full descriptors; the block test still
+// drops any tensor whose blocks the result leaves unmatched, and the permutation record says how
+// many coordinates were compared ("compared_coordinates").
+struct AlignOptions {
+  uint64_t sketch_coordinates = 0;  // 0: every coordinate
+  uint64_t seed = 0;
+};
+// A sampled assay's sketch: 128 coordinates, where cosines of unrelated neurons scatter by about
+// 1/sqrt(128) = 0.09 around 0 and a matched pair's stay near those of the full descriptors.
+inline constexpr uint64_t kSketchCoordinates = 128;
+Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& candidates,
+                        const AlignOptions& options = {});
 
 // The rotation stage (lib/assay/rotation.cpp), run by align_suspect when the suspect's embeddings
 // correlate with no candidate's: estimates an orthogonal Q with S = C Q on the residual stream

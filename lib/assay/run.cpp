@@ -179,7 +179,11 @@ AssayResult run_fitted(const AssayOptions& options) {
 
   AssayResult result;
   result.suspect = options.suspect.string();
-  const detail::Alignment alignment = detail::align_suspect(suspect, models);
+  detail::AlignOptions align_options;
+  if (options.sample_fraction > 0 && options.sample_fraction < 1) {
+    align_options = {.sketch_coordinates = detail::kSketchCoordinates, .seed = options.sample_seed};
+  }
+  const detail::Alignment alignment = detail::align_suspect(suspect, models, align_options);
   detail::rethrow_read_error();  // reads run inside parallel regions: errors surface after each stage
   result.permutations = alignment.permutations;
   const bool sampling = options.sample_fraction > 0 && options.sample_fraction < 1;
@@ -264,6 +268,17 @@ AssayResult run_fitted(const AssayOptions& options) {
         std::string("sampled assay: every tensor of more than ") + std::to_string(detail::kMinSampledRows) +
         " rows was judged on a seeded random " + share + " of its rows (seed " + std::to_string(result.sampling.seed) +
         "); a copy or an equality holds on the rows read, and a full assay (without --sample) reads every element");
+    size_t sketched = 0;
+    for (const auto& p : result.permutations) sketched += p.contains("compared_coordinates");
+    if (sketched > 0) {
+      result.evidence["notes"].push_back(
+          "sampled assay: the neurons of " + std::to_string(sketched) +
+          " permuted MLP units were matched on " + std::to_string(detail::kSketchCoordinates) +
+          " seeded coordinates of their descriptors (permutations[].compared_coordinates), so each "
+          "matching is "
+          "the best for those coordinates, not proven the best for all; a full assay compares "
+          "every coordinate");
+    }
   }
   result.audit = detail::collect_audit(options, started, examined, &hasher);
   return result;

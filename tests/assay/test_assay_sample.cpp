@@ -1,9 +1,11 @@
 // alloy-assay --sample: the rows drawn, and a sampled assay of a Rio-shaped merge against the full
 // assay: the same verdict, weights within 0.002, and standard errors that cover the full assay's
-// weights at their stated rate over 100 seeds.
+// weights at their stated rate over 100 seeds; and its neuron alignment on a sketch of the
+// descriptors' coordinates, which must undo a permutation as the full assay does.
 #include <cmath>
 #include <set>
 
+#include "alloy/perturb/perturb.h"
 #include "assay/internal.h"
 #include "test_assay_utils.h"
 
@@ -64,9 +66,10 @@ struct RioShaped {
                    "\n    parameters: {weight: 0.429}\ndtype: bfloat16\n",
                merged);
   }
-  AssayResult run(double fraction, uint64_t seed) const {
+  AssayResult run(double fraction, uint64_t seed) const { return run_on(merged, fraction, seed); }
+  AssayResult run_on(const std::filesystem::path& suspect, double fraction, uint64_t seed) const {
     AssayOptions options;
-    options.suspect = merged;
+    options.suspect = suspect;
     options.candidates = {(dir / "ft_1").string(), (dir / "ft_2").string()};
     options.hash_files = false;
     options.rebuild_check_tensors = fraction > 0 ? 0 : 6;
@@ -133,6 +136,51 @@ TEST(AssaySample, TheSameSeedReadsTheSameRowsAndGivesTheSameNumbers) {
   EXPECT_EQ(doc["sampling"]["seed"], 5);
   EXPECT_NE(assay_summary(a).find("sampled: 2.00% of the rows"), std::string::npos) << assay_summary(a);
   EXPECT_FALSE(assay_to_json(rio.run(0, 0)).contains("sampling"));
+}
+
+// The merge with its MLP neurons permuted: a sampled assay compares the neurons on 128 of the 256
+// hidden coordinates (kSketchCoordinates) and must find the permutation the full assay finds, in
+// every layer, say so in the record, and give the full assay's verdict. With a wrong sketch (the
+// two models' descriptors on different coordinates) the neurons would not match.
+TEST(AssaySample, ItsSketchedNeuronAlignmentUndoesAPermutationAsTheFullAssayDoes) {
+  const RioShaped rio;
+  const std::filesystem::path permuted = rio.temp.path() / "permuted";
+  PerturbOptions permute;
+  permute.kind = PerturbKind::kPermuteNeurons;
+  permute.seed = 9;
+  perturb_model(rio.merged, permuted, permute);
+  const AssayResult full = rio.run_on(permuted, 0, 0);
+  ASSERT_EQ(full.verdict, "merge");
+  const auto neurons = [](const AssayResult& r) {
+    std::map<int, nlohmann::json> by_layer;
+    for (const auto& p : r.permutations) {
+      if (p["kind"] == "neurons") by_layer[p["layer"].get<int>()] = p;
+    }
+    return by_layer;
+  };
+  const auto expected = neurons(full);
+  ASSERT_EQ(expected.size(), 2u);  // both layers were permuted
+  for (uint64_t seed : {1, 2, 3}) {
+    const AssayResult sampled = rio.run_on(permuted, 0.05, seed);
+    EXPECT_EQ(sampled.verdict, full.verdict) << "seed " << seed;
+    EXPECT_EQ(sampled.method, full.method) << "seed " << seed;
+    EXPECT_NEAR(sampled.candidates[0].weight, 0.571, 0.01) << "seed " << seed;
+    const auto found = neurons(sampled);
+    ASSERT_EQ(found.size(), expected.size()) << "seed " << seed;
+    for (const auto& [layer, record] : found) {
+      EXPECT_EQ(record["permutation"], expected.at(layer)["permutation"])
+          << "layer " << layer << ", seed " << seed;
+      EXPECT_EQ(record["compared_coordinates"]["sketch"], detail::kSketchCoordinates);
+      EXPECT_EQ(record["compared_coordinates"]["hidden"], 256);
+      EXPECT_FALSE(
+          expected.at(layer).contains("compared_coordinates"));  // the full assay compares all
+    }
+    const std::string notes = sampled.evidence["notes"].dump();
+    EXPECT_NE(
+        notes.find("the neurons of 2 permuted MLP units were matched on 128 seeded coordinates"),
+        std::string::npos)
+        << notes;
+  }
 }
 
 }  // namespace
