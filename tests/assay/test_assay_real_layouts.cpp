@@ -1,17 +1,21 @@
-// The assay on real checkpoint layouts (issue 10's acceptance): for every family alloy-synth writes in
-// a real layout, a linear 0.7 / 0.3 merge of two fine-tunes is recovered within 0.005, as stored
+// The assay on real checkpoint layouts (issue 10's acceptance): for every family alloy-synth writes
+// in a real layout, a linear 0.7 / 0.3 merge of two fine-tunes is recovered within 0.005, as stored
 // and after perturb permutes its experts, its neurons or its heads (whichever the family has), and
 // every permutation perturb applied is found exactly (and nothing else); a sampled assay (25% of
-// the rows) of the stored merge gives the same verdict and weights. The layouts exercise the
-// architecture model's units (alloy/core/units.h): Mixtral's w1/w3/w2 experts, Phi-3's fused
+// the rows) of the stored merge gives the same verdict and weights, and the sampled assay's
+// sketched neuron matching finds the permuted neurons as the full one does. The layouts exercise
+// the architecture model's units (alloy/core/units.h): Mixtral's w1/w3/w2 experts, Phi-3's fused
 // qkv_proj and gate_up_proj, Qwen3-Next's gated q, Qwen3.5's stacked [E, 2I, H] experts under
 // model.language_model., GPT-OSS's interleaved [E, H, 2I] experts with biases and sinks, DeepSeek's
 // multi-head latent attention, Gemma 2, tied embeddings and sharded files. Below it, what real
 // layouts broke once: tensors of 4 elements in the weights' tests, chance equalities of a further
-// trained merge read as DELLA, and a Phi-3 merge whose sameness cannot be tested called a fine-tune.
+// trained merge read as DELLA, and a Phi-3 merge whose sameness cannot be tested called a
+// fine-tune.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,6 +24,7 @@
 #include "alloy/merge/recipe.h"
 #include "alloy/perturb/perturb.h"
 #include "alloy/synth/synth.h"
+#include "assay/internal.h"
 #include "test_assay_utils.h"
 
 namespace alloy {
@@ -36,6 +41,37 @@ struct LayoutCase {
 };
 
 class AssayRealLayouts : public ::testing::TestWithParam<LayoutCase> {};
+
+// A sampled assay matches permuted neurons on a sketch of their descriptors' coordinates
+// (detail::AlignOptions; 128 in the assay, more than these layouts' hidden width of 64, so 32
+// here): on this layout's units (fused gate_up, experts, shared experts) the sketch must find
+// every neuron permutation that all the coordinates find, and say how many it compared.
+void expect_sketch_finds_the_same_neurons(const fs::path& suspect_dir,
+                                          const std::vector<std::string>& candidates) {
+  const Model suspect = Model::open(suspect_dir);
+  std::vector<std::unique_ptr<Model>> owned;
+  std::vector<const Model*> models;
+  for (const std::string& c : candidates) {
+    owned.push_back(std::make_unique<Model>(Model::open(c)));
+    models.push_back(owned.back().get());
+  }
+  const detail::Alignment full = detail::align_suspect(suspect, models);
+  const detail::Alignment sketched =
+      detail::align_suspect(suspect, models, {.sketch_coordinates = 32, .seed = 3});
+  size_t compared = 0;
+  for (const json& p : full.permutations) {
+    if (p["kind"] != "neurons") continue;
+    const auto same = std::find_if(
+        sketched.permutations.begin(), sketched.permutations.end(), [&](const json& q) {
+          return q["kind"] == "neurons" && q["layer"] == p["layer"] && q["unit"] == p["unit"];
+        });
+    ASSERT_NE(same, sketched.permutations.end()) << p["unit"] << " in layer " << p["layer"];
+    EXPECT_EQ((*same)["permutation"], p["permutation"]) << p["unit"] << " in layer " << p["layer"];
+    EXPECT_EQ((*same)["compared_coordinates"]["sketch"], 32) << p["unit"];
+    ++compared;
+  }
+  EXPECT_GT(compared, 0u);
+}
 
 TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
   const LayoutCase& c = GetParam();
@@ -106,6 +142,8 @@ TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
     const json truth = perturb_model(dir / "merged", dir / what, o);
     const AssayResult r = check(dir / what, what);
     EXPECT_GT(test::expect_permutations_found(r, kind, truth), 0u) << what;
+    if (kind == PerturbKind::kPermuteNeurons)
+      expect_sketch_finds_the_same_neurons(dir / what, candidates);
     fs::remove_all(dir / what);
   }
 }
