@@ -179,14 +179,13 @@ AssayResult run_fitted(const AssayOptions& options) {
 
   AssayResult result;
   result.suspect = options.suspect.string();
+  const bool sampling = options.sample_fraction > 0 && options.sample_fraction < 1;
   detail::AlignOptions align_options;
-  if (options.sample_fraction > 0 && options.sample_fraction < 1) {
+  if (sampling)
     align_options = {.sketch_coordinates = detail::kSketchCoordinates, .seed = options.sample_seed};
-  }
   const detail::Alignment alignment = detail::align_suspect(suspect, models, align_options);
   detail::rethrow_read_error();  // reads run inside parallel regions: errors surface after each stage
   result.permutations = alignment.permutations;
-  const bool sampling = options.sample_fraction > 0 && options.sample_fraction < 1;
   if (sampling) {
     result.sampling.fraction = options.sample_fraction;
     result.sampling.seed = options.sample_seed;
@@ -282,10 +281,9 @@ AssayResult run_fitted(const AssayOptions& options) {
       result.evidence["notes"].push_back(
           "sampled assay: the neurons of " + std::to_string(sketched) +
           " permuted MLP units were matched on " + std::to_string(detail::kSketchCoordinates) +
-          " seeded coordinates of their descriptors (permutations[].compared_coordinates), so each "
-          "matching is "
-          "the best for those coordinates, not proven the best for all; a full assay compares "
-          "every coordinate");
+          " seeded coordinates of their descriptors (permutations[].compared_coordinates), "
+          "so each matching is the best for those coordinates, not proven the best for all; "
+          "a full assay compares every coordinate");
     }
   }
   result.audit = detail::collect_audit(options, started, examined, &hasher);
