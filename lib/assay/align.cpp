@@ -98,37 +98,61 @@ class Reader {
     if (it != cache_.end()) return it->second;
     const ModelTensor& t = *tensor(s);
     const TensorGather g = dims(t, s);
-    std::vector<float> v(g.rows * g.cols);
+    // A region cleared earlier lends its storage: fresh memory for every matrix of every layer
+    // was most of a head-permuted model's alignment in page faults.
+    std::vector<float> v;
+    std::vector<std::vector<float>>& spare = spare_regions();
+    if (!spare.empty()) v = std::move(spare.back()), spare.pop_back();
+    v.resize(g.rows * g.cols);
     load_range(t, uint64_t(std::max(s.matrix, 0)) * v.size(), v.size(), v.data());
     return cache_.emplace(key, std::move(v)).first->second;
   }
   // Item i's elements (its rows one after another, or for a column item, row by row its columns),
-  // at most `limit` of them.
-  std::vector<float> item(const ItemSlice& s, uint64_t i, uint64_t limit = UINT64_MAX) {
+  // at most `limit` of them, into `out` (its storage reused).
+  void item_into(const ItemSlice& s, uint64_t i, std::vector<float>* out,
+                 uint64_t limit = UINT64_MAX) {
     const ModelTensor& t = *tensor(s);
     const TensorGather g = dims(t, s);
-    std::vector<float> out;
     if (s.rows) {
       const uint64_t n = std::min(s.width * g.cols, limit);
       const uint64_t begin = (uint64_t(std::max(s.matrix, 0)) * g.rows + s.index(i)) * g.cols;
-      out.resize(n);
+      out->resize(n);
       const auto it = cache_.find(std::make_pair(s.tensor, s.matrix));
       if (it != cache_.end()) {
-        std::copy_n(it->second.data() + (begin - uint64_t(std::max(s.matrix, 0)) * g.rows * g.cols), n, out.data());
+        std::copy_n(it->second.data() + (begin - uint64_t(std::max(s.matrix, 0)) * g.rows * g.cols),
+                    n, out->data());
       } else {
-        load_range(t, begin, n, out.data());
+        load_range(t, begin, n, out->data());
       }
-      return out;
+      return;
     }
     const std::vector<float>& m = region(s);
-    for (uint64_t r = 0; r < g.rows && out.size() < limit; ++r) {
-      for (uint64_t k = 0; k < s.width && out.size() < limit; ++k) out.push_back(m[r * g.cols + s.index(i, k)]);
+    out->clear();
+    for (uint64_t r = 0; r < g.rows && out->size() < limit; ++r) {
+      for (uint64_t k = 0; k < s.width && out->size() < limit; ++k)
+        out->push_back(m[r * g.cols + s.index(i, k)]);
     }
+  }
+  std::vector<float> item(const ItemSlice& s, uint64_t i, uint64_t limit = UINT64_MAX) {
+    std::vector<float> out;
+    item_into(s, i, &out, limit);
     return out;
   }
-  void clear() { cache_.clear(); }
+  void clear() {
+    for (auto& [key, values] : cache_) spare_regions().push_back(std::move(values));
+    cache_.clear();
+  }
+  ~Reader() { clear(); }
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
 
  private:
+  // Cleared regions' storage, for this thread's readers to reuse (a reader made per candidate and
+  // layer would otherwise start with none).
+  static std::vector<std::vector<float>>& spare_regions() {
+    static thread_local std::vector<std::vector<float>> spare;
+    return spare;
+  }
   const Model& model_;
   std::map<std::pair<std::string, int>, std::vector<float>> cache_;
 };
@@ -147,8 +171,29 @@ void read_mlp(Reader& m, const MlpUnit& u, MlpData* d) {
        {std::pair{&u.gate, &d->gate}, std::pair{&u.up, &d->up}, std::pair{&u.down, &d->down}}) {
     into->clear();
     into->reserve(d->inter * d->hidden);
+    if (!s->rows) {
+      // Column items (down_proj's neurons): the region transposed in blocks of items, a row of the
+      // region at a time, where item by item every element was a cache miss.
+      const std::vector<float>& region = m.region(*s);
+      const TensorGather g = Reader::dims(*m.tensor(*s), *s);
+      const uint64_t item = g.rows * s->width;
+      into->resize(d->inter * item);
+      constexpr uint64_t kItemsPerBlock = 32;
+      for (uint64_t i0 = 0; i0 < d->inter; i0 += kItemsPerBlock) {
+        const uint64_t i1 = std::min<uint64_t>(d->inter, i0 + kItemsPerBlock);
+        for (uint64_t r = 0; r < g.rows; ++r) {
+          const float* row = region.data() + r * g.cols;
+          for (uint64_t i = i0; i < i1; ++i) {
+            for (uint64_t k = 0; k < s->width; ++k)
+              (*into)[i * item + r * s->width + k] = row[s->index(i, k)];
+          }
+        }
+      }
+      continue;
+    }
+    static thread_local std::vector<float> v;
     for (uint64_t i = 0; i < d->inter; ++i) {
-      const std::vector<float> v = m.item(*s, i);
+      m.item_into(*s, i, &v);
       into->insert(into->end(), v.begin(), v.end());
     }
   }
@@ -204,6 +249,8 @@ struct Context {
   const std::vector<const Model*>& candidates;
   const AlignOptions& options;
   Reader sr{s}, rr{r};
+  std::vector<double>
+      descriptors[4];  // align_heads' item descriptors, their storage kept across layers
 
   // The slot's entry, created as "the suspect's tensor as stored" on first use.
   AlignedTensor& slot(const std::string& name, bool stacked) {
@@ -482,25 +529,28 @@ void align_neurons(Context& c, int layer, const std::string& unit, const MlpUnit
 }
 
 // Descriptors of `count` items over the signature slices (each part a unit vector).
-std::vector<double> item_descriptors(Reader& m, const std::vector<ItemSlice>& slices, uint64_t count, size_t* dim,
-                                     double* parts) {
+void item_descriptors(Reader& m, const std::vector<ItemSlice>& slices, uint64_t count, size_t* dim,
+                      double* parts, std::vector<double>* out) {
   *dim = 0, *parts = 0;
+  static thread_local std::vector<float> v;
   for (const ItemSlice& s : slices) {
     if (!s.signature) continue;
     *parts += 1;
-    *dim += m.item(s, 0).size();
+    m.item_into(s, 0, &v);
+    *dim += v.size();
   }
-  std::vector<double> out;
-  out.reserve(count * *dim);
+  out->resize(count * *dim);  // the caller's storage, kept from layer to layer
+  size_t at = 0;
   for (uint64_t i = 0; i < count; ++i) {
     for (const ItemSlice& s : slices) {
       if (!s.signature) continue;
-      const std::vector<float> v = m.item(s, i);
-      out.resize(out.size() + v.size());
-      append_unit(v.data(), v.size(), 1, out.data() + out.size() - v.size());
+      m.item_into(s, i, &v);
+      if (at + v.size() > out->size()) out->resize(at + v.size());  // items of a slice are one size
+      append_unit(v.data(), v.size(), 1, out->data() + at);
+      at += v.size();
     }
   }
-  return out;
+  out->resize(at);
 }
 
 std::vector<const ItemSlice*> pointers(const std::vector<ItemSlice>& v) {
@@ -530,18 +580,21 @@ void align_heads(Context& c, int layer, const AttentionUnit& sa, const Attention
   const size_t heads = size_t(sa.heads), kv_heads = size_t(sa.kv_heads), group = heads / kv_heads;
   size_t dim = 0;
   double parts = 0;
-  const std::vector<double> ks = item_descriptors(c.sr, sa.kv, kv_heads, &dim, &parts);
-  const std::vector<double> kr = item_descriptors(c.rr, ra.kv, kv_heads, &dim, &parts);
+  std::vector<double>&ks = c.descriptors[0], &kr = c.descriptors[1], &qs = c.descriptors[2],
+  &qr = c.descriptors[3];
+  item_descriptors(c.sr, sa.kv, kv_heads, &dim, &parts, &ks);
+  item_descriptors(c.rr, ra.kv, kv_heads, &dim, &parts, &kr);
   const std::vector<uint32_t> kv = linear_assignment(cosine_cost(ks, kr, kv_heads, dim, parts), kv_heads);
-  const std::vector<double> qs = item_descriptors(c.sr, sa.q, heads, &dim, &parts);
-  const std::vector<double> qr = item_descriptors(c.rr, ra.q, heads, &dim, &parts);
+  item_descriptors(c.sr, sa.q, heads, &dim, &parts, &qs);
+  item_descriptors(c.rr, ra.q, heads, &dim, &parts, &qr);
   c.sr.clear(), c.rr.clear();
   std::vector<uint32_t> q(heads);
+  std::vector<double> cost(group * group);
   for (size_t gs = 0; gs < kv_heads; ++gs) {
     const size_t gr = kv[gs];
-    std::vector<double> a(qs.begin() + long(gs * group * dim), qs.begin() + long((gs + 1) * group * dim));
-    std::vector<double> b(qr.begin() + long(gr * group * dim), qr.begin() + long((gr + 1) * group * dim));
-    const auto local = linear_assignment(cosine_cost(a, b, group, dim, parts), group);
+    cosine_cost(qs.data() + gs * group * dim, qr.data() + gr * group * dim, group, dim, parts,
+                cost.data());
+    const auto local = linear_assignment(cost, group);
     for (size_t i = 0; i < group; ++i) q[gs * group + i] = uint32_t(gr * group + local[i]);
   }
   if (is_identity(q) && is_identity(kv)) return;
@@ -713,43 +766,6 @@ Alignment align_suspect(const Model& suspect, const std::vector<const Model*>& c
     for (const auto& t : m->tensors()) t.shard->release(*t.info);
   }
   return out;
-}
-
-void load_aligned(const Model& suspect, const Alignment& alignment, const std::string& name, std::vector<float>* out) {
-  const AlignedTensor& a = alignment.tensors.at(name);
-  const ModelTensor& t = *suspect.find(a.source);
-  const uint64_t n = t.info->numel();
-  // Reused for every tensor: a fresh vector cost a page fault per 4 KiB of it.
-  static thread_local std::vector<float> stored;
-  float* const src = at_least(stored, n);
-  load_range(t, 0, n, src);
-  if (a.rotation) undo_rotation(a, t.info->shape, src);
-  out->resize(n);
-  const TensorGather& g = a.gather;
-  if (g.matrices * g.rows * g.cols != n) {
-    std::copy_n(src, n, out->begin());
-  } else {
-    g.apply(src, out->data());
-  }
-  if (a.row_scale.empty() && a.col_scale.empty()) return;
-  for (uint64_t m = 0; m < g.matrices; ++m) {
-    for (uint64_t r = 0; r < g.rows; ++r) {
-      float* o = out->data() + (m * g.rows + r) * g.cols;
-      if (!a.row_scale.empty()) {
-        const float f = a.row_scale[m * g.rows + r];
-        for (uint64_t col = 0; col < g.cols; ++col) o[col] = a.row_divides ? o[col] / f : o[col] * f;
-      }
-      if (!a.col_scale.empty()) {
-        const float* f = a.col_scale.data() + m * g.cols;
-        const float off = a.col_offset;
-        for (uint64_t col = 0; col < g.cols; ++col) {
-          if (off != 0) o[col] += off;
-          o[col] = a.col_divides ? o[col] / f[col] : o[col] * f[col];
-          if (off != 0) o[col] -= off;
-        }
-      }
-    }
-  }
 }
 
 }  // namespace alloy::detail

@@ -138,10 +138,20 @@ bool all_ones(const std::vector<float>& v) {
   return !v.empty() && std::all_of(v.begin(), v.end(), [](float x) { return x == 1.0f; });
 }
 
-// A reader of the suspect as compared: through its slot (permutations, rotation) when it has one.
-void load_reader(const Model& suspect, const Alignment& a, const std::string& name, std::vector<float>* values) {
-  if (a.tensors.count(name)) load_aligned(suspect, a, name, values);
-  else *values = load_all(*suspect.find(name));
+// Rows `rows` (over every axis but the last) of a reader of the suspect as compared: through its
+// slot (permutations, rotation) when it has one. Only those rows are read and undone: undoing a
+// rotated model's every reader whole was a third of its sampled assay.
+void load_reader_rows(const Model& suspect, const Alignment& a, const std::string& name,
+                      const std::vector<uint64_t>& rows, std::vector<float>* values) {
+  const ModelTensor& t = *suspect.find(name);
+  const uint64_t length = t.info->shape.back();
+  values->resize(rows.size() * length);
+  if (a.tensors.count(name)) {
+    load_aligned_rows(suspect, a, name, rows, length, values->data());
+    return;
+  }
+  for (size_t r = 0; r < rows.size(); ++r)
+    load_range(t, rows[r] * length, length, values->data() + r * length);
 }
 
 // Per column j over the rows read: G_j = <C_a,j, C_b,j> (k x k), M_j = <C_c,j, S_j> and
@@ -231,17 +241,19 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
     std::vector<float> values;
     for (const std::string& r : group.readers) {
       const ModelTensor& st = *suspect.find(r);
-      load_reader(suspect, *out, r, &values);
       const std::string cname = compared_name(*out, r);
       const uint64_t rows = st.info->numel() / hidden;  // [out, hidden], or stacked [E, out, hidden]
       const uint64_t step = std::max<uint64_t>(1, rows / kGainRows);
+      std::vector<uint64_t> read;
+      for (uint64_t i = 0; i < rows; i += step) read.push_back(i);
+      load_reader_rows(suspect, *out, r, read, &values);
       std::vector<std::vector<float>> crow(static_cast<size_t>(k), std::vector<float>(hidden));
       std::vector<const float*> cj(static_cast<size_t>(k));
       std::vector<const ModelTensor*> ct;
       for (const Model* m : used) ct.push_back(m->find(cname));
       for (uint64_t i = 0; i < rows; i += step) {
         for (Eigen::Index c = 0; c < k; ++c) load_range(*ct[size_t(c)], i * hidden, hidden, crow[size_t(c)].data());
-        const float* sv = values.data() + i * hidden;
+        const float* sv = values.data() + i / step * hidden;
         for (uint64_t j = 0; j < hidden; ++j) {
           for (Eigen::Index c = 0; c < k; ++c) cj[size_t(c)] = crow[size_t(c)].data() + j;
           add_column(&s, j, sv + j, cj, 1);
@@ -254,9 +266,13 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
     // evenly spaced, about kGainRows x hidden elements in all.
     for (const std::string& r : group.inner_readers) {
       const ModelTensor& st = *suspect.find(r);
-      load_reader(suspect, *out, r, &values);
       const uint64_t experts = st.info->shape[0], width = st.info->shape[2];
       const uint64_t step = std::max<uint64_t>(1, experts / std::max<uint64_t>(1, kGainRows / std::max<uint64_t>(1, width)));
+      std::vector<uint64_t> read;  // every row of the experts used, in order
+      for (uint64_t e = 0; e < experts; e += step) {
+        for (uint64_t j = 0; j < hidden; ++j) read.push_back(e * hidden + j);
+      }
+      load_reader_rows(suspect, *out, r, read, &values);
       std::vector<std::vector<float>> crow(static_cast<size_t>(k), std::vector<float>(width));
       std::vector<const float*> cj(static_cast<size_t>(k));
       for (Eigen::Index c = 0; c < k; ++c) cj[size_t(c)] = crow[size_t(c)].data();
@@ -266,7 +282,7 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
         for (uint64_t j = 0; j < hidden; ++j) {
           const uint64_t at = (e * hidden + j) * width;
           for (Eigen::Index c = 0; c < k; ++c) load_range(*ct[size_t(c)], at, width, crow[size_t(c)].data());
-          add_column(&s, j, values.data() + at, cj, width);
+          add_column(&s, j, values.data() + (e / step * hidden + j) * width, cj, width);
         }
       }
       for (const ModelTensor* t : ct) t->shard->release(*t->info);

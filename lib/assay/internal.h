@@ -98,10 +98,12 @@ void load_view(const TensorViews& views, size_t v, size_t begin, size_t count, f
 inline constexpr uint64_t kMinSampledRows = 8;
 std::vector<uint64_t> sampled_rows(const std::vector<uint64_t>& shape, double fraction, uint64_t seed,
                                    const std::string& tensor_name);
-// The given rows of every input of the views, gathered into `buffer` (grown if needed, never
-// shrunk): input v's rows x row length floats start at the v-th pointer returned.
-std::vector<const float*> gather_rows(const TensorViews& views, uint64_t row_length,
-                                      const std::vector<uint64_t>& rows, PageBuffer* buffer);
+// The given rows of every input of the views from `first_input` on, gathered into `buffer` (grown
+// if needed, never shrunk): input v's rows x row length floats start at the v-th pointer returned
+// (the inputs before first_input get their place, for the caller to fill).
+std::vector<float*> gather_rows(const TensorViews& views, uint64_t row_length,
+                                const std::vector<uint64_t>& rows, PageBuffer* buffer,
+                                size_t first_input = 0);
 
 // The full pass: statistics over the resolved elements in coordinates relative to a pivot candidate
 // P (the prefix pass's reference): Y_0 = S - P, Y_c = C_c - P (Y_pivot = 0), Y_{k+1} = P. In
@@ -389,9 +391,23 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
 // Applies a slot's rotation undo to the stored values (a 2-D tensor of `shape`) in place.
 void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, float* values);
 
-// The suspect's slot `name` in candidate order, as float32 (into `out`, resized).
+// Stored rows `rows` (indices over every axis but the last) of `t`, the slot `a` reads, with a's
+// rotation undone: rows.size() x shape.back() floats into `out`. Bit for bit the rows undo_rotation
+// gives for the whole tensor. A reader's rows are read alone; a writer's row mixes its whole
+// [hidden, cols] block, so each block holding a requested row is read whole (rotation.cpp).
+void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
+                         const std::vector<uint64_t>& rows, float* out);
+
+// The suspect's slot `name` in candidate order, as float32 (into `out`, resized)
+// (aligned_read.cpp).
 void load_aligned(const Model& suspect, const Alignment& alignment, const std::string& name,
                   std::vector<float>* out);
+// Rows `rows` of that slot (indices over every axis but the last, row_length = the last axis)
+// into `out` (rows.size() x row_length floats), the same bits as load_aligned's: a sampled assay
+// reads the stored rows they come from (and, for a rotated writer, the blocks holding them), not
+// the whole tensor.
+void load_aligned_rows(const Model& suspect, const Alignment& alignment, const std::string& name,
+                       const std::vector<uint64_t>& rows, uint64_t row_length, float* out);
 
 // The per-tensor assay (tensor_pass.cpp). What every tensor of one assay shares:
 struct TensorPass {

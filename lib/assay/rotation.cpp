@@ -95,6 +95,62 @@ void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, f
   }
 }
 
+void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
+                         const std::vector<uint64_t>& rows, float* out) {
+  const std::vector<uint64_t>& shape = t.info->shape;
+  const size_t cols = size_t(shape.back()), count = rows.size();
+  const size_t n = a.rotation ? size_t(std::llround(std::sqrt(double(a.rotation->size())))) : 0;
+  const bool right = a.rotation && a.rotation_side == Side::kRight && cols == n;
+  const bool left = a.rotation && a.rotation_side == Side::kLeft && shape.size() >= 2 &&
+                    shape[shape.size() - 2] == n;
+  if (!left) {
+    for (size_t r = 0; r < count; ++r) load_range(t, size_t(rows[r]) * cols, cols, out + r * cols);
+  }
+  if (!right && !left) return;
+  // The same products as undo_rotation's, for these rows only: row_dots sums each element in one
+  // fixed order whatever the other rows, so every value has the bits the whole tensor's undo gives.
+  static thread_local std::vector<double> in_rows, q_rows, out_rows;
+  const double* q = a.rotation->data();
+  if (right) {
+    double* in = at_least(in_rows, count * n);
+    double* dots = at_least(out_rows, count * n);
+    for (size_t k = 0; k < count * n; ++k) in[k] = out[k];
+    row_dots(in, count, q, n, n, dots);
+    for (size_t k = 0; k < count * n; ++k) out[k] = float(dots[k]);
+    return;
+  }
+  // A writer: stored row i of block o is Q_i times the block's columns, so each block holding a
+  // requested row is read whole (once: the rows are taken block by block), the rows' compute alone.
+  const size_t block = n * cols;
+  static thread_local std::vector<float> stored;
+  float* const w = at_least(stored, block);
+  double* in = at_least(in_rows, block);
+  std::vector<size_t> order(count);
+  for (size_t r = 0; r < count; ++r) order[r] = r;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return rows[x] < rows[y]; });
+  for (size_t first = 0; first < count;) {
+    const uint64_t o = rows[order[first]] / n;
+    size_t last = first;
+    while (last < count && rows[order[last]] / n == o) ++last;
+    load_range(t, size_t(o) * block, block, w);
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t c = 0; c < cols; ++c) in[c * n + i] = w[i * cols + c];
+    }
+    const size_t group = last - first;
+    double* qs = at_least(q_rows, group * n);
+    double* dots = at_least(out_rows, group * cols);
+    for (size_t j = 0; j < group; ++j)
+      std::copy_n(q + (rows[order[first + j]] % n) * n, n, qs + j * n);
+    row_dots(qs, group, in, cols, n, dots);
+    for (size_t j = 0; j < group; ++j) {
+      float* o_row = out + order[first + j] * cols;
+      for (size_t c = 0; c < cols; ++c) o_row[c] = float(dots[j * cols + c]);
+    }
+    first = last;
+  }
+}
+
 bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out) {
   const ModelArchitecture sa = detect_architecture(suspect);
   const ModelTensor* embedding = suspect.find(embedding_name(sa, suspect));

@@ -207,18 +207,12 @@ AssayResult run_fitted(const AssayOptions& options) {
   // reads a few rows of each tensor, too few to split: its passes' parallel regions were mostly
   // threads waking up, so it takes batches of tensors, one tensor per task, every pass of a tensor
   // on its task's thread. The bits are the same either way (a pass's chunks do not depend on the
-  // threads), and so is the order the fits are kept in. An aligned tensor is materialised whole
-  // before its rows are sampled, so it still runs alone, its passes spread over the cores: in
-  // batches, a rotated model's 1% assay held two tensors at once (peak RSS 1.4 -> 2.5 GB) and
-  // was no faster.
-  const auto aligned = [&](size_t i) { return alignment.tensors.count(tensors[i].name()) > 0; };
+  // threads), and so is the order the fits are kept in. An aligned tensor's sampled rows are read
+  // through its alignment (load_aligned_rows), so it joins the batches too; at most a rotated
+  // writer's [hidden, cols] block is held per task.
   detail::TensorScratchPool scratch;
   for (size_t first = 0; first < tensors.size();) {
-    size_t count = 1;
-    if (sampling && !aligned(first)) {
-      while (count < kSampledBatch && first + count < tensors.size() && !aligned(first + count))
-        ++count;
-    }
+    const size_t count = sampling ? std::min(kSampledBatch, tensors.size() - first) : 1;
     std::vector<detail::TensorOutcome> outcomes(count);
     std::vector<std::exception_ptr> failures(count);  // an exception must not leave the region
     parallel_for(count, 1, [&](size_t begin, size_t end) {

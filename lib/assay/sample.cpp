@@ -44,20 +44,22 @@ std::vector<uint64_t> sampled_rows(const std::vector<uint64_t>& shape, double fr
   return out;
 }
 
-std::vector<const float*> gather_rows(const TensorViews& views, uint64_t row_length,
-                                      const std::vector<uint64_t>& rows, PageBuffer* buffer) {
+std::vector<float*> gather_rows(const TensorViews& views, uint64_t row_length,
+                                const std::vector<uint64_t>& rows, PageBuffer* buffer,
+                                size_t first_input) {
   const size_t inputs = views.inputs.size(), count = rows.size(),
                per_input = size_t(count * row_length);
   if (per_input > SIZE_MAX / sizeof(float) / std::max<size_t>(inputs, 1)) throw std::bad_alloc();
   // Huge pages, grown and never shrunk: 4 KiB pages made afresh for each larger tensor were half
   // of a 1% assay's reading time in page faults (1,500 of them for the 1 GB model's rows).
   auto* base = reinterpret_cast<float*>(buffer->reserve(inputs * per_input * sizeof(float)));
-  std::vector<const float*> out(inputs);
+  std::vector<float*> out(inputs);
   for (size_t v = 0; v < inputs; ++v) out[v] = base + v * per_input;
   // Every input's rows in one region, a few rows (one pread each) per task: at 1% a tensor has
   // tens of sampled rows, and a region per input in tasks of 64 rows left the second core idle.
-  parallel_for(inputs * count, 4, [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) {
+  const size_t skipped = std::min(first_input, inputs) * count;
+  parallel_for(inputs * count - skipped, 4, [&](size_t begin, size_t end) {
+    for (size_t i = begin + skipped; i < end + skipped; ++i) {
       const size_t v = i / count, r = i % count;
       load_view(views, v, size_t(rows[r] * row_length), size_t(row_length),
                 base + v * per_input + r * row_length);

@@ -152,19 +152,24 @@ TensorOutcome assay_tensor(const TensorPass& pass, const ModelTensor& s, TensorS
   const int k = int(pass.models.size());
   if (ta.skipped.empty() && ta.numel > 0) {
     for (const ModelTensor* f : found) views.inputs.push_back(f);
-    if (entry != pass.alignment.tensors.end()) {
-      load_aligned(pass.suspect, pass.alignment, ta.name, &scratch->aligned);
-      views.suspect_values = scratch->aligned.data();
-      ta.aligned = true;
-    }
-    // --sample: every pass below sees only the sampled rows, gathered once per input.
+    // --sample: every pass below sees only the sampled rows, gathered once per input (an aligned
+    // suspect's through its alignment, from the stored rows they come from).
     std::vector<uint64_t> shape = s.info->shape;
     const std::vector<uint64_t> rows =
         sampled_rows(shape, pass.sample_fraction, pass.sample_seed, ta.name);
+    ta.aligned = entry != pass.alignment.tensors.end();
+    if (ta.aligned && rows.empty()) {
+      load_aligned(pass.suspect, pass.alignment, ta.name, &scratch->aligned);
+      views.suspect_values = scratch->aligned.data();
+    }
     out.elements_total = ta.numel;
     if (!rows.empty()) {
       const uint64_t row_length = shape.back();
-      views.values = gather_rows(views, row_length, rows, &scratch->sampled);
+      const std::vector<float*> gathered =
+          gather_rows(views, row_length, rows, &scratch->sampled, ta.aligned ? 1 : 0);
+      if (ta.aligned)
+        load_aligned_rows(pass.suspect, pass.alignment, ta.name, rows, row_length, gathered[0]);
+      views.values.assign(gathered.begin(), gathered.end());
       views.numel = rows.size() * row_length;
       shape = {rows.size(), row_length};
       out.sampled = true;

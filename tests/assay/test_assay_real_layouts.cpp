@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,6 +72,48 @@ void expect_sketch_finds_the_same_neurons(const fs::path& suspect_dir,
     ++compared;
   }
   EXPECT_GT(compared, 0u);
+}
+
+// A sampled assay reads an aligned tensor's rows through its alignment (detail::load_aligned_rows):
+// from the stored rows they come from, undoing a rotation on those rows (or, for a writer, from
+// the blocks holding them). Every slot's rows, asked for in a scrambled order, must have the bits
+// of the same rows of the whole aligned tensor. Returns how many slots had a rotation undone.
+size_t expect_aligned_rows_are_the_whole_tensors(const fs::path& suspect_dir,
+                                                 const std::vector<std::string>& candidates,
+                                                 const std::string& what) {
+  const Model suspect = Model::open(suspect_dir);
+  std::vector<std::unique_ptr<Model>> owned;
+  std::vector<const Model*> models;
+  for (const std::string& c : candidates) {
+    owned.push_back(std::make_unique<Model>(Model::open(c)));
+    models.push_back(owned.back().get());
+  }
+  const detail::Alignment alignment = detail::align_suspect(suspect, models);
+  size_t compared = 0, rotated = 0;
+  for (const auto& [name, slot] : alignment.tensors) {
+    const std::vector<uint64_t>& shape = suspect.find(name)->info->shape;
+    if (shape.size() < 2) continue;
+    std::vector<float> whole;
+    detail::load_aligned(suspect, alignment, name, &whole);
+    const uint64_t length = shape.back(), rows = whole.size() / length;
+    std::vector<uint64_t> picked;  // every third row, last first, then row 1 again
+    for (uint64_t r = rows; r-- > 0;) {
+      if (r % 3 == 0) picked.push_back(r);
+    }
+    if (rows > 1) picked.push_back(1);
+    std::vector<float> got(picked.size() * length);
+    detail::load_aligned_rows(suspect, alignment, name, picked, length, got.data());
+    for (size_t i = 0; i < picked.size(); ++i) {
+      const bool same = std::memcmp(got.data() + i * length, whole.data() + picked[i] * length,
+                                    length * sizeof(float)) == 0;
+      EXPECT_TRUE(same) << what << ": " << name << " row " << picked[i];
+      if (!same) break;
+    }
+    ++compared;
+    rotated += slot.rotation != nullptr;
+  }
+  EXPECT_GT(compared, 0u) << what;
+  return rotated;
 }
 
 TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
@@ -144,6 +187,28 @@ TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
     EXPECT_GT(test::expect_permutations_found(r, kind, truth), 0u) << what;
     if (kind == PerturbKind::kPermuteNeurons)
       expect_sketch_finds_the_same_neurons(dir / what, candidates);
+    expect_aligned_rows_are_the_whole_tensors(dir / what, candidates, what);
+    fs::remove_all(dir / what);
+  }
+  // The disguises that scale or rotate what they align: their slots' rows too, where perturb
+  // applies them (it rescales only MLPs stored as separate gate, up and down projections, and
+  // refuses to fold or rotate through tied embeddings or Gemma's sandwich norms).
+  std::vector<PerturbKind> scaled;
+  for (const char* f : {"llama", "mistral", "gemma2", "qwen3_moe", "qwen3_next"}) {
+    if (c.family == f) scaled.push_back(PerturbKind::kRescaleNeurons);
+  }
+  if (!c.tie && c.family != "gemma2") {
+    scaled.push_back(PerturbKind::kFoldNorms);
+    scaled.push_back(PerturbKind::kRotateResidual);
+  }
+  for (const PerturbKind kind : scaled) {
+    const std::string what = perturb_kind_name(kind);
+    PerturbOptions o;
+    o.kind = kind;
+    o.seed = 9;
+    perturb_model(dir / "merged", dir / what, o);
+    const size_t rotated = expect_aligned_rows_are_the_whole_tensors(dir / what, candidates, what);
+    if (kind == PerturbKind::kRotateResidual) EXPECT_GT(rotated, 0u) << what;
     fs::remove_all(dir / what);
   }
 }
