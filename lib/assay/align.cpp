@@ -249,8 +249,8 @@ struct Context {
   const std::vector<const Model*>& candidates;
   const AlignOptions& options;
   Reader sr{s}, rr{r};
-  std::vector<double>
-      descriptors[4];  // align_heads' item descriptors, their storage kept across layers
+  // align_heads' item descriptors, their storage kept across layers.
+  std::vector<double> descriptors[4]{};
 
   // The slot's entry, created as "the suspect's tensor as stored" on first use.
   AlignedTensor& slot(const std::string& name, bool stacked) {

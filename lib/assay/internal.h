@@ -388,13 +388,14 @@ inline constexpr double kGainImprovement = 0.9;
 inline constexpr uint64_t kGainRows = 1024;
 inline constexpr uint64_t kGainsReported = 1024;
 void gain_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out);
-// Applies a slot's rotation undo to the stored values (a 2-D tensor of `shape`) in place.
+// Applies a slot's rotation undo to the stored values (a 2-D tensor of `shape`) in place
+// (aligned_read.cpp).
 void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, float* values);
 
 // Stored rows `rows` (indices over every axis but the last) of `t`, the slot `a` reads, with a's
 // rotation undone: rows.size() x shape.back() floats into `out`. Bit for bit the rows undo_rotation
 // gives for the whole tensor. A reader's rows are read alone; a writer's row mixes its whole
-// [hidden, cols] block, so each block holding a requested row is read whole (rotation.cpp).
+// [hidden, cols] block, so each block holding a requested row is read whole (aligned_read.cpp).
 void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
                          const std::vector<uint64_t>& rows, float* out);
 

@@ -9,6 +9,7 @@
 // tensors is followed by a few alternations in memory. docs/assay.md, "Rotated residual stream".
 #include <Eigen/Dense>
 #include <cmath>
+#include <memory>
 
 #include "alloy/core/dtype.h"
 #include "alloy/core/residual_stream.h"
@@ -19,7 +20,6 @@ namespace alloy::detail {
 namespace {
 
 using Mat = Eigen::MatrixXd;
-using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using Side = AlignedTensor::RotationSide;
 
 constexpr int kAlternations = 8;
@@ -39,14 +39,48 @@ Side side_of(const TensorPlace& p, const std::vector<uint64_t>& shape, uint64_t 
   return Side::kNone;
 }
 
-// A tensor as float64 [rows, last axis] (a stacked [E, in, out] as [E * in, out]).
-Mat load_matrix(const ModelTensor& t) {
-  const auto& s = t.info->shape;
-  std::vector<float> v(t.info->numel());
-  load_range(t, 0, v.size(), v.data());
-  t.shard->release(*t.info);
-  return Eigen::Map<const RowMajorF>(v.data(), Eigen::Index(v.size() / s.back()), Eigen::Index(s.back())).cast<double>();
-}
+// One estimate pair's residual vectors, a block of them at a time, for the products C_c^T S: rows
+// [r0, r0 + len) of the tensor seen as [rows, hidden] (the rows of embeddings and of stacked [E,
+// in, hidden] writers, the columns of a [hidden, in] writer), transposed into `out` as hidden x len
+// doubles. Only a block is held (a writer's [hidden, in] is read once whole): the whole tensors as
+// doubles were 1.2 GB for the 1 GB benchmark model's embeddings, and would be tens of GB for a
+// vocabulary of 250k at hidden 4096.
+class ResidualRows {
+ public:
+  ResidualRows(const ModelTensor& t, bool columns, uint64_t hidden)
+      : t_(t), columns_(columns), hidden_(hidden) {
+    rows_ = columns ? t.info->shape[1] : t.info->numel() / hidden;
+    if (columns) {
+      whole_.resize(t.info->numel());
+      load_range(t, 0, whole_.size(), whole_.data());
+    }
+  }
+  ~ResidualRows() { t_.shard->release(*t_.info); }
+  uint64_t rows() const { return rows_; }
+  void block(uint64_t r0, uint64_t len, double* out) {
+    if (columns_) {
+      for (uint64_t h = 0; h < hidden_; ++h) {
+        const float* from = whole_.data() + h * rows_ + r0;
+        for (uint64_t r = 0; r < len; ++r) out[h * len + r] = from[r];
+      }
+      return;
+    }
+    float* rows = at_least(staging_, len * hidden_);
+    load_range(t_, r0 * hidden_, len * hidden_, rows);
+    for (uint64_t r = 0; r < len; ++r) {
+      for (uint64_t h = 0; h < hidden_; ++h) out[h * len + r] = rows[r * hidden_ + h];
+    }
+  }
+
+ private:
+  const ModelTensor& t_;
+  bool columns_;
+  uint64_t hidden_, rows_;
+  std::vector<float> whole_, staging_;
+};
+
+// Residual vectors per block of the products: one tile of row_dots' sums (cosine_cost.cpp).
+constexpr uint64_t kEstimateBlock = 512;
 
 // Whether Q is a randomised Hadamard, H diag(+-1) / sqrt(n) up to row and column signs: every entry
 // +-1/sqrt(n) within 20%.
@@ -56,100 +90,6 @@ bool looks_hadamard(const Mat& q) {
 }
 
 }  // namespace
-
-void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, float* values) {
-  if (!a.rotation || a.rotation_side == Side::kNone || shape.empty()) return;
-  const auto n = Eigen::Index(std::llround(std::sqrt(double(a.rotation->size()))));
-  const Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> q(a.rotation->data(), n, n);
-  uint64_t numel = 1;
-  for (uint64_t d : shape) numel *= d;
-  // The products in double, by row_dots (rows of one side against rows of the other), into
-  // buffers reused for every tensor: through Eigen's generic product and fresh double copies of
-  // each tensor, the assay of the 1 GB benchmark model with its residual stream rotated took 155 s.
-  static thread_local std::vector<double> in_rows, out_rows;
-  const size_t hidden = size_t(n);
-  if (a.rotation_side == Side::kRight) {
-    // S = C Q on the last axis -> C = S Q^T: C[r][j] = <S_r, Q_j>.
-    if (shape.back() != uint64_t(n)) return;
-    const size_t rows = size_t(numel / uint64_t(n));
-    double* in = at_least(in_rows, rows * hidden);
-    double* out = at_least(out_rows, rows * hidden);
-    for (size_t k = 0; k < rows * hidden; ++k) in[k] = values[k];
-    row_dots(in, rows, q.data(), hidden, hidden, out);
-    for (size_t k = 0; k < rows * hidden; ++k) values[k] = float(out[k]);
-    return;
-  }
-  // S = Q^T C on the axis before the last, per leading block [hidden, cols] -> C = Q S:
-  // C[i][c] = <Q_i, column c of S>, the columns transposed into rows first.
-  if (shape.size() < 2 || shape[shape.size() - 2] != uint64_t(n)) return;
-  const size_t cols = size_t(shape.back()), block = hidden * cols;
-  double* in = at_least(in_rows, block);
-  double* out = at_least(out_rows, block);
-  for (uint64_t o = 0; o < numel / block; ++o) {
-    float* w = values + o * block;
-    for (size_t i = 0; i < hidden; ++i) {
-      for (size_t c = 0; c < cols; ++c) in[c * hidden + i] = w[i * cols + c];
-    }
-    row_dots(q.data(), hidden, in, cols, hidden, out);
-    for (size_t k = 0; k < block; ++k) w[k] = float(out[k]);
-  }
-}
-
-void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
-                         const std::vector<uint64_t>& rows, float* out) {
-  const std::vector<uint64_t>& shape = t.info->shape;
-  const size_t cols = size_t(shape.back()), count = rows.size();
-  const size_t n = a.rotation ? size_t(std::llround(std::sqrt(double(a.rotation->size())))) : 0;
-  const bool right = a.rotation && a.rotation_side == Side::kRight && cols == n;
-  const bool left = a.rotation && a.rotation_side == Side::kLeft && shape.size() >= 2 &&
-                    shape[shape.size() - 2] == n;
-  if (!left) {
-    for (size_t r = 0; r < count; ++r) load_range(t, size_t(rows[r]) * cols, cols, out + r * cols);
-  }
-  if (!right && !left) return;
-  // The same products as undo_rotation's, for these rows only: row_dots sums each element in one
-  // fixed order whatever the other rows, so every value has the bits the whole tensor's undo gives.
-  static thread_local std::vector<double> in_rows, q_rows, out_rows;
-  const double* q = a.rotation->data();
-  if (right) {
-    double* in = at_least(in_rows, count * n);
-    double* dots = at_least(out_rows, count * n);
-    for (size_t k = 0; k < count * n; ++k) in[k] = out[k];
-    row_dots(in, count, q, n, n, dots);
-    for (size_t k = 0; k < count * n; ++k) out[k] = float(dots[k]);
-    return;
-  }
-  // A writer: stored row i of block o is Q_i times the block's columns, so each block holding a
-  // requested row is read whole (once: the rows are taken block by block), the rows' compute alone.
-  const size_t block = n * cols;
-  static thread_local std::vector<float> stored;
-  float* const w = at_least(stored, block);
-  double* in = at_least(in_rows, block);
-  std::vector<size_t> order(count);
-  for (size_t r = 0; r < count; ++r) order[r] = r;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t x, size_t y) { return rows[x] < rows[y]; });
-  for (size_t first = 0; first < count;) {
-    const uint64_t o = rows[order[first]] / n;
-    size_t last = first;
-    while (last < count && rows[order[last]] / n == o) ++last;
-    load_range(t, size_t(o) * block, block, w);
-    for (size_t i = 0; i < n; ++i) {
-      for (size_t c = 0; c < cols; ++c) in[c * n + i] = w[i * cols + c];
-    }
-    const size_t group = last - first;
-    double* qs = at_least(q_rows, group * n);
-    double* dots = at_least(out_rows, group * cols);
-    for (size_t j = 0; j < group; ++j)
-      std::copy_n(q + (rows[order[first + j]] % n) * n, n, qs + j * n);
-    row_dots(qs, group, in, cols, n, dots);
-    for (size_t j = 0; j < group; ++j) {
-      float* o_row = out + order[first + j] * cols;
-      for (size_t c = 0; c < cols; ++c) o_row[c] = float(dots[j * cols + c]);
-    }
-    first = last;
-  }
-}
 
 bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candidates, Alignment* out) {
   const ModelArchitecture sa = detect_architecture(suspect);
@@ -204,23 +144,36 @@ bool rotation_stage(const Model& suspect, const std::vector<const Model*>& candi
   std::vector<Mat> m(k, Mat::Zero(n, n));
   Mat gram = Mat::Zero(Eigen::Index(k), Eigen::Index(k));
   double suspect_norm2 = 0;
+  // M_c = C_c^T S block by block (row_dots: every sum in one fixed order, in parallel over the
+  // rows of C_c^T), the blocks added in order; the norms and the Gram likewise.
+  std::vector<std::vector<double>> xt(k, std::vector<double>(size_t(hidden * kEstimateBlock)));
+  std::vector<double> st(size_t(hidden * kEstimateBlock)), dots(size_t(hidden * hidden));
   for (const Pair& p : pairs) {
-    Mat s = load_matrix(*suspect.find(p.suspect));
-    if (p.transpose) s.transposeInPlace();
-    suspect_norm2 += s.squaredNorm();
-    std::vector<Mat> cs;
+    ResidualRows s(*suspect.find(p.suspect), p.transpose, hidden);
+    std::vector<std::unique_ptr<ResidualRows>> cs;
     for (size_t c = 0; c < k; ++c) {
       const std::string name = p.candidate.empty() ? embedding_name(archs[c], *used[c]) : p.candidate;
-      Mat x = load_matrix(*used[c]->find(name));
-      if (p.transpose) x.transposeInPlace();
-      m[c] += x.transpose() * s;
-      cs.push_back(std::move(x));
+      cs.push_back(std::make_unique<ResidualRows>(*used[c]->find(name), p.transpose, hidden));
     }
-    for (size_t a = 0; a < k; ++a) {
-      for (size_t b = a; b < k; ++b) {
-        const double g = (cs[a].array() * cs[b].array()).sum();
-        gram(Eigen::Index(a), Eigen::Index(b)) += g;
-        if (a != b) gram(Eigen::Index(b), Eigen::Index(a)) += g;
+    for (uint64_t r0 = 0; r0 < s.rows(); r0 += kEstimateBlock) {
+      const uint64_t len = std::min(kEstimateBlock, s.rows() - r0);
+      const size_t terms = size_t(hidden * len);
+      s.block(r0, len, st.data());
+      for (size_t e = 0; e < terms; ++e) suspect_norm2 += st[e] * st[e];
+      for (size_t c = 0; c < k; ++c) {
+        cs[c]->block(r0, len, xt[c].data());
+        row_dots(xt[c].data(), size_t(hidden), st.data(), size_t(hidden), size_t(len), dots.data());
+        m[c] += Eigen::Map<
+            const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+            dots.data(), n, n);
+      }
+      for (size_t a = 0; a < k; ++a) {
+        for (size_t b = a; b < k; ++b) {
+          double g = 0;
+          for (size_t e = 0; e < terms; ++e) g += xt[a][e] * xt[b][e];
+          gram(Eigen::Index(a), Eigen::Index(b)) += g;
+          if (a != b) gram(Eigen::Index(b), Eigen::Index(a)) += g;
+        }
       }
     }
   }

@@ -208,7 +208,9 @@ TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
     o.seed = 9;
     perturb_model(dir / "merged", dir / what, o);
     const size_t rotated = expect_aligned_rows_are_the_whole_tensors(dir / what, candidates, what);
-    if (kind == PerturbKind::kRotateResidual) EXPECT_GT(rotated, 0u) << what;
+    if (kind == PerturbKind::kRotateResidual) {
+      EXPECT_GT(rotated, 0u) << what;
+    }
     fs::remove_all(dir / what);
   }
 }
