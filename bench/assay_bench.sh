@@ -14,7 +14,8 @@
 # assay's when HASH_CACHE=1), and whether its verdict and method are the full assay's.
 # DISGUISE=KIND adds a row: the assay of the merge disguised by `alloy-synth perturb --kind KIND`
 # (permute-neurons, permute-heads, rescale-neurons, rotate-residual, ...), whose alignment is the
-# extra work, and the share of the disguise's permutations it undid.
+# extra work, and the share of the disguise's permutations it undid; with SAMPLE too, a row for
+# the sampled assay of the disguised merge and its ratio to that merge's full assay.
 # Targets (issue 14): assay <= 2x a `cat` of its inputs; peak RSS flat in the number of candidates;
 # a 1% sampled assay <= 0.1x the full assay's time, with the same verdict.
 set -euo pipefail
@@ -130,4 +131,18 @@ for p in d.get("permutations", []):
     kinds[p["kind"]] = kinds.get(p["kind"], 0) + 1
 print("disguised verdict:", d["verdict"], d["method"], "weights:", w, "alignment:", kinds)
 PY
+  if [[ -n "${SAMPLE:-}" ]]; then
+    read -r ds_s ds_kb ds_faults < <(measure "$bin/alloy-assay" -q "$disguised" "${names[@]}" --sample "$SAMPLE" \
+      --json "$work/assay-disguised-sampled.json")
+    printf "%-12s %10s %12d %12d\n" "assay/$DISGUISE/$SAMPLE" "$ds_s" $((ds_kb / 1024)) "$ds_faults"
+    echo "ratio sampled/full assay of $DISGUISE: $(awk -v m="$ds_s" -v c="$d_s" 'BEGIN { printf "%.3f", (c > 0 ? m / c : 0) }')x"
+    python3 - "$work/assay-disguised.json" "$work/assay-disguised-sampled.json" <<'PY'
+import json, sys
+full, sampled = (json.load(open(p)) for p in sys.argv[1:3])
+w = {c["path"]: round(c["weight"], 4) for c in sampled["candidates"]}
+same = (full["verdict"], full["method"]) == (sampled["verdict"], sampled["method"])
+print("sampled disguised verdict:", sampled["verdict"], sampled["method"], "weights:", w,
+      "same verdict as its full assay" if same else "VERDICT DIFFERS from its full assay")
+PY
+  fi
 fi
