@@ -261,8 +261,12 @@ class ReadErrorScope {
 // (1 - t, t) when |cos theta| > 0.9995 (mergekit's DOT_THRESHOLD, where it falls back to lerp).
 std::array<double, 2> slerp_coefficients(double t, double cos_theta);
 
-// 64-bit FNV-1a of a tensor's bytes (layer-copy detection), chunked and deterministic.
-uint64_t tensor_fingerprint(const ModelTensor& tensor);
+// A 64-bit fingerprint of a tensor's bytes (layer-copy detection): each 1 MiB chunk read with
+// pread and mixed in four 64-bit lanes, the chunks' hashes combined in order by FNV-1a; the same
+// for any thread count. With `rows` (indices over every axis but the last: a sampled assay's),
+// only those rows are read and hashed. A read error leaves zeros and is reported by
+// rethrow_read_error().
+uint64_t tensor_fingerprint(const ModelTensor& tensor, const std::vector<uint64_t>& rows = {});
 
 // The rebuild check: plans `recipe` (JSON form) exactly as alloy-merge would (model paths relative
 // to the current directory), merges the named tensors through the merge methods and compares them
@@ -274,9 +278,14 @@ nlohmann::json rebuild_check_plan(const MergePlan& plan, const Model& suspect, c
 
 // Layer stacking: when every decoder layer of the suspect is a bit-exact copy of some candidate's
 // layer (all its tensors), returns the passthrough recipe's slices (runs of consecutive layers of
-// one candidate) and the layer map; else null.
-nlohmann::json detect_layer_stacking(const Model& suspect, const std::vector<const Model*>& candidates,
-                                     const std::vector<std::string>& paths, nlohmann::json* layer_map);
+// one candidate) and the layer map; else null. With 0 < sample_fraction < 1 (a sampled assay) each
+// tensor is compared on the rows sampled_rows draws for its name within the layer (the same rows
+// in every layer and model), so a copy holds on the rows read.
+nlohmann::json detect_layer_stacking(const Model& suspect,
+                                     const std::vector<const Model*>& candidates,
+                                     const std::vector<std::string>& paths,
+                                     nlohmann::json* layer_map, double sample_fraction = 0,
+                                     uint64_t sample_seed = 0);
 
 // Decoder layer count from tensor names (<layer prefix>N.*, alloy/core/architecture.h).
 int count_layers(const Model& model);

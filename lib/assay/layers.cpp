@@ -1,8 +1,9 @@
 // Layer stacking (passthrough frankenmerges): map each decoder layer of the suspect to a candidate
 // layer whose tensors are bit-identical, by fingerprints of the raw bytes keyed by the tensor's
 // name within the layer (the layers as the architecture model finds them: "model.layers.",
-// "model.language_model.layers.", ...). Reads every candidate layer once; run only when the names
-// do not line up (different layer counts) or the per-tensor fit found exact copies.
+// "model.language_model.layers.", ...). Reads every candidate layer once (a sampled assay: the
+// sampled rows of each tensor); run only when the names do not line up (different layer counts) or
+// the per-tensor fit found exact copies.
 #include <map>
 
 #include "internal.h"
@@ -10,16 +11,17 @@
 namespace alloy::detail {
 namespace {
 
-// layer -> (suffix -> fingerprint)
-std::map<int, std::map<std::string, uint64_t>> layer_fingerprints(const Model& model) {
+// layer -> (suffix -> fingerprint); sampled (fraction in (0, 1)): of the rows drawn for the suffix.
+std::map<int, std::map<std::string, uint64_t>> layer_fingerprints(const Model& model,
+                                                                  double fraction, uint64_t seed) {
   std::map<int, std::map<std::string, uint64_t>> out;
   const ModelArchitecture arch = detect_architecture(model);
   for (const auto& t : model.tensors()) {
     int layer;
     std::string suffix;
     if (!arch.split_layer(t.name(), &layer, &suffix)) continue;
-    out[layer][suffix] = tensor_fingerprint(t) ^ (uint64_t(t.info->dtype) << 56);
-    t.shard->release(*t.info);
+    const std::vector<uint64_t> rows = sampled_rows(t.info->shape, fraction, seed, suffix);
+    out[layer][suffix] = tensor_fingerprint(t, rows) ^ (uint64_t(t.info->dtype) << 56);
   }
   return out;
 }
@@ -30,12 +32,16 @@ int count_layers(const Model& model) {
   return named_layer_count(detect_architecture(model), model);
 }
 
-nlohmann::json detect_layer_stacking(const Model& suspect, const std::vector<const Model*>& candidates,
-                                     const std::vector<std::string>& paths, nlohmann::json* layer_map) {
-  const auto wanted = layer_fingerprints(suspect);
+nlohmann::json detect_layer_stacking(const Model& suspect,
+                                     const std::vector<const Model*>& candidates,
+                                     const std::vector<std::string>& paths,
+                                     nlohmann::json* layer_map, double sample_fraction,
+                                     uint64_t sample_seed) {
+  const auto wanted = layer_fingerprints(suspect, sample_fraction, sample_seed);
   if (wanted.empty()) return nullptr;
   std::vector<std::map<int, std::map<std::string, uint64_t>>> have;
-  for (const Model* c : candidates) have.push_back(layer_fingerprints(*c));
+  for (const Model* c : candidates)
+    have.push_back(layer_fingerprints(*c, sample_fraction, sample_seed));
   // Each suspect layer -> (candidate, layer); prefer continuing the previous layer's run.
   std::vector<std::pair<int, int>> source;
   std::pair<int, int> previous{-1, -1};

@@ -752,21 +752,75 @@ PrefixMoments accumulate_prefix(const TensorViews& views, uint64_t count_limit) 
                          });
 }
 
-uint64_t tensor_fingerprint(const ModelTensor& tensor) {
-  const uint8_t* bytes = tensor.data();
+namespace {
+
+// Bytes [0, n) mixed eight at a time in four independent lanes, the tail byte by byte (FNV-1a).
+uint64_t mix_bytes(const uint8_t* bytes, size_t n) {
+  constexpr uint64_t kPrime = 0x9E3779B97F4A7C15ull;
+  uint64_t lane[4] = {1469598103934665603ull, 0x632BE59BD9B4E019ull, 0x8CB92BA72F3D8DD7ull,
+                      0x2545F4914F6CDD1Dull};
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    for (int l = 0; l < 4; ++l) {
+      uint64_t word;
+      std::memcpy(&word, bytes + i + 8 * l, 8);
+      lane[l] = (lane[l] ^ word) * kPrime;
+      lane[l] ^= lane[l] >> 29;
+    }
+  }
+  uint64_t h = lane[0] ^ (lane[1] * 3) ^ (lane[2] * 5) ^ (lane[3] * 7);
+  for (; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  return h;
+}
+
+// The hash of bytes [begin, begin + n) of the tensor's data, read with pread into this thread's
+// buffer (a read error leaves zeros and is noted for rethrow_read_error).
+uint64_t hash_range(const ModelTensor& tensor, uint64_t begin, size_t n) {
+  static thread_local std::vector<uint8_t> buffer;
+  uint8_t* bytes = at_least(buffer, n);
+  try {
+    tensor.shard->read(*tensor.info, begin, n, bytes);
+  } catch (const Error& e) {
+    note_read_error(e);
+    std::fill(bytes, bytes + n, uint8_t{0});
+  }
+  return mix_bytes(bytes, n);
+}
+
+}  // namespace
+
+uint64_t tensor_fingerprint(const ModelTensor& tensor, const std::vector<uint64_t>& rows) {
   const uint64_t size = tensor.info->nbytes();
-  constexpr size_t kGrain = 1 << 20;
-  // FNV-1a per 1 MiB chunk, then FNV-1a over the chunk hashes in order.
-  const auto chunk_hash = [&](size_t begin, size_t end) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = begin; i < end; ++i) h = (h ^ bytes[i]) * 1099511628211ull;
-    return std::vector<uint64_t>{h};
+  // Byte-wise FNV-1a over the mapping (one dependent multiply per byte) ran at about 1.3 GB/s per
+  // core and was nearly all of a stacked model's assay.
+  std::vector<uint64_t> hashes;
+  const auto collect = [](std::vector<uint64_t> acc, const std::vector<uint64_t>& p) {
+    acc.insert(acc.end(), p.begin(), p.end());
+    return acc;
   };
-  const std::vector<uint64_t> hashes = parallel_reduce(
-      size, kGrain, std::vector<uint64_t>{}, chunk_hash, [](std::vector<uint64_t> acc, const std::vector<uint64_t>& p) {
-        acc.insert(acc.end(), p.begin(), p.end());
-        return acc;
-      });
+  if (rows.empty()) {
+    constexpr size_t kGrain = 1 << 20;
+    hashes = parallel_reduce(
+        size, kGrain, std::vector<uint64_t>{},
+        [&](size_t begin, size_t end) {
+          return std::vector<uint64_t>{hash_range(tensor, begin, end - begin)};
+        },
+        collect);
+  } else {
+    const std::vector<uint64_t>& shape = tensor.info->shape;
+    const uint64_t row_bytes =
+        shape.empty() || shape.back() == 0 ? 0 : size / (tensor.info->numel() / shape.back());
+    hashes = parallel_reduce(
+        rows.size(), 16, std::vector<uint64_t>{},
+        [&](size_t begin, size_t end) {
+          std::vector<uint64_t> out;
+          for (size_t r = begin; r < end; ++r)
+            out.push_back(hash_range(tensor, rows[r] * row_bytes, size_t(row_bytes)));
+          return out;
+        },
+        collect);
+    hashes.push_back(rows.size());
+  }
   uint64_t h = 1469598103934665603ull ^ size;
   for (uint64_t c : hashes) {
     for (int b = 0; b < 8; ++b) h = (h ^ ((c >> (8 * b)) & 0xFF)) * 1099511628211ull;

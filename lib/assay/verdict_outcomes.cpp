@@ -88,7 +88,10 @@ bool try_stacking(VerdictContext& v) {
   const bool mixed_copies = v.fitted_numel > 0 && copies == v.fitted_numel && sources.size() >= 2;
   if (!names_differ && !mixed_copies) return false;
   nlohmann::json layer_map;
-  const nlohmann::json slices = detect_layer_stacking(v.suspect, v.models, v.options.candidates, &layer_map);
+  const bool sampled = v.options.sample_fraction > 0 && v.options.sample_fraction < 1;
+  const nlohmann::json slices =
+      detect_layer_stacking(v.suspect, v.models, v.options.candidates, &layer_map,
+                            v.options.sample_fraction, v.options.sample_seed);
   if (slices.is_null()) {
     if (names_differ) v.note("the suspect's layer count differs from every candidate's and its layers are not copies");
     return false;
@@ -102,7 +105,8 @@ bool try_stacking(VerdictContext& v) {
   r.recipe = {{"merge_method", "passthrough"}, {"slices", slices}, {"dtype", torch_dtype_of(v.suspect)}};
   r.evidence["layer_map"] = layer_map;
   r.evidence["summary"] = "every decoder layer is a bit-identical copy of a candidate layer (" +
-                          std::to_string(slices.size()) + " slices)";
+                          std::to_string(slices.size()) + " slices" +
+                          (sampled ? "; compared on each tensor's sampled rows" : "") + ")";
   r.evidence["z_min"] = nullptr;
   r.evidence["log10_false_positive"] = nullptr;  // exact 64-bit fingerprints: chance ~2^-64 per layer
   confirm_by_rebuild(v, {r.recipe});

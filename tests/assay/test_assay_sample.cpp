@@ -1,7 +1,8 @@
 // alloy-assay --sample: the rows drawn, and a sampled assay of a Rio-shaped merge against the full
 // assay: the same verdict, weights within 0.002, and standard errors that cover the full assay's
-// weights at their stated rate over 100 seeds; and its neuron alignment on a sketch of the
-// descriptors' coordinates, which must undo a permutation as the full assay does.
+// weights at their stated rate over 100 seeds; its neuron alignment on a sketch of the
+// descriptors' coordinates, which must undo a permutation as the full assay does; and its search
+// for copied layers on the sampled rows.
 #include <cmath>
 #include <set>
 
@@ -136,6 +137,31 @@ TEST(AssaySample, TheSameSeedReadsTheSameRowsAndGivesTheSameNumbers) {
   EXPECT_EQ(doc["sampling"]["seed"], 5);
   EXPECT_NE(assay_summary(a).find("sampled: 2.00% of the rows"), std::string::npos) << assay_summary(a);
   EXPECT_FALSE(assay_to_json(rio.run(0, 0)).contains("sampling"));
+}
+
+// A passthrough frankenmerge (ft_1's layers 0-1, then ft_2's layer 1): a sampled assay fingerprints
+// each tensor's sampled rows only, drawn for its name within the layer, so that a suspect layer and
+// the candidate layer it copies are compared on the same rows; it must find the full assay's
+// slices and layer map, and say that the copies were compared on the sampled rows. Rows drawn for
+// the whole tensor name would differ between layer 2 and ft_2's layer 1, and no copy would be
+// found.
+TEST(AssaySample, FindsAStackOfCopiedLayersOnTheSampledRowsAsTheFullAssayDoes) {
+  const RioShaped rio;
+  const std::filesystem::path stacked = rio.temp.path() / "stacked";
+  merge_into("merge_method: passthrough\nslices:\n  - sources:\n      - model: " +
+                 (rio.dir / "ft_1").string() +
+                 "\n        layer_range: [0, 2]\n  - sources:\n      - model: " +
+                 (rio.dir / "ft_2").string() + "\n        layer_range: [1, 2]\ndtype: bfloat16\n",
+             stacked);
+  const AssayResult full = rio.run_on(stacked, 0, 0), sampled = rio.run_on(stacked, 0.05, 3);
+  EXPECT_EQ(full.method, "passthrough") << full.evidence.dump();
+  EXPECT_EQ(sampled.method, "passthrough") << sampled.evidence.dump();
+  EXPECT_EQ(sampled.evidence["layer_map"], full.evidence["layer_map"]);
+  ASSERT_EQ(sampled.evidence["layer_map"].size(), 3u);
+  EXPECT_EQ(sampled.evidence["layer_map"][2]["source_layer"], 1);
+  EXPECT_EQ(sampled.recipe["slices"], full.recipe["slices"]);
+  EXPECT_NE(sampled.evidence["summary"].get<std::string>().find("sampled rows"), std::string::npos);
+  EXPECT_EQ(full.evidence["summary"].get<std::string>().find("sampled rows"), std::string::npos);
 }
 
 // The merge with its MLP neurons permuted: a sampled assay compares the neurons on 128 of the 256
