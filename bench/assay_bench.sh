@@ -95,6 +95,19 @@ d = json.load(open(sys.argv[1]))
 w = {c["path"]: round(c["weight"], 4) for c in d["candidates"]}
 print("verdict:", d["verdict"], d["method"], "weights:", w)
 PY
+# compare_sampled FULL_JSON SAMPLED_JSON LABEL: the sampled assay's verdict, weights and share read,
+# and whether its verdict and method are the full assay's.
+compare_sampled() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+full, sampled = (json.load(open(p)) for p in sys.argv[1:3])
+w = {c["path"]: round(c["weight"], 4) for c in sampled["candidates"]}
+same = (full["verdict"], full["method"]) == (sampled["verdict"], sampled["method"])
+print(sys.argv[3], "verdict:", sampled["verdict"], sampled["method"], "weights:", w,
+      "read:", sampled["sampling"]["elements_read"], "of", sampled["sampling"]["elements_total"], "elements;",
+      "same verdict as the full assay" if same else "VERDICT DIFFERS from the full assay")
+PY
+}
 if [[ -n "${SAMPLE:-}" ]]; then
   read -r s_s s_kb s_faults < <(measure "$bin/alloy-assay" -q merged "${names[@]}" --sample "$SAMPLE" --json "$work/assay-sampled.json")
   printf "%-12s %10s %12d %12d\n" "assay/$SAMPLE" "$s_s" $((s_kb / 1024)) "$s_faults"
@@ -102,15 +115,7 @@ if [[ -n "${SAMPLE:-}" ]]; then
   if [[ -n "${warm_s:-}" ]]; then
     echo "ratio sampled/hc-warm full assay: $(awk -v m="$s_s" -v c="$warm_s" 'BEGIN { printf "%.3f", (c > 0 ? m / c : 0) }')x"
   fi
-  python3 - "$work/assay.json" "$work/assay-sampled.json" <<'PY'
-import json, sys
-full, sampled = (json.load(open(p)) for p in sys.argv[1:3])
-w = {c["path"]: round(c["weight"], 4) for c in sampled["candidates"]}
-same = (full["verdict"], full["method"]) == (sampled["verdict"], sampled["method"])
-print("sampled verdict:", sampled["verdict"], sampled["method"], "weights:", w,
-      "read:", sampled["sampling"]["elements_read"], "of", sampled["sampling"]["elements_total"], "elements;",
-      "same verdict as the full assay" if same else "VERDICT DIFFERS from the full assay")
-PY
+  compare_sampled "$work/assay.json" "$work/assay-sampled.json" "sampled"
 fi
 if [[ -n "${DISGUISE:-}" ]]; then
   disguised="disguised-$DISGUISE"
@@ -136,13 +141,6 @@ PY
       --json "$work/assay-disguised-sampled.json")
     printf "%-12s %10s %12d %12d\n" "assay/$DISGUISE/$SAMPLE" "$ds_s" $((ds_kb / 1024)) "$ds_faults"
     echo "ratio sampled/full assay of $DISGUISE: $(awk -v m="$ds_s" -v c="$d_s" 'BEGIN { printf "%.3f", (c > 0 ? m / c : 0) }')x"
-    python3 - "$work/assay-disguised.json" "$work/assay-disguised-sampled.json" <<'PY'
-import json, sys
-full, sampled = (json.load(open(p)) for p in sys.argv[1:3])
-w = {c["path"]: round(c["weight"], 4) for c in sampled["candidates"]}
-same = (full["verdict"], full["method"]) == (sampled["verdict"], sampled["method"])
-print("sampled disguised verdict:", sampled["verdict"], sampled["method"], "weights:", w,
-      "same verdict as its full assay" if same else "VERDICT DIFFERS from its full assay")
-PY
+    compare_sampled "$work/assay-disguised.json" "$work/assay-disguised-sampled.json" "sampled disguised"
   fi
 fi

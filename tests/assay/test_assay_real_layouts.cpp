@@ -43,6 +43,17 @@ struct LayoutCase {
 
 class AssayRealLayouts : public ::testing::TestWithParam<LayoutCase> {};
 
+// The candidates, opened (owned by `owned`).
+std::vector<const Model*> open_all(const std::vector<std::string>& paths,
+                                   std::vector<std::unique_ptr<Model>>* owned) {
+  std::vector<const Model*> models;
+  for (const std::string& c : paths) {
+    owned->push_back(std::make_unique<Model>(Model::open(c)));
+    models.push_back(owned->back().get());
+  }
+  return models;
+}
+
 // A sampled assay matches permuted neurons on a sketch of their descriptors' coordinates
 // (detail::AlignOptions; 128 in the assay, more than these layouts' hidden width of 64, so 32
 // here): on this layout's units (fused gate_up, experts, shared experts) the sketch must find
@@ -51,11 +62,7 @@ void expect_sketch_finds_the_same_neurons(const fs::path& suspect_dir,
                                           const std::vector<std::string>& candidates) {
   const Model suspect = Model::open(suspect_dir);
   std::vector<std::unique_ptr<Model>> owned;
-  std::vector<const Model*> models;
-  for (const std::string& c : candidates) {
-    owned.push_back(std::make_unique<Model>(Model::open(c)));
-    models.push_back(owned.back().get());
-  }
+  const std::vector<const Model*> models = open_all(candidates, &owned);
   const detail::Alignment full = detail::align_suspect(suspect, models);
   const detail::Alignment sketched =
       detail::align_suspect(suspect, models, {.sketch_coordinates = 32, .seed = 3});
@@ -83,11 +90,7 @@ size_t expect_aligned_rows_are_the_whole_tensors(const fs::path& suspect_dir,
                                                  const std::string& what) {
   const Model suspect = Model::open(suspect_dir);
   std::vector<std::unique_ptr<Model>> owned;
-  std::vector<const Model*> models;
-  for (const std::string& c : candidates) {
-    owned.push_back(std::make_unique<Model>(Model::open(c)));
-    models.push_back(owned.back().get());
-  }
+  const std::vector<const Model*> models = open_all(candidates, &owned);
   const detail::Alignment alignment = detail::align_suspect(suspect, models);
   size_t compared = 0, rotated = 0;
   for (const auto& [name, slot] : alignment.tensors) {
