@@ -12,6 +12,25 @@ namespace {
 
 using Side = AlignedTensor::RotationSide;
 
+// Rotation slabs: rows (or columns) undone at a time, through doubles.
+constexpr size_t kSlab = 1024;
+
+// Rows (count x n floats, in place) times Q^T, row r becoming <row r, Q_j> for each j: a reader's
+// undo (S = C Q -> C = S Q^T), a slab of rows at a time. row_dots sums each element in one fixed
+// order whatever the other rows, so the bits do not depend on which rows are undone together.
+void rows_times_qt(const double* q, size_t n, float* rows, size_t count) {
+  static thread_local std::vector<double> in_rows, out_rows;
+  double* in = at_least(in_rows, std::min(count, kSlab) * n);
+  double* out = at_least(out_rows, std::min(count, kSlab) * n);
+  for (size_t r0 = 0; r0 < count; r0 += kSlab) {
+    const size_t len = std::min(kSlab, count - r0);
+    float* v = rows + r0 * n;
+    for (size_t k = 0; k < len * n; ++k) in[k] = v[k];
+    row_dots(in, len, q, n, n, out);
+    for (size_t k = 0; k < len * n; ++k) v[k] = float(out[k]);
+  }
+}
+
 // Aligned row `row` (of matrix m: index m * rows + i) of `a`, already gathered into `o`, scaled as
 // the alignment says: divided or multiplied by its row scale, then each column by its column
 // scale (around the norm's offset).
@@ -45,24 +64,13 @@ void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, f
   // A slab of rows (or columns) at a time: the whole tensor twice in doubles was most of a rotated
   // model's full assay's memory (the embeddings: 0.8 GB here, 16 GB at 250k x 4096). Each sum is
   // the same whatever the slab (row_dots' fixed order).
-  constexpr size_t kSlab = 1024;
-  static thread_local std::vector<double> in_rows, out_rows;
   const size_t hidden = n;
   if (a.rotation_side == Side::kRight) {
     // S = C Q on the last axis -> C = S Q^T: C[r][j] = <S_r, Q_j>.
-    if (shape.back() != n) return;
-    const size_t rows = size_t(numel / n);
-    double* in = at_least(in_rows, std::min(rows, kSlab) * hidden);
-    double* out = at_least(out_rows, std::min(rows, kSlab) * hidden);
-    for (size_t r0 = 0; r0 < rows; r0 += kSlab) {
-      const size_t len = std::min(kSlab, rows - r0);
-      float* v = values + r0 * hidden;
-      for (size_t k = 0; k < len * hidden; ++k) in[k] = v[k];
-      row_dots(in, len, q, hidden, hidden, out);
-      for (size_t k = 0; k < len * hidden; ++k) v[k] = float(out[k]);
-    }
+    if (shape.back() == n) rows_times_qt(q, n, values, size_t(numel / n));
     return;
   }
+  static thread_local std::vector<double> in_rows, out_rows;
   // S = Q^T C on the axis before the last, per leading block [hidden, cols] -> C = Q S:
   // C[i][c] = <Q_i, column c of S>, each slab of columns transposed into rows first (a column of
   // the result depends on that column alone, so it is written back in place).
@@ -99,16 +107,12 @@ void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
   if (!right && !left) return;
   // The same products as undo_rotation's, for these rows only: row_dots sums each element in one
   // fixed order whatever the other rows, so every value has the bits the whole tensor's undo gives.
-  static thread_local std::vector<double> in_rows, q_rows, out_rows;
   const double* q = a.rotation->data();
   if (right) {
-    double* in = at_least(in_rows, count * n);
-    double* dots = at_least(out_rows, count * n);
-    for (size_t k = 0; k < count * n; ++k) in[k] = out[k];
-    row_dots(in, count, q, n, n, dots);
-    for (size_t k = 0; k < count * n; ++k) out[k] = float(dots[k]);
+    rows_times_qt(q, n, out, count);
     return;
   }
+  static thread_local std::vector<double> in_rows, q_rows, out_rows;
   // A writer: stored row i of block o is Q_i times the block's columns, so each block holding a
   // requested row is read whole (once: the rows are taken block by block), the rows' compute alone.
   const size_t block = n * cols;

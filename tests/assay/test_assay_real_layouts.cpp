@@ -180,12 +180,16 @@ TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
   if (c.family == "mixtral" || c.family.rfind("qwen3_", 0) == 0 || c.family == "gpt_oss" || c.family == "deepseek_v3") {
     kinds.push_back(PerturbKind::kPermuteExperts);
   }
-  for (const PerturbKind kind : kinds) {
-    const std::string what = perturb_kind_name(kind);
+  // The merge disguised by `kind` (seed 9) into dir / the kind's name; returns perturb's truth.
+  const auto disguise = [&](PerturbKind kind) {
     PerturbOptions o;
     o.kind = kind;
     o.seed = 9;
-    const json truth = perturb_model(dir / "merged", dir / what, o);
+    return perturb_model(dir / "merged", dir / perturb_kind_name(kind), o);
+  };
+  for (const PerturbKind kind : kinds) {
+    const std::string what = perturb_kind_name(kind);
+    const json truth = disguise(kind);
     const AssayResult r = check(dir / what, what);
     EXPECT_GT(test::expect_permutations_found(r, kind, truth), 0u) << what;
     if (kind == PerturbKind::kPermuteNeurons)
@@ -206,10 +210,7 @@ TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
   }
   for (const PerturbKind kind : scaled) {
     const std::string what = perturb_kind_name(kind);
-    PerturbOptions o;
-    o.kind = kind;
-    o.seed = 9;
-    perturb_model(dir / "merged", dir / what, o);
+    disguise(kind);
     const size_t rotated = expect_aligned_rows_are_the_whole_tensors(dir / what, candidates, what);
     if (kind == PerturbKind::kRotateResidual) {
       EXPECT_GT(rotated, 0u) << what;
