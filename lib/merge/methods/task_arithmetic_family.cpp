@@ -40,6 +40,7 @@
 #include "alloy/core/parallel.h"
 #include "method_util.h"
 #include "sparsify.h"
+#include "task_vector_combine.h"
 
 namespace alloy::detail {
 namespace {
@@ -50,13 +51,6 @@ struct FamilyConfig {
   Sparsification sparsification;
   bool default_normalize;
   bool default_rescale;
-};
-
-// One model's contribution: its inputs, its mask and its weight wD(weight).
-struct TaskVectorInput {
-  const float* x;
-  DeltaMask mask;
-  float weight;
 };
 
 thread_local std::vector<std::vector<uint64_t>> t_mask_words;  // one mask per model, reused
@@ -159,6 +153,8 @@ class TaskArithmeticMethod final : public MergeMethod {
       for (const auto& in : inputs_) weight_sum += in.weight;
       weight_sum = rnd(weight_sum);
       plain_divisor_ = std::fabs(weight_sum) < rnd.param(1e-8) ? 1.0f : weight_sum;
+      lanes_ = std::is_same_v<R, RoundBF16> && can_combine_task_vectors_avx512(inputs_.size());
+      lane_options_ = {consensus_, normalize_, lambda_ != 1.0, lambda_d_, plain_divisor_};
     }
     const std::vector<TaskVectorInput>& inputs() const { return inputs_; }
     void set_mask(size_t m, DeltaMask mask) { inputs_[m].mask = mask; }
@@ -177,6 +173,16 @@ class TaskArithmeticMethod final : public MergeMethod {
     ALLOY_ELEMENT_KERNEL size_t combine(const float* base, const float* const* xs, size_t first,
                                         size_t len, float* out) const {
       return combine_blocks(base, xs, first, len, out);
+    }
+    // The same on bf16 rows: in registers where the CPU has AVX-512 (task_vector_combine.h),
+    // else combine_bf16_bits.
+    size_t combine_bf16(const uint16_t* base, const uint16_t* const* xs, size_t first, size_t len,
+                        uint16_t* out) const {
+      if (lanes_) {
+        return combine_task_vectors_bf16_avx512(inputs_.data(), inputs_.size(), lane_options_, base,
+                                                xs, first, len, out);
+      }
+      return combine_bf16_bits(base, xs, first, len, out);
     }
     ALLOY_BF16_BITS_KERNEL size_t combine_bf16_bits(const uint16_t* base, const uint16_t* const* xs, size_t first,
                                                     size_t len, uint16_t* out) const {
@@ -291,6 +297,8 @@ class TaskArithmeticMethod final : public MergeMethod {
     bool normalize_ = false;
     double lambda_ = 1.0;
     float lambda_d_ = 1.0f, plain_divisor_ = 1.0f;
+    bool lanes_ = false;  // combine_bf16 runs the AVX-512 kernel
+    TaskVectorCombine lane_options_;
   };
 
   template <class R>
@@ -349,7 +357,7 @@ class TaskArithmeticMethod final : public MergeMethod {
       if (!merges_bf16()) return ChunkedMerge::merge_chunk_bf16(sources, begin, len, out);
       const uint16_t* base = sources[combiner_.base_index()];
       return with_others(sources, [&](const uint16_t* const* x) {
-        return combiner_.combine_bf16_bits(base, x, begin, len, out);
+        return combiner_.combine_bf16(base, x, begin, len, out);
       });
     }
 
