@@ -12,18 +12,15 @@ namespace {
 
 using Side = AlignedTensor::RotationSide;
 
-// Rotation slabs: rows (or columns) undone at a time, through doubles.
-constexpr size_t kSlab = 1024;
-
 // Rows (count x n floats, in place) times Q^T, row r becoming <row r, Q_j> for each j: a reader's
 // undo (S = C Q -> C = S Q^T), a slab of rows at a time. row_dots sums each element in one fixed
 // order whatever the other rows, so the bits do not depend on which rows are undone together.
 void rows_times_qt(const double* q, size_t n, float* rows, size_t count) {
   static thread_local std::vector<double> in_rows, out_rows;
-  double* in = at_least(in_rows, std::min(count, kSlab) * n);
-  double* out = at_least(out_rows, std::min(count, kSlab) * n);
-  for (size_t r0 = 0; r0 < count; r0 += kSlab) {
-    const size_t len = std::min(kSlab, count - r0);
+  double* in = at_least(in_rows, std::min(count, kRotationSlab) * n);
+  double* out = at_least(out_rows, std::min(count, kRotationSlab) * n);
+  for (size_t r0 = 0; r0 < count; r0 += kRotationSlab) {
+    const size_t len = std::min(kRotationSlab, count - r0);
     float* v = rows + r0 * n;
     for (size_t k = 0; k < len * n; ++k) in[k] = v[k];
     row_dots(in, len, q, n, n, out);
@@ -75,13 +72,14 @@ void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, f
   // C[i][c] = <Q_i, column c of S>, each slab of columns transposed into rows first (a column of
   // the result depends on that column alone, so it is written back in place).
   if (shape.size() < 2 || shape[shape.size() - 2] != n) return;
-  const size_t cols = size_t(shape.back()), block = hidden * cols, slab = std::min(cols, kSlab);
+  const size_t cols = size_t(shape.back()), block = hidden * cols,
+               slab = std::min(cols, kRotationSlab);
   double* in = at_least(in_rows, slab * hidden);
   double* out = at_least(out_rows, slab * hidden);
   for (uint64_t o = 0; o < numel / block; ++o) {
     float* w = values + o * block;
-    for (size_t c0 = 0; c0 < cols; c0 += kSlab) {
-      const size_t len = std::min(kSlab, cols - c0);
+    for (size_t c0 = 0; c0 < cols; c0 += kRotationSlab) {
+      const size_t len = std::min(kRotationSlab, cols - c0);
       for (size_t i = 0; i < hidden; ++i) {
         for (size_t c = 0; c < len; ++c) in[c * hidden + i] = w[i * cols + c0 + c];
       }
@@ -94,7 +92,7 @@ void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, f
 }
 
 void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
-                         const std::vector<uint64_t>& rows, float* out) {
+                         const std::vector<uint64_t>& rows, float* out, size_t slab_columns) {
   const std::vector<uint64_t>& shape = t.info->shape;
   const size_t cols = size_t(shape.back()), count = rows.size();
   const size_t n = a.rotation ? size_t(std::llround(std::sqrt(double(a.rotation->size())))) : 0;
@@ -114,11 +112,14 @@ void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
   }
   static thread_local std::vector<double> in_rows, q_rows, out_rows;
   // A writer: stored row i of block o is Q_i times the block's columns, so each block holding a
-  // requested row is read whole (once: the rows are taken block by block), the rows' compute alone.
-  const size_t block = n * cols;
+  // requested row is read (once: the rows are taken block by block), a slab of columns at a time
+  // with all n of its rows (each dot runs over a whole column, as undo_rotation's), and only the
+  // requested rows computed. Whole, the block was 12 bytes per element (400 MB of doubles at
+  // hidden 4096 x 12288); a slab is at most n x slab_columns.
+  const size_t slab = std::max<size_t>(1, std::min(cols, slab_columns));
   static thread_local std::vector<float> stored;
-  float* const w = at_least(stored, block);
-  double* in = at_least(in_rows, block);
+  float* const w = at_least(stored, n * slab);
+  double* in = at_least(in_rows, n * slab);
   std::vector<size_t> order(count);
   for (size_t r = 0; r < count; ++r) order[r] = r;
   std::stable_sort(order.begin(), order.end(),
@@ -127,19 +128,27 @@ void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
     const uint64_t o = rows[order[first]] / n;
     size_t last = first;
     while (last < count && rows[order[last]] / n == o) ++last;
-    load_range(t, size_t(o) * block, block, w);
-    for (size_t i = 0; i < n; ++i) {
-      for (size_t c = 0; c < cols; ++c) in[c * n + i] = w[i * cols + c];
-    }
     const size_t group = last - first;
     double* qs = at_least(q_rows, group * n);
-    double* dots = at_least(out_rows, group * cols);
+    double* dots = at_least(out_rows, group * slab);
     for (size_t j = 0; j < group; ++j)
       std::copy_n(q + (rows[order[first + j]] % n) * n, n, qs + j * n);
-    row_dots(qs, group, in, cols, n, dots);
-    for (size_t j = 0; j < group; ++j) {
-      float* o_row = out + order[first + j] * cols;
-      for (size_t c = 0; c < cols; ++c) o_row[c] = float(dots[j * cols + c]);
+    const size_t block_start = size_t(o) * n * cols;
+    for (size_t c0 = 0; c0 < cols; c0 += slab) {
+      const size_t len = std::min(slab, cols - c0);
+      if (len == cols) {
+        load_range(t, block_start, n * cols, w);  // the whole block in one read
+      } else {
+        for (size_t i = 0; i < n; ++i) load_range(t, block_start + i * cols + c0, len, w + i * len);
+      }
+      for (size_t i = 0; i < n; ++i) {
+        for (size_t c = 0; c < len; ++c) in[c * n + i] = w[i * len + c];
+      }
+      row_dots(qs, group, in, len, n, dots);
+      for (size_t j = 0; j < group; ++j) {
+        float* o_row = out + order[first + j] * cols + c0;
+        for (size_t c = 0; c < len; ++c) o_row[c] = float(dots[j * len + c]);
+      }
     }
     first = last;
   }

@@ -401,12 +401,17 @@ void gain_stage(const Model& suspect, const std::vector<const Model*>& candidate
 // (aligned_read.cpp).
 void undo_rotation(const AlignedTensor& a, const std::vector<uint64_t>& shape, float* values);
 
+// Rows (or columns) of a tensor whose rotation is undone at a time, through doubles.
+inline constexpr size_t kRotationSlab = 1024;
+
 // Stored rows `rows` (indices over every axis but the last) of `t`, the slot `a` reads, with a's
 // rotation undone: rows.size() x shape.back() floats into `out`. Bit for bit the rows undo_rotation
 // gives for the whole tensor. A reader's rows are read alone; a writer's row mixes its whole
-// [hidden, cols] block, so each block holding a requested row is read whole (aligned_read.cpp).
+// [hidden, cols] block, so each block holding a requested row is read, slab_columns columns at a
+// time (aligned_read.cpp; smaller in tests, to cross slabs on small models).
 void load_rows_unrotated(const AlignedTensor& a, const ModelTensor& t,
-                         const std::vector<uint64_t>& rows, float* out);
+                         const std::vector<uint64_t>& rows, float* out,
+                         size_t slab_columns = kRotationSlab);
 
 // The suspect's slot `name` in candidate order, as float32 (into `out`, resized)
 // (aligned_read.cpp).
