@@ -22,6 +22,7 @@
 #include "alloy/core/architecture.h"
 #include "alloy/core/model.h"
 #include "alloy/core/residual_stream.h"
+#include "alloy/core/units.h"
 #include "alloy/perturb/perturb.h"
 #include "alloy/synth/synth.h"
 
@@ -95,8 +96,10 @@ StreamLayout stream_layout(const Model& model);
 // receives the layout it used.
 PerturbPlan plan_fold_norms(const PerturbInput& input, StreamLayout* layout = nullptr);
 
-// The architecture of IN, or Error(kInvalidArgument) saying the kind needs a config.json.
-const Architecture& require_architecture(const PerturbInput& input);
+// Throws Error(kShapeMismatch) with the layer's reason when one of `units` ("mlp", "experts",
+// "attention", ...) was not recognised in layer u (alloy/core/units.h).
+void require_recognised(const PerturbInput& input, const LayerUnits& u,
+                        const std::vector<std::string>& units);
 // The input tensor `name`, or Error(kMissingTensor) naming it and the model.
 const ModelTensor& require_tensor(const Model& model, const std::string& name);
 // Throws Error(kShapeMismatch) naming the tensor unless its shape is `shape`.
@@ -115,13 +118,6 @@ std::vector<PlannedTensor> map_tensors(
 using Overrides = std::map<std::string, PlannedTensor>;
 // The plan entries for every input tensor, in the input's order: its override, else a copy.
 std::vector<PlannedTensor> apply_overrides(const Model& model, const Overrides& overrides);
-
-// Visits every MLP of decoder layer `layer` with its name prefix: the dense MLP ("...mlp."), or
-// each routed expert ("...mlp.experts.E.") and the shared expert ("...mlp.shared_expert."), and
-// returns the layer's ground-truth record: {"layer", "mlp": visit(...)} for a dense model,
-// {"layer", "experts": [...], "shared_expert": ... or null} for an MoE model.
-using MlpVisitor = std::function<nlohmann::json(const std::string& prefix)>;
-nlohmann::json visit_layer_mlps(const Architecture& arch, int layer, const MlpVisitor& visit);
 
 // Uniform random numbers for the structural transforms: splitmix64 over a key from (seed, stream
 // name), so each layer's choice is independent of the order tensors are visited in.

@@ -52,18 +52,6 @@ struct Moves {
   }
 };
 
-// Throws the layer's reason when the unit the kind needs was not recognised there.
-void require_recognised(const PerturbInput& input, const LayerUnits& u, const std::vector<std::string>& units) {
-  for (const std::string& problem : u.problems) {
-    for (const std::string& unit : units) {
-      if (problem.rfind(unit + ":", 0) == 0) {
-        throw Error(ErrorCode::kShapeMismatch, "perturb: " + input.model.path().string() + ", layer " +
-                                                   std::to_string(u.layer) + ": " + problem);
-      }
-    }
-  }
-}
-
 json permute_experts(const PerturbInput& input, const LayerUnits& u, Moves* moves) {
   const ExpertGroup& x = *u.experts;
   const std::vector<int> perm = PerturbRng(input.options.seed, "permute-experts:" + x.key).permutation(int(x.experts.size()));

@@ -1,41 +1,19 @@
-// Function-preserving rescalings: per-neuron factors moved between up_proj rows and down_proj
-// columns, and RMSNorm gains folded into the weights that read the normalised vector
+// Function-preserving rescalings: per-neuron factors moved between up_proj and down_proj (on every
+// layout the architecture model knows, alloy/core/units.h: fused gate_up halves, stacked experts,
+// Mixtral's w3 / w2), and RMSNorm gains folded into the weights that read the normalised vector
 // (see alloy/perturb/perturb.h).
 #include <algorithm>
 #include <cmath>
 #include <map>
+
 #include "alloy/core/error.h"
+#include "alloy/core/units.h"
 #include "internal.h"
 
 namespace alloy::detail {
 namespace {
 
 using nlohmann::json;
-
-// Row r times factor[r] (divide: divided by it).
-TensorTransform scale_rows(std::vector<float> factor) {
-  return [factor = std::move(factor)](float* v, uint64_t rows, uint64_t cols) {
-    if (rows != factor.size())
-      throw Error(ErrorCode::kInternal, "scale_rows: shape does not match");
-    for (uint64_t r = 0; r < rows; ++r) {
-      for (uint64_t c = 0; c < cols; ++c) v[r * cols + c] *= factor[r];
-    }
-    return json(nullptr);
-  };
-}
-
-// Column c times factor[c] (or divided by it).
-TensorTransform scale_columns(std::vector<float> factor, bool divide) {
-  return [factor = std::move(factor), divide](float* v, uint64_t rows, uint64_t cols) {
-    if (cols != factor.size())
-      throw Error(ErrorCode::kInternal, "scale_columns: shape does not match");
-    for (uint64_t r = 0; r < rows; ++r) {
-      float* row = v + r * cols;
-      for (uint64_t c = 0; c < cols; ++c) row[c] = divide ? row[c] / factor[c] : row[c] * factor[c];
-    }
-    return json(nullptr);
-  };
-}
 
 TensorTransform set_to(float value) {
   return [value](float* v, uint64_t rows, uint64_t cols) {
@@ -60,38 +38,119 @@ void put(Overrides* overrides, const std::string& name, TensorTransform transfor
   (*overrides)[name] = {name, name, std::move(transform)};
 }
 
-// c_i = strength^u, u uniform in [-1, 1], for the MLP at `prefix`: up rows times c, down columns
-// divided by c. Returns c.
-std::vector<float> rescale_mlp(const PerturbInput& input, const std::string& prefix,
-                               uint64_t hidden, Overrides* overrides) {
-  const ModelTensor& up = require_tensor(input.model, prefix + "up_proj.weight");
-  const uint64_t width = up.info->shape.empty() ? 0 : up.info->shape[0];
-  require_shape(up, {width, hidden});
-  require_shape(require_tensor(input.model, prefix + "down_proj.weight"), {hidden, width});
-  PerturbRng rng(input.options.seed, "rescale-neurons:" + prefix);
-  std::vector<float> c(width);
+// Per-row and per-column factors of one tensor seen as [matrices, rows, cols] (TensorGather::of):
+// every element multiplied by its row's and its column's `multiply` factors and divided by their
+// `divide` factors. Factors left at 1 change no bit (x * 1 and x / 1 are x).
+struct TensorScales {
+  TensorGather view;
+  std::vector<float> row_multiply, row_divide, col_multiply, col_divide;
+
+  TensorScales(const std::vector<uint64_t>& shape, bool stacked)
+      : view(TensorGather::of(shape, stacked)) {
+    row_multiply.assign(view.matrices * view.rows, 1.0f), row_divide = row_multiply;
+    col_multiply.assign(view.matrices * view.cols, 1.0f), col_divide = col_multiply;
+  }
+  // Item i of `slice` (its rows, or its columns) multiplied (or divided) by c[i].
+  void scale_items(const ItemSlice& slice, const std::vector<float>& c, bool divide) {
+    const uint64_t matrix = slice.matrix < 0 ? 0 : uint64_t(slice.matrix);
+    std::vector<float>& f =
+        slice.rows ? (divide ? row_divide : row_multiply) : (divide ? col_divide : col_multiply);
+    const uint64_t extent = slice.rows ? view.rows : view.cols;
+    for (uint64_t i = 0; i < c.size(); ++i) {
+      for (uint64_t k = 0; k < slice.width; ++k) f[matrix * extent + slice.index(i, k)] *= c[i];
+    }
+  }
+  TensorTransform transform() const {
+    return [s = *this](float* v, uint64_t rows, uint64_t cols) {
+      const TensorGather& g = s.view;
+      if (g.matrices * g.rows * g.cols != rows * cols)
+        throw Error(ErrorCode::kInternal, "perturb: a rescaling does not match its tensor's shape");
+      for (uint64_t m = 0; m < g.matrices; ++m) {
+        for (uint64_t r = 0; r < g.rows; ++r) {
+          float* row = v + (m * g.rows + r) * g.cols;
+          const float rm = s.row_multiply[m * g.rows + r], rd = s.row_divide[m * g.rows + r];
+          const float* cm = s.col_multiply.data() + m * g.cols;
+          const float* cd = s.col_divide.data() + m * g.cols;
+          for (uint64_t c = 0; c < g.cols; ++c) row[c] = row[c] * rm * cm[c] / rd / cd[c];
+        }
+      }
+      return json(nullptr);
+    };
+  }
+};
+
+// c_i = strength^u, u uniform in [-1, 1], for the MLP `m` (a stream named after it: the same
+// draws as when rescale-neurons knew only "model.layers.L.mlp." names): up's neuron items times c,
+// down's divided by c. gate is left alone (the activation reads it), so act(gate) * up * c / c is
+// the function unchanged. Returns c.
+std::vector<float> rescale_mlp(const PerturbInput& input, const MlpUnit& m,
+                               std::map<std::string, TensorScales>* scales) {
+  if (!m.extra.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "perturb: rescale-neurons: the MLP " + m.key +
+                    " has neuron-indexed biases, which it does not know how to rescale");
+  }
+  PerturbRng rng(input.options.seed, "rescale-neurons:" + m.key);
+  std::vector<float> c(m.neurons);
   const double log_strength = std::log(input.strength);
   for (auto& x : c) x = float(std::exp((2 * rng.uniform() - 1) * log_strength));
-  put(overrides, prefix + "up_proj.weight", scale_rows(c));
-  put(overrides, prefix + "down_proj.weight", scale_columns(c, true));
+  for (const auto& [slice, divide] : {std::pair{&m.up, false}, std::pair{&m.down, true}}) {
+    auto it = scales->find(slice->tensor);
+    if (it == scales->end()) {
+      const ModelTensor& t = require_tensor(input.model, slice->tensor);
+      it = scales->emplace(slice->tensor, TensorScales(t.info->shape, slice->matrix >= 0)).first;
+    }
+    it->second.scale_items(*slice, c, divide);
+  }
   return c;
-}
-
-json rescale_layer(const PerturbInput& input, const Architecture& arch, int layer,
-                   Overrides* overrides) {
-  return visit_layer_mlps(arch, layer, [&](const std::string& prefix) {
-    return json(rescale_mlp(input, prefix, uint64_t(arch.hidden), overrides));
-  });
 }
 
 }  // namespace
 
 PerturbPlan plan_rescaling(const PerturbInput& input) {
-  const Architecture& arch = require_architecture(input);
-  PerturbPlan plan;
-  Overrides overrides;
+  if (!input.model.has_config()) {
+    throw Error(ErrorCode::kInvalidArgument, "perturb: --kind rescale-neurons needs " +
+                                                 input.model.path().string() +
+                                                 "/config.json to know the architecture");
+  }
+  const ModelArchitecture arch = detect_architecture(input.model);
+  // GPT-OSS computes (clamp(up) + 1) * glu(gate): scaling up's neurons changes the function.
+  if (arch.family() == "gpt_oss") {
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        "perturb: rescale-neurons: " + input.model.path().string() +
+            " (gpt_oss) adds 1 to its clamped up projection, so a rescaled neuron would change the "
+            "function; this family cannot be disguised this way");
+  }
+  std::map<std::string, TensorScales> scales;
   json layers = json::array();
-  for (int l = 0; l < arch.layers; ++l) layers.push_back(rescale_layer(input, arch, l, &overrides));
+  for (const LayerUnits& u : model_units(arch, input.model)) {
+    require_recognised(input, u, {"mlp", "shared_expert", "experts"});
+    if (u.mlps.empty() && !u.experts) continue;
+    // The record perturb's permutations write: "mlp", or "experts" and "shared_expert".
+    json record = {{"layer", u.layer}};
+    for (const MlpUnit& m : u.mlps) {
+      if (m.name == "mlp") record["mlp"] = rescale_mlp(input, m, &scales);
+    }
+    if (u.experts) {
+      json experts = json::array();
+      for (const MlpUnit& m : u.experts->experts) experts.push_back(rescale_mlp(input, m, &scales));
+      record["experts"] = std::move(experts);
+      record["shared_expert"] = nullptr;
+    }
+    for (const MlpUnit& m : u.mlps) {
+      if (m.name == "shared_expert") record["shared_expert"] = rescale_mlp(input, m, &scales);
+    }
+    layers.push_back(std::move(record));
+  }
+  if (layers.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "perturb: --kind rescale-neurons needs MLP layers, and " +
+                    input.model.path().string() + " (" + arch.family() + ") has none");
+  }
+  Overrides overrides;
+  for (const auto& [name, s] : scales) put(&overrides, name, s.transform());
+  PerturbPlan plan;
   plan.truth["layers"] = std::move(layers);
   plan.tensors = apply_overrides(input.model, overrides);
   return plan;

@@ -255,13 +255,17 @@ std::vector<int> parse_layer_map(std::string_view text) {
 
 namespace detail {
 
-const Architecture& require_architecture(const PerturbInput& input) {
-  if (!input.arch) {
-    std::string why = input.model.path().string() + "/config.json to know the architecture";
-    if (!input.arch_error.empty()) why += ", and that file could not be read as one: " + input.arch_error;
-    throw invalid(std::string("--kind ") + perturb_kind_name(input.options.kind) + " needs " + why);
+void require_recognised(const PerturbInput& input, const LayerUnits& u,
+                        const std::vector<std::string>& units) {
+  for (const std::string& problem : u.problems) {
+    for (const std::string& unit : units) {
+      if (problem.rfind(unit + ":", 0) == 0) {
+        throw Error(ErrorCode::kShapeMismatch, "perturb: " + input.model.path().string() +
+                                                   ", layer " + std::to_string(u.layer) + ": " +
+                                                   problem);
+      }
+    }
   }
-  return *input.arch;
 }
 
 const ModelTensor& require_tensor(const Model& model, const std::string& name) {
@@ -312,16 +316,6 @@ std::vector<PlannedTensor> apply_overrides(const Model& model, const Overrides& 
     const auto it = overrides.find(t.name());
     return it != overrides.end() ? it->second : PlannedTensor{t.name(), t.name(), {}};
   });
-}
-
-nlohmann::json visit_layer_mlps(const Architecture& arch, int layer, const MlpVisitor& visit) {
-  const std::string p = layer_prefix(layer) + "mlp.";
-  if (arch.family == ModelFamily::kLlama) return {{"layer", layer}, {"mlp", visit(p)}};
-  nlohmann::json experts = nlohmann::json::array();
-  for (int e = 0; e < arch.experts; ++e) experts.push_back(visit(p + "experts." + std::to_string(e) + "."));
-  nlohmann::json record = {{"layer", layer}, {"experts", experts}, {"shared_expert", nullptr}};
-  if (arch.shared_expert) record["shared_expert"] = visit(p + "shared_expert.");
-  return record;
 }
 
 namespace {
@@ -401,9 +395,10 @@ json perturb_model(const fs::path& in, const fs::path& out, const PerturbOptions
   detail::PerturbInput input{model, reference ? &*reference : nullptr, options, strength,
                              std::nullopt, {}};
   if (model.has_config()) {
-    // Only rescale-neurons needs synth's fields; the permutations read the layout from the
-    // architecture model (alloy/core/units.h) and the value kinds need none, so a real config that
-    // synth's reader does not know (text_config, Mixtral's names) must not stop them.
+    // Only stack-layers reads synth's fields (the layer count, when it can); the permutations and
+    // rescale-neurons read the layout from the architecture model (alloy/core/units.h) and the
+    // value kinds need none, so a real config that synth's reader does not know (text_config,
+    // Mixtral's names) must not stop them.
     try {
       input.arch = architecture_from_config(model.config());
     } catch (const Error& e) {

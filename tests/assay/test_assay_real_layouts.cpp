@@ -141,6 +141,36 @@ size_t expect_aligned_rows_are_the_whole_tensors(const fs::path& suspect_dir,
   return rotated;
 }
 
+// Every MLP that rescale-neurons scaled (perturb's truth: "mlp", "shared_expert", "experts")
+// has its factors among the assay's "neuron_scales", each within 1%.
+void expect_scales_found(const AssayResult& r, const json& truth) {
+  size_t units = 0, found = 0;
+  const auto expect_unit = [&](int layer, const std::string& unit, const json& applied) {
+    ++units;
+    for (const auto& p : r.permutations) {
+      if (p["kind"] != "neuron_scales" || p["layer"] != layer || p["unit"] != unit) continue;
+      ASSERT_EQ(p["scales"].size(), applied.size()) << unit;
+      for (size_t i = 0; i < applied.size(); ++i) {
+        EXPECT_NEAR(p["scales"][i].get<double>() / applied[i].get<double>(), 1.0, 0.01)
+            << "layer " << layer << " " << unit << " neuron " << i;
+      }
+      ++found;
+    }
+  };
+  for (const auto& layer : truth["layers"]) {
+    const int l = layer["layer"];
+    for (const char* unit : {"mlp", "shared_expert"}) {
+      if (layer.contains(unit) && !layer[unit].is_null()) expect_unit(l, unit, layer[unit]);
+    }
+    if (layer.contains("experts")) {
+      for (size_t e = 0; e < layer["experts"].size(); ++e)
+        expect_unit(l, "experts." + std::to_string(e), layer["experts"][e]);
+    }
+  }
+  EXPECT_GT(units, 0u);
+  EXPECT_EQ(found, units) << "rescaled MLPs whose factors the assay reported";
+}
+
 TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
   const LayoutCase& c = GetParam();
   const ModelFamily family = *family_from_name(c.family);
@@ -220,19 +250,19 @@ TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
     fs::remove_all(dir / what);
   }
   // The disguises that scale or rotate what they align: their slots' rows too, where perturb
-  // applies them (it rescales only MLPs stored as separate gate, up and down projections, and
-  // refuses to fold or rotate through tied embeddings or Gemma's sandwich norms).
+  // applies them (it refuses to rescale GPT-OSS's neurons, whose MLP adds 1 to the up projection,
+  // and to fold or rotate through tied embeddings or Gemma's sandwich norms). A rescaled merge is
+  // assayed as the permuted ones are.
   std::vector<PerturbKind> scaled;
-  for (const char* f : {"llama", "mistral", "gemma2", "qwen3_moe", "qwen3_next"}) {
-    if (c.family == f) scaled.push_back(PerturbKind::kRescaleNeurons);
-  }
+  if (c.family != "gpt_oss") scaled.push_back(PerturbKind::kRescaleNeurons);
   if (!c.tie && c.family != "gemma2") {
     scaled.push_back(PerturbKind::kFoldNorms);
     scaled.push_back(PerturbKind::kRotateResidual);
   }
   for (const PerturbKind kind : scaled) {
     const std::string what = perturb_kind_name(kind);
-    disguise(kind);
+    const json truth = disguise(kind);
+    if (kind == PerturbKind::kRescaleNeurons) expect_scales_found(check(dir / what, what), truth);
     const size_t rotated = expect_aligned_rows_are_the_whole_tensors(dir / what, candidates, what);
     if (kind == PerturbKind::kRotateResidual) {
       EXPECT_GT(rotated, 0u) << what;

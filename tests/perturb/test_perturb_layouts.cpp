@@ -1,4 +1,4 @@
-// fold-norms and rotate-residual on real checkpoint layouts: the logits of a whole model, computed
+// fold-norms, rotate-residual and rescale-neurons on real checkpoint layouts: the logits of a whole model, computed
 // from its stored tensors by a float64 reference written per family from the Hugging Face modeling
 // code, are unchanged by the transform. Phi-3 (fused qkv_proj and gate_up_proj), Mixtral
 // (block_sparse_moe, w1/w3/w2 experts, renormalised top-k), Qwen3.5-MoE (the language model
@@ -11,8 +11,10 @@
 // gate / up columns, top-k then softmax routing).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "alloy/core/error.h"
 #include "alloy/core/file_util.h"
 #include "alloy/core/model.h"
 #include "alloy/perturb/perturb.h"
@@ -376,6 +378,66 @@ struct LayoutCase {
 
 class PerturbRealLayouts : public testing::TestWithParam<LayoutCase> {};
 
+// rescale-neurons on a real layout: the truth's factors are those applied (layer 1's first MLP:
+// the dense one, or the first expert; DeepSeek-V3's dense layer 0, as its routing sends none of
+// these tokens to expert 0: one of its neurons' up weights over the stored ones), they
+// spread (strength 2: from 1/2 to 2), gate is left as it was, and an up projection put back as
+// it was, or a down projection, breaks the function.
+void expect_rescaled_neurons(const alloy::Model& before, const alloy::Model& after,
+                             const json& truth, ModelFamily family, const Shape& s,
+                             const std::vector<int>& ids, const Mat& expected) {
+  const int l = family == ModelFamily::kDeepseekV3 ? 0 : 1;
+  const json& layer = truth["layers"][l];
+  const bool moe = layer.contains("experts");
+  const std::vector<float> c =
+      moe ? layer["experts"][0].get<std::vector<float>>() : layer["mlp"].get<std::vector<float>>();
+  ASSERT_FALSE(c.empty()) << layer.dump();
+  EXPECT_LT(*std::min_element(c.begin(), c.end()), 0.8f);
+  EXPECT_GT(*std::max_element(c.begin(), c.end()), 1.25f);
+  const std::string p = s.prefix + "layers." + std::to_string(l) + ".";
+  // The stored up and down of that MLP, as [neurons, hidden] up rows and [hidden, neurons] down.
+  std::string up, down, fused;
+  switch (family) {
+    case ModelFamily::kPhi3:
+      fused = p + "mlp.gate_up_proj.weight", down = p + "mlp.down_proj.weight";
+      break;
+    case ModelFamily::kMixtral:
+      up = p + "block_sparse_moe.experts.0.w3.weight",
+      down = p + "block_sparse_moe.experts.0.w2.weight";
+      break;
+    case ModelFamily::kDeepseekV3:
+      up = p + "mlp.up_proj.weight", down = p + "mlp.down_proj.weight";
+      break;
+    default:
+      up = p + "mlp.experts.0.up_proj.weight", down = p + "mlp.experts.0.down_proj.weight";
+      break;
+  }
+  if (family == ModelFamily::kQwen35Moe)
+    fused = p + "mlp.experts.gate_up_proj", down = p + "mlp.experts.down_proj";
+  const auto up_rows = [&](const alloy::Model& m) {
+    if (fused.empty()) return matrix(m, up);
+    Mat all = matrix(m, fused);  // [2I, H], or expert 0 of [E, 2I, H] (its first 2I rows)
+    const Eigen::Index neurons = Eigen::Index(c.size());
+    return Mat(all.block(neurons, 0, neurons, all.cols()));
+  };
+  const Mat u0 = up_rows(before), u1 = up_rows(after);
+  ASSERT_EQ(size_t(u0.rows()), c.size()) << "the up projection's neurons";
+  for (size_t i = 0; i < c.size(); i += 7) {
+    EXPECT_NEAR(u1.row(Eigen::Index(i)).norm() / u0.row(Eigen::Index(i)).norm(), c[i], 1e-5 * c[i])
+        << "neuron " << i;
+  }
+  if (!fused.empty()) {  // gate's half untouched
+    const Mat g0 = matrix(before, fused), g1 = matrix(after, fused);
+    EXPECT_EQ(g0.topRows(Eigen::Index(c.size())), g1.topRows(Eigen::Index(c.size())));
+  }
+  for (const std::string& name : {fused.empty() ? up : fused, down}) {
+    const Weights mixed = [&](const std::string& n) {
+      return matrix(n == name ? before : after, n);
+    };
+    EXPECT_GT(relative_difference(Forward(mixed, family, s).logits(ids), expected), 1e-3) << name;
+  }
+}
+
 TEST_P(PerturbRealLayouts, LogitsUnchanged) {
   const LayoutCase c = GetParam();
   alloy::test::TempDir dir;
@@ -396,6 +458,10 @@ TEST_P(PerturbRealLayouts, LogitsUnchanged) {
   const Shape s = shape_of(before, c.family);
   const Mat expected = Forward(weights_of(before), c.family, s).logits(ids);
   EXPECT_LT(relative_difference(Forward(weights_of(after), c.family, s).logits(ids), expected), 1e-4);
+  if (c.kind == PerturbKind::kRescaleNeurons) {
+    expect_rescaled_neurons(before, after, truth, c.family, s, ids, expected);
+    return;
+  }
 
   // The folded norms hold a unit gain as the family stores it (0 for a (1 + w) norm), and the truth
   // records the gain that was folded (1 + w there).
@@ -441,7 +507,12 @@ INSTANTIATE_TEST_SUITE_P(
                     LayoutCase{ModelFamily::kGptOss, PerturbKind::kFoldNorms},
                     LayoutCase{ModelFamily::kGptOss, PerturbKind::kRotateResidual},
                     LayoutCase{ModelFamily::kDeepseekV3, PerturbKind::kFoldNorms},
-                    LayoutCase{ModelFamily::kDeepseekV3, PerturbKind::kRotateResidual}),
+                    LayoutCase{ModelFamily::kDeepseekV3, PerturbKind::kRotateResidual},
+                    LayoutCase{ModelFamily::kPhi3, PerturbKind::kRescaleNeurons},
+                    LayoutCase{ModelFamily::kMixtral, PerturbKind::kRescaleNeurons},
+                    LayoutCase{ModelFamily::kQwen35Moe, PerturbKind::kRescaleNeurons},
+                    LayoutCase{ModelFamily::kQwen3Next, PerturbKind::kRescaleNeurons},
+                    LayoutCase{ModelFamily::kDeepseekV3, PerturbKind::kRescaleNeurons}),
     [](const testing::TestParamInfo<LayoutCase>& info) {
       std::string name = std::string(alloy::family_name(info.param.family)) + "_" +
                          alloy::perturb_kind_name(info.param.kind);
@@ -450,5 +521,31 @@ INSTANTIATE_TEST_SUITE_P(
       }
       return name;
     });
+
+}  // namespace
+
+namespace {
+
+// GPT-OSS computes (clamp(up) + 1) * glu(gate): a rescaled up neuron would change the function, so
+// rescale-neurons refuses the family by name, before it writes anything.
+TEST(PerturbRealLayoutsRefusal, RescaleNeuronsRefusesGptOss) {
+  alloy::test::TempDir dir;
+  alloy::BaseModelOptions o;
+  o.arch.family = ModelFamily::kGptOss;
+  o.arch.layers = 2;
+  o.arch.hidden = 64;
+  o.arch.vocab = 64;
+  alloy::synth_base_model(dir / "base", o);
+  alloy::PerturbOptions p;
+  p.kind = PerturbKind::kRescaleNeurons;
+  try {
+    alloy::perturb_model(dir / "base", dir / "out", p);
+    FAIL() << "rescale-neurons accepted GPT-OSS";
+  } catch (const alloy::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("gpt_oss"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("up projection"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
 
 }  // namespace

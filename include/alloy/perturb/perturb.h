@@ -44,8 +44,10 @@
 //                    whole). No strength.
 //   rescale-neurons  per intermediate neuron i a factor c_i = strength^u, u uniform in [-1, 1]:
 //                    up_proj row i times c_i, down_proj column i divided by c_i (gate_proj is left
-//                    alone: SiLU is not scale-equivariant); dense MLP, experts, shared expert.
-//                    Preserving. strength >= 1, default 2.
+//                    alone: SiLU is not scale-equivariant); dense MLP, experts, shared expert, on
+//                    every layout of alloy/core/units.h (fused gate_up halves, stacked experts,
+//                    Mixtral's w3 / w2). GPT-OSS is refused: its MLP adds 1 to the clamped up
+//                    projection. Preserving. strength >= 1, default 2.
 //   fold-norms       RMSNorm gains folded into the weights that read the normalised stream, the
 //                    gains set to 1, by the role table of alloy/core/residual_stream.h (any
 //                    family the architecture table knows): input_layernorm into the attention's
@@ -85,8 +87,9 @@
 //                     "shared_expert": p or null}] (a layer with both has both);
 //   permute-heads:    "group_size", "layers": [{"layer", "heads": [...], "kv_heads": [...]}] (the
 //                     layers with attention: a hybrid's linear-attention layers are left alone);
-//   rescale-neurons:  "layers": [{"layer", "mlp": c} or {"layer", "experts": [c...],
-//                     "shared_expert": c}];
+//   rescale-neurons:  "layers": [{"layer", "mlp": c} and/or {"experts": [c...],
+//                     "shared_expert": c or null}] (permute-neurons' record: a dense layer of an
+//                     MoE model has "mlp");
 //   fold-norms:       "norms": {name: gains} (every folded norm), "layers": [{"layer",
 //                     "input_layernorm": gains, "post_attention_layernorm" (or
 //                     "pre_feedforward_layernorm"): gains}], "final_norm": gains or null (tied
