@@ -262,7 +262,10 @@ TEST_P(AssayRealLayouts, LinearMergeRecoveredWithAndWithoutPermutations) {
   for (const PerturbKind kind : scaled) {
     const std::string what = perturb_kind_name(kind);
     const json truth = disguise(kind);
-    if (kind == PerturbKind::kRescaleNeurons) expect_scales_found(check(dir / what, what), truth);
+    if (kind == PerturbKind::kRescaleNeurons) {
+      expect_scales_found(check(dir / what, what), truth);
+      expect_scales_found(check(dir / what, what + ", sampled 25%", 0.25), truth);
+    }
     const size_t rotated = expect_aligned_rows_are_the_whole_tensors(dir / what, candidates, what);
     if (kind == PerturbKind::kRotateResidual) {
       EXPECT_GT(rotated, 0u) << what;
