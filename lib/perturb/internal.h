@@ -119,6 +119,12 @@ using Overrides = std::map<std::string, PlannedTensor>;
 // The plan entries for every input tensor, in the input's order: its override, else a copy.
 std::vector<PlannedTensor> apply_overrides(const Model& model, const Overrides& overrides);
 
+// Visits every MLP of layer u (the dense one, each routed expert, the shared expert) and returns
+// the layer's ground-truth record: {"layer", "mlp": visit(...)} where it has a dense MLP,
+// "experts": [...] and "shared_expert": ... or null where it has routed experts.
+using MlpVisitor = std::function<nlohmann::json(const MlpUnit& m)>;
+nlohmann::json visit_layer_mlps(const LayerUnits& u, const MlpVisitor& visit);
+
 // Uniform random numbers for the structural transforms: splitmix64 over a key from (seed, stream
 // name), so each layer's choice is independent of the order tensors are visited in.
 class PerturbRng {

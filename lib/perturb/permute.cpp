@@ -79,23 +79,6 @@ json permute_mlp(const PerturbInput& input, const MlpUnit& m, Moves* moves) {
   return json(p);
 }
 
-json permute_neurons(const PerturbInput& input, const LayerUnits& u, Moves* moves) {
-  json record = {{"layer", u.layer}};
-  for (const MlpUnit& m : u.mlps) {
-    if (m.name == "mlp") record["mlp"] = permute_mlp(input, m, moves);
-  }
-  if (u.experts) {
-    json experts = json::array();
-    for (const MlpUnit& m : u.experts->experts) experts.push_back(permute_mlp(input, m, moves));
-    record["experts"] = std::move(experts);
-    record["shared_expert"] = nullptr;
-  }
-  for (const MlpUnit& m : u.mlps) {
-    if (m.name == "shared_expert") record["shared_expert"] = permute_mlp(input, m, moves);
-  }
-  return record;
-}
-
 json permute_heads(const PerturbInput& input, const AttentionUnit& a, int layer, Moves* moves) {
   const int group = a.heads / a.kv_heads;
   PerturbRng rng(input.options.seed, "permute-heads:" + a.key);
@@ -130,7 +113,10 @@ PerturbPlan plan_permutation(const PerturbInput& input) {
       if (u.experts) layers.push_back(permute_experts(input, u, &moves));
     } else if (kind == PerturbKind::kPermuteNeurons) {
       require_recognised(input, u, {"mlp", "shared_expert", "experts"});
-      if (!u.mlps.empty() || u.experts) layers.push_back(permute_neurons(input, u, &moves));
+      if (!u.mlps.empty() || u.experts) {
+        layers.push_back(
+            visit_layer_mlps(u, [&](const MlpUnit& m) { return permute_mlp(input, m, &moves); }));
+      }
     } else if (kind == PerturbKind::kPermuteHeads) {
       require_recognised(input, u, {"attention"});
       if (!u.attention) continue;

@@ -127,21 +127,8 @@ PerturbPlan plan_rescaling(const PerturbInput& input) {
   for (const LayerUnits& u : model_units(arch, input.model)) {
     require_recognised(input, u, {"mlp", "shared_expert", "experts"});
     if (u.mlps.empty() && !u.experts) continue;
-    // The record perturb's permutations write: "mlp", or "experts" and "shared_expert".
-    json record = {{"layer", u.layer}};
-    for (const MlpUnit& m : u.mlps) {
-      if (m.name == "mlp") record["mlp"] = rescale_mlp(input, m, &scales);
-    }
-    if (u.experts) {
-      json experts = json::array();
-      for (const MlpUnit& m : u.experts->experts) experts.push_back(rescale_mlp(input, m, &scales));
-      record["experts"] = std::move(experts);
-      record["shared_expert"] = nullptr;
-    }
-    for (const MlpUnit& m : u.mlps) {
-      if (m.name == "shared_expert") record["shared_expert"] = rescale_mlp(input, m, &scales);
-    }
-    layers.push_back(std::move(record));
+    layers.push_back(visit_layer_mlps(
+        u, [&](const MlpUnit& m) { return json(rescale_mlp(input, m, &scales)); }));
   }
   if (layers.empty()) {
     throw Error(ErrorCode::kInvalidArgument,

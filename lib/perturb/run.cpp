@@ -318,6 +318,23 @@ std::vector<PlannedTensor> apply_overrides(const Model& model, const Overrides& 
   });
 }
 
+nlohmann::json visit_layer_mlps(const LayerUnits& u, const MlpVisitor& visit) {
+  nlohmann::json record = {{"layer", u.layer}};
+  for (const MlpUnit& m : u.mlps) {
+    if (m.name == "mlp") record["mlp"] = visit(m);
+  }
+  if (u.experts) {
+    nlohmann::json experts = nlohmann::json::array();
+    for (const MlpUnit& m : u.experts->experts) experts.push_back(visit(m));
+    record["experts"] = std::move(experts);
+    record["shared_expert"] = nullptr;
+  }
+  for (const MlpUnit& m : u.mlps) {
+    if (m.name == "shared_expert") record["shared_expert"] = visit(m);
+  }
+  return record;
+}
+
 namespace {
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 uint64_t mix64(uint64_t z) {
