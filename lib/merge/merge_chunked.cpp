@@ -3,6 +3,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
 
 #include "alloy/core/dtype.h"
 #include "alloy/core/error.h"
@@ -141,67 +145,73 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // total), in parallel (chunk boundaries at first + a multiple of `chunk`): sources are the
   // chunk's float32 rows, or with bf16_bits null and bits the sources' bf16 values. A chunk whose
   // source cannot be read is skipped and its error rethrown after the loop.
+  size_t element_bytes = 0;  // of all the sources together
+  for (const SourceBytes& source : inputs)
+    element_bytes += dtype_bits(source.input->info->dtype) / 8;
+  // Chunks of `chunk` elements per task: a few consecutive chunks of every source read with one
+  // pread each (chunks_per_read), then converted and merged chunk by chunk: the same chunks, so
+  // the same bytes, whatever the grouping.
+  const auto group_of = [&](size_t chunk) { return chunks_per_read(element_bytes * chunk); };
+  // Runs body(begin, len, sources, scratch_out, bits) on chunks [cb, ce) of elements [first, first
+  // + total) (chunk c: first + c * chunk): sources are the chunk's float32 rows, or with bf16_bits
+  // null and bits the sources' bf16 values. Returns the sum of body's results.
+  auto run_group = [&](uint64_t first, size_t total, size_t chunk, size_t cb, size_t ce,
+                       auto&& body) {
+    const size_t group_first = cb * chunk, group_len = std::min(total, ce * chunk) - group_first;
+    float* scratch = bf16_bits ? nullptr
+                               : reinterpret_cast<float*>(
+                                     t_chunk_scratch.reserve((count + 1) * chunk * sizeof(float)));
+    uint8_t* group_bytes = t_group_bytes.reserve(element_bytes * group_len);
+    const uint8_t* bytes_of[64];
+    const float* sources[64];
+    const uint16_t* bits_of[64];
+    std::vector<const uint8_t*> many_bytes(count > 64 ? count : 0);
+    std::vector<const float*> many(count > 64 ? count : 0);
+    std::vector<const uint16_t*> many_bits(count > 64 && bf16_bits ? count : 0);
+    const uint8_t** bytes = count > 64 ? many_bytes.data() : bytes_of;
+    const float** ptrs = count > 64 ? many.data() : sources;
+    const uint16_t** bits = count > 64 ? many_bits.data() : bits_of;
+    size_t sum = 0;
+    read_error.run([&] {
+      for (size_t k = 0, at = 0; k < count; ++k) {
+        bytes[k] = source_range_bytes(inputs[k], t.shape, first + group_first, group_len,
+                                      group_bytes + at);
+        at += group_len * (dtype_bits(inputs[k].input->info->dtype) / 8);
+        if (!bf16_bits) ptrs[k] = scratch + k * chunk;
+      }
+      for (size_t c = cb; c < ce; ++c) {
+        const size_t lo = c * chunk, len = std::min(chunk, total - lo);
+        if (bf16_bits) {
+          for (size_t k = 0; k < count; ++k) {
+            bits[k] = reinterpret_cast<const uint16_t*>(bytes[k] + (lo - group_first) * 2);
+          }
+          sum += body(first + lo, len, static_cast<const float* const*>(nullptr),
+                      static_cast<float*>(nullptr), bits);
+          continue;
+        }
+        for (size_t k = 0; k < count; ++k) {
+          const DType dtype = inputs[k].input->info->dtype;
+          float* dst = scratch + k * chunk;
+          if (bytes[k] != nullptr) {
+            convert_range(dtype, bytes[k] + (lo - group_first) * (dtype_bits(dtype) / 8), len,
+                          t.compute_dtype, dst);
+          } else {
+            load_range(inputs[k], t.shape, t.compute_dtype, first + lo, len, dst);
+          }
+        }
+        sum += body(first + lo, len, ptrs, scratch + count * chunk,
+                    static_cast<const uint16_t* const*>(nullptr));
+      }
+    });
+    return sum;
+  };
+  // run_group over every group of chunks of [first, first + total), in parallel.
   auto for_each_chunk = [&](uint64_t first, size_t total, size_t chunk, auto&& body) {
     if (total == 0) return size_t{0};
-    // Each task reads a few consecutive chunks of every source with one pread (chunks_per_read),
-    // then converts and merges them chunk by chunk as before: the same chunks, so the same bytes.
-    size_t element_bytes = 0;  // of all the sources together
-    for (const SourceBytes& source : inputs)
-      element_bytes += dtype_bits(source.input->info->dtype) / 8;
-    const size_t group = chunks_per_read(element_bytes * chunk);
     const size_t chunks = (total + chunk - 1) / chunk;
     const size_t result = parallel_reduce(
-        chunks, group, size_t{0},
-        [&](size_t cb, size_t ce) -> size_t {
-          const size_t group_first = cb * chunk,
-                       group_len = std::min(total, ce * chunk) - group_first;
-          float* scratch = bf16_bits ? nullptr
-                                     : reinterpret_cast<float*>(t_chunk_scratch.reserve(
-                                           (count + 1) * chunk * sizeof(float)));
-          uint8_t* group_bytes = t_group_bytes.reserve(element_bytes * group_len);
-          const uint8_t* bytes_of[64];
-          const float* sources[64];
-          const uint16_t* bits_of[64];
-          std::vector<const uint8_t*> many_bytes(count > 64 ? count : 0);
-          std::vector<const float*> many(count > 64 ? count : 0);
-          std::vector<const uint16_t*> many_bits(count > 64 && bf16_bits ? count : 0);
-          const uint8_t** bytes = count > 64 ? many_bytes.data() : bytes_of;
-          const float** ptrs = count > 64 ? many.data() : sources;
-          const uint16_t** bits = count > 64 ? many_bits.data() : bits_of;
-          size_t sum = 0;
-          read_error.run([&] {
-            for (size_t k = 0, at = 0; k < count; ++k) {
-              bytes[k] = source_range_bytes(inputs[k], t.shape, first + group_first, group_len,
-                                            group_bytes + at);
-              at += group_len * (dtype_bits(inputs[k].input->info->dtype) / 8);
-              if (!bf16_bits) ptrs[k] = scratch + k * chunk;
-            }
-            for (size_t c = cb; c < ce; ++c) {
-              const size_t lo = c * chunk, len = std::min(chunk, total - lo);
-              if (bf16_bits) {
-                for (size_t k = 0; k < count; ++k) {
-                  bits[k] = reinterpret_cast<const uint16_t*>(bytes[k] + (lo - group_first) * 2);
-                }
-                sum += body(first + lo, len, static_cast<const float* const*>(nullptr),
-                            static_cast<float*>(nullptr), bits);
-                continue;
-              }
-              for (size_t k = 0; k < count; ++k) {
-                const DType dtype = inputs[k].input->info->dtype;
-                float* dst = scratch + k * chunk;
-                if (bytes[k] != nullptr) {
-                  convert_range(dtype, bytes[k] + (lo - group_first) * (dtype_bits(dtype) / 8), len,
-                                t.compute_dtype, dst);
-                } else {
-                  load_range(inputs[k], t.shape, t.compute_dtype, first + lo, len, dst);
-                }
-              }
-              sum += body(first + lo, len, ptrs, scratch + count * chunk,
-                          static_cast<const uint16_t* const*>(nullptr));
-            }
-          });
-          return sum;
-        },
+        chunks, group_of(chunk), size_t{0},
+        [&](size_t cb, size_t ce) { return run_group(first, total, chunk, cb, ce, body); },
         [](size_t a, size_t b) { return a + b; });
     read_error.rethrow();
     return result;
@@ -220,7 +230,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
                    });
   }
   if (sums > 0) set_sums_in_chunk_order(merge, partial);
-  const uint64_t element_bytes = dtype_bits(t.out_dtype) / 8;
+  const uint64_t out_bytes = dtype_bits(t.out_dtype) / 8;
   // The output goes to the writer one window at a time, so the bytes held are a window's, not the
   // tensor's. The chunks inside a window are those of the whole tensor wherever the window size is
   // a multiple of the grain (the default), and merge_chunk is element-wise given the prepared
@@ -229,33 +239,111 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // is refused after its last window, as before (its bytes went to the staged file, which is
   // removed).
   const uint64_t window = detail::output_window();
-  const uint64_t window_bytes = std::min(n, window) * element_bytes;
+  const uint64_t window_bytes = std::min(n, window) * out_bytes;
   // Overflow into out_dtype is possible only when it is narrower than the compute dtype (the
   // methods round to the compute dtype, where an overflow is already a non-finite value).
   const bool narrowing = t.out_dtype != t.compute_dtype;
   std::atomic<size_t> overflows{0};
-  size_t bad = 0;
-  for (uint64_t first = 0; first < n; first += window) {
-    const size_t len = static_cast<size_t>(std::min(window, n - first));
-    uint8_t* bytes = behind.buffer(window_bytes);
-    bad += for_each_chunk(
-        first, len, grain,
-        [&](uint64_t begin, size_t count, const float* const* sources, float* out,
-            const uint16_t* const* bits) {
-          if (bits !=
-              nullptr) {  // bf16_bits: out_dtype is the compute dtype, so nothing can overflow
-            return merge.merge_chunk_bf16(bits, begin, count,
-                                          reinterpret_cast<uint16_t*>(bytes + (begin - first) * 2));
-          }
-          const size_t chunk_bad = merge.merge_chunk(sources, begin, count, out);
-          if (narrowing) overflows += overflow_on_store(t.out_dtype, out, count, clamp_overflow);
-          store_from_f32(out, count, t.out_dtype, bytes + (begin - first) * element_bytes);
-          return chunk_bad;
-        });
-    behind.write([emit, bytes, offset = first * element_bytes, nbytes = len * element_bytes] {
-      emit(offset, bytes, nbytes);
-    });
+  // Every window's groups are tasks of one parallel loop, so no thread waits at the end of a window
+  // for the others: a window's bytes go to the writer when its last group is merged (in window
+  // order: a window done early waits for the ones before it), and each window takes the next
+  // write-behind buffer when its first group starts (in order too: buffer() hands out slots in
+  // turn).
+  const size_t windows = static_cast<size_t>((n + window - 1) / window);
+  const size_t group = group_of(grain);
+  std::vector<size_t> task_begin(windows + 1, 0);
+  for (size_t w = 0; w < windows; ++w) {
+    const uint64_t len = std::min<uint64_t>(window, n - w * window);
+    const size_t chunks = static_cast<size_t>((len + grain - 1) / grain);
+    task_begin[w + 1] = task_begin[w] + (chunks + group - 1) / group;
   }
+  std::vector<uint8_t*> window_at(windows, nullptr);
+  std::unique_ptr<std::atomic<size_t>[]> groups_left(new std::atomic<size_t>[windows]);
+  for (size_t w = 0; w < windows; ++w) groups_left[w] = task_begin[w + 1] - task_begin[w];
+  std::vector<char> window_done(windows, 0);
+  std::mutex buffer_mutex, queue_mutex, error_mutex;
+  std::condition_variable buffer_ready;
+  size_t handed_out = 0;     // windows [0, handed_out) have their buffers (buffer_mutex)
+  bool handing_out = false;  // a thread is in behind.buffer() for the next window (buffer_mutex)
+  size_t next_queue = 0;     // the next window to queue for writing (queue_mutex)
+  std::atomic<bool> behind_failed{false};
+  std::exception_ptr behind_error;
+  const auto fail = [&] {
+    std::lock_guard<std::mutex> lock(error_mutex);
+    if (!behind_error) behind_error = std::current_exception();
+    behind_failed = true;
+  };
+  // The window's buffer, taking the buffers of the windows before it first (null after an error).
+  // behind.buffer() may wait for a slot that only an earlier window's task can free, so it is
+  // called without the lock: a task whose window has its buffer never waits behind it.
+  const auto buffer_of = [&](size_t w) -> uint8_t* {
+    std::unique_lock<std::mutex> lock(buffer_mutex);
+    buffer_ready.wait(lock, [&] { return behind_failed || w < handed_out || !handing_out; });
+    if (behind_failed) return nullptr;
+    if (w < handed_out) return window_at[w];
+    handing_out = true;
+    while (handed_out <= w && !behind_failed) {
+      lock.unlock();
+      uint8_t* bytes = nullptr;
+      try {
+        bytes = behind.buffer(window_bytes);
+      } catch (...) {
+        fail();
+      }
+      lock.lock();
+      window_at[handed_out++] = bytes;
+      buffer_ready.notify_all();
+    }
+    handing_out = false;
+    buffer_ready.notify_all();
+    return behind_failed ? nullptr : window_at[w];
+  };
+  // Window w is merged: queues its write, and those of the done windows after it.
+  const auto finish = [&](size_t w) {
+    std::lock_guard<std::mutex> lock(queue_mutex);
+    window_done[w] = 1;
+    try {
+      for (; next_queue < windows && window_done[next_queue]; ++next_queue) {
+        const uint64_t first = next_queue * window, len = std::min<uint64_t>(window, n - first);
+        behind.write([emit, bytes = window_at[next_queue], offset = first * out_bytes,
+                      nbytes = len * out_bytes] { emit(offset, bytes, nbytes); });
+      }
+    } catch (...) {
+      fail();
+    }
+  };
+  size_t bad = parallel_reduce(
+      task_begin[windows], 1, size_t{0},
+      [&](size_t task, size_t) -> size_t {
+        const size_t w = static_cast<size_t>(
+            std::upper_bound(task_begin.begin(), task_begin.end(), task) - task_begin.begin() - 1);
+        uint8_t* bytes = buffer_of(w);
+        if (bytes == nullptr) return 0;
+        const uint64_t first = w * window;
+        const size_t len = static_cast<size_t>(std::min(window, n - first));
+        const size_t cb = (task - task_begin[w]) * group,
+                     ce = std::min(cb + group, (len + grain - 1) / grain);
+        const size_t result = run_group(
+            first, len, grain, cb, ce,
+            [&](uint64_t begin, size_t count, const float* const* sources, float* out,
+                const uint16_t* const* bits) {
+              if (bits !=
+                  nullptr) {  // bf16_bits: out_dtype is the compute dtype, so nothing can overflow
+                return merge.merge_chunk_bf16(
+                    bits, begin, count, reinterpret_cast<uint16_t*>(bytes + (begin - first) * 2));
+              }
+              const size_t chunk_bad = merge.merge_chunk(sources, begin, count, out);
+              if (narrowing)
+                overflows += overflow_on_store(t.out_dtype, out, count, clamp_overflow);
+              store_from_f32(out, count, t.out_dtype, bytes + (begin - first) * out_bytes);
+              return chunk_bad;
+            });
+        if (groups_left[w].fetch_sub(1) == 1) finish(w);
+        return result;
+      },
+      [](size_t a, size_t b) { return a + b; });
+  if (behind_error) std::rethrow_exception(behind_error);
+  read_error.rethrow();
   if (n == 0) {  // an empty tensor is still written (its entry in the header)
     uint8_t* bytes = behind.buffer(0);
     behind.write([emit, bytes] { emit(0, bytes, 0); });

@@ -26,7 +26,9 @@ void check_overflow(const PlannedTensor& t, size_t overflows, bool clamped);
 // every source with one pread each (or finds them held, hold_sources, or in `given`), converts
 // them into per-thread scratch (or passes bf16 sources to the method's bf16-bits kernels as they
 // were read), merges them and stores the output bytes in a window that is written behind while the
-// next is merged: no whole-tensor buffer is built. A method with a sums pass, or a prepare() that
+// next is merged: no whole-tensor buffer is built. The tasks of all the windows are one parallel
+// loop (no thread waits for the others at a window's end); a window is queued for writing, in
+// order, when its last task is done. A method with a sums pass, or a prepare() that
 // reads the sources, gets them held across its passes where they fit the pool's held_limit(). A
 // tensor with non-finite or overflowing merged values is refused after its last window.
 // `given`: the sources' bytes already gathered (fused experts), one per source, each of t.shape;

@@ -27,6 +27,10 @@ uint8_t* WriteBehind::buffer(uint64_t nbytes) {
     wake_caller_.wait(lock, [&] { return done_ >= slot_ticket_[slot] || error_; });
     rethrow_locked();
   }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    slot_ticket_[slot] = kHandedOut;  // until write() queues its job
+  }
   // Grows only: later windows reuse the touched pages.
   return slots_[slot].reserve(static_cast<size_t>(nbytes));
 }
@@ -36,8 +40,10 @@ void WriteBehind::write(std::function<void()> job) {
     std::lock_guard<std::mutex> lock(mutex_);
     rethrow_locked();
     jobs_.push_back(std::move(job));
-    // The job reads the buffer last handed out: that slot is free again once this job is done.
-    slot_ticket_[(next_slot_ + slots_.size() - 1) % slots_.size()] = ++queued_;
+    // The job reads the oldest buffer handed out and not yet written: that slot is free again once
+    // this job is done.
+    slot_ticket_[written_slot_] = ++queued_;
+    written_slot_ = (written_slot_ + 1) % slots_.size();
     // Started with the first job, so a merge that never writes behind starts no thread.
     if (!worker_.joinable()) worker_ = std::thread([this] { run(); });
   }
@@ -70,7 +76,7 @@ void WriteBehind::run() {
       if (failed && !error_) error_ = failed;
     }
     ++done_;
-    wake_caller_.notify_one();
+    wake_caller_.notify_all();
   }
 }
 

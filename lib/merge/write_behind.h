@@ -36,11 +36,14 @@ class WriteBehind {
   WriteBehind(const WriteBehind&) = delete;
   WriteBehind& operator=(const WriteBehind&) = delete;
 
-  // The next slot's buffer, at least `nbytes` long: waits until the job that last used it is done.
-  // Rethrows a job's exception.
+  // The next slot's buffer, at least `nbytes` long: waits until the job that last used it is done
+  // (a slot handed out whose job is not queued yet is not free either). Several buffers may be out
+  // before their jobs are queued (the chunked merge takes a window's buffer when its first task
+  // starts, and queues its write when the last one ends). Rethrows a job's exception.
   uint8_t* buffer(uint64_t nbytes);
-  // Queues `job` (which reads the buffer last returned by buffer(), and nothing the caller will
-  // change before wait()) after every job queued before it. Rethrows a job's exception.
+  // Queues `job` after every job queued before it. The job reads the oldest buffer handed out whose
+  // job was not yet queued (buffers are written in the order buffer() handed them out), and
+  // nothing the caller will change before wait(). Rethrows a job's exception.
   void write(std::function<void()> job);
   // Returns when every queued job is done; rethrows the first exception one of them threw.
   void wait();
@@ -50,8 +53,12 @@ class WriteBehind {
   void rethrow_locked();
 
   std::vector<PageBuffer> slots_;  // huge pages: a 2 MiB window is one fault, not 512
-  std::vector<uint64_t> slot_ticket_;  // the job that last used each slot (0: none)
-  size_t next_slot_ = 0;
+  // The job that last used each slot (0: none; kHandedOut: handed out, its job not yet queued).
+  static constexpr uint64_t kHandedOut = UINT64_MAX;
+  std::vector<uint64_t> slot_ticket_;
+  size_t next_slot_ = 0;  // the slot buffer() hands out next
+  size_t written_slot_ =
+      0;  // the slot the next write() reads: buffers are written in the order handed out
   uint64_t queued_ = 0;  // jobs queued so far; job k (from 1) has ticket k
   uint64_t done_ = 0;    // jobs finished (run or dropped), in order
   std::deque<std::function<void()>> jobs_;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "alloy/core/error.h"
 #include "merge/write_behind.h"
@@ -39,6 +40,46 @@ TEST(WriteBehind, RunsJobsInOrderAndReusesTheSlots) {
   // Two slots, used in turn, never reallocated (the size never grows).
   for (size_t k = 2; k < buffers.size(); ++k) EXPECT_EQ(buffers[k], buffers[k - 2]);
   EXPECT_NE(buffers[0], buffers[1]);
+}
+
+// The chunked merge hands out the buffers of several windows before it queues their writes (a
+// window is queued when its last task is merged): write() reads the oldest buffer handed out and
+// not yet written, and a slot handed out is not handed out again until its job is done.
+TEST(WriteBehind, BuffersHandedOutAheadAreWrittenInOrderAndNotReused) {
+  WriteBehind behind(2);
+  uint8_t* first = behind.buffer(16);
+  uint8_t* second = behind.buffer(16);
+  ASSERT_NE(first, second);
+  std::atomic<bool> third_out{false};
+  std::atomic<uint8_t*> third{nullptr};
+  std::thread taker([&] {
+    third = behind.buffer(16);  // the first slot: only once the first window's job is done
+    third_out = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(third_out) << "a slot was handed out again before its job was queued";
+  std::vector<int> seen;
+  std::memset(first, 1, 16);
+  std::memset(second, 2, 16);
+  std::atomic<bool> release{false};
+  behind.write([&] {
+    while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    seen.push_back(first[0]);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(third_out) << "a slot was handed out again while its job ran";
+  release = true;
+  taker.join();
+  EXPECT_EQ(third.load(), first);
+  behind.write([&] { seen.push_back(second[0]); });  // the second buffer's job
+  behind.write([] {});                               // the third's
+  behind.wait();
+  EXPECT_EQ(seen, (std::vector<int>{1, 2}));
+  // Every job is done, so the next slot (the second buffer's) is free: a job's ticket put on the
+  // wrong slot leaves this one marked handed out, and this call waits for ever.
+  EXPECT_EQ(behind.buffer(16), second);
+  behind.write([] {});
+  behind.wait();
 }
 
 TEST(WriteBehind, WaitWithoutJobsReturns) {
