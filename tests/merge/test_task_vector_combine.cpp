@@ -14,6 +14,7 @@
 
 #include "alloy/core/cpu_features.h"
 #include "alloy/core/dtype.h"
+#include "bf16_pattern_rows.h"
 #include "merge/methods/method_util.h"
 #include "merge/methods/task_vector_combine.h"
 
@@ -57,27 +58,6 @@ uint16_t reference_element(const std::vector<TaskVectorInput>& inputs,
   if (options.normalize) mixed = rnd(mixed / divisor);
   if (options.scaled) mixed = rnd(mixed * options.lambda);
   return static_cast<uint16_t>(float_to_bits(rnd(b + mixed)) >> 16);
-}
-
-// Rows of bf16 patterns: values near one another (task vectors of the usual size, many of equal
-// magnitude so that cuts have ties) and about one in eight special.
-std::vector<uint16_t> pattern_row(size_t n, std::mt19937_64& gen,
-                                  const std::vector<uint16_t>& near) {
-  static const uint16_t kSpecial[] = {0x7FC0, 0xFFC0, 0x7FC1, 0xFFFF, 0x7F81, 0x7F80, 0xFF80,
-                                      0x0000, 0x8000, 0x0001, 0x807F, 0x7F7F, 0xFF7F, 0x3F80};
-  std::vector<uint16_t> row(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (gen() % 8 == 0) {
-      row[i] = kSpecial[gen() % std::size(kSpecial)];
-    } else if (!near.empty() && gen() % 4 != 0) {
-      // a few bf16 steps from the base: the same task vector magnitudes again and again
-      row[i] = static_cast<uint16_t>(near[i] + static_cast<uint16_t>(gen() % 5) - 2);
-    } else {
-      row[i] = f32_to_bf16(
-          std::ldexp(static_cast<float>(gen() % 256) - 128.0f, -static_cast<int>(gen() % 12)));
-    }
-  }
-  return row;
 }
 
 // A mask rule of the kind `kind` for a call of entries [first, first + len) of a tensor of n.
@@ -126,9 +106,9 @@ TEST(TaskVectorCombine, RegistersGiveTheFormulasBitsForEveryOptionAndRule) {
   EXPECT_FALSE(can_combine_task_vectors_avx512(kMaxCombineLanesModels + 1));
   std::mt19937_64 gen(2026);
   const size_t n = 1000;
-  const std::vector<uint16_t> base = pattern_row(n, gen, {});
+  const std::vector<uint16_t> base = test::bf16_pattern_row(n, gen, {});
   std::vector<std::vector<uint16_t>> rows;
-  for (size_t m = 0; m < 7; ++m) rows.push_back(pattern_row(n, gen, base));
+  for (size_t m = 0; m < 7; ++m) rows.push_back(test::bf16_pattern_row(n, gen, base));
   std::vector<uint64_t> words((n + 63) / 64);
   for (auto& w : words) w = gen();
   const float weights[] = {0.5f, -0.3125f, 0.0f, 1.0f, 2.5f, round_to_bf16(3e38f), 0.75f};

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "alloy/core/parallel.h"
+#include "linear_lanes.h"
 #include "method_util.h"
 
 namespace alloy::detail {
@@ -16,7 +17,7 @@ namespace {
 // rounded float, when 1 / W is exact, i.e. W is a power of two whose reciprocal is a normal
 // float; and W == 1 leaves rnd(x) as it is (rnd is idempotent). Weights summing to 1 are the
 // usual recipe, and a vector division costs as much as the rest of the element's steps together.
-enum class Normalize { kNone, kDivide, kMultiply };
+using Normalize = LinearNormalize;
 
 // The step for a normalize flag and the rounded weight sum W (for kMultiply, 1 / W in *factor).
 Normalize normalize_step(bool normalize, float weight_sum, float* factor) {
@@ -152,6 +153,7 @@ class LinearMethod final : public MergeMethod {
                         "the weights sum to zero in the compute dtype, so normalize divides by 0");
       }
       step_ = normalize_step(normalize, weight_sum, &factor_);
+      lanes_ = std::is_same_v<R, RoundBF16> && can_linear_bf16_avx512(weights_.size());
     }
 
     size_t merge_chunk(const float* const* inputs, size_t, size_t len, float* out) const override {
@@ -163,6 +165,9 @@ class LinearMethod final : public MergeMethod {
     bool merges_bf16() const override { return std::is_same_v<R, RoundBF16>; }
     size_t merge_chunk_bf16(const uint16_t* const* inputs, size_t, size_t len, uint16_t* out) const override {
       if constexpr (std::is_same_v<R, RoundBF16>) {
+        if (lanes_)
+          return linear_bf16_avx512(inputs, weights_.data(), weights_.size(), step_, factor_, len,
+                                    out);
         const LinearBlocks<uint16_t> blocks{inputs, weights_.data(), weights_.size(), step_, factor_};
         return linear_blocks_bf16_bits(blocks, len, out);
       } else {
@@ -174,6 +179,7 @@ class LinearMethod final : public MergeMethod {
     std::vector<float> weights_;
     Normalize step_ = Normalize::kNone;
     float factor_ = 1.0f;
+    bool lanes_ = false;  // bf16 bits through linear_lanes.h's kernel (x86-64-v4)
   };
 };
 
