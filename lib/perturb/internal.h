@@ -96,6 +96,9 @@ StreamLayout stream_layout(const Model& model);
 // receives the layout it used.
 PerturbPlan plan_fold_norms(const PerturbInput& input, StreamLayout* layout = nullptr);
 
+// The input model's architecture (detect_architecture), or Error(kInvalidArgument) naming the
+// perturbation and the config.json it needs when the model has none.
+ModelArchitecture require_architecture(const PerturbInput& input);
 // Throws Error(kShapeMismatch) with the layer's reason when one of `units` ("mlp", "experts",
 // "attention", ...) was not recognised in layer u (alloy/core/units.h).
 void require_recognised(const PerturbInput& input, const LayerUnits& u,

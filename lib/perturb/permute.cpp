@@ -97,11 +97,7 @@ json permute_heads(const PerturbInput& input, const AttentionUnit& a, int layer,
 
 PerturbPlan plan_permutation(const PerturbInput& input) {
   const PerturbKind kind = input.options.kind;
-  if (!input.model.has_config()) {
-    throw Error(ErrorCode::kInvalidArgument, std::string("perturb: --kind ") + perturb_kind_name(kind) + " needs " +
-                                                 input.model.path().string() + "/config.json to know the architecture");
-  }
-  const ModelArchitecture arch = detect_architecture(input.model);
+  const ModelArchitecture arch = require_architecture(input);
   const std::vector<LayerUnits> units = model_units(arch, input.model);
   PerturbPlan plan;
   Moves moves{input.model, {}};

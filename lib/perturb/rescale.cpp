@@ -108,12 +108,7 @@ std::vector<float> rescale_mlp(const PerturbInput& input, const MlpUnit& m,
 }  // namespace
 
 PerturbPlan plan_rescaling(const PerturbInput& input) {
-  if (!input.model.has_config()) {
-    throw Error(ErrorCode::kInvalidArgument, "perturb: --kind rescale-neurons needs " +
-                                                 input.model.path().string() +
-                                                 "/config.json to know the architecture");
-  }
-  const ModelArchitecture arch = detect_architecture(input.model);
+  const ModelArchitecture arch = require_architecture(input);
   // GPT-OSS computes (clamp(up) + 1) * glu(gate): scaling up's neurons changes the function.
   if (arch.family() == "gpt_oss") {
     throw Error(

@@ -255,6 +255,16 @@ std::vector<int> parse_layer_map(std::string_view text) {
 
 namespace detail {
 
+ModelArchitecture require_architecture(const PerturbInput& input) {
+  if (!input.model.has_config()) {
+    throw Error(ErrorCode::kInvalidArgument, std::string("perturb: --kind ") +
+                                                 perturb_kind_name(input.options.kind) + " needs " +
+                                                 input.model.path().string() +
+                                                 "/config.json to know the architecture");
+  }
+  return detect_architecture(input.model);
+}
+
 void require_recognised(const PerturbInput& input, const LayerUnits& u,
                         const std::vector<std::string>& units) {
   for (const std::string& problem : u.problems) {

@@ -694,6 +694,27 @@ TEST(PerturbErrors, BadOptionsAreRefusedBeforeAnythingIsWritten) {
   o.output.overwrite = true;
   alloy::perturb_model(dense, dir / "out", o);
   EXPECT_EQ(read_json(dir / "out" / "alloy_perturb.json")["kind"], "permute-heads");
+  // The kinds that read the architecture refuse a model without its config.json, naming the kind
+  // and the file.
+  const fs::path bare = dir / "bare";
+  fs::create_directories(bare);
+  for (const auto& e : fs::directory_iterator(dense)) {
+    if (e.path().extension() == ".safetensors") fs::copy_file(e.path(), bare / e.path().filename());
+  }
+  for (const PerturbKind kind :
+       {PerturbKind::kPermuteNeurons, PerturbKind::kPermuteHeads, PerturbKind::kRescaleNeurons}) {
+    try {
+      alloy::perturb_model(bare, dir / "out-bare", options(kind));
+      ADD_FAILURE() << alloy::perturb_kind_name(kind) << ": no error";
+    } catch (const alloy::Error& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find(std::string("--kind ") + alloy::perturb_kind_name(kind)),
+                std::string::npos)
+          << message;
+      EXPECT_NE(message.find((bare / "config.json").string()), std::string::npos) << message;
+    }
+    EXPECT_FALSE(fs::exists(dir / "out-bare"));
+  }
 }
 
 TEST(PerturbCli, WritesAModelAndNamesTheBadFlag) {

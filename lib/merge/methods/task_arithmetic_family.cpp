@@ -142,19 +142,20 @@ class TaskArithmeticMethod final : public MergeMethod {
    public:
     Combiner(const MergeContext& ctx, const FamilyConfig& config, size_t base_index,
              std::vector<TaskVectorInput> inputs)
-        : inputs_(std::move(inputs)), base_index_(base_index), consensus_(config.sum_consensus) {
+        : inputs_(std::move(inputs)), base_index_(base_index) {
       const R rnd;
-      normalize_ = method_flag(ctx, "normalize", config.default_normalize);
-      lambda_ = method_param(ctx, "lambda", 1.0);
-      lambda_d_ = rnd.param(lambda_);
+      options_.consensus = config.sum_consensus;
+      options_.normalize = method_flag(ctx, "normalize", config.default_normalize);
+      const double lambda = method_param(ctx, "lambda", 1.0);
+      options_.scaled = lambda != 1.0;
+      options_.lambda = rnd.param(lambda);
       // Without consensus the divisor is the same everywhere: rnd(sum of the weights), or 1 when
       // its magnitude is below 1e-8.
       float weight_sum = 0.0f;
       for (const auto& in : inputs_) weight_sum += in.weight;
       weight_sum = rnd(weight_sum);
-      plain_divisor_ = std::fabs(weight_sum) < rnd.param(1e-8) ? 1.0f : weight_sum;
+      options_.plain_divisor = std::fabs(weight_sum) < rnd.param(1e-8) ? 1.0f : weight_sum;
       lanes_ = std::is_same_v<R, RoundBF16> && can_combine_task_vectors_avx512(inputs_.size());
-      lane_options_ = {consensus_, normalize_, lambda_ != 1.0, lambda_d_, plain_divisor_};
     }
     const std::vector<TaskVectorInput>& inputs() const { return inputs_; }
     void set_mask(size_t m, DeltaMask mask) { inputs_[m].mask = mask; }
@@ -179,8 +180,8 @@ class TaskArithmeticMethod final : public MergeMethod {
     size_t combine_bf16(const uint16_t* base, const uint16_t* const* xs, size_t first, size_t len,
                         uint16_t* out) const {
       if (lanes_) {
-        return combine_task_vectors_bf16_avx512(inputs_.data(), inputs_.size(), lane_options_, base,
-                                                xs, first, len, out);
+        return combine_task_vectors_bf16_avx512(inputs_.data(), inputs_.size(), options_, base, xs,
+                                                first, len, out);
       }
       return combine_bf16_bits(base, xs, first, len, out);
     }
@@ -200,9 +201,9 @@ class TaskArithmeticMethod final : public MergeMethod {
       const R rnd;
       constexpr size_t kBlock = 256;
       const size_t count = inputs_.size();
-      const bool consensus = consensus_, normalize = normalize_;
-      const double lambda = lambda_;
-      const float lambda_d = lambda_d_, plain_divisor = plain_divisor_;
+      const bool consensus = options_.consensus, normalize = options_.normalize,
+                 scaled = options_.scaled;
+      const float lambda_d = options_.lambda, plain_divisor = options_.plain_divisor;
       // v_m for the block, model-major: on the stack for up to kInlineModels models. Nothing is
       // zero-filled: each sum below starts as +0 + its first term (the same bits as adding to a
       // zeroed buffer, which cost a memset per buffer and block, 9% of the combine).
@@ -281,7 +282,7 @@ class TaskArithmeticMethod final : public MergeMethod {
         if (normalize) {
           for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j] / divisor[j]);
         }
-        if (lambda != 1.0) {
+        if (scaled) {
           for (size_t j = 0; j < block; ++j) mixed[j] = rnd(mixed[j] * lambda_d);
         }
         for (size_t j = 0; j < block; ++j) o[j] = rnd(source_value(b, j) + mixed[j]);
@@ -293,12 +294,8 @@ class TaskArithmeticMethod final : public MergeMethod {
 
     std::vector<TaskVectorInput> inputs_;
     size_t base_index_;
-    bool consensus_;
-    bool normalize_ = false;
-    double lambda_ = 1.0;
-    float lambda_d_ = 1.0f, plain_divisor_ = 1.0f;
-    bool lanes_ = false;  // combine_bf16 runs the AVX-512 kernel
-    TaskVectorCombine lane_options_;
+    TaskVectorCombine options_;  // the same for every element; read by both kernels
+    bool lanes_ = false;         // combine_bf16 runs the AVX-512 kernel
   };
 
   template <class R>
