@@ -7,7 +7,7 @@
 #include <type_traits>
 
 #include "alloy/core/parallel.h"
-#include "linear_lanes.h"
+#include "weighted_sum_lanes.h"
 #include "method_util.h"
 
 namespace alloy::detail {
@@ -179,7 +179,7 @@ class LinearMethod final : public MergeMethod {
     std::vector<float> weights_;
     Normalize step_ = Normalize::kNone;
     float factor_ = 1.0f;
-    bool lanes_ = false;  // bf16 bits through linear_lanes.h's kernel (x86-64-v4)
+    bool lanes_ = false;  // bf16 bits through weighted_sum_lanes.h's kernel (x86-64-v4)
   };
 };
 

@@ -16,6 +16,7 @@
 
 #include "alloy/core/parallel.h"
 #include "method_util.h"
+#include "weighted_sum_lanes.h"
 
 namespace alloy::detail {
 namespace {
@@ -213,6 +214,8 @@ class SlerpChunk final : public ChunkedMerge {
   }
   size_t merge_chunk_bf16(const uint16_t* const* sources, size_t, size_t len, uint16_t* out) const override {
     if constexpr (std::is_same_v<R, RoundBF16>) {
+      if (lanes_)
+        return slerp_blend_bf16_avx512(sources[base_], sources[1 - base_], s0_, s1_, len, out);
       return blend_bf16_bits(Blend<uint16_t>{sources[base_], sources[1 - base_], s0_, s1_}, len, out);
     } else {
       return ChunkedMerge::merge_chunk_bf16(sources, 0, len, out);
@@ -223,6 +226,7 @@ class SlerpChunk final : public ChunkedMerge {
   size_t base_;
   double t_;
   float s0_ = 0.0f, s1_ = 0.0f;
+  bool lanes_ = can_linear_bf16_avx512(2);  // bf16 bits through weighted_sum_lanes.h's kernel
 };
 
 // A lone tensor passes through unchanged, as in mergekit.

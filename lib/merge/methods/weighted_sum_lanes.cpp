@@ -1,11 +1,11 @@
-// linear's bf16 merge in AVX-512 registers: see linear_lanes.h.
+// linear's bf16 merge in AVX-512 registers: see weighted_sum_lanes.h.
 //
 // 32 bf16 elements are one 512-bit load. Interleaving them with zeros (vpunpcklwd / vpunpckhwd)
 // puts each element in the high half of a 32-bit lane, which is its float32 value, in the order
 // 0-3, 8-11, 16-19, 24-27 (low) and 4-7, 12-15, 20-23, 28-31 (high). The merge is element-wise, so
 // the order does not matter until the store, and vpackusdw of the two results' high halves puts
 // the elements back in their order (it packs per 128-bit lane, low then high: the inverse).
-#include "linear_lanes.h"
+#include "weighted_sum_lanes.h"
 
 #include <cstdint>
 
@@ -64,19 +64,32 @@ ALLOY_V4 __m512 finish(__m512 sum, __m512 factor, size_t* bad) {
 // reads later, after other windows have gone through the caches. Stored the ordinary way, each of
 // its lines is first read in (for ownership): on a 1 GB merge this kernel took 438-502 perf samples
 // that way and 349-395 streamed, with no more in that copy.
-template <size_t kModels, LinearNormalize kNormalize, bool kWhole, bool kStream = false>
+// kBlend: slerp's s0 * a + s1 * b (two models, the products not rounded); else linear's
+// 0 + rnd(w_0 * x_0) + ... (the sums start at +0, as the reference's).
+template <size_t kModels, LinearNormalize kNormalize, bool kBlend, bool kWhole,
+          bool kStream = false>
 ALLOY_V4 size_t merge_32(const uint16_t* const* xs, const __m512* weight, __m512 factor, size_t j,
                          __mmask32 live, uint16_t* out) {
   const __m512i zero = _mm512_setzero_si512();
-  __m512 low = _mm512_setzero_ps(), high = _mm512_setzero_ps();  // the sums start at +0
+  __m512 low = _mm512_setzero_ps(), high = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (size_t m = 0; m < kModels; ++m) {
     const __m512i bits =
         kWhole ? _mm512_loadu_si512(xs[m] + j) : _mm512_maskz_loadu_epi16(live, xs[m] + j);
     const __m512 x_low = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, bits));
     const __m512 x_high = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, bits));
-    low = _mm512_add_ps(low, round_keeping_nan(_mm512_mul_ps(weight[m], x_low)));
-    high = _mm512_add_ps(high, round_keeping_nan(_mm512_mul_ps(weight[m], x_high)));
+    if constexpr (kBlend) {
+      static_assert(kModels == 2);
+      if (m == 0) {
+        low = _mm512_mul_ps(weight[0], x_low), high = _mm512_mul_ps(weight[0], x_high);
+      } else {
+        low = _mm512_add_ps(low, _mm512_mul_ps(weight[1], x_low));
+        high = _mm512_add_ps(high, _mm512_mul_ps(weight[1], x_high));
+      }
+    } else {
+      low = _mm512_add_ps(low, round_keeping_nan(_mm512_mul_ps(weight[m], x_low)));
+      high = _mm512_add_ps(high, round_keeping_nan(_mm512_mul_ps(weight[m], x_high)));
+    }
   }
   size_t bad = 0;
   const __m512i o_low =
@@ -96,7 +109,7 @@ ALLOY_V4 size_t merge_32(const uint16_t* const* xs, const __m512* weight, __m512
   return bad;
 }
 
-template <size_t kModels, LinearNormalize kNormalize>
+template <size_t kModels, LinearNormalize kNormalize, bool kBlend = false>
 __attribute__((target("arch=x86-64-v4"))) size_t merge_lanes(const uint16_t* const* xs,
                                                              const float* weights,
                                                              float factor_value, size_t len,
@@ -104,20 +117,23 @@ __attribute__((target("arch=x86-64-v4"))) size_t merge_lanes(const uint16_t* con
   __m512 weight[kModels];
   for (size_t m = 0; m < kModels; ++m) weight[m] = _mm512_set1_ps(weights[m]);
   const __m512 factor = _mm512_set1_ps(factor_value);
+  const __mmask32 all = ~__mmask32{0};
   size_t bad = 0, j = 0;
   if (reinterpret_cast<uintptr_t>(out) % 64 == 0) {
-    for (; j + 32 <= len; j += 32)
-      bad += merge_32<kModels, kNormalize, true, true>(xs, weight, factor, j, ~__mmask32{0}, out);
+    for (; j + 32 <= len; j += 32) {
+      bad += merge_32<kModels, kNormalize, kBlend, true, true>(xs, weight, factor, j, all, out);
+    }
     // The streamed stores are weakly ordered: they reach memory before anything this thread does
     // next (handing the window to the writer), as ordinary stores would.
     _mm_sfence();
   } else {
-    for (; j + 32 <= len; j += 32)
-      bad += merge_32<kModels, kNormalize, true>(xs, weight, factor, j, ~__mmask32{0}, out);
+    for (; j + 32 <= len; j += 32) {
+      bad += merge_32<kModels, kNormalize, kBlend, true>(xs, weight, factor, j, all, out);
+    }
   }
   if (j < len) {
     const __mmask32 live = _bzhi_u32(~0u, static_cast<unsigned>(len - j));
-    bad += merge_32<kModels, kNormalize, false>(xs, weight, factor, j, live, out);
+    bad += merge_32<kModels, kNormalize, kBlend, false>(xs, weight, factor, j, live, out);
   }
   return bad;
 }
@@ -149,6 +165,13 @@ size_t linear_bf16_avx512(const uint16_t* const* xs, const float* weights, size_
   return kByCount[count - 1](normalize)(xs, weights, factor, len, out);
 }
 
+size_t slerp_blend_bf16_avx512(const uint16_t* a, const uint16_t* b, float s0, float s1, size_t len,
+                               uint16_t* out) {
+  const uint16_t* xs[2] = {a, b};
+  const float weights[2] = {s0, s1};
+  return merge_lanes<2, LinearNormalize::kNone, true>(xs, weights, 1.0f, len, out);
+}
+
 #else
 
 bool can_linear_bf16_avx512(size_t) {
@@ -156,6 +179,9 @@ bool can_linear_bf16_avx512(size_t) {
 }
 size_t linear_bf16_avx512(const uint16_t* const*, const float*, size_t, LinearNormalize, float,
                           size_t, uint16_t*) {
+  return 0;
+}
+size_t slerp_blend_bf16_avx512(const uint16_t*, const uint16_t*, float, float, size_t, uint16_t*) {
   return 0;
 }
 

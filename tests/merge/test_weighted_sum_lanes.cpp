@@ -1,7 +1,9 @@
-// linear's bf16 merge in AVX-512 registers (lib/merge/methods/linear_lanes.h) against its formula
-// written out one element at a time: one to four models, each normalize step, calls of 1 to 1000
-// elements at odd offsets (whole groups of 32 and masked tails), and rows full of special patterns
-// (NaNs of every sign and payload, infinities, subnormals, signed zeros, overflowing sums).
+// linear's and slerp's bf16 weighted sums in AVX-512 registers (lib/merge/methods/
+// weighted_sum_lanes.h) against their formulas written out one element at a time: one to four
+// models, each normalize step, slerp's coefficients, calls of 1 to 1000 elements at odd offsets
+// (whole groups of 32 and masked tails, outputs on and off 64-byte boundaries), and rows full of
+// special patterns (NaNs of every sign and payload, infinities, subnormals, signed zeros,
+// overflowing sums).
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -11,7 +13,7 @@
 
 #include "alloy/core/dtype.h"
 #include "bf16_pattern_rows.h"
-#include "merge/methods/linear_lanes.h"
+#include "merge/methods/weighted_sum_lanes.h"
 
 namespace alloy::detail {
 namespace {
@@ -29,7 +31,7 @@ uint16_t reference_element(const std::vector<const uint16_t*>& xs, const float* 
   return static_cast<uint16_t>(float_to_bits(o) >> 16);
 }
 
-TEST(LinearLanes, RegistersGiveTheFormulasBitsForEveryNormalizeStep) {
+TEST(WeightedSumLanes, LinearGivesTheFormulasBitsForEveryNormalizeStep) {
   if (!can_linear_bf16_avx512(1)) GTEST_SKIP() << "no AVX-512 (x86-64-v4) on this CPU";
   EXPECT_FALSE(can_linear_bf16_avx512(0));
   EXPECT_FALSE(can_linear_bf16_avx512(kMaxLinearLanesModels + 1));
@@ -88,6 +90,48 @@ TEST(LinearLanes, RegistersGiveTheFormulasBitsForEveryNormalizeStep) {
   EXPECT_GT(non_finite, 0u);
   EXPECT_LT(non_finite, compared / 2);
   EXPECT_GT(negative_zeros, 0u);
+}
+
+TEST(WeightedSumLanes, SlerpBlendGivesTheFormulasBits) {
+  if (!can_linear_bf16_avx512(2)) GTEST_SKIP() << "no AVX-512 (x86-64-v4) on this CPU";
+  std::mt19937_64 gen(2027);
+  const size_t n = 1000;
+  const std::vector<uint16_t> a = test::bf16_pattern_row(n, gen, {});
+  const std::vector<uint16_t> b = test::bf16_pattern_row(n, gen, a);
+  // float32 coefficients, as slerp computes them: an interpolation's, the endpoints (0 * inf is a
+  // NaN), a lerp's, and ones beyond [0, 1] that overflow.
+  const std::pair<float, float> coefficients[] = {
+      {0.61803398f, 0.44721359f}, {1.0f, 0.0f}, {0.0f, 1.0f}, {0.6f, 0.4f}, {-1.25f, 3e37f}};
+  size_t compared = 0, non_finite = 0;
+  for (const auto& [s0, s1] : coefficients) {
+    for (const auto& [first, len] : {std::pair<size_t, size_t>{0, n},
+                                     {37, 1},
+                                     {64, 31},
+                                     {100, 32},
+                                     {130, 33},
+                                     {203, 64},
+                                     {411, 589}}) {
+      std::vector<uint16_t> storage(len + 64, 0xBEEF);
+      uint16_t* got = storage.data() +
+                      (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) / 2 % 32 + first % 2;
+      const size_t bad =
+          slerp_blend_bf16_avx512(a.data() + first, b.data() + first, s0, s1, len, got);
+      size_t expected_bad = 0;
+      for (size_t j = 0; j < len; ++j) {
+        const float first_term = s0 * bf16_to_f32(a[first + j]);
+        const float second_term = s1 * bf16_to_f32(b[first + j]);
+        const uint16_t expected =
+            static_cast<uint16_t>(float_to_bits(round_to_bf16(first_term + second_term)) >> 16);
+        expected_bad += (expected & 0x7F80) == 0x7F80;
+        ASSERT_EQ(got[j], expected) << "s0 " << s0 << ", s1 " << s1 << ", element " << first + j;
+      }
+      ASSERT_EQ(bad, expected_bad) << "s0 " << s0 << ", s1 " << s1;
+      ASSERT_EQ(got[len], 0xBEEF) << "written past the call";
+      compared += len, non_finite += bad;
+    }
+  }
+  EXPECT_GT(non_finite, 0u);
+  EXPECT_LT(non_finite, compared / 2);
 }
 
 }  // namespace
