@@ -18,6 +18,11 @@
 namespace alloy::detail {
 namespace {
 
+// Calls [first, first + len) into rows of 1000: whole rows, single elements, groups of 32 and
+// masked tails, at odd offsets.
+constexpr std::pair<size_t, size_t> kCalls[] = {{0, 1000}, {37, 1},   {64, 31},  {100, 32},
+                                                {130, 33}, {203, 64}, {300, 65}, {411, 589}};
+
 // One output element from the formula, with round_to_bf16 after every operation: the bits the
 // kernel must give.
 uint16_t reference_element(const std::vector<const uint16_t*>& xs, const float* weights,
@@ -51,14 +56,7 @@ TEST(WeightedSumLanes, LinearGivesTheFormulasBitsForEveryNormalizeStep) {
       for (size_t shift = 0; shift < 3; ++shift) {
         float w[kMaxLinearLanesModels];
         for (size_t m = 0; m < count; ++m) w[m] = weights[(m + shift * count) % std::size(weights)];
-        for (const auto& [first, len] : {std::pair<size_t, size_t>{0, n},
-                                         {37, 1},
-                                         {64, 31},
-                                         {100, 32},
-                                         {130, 33},
-                                         {203, 64},
-                                         {300, 65},
-                                         {411, 589}}) {
+        for (const auto& [first, len] : kCalls) {
           std::vector<const uint16_t*> xs;
           for (size_t m = 0; m < count; ++m) xs.push_back(rows[m].data() + first);
           // The output at a 64-byte boundary (streamed stores) for even offsets, one element past
@@ -104,13 +102,7 @@ TEST(WeightedSumLanes, SlerpBlendGivesTheFormulasBits) {
       {0.61803398f, 0.44721359f}, {1.0f, 0.0f}, {0.0f, 1.0f}, {0.6f, 0.4f}, {-1.25f, 3e37f}};
   size_t compared = 0, non_finite = 0;
   for (const auto& [s0, s1] : coefficients) {
-    for (const auto& [first, len] : {std::pair<size_t, size_t>{0, n},
-                                     {37, 1},
-                                     {64, 31},
-                                     {100, 32},
-                                     {130, 33},
-                                     {203, 64},
-                                     {411, 589}}) {
+    for (const auto& [first, len] : kCalls) {
       std::vector<uint16_t> storage(len + 64, 0xBEEF);
       uint16_t* got = storage.data() +
                       (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) / 2 % 32 + first % 2;

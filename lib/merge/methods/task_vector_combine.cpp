@@ -24,7 +24,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include <immintrin.h>
+#include "bf16_lanes.h"
 #define ALLOY_COMBINE_AVX512 1
 #endif
 
@@ -33,16 +33,7 @@ namespace alloy::detail {
 #if ALLOY_COMBINE_AVX512
 namespace {
 
-#define ALLOY_V4 __attribute__((target("arch=x86-64-v4"), always_inline)) inline
-
-// round_to_bf16 without its NaN exception (see the top of the file).
-ALLOY_V4 __m512 round_keeping_nan(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd);
-  return _mm512_castsi512_ps(
-      _mm512_and_si512(sum, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
-}
+using bf16_lanes::round_keeping_nan;  // see the top of the file
 // Lanes `live` of a bf16 row, widened to float32 (exact); the others 0. kWhole: all 16.
 template <bool kWhole>
 ALLOY_V4 __m512 load_bf16(const uint16_t* row, __mmask16 live) {

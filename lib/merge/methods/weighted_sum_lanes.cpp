@@ -17,7 +17,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include <immintrin.h>
+#include "bf16_lanes.h"
 #define ALLOY_LINEAR_AVX512 1
 #endif
 
@@ -26,20 +26,7 @@ namespace alloy::detail {
 #if ALLOY_LINEAR_AVX512
 namespace {
 
-#define ALLOY_V4 __attribute__((target("arch=x86-64-v4"), always_inline)) inline
-
-// round_to_bf16 (alloy/core/dtype.h) without its NaN exception: (u + 0x7FFF + bit 16) with the
-// low half cleared. Every NaN here has a zero low half (a bf16 input widened, the default NaN
-// 0xFFC00000, or one of those passed through), which this leaves a NaN, so the values that are not
-// NaNs are the reference's and the NaNs are where the reference's are.
-ALLOY_V4 __m512 round_keeping_nan(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
-  const __m512i half_up = _mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF));
-  const __m512i even = _mm512_mask_add_epi32(half_up, odd, half_up, _mm512_set1_epi32(1));
-  return _mm512_castsi512_ps(
-      _mm512_and_si512(even, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
-}
+using bf16_lanes::round_keeping_nan;
 
 // The output's last steps: normalize, then NaNs made 0x7FC00000 (counted with the infinities).
 template <LinearNormalize kNormalize>
