@@ -134,12 +134,13 @@ typedef uint64_t Longs2 __attribute__((vector_size(16)));
   std::memcpy(&low, a + j, 8);
   std::memcpy(&high, b + j, 8);
   const Longs2 both = {low, high};
-  // A bf16 value is the high half of its float32: each value goes above a zero half. (Casts
-  // between vector types of one size keep the bits.)
-  const Halves8 values = reinterpret_cast<const Halves8&>(both), zeros = {};
+  // A bf16 value is the high half of its float32: each value goes above a zero half. (A cast
+  // between GCC vector types of one size keeps the bits; a reference cast would break the aliasing
+  // rules, and GCC 12 warned that it read the vector uninitialised.)
+  const Halves8 values = (Halves8)both, zeros = {};
   const Halves16 halves =
       __builtin_shufflevector(zeros, values, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-  out = __builtin_convertvector(reinterpret_cast<const Floats8&>(halves), Doubles8);
+  out = __builtin_convertvector((Floats8)halves, Doubles8);
 }
 
 ALLOY_BF16_BITS_KERNEL void slerp_pair_sums_bf16_bits(const uint16_t* xa, const uint16_t* ya,
