@@ -248,7 +248,8 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   // for the others: a window's bytes go to the writer when its last group is merged (in window
   // order: a window done early waits for the ones before it), and each window takes the next
   // write-behind buffer when its first group starts (in order too: buffer() hands out slots in
-  // turn).
+  // turn). A window whose read failed is queued all the same; the error is rethrown after the
+  // loop, and the staged file that holds its bytes is removed.
   const size_t windows = static_cast<size_t>((n + window - 1) / window);
   const size_t group = group_of(grain);
   std::vector<size_t> task_begin(windows + 1, 0);
