@@ -261,7 +261,6 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
   std::vector<uint8_t*> window_at(windows, nullptr);
   std::unique_ptr<std::atomic<size_t>[]> groups_left(new std::atomic<size_t>[windows]);
   for (size_t w = 0; w < windows; ++w) groups_left[w] = task_begin[w + 1] - task_begin[w];
-  std::vector<char> window_done(windows, 0);
   std::mutex buffer_mutex, queue_mutex, error_mutex;
   std::condition_variable buffer_ready;
   size_t handed_out = 0;     // windows [0, handed_out) have their buffers (buffer_mutex)
@@ -299,12 +298,13 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
     buffer_ready.notify_all();
     return behind_failed ? nullptr : window_at[w];
   };
-  // Window w is merged: queues its write, and those of the done windows after it.
-  const auto finish = [&](size_t w) {
+  // Window w is merged: queues the writes of the merged windows from the next to queue on (w's,
+  // once those before it are merged). A window is merged when its last task's decrement of
+  // groups_left reached 0; reading that 0 makes its tasks' bytes visible here.
+  const auto finish = [&] {
     std::lock_guard<std::mutex> lock(queue_mutex);
-    window_done[w] = 1;
     try {
-      for (; next_queue < windows && window_done[next_queue]; ++next_queue) {
+      for (; next_queue < windows && groups_left[next_queue].load() == 0; ++next_queue) {
         const uint64_t first = next_queue * window, len = std::min<uint64_t>(window, n - first);
         behind.write([emit, bytes = window_at[next_queue], offset = first * out_bytes,
                       nbytes = len * out_bytes] { emit(offset, bytes, nbytes); });
@@ -339,7 +339,7 @@ void merge_chunked(const MergePlan& plan, const PlannedTensor& t, MergeContext& 
               store_from_f32(out, count, t.out_dtype, bytes + (begin - first) * out_bytes);
               return chunk_bad;
             });
-        if (groups_left[w].fetch_sub(1) == 1) finish(w);
+        if (groups_left[w].fetch_sub(1) == 1) finish();
         return result;
       },
       [](size_t a, size_t b) { return a + b; });

@@ -26,9 +26,6 @@ uint8_t* WriteBehind::buffer(uint64_t nbytes) {
     std::unique_lock<std::mutex> lock(mutex_);
     wake_caller_.wait(lock, [&] { return done_ >= slot_ticket_[slot] || error_; });
     rethrow_locked();
-  }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
     slot_ticket_[slot] = kHandedOut;  // until write() queues its job
   }
   // Grows only: later windows reuse the touched pages.

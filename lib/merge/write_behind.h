@@ -57,8 +57,8 @@ class WriteBehind {
   static constexpr uint64_t kHandedOut = UINT64_MAX;
   std::vector<uint64_t> slot_ticket_;
   size_t next_slot_ = 0;  // the slot buffer() hands out next
-  size_t written_slot_ =
-      0;  // the slot the next write() reads: buffers are written in the order handed out
+  // The slot the next write() reads: buffers are written in the order they were handed out.
+  size_t written_slot_ = 0;
   uint64_t queued_ = 0;  // jobs queued so far; job k (from 1) has ticket k
   uint64_t done_ = 0;    // jobs finished (run or dropped), in order
   std::deque<std::function<void()>> jobs_;

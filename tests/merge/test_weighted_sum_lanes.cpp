@@ -37,9 +37,9 @@ uint16_t reference_element(const std::vector<const uint16_t*>& xs, const float* 
 }
 
 TEST(WeightedSumLanes, LinearGivesTheFormulasBitsForEveryNormalizeStep) {
-  if (!can_linear_bf16_avx512(1)) GTEST_SKIP() << "no AVX-512 (x86-64-v4) on this CPU";
-  EXPECT_FALSE(can_linear_bf16_avx512(0));
-  EXPECT_FALSE(can_linear_bf16_avx512(kMaxLinearLanesModels + 1));
+  if (!can_weighted_sum_bf16_avx512(1)) GTEST_SKIP() << "no AVX-512 (x86-64-v4) on this CPU";
+  EXPECT_FALSE(can_weighted_sum_bf16_avx512(0));
+  EXPECT_FALSE(can_weighted_sum_bf16_avx512(kMaxLinearLanesModels + 1));
   std::mt19937_64 gen(2026);
   const size_t n = 1000;
   const std::vector<uint16_t> first_row = test::bf16_pattern_row(n, gen, {});
@@ -91,7 +91,7 @@ TEST(WeightedSumLanes, LinearGivesTheFormulasBitsForEveryNormalizeStep) {
 }
 
 TEST(WeightedSumLanes, SlerpBlendGivesTheFormulasBits) {
-  if (!can_linear_bf16_avx512(2)) GTEST_SKIP() << "no AVX-512 (x86-64-v4) on this CPU";
+  if (!can_weighted_sum_bf16_avx512(2)) GTEST_SKIP() << "no AVX-512 (x86-64-v4) on this CPU";
   std::mt19937_64 gen(2027);
   const size_t n = 1000;
   const std::vector<uint16_t> a = test::bf16_pattern_row(n, gen, {});

@@ -153,7 +153,7 @@ class LinearMethod final : public MergeMethod {
                         "the weights sum to zero in the compute dtype, so normalize divides by 0");
       }
       step_ = normalize_step(normalize, weight_sum, &factor_);
-      lanes_ = std::is_same_v<R, RoundBF16> && can_linear_bf16_avx512(weights_.size());
+      lanes_ = std::is_same_v<R, RoundBF16> && can_weighted_sum_bf16_avx512(weights_.size());
     }
 
     size_t merge_chunk(const float* const* inputs, size_t, size_t len, float* out) const override {

@@ -227,7 +227,7 @@ class SlerpChunk final : public ChunkedMerge {
   size_t base_;
   double t_;
   float s0_ = 0.0f, s1_ = 0.0f;
-  bool lanes_ = can_linear_bf16_avx512(2);  // bf16 bits through weighted_sum_lanes.h's kernel
+  bool lanes_ = can_weighted_sum_bf16_avx512(2);  // bf16 bits through weighted_sum_lanes.h's kernel
 };
 
 // A lone tensor passes through unchanged, as in mergekit.

@@ -1,4 +1,4 @@
-// linear's bf16 merge in AVX-512 registers: see weighted_sum_lanes.h.
+// linear's and slerp's bf16 weighted sums in AVX-512 registers: see weighted_sum_lanes.h.
 //
 // 32 bf16 elements are one 512-bit load. Interleaving them with zeros (vpunpcklwd / vpunpckhwd)
 // puts each element in the high half of a 32-bit lane, which is its float32 value, in the order
@@ -141,7 +141,7 @@ MergeLanesFn merge_lanes_for(LinearNormalize normalize) {
 
 }  // namespace
 
-bool can_linear_bf16_avx512(size_t models) {
+bool can_weighted_sum_bf16_avx512(size_t models) {
   return models >= 1 && models <= kMaxLinearLanesModels && cpu_has_x86_64_v4();
 }
 
@@ -161,7 +161,7 @@ size_t slerp_blend_bf16_avx512(const uint16_t* a, const uint16_t* b, float s0, f
 
 #else
 
-bool can_linear_bf16_avx512(size_t) {
+bool can_weighted_sum_bf16_avx512(size_t) {
   return false;
 }
 size_t linear_bf16_avx512(const uint16_t* const*, const float*, size_t, LinearNormalize, float,

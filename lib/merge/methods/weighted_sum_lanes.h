@@ -24,21 +24,21 @@ inline constexpr size_t kMaxLinearLanesModels = 4;
 
 // Whether linear_bf16_avx512 can run here: an x86-64-v4 CPU and 1 to kMaxLinearLanesModels
 // models (with 2: slerp_blend_bf16_avx512 too).
-bool can_linear_bf16_avx512(size_t models);
+bool can_weighted_sum_bf16_avx512(size_t models);
 
 // out[j] = the high half of o, for j in [0, len), where (every step rounded to bf16, rnd)
 //   o = rnd(0 + rnd(w_0 * x_0[j]) + ... + rnd(w_{count-1} * x_{count-1}[j]))   (in that order)
 //   then o = rnd(o / factor) (kDivide) or rnd(o * factor) (kMultiply),
 // bit for bit as linear.cpp's portable kernel (a NaN output is 0x7FC0). xs: the models' bf16 bits;
 // weights: wD(w_k), already bf16 values. Returns how many outputs are NaN or infinite. Only where
-// can_linear_bf16_avx512(count).
+// can_weighted_sum_bf16_avx512(count).
 size_t linear_bf16_avx512(const uint16_t* const* xs, const float* weights, size_t count,
                           LinearNormalize normalize, float factor, size_t len, uint16_t* out);
 
 // out[j] = the high half of rnd(s0 * a[j] + s1 * b[j]) for j in [0, len): slerp's blend (the
 // products and their sum in float32, one rounding), bit for bit as slerp.cpp's portable kernel (a
 // NaN output is 0x7FC0). Returns how many outputs are NaN or infinite. Only where
-// can_linear_bf16_avx512(2).
+// can_weighted_sum_bf16_avx512(2).
 size_t slerp_blend_bf16_avx512(const uint16_t* a, const uint16_t* b, float s0, float s1, size_t len,
                                uint16_t* out);
 
