@@ -16,6 +16,7 @@
 
 #include "alloy/core/parallel.h"
 #include "method_util.h"
+#include "slerp_sums_lanes.h"
 #include "weighted_sum_lanes.h"
 
 namespace alloy::detail {
@@ -183,10 +184,16 @@ class SlerpChunk final : public ChunkedMerge {
   }
   bool merges_bf16() const override { return std::is_same_v<R, RoundBF16>; }
   void chunk_sums_bf16(const uint16_t* const* sources, size_t len, double* partial) const override {
+    if (sums_lanes_)
+      return slerp_sums_bf16_avx512(sources[base_], sources[1 - base_], len, partial);
     slerp_sums_bf16_bits(sources[base_], sources[1 - base_], len, partial);
   }
   void chunk_pair_sums_bf16(const uint16_t* const* a, const uint16_t* const* b, size_t len,
                             double* partial_a, double* partial_b) const override {
+    if (sums_lanes_) {
+      return slerp_pair_sums_bf16_avx512(a[base_], a[1 - base_], b[base_], b[1 - base_], len,
+                                         partial_a, partial_b);
+    }
     if (len % 4 != 0) return ChunkedMerge::chunk_pair_sums_bf16(a, b, len, partial_a, partial_b);
     slerp_pair_sums_bf16_bits(a[base_], a[1 - base_], b[base_], b[1 - base_], len, partial_a,
                               partial_b);
@@ -228,6 +235,7 @@ class SlerpChunk final : public ChunkedMerge {
   double t_;
   float s0_ = 0.0f, s1_ = 0.0f;
   bool lanes_ = can_weighted_sum_bf16_avx512(2);  // bf16 bits through weighted_sum_lanes.h's kernel
+  bool sums_lanes_ = can_slerp_sums_bf16_avx512();  // and the sums through slerp_sums_lanes.h's
 };
 
 // A lone tensor passes through unchanged, as in mergekit.
