@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -15,6 +16,7 @@
 #include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
 #include "keep_words.h"
+#include "l1_terms_lanes.h"
 #include "method_util.h"
 
 namespace alloy::detail {
@@ -723,10 +725,9 @@ class RankSelector {
 // Branch-free, so that the loops vectorise (one clone per instruction set); on float32 rows or bf16
 // bits (TaskVectorSet::bits).
 constexpr size_t kL1Block = 256;
-struct L1Range {
-  uint32_t min_exponent = 255, max_bits = 0;
-  double all = 0.0, kept = 0.0;  // the block's sums, in lanes (exact where exact_block_sums says so)
-};
+// The block's range and sums (l1_terms_lanes.h): the sums in lanes, exact where exact_block_sums
+// says so.
+using L1Range = L1BlockTerms;
 template <class R>
 struct L1Terms {
   ALLOY_ELEMENT_KERNEL static L1Range of(const float* x, const float* b, const DeltaMask& mask, size_t first,
@@ -819,27 +820,49 @@ bool exact_block_sums(const L1Range& range, size_t len, double all, double kept)
 
 // Adds to sums[2p] and sums[2p + 1] the |delta| and the kept |delta| of models p < N over one run
 // (entries first + j, j < len), as a plain loop per entry in index order would (the same bits).
-// The terms come from L1Terms a block at a time. A block whose additions are all exact
-// (exact_block_sums: the usual case) is summed in vector lanes; any other block one term at a
-// time in index order, the models' chains interleaved.
+// The terms come from L1Terms a block at a time, or, for bf16 bits with a random mask's bits on an
+// AVX-512 CPU, from l1_terms_lanes.h's kernel, which keeps no arrays of terms. A block whose
+// additions are all exact (exact_block_sums: the usual case) is summed in vector lanes; any other
+// block one term at a time in index order, the models' chains interleaved (the kernel's models'
+// terms taken again from L1Terms for that).
 template <size_t N, class R, class In>
 void add_l1_run(size_t first, const In* b, const In* const* xs, const DeltaMask* const* masks,
                 size_t len, double* sums) {
   float delta[kL1Block];
   float magnitude[N][kL1Block], kept[N][kL1Block];
   double all_sum[N], kept_sum[N];
-  for (size_t p = 0; p < N; ++p) all_sum[p] = sums[2 * p], kept_sum[p] = sums[2 * p + 1];
+  bool in_lanes[N];
+  for (size_t p = 0; p < N; ++p) {
+    all_sum[p] = sums[2 * p], kept_sum[p] = sums[2 * p + 1];
+    in_lanes[p] = false;
+    if constexpr (std::is_same_v<In, uint16_t> && std::is_same_v<R, RoundBF16>) {
+      in_lanes[p] = masks[p]->bits != nullptr && can_l1_terms_bf16_avx512();
+    }
+  }
   for (size_t b0 = 0; b0 < len; b0 += kL1Block) {
     const size_t block = std::min(kL1Block, len - b0);
     bool exact = true;
     L1Range ranges[N];
     for (size_t p = 0; p < N; ++p) {
-      ranges[p] = L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, delta, magnitude[p], kept[p]);
+      if constexpr (std::is_same_v<In, uint16_t>) {
+        if (in_lanes[p]) {
+          ranges[p] = l1_terms_bf16_avx512(xs[p] + b0, b + b0, masks[p]->bits, first + b0, block);
+        }
+      }
+      if (!in_lanes[p]) {
+        ranges[p] = L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, delta,
+                                   magnitude[p], kept[p]);
+      }
       exact = exact && exact_block_sums<R>(ranges[p], block, all_sum[p], kept_sum[p]);
     }
     if (exact) {
       for (size_t p = 0; p < N; ++p) all_sum[p] += ranges[p].all, kept_sum[p] += ranges[p].kept;
       continue;
+    }
+    for (size_t p = 0; p < N; ++p) {
+      if (in_lanes[p])
+        L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, delta, magnitude[p],
+                       kept[p]);
     }
     for (size_t j = 0; j < block; ++j) {
       for (size_t p = 0; p < N; ++p) {
