@@ -15,6 +15,7 @@
 
 #include "alloy/core/error.h"
 #include "alloy/core/parallel.h"
+#include "bracket_bins_lanes.h"
 #include "keep_words.h"
 #include "l1_terms_lanes.h"
 #include "method_util.h"
@@ -491,17 +492,30 @@ class RankSelector {
       for (auto& c : counts) std::fill(c, c + (hi - lo + 1), 0u);
     }
     uint64_t above = 0;
+    // bf16 bits on an AVX-512 CPU: the bins inside and the count above from one register kernel.
+    bool in_lanes = false;
+    if constexpr (std::is_same_v<In, uint16_t> && std::is_same_v<R, RoundBF16>) {
+      in_lanes = bracket_lanes_ && lo <= hi;
+    }
     for (size_t j0 = 0; j0 < len; j0 += kBlock) {
       const size_t block = std::min(kBlock, len - j0);
       uint32_t above_block = 0;
-      for (size_t j = 0; j < block; ++j) {
-        const uint32_t bin = high_bin(source_value(x, j0 + j), source_value(b, j0 + j));
-        bins[j] = bin;
-        above_block += bin > hi;
+      size_t count = 0;
+      if constexpr (std::is_same_v<In, uint16_t>) {
+        if (in_lanes) {
+          count = bracket_bins_bf16_avx512(x + j0, b + j0, block, lo, hi, inside, &above_block);
+        }
+      }
+      if (!in_lanes) {
+        for (size_t j = 0; j < block; ++j) {
+          const uint32_t bin = high_bin(source_value(x, j0 + j), source_value(b, j0 + j));
+          bins[j] = bin;
+          above_block += bin > hi;
+        }
       }
       above += above_block;
       if (lo > hi) continue;
-      const size_t count = pack_bins_inside(bins, block, lo, hi - lo, inside);
+      if (!in_lanes) count = pack_bins_inside(bins, block, lo, hi - lo, inside);
       if (!split) {
         for (size_t k = 0; k < count; ++k) ++h[inside[k]];
         continue;
@@ -704,6 +718,7 @@ class RankSelector {
 
   const TaskVectorSet& set_;
   R rnd_;
+  bool bracket_lanes_ = can_bracket_bins_bf16_avx512();  // bracket_bins_lanes.h's kernel
   Chunks chunks_;
   std::vector<Target> active_;   // the targets that need the passes
   std::vector<size_t> models_;   // their models
