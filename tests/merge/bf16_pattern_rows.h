@@ -33,4 +33,23 @@ inline std::vector<uint16_t> bf16_pattern_row(size_t n, std::mt19937_64& gen,
   return row;
 }
 
+// n values (1 + m / 128) * 2^e of random sign, m < 128 and e in [-spread, spread] uniform; about
+// one in 16 is instead one of `special` (zeros, subnormals). With a small spread, sums of a few
+// thousand of them in double are exact in any order; with a wide one, their order shows in the
+// last bits.
+inline std::vector<uint16_t> bf16_binade_row(size_t n, std::mt19937_64& gen, int spread,
+                                             const std::vector<uint16_t>& special) {
+  std::vector<uint16_t> row(n);
+  for (uint16_t& v : row) {
+    if (gen() % 16 == 0) {
+      v = special[gen() % special.size()];
+    } else {
+      const float magnitude = std::ldexp(1.0f + static_cast<float>(gen() % 128) / 128.0f,
+                                         static_cast<int>(gen() % (2 * spread + 1)) - spread);
+      v = f32_to_bf16(gen() % 2 ? magnitude : -magnitude);
+    }
+  }
+  return row;
+}
+
 }  // namespace alloy::test

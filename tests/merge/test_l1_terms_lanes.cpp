@@ -43,15 +43,7 @@ L1BlockTerms reference_terms(const uint16_t* x, const uint16_t* b,
 
 // Values from 2^-10 to 2^10 of both signs and zeros: every partial sum of a call is exact.
 std::vector<uint16_t> exact_sum_row(size_t n, std::mt19937_64& gen) {
-  std::vector<uint16_t> row(n);
-  for (uint16_t& v : row) {
-    const float magnitude = gen() % 16 == 0
-                                ? 0.0f
-                                : std::ldexp(1.0f + static_cast<float>(gen() % 128) / 128.0f,
-                                             static_cast<int>(gen() % 21) - 10);
-    v = f32_to_bf16(gen() % 2 ? magnitude : -magnitude);
-  }
-  return row;
+  return test::bf16_binade_row(n, gen, 10, {0x0000, 0x8000});
 }
 
 TEST(L1TermsLanes, RangesAndExactSumsAreTheDefinitions) {

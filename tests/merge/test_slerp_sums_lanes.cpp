@@ -42,18 +42,7 @@ bool same_double(double a, double b) {
 // Finite values from 2^-20 to 2^20 of both signs, about one in 16 a subnormal or a signed zero:
 // sums whose bits depend on the order of their additions.
 std::vector<uint16_t> finite_row(size_t n, std::mt19937_64& gen) {
-  static const uint16_t kSpecial[] = {0x0000, 0x8000, 0x0001, 0x807F, 0x0040};
-  std::vector<uint16_t> row(n);
-  for (uint16_t& v : row) {
-    if (gen() % 16 == 0) {
-      v = kSpecial[gen() % std::size(kSpecial)];
-    } else {
-      const float magnitude = std::ldexp(1.0f + static_cast<float>(gen() % 128) / 128.0f,
-                                         static_cast<int>(gen() % 41) - 20);
-      v = f32_to_bf16(gen() % 2 ? magnitude : -magnitude);
-    }
-  }
-  return row;
+  return test::bf16_binade_row(n, gen, 20, {0x0000, 0x8000, 0x0001, 0x807F, 0x0040});
 }
 
 TEST(SlerpSumsLanes, OneChunkAndTwoSideBySideGiveLaneSumsBits) {
