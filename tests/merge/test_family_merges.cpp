@@ -1,11 +1,12 @@
 // Merges on the real layouts of Hugging Face families (alloy-synth's named families): for each,
-// linear, slerp, ties, a passthrough stack and a layer-gradient slerp are planned and run, and
-// every output tensor is compared bit for bit with a reference the test computes on its own: it
-// picks the source tensors and the layer position t from the names itself (never from the plan),
-// and runs the method's element math on them (linear also through the rounding chain of
-// docs/methods.md written out here). The output's config.json must describe the output's layers:
-// the layer count (inside text_config for Qwen3.5) and the per-layer lists (layer_types,
-// mlp_only_layers, first_k_dense_replace) must agree with the tensors.
+// linear, slerp, ties, dare_ties, della, a passthrough stack and a layer-gradient slerp are planned
+// and run, and every output tensor is compared bit for bit with a reference the test computes on
+// its own: it picks the source tensors and the layer position t from the names itself (never from
+// the plan), and runs the method's element math on them, whole-tensor and on float32 rows (linear
+// also through the rounding chain of docs/methods.md written out here). The output's config.json
+// must describe the output's layers: the layer count (inside text_config for Qwen3.5) and the
+// per-layer lists (layer_types, mlp_only_layers, first_k_dense_replace) must agree with the
+// tensors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -122,6 +123,7 @@ std::vector<float> reference(const std::string& method, const std::string& name,
   ctx.compute_dtype = DType::BF16;
   ctx.shape = refs.front().model->find(refs.front().tensor)->info->shape;
   ctx.params = method_params;
+  ctx.seed = tensor_seed(0, name);  // the random masks' stream, as the executor's (--random-seed 0)
   for (size_t k = 0; k < refs.size(); ++k) {
     if (refs[k].is_base) ctx.base_index = static_cast<int>(k);
     ctx.sources.push_back({data[k].data(), refs[k].params, refs[k].is_base, std::to_string(k)});
@@ -220,7 +222,7 @@ class FamilyMerge : public ::testing::TestWithParam<FamilyCase> {
   static void SetUpTestSuite() {}
 };
 
-TEST_P(FamilyMerge, LinearSlerpTiesPassthroughAndGradientAreBitExact) {
+TEST_P(FamilyMerge, LinearSlerpTiesDareDellaPassthroughAndGradientAreBitExact) {
   const FamilyCase& c = GetParam();
   const FamilyDir dir(c);
   const std::string& f = c.family;
@@ -279,6 +281,29 @@ models:
                                   {});
       std::string where;
       EXPECT_TRUE(same_bits(values(*r.out, name), want, &where)) << "ties " << name << " " << where;
+    }
+  }
+  // dare_ties and della: random masks, the kept entries rescaled to the task vector's L1 norm
+  for (const std::string method : {"dare_ties", "della"}) {
+    const MergeRun r = merge(dir, "merge_method: " + method + R"(
+base_model: base
+models:
+  - model: ft_1
+    parameters: {weight: 0.5, density: 0.5}
+  - model: ft_2
+    parameters: {weight: 0.7, density: 0.6}
+)",
+                             method);
+    EXPECT_EQ(names_of(*r.out), names_of(*r.base));
+    for (const auto& name : names_of(*r.out)) {
+      const auto want = reference(method, name,
+                                  {{r.ft1.get(), name, {{"weight", 0.5}, {"density", 0.5}}},
+                                   {r.ft2.get(), name, {{"weight", 0.7}, {"density", 0.6}}},
+                                   {r.base.get(), name, {}, true}},
+                                  {});
+      std::string where;
+      EXPECT_TRUE(same_bits(values(*r.out, name), want, &where))
+          << method << " " << name << " " << where;
     }
   }
   // passthrough: all of ft_1's layers, then ft_2's last two (6 layers)
