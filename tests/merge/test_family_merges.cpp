@@ -261,30 +261,9 @@ parameters: {t: 0.3}
       EXPECT_TRUE(same_bits(values(*r.out, name), want, &where)) << "slerp " << name << " " << where;
     }
   }
-  // ties
-  {
-    const MergeRun r = merge(dir, R"(merge_method: ties
-base_model: base
-models:
-  - model: ft_1
-    parameters: {weight: 0.5, density: 0.5}
-  - model: ft_2
-    parameters: {weight: 0.7, density: 0.6}
-)", "ties");
-    EXPECT_EQ(names_of(*r.out), names_of(*r.base));
-    for (const auto& name : names_of(*r.out)) {
-      // mergekit's order: the listed models, then the unlisted base.
-      const auto want = reference("ties", name,
-                                  {{r.ft1.get(), name, {{"weight", 0.5}, {"density", 0.5}}},
-                                   {r.ft2.get(), name, {{"weight", 0.7}, {"density", 0.6}}},
-                                   {r.base.get(), name, {}, true}},
-                                  {});
-      std::string where;
-      EXPECT_TRUE(same_bits(values(*r.out, name), want, &where)) << "ties " << name << " " << where;
-    }
-  }
-  // dare_ties and della: random masks, the kept entries rescaled to the task vector's L1 norm
-  for (const std::string method : {"dare_ties", "della"}) {
+  // ties (magnitude masks), dare_ties and della (random masks, the kept entries rescaled to the
+  // task vector's L1 norm)
+  for (const std::string method : {"ties", "dare_ties", "della"}) {
     const MergeRun r = merge(dir, "merge_method: " + method + R"(
 base_model: base
 models:
@@ -296,6 +275,7 @@ models:
                              method);
     EXPECT_EQ(names_of(*r.out), names_of(*r.base));
     for (const auto& name : names_of(*r.out)) {
+      // mergekit's order: the listed models, then the unlisted base.
       const auto want = reference(method, name,
                                   {{r.ft1.get(), name, {{"weight", 0.5}, {"density", 0.5}}},
                                    {r.ft2.get(), name, {{"weight", 0.7}, {"density", 0.6}}},

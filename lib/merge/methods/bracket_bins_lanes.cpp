@@ -1,15 +1,14 @@
 // The TIES family's bracketed histogram pass in AVX-512 registers: see bracket_bins_lanes.h.
 //
-// 32 entries per step. Interleaving 32 bf16 values with zeros (vpunpcklwd / vpunpckhwd) makes two
-// vectors of float32 lanes (entries 0-3, 8-11, 16-19, 24-27 and 4-7, 12-15, 20-23, 28-31: the order
-// does not matter to a histogram). The rounding leaves out the NaN test (bf16_lanes.h,
-// round_keeping_nan) and its last AND also clears the sign, which gives the magnitude key with a
-// zero low half; a NaN's key, at least 0x7FC00000 here (the subtraction quiets a signalling input,
-// the rounding keeps the quiet bit), is clamped to 0x7FC00000, the reference's. The bracket's tests
-// run on the keys (bin > hi: key > hi << 16 | 0xFFFF; lo <= bin <= hi: key - (lo << 16) <= (hi -
-// lo)
-// << 16, unsigned), the bins inside are packed in a register (vpcompressd) and shifted down there.
-// About 12 vector instructions per 16 entries, where the portable loops took about 25.
+// 32 entries per step, widened into two vectors of float32 lanes (bf16_lanes.h's widen_low and
+// widen_high: the order does not matter to a histogram). The rounding leaves out the NaN test and
+// its last AND also clears the sign (round_magnitude_keeping_nan), which gives the magnitude key
+// with a zero low half; a NaN's key, at least 0x7FC00000 here (the subtraction quiets a signalling
+// input, the rounding keeps the quiet bit), is clamped to 0x7FC00000, the reference's. The
+// bracket's tests run on the keys, unsigned: bin > hi is key > (hi << 16 | 0xFFFF), and
+// lo <= bin <= hi is key - (lo << 16) <= (hi - lo) << 16. The bins inside are packed in a register
+// (vpcompressd) and shifted down there. About 12 vector instructions per 16 entries, where the
+// portable loops took about 25.
 #include "bracket_bins_lanes.h"
 
 #include "alloy/core/cpu_features.h"
@@ -20,7 +19,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include "bf16_lanes.h"  // ALLOY_V4
+#include "bf16_lanes.h"
 #define ALLOY_BRACKET_BINS_AVX512 1
 #endif
 
@@ -29,17 +28,19 @@ namespace alloy::detail {
 #if ALLOY_BRACKET_BINS_AVX512
 namespace {
 
+using bf16_lanes::kHighHalfEntries;
+using bf16_lanes::kLowHalfEntries;
+using bf16_lanes::round_magnitude_keeping_nan;
+using bf16_lanes::widen_high;
+using bf16_lanes::widen_low;
+
 struct Bracket {
   __m512i above_limit, low, width;
 };
 
-// The magnitude keys of rnd(x - b) for float32 lanes x and b.
+// The magnitude keys of rnd(x - b) for float32 lanes x and b, a NaN's clamped to 0x7FC00000.
 ALLOY_V4 __m512i keys_of(__m512 x, __m512 b) {
-  const __m512i u = _mm512_castps_si512(_mm512_sub_ps(x, b));
-  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
-  const __m512i half_up = _mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF));
-  const __m512i even = _mm512_mask_add_epi32(half_up, odd, half_up, _mm512_set1_epi32(1));
-  return _mm512_min_epu32(_mm512_and_si512(even, _mm512_set1_epi32(0x7FFF0000)),
+  return _mm512_min_epu32(round_magnitude_keeping_nan(_mm512_sub_ps(x, b)),
                           _mm512_set1_epi32(0x7FC00000));
 }
 
@@ -62,7 +63,6 @@ __attribute__((target("arch=x86-64-v4"))) size_t bracket_bins(const uint16_t* x,
   const Bracket bracket{_mm512_set1_epi32(static_cast<int>(hi << 16 | 0xFFFFu)),
                         _mm512_set1_epi32(static_cast<int>(lo << 16)),
                         _mm512_set1_epi32(static_cast<int>((hi - lo) << 16))};
-  const __m512i zero = _mm512_setzero_si512();
   size_t count = 0;
   uint32_t over = 0;
   for (size_t j = 0; j < len; j += 32) {
@@ -70,17 +70,13 @@ __attribute__((target("arch=x86-64-v4"))) size_t bracket_bins(const uint16_t* x,
     const __mmask32 live = _bzhi_u32(~0u, static_cast<unsigned>(lanes));
     const __m512i x_bits = _mm512_maskz_loadu_epi16(live, x + j);
     const __m512i b_bits = _mm512_maskz_loadu_epi16(live, b + j);
-    // Lane t of the low vector is entry (t / 4) * 8 + t % 4, of the high one that plus 4.
-    const __mmask32 low_lanes = _pext_u32(live, 0x0F0F0F0Fu),
-                    high_lanes = _pext_u32(live, 0xF0F0F0F0u);
-    sort_keys(bracket,
-              keys_of(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x_bits)),
-                      _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, b_bits))),
-              static_cast<__mmask16>(low_lanes), inside, count, over);
-    sort_keys(bracket,
-              keys_of(_mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x_bits)),
-                      _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, b_bits))),
-              static_cast<__mmask16>(high_lanes), inside, count, over);
+    // The lanes of bf16_lanes.h's widen_low and widen_high.
+    const auto low_lanes = static_cast<__mmask16>(_pext_u32(live, kLowHalfEntries));
+    const auto high_lanes = static_cast<__mmask16>(_pext_u32(live, kHighHalfEntries));
+    sort_keys(bracket, keys_of(widen_low(x_bits), widen_low(b_bits)), low_lanes, inside, count,
+              over);
+    sort_keys(bracket, keys_of(widen_high(x_bits), widen_high(b_bits)), high_lanes, inside, count,
+              over);
   }
   *above = over;
   return count;

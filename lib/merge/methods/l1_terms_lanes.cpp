@@ -1,7 +1,7 @@
 // The L1 terms of a rescaled random mask in AVX-512 registers: see l1_terms_lanes.h.
 //
 // 32 entries per step, widened from the bf16 bits into two vectors of float32 lanes. The rounding
-// of delta leaves out the NaN test (as bf16_lanes.h's round_keeping_nan, its last AND also
+// of delta leaves out the NaN test (bf16_lanes.h's round_magnitude_keeping_nan, its last AND also
 // clearing the sign): every value that is not a NaN gets the reference's bits, and a NaN stays a
 // NaN. A NaN's magnitude is at least 0x7FC00000 here (the subtraction quiets a signalling input,
 // and the rounding keeps the quiet bit), so the largest magnitude's bits, clamped to 0x7FC00000,
@@ -21,7 +21,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include "bf16_lanes.h"  // ALLOY_V4
+#include "bf16_lanes.h"
 #define ALLOY_L1_TERMS_AVX512 1
 #endif
 
@@ -30,19 +30,17 @@ namespace alloy::detail {
 #if ALLOY_L1_TERMS_AVX512
 namespace {
 
+using bf16_lanes::kHighHalfEntries;
+using bf16_lanes::kLowHalfEntries;
+using bf16_lanes::mask_bits_at;
+using bf16_lanes::round_magnitude_keeping_nan;
+using bf16_lanes::widen_high;
+using bf16_lanes::widen_low;
+
 struct Lanes {
   __m512i min_nonzero, max_bits;  // min_nonzero: of magnitude - 1 (a zero wraps to the top)
   __m512d all_low, all_high, kept_low, kept_high;
 };
-
-// The mask's bits of entries [entry, entry + lanes), lanes <= 32: the next word is read only where
-// the lanes reach it (then the shift is above 32, never 0).
-ALLOY_V4 uint32_t keep_bits(const uint64_t* bits, size_t entry, size_t lanes) {
-  const size_t w = entry >> 6, shift = entry & 63;
-  uint64_t word = bits[w] >> shift;
-  if (((entry + lanes - 1) >> 6) != w) word |= bits[w + 1] << (64 - shift);
-  return static_cast<uint32_t>(word);
-}
 
 // Sixteen magnitudes (float32 lanes) and their mask bits.
 ALLOY_V4 void add_magnitudes(Lanes& s, __m512i magnitude, __mmask16 keep) {
@@ -59,35 +57,22 @@ ALLOY_V4 void add_magnitudes(Lanes& s, __m512i magnitude, __mmask16 keep) {
       _mm512_mask_add_pd(s.kept_high, static_cast<__mmask8>(keep >> 8), s.kept_high, high);
 }
 
-// |rnd(x - b)| of float32 lanes: the rounding's last AND also clears the sign.
-ALLOY_V4 __m512i magnitude_of(__m512 x, __m512 b) {
-  const __m512i u = _mm512_castps_si512(_mm512_sub_ps(x, b));
-  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
-  const __m512i half_up = _mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF));
-  const __m512i even = _mm512_mask_add_epi32(half_up, odd, half_up, _mm512_set1_epi32(1));
-  return _mm512_and_si512(even, _mm512_set1_epi32(0x7FFF0000));
-}
-
-// Entries [entry, entry + lanes), lanes <= 32, at x and b. Interleaving 32 bf16 values with zeros
-// (vpunpcklwd / vpunpckhwd) makes float32 lanes of entries 0-3, 8-11, 16-19, 24-27 (low) and 4-7,
-// 12-15, 20-23, 28-31 (high); the mask's bits are gathered in the same order (pext). Lanes past
-// `lanes` read +0, whose magnitude +0 changes no sum, no largest magnitude and no smallest nonzero
-// one, whatever its mask bit.
+// Entries [entry, entry + lanes), lanes <= 32, at x and b, widened in the order of bf16_lanes.h's
+// widen_low / widen_high, the mask's bits gathered in that order. Lanes past `lanes` read +0, whose
+// magnitude +0 changes no sum, no largest magnitude and no smallest nonzero one, whatever its mask
+// bit.
 ALLOY_V4 void add_entries(Lanes& s, const uint16_t* x, const uint16_t* b, const uint64_t* bits,
                           size_t entry, size_t lanes) {
   const __mmask32 live = _bzhi_u32(~0u, static_cast<unsigned>(lanes));
   const __m512i x_bits = _mm512_maskz_loadu_epi16(live, x),
                 b_bits = _mm512_maskz_loadu_epi16(live, b);
-  const __m512i zero = _mm512_setzero_si512();
-  const uint32_t keep = keep_bits(bits, entry, lanes);
+  const auto keep = static_cast<uint32_t>(mask_bits_at(bits, entry, lanes));
   add_magnitudes(s,
-                 magnitude_of(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, x_bits)),
-                              _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, b_bits))),
-                 static_cast<__mmask16>(_pext_u32(keep, 0x0F0F0F0Fu)));
+                 round_magnitude_keeping_nan(_mm512_sub_ps(widen_low(x_bits), widen_low(b_bits))),
+                 static_cast<__mmask16>(_pext_u32(keep, kLowHalfEntries)));
   add_magnitudes(s,
-                 magnitude_of(_mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, x_bits)),
-                              _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, b_bits))),
-                 static_cast<__mmask16>(_pext_u32(keep, 0xF0F0F0F0u)));
+                 round_magnitude_keeping_nan(_mm512_sub_ps(widen_high(x_bits), widen_high(b_bits))),
+                 static_cast<__mmask16>(_pext_u32(keep, kHighHalfEntries)));
 }
 
 __attribute__((target("arch=x86-64-v4"))) L1BlockTerms terms(const uint16_t* x, const uint16_t* b,

@@ -501,21 +501,20 @@ class RankSelector {
       const size_t block = std::min(kBlock, len - j0);
       uint32_t above_block = 0;
       size_t count = 0;
-      if constexpr (std::is_same_v<In, uint16_t>) {
-        if (in_lanes) {
+      if (in_lanes) {
+        if constexpr (std::is_same_v<In, uint16_t>) {
           count = bracket_bins_bf16_avx512(x + j0, b + j0, block, lo, hi, inside, &above_block);
         }
-      }
-      if (!in_lanes) {
+      } else {
         for (size_t j = 0; j < block; ++j) {
           const uint32_t bin = high_bin(source_value(x, j0 + j), source_value(b, j0 + j));
           bins[j] = bin;
           above_block += bin > hi;
         }
+        if (lo <= hi) count = pack_bins_inside(bins, block, lo, hi - lo, inside);
       }
       above += above_block;
       if (lo > hi) continue;
-      if (!in_lanes) count = pack_bins_inside(bins, block, lo, hi - lo, inside);
       if (!split) {
         for (size_t k = 0; k < count; ++k) ++h[inside[k]];
         continue;
@@ -859,12 +858,11 @@ void add_l1_run(size_t first, const In* b, const In* const* xs, const DeltaMask*
     bool exact = true;
     L1Range ranges[N];
     for (size_t p = 0; p < N; ++p) {
-      if constexpr (std::is_same_v<In, uint16_t>) {
-        if (in_lanes[p]) {
+      if (in_lanes[p]) {
+        if constexpr (std::is_same_v<In, uint16_t>) {
           ranges[p] = l1_terms_bf16_avx512(xs[p] + b0, b + b0, masks[p]->bits, first + b0, block);
         }
-      }
-      if (!in_lanes[p]) {
+      } else {
         ranges[p] = L1Terms<R>::of(xs[p] + b0, b + b0, *masks[p], first + b0, block, delta,
                                    magnitude[p], kept[p]);
       }

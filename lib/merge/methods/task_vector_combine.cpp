@@ -98,10 +98,8 @@ ALLOY_V4 __mmask16 before(const CutLanes& cut, __m512 d, __m512i j) {
 // DeltaMask::Before's).
 ALLOY_V4 __m512 keep(const ModelLanes& lane, __m512 d, __m512i j, size_t entry, size_t lanes) {
   if (lane.bits != nullptr) {
-    const size_t w = entry >> 6, shift = entry & 63;
-    uint64_t word = lane.bits[w] >> shift;
-    // The next word only where the lanes reach it (a full group always lies within the mask).
-    if (((entry + lanes - 1) >> 6) != w) word |= lane.bits[w + 1] << (64 - shift);
+    // (A full group always lies within the mask's words.)
+    const uint64_t word = bf16_lanes::mask_bits_at(lane.bits, entry, lanes);
     return _mm512_maskz_mov_ps(static_cast<__mmask16>(word), d);
   }
   __mmask16 kept = before(lane.high, d, j);

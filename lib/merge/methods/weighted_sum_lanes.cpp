@@ -1,10 +1,10 @@
 // linear's and slerp's bf16 weighted sums in AVX-512 registers: see weighted_sum_lanes.h.
 //
-// 32 bf16 elements are one 512-bit load. Interleaving them with zeros (vpunpcklwd / vpunpckhwd)
-// puts each element in the high half of a 32-bit lane, which is its float32 value, in the order
-// 0-3, 8-11, 16-19, 24-27 (low) and 4-7, 12-15, 20-23, 28-31 (high). The merge is element-wise, so
-// the order does not matter until the store, and vpackusdw of the two results' high halves puts
-// the elements back in their order (it packs per 128-bit lane, low then high: the inverse).
+// 32 bf16 elements are one 512-bit load, widened into float32 lanes in bf16_lanes.h's order
+// (widen_low: 0-3, 8-11, 16-19, 24-27; widen_high: 4-7, 12-15, 20-23, 28-31). The merge is
+// element-wise, so the order does not matter until the store, and vpackusdw of the two results'
+// high halves puts the elements back in their order (it packs per 128-bit lane, low then high: the
+// inverse).
 #include "weighted_sum_lanes.h"
 
 #include <cstdint>
@@ -57,14 +57,12 @@ template <size_t kModels, LinearNormalize kNormalize, bool kBlend, bool kWhole,
           bool kStream = false>
 ALLOY_V4 size_t merge_32(const uint16_t* const* xs, const __m512* weight, __m512 factor, size_t j,
                          __mmask32 live, uint16_t* out) {
-  const __m512i zero = _mm512_setzero_si512();
   __m512 low = _mm512_setzero_ps(), high = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (size_t m = 0; m < kModels; ++m) {
     const __m512i bits =
         kWhole ? _mm512_loadu_si512(xs[m] + j) : _mm512_maskz_loadu_epi16(live, xs[m] + j);
-    const __m512 x_low = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, bits));
-    const __m512 x_high = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, bits));
+    const __m512 x_low = bf16_lanes::widen_low(bits), x_high = bf16_lanes::widen_high(bits);
     if constexpr (kBlend) {
       static_assert(kModels == 2);
       if (m == 0) {
