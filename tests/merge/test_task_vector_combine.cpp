@@ -111,52 +111,61 @@ TEST(TaskVectorCombine, RegistersGiveTheFormulasBitsForEveryOptionAndRule) {
   for (size_t m = 0; m < 7; ++m) rows.push_back(test::bf16_pattern_row(n, gen, base));
   std::vector<uint64_t> words((n + 63) / 64);
   for (auto& w : words) w = gen();
-  const float weights[] = {0.5f, -0.3125f, 0.0f, 1.0f, 2.5f, round_to_bf16(3e38f), 0.75f};
+  // Weights of every kind, then powers of two only (and zero), whose products and divisors the
+  // kernel treats apart: roundings left out where a product is exact, reciprocals for divisors.
+  // The tiny and huge powers make products and quotients underflow into subnormals, where a
+  // rounding is needed after all.
+  const std::vector<float> any_weights = {0.5f,  -0.3125f, 0.0f, 1.0f, 2.5f, round_to_bf16(3e38f),
+                                          0.75f, -INFINITY};
+  const std::vector<float> power_weights = {0.5f, 0x1p-100f, 1.0f, 0.25f, 0x1p100f, 2.0f, 0.0f};
   // The key of a common magnitude: many ties in every call.
   const uint32_t key = float_to_bits(0x1p-6f);
   size_t compared = 0, non_finite = 0, kept_some = 0;
-  for (size_t count : {1, 2, 3, 4, 5, 7}) {
-    for (int option_bits = 0; option_bits < 8; ++option_bits) {
-      const TaskVectorCombine options{(option_bits & 1) != 0, (option_bits & 2) != 0,
-                                      (option_bits & 4) != 0, 0.69921875f, 0.8125f};
-      for (int kind = 0; kind <= 10; ++kind) {
-        // Calls at odd offsets and lengths: whole groups of four, single groups and tails, and
-        // bit words crossed anywhere.
-        for (const auto& [first, len] : {std::pair<size_t, size_t>{0, n},
-                                         {37, 1},
-                                         {64, 15},
-                                         {100, 16},
-                                         {130, 17},
-                                         {203, 64},
-                                         {300, 65},
-                                         {411, 589}}) {
-          std::vector<TaskVectorInput> inputs;
-          std::vector<const uint16_t*> xs;
-          for (size_t m = 0; m < count; ++m) {
-            // Models differ in rule: the kind for the first, others cycled through the kinds.
-            const int model_kind = m == 0 ? kind : static_cast<int>((kind + 3 * m) % 11);
-            inputs.push_back({nullptr, mask_of_kind(model_kind, words, key, first, len),
-                              weights[(m + option_bits) % std::size(weights)]});
-            xs.push_back(rows[m].data() + first);
+  for (const std::vector<float>* weights : {&any_weights, &power_weights}) {
+    const float plain_divisor = weights == &any_weights ? 0.8125f : 0.25f;
+    for (size_t count : {1, 2, 3, 4, 5, 7}) {
+      for (int option_bits = 0; option_bits < 8; ++option_bits) {
+        const TaskVectorCombine options{(option_bits & 1) != 0, (option_bits & 2) != 0,
+                                        (option_bits & 4) != 0, 0.69921875f, plain_divisor};
+        for (int kind = 0; kind <= 10; ++kind) {
+          // Calls at odd offsets and lengths: whole runs of eight groups, single groups and tails,
+          // and bit words crossed anywhere.
+          for (const auto& [first, len] : {std::pair<size_t, size_t>{0, n},
+                                           {37, 1},
+                                           {64, 15},
+                                           {100, 16},
+                                           {130, 17},
+                                           {203, 64},
+                                           {300, 65},
+                                           {411, 589}}) {
+            std::vector<TaskVectorInput> inputs;
+            std::vector<const uint16_t*> xs;
+            for (size_t m = 0; m < count; ++m) {
+              // Models differ in rule: the kind for the first, others cycled through the kinds.
+              const int model_kind = m == 0 ? kind : static_cast<int>((kind + 3 * m) % 11);
+              inputs.push_back({nullptr, mask_of_kind(model_kind, words, key, first, len),
+                                (*weights)[(m + option_bits) % weights->size()]});
+              xs.push_back(rows[m].data() + first);
+            }
+            std::vector<uint16_t> got(len + 1, 0xBEEF);
+            const size_t bad =
+                combine_task_vectors_bf16_avx512(inputs.data(), count, options, base.data() + first,
+                                                 xs.data(), first, len, got.data());
+            size_t expected_bad = 0;
+            for (size_t j = 0; j < len; ++j) {
+              const uint16_t expected =
+                  reference_element(inputs, options, base.data() + first, xs.data(), first, j);
+              expected_bad += (expected & 0x7F80) == 0x7F80;
+              ASSERT_EQ(got[j], expected)
+                  << count << " models, options " << option_bits << ", rule " << kind << ", call ["
+                  << first << ", " << first + len << "), element " << first + j;
+              kept_some += expected != base[first + j];
+            }
+            ASSERT_EQ(bad, expected_bad)
+                << count << " models, options " << option_bits << ", rule " << kind;
+            ASSERT_EQ(got[len], 0xBEEF) << "written past the call";
+            compared += len, non_finite += bad;
           }
-          std::vector<uint16_t> got(len + 1, 0xBEEF);
-          const size_t bad =
-              combine_task_vectors_bf16_avx512(inputs.data(), count, options, base.data() + first,
-                                               xs.data(), first, len, got.data());
-          size_t expected_bad = 0;
-          for (size_t j = 0; j < len; ++j) {
-            const uint16_t expected =
-                reference_element(inputs, options, base.data() + first, xs.data(), first, j);
-            expected_bad += (expected & 0x7F80) == 0x7F80;
-            ASSERT_EQ(got[j], expected)
-                << count << " models, options " << option_bits << ", rule " << kind << ", call ["
-                << first << ", " << first + len << "), element " << first + j;
-            kept_some += expected != base[first + j];
-          }
-          ASSERT_EQ(bad, expected_bad)
-              << count << " models, options " << option_bits << ", rule " << kind;
-          ASSERT_EQ(got[len], 0xBEEF) << "written past the call";
-          compared += len, non_finite += bad;
         }
       }
     }
