@@ -16,4 +16,16 @@ bool cpu_has_x86_64_v4() {
 #endif
 }
 
+bool cpu_has_avx512_vbmi2() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi2");
+  }();
+  return supported;
+#else
+  return false;
+#endif
+}
+
 }  // namespace alloy

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -34,31 +35,37 @@ TEST(BracketBinsLanes, CountAboveAndBinsInsideAreTheDefinitions) {
   const std::pair<uint32_t, uint32_t> brackets[] = {
       {0, 0},           {0, 0x7F},        {0x3B00, 0x3C80}, {0x3C00, 0x3C00},
       {0x7F80, 0x7FFF}, {0x7FC0, 0x7FC0}, {0, 0x7FFF}};
-  std::vector<uint32_t> inside(256 + 16);
+  std::vector<uint16_t> inside(256 + 32);
   size_t nan_bins = 0, inside_total = 0, above_total = 0;
-  for (const auto& [lo, hi] : brackets) {
-    for (const auto& [first, len] : kCalls) {
-      std::vector<uint32_t> want;
-      uint32_t want_above = 0;
-      for (size_t j = first; j < first + len; ++j) {
-        const float delta = round_to_bf16(bf16_to_f32(x[j]) - bf16_to_f32(b[j]));
-        const uint32_t bin = (float_to_bits(delta) & 0x7FFFFFFFu) >> 16;
-        if (bin > hi) ++want_above;
-        if (bin >= lo && bin <= hi) want.push_back(bin);
-        nan_bins += bin == 0x7FC0;
+  // Both packings of the bins inside: one instruction per 32 (VBMI2, where the CPU has it) and two.
+  std::vector<bool> packings = {false};
+  if (bracket_bins_packs_words()) packings.push_back(true);
+  for (const bool words : packings) {
+    for (const auto& [lo, hi] : brackets) {
+      for (const auto& [first, len] : kCalls) {
+        std::vector<uint32_t> want;
+        uint32_t want_above = 0;
+        for (size_t j = first; j < first + len; ++j) {
+          const float delta = round_to_bf16(bf16_to_f32(x[j]) - bf16_to_f32(b[j]));
+          const uint32_t bin = (float_to_bits(delta) & 0x7FFFFFFFu) >> 16;
+          if (bin > hi) ++want_above;
+          if (bin >= lo && bin <= hi) want.push_back(bin);
+          nan_bins += bin == 0x7FC0;
+        }
+        uint32_t above = 0xDEAD;
+        const size_t count = bracket_bins_bf16_avx512(x.data() + first, b.data() + first, len, lo,
+                                                      hi, inside.data(), &above, words);
+        const std::string call = "bracket [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                 "], call at " + std::to_string(first) + ", " +
+                                 std::to_string(len) + (words ? ", words" : ", double words");
+        ASSERT_EQ(above, want_above) << call;
+        ASSERT_EQ(count, want.size()) << call;
+        std::vector<uint32_t> got(inside.begin(), inside.begin() + static_cast<ptrdiff_t>(count));
+        std::sort(got.begin(), got.end());
+        std::sort(want.begin(), want.end());
+        EXPECT_EQ(got, want) << call;
+        inside_total += count, above_total += above;
       }
-      uint32_t above = 0xDEAD;
-      const size_t count = bracket_bins_bf16_avx512(x.data() + first, b.data() + first, len, lo, hi,
-                                                    inside.data(), &above);
-      ASSERT_EQ(above, want_above)
-          << "bracket [" << lo << ", " << hi << "], call at " << first << ", " << len;
-      ASSERT_EQ(count, want.size()) << "bracket [" << lo << ", " << hi << "], call at " << first;
-      std::vector<uint32_t> got(inside.begin(), inside.begin() + static_cast<ptrdiff_t>(count));
-      std::sort(got.begin(), got.end());
-      std::sort(want.begin(), want.end());
-      EXPECT_EQ(got, want) << "bracket [" << lo << ", " << hi << "], call at " << first << ", "
-                           << len;
-      inside_total += count, above_total += above;
     }
   }
   EXPECT_GT(nan_bins, 0u);

@@ -1,14 +1,16 @@
 // The TIES family's bracketed histogram pass in AVX-512 registers: see bracket_bins_lanes.h.
 //
 // 32 entries per step, widened into two vectors of float32 lanes (bf16_lanes.h's widen_low and
-// widen_high: the order does not matter to a histogram). The rounding leaves out the NaN test and
-// its last AND also clears the sign (round_magnitude_keeping_nan), which gives the magnitude key
-// with a zero low half; a NaN's key, at least 0x7FC00000 here (the subtraction quiets a signalling
-// input, the rounding keeps the quiet bit), is clamped to 0x7FC00000, the reference's. The
-// bracket's tests run on the keys, unsigned: bin > hi is key > (hi << 16 | 0xFFFF), and
-// lo <= bin <= hi is key - (lo << 16) <= (hi - lo) << 16. The bins inside are packed in a register
-// (vpcompressd) and shifted down there. About 12 vector instructions per 16 entries, where the
-// portable loops took about 25.
+// widen_high: the order does not matter to a histogram) and subtracted there. Of the rounding only
+// the high half of each lane is kept: one word permute (vpermt2w) gathers the 32 rounded bf16
+// values as words, so the rounding needs no AND of its own, and the sign is cleared and a NaN's bin
+// (at least 0x7FC0 here: the subtraction quiets a signalling input, the rounding keeps the quiet
+// bit) clamped to 0x7FC0, the reference's, once for all 32. The bracket's tests then run on the
+// 32 bins at once, unsigned: bin > hi, and lo <= bin <= hi as bin - lo <= hi - lo (a bin below lo
+// wraps above 0x7FFF). The bins inside are packed in a register and stored whole: 32 words by one
+// vpcompressw on CPUs with AVX-512 VBMI2, else each 16 widened to double words, packed by
+// vpcompressd and narrowed back. About 11 vector instructions per 16 entries (VBMI2), where the
+// double-word kernel before it took about 15 and the portable loops about 25.
 #include "bracket_bins_lanes.h"
 
 #include "alloy/core/cpu_features.h"
@@ -30,53 +32,104 @@ namespace {
 
 using bf16_lanes::kHighHalfEntries;
 using bf16_lanes::kLowHalfEntries;
-using bf16_lanes::round_magnitude_keeping_nan;
 using bf16_lanes::widen_high;
 using bf16_lanes::widen_low;
 
+// round_to_bf16's steps but the last AND, on float32 lanes: the rounded value is the high half.
+ALLOY_V4 __m512i rounded_high_halves(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
+  const __m512i half_up = _mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF));
+  return _mm512_mask_add_epi32(half_up, odd, half_up, _mm512_set1_epi32(1));
+}
+
+// The bins of 32 entries as words: those of widen_low's lanes in words 0-15, of widen_high's in
+// words 16-31 (the odd words of the two vectors of rounded values).
+ALLOY_V4 __m512i bins_of(__m512i x_bits, __m512i b_bits) {
+  const __m512i low = rounded_high_halves(_mm512_sub_ps(widen_low(x_bits), widen_low(b_bits)));
+  const __m512i high = rounded_high_halves(_mm512_sub_ps(widen_high(x_bits), widen_high(b_bits)));
+  const __m512i odd_words =
+      _mm512_setr_epi32(0x00030001, 0x00070005, 0x000B0009, 0x000F000D, 0x00130011, 0x00170015,
+                        0x001B0019, 0x001F001D, 0x00230021, 0x00270025, 0x002B0029, 0x002F002D,
+                        0x00330031, 0x00370035, 0x003B0039, 0x003F003D);
+  const __m512i rounded = _mm512_permutex2var_epi16(low, odd_words, high);
+  return _mm512_min_epu16(_mm512_and_si512(rounded, _mm512_set1_epi16(0x7FFF)),
+                          _mm512_set1_epi16(0x7FC0));
+}
+
+// The bracket of bins [lo, hi] as the tests on words use it.
 struct Bracket {
-  __m512i above_limit, low, width;
+  __m512i hi, lo, width;
 };
-
-// The magnitude keys of rnd(x - b) for float32 lanes x and b, a NaN's clamped to 0x7FC00000.
-ALLOY_V4 __m512i keys_of(__m512 x, __m512 b) {
-  return _mm512_min_epu32(round_magnitude_keeping_nan(_mm512_sub_ps(x, b)),
-                          _mm512_set1_epi32(0x7FC00000));
+ALLOY_V4 Bracket bracket_of(uint32_t lo, uint32_t hi) {
+  return {_mm512_set1_epi16(static_cast<short>(hi)), _mm512_set1_epi16(static_cast<short>(lo)),
+          _mm512_set1_epi16(static_cast<short>(hi - lo))};
 }
 
-// Sixteen keys, of which lanes `live` are entries: the count above and the bins inside.
-ALLOY_V4 void sort_keys(const Bracket& bracket, __m512i keys, __mmask16 live, uint32_t* inside,
-                        size_t& count, uint32_t& above) {
-  above += static_cast<uint32_t>(
-      __builtin_popcount(_mm512_mask_cmpgt_epu32_mask(live, keys, bracket.above_limit)));
-  const __mmask16 in =
-      _mm512_mask_cmple_epu32_mask(live, _mm512_sub_epi32(keys, bracket.low), bracket.width);
-  // Compressed in a register, then stored whole: the compress-to-memory form is microcoded and
-  // slow on some cores (AMD Zen 4).
-  _mm512_storeu_si512(inside + count, _mm512_srli_epi32(_mm512_maskz_compress_epi32(in, keys), 16));
-  count += static_cast<size_t>(__builtin_popcount(in));
+// Entries [j, j + 32) (those below len): their bins, the mask of those inside the bracket, and how
+// many are above it.
+struct Step {
+  __m512i bins;
+  __mmask32 inside;
+  uint32_t above;
+};
+ALLOY_V4 Step step_at(const uint16_t* x, const uint16_t* b, size_t j, size_t len,
+                      const Bracket& bracket) {
+  const size_t lanes = len - j < 32 ? len - j : 32;
+  const __mmask32 live = _bzhi_u32(~0u, static_cast<unsigned>(lanes));
+  const __m512i bins =
+      bins_of(_mm512_maskz_loadu_epi16(live, x + j), _mm512_maskz_loadu_epi16(live, b + j));
+  // The entries in bins_of's order.
+  const __mmask32 entries =
+      _pext_u32(live, kLowHalfEntries) | (_pext_u32(live, kHighHalfEntries) << 16);
+  const auto above = static_cast<uint32_t>(
+      __builtin_popcount(_mm512_mask_cmpgt_epu16_mask(entries, bins, bracket.hi)));
+  return {bins,
+          _mm512_mask_cmple_epu16_mask(entries, _mm512_sub_epi16(bins, bracket.lo), bracket.width),
+          above};
 }
 
-__attribute__((target("arch=x86-64-v4"))) size_t bracket_bins(const uint16_t* x, const uint16_t* b,
-                                                              size_t len, uint32_t lo, uint32_t hi,
-                                                              uint32_t* inside, uint32_t* above) {
-  const Bracket bracket{_mm512_set1_epi32(static_cast<int>(hi << 16 | 0xFFFFu)),
-                        _mm512_set1_epi32(static_cast<int>(lo << 16)),
-                        _mm512_set1_epi32(static_cast<int>((hi - lo) << 16))};
+// The two kernels differ only in how they pack the bins inside (64 bytes stored per step): one
+// vpcompressw per 32 (AVX-512 VBMI2, which the x86-64-v4 level does not include), or each half
+// widened to double words, packed by vpcompressd and narrowed back.
+__attribute__((target("arch=x86-64-v4,avx512vbmi2"))) size_t bracket_bins_words(
+    const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo, uint32_t hi, uint16_t* inside,
+    uint32_t* above) {
+  const Bracket bracket = bracket_of(lo, hi);
   size_t count = 0;
   uint32_t over = 0;
   for (size_t j = 0; j < len; j += 32) {
-    const size_t lanes = len - j < 32 ? len - j : 32;
-    const __mmask32 live = _bzhi_u32(~0u, static_cast<unsigned>(lanes));
-    const __m512i x_bits = _mm512_maskz_loadu_epi16(live, x + j);
-    const __m512i b_bits = _mm512_maskz_loadu_epi16(live, b + j);
-    // The lanes of bf16_lanes.h's widen_low and widen_high.
-    const auto low_lanes = static_cast<__mmask16>(_pext_u32(live, kLowHalfEntries));
-    const auto high_lanes = static_cast<__mmask16>(_pext_u32(live, kHighHalfEntries));
-    sort_keys(bracket, keys_of(widen_low(x_bits), widen_low(b_bits)), low_lanes, inside, count,
-              over);
-    sort_keys(bracket, keys_of(widen_high(x_bits), widen_high(b_bits)), high_lanes, inside, count,
-              over);
+    const Step step = step_at(x, b, j, len, bracket);
+    over += step.above;
+    _mm512_storeu_si512(inside + count, _mm512_maskz_compress_epi16(step.inside, step.bins));
+    count += static_cast<size_t>(__builtin_popcount(step.inside));
+  }
+  *above = over;
+  return count;
+}
+
+// Words [16 kHalf, 16 kHalf + 16) of a step's bins that are inside, packed at out (32 bytes
+// written) by way of double words; returns how many.
+template <int kHalf>
+ALLOY_V4 size_t pack_half_inside(const Step& step, uint16_t* out) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(step.bins, kHalf));
+  const auto lanes = static_cast<__mmask16>(step.inside >> (16 * kHalf));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                      _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(lanes, wide)));
+  return static_cast<size_t>(__builtin_popcount(lanes));
+}
+
+__attribute__((target("arch=x86-64-v4"))) size_t bracket_bins_double_words(
+    const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo, uint32_t hi, uint16_t* inside,
+    uint32_t* above) {
+  const Bracket bracket = bracket_of(lo, hi);
+  size_t count = 0;
+  uint32_t over = 0;
+  for (size_t j = 0; j < len; j += 32) {
+    const Step step = step_at(x, b, j, len, bracket);
+    over += step.above;
+    count += pack_half_inside<0>(step, inside + count);
+    count += pack_half_inside<1>(step, inside + count);
   }
   *above = over;
   return count;
@@ -88,9 +141,15 @@ bool can_bracket_bins_bf16_avx512() {
   return cpu_has_x86_64_v4();
 }
 
+bool bracket_bins_packs_words() {
+  return cpu_has_x86_64_v4() && cpu_has_avx512_vbmi2();
+}
+
 size_t bracket_bins_bf16_avx512(const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo,
-                                uint32_t hi, uint32_t* inside, uint32_t* above) {
-  return bracket_bins(x, b, len, lo, hi, inside, above);
+                                uint32_t hi, uint16_t* inside, uint32_t* above, bool words) {
+  return words && bracket_bins_packs_words()
+             ? bracket_bins_words(x, b, len, lo, hi, inside, above)
+             : bracket_bins_double_words(x, b, len, lo, hi, inside, above);
 }
 
 #else
@@ -98,8 +157,11 @@ size_t bracket_bins_bf16_avx512(const uint16_t* x, const uint16_t* b, size_t len
 bool can_bracket_bins_bf16_avx512() {
   return false;
 }
+bool bracket_bins_packs_words() {
+  return false;
+}
 size_t bracket_bins_bf16_avx512(const uint16_t*, const uint16_t*, size_t, uint32_t, uint32_t,
-                                uint32_t*, uint32_t*) {
+                                uint16_t*, uint32_t*, bool) {
   return 0;
 }
 

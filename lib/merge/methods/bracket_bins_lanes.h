@@ -18,10 +18,14 @@ namespace alloy::detail {
 // Whether bracket_bins_bf16_avx512 can run here: an x86-64-v4 CPU.
 bool can_bracket_bins_bf16_avx512();
 
+// Whether it packs the bins inside with one instruction per 32 (AVX-512 VBMI2), not two.
+bool bracket_bins_packs_words();
+
 // For entries j < len of the bf16 rows x (a model) and b (the base): the bins in [lo, hi] go to
-// inside (room for len + 16 entries), in some order, and their number is returned; *above is set to
-// how many bins exceed hi. lo <= hi <= 0x7FFF. Only where can_bracket_bins_bf16_avx512().
+// inside (room for len + 32 entries), in some order, and their number is returned; *above is set to
+// how many bins exceed hi. lo <= hi <= 0x7FFF. Only where can_bracket_bins_bf16_avx512(). `words`
+// false: the packing of CPUs without VBMI2 (for tests; the results are the same).
 size_t bracket_bins_bf16_avx512(const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo,
-                                uint32_t hi, uint32_t* inside, uint32_t* above);
+                                uint32_t hi, uint16_t* inside, uint32_t* above, bool words = true);
 
 }  // namespace alloy::detail

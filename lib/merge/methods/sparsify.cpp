@@ -482,6 +482,7 @@ class RankSelector {
                                                                  uint32_t hi, uint32_t* h) const {
     constexpr size_t kBlock = 256;
     uint32_t bins[kBlock], inside[kBlock + 16];
+    uint16_t inside_words[kBlock + 32];  // the register kernel's
     // A narrow bracket holds few bins, so consecutive entries often share one and their increments
     // wait on each other; four interleaved counts per bin, added into h at the end, break the
     // chains. (A wide one has few repeats and counts into h directly.)
@@ -500,33 +501,37 @@ class RankSelector {
     for (size_t j0 = 0; j0 < len; j0 += kBlock) {
       const size_t block = std::min(kBlock, len - j0);
       uint32_t above_block = 0;
-      size_t count = 0;
+      // The bins inside, of either kernel.
+      const auto count_inside = [&](const auto* inside, size_t count) {
+        if (!split) {
+          for (size_t k = 0; k < count; ++k) ++h[inside[k]];
+          return;
+        }
+        size_t k = 0;
+        for (; k + 4 <= count; k += 4) {
+          ++counts[0][inside[k] - lo];
+          ++counts[1][inside[k + 1] - lo];
+          ++counts[2][inside[k + 2] - lo];
+          ++counts[3][inside[k + 3] - lo];
+        }
+        for (; k < count; ++k) ++counts[0][inside[k] - lo];
+      };
       if (in_lanes) {
         if constexpr (std::is_same_v<In, uint16_t>) {
-          count = bracket_bins_bf16_avx512(x + j0, b + j0, block, lo, hi, inside, &above_block);
+          const size_t count =
+              bracket_bins_bf16_avx512(x + j0, b + j0, block, lo, hi, inside_words, &above_block);
+          above += above_block;
+          count_inside(inside_words, count);
         }
-      } else {
-        for (size_t j = 0; j < block; ++j) {
-          const uint32_t bin = high_bin(source_value(x, j0 + j), source_value(b, j0 + j));
-          bins[j] = bin;
-          above_block += bin > hi;
-        }
-        if (lo <= hi) count = pack_bins_inside(bins, block, lo, hi - lo, inside);
-      }
-      above += above_block;
-      if (lo > hi) continue;
-      if (!split) {
-        for (size_t k = 0; k < count; ++k) ++h[inside[k]];
         continue;
       }
-      size_t k = 0;
-      for (; k + 4 <= count; k += 4) {
-        ++counts[0][inside[k] - lo];
-        ++counts[1][inside[k + 1] - lo];
-        ++counts[2][inside[k + 2] - lo];
-        ++counts[3][inside[k + 3] - lo];
+      for (size_t j = 0; j < block; ++j) {
+        const uint32_t bin = high_bin(source_value(x, j0 + j), source_value(b, j0 + j));
+        bins[j] = bin;
+        above_block += bin > hi;
       }
-      for (; k < count; ++k) ++counts[0][inside[k] - lo];
+      above += above_block;
+      if (lo <= hi) count_inside(inside, pack_bins_inside(bins, block, lo, hi - lo, inside));
     }
     if (split) {
       for (uint32_t bin = 0; bin <= hi - lo; ++bin) {
