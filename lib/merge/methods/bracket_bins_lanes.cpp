@@ -66,28 +66,34 @@ ALLOY_V4 Bracket bracket_of(uint32_t lo, uint32_t hi) {
           _mm512_set1_epi16(static_cast<short>(hi - lo))};
 }
 
-// Entries [j, j + 32) (those below len): their bins, the mask of those inside the bracket, and how
-// many are above it.
+// The steps of a call, 32 entries each: step j's bins and the mask of those inside the bracket,
+// with the count of the entries above it kept in `above`.
 struct Step {
   __m512i bins;
   __mmask32 inside;
-  uint32_t above;
 };
-ALLOY_V4 Step step_at(const uint16_t* x, const uint16_t* b, size_t j, size_t len,
-                      const Bracket& bracket) {
-  const size_t lanes = len - j < 32 ? len - j : 32;
-  const __mmask32 live = _bzhi_u32(~0u, static_cast<unsigned>(lanes));
-  const __m512i bins =
-      bins_of(_mm512_maskz_loadu_epi16(live, x + j), _mm512_maskz_loadu_epi16(live, b + j));
-  // The entries in bins_of's order.
-  const __mmask32 entries =
-      _pext_u32(live, kLowHalfEntries) | (_pext_u32(live, kHighHalfEntries) << 16);
-  const auto above = static_cast<uint32_t>(
-      __builtin_popcount(_mm512_mask_cmpgt_epu16_mask(entries, bins, bracket.hi)));
-  return {bins,
-          _mm512_mask_cmple_epu16_mask(entries, _mm512_sub_epi16(bins, bracket.lo), bracket.width),
-          above};
-}
+struct Steps {
+  const uint16_t* x;
+  const uint16_t* b;
+  size_t len;
+  Bracket bracket;
+  uint32_t above = 0;
+
+  // Entries [j, j + 32), those below len.
+  ALLOY_V4 Step at(size_t j) {
+    const size_t lanes = len - j < 32 ? len - j : 32;
+    const __mmask32 live = _bzhi_u32(~0u, static_cast<unsigned>(lanes));
+    const __m512i bins =
+        bins_of(_mm512_maskz_loadu_epi16(live, x + j), _mm512_maskz_loadu_epi16(live, b + j));
+    // The entries in bins_of's order.
+    const __mmask32 entries =
+        _pext_u32(live, kLowHalfEntries) | (_pext_u32(live, kHighHalfEntries) << 16);
+    above += static_cast<uint32_t>(
+        __builtin_popcount(_mm512_mask_cmpgt_epu16_mask(entries, bins, bracket.hi)));
+    return {bins, _mm512_mask_cmple_epu16_mask(entries, _mm512_sub_epi16(bins, bracket.lo),
+                                               bracket.width)};
+  }
+};
 
 // The two kernels differ only in how they pack the bins inside (64 bytes stored per step): one
 // vpcompressw per 32 (AVX-512 VBMI2, which the x86-64-v4 level does not include), or each half
@@ -95,16 +101,14 @@ ALLOY_V4 Step step_at(const uint16_t* x, const uint16_t* b, size_t j, size_t len
 __attribute__((target("arch=x86-64-v4,avx512vbmi2"))) size_t bracket_bins_words(
     const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo, uint32_t hi, uint16_t* inside,
     uint32_t* above) {
-  const Bracket bracket = bracket_of(lo, hi);
+  Steps steps{x, b, len, bracket_of(lo, hi)};
   size_t count = 0;
-  uint32_t over = 0;
   for (size_t j = 0; j < len; j += 32) {
-    const Step step = step_at(x, b, j, len, bracket);
-    over += step.above;
+    const Step step = steps.at(j);
     _mm512_storeu_si512(inside + count, _mm512_maskz_compress_epi16(step.inside, step.bins));
     count += static_cast<size_t>(__builtin_popcount(step.inside));
   }
-  *above = over;
+  *above = steps.above;
   return count;
 }
 
@@ -122,16 +126,14 @@ ALLOY_V4 size_t pack_half_inside(const Step& step, uint16_t* out) {
 __attribute__((target("arch=x86-64-v4"))) size_t bracket_bins_double_words(
     const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo, uint32_t hi, uint16_t* inside,
     uint32_t* above) {
-  const Bracket bracket = bracket_of(lo, hi);
+  Steps steps{x, b, len, bracket_of(lo, hi)};
   size_t count = 0;
-  uint32_t over = 0;
   for (size_t j = 0; j < len; j += 32) {
-    const Step step = step_at(x, b, j, len, bracket);
-    over += step.above;
+    const Step step = steps.at(j);
     count += pack_half_inside<0>(step, inside + count);
     count += pack_half_inside<1>(step, inside + count);
   }
-  *above = over;
+  *above = steps.above;
   return count;
 }
 
