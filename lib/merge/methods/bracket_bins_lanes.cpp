@@ -57,17 +57,8 @@ ALLOY_V4 __m512i bins_of(__m512i x_bits, __m512i b_bits) {
                           _mm512_set1_epi16(0x7FC0));
 }
 
-// The bracket of bins [lo, hi] as the tests on words use it.
-struct Bracket {
-  __m512i hi, lo, width;
-};
-ALLOY_V4 Bracket bracket_of(uint32_t lo, uint32_t hi) {
-  return {_mm512_set1_epi16(static_cast<short>(hi)), _mm512_set1_epi16(static_cast<short>(lo)),
-          _mm512_set1_epi16(static_cast<short>(hi - lo))};
-}
-
-// The steps of a call, 32 entries each: step j's bins and the mask of those inside the bracket,
-// with the count of the entries above it kept in `above`.
+// The steps of a call, 32 entries each: step j's bins and the mask of those inside the bracket
+// [lo, hi], with the count of the entries above it kept in `above`.
 struct Step {
   __m512i bins;
   __mmask32 inside;
@@ -76,10 +67,11 @@ struct Steps {
   const uint16_t* x;
   const uint16_t* b;
   size_t len;
-  Bracket bracket;
+  uint32_t lo, hi;
   uint32_t above = 0;
 
-  // Entries [j, j + 32), those below len.
+  // Entries [j, j + 32), those below len. (Inlined into a loop: the bracket's vectors are made
+  // once.)
   ALLOY_V4 Step at(size_t j) {
     const size_t lanes = len - j < 32 ? len - j : 32;
     const __mmask32 live = _bzhi_u32(~0u, static_cast<unsigned>(lanes));
@@ -88,27 +80,29 @@ struct Steps {
     // The entries in bins_of's order.
     const __mmask32 entries =
         _pext_u32(live, kLowHalfEntries) | (_pext_u32(live, kHighHalfEntries) << 16);
-    above += static_cast<uint32_t>(
-        __builtin_popcount(_mm512_mask_cmpgt_epu16_mask(entries, bins, bracket.hi)));
-    return {bins, _mm512_mask_cmple_epu16_mask(entries, _mm512_sub_epi16(bins, bracket.lo),
-                                               bracket.width)};
+    above += static_cast<uint32_t>(__builtin_popcount(
+        _mm512_mask_cmpgt_epu16_mask(entries, bins, _mm512_set1_epi16(static_cast<short>(hi)))));
+    const __m512i from_lo = _mm512_sub_epi16(bins, _mm512_set1_epi16(static_cast<short>(lo)));
+    return {bins, _mm512_mask_cmple_epu16_mask(entries, from_lo,
+                                               _mm512_set1_epi16(static_cast<short>(hi - lo)))};
   }
 };
 
-// The two kernels differ only in how they pack the bins inside (64 bytes stored per step): one
-// vpcompressw per 32 (AVX-512 VBMI2, which the x86-64-v4 level does not include), or each half
-// widened to double words, packed by vpcompressd and narrowed back.
-__attribute__((target("arch=x86-64-v4,avx512vbmi2"))) size_t bracket_bins_words(
-    const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo, uint32_t hi, uint16_t* inside,
-    uint32_t* above) {
-  Steps steps{x, b, len, bracket_of(lo, hi)};
+// The two kernels differ only in how they pack the bins inside (64 bytes stored per step, at
+// inside + the count so far): one vpcompressw per 32 (AVX-512 VBMI2, which the x86-64-v4 level
+// does not include), or each half widened to double words, packed by vpcompressd and narrowed
+// back. Each returns the count. (They step a copy of `steps`: the stores could alias the original,
+// which would then be reloaded at every step.)
+__attribute__((target("arch=x86-64-v4,avx512vbmi2"))) size_t pack_words(Steps& steps,
+                                                                        uint16_t* inside) {
+  Steps own = steps;
   size_t count = 0;
-  for (size_t j = 0; j < len; j += 32) {
-    const Step step = steps.at(j);
+  for (size_t j = 0; j < own.len; j += 32) {
+    const Step step = own.at(j);
     _mm512_storeu_si512(inside + count, _mm512_maskz_compress_epi16(step.inside, step.bins));
     count += static_cast<size_t>(__builtin_popcount(step.inside));
   }
-  *above = steps.above;
+  steps.above = own.above;
   return count;
 }
 
@@ -123,17 +117,15 @@ ALLOY_V4 size_t pack_half_inside(const Step& step, uint16_t* out) {
   return static_cast<size_t>(__builtin_popcount(lanes));
 }
 
-__attribute__((target("arch=x86-64-v4"))) size_t bracket_bins_double_words(
-    const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo, uint32_t hi, uint16_t* inside,
-    uint32_t* above) {
-  Steps steps{x, b, len, bracket_of(lo, hi)};
+__attribute__((target("arch=x86-64-v4"))) size_t pack_double_words(Steps& steps, uint16_t* inside) {
+  Steps own = steps;
   size_t count = 0;
-  for (size_t j = 0; j < len; j += 32) {
-    const Step step = steps.at(j);
+  for (size_t j = 0; j < own.len; j += 32) {
+    const Step step = own.at(j);
     count += pack_half_inside<0>(step, inside + count);
     count += pack_half_inside<1>(step, inside + count);
   }
-  *above = steps.above;
+  steps.above = own.above;
   return count;
 }
 
@@ -149,9 +141,11 @@ bool bracket_bins_packs_words() {
 
 size_t bracket_bins_bf16_avx512(const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo,
                                 uint32_t hi, uint16_t* inside, uint32_t* above, bool words) {
-  return words && bracket_bins_packs_words()
-             ? bracket_bins_words(x, b, len, lo, hi, inside, above)
-             : bracket_bins_double_words(x, b, len, lo, hi, inside, above);
+  Steps steps{x, b, len, lo, hi};
+  const size_t count = words && bracket_bins_packs_words() ? pack_words(steps, inside)
+                                                           : pack_double_words(steps, inside);
+  *above = steps.above;
+  return count;
 }
 
 #else
