@@ -47,23 +47,24 @@ __attribute__((target("arch=x86-64-v4"))) void keep_words_avx512(uint64_t seed, 
   // for the mask register.
   typedef uint64_t Lanes __attribute__((vector_size(64)));
   const Lanes lane_steps = Lanes{0, 1, 2, 3, 4, 5, 6, 7} * kDrawStep;
-  const __m512i limit = _mm512_set1_epi64(static_cast<long long>(below));
-  const size_t whole_end = std::min(we, n / 64);  // words with all 64 entries
+  // random53 < below is (bits >> 11) < below, i.e. bits < below << 11 (no shift per draw), which
+  // fits 64 bits for below < 2^53; below = 2^53 (every entry kept) takes the loop.
+  const __m512i limit = _mm512_set1_epi64(static_cast<long long>(below << 11));
+  const size_t whole_end = below < (uint64_t{1} << 53) ? std::min(we, n / 64) : wb;
   size_t w = wb;
   for (; w < whole_end; ++w) {
     // random53's argument for entries 64 w + t: seed + (64 w + t + 1) * kDrawStep, modulo 2^64.
     Lanes z = (seed + (w * 64 + 1) * kDrawStep) + lane_steps;
     uint64_t bits = 0;
     for (unsigned group = 0; group < 8; ++group) {
-      Lanes x = z;  // random53 of the eight entries
+      Lanes x = z;  // the eight entries' bits, random53's before its shift
       mix_in_place(x);
-      x >>= 11;
       bits |= uint64_t{_mm512_cmplt_epu64_mask(reinterpret_cast<__m512i>(x), limit)} << (8 * group);
       z += 8 * kDrawStep;
     }
     words[w] = bits;
   }
-  random_keep_words_loop(seed, below, n, w, we, words);  // the last, partial word
+  random_keep_words_loop(seed, below, n, w, we, words);  // the last, partial word (or all)
 }
 
 }  // namespace
