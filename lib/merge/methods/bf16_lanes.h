@@ -21,12 +21,16 @@ namespace alloy::detail::bf16_lanes {
 // another sign or payload, so on such values this gives the reference's bits wherever they are not
 // NaNs and NaNs where the reference's are. The kernels make only the NaNs that reach an output (or
 // a comparison of bits) the reference's 0x7FC00000.
-ALLOY_V4 __m512i round_bits_keeping_nan(__m512 x, uint32_t keep) {
+// Its steps before that AND: the rounded bf16 value is the high half of each lane (a kernel that
+// keeps only the high halves needs no AND).
+ALLOY_V4 __m512i rounded_in_high_halves(__m512 x) {
   const __m512i u = _mm512_castps_si512(x);
   const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
   const __m512i half_up = _mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF));
-  const __m512i even = _mm512_mask_add_epi32(half_up, odd, half_up, _mm512_set1_epi32(1));
-  return _mm512_and_si512(even, _mm512_set1_epi32(static_cast<int>(keep)));
+  return _mm512_mask_add_epi32(half_up, odd, half_up, _mm512_set1_epi32(1));
+}
+ALLOY_V4 __m512i round_bits_keeping_nan(__m512 x, uint32_t keep) {
+  return _mm512_and_si512(rounded_in_high_halves(x), _mm512_set1_epi32(static_cast<int>(keep)));
 }
 ALLOY_V4 __m512 round_keeping_nan(__m512 x) {
   return _mm512_castsi512_ps(round_bits_keeping_nan(x, 0xFFFF0000u));

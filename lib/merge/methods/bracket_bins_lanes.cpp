@@ -32,22 +32,16 @@ namespace {
 
 using bf16_lanes::kHighHalfEntries;
 using bf16_lanes::kLowHalfEntries;
+using bf16_lanes::rounded_in_high_halves;
 using bf16_lanes::widen_high;
 using bf16_lanes::widen_low;
-
-// round_to_bf16's steps but the last AND, on float32 lanes: the rounded value is the high half.
-ALLOY_V4 __m512i rounded_high_halves(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
-  const __m512i half_up = _mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF));
-  return _mm512_mask_add_epi32(half_up, odd, half_up, _mm512_set1_epi32(1));
-}
 
 // The bins of 32 entries as words: those of widen_low's lanes in words 0-15, of widen_high's in
 // words 16-31 (the odd words of the two vectors of rounded values).
 ALLOY_V4 __m512i bins_of(__m512i x_bits, __m512i b_bits) {
-  const __m512i low = rounded_high_halves(_mm512_sub_ps(widen_low(x_bits), widen_low(b_bits)));
-  const __m512i high = rounded_high_halves(_mm512_sub_ps(widen_high(x_bits), widen_high(b_bits)));
+  const __m512i low = rounded_in_high_halves(_mm512_sub_ps(widen_low(x_bits), widen_low(b_bits)));
+  const __m512i high =
+      rounded_in_high_halves(_mm512_sub_ps(widen_high(x_bits), widen_high(b_bits)));
   const __m512i odd_words =
       _mm512_setr_epi32(0x00030001, 0x00070005, 0x000B0009, 0x000F000D, 0x00130011, 0x00170015,
                         0x001B0019, 0x001F001D, 0x00230021, 0x00270025, 0x002B0029, 0x002F002D,
@@ -91,18 +85,18 @@ struct Steps {
 // The two kernels differ only in how they pack the bins inside (64 bytes stored per step, at
 // inside + the count so far): one vpcompressw per 32 (AVX-512 VBMI2, which the x86-64-v4 level
 // does not include), or each half widened to double words, packed by vpcompressd and narrowed
-// back. Each returns the count. (They step a copy of `steps`: the stores could alias the original,
-// which would then be reloaded at every step.)
-__attribute__((target("arch=x86-64-v4,avx512vbmi2"))) size_t pack_words(Steps& steps,
-                                                                        uint16_t* inside) {
-  Steps own = steps;
+// back. Each returns the count and sets *above. (`steps` by value: the stores cannot alias it, as
+// they could a caller's object, which would then be reloaded at every step.)
+__attribute__((target("arch=x86-64-v4,avx512vbmi2"))) size_t pack_words(Steps steps,
+                                                                        uint16_t* inside,
+                                                                        uint32_t* above) {
   size_t count = 0;
-  for (size_t j = 0; j < own.len; j += 32) {
-    const Step step = own.at(j);
+  for (size_t j = 0; j < steps.len; j += 32) {
+    const Step step = steps.at(j);
     _mm512_storeu_si512(inside + count, _mm512_maskz_compress_epi16(step.inside, step.bins));
     count += static_cast<size_t>(__builtin_popcount(step.inside));
   }
-  steps.above = own.above;
+  *above = steps.above;
   return count;
 }
 
@@ -117,15 +111,15 @@ ALLOY_V4 size_t pack_half_inside(const Step& step, uint16_t* out) {
   return static_cast<size_t>(__builtin_popcount(lanes));
 }
 
-__attribute__((target("arch=x86-64-v4"))) size_t pack_double_words(Steps& steps, uint16_t* inside) {
-  Steps own = steps;
+__attribute__((target("arch=x86-64-v4"))) size_t pack_double_words(Steps steps, uint16_t* inside,
+                                                                   uint32_t* above) {
   size_t count = 0;
-  for (size_t j = 0; j < own.len; j += 32) {
-    const Step step = own.at(j);
+  for (size_t j = 0; j < steps.len; j += 32) {
+    const Step step = steps.at(j);
     count += pack_half_inside<0>(step, inside + count);
     count += pack_half_inside<1>(step, inside + count);
   }
-  steps.above = own.above;
+  *above = steps.above;
   return count;
 }
 
@@ -141,11 +135,9 @@ bool bracket_bins_packs_words() {
 
 size_t bracket_bins_bf16_avx512(const uint16_t* x, const uint16_t* b, size_t len, uint32_t lo,
                                 uint32_t hi, uint16_t* inside, uint32_t* above, bool words) {
-  Steps steps{x, b, len, lo, hi};
-  const size_t count = words && bracket_bins_packs_words() ? pack_words(steps, inside)
-                                                           : pack_double_words(steps, inside);
-  *above = steps.above;
-  return count;
+  const Steps steps{x, b, len, lo, hi};
+  return words && bracket_bins_packs_words() ? pack_words(steps, inside, above)
+                                             : pack_double_words(steps, inside, above);
 }
 
 #else

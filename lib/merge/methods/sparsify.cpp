@@ -498,24 +498,24 @@ class RankSelector {
     if constexpr (std::is_same_v<In, uint16_t> && std::is_same_v<R, RoundBF16>) {
       in_lanes = bracket_lanes_ && lo <= hi;
     }
+    // Counts the bins inside of a block, from either kernel.
+    const auto count_inside = [&](const auto* inside, size_t count) {
+      if (!split) {
+        for (size_t k = 0; k < count; ++k) ++h[inside[k]];
+        return;
+      }
+      size_t k = 0;
+      for (; k + 4 <= count; k += 4) {
+        ++counts[0][inside[k] - lo];
+        ++counts[1][inside[k + 1] - lo];
+        ++counts[2][inside[k + 2] - lo];
+        ++counts[3][inside[k + 3] - lo];
+      }
+      for (; k < count; ++k) ++counts[0][inside[k] - lo];
+    };
     for (size_t j0 = 0; j0 < len; j0 += kBlock) {
       const size_t block = std::min(kBlock, len - j0);
       uint32_t above_block = 0;
-      // The bins inside, of either kernel.
-      const auto count_inside = [&](const auto* inside, size_t count) {
-        if (!split) {
-          for (size_t k = 0; k < count; ++k) ++h[inside[k]];
-          return;
-        }
-        size_t k = 0;
-        for (; k + 4 <= count; k += 4) {
-          ++counts[0][inside[k] - lo];
-          ++counts[1][inside[k + 1] - lo];
-          ++counts[2][inside[k + 2] - lo];
-          ++counts[3][inside[k + 3] - lo];
-        }
-        for (; k < count; ++k) ++counts[0][inside[k] - lo];
-      };
       if (in_lanes) {
         if constexpr (std::is_same_v<In, uint16_t>) {
           const size_t count =
