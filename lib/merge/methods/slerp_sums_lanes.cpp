@@ -50,10 +50,14 @@ struct Sums8 {
 };
 
 // One step of every lane: x and y hold element j + (lane % 4) of chunk a (lanes 0-3) or b (4-7).
+// A fused multiply-add: the product of two bf16 values (8-bit significands) is exact in double, so
+// rounding x * y + s once is rounding s + (x * y) after an exact product, the reference's bits.
+// (The build's -ffp-contract=off kept the multiply and the add apart: 0.261 -> 0.218 ns per
+// element pair standalone.)
 ALLOY_V4 void add_step(Sums8& s, __m512d x, __m512d y) {
-  s.xx = _mm512_add_pd(s.xx, _mm512_mul_pd(x, x));
-  s.yy = _mm512_add_pd(s.yy, _mm512_mul_pd(y, y));
-  s.xy = _mm512_add_pd(s.xy, _mm512_mul_pd(x, y));
+  s.xx = _mm512_fmadd_pd(x, x, s.xx);
+  s.yy = _mm512_fmadd_pd(y, y, s.yy);
+  s.xy = _mm512_fmadd_pd(x, y, s.xy);
 }
 
 // The eight steps of elements [j, j + 32) of both chunks. A group past the rows' end (`live` of
