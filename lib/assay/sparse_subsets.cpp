@@ -180,6 +180,23 @@ double subset_sum(const double* u, size_t k, unsigned set, bool consensus) {
   return agreeing;
 }
 
+// keep[i] = 1 where every other resolves element i (its delta nonzero and at least 1/8 of |C_b|),
+// else 0: the test the classification below starts with, in the same double arithmetic, so the
+// two agree element for element. A sweep per other in vectors: tested one element at a time, with
+// an exit at whichever candidate fails first, the test's unpredictable branches were most of the
+// pass's time, and most elements fail it.
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void mark_resolved(
+    const float* b, const float* const* deltas_of, size_t k, size_t count, uint8_t* keep) {
+  for (size_t i = 0; i < count; ++i) keep[i] = 1;
+  for (size_t j = 0; j < k; ++j) {
+    const float* c = deltas_of[j];
+    for (size_t i = 0; i < count; ++i) {
+      const double d = double(c[i]) - double(b[i]);
+      keep[i] &= uint8_t((d != 0) & (std::fabs(d) >= 0.125 * std::fabs(double(b[i]))));
+    }
+  }
+}
+
 }  // namespace
 
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
@@ -202,65 +219,75 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
     Counts part;
     part.resize(k);
     double d[kMaxSubsetCandidates], u[kMaxSubsetCandidates], lin[1u << kMaxSubsetCandidates];
-    for_each_subchunk(views, begin, end, [&](const std::vector<float*>& x, size_t count) {
-      for (size_t i = 0; i < count; ++i) {
-        const double b = x[base][i], s = x[0][i], r = s - b;
-        double slack = 0;
-        bool positive = false, negative = false, resolved = true;
-        for (size_t j = 0; j < k && resolved; ++j) {
-          d[j] = double(x[others[j]][i]) - b;
-          u[j] = scale[j] * d[j];
-          resolved = d[j] != 0 && std::fabs(d[j]) >= 0.125 * std::fabs(b);
-          slack += kScaleSlack * std::fabs(d[j]);
-          positive |= u[j] > 0, negative |= u[j] < 0;
-        }
-        if (!resolved) continue;
-        // Rounding of S and of the stored deltas, plus what the approximate scales may miss.
-        const double tol = 4 * eps * (std::fabs(b) + std::fabs(s)) + slack;
-        if (positive && negative) {
-          // Every value sign consensus makes, the plain sum makes too (with the losers dropped), so
-          // only the other direction is evidence: S made by the plain sum of kept deltas of both
-          // signs, and by no kept set under consensus. Under dare_linear that happens whenever
-          // deltas of both signs are kept; under dare_ties never.
-          bool by_sum = false, by_consensus = false;
-          for (unsigned set = 0; set < sets; ++set) {
-            by_sum |= std::fabs(r - subset_sum(u, k, set, false)) <= tol;
-            by_consensus |= std::fabs(r - subset_sum(u, k, set, true)) <= tol;
-          }
-          if (k >= 3 && !by_consensus) by_consensus = normalized_mean_of_one_sign(u, k, r, tol);
-          ++part.opposite;
-          part.sum += by_sum && !by_consensus;
-          continue;
-        }
-        // Same sign: both rules agree. Classifiable when every two subset sums are apart.
-        bool separated = true;
-        for (unsigned a = 0; a < sets; ++a) lin[a] = subset_sum(u, k, a, false);
-        for (unsigned a = 0; a < sets && separated; ++a) {
-          for (unsigned c = a + 1; c < sets && separated; ++c) separated = std::fabs(lin[a] - lin[c]) > 2 * tol;
-        }
-        if (!separated) continue;
-        ++part.classifiable;
-        bool found = false;
-        for (unsigned set = 0; set < sets; ++set) {
-          if (std::fabs(r - lin[set]) > tol) continue;
-          found = true;
-          ++part.matched;
-          if (set == 0) ++part.none;
-          if (std::has_single_bit(set)) ++part.solo[size_t(std::countr_zero(set))];
-          for (size_t j = 0; j < k; ++j) {
-            if (!(set >> j & 1u)) continue;
-            ++part.kept[j];
-            for (size_t c = 0; c < k; ++c) {
-              if (set >> c & 1u) part.normal(Eigen::Index(j), Eigen::Index(c)) += d[j] * d[c];
+    // Reused by every part this thread runs: no fresh pages per part.
+    static thread_local std::vector<uint8_t> keep(kDefaultGrain);
+    static thread_local std::vector<uint32_t> resolved(kDefaultGrain);
+    for_each_subchunk(
+        views, begin, end,
+        [&](const std::vector<float*>& x, size_t count) {
+          const float* candidates[kMaxSubsetCandidates];
+          for (size_t j = 0; j < k; ++j) candidates[j] = x[others[j]];
+          mark_resolved(x[base], candidates, k, count, keep.data());
+          const size_t m = kept_positions(keep.data(), count, resolved.data());
+          for (size_t t = 0; t < m; ++t) {  // the resolved elements, in order
+            const size_t i = resolved[t];
+            const double b = x[base][i], s = x[0][i], r = s - b;
+            double slack = 0;
+            bool positive = false, negative = false;
+            for (size_t j = 0; j < k; ++j) {
+              d[j] = double(candidates[j][i]) - b;
+              u[j] = scale[j] * d[j];
+              slack += kScaleSlack * std::fabs(d[j]);
+              positive |= u[j] > 0, negative |= u[j] < 0;
             }
-            part.normal(Eigen::Index(j), Eigen::Index(k)) += d[j] * r;
+            // Rounding of S and of the stored deltas, plus what the approximate scales may miss.
+            const double tol = 4 * eps * (std::fabs(b) + std::fabs(s)) + slack;
+            if (positive && negative) {
+              // Every value sign consensus makes, the plain sum makes too (with the losers
+              // dropped), so only the other direction is evidence: S made by the plain sum of kept
+              // deltas of both signs, and by no kept set under consensus. Under dare_linear that
+              // happens whenever deltas of both signs are kept; under dare_ties never.
+              bool by_sum = false, by_consensus = false;
+              for (unsigned set = 0; set < sets; ++set) {
+                by_sum |= std::fabs(r - subset_sum(u, k, set, false)) <= tol;
+                by_consensus |= std::fabs(r - subset_sum(u, k, set, true)) <= tol;
+              }
+              if (k >= 3 && !by_consensus) by_consensus = normalized_mean_of_one_sign(u, k, r, tol);
+              ++part.opposite;
+              part.sum += by_sum && !by_consensus;
+              continue;
+            }
+            // Same sign: both rules agree. Classifiable when every two subset sums are apart.
+            bool separated = true;
+            for (unsigned a = 0; a < sets; ++a) lin[a] = subset_sum(u, k, a, false);
+            for (unsigned a = 0; a < sets && separated; ++a) {
+              for (unsigned c = a + 1; c < sets && separated; ++c)
+                separated = std::fabs(lin[a] - lin[c]) > 2 * tol;
+            }
+            if (!separated) continue;
+            ++part.classifiable;
+            bool found = false;
+            for (unsigned set = 0; set < sets; ++set) {
+              if (std::fabs(r - lin[set]) > tol) continue;
+              found = true;
+              ++part.matched;
+              if (set == 0) ++part.none;
+              if (std::has_single_bit(set)) ++part.solo[size_t(std::countr_zero(set))];
+              for (size_t j = 0; j < k; ++j) {
+                if (!(set >> j & 1u)) continue;
+                ++part.kept[j];
+                for (size_t c = 0; c < k; ++c) {
+                  if (set >> c & 1u) part.normal(Eigen::Index(j), Eigen::Index(c)) += d[j] * d[c];
+                }
+                part.normal(Eigen::Index(j), Eigen::Index(k)) += d[j] * r;
+              }
+              break;
+            }
+            if (!found && k == 2) count_between(u, r, tol, part);
+            if (!found && k >= 3) count_pairs_between(u, k, r, tol, part);
           }
-          break;
-        }
-        if (!found && k == 2) count_between(u, r, tol, part);
-        if (!found && k >= 3) count_pairs_between(u, k, r, tol, part);
-      }
-    }, used);
+        },
+        used);
     return part;
   }, [](Counts acc, const Counts& part) {
     acc.add(part);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "alloy/core/parallel.h"
@@ -39,6 +40,18 @@ void for_each_subchunk(const TensorViews& views, size_t begin, size_t end, Body&
     }
     body(x, count);
   }
+}
+
+// The positions i < count with keep[i] != 0, in increasing order, into `at`; returns how many.
+// Without a branch: a pass that then visits only those elements (a sixth or half of them) no
+// longer pays a mispredicted branch on each element it skips.
+inline size_t kept_positions(const uint8_t* keep, size_t count, uint32_t* at) {
+  size_t m = 0;
+  for (size_t i = 0; i < count; ++i) {
+    at[m] = uint32_t(i);
+    m += keep[i] != 0;
+  }
+  return m;
 }
 
 // The vectors a statistic relative to base b over `others` reads: the suspect, b and the others.
