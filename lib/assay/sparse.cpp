@@ -46,33 +46,44 @@ struct Histograms {
   }
 };
 
-// One other's events at elements [0, count) of a sub-chunk, as indices and flags: the magnitude bin
-// of delta = C - C_b, whether S == C_b ("nothing kept"), whether delta != 0 and S == C ("kept
-// alone"), and the ratio bin of (S - C_b) / delta, or kRatioBins where the element is not well
-// resolved or the ratio falls outside the histogram. Computed in vectors, with the float and
-// double operations of the counting before (so the same bins); the counting itself, a scalar
-// increment per histogram, then has no branches: the well-resolved test and the division inside
-// the counting loop were mispredicted on about a quarter of a fine-tune's elements.
+// One other's events at elements [0, count) of a sub-chunk, as indices and counts: the magnitude
+// bin of delta = C - C_b; the bin's three counts as one word, 1 + [S == C_b] << 16 + [delta != 0
+// and S == C] << 32 (all, "nothing kept", "kept alone": one increment instead of three, each field
+// below 2^16 over a sub-chunk); and the ratio bin of (S - C_b) / delta, or one of kRatioSpares
+// spare bins after the histogram where the element is not well resolved or the ratio falls
+// outside it (the element's index picks the spare: most elements go there, and increments of one
+// counter would wait on each other). Computed in vectors, with
+// the float and double operations of the counting before (so the same bins); the counting itself
+// then has no branches: the well-resolved test and the division inside the counting loop were
+// mispredicted on about a quarter of a fine-tune's elements. `low` and `high` bound the block's
+// magnitude bins.
+constexpr size_t kRatioSpares = 8;
 struct EventBlock {
   static constexpr size_t kSize = 2048;
   uint16_t magnitude[kSize], ratio[kSize];
-  uint8_t none[kSize], self[kSize];
+  uint64_t counts[kSize];
+  uint16_t low, high;
 };
-static_assert(kMagnitudeBins <= 65536 && kRatioBins < 65536, "bins fit 16 bits");
+static_assert(kMagnitudeBins <= 65536 && kRatioBins + kRatioSpares <= 65536, "bins fit 16 bits");
+static_assert(kDefaultGrain < 65536, "a sub-chunk's counts fit their 16-bit fields");
 
 __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void block_events(
     const float* s, const float* b, const float* c, size_t count, EventBlock& e) {
+  uint16_t low = UINT16_MAX, high = 0;
   for (size_t i = 0; i < count; ++i) {
     const float delta = c[i] - b[i];
-    e.magnitude[i] = uint16_t(magnitude_bin(delta));
-    e.none[i] = s[i] == b[i];
-    e.self[i] = (delta != 0) & (s[i] == c[i]);
+    const uint16_t bin = uint16_t(magnitude_bin(delta));
+    e.magnitude[i] = bin;
+    low = std::min(low, bin), high = std::max(high, bin);
+    const uint64_t none = s[i] == b[i], self = (delta != 0) & (s[i] == c[i]);
+    e.counts[i] = 1 | none << 16 | self << 32;
     const bool resolved = (std::fabs(delta) >= 0.125f * std::fabs(b[i])) & (delta != 0);
     const double r = (double(s[i]) - double(b[i])) / double(delta);  // inf or NaN where delta == 0
     const double pos = (r - kRatioLow) / kRatioStep;
     const bool inside = resolved & (pos >= 0) & (pos < double(kRatioBins));
-    e.ratio[i] = inside ? uint16_t(inside ? pos : 0.0) : uint16_t(kRatioBins);
+    e.ratio[i] = inside ? uint16_t(inside ? pos : 0.0) : uint16_t(kRatioBins + i % kRatioSpares);
   }
+  e.low = low, e.high = high;
 }
 
 // keep[i] = 1 where every other's delta at element i is nonzero, above its threshold, and of one
@@ -172,25 +183,37 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
         part.resize(k);
         const size_t begin = (first + w) * grain, end = std::min<size_t>(n, begin + grain);
         EventBlock events;
+        // A sub-chunk's packed counts per magnitude bin (EventBlock::counts), unpacked into the
+        // part's histograms after it; zero between sub-chunks.
+        static thread_local std::vector<uint64_t> packed(kMagnitudeBins, 0);
+        // And its ratio counts, the spare bins after them (EventBlock::ratio).
+        static thread_local std::vector<uint32_t> ratio_counts(kRatioBins + kRatioSpares, 0);
         for_each_subchunk(views, begin, end, [&](const std::vector<float*>& x, size_t count) {
           const float* s = x[0];
           const float* b = x[base];
           for (size_t j = 0; j < k; ++j) {
             const float* c = x[others[j]];
-            uint64_t* all = part.all.data() + j * kMagnitudeBins;
-            uint64_t* none = part.none.data() + j * kMagnitudeBins;
-            uint64_t* self = part.self.data() + j * kMagnitudeBins;
             uint64_t* ratio = part.ratio.data() + j * kRatioBins;
+            size_t low = kMagnitudeBins, high = 0;
             for (size_t i0 = 0; i0 < count; i0 += EventBlock::kSize) {
               const size_t len = std::min(EventBlock::kSize, count - i0);
               block_events(s + i0, b + i0, c + i0, len, events);
+              low = std::min<size_t>(low, events.low), high = std::max<size_t>(high, events.high);
               for (size_t i = 0; i < len; ++i) {
-                const size_t bin = events.magnitude[i], at = events.ratio[i];
-                ++all[bin];
-                none[bin] += events.none[i];
-                self[bin] += events.self[i];
-                ratio[std::min<size_t>(at, kRatioBins - 1)] += at < kRatioBins;
+                packed[events.magnitude[i]] += events.counts[i];
+                ++ratio_counts[events.ratio[i]];
               }
+            }
+            for (size_t bin = 0; bin < kRatioBins; ++bin) ratio[bin] += ratio_counts[bin];
+            std::fill(ratio_counts.begin(), ratio_counts.end(), 0u);
+            uint64_t* all = part.all.data() + j * kMagnitudeBins;
+            uint64_t* none = part.none.data() + j * kMagnitudeBins;
+            uint64_t* self = part.self.data() + j * kMagnitudeBins;
+            for (size_t bin = low; bin <= high && bin < kMagnitudeBins; ++bin) {
+              all[bin] += packed[bin] & 0xFFFF;
+              none[bin] += packed[bin] >> 16 & 0xFFFF;
+              self[bin] += packed[bin] >> 32;
+              packed[bin] = 0;
             }
           }
         }, used);

@@ -169,7 +169,8 @@ bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double tol
 
 // Sum of u over the set bits of `set`; under consensus only the entries whose sign agrees with
 // the sign of that sum (mergekit's "sum" sign election; a zero sum keeps nothing).
-double subset_sum(const double* u, size_t k, unsigned set, bool consensus) {
+[[gnu::always_inline]] inline double subset_sum(const double* u, size_t k, unsigned set,
+                                                bool consensus) {
   double total = 0;
   for (size_t j = 0; j < k; ++j) total += (set >> j & 1u) ? u[j] : 0.0;
   if (!consensus) return total;
@@ -197,6 +198,96 @@ __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void mark_re
   }
 }
 
+// The resolved elements of one sub-chunk, as the classification reads them.
+struct Resolved {
+  const float* base;
+  const float* suspect;
+  const float* const* others;  // [other]
+  const uint32_t* positions;   // the resolved elements, in increasing order
+  size_t count;
+};
+
+// The kept-set classification of the resolved elements, in order, into `part`, for K others: K is
+// a template parameter so that the loops over the others and the 2^K kept sets unroll (with k a
+// run-time value they were most of a sparse merge's assay time).
+template <size_t K>
+void classify(const Resolved& at, const double* scale, double eps, Counts& part) {
+  constexpr unsigned sets = 1u << K;
+  double d[K], u[K], lin[sets];
+  for (size_t t = 0; t < at.count; ++t) {  // the resolved elements, in order
+    const size_t i = at.positions[t];
+    const double b = at.base[i], s = at.suspect[i], r = s - b;
+    double slack = 0;
+    bool positive = false, negative = false;
+    for (size_t j = 0; j < K; ++j) {
+      d[j] = double(at.others[j][i]) - b;
+      u[j] = scale[j] * d[j];
+      slack += kScaleSlack * std::fabs(d[j]);
+      positive |= u[j] > 0, negative |= u[j] < 0;
+    }
+    // Rounding of S and of the stored deltas, plus what the approximate scales may miss.
+    const double tol = 4 * eps * (std::fabs(b) + std::fabs(s)) + slack;
+    if (positive && negative) {
+      // Every value sign consensus makes, the plain sum makes too (with the losers
+      // dropped), so only the other direction is evidence: S made by the plain sum of kept
+      // deltas of both signs, and by no kept set under consensus. Under dare_linear that
+      // happens whenever deltas of both signs are kept; under dare_ties never.
+      bool by_sum = false, by_consensus = false;
+      for (unsigned set = 0; set < sets; ++set) {
+        by_sum |= std::fabs(r - subset_sum(u, K, set, false)) <= tol;
+        by_consensus |= std::fabs(r - subset_sum(u, K, set, true)) <= tol;
+      }
+      if (K >= 3 && !by_consensus) by_consensus = normalized_mean_of_one_sign(u, K, r, tol);
+      ++part.opposite;
+      part.sum += by_sum && !by_consensus;
+      continue;
+    }
+    // Same sign: both rules agree. Classifiable when every two subset sums are apart.
+    bool separated = true;
+    for (unsigned a = 0; a < sets; ++a) lin[a] = subset_sum(u, K, a, false);
+    for (unsigned a = 0; a < sets && separated; ++a) {
+      for (unsigned c = a + 1; c < sets && separated; ++c)
+        separated = std::fabs(lin[a] - lin[c]) > 2 * tol;
+    }
+    if (!separated) continue;
+    ++part.classifiable;
+    bool found = false;
+    for (unsigned set = 0; set < sets; ++set) {
+      if (std::fabs(r - lin[set]) > tol) continue;
+      found = true;
+      ++part.matched;
+      if (set == 0) ++part.none;
+      if (std::has_single_bit(set)) ++part.solo[size_t(std::countr_zero(set))];
+      for (size_t j = 0; j < K; ++j) {
+        if (!(set >> j & 1u)) continue;
+        ++part.kept[j];
+        for (size_t c = 0; c < K; ++c) {
+          if (set >> c & 1u) part.normal(Eigen::Index(j), Eigen::Index(c)) += d[j] * d[c];
+        }
+        part.normal(Eigen::Index(j), Eigen::Index(K)) += d[j] * r;
+      }
+      break;
+    }
+    if (!found && K == 2) count_between(u, r, tol, part);
+    if (!found && K >= 3) count_pairs_between(u, K, r, tol, part);
+  }
+}
+
+void classify_kept_sets(size_t k, const Resolved& at, const double* scale, double eps,
+                        Counts& part) {
+  switch (k) {
+    case 1:
+      return classify<1>(at, scale, eps, part);
+    case 2:
+      return classify<2>(at, scale, eps, part);
+    case 3:
+      return classify<3>(at, scale, eps, part);
+    default:
+      return classify<4>(at, scale, eps, part);  // kMaxSubsetCandidates
+  }
+}
+static_assert(kMaxSubsetCandidates == 4, "classify_kept_sets covers 1 to 4 others");
+
 }  // namespace
 
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
@@ -210,7 +301,6 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
     if (!std::isfinite(a) || a == 0) return out;
   }
   const double eps = unit_roundoff(views.inputs[0]->info->dtype);
-  const unsigned sets = 1u << k;
   const std::vector<bool> used = used_vectors(views, base, others);
   Counts init;
   init.resize(k);
@@ -218,7 +308,6 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   const Counts total = parallel_reduce(n, part_grain(n), init, [&](size_t begin, size_t end) {
     Counts part;
     part.resize(k);
-    double d[kMaxSubsetCandidates], u[kMaxSubsetCandidates], lin[1u << kMaxSubsetCandidates];
     // Reused by every part this thread runs: no fresh pages per part.
     static thread_local std::vector<uint8_t> keep(kDefaultGrain);
     static thread_local std::vector<uint32_t> resolved(kDefaultGrain);
@@ -229,63 +318,8 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
           for (size_t j = 0; j < k; ++j) candidates[j] = x[others[j]];
           mark_resolved(x[base], candidates, k, count, keep.data());
           const size_t m = kept_positions(keep.data(), count, resolved.data());
-          for (size_t t = 0; t < m; ++t) {  // the resolved elements, in order
-            const size_t i = resolved[t];
-            const double b = x[base][i], s = x[0][i], r = s - b;
-            double slack = 0;
-            bool positive = false, negative = false;
-            for (size_t j = 0; j < k; ++j) {
-              d[j] = double(candidates[j][i]) - b;
-              u[j] = scale[j] * d[j];
-              slack += kScaleSlack * std::fabs(d[j]);
-              positive |= u[j] > 0, negative |= u[j] < 0;
-            }
-            // Rounding of S and of the stored deltas, plus what the approximate scales may miss.
-            const double tol = 4 * eps * (std::fabs(b) + std::fabs(s)) + slack;
-            if (positive && negative) {
-              // Every value sign consensus makes, the plain sum makes too (with the losers
-              // dropped), so only the other direction is evidence: S made by the plain sum of kept
-              // deltas of both signs, and by no kept set under consensus. Under dare_linear that
-              // happens whenever deltas of both signs are kept; under dare_ties never.
-              bool by_sum = false, by_consensus = false;
-              for (unsigned set = 0; set < sets; ++set) {
-                by_sum |= std::fabs(r - subset_sum(u, k, set, false)) <= tol;
-                by_consensus |= std::fabs(r - subset_sum(u, k, set, true)) <= tol;
-              }
-              if (k >= 3 && !by_consensus) by_consensus = normalized_mean_of_one_sign(u, k, r, tol);
-              ++part.opposite;
-              part.sum += by_sum && !by_consensus;
-              continue;
-            }
-            // Same sign: both rules agree. Classifiable when every two subset sums are apart.
-            bool separated = true;
-            for (unsigned a = 0; a < sets; ++a) lin[a] = subset_sum(u, k, a, false);
-            for (unsigned a = 0; a < sets && separated; ++a) {
-              for (unsigned c = a + 1; c < sets && separated; ++c)
-                separated = std::fabs(lin[a] - lin[c]) > 2 * tol;
-            }
-            if (!separated) continue;
-            ++part.classifiable;
-            bool found = false;
-            for (unsigned set = 0; set < sets; ++set) {
-              if (std::fabs(r - lin[set]) > tol) continue;
-              found = true;
-              ++part.matched;
-              if (set == 0) ++part.none;
-              if (std::has_single_bit(set)) ++part.solo[size_t(std::countr_zero(set))];
-              for (size_t j = 0; j < k; ++j) {
-                if (!(set >> j & 1u)) continue;
-                ++part.kept[j];
-                for (size_t c = 0; c < k; ++c) {
-                  if (set >> c & 1u) part.normal(Eigen::Index(j), Eigen::Index(c)) += d[j] * d[c];
-                }
-                part.normal(Eigen::Index(j), Eigen::Index(k)) += d[j] * r;
-              }
-              break;
-            }
-            if (!found && k == 2) count_between(u, r, tol, part);
-            if (!found && k >= 3) count_pairs_between(u, k, r, tol, part);
-          }
+          classify_kept_sets(k, Resolved{x[base], x[0], candidates, resolved.data(), m},
+                             scale.data(), eps, part);
         },
         used);
     return part;
