@@ -325,7 +325,7 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
       std::vector<const float*> deltas_of(k);
       // Reused by every part this thread runs: no fresh pages per part.
       static thread_local std::vector<uint8_t> keep(kDefaultGrain), first_positive(kDefaultGrain);
-      static thread_local std::vector<uint32_t> kept(kDefaultGrain);
+      static thread_local std::vector<uint32_t> kept(kDefaultGrain + 16);
       for_each_subchunk(
           views, begin, end,
           [&](const std::vector<float*>& x, size_t count) {

@@ -310,7 +310,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
     part.resize(k);
     // Reused by every part this thread runs: no fresh pages per part.
     static thread_local std::vector<uint8_t> keep(kDefaultGrain);
-    static thread_local std::vector<uint32_t> resolved(kDefaultGrain);
+    static thread_local std::vector<uint32_t> resolved(kDefaultGrain + 16);
     for_each_subchunk(
         views, begin, end,
         [&](const std::vector<float*>& x, size_t count) {

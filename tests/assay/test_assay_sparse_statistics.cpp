@@ -11,6 +11,7 @@
 #include "alloy/core/dtype.h"
 #include "alloy/core/parallel.h"
 #include "assay/internal.h"
+#include "assay/subchunks.h"
 #include "test_utils.h"
 
 namespace alloy::test {
@@ -128,6 +129,27 @@ TEST(AssaySparseStatistics, TiesMergeGivesBackKeepRatesAndRelativeWeights) {
     // Where both are kept and agree in sign, S - C_b is their weighted mean: w_j / (w_1 + w_2).
     // (Elements of opposite signs, where the elected sign drops one, must stay out of it.)
     EXPECT_NEAR(sparse.ratio_weights[j], weight[j], 0.01);
+  }
+}
+
+TEST(AssaySparseStatistics, KeptPositionsListsTheFlaggedElementsInOrder) {
+  // Lengths around the 16-flag steps and a sub-chunk's; flags of every density, any nonzero byte.
+  std::mt19937 rng(3);
+  for (const size_t count : {size_t(0), size_t(1), size_t(15), size_t(16), size_t(17), size_t(47),
+                             kDefaultGrain - 5, kDefaultGrain}) {
+    for (const double density : {0.0, 0.1, 0.5, 1.0}) {
+      std::bernoulli_distribution flag(density);
+      std::vector<uint8_t> keep(count);
+      std::vector<uint32_t> expected;
+      for (size_t i = 0; i < count; ++i) {
+        keep[i] = flag(rng) ? uint8_t(1 + rng() % 255) : 0;
+        if (keep[i]) expected.push_back(uint32_t(i));
+      }
+      std::vector<uint32_t> at(count + 16, 0xFFFFFFFFu);
+      const size_t m = detail::kept_positions(keep.data(), count, at.data());
+      at.resize(m);
+      EXPECT_EQ(at, expected) << count << " flags, density " << density;
+    }
   }
 }
 
