@@ -16,6 +16,10 @@
 # (permute-neurons, permute-heads, rescale-neurons, rotate-residual, ...), whose alignment is the
 # extra work, and the share of the disguise's permutations it undid; with SAMPLE too, a row for
 # the sampled assay of the disguised merge and its ratio to that merge's full assay.
+# SPARSE=METHOD (ties, dare_ties, della, breadcrumbs_ties, ...) adds a row: the assay, against
+# ft_1, ft_2 and base, of a METHOD merge of ft_1 and ft_2 on base (weights 0.571 / 0.429, densities
+# 0.5), where the sparse-merge statistics are the extra work; its ratio to `cat` of those four
+# models, and whether the verdict names METHOD.
 # Targets (issue 14): assay <= 2x a `cat` of its inputs; peak RSS flat in the number of candidates;
 # a 1% sampled assay <= 0.1x the full assay's time, with the same verdict.
 set -euo pipefail
@@ -143,4 +147,35 @@ PY
     echo "ratio sampled/full assay of $DISGUISE: $(awk -v m="$ds_s" -v c="$d_s" 'BEGIN { printf "%.3f", (c > 0 ? m / c : 0) }')x"
     compare_sampled "$work/assay-disguised.json" "$work/assay-disguised-sampled.json" "sampled disguised"
   fi
+fi
+if [[ -n "${SPARSE:-}" ]]; then
+  # A sparsifying merge of the two parents on the base: the assay's sparse-merge statistics (the
+  # magnitude and ratio histograms, the kept sets) are the extra work over a linear merge's.
+  sparse="sparse-$SPARSE"
+  if [[ ! -d "$sparse" ]]; then
+    cat > "$sparse.yml" <<YAML
+merge_method: $SPARSE
+base_model: base
+models:
+  - model: ft_1
+    parameters: {weight: 0.571, density: 0.5}
+  - model: ft_2
+    parameters: {weight: 0.429, density: 0.5}
+dtype: bfloat16
+YAML
+    "$bin/alloy-merge" -q --no-provenance-hashes "$sparse.yml" "$sparse" >&2
+  fi
+  files_s=("$sparse"/*.safetensors ft_1/*.safetensors ft_2/*.safetensors base/*.safetensors)
+  cat "${files_s[@]}" >/dev/null
+  read -r scat_s _ _ < <(measure bash -c 'cat "$@" >/dev/null' _ "${files_s[@]}")
+  read -r sp_s sp_kb sp_faults < <(measure "$bin/alloy-assay" -q "$sparse" ft_1 ft_2 base --json "$work/assay-sparse.json")
+  printf "%-12s %10s %12d %12d\n" "assay/$SPARSE" "$sp_s" $((sp_kb / 1024)) "$sp_faults"
+  echo "ratio assay/$SPARSE over cat: $(awk -v m="$sp_s" -v c="$scat_s" 'BEGIN { printf "%.2f", (c > 0 ? m / c : 0) }')x"
+  python3 - "$work/assay-sparse.json" "$SPARSE" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+w = {c["path"]: round(c["weight"], 4) for c in d["candidates"]}
+print(f"{sys.argv[2]} merge's verdict:", d["verdict"], d["method"], "weights:", w,
+      "(the method named)" if d["method"] == sys.argv[2] else "(METHOD DIFFERS)")
+PY
 fi
