@@ -52,11 +52,10 @@ struct Histograms {
 // below 2^16 over a sub-chunk); and the ratio bin of (S - C_b) / delta, or one of kRatioSpares
 // spare bins after the histogram where the element is not well resolved or the ratio falls
 // outside it (the element's index picks the spare: most elements go there, and increments of one
-// counter would wait on each other). Computed in vectors, with
-// the float and double operations of the counting before (so the same bins); the counting itself
-// then has no branches: the well-resolved test and the division inside the counting loop were
-// mispredicted on about a quarter of a fine-tune's elements. `low` and `high` bound the block's
-// magnitude bins.
+// counter would wait on each other). Computed in vectors, with the float and double operations of
+// the counting before (so the same bins); the counting itself then has no branches: the
+// well-resolved test and the division inside the counting loop were mispredicted on about a
+// quarter of a fine-tune's elements. `low` and `high` bound the block's magnitude bins.
 constexpr size_t kRatioSpares = 8;
 struct EventBlock {
   static constexpr size_t kSize = 2048;
