@@ -150,7 +150,35 @@ struct SparseStats {
   // "nothing kept").
   std::vector<double> top_drop, upper_drop, outlier_share, profile_density;
 };
-SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others);
+// weight_ratios false: ratio_weights are left NaN (pass 2 not run), for a caller that runs
+// WeightRatioPass in another pass over the same elements (subset_statistics).
+SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others,
+                              bool weight_ratios = true);
+
+// sparse_statistics' pass 2, the weight ratios, given pass 1's thresholds: over the elements
+// where every other is kept (|delta_j| > threshold_j) and all agree in sign, S - C_b = sum_j l_j
+// delta_j with l_j = w_j / sum w; with the last other as pivot, the normal equations of
+// r - delta_k = sum_{j<k} l_j (delta_j - delta_k) (rounding noise in the response only, no
+// errors-in-variables bias). A part's sums are a (k-1) x k column-major block: the normal matrix,
+// then the right-hand side. Split out so that subset_statistics can run it in its own pass over
+// the same elements instead of a pass of its own (which read every input once more).
+class WeightRatioPass {
+ public:
+  WeightRatioPass(int base, std::vector<int> others, std::vector<double> threshold);
+  bool active() const { return others_.size() >= 2; }
+  std::vector<double> zero() const;  // a part's sums before any element
+  // Adds the elements [0, count) of one sub-chunk (x: for_each_subchunk's rows) to `part`, in
+  // increasing order.
+  void add(const std::vector<float*>& x, size_t count, std::vector<double>& part) const;
+  // The ratios l_j (summing to 1) from the sums of every part, into ratio_weights (k entries;
+  // untouched when no element was kept by every other).
+  void solve(const std::vector<double>& sums, std::vector<double>& ratio_weights) const;
+
+ private:
+  int base_;
+  std::vector<int> others_;
+  std::vector<double> threshold_;
+};
 
 // DARE's kept sets element by element (sparse_subsets.cpp), given each other candidate's
 // approximate rescaled weight a_i (kept_scale): on well-resolved elements whose deltas share one
@@ -177,8 +205,12 @@ struct SubsetStats {
   std::vector<double> normalized_density;
   std::vector<double> normalized_weight;
 };
+// `ratios`, when given and active: also runs that pass over the same elements (one read of the
+// inputs for both) and writes its weights into *ratio_weights.
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
-                              const std::vector<double>& scale);
+                              const std::vector<double>& scale,
+                              const WeightRatioPass* ratios = nullptr,
+                              std::vector<double>* ratio_weights = nullptr);
 
 // What the prefix alone decides: each candidate's Pearson correlation with S and the reference
 // (candidate index: the medoid of the related candidates).

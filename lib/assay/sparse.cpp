@@ -153,7 +153,55 @@ void drop_profile(const uint64_t* all, const uint64_t* none, uint64_t n, size_t 
 
 }  // namespace
 
-SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others) {
+WeightRatioPass::WeightRatioPass(int base, std::vector<int> others, std::vector<double> threshold)
+    : base_(base), others_(std::move(others)), threshold_(std::move(threshold)) {}
+
+std::vector<double> WeightRatioPass::zero() const {
+  const size_t p = others_.size() - 1;
+  return std::vector<double>(p * (p + 1), 0.0);
+}
+
+void WeightRatioPass::add(const std::vector<float*>& x, size_t count,
+                          std::vector<double>& part) const {
+  const size_t k = others_.size(), p = k - 1;
+  double d[kMaxFitted];  // others: fewer than the fitted candidates
+  const float* deltas_of[kMaxFitted];
+  for (size_t j = 0; j < k; ++j) deltas_of[j] = x[size_t(others_[j])];
+  const float* b = x[size_t(base_)];
+  // Reused by every sub-chunk this thread reads: no fresh pages per part.
+  static thread_local std::vector<uint8_t> keep(kDefaultGrain), first_positive(kDefaultGrain);
+  static thread_local std::vector<uint32_t> kept(kDefaultGrain + 16);
+  mark_all_kept(b, deltas_of, threshold_.data(), k, count, keep.data(), first_positive.data());
+  const size_t m = kept_positions(keep.data(), count, kept.data());
+  for (size_t t = 0; t < m; ++t) {  // the elements every other keeps, in order
+    const size_t i = kept[t];
+    const double r = double(x[0][i]) - double(b[i]);
+    for (size_t j = 0; j < k; ++j) d[j] = double(deltas_of[j][i]) - double(b[i]);
+    const double pivot = d[k - 1];
+    for (size_t a = 0; a < p; ++a) {
+      const double ua = d[a] - pivot;
+      for (size_t c = 0; c < p; ++c) part[a + c * p] += ua * (d[c] - pivot);
+      part[a + p * p] += ua * (r - pivot);
+    }
+  }
+}
+
+void WeightRatioPass::solve(const std::vector<double>& sums,
+                            std::vector<double>& ratio_weights) const {
+  using Matrix = Eigen::MatrixXd;
+  const Eigen::Index p = Eigen::Index(others_.size() - 1);
+  const Eigen::Map<const Matrix> normal(sums.data(), p, p + 1);
+  const Matrix m = normal.leftCols(p);
+  if (!(m.trace() > 0)) return;
+  const Eigen::VectorXd l =
+      (m + 1e-12 * m.trace() * Matrix::Identity(p, p)).ldlt().solve(normal.col(p));
+  double rest = 1;
+  for (Eigen::Index a = 0; a < p; ++a) ratio_weights[size_t(a)] = l(a), rest -= l(a);
+  ratio_weights[size_t(p)] = rest;
+}
+
+SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others,
+                              bool weight_ratios) {
   const size_t k = others.size();
   const uint64_t n = views.numel;
   SparseStats out;
@@ -310,50 +358,23 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
   }
 
   // Pass 2: weight ratios from elements where every other candidate is kept and all agree in sign.
-  // There S - C_b = sum_i l_i delta_i with l_i = w_i / sum_j w_j, so with the last candidate as
-  // pivot, r - delta_k = sum_{i<k} l_i (delta_i - delta_k): least squares with the rounding noise
-  // in the response only (no errors-in-variables bias).
-  if (k >= 2) {
-    using Matrix = Eigen::MatrixXd;
-    const Eigen::Index p = Eigen::Index(k - 1);
-    // Columns 0..p-1: the normal matrix; column p: the right-hand side.
-    const Matrix zero = Matrix::Zero(p, p + 1);
-    const Matrix normal = parallel_reduce(n, part_grain(n), zero, [&](size_t begin, size_t end) {
-      Matrix part = zero;
-      std::vector<double> d(k);
-      std::vector<const float*> deltas_of(k);
-      // Reused by every part this thread runs: no fresh pages per part.
-      static thread_local std::vector<uint8_t> keep(kDefaultGrain), first_positive(kDefaultGrain);
-      static thread_local std::vector<uint32_t> kept(kDefaultGrain + 16);
-      for_each_subchunk(
-          views, begin, end,
-          [&](const std::vector<float*>& x, size_t count) {
-            for (size_t j = 0; j < k; ++j) deltas_of[j] = x[others[j]];
-            mark_all_kept(x[base], deltas_of.data(), out.threshold.data(), k, count, keep.data(),
-                          first_positive.data());
-            const size_t m = kept_positions(keep.data(), count, kept.data());
-            for (size_t t = 0; t < m; ++t) {  // the elements every other keeps, in order
-              const size_t i = kept[t];
-              const double r = double(x[0][i]) - double(x[base][i]);
-              for (size_t j = 0; j < k; ++j) d[j] = double(deltas_of[j][i]) - double(x[base][i]);
-              const double pivot = d[k - 1];
-              for (Eigen::Index a = 0; a < p; ++a) {
-                const double ua = d[size_t(a)] - pivot;
-                for (Eigen::Index c = 0; c < p; ++c) part(a, c) += ua * (d[size_t(c)] - pivot);
-                part(a, p) += ua * (r - pivot);
-              }
-            }
-          },
-          used);
-      return part;
-    }, [](Matrix acc, const Matrix& part) { return Matrix(acc + part); });
-    const Matrix m = normal.leftCols(p);
-    if (m.trace() > 0) {
-      const Eigen::VectorXd l = (m + 1e-12 * m.trace() * Matrix::Identity(p, p)).ldlt().solve(normal.col(p));
-      double rest = 1;
-      for (Eigen::Index a = 0; a < p; ++a) out.ratio_weights[size_t(a)] = l(a), rest -= l(a);
-      out.ratio_weights[k - 1] = rest;
-    }
+  const WeightRatioPass ratios(base, others, out.threshold);
+  if (weight_ratios && ratios.active()) {
+    const std::vector<double> sums = parallel_reduce(
+        n, part_grain(n), ratios.zero(),
+        [&](size_t begin, size_t end) {
+          std::vector<double> part = ratios.zero();
+          for_each_subchunk(
+              views, begin, end,
+              [&](const std::vector<float*>& x, size_t count) { ratios.add(x, count, part); },
+              used);
+          return part;
+        },
+        [](std::vector<double> acc, const std::vector<double>& part) {
+          for (size_t e = 0; e < acc.size(); ++e) acc[e] += part[e];
+          return acc;
+        });
+    ratios.solve(sums, out.ratio_weights);
   }
   return out;
 }

@@ -291,42 +291,58 @@ static_assert(kMaxSubsetCandidates == 4, "classify_kept_sets covers 1 to 4 other
 }  // namespace
 
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
-                              const std::vector<double>& scale) {
+                              const std::vector<double>& scale, const WeightRatioPass* ratios,
+                              std::vector<double>* ratio_weights) {
   const size_t k = others.size();
   SubsetStats out;
   out.density.assign(k, std::numeric_limits<double>::quiet_NaN());
   out.scale = out.normalized_density = out.normalized_weight = out.density;
-  if (k == 0 || k > kMaxSubsetCandidates || views.numel == 0) return out;
-  for (double a : scale) {
-    if (!std::isfinite(a) || a == 0) return out;
-  }
+  bool kept_sets = k > 0 && k <= kMaxSubsetCandidates && views.numel > 0;
+  for (double a : scale) kept_sets = kept_sets && std::isfinite(a) && a != 0;
+  const bool with_ratios = ratios != nullptr && ratios->active() && views.numel > 0;
+  if (!kept_sets && !with_ratios) return out;
   const double eps = unit_roundoff(views.inputs[0]->info->dtype);
   const std::vector<bool> used = used_vectors(views, base, others);
-  Counts init;
-  init.resize(k);
+  // Both passes' sums per part, combined in part order: each adds what it added on its own.
+  struct Sums {
+    Counts counts;
+    std::vector<double> ratios;
+  };
+  Sums init;
+  if (kept_sets) init.counts.resize(k);
+  if (with_ratios) init.ratios = ratios->zero();
   const uint64_t n = views.numel;
-  const Counts total = parallel_reduce(n, part_grain(n), init, [&](size_t begin, size_t end) {
-    Counts part;
-    part.resize(k);
-    // Reused by every part this thread runs: no fresh pages per part.
-    static thread_local std::vector<uint8_t> keep(kDefaultGrain);
-    static thread_local std::vector<uint32_t> resolved(kDefaultGrain + 16);
-    for_each_subchunk(
-        views, begin, end,
-        [&](const std::vector<float*>& x, size_t count) {
-          const float* candidates[kMaxSubsetCandidates];
-          for (size_t j = 0; j < k; ++j) candidates[j] = x[others[j]];
-          mark_resolved(x[base], candidates, k, count, keep.data());
-          const size_t m = kept_positions(keep.data(), count, resolved.data());
-          classify_kept_sets(k, Resolved{x[base], x[0], candidates, resolved.data(), m},
-                             scale.data(), eps, part);
-        },
-        used);
-    return part;
-  }, [](Counts acc, const Counts& part) {
-    acc.add(part);
-    return acc;
-  });
+  const Sums sums = parallel_reduce(
+      n, part_grain(n), init,
+      [&](size_t begin, size_t end) {
+        Sums part = init;
+        // Reused by every part this thread runs: no fresh pages per part.
+        static thread_local std::vector<uint8_t> keep(kDefaultGrain);
+        static thread_local std::vector<uint32_t> resolved(kDefaultGrain + 16);
+        for_each_subchunk(
+            views, begin, end,
+            [&](const std::vector<float*>& x, size_t count) {
+              if (kept_sets) {
+                const float* candidates[kMaxSubsetCandidates];
+                for (size_t j = 0; j < k; ++j) candidates[j] = x[others[j]];
+                mark_resolved(x[base], candidates, k, count, keep.data());
+                const size_t m = kept_positions(keep.data(), count, resolved.data());
+                classify_kept_sets(k, Resolved{x[base], x[0], candidates, resolved.data(), m},
+                                   scale.data(), eps, part.counts);
+              }
+              if (with_ratios) ratios->add(x, count, part.ratios);
+            },
+            used);
+        return part;
+      },
+      [](Sums acc, const Sums& part) {
+        acc.counts.add(part.counts);
+        for (size_t e = 0; e < acc.ratios.size(); ++e) acc.ratios[e] += part.ratios[e];
+        return acc;
+      });
+  if (with_ratios) ratios->solve(sums.ratios, *ratio_weights);
+  if (!kept_sets) return out;
+  const Counts& total = sums.counts;
   out.classifiable = total.classifiable;
   out.matched_share = total.classifiable ? double(total.matched) / double(total.classifiable)
                                          : std::numeric_limits<double>::quiet_NaN();

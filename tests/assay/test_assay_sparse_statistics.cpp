@@ -119,7 +119,23 @@ TEST(AssaySparseStatistics, TiesMergeGivesBackKeepRatesAndRelativeWeights) {
     }
     rows.values[0][i] = round_to(DType::BF16, weights > 0 ? base + sum / weights : base);
   }
-  const detail::SparseStats sparse = detail::sparse_statistics(rows.views(), 1, {2, 3});
+  const detail::TensorViews views = rows.views();
+  const detail::SparseStats sparse = detail::sparse_statistics(views, 1, {2, 3});
+  // The weight ratios run inside the kept-set pass (as the assay runs them) give the same bits.
+  const detail::SparseStats without = detail::sparse_statistics(views, 1, {2, 3}, false);
+  EXPECT_TRUE(std::isnan(without.ratio_weights[0]) && std::isnan(without.ratio_weights[1]));
+  const detail::WeightRatioPass ratios(1, {2, 3}, without.threshold);
+  std::vector<double> fused = without.ratio_weights;
+  detail::subset_statistics(views, 1, {2, 3}, without.kept_scale, &ratios, &fused);
+  EXPECT_EQ(fused, sparse.ratio_weights);
+  // And alone, where the kept sets are not read (no usable scales).
+  std::vector<double> alone = without.ratio_weights;
+  const double nan = std::nan("");
+  const detail::SubsetStats skipped =
+      detail::subset_statistics(views, 1, {2, 3}, {nan, nan}, &ratios, &alone);
+  EXPECT_EQ(alone, sparse.ratio_weights);
+  EXPECT_EQ(skipped.classifiable, 0u);
+  EXPECT_TRUE(std::isnan(skipped.density[0]));
   for (size_t j = 0; j < 2; ++j) {
     SCOPED_TRACE("other " + std::to_string(j));
     EXPECT_NEAR(sparse.density[j], keep[j], 0.02);
