@@ -160,8 +160,8 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
 // delta_j with l_j = w_j / sum w; with the last other as pivot, the normal equations of
 // r - delta_k = sum_{j<k} l_j (delta_j - delta_k) (rounding noise in the response only, no
 // errors-in-variables bias). A part's sums are a (k-1) x k column-major block: the normal matrix,
-// then the right-hand side. Split out so that subset_statistics can run it in its own pass over
-// the same elements instead of a pass of its own (which read every input once more).
+// then the right-hand side. Split out so that subset_statistics can run it beside its own work in
+// one pass over the elements, instead of in a pass of its own (which read every input once more).
 class WeightRatioPass {
  public:
   WeightRatioPass(int base, std::vector<int> others, std::vector<double> threshold);

@@ -164,14 +164,15 @@ std::vector<double> WeightRatioPass::zero() const {
 void WeightRatioPass::add(const std::vector<float*>& x, size_t count,
                           std::vector<double>& part) const {
   const size_t k = others_.size(), p = k - 1;
-  double d[kMaxFitted];  // others: fewer than the fitted candidates
-  const float* deltas_of[kMaxFitted];
+  std::vector<double> d(k);
+  std::vector<const float*> deltas_of(k);
   for (size_t j = 0; j < k; ++j) deltas_of[j] = x[size_t(others_[j])];
   const float* b = x[size_t(base_)];
   // Reused by every sub-chunk this thread reads: no fresh pages per part.
   static thread_local std::vector<uint8_t> keep(kDefaultGrain), first_positive(kDefaultGrain);
   static thread_local std::vector<uint32_t> kept(kDefaultGrain + 16);
-  mark_all_kept(b, deltas_of, threshold_.data(), k, count, keep.data(), first_positive.data());
+  mark_all_kept(b, deltas_of.data(), threshold_.data(), k, count, keep.data(),
+                first_positive.data());
   const size_t m = kept_positions(keep.data(), count, kept.data());
   for (size_t t = 0; t < m; ++t) {  // the elements every other keeps, in order
     const size_t i = kept[t];
