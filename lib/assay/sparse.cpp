@@ -80,6 +80,7 @@ __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void block_e
     const double r = (double(s[i]) - double(b[i])) / double(delta);  // inf or NaN where delta == 0
     const double pos = (r - kRatioLow) / kRatioStep;
     const bool inside = resolved & (pos >= 0) & (pos < double(kRatioBins));
+    // pos is converted only where inside (elsewhere it may be NaN or out of range: undefined).
     e.ratio[i] = inside ? uint16_t(inside ? pos : 0.0) : uint16_t(kRatioBins + i % kRatioSpares);
   }
   e.low = low, e.high = high;
