@@ -1,0 +1,67 @@
+// DARE's kept sets, element by element: the classification that subset_statistics
+// (sparse_subsets.cpp) runs on the well-resolved elements of each sub-chunk, and the counts it
+// keeps. Two forms that give the same counts and the same sums, bit for bit: one element at a time
+// for any number of others (kept_set_classify.cpp), and eight elements at a time in AVX-512 lanes
+// for one or two others (kept_set_lanes.cpp), where most of a sparse merge's assay time had gone
+// to the per-element form's unpredictable branches.
+#pragma once
+
+#include <Eigen/Dense>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace alloy::detail {
+
+// How far the binned mode (0.02 wide bins) of the rescaled weights may be from a_i, as a share of
+// |delta_i|: part of each element's tolerance.
+inline constexpr double kScaleSlack = 0.015;
+// With three or more others, the relative weight l = w_i / (w_i + w_j) of each pair is read as the
+// mode of a histogram over (0, 1) in bins this many.
+inline constexpr size_t kLambdaBins = 100;
+
+struct KeptSetCounts {
+  std::vector<uint64_t> kept;  // [other]
+  std::vector<uint64_t> solo;  // [other]: matched by that other alone
+  uint64_t classifiable = 0, matched = 0, opposite = 0, sum = 0;
+  uint64_t none = 0,
+           between = 0;  // matched by no kept delta; (two others) strictly between u_1, u_2
+  double lambda_num = 0,
+         lambda_den = 0;  // sum (r - u_2)(u_1 - u_2), sum (u_1 - u_2)^2 over "between"
+  // Three or more others: per pair (i < j, in pair_index order), the elements strictly between u_i
+  // and u_j by bin of l = (r - u_j) / (u_i - u_j), and the sum of l per bin.
+  std::vector<uint64_t> pair_bins;
+  std::vector<double> pair_sums;
+  Eigen::MatrixXd normal;  // [k x (k + 1)]: the normal equations for a, then the right-hand side
+  void resize(size_t k);
+  void add(const KeptSetCounts& o);
+};
+
+// The well-resolved elements of one stretch of a sub-chunk, compacted (compact_resolved), in their
+// order: base, suspect and each other's values side by side.
+struct ResolvedValues {
+  const float* base;
+  const float* suspect;
+  const float* const* others;  // [other]
+  size_t count;
+};
+
+// The values at the positions i < count with keep[i] != 0 of each of `vectors` rows, in order,
+// into out[v] (room for count + 16 floats: the AVX-512 form stores 16 at a time); returns how many.
+size_t compact_resolved(const uint8_t* keep, size_t count, const float* const* in, size_t vectors,
+                        float* const* out);
+
+// Adds the classification of every element of `at` (k others, rescaled weights `scale`, unit
+// roundoff `eps` of the suspect's dtype) to `part`, in order: the lanes where the CPU has AVX-512
+// and k <= 2, else one element at a time.
+void classify_kept_sets(size_t k, const ResolvedValues& at, const double* scale, double eps,
+                        KeptSetCounts& part);
+
+// The two forms on their own, for the tests that compare them. The lanes form returns false, and
+// adds nothing, where it does not run (no AVX-512, or k > 2).
+void classify_kept_sets_one_by_one(size_t k, const ResolvedValues& at, const double* scale,
+                                   double eps, KeptSetCounts& part);
+bool classify_kept_sets_in_lanes(size_t k, const ResolvedValues& at, const double* scale,
+                                 double eps, KeptSetCounts& part);
+
+}  // namespace alloy::detail
