@@ -1,4 +1,4 @@
-// The kept-set classification eight elements at a time (kept_sets.h), for one or two others: the
+// The kept-set classification eight elements at a time (kept_sets.h), for one to four others: the
 // one-by-one form's tests (kept_set_classify.cpp) as AVX-512 comparisons into lane masks, its
 // counts as the masks' popcounts, and its sums of doubles added lane by lane in element order, so
 // that both forms give the same counts and the same sums, bit for bit. Each step mirrors one
@@ -8,6 +8,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "alloy/core/cpu_features.h"
 #include "kept_sets.h"
@@ -54,6 +55,68 @@ ALLOY_V4 inline void add_in_element_order(double* sums, const __m512d* terms) {
   for (size_t e = 0; e < E; ++e) _mm512_store_pd(lanes[e], terms[e]);
   for (size_t l = 0; l < 8; ++l) {
     for (size_t e = 0; e < E; ++e) sums[e] += lanes[e][l];
+  }
+}
+
+// Three or more others, opposite signs: where the deltas of r's sign (two or more, nonzero) have r
+// strictly inside their range, a weighted mean of them (normalized_mean_of_one_sign).
+template <size_t K>
+ALLOY_V4 inline __mmask8 mean_of_one_sign(const __m512d* u, __m512d r, __m512d tol) {
+  const __m512d zero = _mm512_setzero_pd();
+  const __mmask8 r_positive = _mm512_cmp_pd_mask(r, zero, _CMP_GT_OQ);
+  __m512d low = _mm512_set1_pd(std::numeric_limits<double>::infinity());
+  __m512d high = _mm512_set1_pd(-std::numeric_limits<double>::infinity());
+  __mmask8 once = 0, twice = 0;  // lanes with at least one, two such deltas
+  for (size_t j = 0; j < K; ++j) {
+    const __mmask8 positive = _mm512_cmp_pd_mask(u[j], zero, _CMP_GT_OQ);
+    const __mmask8 same =
+        __mmask8(~(positive ^ r_positive)) & _mm512_cmp_pd_mask(u[j], zero, _CMP_NEQ_UQ);
+    low = _mm512_mask_min_pd(low, same, u[j], low);     // std::min(low, u): u < low ? u : low
+    high = _mm512_mask_max_pd(high, same, u[j], high);  // std::max(high, u): u > high ? u : high
+    twice |= once & same;
+    once |= same;
+  }
+  return twice & _mm512_cmp_pd_mask(r, _mm512_add_pd(low, tol), _CMP_GT_OQ) &
+         _mm512_cmp_pd_mask(r, _mm512_sub_pd(high, tol), _CMP_LT_OQ);
+}
+
+// Three or more others: the unmatched classifiable elements strictly between u_i and u_j, per pair
+// (i < j), into the pair's histogram of l = (r - u_j) / (u_i - u_j) and its sums per bin, lane by
+// lane in element order (count_pairs_between).
+template <size_t K>
+ALLOY_V4 inline void count_pairs_between(const __m512d* u, __m512d r, __m512d tol,
+                                         __mmask8 unmatched, KeptSetCounts& part) {
+  constexpr size_t pairs = K * (K - 1) / 2;
+  if (!unmatched) return;
+  __mmask8 between[pairs];
+  alignas(64) double l[pairs][8];
+  alignas(32) uint32_t bin[pairs][8];
+  __mmask8 any = 0;
+  size_t pair = 0;
+  for (size_t i = 0; i < K; ++i) {
+    for (size_t j = i + 1; j < K; ++j, ++pair) {
+      const __m512d low = _mm512_min_pd(u[j], u[i]), high = _mm512_max_pd(u[j], u[i]);
+      between[pair] = unmatched & _mm512_cmp_pd_mask(r, _mm512_add_pd(low, tol), _CMP_GT_OQ) &
+                      _mm512_cmp_pd_mask(r, _mm512_sub_pd(high, tol), _CMP_LT_OQ);
+      any |= between[pair];
+      const __m512d ratio =
+          _mm512_maskz_div_pd(between[pair], _mm512_sub_pd(r, u[j]), _mm512_sub_pd(u[i], u[j]));
+      _mm512_store_pd(l[pair], ratio);
+      // l is inside (0, 1) on the lanes between: its bin converts without overflow.
+      const __m256i b =
+          _mm512_cvttpd_epu32(_mm512_mul_pd(ratio, _mm512_set1_pd(double(kLambdaBins))));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bin[pair]),
+                         _mm256_min_epu32(b, _mm256_set1_epi32(int(kLambdaBins - 1))));
+    }
+  }
+  for (; any; any &= __mmask8(any - 1)) {
+    const unsigned lane = unsigned(std::countr_zero(unsigned(any)));
+    for (size_t p = 0; p < pairs; ++p) {
+      if (!(between[p] >> lane & 1u)) continue;
+      const size_t at = p * kLambdaBins + bin[p][lane];
+      ++part.pair_bins[at];
+      part.pair_sums[at] += l[p][lane];
+    }
   }
 }
 
@@ -107,6 +170,7 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
       by_sum |= within(r, total, tol);
       by_consensus |= within(r, agreeing, tol);
     }
+    if constexpr (K >= 3) by_consensus |= mean_of_one_sign<K>(u, r, tol);
     const __mmask8 opposite = positive & negative & valid;
     part.opposite += lanes_in(opposite);
     part.sum += lanes_in(opposite & by_sum & __mmask8(~by_consensus));
@@ -159,6 +223,7 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
         add_in_element_order<2>(lambda, terms);
       }
     }
+    if constexpr (K >= 3) count_pairs_between<K>(u, r, tol, unmatched, part);
   }
   for (size_t j = 0; j < K; ++j) {
     part.kept[j] += kept[j], part.solo[j] += solo[j];
@@ -178,8 +243,16 @@ bool classify_kept_sets_in_lanes(size_t k, const ResolvedValues& at, const doubl
 #if ALLOY_KEPT_SET_LANES
   static const bool v4 = cpu_has_x86_64_v4();
   if (!v4) return false;
-  if (k == 1) return classify_lanes<1>(at, scale, eps, part), true;
-  if (k == 2) return classify_lanes<2>(at, scale, eps, part), true;
+  switch (k) {
+    case 1:
+      return classify_lanes<1>(at, scale, eps, part), true;
+    case 2:
+      return classify_lanes<2>(at, scale, eps, part), true;
+    case 3:
+      return classify_lanes<3>(at, scale, eps, part), true;
+    case 4:
+      return classify_lanes<4>(at, scale, eps, part), true;
+  }
 #else
   (void)k, (void)at, (void)scale, (void)eps, (void)part;
 #endif

@@ -2,7 +2,7 @@
 // (sparse_subsets.cpp) runs on the well-resolved elements of each sub-chunk, and the counts it
 // keeps. Two forms that give the same counts and the same sums, bit for bit: one element at a time
 // for any number of others (kept_set_classify.cpp), and eight elements at a time in AVX-512 lanes
-// for one or two others (kept_set_lanes.cpp), where most of a sparse merge's assay time had gone
+// for one to four others (kept_set_lanes.cpp): a quarter of a sparse merge's assay time had gone
 // to the per-element form's unpredictable branches.
 #pragma once
 
@@ -53,12 +53,12 @@ size_t compact_resolved(const uint8_t* keep, size_t count, const float* const* i
 
 // Adds the classification of every element of `at` (k others, rescaled weights `scale`, unit
 // roundoff `eps` of the suspect's dtype) to `part`, in order: the lanes where the CPU has AVX-512
-// and k <= 2, else one element at a time.
+// and k <= 4, else one element at a time.
 void classify_kept_sets(size_t k, const ResolvedValues& at, const double* scale, double eps,
                         KeptSetCounts& part);
 
 // The two forms on their own, for the tests that compare them. The lanes form returns false, and
-// adds nothing, where it does not run (no AVX-512, or k > 2).
+// adds nothing, where it does not run (no AVX-512, or k > 4).
 void classify_kept_sets_one_by_one(size_t k, const ResolvedValues& at, const double* scale,
                                    double eps, KeptSetCounts& part);
 bool classify_kept_sets_in_lanes(size_t k, const ResolvedValues& at, const double* scale,
