@@ -138,30 +138,27 @@ PrefixMoments accumulate_prefix(const TensorViews& views, uint64_t count_limit);
 // Sparse-merge statistics relative to a base candidate b (1-based vector index), for the other
 // candidates `others` (vector indices): the TIES threshold and density per candidate from
 // log-magnitude histograms of delta_i = C_i - C_b split by whether S == C_b (nothing kept) or
-// S == C_i (i kept alone); the DARE scale (S - C_b) / delta_i; and the kept-set weight ratios.
+// S == C_i (i kept alone); and the DARE scale (S - C_b) / delta_i. The pass over the elements
+// that these decide (the kept sets and the weight ratios) is subset_statistics.
 struct SparseStats {
   std::vector<double> density;         // TIES: fraction with |delta_i| >= threshold
   std::vector<double> threshold;       // |delta_i| threshold
   std::vector<double> magnitude_step;  // 1 - P(S == C_b | top 10% of |delta_i|) / P(.. | the rest)
   std::vector<double> solo_density;    // solo_i / (solo_i + none): kept fraction, any method
   std::vector<double> kept_scale;      // mode of (S - C_b) / delta_i
-  std::vector<double> ratio_weights;   // weights (sum 1) from elements where all kept agree
   // The drop profile (TensorAssay::top_drop and the rest; NaN where the bottom 10% never shows
   // "nothing kept").
   std::vector<double> top_drop, upper_drop, outlier_share, profile_density;
 };
-// weight_ratios false: ratio_weights are left NaN (pass 2 not run), for a caller that runs
-// WeightRatioPass in another pass over the same elements (subset_statistics).
-SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others,
-                              bool weight_ratios = true);
+SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others);
 
-// sparse_statistics' pass 2, the weight ratios, given pass 1's thresholds: over the elements
+// The weight ratios, given sparse_statistics' thresholds: over the elements
 // where every other is kept (|delta_j| > threshold_j) and all agree in sign, S - C_b = sum_j l_j
 // delta_j with l_j = w_j / sum w; with the last other as pivot, the normal equations of
 // r - delta_k = sum_{j<k} l_j (delta_j - delta_k) (rounding noise in the response only, no
 // errors-in-variables bias). A part's sums are a (k-1) x k column-major block: the normal matrix,
-// then the right-hand side. Split out so that subset_statistics can run it beside its own work in
-// one pass over the elements, instead of in a pass of its own (which read every input once more).
+// then the right-hand side. subset_statistics runs it beside the kept sets, in one pass over the
+// elements (a pass of its own read every input once more).
 class WeightRatioPass {
  public:
   WeightRatioPass(int base, std::vector<int> others, std::vector<double> threshold);
@@ -204,13 +201,14 @@ struct SubsetStats {
   // weighted mean of that sign's kept deltas), not as a plain-sum vote.
   std::vector<double> normalized_density;
   std::vector<double> normalized_weight;
+  // Two or more others: the weights (sum 1) from the elements where every other is kept (above
+  // its threshold) and all agree in sign (WeightRatioPass); NaN where no element is.
+  std::vector<double> ratio_weights;
 };
-// `ratios`, when given and active: also runs that pass over the same elements (one read of the
-// inputs for both) and writes its weights into *ratio_weights.
+// The kept sets from sparse's kept_scale (not read where a scale is not finite and nonzero) and
+// the weight ratios from its thresholds, in one pass over the elements.
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
-                              const std::vector<double>& scale,
-                              const WeightRatioPass* ratios = nullptr,
-                              std::vector<double>* ratio_weights = nullptr);
+                              const SparseStats& sparse);
 
 // What the prefix alone decides: each candidate's Pearson correlation with S and the reference
 // (candidate index: the medoid of the related candidates).

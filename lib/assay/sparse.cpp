@@ -1,12 +1,13 @@
 // Sparse-merge statistics (TIES, DARE and the rest of the task-arithmetic family) of one tensor
-// relative to a base candidate. Two passes over fixed super-chunks (at most 16, set by the element
-// count alone) of integer histograms, so the counts are exact and thread-count independent:
+// relative to a base candidate, over fixed super-chunks (at most 16, set by the element count
+// alone) of integer histograms, so the counts are exact and thread-count independent:
 //  1. per other candidate i, histograms over the float bits of |delta_i| = |C_i - C_b| (1/32
 //     octave per bin) of all elements, of those with S == C_b (nothing kept) and of those with
 //     S == C_i (i kept alone, TIES with normalize); and a histogram of the ratio
 //     (S - C_b) / delta_i over well-resolved elements (its mode is i's scale when kept alone);
 //  2. with the thresholds known, the normal equations for the kept-set weight ratios over elements
-//     where every other candidate is kept and all agree in sign.
+//     where every other candidate is kept and all agree in sign: WeightRatioPass, which
+//     subset_statistics (sparse_subsets.cpp) runs in its pass over the elements.
 // docs/assay.md derives the estimators.
 #include <Eigen/Dense>
 #include <algorithm>
@@ -202,13 +203,12 @@ void WeightRatioPass::solve(const std::vector<double>& sums,
   ratio_weights[size_t(p)] = rest;
 }
 
-SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others,
-                              bool weight_ratios) {
+SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others) {
   const size_t k = others.size();
   const uint64_t n = views.numel;
   SparseStats out;
   out.density.assign(k, std::numeric_limits<double>::quiet_NaN());
-  out.threshold = out.magnitude_step = out.solo_density = out.kept_scale = out.ratio_weights = out.density;
+  out.threshold = out.magnitude_step = out.solo_density = out.kept_scale = out.density;
   out.top_drop = out.upper_drop = out.outlier_share = out.profile_density = out.density;
   if (k == 0 || n == 0) return out;
   // Well resolved for the ratio: |delta| at least 1/8 of |C_b| (16 bf16 ulps), so rounding moves
@@ -359,25 +359,6 @@ SparseStats sparse_statistics(const TensorViews& views, int base, const std::vec
     out.solo_density[j] = count + double(ratio_zero) > 0 ? count / (count + double(ratio_zero)) : 0.0;
   }
 
-  // Pass 2: weight ratios from elements where every other candidate is kept and all agree in sign.
-  const WeightRatioPass ratios(base, others, out.threshold);
-  if (weight_ratios && ratios.active()) {
-    const std::vector<double> sums = parallel_reduce(
-        n, part_grain(n), ratios.zero(),
-        [&](size_t begin, size_t end) {
-          std::vector<double> part = ratios.zero();
-          for_each_subchunk(
-              views, begin, end,
-              [&](const std::vector<float*>& x, size_t count) { ratios.add(x, count, part); },
-              used);
-          return part;
-        },
-        [](std::vector<double> acc, const std::vector<double>& part) {
-          for (size_t e = 0; e < acc.size(); ++e) acc[e] += part[e];
-          return acc;
-        });
-    ratios.solve(sums, out.ratio_weights);
-  }
   return out;
 }
 

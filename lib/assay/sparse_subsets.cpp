@@ -120,15 +120,16 @@ constexpr size_t kCompactedRows = 2 + kMaxSubsetCandidates;
 }  // namespace
 
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
-                              const std::vector<double>& scale, const WeightRatioPass* ratios,
-                              std::vector<double>* ratio_weights) {
+                              const SparseStats& sparse) {
   const size_t k = others.size();
+  const std::vector<double>& scale = sparse.kept_scale;
   SubsetStats out;
   out.density.assign(k, std::numeric_limits<double>::quiet_NaN());
-  out.scale = out.normalized_density = out.normalized_weight = out.density;
+  out.scale = out.normalized_density = out.normalized_weight = out.ratio_weights = out.density;
   bool kept_sets = k > 0 && k <= kMaxSubsetCandidates && views.numel > 0;
   for (double a : scale) kept_sets = kept_sets && std::isfinite(a) && a != 0;
-  const bool with_ratios = ratios != nullptr && ratios->active() && views.numel > 0;
+  const WeightRatioPass ratios(base, others, sparse.threshold);
+  const bool with_ratios = ratios.active() && views.numel > 0;
   if (!kept_sets && !with_ratios) return out;
   const double eps = unit_roundoff(views.inputs[0]->info->dtype);
   const std::vector<bool> used = used_vectors(views, base, others);
@@ -139,7 +140,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   };
   Sums init;
   if (kept_sets) init.counts.resize(k);
-  if (with_ratios) init.ratios = ratios->zero();
+  if (with_ratios) init.ratios = ratios.zero();
   const uint64_t n = views.numel;
   const Sums sums = parallel_reduce(
       n, part_grain(n), init,
@@ -166,7 +167,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
                                      eps, part.counts);
                 }
               }
-              if (with_ratios) ratios->add(x, count, part.ratios);
+              if (with_ratios) ratios.add(x, count, part.ratios);
             },
             used);
         return part;
@@ -176,7 +177,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
         for (size_t e = 0; e < acc.ratios.size(); ++e) acc.ratios[e] += part.ratios[e];
         return acc;
       });
-  if (with_ratios) ratios->solve(sums.ratios, *ratio_weights);
+  if (with_ratios) ratios.solve(sums.ratios, out.ratio_weights);
   if (!kept_sets) return out;
   const KeptSetCounts& total = sums.counts;
   out.classifiable = total.classifiable;

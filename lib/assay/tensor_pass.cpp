@@ -85,9 +85,7 @@ void fill_sparse(const TensorViews& views, TensorAssay* ta) {
   for (auto* v : {&ta->top_drop, &ta->upper_drop, &ta->outlier_share, &ta->profile_density})
     v->assign(k, std::nan(""));
   if (others.empty()) return;
-  // Pass 2 of the sparse statistics (the weight ratios) runs in the kept-set pass below: one read
-  // of the inputs for both.
-  const SparseStats s = sparse_statistics(views, ta->reference + 1, others, false);
+  const SparseStats s = sparse_statistics(views, ta->reference + 1, others);
   for (size_t j = 0; j < others.size(); ++j) {
     const size_t c = size_t(others[j] - 1);
     ta->density[c] = s.density[j];
@@ -99,12 +97,9 @@ void fill_sparse(const TensorViews& views, TensorAssay* ta) {
     ta->outlier_share[c] = s.outlier_share[j];
     ta->profile_density[c] = s.profile_density[j];
   }
-  const WeightRatioPass ratios(ta->reference + 1, others, s.threshold);
-  std::vector<double> ratio_weights = s.ratio_weights;  // NaN until solved
-  const SubsetStats subsets =
-      subset_statistics(views, ta->reference + 1, others, s.kept_scale, &ratios, &ratio_weights);
+  const SubsetStats subsets = subset_statistics(views, ta->reference + 1, others, s);
   for (size_t j = 0; j < others.size(); ++j)
-    ta->ratio_weight[size_t(others[j] - 1)] = ratio_weights[j];
+    ta->ratio_weight[size_t(others[j] - 1)] = subsets.ratio_weights[j];
   ta->subset_density.assign(k, std::nan(""));
   ta->subset_scale.assign(k, std::nan(""));
   ta->normalized_density.assign(k, std::nan(""));
