@@ -6,7 +6,6 @@
 #include <cmath>
 #include <limits>
 
-#include "alloy/core/cpu_features.h"
 #include "kept_sets.h"
 
 namespace alloy::detail {

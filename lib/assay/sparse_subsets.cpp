@@ -11,7 +11,6 @@
 // leaves each candidate's keep rate unchanged. docs/assay.md, "DARE densities and rules".
 #include <Eigen/Dense>
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -95,10 +94,9 @@ void normalized_estimates(const KeptSetCounts& total, size_t k, SubsetStats& out
 }
 
 // keep[i] = 1 where every other resolves element i (its delta nonzero and at least 1/8 of |C_b|),
-// else 0: the test the classification below starts with, in the same double arithmetic, so the
-// two agree element for element. A sweep per other in vectors: tested one element at a time, with
-// an exit at whichever candidate fails first, the test's unpredictable branches were most of the
-// pass's time, and most elements fail it.
+// else 0: the elements the kept-set classification reads (kept_sets.h). A sweep per other in
+// vectors: tested one element at a time, with an exit at whichever candidate fails first, the
+// test's unpredictable branches were most of the pass's time, and most elements fail it.
 __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void mark_resolved(
     const float* b, const float* const* deltas_of, size_t k, size_t count, uint8_t* keep) {
   for (size_t i = 0; i < count; ++i) keep[i] = 1;
