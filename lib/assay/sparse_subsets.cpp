@@ -131,7 +131,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   if (!kept_sets && !with_ratios) return out;
   const double eps = unit_roundoff(views.inputs[0]->info->dtype);
   const std::vector<bool> used = used_vectors(views, base, others);
-  // Both passes' sums per part, combined in part order: each adds what it added on its own.
+  // The kept sets' counts and the weight ratios' sums per part, combined in part order.
   struct Sums {
     KeptSetCounts counts;
     std::vector<double> ratios;
