@@ -152,31 +152,6 @@ struct SparseStats {
 };
 SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others);
 
-// The weight ratios, given sparse_statistics' thresholds: over the elements
-// where every other is kept (|delta_j| > threshold_j) and all agree in sign, S - C_b = sum_j l_j
-// delta_j with l_j = w_j / sum w; with the last other as pivot, the normal equations of
-// r - delta_k = sum_{j<k} l_j (delta_j - delta_k) (rounding noise in the response only, no
-// errors-in-variables bias). A part's sums are a (k-1) x k column-major block: the normal matrix,
-// then the right-hand side. subset_statistics runs it beside the kept sets, in one pass over the
-// elements (a pass of its own read every input once more).
-class WeightRatioPass {
- public:
-  WeightRatioPass(int base, std::vector<int> others, std::vector<double> threshold);
-  bool active() const { return others_.size() >= 2; }
-  std::vector<double> zero() const;  // a part's sums before any element
-  // Adds the elements [0, count) of one sub-chunk (x: for_each_subchunk's rows) to `part`, in
-  // increasing order.
-  void add(const std::vector<float*>& x, size_t count, std::vector<double>& part) const;
-  // The ratios l_j (summing to 1) from the sums of every part, into ratio_weights (k entries;
-  // untouched when no element was kept by every other).
-  void solve(const std::vector<double>& sums, std::vector<double>& ratio_weights) const;
-
- private:
-  int base_;
-  std::vector<int> others_;
-  std::vector<double> threshold_;
-};
-
 // DARE's kept sets element by element (sparse_subsets.cpp), given each other candidate's
 // approximate rescaled weight a_i (kept_scale): on well-resolved elements whose deltas share one
 // sign and whose subset sums are apart, the kept set that makes S; on opposite-sign elements,
@@ -202,7 +177,7 @@ struct SubsetStats {
   std::vector<double> normalized_density;
   std::vector<double> normalized_weight;
   // Two or more others: the weights (sum 1) from the elements where every other is kept (above
-  // its threshold) and all agree in sign (WeightRatioPass); NaN where no element is.
+  // its threshold) and all agree in sign (sparse_subsets.cpp); NaN where no element is.
   std::vector<double> ratio_weights;
 };
 // The kept sets from sparse's kept_scale (not read where a scale is not finite and nonzero) and

@@ -5,14 +5,11 @@
 //     octave per bin) of all elements, of those with S == C_b (nothing kept) and of those with
 //     S == C_i (i kept alone, TIES with normalize); and a histogram of the ratio
 //     (S - C_b) / delta_i over well-resolved elements (its mode is i's scale when kept alone);
-//  2. with the thresholds known, the normal equations for the kept-set weight ratios over elements
-//     where every other candidate is kept and all agree in sign: WeightRatioPass, which
-//     subset_statistics (sparse_subsets.cpp) runs in its pass over the elements.
+//  2. with the thresholds known, the kept sets and the weight ratios over the elements that
+//     these decide: subset_statistics (sparse_subsets.cpp), a second pass over the elements.
 // docs/assay.md derives the estimators.
-#include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -87,29 +84,6 @@ __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void block_e
   e.low = low, e.high = high;
 }
 
-// keep[i] = 1 where every other's delta at element i is nonzero, above its threshold, and of one
-// sign with the others' (pass 2's elements), else 0: pass 2's test in the same double arithmetic,
-// as a sweep per other in vectors (tested element by element, its early exits were mispredicted
-// on about half the elements). `first_positive` is scratch: the first other's sign per element.
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void mark_all_kept(
-    const float* b, const float* const* others, const double* threshold, size_t k, size_t count,
-    uint8_t* keep, uint8_t* first_positive) {
-  for (size_t j = 0; j < k; ++j) {
-    const float* c = others[j];
-    const double t = threshold[j];
-    for (size_t i = 0; i < count; ++i) {
-      const double d = double(c[i]) - double(b[i]);
-      const uint8_t kept = (std::fabs(d) > t) & (d != 0), positive = d > 0;
-      if (j == 0) {
-        keep[i] = kept;
-        first_positive[i] = positive;
-      } else {
-        keep[i] &= kept & (positive == first_positive[i]);
-      }
-    }
-  }
-}
-
 // "Nothing kept" at an element needs every candidate dropped there. Relative to the rate among
 // candidate j's smallest 10% of |delta_j| (j dropped there under TIES and breadcrumbs, so the rate
 // is the chance that the others are dropped, which does not depend on j's magnitude when their
@@ -154,54 +128,6 @@ void drop_profile(const uint64_t* all, const uint64_t* none, uint64_t n, size_t 
 }
 
 }  // namespace
-
-WeightRatioPass::WeightRatioPass(int base, std::vector<int> others, std::vector<double> threshold)
-    : base_(base), others_(std::move(others)), threshold_(std::move(threshold)) {}
-
-std::vector<double> WeightRatioPass::zero() const {
-  const size_t p = others_.size() - 1;
-  return std::vector<double>(p * (p + 1), 0.0);
-}
-
-void WeightRatioPass::add(const std::vector<float*>& x, size_t count,
-                          std::vector<double>& part) const {
-  const size_t k = others_.size(), p = k - 1;
-  std::vector<double> d(k);
-  std::vector<const float*> deltas_of(k);
-  for (size_t j = 0; j < k; ++j) deltas_of[j] = x[size_t(others_[j])];
-  const float* b = x[size_t(base_)];
-  // Reused by every sub-chunk this thread reads: no fresh pages per part.
-  static thread_local std::vector<uint8_t> keep(kDefaultGrain), first_positive(kDefaultGrain);
-  static thread_local std::vector<uint32_t> kept(kDefaultGrain + 16);
-  mark_all_kept(b, deltas_of.data(), threshold_.data(), k, count, keep.data(),
-                first_positive.data());
-  const size_t m = kept_positions(keep.data(), count, kept.data());
-  for (size_t t = 0; t < m; ++t) {  // the elements every other keeps, in order
-    const size_t i = kept[t];
-    const double r = double(x[0][i]) - double(b[i]);
-    for (size_t j = 0; j < k; ++j) d[j] = double(deltas_of[j][i]) - double(b[i]);
-    const double pivot = d[k - 1];
-    for (size_t a = 0; a < p; ++a) {
-      const double ua = d[a] - pivot;
-      for (size_t c = 0; c < p; ++c) part[a + c * p] += ua * (d[c] - pivot);
-      part[a + p * p] += ua * (r - pivot);
-    }
-  }
-}
-
-void WeightRatioPass::solve(const std::vector<double>& sums,
-                            std::vector<double>& ratio_weights) const {
-  using Matrix = Eigen::MatrixXd;
-  const Eigen::Index p = Eigen::Index(others_.size() - 1);
-  const Eigen::Map<const Matrix> normal(sums.data(), p, p + 1);
-  const Matrix m = normal.leftCols(p);
-  if (!(m.trace() > 0)) return;
-  const Eigen::VectorXd l =
-      (m + 1e-12 * m.trace() * Matrix::Identity(p, p)).ldlt().solve(normal.col(p));
-  double rest = 1;
-  for (Eigen::Index a = 0; a < p; ++a) ratio_weights[size_t(a)] = l(a), rest -= l(a);
-  ratio_weights[size_t(p)] = rest;
-}
 
 SparseStats sparse_statistics(const TensorViews& views, int base, const std::vector<int>& others) {
   const size_t k = others.size();

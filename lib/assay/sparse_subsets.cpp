@@ -93,20 +93,85 @@ void normalized_estimates(const KeptSetCounts& total, size_t k, SubsetStats& out
   if (!w.empty()) out.normalized_weight = w;
 }
 
-// keep[i] = 1 where every other resolves element i (its delta nonzero and at least 1/8 of |C_b|),
-// else 0: the elements the kept-set classification reads (kept_sets.h). A sweep per other in
-// vectors: tested one element at a time, with an exit at whichever candidate fails first, the
-// test's unpredictable branches were most of the pass's time, and most elements fail it.
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void mark_resolved(
-    const float* b, const float* const* deltas_of, size_t k, size_t count, uint8_t* keep) {
-  for (size_t i = 0; i < count; ++i) keep[i] = 1;
+// One sweep per other over a sub-chunk's elements, each delta computed once for both tests (two
+// sweeps, one per test, were a tenth of a ties merge's assay CPU):
+//  - resolved[i] = 1 where every other resolves element i (its delta nonzero and at least 1/8 of
+//    |C_b|): the elements the kept-set classification reads (kept_sets.h);
+//  - all_kept[i] = 1 where every other's delta is nonzero, above its threshold and of one sign
+//    with the others': the elements of the weight ratios (add_ratio_sums).
+// In vectors: tested one element at a time, with an exit at whichever candidate fails first, the
+// tests' unpredictable branches were most of the pass's time, and most elements fail them.
+// `first_positive` is scratch: the first other's sign per element.
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void mark_elements(
+    const float* b, const float* const* others, const double* threshold, size_t k, size_t count,
+    uint8_t* resolved, uint8_t* all_kept, uint8_t* first_positive) {
   for (size_t j = 0; j < k; ++j) {
-    const float* c = deltas_of[j];
-    for (size_t i = 0; i < count; ++i) {
-      const double d = double(c[i]) - double(b[i]);
-      keep[i] &= uint8_t((d != 0) & (std::fabs(d) >= 0.125 * std::fabs(double(b[i]))));
+    const float* c = others[j];
+    const double t = threshold[j];
+    if (j == 0) {
+      for (size_t i = 0; i < count; ++i) {
+        const double d = double(c[i]) - double(b[i]);
+        resolved[i] = uint8_t((d != 0) & (std::fabs(d) >= 0.125 * std::fabs(double(b[i]))));
+        all_kept[i] = uint8_t((std::fabs(d) > t) & (d != 0));
+        first_positive[i] = uint8_t(d > 0);
+      }
+    } else {
+      for (size_t i = 0; i < count; ++i) {
+        const double d = double(c[i]) - double(b[i]);
+        resolved[i] &= uint8_t((d != 0) & (std::fabs(d) >= 0.125 * std::fabs(double(b[i]))));
+        all_kept[i] &= uint8_t((std::fabs(d) > t) & (d != 0) & ((d > 0) == first_positive[i]));
+      }
     }
   }
+}
+
+// The weight ratios, given sparse_statistics' thresholds: over the elements where every other is
+// kept (|delta_j| > threshold_j) and all agree in sign, S - C_b = sum_j l_j delta_j with
+// l_j = w_j / sum w; with the last other as pivot, the normal equations of
+// r - delta_k = sum_{j<k} l_j (delta_j - delta_k) (rounding noise in the response only, no
+// errors-in-variables bias). A part's sums are a (k-1) x k column-major block: the normal matrix,
+// then the right-hand side. Read beside the kept sets, in the same pass over the elements (a pass
+// of its own read every input once more). Two or more others.
+std::vector<double> zero_ratio_sums(size_t k) {
+  return std::vector<double>((k - 1) * k, 0.0);
+}
+
+// Adds the elements of a sub-chunk that all_kept marks, in increasing order; `in`: the base, the
+// suspect, then the k others. `positions` is scratch for the marked elements' indices.
+void add_ratio_sums(const float* const* in, size_t k, const uint8_t* all_kept, size_t count,
+                    uint32_t* positions, std::vector<double>& part) {
+  const size_t p = k - 1;
+  const float* b = in[0];
+  const float* s = in[1];
+  std::vector<double> d(k);
+  const size_t m = kept_positions(all_kept, count, positions);
+  for (size_t t = 0; t < m; ++t) {
+    const size_t i = positions[t];
+    const double r = double(s[i]) - double(b[i]);
+    for (size_t j = 0; j < k; ++j) d[j] = double(in[2 + j][i]) - double(b[i]);
+    const double pivot = d[k - 1];
+    for (size_t a = 0; a < p; ++a) {
+      const double ua = d[a] - pivot;
+      for (size_t c = 0; c < p; ++c) part[a + c * p] += ua * (d[c] - pivot);
+      part[a + p * p] += ua * (r - pivot);
+    }
+  }
+}
+
+// The ratios l_j (summing to 1) from the sums of every part, into ratio_weights (k entries;
+// untouched when no element was kept by every other).
+void solve_ratio_sums(const std::vector<double>& sums, size_t k,
+                      std::vector<double>& ratio_weights) {
+  using Matrix = Eigen::MatrixXd;
+  const Eigen::Index p = Eigen::Index(k - 1);
+  const Eigen::Map<const Matrix> normal(sums.data(), p, p + 1);
+  const Matrix m = normal.leftCols(p);
+  if (!(m.trace() > 0)) return;
+  const Eigen::VectorXd l =
+      (m + 1e-12 * m.trace() * Matrix::Identity(p, p)).ldlt().solve(normal.col(p));
+  double rest = 1;
+  for (Eigen::Index a = 0; a < p; ++a) ratio_weights[size_t(a)] = l(a), rest -= l(a);
+  ratio_weights[size_t(p)] = rest;
 }
 
 // The classification reads the resolved elements of a sub-chunk compacted, this many elements of
@@ -126,8 +191,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   out.scale = out.normalized_density = out.normalized_weight = out.ratio_weights = out.density;
   bool kept_sets = k > 0 && k <= kMaxSubsetCandidates && views.numel > 0;
   for (double a : scale) kept_sets = kept_sets && std::isfinite(a) && a != 0;
-  const WeightRatioPass ratios(base, others, sparse.threshold);
-  const bool with_ratios = ratios.active() && views.numel > 0;
+  const bool with_ratios = k >= 2 && views.numel > 0;
   if (!kept_sets && !with_ratios) return out;
   const double eps = unit_roundoff(views.inputs[0]->info->dtype);
   const std::vector<bool> used = used_vectors(views, base, others);
@@ -138,34 +202,39 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   };
   Sums init;
   if (kept_sets) init.counts.resize(k);
-  if (with_ratios) init.ratios = ratios.zero();
+  if (with_ratios) init.ratios = zero_ratio_sums(k);
   const uint64_t n = views.numel;
   const Sums sums = parallel_reduce(
       n, part_grain(n), init,
       [&](size_t begin, size_t end) {
         Sums part = init;
         // Reused by every part this thread runs: no fresh pages per part.
-        static thread_local std::vector<uint8_t> keep(kDefaultGrain);
+        static thread_local std::vector<uint8_t> resolved(kDefaultGrain), all_kept(kDefaultGrain),
+            first_positive(kDefaultGrain);
+        static thread_local std::vector<uint32_t> positions(kDefaultGrain + 16);
         static thread_local std::vector<float> compacted(kCompactedRows * (kWindow + 16));
         float* rows[kCompactedRows];  // base, suspect, then the others: the resolved elements
         for (size_t v = 0; v < kCompactedRows; ++v) rows[v] = compacted.data() + v * (kWindow + 16);
+        std::vector<const float*> in(k + 2);  // base, suspect, then the others
         for_each_subchunk(
             views, begin, end,
             [&](const std::vector<float*>& x, size_t count) {
+              in[0] = x[base], in[1] = x[0];
+              for (size_t j = 0; j < k; ++j) in[2 + j] = x[others[j]];
+              mark_elements(in[0], in.data() + 2, sparse.threshold.data(), k, count,
+                            resolved.data(), all_kept.data(), first_positive.data());
               if (kept_sets) {
-                const float* in[kCompactedRows] = {x[base], x[0]};
-                for (size_t j = 0; j < k; ++j) in[2 + j] = x[others[j]];
-                mark_resolved(in[0], in + 2, k, count, keep.data());
                 for (size_t w = 0; w < count; w += kWindow) {
                   const size_t size = std::min(kWindow, count - w);
                   const float* window[kCompactedRows];
                   for (size_t v = 0; v < k + 2; ++v) window[v] = in[v] + w;
-                  const size_t m = compact_resolved(keep.data() + w, size, window, k + 2, rows);
+                  const size_t m = compact_resolved(resolved.data() + w, size, window, k + 2, rows);
                   classify_kept_sets(k, ResolvedValues{rows[0], rows[1], rows + 2, m}, scale.data(),
                                      eps, part.counts);
                 }
               }
-              if (with_ratios) ratios.add(x, count, part.ratios);
+              if (with_ratios)
+                add_ratio_sums(in.data(), k, all_kept.data(), count, positions.data(), part.ratios);
             },
             used);
         return part;
@@ -175,7 +244,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
         for (size_t e = 0; e < acc.ratios.size(); ++e) acc.ratios[e] += part.ratios[e];
         return acc;
       });
-  if (with_ratios) ratios.solve(sums.ratios, out.ratio_weights);
+  if (with_ratios) solve_ratio_sums(sums.ratios, k, out.ratio_weights);
   if (!kept_sets) return out;
   const KeptSetCounts& total = sums.counts;
   out.classifiable = total.classifiable;
