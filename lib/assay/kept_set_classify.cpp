@@ -30,10 +30,20 @@ void KeptSetCounts::add(const KeptSetCounts& o) {
 
 namespace {
 
+// How far S - C_b may lie from a kept set's value v and still be made by it: the rounding of S
+// (near C_b + v) and of the stored deltas, plus what the approximate scales may miss (`slack`).
+// It depends on the hypothesis, never on S itself: read from |S|, the tolerance widened with the
+// kept set, so an element whose largest-scale parent was kept failed the separation test more
+// often, and that parent's density read 0.44 for 0.5 in a dare_ties merge of three.
+[[gnu::always_inline]] inline double tolerance_at(double b, double v, double four_eps,
+                                                  double slack) {
+  return four_eps * (std::fabs(b) + std::fabs(b + v)) + slack;
+}
+
 // Under a normalised combination with two others, both kept makes S - C_b = l u_1 + (1 - l) u_2
-// (l = w_1 / (w_1 + w_2)): strictly between the two, away from both by more than `tol`. The plain
-// sum u_1 + u_2 of same-sign deltas lies outside that interval, so such an element is never one
-// the plain-sum kept sets matched.
+// (l = w_1 / (w_1 + w_2)): strictly between the two, away from both by more than `tol` (the larger
+// of their tolerances). The plain sum u_1 + u_2 of same-sign deltas lies outside that interval, so
+// such an element is never one the plain-sum kept sets matched.
 void count_between(const double* u, double r, double tol, KeptSetCounts& part) {
   const double low = std::min(u[0], u[1]), high = std::max(u[0], u[1]);
   if (!(r > low + tol && r < high - tol)) return;
@@ -45,13 +55,15 @@ void count_between(const double* u, double r, double tol, KeptSetCounts& part) {
 // With three or more others an element whose kept set is the pair {i, j} is r = l u_i + (1 - l) u_j
 // with l = w_i / (w_i + w_j), the same l for every such element: it lands in one bin of the pair's
 // histogram. Elements kept in other sets that happen to lie between u_i and u_j spread over all
-// bins, so the pair's l is the mode.
-void count_pairs_between(const double* u, size_t k, double r, double tol, KeptSetCounts& part) {
+// bins, so the pair's l is the mode. `tol`: each other's tolerance_at(u_j); a pair's is the larger.
+void count_pairs_between(const double* u, size_t k, double r, const double* tol,
+                         KeptSetCounts& part) {
   size_t pair = 0;
   for (size_t i = 0; i < k; ++i) {
     for (size_t j = i + 1; j < k; ++j, ++pair) {
+      const double tol_pair = std::max(tol[i], tol[j]);
       const double low = std::min(u[i], u[j]), high = std::max(u[i], u[j]);
-      if (!(r > low + tol && r < high - tol)) continue;
+      if (!(r > low + tol_pair && r < high - tol_pair)) continue;
       const double l = (r - u[j]) / (u[i] - u[j]);
       const size_t bin = std::min(size_t(l * double(kLambdaBins)), kLambdaBins - 1);
       ++part.pair_bins[pair * kLambdaBins + bin];
@@ -61,15 +73,20 @@ void count_pairs_between(const double* u, size_t k, double r, double tol, KeptSe
 }
 
 // Under a normalised sign consensus (della) with three or more others, the kept deltas of the
-// elected sign make a weighted mean: a value inside the range of that sign's deltas.
-bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double tol) {
+// elected sign make a weighted mean: a value inside the range of that sign's deltas, away from
+// both ends by more than the larger of their tolerances (tolerance_at).
+bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double b, double four_eps,
+                                 double slack) {
   double low = std::numeric_limits<double>::infinity(), high = -low;
   size_t same = 0;
   for (size_t j = 0; j < k; ++j) {
     if ((u[j] > 0) != (r > 0) || u[j] == 0) continue;
     ++same, low = std::min(low, u[j]), high = std::max(high, u[j]);
   }
-  return same >= 2 && r > low + tol && r < high - tol;
+  if (same < 2) return false;
+  const double tol =
+      std::max(tolerance_at(b, low, four_eps, slack), tolerance_at(b, high, four_eps, slack));
+  return r > low + tol && r < high - tol;
 }
 
 // Sum of u over the set bits of `set`; under consensus only the entries whose sign agrees with
@@ -92,7 +109,8 @@ bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double tol
 template <size_t K>
 void classify(const ResolvedValues& at, const double* scale, double eps, KeptSetCounts& part) {
   constexpr unsigned sets = 1u << K;
-  double d[K], u[K], lin[sets];
+  const double four_eps = 4 * eps;
+  double d[K], u[K], lin[sets], tol[sets];
   for (size_t i = 0; i < at.count; ++i) {
     const double b = at.base[i], s = at.suspect[i], r = s - b;
     double slack = 0;
@@ -103,8 +121,6 @@ void classify(const ResolvedValues& at, const double* scale, double eps, KeptSet
       slack += kScaleSlack * std::fabs(d[j]);
       positive |= u[j] > 0, negative |= u[j] < 0;
     }
-    // Rounding of S and of the stored deltas, plus what the approximate scales may miss.
-    const double tol = 4 * eps * (std::fabs(b) + std::fabs(s)) + slack;
     if (positive && negative) {
       // Every value sign consensus makes, the plain sum makes too (with the losers
       // dropped), so only the other direction is evidence: S made by the plain sum of kept
@@ -112,26 +128,32 @@ void classify(const ResolvedValues& at, const double* scale, double eps, KeptSet
       // happens whenever deltas of both signs are kept; under dare_ties never.
       bool by_sum = false, by_consensus = false;
       for (unsigned set = 0; set < sets; ++set) {
-        by_sum |= std::fabs(r - subset_sum(u, K, set, false)) <= tol;
-        by_consensus |= std::fabs(r - subset_sum(u, K, set, true)) <= tol;
+        const double plain = subset_sum(u, K, set, false), agreeing = subset_sum(u, K, set, true);
+        by_sum |= std::fabs(r - plain) <= tolerance_at(b, plain, four_eps, slack);
+        by_consensus |= std::fabs(r - agreeing) <= tolerance_at(b, agreeing, four_eps, slack);
       }
-      if (K >= 3 && !by_consensus) by_consensus = normalized_mean_of_one_sign(u, K, r, tol);
+      if (K >= 3 && !by_consensus)
+        by_consensus = normalized_mean_of_one_sign(u, K, r, b, four_eps, slack);
       ++part.opposite;
       part.sum += by_sum && !by_consensus;
       continue;
     }
-    // Same sign: both rules agree. Classifiable when every two subset sums are apart.
+    // Same sign: both rules agree. Classifiable when every two subset sums are farther apart
+    // than their tolerances together.
     bool separated = true;
-    for (unsigned a = 0; a < sets; ++a) lin[a] = subset_sum(u, K, a, false);
+    for (unsigned a = 0; a < sets; ++a) {
+      lin[a] = subset_sum(u, K, a, false);
+      tol[a] = tolerance_at(b, lin[a], four_eps, slack);
+    }
     for (unsigned a = 0; a < sets && separated; ++a) {
       for (unsigned c = a + 1; c < sets && separated; ++c)
-        separated = std::fabs(lin[a] - lin[c]) > 2 * tol;
+        separated = std::fabs(lin[a] - lin[c]) > tol[a] + tol[c];
     }
     if (!separated) continue;
     ++part.classifiable;
     bool found = false;
     for (unsigned set = 0; set < sets; ++set) {
-      if (std::fabs(r - lin[set]) > tol) continue;
+      if (std::fabs(r - lin[set]) > tol[set]) continue;
       found = true;
       ++part.matched;
       if (set == 0) ++part.none;
@@ -146,8 +168,11 @@ void classify(const ResolvedValues& at, const double* scale, double eps, KeptSet
       }
       break;
     }
-    if (!found && K == 2) count_between(u, r, tol, part);
-    if (!found && K >= 3) count_pairs_between(u, K, r, tol, part);
+    // A kept set of one is lin[1 << j] = 0 + u_j = u_j: its tolerance is u_j's.
+    double tol_of[K];
+    for (size_t j = 0; j < K; ++j) tol_of[j] = tol[1u << j];
+    if (!found && K == 2) count_between(u, r, std::max(tol_of[0], tol_of[1]), part);
+    if (!found && K >= 3) count_pairs_between(u, K, r, tol_of, part);
   }
 }
 

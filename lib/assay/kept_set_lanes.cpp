@@ -48,6 +48,12 @@ ALLOY_V4 inline uint64_t lanes_in(__mmask8 m) {
   return uint64_t(std::popcount(unsigned(m)));
 }
 
+// tolerance_at (kept_set_classify.cpp): four_eps (|b| + |b + v|) + slack.
+ALLOY_V4 inline __m512d tolerance_at(__m512d b, __m512d v, __m512d four_eps, __m512d slack) {
+  return _mm512_add_pd(
+      _mm512_mul_pd(four_eps, _mm512_add_pd(abs_lanes(b), abs_lanes(_mm512_add_pd(b, v)))), slack);
+}
+
 // sums[e] += terms[e]'s lanes 0, 1, ..., 7 in turn: the element order of the one-by-one form.
 template <size_t E>
 ALLOY_V4 inline void add_in_element_order(double* sums, const __m512d* terms) {
@@ -61,7 +67,8 @@ ALLOY_V4 inline void add_in_element_order(double* sums, const __m512d* terms) {
 // Three or more others, opposite signs: where the deltas of r's sign (two or more, nonzero) have r
 // strictly inside their range, a weighted mean of them (normalized_mean_of_one_sign).
 template <size_t K>
-ALLOY_V4 inline __mmask8 mean_of_one_sign(const __m512d* u, __m512d r, __m512d tol) {
+ALLOY_V4 inline __mmask8 mean_of_one_sign(const __m512d* u, __m512d r, __m512d b, __m512d four_eps,
+                                          __m512d slack) {
   const __m512d zero = _mm512_setzero_pd();
   const __mmask8 r_positive = _mm512_cmp_pd_mask(r, zero, _CMP_GT_OQ);
   __m512d low = _mm512_set1_pd(std::numeric_limits<double>::infinity());
@@ -76,15 +83,18 @@ ALLOY_V4 inline __mmask8 mean_of_one_sign(const __m512d* u, __m512d r, __m512d t
     twice |= once & same;
     once |= same;
   }
+  // std::max(tolerance at low, at high): the second where the first is less, else the first.
+  const __m512d tol =
+      _mm512_max_pd(tolerance_at(b, high, four_eps, slack), tolerance_at(b, low, four_eps, slack));
   return twice & _mm512_cmp_pd_mask(r, _mm512_add_pd(low, tol), _CMP_GT_OQ) &
          _mm512_cmp_pd_mask(r, _mm512_sub_pd(high, tol), _CMP_LT_OQ);
 }
 
 // Three or more others: the unmatched classifiable elements strictly between u_i and u_j, per pair
 // (i < j), into the pair's histogram of l = (r - u_j) / (u_i - u_j) and its sums per bin, lane by
-// lane in element order (count_pairs_between).
+// lane in element order (count_pairs_between); `tol`: each other's tolerance, a pair's the larger.
 template <size_t K>
-ALLOY_V4 inline void count_pairs_between(const __m512d* u, __m512d r, __m512d tol,
+ALLOY_V4 inline void count_pairs_between(const __m512d* u, __m512d r, const __m512d* tol,
                                          __mmask8 unmatched, KeptSetCounts& part) {
   constexpr size_t pairs = K * (K - 1) / 2;
   if (!unmatched) return;
@@ -96,8 +106,9 @@ ALLOY_V4 inline void count_pairs_between(const __m512d* u, __m512d r, __m512d to
   for (size_t i = 0; i < K; ++i) {
     for (size_t j = i + 1; j < K; ++j, ++pair) {
       const __m512d low = _mm512_min_pd(u[j], u[i]), high = _mm512_max_pd(u[j], u[i]);
-      between[pair] = unmatched & _mm512_cmp_pd_mask(r, _mm512_add_pd(low, tol), _CMP_GT_OQ) &
-                      _mm512_cmp_pd_mask(r, _mm512_sub_pd(high, tol), _CMP_LT_OQ);
+      const __m512d tol_pair = _mm512_max_pd(tol[j], tol[i]);
+      between[pair] = unmatched & _mm512_cmp_pd_mask(r, _mm512_add_pd(low, tol_pair), _CMP_GT_OQ) &
+                      _mm512_cmp_pd_mask(r, _mm512_sub_pd(high, tol_pair), _CMP_LT_OQ);
       any |= between[pair];
       const __m512d ratio =
           _mm512_maskz_div_pd(between[pair], _mm512_sub_pd(r, u[j]), _mm512_sub_pd(u[i], u[j]));
@@ -132,7 +143,7 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
   }
   uint64_t kept[K] = {}, solo[K] = {};
   const __m512d zero = _mm512_setzero_pd(), slack_share = _mm512_set1_pd(kScaleSlack);
-  const __m512d four_eps = _mm512_set1_pd(4 * eps), two = _mm512_set1_pd(2.0);
+  const __m512d four_eps = _mm512_set1_pd(4 * eps);
   __m512d a[K];
   for (size_t j = 0; j < K; ++j) a[j] = _mm512_set1_pd(scale[j]);
   for (size_t i = 0; i < at.count; i += 8) {
@@ -149,15 +160,14 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
       positive |= _mm512_cmp_pd_mask(u[j], zero, _CMP_GT_OQ);
       negative |= _mm512_cmp_pd_mask(u[j], zero, _CMP_LT_OQ);
     }
-    const __m512d tol =
-        _mm512_add_pd(_mm512_mul_pd(four_eps, _mm512_add_pd(abs_lanes(b), abs_lanes(s))), slack);
-    // The subset sums, plain and under sign consensus.
-    __m512d lin[sets];
+    // The subset sums, plain and under sign consensus, and the plain ones' tolerances.
+    __m512d lin[sets], tol[sets];
     __mmask8 by_sum = 0, by_consensus = 0;
     for (unsigned set = 0; set < sets; ++set) {
       __m512d total = zero;
       for (size_t j = 0; j < K; ++j) total = _mm512_add_pd(total, (set >> j & 1u) ? u[j] : zero);
       lin[set] = total;
+      tol[set] = tolerance_at(b, total, four_eps, slack);
       __m512d agreeing = zero;
       for (size_t j = 0; j < K; ++j) {
         if (!(set >> j & 1u)) continue;
@@ -167,26 +177,25 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
                                  _mm512_cmp_pd_mask(total, zero, _CMP_LT_OQ));
         agreeing = _mm512_mask_add_pd(agreeing, agrees, agreeing, u[j]);
       }
-      by_sum |= within(r, total, tol);
-      by_consensus |= within(r, agreeing, tol);
+      by_sum |= within(r, total, tol[set]);
+      by_consensus |= within(r, agreeing, tolerance_at(b, agreeing, four_eps, slack));
     }
-    if constexpr (K >= 3) by_consensus |= mean_of_one_sign<K>(u, r, tol);
+    if constexpr (K >= 3) by_consensus |= mean_of_one_sign<K>(u, r, b, four_eps, slack);
     const __mmask8 opposite = positive & negative & valid;
     part.opposite += lanes_in(opposite);
     part.sum += lanes_in(opposite & by_sum & __mmask8(~by_consensus));
-    // Same sign: classifiable where every two subset sums are apart; then the first kept set
-    // that makes S.
-    const __m512d two_tol = _mm512_mul_pd(two, tol);
+    // Same sign: classifiable where every two subset sums are farther apart than their
+    // tolerances together; then the first kept set that makes S.
     __mmask8 separated = valid & __mmask8(~(positive & negative));
     for (unsigned x = 0; x < sets; ++x) {
       for (unsigned y = x + 1; y < sets; ++y)
-        separated &=
-            _mm512_cmp_pd_mask(abs_lanes(_mm512_sub_pd(lin[x], lin[y])), two_tol, _CMP_GT_OQ);
+        separated &= _mm512_cmp_pd_mask(abs_lanes(_mm512_sub_pd(lin[x], lin[y])),
+                                        _mm512_add_pd(tol[x], tol[y]), _CMP_GT_OQ);
     }
     part.classifiable += lanes_in(separated);
     __mmask8 unmatched = separated, first[sets];
     for (unsigned set = 0; set < sets; ++set) {
-      first[set] = not_beyond(r, lin[set], tol) & unmatched;
+      first[set] = not_beyond(r, lin[set], tol[set]) & unmatched;
       unmatched &= __mmask8(~first[set]);
     }
     part.matched += lanes_in(separated & __mmask8(~unmatched));
@@ -209,8 +218,11 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
       }
       add_in_element_order<entries>(normal, terms);
     }
+    __m512d tol_of[K];  // a kept set of one: its tolerance is u_j's
+    for (size_t j = 0; j < K; ++j) tol_of[j] = tol[1u << j];
     if constexpr (K == 2) {  // strictly between u_1 and u_2 (count_between)
       const __m512d low = _mm512_min_pd(u[1], u[0]), high = _mm512_max_pd(u[1], u[0]);
+      const __m512d tol = _mm512_max_pd(tol_of[1], tol_of[0]);
       const __mmask8 between = unmatched &
                                _mm512_cmp_pd_mask(r, _mm512_add_pd(low, tol), _CMP_GT_OQ) &
                                _mm512_cmp_pd_mask(r, _mm512_sub_pd(high, tol), _CMP_LT_OQ);
@@ -223,7 +235,7 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
         add_in_element_order<2>(lambda, terms);
       }
     }
-    if constexpr (K >= 3) count_pairs_between<K>(u, r, tol, unmatched, part);
+    if constexpr (K >= 3) count_pairs_between<K>(u, r, tol_of, unmatched, part);
   }
   for (size_t j = 0; j < K; ++j) {
     part.kept[j] += kept[j], part.solo[j] += solo[j];

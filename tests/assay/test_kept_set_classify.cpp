@@ -127,14 +127,14 @@ TEST(KeptSetClassify, LanesGiveTheOneByOneCountsAndSumsBitForBit) {
     SCOPED_TRACE(std::to_string(k) + " others");
     const std::vector<double> all_scales{1.6, 2.5, 1.1, 3.7};
     const std::vector<double> scale(all_scales.begin(), all_scales.begin() + std::ptrdiff_t(k));
-    const size_t count = 12003;
+    const size_t count = 48003;
     Stretch st = build_stretch(k, scale, count, uint32_t(11 + k));
     detail::KeptSetCounts lanes, one;
     lanes.resize(k), one.resize(k);
     // Three stretches added in turn onto the same running sums, the last one 3 elements long.
     for (const auto& [begin, size] :
-         {std::pair{size_t(0), size_t(5997)}, std::pair{size_t(5997), size_t(6003)},
-          std::pair{size_t(12000), size_t(3)}}) {
+         {std::pair{size_t(0), size_t(23997)}, std::pair{size_t(23997), size_t(24003)},
+          std::pair{size_t(48000), size_t(3)}}) {
       ASSERT_TRUE(
           detail::classify_kept_sets_in_lanes(k, st.values(begin, size), scale.data(), eps, lanes));
       detail::classify_kept_sets_one_by_one(k, st.values(begin, size), scale.data(), eps, one);
