@@ -406,7 +406,7 @@ void expect_della_of_three(const AssayResult& r, const DellaParent (&truth)[3],
 // weights. Before, a weighted mean of two same-sign deltas beside an opposite-sign one sometimes
 // equalled a plain sum by chance (2.9% of those elements), so the merge was named della_linear with
 // weights 0.44 / 0.55 / 0.52 and densities 0.25 / 0.36 / 0.29. The densities read high (0.62 for
-// 0.5): only elements where every delta is large can be classified, and DELLA keeps those more.
+// 0.5), and the verdict says so.
 TEST(AssayDella, ThreeParentsWeightsFromTheirPairs) {
   alloy::test::TempDir temp;
   const DellaParent truth[3] = {{0.2, 0.5, 0.15}, {0.3, 0.6, 0.15}, {0.5, 0.5, 0.15}};
@@ -422,8 +422,7 @@ TEST(AssayDella, ThreeParentsWeightsFromTheirPairs) {
 // parent. The DELLA signature asked for 3 times and the merge was read densely: task_arithmetic
 // with the dense weights (0.89 / 0.65 / 0.45) and "further training of about 6%" that never
 // happened. A dense merge trained further equals base and parents alike (1.1-1.6 times). The
-// densities are not checked: with three parents only elements where all three deltas are large
-// can be classified, and there DELLA keeps more (they read 0.7 each).
+// densities are not checked: with three parents they read high (0.7 each here).
 TEST(AssayDella, ThreeParentsAtHigherDensities) {
   alloy::test::TempDir temp;
   const DellaParent truth[3] = {{0.5, 0.5, 0.1}, {0.3, 0.6, 0.1}, {0.2, 0.7, 0.1}};
