@@ -101,28 +101,55 @@ void normalized_estimates(const KeptSetCounts& total, size_t k, SubsetStats& out
 //    with the others': the elements of the weight ratios (add_ratio_sums).
 // In vectors: tested one element at a time, with an exit at whichever candidate fails first, the
 // tests' unpredictable branches were most of the pass's time, and most elements fail them.
-// `first_positive` is scratch: the first other's sign per element.
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void mark_elements(
-    const float* b, const float* const* others, const double* threshold, size_t k, size_t count,
-    uint8_t* resolved, uint8_t* all_kept, uint8_t* first_positive) {
-  for (size_t j = 0; j < k; ++j) {
-    const float* c = others[j];
-    const double t = threshold[j];
-    if (j == 0) {
-      for (size_t i = 0; i < count; ++i) {
-        const double d = double(c[i]) - double(b[i]);
-        resolved[i] = uint8_t((d != 0) & (std::fabs(d) >= 0.125 * std::fabs(double(b[i]))));
-        all_kept[i] = uint8_t((std::fabs(d) > t) & (d != 0));
+// `first_positive` is scratch: the first other's sign per element. A test whose reader is off
+// (no kept sets beyond four others, no ratios with one) is left out of the sweep: with one other
+// writing all_kept was ~0.7% of a two-candidate assay's CPU.
+// One other's sweep; the first other's sets the flags, the later ones' clear them.
+template <bool kResolved, bool kAllKept, bool kFirst>
+[[gnu::always_inline]] inline void mark_other(const float* b, const float* c, double t,
+                                              size_t count, uint8_t* resolved, uint8_t* all_kept,
+                                              uint8_t* first_positive) {
+  for (size_t i = 0; i < count; ++i) {
+    const double d = double(c[i]) - double(b[i]);
+    if constexpr (kResolved) {
+      const uint8_t r = uint8_t((d != 0) & (std::fabs(d) >= 0.125 * std::fabs(double(b[i]))));
+      resolved[i] = kFirst ? r : uint8_t(resolved[i] & r);
+    }
+    if constexpr (kAllKept) {
+      const uint8_t kept = uint8_t((std::fabs(d) > t) & (d != 0));
+      if constexpr (kFirst) {
+        all_kept[i] = kept;
         first_positive[i] = uint8_t(d > 0);
-      }
-    } else {
-      for (size_t i = 0; i < count; ++i) {
-        const double d = double(c[i]) - double(b[i]);
-        resolved[i] &= uint8_t((d != 0) & (std::fabs(d) >= 0.125 * std::fabs(double(b[i]))));
-        all_kept[i] &= uint8_t((std::fabs(d) > t) & (d != 0) & ((d > 0) == first_positive[i]));
+      } else {
+        all_kept[i] &= uint8_t(kept & ((d > 0) == first_positive[i]));
       }
     }
   }
+}
+
+template <bool kResolved, bool kAllKept>
+[[gnu::always_inline]] inline void mark_sweep(const float* b, const float* const* others,
+                                              const double* threshold, size_t k, size_t count,
+                                              uint8_t* resolved, uint8_t* all_kept,
+                                              uint8_t* first_positive) {
+  if (k == 0) return;
+  mark_other<kResolved, kAllKept, true>(b, others[0], threshold[0], count, resolved, all_kept,
+                                        first_positive);
+  for (size_t j = 1; j < k; ++j)
+    mark_other<kResolved, kAllKept, false>(b, others[j], threshold[j], count, resolved, all_kept,
+                                           first_positive);
+}
+
+// resolved or all_kept may be null: that test is not made.
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void mark_elements(
+    const float* b, const float* const* others, const double* threshold, size_t k, size_t count,
+    uint8_t* resolved, uint8_t* all_kept, uint8_t* first_positive) {
+  if (resolved && all_kept)
+    mark_sweep<true, true>(b, others, threshold, k, count, resolved, all_kept, first_positive);
+  else if (resolved)
+    mark_sweep<true, false>(b, others, threshold, k, count, resolved, all_kept, first_positive);
+  else if (all_kept)
+    mark_sweep<false, true>(b, others, threshold, k, count, resolved, all_kept, first_positive);
 }
 
 // The weight ratios, given sparse_statistics' thresholds: over the elements where every other is
@@ -222,7 +249,8 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
               in[0] = x[base], in[1] = x[0];
               for (size_t j = 0; j < k; ++j) in[2 + j] = x[others[j]];
               mark_elements(in[0], in.data() + 2, sparse.threshold.data(), k, count,
-                            resolved.data(), all_kept.data(), first_positive.data());
+                            kept_sets ? resolved.data() : nullptr,
+                            with_ratios ? all_kept.data() : nullptr, first_positive.data());
               if (kept_sets) {
                 for (size_t w = 0; w < count; w += kWindow) {
                   const size_t size = std::min(kWindow, count - w);

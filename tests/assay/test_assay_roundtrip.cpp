@@ -136,8 +136,8 @@ void check_breadcrumbs(const AssayResult& r, const AssayFamily& f, double tolera
   EXPECT_FALSE(r.evidence.contains("method_alternatives")) << r.evidence.dump();
 }
 
-// The parameters of one parent of a DELLA merge.
-struct DellaParent {
+// The parameters of one parent of a sparse merge (epsilon: DELLA only).
+struct SparseParent {
   double weight, density, epsilon;
 };
 
@@ -145,9 +145,10 @@ struct DellaParent {
 // one of `expected`.
 RoundTripCase della_case(const char* name, const char* merge_method, const char* expected,
                          std::function<void(const AssayResult&, const AssayFamily&)> checks,
-                         DellaParent first = {0.5, 0.5, 0.15}, DellaParent second = {0.5, 0.6, 0.15}) {
+                         SparseParent first = {0.5, 0.5, 0.15},
+                         SparseParent second = {0.5, 0.6, 0.15}) {
   static std::deque<std::string> recipes;  // the cases keep const char* into these (deque: never moved)
-  auto parameters = [](const DellaParent& p) {
+  auto parameters = [](const SparseParent& p) {
     return "{weight: " + std::to_string(p.weight) + ", density: " + std::to_string(p.density) +
            ", epsilon: " + std::to_string(p.epsilon) + "}";
   };
@@ -163,12 +164,13 @@ RoundTripCase della_case(const char* name, const char* merge_method, const char*
 // The density is read on the elements whose deltas are large enough to classify, where DELLA's
 // keep chance is above its mean: biased up by 0.02-0.05 at epsilon 0.15-0.2 (docs/assay.md), and
 // the recipe may then round it to the next tenth (0.55 -> 0.6) when no variant rebuilds exactly.
-std::function<void(const AssayResult&, const AssayFamily&)> della_checks(DellaParent first, DellaParent second) {
+std::function<void(const AssayResult&, const AssayFamily&)> della_checks(SparseParent first,
+                                                                         SparseParent second) {
   return [first, second](const AssayResult& r, const AssayFamily& f) {
     ASSERT_EQ(r.recipe["models"].size(), 2u) << r.recipe.dump();
     const double total = first.weight + second.weight;
     for (const auto& m : r.recipe["models"]) {
-      const DellaParent& truth = m["model"] == candidate(f, "ft_1") ? first : second;
+      const SparseParent& truth = m["model"] == candidate(f, "ft_1") ? first : second;
       EXPECT_NEAR(m["parameters"]["density"].get<double>(), truth.density, 0.1 + 1e-9) << m.dump();
       EXPECT_NEAR(m["parameters"]["weight"].get<double>(), truth.weight / total, 0.03) << m.dump();
       EXPECT_NEAR(m["parameters"]["epsilon"].get<double>(), truth.epsilon, 0.06) << m.dump();
@@ -363,7 +365,7 @@ INSTANTIATE_TEST_SUITE_P(Families, AssayCopyAndFineTune,
 // only) onto the base of a hidden-256 Llama family (at the fixture's 64 a tensor has too few
 // classifiable elements for three parents, docs/assay.md), against base and the three.
 AssayResult assay_merge_of_three(const fs::path& dir, const std::string& method,
-                                 const DellaParent (&truth)[3]) {
+                                 const SparseParent (&truth)[3]) {
   const alloy::BaseModelOptions base = alloy::test::small_base(alloy::ModelFamily::kLlama, 2, 256, 64, 5);
   alloy::FineTuneOptions ft;
   ft.relative_delta = 0.05;
@@ -384,14 +386,14 @@ AssayResult assay_merge_of_three(const fs::path& dir, const std::string& method,
 // The verdict della, each parent's weight within 0.03 and epsilon within 0.06 of `truth`, and,
 // when `density_above` is given, its density from 0.05 below the truth to that much above it
 // (with three parents DELLA's densities read high, and the verdict says so).
-void expect_della_of_three(const AssayResult& r, const DellaParent (&truth)[3],
+void expect_della_of_three(const AssayResult& r, const SparseParent (&truth)[3],
                            std::optional<double> density_above) {
   EXPECT_EQ(r.verdict, "merge");
   ASSERT_EQ(r.method, "della") << r.evidence["notes"].dump();
   ASSERT_EQ(r.recipe["models"].size(), 3u) << r.recipe.dump();
   for (const auto& m : r.recipe["models"]) {
     const std::string path = m["model"];
-    const DellaParent& t = truth[path.back() - '1'];
+    const SparseParent& t = truth[path.back() - '1'];
     EXPECT_NEAR(m["parameters"]["weight"].get<double>(), t.weight, 0.03) << m.dump();
     if (density_above) {
       EXPECT_GE(m["parameters"]["density"].get<double>(), t.density - 0.05) << m.dump();
@@ -409,7 +411,7 @@ void expect_della_of_three(const AssayResult& r, const DellaParent (&truth)[3],
 // 0.5), and the verdict says so.
 TEST(AssayDella, ThreeParentsWeightsFromTheirPairs) {
   alloy::test::TempDir temp;
-  const DellaParent truth[3] = {{0.2, 0.5, 0.15}, {0.3, 0.6, 0.15}, {0.5, 0.5, 0.15}};
+  const SparseParent truth[3] = {{0.2, 0.5, 0.15}, {0.3, 0.6, 0.15}, {0.5, 0.5, 0.15}};
   const auto r = assay_merge_of_three(temp.path() / "fam", "della", truth);
   expect_della_of_three(r, truth, 0.15);
   EXPECT_NE(r.evidence["notes"].dump().find("densities read high"), std::string::npos)
@@ -425,7 +427,7 @@ TEST(AssayDella, ThreeParentsWeightsFromTheirPairs) {
 // densities are not checked: with three parents they read high (0.7 each here).
 TEST(AssayDella, ThreeParentsAtHigherDensities) {
   alloy::test::TempDir temp;
-  const DellaParent truth[3] = {{0.5, 0.5, 0.1}, {0.3, 0.6, 0.1}, {0.2, 0.7, 0.1}};
+  const SparseParent truth[3] = {{0.5, 0.5, 0.1}, {0.3, 0.6, 0.1}, {0.2, 0.7, 0.1}};
   const auto r = assay_merge_of_three(temp.path() / "fam", "della", truth);
   expect_della_of_three(r, truth, std::nullopt);
   // The densities read high (0.7 each here), and the verdict says so.
@@ -439,7 +441,7 @@ TEST(AssayDella, ThreeParentsAtHigherDensities) {
 // separation test more often: its density read 0.44 (the recipe wrote 0.4) and its weight 0.4.
 // The tolerance now follows each kept set's own value (docs/assay.md, "DARE densities and rules").
 TEST(AssayDare, ThreeParentsKeepTheirDensities) {
-  const DellaParent truth[3] = {{0.5, 0.5, 0}, {0.3, 0.6, 0}, {0.2, 0.7, 0}};
+  const SparseParent truth[3] = {{0.5, 0.5, 0}, {0.3, 0.6, 0}, {0.2, 0.7, 0}};
   for (const std::string method : {"dare_ties", "dare_linear"}) {
     SCOPED_TRACE(method);
     alloy::test::TempDir temp;
@@ -449,7 +451,7 @@ TEST(AssayDare, ThreeParentsKeepTheirDensities) {
     ASSERT_EQ(r.recipe["models"].size(), 3u) << r.recipe.dump();
     for (const auto& m : r.recipe["models"]) {
       const std::string path = m["model"];
-      const DellaParent& t = truth[path.back() - '1'];
+      const SparseParent& t = truth[path.back() - '1'];
       EXPECT_NEAR(m["parameters"]["density"].get<double>(), t.density, 0.05) << m.dump();
       EXPECT_NEAR(m["parameters"]["weight"].get<double>(), t.weight, 0.03) << m.dump();
     }
