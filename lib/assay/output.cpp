@@ -230,8 +230,18 @@ std::string assay_summary(const AssayResult& r) {
         << " ulp, relative error " << b.value("relative_error", 0.0) << "\n";
   }
   if (r.evidence.contains("unexplained_level") && r.evidence["unexplained_level"].is_number()) {
-    out << "unexplained by the recipe: " << fixed(100 * r.evidence["unexplained_level"].get<double>(), 3)
-        << "% of the weights' norm (rounding alone is ~0.1% in bf16; more means noise or further training)\n";
+    const std::string level = fixed(100 * r.evidence["unexplained_level"].get<double>(), 3);
+    // A sparse recipe drops deltas, which a blend of whole tensors leaves unexplained however
+    // clean the merge: there the rebuild check, not this level, measures the recipe.
+    if (r.verdict == "merge" && is_sparse_method(r.method))
+      out << "unexplained by the plain fit: " << level << "% of the weights' norm (the deltas "
+          << r.method
+          << " dropped, which a blend of whole tensors cannot express; the rebuild check measures "
+             "the recipe)\n";
+    else
+      out << "unexplained by the recipe: " << level
+          << "% of the weights' norm (rounding alone is ~0.1% in bf16; more means noise or further "
+             "training)\n";
   }
   if (!r.audit.models.empty()) {
     size_t files = 0, hashed = 0;

@@ -21,8 +21,7 @@ namespace report {
 Page::Page(const json& document) : doc(document) {
   verdict = text(doc, "verdict");
   method = text(doc, "method");
-  sparse = method == "ties" || method == "dare_ties" || method == "dare_linear" || method == "breadcrumbs" ||
-           method == "breadcrumbs_ties" || method == "della" || method == "della_linear" || method == "ties_family";
+  sparse = is_sparse_method(method);
   for (const json& c : list(doc, "candidates")) paths.push_back(text(c, "path"));
   names = short_names(paths);
   // The charts show the candidates the recipe blends; for task-vector methods not the base (its

@@ -283,7 +283,7 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
   best_check["merge_method"] = recipes[chosen]["merge_method"];
   best_check["compute_dtype"] = recipes[chosen]["dtype"];
   const std::string& method = v.result.method;
-  if (method.rfind("dare", 0) == 0 || method.rfind("della", 0) == 0 || method == "ties_family") {
+  if (has_random_masks(method)) {
     best_check["note"] = "the masks may be random (DARE, DELLA): only the error is meaningful";
   }
   v.result.evidence["rebuild"] = best_check;

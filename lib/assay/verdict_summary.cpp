@@ -8,6 +8,50 @@
 namespace alloy::detail {
 namespace {
 
+// A recipe's parameters as the summary quotes them: "weight 0.6, density 0.5".
+std::string parameters_text(const nlohmann::json& parameters) {
+  std::string text;
+  for (const char* name : {"weight", "density", "gamma", "epsilon"}) {
+    const auto it = parameters.find(name);
+    if (it == parameters.end() || !it->is_number()) continue;
+    if (!text.empty()) text += ", ";
+    text.append(name).append(" ").append(number_text(it->get<double>()));
+  }
+  return text;
+}
+
+// A sparse merge's summary. Its parameters are the recipe's: the plain fit blends whole tensors,
+// so its weights are not the recipe's (a ties merge of 0.6 / 0.4 fits as 0.85 / 0.65 / -0.5 with
+// the base) and its residual is the dropped deltas, not noise (2.9% of the weights' norm for a
+// ties merge the recipe rebuilds bit for bit). What the recipe leaves unexplained is measured by
+// its rebuild, and only where the masks are not random.
+std::string sparse_summary(const AssayResult& r, const MajorEvidence& e) {
+  std::string text = r.method + " merge of";
+  for (const auto& m : r.recipe.value("models", nlohmann::json::array())) {
+    const std::string parameters = parameters_text(m.value("parameters", nlohmann::json::object()));
+    text.append(" ").append(m.value("model", std::string()));
+    if (!parameters.empty()) text.append(" (").append(parameters).append(")");
+  }
+  if (r.recipe.contains("base_model") && r.recipe["base_model"].is_string())
+    text += " onto " + r.recipe["base_model"].get<std::string>();
+  text += "; every major component fits with z >= " + number_text(e.z_min);
+  const auto rebuild = r.evidence.find("rebuild");
+  if (has_random_masks(r.method)) {
+    text +=
+        "; whether it was trained further or noised cannot be measured (its masks are random, so "
+        "no rebuild "
+        "reproduces it)";
+  } else if (rebuild != r.evidence.end() && rebuild->is_object() &&
+             rebuild->contains("relative_error")) {
+    const double error = (*rebuild)["relative_error"].get<double>();
+    if (error > kRoundingLevel) {
+      text += "; the recipe rebuilds the sampled tensors within " + number_text(100 * error, 2) +
+              "% of their norm (" + number_text(100 * rebuild->value("exact_fraction", 0.0), 3) +
+              "% bit-exact): further training, noise, or parameters not recovered exactly";
+    }
+  }
+  return text;
+}
 
 }  // namespace
 
@@ -21,13 +65,17 @@ void record_unexplained(VerdictContext& v) {
 void summarise_merge(VerdictContext& v) {
   record_unexplained(v);
   AssayResult& r = v.result;
+  const MajorEvidence e = major_evidence(v);
+  r.evidence["z_min"] = e.z_min;
+  r.evidence["log10_false_positive"] = e.log10_false_positive;
+  if (is_sparse_method(r.method)) {
+    r.evidence["summary"] = sparse_summary(r, e);
+    return;
+  }
   std::string text = r.method + " merge of";
   for (const auto& c : r.candidates) {
     if (c.involved) text += " " + c.path + " (weight " + std::to_string(c.weight) + ")";
   }
-  const MajorEvidence e = major_evidence(v);
-  r.evidence["z_min"] = e.z_min;
-  r.evidence["log10_false_positive"] = e.log10_false_positive;
   // The merge was confirmed through the suspect's quantization grid (verdict_grid.cpp).
   const bool grid_confirmed =
       r.evidence.contains("grid_rebuild") && r.evidence["grid_rebuild"].value("confirmed", false);
@@ -67,11 +115,10 @@ void summarise_merge(VerdictContext& v) {
   // What the recipe leaves unexplained beyond rounding (~0.001-0.002 of the norm in bf16).
   const double unexplained = r.evidence.value("unexplained_level", 0.0);
   // Random masks (DARE, DELLA, and a family member not told apart) leave what no rebuild explains.
-  const bool random_masks = r.method.rfind("dare", 0) == 0 || r.method.rfind("della", 0) == 0 || r.method == "ties_family";
-  if (unexplained > kRoundingLevel && !random_masks && grid_confirmed) {
+  if (unexplained > kRoundingLevel && grid_confirmed) {
     text += "; then rounded to that grid, which adds " + number_text(100 * unexplained, 2) +
             "% of the weights' norm that the recipe does not explain";
-  } else if (unexplained > kRoundingLevel && !random_masks) {
+  } else if (unexplained > kRoundingLevel) {
     text += "; followed by further training or noise of about " + number_text(100 * unexplained, 2) +
             "% of the weights' norm, which the recipe does not explain";
     r.evidence["disguise_level"] = unexplained;

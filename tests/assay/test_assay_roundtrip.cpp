@@ -178,6 +178,26 @@ std::function<void(const AssayResult&, const AssayFamily&)> della_checks(SparseP
   };
 }
 
+// A clean sparse merge's summary quotes the recipe's parameters, not the plain fit's weights (a
+// ties merge of 0.6 / 0.4 fits as 0.85 / 0.65 / -0.5 with the base), and claims no further
+// training: the plain fit's residual (2.9% of the weights' norm for that merge, which the recipe
+// rebuilds bit for bit) is the dropped deltas. Both were in the summary before.
+void expect_recipe_in_summary(const AssayResult& r) {
+  const std::string summary = r.evidence["summary"];
+  for (const auto& m : r.recipe["models"]) {
+    const std::string model = m["model"];
+    const double weight = m["parameters"]["weight"];
+    const size_t at = summary.find(model + " (weight ");
+    ASSERT_NE(at, std::string::npos) << model << ": " << summary;
+    const double printed = std::strtod(summary.c_str() + at + model.size() + 9, nullptr);
+    EXPECT_NEAR(printed, weight, 6e-4 * std::max(1.0, std::fabs(weight))) << summary;
+  }
+  EXPECT_EQ(summary.find("further training or noise of about"), std::string::npos) << summary;
+  EXPECT_FALSE(r.evidence.contains("disguise_level")) << summary;
+  EXPECT_NE(alloy::assay_summary(r).find("unexplained by the plain fit: "), std::string::npos)
+      << alloy::assay_summary(r);
+}
+
 const std::vector<RoundTripCase>& round_trip_cases() {
   static const std::vector<RoundTripCase> cases = {
       {"LinearTwoParents", 0.05,
@@ -330,6 +350,7 @@ TEST_P(AssayRoundTrip, RecoversTheRecipeAndRebuildsTheSuspect) {
   }
   if (c.method_checks) c.method_checks(r, f);
   if (HasFatalFailure()) return;
+  if (alloy::is_sparse_method(r.method)) expect_recipe_in_summary(r);
   if (c.max_ulp != kNoRebuild) {
     EXPECT_LE(rebuild_max_ulp(r, s, f.dir), uint64_t(c.max_ulp));
   }

@@ -197,6 +197,15 @@ std::string assay_component(const std::string& tensor_name, int* layer, int* exp
 // no decoder layer. Falls back to the name rules above for inferred architectures.
 std::string assay_component(const ModelArchitecture& arch, const std::string& tensor_name, int* layer, int* expert);
 
+// Methods whose recipe drops deltas (ties, breadcrumbs, breadcrumbs_ties, dare_ties, dare_linear,
+// della, della_linear, and ties_family, the assay's name for a TIES-family merge whose member it
+// could not tell): the plain fit blends whole tensors, so its weights and its residual are not
+// the recipe's; the rebuild check measures the recipe.
+bool is_sparse_method(const std::string& method);
+// Sparse methods whose masks may be random (DARE, DELLA, ties_family): no rebuild reproduces them
+// except by chance, so a rebuild's exact share says nothing and only its error is meaningful.
+bool has_random_masks(const std::string& method);
+
 // Runs the assay. Throws Error naming the model or tensor on unreadable input.
 AssayResult run_assay(const AssayOptions& options);
 
