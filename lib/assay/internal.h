@@ -185,6 +185,12 @@ struct SubsetStats {
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
                               const SparseStats& sparse);
 
+// A fitted tensor's sparse statistics (sparse_statistics, then subset_statistics) against its
+// reference, over the related candidates that carry a weight in its fit, into `ta`'s sparse fields
+// (tensor_pass.cpp runs it where exact equalities betray a sparsifying merge; the verdict, on a few
+// tensors, where the dense reading's residual depends on the deltas' magnitudes).
+void fill_sparse(const TensorViews& views, TensorAssay* ta);
+
 // What the prefix alone decides: each candidate's Pearson correlation with S and the reference
 // (candidate index: the medoid of the related candidates).
 struct PrefixFit {

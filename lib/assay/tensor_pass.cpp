@@ -69,6 +69,8 @@ std::string unfit_reason(const ModelTensor& s, const std::vector<const ModelTens
   return "";
 }
 
+}  // namespace
+
 void fill_sparse(const TensorViews& views, TensorAssay* ta) {
   // The related candidates that carry a weight in this tensor's fit. A decoy (a sibling of the
   // parents) is related but weightless; left in, its "kept alone" share and the kept-set subsets
@@ -116,8 +118,6 @@ void fill_sparse(const TensorViews& views, TensorAssay* ta) {
   ta->opposite_elements = subsets.opposite;
   ta->sum_votes = subsets.sum_votes;
 }
-
-}  // namespace
 
 std::unique_ptr<TensorScratch> TensorScratchPool::take() {
   std::lock_guard<std::mutex> lock(mutex_);

@@ -149,13 +149,16 @@ double rebuilt_exactly(const AssayResult& r) {
 
 // Runs `reading` (which sets v.result and returns whether it reached a verdict) from `undecided`,
 // the result before the first reading, and keeps its result when that is a merge whose recipe
-// rebuilds the sampled tensors almost exactly (kSparseRebuildExact); returns the first reading's
+// rebuilds at least `exact_needed` of the sampled elements exactly; returns the first reading's
 // result, set aside, in that case. Otherwise v.result is the first reading's again.
 template <class Reading>
-std::optional<AssayResult> replaced_if_rebuilt(VerdictContext& v, const AssayResult& undecided, Reading&& reading) {
+std::optional<AssayResult> replaced_if_rebuilt(VerdictContext& v, const AssayResult& undecided,
+                                               Reading&& reading,
+                                               double exact_needed = kSparseRebuildExact) {
   AssayResult first = std::move(v.result);
   v.result = undecided;
-  if (reading() && v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact) return first;
+  if (reading() && v.result.verdict == "merge" && rebuilt_exactly(v.result) >= exact_needed)
+    return first;
   v.result = std::move(first);
   return std::nullopt;
 }
@@ -168,12 +171,31 @@ std::optional<AssayResult> replaced_if_rebuilt(VerdictContext& v, const AssayRes
 // before the dense reading), that reading is kept only when its recipe rebuilds the sampled
 // tensors almost exactly: noise, further training or a non-merge never does.
 bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) {
-  const auto dense = replaced_if_rebuilt(v, undecided, [&] { return try_sparse(v, base); });
+  AssayResult start = undecided;
+  const LateSparse late =
+      sparse_statistics_missing(start) ? read_late_sparse(v, &start) : LateSparse{};
+  const double dense_exact = rebuilt_exactly(v.result);
+  const double needed = std::min(kSparseRebuildExact,
+                                 std::max(kSparseRebuildMostly, dense_exact + kSparseRebuildLead));
+  const auto dense = replaced_if_rebuilt(
+      v, start, [&] { return try_sparse(v, base); }, needed);
   if (!dense) return false;
   v.result.evidence["residual_by_magnitude"] = dense->evidence.value("residual_by_magnitude", nlohmann::json());
-  v.note("read densely first, the residual depended on the parents' delta magnitudes (evidence.residual_by_magnitude); "
-         "read as a sparse merge, its recipe rebuilds " +
-         number_text(100 * rebuilt_exactly(v.result)) + "% of the sampled elements exactly, which the dense recipe did not");
+  v.note(
+      "read densely first, the residual depended on the parents' delta magnitudes "
+      "(evidence.residual_by_magnitude); "
+      "read as a sparse merge, its recipe rebuilds " +
+      number_text(100 * rebuilt_exactly(v.result)) +
+      "% of the sampled elements exactly, the dense recipe " + number_text(100 * dense_exact) +
+      "%");
+  if (late.tensors > 0) {
+    v.note(
+        "too few elements equal the base or a parent for the first pass to read the sparse "
+        "statistics; they "
+        "were read afterwards on " +
+        std::to_string(late.tensors) + " tensors (" + std::to_string(late.elements) +
+        " elements), and the sparse parameters rest on those");
+  }
   return true;
 }
 

@@ -24,8 +24,15 @@
 
 namespace alloy::detail {
 
-// Exact share of a sparse recipe's rebuild that lets it replace a dense reading (sparse_rebuilds).
+// Exact share of a sparse recipe's rebuild that lets it replace a dense reading (sparse_rebuilds),
+// or, short of that, at least kSparseRebuildMostly and kSparseRebuildLead more than the dense
+// recipe's: noise or further training leaves no reading more than a few percent exact, so half the
+// elements rebuilt bit for bit are the recipe's, with some parameter a little off (a
+// breadcrumbs_ties of three parents: densities 0.5 / 0.6 / 0.67 for 0.5 / 0.6 / 0.7, 83% exact, the
+// dense 19%).
 inline constexpr double kSparseRebuildExact = 0.9;
+inline constexpr double kSparseRebuildMostly = 0.5;
+inline constexpr double kSparseRebuildLead = 0.3;
 inline constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
 inline constexpr double kMergeLog10Bound = -6.0;
 // |S - fit| / |C_ref| of a clean merge: rounding to bf16 leaves 0.001-0.002 (docs/assay.md); above
@@ -175,10 +182,33 @@ bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved,
 // weights that differ between tensors is undecided).
 bool sparse_under_noise(VerdictContext& v, const std::vector<int>& involved, int base);
 
+// --- sparse statistics read late (verdict_late_sparse.cpp)
+// ---------------------------------------- The first pass reads a tensor's sparse statistics only
+// where a tenth of its resolved elements equal the base or a candidate (tensor_pass.cpp): a dense
+// merge is spared two more reads of every input. A sparse merge of three parents at moderate
+// densities has fewer (a breadcrumbs_ties of 0.5 / 0.6 / 0.7: 4% equal the base, none a parent, as
+// many as a dense blend's rounding makes), so its dense reading, whose residual depends on the
+// deltas' magnitudes, had nothing to read it as a sparse merge from. These read them afterwards on
+// a few tensors. Whether fewer than half the elements of the tensors the statistics apply to have
+// them.
+bool sparse_statistics_missing(const AssayResult& result);
+struct LateSparse {
+  size_t tensors = 0;
+  uint64_t elements = 0;
+};
+// Reads the sparse statistics of up to 16 tensors of the rebuild sample (rebuild_sample) that lack
+// them into `into`'s tensors (the fits v's verdict started from); returns what it read.
+LateSparse read_late_sparse(const VerdictContext& v, AssayResult* into);
+
 // --- recipes (verdict_recipe.cpp) ----------------------------------------------------------------
 // The torch name of the dtype holding most of the model's bytes (the recipe's dtype).
 std::string torch_dtype_of(const Model& model);
 double round_digits(double value, int digits);
+// The tensors the rebuild check reads: the largest fitted unaligned tensor of each component, then
+// the largest others, `most` in all, each of at most 2^20 elements so that trying several
+// hypotheses stays cheap whatever the model size; a sampled assay (--sample F) takes tensors of at
+// most max(4096, F x 2^22) elements, so that its checks cost about as much less as its statistics.
+std::vector<std::string> rebuild_sample(const VerdictContext& v, int most);
 // Rebuilds sampled tensors under each hypothesis (and rounder variants of it), keeps the best
 // recipe in result.recipe and records the check in evidence["rebuild"].
 void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses);

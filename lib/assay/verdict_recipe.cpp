@@ -12,34 +12,6 @@
 namespace alloy::detail {
 namespace {
 
-// The largest fitted tensor of each component, then the largest others, each at most 2^20
-// elements so that trying several hypotheses stays cheap whatever the model size; a sampled assay
-// (--sample F) rebuilds tensors of at most max(4096, F x 2^22) elements, so that its rebuild check
-// costs about as much less as its statistics do.
-std::vector<std::string> rebuild_sample(const VerdictContext& v) {
-  const int most = v.options.rebuild_check_tensors;
-  const double fraction = v.options.sample_fraction;
-  const uint64_t largest = fraction > 0 && fraction < 1 ? std::max<uint64_t>(4096, uint64_t(fraction * double(1 << 22)))
-                                                        : uint64_t(1) << 20;
-  std::vector<const TensorAssay*> fitted;
-  for (const auto& t : v.result.tensors) {
-    if (t.fitted && !t.aligned && t.numel <= largest) fitted.push_back(&t);
-  }
-  std::stable_sort(fitted.begin(), fitted.end(), [](auto* a, auto* b) { return a->numel > b->numel; });
-  std::vector<std::string> names, seen;
-  for (const auto* t : fitted) {
-    if (std::find(seen.begin(), seen.end(), t->component) != seen.end()) continue;
-    seen.push_back(t->component);
-    names.push_back(t->name);
-  }
-  for (const auto* t : fitted) {
-    if (int(names.size()) >= most) break;
-    if (std::find(names.begin(), names.end(), t->name) == names.end()) names.push_back(t->name);
-  }
-  if (int(names.size()) > most) names.resize(size_t(most));
-  return names;
-}
-
 // A mergekit setting (number, gradient, or filters ending in a default) whose parts say the same
 // number once rounded, as that number: a gradient of equal values, filters that repeat the default.
 // (The norms of a base + fine-tune blend scatter past the profile's tolerance and, rounded to one
@@ -181,6 +153,31 @@ CheckOutcome run_check(const nlohmann::json& recipe, const VerdictContext& v, co
 
 }  // namespace
 
+std::vector<std::string> rebuild_sample(const VerdictContext& v, int most) {
+  const double fraction = v.options.sample_fraction;
+  const uint64_t largest = fraction > 0 && fraction < 1
+                               ? std::max<uint64_t>(4096, uint64_t(fraction * double(1 << 22)))
+                               : uint64_t(1) << 20;
+  std::vector<const TensorAssay*> fitted;
+  for (const auto& t : v.result.tensors) {
+    if (t.fitted && !t.aligned && t.numel <= largest) fitted.push_back(&t);
+  }
+  std::stable_sort(fitted.begin(), fitted.end(),
+                   [](auto* a, auto* b) { return a->numel > b->numel; });
+  std::vector<std::string> names, seen;
+  for (const auto* t : fitted) {
+    if (std::find(seen.begin(), seen.end(), t->component) != seen.end()) continue;
+    seen.push_back(t->component);
+    names.push_back(t->name);
+  }
+  for (const auto* t : fitted) {
+    if (int(names.size()) >= most) break;
+    if (std::find(names.begin(), names.end(), t->name) == names.end()) names.push_back(t->name);
+  }
+  if (int(names.size()) > most) names.resize(size_t(most));
+  return names;
+}
+
 std::string torch_dtype_of(const Model& model) {
   std::map<DType, uint64_t> bytes;
   for (const auto& t : model.tensors()) bytes[t.info->dtype] += t.info->nbytes();
@@ -199,7 +196,7 @@ double round_digits(double value, int digits) {
 
 void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses) {
   if (v.options.rebuild_check_tensors <= 0) return;
-  const auto names = rebuild_sample(v);
+  const auto names = rebuild_sample(v, v.options.rebuild_check_tensors);
   // The best variant of each hypothesis; hypotheses come in order of preference (the recipe a
   // practitioner would write first: linear with weights summing to 1, fewer parameters first).
   // A hypothesis's variants are tried in order until one rebuilds every element: no later variant
