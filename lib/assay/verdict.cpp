@@ -163,22 +163,34 @@ std::optional<AssayResult> replaced_if_rebuilt(VerdictContext& v, const AssayRes
   return std::nullopt;
 }
 
+}  // namespace
+
+bool sparse_reading_replaces_dense(const std::string& method, double exact, double dense_exact) {
+  if (exact >= kSparseRebuildExact) return true;
+  if (has_random_masks(method)) return false;
+  return exact >= kSparseRebuildMostly && exact >= dense_exact + kSparseRebuildLead;
+}
+
+namespace {
+
 // A clean sparse merge can have too few exact equalities for decide()'s sparse gate (a
 // breadcrumbs_ties merge at density 0.5: a delta kept alone is multiplied and divided by its weight
 // in bf16 and rarely comes back exactly, so only the elements that both parents dropped equal the
 // base, about 10% of them against the gate's 25%), and is then read densely with a residual that
 // depends on the delta magnitudes. Read once more as a sparse merge from `undecided` (the result
-// before the dense reading), that reading is kept only when its recipe rebuilds the sampled
-// tensors almost exactly: noise, further training or a non-merge never does.
+// before the dense reading), with the sparse statistics read now where the first pass left them
+// out, that reading is kept only when its recipe rebuilds enough of the sampled elements exactly
+// (sparse_reading_replaces_dense): noise, further training or a non-merge never does.
 bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) {
   AssayResult start = undecided;
   const LateSparse late =
       sparse_statistics_missing(start) ? read_late_sparse(v, &start) : LateSparse{};
   const double dense_exact = rebuilt_exactly(v.result);
-  const double needed = std::min(kSparseRebuildExact,
-                                 std::max(kSparseRebuildMostly, dense_exact + kSparseRebuildLead));
-  const auto dense = replaced_if_rebuilt(
-      v, start, [&] { return try_sparse(v, base); }, needed);
+  const auto reading = [&] {
+    return try_sparse(v, base) &&
+           sparse_reading_replaces_dense(v.result.method, rebuilt_exactly(v.result), dense_exact);
+  };
+  const auto dense = replaced_if_rebuilt(v, start, reading, 0.0);
   if (!dense) return false;
   v.result.evidence["residual_by_magnitude"] = dense->evidence.value("residual_by_magnitude", nlohmann::json());
   v.note(

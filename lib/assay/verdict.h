@@ -24,15 +24,20 @@
 
 namespace alloy::detail {
 
-// Exact share of a sparse recipe's rebuild that lets it replace a dense reading (sparse_rebuilds),
-// or, short of that, at least kSparseRebuildMostly and kSparseRebuildLead more than the dense
-// recipe's: noise or further training leaves no reading more than a few percent exact, so half the
-// elements rebuilt bit for bit are the recipe's, with some parameter a little off (a
-// breadcrumbs_ties of three parents: densities 0.5 / 0.6 / 0.67 for 0.5 / 0.6 / 0.7, 83% exact, the
-// dense 19%).
+// When a sparse reading replaces a dense one whose residual depends on the deltas' magnitudes
+// (verdict.cpp, sparse_rebuilds): its recipe rebuilds at least kSparseRebuildExact of the sampled
+// elements exactly, or, for a deterministic method (the TIES family), at least kSparseRebuildMostly
+// and kSparseRebuildLead more than the dense recipe. Noise or further training leaves no reading
+// more than a few percent exact, so half the elements rebuilt bit for bit are the recipe's, with
+// some parameter a little off (a breadcrumbs_ties of three parents: densities 0.5 / 0.6 / 0.67 for
+// 0.5 / 0.6 / 0.7, 83% exact, the dense 19%). Random masks (DARE, DELLA) rebuild exactly wherever
+// they happen to agree with the suspect's: a dare_ties reading at density 0.86 of a sampled
+// breadcrumbs_ties merge at 0.8 keeps both parents on 74% of the elements, as breadcrumbs does,
+// and rebuilt 58% exactly (the dense 10%); it needs the full bar.
 inline constexpr double kSparseRebuildExact = 0.9;
 inline constexpr double kSparseRebuildMostly = 0.5;
 inline constexpr double kSparseRebuildLead = 0.3;
+bool sparse_reading_replaces_dense(const std::string& method, double exact, double dense_exact);
 inline constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
 inline constexpr double kMergeLog10Bound = -6.0;
 // |S - fit| / |C_ref| of a clean merge: rounding to bf16 leaves 0.001-0.002 (docs/assay.md); above
