@@ -163,43 +163,45 @@ std::optional<AssayResult> replaced_if_rebuilt(VerdictContext& v, const AssayRes
   return std::nullopt;
 }
 
-}  // namespace
-
-bool sparse_reading_replaces_dense(const std::string& method, double exact, double dense_exact) {
-  if (exact >= kSparseRebuildExact) return true;
-  if (has_random_masks(method)) return false;
-  return exact >= kSparseRebuildMostly && exact >= dense_exact + kSparseRebuildLead;
-}
-
-namespace {
-
 // A clean sparse merge can have too few exact equalities for decide()'s sparse gate (a
 // breadcrumbs_ties merge at density 0.5: a delta kept alone is multiplied and divided by its weight
 // in bf16 and rarely comes back exactly, so only the elements that both parents dropped equal the
 // base, about 10% of them against the gate's 25%), and is then read densely with a residual that
-// depends on the delta magnitudes. Read once more as a sparse merge from `undecided` (the result
-// before the dense reading), with the sparse statistics read now where the first pass left them
-// out, that reading is kept only when its recipe rebuilds enough of the sampled elements exactly
-// (sparse_reading_replaces_dense): noise, further training or a non-merge never does.
+// depends on the delta magnitudes (a merge whose method is not established or, where the trimming
+// makes the base's weight differ between tensors, a fine-tune). Read once more as a sparse merge
+// from `undecided` (the result before the dense reading), with the sparse statistics read now
+// where the first pass left them out, that reading is kept only when its recipe rebuilds the
+// sampled tensors almost exactly (kSparseRebuildExact), after a deterministic recipe that rebuilds
+// part of them has had its densities and weights refined by rebuilds (refine_sparse_recipe):
+// noise, further training or a non-merge never does.
 bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) {
   AssayResult start = undecided;
   const LateSparse late =
       sparse_statistics_missing(start) ? read_late_sparse(v, &start) : LateSparse{};
   const double dense_exact = rebuilt_exactly(v.result);
   const auto reading = [&] {
-    return try_sparse(v, base) &&
-           sparse_reading_replaces_dense(v.result.method, rebuilt_exactly(v.result), dense_exact);
+    if (!try_sparse(v, base)) return false;
+    const double exact = rebuilt_exactly(v.result);
+    // Part of the sample rebuilt exactly by a deterministic recipe: a parameter is a little off,
+    // and the rebuilds find it (noise leaves a few percent at most, so nothing is searched there;
+    // random masks rebuild exactly only where they happen to agree, which no search improves).
+    if (!has_random_masks(v.result.method) && exact >= kRefineFloor &&
+        exact < kSparseRebuildExact && exact > dense_exact && refine_sparse_recipe(v))
+      summarise_merge(v);
+    return true;
   };
-  const auto dense = replaced_if_rebuilt(v, start, reading, 0.0);
+  const auto dense = replaced_if_rebuilt(v, start, reading);
   if (!dense) return false;
   v.result.evidence["residual_by_magnitude"] = dense->evidence.value("residual_by_magnitude", nlohmann::json());
+  const bool dense_merge = dense->verdict == "merge";
   v.note(
-      "read densely first, the residual depended on the parents' delta magnitudes "
-      "(evidence.residual_by_magnitude); "
-      "read as a sparse merge, its recipe rebuilds " +
-      number_text(100 * rebuilt_exactly(v.result)) +
-      "% of the sampled elements exactly, the dense recipe " + number_text(100 * dense_exact) +
-      "%");
+      "read densely first (" + dense->verdict +
+      (dense_merge ? " by " + dense->method : std::string()) +
+      "), the residual depended on the parents' delta magnitudes (evidence.residual_by_magnitude); "
+      "read as a "
+      "sparse merge, its recipe rebuilds " +
+      number_text(100 * rebuilt_exactly(v.result)) + "% of the sampled elements exactly" +
+      (dense_merge ? ", the dense recipe " + number_text(100 * dense_exact) + "%" : std::string()));
   if (late.tensors > 0) {
     v.note(
         "too few elements equal the base or a parent for the first pass to read the sparse "
@@ -310,15 +312,20 @@ void decide_dense(VerdictContext& v, int base) {
     if (!(involved.size() == 2 && try_slerp(v, involved))) dense_merge(v, involved, base);
     return;
   }
+  const AssayResult before_fine_tune = v.result;  // for a sparse reading after the fine-tune
   fine_tune(v, base, signature == Signature::kAbsent ? signature_why
                      : !explained                    ? explained_why
                                                      : signature_why + "; z_min " + number_text(v.result.evidence["z_min"].get<double>()) +
                                                            " < " + number_text(kMergeZ));
   // Read densely, a sparse merge under noise gives the base a weight that is an artefact of the
-  // trimming and differs from tensor to tensor, so the sameness test takes it for siblings (GPT-OSS,
-  // breadcrumbs_ties under noise half its deviation: the base's weight on experts spread 0.17, bar
-  // 0.15). Siblings' residuals do not depend on the deltas' magnitudes; a trimmed merge's do.
+  // trimming and differs from tensor to tensor, so the sameness test takes it for siblings
+  // (GPT-OSS, breadcrumbs_ties under noise half its deviation: the base's weight on experts spread
+  // 0.17, bar 0.15). Siblings' residuals do not depend on the deltas' magnitudes; a trimmed merge's
+  // do. A sparse reading that rebuilds the sample replaces the fine-tune (a breadcrumbs_ties of
+  // three parents assayed with --sample 0.05: the base's weight on attention spread 0.19, bar
+  // 0.15).
   if (signature == Signature::kAbsent && sparse_under_noise(v, involved, base)) {
+    if (sparse_rebuilds(v, before_fine_tune, base)) return;
     v.result.evidence["sparse_merge_possible"] = true;
     v.note("the residual of the dense reading depends on the candidates' delta magnitudes (its slope on a "
            "delta, or its size, differs between the smaller and the larger half of them; "

@@ -24,20 +24,8 @@
 
 namespace alloy::detail {
 
-// When a sparse reading replaces a dense one whose residual depends on the deltas' magnitudes
-// (verdict.cpp, sparse_rebuilds): its recipe rebuilds at least kSparseRebuildExact of the sampled
-// elements exactly, or, for a deterministic method (the TIES family), at least kSparseRebuildMostly
-// and kSparseRebuildLead more than the dense recipe. Noise or further training leaves no reading
-// more than a few percent exact, so half the elements rebuilt bit for bit are the recipe's, with
-// some parameter a little off (a breadcrumbs_ties of three parents: densities 0.5 / 0.6 / 0.67 for
-// 0.5 / 0.6 / 0.7, 83% exact, the dense 19%). Random masks (DARE, DELLA) rebuild exactly wherever
-// they happen to agree with the suspect's: a dare_ties reading at density 0.86 of a sampled
-// breadcrumbs_ties merge at 0.8 keeps both parents on 74% of the elements, as breadcrumbs does,
-// and rebuilt 58% exactly (the dense 10%); it needs the full bar.
+// Exact share of a sparse recipe's rebuild that lets it replace a dense reading (sparse_rebuilds).
 inline constexpr double kSparseRebuildExact = 0.9;
-inline constexpr double kSparseRebuildMostly = 0.5;
-inline constexpr double kSparseRebuildLead = 0.3;
-bool sparse_reading_replaces_dense(const std::string& method, double exact, double dense_exact);
 inline constexpr double kMergeZ = 5.0;  // every major component this many null scales above 0 (siblings: < 1)
 inline constexpr double kMergeLog10Bound = -6.0;
 // |S - fit| / |C_ref| of a clean merge: rounding to bf16 leaves 0.001-0.002 (docs/assay.md); above
@@ -217,6 +205,21 @@ std::vector<std::string> rebuild_sample(const VerdictContext& v, int most);
 // Rebuilds sampled tensors under each hypothesis (and rounder variants of it), keeps the best
 // recipe in result.recipe and records the check in evidence["rebuild"].
 void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses);
+
+// A deterministic sparse recipe (the TIES family) that rebuilds part of the sample exactly has some
+// parameter a little off (read from small tensors, or a third parent's density from a drop profile
+// that rounding blurs: a breadcrumbs_ties of 0.5 / 0.6 / 0.7 read as 0.51 / 0.3 / 0.2 at 0.5 / 0.6
+// / 0.67 rebuilt 83% exactly). Each parent's density, then its weight, is searched in steps of
+// kRefineStep within kRefineSteps (weights kRefineWeightSteps) steps of the reading, one at a time,
+// in at most kRefineRounds sweeps, each step scored by its rebuild (exact share first, ties to the
+// earlier step, so the result does not depend on the threads). Keeps the best recipe and its check
+// in v.result and notes the search; returns whether it improved the rebuild.
+inline constexpr double kRefineStep = 0.01;
+inline constexpr int kRefineSteps = 5;
+inline constexpr int kRefineWeightSteps = 3;
+inline constexpr int kRefineRounds = 2;
+inline constexpr double kRefineFloor = 0.25;  // exact share below which no search is tried
+bool refine_sparse_recipe(VerdictContext& v);
 
 // --- summary (verdict_summary.cpp) ---------------------------------------------------------------
 // evidence["unexplained_level"]: the median |S - fit| / |C_ref| over the fitted tensors.

@@ -556,17 +556,12 @@ TEST(AssayDare, ThreeParentsKeepTheirDensities) {
   }
 }
 
-// breadcrumbs_ties of three parents (densities 0.5 / 0.6 / 0.7, gamma 0.01): only 4% of the
-// resolved elements equal the base (those no parent kept) and none a parent (a kept delta
-// multiplied and divided by its weight in bf16 rarely comes back exactly), below the tenth at which
-// the first pass reads the sparse statistics, and as many as a dense blend's rounding makes. It was
-// read as task_arithmetic with low confidence ("method not established"); the verdict now reads the
-// sparse statistics of a few tensors afterwards, and the breadcrumbs recipe rebuilds most of the
-// sample bit for bit.
-TEST(AssayBreadcrumbs, ThreeParentsReadFromLateStatistics) {
+// The assay of breadcrumbs_ties of ft_1..ft_3 (weights 0.5 / 0.3 / 0.2, densities 0.5 / 0.6 / 0.7,
+// gamma 0.01) checked: the method, weights within `weight_tolerance`, densities within 0.03, gamma
+// within 0.005, the rebuild at least 90% exact, and the notes that the sparse statistics were read
+// late and the parameters refined by rebuilds.
+void expect_breadcrumbs_of_three(const AssayResult& r, double weight_tolerance) {
   const SparseParent truth[3] = {{0.5, 0.5, 0, 0.01}, {0.3, 0.6, 0, 0.01}, {0.2, 0.7, 0, 0.01}};
-  alloy::test::TempDir temp;
-  const auto r = assay_merge_of_three(temp.path() / "fam", "breadcrumbs_ties", truth);
   EXPECT_EQ(r.verdict, "merge");
   ASSERT_EQ(r.method, "breadcrumbs_ties") << r.evidence["notes"].dump();
   EXPECT_FALSE(r.evidence.contains("confidence")) << r.evidence["notes"].dump();
@@ -574,14 +569,60 @@ TEST(AssayBreadcrumbs, ThreeParentsReadFromLateStatistics) {
   for (const auto& m : r.recipe["models"]) {
     const std::string path = m["model"];
     const SparseParent& t = truth[path.back() - '1'];
-    EXPECT_NEAR(m["parameters"]["weight"].get<double>(), t.weight, 0.03) << m.dump();
-    EXPECT_NEAR(m["parameters"]["density"].get<double>(), t.density, 0.05) << m.dump();
+    EXPECT_NEAR(m["parameters"]["weight"].get<double>(), t.weight, weight_tolerance) << m.dump();
+    EXPECT_NEAR(m["parameters"]["density"].get<double>(), t.density, 0.03) << m.dump();
     EXPECT_NEAR(m["parameters"]["gamma"].get<double>(), t.gamma, 0.005) << m.dump();
   }
-  EXPECT_GE(r.evidence["rebuild"]["exact_fraction"].get<double>(), 0.5)
+  EXPECT_GE(r.evidence["rebuild"]["exact_fraction"].get<double>(), 0.9)
       << r.evidence["rebuild"].dump();
-  EXPECT_NE(r.evidence["notes"].dump().find("read afterwards on"), std::string::npos)
-      << r.evidence["notes"].dump();
+  const std::string notes = r.evidence["notes"].dump();
+  EXPECT_NE(notes.find("read afterwards on"), std::string::npos) << notes;
+  EXPECT_NE(notes.find("refined by their rebuilds"), std::string::npos) << notes;
+}
+
+// breadcrumbs_ties of three parents: only 4% of the resolved elements equal the base (those no
+// parent kept) and none a parent (a kept delta multiplied and divided by its weight in bf16 rarely
+// comes back exactly), below the tenth at which the first pass reads the sparse statistics and as
+// many as a dense blend's rounding makes. It was read as task_arithmetic with low confidence
+// ("method not established"); the verdict now reads the sparse statistics of a few tensors
+// afterwards, and the third density, read as 0.67 from a drop profile that rounding blurs (83% of
+// the sample rebuilt exactly), is found by the rebuilds.
+TEST(AssayBreadcrumbs, ThreeParentsReadFromLateStatistics) {
+  const SparseParent truth[3] = {{0.5, 0.5, 0, 0.01}, {0.3, 0.6, 0, 0.01}, {0.2, 0.7, 0, 0.01}};
+  alloy::test::TempDir temp;
+  expect_breadcrumbs_of_three(assay_merge_of_three(temp.path() / "fam", "breadcrumbs_ties", truth),
+                              0.03);
+}
+
+// The same merge of 0.02 deltas on GPT-OSS and Mixtral layouts at hidden 128: read from their small
+// tensors the densities came out 0.6 / 0.65 / 0.58 for 0.5 / 0.6 / 0.7 (76% rebuilt exactly); the
+// rebuilds bring them within 0.02 and the weights to the recipe's (97-98%).
+TEST(AssayBreadcrumbs, ThreeParentsOnSmallTensorsRefinedByRebuilds) {
+  for (const auto family : {alloy::ModelFamily::kGptOss, alloy::ModelFamily::kMixtral}) {
+    SCOPED_TRACE(alloy::family_name(family));
+    alloy::test::TempDir temp;
+    const fs::path dir = temp.path() / "fam";
+    alloy::BaseModelOptions base;
+    base.arch.family = family;
+    base.arch.layers = 2;
+    base.arch.hidden = 128;
+    base.seed = 1;
+    alloy::FineTuneOptions ft;
+    ft.relative_delta = 0.02;
+    alloy::synth_family(dir, base, 3, 0, ft);
+    std::string yaml =
+        "merge_method: breadcrumbs_ties\nbase_model: " + (dir / "base").string() + "\nmodels:\n";
+    const char* parameters[3] = {"{weight: 0.5, density: 0.5, gamma: 0.01}",
+                                 "{weight: 0.3, density: 0.6, gamma: 0.01}",
+                                 "{weight: 0.2, density: 0.7, gamma: 0.01}"};
+    for (int i = 0; i < 3; ++i)
+      yaml += "  - model: " + (dir / ("ft_" + std::to_string(i + 1))).string() +
+              "\n    parameters: " + parameters[i] + "\n";
+    merge_into(yaml + "dtype: bfloat16\n", dir / "merged");
+    const auto r = assay(dir / "merged", {(dir / "base").string(), (dir / "ft_1").string(),
+                                          (dir / "ft_2").string(), (dir / "ft_3").string()});
+    expect_breadcrumbs_of_three(r, 0.005);
+  }
 }
 
 }  // namespace

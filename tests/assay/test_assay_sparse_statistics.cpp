@@ -12,7 +12,6 @@
 #include "alloy/core/parallel.h"
 #include "assay/internal.h"
 #include "assay/subchunks.h"
-#include "assay/verdict.h"
 #include "test_utils.h"
 
 namespace alloy::test {
@@ -165,23 +164,3 @@ TEST(AssaySparseStatistics, KeptPositionsListsTheFlaggedElementsInOrder) {
 
 }  // namespace
 }  // namespace alloy::test
-
-// Which sparse reading replaces a dense one (verdict.h): the TIES family at half the sample exact
-// and 30 points ahead of the dense recipe; random masks (DARE, DELLA, ties_family) only at 90%,
-// because they rebuild exactly wherever they agree with the suspect's masks. The figures are the
-// measured ones: breadcrumbs_ties of three parents 83% against a dense 19%; a dare_ties reading of
-// a sampled breadcrumbs_ties merge at density 0.8, 58% against 10%, was taken with full confidence.
-TEST(SparseRebuildBar, DeterministicReadingsNeedHalfTheSampleRandomOnesNinetyPercent) {
-  using alloy::detail::sparse_reading_replaces_dense;
-  EXPECT_TRUE(sparse_reading_replaces_dense("breadcrumbs_ties", 0.83, 0.19));
-  EXPECT_TRUE(sparse_reading_replaces_dense("ties", 0.5, 0.2));
-  EXPECT_FALSE(sparse_reading_replaces_dense("ties", 0.49, 0.1));  // under half
-  EXPECT_FALSE(sparse_reading_replaces_dense("ties", 0.7, 0.41));  // not 30 points ahead
-  EXPECT_TRUE(sparse_reading_replaces_dense("ties", 0.9, 0.85));   // the full bar needs no lead
-  for (const char* random : {"dare_ties", "dare_linear", "della", "della_linear", "ties_family"}) {
-    SCOPED_TRACE(random);
-    EXPECT_FALSE(sparse_reading_replaces_dense(random, 0.58, 0.10));
-    EXPECT_FALSE(sparse_reading_replaces_dense(random, 0.89, 0.0));
-    EXPECT_TRUE(sparse_reading_replaces_dense(random, 0.9, 0.0));
-  }
-}
