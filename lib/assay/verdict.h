@@ -175,15 +175,14 @@ bool confirmed_through_grid(VerdictContext& v, const std::vector<int>& involved,
 // weights that differ between tensors is undecided).
 bool sparse_under_noise(VerdictContext& v, const std::vector<int>& involved, int base);
 
-// --- sparse statistics read late (verdict_late_sparse.cpp)
-// ---------------------------------------- The first pass reads a tensor's sparse statistics only
-// where a tenth of its resolved elements equal the base or a candidate (tensor_pass.cpp): a dense
-// merge is spared two more reads of every input. A sparse merge of three parents at moderate
-// densities has fewer (a breadcrumbs_ties of 0.5 / 0.6 / 0.7: 4% equal the base, none a parent, as
-// many as a dense blend's rounding makes), so its dense reading, whose residual depends on the
-// deltas' magnitudes, had nothing to read it as a sparse merge from. These read them afterwards on
-// a few tensors. Whether fewer than half the elements of the tensors the statistics apply to have
-// them.
+// --- sparse statistics read late (verdict_late_sparse.cpp) -------------------------------------
+// The first pass reads a tensor's sparse statistics only where a tenth of its resolved elements
+// equal the base or a candidate (tensor_pass.cpp): a dense merge is spared two more reads of every
+// input. A sparse merge of three parents at moderate densities has fewer (a breadcrumbs_ties of
+// 0.5 / 0.6 / 0.7: 4% equal the base, none a parent, as many as a dense blend's rounding makes),
+// so its dense reading, whose residual depends on the deltas' magnitudes, had nothing to read it
+// as a sparse merge from. These read them afterwards on a few tensors.
+// Whether fewer than half the elements of the tensors the statistics apply to have them.
 bool sparse_statistics_missing(const AssayResult& result);
 struct LateSparse {
   size_t tensors = 0;

@@ -38,9 +38,8 @@ std::string sparse_summary(const AssayResult& r, const MajorEvidence& e) {
   const auto rebuild = r.evidence.find("rebuild");
   if (has_random_masks(r.method)) {
     text +=
-        "; whether it was trained further or noised cannot be measured (its masks are random, so "
-        "no rebuild "
-        "reproduces it)";
+        "; whether it was trained further or noised cannot be measured (its masks are random, "
+        "so no rebuild reproduces it)";
   } else if (rebuild != r.evidence.end() && rebuild->is_object() &&
              rebuild->contains("relative_error")) {
     const double error = (*rebuild)["relative_error"].get<double>();
@@ -114,7 +113,6 @@ void summarise_merge(VerdictContext& v) {
   }
   // What the recipe leaves unexplained beyond rounding (~0.001-0.002 of the norm in bf16).
   const double unexplained = r.evidence.value("unexplained_level", 0.0);
-  // Random masks (DARE, DELLA, and a family member not told apart) leave what no rebuild explains.
   if (unexplained > kRoundingLevel && grid_confirmed) {
     text += "; then rounded to that grid, which adds " + number_text(100 * unexplained, 2) +
             "% of the weights' norm that the recipe does not explain";
