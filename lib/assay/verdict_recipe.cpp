@@ -2,6 +2,7 @@
 // tensors exactly as alloy-merge would, and the one that rebuilds the suspect best is kept.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <optional>
 
@@ -288,18 +289,21 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
 
 namespace {
 
+constexpr double kUnbounded = std::numeric_limits<double>::infinity();  // a weight may exceed 1
+
 // One coordinate of refine_sparse_recipe: parameter `name` of the recipe's model `m` moved by up
-// to `reach` steps either way, every step checked (one check per thread), the best kept in
-// `recipe` and `best` when strictly better (in step order). Returns whether it moved.
+// to `reach` steps either way (within (0, most]), every step checked (one check per thread), the
+// best kept in `recipe` and `best` when strictly better (in step order). Returns whether it moved.
 bool refine_coordinate(const VerdictContext& v, const std::vector<std::string>& names, size_t m,
-                       const char* name, int reach, nlohmann::json& recipe, nlohmann::json& best) {
+                       const char* name, int reach, double most, nlohmann::json& recipe,
+                       nlohmann::json& best) {
   const nlohmann::json& parameters = recipe["models"][m]["parameters"];
   if (!parameters.contains(name) || !parameters[name].is_number()) return false;
   const double centre = parameters[name].get<double>();
   std::vector<nlohmann::json> steps;
   for (int s = -reach; s <= reach; ++s) {
     const double value = round_digits(centre + kRefineStep * s, 2);
-    if (s == 0 || value <= 0 || value > 1) continue;
+    if (s == 0 || value <= 0 || value > most) continue;
     steps.push_back(recipe);
     steps.back()["models"][m]["parameters"][name] = value;
   }
@@ -331,9 +335,10 @@ bool refine_sparse_recipe(VerdictContext& v) {
   for (int round = 0; round < kRefineRounds && !all_exact(); ++round) {
     bool moved = false;
     for (size_t m = 0; m < recipe["models"].size() && !all_exact(); ++m) {
-      moved |= refine_coordinate(v, names, m, "density", kRefineSteps, recipe, best);
+      moved |= refine_coordinate(v, names, m, "density", kRefineSteps, 1.0, recipe, best);
       if (!all_exact())
-        moved |= refine_coordinate(v, names, m, "weight", kRefineWeightSteps, recipe, best);
+        moved |=
+            refine_coordinate(v, names, m, "weight", kRefineWeightSteps, kUnbounded, recipe, best);
     }
     improved |= moved;
     if (!moved) break;
