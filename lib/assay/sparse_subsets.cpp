@@ -104,6 +104,7 @@ void normalized_estimates(const KeptSetCounts& total, size_t k, SubsetStats& out
 // `first_positive` is scratch: the first other's sign per element. A test whose reader is off
 // (no kept sets beyond four others, no ratios with one) is left out of the sweep: with one other
 // writing all_kept was ~0.7% of a two-candidate assay's CPU.
+//
 // One other's sweep; the first other's sets the flags, the later ones' clear them.
 template <bool kResolved, bool kAllKept, bool kFirst>
 [[gnu::always_inline]] inline void mark_other(const float* b, const float* c, double t,

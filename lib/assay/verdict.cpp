@@ -149,15 +149,14 @@ double rebuilt_exactly(const AssayResult& r) {
 
 // Runs `reading` (which sets v.result and returns whether it reached a verdict) from `undecided`,
 // the result before the first reading, and keeps its result when that is a merge whose recipe
-// rebuilds at least `exact_needed` of the sampled elements exactly; returns the first reading's
+// rebuilds the sampled tensors almost exactly (kSparseRebuildExact); returns the first reading's
 // result, set aside, in that case. Otherwise v.result is the first reading's again.
 template <class Reading>
 std::optional<AssayResult> replaced_if_rebuilt(VerdictContext& v, const AssayResult& undecided,
-                                               Reading&& reading,
-                                               double exact_needed = kSparseRebuildExact) {
+                                               Reading&& reading) {
   AssayResult first = std::move(v.result);
   v.result = undecided;
-  if (reading() && v.result.verdict == "merge" && rebuilt_exactly(v.result) >= exact_needed)
+  if (reading() && v.result.verdict == "merge" && rebuilt_exactly(v.result) >= kSparseRebuildExact)
     return first;
   v.result = std::move(first);
   return std::nullopt;
@@ -198,15 +197,13 @@ bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) 
       "read densely first (" + dense->verdict +
       (dense_merge ? " by " + dense->method : std::string()) +
       "), the residual depended on the parents' delta magnitudes (evidence.residual_by_magnitude); "
-      "read as a "
-      "sparse merge, its recipe rebuilds " +
+      "read as a sparse merge, its recipe rebuilds " +
       number_text(100 * rebuilt_exactly(v.result)) + "% of the sampled elements exactly" +
       (dense_merge ? ", the dense recipe " + number_text(100 * dense_exact) + "%" : std::string()));
   if (late.tensors > 0) {
     v.note(
         "too few elements equal the base or a parent for the first pass to read the sparse "
-        "statistics; they "
-        "were read afterwards on " +
+        "statistics; they were read afterwards on " +
         std::to_string(late.tensors) + " tensors (" + std::to_string(late.elements) +
         " elements), and the sparse parameters rest on those");
   }
