@@ -30,14 +30,16 @@ void KeptSetCounts::add(const KeptSetCounts& o) {
 
 namespace {
 
-// How far S - C_b may lie from a kept set's value v and still be made by it: the rounding of S
-// (near C_b + v) and of the stored deltas, plus what the approximate scales may miss (`slack`).
-// It depends on the hypothesis, never on S itself: read from |S|, the tolerance widened with the
-// kept set, so an element whose largest-scale parent was kept failed the separation test more
-// often, and that parent's density read 0.44 for 0.5 in a dare_ties merge of three.
-[[gnu::always_inline]] inline double tolerance_at(double b, double v, double four_eps,
-                                                  double slack) {
-  return four_eps * (std::fabs(b) + std::fabs(b + v)) + slack;
+// How far S - C_b may lie from a kept set's value v (kept_sets.h, KeptSetTolerance; `kept_abs`
+// the sum of the set's |u_j|, `slack` the scales' share of sum_j |d_j|). It depends on the
+// hypothesis, never on S itself: read from |S|, the tolerance widened with the kept set, so an
+// element whose largest-scale parent was kept failed the separation test more often, and that
+// parent's density read 0.44 for 0.5 in a dare_ties merge of three. The kept term is left out
+// where its share is 0 (an infinite delta would make it NaN).
+[[gnu::always_inline]] inline double tolerance_at(double b, double v, double kept_abs, double eps,
+                                                  const KeptSetTolerance& t, double slack) {
+  const double rounding = t.base * std::fabs(b) + t.sum * std::fabs(b + v);
+  return eps * (t.kept != 0 ? rounding + t.kept * kept_abs : rounding) + slack;
 }
 
 // Under a normalised combination with two others, both kept makes S - C_b = l u_1 + (1 - l) u_2
@@ -75,8 +77,8 @@ void count_pairs_between(const double* u, size_t k, double r, const double* tol,
 // Under a normalised sign consensus (della) with three or more others, the kept deltas of the
 // elected sign make a weighted mean: a value inside the range of that sign's deltas, away from
 // both ends by more than the larger of their tolerances (tolerance_at).
-bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double b, double four_eps,
-                                 double slack) {
+bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double b, double eps,
+                                 const KeptSetTolerance& t, double slack) {
   double low = std::numeric_limits<double>::infinity(), high = -low;
   size_t same = 0;
   for (size_t j = 0; j < k; ++j) {
@@ -84,13 +86,14 @@ bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double b, 
     ++same, low = std::min(low, u[j]), high = std::max(high, u[j]);
   }
   if (same < 2) return false;
-  const double tol =
-      std::max(tolerance_at(b, low, four_eps, slack), tolerance_at(b, high, four_eps, slack));
+  const double tol = std::max(tolerance_at(b, low, std::fabs(low), eps, t, slack),
+                              tolerance_at(b, high, std::fabs(high), eps, t, slack));
   return r > low + tol && r < high - tol;
 }
 
 // Sum of u over the set bits of `set`; under consensus only the entries whose sign agrees with
-// the sign of that sum (mergekit's "sum" sign election; a zero sum keeps nothing).
+// the sign of that sum (mergekit's "sum" sign election; a zero sum keeps nothing). `abs_sum`: the
+// sum of their |u|.
 [[gnu::always_inline]] inline double subset_sum(const double* u, size_t k, unsigned set,
                                                 bool consensus) {
   double total = 0;
@@ -103,13 +106,20 @@ bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double b, 
   return agreeing;
 }
 
+// Sum of |u| over the set bits of `set`.
+[[gnu::always_inline]] inline double subset_abs(const double* u, size_t k, unsigned set) {
+  double total = 0;
+  for (size_t j = 0; j < k; ++j) total += (set >> j & 1u) ? std::fabs(u[j]) : 0.0;
+  return total;
+}
+
 // The classification of the elements of `at`, in order, into `part`, for K others: K is a template
 // parameter so that the loops over the others and the 2^K kept sets unroll (with k a run-time
 // value they were most of a sparse merge's assay time).
 template <size_t K>
-void classify(const ResolvedValues& at, const double* scale, double eps, KeptSetCounts& part) {
+void classify(const ResolvedValues& at, const double* scale, double eps, const KeptSetTolerance& t,
+              KeptSetCounts& part) {
   constexpr unsigned sets = 1u << K;
-  const double four_eps = 4 * eps;
   double d[K], u[K], lin[sets], tol[sets];
   for (size_t i = 0; i < at.count; ++i) {
     const double b = at.base[i], s = at.suspect[i], r = s - b;
@@ -118,7 +128,7 @@ void classify(const ResolvedValues& at, const double* scale, double eps, KeptSet
     for (size_t j = 0; j < K; ++j) {
       d[j] = double(at.others[j][i]) - b;
       u[j] = scale[j] * d[j];
-      slack += kScaleSlack * std::fabs(d[j]);
+      slack += t.slack * std::fabs(d[j]);
       positive |= u[j] > 0, negative |= u[j] < 0;
     }
     if (positive && negative) {
@@ -129,11 +139,13 @@ void classify(const ResolvedValues& at, const double* scale, double eps, KeptSet
       bool by_sum = false, by_consensus = false;
       for (unsigned set = 0; set < sets; ++set) {
         const double plain = subset_sum(u, K, set, false), agreeing = subset_sum(u, K, set, true);
-        by_sum |= std::fabs(r - plain) <= tolerance_at(b, plain, four_eps, slack);
-        by_consensus |= std::fabs(r - agreeing) <= tolerance_at(b, agreeing, four_eps, slack);
+        const double set_abs = subset_abs(u, K, set);  // bounds the agreeing part's too
+        by_sum |= std::fabs(r - plain) <= tolerance_at(b, plain, set_abs, eps, t, slack);
+        by_consensus |=
+            std::fabs(r - agreeing) <= tolerance_at(b, agreeing, set_abs, eps, t, slack);
       }
       if (K >= 3 && !by_consensus)
-        by_consensus = normalized_mean_of_one_sign(u, K, r, b, four_eps, slack);
+        by_consensus = normalized_mean_of_one_sign(u, K, r, b, eps, t, slack);
       ++part.opposite;
       part.sum += by_sum && !by_consensus;
       continue;
@@ -143,7 +155,7 @@ void classify(const ResolvedValues& at, const double* scale, double eps, KeptSet
     bool separated = true;
     for (unsigned a = 0; a < sets; ++a) {
       lin[a] = subset_sum(u, K, a, false);
-      tol[a] = tolerance_at(b, lin[a], four_eps, slack);
+      tol[a] = tolerance_at(b, lin[a], subset_abs(u, K, a), eps, t, slack);
     }
     for (unsigned a = 0; a < sets && separated; ++a) {
       for (unsigned c = a + 1; c < sets && separated; ++c)
@@ -179,23 +191,24 @@ void classify(const ResolvedValues& at, const double* scale, double eps, KeptSet
 }  // namespace
 
 void classify_kept_sets_one_by_one(size_t k, const ResolvedValues& at, const double* scale,
-                                   double eps, KeptSetCounts& part) {
+                                   double eps, const KeptSetTolerance& tolerance,
+                                   KeptSetCounts& part) {
   switch (k) {
     case 1:
-      return classify<1>(at, scale, eps, part);
+      return classify<1>(at, scale, eps, tolerance, part);
     case 2:
-      return classify<2>(at, scale, eps, part);
+      return classify<2>(at, scale, eps, tolerance, part);
     case 3:
-      return classify<3>(at, scale, eps, part);
+      return classify<3>(at, scale, eps, tolerance, part);
     default:
-      return classify<4>(at, scale, eps, part);  // kMaxSubsetCandidates (internal.h)
+      return classify<4>(at, scale, eps, tolerance, part);  // kMaxSubsetCandidates (internal.h)
   }
 }
 
 void classify_kept_sets(size_t k, const ResolvedValues& at, const double* scale, double eps,
-                        KeptSetCounts& part) {
-  if (!classify_kept_sets_in_lanes(k, at, scale, eps, part))
-    classify_kept_sets_one_by_one(k, at, scale, eps, part);
+                        const KeptSetTolerance& tolerance, KeptSetCounts& part) {
+  if (!classify_kept_sets_in_lanes(k, at, scale, eps, tolerance, part))
+    classify_kept_sets_one_by_one(k, at, scale, eps, tolerance, part);
 }
 
 }  // namespace alloy::detail

@@ -48,10 +48,22 @@ ALLOY_V4 inline uint64_t lanes_in(__mmask8 m) {
   return uint64_t(std::popcount(unsigned(m)));
 }
 
-// tolerance_at (kept_set_classify.cpp): four_eps (|b| + |b + v|) + slack.
-ALLOY_V4 inline __m512d tolerance_at(__m512d b, __m512d v, __m512d four_eps, __m512d slack) {
-  return _mm512_add_pd(
-      _mm512_mul_pd(four_eps, _mm512_add_pd(abs_lanes(b), abs_lanes(_mm512_add_pd(b, v)))), slack);
+// A KeptSetTolerance in lanes, with the unit roundoff.
+struct LaneTolerance {
+  __m512d eps, base, sum, kept, slack;
+  bool with_kept;
+};
+ALLOY_V4 inline LaneTolerance lane_tolerance(double eps, const KeptSetTolerance& t) {
+  return {_mm512_set1_pd(eps),    _mm512_set1_pd(t.base),  _mm512_set1_pd(t.sum),
+          _mm512_set1_pd(t.kept), _mm512_set1_pd(t.slack), t.kept != 0};
+}
+// tolerance_at (kept_set_classify.cpp): eps (base |b| + sum |b + v| [+ kept kept_abs]) + slack.
+ALLOY_V4 inline __m512d tolerance_at(__m512d b, __m512d v, __m512d kept_abs, const LaneTolerance& t,
+                                     __m512d slack) {
+  __m512d rounding = _mm512_add_pd(_mm512_mul_pd(t.base, abs_lanes(b)),
+                                   _mm512_mul_pd(t.sum, abs_lanes(_mm512_add_pd(b, v))));
+  if (t.with_kept) rounding = _mm512_add_pd(rounding, _mm512_mul_pd(t.kept, kept_abs));
+  return _mm512_add_pd(_mm512_mul_pd(t.eps, rounding), slack);
 }
 
 // sums[e] += terms[e]'s lanes 0, 1, ..., 7 in turn: the element order of the one-by-one form.
@@ -67,8 +79,8 @@ ALLOY_V4 inline void add_in_element_order(double* sums, const __m512d* terms) {
 // Three or more others, opposite signs: where the deltas of r's sign (two or more, nonzero) have r
 // strictly inside their range, a weighted mean of them (normalized_mean_of_one_sign).
 template <size_t K>
-ALLOY_V4 inline __mmask8 mean_of_one_sign(const __m512d* u, __m512d r, __m512d b, __m512d four_eps,
-                                          __m512d slack) {
+ALLOY_V4 inline __mmask8 mean_of_one_sign(const __m512d* u, __m512d r, __m512d b,
+                                          const LaneTolerance& t, __m512d slack) {
   const __m512d zero = _mm512_setzero_pd();
   const __mmask8 r_positive = _mm512_cmp_pd_mask(r, zero, _CMP_GT_OQ);
   __m512d low = _mm512_set1_pd(std::numeric_limits<double>::infinity());
@@ -84,8 +96,8 @@ ALLOY_V4 inline __mmask8 mean_of_one_sign(const __m512d* u, __m512d r, __m512d b
     once |= same;
   }
   // std::max(tolerance at low, at high): the second where the first is less, else the first.
-  const __m512d tol =
-      _mm512_max_pd(tolerance_at(b, high, four_eps, slack), tolerance_at(b, low, four_eps, slack));
+  const __m512d tol = _mm512_max_pd(tolerance_at(b, high, abs_lanes(high), t, slack),
+                                    tolerance_at(b, low, abs_lanes(low), t, slack));
   return twice & _mm512_cmp_pd_mask(r, _mm512_add_pd(low, tol), _CMP_GT_OQ) &
          _mm512_cmp_pd_mask(r, _mm512_sub_pd(high, tol), _CMP_LT_OQ);
 }
@@ -133,7 +145,7 @@ ALLOY_V4 inline void count_pairs_between(const __m512d* u, __m512d r, const __m5
 
 template <size_t K>
 ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, double eps,
-                             KeptSetCounts& part) {
+                             const KeptSetTolerance& tolerance, KeptSetCounts& part) {
   constexpr unsigned sets = 1u << K;
   constexpr size_t entries = K * (K + 1);  // the normal equations, row by row
   double normal[entries], lambda[2] = {part.lambda_num, part.lambda_den};
@@ -142,8 +154,8 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
       normal[j * (K + 1) + c] = part.normal(Eigen::Index(j), Eigen::Index(c));
   }
   uint64_t kept[K] = {}, solo[K] = {};
-  const __m512d zero = _mm512_setzero_pd(), slack_share = _mm512_set1_pd(kScaleSlack);
-  const __m512d four_eps = _mm512_set1_pd(4 * eps);
+  const __m512d zero = _mm512_setzero_pd();
+  const LaneTolerance t = lane_tolerance(eps, tolerance);
   __m512d a[K];
   for (size_t j = 0; j < K; ++j) a[j] = _mm512_set1_pd(scale[j]);
   for (size_t i = 0; i < at.count; i += 8) {
@@ -156,7 +168,7 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
     for (size_t j = 0; j < K; ++j) {
       d[j] = _mm512_sub_pd(load_lanes(at.others[j] + i, valid), b);
       u[j] = _mm512_mul_pd(a[j], d[j]);
-      slack = _mm512_add_pd(slack, _mm512_mul_pd(slack_share, abs_lanes(d[j])));
+      slack = _mm512_add_pd(slack, _mm512_mul_pd(t.slack, abs_lanes(d[j])));
       positive |= _mm512_cmp_pd_mask(u[j], zero, _CMP_GT_OQ);
       negative |= _mm512_cmp_pd_mask(u[j], zero, _CMP_LT_OQ);
     }
@@ -164,10 +176,14 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
     __m512d lin[sets], tol[sets];
     __mmask8 by_sum = 0, by_consensus = 0;
     for (unsigned set = 0; set < sets; ++set) {
-      __m512d total = zero;
+      __m512d total = zero, total_abs = zero;
       for (size_t j = 0; j < K; ++j) total = _mm512_add_pd(total, (set >> j & 1u) ? u[j] : zero);
+      if (t.with_kept) {  // subset_abs
+        for (size_t j = 0; j < K; ++j)
+          total_abs = _mm512_add_pd(total_abs, (set >> j & 1u) ? abs_lanes(u[j]) : zero);
+      }
       lin[set] = total;
-      tol[set] = tolerance_at(b, total, four_eps, slack);
+      tol[set] = tolerance_at(b, total, total_abs, t, slack);
       __m512d agreeing = zero;
       for (size_t j = 0; j < K; ++j) {
         if (!(set >> j & 1u)) continue;
@@ -178,9 +194,9 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
         agreeing = _mm512_mask_add_pd(agreeing, agrees, agreeing, u[j]);
       }
       by_sum |= within(r, total, tol[set]);
-      by_consensus |= within(r, agreeing, tolerance_at(b, agreeing, four_eps, slack));
+      by_consensus |= within(r, agreeing, tolerance_at(b, agreeing, total_abs, t, slack));
     }
-    if constexpr (K >= 3) by_consensus |= mean_of_one_sign<K>(u, r, b, four_eps, slack);
+    if constexpr (K >= 3) by_consensus |= mean_of_one_sign<K>(u, r, b, t, slack);
     const __mmask8 opposite = positive & negative & valid;
     part.opposite += lanes_in(opposite);
     part.sum += lanes_in(opposite & by_sum & __mmask8(~by_consensus));
@@ -251,22 +267,23 @@ ALLOY_V4 void classify_lanes(const ResolvedValues& at, const double* scale, doub
 #endif
 
 bool classify_kept_sets_in_lanes(size_t k, const ResolvedValues& at, const double* scale,
-                                 double eps, KeptSetCounts& part) {
+                                 double eps, const KeptSetTolerance& tolerance,
+                                 KeptSetCounts& part) {
 #if ALLOY_KEPT_SET_LANES
   static const bool v4 = cpu_has_x86_64_v4();
   if (!v4) return false;
   switch (k) {
     case 1:
-      return classify_lanes<1>(at, scale, eps, part), true;
+      return classify_lanes<1>(at, scale, eps, tolerance, part), true;
     case 2:
-      return classify_lanes<2>(at, scale, eps, part), true;
+      return classify_lanes<2>(at, scale, eps, tolerance, part), true;
     case 3:
-      return classify_lanes<3>(at, scale, eps, part), true;
+      return classify_lanes<3>(at, scale, eps, tolerance, part), true;
     case 4:
-      return classify_lanes<4>(at, scale, eps, part), true;
+      return classify_lanes<4>(at, scale, eps, tolerance, part), true;
   }
 #else
-  (void)k, (void)at, (void)scale, (void)eps, (void)part;
+  (void)k, (void)at, (void)scale, (void)eps, (void)tolerance, (void)part;
 #endif
   return false;
 }

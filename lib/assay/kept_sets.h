@@ -13,9 +13,29 @@
 
 namespace alloy::detail {
 
-// How far the binned mode (0.02 wide bins) of the rescaled weights may be from a_i, as a share of
-// |delta_i|: part of each element's tolerance.
-inline constexpr double kScaleSlack = 0.015;
+// How far S - C_b may lie from a kept set's value v at an element (base C_b = b, deltas d_j, scaled
+// deltas u_j = a_j d_j) and still be made by that set: eps (base |b| + sum |b + v| + kept * the
+// sum of the set's |u_j|) for the roundings (eps the unit roundoff of the suspect's dtype), plus
+// slack * sum_j |d_j| for what the approximate scales may miss.
+struct KeptSetTolerance {
+  double base, sum, kept, slack;
+};
+// With the scales read as the binned mode (0.02 wide bins) of the rescaled weights: the roundings
+// of S and of the stored deltas taken generously, and the mode up to 0.015 |d_j| off.
+inline constexpr KeptSetTolerance kModeScaleTolerance{4, 4, 0, 0.015};
+inline constexpr double kScaleSlack = kModeScaleTolerance.slack;
+// With the scales fitted by least squares (fit_kept_scales), for four others: the merge's chain
+// rounds S once and each kept term up to three times (its delta, the rescale, the weight), each
+// time by at most eps of the value; the fit's error is a small fraction of the mode's. Measured on
+// a 0.25 GB dare_ties merge of four (weights 0.4 / 0.3 / 0.2 / 0.1, densities 0.5 to 0.8): no
+// separated element of its mlp matrices fell outside every band, and ~1000 of each matrix's
+// 786k were separated (none under kModeScaleTolerance, 48 with its rounding terms and this slack).
+inline constexpr KeptSetTolerance kFittedScaleTolerance{0, 1, 2, 0.002};
+// The others from which on the scales are fitted before the classification: with fewer, enough
+// elements are separated under kModeScaleTolerance.
+inline constexpr size_t kFittedScaleCandidates = 4;
+// Fewer fitted rows than this leave the mode's scales (and kModeScaleTolerance) in place.
+inline constexpr uint64_t kFittedScaleMinRows = 256;
 // With three or more others, the relative weight l = w_i / (w_i + w_j) of each pair is read as the
 // mode of a histogram over (0, 1) in bins this many.
 inline constexpr size_t kLambdaBins = 100;
@@ -52,16 +72,39 @@ size_t compact_resolved(const uint8_t* keep, size_t count, const float* const* i
                         float* const* out);
 
 // Adds the classification of every element of `at` (k others, rescaled weights `scale`, unit
-// roundoff `eps` of the suspect's dtype) to `part`, in order: the lanes where the CPU has AVX-512
-// and k <= 4, else one element at a time.
+// roundoff `eps` of the suspect's dtype, `tolerance` for the scales' kind: kModeScaleTolerance or
+// kFittedScaleTolerance) to `part`, in order: the lanes where the CPU has AVX-512 and k <= 4, else
+// one element at a time.
 void classify_kept_sets(size_t k, const ResolvedValues& at, const double* scale, double eps,
-                        KeptSetCounts& part);
+                        const KeptSetTolerance& tolerance, KeptSetCounts& part);
 
 // The two forms on their own, for the tests that compare them. The lanes form returns false, and
 // adds nothing, where it does not run (no AVX-512, or k > 4).
 void classify_kept_sets_one_by_one(size_t k, const ResolvedValues& at, const double* scale,
-                                   double eps, KeptSetCounts& part);
+                                   double eps, const KeptSetTolerance& tolerance,
+                                   KeptSetCounts& part);
 bool classify_kept_sets_in_lanes(size_t k, const ResolvedValues& at, const double* scale,
-                                 double eps, KeptSetCounts& part);
+                                 double eps, const KeptSetTolerance& tolerance,
+                                 KeptSetCounts& part);
+
+// The normal equations of the scales a (k x (k + 1): the matrix, then the right-hand side) over
+// the elements that name their kept set without the separation the classification needs
+// (kept_set_scales.cpp), and how many elements entered them.
+struct KeptScaleFit {
+  Eigen::MatrixXd normal;
+  uint64_t rows = 0;
+  void resize(size_t k);
+  void add(const KeptScaleFit& o);
+};
+
+// Adds the elements of `at` (k others, the mode's scales `scale`) that name their kept set to
+// `part`, in order, one element at a time.
+void fit_kept_scales(size_t k, const ResolvedValues& at, const double* scale, double eps,
+                     KeptScaleFit& part);
+
+// The scales that solve `normal` (a KeptScaleFit's or KeptSetCounts' k x (k + 1) sums); where an
+// other entered no row, or nothing did, its entry of `fallback`.
+std::vector<double> solve_kept_scales(const Eigen::MatrixXd& normal,
+                                      const std::vector<double>& fallback);
 
 }  // namespace alloy::detail

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <tuple>
+#include <utility>
 
 #include "alloy/core/dtype.h"
 #include "internal.h"
@@ -208,21 +210,108 @@ void solve_ratio_sums(const std::vector<double>& sums, size_t k,
 constexpr size_t kWindow = 1024;
 constexpr size_t kCompactedRows = 2 + kMaxSubsetCandidates;
 
+// A thread's buffers for scan_part, reused by every part it runs: no fresh pages per part.
+struct ScanScratch {
+  std::vector<uint8_t> resolved = std::vector<uint8_t>(kDefaultGrain),
+                       all_kept = std::vector<uint8_t>(kDefaultGrain),
+                       first_positive = std::vector<uint8_t>(kDefaultGrain);
+  std::vector<uint32_t> positions = std::vector<uint32_t>(kDefaultGrain + 16);
+  std::vector<float> compacted = std::vector<float>(kCompactedRows * (kWindow + 16));
+};
+ScanScratch& scan_scratch() {
+  static thread_local ScanScratch scratch;
+  return scratch;
+}
+
+// The elements [begin, end) of the tensor, a sub-chunk at a time, for the base, the suspect and
+// the others: `window(at)` gets the elements every other resolves (with `windows`), compacted
+// kWindow at a time, in order; `ratios(in, all_kept, count, positions)` each sub-chunk's rows
+// (base, suspect, others) with the elements every other keeps with one sign marked (with
+// `with_ratios`).
+template <class Window, class Ratios>
+void scan_part(const TensorViews& views, int base, const std::vector<int>& others,
+               const SparseStats& sparse, const std::vector<bool>& used, size_t begin, size_t end,
+               bool windows, bool with_ratios, Window&& window, Ratios&& ratios) {
+  const size_t k = others.size();
+  ScanScratch& scratch = scan_scratch();
+  float* rows[kCompactedRows];  // base, suspect, then the others: the resolved elements
+  for (size_t v = 0; v < kCompactedRows; ++v)
+    rows[v] = scratch.compacted.data() + v * (kWindow + 16);
+  std::vector<const float*> in(k + 2);  // base, suspect, then the others
+  for_each_subchunk(
+      views, begin, end,
+      [&](const std::vector<float*>& x, size_t count) {
+        in[0] = x[base], in[1] = x[0];
+        for (size_t j = 0; j < k; ++j) in[2 + j] = x[others[j]];
+        mark_elements(in[0], in.data() + 2, sparse.threshold.data(), k, count,
+                      windows ? scratch.resolved.data() : nullptr,
+                      with_ratios ? scratch.all_kept.data() : nullptr,
+                      scratch.first_positive.data());
+        if (windows) {
+          for (size_t w = 0; w < count; w += kWindow) {
+            const size_t size = std::min(kWindow, count - w);
+            const float* at[kCompactedRows];
+            for (size_t v = 0; v < k + 2; ++v) at[v] = in[v] + w;
+            const size_t m = compact_resolved(scratch.resolved.data() + w, size, at, k + 2, rows);
+            window(ResolvedValues{rows[0], rows[1], rows + 2, m});
+          }
+        }
+        if (with_ratios)
+          ratios(in.data(), scratch.all_kept.data(), count, scratch.positions.data());
+      },
+      used);
+}
+
+// The scales the classification uses, and its tolerances: with kFittedScaleCandidates others or
+// more, fitted over the elements that name their kept set (fit_kept_scales) where enough do, with
+// kFittedScaleTolerance; else the mode's, with kModeScaleTolerance.
+std::pair<std::vector<double>, KeptSetTolerance> classification_scales(
+    const TensorViews& views, int base, const std::vector<int>& others, const SparseStats& sparse,
+    const std::vector<bool>& used, double eps) {
+  const size_t k = others.size();
+  if (k < kFittedScaleCandidates) return {sparse.kept_scale, kModeScaleTolerance};
+  KeptScaleFit init;
+  init.resize(k);
+  const uint64_t n = views.numel;
+  const KeptScaleFit total = parallel_reduce(
+      n, part_grain(n), init,
+      [&](size_t begin, size_t end) {
+        KeptScaleFit part = init;
+        scan_part(
+            views, base, others, sparse, used, begin, end, true, false,
+            [&](const ResolvedValues& at) {
+              fit_kept_scales(k, at, sparse.kept_scale.data(), eps, part);
+            },
+            [](const float* const*, const uint8_t*, size_t, uint32_t*) {});
+        return part;
+      },
+      [](KeptScaleFit acc, const KeptScaleFit& part) {
+        acc.add(part);
+        return acc;
+      });
+  if (total.rows < kFittedScaleMinRows) return {sparse.kept_scale, kModeScaleTolerance};
+  return {solve_kept_scales(total.normal, sparse.kept_scale), kFittedScaleTolerance};
+}
+
 }  // namespace
 
 SubsetStats subset_statistics(const TensorViews& views, int base, const std::vector<int>& others,
                               const SparseStats& sparse) {
   const size_t k = others.size();
-  const std::vector<double>& scale = sparse.kept_scale;
   SubsetStats out;
   out.density.assign(k, std::numeric_limits<double>::quiet_NaN());
   out.scale = out.normalized_density = out.normalized_weight = out.ratio_weights = out.density;
   bool kept_sets = k > 0 && k <= kMaxSubsetCandidates && views.numel > 0;
-  for (double a : scale) kept_sets = kept_sets && std::isfinite(a) && a != 0;
+  for (double a : sparse.kept_scale) kept_sets = kept_sets && std::isfinite(a) && a != 0;
   const bool with_ratios = k >= 2 && views.numel > 0;
   if (!kept_sets && !with_ratios) return out;
   const double eps = unit_roundoff(views.inputs[0]->info->dtype);
   const std::vector<bool> used = used_vectors(views, base, others);
+  // Named, not a structured binding: the lambda below captures them (clang 14 refuses bindings).
+  std::vector<double> scale = sparse.kept_scale;
+  KeptSetTolerance tolerance = kModeScaleTolerance;
+  if (kept_sets)
+    std::tie(scale, tolerance) = classification_scales(views, base, others, sparse, used, eps);
   // The kept sets' counts and the weight ratios' sums per part, combined in part order.
   struct Sums {
     KeptSetCounts counts;
@@ -236,36 +325,15 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
       n, part_grain(n), init,
       [&](size_t begin, size_t end) {
         Sums part = init;
-        // Reused by every part this thread runs: no fresh pages per part.
-        static thread_local std::vector<uint8_t> resolved(kDefaultGrain), all_kept(kDefaultGrain),
-            first_positive(kDefaultGrain);
-        static thread_local std::vector<uint32_t> positions(kDefaultGrain + 16);
-        static thread_local std::vector<float> compacted(kCompactedRows * (kWindow + 16));
-        float* rows[kCompactedRows];  // base, suspect, then the others: the resolved elements
-        for (size_t v = 0; v < kCompactedRows; ++v) rows[v] = compacted.data() + v * (kWindow + 16);
-        std::vector<const float*> in(k + 2);  // base, suspect, then the others
-        for_each_subchunk(
-            views, begin, end,
-            [&](const std::vector<float*>& x, size_t count) {
-              in[0] = x[base], in[1] = x[0];
-              for (size_t j = 0; j < k; ++j) in[2 + j] = x[others[j]];
-              mark_elements(in[0], in.data() + 2, sparse.threshold.data(), k, count,
-                            kept_sets ? resolved.data() : nullptr,
-                            with_ratios ? all_kept.data() : nullptr, first_positive.data());
-              if (kept_sets) {
-                for (size_t w = 0; w < count; w += kWindow) {
-                  const size_t size = std::min(kWindow, count - w);
-                  const float* window[kCompactedRows];
-                  for (size_t v = 0; v < k + 2; ++v) window[v] = in[v] + w;
-                  const size_t m = compact_resolved(resolved.data() + w, size, window, k + 2, rows);
-                  classify_kept_sets(k, ResolvedValues{rows[0], rows[1], rows + 2, m}, scale.data(),
-                                     eps, part.counts);
-                }
-              }
-              if (with_ratios)
-                add_ratio_sums(in.data(), k, all_kept.data(), count, positions.data(), part.ratios);
+        scan_part(
+            views, base, others, sparse, used, begin, end, kept_sets, with_ratios,
+            [&](const ResolvedValues& at) {
+              classify_kept_sets(k, at, scale.data(), eps, tolerance, part.counts);
             },
-            used);
+            [&](const float* const* in, const uint8_t* all_kept, size_t count,
+                uint32_t* positions) {
+              add_ratio_sums(in, k, all_kept, count, positions, part.ratios);
+            });
         return part;
       },
       [](Sums acc, const Sums& part) {
@@ -285,14 +353,7 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   if (total.matched == 0) return out;
   for (size_t j = 0; j < k; ++j) out.density[j] = double(total.kept[j]) / double(total.matched);
   // The scales by least squares over the matched elements (each row: r = sum over its kept set).
-  const Eigen::Index p = Eigen::Index(k);
-  const Eigen::MatrixXd m = total.normal.leftCols(p);
-  if (m.trace() > 0) {
-    const Eigen::VectorXd a = (m + 1e-12 * m.trace() * Eigen::MatrixXd::Identity(p, p)).ldlt().solve(total.normal.col(p));
-    for (size_t j = 0; j < k; ++j) {
-      if (total.kept[j] > 0) out.scale[j] = a(Eigen::Index(j));
-    }
-  }
+  out.scale = solve_kept_scales(total.normal, out.scale);
   return out;
 }
 

@@ -123,8 +123,14 @@ void expect_same(const detail::KeptSetCounts& lanes, const detail::KeptSetCounts
 TEST(KeptSetClassify, LanesGiveTheOneByOneCountsAndSumsBitForBit) {
   if (!cpu_has_x86_64_v4()) GTEST_SKIP() << "no AVX-512 here: the lanes form does not run";
   const double eps = std::ldexp(1.0, -8);  // bf16
-  for (const size_t k : {size_t(1), size_t(2), size_t(3), size_t(4)}) {
-    SCOPED_TRACE(std::to_string(k) + " others");
+  for (const auto& [k, tolerance] : {std::pair{size_t(1), detail::kModeScaleTolerance},
+                                     std::pair{size_t(2), detail::kModeScaleTolerance},
+                                     std::pair{size_t(3), detail::kModeScaleTolerance},
+                                     std::pair{size_t(4), detail::kModeScaleTolerance},
+                                     std::pair{size_t(2), detail::kFittedScaleTolerance},
+                                     std::pair{size_t(3), detail::kFittedScaleTolerance},
+                                     std::pair{size_t(4), detail::kFittedScaleTolerance}}) {
+    SCOPED_TRACE(std::to_string(k) + " others, slack " + std::to_string(tolerance.slack));
     const std::vector<double> all_scales{1.6, 2.5, 1.1, 3.7};
     const std::vector<double> scale(all_scales.begin(), all_scales.begin() + std::ptrdiff_t(k));
     const size_t count = 48003;
@@ -135,9 +141,10 @@ TEST(KeptSetClassify, LanesGiveTheOneByOneCountsAndSumsBitForBit) {
     for (const auto& [begin, size] :
          {std::pair{size_t(0), size_t(23997)}, std::pair{size_t(23997), size_t(24003)},
           std::pair{size_t(48000), size_t(3)}}) {
-      ASSERT_TRUE(
-          detail::classify_kept_sets_in_lanes(k, st.values(begin, size), scale.data(), eps, lanes));
-      detail::classify_kept_sets_one_by_one(k, st.values(begin, size), scale.data(), eps, one);
+      ASSERT_TRUE(detail::classify_kept_sets_in_lanes(k, st.values(begin, size), scale.data(), eps,
+                                                      tolerance, lanes));
+      detail::classify_kept_sets_one_by_one(k, st.values(begin, size), scale.data(), eps, tolerance,
+                                            one);
     }
     expect_same(lanes, one);
     // Every outcome was reached, so every mask and sum above was compared on real elements.
@@ -170,7 +177,8 @@ TEST(KeptSetClassify, LanesTakeNoMoreOthersThanTheKeptSetsCover) {
   part.resize(5);
   Stretch st = build_stretch(5, {1.0, 1.0, 1.0, 1.0, 1.0}, 16, 5);
   const std::vector<double> scale(5, 1.0);
-  EXPECT_FALSE(detail::classify_kept_sets_in_lanes(5, st.values(0, 16), scale.data(), 0.004, part));
+  EXPECT_FALSE(detail::classify_kept_sets_in_lanes(5, st.values(0, 16), scale.data(), 0.004,
+                                                   detail::kModeScaleTolerance, part));
   EXPECT_EQ(part.classifiable + part.opposite, 0u);
 }
 
