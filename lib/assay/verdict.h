@@ -209,14 +209,17 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
 // parameter a little off (read from small tensors, or a third parent's density from a drop profile
 // that rounding blurs: a breadcrumbs_ties of 0.5 / 0.6 / 0.7 read as 0.51 / 0.3 / 0.2 at 0.5 / 0.6
 // / 0.67 rebuilt 83% exactly). Each parent's density, then its weight, is searched in steps of
-// kRefineStep within kRefineSteps (weights kRefineWeightSteps) steps of the reading, one at a time,
-// in at most kRefineRounds sweeps, each step scored by its rebuild (exact share first, ties to the
-// earlier step, so the result does not depend on the threads). Keeps the best recipe and its check
-// in v.result and notes the search; returns whether it improved the rebuild.
+// kRefineStep within kRefineSteps (weights kRefineWeightSteps) steps of the reading, one at a time
+// (walking on while the farthest step is the best), after breadcrumbs' gamma (verdict_recipe.cpp,
+// refine_gamma), in at most kRefineRounds sweeps, each
+// step scored by its rebuild (exact share first, ties to the earlier step, so the result does not
+// depend on the threads). Keeps the best recipe and its check in v.result and notes the search;
+// returns whether it improved the rebuild.
 inline constexpr double kRefineStep = 0.01;
 inline constexpr int kRefineSteps = 5;
 inline constexpr int kRefineWeightSteps = 3;
 inline constexpr int kRefineRounds = 2;
+inline constexpr int kRefineWalks = 4;        // reach-long walks on from the farthest step
 inline constexpr double kRefineFloor = 0.25;  // exact share below which no search is tried
 bool refine_sparse_recipe(VerdictContext& v);
 
