@@ -211,22 +211,29 @@ bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) 
   return true;
 }
 
-void decide_dense(VerdictContext& v, int base);
+// `reread_sparse`: whether a residual that depends on the delta magnitudes sends the suspect to a
+// sparse reading (sparse_rebuilds); not when the dense reading is itself the comparison for one.
+void decide_dense(VerdictContext& v, int base, bool reread_sparse = true);
 
 // The converse of sparse_rebuilds: equalities to the base are counted where the related candidates
 // spread, so sibling decoys (which spread where the parents agree with the base, and the suspect
 // with them) inflate them; with five siblings among 8 candidates a linear merge passed the sparse
-// gate and was read as ties, its recipe rebuilding 6% of the sample exactly. A deterministic
-// sparse reading (the TIES family; DARE's and DELLA's masks are random and never rebuild) that
-// rebuilds less than kSparseRebuildExact gives way to the dense reading from `undecided` when that
-// one is a merge that does. Returns whether it did (v.result is then the dense verdict).
+// gate and was read as ties, its recipe rebuilding 6% of the sample exactly, and a linear merge of
+// four parents beside three siblings as della_linear (weights 0.35 / 0.16 / 0.15 / 0.14 for 0.4 /
+// 0.3 / 0.2 / 0.1, full confidence). A sparse reading gives way to the dense reading from
+// `undecided` when that one is a merge whose recipe rebuilds the sample almost exactly
+// (kSparseRebuildExact): a merge that dropped deltas never is one. Deterministic readings that
+// rebuild that much themselves keep it; readings with random masks (DARE, DELLA, the undecided
+// TIES family) are always compared, since their rebuild shows nothing (a merge made elsewhere has
+// other masks). Returns whether it gave way (v.result is then the dense verdict).
 bool dense_rebuilds_instead(VerdictContext& v, const AssayResult& undecided, int base) {
-  const std::string method = v.result.method;
-  const bool random = method.rfind("dare", 0) == 0 || method.rfind("della", 0) == 0;
-  if (random || rebuilt_exactly(v.result) >= kSparseRebuildExact) return false;
+  if (!has_random_masks(v.result.method) && rebuilt_exactly(v.result) >= kSparseRebuildExact)
+    return false;
   const auto sparse = replaced_if_rebuilt(v, undecided, [&] {
-    decide_dense(v, base);
-    return true;
+    decide_dense(v, base, false);
+    // A dense reading whose residual depends on the delta magnitudes is itself evidence of the
+    // dropping: it never replaces the sparse one.
+    return v.result.evidence.value("method_established", true);
   });
   if (!sparse) return false;
   v.note("the equalities to the base first suggested a sparse merge (" + sparse->method + "), whose recipe rebuilds only " +
@@ -262,7 +269,7 @@ void decide(VerdictContext& v) {
 
 // The dense verdicts: a merge with one weight per candidate and layer (linear, task arithmetic,
 // slerp), a fine-tune, or a merge whose method is not established.
-void decide_dense(VerdictContext& v, int base) {
+void decide_dense(VerdictContext& v, int base, bool reread_sparse) {
   std::vector<int> involved;
   for (int c = 0; c < v.k; ++c) {
     if (std::fabs(v.candidate(c).weight) >= kInvolvedWeight) involved.push_back(c);
@@ -293,7 +300,7 @@ void decide_dense(VerdictContext& v, int base) {
     dense_merge(v, involved, base);
     // Under noise the exact equalities of a sparse merge are gone; its magnitude trimming is not.
     if (sparse_under_noise(v, involved, base)) {
-      if (sparse_rebuilds(v, undecided, base)) return;
+      if (reread_sparse && sparse_rebuilds(v, undecided, base)) return;
       v.result.evidence["method_established"] = false;
       v.note("the residual of the dense reading depends on the parents' delta magnitudes (its slope on a "
              "parent's delta, or its size, differs between the smaller and the larger half of them; "
@@ -323,7 +330,7 @@ void decide_dense(VerdictContext& v, int base) {
   // three parents assayed with --sample 0.05: the base's weight on attention spread 0.19, bar
   // 0.15).
   if (signature == Signature::kAbsent && sparse_under_noise(v, involved, base)) {
-    if (sparse_rebuilds(v, before_fine_tune, base)) return;
+    if (reread_sparse && sparse_rebuilds(v, before_fine_tune, base)) return;
     v.result.evidence["sparse_merge_possible"] = true;
     v.note("the residual of the dense reading depends on the candidates' delta magnitudes (its slope on a "
            "delta, or its size, differs between the smaller and the larger half of them; "

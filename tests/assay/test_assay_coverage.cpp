@@ -127,6 +127,39 @@ TEST(AssayCoverage, DecoysNeverChangeTheVerdictOrTheRecipe) {
   EXPECT_EQ(merges, kSeeds);
 }
 
+// A linear merge of four parents (weights 0.4 / 0.3 / 0.2 / 0.1) assayed beside three of their
+// siblings: the equalities to the base, counted where the related candidates spread, passed the
+// sparse gate, and the merge was read as della_linear (on the 0.25 GB family with weights
+// 0.35 / 0.16 / 0.15 / 0.14) at full confidence. A reading with random masks is now compared with
+// the dense reading, which wins where its recipe rebuilds the sample almost exactly.
+TEST(AssayCoverage, LinearMergeOfFourBesideSiblingsStaysLinear) {
+  TempDir temp;
+  FineTuneOptions ft;
+  ft.relative_delta = 0.05;
+  synth_family(temp.path(), small_base(ModelFamily::kLlama, 2, 256, 64, 5), 7, 0, ft);
+  const auto member = [&](int i) { return (temp.path() / ("ft_" + std::to_string(i))).string(); };
+  const double weights[4] = {0.4, 0.3, 0.2, 0.1};
+  std::string yaml = "merge_method: linear\nmodels:\n";
+  for (int i = 0; i < 4; ++i)
+    yaml += "  - model: " + member(i + 1) +
+            "\n    parameters: {weight: " + std::to_string(weights[i]) + "}\n";
+  merge_into(yaml + "dtype: bfloat16\n", temp.path() / "merged");
+  const AssayResult r = assay(temp.path() / "merged",
+                              {member(1), member(2), member(3), member(4),
+                               (temp.path() / "base").string(), member(5), member(6), member(7)});
+  EXPECT_EQ(r.verdict, "merge");
+  ASSERT_EQ(r.method, "linear") << assay_summary(r);
+  EXPECT_FALSE(r.evidence.contains("confidence")) << assay_summary(r);
+  ASSERT_EQ(r.recipe["models"].size(), 4u) << r.recipe.dump();
+  for (const auto& m : r.recipe["models"]) {
+    const std::string path = m["model"];
+    EXPECT_NEAR(m["parameters"]["weight"].get<double>(), weights[path.back() - '1'], 0.005)
+        << m.dump();
+  }
+  for (size_t c = 0; c < r.candidates.size(); ++c)
+    EXPECT_EQ(r.candidates[c].involved, c < 4) << r.candidates[c].path;
+}
+
 // The same for the sparse members of the task-arithmetic family: a sibling decoy (ft_3) is related
 // to the suspect but carries no weight. Before, it entered the kept-set statistics (its "kept
 // alone" share is the mode of a spread-out ratio) and the recipe (weight -0.0): dare_ties and
