@@ -262,6 +262,31 @@ void scan_part(const TensorViews& views, int base, const std::vector<int>& other
       used);
 }
 
+// scan_part over every part of the tensor, in parallel: `window(part, at)` and `ratios(part, in,
+// all_kept, count, positions)` add to a part started from `init`, and the parts are combined with
+// Part::add in part order (thread-independent sums).
+template <class Part, class Window, class Ratios>
+Part reduce_scans(const TensorViews& views, int base, const std::vector<int>& others,
+                  const SparseStats& sparse, const std::vector<bool>& used, bool windows,
+                  bool with_ratios, const Part& init, Window&& window, Ratios&& ratios) {
+  const uint64_t n = views.numel;
+  return parallel_reduce(
+      n, part_grain(n), init,
+      [&](size_t begin, size_t end) {
+        Part part = init;
+        scan_part(
+            views, base, others, sparse, used, begin, end, windows, with_ratios,
+            [&](const ResolvedValues& at) { window(part, at); },
+            [&](const float* const* in, const uint8_t* all_kept, size_t count,
+                uint32_t* positions) { ratios(part, in, all_kept, count, positions); });
+        return part;
+      },
+      [](Part acc, const Part& part) {
+        acc.add(part);
+        return acc;
+      });
+}
+
 // The scales the classification uses, and its tolerances: with kFittedScaleCandidates others or
 // more, fitted over the elements that name their kept set (fit_kept_scales) where enough do, with
 // kFittedScaleTolerance; else the mode's, with kModeScaleTolerance.
@@ -272,23 +297,12 @@ std::pair<std::vector<double>, KeptSetTolerance> classification_scales(
   if (k < kFittedScaleCandidates) return {sparse.kept_scale, kModeScaleTolerance};
   KeptScaleFit init;
   init.resize(k);
-  const uint64_t n = views.numel;
-  const KeptScaleFit total = parallel_reduce(
-      n, part_grain(n), init,
-      [&](size_t begin, size_t end) {
-        KeptScaleFit part = init;
-        scan_part(
-            views, base, others, sparse, used, begin, end, true, false,
-            [&](const ResolvedValues& at) {
-              fit_kept_scales(k, at, sparse.kept_scale.data(), eps, part);
-            },
-            [](const float* const*, const uint8_t*, size_t, uint32_t*) {});
-        return part;
+  const KeptScaleFit total = reduce_scans(
+      views, base, others, sparse, used, true, false, init,
+      [&](KeptScaleFit& part, const ResolvedValues& at) {
+        fit_kept_scales(k, at, sparse.kept_scale.data(), eps, part);
       },
-      [](KeptScaleFit acc, const KeptScaleFit& part) {
-        acc.add(part);
-        return acc;
-      });
+      [](KeptScaleFit&, const float* const*, const uint8_t*, size_t, uint32_t*) {});
   if (total.rows < kFittedScaleMinRows) return {sparse.kept_scale, kModeScaleTolerance};
   return {solve_kept_scales(total.normal, sparse.kept_scale), kFittedScaleTolerance};
 }
@@ -316,31 +330,21 @@ SubsetStats subset_statistics(const TensorViews& views, int base, const std::vec
   struct Sums {
     KeptSetCounts counts;
     std::vector<double> ratios;
+    void add(const Sums& part) {
+      counts.add(part.counts);
+      for (size_t e = 0; e < ratios.size(); ++e) ratios[e] += part.ratios[e];
+    }
   };
   Sums init;
   if (kept_sets) init.counts.resize(k);
   if (with_ratios) init.ratios = zero_ratio_sums(k);
-  const uint64_t n = views.numel;
-  const Sums sums = parallel_reduce(
-      n, part_grain(n), init,
-      [&](size_t begin, size_t end) {
-        Sums part = init;
-        scan_part(
-            views, base, others, sparse, used, begin, end, kept_sets, with_ratios,
-            [&](const ResolvedValues& at) {
-              classify_kept_sets(k, at, scale.data(), eps, tolerance, part.counts);
-            },
-            [&](const float* const* in, const uint8_t* all_kept, size_t count,
-                uint32_t* positions) {
-              add_ratio_sums(in, k, all_kept, count, positions, part.ratios);
-            });
-        return part;
+  const Sums sums = reduce_scans(
+      views, base, others, sparse, used, kept_sets, with_ratios, init,
+      [&](Sums& part, const ResolvedValues& at) {
+        classify_kept_sets(k, at, scale.data(), eps, tolerance, part.counts);
       },
-      [](Sums acc, const Sums& part) {
-        acc.counts.add(part.counts);
-        for (size_t e = 0; e < acc.ratios.size(); ++e) acc.ratios[e] += part.ratios[e];
-        return acc;
-      });
+      [&](Sums& part, const float* const* in, const uint8_t* all_kept, size_t count,
+          uint32_t* positions) { add_ratio_sums(in, k, all_kept, count, positions, part.ratios); });
   if (with_ratios) solve_ratio_sums(sums.ratios, k, out.ratio_weights);
   if (!kept_sets) return out;
   const KeptSetCounts& total = sums.counts;
