@@ -203,7 +203,11 @@ double round_digits(double value, int digits);
 std::vector<std::string> rebuild_sample(const VerdictContext& v, int most);
 // Rebuilds sampled tensors under each hypothesis (and rounder variants of it), keeps the best
 // recipe in result.recipe and records the check in evidence["rebuild"].
-void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses);
+// The last `fallbacks` hypotheses are tried only when none of the others rebuilds every sampled
+// element exactly (then they could not be strictly better), and are listed as alternatives only
+// when tried.
+void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses,
+                        size_t fallbacks = 0);
 
 // A deterministic sparse recipe (the TIES family) that rebuilds part of the sample exactly has some
 // parameter a little off (read from small tensors, or a third parent's density from a drop profile

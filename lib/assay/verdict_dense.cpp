@@ -104,6 +104,7 @@ void dense_merge(VerdictContext& v, const std::vector<int>& involved, int base) 
                                {"models", ta_models},
                                {"dtype", dtype}};
   std::vector<nlohmann::json> hypotheses;
+  size_t fallbacks = 0;
   if (base_involved) {
     // Negative base weight: an extrapolation, which task arithmetic is the natural reading of.
     if (v.candidate(base).weight < -kInvolvedWeight) hypotheses = {task, linear};
@@ -114,11 +115,12 @@ void dense_merge(VerdictContext& v, const std::vector<int>& involved, int base) 
     // (base + sum w_i (x_i - base)), and the rebuild tells the two apart. A task_arithmetic merge
     // of four (0.4 / 0.3 / 0.2 / 0.1) was read as linear, rebuilding 94% of the sample exactly.
     hypotheses = {linear, task};
+    fallbacks = 1;  // a linear recipe that rebuilds every sampled element settles it
   } else {
     hypotheses = {linear};
   }
   r.recipe = hypotheses.front();
-  confirm_by_rebuild(v, hypotheses);
+  confirm_by_rebuild(v, hypotheses, fallbacks);
   r.method = r.recipe["merge_method"];
   if (r.method == "task_arithmetic") r.base = base;
   summarise_merge(v);

@@ -195,7 +195,8 @@ double round_digits(double value, int digits) {
   return std::round(value * s) / s;
 }
 
-void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses) {
+void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses,
+                        size_t fallbacks) {
   if (v.options.rebuild_check_tensors <= 0) return;
   const auto names = rebuild_sample(v, v.options.rebuild_check_tensors);
   // The best variant of each hypothesis; hypotheses come in order of preference (the recipe a
@@ -213,32 +214,54 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
   std::vector<std::vector<nlohmann::json>> variants(count);
   const std::string out_dtype = torch_dtype_of(v.suspect);
   for (size_t h = 0; h < count; ++h) variants[h] = recipe_variants({hypotheses[h]}, out_dtype);
+  // The fallbacks are held back (their next variant past the end) until the others are done.
+  const size_t first_fallback = count - std::min(fallbacks, count);
   std::vector<size_t> next(count, 0);
+  for (size_t h = first_fallback; h < count; ++h) next[h] = variants[h].size();
   std::vector<std::vector<std::string>> notes(count);
-  for (;;) {
-    std::vector<std::pair<size_t, size_t>> round;  // (hypothesis, variant), in the serial order
-    for (size_t h = 0; h < count; ++h) {
-      for (size_t k = next[h]; k < std::min(variants[h].size(), next[h] + width); ++k) round.emplace_back(h, k);
-    }
-    if (round.empty()) break;
-    std::vector<CheckOutcome> outcomes(round.size());
-    parallel_for(round.size(), 1, [&](size_t begin, size_t end) {
-      for (size_t i = begin; i < end; ++i) outcomes[i] = run_check(variants[round[i].first][round[i].second], v, names);
-    });
-    for (size_t i = 0; i < round.size(); ++i) {
-      const auto [h, k] = round[i];
-      if (next[h] != k) continue;  // after this hypothesis's exact rebuild
-      next[h] = k + 1;
-      const CheckOutcome& outcome = outcomes[i];
-      if (!outcome.error.empty()) {
-        notes[h].push_back("rebuild check of a hypothesis failed: " + outcome.error);
-        continue;
+  const auto run_rounds = [&] {
+    for (;;) {
+      std::vector<std::pair<size_t, size_t>> round;  // (hypothesis, variant), in the serial order
+      for (size_t h = 0; h < count; ++h) {
+        for (size_t k = next[h]; k < std::min(variants[h].size(), next[h] + width); ++k)
+          round.emplace_back(h, k);
       }
-      if (!outcome.check.contains("exact_fraction")) continue;
-      if (better_check(outcome.check, checks[h])) checks[h] = outcome.check, recipes[h] = variants[h][k];
-      if (checks[h]["exact_fraction"].get<double>() >= 1.0) next[h] = variants[h].size();
+      if (round.empty()) break;
+      std::vector<CheckOutcome> outcomes(round.size());
+      parallel_for(round.size(), 1, [&](size_t begin, size_t end) {
+        for (size_t i = begin; i < end; ++i)
+          outcomes[i] = run_check(variants[round[i].first][round[i].second], v, names);
+      });
+      for (size_t i = 0; i < round.size(); ++i) {
+        const auto [h, k] = round[i];
+        if (next[h] != k) continue;  // after this hypothesis's exact rebuild
+        next[h] = k + 1;
+        const CheckOutcome& outcome = outcomes[i];
+        if (!outcome.error.empty()) {
+          notes[h].push_back("rebuild check of a hypothesis failed: " + outcome.error);
+          continue;
+        }
+        if (!outcome.check.contains("exact_fraction")) continue;
+        if (better_check(outcome.check, checks[h]))
+          checks[h] = outcome.check, recipes[h] = variants[h][k];
+        if (checks[h]["exact_fraction"].get<double>() >= 1.0) next[h] = variants[h].size();
+      }
     }
+  };
+  run_rounds();
+  const auto exact = [&](size_t h) {
+    return !checks[h].is_null() && checks[h]["exact_fraction"].get<double>() >= 1.0;
+  };
+  bool done = false;
+  for (size_t h = 0; h < first_fallback; ++h) done |= exact(h);
+  std::vector<bool> tried(count, true);
+  for (size_t h = first_fallback; h < count; ++h) {
+    if (done)
+      tried[h] = false;
+    else
+      next[h] = 0;
   }
+  if (!done && first_fallback < count) run_rounds();
   for (const auto& hypothesis_notes : notes) {
     for (const std::string& note : hypothesis_notes) v.note(note);
   }
@@ -246,6 +269,7 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
   for (size_t h = 0; h < hypotheses.size(); ++h) {
     if (!checks[h].is_null() && (best == hypotheses.size() || better_check(checks[h], checks[best]))) best = h;
   }
+  const size_t tried_count = size_t(std::count(tried.begin(), tried.end(), true));
   if (best == hypotheses.size()) return;
   // Canonical: the first hypothesis that rebuilds the suspect as well as the best one, up to
   // rounding, is the one reported; the others are kept as rejected alternatives.
@@ -256,10 +280,10 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
       break;
     }
   }
-  if (hypotheses.size() > 1) {
+  if (tried_count > 1) {
     nlohmann::json alternatives = nlohmann::json::array();
     for (size_t h = 0; h < hypotheses.size(); ++h) {
-      if (h == chosen) continue;
+      if (h == chosen || !tried[h]) continue;
       nlohmann::json a = {{"merge_method", hypotheses[h]["merge_method"]}};
       if (checks[h].is_null()) {
         a["why_rejected"] = "its rebuild check could not run";
