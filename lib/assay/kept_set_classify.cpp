@@ -30,18 +30,6 @@ void KeptSetCounts::add(const KeptSetCounts& o) {
 
 namespace {
 
-// How far S - C_b may lie from a kept set's value v (kept_sets.h, KeptSetTolerance; `kept_abs`
-// the sum of the set's |u_j|, `slack` the scales' share of sum_j |d_j|). It depends on the
-// hypothesis, never on S itself: read from |S|, the tolerance widened with the kept set, so an
-// element whose largest-scale parent was kept failed the separation test more often, and that
-// parent's density read 0.44 for 0.5 in a dare_ties merge of three. The kept term is left out
-// where its share is 0 (an infinite delta would make it NaN).
-[[gnu::always_inline]] inline double tolerance_at(double b, double v, double kept_abs, double eps,
-                                                  const KeptSetTolerance& t, double slack) {
-  const double rounding = t.base * std::fabs(b) + t.sum * std::fabs(b + v);
-  return eps * (t.kept != 0 ? rounding + t.kept * kept_abs : rounding) + slack;
-}
-
 // Under a normalised combination with two others, both kept makes S - C_b = l u_1 + (1 - l) u_2
 // (l = w_1 / (w_1 + w_2)): strictly between the two, away from both by more than `tol` (the larger
 // of their tolerances). The plain sum u_1 + u_2 of same-sign deltas lies outside that interval, so
@@ -57,7 +45,8 @@ void count_between(const double* u, double r, double tol, KeptSetCounts& part) {
 // With three or more others an element whose kept set is the pair {i, j} is r = l u_i + (1 - l) u_j
 // with l = w_i / (w_i + w_j), the same l for every such element: it lands in one bin of the pair's
 // histogram. Elements kept in other sets that happen to lie between u_i and u_j spread over all
-// bins, so the pair's l is the mode. `tol`: each other's tolerance_at(u_j); a pair's is the larger.
+// bins, so the pair's l is the mode. `tol`: each other's kept_set_tolerance(u_j); a pair's is the
+// larger.
 void count_pairs_between(const double* u, size_t k, double r, const double* tol,
                          KeptSetCounts& part) {
   size_t pair = 0;
@@ -76,7 +65,7 @@ void count_pairs_between(const double* u, size_t k, double r, const double* tol,
 
 // Under a normalised sign consensus (della) with three or more others, the kept deltas of the
 // elected sign make a weighted mean: a value inside the range of that sign's deltas, away from
-// both ends by more than the larger of their tolerances (tolerance_at).
+// both ends by more than the larger of their tolerances (kept_set_tolerance).
 bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double b, double eps,
                                  const KeptSetTolerance& t, double slack) {
   double low = std::numeric_limits<double>::infinity(), high = -low;
@@ -86,14 +75,13 @@ bool normalized_mean_of_one_sign(const double* u, size_t k, double r, double b, 
     ++same, low = std::min(low, u[j]), high = std::max(high, u[j]);
   }
   if (same < 2) return false;
-  const double tol = std::max(tolerance_at(b, low, std::fabs(low), eps, t, slack),
-                              tolerance_at(b, high, std::fabs(high), eps, t, slack));
+  const double tol = std::max(kept_set_tolerance(b, low, std::fabs(low), eps, t, slack),
+                              kept_set_tolerance(b, high, std::fabs(high), eps, t, slack));
   return r > low + tol && r < high - tol;
 }
 
 // Sum of u over the set bits of `set`; under consensus only the entries whose sign agrees with
-// the sign of that sum (mergekit's "sum" sign election; a zero sum keeps nothing). `abs_sum`: the
-// sum of their |u|.
+// the sign of that sum (mergekit's "sum" sign election; a zero sum keeps nothing).
 [[gnu::always_inline]] inline double subset_sum(const double* u, size_t k, unsigned set,
                                                 bool consensus) {
   double total = 0;
@@ -140,9 +128,9 @@ void classify(const ResolvedValues& at, const double* scale, double eps, const K
       for (unsigned set = 0; set < sets; ++set) {
         const double plain = subset_sum(u, K, set, false), agreeing = subset_sum(u, K, set, true);
         const double set_abs = subset_abs(u, K, set);  // bounds the agreeing part's too
-        by_sum |= std::fabs(r - plain) <= tolerance_at(b, plain, set_abs, eps, t, slack);
+        by_sum |= std::fabs(r - plain) <= kept_set_tolerance(b, plain, set_abs, eps, t, slack);
         by_consensus |=
-            std::fabs(r - agreeing) <= tolerance_at(b, agreeing, set_abs, eps, t, slack);
+            std::fabs(r - agreeing) <= kept_set_tolerance(b, agreeing, set_abs, eps, t, slack);
       }
       if (K >= 3 && !by_consensus)
         by_consensus = normalized_mean_of_one_sign(u, K, r, b, eps, t, slack);
@@ -155,7 +143,7 @@ void classify(const ResolvedValues& at, const double* scale, double eps, const K
     bool separated = true;
     for (unsigned a = 0; a < sets; ++a) {
       lin[a] = subset_sum(u, K, a, false);
-      tol[a] = tolerance_at(b, lin[a], subset_abs(u, K, a), eps, t, slack);
+      tol[a] = kept_set_tolerance(b, lin[a], subset_abs(u, K, a), eps, t, slack);
     }
     for (unsigned a = 0; a < sets && separated; ++a) {
       for (unsigned c = a + 1; c < sets && separated; ++c)

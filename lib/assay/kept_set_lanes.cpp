@@ -57,7 +57,7 @@ ALLOY_V4 inline LaneTolerance lane_tolerance(double eps, const KeptSetTolerance&
   return {_mm512_set1_pd(eps),    _mm512_set1_pd(t.base),  _mm512_set1_pd(t.sum),
           _mm512_set1_pd(t.kept), _mm512_set1_pd(t.slack), t.kept != 0};
 }
-// tolerance_at (kept_set_classify.cpp): eps (base |b| + sum |b + v| [+ kept kept_abs]) + slack.
+// kept_set_tolerance (kept_sets.h): eps (base |b| + sum |b + v| [+ kept kept_abs]) + slack.
 ALLOY_V4 inline __m512d tolerance_at(__m512d b, __m512d v, __m512d kept_abs, const LaneTolerance& t,
                                      __m512d slack) {
   __m512d rounding = _mm512_add_pd(_mm512_mul_pd(t.base, abs_lanes(b)),

@@ -4,7 +4,7 @@
 // 16 subset sums of an element are then almost never farther apart than their tolerances (none of
 // a 0.25 GB dare_ties merge of four was classifiable; three others leave ~40%). Elements that
 // name their kept set without that separation give the scales by least squares, and the
-// classification then runs with the tolerances of the fitted scales (kFittedScaleSlack).
+// classification then runs with the tolerances of the fitted scales (kFittedScaleTolerance).
 #include <cmath>
 
 #include "kept_sets.h"
@@ -13,7 +13,7 @@ namespace alloy::detail {
 namespace {
 
 // An element whose r = S - C_b lies within exactly one kept set's band (the rounding of S and
-// of the deltas, as tolerance_at reads it, plus kScaleSlack times the sum of the set's own
+// of the deltas, as kModeScaleTolerance reads it, plus kScaleSlack times the sum of the set's own
 // |delta_j|: what the mode's scales may miss on that set) was made by that set whatever the true
 // scales within the slack, since the true set's band holds r. Its row enters the normal
 // equations. Deltas of both signs are left out (sign consensus drops some), as is the empty set
@@ -21,7 +21,6 @@ namespace {
 template <size_t K>
 void fit(const ResolvedValues& at, const double* scale, double eps, KeptScaleFit& fit) {
   constexpr unsigned sets = 1u << K;
-  const double four_eps = 4 * eps;
   double d[K], u[K];
   for (size_t i = 0; i < at.count; ++i) {
     const double b = at.base[i], r = double(at.suspect[i]) - b;
@@ -40,7 +39,7 @@ void fit(const ResolvedValues& at, const double* scale, double eps, KeptScaleFit
         lin += u[j];
         slack += kScaleSlack * std::fabs(d[j]);
       }
-      const double band = four_eps * (std::fabs(b) + std::fabs(b + lin)) + slack;
+      const double band = kept_set_tolerance(b, lin, 0.0, eps, kModeScaleTolerance, slack);
       if (std::fabs(r - lin) <= band) ++within, made_by = set;
     }
     if (within != 1 || made_by == 0) continue;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <Eigen/Dense>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -31,6 +32,18 @@ inline constexpr double kScaleSlack = kModeScaleTolerance.slack;
 // separated element of its mlp matrices fell outside every band, and ~1000 of each matrix's
 // 786k were separated (none under kModeScaleTolerance, 48 with its rounding terms and this slack).
 inline constexpr KeptSetTolerance kFittedScaleTolerance{0, 1, 2, 0.002};
+// A kept set's tolerance at an element (KeptSetTolerance; `kept_abs` the sum of the set's |u_j|,
+// `slack` the scales' share, already multiplied out). The kept term is left out where its share
+// is 0 (an infinite delta would make it NaN). The lanes form (kept_set_lanes.cpp) mirrors it. It
+// depends on the hypothesis, never on S itself: read from |S|, the tolerance widened with the kept
+// set, so an element whose largest-scale parent was kept failed the separation test more often,
+// and that parent's density read 0.44 for 0.5 in a dare_ties merge of three.
+[[gnu::always_inline]] inline double kept_set_tolerance(double b, double v, double kept_abs,
+                                                        double eps, const KeptSetTolerance& t,
+                                                        double slack) {
+  const double rounding = t.base * std::fabs(b) + t.sum * std::fabs(b + v);
+  return eps * (t.kept != 0 ? rounding + t.kept * kept_abs : rounding) + slack;
+}
 // The others from which on the scales are fitted before the classification: with fewer, enough
 // elements are separated under kModeScaleTolerance.
 inline constexpr size_t kFittedScaleCandidates = 4;

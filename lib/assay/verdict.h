@@ -215,10 +215,9 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
 // / 0.67 rebuilt 83% exactly). Each parent's density, then its weight, is searched in steps of
 // kRefineStep within kRefineSteps (weights kRefineWeightSteps) steps of the reading, one at a time
 // (walking on while the farthest step is the best), after breadcrumbs' gamma (verdict_recipe.cpp,
-// refine_gamma), in at most kRefineRounds sweeps, each
-// step scored by its rebuild (exact share first, ties to the earlier step, so the result does not
-// depend on the threads). Keeps the best recipe and its check in v.result and notes the search;
-// returns whether it improved the rebuild.
+// refine_gamma), in at most kRefineRounds sweeps, each step scored by its rebuild (exact share
+// first, ties to the earlier step, so the result does not depend on the threads). Keeps the best
+// recipe and its check in v.result and notes the search; returns whether it improved the rebuild.
 inline constexpr double kRefineStep = 0.01;
 inline constexpr int kRefineSteps = 5;
 inline constexpr int kRefineWeightSteps = 3;

@@ -94,10 +94,12 @@ void dense_merge(VerdictContext& v, const std::vector<int>& involved, int base) 
   for (int c : involved) linear_models.push_back(weighted_model(c));
   const nlohmann::json linear = {{"merge_method", "linear"}, {"models", linear_models}, {"dtype", dtype}};
   const bool base_involved = std::find(involved.begin(), involved.end(), base) != involved.end();
-  nlohmann::json ta_models = nlohmann::json::array();
+  nlohmann::json ta_models = nlohmann::json::array();  // linear's, less the base's
   double weight_sum = 0;
-  for (int c : involved) {
-    if (c != base) ta_models.push_back(weighted_model(c)), weight_sum += v.candidate(c).weight;
+  for (size_t i = 0; i < involved.size(); ++i) {
+    if (involved[i] == base) continue;
+    ta_models.push_back(linear_models[i]);
+    weight_sum += v.candidate(involved[i]).weight;
   }
   const nlohmann::json task = {{"merge_method", "task_arithmetic"},
                                {"base_model", v.candidate(base).path},
