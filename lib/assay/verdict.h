@@ -139,10 +139,31 @@ void independent(VerdictContext& v, const std::string& why);
 void fine_tune(VerdictContext& v, int base, const std::string& why);
 bool try_copy(VerdictContext& v);
 bool try_stacking(VerdictContext& v);
-bool try_sparse(VerdictContext& v, int base);
+// The drop profile a sparse reading rests on: medians over the contributing candidates of the
+// "nothing kept" rate in their largest 0.5% (top) and 10% (upper) of |delta|, and the magnitude
+// step.
+struct DropProfile {
+  double top = 0, upper = 0, step = 0;
+};
+// Reads a sparse merge from the sparse statistics (method, recipe, rebuild check) into v.result;
+// returns whether it did, and where `profile` is given, the drop profile it read.
+bool try_sparse(VerdictContext& v, int base, DropProfile* profile = nullptr);
+// Whether a profile shows drops at random, sparing no band (DARE: top ~ upper, no magnitude step),
+// unlike the TIES family's (breadcrumbs_ties at 0.8, gamma 0.05, from 5% of its rows: top 0.97,
+// upper 0.49, step -1.6, whose kept sets read like DARE's).
+bool random_drops(const DropProfile& profile);
 // DARE at high densities, where few elements equal the base: nearly every element is made by a
 // kept set of rescaled deltas and some candidate is clearly not always kept (verdict_sparse.cpp).
 bool dare_signature(const VerdictContext& v);
+// The tensors whose kept sets count toward that signature, their classified and matched elements,
+// and the largest standard error of a candidate's median density over them (from the spread
+// between tensors; NaN-free, 0 with fewer than two).
+struct KeptSetTally {
+  size_t tensors = 0;
+  uint64_t classified = 0, matched = 0;
+  double density_se = 0;
+};
+KeptSetTally kept_set_tally(const VerdictContext& v);
 // DELLA's: elements equal to the base beyond linear merges' share, and a drop profile between
 // DARE's flat one and TIES's step (verdict_sparse.cpp).
 bool della_signature(const VerdictContext& v);
@@ -208,6 +229,9 @@ std::vector<std::string> rebuild_sample(const VerdictContext& v, int most);
 // when tried.
 void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hypotheses,
                         size_t fallbacks = 0);
+// The share of the rebuild check's sampled elements that a result's recipe rebuilt exactly (0 when
+// no check ran: a hypothesis whose parameters mergekit refuses, for one).
+double rebuilt_exactly(const AssayResult& r);
 
 // A deterministic sparse recipe (the TIES family) that rebuilds part of the sample exactly has some
 // parameter a little off (read from small tensors, or a third parent's density from a drop profile
@@ -218,6 +242,9 @@ void confirm_by_rebuild(VerdictContext& v, const std::vector<nlohmann::json>& hy
 // refine_gamma), in at most kRefineRounds sweeps, each step scored by its rebuild (exact share
 // first, ties to the earlier step, so the result does not depend on the threads). Keeps the best
 // recipe and its check in v.result and notes the search; returns whether it improved the rebuild.
+// DARE's too, where its masks are the rebuild's (masks_reproduced): each density step then takes
+// its weight along (rounded to 0.01), since the kept-set scale w / d is what the statistics read
+// well (a Mixtral-layout merge of four read 0.379 / 0.474 for 0.4 / 0.5, 87% rebuilt).
 inline constexpr double kRefineStep = 0.01;
 inline constexpr int kRefineSteps = 5;
 inline constexpr int kRefineWeightSteps = 3;
@@ -225,6 +252,11 @@ inline constexpr int kRefineRounds = 2;
 inline constexpr int kRefineWalks = 4;        // reach-long walks on from the farthest step
 inline constexpr double kRefineFloor = 0.25;  // exact share below which no search is tried
 bool refine_sparse_recipe(VerdictContext& v);
+// Whether a recipe with random masks (DARE, DELLA) rebuilds the sample beyond what masks drawn
+// independently would: halfway from chance, prod_i (d_i^2 + (1 - d_i)^2) over its densities (every
+// parent's keep decision the same), to 1. Masks drawn elsewhere (another seed, mergekit's torch
+// generator) rebuilt 23-37% of merges of two to four parents at densities 0.5-0.8 (chance 10-27%).
+bool masks_reproduced(const AssayResult& result);
 
 // --- summary (verdict_summary.cpp) ---------------------------------------------------------------
 // evidence["unexplained_level"]: the median |S - fit| / |C_ref| over the fitted tensors.

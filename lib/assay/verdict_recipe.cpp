@@ -332,14 +332,23 @@ std::vector<double> steps_around(const nlohmann::json& recipe, size_t m, const c
 // Every value of `values` for parameter `name` of the models `models` at once (one check per
 // value, one per thread), the best kept in `recipe` and `best` when strictly better (in the order
 // of `values`: thread-independent). Returns whether it moved.
+// With `weight_follows`, each model's weight moves with the parameter in proportion (rounded to
+// 0.01; DARE's density, whose scale w / d the statistics read well).
 bool refine_parameter(const VerdictContext& v, const std::vector<std::string>& names,
                       const std::vector<size_t>& models, const char* name,
                       const std::vector<double>& values, nlohmann::json& recipe,
-                      nlohmann::json& best) {
+                      nlohmann::json& best, bool weight_follows = false) {
   std::vector<nlohmann::json> steps;
   for (double value : values) {
     steps.push_back(recipe);
-    for (size_t m : models) steps.back()["models"][m]["parameters"][name] = value;
+    for (size_t m : models) {
+      nlohmann::json& parameters = steps.back()["models"][m]["parameters"];
+      const double from = parameters[name].get<double>();
+      if (weight_follows && from > 0 && parameters.contains("weight") &&
+          parameters["weight"].is_number())
+        parameters["weight"] = round_digits(parameters["weight"].get<double>() * value / from, 2);
+      parameters[name] = value;
+    }
   }
   std::vector<CheckOutcome> outcomes(steps.size());
   parallel_for(steps.size(), 1, [&](size_t begin, size_t end) {
@@ -364,12 +373,12 @@ bool has_number(const nlohmann::json& recipe, size_t m, const char* name) {
 // (a fourth parent's density read 0.62 for 0.8 rose by the whole reach in each sweep).
 bool walk_parameter(const VerdictContext& v, const std::vector<std::string>& names, size_t m,
                     const char* name, int reach, double most, nlohmann::json& recipe,
-                    nlohmann::json& best) {
+                    nlohmann::json& best, bool weight_follows = false) {
   if (!has_number(recipe, m, name)) return false;
   const auto value = [&] { return recipe["models"][m]["parameters"][name].get<double>(); };
   double before = value();
   if (!refine_parameter(v, names, {m}, name, steps_around(recipe, m, name, -reach, reach, most),
-                        recipe, best))
+                        recipe, best, weight_follows))
     return false;
   for (int walk = 0; walk < kRefineWalks && best["exact_fraction"].get<double>() < 1.0; ++walk) {
     const double step = value() - before;
@@ -377,7 +386,7 @@ bool walk_parameter(const VerdictContext& v, const std::vector<std::string>& nam
     before = value();
     const auto values = step > 0 ? steps_around(recipe, m, name, 1, reach, most)
                                  : steps_around(recipe, m, name, -reach, -1, most);
-    if (!refine_parameter(v, names, {m}, name, values, recipe, best)) break;
+    if (!refine_parameter(v, names, {m}, name, values, recipe, best, weight_follows)) break;
   }
   return true;
 }
@@ -429,13 +438,14 @@ bool refine_sparse_recipe(VerdictContext& v) {
   const auto names = rebuild_sample(v, v.options.rebuild_check_tensors);
   const auto all_exact = [&] { return best["exact_fraction"].get<double>() >= 1.0; };
   const double before = best["exact_fraction"].get<double>();
+  const bool dare = v.result.method.rfind("dare", 0) == 0;
   bool improved = false;
   for (int round = 0; round < kRefineRounds && !all_exact(); ++round) {
     // Gamma first: off, it hides which density is right (a merge of four read gamma 0.0002 for
     // 0.01; searched last, its densities took twice the checks).
     bool moved = refine_gamma(v, names, recipe, best);
     for (size_t m = 0; m < recipe["models"].size() && !all_exact(); ++m) {
-      moved |= walk_parameter(v, names, m, "density", kRefineSteps, 1.0, recipe, best);
+      moved |= walk_parameter(v, names, m, "density", kRefineSteps, 1.0, recipe, best, dare);
       if (!all_exact())
         moved |=
             walk_parameter(v, names, m, "weight", kRefineWeightSteps, kUnbounded, recipe, best);
@@ -448,15 +458,34 @@ bool refine_sparse_recipe(VerdictContext& v) {
   best["compute_dtype"] = recipe["dtype"];
   v.result.recipe = recipe;
   v.result.evidence["rebuild"] = best;
-  v.note("the densities and weights were refined by their rebuilds (steps of " +
-         number_text(kRefineStep) + ", densities within " +
-         number_text(kRefineStep * kRefineSteps) + " and weights within " +
-         number_text(kRefineStep * kRefineWeightSteps) +
-         " of the reading, one at a time, on while the farthest step is the best; breadcrumbs' "
-         "gamma over round values, then by 0.001): the recipe rebuilds " +
-         number_text(100 * best["exact_fraction"].get<double>()) +
-         "% of the sampled elements exactly, against " + number_text(100 * before) + "% as read");
+  v.note(
+      "the densities and weights were refined by their rebuilds (steps of " +
+      number_text(kRefineStep) + ", densities within " + number_text(kRefineStep * kRefineSteps) +
+      " and weights within " + number_text(kRefineStep * kRefineWeightSteps) +
+      " of the reading, one at a time, on while the farthest step is the best; " +
+      (dare ? "each density with its weight in proportion, the masks being the rebuild's; " : "") +
+      "breadcrumbs' gamma over round values, then by 0.001): the recipe rebuilds " +
+      number_text(100 * best["exact_fraction"].get<double>()) +
+      "% of the sampled elements exactly, against " + number_text(100 * before) + "% as read");
   return true;
+}
+
+double rebuilt_exactly(const AssayResult& r) {
+  const auto it = r.evidence.find("rebuild");
+  return it != r.evidence.end() && it->is_object() ? it->value("exact_fraction", 0.0) : 0.0;
+}
+
+bool masks_reproduced(const AssayResult& result) {
+  const auto models = result.recipe.find("models");
+  if (models == result.recipe.end() || !models->is_array()) return false;
+  double chance = 1;
+  for (const auto& m : *models) {
+    const auto& parameters = m.value("parameters", nlohmann::json::object());
+    if (!parameters.contains("density") || !parameters["density"].is_number()) continue;
+    const double d = std::clamp(parameters["density"].get<double>(), 0.0, 1.0);
+    chance *= d * d + (1 - d) * (1 - d);
+  }
+  return rebuilt_exactly(result) >= 0.5 * (1 + chance);
 }
 
 }  // namespace alloy::detail

@@ -24,6 +24,11 @@ constexpr double kSubsetSparseDensity = 0.9;
 // ~0.06 per tensor; the verdict takes medians over tensors). With each kept set's own tolerance
 // (kept_set_classify.cpp) the tensors of a three-parent merge at hidden 256 have 45-220.
 constexpr uint64_t kSubsetMinElements = 64;
+// ... and the kept sets count at all from this many over those tensors (a density's standard
+// error ~0.03). A single tensor's 92 named a dare_ties merge of four (GPT-OSS layout, hidden 256,
+// its other tensors below 64) with densities 0.52 / 0.54 / 0.76 / 0.79 for 0.5 / 0.6 / 0.7 / 0.8;
+// the rebuild's tensors, read late, give 500-1800.
+constexpr uint64_t kSubsetMinTotal = 256;
 // dare_linear over dare_ties: the plain sum makes at least this many opposite-sign elements that
 // sign consensus cannot, and at least this share of them (dare_linear: about the chance that
 // deltas of both signs are kept, 0.1-0.5 at usual densities; dare_ties: only coincidences).
@@ -71,8 +76,25 @@ struct SparseEvidence {
   uint64_t opposite = 0, sum_votes = 0;
 };
 
+// Whether tensor t's kept sets count (kSubsetMinElements classified, one per candidate).
+bool kept_sets_read(const TensorAssay& t, size_t k) {
+  return t.fitted && t.subset_classifiable >= kSubsetMinElements && t.subset_density.size() == k;
+}
+
+// Whether the tensors whose kept sets count (against `base`, or any reference where base < 0)
+// classify kSubsetMinTotal elements together.
+bool enough_kept_sets(const VerdictContext& v, int base) {
+  uint64_t total = 0;
+  for (const auto& t : v.result.tensors) {
+    if (kept_sets_read(t, size_t(v.k)) && (base < 0 || t.reference == base))
+      total += t.subset_classifiable;
+  }
+  return total >= kSubsetMinTotal;
+}
+
 SparseEvidence gather_sparse_evidence(const VerdictContext& v, int base) {
   const size_t k = size_t(v.k);
+  const bool kept_sets = enough_kept_sets(v, base);
   SparseEvidence e;
   for (auto* w : {&e.density, &e.solo, &e.step, &e.scale, &e.ratio, &e.subset_density, &e.subset_scale,
                   &e.normalized_density, &e.normalized_weight, &e.top_drop,
@@ -83,7 +105,7 @@ SparseEvidence gather_sparse_evidence(const VerdictContext& v, int base) {
     if (!t.fitted || t.reference != base || t.solo_density.empty()) continue;
     e.opposite += t.opposite_elements;
     e.sum_votes += t.sum_votes;
-    if (t.subset_classifiable >= kSubsetMinElements && t.subset_density.size() == k) {
+    if (kept_sets && kept_sets_read(t, k)) {
       for (size_t c = 0; c < k; ++c) {
         e.subset_density[c].add(t.subset_density[c], double(t.numel));
         e.subset_scale[c].add(t.subset_scale[c], double(t.numel));
@@ -226,10 +248,11 @@ SparseKind sparse_kind(const SparseEvidence& e, const std::vector<int>& others, 
 }  // namespace
 
 bool dare_signature(const VerdictContext& v) {
+  if (!enough_kept_sets(v, -1)) return false;
   Weighted matched;
   std::vector<Weighted> density(size_t(v.k));
   for (const auto& t : v.result.tensors) {
-    if (!t.fitted || t.subset_classifiable < kSubsetMinElements || t.subset_density.size() != size_t(v.k)) continue;
+    if (!kept_sets_read(t, size_t(v.k))) continue;
     matched.add(t.subset_matched, double(t.numel));
     for (size_t c = 0; c < size_t(v.k); ++c) density[c].add(t.subset_density[c], double(t.numel));
   }
@@ -241,6 +264,33 @@ bool dare_signature(const VerdictContext& v) {
     if (!d.empty() && d.median() < kSubsetSparseDensity && d.median() >= kContributingSoloDensity) return true;
   }
   return false;
+}
+
+KeptSetTally kept_set_tally(const VerdictContext& v) {
+  KeptSetTally tally;
+  const size_t k = size_t(v.k);
+  std::vector<double> sum(k, 0), squares(k, 0);
+  std::vector<size_t> count(k, 0);
+  for (const auto& t : v.result.tensors) {
+    if (!kept_sets_read(t, k)) continue;
+    ++tally.tensors;
+    tally.classified += t.subset_classifiable;
+    tally.matched += uint64_t(std::llround(t.subset_matched * double(t.subset_classifiable)));
+    for (size_t c = 0; c < k; ++c) {
+      if (!std::isfinite(t.subset_density[c])) continue;
+      sum[c] += t.subset_density[c];
+      squares[c] += t.subset_density[c] * t.subset_density[c];
+      ++count[c];
+    }
+  }
+  // The standard error of a median over n tensors: sqrt(pi / 2) sd / sqrt(n) for normal spreads.
+  for (size_t c = 0; c < k; ++c) {
+    if (count[c] < 2) continue;
+    const double n = double(count[c]), mean = sum[c] / n;
+    const double variance = std::max(0.0, (squares[c] - n * mean * mean) / (n - 1));
+    tally.density_se = std::max(tally.density_se, 1.2533 * std::sqrt(variance / n));
+  }
+  return tally;
 }
 
 bool della_signature(const VerdictContext& v) {
@@ -260,7 +310,12 @@ bool della_signature(const VerdictContext& v) {
   return !upper.empty() && della_drops(top.median(), upper.median()) && step.median() <= kDellaMagnitudeStep;
 }
 
-bool try_sparse(VerdictContext& v, int base) {
+bool random_drops(const DropProfile& p) {
+  return std::isfinite(p.top) && std::isfinite(p.upper) &&
+         std::fabs(p.top - p.upper) <= kDellaTopUpperGap && std::fabs(p.step) <= kTiesMagnitudeStep;
+}
+
+bool try_sparse(VerdictContext& v, int base, DropProfile* profile) {
   const SparseEvidence e = gather_sparse_evidence(v, base);
   // Which candidates contribute (kept alone often enough), and how: TIES or DARE.
   std::vector<int> others;
@@ -293,6 +348,7 @@ bool try_sparse(VerdictContext& v, int base) {
     case SparseKind::kRandomFamily: r.method = "ties_family"; break;
   }
   const double top = median_of(e.top_drop, others), upper = median_of(e.upper_drop, others);
+  if (profile != nullptr) *profile = {top, upper, all_steps.median()};
   v.note("drop profile (nothing-kept rate relative to the smallest 10% of each delta): largest 0.5% " +
          std::to_string(top) + " (TIES ~0, breadcrumbs ~1), largest 10% " + std::to_string(upper) +
          " (TIES 0, DELLA between, DARE 1)");

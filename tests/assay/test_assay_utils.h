@@ -59,12 +59,14 @@ struct AssayFamily {
 inline std::string candidate(const AssayFamily& f, const std::string& member) { return (f.dir / member).string(); }
 
 // Merges a recipe (YAML text; model paths absolute) into `out` with the library, as alloy-merge.
-inline void merge_into(const std::string& yaml, const std::filesystem::path& out) {
+inline void merge_into(const std::string& yaml, const std::filesystem::path& out,
+                       uint64_t random_seed = 0) {
   MergePlan plan = plan_merge(parse_recipe(yaml, "test recipe"), PlanOptions{});
   MergeOptions options;
   options.out_dir = out;
   options.overwrite = true;
   options.hash_inputs = false;
+  options.random_seed = random_seed;
   run_merge(plan, options);
 }
 
