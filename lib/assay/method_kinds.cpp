@@ -15,7 +15,11 @@ bool is_sparse_method(const std::string& method) {
 }
 
 bool has_random_masks(const std::string& method) {
-  return method.rfind("dare", 0) == 0 || method.rfind("della", 0) == 0 || method == "ties_family";
+  return is_dare_method(method) || method.rfind("della", 0) == 0 || method == "ties_family";
+}
+
+bool is_dare_method(const std::string& method) {
+  return method.rfind("dare", 0) == 0;
 }
 
 }  // namespace alloy

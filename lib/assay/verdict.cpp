@@ -113,8 +113,8 @@ void qualify(VerdictContext& v) {
   // that part is reported as the disguise, and only a miss well beyond it lowers the verdict.
   const double unexplained = r.evidence.value("unexplained_level", 0.0);
   const double bar = std::max(kRebuildError, 1.5 * unexplained + 0.02);
-  if ((r.verdict == "merge" || r.verdict == "copy") && r.method.rfind("dare", 0) != 0 && rebuild.contains("relative_error") &&
-      rebuild["relative_error"].get<double>() > bar) {
+  if ((r.verdict == "merge" || r.verdict == "copy") && !is_dare_method(r.method) &&
+      rebuild.contains("relative_error") && rebuild["relative_error"].get<double>() > bar) {
     v.note("the recovered recipe rebuilds the sampled tensors only within relative error " +
            number_text(rebuild["relative_error"].get<double>()) + " (bar " + number_text(bar) +
            "): the verdict is not confirmed");
@@ -166,7 +166,7 @@ std::optional<AssayResult> replaced_if_rebuilt(VerdictContext& v, const AssayRes
 // the whole sample has its parameters searched: the rebuilds find the recipe (a dare_linear of four
 // assayed with --sample 0.02 read densities 0.44 / 0.57 / 0.69 / 0.8, 84% rebuilt).
 void refine_own_masks(VerdictContext& v) {
-  if (v.result.method.rfind("dare", 0) == 0 && rebuilt_exactly(v.result) < 1.0 &&
+  if (is_dare_method(v.result.method) && rebuilt_exactly(v.result) < 1.0 &&
       masks_reproduced(v.result) && refine_sparse_recipe(v))
     summarise_merge(v);
 }
@@ -197,7 +197,7 @@ bool sparse_rebuilds(VerdictContext& v, const AssayResult& undecided, int base) 
     // whatever the masks' seed, while the rebuild reproduces the masks only where the merge drew
     // them as alloy does with the same seed (a mergekit merge never: torch's draws; another seed
     // rebuilt 23-37%). The TIES family's kept sets read the same (random_drops).
-    if (v.result.method.rfind("dare", 0) == 0 && dare_signature(v) && random_drops(profile)) {
+    if (is_dare_method(v.result.method) && dare_signature(v) && random_drops(profile)) {
       refine_own_masks(v);
       by_kept_sets = rebuilt_exactly(v.result) < kSparseRebuildExact;
       return Reading::kStands;

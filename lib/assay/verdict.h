@@ -155,15 +155,15 @@ bool random_drops(const DropProfile& profile);
 // DARE at high densities, where few elements equal the base: nearly every element is made by a
 // kept set of rescaled deltas and some candidate is clearly not always kept (verdict_sparse.cpp).
 bool dare_signature(const VerdictContext& v);
-// The tensors whose kept sets count toward that signature, their classified and matched elements,
-// and the largest standard error of a candidate's median density over them (from the spread
-// between tensors; NaN-free, 0 with fewer than two).
+// The tensors whose kept sets count toward that signature (fitted against `base`, or any reference
+// where base < 0), their classified and matched elements, and the largest standard error of a
+// candidate's median density over them (from the spread between tensors; 0 with fewer than two).
 struct KeptSetTally {
   size_t tensors = 0;
   uint64_t classified = 0, matched = 0;
   double density_se = 0;
 };
-KeptSetTally kept_set_tally(const VerdictContext& v);
+KeptSetTally kept_set_tally(const VerdictContext& v, int base = -1);
 // DELLA's: elements equal to the base beyond linear merges' share, and a drop profile between
 // DARE's flat one and TIES's step (verdict_sparse.cpp).
 bool della_signature(const VerdictContext& v);

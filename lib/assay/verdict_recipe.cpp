@@ -438,7 +438,7 @@ bool refine_sparse_recipe(VerdictContext& v) {
   const auto names = rebuild_sample(v, v.options.rebuild_check_tensors);
   const auto all_exact = [&] { return best["exact_fraction"].get<double>() >= 1.0; };
   const double before = best["exact_fraction"].get<double>();
-  const bool dare = v.result.method.rfind("dare", 0) == 0;
+  const bool dare = is_dare_method(v.result.method);
   bool improved = false;
   for (int round = 0; round < kRefineRounds && !all_exact(); ++round) {
     // Gamma first: off, it hides which density is right (a merge of four read gamma 0.0002 for

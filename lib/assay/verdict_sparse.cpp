@@ -84,12 +84,7 @@ bool kept_sets_read(const TensorAssay& t, size_t k) {
 // Whether the tensors whose kept sets count (against `base`, or any reference where base < 0)
 // classify kSubsetMinTotal elements together.
 bool enough_kept_sets(const VerdictContext& v, int base) {
-  uint64_t total = 0;
-  for (const auto& t : v.result.tensors) {
-    if (kept_sets_read(t, size_t(v.k)) && (base < 0 || t.reference == base))
-      total += t.subset_classifiable;
-  }
-  return total >= kSubsetMinTotal;
+  return kept_set_tally(v, base).classified >= kSubsetMinTotal;
 }
 
 SparseEvidence gather_sparse_evidence(const VerdictContext& v, int base) {
@@ -266,13 +261,13 @@ bool dare_signature(const VerdictContext& v) {
   return false;
 }
 
-KeptSetTally kept_set_tally(const VerdictContext& v) {
+KeptSetTally kept_set_tally(const VerdictContext& v, int base) {
   KeptSetTally tally;
   const size_t k = size_t(v.k);
   std::vector<double> sum(k, 0), squares(k, 0);
   std::vector<size_t> count(k, 0);
   for (const auto& t : v.result.tensors) {
-    if (!kept_sets_read(t, k)) continue;
+    if (!kept_sets_read(t, k) || (base >= 0 && t.reference != base)) continue;
     ++tally.tensors;
     tally.classified += t.subset_classifiable;
     tally.matched += uint64_t(std::llround(t.subset_matched * double(t.subset_classifiable)));

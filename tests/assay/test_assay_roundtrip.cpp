@@ -742,8 +742,9 @@ TEST(AssayBreadcrumbs, DensityPointEightSampledIsNeverReadAsDare) {
                                         {.sample = 0.05, .size_gb = 0.25});
   EXPECT_EQ(r.verdict, "merge");
   EXPECT_EQ(r.method.rfind("dare", 0), std::string::npos) << r.evidence["notes"].dump();
-  if (r.method != "breadcrumbs_ties")
+  if (r.method != "breadcrumbs_ties") {
     EXPECT_EQ(r.evidence.value("confidence", ""), "low") << r.evidence["notes"].dump();
+  }
 }
 
 // The same merge of 0.02 deltas on GPT-OSS and Mixtral layouts at hidden 128: read from their small

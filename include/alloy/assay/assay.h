@@ -205,6 +205,8 @@ bool is_sparse_method(const std::string& method);
 // Sparse methods whose masks may be random (DARE, DELLA, ties_family): no rebuild reproduces them
 // except by chance, so a rebuild's exact share says nothing and only its error is meaningful.
 bool has_random_masks(const std::string& method);
+// DARE's members (dare_ties, dare_linear): masks drawn independently of magnitude.
+bool is_dare_method(const std::string& method);
 
 // Runs the assay. Throws Error naming the model or tensor on unreadable input.
 AssayResult run_assay(const AssayOptions& options);
